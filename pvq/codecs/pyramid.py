@@ -1,1 +1,668 @@
-"""(being written)"""
+"""Pyramid vector quantization (Fischer 1986; the Opus/CELT shape quantizer).
+
+The shape of a vector is a point of the integer pyramid
+
+    P(D, K) = {y in Z^D : sum_i |y_i| = K},
+
+projected to the unit sphere, and stored as its exact index in [0, N(D, K)).
+No codebook is stored: :func:`pyramid_rank` maps a point to its index and
+:func:`pyramid_unrank` maps it back.
+
+Enumeration order (ours): points are ordered by their first coordinate in the
+order 0, +1, -1, +2, -2, ..., +K, -K, then recursively by the rest. With
+A(n, k) = sum_{i<=k} N(n, i), the points of dimension n and k pulses whose
+first coordinate is +a (a >= 1) start at offset N(n, k) - 2 A(n-1, k-a), and
+those with -a right after them, N(n-1, k-a) further. So
+
+    rank(y) = sum_j [y_j != 0] (N(n_j, k_j) - 2 A(n_j - 1, k_j - |y_j|)
+                                + [y_j < 0] N(n_j - 1, k_j - |y_j|)),
+
+with n_j = D - j dimensions and k_j pulses left at position j.
+
+Two implementations each: Python-int references (``*_reference``) and
+vectorized multi-limb tensor paths (:mod:`pvq.codecs.bigint`) for batches;
+indices of any size (D up to 256 and beyond, hundreds of bits) are exact.
+
+The codec :class:`PyramidCodec` stores each vector as (shape index, gain
+code) combined in one mixed-radix integer of ``ceil(log2(N(D,K) * L))`` bits,
+plus one fp16 scale (the group's L2 norm) per group of G vectors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from . import bigint
+from .base import CodecError, Codes, VectorCodec, check_vectors, fp16_exact, register_codec
+from .gain import GainQuantizer
+from .packing import pack_limbs, unpack_limbs
+
+# ---------------------------------------------------------------- counts
+
+
+def _check_dk(dim: int, pulses: int) -> None:
+    if not isinstance(dim, int) or dim < 1:
+        raise CodecError(f"pyramid dimension D must be an integer >= 1, got {dim!r}")
+    if not isinstance(pulses, int) or pulses < 0:
+        raise CodecError(f"pyramid pulse count K must be an integer >= 0, got {pulses!r}")
+
+
+@lru_cache(maxsize=64)
+def _count_table(dim: int, pulses: int) -> tuple[tuple[int, ...], ...]:
+    """N(n, k) for n in 0..dim, k in 0..pulses as exact Python ints."""
+    table = [[0] * (pulses + 1) for _ in range(dim + 1)]
+    table[0][0] = 1
+    for n in range(1, dim + 1):
+        table[n][0] = 1
+        for k in range(1, pulses + 1):
+            table[n][k] = table[n - 1][k] + table[n - 1][k - 1] + table[n][k - 1]
+    return tuple(tuple(row) for row in table)
+
+
+def pyramid_count(dim: int, pulses: int) -> int:
+    """N(D, K): the number of integer points y in Z^D with sum |y_i| = K (exact)."""
+    _check_dk(dim, pulses)
+    return _count_table(dim, pulses)[dim][pulses]
+
+
+def pyramid_bits(dim: int, pulses: int) -> float:
+    """log2 N(D, K): the information content of one shape index, in bits."""
+    count = pyramid_count(dim, pulses)
+    return math.log2(count) if count < 2**1000 else count.bit_length() - 1 + math.log2(
+        count / 2 ** (count.bit_length() - 1)
+    )
+
+
+def max_pulses_for_bits(dim: int, bits: float) -> int:
+    """Largest K with log2 N(D, K) <= bits (e.g. bits = D * bits_per_weight)."""
+    _check_dk(dim, 0)
+    if bits < 0:
+        raise CodecError(f"bit budget must be >= 0, got {bits}")
+    return _largest_pulses(dim, lambda count: math.log2(count) <= bits)
+
+
+@lru_cache(maxsize=64)
+def _cumulative_table(dim: int, pulses: int) -> tuple[tuple[int, ...], ...]:
+    """A(n, k) = sum_{i<=k} N(n, i) for n in 0..dim, k in 0..pulses."""
+    counts = _count_table(dim, pulses)
+    out = []
+    for row in counts:
+        acc, cum = 0, []
+        for v in row:
+            acc += v
+            cum.append(acc)
+        out.append(tuple(cum))
+    return tuple(out)
+
+
+# ---------------------------------------------------------------- rank / unrank references
+
+
+def _check_point(y: list[int], dim: int, pulses: int) -> None:
+    if len(y) != dim or sum(abs(int(v)) for v in y) != pulses:
+        raise CodecError(f"point {y} is not on the pyramid P({dim}, {pulses}): need D={dim} and sum|y|={pulses}")
+
+
+def pyramid_rank_reference(y: list[int], pulses: int) -> int:
+    """Index of the pyramid point ``y`` (a list of ints) in [0, N(D, K)). Plain reference."""
+    dim = len(y)
+    _check_dk(dim, pulses)
+    _check_point(y, dim, pulses)
+    counts = _count_table(dim, pulses)
+    cum = _cumulative_table(dim, pulses)
+    index, k = 0, pulses
+    for j, v in enumerate(y):
+        n = dim - j
+        a = abs(int(v))
+        if a:
+            index += counts[n][k] - 2 * cum[n - 1][k - a]
+            if v < 0:
+                index += counts[n - 1][k - a]
+        k -= a
+    return index
+
+
+def pyramid_unrank_reference(index: int, dim: int, pulses: int) -> list[int]:
+    """The pyramid point of ``index`` in P(D, K). Plain reference (inverse of rank)."""
+    _check_dk(dim, pulses)
+    total = pyramid_count(dim, pulses)
+    if not 0 <= index < total:
+        raise CodecError(f"index {index} is outside [0, N({dim},{pulses}) = {total})")
+    counts = _count_table(dim, pulses)
+    cum = _cumulative_table(dim, pulses)
+    y, k, r = [], pulses, index
+    for j in range(dim):
+        n = dim - j
+        if r < counts[n - 1][k]:
+            y.append(0)
+            continue
+        # largest a in 1..k with offset(+a) = N(n,k) - 2 A(n-1,k-a) <= r
+        a = 1
+        while a < k and counts[n][k] - 2 * cum[n - 1][k - a - 1] <= r:
+            a += 1
+        r -= counts[n][k] - 2 * cum[n - 1][k - a]
+        if r >= counts[n - 1][k - a]:
+            r -= counts[n - 1][k - a]
+            y.append(-a)
+        else:
+            y.append(a)
+        k -= a
+    return y
+
+
+# ---------------------------------------------------------------- vectorized rank / unrank
+
+
+@dataclass(frozen=True)
+class PyramidTables:
+    """Limb tensors of N(n, k) ``[D+1, K+1, L]`` and A(n, k) ``[D+1, K+1, L]``."""
+
+    dim: int
+    pulses: int
+    counts: torch.Tensor
+    cumulative: torch.Tensor
+    twice_cumulative: torch.Tensor  # 2 A(n, k), normalized
+
+    @property
+    def limbs(self) -> int:
+        return self.counts.shape[-1]
+
+
+@lru_cache(maxsize=32)
+def _tables_cpu(dim: int, pulses: int, extra_limb: bool) -> PyramidTables:
+    counts = _count_table(dim, pulses)
+    cum = _cumulative_table(dim, pulses)
+    limbs = bigint.num_limbs(2 * max(cum[dim][pulses], 1)) + int(extra_limb)
+    return PyramidTables(
+        dim,
+        pulses,
+        bigint.from_ints([list(r) for r in counts], limbs),
+        bigint.from_ints([list(r) for r in cum], limbs),
+        bigint.from_ints([[2 * v for v in row] for row in cum], limbs),
+    )
+
+
+def pyramid_tables(dim: int, pulses: int, device=None) -> PyramidTables:
+    """Count tables as limb tensors on ``device`` (cached on CPU)."""
+    _check_dk(dim, pulses)
+    t = _tables_cpu(dim, pulses, False)
+    if device is None or torch.device(device) == t.counts.device:
+        return t
+    return PyramidTables(
+        dim, pulses, t.counts.to(device), t.cumulative.to(device), t.twice_cumulative.to(device)
+    )
+
+
+def pyramid_index_limbs(dim: int, pulses: int) -> int:
+    """Limb count of the indices :func:`pyramid_rank` returns for P(D, K)."""
+    return 2 if _int64_tables_cpu(dim, pulses) is not None else _tables_cpu(dim, pulses, False).limbs
+
+
+def pyramid_rank(y: torch.Tensor, pulses: int, chunk: int = 65536) -> torch.Tensor:
+    """Indices of pyramid points ``y: [n, D]`` (int) as limbs ``[n, L]`` (vectorized, exact)."""
+    if y.dim() != 2:
+        raise CodecError(f"points must have shape [n, D], got {tuple(y.shape)}")
+    n, dim = y.shape
+    tables = pyramid_tables(dim, pulses, y.device)
+    y = y.to(torch.int64)
+    mags = y.abs()
+    if n and not bool((mags.sum(1) == pulses).all()):
+        raise CodecError(f"every point must satisfy sum|y| = K = {pulses}")
+    small = _int64_tables(dim, pulses, y.device)
+    out = []
+    for start in range(0, n, chunk):
+        if small is not None:
+            out.append(_rank_chunk_int64(y[start : start + chunk], mags[start : start + chunk], small))
+        else:
+            out.append(_rank_chunk(y[start : start + chunk], mags[start : start + chunk], tables))
+    if not out:
+        return torch.zeros(0, tables.limbs, dtype=torch.int64, device=y.device)
+    return torch.cat(out)
+
+
+INT64_LIMIT = 1 << 62
+
+
+@lru_cache(maxsize=32)
+def _int64_tables_cpu(dim: int, pulses: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    cum = _cumulative_table(dim, pulses)
+    if cum[dim][pulses] >= INT64_LIMIT:
+        return None
+    counts = torch.tensor([list(r) for r in _count_table(dim, pulses)], dtype=torch.int64)
+    return counts, torch.tensor([list(r) for r in cum], dtype=torch.int64)
+
+
+def _int64_tables(dim: int, pulses: int, device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(N, A) as int64 ``[D+1, K+1]`` tables when every value is below 2^62, else None."""
+    t = _int64_tables_cpu(dim, pulses)
+    if t is None:
+        return None
+    return t[0].to(device), t[1].to(device)
+
+
+def _rank_chunk_int64(y: torch.Tensor, mags: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    counts, cum = tables
+    n, dim = y.shape
+    pulses = counts.shape[1] - 1
+    k_left = pulses - (mags.cumsum(1) - mags)
+    dims_left = torch.arange(dim, 0, -1, device=y.device).expand(n, dim)
+    after = (k_left - mags).clamp(min=0)
+    term = counts[dims_left, k_left] - 2 * cum[dims_left - 1, after]
+    term = term + torch.where(y < 0, counts[dims_left - 1, after], 0)
+    index = torch.where(mags > 0, term, 0).sum(1)
+    return torch.stack([index & bigint.LIMB_MASK, index >> bigint.LIMB_BITS], dim=1)
+
+
+def _unrank_int64(r: torch.Tensor, dim: int, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """int64 indices ``[n]`` -> points ``[n, D]``; the magnitude search is one vectorized count."""
+    counts, cum = tables
+    pulses = counts.shape[1] - 1
+    n = r.shape[0]
+    k = torch.full((n,), pulses, dtype=torch.int64, device=r.device)
+    y = torch.zeros(n, dim, dtype=torch.int64, device=r.device)
+    cand = torch.arange(1, pulses + 1, device=r.device)  # candidate magnitudes a
+    for j in range(dim):
+        nd = dim - j
+        is_zero = r < counts[nd - 1, k]
+        need = counts[nd, k] - r
+        rest = k.unsqueeze(1) - cand  # k - a, [n, K]
+        ok = (rest >= 0) & (2 * cum[nd - 1, rest.clamp(min=0)] >= need.unsqueeze(1))
+        a = torch.where(is_zero, 0, ok.sum(1))
+        after = (k - a).clamp(min=0)
+        r = r - torch.where(is_zero, 0, counts[nd, k] - 2 * cum[nd - 1, after])
+        block = counts[nd - 1, after]
+        is_neg = (~is_zero) & (r >= block)
+        r = r - torch.where(is_neg, block, 0)
+        y[:, j] = torch.where(is_neg, -a, a)
+        k = k - a
+    return y
+
+
+def _rank_chunk(y: torch.Tensor, mags: torch.Tensor, t: PyramidTables) -> torch.Tensor:
+    n, dim = y.shape
+    k_left = t.pulses - (mags.cumsum(1) - mags)  # pulses left before position j: [n, D]
+    dims_left = torch.arange(dim, 0, -1, device=y.device).expand(n, dim)  # n_j = D - j
+    after = (k_left - mags).clamp(min=0)
+    nonzero = (mags > 0).unsqueeze(-1)
+    neg = (y < 0).unsqueeze(-1)
+    term = (
+        t.counts[dims_left, k_left]
+        - 2 * t.cumulative[dims_left - 1, after]
+        + torch.where(neg, t.counts[dims_left - 1, after], 0)
+    )
+    term = torch.where(nonzero, term, 0)
+    return bigint.normalize(term.sum(1))
+
+
+def pyramid_unrank(index: torch.Tensor, dim: int, pulses: int) -> torch.Tensor:
+    """Pyramid points ``[n, D]`` (int64) of limb indices ``index: [n, L]`` (vectorized, exact).
+
+    Walks the D positions in order; at each, the magnitude is found by a
+    vectorized binary search over a in 1..k on the cumulative table.
+    """
+    tables = pyramid_tables(dim, pulses, index.device)
+    L = tables.limbs
+    if index.dim() != 2:
+        raise CodecError(f"indices must be limbs of shape [n, L], got {tuple(index.shape)}")
+    if index.shape[1] < L:
+        index = torch.nn.functional.pad(index, (0, L - index.shape[1]))
+    elif index.shape[1] > L:
+        if bool(index[:, L:].any()):
+            raise CodecError(f"an index is >= N({dim},{pulses})")
+        index = index[:, :L]
+    n = index.shape[0]
+    total = tables.counts[dim, pulses]
+    if n and bool((bigint.compare(index, total) >= 0).any()):
+        raise CodecError(f"an index is outside [0, N({dim},{pulses}))")
+    small = _int64_tables(dim, pulses, index.device)
+    if small is not None:
+        return _unrank_int64(bigint.to_int64(index), dim, small)
+    rows_per_chunk = max(1, (1 << 23) // max(1, pulses * L))
+    return torch.cat(
+        [_unrank_limbs(index[s : s + rows_per_chunk], tables) for s in range(0, n, rows_per_chunk)]
+    ) if n else torch.zeros(0, dim, dtype=torch.int64, device=index.device)
+
+
+def _unrank_limbs(r: torch.Tensor, t: PyramidTables) -> torch.Tensor:
+    """Limb indices ``[n, L]`` -> points ``[n, D]``; magnitudes by one vectorized compare per position."""
+    dim, pulses = t.dim, t.pulses
+    counts, twice_cum = t.counts, t.twice_cumulative
+    n = r.shape[0]
+    k = torch.full((n,), pulses, dtype=torch.int64, device=r.device)
+    y = torch.zeros(n, dim, dtype=torch.int64, device=r.device)
+    cand = torch.arange(1, pulses + 1, device=r.device)
+    for j in range(dim):
+        nd = dim - j
+        is_zero = bigint.compare(r, counts[nd - 1, k]) < 0
+        need = bigint.normalize(counts[nd, k] - r)
+        rest = k.unsqueeze(1) - cand
+        ok = (rest >= 0) & (bigint.compare(twice_cum[nd - 1, rest.clamp(min=0)], need.unsqueeze(1)) >= 0)
+        a = torch.where(is_zero, 0, ok.sum(1))
+        after = (k - a).clamp(min=0)
+        offset = counts[nd, k] - twice_cum[nd - 1, after]
+        r = bigint.normalize(r - torch.where(is_zero.unsqueeze(1), 0, offset))
+        block = counts[nd - 1, after]
+        is_neg = (~is_zero) & (bigint.compare(r, block) >= 0)
+        r = bigint.normalize(r - torch.where(is_neg.unsqueeze(1), block, 0))
+        y[:, j] = torch.where(is_neg, -a, a)
+        k = k - a
+    return y
+
+
+# ---------------------------------------------------------------- search (projection onto the pyramid)
+
+
+def pyramid_search_greedy(x: torch.Tensor, pulses: int) -> torch.Tensor:
+    """Project ``x: [n, D]`` onto P(D, K) with the Opus/CELT rule. Returns int64 ``[n, D]``.
+
+    Scale to L1 norm K and round down, then add the remaining pulses one at a
+    time where they raise cos(x, y) most: the pulse goes to argmax_i
+    (<|x|, y> + |x_i|)^2 / (<y, y> + 2 y_i + 1). Signs follow x. A zero vector
+    gets all pulses on its first coordinate.
+    """
+    if x.dim() != 2:
+        raise CodecError(f"x must have shape [n, D], got {tuple(x.shape)}")
+    _check_dk(x.shape[1], pulses)
+    ax = x.abs().double()
+    l1 = ax.sum(1, keepdim=True)
+    zero = (l1 == 0).squeeze(1)
+    ax = torch.where(zero.unsqueeze(1), torch.nn.functional.one_hot(
+        torch.zeros_like(zero, dtype=torch.int64), x.shape[1]).double(), ax)
+    l1 = ax.sum(1, keepdim=True)
+    y = torch.floor(ax * (pulses / l1)).to(torch.int64)
+    y = y.clamp(min=0)
+    # guard rounding: never exceed K
+    over = y.sum(1) - pulses
+    while bool((over > 0).any()):
+        idx = torch.argmax(y * (over > 0).unsqueeze(1), dim=1)
+        y[torch.arange(len(y)), idx] -= (over > 0).to(torch.int64)
+        over = y.sum(1) - pulses
+    y = _greedy_fill(ax, y, pulses)
+    return torch.where(x < 0, -y, y)
+
+
+def _greedy_fill(ax: torch.Tensor, y: torch.Tensor, pulses: int) -> torch.Tensor:
+    """Add pulses to non-negative ``y`` until each row sums to K (greedy on cos)."""
+    left = pulses - y.sum(1)
+    xy = (ax * y).sum(1, keepdim=True)
+    yy = (y * y).sum(1, keepdim=True).double()
+    yd = y.double()
+    for _ in range(int(left.max()) if len(y) else 0):
+        inc = (left > 0).double().unsqueeze(1)
+        score = (xy + ax).square_().div_(yy + 2 * yd + 1)
+        best = score.argmax(1, keepdim=True)
+        xy += ax.gather(1, best) * inc
+        yy += (2 * yd.gather(1, best) + 1) * inc
+        yd.scatter_add_(1, best, inc)
+        left = left - inc.squeeze(1).long()
+    return yd.long()
+
+
+def pyramid_search_refine(x: torch.Tensor, pulses: int, max_moves: int = 64) -> torch.Tensor:
+    """Greedy projection, then pulse moves that raise cos(x, y) until none does.
+
+    One move takes a pulse from coordinate i (|y_i| >= 1) and gives it to
+    coordinate j; each step applies the best move of every row (vectorized over
+    rows, O(D^2) candidates). The result is never worse than the greedy one,
+    and is a local optimum under single-pulse moves.
+    """
+    n, dim = x.shape
+    rows_per_chunk = max(1, (1 << 22) // (dim * dim))
+    if n > rows_per_chunk:
+        return torch.cat(
+            [pyramid_search_refine(x[s : s + rows_per_chunk], pulses, max_moves) for s in range(0, n, rows_per_chunk)]
+        )
+    y = pyramid_search_greedy(x, pulses).abs()
+    ax = x.abs().double()
+    if pulses == 0 or n == 0:
+        return torch.where(x < 0, -y, y)
+    rows = torch.arange(n, device=y.device)
+    xy = (ax * y).sum(1)
+    yy = (y * y).sum(1).double()
+    best_cos = xy / yy.sqrt()
+    for _ in range(max_moves):
+        yd = y.double()
+        # move a pulse from i to j (i != j): xy' = xy - a_i + a_j ; yy' = yy - 2y_i + 1 + 2y_j + 1
+        xy_new = xy[:, None, None] - ax[:, :, None] + ax[:, None, :]
+        yy_new = yy[:, None, None] - 2 * yd[:, :, None] + 2 * yd[:, None, :] + 2
+        cos = xy_new / yy_new.clamp(min=1).sqrt()
+        valid = (y > 0)[:, :, None] & ~torch.eye(dim, dtype=torch.bool, device=y.device)[None]
+        cos = torch.where(valid, cos, -1.0)
+        flat = cos.reshape(n, -1)
+        cand, arg = flat.max(1)
+        improve = cand > best_cos * (1 + 1e-12)
+        if not bool(improve.any()):
+            break
+        src, dst = arg // dim, arg % dim
+        step = improve.to(torch.int64)
+        xy = xy - (ax[rows, src] - ax[rows, dst]) * step
+        yy = yy + (-2 * y[rows, src] + 2 * y[rows, dst] + 2).double() * step
+        y[rows, src] -= step
+        y[rows, dst] += step
+        best_cos = torch.where(improve, cand, best_cos)
+    return torch.where(x < 0, -y, y)
+
+
+SEARCHES = {"greedy": pyramid_search_greedy, "refine": pyramid_search_refine}
+
+
+def pyramid_cosine(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """cos(x, y) per row, ``[n]``."""
+    yd = y.double()
+    xd = x.double()
+    return (xd * yd).sum(1) / (xd.norm(dim=1) * yd.norm(dim=1)).clamp(min=1e-300)
+
+
+# ---------------------------------------------------------------- the codec
+
+
+class PyramidCodec(VectorCodec):
+    """PVQ gain-shape codec.
+
+    Each vector x (D numbers) becomes a shape y in P(D, K) (stored as its
+    index) and a gain code; G consecutive vectors share one fp16 scale, the
+    group's L2 norm. The gain is the amplitude of x along the unit shape
+    (``gain_target="projection"``, the least-squares gain <x, y>/|y|) or its
+    norm (``"norm"``, the paper's choice), divided by the scale and quantized
+    with a Beta-law quantizer (``gain_quantizer="lloydmax"`` or ``"quantile"``).
+    Stored per vector: index * L + gain_code in ceil(log2(N(D,K) * L)) bits.
+    """
+
+    name = "pvq"
+
+    def __init__(
+        self,
+        dim: int,
+        pulses: int,
+        group_size: int = 16,
+        gain_bits: int = 4,
+        gain_quantizer: str = "lloydmax",
+        gain_target: str = "projection",
+        search: str = "greedy",
+    ):
+        _check_dk(dim, pulses)
+        if pulses < 1:
+            raise CodecError("PVQ needs K >= 1 pulses (K = 0 has a single point and carries no shape)")
+        if not isinstance(group_size, int) or group_size < 2:
+            raise CodecError(f"group_size (vectors per scale) must be an integer >= 2, got {group_size!r}")
+        if not isinstance(gain_bits, int) or not 1 <= gain_bits <= 12:
+            raise CodecError(f"gain_bits must be an integer in [1, 12], got {gain_bits!r}")
+        if gain_quantizer not in ("lloydmax", "quantile"):
+            raise CodecError(f"gain_quantizer must be 'lloydmax' or 'quantile', got {gain_quantizer!r}")
+        if gain_target not in ("projection", "norm"):
+            raise CodecError(f"gain_target must be 'projection' or 'norm', got {gain_target!r}")
+        if search not in SEARCHES:
+            raise CodecError(f"search must be one of {sorted(SEARCHES)}, got {search!r}")
+        self.dim = dim
+        self.pulses = pulses
+        self.group_size = group_size
+        self.gain_bits = gain_bits
+        self.gain_quantizer_kind = gain_quantizer
+        self.gain_target = gain_target
+        self.search = search
+        make = GainQuantizer.lloyd_max if gain_quantizer == "lloydmax" else GainQuantizer.beta_quantile
+        self.gain = make(dim, group_size, gain_bits)
+        self.num_shapes = pyramid_count(dim, pulses)
+        self.radix = self.num_shapes * self.gain.num_levels
+        self.code_bits = (self.radix - 1).bit_length()
+
+    # -- rate
+    def nominal_bits_per_weight(self) -> float:
+        return self.code_bits / self.dim + 16 / (self.dim * self.group_size)
+
+    def describe(self) -> str:
+        return (
+            f"pvq(D={self.dim}, K={self.pulses}, G={self.group_size}, gain={self.gain_quantizer_kind}"
+            f"{self.gain_bits}b/{self.gain_target}, search={self.search})"
+        )
+
+    # -- coding
+    def group_scales(self, x: torch.Tensor) -> torch.Tensor:
+        return fp16_exact(x.float().pow(2).sum(dim=(1, 2)).sqrt())
+
+    def shapes(self, x: torch.Tensor) -> torch.Tensor:
+        """Pyramid points ``[n, D]`` for ``x: [n, D]`` with the configured search."""
+        return SEARCHES[self.search](x, self.pulses)
+
+    def _shape_and_amplitude(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        check_vectors(x, self.dim)
+        y = self.shapes(x)
+        unit = y.double() / y.double().norm(dim=1, keepdim=True)
+        if self.gain_target == "projection":
+            amplitude = (x.double() * unit).sum(1)
+        else:
+            amplitude = x.double().norm(dim=1)
+        return y, unit, amplitude
+
+    def encode(self, x: torch.Tensor, scale: torch.Tensor) -> Codes:
+        y, _, amplitude = self._shape_and_amplitude(x)
+        return self._codes(y, amplitude, scale)
+
+    def quantize(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """``decode(encode(x))`` without computing indices (same result, much faster)."""
+        _, unit, amplitude = self._shape_and_amplitude(x)
+        gain = self.gain.decode(self._gain_code(amplitude, scale)).double() * scale.double()
+        return (unit * gain.unsqueeze(1)).float()
+
+    def _gain_code(self, amplitude: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        safe = scale.double().clamp(min=1e-30)
+        return self.gain.encode((amplitude / safe).clamp(min=0).float())
+
+    def encode_hessian(self, x: torch.Tensor, scale: torch.Tensor, hessian: torch.Tensor) -> Codes:
+        """Like :meth:`encode`, with the Hessian-optimal gain s* = v^T H x / v^T H v.
+
+        ``hessian``: the D x D block of the layer Hessian for these columns;
+        v is the unit shape. Minimizes (x - s v)^T H (x - s v) over s.
+        """
+        check_vectors(x, self.dim)
+        y = self.shapes(x)
+        unit = y.double() / y.double().norm(dim=1, keepdim=True)
+        h = hessian.double()
+        hv = unit @ h
+        amplitude = (hv * x.double()).sum(1) / (hv * unit).sum(1).clamp(min=1e-300)
+        return self._codes(y, amplitude, scale)
+
+    def _codes(self, y: torch.Tensor, amplitude: torch.Tensor, scale: torch.Tensor) -> Codes:
+        return {"index": pyramid_rank(y, self.pulses), "gain": self._gain_code(amplitude, scale)}
+
+    def decode(self, codes: Codes, scale: torch.Tensor) -> torch.Tensor:
+        y = pyramid_unrank(codes["index"], self.dim, self.pulses).double()
+        unit = y / y.norm(dim=1, keepdim=True)
+        amp = self.gain.decode(codes["gain"]).double() * scale.double()
+        return (unit * amp.unsqueeze(1)).float()
+
+    def pack(self, codes: Codes) -> dict[str, torch.Tensor]:
+        combined = bigint.add_small(bigint.mul_small(codes["index"], self.gain.num_levels), codes["gain"])
+        return {"codes": pack_limbs(combined, self.code_bits)}
+
+    def unpack(self, stored: dict[str, torch.Tensor], n: int) -> Codes:
+        combined = unpack_limbs(stored["codes"], self.code_bits, n)
+        index, gain = bigint.divmod_small(combined, self.gain.num_levels)
+        width = pyramid_index_limbs(self.dim, self.pulses)
+        if index.shape[1] < width:
+            index = torch.nn.functional.pad(index, (0, width - index.shape[1]))
+        return {"index": index[:, :width], "gain": gain}
+
+
+def _largest_pulses(dim: int, fits) -> int:
+    """Largest K >= 0 with ``fits(N(D, K))`` true (fits must be monotone); one table, doubled as needed."""
+    kmax = 16
+    while True:
+        row = _count_table(dim, kmax)[dim]
+        k = 0
+        while k < kmax and fits(row[k + 1]):
+            k += 1
+        if k < kmax:
+            return k
+        kmax *= 2
+
+
+def pulses_for_rate(bits: float, dim: int, group_size: int = 16, gain_bits: int = 4) -> int:
+    """Largest K whose stored rate (codes + fp16 scale) is at most ``bits`` per weight."""
+    budget = bits * dim - 16 / group_size  # bits per vector for index+gain
+    levels = 2**gain_bits
+    k = _largest_pulses(dim, lambda count: (count * levels - 1).bit_length() <= budget + 1e-9)
+    if k < 1:
+        raise CodecError(
+            f"no pulse count K reaches {bits} bits per weight at D={dim}, G={group_size}, "
+            f"{gain_bits} gain bits: the gain and scale alone take "
+            f"{(gain_bits + 16 / group_size) / dim:.3f} bits per weight; raise the rate, raise D or "
+            "lower gain_bits"
+        )
+    return k
+
+
+GAIN_BITS_CHOICES = (1, 2, 3, 4, 5)
+
+
+@lru_cache(maxsize=256)
+def best_gain_bits(bits: float, dim: int, group_size: int, gain_quantizer: str = "lloydmax") -> int:
+    """Gain bits that give the lowest MSE at ``bits`` per weight on the Gaussian model.
+
+    Spending a gain bit costs shape pulses; which split wins depends on D and
+    the rate. Rotated weights are close to i.i.d. Gaussian, so the choice is
+    made once on a fixed seeded Gaussian sample (about 2^15 numbers) and cached.
+    """
+    vectors = max(group_size, (1 << 15) // dim // group_size * group_size)
+    gen = torch.Generator().manual_seed(1234)
+    x = torch.randn(vectors, dim, generator=gen)
+    scale = fp16_exact(x.view(-1, group_size * dim).norm(dim=1)).repeat_interleave(group_size)
+    best, best_mse = None, float("inf")
+    for gain_bits in GAIN_BITS_CHOICES:
+        try:
+            pulses = pulses_for_rate(bits, dim, group_size, gain_bits)
+        except CodecError:
+            continue
+        codec = PyramidCodec(
+            dim, pulses, group_size=group_size, gain_bits=gain_bits, gain_quantizer=gain_quantizer,
+            search="greedy",
+        )
+        mse = float((codec.quantize(x, scale) - x).pow(2).mean())
+        if mse < best_mse:
+            best, best_mse = gain_bits, mse
+    if best is None:
+        pulses_for_rate(bits, dim, group_size, GAIN_BITS_CHOICES[0])  # raises the explanatory error
+    return best
+
+
+@register_codec("pvq", "pyramid VQ: shape index on P(D,K) + Beta-law gain + fp16 group norm", default_dim=32)
+def pvq_from_rate(
+    bits: float,
+    dim: int,
+    group_size: int = 16,
+    gain_bits: int | None = None,
+    **options,
+) -> PyramidCodec:
+    """The PVQ codec with the largest K whose measured rate is at most ``bits``.
+
+    ``gain_bits=None`` picks the split between gain and shape bits that
+    minimizes MSE on the Gaussian model (:func:`best_gain_bits`).
+    """
+    if gain_bits is None:
+        gain_bits = best_gain_bits(float(bits), dim, group_size, options.get("gain_quantizer", "lloydmax"))
+    pulses = pulses_for_rate(bits, dim, group_size, gain_bits)
+    return PyramidCodec(dim, pulses, group_size=group_size, gain_bits=gain_bits, **options)

@@ -1,1 +1,23 @@
-"""pvq.transforms"""
+"""Orthogonal rotations that make weights and activations incoherent (Hadamard family)."""
+
+from .hadamard import (
+    RandomizedHadamard,
+    fwht,
+    fwht_reference,
+    hadamard_matrix,
+    hadamard_orders,
+    has_hadamard,
+    rotate_weight,
+    unrotate_weight,
+)
+
+__all__ = [
+    "RandomizedHadamard",
+    "fwht",
+    "fwht_reference",
+    "hadamard_matrix",
+    "hadamard_orders",
+    "has_hadamard",
+    "rotate_weight",
+    "unrotate_weight",
+]

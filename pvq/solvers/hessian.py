@@ -1,0 +1,128 @@
+"""Layer Hessians for Hessian-aware quantization.
+
+For a linear layer ``y = W x`` and the proxy loss ``E ||(W - Q) x||^2``, the
+Hessian with respect to each row of ``W`` is ``H = E[x x^T]`` (``[in, in]``),
+estimated from calibration inputs. The proxy loss of a quantized weight is
+``tr((W - Q) H (W - Q)^T)``.
+
+* :class:`HessianAccumulator` - running ``E[x x^T]`` in float64, weighted by
+  token count.
+* :func:`damp` - add ``rel * mean(diag H)`` to the diagonal; inputs that never
+  fire (``H_ii == 0``) get ``H_ii = 1`` (their weights are zeroed by the solver,
+  as GPTQ does).
+* :func:`inverse_cholesky_upper` - ``U`` upper triangular with ``H^-1 = U^T U``,
+  raising :class:`SolverError` when ``H`` is not positive definite.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pvq.codecs.base import CodecError
+
+__all__ = [
+    "HessianAccumulator",
+    "SolverError",
+    "damp",
+    "dead_inputs",
+    "inverse_cholesky_upper",
+]
+
+
+class SolverError(CodecError):
+    """Bad solver input (shapes, Hessians): a CodecError (so a ValueError) saying what to change."""
+
+
+class HessianAccumulator:
+    """Running ``H = E[x x^T]`` over calibration tokens of a layer with ``in_features`` inputs.
+
+    ``add(x)`` takes ``x: [..., in_features]`` (every leading index is one token);
+    the mean is over all tokens seen, so batches of different sizes weigh by
+    their token counts. Sums are kept in float64 on ``device``.
+    """
+
+    def __init__(self, in_features: int, device: torch.device | str = "cpu"):
+        if not isinstance(in_features, int) or in_features < 1:
+            raise SolverError(f"in_features must be a positive integer, got {in_features!r}")
+        self.in_features = in_features
+        self.sum = torch.zeros(in_features, in_features, dtype=torch.float64, device=device)
+        self.tokens = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        """Accumulate the tokens of ``x: [..., in_features]``."""
+        if x.dim() < 1 or x.shape[-1] != self.in_features:
+            raise SolverError(
+                f"Hessian of a layer with {self.in_features} inputs got activations of shape "
+                f"{tuple(x.shape)}; the last dim must be {self.in_features}"
+            )
+        x = x.reshape(-1, self.in_features).to(device=self.sum.device, dtype=torch.float64)
+        if not torch.isfinite(x).all():
+            raise SolverError(
+                "calibration activations hold NaN or inf; check the model in float32 "
+                "or use other calibration data"
+            )
+        self.sum.addmm_(x.T, x)
+        self.tokens += x.shape[0]
+
+    def hessian(self) -> torch.Tensor:
+        """``E[x x^T]``: float64 ``[in, in]``."""
+        if self.tokens == 0:
+            raise SolverError("no calibration tokens were added; call add() with activations first")
+        return self.sum / self.tokens
+
+    def __repr__(self) -> str:
+        return f"HessianAccumulator(in_features={self.in_features}, tokens={self.tokens})"
+
+
+def _check_square(h: torch.Tensor) -> None:
+    if h.dim() != 2 or h.shape[0] != h.shape[1]:
+        raise SolverError(f"Hessian must be a square [in, in] matrix, got shape {tuple(h.shape)}")
+    if not torch.isfinite(h).all():
+        raise SolverError("Hessian holds NaN or inf; recollect it from finite activations")
+
+
+def dead_inputs(h: torch.Tensor) -> torch.Tensor:
+    """Bool mask ``[in]`` of inputs whose activations were always zero (``H_ii == 0``)."""
+    _check_square(h)
+    return torch.diagonal(h) == 0
+
+
+def damp(h: torch.Tensor, rel: float = 0.01) -> torch.Tensor:
+    """Damped float64 copy of ``h``: dead inputs get ``H_ii = 1``, then ``rel * mean(diag)``
+    is added to the diagonal (``mean`` over the live inputs' diagonal before damping)."""
+    _check_square(h)
+    if not (isinstance(rel, (int, float)) and rel >= 0):
+        raise SolverError(f"relative damping must be a number >= 0, got {rel!r}")
+    h = h.to(torch.float64).clone()
+    diag = torch.diagonal(h)  # a view: edits go into h
+    dead = diag == 0
+    diag[dead] = 1.0
+    live = diag[~dead]
+    mean = float(live.mean()) if live.numel() else 1.0
+    diag += rel * mean
+    return h
+
+
+def inverse_cholesky_upper(h: torch.Tensor) -> torch.Tensor:
+    """Upper-triangular ``U`` (float64) with ``h^-1 = U^T U``.
+
+    Raises :class:`SolverError` if ``h`` is not positive definite (after the
+    caller's damping).
+    """
+    _check_square(h)
+    h = h.to(torch.float64)
+    low, info = torch.linalg.cholesky_ex(h)
+    if int(info) != 0:
+        raise SolverError(
+            f"the damped Hessian is not positive definite (Cholesky failed at column "
+            f"{int(info) - 1} of {h.shape[0]}); raise the damping (damp_rel) or collect more "
+            "calibration tokens (at least as many as the layer has inputs)"
+        )
+    hinv = torch.cholesky_inverse(low)
+    u, info = torch.linalg.cholesky_ex(hinv, upper=True)
+    if int(info) != 0:
+        raise SolverError(
+            "the inverse of the damped Hessian is numerically not positive definite; "
+            "raise the damping (damp_rel) or collect more calibration tokens"
+        )
+    return u

@@ -1,0 +1,369 @@
+"""Hessian-aware quantization of one linear layer with any vector codec (block LDLQ / GPTQ).
+
+Layout. ``W: [out, in]``. A vector is ``D = codec.dim`` consecutive input
+columns of one row; a group is ``G`` consecutive vectors of one row that share
+one fp16 scale (``G * D`` columns). Reshaped row-major, ``W.reshape(-1, D)`` is
+exactly the flat source of :func:`pvq.codecs.base.quantize_grouped`, so the
+merged codes and scales of a :class:`LayerResult` store like that flow's.
+
+Algorithm. With ``H^-1 = U^T U`` (``U`` upper triangular, float64), column
+blocks of ``block_dim`` (a multiple of ``D``; by default ``D``) are quantized in
+order. At the first block of each group the group's scale is computed by
+``codec.group_scales`` from the current, error-updated weights of the whole
+group. After a block ``B`` is quantized, its error is pushed onto the columns
+``R`` not yet quantized::
+
+    W[:, R] -= (W[:, B] - Q[:, B]) @ inv(U[B, B]) @ U[B, R]
+
+which minimizes ``tr((W - Q) H (W - Q)^T)`` over the remaining columns
+(GPTQ for ``D = 1``; LDLQ with vector blocks). The fast path defers the update
+of far columns to one matrix product per chunk of about ``lazy_columns``
+columns (whole groups, so every group's scale still sees fully updated
+weights); :func:`quantize_layer_reference` applies every update at once.
+
+Hessian hook. If the codec has a method ``encode_hessian(x, scale, h_blk)``, it
+is called instead of ``encode`` for each D-column slice of a block, with
+``x: [out, D]`` float32, ``scale: [out]`` and ``h_blk: [D, D]`` float32, the
+quadratic form that the slice's error ``e`` (a row) costs, ``e h_blk e^T``:
+
+* with error feedback, the D x D diagonal block of ``(U_BB^T U_BB)^-1``, i.e.
+  the block of the damped Hessian after the later columns have absorbed the
+  error (the Schur complement ``H_BB - H_BR H_RR^-1 H_RB`` of the later
+  columns ``R``; for the last block it is ``H_BB``);
+* without error feedback, the diagonal block ``H[B, B]`` of the damped Hessian.
+
+PVQ uses it for Hessian-optimal gains ``s* = v^T h w / v^T h v``. The returned
+codes must decode with the ordinary ``decode``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from pvq.codecs.base import Codes, Stored, VectorCodec, fp16_exact
+
+from .hessian import SolverError, damp, dead_inputs, inverse_cholesky_upper
+
+__all__ = ["LayerResult", "quantize_layer", "quantize_layer_reference", "proxy_loss"]
+
+Progress = Callable[[int, int], None]
+"""``progress(columns_done, columns_total)``, called after every block."""
+
+
+@dataclass
+class LayerResult:
+    """Result of :func:`quantize_layer`.
+
+    weight: dequantized ``Q: [out, in]`` float32.
+    codes: codes of each column block, in column order; block ``b`` holds the
+        ``out * block_dim / D`` vectors of its columns, row-major (row, then vector).
+    scales: group scales ``[out, in / (D * G)]`` float32, fp16-exact.
+    proxy_loss: ``tr((W - Q) H (W - Q)^T)`` with the undamped ``H``.
+    relative_error: ``proxy_loss / tr(W H W^T)``.
+    seconds: wall time of the solve.
+    """
+
+    weight: torch.Tensor
+    codes: list[Codes]
+    scales: torch.Tensor
+    proxy_loss: float
+    relative_error: float
+    seconds: float
+    dim: int
+    group_size: int
+    block_dim: int
+
+    def merged_codes(self) -> Codes:
+        """All codes as one :data:`Codes` of ``out * in / D`` vectors in row-major order
+        (the order of ``Q.reshape(-1, D)``)."""
+        out = self.weight.shape[0]
+        merged: Codes = {}
+        for key in self.codes[0]:
+            parts = [c[key].reshape(out, -1, *c[key].shape[1:]) for c in self.codes]
+            cat = torch.cat(parts, dim=1)
+            merged[key] = cat.reshape(-1, *cat.shape[2:])
+        return merged
+
+    def per_vector_scales(self) -> torch.Tensor:
+        """Scale of every vector, ``[out * in / D]`` in row-major order."""
+        return self.scales.reshape(-1).repeat_interleave(self.group_size)
+
+    def stored(self, codec: VectorCodec) -> Stored:
+        """The tensors to write (packed codes, fp16 scales), from which the rate is measured."""
+        tensors = dict(codec.pack(self.merged_codes()))
+        if codec.stores_scale:
+            tensors["scale"] = self.scales.reshape(-1).half()
+        return Stored(tensors, num_weights=self.weight.numel())
+
+
+def proxy_loss(w: torch.Tensor, q: torch.Tensor, h: torch.Tensor) -> float:
+    """``tr((W - Q) H (W - Q)^T)`` in float64."""
+    e = w.double() - q.double()
+    return float(((e @ h.double().to(e.device)) * e).sum())
+
+
+# ------------------------------------------------------------------ checks
+
+
+@dataclass(frozen=True)
+class _Layout:
+    out: int
+    inp: int
+    dim: int
+    group_size: int
+    block_dim: int
+
+    @property
+    def group_cols(self) -> int:
+        return self.dim * self.group_size
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _check(w, h, codec, block_dim, group_size) -> _Layout:
+    needed = ("dim", "group_size", "group_scales", "encode", "decode")
+    if not all(hasattr(codec, a) for a in needed):
+        raise SolverError(f"codec must be a VectorCodec, got {type(codec).__name__}")
+    if not isinstance(w, torch.Tensor) or w.dim() != 2 or not w.is_floating_point():
+        got = getattr(w, "shape", w)
+        raise SolverError(f"weight must be a float tensor [out, in], got {got!r}")
+    if not torch.isfinite(w).all():
+        raise SolverError("weight holds NaN or inf; clean it before quantizing")
+    out, inp = w.shape
+    if not isinstance(h, torch.Tensor) or tuple(h.shape) != (inp, inp):
+        raise SolverError(
+            f"Hessian must be [{inp}, {inp}] for a weight with {inp} inputs, "
+            f"got {tuple(getattr(h, 'shape', ()))}"
+        )
+    d = codec.dim
+    g = codec.group_size if group_size is None else group_size
+    b = d if block_dim is None else block_dim
+    if not isinstance(g, int) or g < 1:
+        raise SolverError(f"group size must be a positive integer, got {g!r}")
+    if inp % d:
+        raise SolverError(
+            f"in_features={inp} is not a multiple of the codec's vector dim D={d}; "
+            f"choose a D that divides {inp}"
+        )
+    if inp % (d * g):
+        ok = _divisors(inp // d)
+        raise SolverError(
+            f"in_features={inp} does not split into groups of G={g} vectors of D={d} "
+            f"({d * g} columns); group sizes that divide it at D={d}: {ok}"
+        )
+    gc = d * g
+    if not isinstance(b, int) or b < d or b % d or (gc % b and b % gc) or inp % b:
+        raise SolverError(
+            f"block_dim={b!r} must be a multiple of D={d} that divides the group width {gc} "
+            f"or is a multiple of it, and divides in_features={inp}"
+        )
+    return _Layout(out, inp, d, g, b)
+
+
+# ------------------------------------------------------------------ one block
+
+
+def _effective_blocks(
+    u: torch.Tensor | None, h: torch.Tensor, c0: int, c1: int, d: int, feedback: bool
+) -> list[torch.Tensor]:
+    """The D x D quadratic forms passed to ``encode_hessian`` for the slices of block [c0, c1)."""
+    if feedback:
+        ubb = u[c0:c1, c0:c1]
+        eye = torch.eye(c1 - c0, dtype=u.dtype, device=u.device)
+        uinv = torch.linalg.solve_triangular(ubb, eye, upper=True)
+        s = uinv @ uinv.T  # (U_BB^T U_BB)^-1
+    else:
+        s = h[c0:c1, c0:c1]
+    return [s[j : j + d, j : j + d].float() for j in range(0, c1 - c0, d)]
+
+
+def _quantize_block(codec, lay: _Layout, w_blk, scales, c0, hook_blocks):
+    """Quantize block columns [c0, c0 + block_dim): returns (q_blk [out, bd] float32, codes)."""
+    d, out = lay.dim, lay.out
+    k = w_blk.shape[1] // d
+    gcols = lay.group_cols
+    gidx = torch.tensor([(c0 + j * d) // gcols for j in range(k)], device=scales.device)
+    sv = scales[:, gidx]  # [out, k]
+    x = w_blk.float()
+    if hook_blocks is None:
+        xv = x.reshape(out * k, d).contiguous()
+        svf = sv.reshape(-1).contiguous()
+        codes = codec.encode(xv, svf)
+        q = codec.decode(codes, svf).float().reshape(out, k * d)
+        return q, codes
+    parts, qs = [], []
+    for j in range(k):
+        xj = x[:, j * d : (j + 1) * d].contiguous()
+        sj = sv[:, j].contiguous()
+        cj = codec.encode_hessian(xj, sj, hook_blocks[j])
+        parts.append(cj)
+        qs.append(codec.decode(cj, sj).float())
+    q = torch.cat(qs, dim=1)
+    if k == 1:
+        return q, parts[0]
+    codes = {
+        key: torch.stack([p[key] for p in parts], dim=1).reshape(out * k, *parts[0][key].shape[1:])
+        for key in parts[0]
+    }
+    return q, codes
+
+
+def _group_scales(codec, lay: _Layout, w: torch.Tensor, c0: int, c1: int, scales: torch.Tensor):
+    """Set the scales of the groups that start in columns [c0, c1) from the current ``w``."""
+    gc = lay.group_cols
+    for gs in range((c0 + gc - 1) // gc * gc, c1, gc):
+        grp = w[:, gs : gs + gc].float().reshape(lay.out, lay.group_size, lay.dim)
+        s = codec.group_scales(grp)
+        if tuple(s.shape) != (lay.out,):
+            raise SolverError(
+                f"{type(codec).__name__}.group_scales returned shape {tuple(s.shape)}, "
+                f"expected [{lay.out}]"
+            )
+        scales[:, gs // gc] = fp16_exact(s)
+
+
+# ------------------------------------------------------------------ driver
+
+
+def _prepare(w, h, codec, block_dim, group_size, error_feedback, damp_rel, work_dtype):
+    lay = _check(w, h, codec, block_dim, group_size)
+    if work_dtype not in (torch.float32, torch.float64):
+        raise SolverError(f"work_dtype must be torch.float32 or torch.float64, got {work_dtype}")
+    hd = damp(h, damp_rel)
+    wk = w.to(work_dtype).clone()
+    u = None
+    if error_feedback:
+        wk[:, dead_inputs(h.to(torch.float64)).to(wk.device)] = 0.0
+        u = inverse_cholesky_upper(hd).to(wk.device)
+    hook = callable(getattr(codec, "encode_hessian", None))
+    n_groups = lay.inp // lay.group_cols
+    scales = torch.zeros(lay.out, n_groups, dtype=torch.float32, device=wk.device)
+    return lay, hd.to(wk.device), wk, u, hook, scales
+
+
+def _finish(w, h, q, codes, scales, lay, t0) -> LayerResult:
+    loss = proxy_loss(w, q, h)
+    ref = proxy_loss(w, torch.zeros_like(w), h)
+    rel = loss / ref if ref > 0 else (0.0 if loss == 0 else math.inf)
+    return LayerResult(
+        weight=q,
+        codes=codes,
+        scales=scales,
+        proxy_loss=loss,
+        relative_error=rel,
+        seconds=time.perf_counter() - t0,
+        dim=lay.dim,
+        group_size=lay.group_size,
+        block_dim=lay.block_dim,
+    )
+
+
+def quantize_layer(
+    w: torch.Tensor,
+    h: torch.Tensor,
+    codec: VectorCodec,
+    *,
+    block_dim: int | None = None,
+    group_size: int | None = None,
+    error_feedback: bool = True,
+    damp_rel: float = 0.01,
+    progress: Progress | None = None,
+    lazy_columns: int = 128,
+    work_dtype: torch.dtype = torch.float32,
+) -> LayerResult:
+    """Quantize ``w: [out, in]`` with ``codec`` under the proxy loss of ``h: [in, in]``.
+
+    block_dim: columns quantized jointly between error updates (multiple of
+        ``codec.dim``, default ``codec.dim``).
+    group_size: vectors per scale group (default ``codec.group_size``).
+    error_feedback: False gives plain per-vector quantization (RTN-style; the
+        same result as ``quantize_grouped`` on ``w.reshape(-1, D)``).
+    damp_rel: diagonal damping relative to the mean diagonal of ``h``.
+    progress: ``progress(columns_done, columns_total)`` after each block.
+    lazy_columns: target width of the lazily updated chunks (rounded to whole
+        groups and blocks); does not change the result beyond float rounding.
+    work_dtype: dtype of the weight updates (float32; float64 for references).
+
+    With error feedback, input columns with ``h_ii == 0`` (never active) are
+    zeroed before quantization, as GPTQ does.
+    """
+    t0 = time.perf_counter()
+    lay, hd, wk, u, hook, scales = _prepare(
+        w, h, codec, block_dim, group_size, error_feedback, damp_rel, work_dtype
+    )
+    if not isinstance(lazy_columns, int) or lazy_columns < 1:
+        raise SolverError(f"lazy_columns must be a positive integer, got {lazy_columns!r}")
+    bd = lay.block_dim
+    unit = max(bd, lay.group_cols)  # both divide each other one way: unit = their lcm
+    chunk = max(1, lazy_columns // unit) * unit
+    uw = u.to(work_dtype) if u is not None else None
+    q = torch.empty(lay.out, lay.inp, dtype=torch.float32, device=wk.device)
+    codes: list[Codes] = []
+    for a in range(0, lay.inp, chunk):
+        b = min(a + chunk, lay.inp)
+        err = None
+        if uw is not None:
+            err = torch.empty(lay.out, b - a, dtype=work_dtype, device=wk.device)
+        for c0 in range(a, b, bd):
+            c1 = c0 + bd
+            _group_scales(codec, lay, wk, c0, c1, scales)
+            hb = None
+            if hook:
+                hb = _effective_blocks(u, hd, c0, c1, lay.dim, error_feedback)
+            qb, cb = _quantize_block(codec, lay, wk[:, c0:c1], scales, c0, hb)
+            q[:, c0:c1] = qb
+            codes.append(cb)
+            if uw is not None:
+                e = torch.linalg.solve_triangular(
+                    uw[c0:c1, c0:c1], wk[:, c0:c1] - qb.to(work_dtype), upper=True, left=False
+                )
+                err[:, c0 - a : c1 - a] = e
+                if c1 < b:
+                    wk[:, c1:b] -= e @ uw[c0:c1, c1:b]
+            if progress is not None:
+                progress(c1, lay.inp)
+        if uw is not None and b < lay.inp:
+            wk[:, b:] -= err @ uw[a:b, b:]
+    return _finish(w, h, q, codes, scales, lay, t0)
+
+
+def quantize_layer_reference(
+    w: torch.Tensor,
+    h: torch.Tensor,
+    codec: VectorCodec,
+    *,
+    block_dim: int | None = None,
+    group_size: int | None = None,
+    error_feedback: bool = True,
+    damp_rel: float = 0.01,
+    work_dtype: torch.dtype = torch.float32,
+) -> LayerResult:
+    """Plain reference of :func:`quantize_layer`: every block's error update is applied
+    to all later columns at once (no lazy chunks)."""
+    t0 = time.perf_counter()
+    lay, hd, wk, u, hook, scales = _prepare(
+        w, h, codec, block_dim, group_size, error_feedback, damp_rel, work_dtype
+    )
+    uw = u.to(work_dtype) if u is not None else None
+    q = torch.empty(lay.out, lay.inp, dtype=torch.float32, device=wk.device)
+    codes: list[Codes] = []
+    for c0 in range(0, lay.inp, lay.block_dim):
+        c1 = c0 + lay.block_dim
+        _group_scales(codec, lay, wk, c0, c1, scales)
+        hb = _effective_blocks(u, hd, c0, c1, lay.dim, error_feedback) if hook else None
+        qb, cb = _quantize_block(codec, lay, wk[:, c0:c1], scales, c0, hb)
+        q[:, c0:c1] = qb
+        codes.append(cb)
+        if uw is not None:
+            e = torch.linalg.solve_triangular(
+                uw[c0:c1, c0:c1], wk[:, c0:c1] - qb.to(work_dtype), upper=True, left=False
+            )
+            wk[:, c1:] -= e @ uw[c0:c1, c1:]
+    return _finish(w, h, q, codes, scales, lay, t0)

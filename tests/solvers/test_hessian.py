@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from pvq.codecs.base import CodecError
+from pvq.solvers.hessian import (
+    HessianAccumulator,
+    SolverError,
+    damp,
+    dead_inputs,
+    inverse_cholesky_upper,
+)
+
+
+def test_accumulator_is_token_weighted_mean():
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(3, 5, 12, generator=g), torch.randn(1, 12, generator=g), torch.randn(40, 12, generator=g)]
+    acc = HessianAccumulator(12)
+    for b in batches:
+        acc.add(b)
+    x = torch.cat([b.reshape(-1, 12) for b in batches]).double()
+    assert acc.tokens == 56
+    h = acc.hessian()
+    assert h.dtype == torch.float64
+    torch.testing.assert_close(h, x.T @ x / 56, rtol=1e-12, atol=1e-12)
+
+
+def test_accumulator_errors():
+    acc = HessianAccumulator(8)
+    with pytest.raises(SolverError, match="no calibration tokens"):
+        acc.hessian()
+    with pytest.raises(SolverError, match="last dim must be 8"):
+        acc.add(torch.zeros(4, 7))
+    with pytest.raises(SolverError, match="NaN"):
+        acc.add(torch.full((2, 8), float("nan")))
+    with pytest.raises(SolverError):
+        HessianAccumulator(0)
+
+
+def test_damp_adds_relative_diagonal_and_fixes_dead_inputs():
+    h = torch.tensor([[4.0, 1.0, 0.0], [1.0, 2.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    assert dead_inputs(h).tolist() == [False, False, True]
+    d = damp(h, rel=0.1)
+    # mean of the live diagonal = 3 -> +0.3; dead input -> 1 (+0.3)
+    want = torch.tensor([[4.3, 1.0, 0.0], [1.0, 2.3, 0.0], [0.0, 0.0, 1.3]], dtype=torch.float64)
+    torch.testing.assert_close(d, want)
+    assert h[2, 2] == 0  # input untouched
+    torch.testing.assert_close(damp(h, rel=0.0)[2, 2], torch.tensor(1.0, dtype=torch.float64))
+
+
+def test_inverse_cholesky_upper():
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(30, 20, generator=g, dtype=torch.float64)
+    h = damp(a.T @ a / 30)
+    u = inverse_cholesky_upper(h)
+    assert torch.equal(u, torch.triu(u))
+    torch.testing.assert_close(u.T @ u, torch.linalg.inv(h), rtol=1e-9, atol=1e-9)
+
+
+def test_not_positive_definite_says_what_to_do():
+    h = torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=torch.float64)  # eigenvalues 3, -1
+    with pytest.raises(SolverError, match="raise the damping"):
+        inverse_cholesky_upper(damp(h, 0.01))
+    assert issubclass(SolverError, CodecError) and issubclass(SolverError, ValueError)
+    with pytest.raises(SolverError, match="square"):
+        damp(torch.zeros(3, 4))
+    with pytest.raises(SolverError, match="NaN"):
+        damp(torch.full((2, 2), float("inf")))
