@@ -5,19 +5,25 @@ Importing this package registers every codec family in :data:`CODECS`.
 
 from . import gain, kmeans, lattice, packing, pyramid, scalar  # noqa: F401  (registration)
 from .base import (
+    CODEC_CLASSES,
     CODECS,
     CodecError,
     Codes,
     GroupedResult,
     Stored,
     VectorCodec,
+    codec_from_config,
+    codec_to_config,
     make_codec,
     quantize_grouped,
     register_codec,
 )
 
 __all__ = [
+    "CODEC_CLASSES",
     "CODECS",
+    "codec_from_config",
+    "codec_to_config",
     "CodecError",
     "Codes",
     "GroupedResult",

@@ -94,6 +94,19 @@ class VectorCodec(abc.ABC):
     group_size: int
     stores_scale: ClassVar[bool] = True
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            CODEC_CLASSES.setdefault(cls.name, cls)
+
+    def config(self) -> dict:
+        """Constructor arguments that rebuild this codec: ``type(self)(**config())``.
+
+        Stored in checkpoints (JSON-serializable values only) and read back by
+        :func:`codec_from_config`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement config()")
+
     @abc.abstractmethod
     def group_scales(self, x: torch.Tensor) -> torch.Tensor:
         """Scale of each group: ``x: [m, G, D]`` -> ``[m]`` float32, fp16-exact."""
@@ -177,6 +190,21 @@ class CodecSpec:
 
 
 CODECS: dict[str, CodecSpec] = {}
+CODEC_CLASSES: dict[str, type[VectorCodec]] = {}
+
+
+def codec_to_config(codec: VectorCodec) -> dict:
+    """``{"name": ..., **constructor arguments}`` for a checkpoint's JSON config."""
+    return {"name": codec.name, **codec.config()}
+
+
+def codec_from_config(config: dict) -> VectorCodec:
+    """Rebuild a codec from :func:`codec_to_config` output."""
+    config = dict(config)
+    name = config.pop("name", None)
+    if name not in CODEC_CLASSES:
+        raise CodecError(f"unknown codec {name!r} in config; known: {', '.join(sorted(CODEC_CLASSES))}")
+    return CODEC_CLASSES[name](**config)
 
 
 def register_codec(

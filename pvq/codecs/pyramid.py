@@ -327,6 +327,9 @@ def pyramid_unrank(index: torch.Tensor, dim: int, pulses: int) -> torch.Tensor:
     ) if n else torch.zeros(0, dim, dtype=torch.int64, device=index.device)
 
 
+FULL_SEARCH_PULSES = 24  # above this, the magnitude search is a binary search
+
+
 def _unrank_limbs(r: torch.Tensor, t: PyramidTables) -> torch.Tensor:
     """Limb indices ``[n, L]`` -> points ``[n, D]``; magnitudes by one vectorized compare per position."""
     dim, pulses = t.dim, t.pulses
@@ -335,13 +338,23 @@ def _unrank_limbs(r: torch.Tensor, t: PyramidTables) -> torch.Tensor:
     k = torch.full((n,), pulses, dtype=torch.int64, device=r.device)
     y = torch.zeros(n, dim, dtype=torch.int64, device=r.device)
     cand = torch.arange(1, pulses + 1, device=r.device)
+    steps = max(1, pulses.bit_length())
     for j in range(dim):
         nd = dim - j
         is_zero = bigint.compare(r, counts[nd - 1, k]) < 0
         need = bigint.normalize(counts[nd, k] - r)
-        rest = k.unsqueeze(1) - cand
-        ok = (rest >= 0) & (bigint.compare(twice_cum[nd - 1, rest.clamp(min=0)], need.unsqueeze(1)) >= 0)
-        a = torch.where(is_zero, 0, ok.sum(1))
+        if pulses <= FULL_SEARCH_PULSES:  # one [n, K] compare
+            rest = k.unsqueeze(1) - cand
+            ok = (rest >= 0) & (bigint.compare(twice_cum[nd - 1, rest.clamp(min=0)], need.unsqueeze(1)) >= 0)
+            a = torch.where(is_zero, 0, ok.sum(1))
+        else:  # binary search: largest a in [1, k] with 2 A(nd-1, k-a) >= need (A falls as a grows)
+            lo, hi = torch.ones_like(k), k.clamp(min=1)
+            for _ in range(steps):
+                mid = (lo + hi + 1) // 2
+                ok = bigint.compare(twice_cum[nd - 1, (k - mid).clamp(min=0)], need) >= 0
+                lo = torch.where(ok, mid, lo)
+                hi = torch.where(ok, hi, mid - 1)
+            a = torch.where(is_zero, 0, lo)
         after = (k - a).clamp(min=0)
         offset = counts[nd, k] - twice_cum[nd - 1, after]
         r = bigint.normalize(r - torch.where(is_zero.unsqueeze(1), 0, offset))
@@ -509,6 +522,17 @@ class PyramidCodec(VectorCodec):
         self.num_shapes = pyramid_count(dim, pulses)
         self.radix = self.num_shapes * self.gain.num_levels
         self.code_bits = (self.radix - 1).bit_length()
+
+    def config(self) -> dict:
+        return {
+            "dim": self.dim,
+            "pulses": self.pulses,
+            "group_size": self.group_size,
+            "gain_bits": self.gain_bits,
+            "gain_quantizer": self.gain_quantizer_kind,
+            "gain_target": self.gain_target,
+            "search": self.search,
+        }
 
     # -- rate
     def nominal_bits_per_weight(self) -> float:
