@@ -1,0 +1,310 @@
+"""End-to-end runs behind the CLI: load, calibrate, quantize, save, evaluate, demo.
+
+Every run validates its input (model, method, rate, calibration text, output
+path) before the long work starts, and returns plain dicts for ``--json``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..models import (
+    QuantizeConfig,
+    QuantizeError,
+    calibration_batches,
+    load_quantized,
+    load_text,
+    quantize_model,
+    save_quantized,
+    tokenize_text,
+)
+from ..models.reference import CALIB_TEXT, HELDOUT_TEXT, resolve_model
+from .perplexity import perplexity
+
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+# ---------------------------------------------------------------- loading
+
+
+def is_pvq_checkpoint(path: str | Path) -> bool:
+    """True if ``path`` is a directory whose config.json has a pvq quantization_config."""
+    import json
+
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file():
+        return False
+    qc = json.loads(cfg.read_text()).get("quantization_config") or {}
+    return qc.get("quant_method") == "pvq"
+
+
+def load_model(name_or_path: str | None, dtype: torch.dtype = torch.float32):
+    """(model, tokenizer) from a hub id, a local directory or a pvq checkpoint (CPU, eval mode).
+
+    ``None`` or ``"reference"`` is the embedded reference model.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve_model(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        if is_pvq_checkpoint(source):
+            model = load_quantized(source)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    except (OSError, ValueError) as err:
+        if isinstance(err, QuantizeError):
+            raise
+        raise QuantizeError(
+            f"could not load model {source!r} ({type(err).__name__}: {str(err).splitlines()[0]}); "
+            "give a local directory with config.json and weights, or a hub id this machine can reach"
+        ) from err
+    model.eval()
+    return model, tokenizer
+
+
+def eval_token_ids(data: str | None, tokenizer, max_tokens: int | None) -> torch.Tensor:
+    """Token ids of the evaluation text (default: the reference held-out text), cut to ``max_tokens``."""
+    text = load_text(data if data else HELDOUT_TEXT)
+    ids = tokenize_text(text, tokenizer)
+    if max_tokens is not None:
+        if max_tokens < 2:
+            raise QuantizeError(f"--eval-tokens must be at least 2, got {max_tokens}")
+        ids = ids[:max_tokens]
+    return ids
+
+
+def stored_dtype_bits(name_or_path: str | None) -> int | None:
+    """Bits per weight of a plain checkpoint's stored dtype (config ``dtype``/``torch_dtype``), if stated."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(resolve_model(name_or_path))
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    return dtype.itemsize * 8 if isinstance(dtype, torch.dtype) else None
+
+
+def linear_weight_bits(model, stored_bits: int | None = None) -> float:
+    """Bits per weight of the decoder linears: measured from pvq modules' stored tensors, else
+    ``stored_bits`` (the checkpoint's dtype width) or the in-memory dtype width."""
+    from ..models import decoder_layers, quantized_modules
+
+    quantized = quantized_modules(model)
+    if quantized:
+        bits = sum(m.stored_bits() for m in quantized.values())
+        weights = sum(m.in_features * m.out_features for m in quantized.values())
+        return bits / weights
+    widths = [
+        mod.weight.element_size() * 8
+        for layer in decoder_layers(model)
+        for mod in layer.modules()
+        if isinstance(mod, torch.nn.Linear)
+    ]
+    if not widths:
+        return float("nan")
+    return float(stored_bits) if stored_bits else sum(widths) / len(widths)
+
+
+def _stored(name_or_path: str | None) -> int | None:
+    source = resolve_model(name_or_path)
+    return None if is_pvq_checkpoint(source) else stored_dtype_bits(source)
+
+
+# ---------------------------------------------------------------- quantize
+
+
+@dataclass
+class QuantizeRequest:
+    """A ``pvq quantize`` run; checked by :meth:`check` before any work."""
+
+    model: str | None
+    config: QuantizeConfig
+    calib: str | None = None  # file, directory or datasets name; default: the reference calib text
+    output: str | None = None
+    overwrite: bool = False
+    device: str | None = None
+
+    def check(self) -> None:
+        if self.output is not None:
+            out = Path(self.output)
+            if out.exists() and (not out.is_dir() or any(out.iterdir())) and not self.overwrite:
+                raise QuantizeError(f"output {self.output!r} exists and is not empty; pick a new --output or pass --overwrite")
+
+
+def run_quantize(req: QuantizeRequest, log: Log = _quiet, progress: bool = True) -> tuple[object, object, dict]:
+    """Quantize (and save if ``req.output``); returns (model, tokenizer, summary dict)."""
+    req.check()
+    model, tokenizer = load_model(req.model)
+    req.config.plan(model)  # method, dims, groups and rates against this model, before any work
+    text = load_text(req.calib if req.calib else CALIB_TEXT)
+    calib = calibration_batches(text, tokenizer, req.config.n_samples, req.config.seq_len, req.config.seed)
+    report = quantize_model(model, calib, req.config, device=req.device, progress=progress, log=log)
+    summary = {
+        "model": resolve_model(req.model),
+        "method": req.config.method,
+        "target_bits": req.config.bits,
+        "bits_per_weight": report.bits_per_weight,
+        "seconds": report.seconds,
+        "proxy_loss": report.proxy_loss,
+        "output": None,
+    }
+    if req.output:
+        save_quantized(model, req.output, report, tokenizer=tokenizer, overwrite=req.overwrite)
+        summary["output"] = str(req.output)
+    return model, tokenizer, summary
+
+
+# ---------------------------------------------------------------- eval
+
+
+def run_eval(
+    model_or_dir: str | None,
+    data: str | None = None,
+    context: int = 512,
+    stride: int = 512,
+    max_tokens: int | None = None,
+    device: str | None = None,
+    progress: bool = False,
+) -> dict:
+    """Perplexity and measured bits per weight of a model or pvq checkpoint."""
+    model, tokenizer = load_model(model_or_dir)
+    ids = eval_token_ids(data, tokenizer, max_tokens)
+    res = perplexity(model, ids, context=context, stride=stride, device=device, progress=progress)
+    return {
+        "model": resolve_model(model_or_dir),
+        "perplexity": res.perplexity,
+        "bits_per_weight": linear_weight_bits(model, _stored(model_or_dir)),
+        "tokens": res.tokens,
+        "context": context,
+        "stride": stride,
+        "seconds": res.seconds,
+    }
+
+
+# ---------------------------------------------------------------- demo
+
+
+@dataclass
+class DemoConfig:
+    """The demo grid: methods x rates on the reference model (or another model)."""
+
+    model: str | None = None
+    methods: tuple[str, ...] = ("pvq", "gptq", "rtn")
+    bits: tuple[float, ...] = (2.0, 3.0, 4.0)
+    eval_tokens: int | None = 32768
+    context: int = 512
+    n_samples: int = 64
+    seq_len: int = 256
+    seed: int = 0
+    device: str | None = None
+    plot: str | None = "demo.png"
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for m in self.methods:
+            QuantizeConfig(method=m, bits=self.bits[0])  # raises for unknown methods
+        if not self.bits or any(not (0 < b <= 16) for b in self.bits):
+            raise QuantizeError(f"rates must be in (0, 16] bits per weight, got {self.bits}")
+
+
+def run_demo(cfg: DemoConfig, log: Log = _quiet) -> dict:
+    """Quantize with every method at every rate, evaluate each, return the table (and plot it)."""
+    model0, tokenizer = load_model(cfg.model)
+    configs = [
+        QuantizeConfig(method=m, bits=b, n_samples=cfg.n_samples, seq_len=cfg.seq_len, seed=cfg.seed, **cfg.options)
+        for m in cfg.methods
+        for b in cfg.bits
+    ]
+    for c in configs:  # every setting is checked against the model before the first quantization
+        c.plan(model0)
+    calib = calibration_batches(load_text(CALIB_TEXT), tokenizer, cfg.n_samples, cfg.seq_len, cfg.seed)
+    ids = eval_token_ids(None, tokenizer, cfg.eval_tokens)
+    state = {k: v.clone() for k, v in model0.state_dict().items()}
+    t = time.perf_counter()
+    base = perplexity(model0, ids, context=cfg.context, stride=cfg.context, device=cfg.device)
+    results = [
+        {
+            "method": "none",
+            "target_bits": None,
+            "bits_per_weight": linear_weight_bits(model0, _stored(cfg.model)),
+            "perplexity": base.perplexity,
+            "quantize_seconds": 0.0,
+            "eval_seconds": time.perf_counter() - t,
+        }
+    ]
+    log(f"none: perplexity {base.perplexity:.3f} on {base.tokens} tokens")
+    for c in configs:
+        model, _ = load_model(cfg.model)
+        model.load_state_dict(state)
+        report = quantize_model(model, calib, c, device=cfg.device, progress=False, log=None)
+        t = time.perf_counter()
+        ppl = perplexity(model, ids, context=cfg.context, stride=cfg.context, device=cfg.device)
+        row = {
+            "method": c.method,
+            "target_bits": c.bits,
+            "bits_per_weight": report.bits_per_weight,
+            "perplexity": ppl.perplexity,
+            "quantize_seconds": report.seconds,
+            "eval_seconds": time.perf_counter() - t,
+        }
+        results.append(row)
+        log(
+            f"{c.method:5s} {c.bits:.0f} bits: measured {report.bits_per_weight:.3f} bpw, perplexity "
+            f"{ppl.perplexity:.3f} (quantize {report.seconds:.0f} s)"
+        )
+        del model
+    out = {
+        "model": resolve_model(cfg.model),
+        "eval_tokens": int(ids.numel()),
+        "context": cfg.context,
+        "calibration": {"samples": cfg.n_samples, "seq_len": cfg.seq_len, "seed": cfg.seed},
+        "results": results,
+    }
+    if cfg.plot:
+        plot_demo(results, cfg.plot)
+        out["plot"] = cfg.plot
+    return out
+
+
+def plot_demo(results: list[dict], path: str) -> None:
+    """Perplexity against measured bits per weight, one line per method, the unquantized model dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for method in dict.fromkeys(r["method"] for r in results if r["method"] != "none"):
+        rows = sorted((r for r in results if r["method"] == method), key=lambda r: r["bits_per_weight"])
+        ax.plot([r["bits_per_weight"] for r in rows], [r["perplexity"] for r in rows], marker="o", label=method)
+    base = [r for r in results if r["method"] == "none"]
+    if base:
+        ax.axhline(base[0]["perplexity"], color="k", linestyle="--", label="unquantized (fp16)")
+    ax.set_yscale("log")
+    ax.set_xlabel("bits per weight (measured from stored tensors)")
+    ax.set_ylabel("held-out perplexity (log scale)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+__all__ = [
+    "DemoConfig",
+    "QuantizeRequest",
+    "load_model",
+    "run_demo",
+    "run_eval",
+    "run_quantize",
+]
