@@ -135,6 +135,18 @@ class VectorCodec(abc.ABC):
         """``decode(encode(x))``; codecs may override with a faster path."""
         return self.decode(self.encode(x, scale), scale)
 
+    def encode_decode(
+        self, x: torch.Tensor, scale: torch.Tensor, hessian: torch.Tensor | None = None
+    ) -> tuple[Codes, torch.Tensor]:
+        """Codes of ``x`` and their reconstruction (bit-identical to ``decode(codes)``).
+
+        With ``hessian`` ([D, D]) the codes come from ``encode_hessian``. Solvers
+        call this; codecs whose decode is costly (PVQ's unrank) override it to
+        reuse what encoding already computed.
+        """
+        codes = self.encode(x, scale) if hessian is None else self.encode_hessian(x, scale, hessian)
+        return codes, self.decode(codes, scale)
+
     def describe(self) -> str:
         return f"{self.name}(D={self.dim}, G={self.group_size})"
 

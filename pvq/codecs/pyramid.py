@@ -321,7 +321,9 @@ def pyramid_unrank(index: torch.Tensor, dim: int, pulses: int) -> torch.Tensor:
     small = _int64_tables(dim, pulses, index.device)
     if small is not None:
         return _unrank_int64(bigint.to_int64(index), dim, small)
-    rows_per_chunk = max(1, (1 << 23) // max(1, pulses * L))
+    # the full magnitude search holds [rows, K, L]; the binary search only [rows, L]
+    per_row = pulses * L if pulses <= FULL_SEARCH_PULSES else L
+    rows_per_chunk = max(1, (1 << 24) // max(1, per_row))
     return torch.cat(
         [_unrank_limbs(index[s : s + rows_per_chunk], tables) for s in range(0, n, rows_per_chunk)]
     ) if n else torch.zeros(0, dim, dtype=torch.int64, device=index.device)
@@ -569,8 +571,7 @@ class PyramidCodec(VectorCodec):
     def quantize(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """``decode(encode(x))`` without computing indices (same result, much faster)."""
         _, unit, amplitude = self._shape_and_amplitude(x)
-        gain = self.gain.decode(self._gain_code(amplitude, scale)).double() * scale.double()
-        return (unit * gain.unsqueeze(1)).float()
+        return self._reconstruct(unit, self._gain_code(amplitude, scale), scale)
 
     def _gain_code(self, amplitude: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         safe = scale.double().clamp(min=1e-30)
@@ -582,22 +583,36 @@ class PyramidCodec(VectorCodec):
         ``hessian``: the D x D block of the layer Hessian for these columns;
         v is the unit shape. Minimizes (x - s v)^T H (x - s v) over s.
         """
+        y, _, amplitude = self._shape_and_hessian_amplitude(x, hessian)
+        return self._codes(y, amplitude, scale)
+
+    def _shape_and_hessian_amplitude(self, x, hessian):
         check_vectors(x, self.dim)
         y = self.shapes(x)
         unit = y.double() / y.double().norm(dim=1, keepdim=True)
-        h = hessian.double()
-        hv = unit @ h
+        hv = unit @ hessian.double()
         amplitude = (hv * x.double()).sum(1) / (hv * unit).sum(1).clamp(min=1e-300)
-        return self._codes(y, amplitude, scale)
+        return y, unit, amplitude
+
+    def encode_decode(self, x, scale, hessian=None):
+        """Codes and reconstruction without unranking (the shape is at hand)."""
+        if hessian is None:
+            y, unit, amplitude = self._shape_and_amplitude(x)
+        else:
+            y, unit, amplitude = self._shape_and_hessian_amplitude(x, hessian)
+        codes = self._codes(y, amplitude, scale)
+        return codes, self._reconstruct(unit, codes["gain"], scale)
+
+    def _reconstruct(self, unit: torch.Tensor, gain_code: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        amp = self.gain.decode(gain_code).double() * scale.double()
+        return (unit * amp.unsqueeze(1)).float()
 
     def _codes(self, y: torch.Tensor, amplitude: torch.Tensor, scale: torch.Tensor) -> Codes:
         return {"index": pyramid_rank(y, self.pulses), "gain": self._gain_code(amplitude, scale)}
 
     def decode(self, codes: Codes, scale: torch.Tensor) -> torch.Tensor:
         y = pyramid_unrank(codes["index"], self.dim, self.pulses).double()
-        unit = y / y.norm(dim=1, keepdim=True)
-        amp = self.gain.decode(codes["gain"]).double() * scale.double()
-        return (unit * amp.unsqueeze(1)).float()
+        return self._reconstruct(y / y.norm(dim=1, keepdim=True), codes["gain"], scale)
 
     def pack(self, codes: Codes) -> dict[str, torch.Tensor]:
         combined = bigint.add_small(bigint.mul_small(codes["index"], self.gain.num_levels), codes["gain"])

@@ -156,6 +156,12 @@ class _SolverCodec:
     def decode(self, codes, scale):
         return self.codec.decode(codes, scale)
 
+    def encode_decode(self, x, scale, hessian=None):
+        if self._needs_zero or not hasattr(self.codec, "encode_decode"):
+            codes = self.encode(x, scale) if hessian is None else self._encode_hessian(x, scale, hessian)
+            return codes, self.decode(codes, scale)
+        return self.codec.encode_decode(x, scale, hessian)
+
 
 # ---------------------------------------------------------------- input capture
 

@@ -184,6 +184,15 @@ def _effective_blocks(
     return [s[j : j + d, j : j + d].float() for j in range(0, c1 - c0, d)]
 
 
+def _encode_decode(codec, x, scale, hessian=None):
+    """(codes, reconstruction) through the codec's ``encode_decode`` when it has one."""
+    fast = getattr(codec, "encode_decode", None)
+    if fast is not None:
+        return fast(x, scale) if hessian is None else fast(x, scale, hessian)
+    codes = codec.encode(x, scale) if hessian is None else codec.encode_hessian(x, scale, hessian)
+    return codes, codec.decode(codes, scale)
+
+
 def _quantize_block(codec, lay: _Layout, w_blk, scales, c0, hook_blocks):
     """Quantize block columns [c0, c0 + block_dim): returns (q_blk [out, bd] float32, codes)."""
     d, out = lay.dim, lay.out
@@ -195,16 +204,15 @@ def _quantize_block(codec, lay: _Layout, w_blk, scales, c0, hook_blocks):
     if hook_blocks is None:
         xv = x.reshape(out * k, d).contiguous()
         svf = sv.reshape(-1).contiguous()
-        codes = codec.encode(xv, svf)
-        q = codec.decode(codes, svf).float().reshape(out, k * d)
-        return q, codes
+        codes, q = _encode_decode(codec, xv, svf)
+        return q.float().reshape(out, k * d), codes
     parts, qs = [], []
     for j in range(k):
         xj = x[:, j * d : (j + 1) * d].contiguous()
         sj = sv[:, j].contiguous()
-        cj = codec.encode_hessian(xj, sj, hook_blocks[j])
+        cj, qj = _encode_decode(codec, xj, sj, hook_blocks[j])
         parts.append(cj)
-        qs.append(codec.decode(cj, sj).float())
+        qs.append(qj.float())
     q = torch.cat(qs, dim=1)
     if k == 1:
         return q, parts[0]

@@ -197,3 +197,17 @@ def test_bad_arguments_raise_clear_errors(call):
 def test_rate_error_says_what_to_change():
     with pytest.raises(CodecError, match="raise the rate"):
         pulses_for_rate(0.2, 8, 16, 4)
+
+
+def test_encode_decode_matches_decode_bit_for_bit():
+    gen = torch.Generator().manual_seed(9)
+    for dim, bits in [(8, 3.0), (24, 3.0), (32, 4.0)]:
+        codec = make_codec("pvq", bits, dim)
+        x = torch.randn(codec.group_size * 6, dim, generator=gen)
+        scale = codec.group_scales(x.view(-1, codec.group_size, dim)).repeat_interleave(codec.group_size)
+        h = torch.eye(dim) + 0.3 * torch.ones(dim, dim)
+        for hess in (None, h):
+            codes, xhat = codec.encode_decode(x, scale, hess)
+            ref = codec.encode(x, scale) if hess is None else codec.encode_hessian(x, scale, hess)
+            assert all(torch.equal(codes[k], ref[k]) for k in ref)
+            assert torch.equal(xhat, codec.decode(codes, scale))
