@@ -291,6 +291,10 @@ def plot_demo(results: list[dict], path: str) -> None:
     if base:
         ax.axhline(base[0]["perplexity"], color="k", linestyle="--", label="unquantized (fp16)")
     ax.set_yscale("log")
+    from matplotlib.ticker import FormatStrFormatter
+
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%.1f"))
+    ax.yaxis.set_minor_formatter(FormatStrFormatter("%.1f"))
     ax.set_xlabel("bits per weight (measured from stored tensors)")
     ax.set_ylabel("held-out perplexity (log scale)")
     ax.grid(True, which="both", alpha=0.3)
