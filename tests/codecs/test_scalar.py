@@ -22,13 +22,6 @@ from pvq.codecs.scalar import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def gaussian(n, seed=0):
     return torch.randn(n, generator=torch.Generator().manual_seed(seed))
