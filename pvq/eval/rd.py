@@ -103,13 +103,16 @@ def run_rd(config: RDConfig, progress: Callable[[str], None] | None = None) -> l
     if not settings:
         raise CodecError("no codec accepts the requested dimensions; drop --dim or pick dims the codecs support")
     # build every codec first: a rate no setting reaches fails here, before the long work
-    built = []
+    built, refused = [], []
     for name, dim, bits in settings:
         try:
             built.append((name, dim, bits, make_codec(name, bits, dim)))
         except CodecError as err:
+            refused.append(f"{name} D={dim} at {bits} bits: {err}")
             if progress:
-                progress(f"skip {name} D={dim} at {bits} bits: {err}")
+                progress(f"skip {refused[-1]}")
+    if not built:
+        raise CodecError("no codec reaches the requested settings:\n  " + "\n  ".join(refused))
     results = []
     for name, dim, bits, codec in built:
         block = dim * codec.group_size

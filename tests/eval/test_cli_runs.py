@@ -1,0 +1,60 @@
+"""End-to-end CLI runs (quantize -> save -> eval, demo) on a tiny Llama with the reference tokenizer."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from pvq.cli import main
+from pvq.models.reference import CALIB_TEXT, REFERENCE_DIR
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=8192, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(REFERENCE_DIR).save_pretrained(path)
+    return path
+
+
+def test_quantize_save_eval_round_trip(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "q"
+    rc = main(["quantize", str(tiny_model_dir), "--method", "pvq", "--bits", "3", "--dim", "8",
+               "--calib", str(CALIB_TEXT), "--samples", "4", "--seq-len", "32", "--output", str(out), "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["output"] == str(out) and 2.5 < summary["bits_per_weight"] <= 3.0
+    assert main(["eval", str(out), "--eval-tokens", "600", "--context", "128", "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["bits_per_weight"] == pytest.approx(summary["bits_per_weight"])  # measured from the checkpoint
+    assert ev["tokens"] > 500 and ev["perplexity"] > 1
+    # writing over an existing checkpoint needs --overwrite, and fails before any work
+    rc = main(["quantize", str(tiny_model_dir), "--bits", "3", "--output", str(out), "--json"])
+    assert rc == 2 and "--overwrite" in capsys.readouterr().err
+
+
+def test_eval_of_plain_model_reports_stored_dtype(tiny_model_dir, capsys):
+    assert main(["eval", str(tiny_model_dir), "--eval-tokens", "300", "--context", "128", "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["bits_per_weight"] == 32.0  # saved in float32
+
+
+def test_demo_json_rows(tiny_model_dir, capsys):
+    rc = main(["demo", "--model", str(tiny_model_dir), "--methods", "rtn,pvq", "--bits", "4",
+               "--eval-tokens", "400", "--samples", "4", "--seq-len", "32", "--plot", "", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    methods = [r["method"] for r in out["results"]]
+    assert methods == ["none", "rtn", "pvq"]
+    assert all({"method", "bits_per_weight", "perplexity"} <= set(r) for r in out["results"])
+
+
+def test_demo_rejects_unknown_method_before_work(capsys):
+    assert main(["demo", "--methods", "pvq,nope", "--json"]) == 2
+    assert "unknown method" in capsys.readouterr().err
