@@ -111,7 +111,7 @@ def _bool_switch(p: argparse.ArgumentParser, name: str, help: str) -> None:
 
 def _quantize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default=None, help="hub id or local directory (default: the reference model)")
-    p.add_argument("--method", default="pvq", help="pvq, gptq, rtn or e8")
+    p.add_argument("--method", default="pvq", help="pvq, gptq, rtn, e8 or codebook")
     p.add_argument("--bits", type=float, default=3.0, help="target bits per weight, scales included")
     p.add_argument("--dim", type=int, default=None, help="vector dimension D (default: the method's)")
     p.add_argument("--group-size", type=int, default=None, help="vectors per stored scale (default: the method's)")
@@ -130,6 +130,10 @@ def _quantize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gain-target", default="projection", help="PVQ gain: projection or norm (the paper's)")
     p.add_argument("--search", default="greedy", help="PVQ shape search: greedy or refine")
     p.add_argument("--gain-bits", type=int, default=None, help="PVQ gain bits (default: best split for the rate)")
+    p.add_argument("--codebook-weighting", default="hessian",
+                   help="codebook: K-means importances hessian (diag H), obs (w^2/[H^-1]_ii) or none")
+    p.add_argument("--lora-steps", type=int, default=0,
+                   help="codebook: LoRA recovery steps on the not yet compressed layers after each chunk of blocks")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -152,6 +156,8 @@ def _quantize_config(args: argparse.Namespace):
         gain_target=args.gain_target,
         search=args.search,
         gain_bits=args.gain_bits,
+        codebook_weighting=args.codebook_weighting,
+        lora_steps=args.lora_steps,
     )
 
 

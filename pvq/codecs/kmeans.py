@@ -187,6 +187,102 @@ def weighted_kmeans(
     return centroids, assign, float(dist.double().sum())
 
 
+# ---------------------------------------------------------------- Hessian importances
+
+WEIGHTINGS = ("none", "hessian", "obs")
+
+
+def _check_layer(w_shape: tuple[int, int], h: torch.Tensor, dim: int) -> tuple[int, int]:
+    out, inp = w_shape
+    if not isinstance(dim, int) or dim < 1 or inp % dim:
+        raise CodecError(f"dim must be a positive integer dividing in_features={inp}, got {dim!r}")
+    if h.dim() != 2 or tuple(h.shape) != (inp, inp):
+        raise CodecError(f"Hessian must be [{inp}, {inp}] for a weight with {inp} inputs, got {tuple(h.shape)}")
+    if not torch.isfinite(h).all():
+        raise CodecError("Hessian holds NaN or inf")
+    return out, inp
+
+
+def hessian_diag_weights(h: torch.Tensor, out_features: int, dim: int) -> torch.Tensor:
+    """Per-coordinate importances ``diag(H)`` for the rows of ``W: [out, in]`` cut into vectors.
+
+    h: ``[in, in]`` Hessian ``E[x x^T]``. Returns ``[out * in / D, D]`` float32
+    in the order of ``W.reshape(-1, D)`` (row, then vector): coordinate ``d`` of
+    vector ``j`` of any row weighs ``H[j D + d, j D + d]`` (clamped at 0).
+    """
+    _, inp = _check_layer((out_features, h.shape[-1]), h, dim)
+    diag = torch.diagonal(h).float().clamp_min(0.0)
+    return diag.reshape(1, inp // dim, dim).expand(out_features, -1, -1).reshape(-1, dim).contiguous()
+
+
+def obs_saliency_weights(w: torch.Tensor, h: torch.Tensor, dim: int, damp_rel: float = 0.01) -> torch.Tensor:
+    """OBS saliency ``w_rc^2 / [H^-1]_cc`` per weight, as ``[out * in / D, D]`` float32.
+
+    w: ``[out, in]``; h: ``[in, in]``, damped by ``damp_rel * mean(diag H)`` on
+    the diagonal before inversion (in float64) so that it is invertible.
+    """
+    out, inp = _check_layer(tuple(w.shape), h, dim)
+    if not (isinstance(damp_rel, (int, float)) and damp_rel >= 0):
+        raise CodecError(f"damp_rel must be a number >= 0, got {damp_rel!r}")
+    hd = h.double()
+    mean_diag = float(torch.diagonal(hd).mean())
+    lam = damp_rel * mean_diag if mean_diag > 0 else 1.0
+    hd = hd + lam * torch.eye(inp, dtype=hd.dtype, device=hd.device)
+    try:
+        chol = torch.linalg.cholesky(hd)
+    except RuntimeError as e:
+        raise CodecError(f"Hessian is not positive definite even after damping {damp_rel}; raise damp_rel") from e
+    hinv_diag = torch.diagonal(torch.cholesky_inverse(chol))
+    sal = w.double().pow(2) / hinv_diag.to(w.device).reshape(1, inp)
+    return sal.float().reshape(-1, dim).contiguous()
+
+
+def hessian_weights_reference(w: torch.Tensor, h: torch.Tensor, dim: int, kind: str, damp_rel: float = 0.01):
+    """Plain loop reference of :func:`hessian_weights` (float64 lists; small sizes only)."""
+    out, inp = w.shape
+    if kind == "none":
+        return None
+    hd = h.double()
+    if kind == "obs":
+        mean_diag = float(torch.diagonal(hd).mean())
+        lam = damp_rel * mean_diag if mean_diag > 0 else 1.0
+        hinv = torch.linalg.inv(hd + lam * torch.eye(inp, dtype=torch.float64)).tolist()
+    rows = []
+    for r in range(out):
+        for j in range(inp // dim):
+            vec = []
+            for d in range(dim):
+                c = j * dim + d
+                if kind == "hessian":
+                    vec.append(max(float(hd[c, c]), 0.0))
+                else:
+                    vec.append(float(w[r, c]) ** 2 / hinv[c][c])
+            rows.append(vec)
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def hessian_weights(
+    w: torch.Tensor, h: torch.Tensor, dim: int, kind: str, damp_rel: float = 0.01
+) -> torch.Tensor | None:
+    """Importances ``[out * in / D, D]`` of ``W: [out, in]``'s vectors for weighted K-means.
+
+    kind: ``"none"`` (None: plain K-means), ``"hessian"`` (diag H per input
+    column, :func:`hessian_diag_weights`) or ``"obs"`` (OBS saliency
+    ``w^2 / [H^-1]_ii``, :func:`obs_saliency_weights`).
+    """
+    if kind not in WEIGHTINGS:
+        raise CodecError(f"weighting must be one of {WEIGHTINGS}, got {kind!r}")
+    if w.dim() != 2:
+        raise CodecError(f"w must be [out, in], got {tuple(w.shape)}")
+    if kind == "none":
+        _check_layer(tuple(w.shape), h, dim)
+        return None
+    if kind == "hessian":
+        _check_layer(tuple(w.shape), h, dim)
+        return hessian_diag_weights(h, w.shape[0], dim).to(w.device)
+    return obs_saliency_weights(w, h, dim, damp_rel)
+
+
 # ---------------------------------------------------------------- codec
 
 

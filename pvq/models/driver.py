@@ -31,6 +31,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from pvq.codecs import CodecError
 from pvq.solvers import HessianAccumulator, SolverError, quantize_layer
 from pvq.transforms import RandomizedHadamard, rotate_weight
 
@@ -161,6 +162,54 @@ class _SolverCodec:
             codes = self.encode(x, scale) if hessian is None else self._encode_hessian(x, scale, hessian)
             return codes, self.decode(codes, scale)
         return self.codec.encode_decode(x, scale, hessian)
+
+
+class _FixedCodebookCodec(_SolverCodec):
+    """A K-means codec with its layer's fitted codebook, as the solver sees it.
+
+    The codebook is data shared by all vectors of the layer: ``encode`` returns
+    only ``{"index"}`` (so the solver can merge per-block codes), ``decode``
+    puts the fixed codebook back. Assignment is plain nearest centroid of
+    ``x / scale`` (the Hessian enters through the fitted codebook and through
+    the solver's error feedback).
+    """
+
+    def __init__(self, codec, codebook: torch.Tensor):
+        from pvq.codecs.kmeans import KMeansCodec
+
+        fixed = KMeansCodec(**codec.config(), codebook=codebook)
+        super().__init__(fixed, hessian_gain=False)
+        self.codebook = fixed.codebook
+
+    def encode(self, x, scale):
+        return {"index": self.codec.encode(x, scale)["index"]}
+
+    def decode(self, codes, scale):
+        return self.codec.decode({"index": codes["index"], "codebook": self.codebook}, scale)
+
+    def encode_decode(self, x, scale, hessian=None):
+        codes = self.encode(x, scale)
+        return codes, self.decode(codes, scale)
+
+    def stored(self, res) -> dict[str, torch.Tensor]:
+        tensors = dict(self.codec.pack({"index": res.merged_codes()["index"], "codebook": self.codebook}))
+        tensors["scale"] = res.scales.reshape(-1).half()
+        return tensors
+
+
+def _fit_layer_codebook(w: torch.Tensor, h: torch.Tensor, codec, config: QuantizeConfig) -> torch.Tensor:
+    """One codebook for the whole layer ``w: [out, in]``: weighted K-means of its
+    vectors divided by their group scales (taken from ``w`` itself), with the
+    importances of ``config.codebook_weighting``."""
+    from pvq.codecs.kmeans import hessian_weights
+
+    d, g = codec.dim, codec.group_size
+    out, inp = w.shape
+    wf = w.float()
+    groups = wf.reshape(out * inp // (d * g), g, d)
+    scale = codec.group_scales(groups).float().repeat_interleave(g)
+    imp = hessian_weights(wf, h, d, config.codebook_weighting, config.damp)
+    return codec.fit_codebook(wf.reshape(-1, d), scale, imp)
 
 
 # ---------------------------------------------------------------- input capture
@@ -373,15 +422,22 @@ def _quantize_linear(
         v = RandomizedHadamard(plan.in_features, plan.rotation["in_seed"])
         w = rotate_weight(w, u, v)
         h = _rotate_hessian(h, v)
-    solver_codec = _SolverCodec(plan.codec, config.use_hessian_gain)
+    fits_codebook = callable(getattr(plan.codec, "fit_codebook", None)) and getattr(plan.codec, "codebook", 1) is None
     try:
+        if fits_codebook:
+            solver_codec = _FixedCodebookCodec(plan.codec, _fit_layer_codebook(w, h, plan.codec, config))
+        else:
+            solver_codec = _SolverCodec(plan.codec, config.use_hessian_gain)
         res = quantize_layer(
             w.float(), h, solver_codec, error_feedback=config.use_error_feedback, damp_rel=config.damp
         )
-    except SolverError as e:
+    except (SolverError, CodecError) as e:
         raise QuantizeError(f"{plan.name}: {e}") from e
-    stored = res.stored(plan.codec).tensors
-    q = QuantizedLinear.from_stored(linear, plan.codec, stored, plan.rotation)
+    if fits_codebook:
+        stored = solver_codec.stored(res)
+    else:
+        stored = res.stored(plan.codec).tensors
+    q = QuantizedLinear.from_stored(linear, solver_codec.codec, stored, plan.rotation)
     q.seed_cache(res.weight, linear.weight.dtype)  # res.weight == decode(stored codes), bit for bit
     return q, res.proxy_loss, res.relative_error, time.perf_counter() - t0
 
@@ -410,6 +466,7 @@ def quantize_model(
     log: Log = print,
     *,
     batch_size: int = 8,
+    blocks: list[int] | None = None,
 ) -> QuantizeReport:
     """Quantize every ``nn.Linear`` of ``model``'s decoder blocks in place.
 
@@ -422,6 +479,10 @@ def quantize_model(
     device: where blocks are quantized (default: CUDA if available, else CPU).
     progress: show a tqdm bar; log: called with one line per layer (None: quiet).
     batch_size: calibration samples per forward pass.
+    blocks: quantize only these decoder blocks (indices; default all). The
+        others are run as they are (quantized or not) to feed the next ones.
+        With ``config.lora_steps > 0`` and ``blocks`` unset, the run follows the
+        LoRA recovery schedule of :func:`pvq.models.lora.quantize_with_lora`.
 
     Bad input (config, model structure, calibration ids) raises
     :class:`QuantizeError` before any work; an error during the work leaves
@@ -430,7 +491,17 @@ def quantize_model(
     t0 = time.perf_counter()
     if not isinstance(config, QuantizeConfig):
         raise QuantizeError(f"config must be a QuantizeConfig, got {type(config).__name__}")
+    if config.lora_steps and blocks is None:
+        from .lora import quantize_with_lora
+
+        return quantize_with_lora(model, calib_ids, config, device=device, progress=progress, log=log,
+                                  batch_size=batch_size)
     plan = config.plan(model)
+    if blocks is not None:
+        if not blocks or any(not isinstance(b, int) or not 0 <= b < plan.num_blocks for b in blocks):
+            raise QuantizeError(f"blocks must be a non-empty list of block indices in [0, {plan.num_blocks}), got {blocks!r}")
+        chosen = set(blocks)
+        plan = QuantizePlan(config, [p for p in plan.layers if p.block in chosen], plan.num_blocks)
     calib_ids = check_calibration(calib_ids, model)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise QuantizeError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -445,10 +516,14 @@ def quantize_model(
     bar = _progress_bar(len(plan.layers), progress, f"quantize {config.method} {config.bits:g} bits")
     try:
         batches = _capture(model, calib_ids, device, batch_size)
+        last = max(p.block for p in plan.layers)
         for i, block in enumerate(layers):
+            if i > last:
+                break
             home = _module_device(block)
             block.to(device)
-            stats.extend(_quantize_block(block, i, batches, plan, config, device, say, bar))
+            if plan.by_block(i):
+                stats.extend(_quantize_block(block, i, batches, plan, config, device, say, bar))
             for b in batches:
                 b.hidden = _run_block(block, b, i)
             home = home if home is not None else device

@@ -7,6 +7,9 @@ A method names a codec and the solver ingredients around it:
 * ``gptq`` - codec ``uniform`` (D = 1, groups of 128 weights), GPTQ error feedback.
 * ``rtn``  - codec ``uniform``, round to nearest (no feedback, no rotation).
 * ``e8``   - randomized Hadamard + codec ``e8`` (D = 8) + LDLQ error feedback.
+* ``codebook`` - LLM-Codebook: codec ``kmeans``; per layer one codebook fitted by
+  K-means weighted with Hessian importances (``codebook_weighting``), stored with
+  the layer, then codes assigned through block LDLQ (codebook fixed).
 
 Adding a method is one :func:`register_method` call with a :class:`MethodSpec`.
 
@@ -114,6 +117,12 @@ register_method(MethodSpec(
     codec_options=SCALAR_OPTIONS, group_option="group_weights",
 ))
 register_method(MethodSpec(
+    "codebook", "kmeans",
+    "LLM-Codebook: one Hessian-weighted K-means codebook per layer (stored, counted) + block-LDLQ assignment",
+    rotate=False, error_feedback=True, hessian_gain=False, default_dim=4, default_group_size=32,
+    group_option="group_weights",
+))
+register_method(MethodSpec(
     "e8", "e8", "randomized Hadamard + E8 lattice codebook + block-LDLQ (QuIP#-style)",
     rotate=True, error_feedback=True, hessian_gain=False, default_dim=8, default_group_size=32,
 ))
@@ -130,7 +139,9 @@ _CHOICES = {
     "gain_quantizer": ("lloydmax", "quantile"),
     "gain_target": ("projection", "norm"),
     "search": ("greedy", "refine"),
+    "codebook_weighting": ("hessian", "obs", "none"),
 }
+CODEBOOK_OPTIONS = ("codebook_weighting", "lora_steps")  # options of the methods whose codec fits a codebook
 
 
 @dataclass(frozen=True)
@@ -154,6 +165,10 @@ class QuantizeConfig:
     symmetric: uniform grid without zero point (gptq, rtn).
     sequential: quantize a block's linears stage by stage (q/k/v, o, gate/up,
         down), each stage's Hessian taken with the earlier stages quantized.
+    codebook_weighting: method ``codebook``: per-coordinate K-means importances
+        ``"hessian"`` (diag H), ``"obs"`` (w^2 / [H^-1]_ii) or ``"none"`` (plain K-means).
+    lora_steps: method ``codebook``: LoRA recovery steps on the calibration
+        windows after each chunk of blocks (0: none; see :mod:`pvq.models.lora`).
     """
 
     method: str = "pvq"
@@ -173,6 +188,8 @@ class QuantizeConfig:
     gain_bits: int | None = None
     symmetric: bool = False
     sequential: bool = True
+    codebook_weighting: str = "hessian"
+    lora_steps: int = 0
 
     def __post_init__(self):
         spec = get_method(self.method)
@@ -203,11 +220,19 @@ class QuantizeConfig:
         for name in ("symmetric", "sequential"):
             if not isinstance(getattr(self, name), bool):
                 raise QuantizeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not _is_int(self.lora_steps) or self.lora_steps < 0:
+            raise QuantizeError(f"lora_steps must be an integer >= 0, got {self.lora_steps!r}")
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:
                 raise QuantizeError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
         # options that the method's codec does not take must stay at their defaults
         defaults = {f.name: f.default for f in fields(QuantizeConfig)}
+        for name in CODEBOOK_OPTIONS:
+            if spec.codec != "kmeans" and getattr(self, name) != defaults[name]:
+                raise QuantizeError(
+                    f"option {name}={getattr(self, name)!r} does not apply to method {self.method!r}; "
+                    f"it applies to: {', '.join(m for m, s in METHODS.items() if s.codec == 'kmeans')}"
+                )
         for name in PVQ_OPTIONS + SCALAR_OPTIONS:
             if name not in spec.codec_options and getattr(self, name) != defaults[name]:
                 raise QuantizeError(

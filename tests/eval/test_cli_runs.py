@@ -58,3 +58,16 @@ def test_demo_json_rows(tiny_model_dir, capsys):
 def test_demo_rejects_unknown_method_before_work(capsys):
     assert main(["demo", "--methods", "pvq,nope", "--json"]) == 2
     assert "unknown method" in capsys.readouterr().err
+
+
+def test_quantize_codebook_with_lora_from_the_cli(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "cb"
+    rc = main(["quantize", str(tiny_model_dir), "--method", "codebook", "--bits", "2", "--dim", "4",
+               "--lora-steps", "2", "--calib", str(CALIB_TEXT), "--samples", "4", "--seq-len", "32",
+               "--output", str(out), "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["method"] == "codebook" and summary["bits_per_weight"] > 2.0  # codebooks and scales counted
+    assert main(["eval", str(out), "--eval-tokens", "300", "--context", "128", "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["bits_per_weight"] == pytest.approx(summary["bits_per_weight"])
