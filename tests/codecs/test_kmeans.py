@@ -11,13 +11,6 @@ from pvq.codecs.kmeans import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def gen(seed):
     return torch.Generator().manual_seed(seed)
