@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import torch
 
 from pvq.cli import main
 from pvq.codecs import CodecError
