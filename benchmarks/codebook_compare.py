@@ -30,11 +30,11 @@ CODEBOOK_DIM = {2: 4, 3: 2}
 
 ROWS = {
     # name: (method, options)
-    "kmeans-plain": ("codebook", dict(codebook_weighting="none", error_feedback=False)),
-    "kmeans-hessian": ("codebook", dict(codebook_weighting="hessian", error_feedback=False)),
-    "kmeans-obs": ("codebook", dict(codebook_weighting="obs", error_feedback=False)),
-    "kmeans-hessian+ldlq": ("codebook", dict(codebook_weighting="hessian", error_feedback=True)),
-    "kmeans-hessian+ldlq+lora": ("codebook", dict(codebook_weighting="hessian", error_feedback=True, lora_steps=-1)),
+    "kmeans-plain": ("codebook", dict(options={"weighting": "none"}, error_feedback=False)),
+    "kmeans-hessian": ("codebook", dict(options={"weighting": "hessian"}, error_feedback=False)),
+    "kmeans-obs": ("codebook", dict(options={"weighting": "obs"}, error_feedback=False)),
+    "kmeans-hessian+ldlq": ("codebook", dict(options={"weighting": "hessian"}, error_feedback=True)),
+    "kmeans-hessian+ldlq+lora": ("codebook", dict(options={"weighting": "hessian"}, error_feedback=True, lora_steps=-1)),
     "pvq": ("pvq", {}),
     "gptq": ("gptq", {}),
 }

@@ -6,17 +6,20 @@ __version__ = "0.1.0"
 def _install_transformers_hook() -> None:
     """Register the ``pvq`` quantizer with transformers when its quantizer registry loads.
 
-    Importing transformers is slow, so ``import pvq`` does not: if
-    ``transformers.quantizers.auto`` is already imported it registers now,
-    otherwise a meta-path hook registers right after that module executes.
+    Why a hook: ``from_pretrained`` on a pvq checkpoint must work after a
+    plain ``import pvq``, and transformers offers no plugin entry point for
+    quantizers; registering eagerly would make every ``import pvq`` import
+    ``transformers.quantizers.auto`` (about 1.2 s on the CI machine, on top of
+    torch), also for the codec-only uses (``pvq rd``). So: if that module is
+    already imported, register now; otherwise a meta-path hook imports
+    :mod:`pvq.models.hf_quantizer` (which registers on import) right after it
+    executes. Importing :mod:`pvq.models.hf_quantizer` directly registers too.
     """
     import sys
 
     def register() -> None:
         try:
-            from pvq.models.hf_quantizer import register as _register
-
-            _register()
+            import pvq.models.hf_quantizer  # noqa: F401  (registers on import)
         except Exception as e:  # never break the transformers import
             import warnings
 

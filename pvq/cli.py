@@ -8,7 +8,8 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from .codecs import CODECS, CodecError
+from .codecs import CODECS
+from .errors import PvqError
 
 
 @dataclass(frozen=True)
@@ -109,56 +110,71 @@ def _bool_switch(p: argparse.ArgumentParser, name: str, help: str) -> None:
     p.add_argument(f"--no-{name}", dest=name.replace("-", "_"), action="store_false", help=f"switch off: {help}")
 
 
+# QuantizeConfig fields that are not plain flags: the method comes first; codec options come from the codecs
+_CONFIG_FLAGS_SKIP = ("method", "options")
+
+
+def _config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per :class:`~pvq.models.QuantizeConfig` field (help from its metadata), and one per
+    codec option of the registered codecs (:class:`pvq.codecs.CodecOption`), so a new method or
+    option needs no edit here."""
+    import dataclasses
+
+    from .models import METHODS, QuantizeConfig
+
+    p.add_argument("--method", default="pvq", help=f"quantization method: {', '.join(METHODS)}")
+    for f in dataclasses.fields(QuantizeConfig):
+        if f.name in _CONFIG_FLAGS_SKIP:
+            continue
+        flag = f.metadata.get("flag", f.name).replace("_", "-")
+        help_ = f.metadata.get("help", "")
+        if f.type in ("bool | None", "bool"):
+            _bool_switch(p, flag, help_)
+            continue
+        kind = {"float": float, "int": int, "int | None": int}.get(f.type, str)
+        default = f.default if f.default is not dataclasses.MISSING else None
+        p.add_argument(f"--{flag}", dest=f"config_{f.name}", type=kind, default=default, metavar=kind.__name__.upper(),
+                       help=f"{help_} (default: {default})" if default is not None else help_)
+    seen: dict[str, tuple] = {}
+    for m in METHODS.values():
+        for opt in m.options:
+            seen.setdefault(opt.name, (opt, []))[1].append(m.name)
+    for name, (opt, methods) in seen.items():
+        flag, help_ = name.replace("_", "-"), f"{', '.join(methods)}: {opt.help}"
+        if opt.type is bool:
+            p.add_argument(f"--{flag}", dest=f"option_{name}", action="store_true", default=None, help=help_)
+            p.add_argument(f"--no-{flag}", dest=f"option_{name}", action="store_false", help=f"switch off: {help_}")
+            continue
+        p.add_argument(f"--{flag}", dest=f"option_{name}", type=opt.type, default=None,
+                       choices=opt.choices, metavar=opt.type.__name__.upper() if not opt.choices else None,
+                       help=f"{help_} (default: {opt.default if opt.default is not None else 'chosen for the rate'})")
+
+
 def _quantize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default=None, help="hub id or local directory (default: the reference model)")
-    p.add_argument("--method", default="pvq", help="pvq, gptq, rtn, e8 or codebook")
-    p.add_argument("--bits", type=float, default=3.0, help="target bits per weight, scales included")
-    p.add_argument("--dim", type=int, default=None, help="vector dimension D (default: the method's)")
-    p.add_argument("--group-size", type=int, default=None, help="vectors per stored scale (default: the method's)")
+    _config_flags(p)
     p.add_argument("--calib", default=None, help="calibration text: file, directory or datasets name")
-    p.add_argument("--samples", type=int, default=64, help="calibration windows (default 64)")
-    p.add_argument("--seq-len", type=int, default=256, help="tokens per calibration window (default 256)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--damp", type=float, default=0.01, help="Hessian damping, relative to its mean diagonal")
     p.add_argument("--output", default=None, help="checkpoint directory to write (atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output directory")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    _bool_switch(p, "rotate", "randomized Hadamard coherence processing")
-    _bool_switch(p, "error-feedback", "GPTQ/LDLQ error feedback over column blocks")
-    _bool_switch(p, "hessian-gain", "Hessian-optimal PVQ gains")
-    p.add_argument("--gain-quantizer", default="lloydmax", help="PVQ gains: lloydmax or quantile (the paper's)")
-    p.add_argument("--gain-target", default="projection", help="PVQ gain: projection or norm (the paper's)")
-    p.add_argument("--search", default="greedy", help="PVQ shape search: greedy or refine")
-    p.add_argument("--gain-bits", type=int, default=None, help="PVQ gain bits (default: best split for the rate)")
-    p.add_argument("--codebook-weighting", default="hessian",
-                   help="codebook: K-means importances hessian (diag H), obs (w^2/[H^-1]_ii) or none")
-    p.add_argument("--lora-steps", type=int, default=0,
-                   help="codebook: LoRA recovery steps on the not yet compressed layers after each chunk of blocks")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def _quantize_config(args: argparse.Namespace):
+    """The :class:`~pvq.models.QuantizeConfig` of the parsed flags (codec options only when given)."""
+    import dataclasses
+
     from .models import QuantizeConfig
 
-    return QuantizeConfig(
-        method=args.method,
-        bits=args.bits,
-        dim=args.dim,
-        group_size=args.group_size,
-        damp=args.damp,
-        seed=args.seed,
-        n_samples=args.samples,
-        seq_len=args.seq_len,
-        rotate=args.rotate,
-        error_feedback=args.error_feedback,
-        hessian_gain=args.hessian_gain,
-        gain_quantizer=args.gain_quantizer,
-        gain_target=args.gain_target,
-        search=args.search,
-        gain_bits=args.gain_bits,
-        codebook_weighting=args.codebook_weighting,
-        lora_steps=args.lora_steps,
-    )
+    kwargs = {}
+    for f in dataclasses.fields(QuantizeConfig):
+        if f.name in _CONFIG_FLAGS_SKIP:
+            continue
+        value = getattr(args, f"config_{f.name}", getattr(args, f.name, None))
+        if value is not None or f.default is None:
+            kwargs[f.name] = value
+    options = {k.removeprefix("option_"): v for k, v in vars(args).items() if k.startswith("option_") and v is not None}
+    return QuantizeConfig(method=args.method, options=options, **kwargs)
 
 
 @command("quantize", "quantize a causal LM's decoder linears and save a checkpoint", _quantize_arguments)
@@ -265,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command].run(args)
-    except CodecError as err:  # bad input: say what to change, no traceback
+    except PvqError as err:  # bad input: say what to change, no traceback
         print(f"pvq {args.command}: error: {err}", file=sys.stderr)
         return 2
 

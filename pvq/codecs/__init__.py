@@ -7,7 +7,10 @@ from . import gain, kmeans, lattice, packing, pyramid, scalar  # noqa: F401  (re
 from .base import (
     CODEC_CLASSES,
     CODECS,
+    SCALE_KEY,
     CodecError,
+    CodecOption,
+    CodecSpec,
     Codes,
     GroupedResult,
     Stored,
@@ -22,9 +25,12 @@ from .base import (
 __all__ = [
     "CODEC_CLASSES",
     "CODECS",
+    "SCALE_KEY",
     "codec_from_config",
     "codec_to_config",
     "CodecError",
+    "CodecOption",
+    "CodecSpec",
     "Codes",
     "GroupedResult",
     "Stored",

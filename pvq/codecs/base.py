@@ -2,16 +2,23 @@
 
 A codec is pure tensor math. It quantizes vectors ``x: [n, D]`` (float) and
 knows nothing of models, files or devices. Vectors are grouped: ``G``
-consecutive vectors share one stored scale (fp16). The flow is
+consecutive vectors share one stored scale (fp16) and, for codecs with an
+offset grid (asymmetric uniform), one zero point. The flow is
 
-    scales = codec.group_scales(x.view(m, G, D))       # [m]  (fp16-exact floats)
-    codes  = codec.encode(x, scales.repeat_interleave(G))  # per-vector scale [n]
-    xhat   = codec.decode(codes, scales.repeat_interleave(G))
-    stored = codec.pack(codes)                          # dict of uint8 tensors
+    codec  = codec.fit(x, scale)                  # codecs with fitted data (K-means); others: itself
+    scales = codec.group_scales(x.view(m, G, D))  # [m]  (fp16-exact floats)
+    zeros  = codec.group_zero_points(x.view(m, G, D))  # [m] int, or None
+    codes, xhat = codec.encode_decode(x, per_vector(scales), per_vector(zeros))
+    stored = codec.store(codes, scales)           # packed codes + fitted data + fp16 scales
 
 Callers that quantize a weight matrix column block by column block (the
-Hessian solvers) compute the scales once per group and pass per-vector
-scales; :func:`quantize_grouped` does the whole flow for a flat source.
+Hessian solvers) compute the group parameters once per group and pass them
+per vector; :func:`quantize_grouped` does the whole flow for a flat source.
+
+Codes hold per-vector tensors only (every tensor has ``n`` rows). Data that a
+fitted codec shares across all vectors of a layer (a K-means codebook) lives
+on the codec (:meth:`VectorCodec.data_tensors`), is stored beside the codes by
+:meth:`VectorCodec.store`, and is put back by :meth:`VectorCodec.with_data`.
 
 The rate is never a formula alone: :class:`Stored` counts the bytes of the
 tensors that would be written to disk.
@@ -21,7 +28,7 @@ from __future__ import annotations
 
 import abc
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, ClassVar
 
 import torch
@@ -30,8 +37,7 @@ Codes = dict[str, torch.Tensor]
 """Unpacked per-vector codes of a codec, keyed by name (all tensors have n rows)."""
 
 
-class CodecError(ValueError):
-    """Bad codec arguments or input; the message says what to change."""
+from pvq.errors import CodecError  # noqa: E402  (re-exported: the codecs' user error)
 
 
 def check_finite(x: torch.Tensor, what: str = "input") -> None:
@@ -62,6 +68,10 @@ def fp16_exact(x: torch.Tensor) -> torch.Tensor:
     return x.float().clamp(-65504.0, 65504.0).half().float()
 
 
+SCALE_KEY = "scale"
+"""Stored key of the fp16 group scales."""
+
+
 @dataclass
 class Stored:
     """What a codec writes to disk for ``num_weights`` weights.
@@ -72,7 +82,6 @@ class Stored:
 
     tensors: dict[str, torch.Tensor]
     num_weights: int
-    meta: dict[str, int | float | str] = field(default_factory=dict)
 
     def storage_bits(self) -> int:
         return sum(t.numel() * t.element_size() * 8 for t in self.tensors.values())
@@ -85,14 +94,26 @@ class VectorCodec(abc.ABC):
     """Quantizer of vectors of ``dim`` numbers; ``group_size`` vectors share a scale.
 
     Subclasses set ``name`` and implement the abstract methods. ``encode`` and
-    ``decode`` take a per-vector scale ``[n]`` (already fp16-exact).
+    ``decode`` take a per-vector scale ``[n]`` (already fp16-exact) and, for
+    codecs whose :meth:`group_zero_points` is not None, a per-vector zero point.
     Codecs without scales return ones from ``group_scales`` and store none.
+
+    Optional parts of the contract, with defaults here:
+
+    * :meth:`group_zero_points` - per-group offset of the grid (None: none);
+    * :meth:`fit` / :meth:`data_tensors` / :meth:`with_data` - codecs that fit
+      data on the vectors they will code (a K-means codebook); ``fit_importance``
+      names the per-coordinate importance the fit wants from a Hessian solver
+      (``"hessian"``, ``"obs"`` or None);
+    * :meth:`encode_hessian` - codes that minimize ``e h e^T`` for a ``[D, D]``
+      quadratic form ``h`` (PVQ's Hessian-optimal gains); absent by default.
     """
 
     name: ClassVar[str] = ""
     dim: int
     group_size: int
     stores_scale: ClassVar[bool] = True
+    fit_importance: str | None = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -103,17 +124,47 @@ class VectorCodec(abc.ABC):
         """Constructor arguments that rebuild this codec: ``type(self)(**config())``.
 
         Stored in checkpoints (JSON-serializable values only) and read back by
-        :func:`codec_from_config`.
+        :func:`codec_from_config`. Fitted data is not config (see :meth:`data_tensors`).
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement config()")
+
+    # ------------------------------------------------------------ group parameters
 
     @abc.abstractmethod
     def group_scales(self, x: torch.Tensor) -> torch.Tensor:
         """Scale of each group: ``x: [m, G, D]`` -> ``[m]`` float32, fp16-exact."""
 
+    def group_zero_points(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Zero point of each group ``x: [m, G, D]`` -> ``[m]`` int64, or None (no offset grid)."""
+        return None
+
+    # ------------------------------------------------------------ fitted data
+
+    def fit(
+        self, x: torch.Tensor, scale: torch.Tensor, importance: torch.Tensor | None = None
+    ) -> VectorCodec:
+        """The codec with data fitted on ``x: [n, D]`` (per-vector ``scale: [n]``,
+        optional per-coordinate ``importance: [n, D]``); codecs with nothing to fit return self."""
+        return self
+
+    @property
+    def needs_fit(self) -> bool:
+        """True while the codec lacks data that :meth:`fit` provides."""
+        return False
+
+    def data_tensors(self) -> dict[str, torch.Tensor]:
+        """Fitted data stored once per layer beside the codes (e.g. ``{"codebook": fp16 [k, D]}``)."""
+        return {}
+
+    def with_data(self, stored: dict[str, torch.Tensor]) -> VectorCodec:
+        """The codec with the fitted data of ``stored`` (the tensors :meth:`store` wrote) put back."""
+        return self
+
+    # ------------------------------------------------------------ codes
+
     @abc.abstractmethod
-    def encode(self, x: torch.Tensor, scale: torch.Tensor) -> Codes:
-        """Codes for ``x: [n, D]`` given per-vector scales ``[n]``."""
+    def encode(self, x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None = None) -> Codes:
+        """Codes for ``x: [n, D]`` given per-vector scales ``[n]`` (and zero points ``[n]``)."""
 
     @abc.abstractmethod
     def decode(self, codes: Codes, scale: torch.Tensor) -> torch.Tensor:
@@ -121,22 +172,35 @@ class VectorCodec(abc.ABC):
 
     @abc.abstractmethod
     def pack(self, codes: Codes) -> dict[str, torch.Tensor]:
-        """Bit-exact storage form (uint8 tensors and any codebook) of the codes."""
+        """Bit-exact storage form (uint8 tensors) of the per-vector codes."""
 
     @abc.abstractmethod
     def unpack(self, stored: dict[str, torch.Tensor], n: int) -> Codes:
-        """Inverse of :meth:`pack` for ``n`` vectors."""
+        """Inverse of :meth:`pack` for ``n`` vectors (other stored keys are ignored)."""
 
     @abc.abstractmethod
     def nominal_bits_per_weight(self) -> float:
         """Rate from the code sizes, scales included (the formula, for choosing)."""
 
+    def store(self, codes: Codes, scales: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every tensor to write for these codes: packed codes, fitted data and the
+        fp16 group ``scales`` (``[m]``, any shape that flattens to one per group)."""
+        tensors = dict(self.pack(codes))
+        tensors.update(self.data_tensors())
+        if self.stores_scale:
+            tensors[SCALE_KEY] = scales.reshape(-1).half()
+        return tensors
+
     def quantize(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """``decode(encode(x))``; codecs may override with a faster path."""
-        return self.decode(self.encode(x, scale), scale)
+        return self.encode_decode(x, scale)[1]
 
     def encode_decode(
-        self, x: torch.Tensor, scale: torch.Tensor, hessian: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        scale: torch.Tensor,
+        zero: torch.Tensor | None = None,
+        hessian: torch.Tensor | None = None,
     ) -> tuple[Codes, torch.Tensor]:
         """Codes of ``x`` and their reconstruction (bit-identical to ``decode(codes)``).
 
@@ -144,7 +208,12 @@ class VectorCodec(abc.ABC):
         call this; codecs whose decode is costly (PVQ's unrank) override it to
         reuse what encoding already computed.
         """
-        codes = self.encode(x, scale) if hessian is None else self.encode_hessian(x, scale, hessian)
+        if hessian is not None:
+            codes = self.encode_hessian(x, scale, hessian)
+        elif zero is not None:
+            codes = self.encode(x, scale, zero)
+        else:
+            codes = self.encode(x, scale)
         return codes, self.decode(codes, scale)
 
     def describe(self) -> str:
@@ -158,13 +227,16 @@ class GroupedResult:
     xhat: torch.Tensor
     codes: Codes
     stored: Stored
+    codec: VectorCodec  # the codec that coded (fitted, for codecs with data)
 
 
 def quantize_grouped(codec: VectorCodec, x: torch.Tensor) -> GroupedResult:
     """Quantize a flat source ``x: [n, D]`` whose consecutive rows form groups.
 
-    Returns the reconstruction and the stored tensors (codes and fp16 scales),
-    from which the rate is measured. ``n`` must be a multiple of the group size.
+    Fits the codec's data on ``x`` first when it has any to fit. Returns the
+    reconstruction, the codes and the stored tensors (codes, fitted data and
+    fp16 scales), from which the rate is measured. ``n`` must be a multiple of
+    the group size.
     """
     check_vectors(x, codec.dim)
     n, d = x.shape
@@ -175,19 +247,52 @@ def quantize_grouped(codec: VectorCodec, x: torch.Tensor) -> GroupedResult:
             "or choose a group size that divides the count"
         )
     x = x.float()
-    scales = codec.group_scales(x.view(n // g, g, d))
+    groups = x.view(n // g, g, d)
+    scales = codec.group_scales(groups)
     per_vector = scales.repeat_interleave(g)
-    codes = codec.encode(x, per_vector)
-    xhat = codec.decode(codes, per_vector)
-    tensors = dict(codec.pack(codes))
-    if codec.stores_scale:
-        tensors["scale"] = scales.half()
-    return GroupedResult(xhat=xhat, codes=codes, stored=Stored(tensors, num_weights=n * d))
+    if codec.needs_fit:
+        codec = codec.fit(x, per_vector)
+    zeros = codec.group_zero_points(groups)
+    codes, xhat = codec.encode_decode(x, per_vector, None if zeros is None else zeros.repeat_interleave(g))
+    return GroupedResult(xhat=xhat, codes=codes, stored=Stored(codec.store(codes, scales), num_weights=n * d),
+                         codec=codec)
 
 
 # ---------------------------------------------------------------- registry
 
 CodecFactory = Callable[..., VectorCodec]
+
+
+@dataclass(frozen=True)
+class CodecOption:
+    """A user-facing option of a codec family (a keyword of its ``from_rate`` factory).
+
+    The codec owns its options: the method config validates them here and the
+    CLI makes one ``--flag`` per option name from these fields.
+    type: ``str``, ``int``, ``float`` or ``bool``; default: the factory's
+    default (None: the factory picks); choices: allowed values (None: any of the type).
+    """
+
+    name: str
+    type: type
+    default: object
+    help: str
+    choices: tuple | None = None
+
+    def check(self, value):
+        """``value`` validated (ints given for floats become floats); CodecError saying what to pass."""
+        if value is None and self.default is None:
+            return None
+        ok = isinstance(value, self.type) and not (self.type is not bool and isinstance(value, bool))
+        if self.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            raise CodecError(f"option {self.name} takes a {self.type.__name__}, got {value!r}")
+        if self.choices is not None and value not in self.choices:
+            raise CodecError(f"option {self.name} must be one of {self.choices}, got {value!r}")
+        if self.type is int and value < 1:
+            raise CodecError(f"option {self.name} must be a positive integer, got {value!r}")
+        return value
 
 
 @dataclass(frozen=True)
@@ -199,6 +304,21 @@ class CodecSpec:
     summary: str
     default_dim: int
     dims: tuple[int, ...] | None = None  # allowed dims, None = any >= 1
+    options: tuple[CodecOption, ...] = ()
+
+    def option(self, name: str) -> CodecOption | None:
+        return next((o for o in self.options if o.name == name), None)
+
+    def check_options(self, options: dict) -> dict:
+        """User options validated against :attr:`options`; an unknown name says which exist."""
+        out = {}
+        for name, value in options.items():
+            opt = self.option(name)
+            if opt is None:
+                known = ", ".join(o.name for o in self.options) or "none"
+                raise CodecError(f"codec {self.name!r} has no option {name!r}; its options: {known}")
+            out[name] = opt.check(value)
+        return out
 
 
 CODECS: dict[str, CodecSpec] = {}
@@ -220,14 +340,19 @@ def codec_from_config(config: dict) -> VectorCodec:
 
 
 def register_codec(
-    name: str, summary: str, default_dim: int, dims: tuple[int, ...] | None = None
+    name: str,
+    summary: str,
+    default_dim: int,
+    dims: tuple[int, ...] | None = None,
+    options: tuple[CodecOption, ...] = (),
 ) -> Callable[[CodecFactory], CodecFactory]:
-    """Decorator that registers ``from_rate(bits, dim, **options) -> VectorCodec``."""
+    """Decorator that registers ``from_rate(bits, dim, **options) -> VectorCodec`` with its
+    user-facing :class:`CodecOption` s."""
 
     def wrap(factory: CodecFactory) -> CodecFactory:
         if name in CODECS:
             raise RuntimeError(f"codec {name!r} registered twice")
-        CODECS[name] = CodecSpec(name, factory, summary, default_dim, dims)
+        CODECS[name] = CodecSpec(name, factory, summary, default_dim, dims, tuple(options))
         return factory
 
     return wrap
@@ -243,4 +368,6 @@ def make_codec(name: str, bits: float, dim: int | None = None, **options) -> Vec
         raise CodecError(f"codec {name!r} works on dim in {spec.dims}, got dim={dim}")
     if not (isinstance(bits, (int, float)) and math.isfinite(bits) and bits > 0):
         raise CodecError(f"bits per weight must be a positive number, got {bits!r}")
+    declared = {k: v for k, v in options.items() if spec.option(k) is not None}
+    options.update(spec.check_options(declared))  # others: internal keywords of the factory
     return spec.from_rate(bits, dim, **options)

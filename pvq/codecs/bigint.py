@@ -114,9 +114,3 @@ def to_int64(x: torch.Tensor) -> torch.Tensor:
             raise ValueError("value does not fit in int64")
         value |= x[..., 1] << LIMB_BITS
     return value
-
-
-def bit_length_max(x: torch.Tensor) -> int:
-    """Largest bit length among a batch of normalized limb integers."""
-    ints = to_ints(x.reshape(-1, x.shape[-1]))
-    return max((v.bit_length() for v in ints), default=0)

@@ -19,10 +19,12 @@ from typing import ClassVar
 
 import torch
 
-from .base import Codes, CodecError, VectorCodec, check_vectors, fp16_exact, register_codec
+from .base import CodecError, CodecOption, Codes, VectorCodec, check_vectors, fp16_exact, register_codec
 from .packing import pack_bits, unpack_bits
 
 MAX_INDEX_BITS = 16
+WEIGHTINGS = ("none", "hessian", "obs")
+"""Per-coordinate importances a fit can ask a Hessian solver for (see ``pvq.solvers.importance``)."""
 
 
 # ---------------------------------------------------------------- weighted K-means
@@ -187,102 +189,6 @@ def weighted_kmeans(
     return centroids, assign, float(dist.double().sum())
 
 
-# ---------------------------------------------------------------- Hessian importances
-
-WEIGHTINGS = ("none", "hessian", "obs")
-
-
-def _check_layer(w_shape: tuple[int, int], h: torch.Tensor, dim: int) -> tuple[int, int]:
-    out, inp = w_shape
-    if not isinstance(dim, int) or dim < 1 or inp % dim:
-        raise CodecError(f"dim must be a positive integer dividing in_features={inp}, got {dim!r}")
-    if h.dim() != 2 or tuple(h.shape) != (inp, inp):
-        raise CodecError(f"Hessian must be [{inp}, {inp}] for a weight with {inp} inputs, got {tuple(h.shape)}")
-    if not torch.isfinite(h).all():
-        raise CodecError("Hessian holds NaN or inf")
-    return out, inp
-
-
-def hessian_diag_weights(h: torch.Tensor, out_features: int, dim: int) -> torch.Tensor:
-    """Per-coordinate importances ``diag(H)`` for the rows of ``W: [out, in]`` cut into vectors.
-
-    h: ``[in, in]`` Hessian ``E[x x^T]``. Returns ``[out * in / D, D]`` float32
-    in the order of ``W.reshape(-1, D)`` (row, then vector): coordinate ``d`` of
-    vector ``j`` of any row weighs ``H[j D + d, j D + d]`` (clamped at 0).
-    """
-    _, inp = _check_layer((out_features, h.shape[-1]), h, dim)
-    diag = torch.diagonal(h).float().clamp_min(0.0)
-    return diag.reshape(1, inp // dim, dim).expand(out_features, -1, -1).reshape(-1, dim).contiguous()
-
-
-def obs_saliency_weights(w: torch.Tensor, h: torch.Tensor, dim: int, damp_rel: float = 0.01) -> torch.Tensor:
-    """OBS saliency ``w_rc^2 / [H^-1]_cc`` per weight, as ``[out * in / D, D]`` float32.
-
-    w: ``[out, in]``; h: ``[in, in]``, damped by ``damp_rel * mean(diag H)`` on
-    the diagonal before inversion (in float64) so that it is invertible.
-    """
-    out, inp = _check_layer(tuple(w.shape), h, dim)
-    if not (isinstance(damp_rel, (int, float)) and damp_rel >= 0):
-        raise CodecError(f"damp_rel must be a number >= 0, got {damp_rel!r}")
-    hd = h.double()
-    mean_diag = float(torch.diagonal(hd).mean())
-    lam = damp_rel * mean_diag if mean_diag > 0 else 1.0
-    hd = hd + lam * torch.eye(inp, dtype=hd.dtype, device=hd.device)
-    try:
-        chol = torch.linalg.cholesky(hd)
-    except RuntimeError as e:
-        raise CodecError(f"Hessian is not positive definite even after damping {damp_rel}; raise damp_rel") from e
-    hinv_diag = torch.diagonal(torch.cholesky_inverse(chol))
-    sal = w.double().pow(2) / hinv_diag.to(w.device).reshape(1, inp)
-    return sal.float().reshape(-1, dim).contiguous()
-
-
-def hessian_weights_reference(w: torch.Tensor, h: torch.Tensor, dim: int, kind: str, damp_rel: float = 0.01):
-    """Plain loop reference of :func:`hessian_weights` (float64 lists; small sizes only)."""
-    out, inp = w.shape
-    if kind == "none":
-        return None
-    hd = h.double()
-    if kind == "obs":
-        mean_diag = float(torch.diagonal(hd).mean())
-        lam = damp_rel * mean_diag if mean_diag > 0 else 1.0
-        hinv = torch.linalg.inv(hd + lam * torch.eye(inp, dtype=torch.float64)).tolist()
-    rows = []
-    for r in range(out):
-        for j in range(inp // dim):
-            vec = []
-            for d in range(dim):
-                c = j * dim + d
-                if kind == "hessian":
-                    vec.append(max(float(hd[c, c]), 0.0))
-                else:
-                    vec.append(float(w[r, c]) ** 2 / hinv[c][c])
-            rows.append(vec)
-    return torch.tensor(rows, dtype=torch.float32)
-
-
-def hessian_weights(
-    w: torch.Tensor, h: torch.Tensor, dim: int, kind: str, damp_rel: float = 0.01
-) -> torch.Tensor | None:
-    """Importances ``[out * in / D, D]`` of ``W: [out, in]``'s vectors for weighted K-means.
-
-    kind: ``"none"`` (None: plain K-means), ``"hessian"`` (diag H per input
-    column, :func:`hessian_diag_weights`) or ``"obs"`` (OBS saliency
-    ``w^2 / [H^-1]_ii``, :func:`obs_saliency_weights`).
-    """
-    if kind not in WEIGHTINGS:
-        raise CodecError(f"weighting must be one of {WEIGHTINGS}, got {kind!r}")
-    if w.dim() != 2:
-        raise CodecError(f"w must be [out, in], got {tuple(w.shape)}")
-    if kind == "none":
-        _check_layer(tuple(w.shape), h, dim)
-        return None
-    if kind == "hessian":
-        _check_layer(tuple(w.shape), h, dim)
-        return hessian_diag_weights(h, w.shape[0], dim).to(w.device)
-    return obs_saliency_weights(w, h, dim, damp_rel)
-
-
 # ---------------------------------------------------------------- codec
 
 
@@ -309,10 +215,14 @@ def index_bits_for(bits: float, dim: int) -> int:
 class KMeansCodec(VectorCodec):
     """Codebook of ``2^index_bits`` centroids in D dimensions, per-group RMS scale.
 
-    ``codebook`` ([k, D], optional) fixes the codebook; otherwise :meth:`encode`
-    fits one (weighted K-means on ``x / scale``) and returns it in the codes as
-    ``codes["codebook"]`` (the one entry without n rows). The codebook is
-    rounded to fp16 (it is stored in fp16) before the final assignment.
+    The codebook is fitted data: :meth:`fit` returns a codec carrying one
+    (weighted K-means on ``x / scale``, rounded to fp16 since it is stored in
+    fp16), :meth:`store` writes it beside the codes as ``"codebook"`` and
+    :meth:`with_data` puts it back. ``codebook`` ([k, D]) passes one directly.
+    Codes are ``{"index": [n]}``: nearest centroid of ``x / scale``.
+    ``weighting`` names the per-coordinate importance a Hessian solver should
+    give :meth:`fit` (``"hessian"``: diag H; ``"obs"``: w^2 / [H^-1]_ii;
+    ``"none"``: plain K-means).
     """
 
     name: ClassVar[str] = "kmeans"
@@ -327,6 +237,7 @@ class KMeansCodec(VectorCodec):
         iters: int = 30,
         seed: int = 0,
         init: str = "kmeans++",
+        weighting: str = "hessian",
     ) -> None:
         if not isinstance(dim, int) or dim < 1:
             raise CodecError(f"dim must be a positive integer, got {dim!r}")
@@ -336,6 +247,10 @@ class KMeansCodec(VectorCodec):
             raise CodecError(f"group_weights={group_weights!r} must be a positive multiple of dim={dim}")
         if init not in ("kmeans++", "random"):
             raise CodecError(f"init must be 'kmeans++' or 'random', got {init!r}")
+        if weighting not in WEIGHTINGS:
+            raise CodecError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        self.weighting = weighting
+        self.fit_importance = None if weighting == "none" else weighting
         self.dim = dim
         self.index_bits = index_bits
         self.num_centroids = 1 << index_bits
@@ -362,6 +277,7 @@ class KMeansCodec(VectorCodec):
             "iters": self.iters,
             "seed": self.seed,
             "init": self.init,
+            "weighting": self.weighting,
         }
 
     def group_scales(self, x: torch.Tensor) -> torch.Tensor:
@@ -394,32 +310,53 @@ class KMeansCodec(VectorCodec):
             raise CodecError(f"weights must have the shape of x {tuple(x.shape)}, got {tuple(weights.shape)}")
         return u, weights.float().to(x.device) * s * s  # error in x units: w s^2 (u - c)^2
 
-    def encode(self, x: torch.Tensor, scale: torch.Tensor, weights: torch.Tensor | None = None) -> Codes:
-        """``{"index": [n] int64, "codebook": [k, D]}``; fits the codebook unless fixed.
+    # -- fitted data
+    @property
+    def needs_fit(self) -> bool:
+        return self.codebook is None
 
-        ``weights: [n, D]`` (optional) importances for fitting and assignment.
-        """
-        check_vectors(x, self.dim)
-        codebook = self.codebook
-        if codebook is None:
-            codebook = self.fit_codebook(x, scale, weights)
-        codebook = codebook.to(x.device)
-        u, w = self._normalized(x, scale, weights)
-        index, _ = weighted_assign(u, torch.ones_like(u) if w is None else w, codebook)
-        return {"index": index, "codebook": codebook}
+    def fit(
+        self, x: torch.Tensor, scale: torch.Tensor, importance: torch.Tensor | None = None
+    ) -> KMeansCodec:
+        """This codec with the codebook fitted on ``x / scale`` (importances ``[n, D]`` optional)."""
+        return KMeansCodec(**self.config(), codebook=self.fit_codebook(x, scale, importance))
 
-    def decode(self, codes: Codes, scale: torch.Tensor) -> torch.Tensor:
-        index = codes["index"]
-        return codes["codebook"].float().to(index.device)[index] * scale.float().to(index.device).reshape(-1, 1)
+    def data_tensors(self) -> dict[str, torch.Tensor]:
+        if self.codebook is None:
+            raise CodecError("this K-means codec has no codebook yet; call fit() first")
+        return {"codebook": self.codebook.half()}
 
-    def pack(self, codes: Codes) -> dict[str, torch.Tensor]:
-        return {"index": pack_bits(codes["index"], self.index_bits), "codebook": codes["codebook"].half()}
-
-    def unpack(self, stored: dict[str, torch.Tensor], n: int) -> Codes:
+    def with_data(self, stored: dict[str, torch.Tensor]) -> KMeansCodec:
+        if "codebook" not in stored:
+            raise CodecError("the stored tensors lack the K-means 'codebook'")
         cb = stored["codebook"]
         if cb.shape != (self.num_centroids, self.dim):
             raise CodecError(f"stored codebook has shape {tuple(cb.shape)}, need {(self.num_centroids, self.dim)}")
-        return {"index": unpack_bits(stored["index"], self.index_bits, n), "codebook": cb.float()}
+        return KMeansCodec(**self.config(), codebook=cb.float())
+
+    # -- codes
+    def _codebook(self, device) -> torch.Tensor:
+        if self.codebook is None:
+            raise CodecError("this K-means codec has no codebook yet; call fit() (or pass codebook=) first")
+        return self.codebook.to(device)
+
+    def encode(self, x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None = None) -> Codes:
+        """``{"index": [n] int64}``: nearest centroid of ``x / scale``."""
+        check_vectors(x, self.dim)
+        codebook = self._codebook(x.device)
+        u, _ = self._normalized(x, scale, None)
+        index, _ = weighted_assign(u, torch.ones_like(u), codebook)
+        return {"index": index}
+
+    def decode(self, codes: Codes, scale: torch.Tensor) -> torch.Tensor:
+        index = codes["index"]
+        return self._codebook(index.device).float()[index] * scale.float().to(index.device).reshape(-1, 1)
+
+    def pack(self, codes: Codes) -> dict[str, torch.Tensor]:
+        return {"index": pack_bits(codes["index"], self.index_bits)}
+
+    def unpack(self, stored: dict[str, torch.Tensor], n: int) -> Codes:
+        return {"index": unpack_bits(stored["index"], self.index_bits, n)}
 
     def nominal_bits_per_weight(self) -> float:
         """Index and scale bits per weight; the codebook (16 k D bits) is shared and not included."""
@@ -434,7 +371,12 @@ class KMeansCodec(VectorCodec):
         return f"kmeans(k=2^{self.index_bits}, D={self.dim}, group={self.group_weights} weights{fixed})"
 
 
-@register_codec("kmeans", "K-means codebook (weighted, fp16 codebook stored) with per-group RMS scale", 4)
+@register_codec(
+    "kmeans", "K-means codebook (weighted, fp16 codebook stored) with per-group RMS scale", 4,
+    options=(CodecOption("weighting", str, "hessian",
+                         "K-means importances: hessian (diag H), obs (w^2/[H^-1]_ii) or none (plain K-means)",
+                         WEIGHTINGS),),
+)
 def kmeans_from_rate(bits: float, dim: int, **options) -> KMeansCodec:
     """``kmeans`` with ``2^round(bits * dim)`` centroids; options: group_weights, codebook, iters, seed."""
     return KMeansCodec(index_bits_for(bits, dim), dim, **options)

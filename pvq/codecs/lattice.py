@@ -608,7 +608,9 @@ class E8Codec(VectorCodec):
         return {f"stage{k}": pack_bits(codes[f"stage{k}"], b.bits) for k, b in enumerate(self.books)}
 
     def unpack(self, stored: dict[str, torch.Tensor], n: int) -> Codes:
-        self._check_codes(stored)
+        missing = [f"stage{k}" for k in range(len(self.books)) if f"stage{k}" not in stored]
+        if missing:
+            raise CodecError(f"the stored e8 codes lack {missing}")
         return {f"stage{k}": unpack_bits(stored[f"stage{k}"], b.bits, n) for k, b in enumerate(self.books)}
 
 

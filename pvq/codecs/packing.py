@@ -22,9 +22,7 @@ import math
 import torch
 
 from .base import CodecError
-
-LIMB_BITS = 32
-LIMB_MASK = (1 << LIMB_BITS) - 1
+from .bigint import LIMB_BITS, LIMB_MASK
 
 
 def _check_width(width: int, max_width: int) -> None:

@@ -37,7 +37,7 @@ from functools import lru_cache
 import torch
 
 from . import bigint
-from .base import CodecError, Codes, VectorCodec, check_vectors, fp16_exact, register_codec
+from .base import CodecError, CodecOption, Codes, VectorCodec, check_vectors, fp16_exact, register_codec
 from .gain import GainQuantizer
 from .packing import pack_limbs, unpack_limbs
 
@@ -594,8 +594,8 @@ class PyramidCodec(VectorCodec):
         amplitude = (hv * x.double()).sum(1) / (hv * unit).sum(1).clamp(min=1e-300)
         return y, unit, amplitude
 
-    def encode_decode(self, x, scale, hessian=None):
-        """Codes and reconstruction without unranking (the shape is at hand)."""
+    def encode_decode(self, x, scale, zero=None, hessian=None):
+        """Codes and reconstruction without unranking (the shape is at hand); no zero points."""
         if hessian is None:
             y, unit, amplitude = self._shape_and_amplitude(x)
         else:
@@ -688,7 +688,18 @@ def best_gain_bits(bits: float, dim: int, group_size: int, gain_quantizer: str =
     return best
 
 
-@register_codec("pvq", "pyramid VQ: shape index on P(D,K) + Beta-law gain + fp16 group norm", default_dim=32)
+@register_codec(
+    "pvq", "pyramid VQ: shape index on P(D,K) + Beta-law gain + fp16 group norm", default_dim=32,
+    options=(
+        CodecOption("gain_quantizer", str, "lloydmax", "PVQ gains: lloydmax (MSE-optimal) or quantile (the paper's)",
+                    ("lloydmax", "quantile")),
+        CodecOption("gain_target", str, "projection", "PVQ gain: projection <x, y/|y|> or norm |x| (the paper's)",
+                    ("projection", "norm")),
+        CodecOption("search", str, "greedy", "PVQ shape search: greedy (Opus) or refine (pulse moves)",
+                    ("greedy", "refine")),
+        CodecOption("gain_bits", int, None, "PVQ gain bits (default: the best split for the rate)"),
+    ),
+)
 def pvq_from_rate(
     bits: float,
     dim: int,

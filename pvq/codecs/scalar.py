@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from scipy import optimize, stats
 
-from .base import Codes, CodecError, VectorCodec, check_vectors, fp16_exact, register_codec
+from .base import CodecError, CodecOption, Codes, VectorCodec, check_vectors, fp16_exact, register_codec
 from .packing import pack_bits, unpack_bits
 
 FP16_TINY = 2.0**-24  # smallest positive fp16 (subnormal); floor for stored scales
@@ -478,10 +478,10 @@ class UniformCodec(_ScalarCodec):
       ``1 - i/clip_grid`` (i < ``max_shrink * clip_grid``) that minimizes the
       group's squared error (GPTQ's ``mse`` option, with the squared norm).
 
-    Asymmetric encode needs the group's zero point: it computes it from ``x``
-    when the rows are whole consecutive groups (``quantize_grouped``);
-    callers that pass other rows (column-block solvers) must pass
-    ``zero=`` per vector, from :meth:`group_zero_points` on the whole groups.
+    Asymmetric encode needs each vector's group zero point ``zero=`` (from
+    :meth:`group_zero_points` on the whole groups, as every caller of the
+    codec contract passes it); with rows that are whole consecutive groups it
+    may be left out and is computed from ``x``.
     """
 
     name: ClassVar[str] = "uniform"
@@ -517,10 +517,6 @@ class UniformCodec(_ScalarCodec):
         }
 
     @property
-    def needs_zero_point(self) -> bool:
-        return not self.symmetric
-
-    @property
     def maxq(self) -> int:
         return (1 << self.bits) - 1
 
@@ -532,14 +528,15 @@ class UniformCodec(_ScalarCodec):
             return -a, a
         return flat.amin(dim=1).clamp(max=0.0), flat.amax(dim=1).clamp(min=0.0)
 
-    def group_zero_points(self, x: torch.Tensor) -> torch.Tensor:
-        """Zero point of each group ``x: [m, G, D]`` -> ``[m]`` int64 in [0, 2^b - 1].
+    def group_zero_points(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Zero point of each group ``x: [m, G, D]`` -> ``[m]`` int64 in [0, 2^b - 1]
+        (None when symmetric: no offset grid).
 
         ``round(maxq * -min / (max - min))``: it does not change when the range
-        is shrunk by the clip search, so it needs no scale. Zero for symmetric.
+        is shrunk by the clip search, so it needs no scale.
         """
         if self.symmetric:
-            return torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+            return None
         lo, hi = self._ranges(x)
         span = hi - lo
         z = torch.where(span > 0, -lo * self.maxq / torch.where(span > 0, span, torch.ones_like(span)), 0.0)
@@ -555,7 +552,8 @@ class UniformCodec(_ScalarCodec):
         if not self.mse_clip:
             return step
         flat = x.float().reshape(x.shape[0], -1)
-        zero = self.group_zero_points(x).float().unsqueeze(1)
+        zp = self.group_zero_points(x)
+        zero = torch.zeros(x.shape[0], 1, device=x.device) if zp is None else zp.float().unsqueeze(1)
         best_err = torch.full_like(step, math.inf)
         best = step.clone()
         for i in range(int(self.max_shrink * self.clip_grid) + 1):
@@ -709,7 +707,10 @@ class LloydMaxCodec(_TableCodec):
 # ---------------------------------------------------------------- registry
 
 
-@register_codec("uniform", "round-to-nearest uniform levels, per-group step and zero point (RTN/GPTQ grid)", 1)
+@register_codec(
+    "uniform", "round-to-nearest uniform levels, per-group step and zero point (RTN/GPTQ grid)", 1,
+    options=(CodecOption("symmetric", bool, False, "uniform grid without zero point (midrise, +-absmax)"),),
+)
 def uniform_from_rate(bits: float, dim: int, **options) -> UniformCodec:
     """``uniform`` at ``round(bits)`` code bits; options: group_weights, symmetric, mse_clip, ..."""
     return UniformCodec(_code_bits(bits, "uniform"), dim, **options)

@@ -19,10 +19,12 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from pvq.errors import EvalError
+
 __all__ = ["PerplexityResult", "perplexity", "perplexity_reference", "windows"]
 
 
-class PerplexityError(ValueError):
+class PerplexityError(EvalError):
     """Bad perplexity input; the message says what to change."""
 
 

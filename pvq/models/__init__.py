@@ -1,31 +1,38 @@
 """Hugging Face plumbing: methods, calibration data, the layer-by-layer driver,
-the quantized linear module and checkpoints (layer 4).
-
-``transformers`` is imported only where needed (checkpoint loading and the
-quantizer registration in :mod:`pvq.models.hf_quantizer`).
+the quantized linear module, its runtime backends and checkpoints (layer 4).
 """
 
-from .calibration import CalibrationError, calibration_batches, load_text, tokenize_text
-from .checkpoint import load_quantized, quantization_config_dict, quantized_modules, save_quantized
-from .driver import LayerStats, QuantizeReport, check_calibration, quantize_model
+from pvq.errors import CalibrationError, CheckpointError, QuantizeError
+
+from .backends import BACKENDS, Backend, register_backend, select_backend
+from .calibration import calibration_batches, check_calibration, load_text, tokenize_text
+from .checkpoint import load_quantized, save_quantized
+from .devices import resolve_device
+from .driver import LayerStats, QuantizeReport, quantize_model
+from .format import quantization_config_dict, quantized_modules, read_quantization_config
+from .lora import BlockHook, LoraRecovery
 from .methods import (
     METHODS,
     LayerPlan,
     MethodSpec,
     QuantizeConfig,
-    QuantizeError,
     QuantizePlan,
     decoder_layers,
     get_method,
     register_method,
 )
-from .qlinear import QuantizedLinear
+from .qlinear import QuantizedLinear, set_backend
 
 __all__ = [
+    "BACKENDS",
     "METHODS",
+    "Backend",
+    "BlockHook",
     "CalibrationError",
+    "CheckpointError",
     "LayerPlan",
     "LayerStats",
+    "LoraRecovery",
     "MethodSpec",
     "QuantizeConfig",
     "QuantizeError",
@@ -41,7 +48,12 @@ __all__ = [
     "quantization_config_dict",
     "quantize_model",
     "quantized_modules",
+    "read_quantization_config",
+    "register_backend",
     "register_method",
+    "resolve_device",
     "save_quantized",
+    "select_backend",
+    "set_backend",
     "tokenize_text",
 ]

@@ -16,15 +16,11 @@ from pathlib import Path
 
 import torch
 
-from .methods import QuantizeError
+from pvq.errors import CalibrationError
 
-__all__ = ["CalibrationError", "TEXT_SUFFIXES", "calibration_batches", "load_text", "tokenize_text"]
+__all__ = ["CalibrationError", "TEXT_SUFFIXES", "calibration_batches", "check_calibration", "load_text", "tokenize_text"]
 
 TEXT_SUFFIXES = (".txt", ".py", ".md")
-
-
-class CalibrationError(QuantizeError):
-    """Bad calibration or evaluation data; the message says what to change."""
 
 
 def load_text(source: str | Path) -> str:
@@ -158,3 +154,24 @@ def calibration_batches(
     starts = torch.randint(0, total - seq_len + 1, (n_samples,), generator=gen)
     offsets = torch.arange(seq_len)
     return ids[starts.unsqueeze(1) + offsets]
+
+
+def check_calibration(calib_ids, model: torch.nn.Module) -> torch.Tensor:
+    """Validate calibration token ids ``[n, L]`` (int) against the model's vocabulary."""
+    if not isinstance(calib_ids, torch.Tensor):
+        raise CalibrationError(f"calibration ids must be a LongTensor [n_samples, seq_len], got {type(calib_ids).__name__}")
+    if calib_ids.dim() != 2 or calib_ids.shape[0] < 1 or calib_ids.shape[1] < 1:
+        raise CalibrationError(
+            f"calibration ids must have shape [n_samples, seq_len] with both >= 1, got {tuple(calib_ids.shape)}; "
+            "build them with pvq.models.calibration_batches"
+        )
+    if calib_ids.dtype.is_floating_point or calib_ids.dtype == torch.bool:
+        raise CalibrationError(f"calibration ids must be integer token ids, got {calib_ids.dtype}")
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    lo, hi = int(calib_ids.min()), int(calib_ids.max())
+    if lo < 0 or (vocab is not None and hi >= vocab):
+        raise CalibrationError(
+            f"calibration ids span [{lo}, {hi}] but the model's vocabulary is [0, {vocab}); "
+            "tokenize with the model's own tokenizer"
+        )
+    return calib_ids.long()

@@ -1,21 +1,4 @@
-"""Quantized checkpoints: safetensors + ``config.json`` with a ``quantization_config``.
-
-Layout of a checkpoint directory (what ``save_pretrained`` writes, plus):
-
-* ``model.safetensors`` (or shards + index): every tensor of the model, the
-  quantized linears as ``<module>.packed_<key>`` (uint8 codes, any codebook),
-  ``<module>.scales`` (fp16) and ``<module>.bias``; never pickle.
-* ``config.json`` with ``quantization_config``::
-
-    {"quant_method": "pvq", "method": "pvq"|"gptq"|..., "bits": target,
-     "bits_per_weight": measured, "config": QuantizeConfig.to_dict(),
-     "modules": {name: {"codec": codec config, "in_features", "out_features",
-                        "bias", "rotation": {"out_seed", "in_seed"} | null,
-                        "tensors": {key: {"shape", "dtype"}}, "bits_per_weight"}},
-     "pvq_version": ..., "format_version": 1}
-
-* tokenizer files when a tokenizer is given, ``quantize_report.json`` when a
-  :class:`~pvq.models.driver.QuantizeReport` is given.
+"""Saving and loading quantized checkpoints (the format: :mod:`pvq.models.format`).
 
 :func:`save_quantized` writes into a temporary directory beside the target and
 renames it into place at the end, so an interrupted run never leaves a
@@ -37,61 +20,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .methods import QuantizeConfig, QuantizeError
-from .qlinear import QuantizedLinear, buffer_name
+from pvq.errors import CheckpointError, QuantizeError
 
-__all__ = [
-    "FORMAT_VERSION",
-    "QUANT_METHOD",
-    "load_quantized",
-    "quantization_config_dict",
-    "quantized_modules",
-    "save_quantized",
-]
+from .format import (
+    check_tensors,
+    quantization_config_dict,
+    read_quantization_config,
+    replace_linears,
+    safetensors_files,
+)
+from .hf_quantizer import register
 
-QUANT_METHOD = "pvq"
-FORMAT_VERSION = 1
+__all__ = ["load_quantized", "save_quantized"]
 
-
-def quantized_modules(model: nn.Module) -> dict[str, QuantizedLinear]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLinear)}
-
-
-def quantization_config_dict(model: nn.Module, quant_config) -> dict:
-    """The ``quantization_config`` of a quantized model (see the module docstring)."""
-    from pvq import __version__
-
-    config = _as_config(quant_config)
-    mods = quantized_modules(model)
-    if not mods:
-        raise QuantizeError("the model holds no QuantizedLinear modules; quantize it first (pvq.models.quantize_model)")
-    bits = sum(m.stored_bits() for m in mods.values())
-    weights = sum(m.num_weights for m in mods.values())
-    return {
-        "quant_method": QUANT_METHOD,
-        "method": config.method,
-        "bits": config.bits,
-        "bits_per_weight": bits / weights,
-        "stored_bits": bits,
-        "num_weights": weights,
-        "config": config.to_dict(),
-        "modules": {n: m.layer_config() for n, m in mods.items()},
-        "pvq_version": __version__,
-        "format_version": FORMAT_VERSION,
-    }
-
-
-def _as_config(quant_config) -> QuantizeConfig:
-    if isinstance(quant_config, QuantizeConfig):
-        return quant_config
-    cfg = getattr(quant_config, "config", None)  # a QuantizeReport
-    if isinstance(cfg, QuantizeConfig):
-        return cfg
-    if isinstance(quant_config, dict):
-        return QuantizeConfig.from_dict(quant_config)
-    raise QuantizeError(
-        f"quant_config must be a QuantizeConfig, a QuantizeReport or a dict, got {type(quant_config).__name__}"
-    )
 
 
 # ---------------------------------------------------------------- save
@@ -129,7 +70,7 @@ def save_quantized(
         report = quant_config if hasattr(quant_config, "to_dict") and hasattr(quant_config, "layers") else None
         if report is not None:
             (tmp / "quantize_report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-        _check_tensors(tmp, qdict)
+        check_tensors(tmp, qdict)
         _fsync_tree(tmp)
         _swap_into_place(tmp, out_dir)
     except BaseException:
@@ -167,70 +108,6 @@ def _swap_into_place(tmp: Path, out_dir: Path) -> None:
 # ---------------------------------------------------------------- checks
 
 
-def _safetensors_files(path: Path) -> list[Path]:
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [path / n for n in names]
-    single = path / "model.safetensors"
-    if single.is_file():
-        return [single]
-    raise QuantizeError(f"{str(path)!r} holds no model.safetensors (or index); not a pvq checkpoint")
-
-
-def _tensor_headers(path: Path) -> dict[str, tuple[list[int], str]]:
-    from safetensors import safe_open
-
-    out = {}
-    for f in _safetensors_files(path):
-        with safe_open(str(f), framework="pt") as h:
-            for k in h.keys():
-                sl = h.get_slice(k)
-                out[k] = (list(sl.get_shape()), sl.get_dtype())
-    return out
-
-
-_ST_DTYPES = {"U8": "uint8", "I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64",
-              "F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
-
-
-def _check_tensors(path: Path, qdict: dict) -> None:
-    """Every stored tensor that the config names exists with the configured shape and dtype."""
-    headers = _tensor_headers(path)
-    problems = []
-    for name, cfg in qdict["modules"].items():
-        for key, spec in cfg["tensors"].items():
-            full = f"{name}.{buffer_name(key)}"
-            if full not in headers:
-                problems.append(f"{full} missing")
-                continue
-            shape, dt = headers[full]
-            if shape != list(spec["shape"]) or _ST_DTYPES.get(dt, dt) != spec["dtype"]:
-                problems.append(f"{full} is {dt}{shape}, config says {spec['dtype']}{spec['shape']}")
-    if problems:
-        raise QuantizeError(
-            "the checkpoint does not match its quantization_config: " + "; ".join(problems[:8])
-            + ("" if len(problems) <= 8 else f" (and {len(problems) - 8} more)")
-        )
-
-
-def read_quantization_config(path: str | Path) -> dict:
-    """The ``quantization_config`` of a checkpoint directory (checked for pvq format)."""
-    path = Path(path)
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise QuantizeError(f"{str(path)!r} has no config.json; not a checkpoint directory")
-    q = json.loads(cfg_file.read_text()).get("quantization_config")
-    if not q or q.get("quant_method") != QUANT_METHOD:
-        raise QuantizeError(f"{str(path)!r} is not a pvq-quantized checkpoint (no quantization_config with quant_method 'pvq')")
-    if int(q.get("format_version", 0)) > FORMAT_VERSION:
-        raise QuantizeError(
-            f"{str(path)!r} uses pvq checkpoint format {q.get('format_version')}, newer than this pvq "
-            f"({FORMAT_VERSION}); upgrade pvq"
-        )
-    return q
-
-
 # ---------------------------------------------------------------- load
 
 
@@ -248,7 +125,7 @@ def load_quantized(
     """
     path = Path(path)
     qdict = read_quantization_config(path)
-    _check_tensors(path, qdict)
+    check_tensors(path, qdict)
     if via not in ("transformers", "direct"):
         raise QuantizeError(f"via must be 'transformers' or 'direct', got {via!r}")
     model = None
@@ -274,8 +151,6 @@ def load_quantized(
 def _load_transformers(path: Path, dtype) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
-    from .hf_quantizer import register
-
     register()
     kwargs = {} if dtype is None else {"dtype": dtype}
     return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
@@ -300,7 +175,7 @@ def _load_direct(path: Path, qdict: dict, dtype) -> nn.Module:
     config.quantization_config = qc
     replace_linears(model, qdict)
     state = {}
-    for f in _safetensors_files(path):
+    for f in safetensors_files(path):
         state.update(load_file(str(f)))
     result = model.load_state_dict(state, strict=False)
     tied = set(_tied_keys(model))
@@ -322,25 +197,4 @@ def _tied_keys(model: nn.Module) -> list[str]:
         return list(keys.keys())
     return list(keys)
 
-
-def replace_linears(model: nn.Module, qdict: dict) -> None:
-    """Swap each ``nn.Linear`` named in ``qdict["modules"]`` for an empty :class:`QuantizedLinear`
-    (on the linear's device, bias in its dtype)."""
-    for name, cfg in qdict["modules"].items():
-        try:
-            old = model.get_submodule(name)
-        except AttributeError as e:
-            raise QuantizeError(f"quantized module {name!r} of the checkpoint is not in the model") from e
-        if isinstance(old, QuantizedLinear):
-            continue
-        if not isinstance(old, nn.Linear):
-            raise QuantizeError(f"module {name!r} is {type(old).__name__}, expected nn.Linear to replace")
-        if (old.in_features, old.out_features) != (cfg["in_features"], cfg["out_features"]):
-            raise QuantizeError(
-                f"module {name!r} is [{old.out_features}x{old.in_features}] in the model, "
-                f"[{cfg['out_features']}x{cfg['in_features']}] in the quantization_config"
-            )
-        q = QuantizedLinear.from_layer_config(cfg, bias_dtype=old.weight.dtype, device=old.weight.device)
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, q)
 

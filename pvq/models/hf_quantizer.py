@@ -1,7 +1,9 @@
 """Registration of the ``pvq`` quantization method with ``transformers``.
 
-After :func:`register` (which ``import pvq`` arranges to run as soon as
-``transformers.quantizers.auto`` is imported), ``AutoModelForCausalLM.from_pretrained(dir)``
+Importing this module registers the quantizer (:func:`register`, idempotent);
+``import pvq`` arranges for that import to happen as soon as
+``transformers.quantizers.auto`` is imported (see ``pvq/__init__.py`` for why
+it is a hook). Then ``AutoModelForCausalLM.from_pretrained(dir)``
 on a pvq checkpoint builds the model skeleton, swaps every linear named in
 ``quantization_config["modules"]`` for an empty :class:`QuantizedLinear`
 (buffers with the configured shapes and dtypes) and lets transformers load
@@ -24,8 +26,9 @@ from transformers.quantizers.auto import (
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from .checkpoint import FORMAT_VERSION, QUANT_METHOD, replace_linears
-from .methods import QuantizeError
+from pvq.errors import CheckpointError, QuantizeError
+
+from .format import FORMAT_VERSION, QUANT_METHOD, READABLE_VERSIONS, replace_linears
 from .qlinear import QuantizedLinear
 
 __all__ = ["PvqConfig", "PvqHfQuantizer", "register"]
@@ -56,9 +59,10 @@ class PvqConfig(QuantizationConfigMixin):
         kwargs.pop("quant_method", None)
         for k, v in kwargs.items():  # fields of newer minor versions travel along unchanged
             setattr(self, k, v)
-        if self.format_version > FORMAT_VERSION:
-            raise QuantizeError(
-                f"pvq checkpoint format {self.format_version} is newer than this pvq supports ({FORMAT_VERSION}); upgrade pvq"
+        if self.format_version not in READABLE_VERSIONS:
+            raise CheckpointError(
+                f"pvq checkpoint format {self.format_version} is not one this pvq reads {READABLE_VERSIONS}"
+                + ("; upgrade pvq" if self.format_version > FORMAT_VERSION else "")
             )
 
     def as_dict(self) -> dict:
@@ -112,3 +116,6 @@ def register() -> bool:
     if QUANT_METHOD not in AUTO_QUANTIZER_MAPPING:
         register_quantizer(QUANT_METHOD)(PvqHfQuantizer)
     return True
+
+
+register()

@@ -1,27 +1,33 @@
 """LoRA recovery between compression steps (LLM-Codebook's schedule), with ``peft``.
 
-The decoder blocks are compressed in chunks. After each chunk, LoRA adapters
+The decoder blocks are compressed in chunks. After each chunk (a hook the
+driver's block loop calls: :class:`LoraRecovery`), LoRA adapters
 are put on the ``nn.Linear`` layers of the blocks not compressed yet, trained
 for a fixed number of steps on the calibration windows (next-token loss, the
 model's own ``labels`` shift), merged into those linears' weights, and the next
 chunk is compressed from the tuned weights. The compressed layers
 (:class:`~pvq.models.QuantizedLinear`) are never trained: they are what the
 checkpoint stores. The data order is seeded; it runs on CPU or on ``device``.
+Training needs the whole model on ``device`` for the steps (the one-block-in-
+memory promise of the driver does not hold during them).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from .driver import Log, QuantizeReport, check_calibration, quantize_model, _resolve_device
-from .methods import QuantizeConfig, QuantizeError, decoder_layers
+from pvq.errors import QuantizeError
 
-__all__ = ["LoraStats", "calibration_loss", "lora_tune", "quantize_with_lora"]
+from .calibration import check_calibration
+from .devices import resolve_device
+from .methods import LAYERS_PATH, decoder_layers
+
+__all__ = ["BlockHook", "LoraRecovery", "LoraStats", "calibration_loss", "chunk_blocks", "lora_tune"]
 
 
 @dataclass
@@ -56,7 +62,7 @@ def _plain_linears(model: nn.Module, blocks: list[int]) -> list[str]:
     for i in blocks:
         for n, m in layers[i].named_modules():
             if type(m) is nn.Linear:
-                names.append(f"model.layers.{i}.{n}")
+                names.append(f"{LAYERS_PATH}.{i}.{n}")
     return names
 
 
@@ -91,7 +97,7 @@ def lora_tune(
         raise QuantizeError("lora_tune needs at least one target linear layer")
     calib_ids = check_calibration(calib_ids, model)
     t0 = time.perf_counter()
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     home = next(model.parameters()).device
     model.to(dev)
     before = calibration_loss(model, calib_ids)
@@ -139,46 +145,39 @@ def chunk_blocks(num_blocks: int, chunks: int) -> list[list[int]]:
     return [list(range(bounds[i], bounds[i + 1])) for i in range(chunks)]
 
 
-def quantize_with_lora(
-    model: nn.Module,
-    calib_ids: torch.Tensor,
-    config: QuantizeConfig,
-    device: torch.device | str | None = None,
-    progress: bool = True,
-    log: Log = print,
-    *,
-    batch_size: int = 8,
-    chunks: int = 4,
-    lora_steps: int | None = None,
-    **lora_options,
-) -> QuantizeReport:
-    """Quantize ``model`` in ``chunks`` chunks of blocks with LoRA recovery in between.
+class BlockHook:
+    """Something the driver's block loop calls after each block (see :func:`pvq.models.quantize_model`)."""
 
-    After each chunk but the last, the linears of the blocks not compressed yet
-    get ``lora_steps`` (default ``config.lora_steps``) LoRA steps on
-    ``calib_ids`` (:func:`lora_tune`, options ``lora_options``), merged before
-    the next chunk. Returns one :class:`QuantizeReport` for all layers (total
-    time including LoRA; one note per recovery step with its losses).
+    def after_block(self, model: nn.Module, calib_ids: torch.Tensor, block: int, num_blocks: int) -> str | None:
+        """Run after block ``block`` (of ``num_blocks``) is quantized; returns a note for the report."""
+        return None
+
+
+@dataclass
+class LoraRecovery(BlockHook):
+    """LoRA recovery after each of ``chunks`` chunks of blocks but the last (LLM-Codebook's schedule).
+
+    steps: LoRA steps per recovery (:func:`lora_tune`); seed: the seed of
+    chunk ``c`` is ``seed + c``; options: further :func:`lora_tune` keywords.
     """
-    t0 = time.perf_counter()
-    steps = config.lora_steps if lora_steps is None else lora_steps
-    plan = config.plan(model)  # fail early on a bad config
-    calib_ids = check_calibration(calib_ids, model)
-    say = log or (lambda s: None)
-    layers, notes = [], []
-    report = None
-    schedule = chunk_blocks(plan.num_blocks, chunks)
-    for c, blocks in enumerate(schedule):
-        report = quantize_model(model, calib_ids, config, device=device, progress=progress, log=log,
-                                batch_size=batch_size, blocks=blocks)
-        layers.extend(report.layers)
+
+    steps: int
+    chunks: int = 4
+    seed: int = 0
+    device: torch.device | str | None = None
+    options: dict = field(default_factory=dict)
+    history: list[LoraStats] = field(default_factory=list)
+
+    def after_block(self, model, calib_ids, block, num_blocks):
+        schedule = chunk_blocks(num_blocks, self.chunks)
+        ends = {c[-1]: k for k, c in enumerate(schedule)}
+        if self.steps <= 0 or block not in ends or ends[block] == len(schedule) - 1:
+            return None
+        c = ends[block]
         rest = [b for later in schedule[c + 1 :] for b in later]
-        if steps and rest:
-            st = lora_tune(model, calib_ids, _plain_linears(model, rest), steps,
-                           seed=config.seed + c, device=device, **lora_options)
-            note = (f"LoRA after blocks {blocks[0]}-{blocks[-1]}: {st.steps} steps on {len(st.targets)} linears, "
-                    f"calibration loss {st.loss_before:.4f} -> {st.loss_after:.4f} ({st.seconds:.1f}s)")
-            notes.append(note)
-            say(note)
-    return QuantizeReport(config, layers, time.perf_counter() - t0, report.device, report.num_samples,
-                          report.seq_len, list(plan.notes) + notes)
+        st = lora_tune(model, calib_ids, _plain_linears(model, rest), self.steps,
+                       seed=self.seed + c, device=self.device, **self.options)
+        self.history.append(st)
+        chunk = schedule[c]
+        return (f"LoRA after blocks {chunk[0]}-{chunk[-1]}: {st.steps} steps on {len(st.targets)} linears, "
+                f"calibration loss {st.loss_before:.4f} -> {st.loss_after:.4f} ({st.seconds:.1f}s)")

@@ -8,14 +8,16 @@ A method names a codec and the solver ingredients around it:
 * ``rtn``  - codec ``uniform``, round to nearest (no feedback, no rotation).
 * ``e8``   - randomized Hadamard + codec ``e8`` (D = 8) + LDLQ error feedback.
 * ``codebook`` - LLM-Codebook: codec ``kmeans``; per layer one codebook fitted by
-  K-means weighted with Hessian importances (``codebook_weighting``), stored with
-  the layer, then codes assigned through block LDLQ (codebook fixed).
+  K-means weighted with Hessian importances (the codec's ``weighting`` option),
+  stored with the layer, then codes assigned through block LDLQ (codebook fixed).
 
-Adding a method is one :func:`register_method` call with a :class:`MethodSpec`.
+Adding a method is one :func:`register_method` call with a :class:`MethodSpec`;
+its options are its codec's (:class:`pvq.codecs.CodecOption`), validated by the
+codec spec and turned into CLI flags from there.
 
 :class:`QuantizeConfig` is validated at construction; :meth:`QuantizeConfig.plan`
-(alias :meth:`~QuantizeConfig.validate_for`) checks it against a model's linear
-layers and builds every layer's codec before any long work starts.
+checks it against a model's linear layers and builds every layer's codec
+before any long work starts.
 
 Units: ``bits`` are bits per weight, scales included (the codec picks the
 setting whose stored rate is at most about ``bits``); ``dim`` (D) is the number
@@ -29,9 +31,13 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import asdict, dataclass, field, fields, replace
+
 import torch
 
-from pvq.codecs import CODECS, CodecError, VectorCodec, codec_to_config, make_codec
+from pvq.codecs import CODECS, VectorCodec, codec_to_config, make_codec
+from pvq.errors import CodecError, QuantizeError
+from pvq.solvers import SolverConfig
+from pvq.transforms import LayerRotation
 
 __all__ = [
     "METHODS",
@@ -46,10 +52,6 @@ __all__ = [
 ]
 
 
-class QuantizeError(CodecError):
-    """Bad quantization input (method, rate, layout, model, data); says what to change."""
-
-
 # ---------------------------------------------------------------- method registry
 
 
@@ -57,14 +59,13 @@ class QuantizeError(CodecError):
 class MethodSpec:
     """A quantization method: a codec family plus the solver ingredients used with it.
 
-    codec: registered codec name (``pvq.codecs.CODECS``).
+    codec: registered codec name (``pvq.codecs.CODECS``); the method's options
+        are that codec's :class:`~pvq.codecs.CodecOption` s.
     rotate / error_feedback / hessian_gain: defaults of the switches in
         :class:`QuantizeConfig` (a config may turn an ingredient off, or on
         where the codec supports it).
     default_dim: D when the config gives none (``None``: the codec's default).
     default_group_size: vectors per scale when the config gives none.
-    codec_options: names of :class:`QuantizeConfig` fields passed to the codec
-        factory as keyword arguments (when not ``None``).
     group_option: the factory's keyword for the group: ``"group_size"``
         (vectors per scale) or ``"group_weights"`` (weights per scale).
     """
@@ -77,8 +78,13 @@ class MethodSpec:
     hessian_gain: bool
     default_dim: int | None
     default_group_size: int
-    codec_options: tuple[str, ...] = ()
     group_option: str = "group_size"
+
+    @property
+    def options(self):
+        """The codec's user options (empty while the codec is not registered)."""
+        spec = CODECS.get(self.codec)
+        return () if spec is None else spec.options
 
 
 METHODS: dict[str, MethodSpec] = {}
@@ -98,23 +104,19 @@ def get_method(name: str) -> MethodSpec:
     return METHODS[name]
 
 
-PVQ_OPTIONS = ("gain_quantizer", "gain_target", "search", "gain_bits")
-SCALAR_OPTIONS = ("symmetric",)
-
 register_method(MethodSpec(
     "pvq", "pvq", "randomized Hadamard + PVQ shapes and Beta-law gains + block-LDLQ + Hessian-optimal gains",
     rotate=True, error_feedback=True, hessian_gain=True, default_dim=32, default_group_size=16,
-    codec_options=PVQ_OPTIONS,
 ))
 register_method(MethodSpec(
     "gptq", "uniform", "GPTQ: uniform scalar grid per group of 128 weights with error feedback",
     rotate=False, error_feedback=True, hessian_gain=False, default_dim=1, default_group_size=128,
-    codec_options=SCALAR_OPTIONS, group_option="group_weights",
+    group_option="group_weights",
 ))
 register_method(MethodSpec(
     "rtn", "uniform", "round to nearest on a uniform grid per group of 128 weights",
     rotate=False, error_feedback=False, hessian_gain=False, default_dim=1, default_group_size=128,
-    codec_options=SCALAR_OPTIONS, group_option="group_weights",
+    group_option="group_weights",
 ))
 register_method(MethodSpec(
     "codebook", "kmeans",
@@ -135,61 +137,46 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-_CHOICES = {
-    "gain_quantizer": ("lloydmax", "quantile"),
-    "gain_target": ("projection", "norm"),
-    "search": ("greedy", "refine"),
-    "codebook_weighting": ("hessian", "obs", "none"),
+def _help(text: str, flag: str | None = None) -> dict:
+    """Field metadata: CLI help (and flag name when it is not the field's)."""
+    return {"help": text} if flag is None else {"help": text, "flag": flag}
+
+
+# version-1 checkpoints stored the codec options as flat fields of the config
+_LEGACY_OPTIONS = {
+    "gain_quantizer": ("gain_quantizer", "lloydmax"),
+    "gain_target": ("gain_target", "projection"),
+    "search": ("search", "greedy"),
+    "gain_bits": ("gain_bits", None),
+    "symmetric": ("symmetric", False),
+    "codebook_weighting": ("weighting", "hessian"),
 }
-CODEBOOK_OPTIONS = ("codebook_weighting", "lora_steps")  # options of the methods whose codec fits a codebook
 
 
 @dataclass(frozen=True)
 class QuantizeConfig:
     """Everything that decides a quantization run (JSON round trip: to_dict / from_dict).
 
-    method: a name in :data:`METHODS`.
-    bits: target bits per weight, scales included (> 0).
-    dim: vector dim D (``None``: the method's default, lowered to a D that
-        divides every layer if needed); an explicit D must divide every layer.
-    group_size: vectors per stored scale (``None``: the method's default, per
-        layer the nearest count that divides the layer); an explicit value must
-        divide every layer.
-    damp: Hessian damping relative to its mean diagonal.
-    seed: seeds the calibration windows and the rotations.
-    n_samples, seq_len: calibration windows (sized for the reference model).
-    rotate, error_feedback, hessian_gain: switch a method's ingredients
-        (``None``: the method's default).
-    gain_quantizer, gain_target, search, gain_bits: PVQ codec options
-        (``gain_bits=None`` lets the codec pick the gain/shape split).
-    symmetric: uniform grid without zero point (gptq, rtn).
-    sequential: quantize a block's linears stage by stage (q/k/v, o, gate/up,
-        down), each stage's Hessian taken with the earlier stages quantized.
-    codebook_weighting: method ``codebook``: per-coordinate K-means importances
-        ``"hessian"`` (diag H), ``"obs"`` (w^2 / [H^-1]_ii) or ``"none"`` (plain K-means).
-    lora_steps: method ``codebook``: LoRA recovery steps on the calibration
-        windows after each chunk of blocks (0: none; see :mod:`pvq.models.lora`).
+    Each field's metadata holds its CLI help; ``options`` holds the method's
+    codec options by name (see ``pvq.codecs.CODECS[codec].options``).
     """
 
-    method: str = "pvq"
-    bits: float = 3.0
-    dim: int | None = None
-    group_size: int | None = None
-    damp: float = 0.01
-    seed: int = 0
-    n_samples: int = 64
-    seq_len: int = 256
-    rotate: bool | None = None
-    error_feedback: bool | None = None
-    hessian_gain: bool | None = None
-    gain_quantizer: str = "lloydmax"
-    gain_target: str = "projection"
-    search: str = "greedy"
-    gain_bits: int | None = None
-    symmetric: bool = False
-    sequential: bool = True
-    codebook_weighting: str = "hessian"
-    lora_steps: int = 0
+    method: str = field(default="pvq", metadata=_help("quantization method (see `pvq quantize --help`)"))
+    bits: float = field(default=3.0, metadata=_help("target bits per weight, scales included"))
+    dim: int | None = field(default=None, metadata=_help("vector dimension D (default: the method's)"))
+    group_size: int | None = field(default=None, metadata=_help("vectors per stored scale (default: the method's)"))
+    damp: float = field(default=0.01, metadata=_help("Hessian damping, relative to its mean diagonal"))
+    seed: int = field(default=0, metadata=_help("seed of the rotations and of any fit"))
+    n_samples: int = field(default=64, metadata=_help("calibration windows", flag="samples"))
+    seq_len: int = field(default=256, metadata=_help("tokens per calibration window"))
+    rotate: bool | None = field(default=None, metadata=_help("randomized Hadamard coherence processing"))
+    error_feedback: bool | None = field(default=None, metadata=_help("GPTQ/LDLQ error feedback over column blocks"))
+    hessian_gain: bool | None = field(default=None, metadata=_help("Hessian-optimal gains (codecs that have them)"))
+    sequential: bool = field(default=True, metadata=_help(
+        "quantize a block's linears stage by stage (q/k/v, o, gate/up, down)"))
+    lora_steps: int = field(default=0, metadata=_help(
+        "LoRA recovery steps on the not yet compressed layers after each chunk of blocks"))
+    options: dict = field(default_factory=dict, metadata=_help("the codec's options"))
 
     def __post_init__(self):
         spec = get_method(self.method)
@@ -197,8 +184,13 @@ class QuantizeConfig:
             math.isfinite(self.bits) and self.bits > 0
         ):
             raise QuantizeError(f"bits (per weight) must be a positive number, got {self.bits!r}")
+        if self.bits >= 16:
+            raise QuantizeError(
+                f"bits={self.bits} is not compression: the fp16 original takes 16 bits per weight; "
+                "choose a rate below 16 (e.g. 2, 3 or 4)"
+            )
         object.__setattr__(self, "bits", float(self.bits))
-        for name in ("dim", "group_size", "gain_bits"):
+        for name in ("dim", "group_size"):
             v = getattr(self, name)
             if v is not None and (not _is_int(v) or v < 1):
                 raise QuantizeError(f"{name} must be a positive integer or None, got {v!r}")
@@ -217,39 +209,39 @@ class QuantizeConfig:
             v = getattr(self, name)
             if v is not None and not isinstance(v, bool):
                 raise QuantizeError(f"{name} must be True, False or None, got {v!r}")
-        for name in ("symmetric", "sequential"):
-            if not isinstance(getattr(self, name), bool):
-                raise QuantizeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not isinstance(self.sequential, bool):
+            raise QuantizeError(f"sequential must be True or False, got {self.sequential!r}")
         if not _is_int(self.lora_steps) or self.lora_steps < 0:
             raise QuantizeError(f"lora_steps must be an integer >= 0, got {self.lora_steps!r}")
-        for name, choices in _CHOICES.items():
-            if getattr(self, name) not in choices:
-                raise QuantizeError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
-        # options that the method's codec does not take must stay at their defaults
-        defaults = {f.name: f.default for f in fields(QuantizeConfig)}
-        for name in CODEBOOK_OPTIONS:
-            if spec.codec != "kmeans" and getattr(self, name) != defaults[name]:
-                raise QuantizeError(
-                    f"option {name}={getattr(self, name)!r} does not apply to method {self.method!r}; "
-                    f"it applies to: {', '.join(m for m, s in METHODS.items() if s.codec == 'kmeans')}"
-                )
-        for name in PVQ_OPTIONS + SCALAR_OPTIONS:
-            if name not in spec.codec_options and getattr(self, name) != defaults[name]:
-                raise QuantizeError(
-                    f"option {name}={getattr(self, name)!r} does not apply to method {self.method!r} "
-                    f"(codec {spec.codec!r}); it applies to: "
-                    f"{', '.join(m for m, s in METHODS.items() if name in s.codec_options)}"
-                )
         if spec.codec not in CODECS:
             raise QuantizeError(
                 f"method {self.method!r} needs codec {spec.codec!r}, which is not registered in this "
                 f"install (registered: {', '.join(sorted(CODECS))})"
             )
+        object.__setattr__(self, "options", self._checked_options(spec))
         cspec = CODECS[spec.codec]
         if self.dim is not None and cspec.dims is not None and self.dim not in cspec.dims:
             raise QuantizeError(f"method {self.method!r} (codec {spec.codec!r}) works on dim in {cspec.dims}, got {self.dim}")
         if self.dim is not None and self.group_size is not None:
             self.make_codec(self.dim, self.group_size)  # a rate no setting reaches fails here
+
+    def _checked_options(self, spec: MethodSpec) -> dict:
+        if not isinstance(self.options, dict):
+            raise QuantizeError(f"options must be a dict of codec options, got {type(self.options).__name__}")
+        cspec = CODECS[spec.codec]
+        out = {}
+        for name, value in self.options.items():
+            if cspec.option(name) is None:
+                takers = [m for m, s in METHODS.items() if any(o.name == name for o in s.options)]
+                raise QuantizeError(
+                    f"option {name}={value!r} does not apply to method {self.method!r} (codec {spec.codec!r}); "
+                    + (f"it applies to: {', '.join(takers)}" if takers else "no method takes it")
+                )
+            try:
+                out[name] = cspec.option(name).check(value)
+            except CodecError as e:
+                raise QuantizeError(f"method {self.method!r}: {e}") from e
+        return out
 
     # -- effective switches
     @property
@@ -268,6 +260,19 @@ class QuantizeConfig:
     def use_hessian_gain(self) -> bool:
         return self.spec.hessian_gain if self.hessian_gain is None else self.hessian_gain
 
+    def solver_config(self) -> SolverConfig:
+        """The solver settings of this run."""
+        return SolverConfig(self.use_error_feedback, self.use_hessian_gain, self.damp)
+
+    def option(self, name: str):
+        """The effective value of a codec option (the codec's default when unset)."""
+        if name in self.options:
+            return self.options[name]
+        opt = CODECS[self.spec.codec].option(name)
+        if opt is None:
+            raise QuantizeError(f"method {self.method!r} has no option {name!r}")
+        return opt.default
+
     def default_dim(self) -> int:
         spec = self.spec
         return spec.default_dim if spec.default_dim is not None else CODECS[spec.codec].default_dim
@@ -276,7 +281,7 @@ class QuantizeConfig:
     def codec_kwargs(self, dim: int, group_size: int) -> dict:
         """Keyword arguments for the codec factory (group size in the factory's own unit)."""
         spec = self.spec
-        kwargs = {name: getattr(self, name) for name in spec.codec_options if getattr(self, name) is not None}
+        kwargs = dict(self.options)
         kwargs[spec.group_option] = group_size * dim if spec.group_option == "group_weights" else group_size
         return kwargs
 
@@ -284,8 +289,6 @@ class QuantizeConfig:
         """The codec of a layer quantized with D = ``dim`` and G = ``group_size``."""
         try:
             codec = make_codec(self.spec.codec, self.bits, dim, **self.codec_kwargs(dim, group_size))
-        except QuantizeError:
-            raise
         except CodecError as e:
             raise QuantizeError(
                 f"method {self.method!r} at {self.bits} bits per weight, D={dim}, G={group_size}: {e}"
@@ -313,15 +316,26 @@ class QuantizeConfig:
 
     # -- serialization
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["options"] = dict(self.options)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> QuantizeConfig:
+        """From :meth:`to_dict` output, or from a version-1 checkpoint's flat form (codec
+        options as top-level fields, left at their defaults when the method lacks them)."""
+        d = dict(d)
+        options = dict(d.pop("options", None) or {})
+        for old, (new, default) in _LEGACY_OPTIONS.items():
+            if old in d:
+                value = d.pop(old)
+                if value != default:
+                    options[new] = value
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise QuantizeError(f"unknown quantize option(s) {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**d)
+        return cls(**d, options=options)
 
     def replace(self, **changes) -> QuantizeConfig:
         return replace(self, **changes)
@@ -339,7 +353,7 @@ class QuantizeConfig:
         for i, block in enumerate(layers):
             for name, mod in block.named_modules():
                 if isinstance(mod, torch.nn.Linear):
-                    linears.append((i, f"{_layers_prefix(model)}.{i}.{name}", mod))
+                    linears.append((i, f"{LAYERS_PATH}.{i}.{name}", mod))
         if not linears:
             raise QuantizeError("the model's decoder blocks hold no nn.Linear layers to quantize")
         in_sizes = sorted({m.in_features for _, _, m in linears})
@@ -352,11 +366,10 @@ class QuantizeConfig:
                 codecs[(dim, g)] = self.make_codec(dim, g)
             rot = None
             if self.use_rotation:
-                rot = {"out_seed": _seed(self.seed, name, "out"), "in_seed": _seed(self.seed, name, "in")}
+                rot = LayerRotation(mod.out_features, mod.in_features,
+                                    _seed(self.seed, name, "out"), _seed(self.seed, name, "in"))
             plans.append(LayerPlan(block, name, mod.out_features, mod.in_features, dim, g, codecs[(dim, g)], rot))
         return QuantizePlan(self, plans, len(layers))
-
-    validate_for = plan
 
     def _pick_dim(self, in_sizes: list[int]) -> int:
         cspec = CODECS[self.spec.codec]
@@ -424,7 +437,7 @@ class LayerPlan:
     dim: int
     group_size: int
     codec: VectorCodec
-    rotation: dict | None  # {"out_seed": int, "in_seed": int} or None
+    rotation: LayerRotation | None
 
 
 @dataclass
@@ -469,27 +482,14 @@ def _unique_by_in(plans: list[LayerPlan]) -> list[LayerPlan]:
 LAYERS_PATH = "model.layers"
 
 
-def _layers_prefix(model: torch.nn.Module) -> str:
-    layers = getattr(getattr(model, "model", None), "layers", None)
-    if not isinstance(layers, torch.nn.ModuleList):
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The ModuleList of decoder blocks (``model.model.layers`` for Llama, Mistral, Qwen2)."""
+    obj = getattr(getattr(model, "model", None), "layers", None)
+    if not isinstance(obj, torch.nn.ModuleList):
         raise QuantizeError(
             f"cannot find the decoder blocks of {type(model).__name__}: expected a ModuleList at "
             "model.model.layers (Llama, Mistral, Qwen2 and most decoder-only transformers models)"
         )
-    return LAYERS_PATH
-
-
-def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The ModuleList of decoder blocks (``model.model.layers`` for Llama, Mistral, Qwen2)."""
-    obj = model
-    for part in _layers_prefix(model).split("."):
-        obj = getattr(obj, part)
     if len(obj) == 0:
         raise QuantizeError(f"{type(model).__name__} has no decoder blocks")
     return obj
-
-
-def describe_methods() -> list[tuple[str, str]]:
-    """(name, summary) of every registered method."""
-    return [(m.name, m.summary) for m in METHODS.values()]
-

@@ -5,37 +5,43 @@ It stores exactly what the codec wrote for the rotated weight ``W' = U W V^T``
 (``U``, ``V``: randomized Hadamard transforms of sizes ``out`` and ``in``, or
 identities when the method does not rotate):
 
-* ``packed_<key>``: the uint8 tensors of ``codec.pack`` (and any codebook),
+* ``packed_<key>``: the uint8 tensors of ``codec.store`` (and any fitted data,
+  e.g. a K-means codebook),
 * ``scales``: one fp16 scale per group of G vectors, row-major
   ``[out * in / (D * G)]`` (absent when the codec stores no scale),
 * ``bias`` (a parameter, float) when the linear had one.
 
 The rotations are stored as descriptors (size and seed of each side), not as
-dense factors: :class:`~pvq.transforms.RandomizedHadamard` is rebuilt
-deterministically from ``(n, seed)``. This keeps checkpoints small; the price is
-that a size whose dense factor is a seeded random orthogonal matrix (no known
-Hadamard order) depends on the platform's QR to the last bit.
+dense factors: :class:`~pvq.transforms.LayerRotation` rebuilds them
+deterministically. This keeps checkpoints small; the price is that a size
+whose dense factor is a seeded random orthogonal matrix (no known Hadamard
+order) depends on the platform's QR to the last bit.
 
-``dequantize()`` gives ``U^T Q' V`` (original coordinates). ``forward`` uses a
-dequantized weight built once and cached in a non-persistent buffer (dropped by
-:meth:`clear_cache`), so evaluation on CPU runs at plain matmul speed.
+``layout`` names how the stored codes are laid out (``"stored"``: the codec's
+own ``store`` output); a runtime backend may ask for another and repack in
+its ``prepare`` step. ``forward`` runs through the layer's backend
+(:mod:`pvq.models.backends`): the highest-priority one that supports the
+layer on the input's device, unless :meth:`set_backend` names one. Its
+runtime tensors (a dense cache, repacked codes) are built on first use and
+dropped by :meth:`clear_cache`.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from pvq.codecs import VectorCodec, codec_from_config, codec_to_config
-from pvq.transforms import RandomizedHadamard, unrotate_weight
+from pvq.codecs import SCALE_KEY, VectorCodec, codec_from_config, codec_to_config
+from pvq.errors import PvqError, QuantizeError
+from pvq.transforms import LayerRotation
 
-from .methods import QuantizeError
+from .backends import BACKENDS, select_backend
 
-__all__ = ["QuantizedLinear"]
+__all__ = ["LAYOUT_STORED", "QuantizedLinear", "buffer_name", "dtype_from_name", "dtype_name", "set_backend"]
 
-SCALE_KEY = "scale"  # name of the scales in a codec's Stored tensors
 PACKED_PREFIX = "packed_"
+LAYOUT_STORED = "stored"
+"""The codes as the codec's ``store`` wrote them (the only storage layout so far)."""
 
 _DTYPES = {
     "uint8": torch.uint8, "int8": torch.int8, "int16": torch.int16, "int32": torch.int32,
@@ -68,6 +74,7 @@ class QuantizedLinear(nn.Module):
         and ``"scale"``); buffers are created empty with these shapes.
     bias: whether the layer has a bias (a float parameter of ``bias_dtype``).
     rotation: ``{"out_seed": int, "in_seed": int}`` or None (no rotation).
+    layout: how the stored codes are laid out (:data:`LAYOUT_STORED`).
     """
 
     def __init__(
@@ -80,6 +87,7 @@ class QuantizedLinear(nn.Module):
         rotation: dict | None = None,
         bias_dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
+        layout: str = LAYOUT_STORED,
     ):
         super().__init__()
         self.in_features = int(in_features)
@@ -93,9 +101,13 @@ class QuantizedLinear(nn.Module):
                 f"codec {self.codec.describe()} does not tile in_features={self.in_features} "
                 f"(needs a multiple of D*G = {d * g})"
             )
-        if rotation is not None:
-            rotation = {"out_seed": int(rotation["out_seed"]), "in_seed": int(rotation["in_seed"])}
-        self.rotation = rotation
+        if layout != LAYOUT_STORED:
+            raise QuantizeError(f"unknown code layout {layout!r}; this pvq reads {LAYOUT_STORED!r}")
+        self.layout = layout
+        try:
+            self.rotation = LayerRotation.from_seeds(self.out_features, self.in_features, rotation)
+        except PvqError as e:
+            raise QuantizeError(f"bad rotation of a quantized layer: {e}") from e
         self.stored_keys = list(tensors)
         if self.codec.stores_scale and SCALE_KEY not in tensors:
             raise QuantizeError(f"codec {self.codec.name!r} stores scales but the layer has no {SCALE_KEY!r} tensor")
@@ -105,8 +117,8 @@ class QuantizedLinear(nn.Module):
             self.bias = nn.Parameter(torch.empty(self.out_features, dtype=bias_dtype, device=device), requires_grad=False)
         else:
             self.register_parameter("bias", None)
-        self.register_buffer("weight_cache", None, persistent=False)
-        self._transforms: tuple | None = None
+        self.backend_name: str | None = None  # None: chosen per device by priority
+        self._runtime: tuple[str, dict[str, torch.Tensor]] | None = None
 
     # ------------------------------------------------------------ construction
 
@@ -116,16 +128,16 @@ class QuantizedLinear(nn.Module):
         linear: nn.Linear,
         codec: VectorCodec,
         stored: dict[str, torch.Tensor],
-        rotation: dict | None = None,
+        rotation: LayerRotation | None = None,
     ) -> QuantizedLinear:
         """The quantized replacement of ``linear`` from the codec's stored tensors
-        (packed codes and ``"scale"``, e.g. ``LayerResult.stored(codec).tensors``)."""
+        (packed codes, fitted data and ``"scale"``, e.g. ``LinearResult.stored``)."""
         tensors = {k: (tuple(v.shape), v.dtype) for k, v in stored.items()}
         bias = linear.bias is not None
         dev = linear.weight.device
         q = cls(
             linear.in_features, linear.out_features, codec_to_config(codec), tensors, bias=bias,
-            rotation=rotation, bias_dtype=linear.weight.dtype if bias else torch.float32, device=dev,
+            rotation=None if rotation is None else rotation.seeds(), bias_dtype=linear.weight.dtype if bias else torch.float32, device=dev,
         )
         with torch.no_grad():
             for k, v in stored.items():
@@ -146,6 +158,7 @@ class QuantizedLinear(nn.Module):
             return cls(
                 cfg["in_features"], cfg["out_features"], cfg["codec"], tensors, bias=bool(cfg["bias"]),
                 rotation=cfg.get("rotation"), bias_dtype=bias_dtype, device=device,
+                layout=cfg.get("layout", LAYOUT_STORED),
             )
         except KeyError as e:
             raise QuantizeError(f"quantized layer config lacks {e}; the checkpoint config is incomplete") from e
@@ -157,7 +170,8 @@ class QuantizedLinear(nn.Module):
             "out_features": self.out_features,
             "bias": self.bias is not None,
             "codec": dict(self.codec_config),
-            "rotation": None if self.rotation is None else dict(self.rotation),
+            "rotation": None if self.rotation is None else self.rotation.seeds(),
+            "layout": self.layout,
             "tensors": {
                 k: {"shape": list(t.shape), "dtype": dtype_name(t.dtype)} for k, t in self.stored_tensors().items()
             },
@@ -189,10 +203,13 @@ class QuantizedLinear(nn.Module):
     def num_vectors(self) -> int:
         return self.num_weights // self.codec.dim
 
+    def fitted_codec(self) -> VectorCodec:
+        """The layer's codec with its stored fitted data (a K-means codebook) put back."""
+        return self.codec.with_data(self.stored_tensors())
+
     def codes(self):
         """Unpacked codes (the codec's :data:`~pvq.codecs.Codes`), ``out * in / D`` vectors row-major."""
-        stored = {k: v for k, v in self.stored_tensors().items() if k != SCALE_KEY}
-        return self.codec.unpack(stored, self.num_vectors)
+        return self.codec.unpack(self.stored_tensors(), self.num_vectors)
 
     def per_vector_scales(self) -> torch.Tensor:
         if SCALE_KEY in self.stored_keys:
@@ -206,20 +223,9 @@ class QuantizedLinear(nn.Module):
 
     # ------------------------------------------------------------ weights
 
-    def transforms(self) -> tuple[RandomizedHadamard | None, RandomizedHadamard | None]:
-        """``(U, V)`` rebuilt from the seeds (None, None without rotation)."""
-        if self.rotation is None:
-            return None, None
-        if self._transforms is None:
-            self._transforms = (
-                RandomizedHadamard(self.out_features, self.rotation["out_seed"]),
-                RandomizedHadamard(self.in_features, self.rotation["in_seed"]),
-            )
-        return self._transforms
-
     def rotated_weight(self) -> torch.Tensor:
         """``Q'``: the decoded weight in rotated coordinates, float32 ``[out, in]``."""
-        q = self.codec.decode(self.codes(), self.per_vector_scales())
+        q = self.fitted_codec().decode(self.codes(), self.per_vector_scales())
         return q.float().reshape(self.out_features, self.in_features)
 
     @torch.no_grad()
@@ -228,38 +234,85 @@ class QuantizedLinear(nn.Module):
         return self._unrotate(self.rotated_weight(), dtype)
 
     def _unrotate(self, q: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        u, v = self.transforms()
-        if u is not None:
-            q = unrotate_weight(q.double(), u, v).float()
+        if self.rotation is not None:
+            q = self.rotation.unrotate_weight(q.double()).float()
         return q.to(dtype)
+
+    def rotate_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``V x`` for ``x: [..., in]`` (identity without rotation)."""
+        return x if self.rotation is None else self.rotation.rotate_input(x)
+
+    def unrotate_output(self, y: torch.Tensor) -> torch.Tensor:
+        """``U^T y'`` for ``y': [..., out]`` (identity without rotation)."""
+        return y if self.rotation is None else self.rotation.unrotate_output(y)
+
+    # ------------------------------------------------------------ runtime
+
+    def set_backend(self, name: str | None) -> None:
+        """Run this layer through backend ``name`` (None: the best one for each device)."""
+        if name is not None and name not in BACKENDS:
+            raise QuantizeError(f"unknown backend {name!r}; registered: {', '.join(sorted(BACKENDS))}")
+        self.backend_name = name
+        self._runtime = None
+
+    @property
+    def backend(self) -> str | None:
+        """Name of the backend whose runtime tensors are prepared (None before the first forward)."""
+        return None if self._runtime is None else self._runtime[0]
 
     @torch.no_grad()
     def seed_cache(self, rotated: torch.Tensor, dtype: torch.dtype) -> None:
-        """Set the forward cache from ``Q'`` already at hand (it must equal :meth:`rotated_weight`,
-        e.g. the solver's reconstruction), skipping one decode of all codes."""
+        """Prepare the ``dense`` backend from ``Q'`` already at hand (it must equal
+        :meth:`rotated_weight`, e.g. the solver's reconstruction), skipping one decode."""
         if tuple(rotated.shape) != (self.out_features, self.in_features):
             raise QuantizeError(f"seed_cache needs [{self.out_features}, {self.in_features}], got {tuple(rotated.shape)}")
-        self.weight_cache = self._unrotate(rotated.float(), dtype)
+        if select_backend(self, rotated.device, self.backend_name).name == "dense":
+            self._runtime = ("dense", {"weight": self._unrotate(rotated.float(), dtype)})
 
     def clear_cache(self) -> None:
-        self.weight_cache = None
+        """Drop the runtime tensors (rebuilt on the next forward)."""
+        self._runtime = None
 
-    def _weight(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        w = self.weight_cache
-        if w is None or w.dtype != dtype or w.device != device:
-            w = self.dequantize(dtype).to(device)
-            self.weight_cache = w
-        return w
+    def runtime_tensors(self) -> dict[str, torch.Tensor]:
+        """The prepared backend's runtime tensors (empty before the first forward)."""
+        return {} if self._runtime is None else dict(self._runtime[1])
+
+    def _prepared(self, x: torch.Tensor) -> tuple:
+        dtype = x.dtype if x.is_floating_point() else torch.float32
+        if self._runtime is not None:
+            name, runtime = self._runtime
+            backend = BACKENDS[name]
+            if backend.supports(self, x.device) and backend.is_current(runtime, x.device, dtype):
+                return backend, runtime
+        backend = select_backend(self, x.device, self.backend_name)
+        self._runtime = None  # free the old runtime before building the new one
+        runtime = backend.prepare(self, x.device, dtype)
+        self._runtime = (backend.name, runtime)
+        return backend, runtime
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype if x.is_floating_point() else torch.float32
-        w = self._weight(dtype, x.device)
-        bias = None if self.bias is None else self.bias.to(dtype)
-        return F.linear(x, w, bias)
+        if not x.is_floating_point():
+            x = x.float()
+        backend, runtime = self._prepared(x)
+        return backend.linear(self, runtime, x)
 
     def extra_repr(self) -> str:
         rot = "rotated" if self.rotation is not None else "no rotation"
         return (
+            f"backend={self.backend or self.backend_name or 'auto'}, "
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
             f"codec={self.codec.describe()}, {rot}, {self.bits_per_weight():.3f} bits/weight"
         )
+
+
+def set_backend(model: nn.Module, name: str | None) -> int:
+    """Make every :class:`QuantizedLinear` of ``model`` use backend ``name`` (None: automatic).
+
+    Returns the number of layers set; their runtime tensors are rebuilt on the next forward.
+    """
+    if name is not None and name not in BACKENDS:
+        raise QuantizeError(f"unknown backend {name!r}; registered: {', '.join(sorted(BACKENDS))}")
+    layers = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
+    for m in layers:
+        m.set_backend(name)
+    return len(layers)

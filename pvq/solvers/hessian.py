@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from pvq.codecs.base import CodecError
+from pvq.errors import SolverError
 
 __all__ = [
     "HessianAccumulator",
@@ -27,10 +27,6 @@ __all__ = [
     "dead_inputs",
     "inverse_cholesky_upper",
 ]
-
-
-class SolverError(CodecError):
-    """Bad solver input (shapes, Hessians): a CodecError (so a ValueError) saying what to change."""
 
 
 class HessianAccumulator:

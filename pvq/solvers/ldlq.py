@@ -21,8 +21,14 @@ of far columns to one matrix product per chunk of about ``lazy_columns``
 columns (whole groups, so every group's scale still sees fully updated
 weights); :func:`quantize_layer_reference` applies every update at once.
 
-Hessian hook. If the codec has a method ``encode_hessian(x, scale, h_blk)``, it
-is called instead of ``encode`` for each D-column slice of a block, with
+Group parameters. The scale (and, for codecs with an offset grid, the zero
+point) of each group comes from ``codec.group_scales`` /
+``codec.group_zero_points`` on the whole group; every slice of the group is
+then coded through ``codec.encode_decode`` with its per-vector scale and zero.
+
+Hessian hook. If ``hessian_gain`` is on and the codec has a method
+``encode_hessian(x, scale, h_blk)``, it is used (through ``encode_decode``'s
+``hessian=``) for each D-column slice of a block, with
 ``x: [out, D]`` float32, ``scale: [out]`` and ``h_blk: [D, D]`` float32, the
 quadratic form that the slice's error ``e`` (a row) costs, ``e h_blk e^T``:
 
@@ -46,8 +52,9 @@ from typing import Callable
 import torch
 
 from pvq.codecs.base import Codes, Stored, VectorCodec, fp16_exact
+from pvq.errors import SolverError
 
-from .hessian import SolverError, damp, dead_inputs, inverse_cholesky_upper
+from .hessian import damp, dead_inputs, inverse_cholesky_upper
 
 __all__ = ["LayerResult", "quantize_layer", "quantize_layer_reference", "proxy_loss"]
 
@@ -63,6 +70,8 @@ class LayerResult:
     codes: codes of each column block, in column order; block ``b`` holds the
         ``out * block_dim / D`` vectors of its columns, row-major (row, then vector).
     scales: group scales ``[out, in / (D * G)]`` float32, fp16-exact.
+    zeros: group zero points ``[out, in / (D * G)]`` int64, or None (no offset grid).
+    codec: the codec that coded.
     proxy_loss: ``tr((W - Q) H (W - Q)^T)`` with the undamped ``H``.
     relative_error: ``proxy_loss / tr(W H W^T)``.
     seconds: wall time of the solve.
@@ -71,6 +80,8 @@ class LayerResult:
     weight: torch.Tensor
     codes: list[Codes]
     scales: torch.Tensor
+    zeros: torch.Tensor | None
+    codec: VectorCodec
     proxy_loss: float
     relative_error: float
     seconds: float
@@ -93,12 +104,9 @@ class LayerResult:
         """Scale of every vector, ``[out * in / D]`` in row-major order."""
         return self.scales.reshape(-1).repeat_interleave(self.group_size)
 
-    def stored(self, codec: VectorCodec) -> Stored:
-        """The tensors to write (packed codes, fp16 scales), from which the rate is measured."""
-        tensors = dict(codec.pack(self.merged_codes()))
-        if codec.stores_scale:
-            tensors["scale"] = self.scales.reshape(-1).half()
-        return Stored(tensors, num_weights=self.weight.numel())
+    def stored(self) -> Stored:
+        """The tensors to write (packed codes, fitted data, fp16 scales), from which the rate is measured."""
+        return Stored(self.codec.store(self.merged_codes(), self.scales), num_weights=self.weight.numel())
 
 
 def proxy_loss(w: torch.Tensor, q: torch.Tensor, h: torch.Tensor) -> float:
@@ -128,7 +136,7 @@ def _divisors(n: int) -> list[int]:
 
 
 def _check(w, h, codec, block_dim, group_size) -> _Layout:
-    needed = ("dim", "group_size", "group_scales", "encode", "decode")
+    needed = ("dim", "group_size", "group_scales", "group_zero_points", "encode_decode", "decode", "store")
     if not all(hasattr(codec, a) for a in needed):
         raise SolverError(f"codec must be a VectorCodec, got {type(codec).__name__}")
     if not isinstance(w, torch.Tensor) or w.dim() != 2 or not w.is_floating_point():
@@ -184,33 +192,27 @@ def _effective_blocks(
     return [s[j : j + d, j : j + d].float() for j in range(0, c1 - c0, d)]
 
 
-def _encode_decode(codec, x, scale, hessian=None):
-    """(codes, reconstruction) through the codec's ``encode_decode`` when it has one."""
-    fast = getattr(codec, "encode_decode", None)
-    if fast is not None:
-        return fast(x, scale) if hessian is None else fast(x, scale, hessian)
-    codes = codec.encode(x, scale) if hessian is None else codec.encode_hessian(x, scale, hessian)
-    return codes, codec.decode(codes, scale)
-
-
-def _quantize_block(codec, lay: _Layout, w_blk, scales, c0, hook_blocks):
+def _quantize_block(codec, lay: _Layout, w_blk, scales, zeros, c0, hook_blocks):
     """Quantize block columns [c0, c0 + block_dim): returns (q_blk [out, bd] float32, codes)."""
     d, out = lay.dim, lay.out
     k = w_blk.shape[1] // d
     gcols = lay.group_cols
     gidx = torch.tensor([(c0 + j * d) // gcols for j in range(k)], device=scales.device)
     sv = scales[:, gidx]  # [out, k]
+    zv = None if zeros is None else zeros[:, gidx]
     x = w_blk.float()
     if hook_blocks is None:
         xv = x.reshape(out * k, d).contiguous()
         svf = sv.reshape(-1).contiguous()
-        codes, q = _encode_decode(codec, xv, svf)
+        zvf = None if zv is None else zv.reshape(-1).contiguous()
+        codes, q = codec.encode_decode(xv, svf, zvf)
         return q.float().reshape(out, k * d), codes
     parts, qs = [], []
     for j in range(k):
         xj = x[:, j * d : (j + 1) * d].contiguous()
         sj = sv[:, j].contiguous()
-        cj, qj = _encode_decode(codec, xj, sj, hook_blocks[j])
+        zj = None if zv is None else zv[:, j].contiguous()
+        cj, qj = codec.encode_decode(xj, sj, zj, hook_blocks[j])
         parts.append(cj)
         qs.append(qj.float())
     q = torch.cat(qs, dim=1)
@@ -223,8 +225,8 @@ def _quantize_block(codec, lay: _Layout, w_blk, scales, c0, hook_blocks):
     return q, codes
 
 
-def _group_scales(codec, lay: _Layout, w: torch.Tensor, c0: int, c1: int, scales: torch.Tensor):
-    """Set the scales of the groups that start in columns [c0, c1) from the current ``w``."""
+def _group_params(codec, lay: _Layout, w: torch.Tensor, c0: int, c1: int, scales, zeros) -> None:
+    """Set the scales (and zero points) of the groups that start in columns [c0, c1) from the current ``w``."""
     gc = lay.group_cols
     for gs in range((c0 + gc - 1) // gc * gc, c1, gc):
         grp = w[:, gs : gs + gc].float().reshape(lay.out, lay.group_size, lay.dim)
@@ -235,12 +237,14 @@ def _group_scales(codec, lay: _Layout, w: torch.Tensor, c0: int, c1: int, scales
                 f"expected [{lay.out}]"
             )
         scales[:, gs // gc] = fp16_exact(s)
+        if zeros is not None:
+            zeros[:, gs // gc] = codec.group_zero_points(grp)
 
 
 # ------------------------------------------------------------------ driver
 
 
-def _prepare(w, h, codec, block_dim, group_size, error_feedback, damp_rel, work_dtype):
+def _prepare(w, h, codec, block_dim, group_size, error_feedback, damp_rel, work_dtype, hessian_gain):
     lay = _check(w, h, codec, block_dim, group_size)
     if work_dtype not in (torch.float32, torch.float64):
         raise SolverError(f"work_dtype must be torch.float32 or torch.float64, got {work_dtype}")
@@ -250,13 +254,17 @@ def _prepare(w, h, codec, block_dim, group_size, error_feedback, damp_rel, work_
     if error_feedback:
         wk[:, dead_inputs(h.to(torch.float64)).to(wk.device)] = 0.0
         u = inverse_cholesky_upper(hd).to(wk.device)
-    hook = callable(getattr(codec, "encode_hessian", None))
+    hook = bool(hessian_gain) and callable(getattr(codec, "encode_hessian", None))
     n_groups = lay.inp // lay.group_cols
     scales = torch.zeros(lay.out, n_groups, dtype=torch.float32, device=wk.device)
-    return lay, hd.to(wk.device), wk, u, hook, scales
+    probe = w[:1, : lay.group_cols].float().reshape(1, lay.group_size, lay.dim)
+    zeros = None
+    if codec.group_zero_points(probe) is not None:
+        zeros = torch.zeros(lay.out, n_groups, dtype=torch.int64, device=wk.device)
+    return lay, hd.to(wk.device), wk, u, hook, scales, zeros
 
 
-def _finish(w, h, q, codes, scales, lay, t0) -> LayerResult:
+def _finish(w, h, q, codes, scales, zeros, codec, lay, t0) -> LayerResult:
     loss = proxy_loss(w, q, h)
     ref = proxy_loss(w, torch.zeros_like(w), h)
     rel = loss / ref if ref > 0 else (0.0 if loss == 0 else math.inf)
@@ -264,6 +272,8 @@ def _finish(w, h, q, codes, scales, lay, t0) -> LayerResult:
         weight=q,
         codes=codes,
         scales=scales,
+        zeros=zeros,
+        codec=codec,
         proxy_loss=loss,
         relative_error=rel,
         seconds=time.perf_counter() - t0,
@@ -285,6 +295,7 @@ def quantize_layer(
     progress: Progress | None = None,
     lazy_columns: int = 128,
     work_dtype: torch.dtype = torch.float32,
+    hessian_gain: bool = True,
 ) -> LayerResult:
     """Quantize ``w: [out, in]`` with ``codec`` under the proxy loss of ``h: [in, in]``.
 
@@ -298,13 +309,14 @@ def quantize_layer(
     lazy_columns: target width of the lazily updated chunks (rounded to whole
         groups and blocks); does not change the result beyond float rounding.
     work_dtype: dtype of the weight updates (float32; float64 for references).
+    hessian_gain: use the codec's ``encode_hessian`` where it has one.
 
     With error feedback, input columns with ``h_ii == 0`` (never active) are
     zeroed before quantization, as GPTQ does.
     """
     t0 = time.perf_counter()
-    lay, hd, wk, u, hook, scales = _prepare(
-        w, h, codec, block_dim, group_size, error_feedback, damp_rel, work_dtype
+    lay, hd, wk, u, hook, scales, zeros = _prepare(
+        w, h, codec, block_dim, group_size, error_feedback, damp_rel, work_dtype, hessian_gain
     )
     if not isinstance(lazy_columns, int) or lazy_columns < 1:
         raise SolverError(f"lazy_columns must be a positive integer, got {lazy_columns!r}")
@@ -321,11 +333,11 @@ def quantize_layer(
             err = torch.empty(lay.out, b - a, dtype=work_dtype, device=wk.device)
         for c0 in range(a, b, bd):
             c1 = c0 + bd
-            _group_scales(codec, lay, wk, c0, c1, scales)
+            _group_params(codec, lay, wk, c0, c1, scales, zeros)
             hb = None
             if hook:
                 hb = _effective_blocks(u, hd, c0, c1, lay.dim, error_feedback)
-            qb, cb = _quantize_block(codec, lay, wk[:, c0:c1], scales, c0, hb)
+            qb, cb = _quantize_block(codec, lay, wk[:, c0:c1], scales, zeros, c0, hb)
             q[:, c0:c1] = qb
             codes.append(cb)
             if uw is not None:
@@ -339,7 +351,7 @@ def quantize_layer(
                 progress(c1, lay.inp)
         if uw is not None and b < lay.inp:
             wk[:, b:] -= err @ uw[a:b, b:]
-    return _finish(w, h, q, codes, scales, lay, t0)
+    return _finish(w, h, q, codes, scales, zeros, codec, lay, t0)
 
 
 def quantize_layer_reference(
@@ -352,21 +364,22 @@ def quantize_layer_reference(
     error_feedback: bool = True,
     damp_rel: float = 0.01,
     work_dtype: torch.dtype = torch.float32,
+    hessian_gain: bool = True,
 ) -> LayerResult:
     """Plain reference of :func:`quantize_layer`: every block's error update is applied
     to all later columns at once (no lazy chunks)."""
     t0 = time.perf_counter()
-    lay, hd, wk, u, hook, scales = _prepare(
-        w, h, codec, block_dim, group_size, error_feedback, damp_rel, work_dtype
+    lay, hd, wk, u, hook, scales, zeros = _prepare(
+        w, h, codec, block_dim, group_size, error_feedback, damp_rel, work_dtype, hessian_gain
     )
     uw = u.to(work_dtype) if u is not None else None
     q = torch.empty(lay.out, lay.inp, dtype=torch.float32, device=wk.device)
     codes: list[Codes] = []
     for c0 in range(0, lay.inp, lay.block_dim):
         c1 = c0 + lay.block_dim
-        _group_scales(codec, lay, wk, c0, c1, scales)
+        _group_params(codec, lay, wk, c0, c1, scales, zeros)
         hb = _effective_blocks(u, hd, c0, c1, lay.dim, error_feedback) if hook else None
-        qb, cb = _quantize_block(codec, lay, wk[:, c0:c1], scales, c0, hb)
+        qb, cb = _quantize_block(codec, lay, wk[:, c0:c1], scales, zeros, c0, hb)
         q[:, c0:c1] = qb
         codes.append(cb)
         if uw is not None:
@@ -374,4 +387,4 @@ def quantize_layer_reference(
                 uw[c0:c1, c0:c1], wk[:, c0:c1] - qb.to(work_dtype), upper=True, left=False
             )
             wk[:, c1:] -= e @ uw[c0:c1, c1:]
-    return _finish(w, h, q, codes, scales, lay, t0)
+    return _finish(w, h, q, codes, scales, zeros, codec, lay, t0)

@@ -10,8 +10,10 @@ from .hadamard import (
     rotate_weight,
     unrotate_weight,
 )
+from .rotation import LayerRotation
 
 __all__ = [
+    "LayerRotation",
     "RandomizedHadamard",
     "fwht",
     "fwht_reference",

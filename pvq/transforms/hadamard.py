@@ -28,7 +28,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from pvq.codecs.base import CodecError
+from pvq.errors import TransformError
 
 __all__ = [
     "RandomizedHadamard",
@@ -51,7 +51,7 @@ def _is_pow2(n: int) -> bool:
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     """fp16/bf16 are computed in float32 (and cast back); float32/64 as they are."""
     if not x.is_floating_point():
-        raise CodecError(f"transform input must be a float tensor, got {x.dtype}")
+        raise TransformError(f"transform input must be a float tensor, got {x.dtype}")
     return torch.float32 if x.dtype in _LOW_PRECISION else x.dtype
 
 
@@ -80,7 +80,7 @@ def fwht(x: torch.Tensor) -> torch.Tensor:
     """
     n = x.shape[-1]
     if not _is_pow2(n):
-        raise CodecError(
+        raise TransformError(
             f"fwht needs a power-of-two length, got {n}; use RandomizedHadamard for other sizes"
         )
     dtype = _compute_dtype(x)
@@ -165,7 +165,7 @@ def _gf_quadratic_character(q: int) -> tuple[np.ndarray, np.ndarray]:
     """
     pe = _factor_prime_power(q)
     if pe is None:
-        raise CodecError(f"{q} is not a prime power")
+        raise TransformError(f"{q} is not a prime power")
     p, e = pe
     digits = np.array([[(a // p**i) % p for i in range(e)] for a in range(q)], dtype=np.int64)
     weights = p ** np.arange(e, dtype=np.int64)
@@ -242,7 +242,7 @@ def hadamard_orders(limit: int) -> list[int]:
 def _hadamard_int8(n: int) -> np.ndarray:
     plan = _plan(n)
     if plan is None:
-        raise CodecError(
+        raise TransformError(
             f"no Hadamard matrix of order {n} is constructed here (Sylvester 2^k, Paley I for "
             "q+1 with q a prime power = 3 mod 4, Paley II for 2(q+1) with q = 1 mod 4, times "
             f"powers of two); orders near {n} that work: "
@@ -284,10 +284,10 @@ def hadamard_matrix(n: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     Orders: ``2^k * h`` where ``h`` is 1, 2, ``q + 1`` (Paley I, ``q`` a prime
     power = 3 mod 4) or ``2 (q + 1)`` (Paley II, ``q`` a prime power = 1 mod 4).
     Powers of two give the Sylvester matrix (the one :func:`fwht` applies).
-    Raises :class:`CodecError` for other orders (e.g. 92, 172).
+    Raises :class:`TransformError` for other orders (e.g. 92, 172).
     """
     if not isinstance(n, int) or n < 1:
-        raise CodecError(f"Hadamard order must be a positive integer, got {n!r}")
+        raise TransformError(f"Hadamard order must be a positive integer, got {n!r}")
     return torch.from_numpy(_hadamard_int8(n).copy()).to(dtype)
 
 
@@ -320,9 +320,9 @@ class RandomizedHadamard:
 
     def __init__(self, n: int, seed: int = 0):
         if not isinstance(n, int) or n < 1:
-            raise CodecError(f"transform size must be a positive integer, got {n!r}")
+            raise TransformError(f"transform size must be a positive integer, got {n!r}")
         if not isinstance(seed, int):
-            raise CodecError(f"seed must be an integer, got {seed!r}")
+            raise TransformError(f"seed must be an integer, got {seed!r}")
         gen = torch.Generator().manual_seed(seed)
         signs = (torch.randint(0, 2, (n,), generator=gen) * 2 - 1).to(torch.int8)
         plan = _plan(n)
@@ -339,7 +339,7 @@ class RandomizedHadamard:
     def _set(self, n: int, seed: int, signs: torch.Tensor, dense: torch.Tensor) -> None:
         h = dense.shape[0]
         if dense.shape != (h, h) or n % h or not _is_pow2(n // h) or signs.shape != (n,):
-            raise CodecError(
+            raise TransformError(
                 f"inconsistent transform state: n={n}, signs {tuple(signs.shape)}, "
                 f"dense factor {tuple(dense.shape)} (need n = h * 2^k and [h, h])"
             )
@@ -366,7 +366,7 @@ class RandomizedHadamard:
 
     def _check(self, x: torch.Tensor) -> torch.dtype:
         if x.shape[-1:] != (self.n,):
-            raise CodecError(
+            raise TransformError(
                 f"transform of size {self.n} applied to a tensor with last dim "
                 f"{x.shape[-1] if x.dim() else None} (shape {tuple(x.shape)})"
             )
@@ -427,10 +427,10 @@ class RandomizedHadamard:
         """Rebuild from :meth:`state` without recomputing anything random."""
         missing = {"signs", "dense", "seed"} - set(state)
         if missing:
-            raise CodecError(f"transform state lacks {sorted(missing)}")
+            raise TransformError(f"transform state lacks {sorted(missing)}")
         signs = state["signs"].to(torch.int8).reshape(-1)
         if not bool(((signs == 1) | (signs == -1)).all()):
-            raise CodecError("transform state 'signs' must hold only +1 and -1")
+            raise TransformError("transform state 'signs' must hold only +1 and -1")
         obj = cls.__new__(cls)
         obj._set(signs.numel(), int(state["seed"]), signs.clone(), state["dense"].clone())
         return obj
@@ -453,7 +453,7 @@ def rotate_weight(
     Either transform may be None (identity). Then ``W' (V x) = U (W x)``.
     """
     if w.dim() != 2:
-        raise CodecError(f"weight must be [out, in], got shape {tuple(w.shape)}")
+        raise TransformError(f"weight must be [out, in], got shape {tuple(w.shape)}")
     if u is not None:
         w = u.forward(w.T).T
     if v is not None:
@@ -466,7 +466,7 @@ def unrotate_weight(
 ) -> torch.Tensor:
     """``U^T W' V``, the inverse of :func:`rotate_weight`."""
     if w.dim() != 2:
-        raise CodecError(f"weight must be [out, in], got shape {tuple(w.shape)}")
+        raise TransformError(f"weight must be [out, in], got shape {tuple(w.shape)}")
     if v is not None:
         w = v.inverse(w)
     if u is not None:

@@ -111,7 +111,7 @@ def test_kmeans_codec_two_bits_dim4_beats_lloyd_max_scalar():
     assert r.stored.tensors["codebook"].dtype == torch.float16
     # the codebook generalizes: fixed codebook on fresh data still beats scalar Lloyd-Max
     fresh = torch.randn(n_weights // 4, 4, generator=gen(21))
-    fixed = KMeansCodec(8, 4, codebook=r.codes["codebook"])
+    fixed = KMeansCodec(8, 4, codebook=r.codec.codebook)
     r2 = quantize_grouped(fixed, fresh)
     assert float((r2.xhat - fresh).pow(2).mean()) < 0.1175
 
@@ -122,23 +122,26 @@ def test_kmeans_round_trip_exact(bits, dim, group_weights):
     n = (group_weights // dim) * 13
     x = torch.randn(n, dim, generator=gen(dim)) * 0.03
     r = quantize_grouped(codec, x)
-    back = codec.unpack(r.stored.tensors, n)
+    assert set(r.codes) == {"index"} and r.codes["index"].shape == (n,)  # per-vector codes only
+    loaded = codec.with_data(r.stored.tensors)  # the config's codec plus the stored codebook
+    back = loaded.unpack(r.stored.tensors, n)
     assert torch.equal(back["index"], r.codes["index"])
-    assert torch.equal(back["codebook"], r.codes["codebook"])
+    assert torch.equal(loaded.codebook, r.codec.codebook)
     scale = r.stored.tensors["scale"].float().repeat_interleave(codec.group_size)
-    assert torch.equal(codec.decode(back, scale), r.xhat)
+    assert torch.equal(loaded.decode(back, scale), r.xhat)
     expected_bits = -(-n * codec.index_bits // 8) * 8 + 16 * (n // codec.group_size) + codec.codebook_bits()
     assert r.stored.storage_bits() == expected_bits
 
 
-def test_kmeans_weighted_encode_uses_importance():
+def test_kmeans_weighted_fit_uses_importance():
     codec = KMeansCodec(3, 2, group_weights=8, iters=30)
     x = torch.randn(400, 2, generator=gen(30))
     w = torch.ones_like(x)
     w[:, 1] = 50.0
     scale = torch.ones(400)
-    plain = codec.decode(codec.encode(x, scale), scale)
-    weighted = codec.decode(codec.encode(x, scale, weights=w), scale)
+    plain_codec, weighted_codec = codec.fit(x, scale), codec.fit(x, scale, w)
+    plain = plain_codec.decode(plain_codec.encode(x, scale), scale)
+    weighted = weighted_codec.decode(weighted_codec.encode(x, scale), scale)
     err = lambda xh: float((w * (xh - x) ** 2).sum())  # noqa: E731
     assert err(weighted) < 0.8 * err(plain)
 
@@ -151,60 +154,9 @@ def test_kmeans_from_rate_errors_name_what_works():
         make_codec("kmeans", 0.1, dim=2)
     with pytest.raises(CodecError, match="codebook must have shape"):
         KMeansCodec(4, 2, codebook=torch.zeros(8, 2))
-
-
-# ---------------------------------------------------------------- Hessian importances
-
-from pvq.codecs.kmeans import (  # noqa: E402
-    hessian_diag_weights,
-    hessian_weights,
-    hessian_weights_reference,
-    obs_saliency_weights,
-)
-
-
-def _layer(out, inp, seed):
-    w = torch.randn(out, inp, generator=gen(seed))
-    col_scale = torch.logspace(-1, 1, inp)[torch.randperm(inp, generator=gen(seed + 1))]
-    x = torch.randn(4 * inp, inp, generator=gen(seed + 2)) * col_scale
-    h = x.T @ x / x.shape[0]
-    return w, h
-
-
-@pytest.mark.parametrize("out,inp,dim", [(3, 6, 2), (5, 12, 4), (2, 8, 8), (7, 5, 1)])
-@pytest.mark.parametrize("kind", ["hessian", "obs"])
-def test_hessian_weights_match_loop_reference(out, inp, dim, kind):
-    w, h = _layer(out, inp, out * inp)
-    fast = hessian_weights(w, h, dim, kind)
-    ref = hessian_weights_reference(w, h, dim, kind)
-    assert fast.shape == (out * inp // dim, dim)
-    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
-    assert hessian_weights(w, h, dim, "none") is None
-
-
-def test_hessian_weights_values_and_validation():
-    w, h = _layer(2, 4, 0)
-    dw = hessian_diag_weights(h, 2, 2)
-    assert torch.equal(dw[0], torch.diagonal(h)[:2]) and torch.equal(dw[3], torch.diagonal(h)[2:])
-    # diagonal H: OBS saliency is w^2 (h_ii + damp)
-    hdiag = torch.diag(torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64))
-    sal = obs_saliency_weights(w, hdiag, 4, damp_rel=0.0)
-    torch.testing.assert_close(sal, (w.double() ** 2 * torch.tensor([1.0, 2.0, 3.0, 4.0])).float())
+    with pytest.raises(CodecError, match="call fit"):
+        KMeansCodec(4, 2).encode(torch.zeros(4, 2), torch.ones(4))
     with pytest.raises(CodecError, match="weighting"):
-        hessian_weights(w, h, 2, "diag2")
-    with pytest.raises(CodecError, match="dividing"):
-        hessian_weights(w, h, 3, "hessian")
-    with pytest.raises(CodecError, match="Hessian must be"):
-        hessian_weights(w, h[:3, :3], 2, "obs")
+        KMeansCodec(4, 2, weighting="diag2")
 
 
-@pytest.mark.parametrize("kind", ["hessian", "obs"])
-def test_hessian_weighted_kmeans_beats_plain_on_weighted_error(kind):
-    w, h = _layer(48, 32, 5)
-    dim, k = 4, 16
-    x = w.reshape(-1, dim)
-    imp = hessian_weights(w, h, dim, kind)
-    cw, aw, ew = weighted_kmeans(x, k, imp, iters=30, seed=1)
-    cu, _, _ = weighted_kmeans(x, k, None, iters=30, seed=1)
-    _, dist_u = weighted_assign(x, imp, cu)  # plain codebook, best weighted assignment
-    assert ew < 0.9 * float(dist_u.sum())

@@ -206,7 +206,7 @@ def test_encode_decode_matches_decode_bit_for_bit():
         scale = codec.group_scales(x.view(-1, codec.group_size, dim)).repeat_interleave(codec.group_size)
         h = torch.eye(dim) + 0.3 * torch.ones(dim, dim)
         for hess in (None, h):
-            codes, xhat = codec.encode_decode(x, scale, hess)
+            codes, xhat = codec.encode_decode(x, scale, hessian=hess)
             ref = codec.encode(x, scale) if hess is None else codec.encode_hessian(x, scale, hess)
             assert all(torch.equal(codes[k], ref[k]) for k in ref)
             assert torch.equal(xhat, codec.decode(codes, scale))

@@ -4,32 +4,16 @@ import pytest
 import torch
 
 import pvq  # noqa: F401  (registers the transformers quantizer)
-from pvq.models import QuantizeConfig, QuantizedLinear, quantize_model, save_quantized
-from pvq.models.driver import _fit_layer_codebook
-from pvq.models.methods import QuantizeError
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
-
-SHAPE = dict(vocab_size=128, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
-             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-X = torch.randint(0, 128, (2, 24), generator=torch.Generator().manual_seed(9))
+from pvq.errors import QuantizeError
+from pvq.models import QuantizeConfig, quantize_model, save_quantized
+from pvq.solvers import SolverConfig, quantize_linear
+from tiny_models import X, calib, quantized, tiny
+from transformers import AutoModelForCausalLM
 
 
-def tiny(seed: int = 0):
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(**SHAPE)).eval()
-
-
-def calib(n: int = 8, length: int = 32, seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, 128, (n, length), generator=torch.Generator().manual_seed(seed))
-
-
-def quantized(model) -> dict[str, QuantizedLinear]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLinear)}
-
-
-def run(**cfg):
+def run(options=None, **cfg):
     model = tiny()
-    config = QuantizeConfig(method="codebook", **{"bits": 2, "dim": 2, **cfg})
+    config = QuantizeConfig(method="codebook", options=options or {}, **{"bits": 2, "dim": 2, **cfg})
     report = quantize_model(model, calib(), config, progress=False, log=None)
     return model, report
 
@@ -46,17 +30,18 @@ def test_codebook_layers_store_their_codebook_and_count_it(hessian_model):
     for name, q in qs.items():
         t = q.stored_tensors()
         assert set(t) == {"index", "codebook", "scale"}, name
+        assert set(q.codes()) == {"index"}  # per-vector codes only; the codebook is the codec's data
         assert t["codebook"].shape == (16, 2) and t["codebook"].dtype == torch.float16  # 2^(2*2) centroids, D=2
         bits = sum(v.numel() * v.element_size() * 8 for v in t.values())
         assert q.stored_bits() == bits
         # index bits + scale bits + the codebook: the codebook is counted
         assert bits >= q.num_weights * 2 + 16 * 16 * 2
         # decoded weight: every vector is a codebook entry times its group scale
-        codes = q.codes()
-        torch.testing.assert_close(codes["codebook"], t["codebook"].float(), rtol=0, atol=0)
+        codebook = q.fitted_codec().codebook
+        torch.testing.assert_close(codebook, t["codebook"].float(), rtol=0, atol=0)
         w = q.rotated_weight().reshape(-1, 2)
         s = q.per_vector_scales().reshape(-1, 1)
-        assert torch.equal(w, codes["codebook"][codes["index"]] * s)
+        assert torch.equal(w, codebook[q.codes()["index"]] * s)
     assert report.bits_per_weight == pytest.approx(sum(q.stored_bits() for q in qs.values()) / report.num_weights)
     assert 2.0 < report.bits_per_weight < 2.6
     # layers have their own codebooks
@@ -90,16 +75,16 @@ def test_quantized_model_is_close_to_the_original(hessian_model):
 
 def test_weightings_and_feedback_switch_change_the_result(hessian_model):
     model_h, _ = hessian_model
-    model_n, rep_n = run(codebook_weighting="none")
-    model_o, _ = run(codebook_weighting="obs", error_feedback=False)
+    model_n, rep_n = run({"weighting": "none"})
+    model_o, _ = run({"weighting": "obs"}, error_feedback=False)
     name = "model.layers.0.mlp.down_proj"
     cb = {k: quantized(m)[name].stored_tensors()["codebook"] for k, m in
           (("hessian", model_h), ("none", model_n), ("obs", model_o))}
     assert not torch.equal(cb["hessian"], cb["none"]) and not torch.equal(cb["obs"], cb["none"])
-    assert rep_n.config.codebook_weighting == "none"
+    assert rep_n.config.options == {"weighting": "none"}
 
 
-def test_fit_layer_codebook_weights_by_the_hessian():
+def test_solver_fits_the_codebook_weighted_by_the_hessian():
     """On an anisotropic Hessian the diag-H codebook has the lower diag-H-weighted error."""
     from pvq.codecs.kmeans import weighted_assign
 
@@ -108,11 +93,12 @@ def test_fit_layer_codebook_weights_by_the_hessian():
     x = torch.randn(256, 64, generator=g) * torch.logspace(-1, 1, 64)[torch.randperm(64, generator=g)]
     h = (x.T @ x / 256).double()
     config = QuantizeConfig(method="codebook", bits=2, dim=4, group_size=16)
-    codec = config.make_codec(4, 16)
-    cb_h = _fit_layer_codebook(w, h, codec, config)
-    cb_n = _fit_layer_codebook(w, h, codec, config.replace(codebook_weighting="none"))
+    solver = SolverConfig(error_feedback=False, hessian_gain=False)
+    cb_h = quantize_linear(w, h, config.make_codec(4, 16), None, solver).codec.codebook
+    plain = config.replace(options={"weighting": "none"}).make_codec(4, 16)
+    cb_n = quantize_linear(w, h, plain, None, solver).codec.codebook
     assert cb_h.shape == (256, 4)
-    scale = codec.group_scales(w.reshape(-1, 16, 4)).repeat_interleave(16).reshape(-1, 1)
+    scale = plain.group_scales(w.reshape(-1, 16, 4)).repeat_interleave(16).reshape(-1, 1)
     u = w.reshape(-1, 4) / scale
     imp = torch.diagonal(h).float().reshape(1, 16, 4).expand(32, -1, -1).reshape(-1, 4)
     err = {k: float(weighted_assign(u, imp, cb)[1].sum()) for k, cb in (("h", cb_h), ("n", cb_n))}
@@ -120,16 +106,21 @@ def test_fit_layer_codebook_weights_by_the_hessian():
 
 
 def test_codebook_config_validation():
-    with pytest.raises(QuantizeError, match="codebook_weighting"):
-        QuantizeConfig(method="codebook", codebook_weighting="diag")
+    with pytest.raises(QuantizeError, match="weighting must be one of"):
+        QuantizeConfig(method="codebook", options={"weighting": "diag"})
     with pytest.raises(QuantizeError, match="does not apply to method 'gptq'"):
-        QuantizeConfig(method="gptq", codebook_weighting="obs")
+        QuantizeConfig(method="gptq", options={"weighting": "obs"})
     with pytest.raises(QuantizeError, match="lora_steps"):
         QuantizeConfig(method="codebook", lora_steps=-1)
     with pytest.raises(QuantizeError, match="index bits"):
         QuantizeConfig(method="codebook", bits=3, dim=8, group_size=4)  # 2^24 centroids
-    c = QuantizeConfig(method="codebook", bits=3, dim=2, codebook_weighting="obs")
+    c = QuantizeConfig(method="codebook", bits=3, dim=2, options={"weighting": "obs"})
     assert QuantizeConfig.from_dict(c.to_dict()) == c
+    # a version-1 checkpoint's flat config reads into the same options
+    legacy = {k: v for k, v in c.to_dict().items() if k != "options"}
+    legacy.update(codebook_weighting="obs", gain_quantizer="lloydmax", gain_target="projection", search="greedy",
+                  gain_bits=None, symmetric=False)
+    assert QuantizeConfig.from_dict(legacy) == c
 
 
 # ---------------------------------------------------------------- LoRA recovery

@@ -3,47 +3,11 @@
 import pytest
 import torch
 
-from pvq.codecs import CODECS, make_codec
-from pvq.models import QuantizeConfig, QuantizedLinear, QuantizeReport, quantize_model
-from pvq.models.driver import _capture, _run_block, _stages
-from transformers import (
-    LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM,
-)
+from pvq.models import QuantizeConfig, QuantizeReport, quantize_model
+from pvq.models.capture import capture_block_inputs, linear_stages, run_block
+from tiny_models import FAMILIES, calib, quantized, tiny
 
-FAMILIES = {
-    "llama": (LlamaConfig, LlamaForCausalLM),
-    "mistral": (MistralConfig, MistralForCausalLM),
-    "qwen2": (Qwen2Config, Qwen2ForCausalLM),
-}
-SHAPE = dict(vocab_size=128, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
-             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
 PVQ = dict(method="pvq", bits=3, dim=16)  # G adapts per layer: 4 (in 64), 11 (in 176)
-
-
-def tiny(family: str, seed: int = 0):
-    cfg_cls, model_cls = FAMILIES[family]
-    torch.manual_seed(seed)
-    return model_cls(cfg_cls(**SHAPE)).eval()
-
-
-def calib(n: int = 8, length: int = 32, seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, 128, (n, length), generator=torch.Generator().manual_seed(seed))
-
-
-def codec_ready(name: str) -> str | None:
-    """Why the codec cannot run the full pipeline yet (None when it can)."""
-    if name not in CODECS:
-        return f"codec {name!r} is not registered yet"
-    try:
-        c = make_codec(name, 3.0, CODECS[name].default_dim)
-        c.config()
-    except NotImplementedError:
-        return f"codec {name!r} has no config() yet (needed to store it in a checkpoint)"
-    return None
-
-
-def quantized(model) -> dict[str, QuantizedLinear]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLinear)}
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -53,13 +17,13 @@ def test_capture_and_block_replay_match_the_full_forward(family):
     ids = calib(5, 24)
     with torch.no_grad():
         ref = model(input_ids=ids, output_hidden_states=True).hidden_states
-        batches = _capture(model, ids, torch.device("cpu"), batch_size=2)  # 2 + 2 + 1: uneven last batch
+        batches = capture_block_inputs(model, ids, torch.device("cpu"), batch_size=2)  # 2 + 2 + 1: uneven last batch
         assert [b.hidden.shape[0] for b in batches] == [2, 2, 1]
         hidden = torch.cat([b.hidden for b in batches])
         assert torch.equal(hidden, ref[0])
         for i, block in enumerate(model.model.layers[:-1]):  # the last entry of ref is after the final norm
             for b in batches:
-                b.hidden = _run_block(block, b, i)
+                b.hidden = run_block(block, b, i)
             torch.testing.assert_close(torch.cat([b.hidden for b in batches]), ref[i + 1], rtol=1e-5, atol=1e-5)
     assert "forward" not in model.model.layers[0].__dict__  # recorders removed
 
@@ -69,13 +33,13 @@ def test_stages_group_linears_by_shared_input():
     block = model.model.layers[0]
     names = [n for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)]
     with torch.no_grad():
-        b = _capture(model, calib(2, 16), torch.device("cpu"), 2)[0]
-        stages = _stages(block, b, 0, names, sequential=True)
+        b = capture_block_inputs(model, calib(2, 16), torch.device("cpu"), 2)[0]
+        stages = linear_stages(block, b, 0, names, sequential=True)
         assert stages == [
             ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
             ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"],
         ]
-        assert _stages(block, b, 0, names, sequential=False) == [sum(stages, [])]
+        assert linear_stages(block, b, 0, names, sequential=False) == [sum(stages, [])]
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -124,7 +88,7 @@ def test_pvq_switches_change_the_result_and_not_sequential_runs():
     base = tiny("llama")
     ids = calib()
     r_base = quantize_model(base, ids, QuantizeConfig(**PVQ), progress=False, log=None)
-    for change in ({"rotate": False}, {"hessian_gain": False}, {"sequential": False}, {"gain_quantizer": "quantile"}):
+    for change in ({"rotate": False}, {"hessian_gain": False}, {"sequential": False}, {"options": {"gain_quantizer": "quantile"}}):
         model = tiny("llama")
         r = quantize_model(model, ids, QuantizeConfig(**PVQ, **change), progress=False, log=None)
         assert r.proxy_loss != r_base.proxy_loss, change
@@ -135,9 +99,6 @@ def test_pvq_switches_change_the_result_and_not_sequential_runs():
 
 @pytest.mark.parametrize("method", ["gptq", "rtn"])
 def test_scalar_methods_quantize(method):
-    reason = codec_ready("uniform")
-    if reason:
-        pytest.skip(reason)
     model = tiny("qwen2")  # q/k/v carry a bias
     report = quantize_model(model, calib(), QuantizeConfig(method=method, bits=4), progress=False, log=None)
     q = quantized(model)
@@ -150,9 +111,6 @@ def test_scalar_methods_quantize(method):
 
 
 def test_gptq_without_feedback_is_rtn():
-    reason = codec_ready("uniform")
-    if reason:
-        pytest.skip(reason)
     models = {m: tiny("llama") for m in ("gptq", "rtn")}
     reports = {
         "gptq": quantize_model(models["gptq"], calib(), QuantizeConfig(method="gptq", bits=3, error_feedback=False),
@@ -168,9 +126,6 @@ def test_gptq_without_feedback_is_rtn():
 
 
 def test_e8_quantizes():
-    reason = codec_ready("e8")
-    if reason:
-        pytest.skip(reason)
     model = tiny("mistral")
     report = quantize_model(model, calib(), QuantizeConfig(method="e8", bits=2), progress=False, log=None)
     assert len(quantized(model)) == 14
@@ -185,4 +140,4 @@ def test_bfloat16_model():
     with torch.no_grad():
         out = model(input_ids=calib(1, 8)).logits
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
-    assert quantized(model)["model.layers.1.mlp.down_proj"].weight_cache.dtype == torch.bfloat16
+    assert quantized(model)["model.layers.1.mlp.down_proj"].runtime_tensors()["weight"].dtype == torch.bfloat16

@@ -3,21 +3,15 @@
 import pytest
 import torch
 
-from pvq.codecs import CODECS
 from pvq.models import METHODS, QuantizeConfig, QuantizeError, get_method, quantize_model
-from pvq.models import driver as driver_mod
+from pvq.models import capture as capture_mod
 from pvq.models.methods import LAYERS_PATH, MethodSpec, register_method
 
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny_models import tiny
 
 
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=128, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-    )
-    return LlamaForCausalLM(cfg).eval()
+def tiny_llama(seed: int = 0):
+    return tiny("llama", seed)
 
 
 def test_registry_holds_the_four_methods():
@@ -35,10 +29,10 @@ def test_registry_holds_the_four_methods():
 
 def test_adding_a_method_is_one_registry_entry():
     spec = MethodSpec("pvq-test-nofeedback", "pvq", "test", rotate=False, error_feedback=False,
-                      hessian_gain=False, default_dim=8, default_group_size=2, codec_options=("search",))
+                      hessian_gain=False, default_dim=8, default_group_size=2)
     register_method(spec)
     try:
-        cfg = QuantizeConfig(method="pvq-test-nofeedback", bits=3, search="refine")
+        cfg = QuantizeConfig(method="pvq-test-nofeedback", bits=3, options={"search": "refine"})
         assert not cfg.use_rotation and not cfg.use_error_feedback
         assert cfg.plan(tiny_llama()).layers[0].codec.search == "refine"
         with pytest.raises(RuntimeError, match="twice"):
@@ -60,9 +54,12 @@ def test_adding_a_method_is_one_registry_entry():
         ({"n_samples": 0}, "n_samples"),
         ({"seq_len": 1}, "seq_len"),
         ({"rotate": "yes"}, "rotate"),
-        ({"gain_quantizer": "kmeans"}, "gain_quantizer"),
-        ({"method": "gptq", "gain_quantizer": "quantile"}, "does not apply to method 'gptq'.*pvq"),
-        ({"method": "pvq", "symmetric": True}, "does not apply to method 'pvq'"),
+        ({"bits": 16}, "not compression"),
+        ({"options": {"gain_quantizer": "kmeans"}}, "gain_quantizer must be one of"),
+        ({"options": {"gain_bits": 2.5}}, "gain_bits takes a int"),
+        ({"method": "gptq", "options": {"gain_quantizer": "quantile"}}, "does not apply to method 'gptq'.*pvq"),
+        ({"method": "pvq", "options": {"symmetric": True}}, "does not apply to method 'pvq'"),
+        ({"options": {"nonsense": 1}}, "nonsense=1 does not apply to method 'pvq'.*no method takes it"),
     ],
 )
 def test_bad_config_fails_at_construction(kwargs, match):
@@ -78,14 +75,13 @@ def test_rate_no_k_reaches_fails_at_construction_and_says_what_to_change():
         cfg.plan(tiny_llama())
 
 
-@pytest.mark.skipif("uniform" not in CODECS, reason="codec 'uniform' not registered yet")
 def test_hessian_gain_needs_a_codec_that_has_it():
     with pytest.raises(QuantizeError, match="hessian_gain=True needs a codec with Hessian-optimal gains"):
         QuantizeConfig(method="gptq", bits=4, dim=1, group_size=64, hessian_gain=True)
 
 
 def test_to_dict_round_trip_and_unknown_keys():
-    cfg = QuantizeConfig(method="pvq", bits=2.5, dim=8, group_size=4, hessian_gain=False, search="refine", seed=7)
+    cfg = QuantizeConfig(method="pvq", bits=2.5, dim=8, group_size=4, hessian_gain=False, options={"search": "refine"}, seed=7)
     d = cfg.to_dict()
     assert QuantizeConfig.from_dict(d) == cfg
     with pytest.raises(QuantizeError, match="unknown quantize option"):
@@ -127,7 +123,8 @@ def test_bad_input_fails_before_any_work(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("quantization work started")
 
-    monkeypatch.setattr(driver_mod, "_capture", boom)
+    monkeypatch.setattr(capture_mod, "capture_block_inputs", boom)
+    monkeypatch.setattr("pvq.models.driver.capture_block_inputs", boom)
     ids = torch.randint(0, 128, (2, 16))
     with pytest.raises(QuantizeError, match="does not divide"):
         quantize_model(model, ids, QuantizeConfig(method="pvq", bits=3, dim=8, group_size=3), progress=False, log=None)

@@ -1,15 +1,14 @@
-"""QuantizedLinear: storage, exact decoding, rotation undo, forward cache; the solver view of codecs."""
+"""QuantizedLinear: storage, exact decoding, rotation undo, runtime backends; the solver entry point."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from pvq.codecs import CODECS, make_codec, quantize_grouped
-from pvq.models import QuantizeConfig, QuantizedLinear
-from pvq.models.driver import _quantize_linear, _SolverCodec
-from pvq.models.methods import LayerPlan
-from pvq.solvers import proxy_loss, quantize_layer
-from pvq.transforms import RandomizedHadamard
+from pvq.codecs import make_codec, quantize_grouped
+from pvq.errors import QuantizeError
+from pvq.models import BACKENDS, QuantizedLinear, set_backend
+from pvq.solvers import SolverConfig, proxy_loss, quantize_layer, quantize_linear
+from pvq.transforms import LayerRotation, RandomizedHadamard
 
 
 def layer(out_f=64, in_f=176, bias=True, seed=0):
@@ -24,25 +23,34 @@ def test_from_stored_decodes_exactly_and_counts_stored_bits():
     lin, h = layer()
     codec = make_codec("pvq", 3.0, 16, group_size=11)
     res = quantize_layer(lin.weight.detach(), h, codec)
-    stored = res.stored(codec)
+    stored = res.stored()
     q = QuantizedLinear.from_stored(lin, codec, stored.tensors)
     assert torch.equal(q.rotated_weight(), res.weight)  # unpack(pack(codes)) decodes to the solver's Q
     assert torch.equal(q.dequantize(), res.weight)  # no rotation
     q.seed_cache(res.weight, torch.float32)  # what the driver does: no second decode
-    assert torch.equal(q.weight_cache, q.dequantize())
+    assert q.backend == "dense" and torch.equal(q.runtime_tensors()["weight"], q.dequantize())
     assert q.stored_bits() == stored.storage_bits()
     assert q.bits_per_weight() == pytest.approx(stored.bits_per_weight())
     assert q.other_bits() == 64 * 32
     assert q.scales.dtype == torch.float16 and q.packed_codes.dtype == torch.uint8
-    assert set(q.state_dict()) == {"packed_codes", "scales", "bias"}  # the cache is not persistent
+    assert set(q.state_dict()) == {"packed_codes", "scales", "bias"}  # runtime tensors are not persistent
     assert torch.equal(q.bias, lin.bias)
+
+
+def quantize(lin, h, codec, seeds=None, **solver):
+    """The driver's steps for one layer: solver entry point, module, seeded dense cache."""
+    rot = None if seeds is None else LayerRotation(lin.out_features, lin.in_features, *seeds)
+    res = quantize_linear(lin.weight.detach(), h, codec, rot, SolverConfig(**solver))
+    q = QuantizedLinear.from_stored(lin, res.codec, res.stored, rot)
+    q.seed_cache(res.rotated_weight, lin.weight.dtype)
+    return q, res
 
 
 def test_rotation_is_undone_with_the_dense_reference():
     lin, h = layer(bias=False)
     codec = make_codec("pvq", 3.0, 16, group_size=11)
-    rot = {"out_seed": 11, "in_seed": 12}
-    q, loss, rel, _ = _quantize_linear(lin, h, LayerPlan(0, "x", 64, 176, 16, 11, codec, rot), QuantizeConfig(bits=3), "cpu")
+    q, res = quantize(lin, h, codec, (11, 12))
+    loss = res.proxy_loss
     u = RandomizedHadamard(64, 11).matrix()
     v = RandomizedHadamard(176, 12).matrix()
     expect = u.T @ q.rotated_weight().double() @ v  # U^T Q' V
@@ -50,35 +58,53 @@ def test_rotation_is_undone_with_the_dense_reference():
     # the loss reported in rotated coordinates is the loss in the layer's own coordinates (H' = V H V^T)
     w = lin.weight.detach().double()
     assert proxy_loss(w, q.dequantize().double(), h) == pytest.approx(loss, rel=1e-4)
-    assert rel == pytest.approx(loss / proxy_loss(w, torch.zeros_like(w), h), rel=1e-9)
+    assert res.relative_error == pytest.approx(loss / proxy_loss(w, torch.zeros_like(w), h), rel=1e-9)
 
 
-def test_forward_uses_a_cached_dequantized_weight():
+def test_dense_backend_caches_the_dequantized_weight():
     lin, h = layer()
     codec = make_codec("pvq", 3.0, 16, group_size=11)
-    q, *_ = _quantize_linear(lin, h, LayerPlan(0, "x", 64, 176, 16, 11, codec, {"out_seed": 1, "in_seed": 2}),
-                             QuantizeConfig(bits=3), "cpu")
-    assert torch.equal(q.weight_cache, q.dequantize())  # seeded by the driver from the solver's Q'
+    q, _ = quantize(lin, h, codec, (1, 2))
+    assert torch.equal(q.runtime_tensors()["weight"], q.dequantize())  # seeded from the solver's Q'
     x = torch.randn(3, 5, 176)
     y = q(x)
+    assert q.backend == "dense"
     assert torch.equal(y, F.linear(x, q.dequantize(), q.bias))
-    cache = q.weight_cache
+    cache = q.runtime_tensors()["weight"]
     q(x)
-    assert q.weight_cache is cache  # built once
+    assert q.runtime_tensors()["weight"] is cache  # built once
     y64 = q(x.double())
-    assert y64.dtype == torch.float64 and q.weight_cache.dtype == torch.float64
+    assert y64.dtype == torch.float64 and q.runtime_tensors()["weight"].dtype == torch.float64
     q.clear_cache()
-    assert q.weight_cache is None
+    assert q.runtime_tensors() == {} and q.backend is None
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_forward_in_rotated_coordinates_matches_the_dense_backend(bias):
+    """``y = U^T (Q' (V x)) + b`` (what kernels compute) equals ``W x + b`` to float rounding."""
+    lin, h = layer(out_f=48, in_f=176, bias=bias, seed=3)
+    q, _ = quantize(lin, h, make_codec("pvq", 3.0, 16, group_size=11), (5, 6))
+    x = torch.randn(4, 176, dtype=torch.float64)
+    dense = q(x)
+    assert set_backend(torch.nn.Sequential(q), "dense-rotated") == 1
+    rotated = q(x)
+    assert q.backend == "dense-rotated" and set(q.runtime_tensors()) == {"rotated_weight"}
+    # equal up to the float32 rounding of the cached dense W (Q' is exact in both)
+    torch.testing.assert_close(rotated, dense, rtol=1e-5, atol=1e-6)
+    q.set_backend(None)
+    assert q(x) is not None and q.backend == "dense"  # automatic choice on CPU: the highest priority
+    assert BACKENDS["dense"].priority > BACKENDS["dense-rotated"].priority
+    with pytest.raises(QuantizeError, match="unknown backend 'triton-x'"):
+        q.set_backend("triton-x")
 
 
 def test_layer_config_rebuilds_the_module():
     lin, h = layer()
     codec = make_codec("pvq", 2.0, 16, group_size=11, search="refine")
-    q, *_ = _quantize_linear(lin, h, LayerPlan(0, "x", 64, 176, 16, 11, codec, {"out_seed": 3, "in_seed": 4}),
-                             QuantizeConfig(bits=2, search="refine"), "cpu")
+    q, _ = quantize(lin, h, codec, (3, 4))
     cfg = q.layer_config()
     assert cfg["codec"]["name"] == "pvq" and cfg["codec"]["search"] == "refine"
-    assert cfg["rotation"] == {"out_seed": 3, "in_seed": 4}
+    assert cfg["rotation"] == {"out_seed": 3, "in_seed": 4} and cfg["layout"] == "stored"
     assert cfg["tensors"]["codes"]["dtype"] == "uint8" and cfg["tensors"]["scale"]["dtype"] == "float16"
     empty = QuantizedLinear.from_layer_config(cfg, device="meta")
     assert empty.packed_codes.device.type == "meta"
@@ -87,28 +113,34 @@ def test_layer_config_rebuilds_the_module():
     assert torch.equal(fresh.dequantize(), q.dequantize())
     for k, v in q.codes().items():
         assert torch.equal(fresh.codes()[k], v)
+    with pytest.raises(QuantizeError, match="unknown code layout"):
+        QuantizedLinear.from_layer_config({**cfg, "layout": "triton-tiles"})
 
 
-def test_solver_view_hides_hessian_gains_when_switched_off():
+def test_hessian_gain_switch_changes_the_pvq_codes():
+    lin, h = layer(out_f=32, in_f=64, bias=False)
     codec = make_codec("pvq", 3.0, 8, group_size=2)
-    assert callable(getattr(_SolverCodec(codec, True), "encode_hessian", None))
-    assert getattr(_SolverCodec(codec, False), "encode_hessian", None) is None
+    on = quantize_layer(lin.weight.detach(), h[:64, :64], codec, hessian_gain=True)
+    off = quantize_layer(lin.weight.detach(), h[:64, :64], codec, hessian_gain=False)
+    assert not torch.equal(on.merged_codes()["gain"], off.merged_codes()["gain"])
+    assert on.proxy_loss < off.proxy_loss
 
 
-@pytest.mark.skipif("uniform" not in CODECS, reason="codec 'uniform' not registered yet")
 @pytest.mark.parametrize("symmetric", [False, True])
-def test_solver_view_of_uniform_without_feedback_is_grouped_rtn(symmetric):
-    """Asymmetric uniform needs per-group zero points in column blocks: the solver view supplies them."""
+def test_uniform_zero_points_are_group_parameters_of_the_solver(symmetric):
+    """Asymmetric uniform needs per-group zero points in column blocks: the solver takes them from
+    ``group_zero_points`` with the scales; without feedback that is grouped RTN exactly."""
     lin, h = layer(out_f=24, in_f=176, bias=False)
     codec = make_codec("uniform", 3.0, 1, group_weights=88, symmetric=symmetric)
     w = lin.weight.detach()
-    res = quantize_layer(w, h, _SolverCodec(codec, False), error_feedback=False)
+    res = quantize_layer(w, h, codec, error_feedback=False)
+    assert (res.zeros is None) == symmetric
     ref = quantize_grouped(codec, w.reshape(-1, 1))
     assert torch.equal(res.weight.reshape(-1, 1), ref.xhat)
-    stored = res.stored(codec).tensors
+    stored = res.stored().tensors
     for key, t in ref.stored.tensors.items():
         assert torch.equal(stored[key], t), key
-    fb = quantize_layer(w, h, _SolverCodec(codec, False), error_feedback=True)
+    fb = quantize_layer(w, h, codec, error_feedback=True)
     assert fb.proxy_loss < res.proxy_loss
-    assert torch.equal(codec.decode(codec.unpack({k: v for k, v in fb.stored(codec).tensors.items() if k != "scale"},
-                                                 w.numel()), fb.per_vector_scales()).reshape(w.shape), fb.weight)
+    assert torch.equal(codec.decode(codec.unpack(fb.stored().tensors, w.numel()), fb.per_vector_scales())
+                       .reshape(w.shape), fb.weight)

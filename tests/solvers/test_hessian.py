@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pvq.codecs.base import CodecError
+from pvq.errors import PvqError
 from pvq.solvers.hessian import (
     HessianAccumulator,
     SolverError,
@@ -60,7 +60,7 @@ def test_not_positive_definite_says_what_to_do():
     h = torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=torch.float64)  # eigenvalues 3, -1
     with pytest.raises(SolverError, match="raise the damping"):
         inverse_cholesky_upper(damp(h, 0.01))
-    assert issubclass(SolverError, CodecError) and issubclass(SolverError, ValueError)
+    assert issubclass(SolverError, PvqError) and issubclass(SolverError, ValueError)
     with pytest.raises(SolverError, match="square"):
         damp(torch.zeros(3, 4))
     with pytest.raises(SolverError, match="NaN"):

@@ -181,7 +181,7 @@ def test_no_feedback_equals_grouped_flow():
     flat = quantize_grouped(codec, w.reshape(-1, 8))
     assert torch.equal(res.weight, flat.xhat.reshape(9, 64))
     assert torch.equal(res.merged_codes()["q"], flat.codes["q"])
-    stored = res.stored(codec)
+    stored = res.stored()
     assert stored.tensors.keys() == flat.stored.tensors.keys()
     for k in stored.tensors:
         assert torch.equal(stored.tensors[k], flat.stored.tensors[k])

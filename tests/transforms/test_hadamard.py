@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from pvq.codecs.base import CodecError
+from pvq.errors import TransformError
 from pvq.transforms.hadamard import (
     RandomizedHadamard,
     fwht,
@@ -50,7 +50,7 @@ def test_fwht_is_its_own_inverse_and_keeps_dtype():
 
 
 def test_fwht_rejects_non_power_of_two():
-    with pytest.raises(CodecError, match="power-of-two"):
+    with pytest.raises(TransformError, match="power-of-two"):
         fwht(torch.zeros(3, 12))
 
 
@@ -81,9 +81,9 @@ def test_hadamard_matrix_power_of_two_is_sylvester():
 
 def test_hadamard_matrix_unknown_order_says_which_work():
     assert not has_hadamard(92)
-    with pytest.raises(CodecError, match="orders near 92"):
+    with pytest.raises(TransformError, match="orders near 92"):
         hadamard_matrix(92)
-    with pytest.raises(CodecError):
+    with pytest.raises(TransformError):
         hadamard_matrix(0)
 
 
@@ -128,7 +128,7 @@ def test_randomized_hadamard_seeded_and_state_roundtrip():
         assert r.kind == t.kind and r.seed == t.seed
         assert torch.equal(r.forward(xx), t.forward(xx))
     assert not torch.equal(a.forward(x), c.forward(x))
-    with pytest.raises(CodecError):
+    with pytest.raises(TransformError):
         RandomizedHadamard.from_state({"signs": torch.ones(10, dtype=torch.int8), "dense": torch.eye(3), "seed": torch.tensor(0)})
 
 
@@ -142,11 +142,11 @@ def test_randomized_hadamard_low_precision():
 
 
 def test_randomized_hadamard_bad_input():
-    with pytest.raises(CodecError):
+    with pytest.raises(TransformError):
         RandomizedHadamard(0)
-    with pytest.raises(CodecError, match="last dim"):
+    with pytest.raises(TransformError, match="last dim"):
         RandomizedHadamard(12).forward(torch.zeros(3, 13))
-    with pytest.raises(CodecError):
+    with pytest.raises(TransformError):
         RandomizedHadamard(8).forward(torch.zeros(3, 8, dtype=torch.int64))
 
 

@@ -1,0 +1,146 @@
+"""Runtime backends of :class:`~pvq.models.qlinear.QuantizedLinear`: how a layer's forward runs.
+
+A backend says which layers it can run (codec, layout, device), prepares
+runtime tensors from the stored ones after loading (a dense cache, a repacked
+code layout, tables), and computes the layer's output. Backends are chosen
+per layer, never process-wide: the highest-priority backend that supports the
+layer on the input's device, unless the layer names one
+(:func:`pvq.models.qlinear.set_backend`). Kernel packages (``pvq.kernels``) register theirs here.
+
+Two reference backends live here and run anywhere:
+
+* ``dense``: decode once, undo the rotations, cache ``W`` in the input dtype,
+  ``y = W x + b`` (the CPU path: plain matmul speed);
+* ``dense-rotated``: cache ``Q'`` (rotated coordinates) and compute
+  ``y = U^T (Q' (V x)) + b`` - the forward that kernels reading the codes
+  implement, and the reference they are tested against.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pvq.errors import QuantizeError
+
+QuantizedLinear = nn.Module
+"""What backends receive: a :class:`pvq.models.qlinear.QuantizedLinear` (not imported here:
+``qlinear`` imports this module)."""
+
+__all__ = ["BACKENDS", "Backend", "DenseBackend", "DenseRotatedBackend", "register_backend", "select_backend"]
+
+
+class Backend(abc.ABC):
+    """One way to run a quantized layer's forward.
+
+    name: registry key; priority: higher wins when several support a layer.
+    """
+
+    name: ClassVar[str] = ""
+    priority: ClassVar[int] = 0
+
+    @abc.abstractmethod
+    def supports(self, layer: QuantizedLinear, device: torch.device) -> bool:
+        """Whether this backend runs ``layer`` (its codec, layout) on ``device``."""
+
+    @abc.abstractmethod
+    def prepare(self, layer: QuantizedLinear, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """Runtime tensors for ``layer`` on ``device`` for inputs of ``dtype`` (kept by the layer
+        as non-persistent buffers and handed back to :meth:`linear`)."""
+
+    @abc.abstractmethod
+    def linear(self, layer: QuantizedLinear, runtime: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """``y = W x + b`` for ``x: [..., in]`` -> ``[..., out]`` in ``x``'s dtype."""
+
+    def is_current(self, runtime: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> bool:
+        """Whether ``runtime`` was prepared for this device and input dtype."""
+        return all(t.device == device for t in runtime.values())
+
+
+BACKENDS: dict[str, Backend] = {}
+
+
+def register_backend(backend: Backend) -> Backend:
+    """Add a backend instance to :data:`BACKENDS` (names are unique)."""
+    if not backend.name:
+        raise RuntimeError("a backend needs a name")
+    if backend.name in BACKENDS:
+        raise RuntimeError(f"backend {backend.name!r} registered twice")
+    BACKENDS[backend.name] = backend
+    return backend
+
+
+def select_backend(layer: QuantizedLinear, device: torch.device, prefer: str | None = None) -> Backend:
+    """The backend that runs ``layer`` on ``device``: ``prefer`` if given, else the highest priority."""
+    if prefer is not None:
+        if prefer not in BACKENDS:
+            raise QuantizeError(f"unknown backend {prefer!r}; registered: {', '.join(sorted(BACKENDS))}")
+        backend = BACKENDS[prefer]
+        if not backend.supports(layer, device):
+            raise QuantizeError(
+                f"backend {prefer!r} cannot run {layer.codec.describe()} (layout {layer.layout!r}) on {device}; "
+                f"backends that can: {', '.join(b.name for b in _supporting(layer, device)) or 'none'}"
+            )
+        return backend
+    found = _supporting(layer, device)
+    if not found:
+        raise QuantizeError(f"no backend runs {layer.codec.describe()} (layout {layer.layout!r}) on {device}")
+    return found[0]
+
+
+def _supporting(layer: QuantizedLinear, device: torch.device) -> list[Backend]:
+    return sorted((b for b in BACKENDS.values() if b.supports(layer, device)), key=lambda b: -b.priority)
+
+
+# ---------------------------------------------------------------- reference backends
+
+
+class DenseBackend(Backend):
+    """Decode once into ``W = U^T Q' V`` in the input dtype; plain ``F.linear``."""
+
+    name = "dense"
+    priority = 0
+
+    def supports(self, layer, device):
+        return True
+
+    def prepare(self, layer, device, dtype):
+        return {"weight": layer.dequantize(dtype).to(device)}
+
+    def is_current(self, runtime, device, dtype):
+        w = runtime.get("weight")
+        return w is not None and w.device == device and w.dtype == dtype
+
+    def linear(self, layer, runtime, x):
+        bias = None if layer.bias is None else layer.bias.to(x.dtype)
+        return F.linear(x, runtime["weight"], bias)
+
+
+class DenseRotatedBackend(Backend):
+    """Cache ``Q'``; ``y = U^T (Q' (V x)) + b``: the forward in rotated coordinates."""
+
+    name = "dense-rotated"
+    priority = -1
+
+    def supports(self, layer, device):
+        return True
+
+    def prepare(self, layer, device, dtype):
+        return {"rotated_weight": layer.rotated_weight().to(device=device, dtype=dtype)}
+
+    def is_current(self, runtime, device, dtype):
+        w = runtime.get("rotated_weight")
+        return w is not None and w.device == device and w.dtype == dtype
+
+    def linear(self, layer, runtime, x):
+        xr = layer.rotate_input(x)
+        y = layer.unrotate_output(F.linear(xr, runtime["rotated_weight"]))
+        return y if layer.bias is None else y + layer.bias.to(y.dtype)
+
+
+register_backend(DenseBackend())
+register_backend(DenseRotatedBackend())

@@ -1,0 +1,187 @@
+"""Replaying a decoder model block by block: captured inputs, stages, Hessians (the driver's tools).
+
+* :func:`capture_block_inputs` - one pass with the decoder blocks replaced by
+  recorders: block 0's hidden states and the keyword arguments each block is
+  called with (attention mask, positions, rotary embeddings, ...), per batch;
+* :func:`run_block` - a block's forward on captured inputs;
+* :func:`linear_stages` - a block's linears grouped by shared input, in call order;
+* :func:`collect_hessians` - ``E[x x^T]`` of the inputs of named linears.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pvq.errors import QuantizeError
+from pvq.solvers import HessianAccumulator
+
+from .methods import decoder_layers
+
+__all__ = ["BlockInputs", "block_linears", "capture_block_inputs", "collect_hessians", "linear_stages",
+           "module_device", "run_block"]
+
+
+class StopForward(Exception):
+    """Raised by hooks to end a forward pass early."""
+
+
+@dataclass
+class BlockInputs:
+    hidden: torch.Tensor  # input of the current block [B, L, H]
+    args: tuple  # positional arguments after hidden_states (usually none)
+    kwargs: list[dict]  # keyword arguments of each block
+
+
+def _base_model(model: nn.Module) -> nn.Module:
+    return model.model
+
+
+@torch.no_grad()
+def capture_block_inputs(model: nn.Module, calib_ids: torch.Tensor, device: torch.device, batch_size: int) -> list[BlockInputs]:
+    """Inputs of block 0 and the keyword arguments of every block, per batch."""
+    base = _base_model(model)
+    layers = decoder_layers(model)
+    moved = []
+    for name, child in base.named_children():
+        if child is layers:
+            continue
+        moved.append((child, module_device(child)))
+        child.to(device)
+    batches: list[BlockInputs] = []
+    record: dict = {}
+    saved = [layer.__dict__.get("forward") for layer in layers]
+
+    def recorder(i: int):
+        def forward(*args, **kwargs):
+            if args:
+                hidden, rest = args[0], tuple(args[1:])
+            else:
+                hidden, rest = kwargs.pop("hidden_states"), ()
+            if i == 0:
+                record["hidden"], record["args"] = hidden, rest
+            record.setdefault("kwargs", []).append(kwargs)
+            if i == len(layers) - 1:
+                raise StopForward
+            return hidden
+
+        return forward
+
+    try:
+        for i, layer in enumerate(layers):
+            layer.forward = recorder(i)
+        for start in range(0, calib_ids.shape[0], batch_size):
+            record.clear()
+            ids = calib_ids[start : start + batch_size].to(device)
+            try:
+                base(input_ids=ids, use_cache=False)
+            except StopForward:
+                pass
+            if "hidden" not in record or len(record.get("kwargs", [])) != len(layers):
+                raise QuantizeError(
+                    f"{type(model).__name__} did not call its {len(layers)} decoder blocks in order during "
+                    "a forward pass; this model family is not supported by the layer-by-layer driver"
+                )
+            kwargs = [_dedupe(k, record["kwargs"][0]) for k in record["kwargs"]]
+            batches.append(BlockInputs(record["hidden"], record["args"], kwargs))
+    finally:
+        for layer, fwd in zip(layers, saved):
+            if fwd is None:
+                layer.__dict__.pop("forward", None)
+            else:
+                layer.forward = fwd
+        for child, dev in moved:
+            if dev is not None:
+                child.to(dev)
+    return batches
+
+
+def _dedupe(kwargs: dict, first: dict) -> dict:
+    """Share the first block's dict when every value is the same object (saves memory)."""
+    if kwargs.keys() == first.keys() and all(kwargs[k] is first[k] for k in kwargs):
+        return first
+    return kwargs
+
+
+def module_device(m: nn.Module) -> torch.device | None:
+    for t in m.parameters():
+        return t.device
+    for t in m.buffers():
+        return t.device
+    return None
+
+
+def run_block(block: nn.Module, batch: BlockInputs, i: int) -> torch.Tensor:
+    out = block(batch.hidden, *batch.args, **batch.kwargs[i])
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def block_linears(block: nn.Module) -> dict[str, nn.Linear]:
+    return {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+
+
+@torch.no_grad()
+def linear_stages(block: nn.Module, batch: BlockInputs, i: int, names: list[str], sequential: bool) -> list[list[str]]:
+    """Linears grouped by shared input, in call order (one stage when not sequential).
+
+    Runs the block once on the first calibration batch; linears called one
+    after another on the same input tensor (q/k/v; gate/up) form one stage.
+    """
+    calls: list[tuple[str, torch.Tensor]] = []  # the inputs are kept alive so identities stay unique
+    mods = block_linears(block)
+    hooks = [mods[n].register_forward_hook(lambda m, inp, out, n=n: calls.append((n, inp[0]))) for n in names]
+    try:
+        run_block(block, batch, i)
+    finally:
+        for h in hooks:
+            h.remove()
+    seen = {n for n, _ in calls}
+    missing = [n for n in names if n not in seen]
+    if missing:
+        raise QuantizeError(
+            f"linear layers {missing} of block {i} are never called in its forward pass; cannot collect their Hessians"
+        )
+    order: list[list[str]] = []
+    last = None
+    for n, x in calls:
+        if any(n in s for s in order):
+            continue
+        if order and x is last:
+            order[-1].append(n)
+        else:
+            order.append([n])
+        last = x
+    return order if sequential else [[n for s in order for n in s]]
+
+
+@torch.no_grad()
+def collect_hessians(
+    block: nn.Module, batches: list[BlockInputs], i: int, names: list[str], device: torch.device
+) -> dict[str, HessianAccumulator]:
+    mods = block_linears(block)
+    accs = {n: HessianAccumulator(mods[n].in_features, device=device) for n in names}
+    pending: set[str] = set()
+
+    def hook(n):
+        def fn(m, inp, out):
+            accs[n].add(inp[0].detach())
+            pending.discard(n)
+            if not pending:
+                raise StopForward
+
+        return fn
+
+    hooks = [mods[n].register_forward_hook(hook(n)) for n in names]
+    try:
+        for b in batches:
+            pending.update(names)
+            try:
+                run_block(block, b, i)
+            except StopForward:
+                pass
+    finally:
+        for h in hooks:
+            h.remove()
+    return accs

@@ -1,0 +1,179 @@
+"""The pvq checkpoint format, in one place: names, version, per-layer schema, checks.
+
+Both the save/load paths (:mod:`pvq.models.checkpoint`) and the transformers
+quantizer (:mod:`pvq.models.hf_quantizer`) import it; it imports neither.
+
+A checkpoint is a directory that ``save_pretrained`` writes (safetensors,
+never pickle) whose ``config.json`` holds a ``quantization_config``::
+
+    {"quant_method": "pvq", "method": "pvq"|"gptq"|..., "bits": target,
+     "bits_per_weight": measured, "stored_bits": ..., "num_weights": ...,
+     "config": QuantizeConfig.to_dict(),
+     "modules": {name: {"codec": codec config, "in_features", "out_features",
+                        "bias", "rotation": {"out_seed", "in_seed"} | null,
+                        "layout": "stored",
+                        "tensors": {key: {"shape", "dtype"}}, "bits_per_weight"}},
+     "pvq_version": ..., "format_version": 2}
+
+Version history: 1 - no ``layout`` (read as ``"stored"``), codec options as
+flat fields of ``config``; 2 - ``layout`` per layer, ``config.options``.
+A quantized layer's tensors are ``<module>.packed_<key>`` (uint8 codes, any
+fitted data such as a K-means codebook), ``<module>.scales`` (fp16) and
+``<module>.bias``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch import nn
+
+from pvq.errors import CheckpointError, QuantizeError
+
+from .methods import QuantizeConfig
+from .qlinear import QuantizedLinear, buffer_name
+
+__all__ = [
+    "FORMAT_VERSION",
+    "QUANT_METHOD",
+    "check_tensors",
+    "quantization_config_dict",
+    "quantized_modules",
+    "read_quantization_config",
+    "replace_linears",
+    "safetensors_files",
+]
+
+QUANT_METHOD = "pvq"
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+
+
+def quantized_modules(model: nn.Module) -> dict[str, QuantizedLinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLinear)}
+
+
+def quantization_config_dict(model: nn.Module, quant_config) -> dict:
+    """The ``quantization_config`` of a quantized model (see the module docstring)."""
+    from pvq import __version__
+
+    config = _as_config(quant_config)
+    mods = quantized_modules(model)
+    if not mods:
+        raise QuantizeError("the model holds no QuantizedLinear modules; quantize it first (pvq.models.quantize_model)")
+    bits = sum(m.stored_bits() for m in mods.values())
+    weights = sum(m.num_weights for m in mods.values())
+    return {
+        "quant_method": QUANT_METHOD,
+        "method": config.method,
+        "bits": config.bits,
+        "bits_per_weight": bits / weights,
+        "stored_bits": bits,
+        "num_weights": weights,
+        "config": config.to_dict(),
+        "modules": {n: m.layer_config() for n, m in mods.items()},
+        "pvq_version": __version__,
+        "format_version": FORMAT_VERSION,
+    }
+
+
+def _as_config(quant_config) -> QuantizeConfig:
+    if isinstance(quant_config, QuantizeConfig):
+        return quant_config
+    cfg = getattr(quant_config, "config", None)  # a QuantizeReport
+    if isinstance(cfg, QuantizeConfig):
+        return cfg
+    if isinstance(quant_config, dict):
+        return QuantizeConfig.from_dict(quant_config)
+    raise CheckpointError(
+        f"quant_config must be a QuantizeConfig, a QuantizeReport or a dict, got {type(quant_config).__name__}"
+    )
+
+
+def safetensors_files(path: Path) -> list[Path]:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [path / n for n in names]
+    single = path / "model.safetensors"
+    if single.is_file():
+        return [single]
+    raise CheckpointError(f"{str(path)!r} holds no model.safetensors (or index); not a pvq checkpoint")
+
+
+def _tensor_headers(path: Path) -> dict[str, tuple[list[int], str]]:
+    from safetensors import safe_open
+
+    out = {}
+    for f in safetensors_files(path):
+        with safe_open(str(f), framework="pt") as h:
+            for k in h.keys():
+                sl = h.get_slice(k)
+                out[k] = (list(sl.get_shape()), sl.get_dtype())
+    return out
+
+
+_ST_DTYPES = {"U8": "uint8", "I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64",
+              "F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
+
+
+def check_tensors(path: Path, qdict: dict) -> None:
+    """Every stored tensor that the config names exists with the configured shape and dtype."""
+    headers = _tensor_headers(path)
+    problems = []
+    for name, cfg in qdict["modules"].items():
+        for key, spec in cfg["tensors"].items():
+            full = f"{name}.{buffer_name(key)}"
+            if full not in headers:
+                problems.append(f"{full} missing")
+                continue
+            shape, dt = headers[full]
+            if shape != list(spec["shape"]) or _ST_DTYPES.get(dt, dt) != spec["dtype"]:
+                problems.append(f"{full} is {dt}{shape}, config says {spec['dtype']}{spec['shape']}")
+    if problems:
+        raise CheckpointError(
+            "the checkpoint does not match its quantization_config: " + "; ".join(problems[:8])
+            + ("" if len(problems) <= 8 else f" (and {len(problems) - 8} more)")
+        )
+
+
+def read_quantization_config(path: str | Path) -> dict:
+    """The ``quantization_config`` of a checkpoint directory (checked for pvq format)."""
+    path = Path(path)
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise CheckpointError(f"{str(path)!r} has no config.json; not a checkpoint directory")
+    q = json.loads(cfg_file.read_text()).get("quantization_config")
+    if not q or q.get("quant_method") != QUANT_METHOD:
+        raise CheckpointError(f"{str(path)!r} is not a pvq-quantized checkpoint (no quantization_config with quant_method 'pvq')")
+    if int(q.get("format_version", 0)) not in READABLE_VERSIONS:
+        raise CheckpointError(
+            f"{str(path)!r} uses pvq checkpoint format {q.get('format_version')}, newer than this pvq "
+            f"({FORMAT_VERSION}); upgrade pvq" if int(q.get("format_version", 0)) > FORMAT_VERSION
+            else f"{str(path)!r} has an unknown pvq checkpoint format_version {q.get('format_version')!r}"
+        )
+    return q
+
+
+def replace_linears(model: nn.Module, qdict: dict) -> None:
+    """Swap each ``nn.Linear`` named in ``qdict["modules"]`` for an empty :class:`QuantizedLinear`
+    (on the linear's device, bias in its dtype)."""
+    for name, cfg in qdict["modules"].items():
+        try:
+            old = model.get_submodule(name)
+        except AttributeError as e:
+            raise CheckpointError(f"quantized module {name!r} of the checkpoint is not in the model") from e
+        if isinstance(old, QuantizedLinear):
+            continue
+        if not isinstance(old, nn.Linear):
+            raise CheckpointError(f"module {name!r} is {type(old).__name__}, expected nn.Linear to replace")
+        if (old.in_features, old.out_features) != (cfg["in_features"], cfg["out_features"]):
+            raise CheckpointError(
+                f"module {name!r} is [{old.out_features}x{old.in_features}] in the model, "
+                f"[{cfg['out_features']}x{cfg['in_features']}] in the quantization_config"
+            )
+        q = QuantizedLinear.from_layer_config(cfg, bias_dtype=old.weight.dtype, device=old.weight.device)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, q)
+
