@@ -212,7 +212,7 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
 def _eval(args: argparse.Namespace) -> int:
     from .eval.runs import run_eval
 
-    out = run_eval(args.model, data=args.data, context=args.context, stride=args.stride or args.context,
+    out = run_eval(args.model, data=args.data, context=args.context, stride=args.context if args.stride is None else args.stride,
                    max_tokens=args.eval_tokens, device=args.device, progress=not args.json)
     if args.json:
         print(json.dumps(out))

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from pvq.errors import EvalError
 
-__all__ = ["PerplexityResult", "perplexity", "perplexity_reference", "windows"]
+__all__ = ["PerplexityError", "PerplexityResult", "check_windows", "perplexity", "perplexity_reference", "windows"]
 
 
 class PerplexityError(EvalError):
@@ -71,10 +71,18 @@ def _ids(data, tokenizer) -> torch.Tensor:
     raise PerplexityError(f"data must be token ids (1-D LongTensor) or a str, got {type(data).__name__}")
 
 
-def _check(ids: torch.Tensor, context: int, stride: int, batch_size: int) -> None:
+def check_windows(context: int, stride: int, batch_size: int = 1) -> None:
+    """Refuse a context, stride or batch size that cannot score (stride in [1, context])."""
     for name, v, low in (("context", context, 2), ("stride", stride, 1), ("batch_size", batch_size, 1)):
         if not isinstance(v, int) or isinstance(v, bool) or v < low:
             raise PerplexityError(f"{name} must be an integer >= {low}, got {v!r}")
+    if stride > context:
+        raise PerplexityError(f"stride={stride} is longer than context={context}: tokens between windows would "
+                              "never be scored; use a stride <= the context")
+
+
+def _check(ids: torch.Tensor, context: int, stride: int, batch_size: int) -> None:
+    check_windows(context, stride, batch_size)
     if ids.numel() < 2:
         raise PerplexityError(f"need at least 2 tokens to score, got {ids.numel()}; use a longer text")
 

@@ -13,18 +13,23 @@ from typing import Callable
 
 import torch
 
+from ..errors import PvqError
 from ..models import (
     QuantizeConfig,
+    QuantizedLinear,
     QuantizeError,
     calibration_batches,
+    decoder_layers,
     load_quantized,
     load_text,
     quantize_model,
+    resolve_device,
     save_quantized,
     tokenize_text,
 )
+from ..models.checkpoint import prepare_output
 from ..models.reference import CALIB_TEXT, HELDOUT_TEXT, resolve_model
-from .perplexity import perplexity
+from .perplexity import check_windows, perplexity
 
 Log = Callable[[str], None]
 
@@ -47,34 +52,89 @@ def is_pvq_checkpoint(path: str | Path) -> bool:
     return qc.get("quant_method") == "pvq"
 
 
+def model_config(name_or_path: str | None):
+    """The transformers config of a model or checkpoint (cheap: no weights), as a user error when missing."""
+    from transformers import AutoConfig
+
+    source = resolve_model(name_or_path)
+    try:
+        return AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise QuantizeError(
+            f"could not load model {source!r} ({type(err).__name__}: {str(err).splitlines()[0]}); "
+            "give a local directory with config.json and weights, or a hub id this machine can reach"
+        ) from err
+
+
+def model_context(config) -> int | None:
+    """The longest context the model was built for (``max_position_embeddings`` or its aliases)."""
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        v = getattr(config, name, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def config_dtype(config) -> torch.dtype | None:
+    """The dtype a model's weights are stored in, from its config (None when not stated)."""
+    dt = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(dt, str):
+        dt = getattr(torch, dt, None)
+    return dt if isinstance(dt, torch.dtype) else None
+
+
+def check_context(length: int, config, what: str) -> None:
+    """Refuse a window longer than the model's context (``what`` names the flag)."""
+    limit = model_context(config)
+    if limit is not None and length > limit:
+        raise QuantizeError(f"{what}={length} is longer than the model's context of {limit} tokens; "
+                            f"use {what} <= {limit}")
+
+
+def check_finite_weights(model) -> None:
+    """Refuse a model with NaN or inf in any floating tensor, naming it (before any work)."""
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise QuantizeError(f"the model's tensor {name} holds {bad} non-finite value(s) (NaN or inf); "
+                                "fix or re-download the checkpoint before quantizing or evaluating it")
+
+
 def load_model(name_or_path: str | None, dtype: torch.dtype = torch.float32):
     """(model, tokenizer) from a hub id, a local directory or a pvq checkpoint (CPU, eval mode).
 
-    ``None`` or ``"reference"`` is the embedded reference model.
+    ``None`` or ``"reference"`` is the embedded reference model. A plain model
+    loads in ``dtype``; a pvq checkpoint in the dtype it was saved from, after
+    its integrity check.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = resolve_model(name_or_path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
         if is_pvq_checkpoint(source):
             model = load_quantized(source)
         else:
             model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     except (OSError, ValueError) as err:
-        if isinstance(err, QuantizeError):
+        if isinstance(err, PvqError):
             raise
         raise QuantizeError(
             f"could not load model {source!r} ({type(err).__name__}: {str(err).splitlines()[0]}); "
             "give a local directory with config.json and weights, or a hub id this machine can reach"
         ) from err
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise QuantizeError(
+            f"{source!r} has no usable tokenizer ({type(err).__name__}); save the model's tokenizer files "
+            "(tokenizer.json, tokenizer_config.json) into that directory"
+        ) from err
     model.eval()
     return model, tokenizer
 
 
-def eval_token_ids(data: str | None, tokenizer, max_tokens: int | None) -> torch.Tensor:
-    """Token ids of the evaluation text (default: the reference held-out text), cut to ``max_tokens``."""
-    text = load_text(data if data else HELDOUT_TEXT)
+def eval_token_ids(text: str, tokenizer, max_tokens: int | None) -> torch.Tensor:
+    """Token ids of the evaluation text, cut to ``max_tokens``."""
     ids = tokenize_text(text, tokenizer)
     if max_tokens is not None:
         if max_tokens < 2:
@@ -83,41 +143,30 @@ def eval_token_ids(data: str | None, tokenizer, max_tokens: int | None) -> torch
     return ids
 
 
-def stored_dtype_bits(name_or_path: str | None) -> int | None:
-    """Bits per weight of a plain checkpoint's stored dtype (config ``dtype``/``torch_dtype``), if stated."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(resolve_model(name_or_path))
-    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype, None)
-    return dtype.itemsize * 8 if isinstance(dtype, torch.dtype) else None
-
-
 def linear_weight_bits(model, stored_bits: int | None = None) -> float:
-    """Bits per weight of the decoder linears: measured from pvq modules' stored tensors, else
-    ``stored_bits`` (the checkpoint's dtype width) or the in-memory dtype width."""
-    from ..models import decoder_layers, quantized_modules
-
-    quantized = quantized_modules(model)
-    if quantized:
-        bits = sum(m.stored_bits() for m in quantized.values())
-        weights = sum(m.in_features * m.out_features for m in quantized.values())
-        return bits / weights
-    widths = [
-        mod.weight.element_size() * 8
-        for layer in decoder_layers(model)
-        for mod in layer.modules()
-        if isinstance(mod, torch.nn.Linear)
-    ]
-    if not widths:
-        return float("nan")
-    return float(stored_bits) if stored_bits else sum(widths) / len(widths)
+    """Bits per weight of the decoder blocks' linears: pvq layers from their stored tensors, plain
+    linears at ``stored_bits`` (the checkpoint's dtype width) or their in-memory dtype width."""
+    try:
+        modules = [m for layer in decoder_layers(model) for m in layer.modules()]
+    except QuantizeError:  # no model.model.layers: every linear but the output head
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        modules = [m for m in model.modules() if m is not head]
+    bits = weights = 0
+    for m in modules:
+        if isinstance(m, QuantizedLinear):
+            bits, weights = bits + m.stored_bits(), weights + m.num_weights
+        elif isinstance(m, torch.nn.Linear):
+            n = m.weight.numel()
+            bits, weights = bits + n * (stored_bits or m.weight.element_size() * 8), weights + n
+    return bits / weights if weights else float("nan")
 
 
 def _stored(name_or_path: str | None) -> int | None:
     source = resolve_model(name_or_path)
-    return None if is_pvq_checkpoint(source) else stored_dtype_bits(source)
+    if is_pvq_checkpoint(source):
+        return None
+    dtype = config_dtype(model_config(source))
+    return dtype.itemsize * 8 if dtype is not None else None
 
 
 # ---------------------------------------------------------------- quantize
@@ -134,21 +183,32 @@ class QuantizeRequest:
     overwrite: bool = False
     device: str | None = None
 
-    def check(self) -> None:
+    def check(self, log: Log = _quiet) -> tuple[torch.device, str]:
+        """Everything that can be checked before loading the model: device, output path
+        (probed, leftovers of interrupted runs cleaned), calibration text, context length.
+        Returns (device, calibration text)."""
+        device = resolve_device(self.device)
         if self.output is not None:
-            out = Path(self.output)
-            if out.exists() and (not out.is_dir() or any(out.iterdir())) and not self.overwrite:
-                raise QuantizeError(f"output {self.output!r} exists and is not empty; pick a new --output or pass --overwrite")
+            prepare_output(self.output, self.overwrite, log)
+        text = load_text(self.calib if self.calib else CALIB_TEXT)
+        check_context(self.config.seq_len, model_config(self.model), "--seq-len")
+        return device, text
 
 
 def run_quantize(req: QuantizeRequest, log: Log = _quiet, progress: bool = True) -> tuple[object, object, dict]:
-    """Quantize (and save if ``req.output``); returns (model, tokenizer, summary dict)."""
-    req.check()
+    """Quantize (and save if ``req.output``); returns (model, tokenizer, summary dict).
+
+    Bad input fails before the model loads where it can be known then (device,
+    output path, calibration text, context), else before any quantization work
+    (non-finite weights, the plan against the model's layers).
+    """
+    device, text = req.check(log)
+    source_dtype = config_dtype(model_config(req.model))
     model, tokenizer = load_model(req.model)
+    check_finite_weights(model)
     req.config.plan(model)  # method, dims, groups and rates against this model, before any work
-    text = load_text(req.calib if req.calib else CALIB_TEXT)
     calib = calibration_batches(text, tokenizer, req.config.n_samples, req.config.seq_len, req.config.seed)
-    report = quantize_model(model, calib, req.config, device=req.device, progress=progress, log=log)
+    report = quantize_model(model, calib, req.config, device=device, progress=progress, log=log)
     summary = {
         "model": resolve_model(req.model),
         "method": req.config.method,
@@ -159,7 +219,8 @@ def run_quantize(req: QuantizeRequest, log: Log = _quiet, progress: bool = True)
         "output": None,
     }
     if req.output:
-        save_quantized(model, req.output, report, tokenizer=tokenizer, overwrite=req.overwrite)
+        save_quantized(model, req.output, report, tokenizer=tokenizer, overwrite=req.overwrite, dtype=source_dtype,
+                       log=log)
         summary["output"] = str(req.output)
     return model, tokenizer, summary
 
@@ -177,9 +238,14 @@ def run_eval(
     progress: bool = False,
 ) -> dict:
     """Perplexity and measured bits per weight of a model or pvq checkpoint."""
+    dev = resolve_device(device)
+    check_windows(context, stride)
+    check_context(context, model_config(model_or_dir), "--context")
+    text = load_text(data if data else HELDOUT_TEXT)
     model, tokenizer = load_model(model_or_dir)
-    ids = eval_token_ids(data, tokenizer, max_tokens)
-    res = perplexity(model, ids, context=context, stride=stride, device=device, progress=progress)
+    check_finite_weights(model)
+    ids = eval_token_ids(text, tokenizer, max_tokens)
+    res = perplexity(model, ids, context=context, stride=stride, device=dev, progress=progress)
     return {
         "model": resolve_model(model_or_dir),
         "perplexity": res.perplexity,
@@ -188,6 +254,7 @@ def run_eval(
         "context": context,
         "stride": stride,
         "seconds": res.seconds,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
     }
 
 
@@ -211,10 +278,12 @@ class DemoConfig:
     options: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if not self.bits or any(not (0 < b < 16) for b in self.bits):
+            raise QuantizeError(f"rates must be in (0, 16) bits per weight, got {self.bits}")
         for m in self.methods:
             QuantizeConfig(method=m, bits=self.bits[0])  # raises for unknown methods
-        if not self.bits or any(not (0 < b <= 16) for b in self.bits):
-            raise QuantizeError(f"rates must be in (0, 16] bits per weight, got {self.bits}")
+        resolve_device(self.device)
+        check_windows(self.context, self.context)
 
 
 def run_demo(cfg: DemoConfig, log: Log = _quiet) -> dict:
@@ -228,7 +297,7 @@ def run_demo(cfg: DemoConfig, log: Log = _quiet) -> dict:
     for c in configs:  # every setting is checked against the model before the first quantization
         c.plan(model0)
     calib = calibration_batches(load_text(CALIB_TEXT), tokenizer, cfg.n_samples, cfg.seq_len, cfg.seed)
-    ids = eval_token_ids(None, tokenizer, cfg.eval_tokens)
+    ids = eval_token_ids(load_text(HELDOUT_TEXT), tokenizer, cfg.eval_tokens)
     state = {k: v.clone() for k, v in model0.state_dict().items()}
     t = time.perf_counter()
     base = perplexity(model0, ids, context=cfg.context, stride=cfg.context, device=cfg.device)

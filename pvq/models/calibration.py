@@ -50,10 +50,20 @@ def load_text(source: str | Path) -> str:
 
 
 def _read(path: Path) -> str:
+    """UTF-8 text of a file; binary or non-UTF-8 files are refused (never replaced silently)."""
     try:
-        return path.read_text(encoding="utf-8", errors="replace")
+        data = path.read_bytes()
     except OSError as e:
-        raise CalibrationError(f"cannot read {str(path)!r}: {e}") from e
+        raise CalibrationError(f"cannot read {str(path)!r}: {e.strerror or e}") from e
+    if b"\x00" in data:
+        raise CalibrationError(f"{str(path)!r} is a binary file (it holds NUL bytes), not text; give a UTF-8 text file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CalibrationError(
+            f"{str(path)!r} is not UTF-8 text (invalid byte at offset {e.start}); convert it to UTF-8 "
+            "(e.g. iconv -t utf-8) or give another file"
+        ) from e
 
 
 def _load_dataset_text(source: str) -> str:

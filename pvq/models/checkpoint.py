@@ -10,6 +10,8 @@ transformers quantizer machinery.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import shutil
@@ -23,44 +25,143 @@ from torch import nn
 from pvq.errors import CheckpointError, QuantizeError
 
 from .format import (
-    check_tensors,
+    INTEGRITY_KEY,
+    integrity_record,
     quantization_config_dict,
     read_quantization_config,
     replace_linears,
     safetensors_files,
+    verify_checkpoint,
 )
 from .hf_quantizer import register
+from .qlinear import QuantizedLinear
 
-__all__ = ["load_quantized", "save_quantized"]
+__all__ = ["cast_unquantized", "clean_leftovers", "load_quantized", "prepare_output", "save_quantized"]
 
+
+
+# ---------------------------------------------------------------- output path
+
+_TMP, _OLD = "tmp", "old"
+
+
+def _sibling(out_dir: Path, kind: str) -> Path:
+    return out_dir.parent / f".{out_dir.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _leftovers(out_dir: Path) -> list[tuple[Path, str, int]]:
+    """``(path, kind, pid)`` of the temporary and displaced directories of earlier runs on ``out_dir``."""
+    found = []
+    if not out_dir.parent.is_dir():
+        return found
+    prefix = f".{out_dir.name}."
+    for p in out_dir.parent.iterdir():
+        if not p.name.startswith(prefix):
+            continue
+        kind, _, rest = p.name[len(prefix):].partition("-")
+        pid = rest.split("-", 1)[0]
+        if kind in (_TMP, _OLD):
+            found.append((p, kind, int(pid) if pid.isdigit() else -1))
+    return found
+
+
+def clean_leftovers(out_dir: str | Path, log=None) -> list[str]:
+    """Clean what interrupted runs left beside ``out_dir``; returns one line per action.
+
+    A temporary directory of a run that is no longer alive is removed. A displaced
+    previous checkpoint (``.old``) is put back when ``out_dir`` is missing (the run
+    died between its two renames), else removed.
+    """
+    out_dir = Path(out_dir)
+    said = []
+    for p, kind, pid in _leftovers(out_dir):
+        if pid > 0 and pid != os.getpid() and _pid_alive(pid):
+            continue  # another live run is writing
+        if kind == _OLD and not out_dir.exists():
+            os.replace(p, out_dir)
+            said.append(f"restored the previous checkpoint {out_dir} from {p.name} (an earlier run was interrupted)")
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+            said.append(f"removed {p.name}, left by an interrupted run on {out_dir}")
+    for line in said:
+        (log or warnings.warn)(line)
+    return said
+
+
+def prepare_output(out_dir: str | Path, overwrite: bool = False, log=None) -> Path:
+    """Check that a checkpoint can be written at ``out_dir`` before any work, and clean leftovers.
+
+    Refuses (with what to change) a path that is a file, a non-empty directory
+    without ``overwrite``, and a place where no directory can be created
+    (read-only, under a file, ``/proc``): it creates and removes a probe
+    directory beside the target.
+    """
+    out_dir = Path(out_dir)
+    if str(out_dir).strip() == "":
+        raise CheckpointError("the output path is empty; give a directory name")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CheckpointError(f"{str(out_dir)!r} exists and is a file, not a checkpoint directory; "
+                              "choose another output path (--overwrite replaces only checkpoint directories)")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise CheckpointError(f"{str(out_dir)!r} exists and is not empty; choose another output path "
+                              "or pass --overwrite (overwrite=True)")
+    if out_dir.is_dir() and overwrite and any(out_dir.iterdir()) and not (out_dir / "config.json").is_file():
+        raise CheckpointError(f"{str(out_dir)!r} is a non-empty directory that is not a checkpoint; "
+                              "--overwrite replaces only checkpoint directories: choose another output path")
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        probe = _sibling(out_dir, _TMP)
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as e:
+        raise CheckpointError(f"cannot write a checkpoint at {str(out_dir)!r}: {e.strerror or e}; "
+                              "choose a writable output directory") from e
+    clean_leftovers(out_dir, log)
+    return out_dir
 
 
 # ---------------------------------------------------------------- save
 
 
 def save_quantized(
-    model: nn.Module, out_dir: str | Path, quant_config, tokenizer=None, *, overwrite: bool = False
+    model: nn.Module, out_dir: str | Path, quant_config, tokenizer=None, *, overwrite: bool = False,
+    dtype: torch.dtype | None = None, log=None,
 ) -> Path:
     """Write a quantized model to ``out_dir`` atomically; returns the directory.
 
     quant_config: the :class:`QuantizeConfig` (or the :class:`QuantizeReport`,
         which is also written as ``quantize_report.json``).
-    overwrite: replace an existing ``out_dir`` (otherwise an existing
-        non-empty directory is an error).
+    overwrite: replace an existing checkpoint at ``out_dir`` (otherwise an
+        existing non-empty directory is an error).
+    dtype: store the unquantized tensors (embeddings, norms, biases) in this
+        dtype - the source model's own - casting the model in place (None: as they are).
+
+    The checkpoint is written to a temporary directory beside ``out_dir`` with
+    its integrity record, synced, and swapped into place with one atomic
+    exchange (Linux ``renameat2``; elsewhere two renames, which the next run
+    on the path repairs if interrupted): ``out_dir`` always holds nothing, the
+    complete previous checkpoint, or the complete new one.
     """
-    out_dir = Path(out_dir)
+    out_dir = prepare_output(out_dir, overwrite, log)
     qdict = quantization_config_dict(model, quant_config)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise QuantizeError(f"{str(out_dir)!r} exists and is not a directory; choose another output path")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise QuantizeError(f"{str(out_dir)!r} exists and is not empty; choose another output path or pass overwrite=True")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:12]}"
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(model, "save_pretrained"):
+        raise QuantizeError("save_quantized needs a transformers PreTrainedModel (with .config and .save_pretrained)")
+    if dtype is not None:
+        cast_unquantized(model, dtype)
+    tmp = _sibling(out_dir, _TMP)
     tmp.mkdir()
     try:
-        config = getattr(model, "config", None)
-        if config is None or not hasattr(model, "save_pretrained"):
-            raise QuantizeError("save_quantized needs a transformers PreTrainedModel (with .config and .save_pretrained)")
         config.quantization_config = qdict
         model.save_pretrained(tmp)
         if any(tmp.glob("*.bin")) or not (any(tmp.glob("*.safetensors"))):
@@ -70,7 +171,9 @@ def save_quantized(
         report = quant_config if hasattr(quant_config, "to_dict") and hasattr(quant_config, "layers") else None
         if report is not None:
             (tmp / "quantize_report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-        check_tensors(tmp, qdict)
+        _write_integrity(tmp, qdict)
+        config.quantization_config = qdict
+        verify_checkpoint(tmp)
         _fsync_tree(tmp)
         _swap_into_place(tmp, out_dir)
     except BaseException:
@@ -79,30 +182,75 @@ def save_quantized(
     return out_dir
 
 
+def cast_unquantized(model: nn.Module, dtype: torch.dtype) -> None:
+    """Cast every floating tensor of ``model`` except the stored codes and scales of its
+    :class:`QuantizedLinear` modules (their bias is cast) to ``dtype``, in place."""
+    for module in model.modules():
+        if isinstance(module, QuantizedLinear):
+            if module.bias is not None:
+                module.bias.data = module.bias.data.to(dtype)
+            module.clear_cache()
+            continue
+        for p in module.parameters(recurse=False):
+            if p.is_floating_point():
+                p.data = p.data.to(dtype)
+        for name, b in module.named_buffers(recurse=False):
+            if b is not None and b.is_floating_point():
+                setattr(module, name, b.to(dtype))
+    if getattr(model, "config", None) is not None:
+        model.config.dtype = dtype
+
+
+def _write_integrity(tmp: Path, qdict: dict) -> None:
+    cfg_file = tmp / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    qdict[INTEGRITY_KEY] = integrity_record(tmp, qdict)
+    cfg["quantization_config"][INTEGRITY_KEY] = qdict[INTEGRITY_KEY]
+    cfg_file.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
 def _fsync_tree(root: Path) -> None:
-    for p in root.rglob("*"):
-        if p.is_file():
-            fd = os.open(p, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+    for p in [*root.rglob("*"), root]:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically exchange two paths (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def _swap_into_place(tmp: Path, out_dir: Path) -> None:
-    """Rename ``tmp`` to ``out_dir``; an existing target is moved aside first and removed after."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:12]}"
-        os.replace(out_dir, old)
+    """Put ``tmp`` at ``out_dir``: a rename when there is nothing there, else an atomic exchange
+    (then the old checkpoint, now at ``tmp``, is removed)."""
+    if not out_dir.exists():
+        os.replace(tmp, out_dir)
+        return
+    if _exchange(tmp, out_dir):
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    old = _sibling(out_dir, _OLD)  # fallback: two renames; clean_leftovers repairs an interruption
+    os.replace(out_dir, old)
     try:
         os.replace(tmp, out_dir)
     except BaseException:
-        if old is not None:
-            os.replace(old, out_dir)
+        os.replace(old, out_dir)
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- checks
@@ -125,7 +273,7 @@ def load_quantized(
     """
     path = Path(path)
     qdict = read_quantization_config(path)
-    check_tensors(path, qdict)
+    verify_checkpoint(path, qdict)
     if via not in ("transformers", "direct"):
         raise QuantizeError(f"via must be 'transformers' or 'direct', got {via!r}")
     model = None

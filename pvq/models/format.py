@@ -15,8 +15,13 @@ never pickle) whose ``config.json`` holds a ``quantization_config``::
                         "tensors": {key: {"shape", "dtype"}}, "bits_per_weight"}},
      "pvq_version": ..., "format_version": 2}
 
+plus ``"integrity": {"algorithm": "sha256", "tensors": {name: {"dtype",
+"shape", "sha256"}}, "modules": {name: sha256 of the entry's canonical JSON}}``,
+which :func:`verify_checkpoint` checks on every load path.
+
 Version history: 1 - no ``layout`` (read as ``"stored"``), codec options as
-flat fields of ``config``; 2 - ``layout`` per layer, ``config.options``.
+flat fields of ``config``, no integrity record; 2 - ``layout`` per layer,
+``config.options``, the integrity record.
 A quantized layer's tensors are ``<module>.packed_<key>`` (uint8 codes, any
 fitted data such as a K-means codebook), ``<module>.scales`` (fp16) and
 ``<module>.bias``.
@@ -24,7 +29,11 @@ fitted data such as a K-means codebook), ``<module>.scales`` (fp16) and
 
 from __future__ import annotations
 
+import hashlib
 import json
+import mmap
+import os
+import struct
 from pathlib import Path
 
 from torch import nn
@@ -37,12 +46,16 @@ from .qlinear import QuantizedLinear, buffer_name
 __all__ = [
     "FORMAT_VERSION",
     "QUANT_METHOD",
+    "INTEGRITY_KEY",
     "check_tensors",
+    "integrity_record",
     "quantization_config_dict",
     "quantized_modules",
     "read_quantization_config",
     "replace_linears",
     "safetensors_files",
+    "tensor_digests",
+    "verify_checkpoint",
 ]
 
 QUANT_METHOD = "pvq"
@@ -103,14 +116,14 @@ def safetensors_files(path: Path) -> list[Path]:
 
 
 def _tensor_headers(path: Path) -> dict[str, tuple[list[int], str]]:
-    from safetensors import safe_open
-
+    """``{name: (shape, safetensors dtype)}`` of every stored tensor (truncated files refused)."""
     out = {}
     for f in safetensors_files(path):
-        with safe_open(str(f), framework="pt") as h:
-            for k in h.keys():
-                sl = h.get_slice(k)
-                out[k] = (list(sl.get_shape()), sl.get_dtype())
+        if not f.is_file():
+            raise CheckpointError(f"{f.name} of {str(path)!r} is missing")
+        with open(f, "rb") as fh:
+            header, _, _ = _safetensors_header(fh, f)
+        out.update({k: (list(v["shape"]), v["dtype"]) for k, v in header.items()})
     return out
 
 
@@ -177,3 +190,116 @@ def replace_linears(model: nn.Module, qdict: dict) -> None:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, q)
 
+
+
+# ---------------------------------------------------------------- integrity record
+
+INTEGRITY_KEY = "integrity"
+"""Key of the integrity record inside ``quantization_config`` (format 2 and later)."""
+
+
+def _entry_digest(entry: dict) -> str:
+    """sha256 of a module's config entry as canonical JSON (sorted keys, no spaces)."""
+    return hashlib.sha256(json.dumps(entry, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _safetensors_header(f, path: Path) -> tuple[dict, int, int]:
+    """(header without metadata, data start, file size) of a safetensors file, checked for truncation."""
+    size = os.fstat(f.fileno()).st_size
+    raw = f.read(8)
+    if len(raw) < 8:
+        raise CheckpointError(f"{path.name} is truncated (no safetensors header); re-save the checkpoint")
+    n = struct.unpack("<Q", raw)[0]
+    if n > size - 8 or n > 100 * 1024 * 1024:
+        raise CheckpointError(f"{path.name} is truncated or not a safetensors file (header of {n} bytes)")
+    try:
+        header = json.loads(f.read(n))
+    except ValueError as e:
+        raise CheckpointError(f"{path.name} has a corrupt safetensors header; re-save the checkpoint") from e
+    header.pop("__metadata__", None)
+    end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
+    if 8 + n + end > size:
+        raise CheckpointError(
+            f"{path.name} is truncated: its tensors need {8 + n + end} bytes, the file has {size}; re-save the checkpoint"
+        )
+    return header, 8 + n, size
+
+
+def tensor_digests(path: str | Path) -> dict[str, dict]:
+    """``{tensor name: {"file", "dtype", "shape", "sha256"}}`` of every tensor in a checkpoint's
+    safetensors files, hashing the stored bytes as they are on disk (no conversion)."""
+    path = Path(path)
+    out: dict[str, dict] = {}
+    for file in safetensors_files(path):
+        if not file.is_file():
+            raise CheckpointError(f"{file.name} of {str(path)!r} is missing")
+        with open(file, "rb") as f:
+            header, start, _ = _safetensors_header(f, file)
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                for name, info in header.items():
+                    a, b = (int(x) for x in info["data_offsets"])
+                    out[name] = {
+                        "file": file.name, "dtype": info["dtype"], "shape": list(info["shape"]),
+                        "sha256": hashlib.sha256(mm[start + a : start + b]).hexdigest(),
+                    }
+    return out
+
+
+def integrity_record(path: str | Path, qdict: dict) -> dict:
+    """The integrity record of a written checkpoint: every tensor (dtype, shape, sha256 of its bytes)
+    and a digest of every quantized module's config entry."""
+    return {
+        "algorithm": "sha256",
+        "tensors": {k: {kk: v[kk] for kk in ("dtype", "shape", "sha256")} for k, v in tensor_digests(path).items()},
+        "modules": {name: _entry_digest(entry) for name, entry in qdict["modules"].items()},
+    }
+
+
+def verify_checkpoint(path: str | Path, qdict: dict | None = None) -> None:
+    """Refuse a checkpoint whose files or config are not what was written.
+
+    Checks, naming what is wrong: truncated or corrupt safetensors files;
+    tensors missing, extra, or with other dtype, shape or bytes than the
+    integrity record says; quantized modules added, removed or edited in the
+    config; and (all versions) that every tensor a quantized module needs is
+    there with its configured shape and dtype. Format-1 checkpoints carry no
+    record: only the structural checks run for them.
+    """
+    path = Path(path)
+    qdict = read_quantization_config(path) if qdict is None else qdict
+    version = int(qdict.get("format_version", 1))
+    record = qdict.get(INTEGRITY_KEY)
+    if version >= 2 and not isinstance(record, dict):
+        raise CheckpointError(
+            f"{str(path)!r} lacks its integrity record (quantization_config.{INTEGRITY_KEY}); it was edited "
+            "or written by something else than pvq: re-save the checkpoint"
+        )
+    if record is None:
+        check_tensors(path, qdict)
+        return
+    problems = []
+    want_mods, have_mods = record.get("modules", {}), qdict.get("modules", {})
+    for name in sorted(set(want_mods) - set(have_mods)):
+        problems.append(f"quantized module {name} is missing from the config")
+    for name in sorted(set(have_mods) - set(want_mods)):
+        problems.append(f"quantized module {name} is in the config but not in the record")
+    for name in sorted(set(want_mods) & set(have_mods)):
+        if _entry_digest(have_mods[name]) != want_mods[name]:
+            problems.append(f"the config entry of {name} was edited")
+    want, have = record.get("tensors", {}), tensor_digests(path)
+    for name in sorted(set(want) - set(have)):
+        problems.append(f"tensor {name} is missing")
+    for name in sorted(set(have) - set(want)):
+        problems.append(f"tensor {name} is not in the record (added)")
+    for name in sorted(set(want) & set(have)):
+        w, h = want[name], have[name]
+        if (w["dtype"], list(w["shape"])) != (h["dtype"], h["shape"]):
+            problems.append(f"tensor {name} is {h['dtype']}{h['shape']}, the record says {w['dtype']}{w['shape']}")
+        elif w["sha256"] != h["sha256"]:
+            problems.append(f"tensor {name} was edited (its bytes differ from the record)")
+    if problems:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is not what was written: " + "; ".join(problems[:6])
+            + ("" if len(problems) <= 6 else f" (and {len(problems) - 6} more)") + "; re-save it"
+        )
+    check_tensors(path, qdict)

@@ -17,6 +17,8 @@ loads the checkpoint directly.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from transformers.quantizers.auto import (
     AUTO_QUANTIZATION_CONFIG_MAPPING,
     AUTO_QUANTIZER_MAPPING,
@@ -28,7 +30,7 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from pvq.errors import CheckpointError, QuantizeError
 
-from .format import FORMAT_VERSION, QUANT_METHOD, READABLE_VERSIONS, replace_linears
+from .format import FORMAT_VERSION, QUANT_METHOD, READABLE_VERSIONS, replace_linears, verify_checkpoint
 from .qlinear import QuantizedLinear
 
 __all__ = ["PvqConfig", "PvqHfQuantizer", "register"]
@@ -87,6 +89,13 @@ class PvqHfQuantizer(HfQuantizer):
             raise QuantizeError("the pvq quantization_config names no quantized modules; the checkpoint is incomplete")
 
     def _process_model_before_weight_loading(self, model, **kwargs):
+        path = _checkpoint_dir(getattr(model.config, "_name_or_path", None) or getattr(model, "name_or_path", None))
+        if path is None:
+            raise CheckpointError(
+                "cannot locate the files of this pvq checkpoint to verify them against its integrity record; "
+                "load it from a local directory (or a downloaded hub snapshot)"
+            )
+        verify_checkpoint(path, self.quantization_config.to_dict())
         replace_linears(model, {"modules": self.quantization_config.modules})
         return model
 
@@ -105,6 +114,20 @@ class PvqHfQuantizer(HfQuantizer):
     @property
     def is_trainable(self) -> bool:
         return False
+
+
+def _checkpoint_dir(name_or_path) -> Path | None:
+    """The local directory of a checkpoint given as a directory or a hub id already downloaded."""
+    if not name_or_path:
+        return None
+    if Path(name_or_path).is_dir():
+        return Path(name_or_path)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(name_or_path), local_files_only=True))
+    except Exception:  # not a hub id, or not in the local cache
+        return None
 
 
 def register() -> bool:

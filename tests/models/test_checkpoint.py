@@ -151,6 +151,12 @@ def test_a_checkpoint_that_does_not_match_its_config_is_refused(tmp_path):
     spec = cfg["quantization_config"]["modules"]["model.layers.0.self_attn.q_proj"]["tensors"]["codes"]
     spec["shape"] = [spec["shape"][0] + 1]
     (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(QuantizeError, match="config entry of model.layers.0.self_attn.q_proj was edited"):
+        load_quantized(path)
+    # a version-1 checkpoint (no integrity record) gets the structural check
+    del cfg["quantization_config"]["integrity"]
+    cfg["quantization_config"]["format_version"] = 1
+    (path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(QuantizeError, match="does not match its quantization_config.*q_proj.packed_codes"):
         load_quantized(path)
     with pytest.raises(QuantizeError, match="not a pvq-quantized checkpoint"):
@@ -169,7 +175,7 @@ def test_cuda_quantize_save_and_reload(tmp_path):
                             progress=False, log=None)
     assert report.device.startswith("cuda")
     assert all(t.device.type == "cpu" for t in model.state_dict().values())  # blocks moved back home
-    assert all(m.weight_cache is None for m in quantized(model).values())  # device caches dropped
+    assert all(m.runtime_tensors() == {} for m in quantized(model).values())  # device caches dropped
     save_quantized(model, tmp_path / "c", report)
     model.to("cuda")
     loaded = load_quantized(tmp_path / "c", device="cuda")
