@@ -77,11 +77,9 @@ def test_overwrite_refuses_a_directory_that_is_not_a_checkpoint(fp16_model_dir, 
     assert (d / "todo.txt").read_text() == "keep me"
 
 
-@pytest.mark.parametrize("device, needle", [("foo", "unknown device 'foo'"), ("cuda:7", "cuda")])
+@pytest.mark.parametrize("device, needle", [("foo", "unknown device 'foo'"), ("cuda:99", "cuda")])
 @pytest.mark.parametrize("command", ["quantize", "eval"])
 def test_bad_device(fp16_model_dir, capsys, no_model_loading, command, device, needle):
-    if device == "cuda:7" and torch.cuda.device_count() > 7:
-        pytest.skip("this machine has 8 GPUs")
     rc = main([command, str(fp16_model_dir), "--device", device] + (QUICK if command == "quantize" else []))
     one_line_error(capsys, rc, needle)
 

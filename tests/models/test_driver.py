@@ -62,13 +62,14 @@ def test_pvq_quantizes_every_family(family):
     assert report.bits_per_weight == pytest.approx(bits / weights)
     assert 2.5 < report.bits_per_weight <= 3.0 + 1e-9
     for s in report.layers:
-        assert 0 < s.relative_error < 0.2 and s.seconds >= 0 and s.codec.startswith("pvq(D=16")
+        # measured 0.010 to 0.031 on every layer of the three families
+        assert 0.005 < s.relative_error < 0.04 and s.seconds >= 0 and s.codec.startswith("pvq(D=16")
     assert sum(name in line for line in lines for name in q) == 14  # one log line per layer
     with torch.no_grad():
         out = model(input_ids=x).logits
     assert torch.isfinite(out).all()
     rel = float((out - ref).norm() / ref.norm())
-    assert 0 < rel < 0.5
+    assert 0 < rel < 0.25  # measured 0.202 (llama, mistral), 0.189 (qwen2)
     d = report.to_dict()
     assert d["method"] == "pvq" and len(d["layers"]) == 14 and d["bits_per_weight"] == report.bits_per_weight
 
