@@ -241,6 +241,8 @@ class DemoConfig:
             QuantizeConfig(method=m, bits=self.bits[0])  # raises for unknown methods
         if not self.bits or any(not (0 < b <= 16) for b in self.bits):
             raise QuantizeError(f"rates must be in (0, 16] bits per weight, got {self.bits}")
+        if self.zeroshot_limit is not None and self.zeroshot_limit < 0:
+            raise QuantizeError(f"--zeroshot-limit must be 0 (no accuracy column) or more, got {self.zeroshot_limit}")
 
 
 def _demo_zeroshot(cfg: DemoConfig, log: Log):
