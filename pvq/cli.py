@@ -205,20 +205,42 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stride", type=int, default=None, help="default: the context length")
     p.add_argument("--eval-tokens", type=int, default=None, help="evaluate only the first N tokens")
     p.add_argument("--device", default=None)
+    p.add_argument("--tasks", default=None, metavar="NAME[,NAME...]",
+                   help="zero-shot tasks through lm-evaluation-harness, e.g. pvq_heldout (offline) or "
+                        "arc_easy,arc_challenge,piqa,winogrande (their data must be reachable)")
+    p.add_argument("--limit", type=float, default=None,
+                   help="score only the first N items of each task (a number below 1: that fraction)")
+    p.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: the task's, or 0)")
+    p.add_argument("--batch-size", type=int, default=8, help="zero-shot batch size (default 8)")
+    p.add_argument("--include-path", action="append", default=None, metavar="DIR",
+                   help="extra directory of harness task YAML files (repeatable)")
     p.add_argument("--json", action="store_true")
 
 
-@command("eval", "perplexity and measured bits per weight of a model or checkpoint", _eval_arguments)
+@command("eval", "perplexity, measured bits per weight and zero-shot accuracy of a model or checkpoint",
+         _eval_arguments)
 def _eval(args: argparse.Namespace) -> int:
     from .eval.runs import run_eval
 
-    out = run_eval(args.model, data=args.data, context=args.context, stride=args.context if args.stride is None else args.stride,
-                   max_tokens=args.eval_tokens, device=args.device, progress=not args.json)
+    limit = args.limit
+    if limit is not None and limit >= 1:
+        limit = int(limit)
+    out = run_eval(args.model, data=args.data, context=args.context,
+                   stride=args.context if args.stride is None else args.stride,
+                   max_tokens=args.eval_tokens, device=args.device, progress=not args.json,
+                   tasks=args.tasks, limit=limit, num_fewshot=args.num_fewshot, batch_size=args.batch_size,
+                   include_path=args.include_path)
     if args.json:
         print(json.dumps(out))
     else:
         print(f"{out['model']}: perplexity {out['perplexity']:.4f} on {out['tokens']} tokens "
               f"(context {out['context']}, stride {out['stride']}), {out['bits_per_weight']:.4f} bits per weight")
+        if "zeroshot" in out:
+            from .eval.zeroshot import format_zeroshot
+
+            zs = out["zeroshot"]
+            print(f"zero-shot accuracy ({zs['harness']}, standard errors from the harness, {zs['seconds']:.0f} s):")
+            print("\n".join(format_zeroshot(zs)))
     return 0
 
 
@@ -235,6 +257,9 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--plot", default="demo.png", help="plot of perplexity against bits per weight ('' for none)")
+    p.add_argument("--zeroshot-task", default="pvq_heldout", help="lm-evaluation-harness task of the accuracy column")
+    p.add_argument("--zeroshot-limit", type=int, default=250,
+                   help="items of that task scored per row (default 250; 0: no accuracy column)")
     p.add_argument("--json", action="store_true")
 
 
@@ -245,23 +270,66 @@ def _demo(args: argparse.Namespace) -> int:
 
     cfg = DemoConfig(model=args.model, methods=tuple(args.methods), bits=tuple(args.bits),
                      eval_tokens=args.eval_tokens, n_samples=args.samples, seq_len=args.seq_len,
-                     seed=args.seed, device=args.device, plot=args.plot or None)
+                     seed=args.seed, device=args.device, plot=args.plot or None,
+                     zeroshot_task=args.zeroshot_task, zeroshot_limit=args.zeroshot_limit)
     log = (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
     out = run_demo(cfg, log=log)
     if args.json:
         print(json.dumps(out))
         return 0
     print(f"{out['model']}: held-out perplexity on {out['eval_tokens']} tokens, context {out['context']}")
-    print(format_table(out["results"], [
+    columns = [
         ("method", "method", None),
         ("target_bits", "target", ".0f"),
         ("bits_per_weight", "bits/weight", ".3f"),
         ("perplexity", "perplexity", ".3f"),
-        ("quantize_seconds", "quantize s", ".1f"),
-        ("eval_seconds", "eval s", ".1f"),
-    ]))
+    ]
+    if out.get("zeroshot"):
+        zs = out["zeroshot"]
+        ses = [r["accuracy_stderr"] for r in out["results"] if r.get("accuracy_stderr") is not None]
+        print(f"accuracy: {zs['task']} ({zs['harness']}), {zs['limit']} items per row, 4 choices (chance 0.25), "
+              f"acc and length-normalized acc_norm" + (f", standard error about {max(ses):.3f}" if ses else ""))
+        columns += [("accuracy", "acc", ".3f"), ("accuracy_norm", "acc_norm", ".3f")]
+    columns += [("quantize_seconds", "quantize s", ".1f"), ("eval_seconds", "eval s", ".1f")]
+    if out.get("zeroshot"):
+        columns.append(("zeroshot_seconds", "zero-shot s", ".1f"))
+    print(format_table(out["results"], columns))
     if out.get("plot"):
         print(f"plot written to {out['plot']}")
+    return 0
+
+
+# ---------------------------------------------------------------- pvq generate
+
+
+def _generate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", default=None, help="model or pvq checkpoint (default: the reference model)")
+    p.add_argument("--prompt", required=True, help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (default 64)")
+    p.add_argument("--sample", action="store_true", help="seeded sampling instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --sample)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (with --sample)")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens, 0: all (with --sample)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", action="store_true")
+
+
+@command("generate", "continue a prompt with a model or checkpoint (greedy or seeded sampling), with tokens/s",
+         _generate_arguments)
+def _generate(args: argparse.Namespace) -> int:
+    from .eval.generate import GenerateConfig, run_generate
+
+    cfg = GenerateConfig(max_new_tokens=args.max_new_tokens, sample=args.sample, temperature=args.temperature,
+                         top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+    out = run_generate(args.model, args.prompt, cfg, device=args.device)
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(out["prompt"] + out["completion"])
+    how = "greedy" if out["greedy"] else f"sampled, seed {out['seed']}"
+    print(f"[{out['new_tokens']} new tokens in {out['seconds']:.2f} s: {out['tokens_per_second']:.1f} tokens/s, "
+          f"{how}, prompt {out['prompt_tokens']} tokens]", file=sys.stderr)
     return 0
 
 

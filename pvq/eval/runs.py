@@ -236,17 +236,33 @@ def run_eval(
     max_tokens: int | None = None,
     device: str | None = None,
     progress: bool = False,
+    tasks: str | list[str] | None = None,
+    limit: int | float | None = None,
+    num_fewshot: int | None = None,
+    batch_size: int = 8,
+    include_path: str | list[str] | None = None,
 ) -> dict:
-    """Perplexity and measured bits per weight of a model or pvq checkpoint."""
+    """Perplexity and measured bits per weight of a model or pvq checkpoint, and, with ``tasks``,
+    zero-shot accuracy through lm-evaluation-harness (under the ``"zeroshot"`` key).
+
+    Device, windows, context, evaluation text, task names, their data and the
+    options are checked before the model is loaded.
+    """
     dev = resolve_device(device)
     check_windows(context, stride)
     check_context(context, model_config(model_or_dir), "--context")
     text = load_text(data if data else HELDOUT_TEXT)
+    prepared = None
+    if tasks:
+        from .zeroshot import check_options, prepare_tasks
+
+        check_options(limit, num_fewshot, batch_size)
+        prepared = prepare_tasks(tasks, include_path=include_path)
     model, tokenizer = load_model(model_or_dir)
     check_finite_weights(model)
     ids = eval_token_ids(text, tokenizer, max_tokens)
     res = perplexity(model, ids, context=context, stride=stride, device=dev, progress=progress)
-    return {
+    out = {
         "model": resolve_model(model_or_dir),
         "perplexity": res.perplexity,
         "bits_per_weight": linear_weight_bits(model, _stored(model_or_dir)),
@@ -256,6 +272,13 @@ def run_eval(
         "seconds": res.seconds,
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
     }
+    if prepared is not None:
+        from .zeroshot import evaluate_zeroshot
+
+        model.to(dev)
+        out["zeroshot"] = evaluate_zeroshot(model, tokenizer, limit=limit, num_fewshot=num_fewshot,
+                                            batch_size=batch_size, prepared=prepared)
+    return out
 
 
 # ---------------------------------------------------------------- demo
@@ -276,6 +299,9 @@ class DemoConfig:
     device: str | None = None
     plot: str | None = "demo.png"
     options: dict = field(default_factory=dict)
+    zeroshot_task: str = "pvq_heldout"
+    zeroshot_limit: int | None = 250  # items of the zero-shot task per row; 0: no zero-shot column
+    zeroshot_batch_size: int = 8
 
     def __post_init__(self):
         if not self.bits or any(not (0 < b < 16) for b in self.bits):
@@ -284,10 +310,51 @@ class DemoConfig:
             QuantizeConfig(method=m, bits=self.bits[0])  # raises for unknown methods
         resolve_device(self.device)
         check_windows(self.context, self.context)
+        if self.zeroshot_limit is not None and self.zeroshot_limit < 0:
+            raise QuantizeError(f"--zeroshot-limit must be 0 (no accuracy column) or more, got {self.zeroshot_limit}")
+
+
+def _demo_zeroshot(cfg: DemoConfig, log: Log):
+    """(score function, prepared tasks) for the demo's zero-shot column, or (None, None) without one."""
+    if cfg.zeroshot_limit == 0:
+        return None, None
+    from .zeroshot import ZeroShotError, check_options, evaluate_zeroshot, prepare_tasks
+
+    try:
+        check_options(cfg.zeroshot_limit, None, cfg.zeroshot_batch_size)
+        prepared = prepare_tasks(cfg.zeroshot_task)
+    except ZeroShotError as err:
+        if "needs lm-evaluation-harness" not in str(err):
+            raise
+        log(f"no zero-shot column: {err}")
+        return None, None
+
+    def score(model, tokenizer) -> dict:
+        zs = evaluate_zeroshot(model, tokenizer, limit=cfg.zeroshot_limit, batch_size=cfg.zeroshot_batch_size,
+                               seed=cfg.seed, prepared=prepared)
+        m = zs["tasks"].get(cfg.zeroshot_task) or next(iter(zs["tasks"].values()))
+        return {
+            "accuracy": m.get("acc"),
+            "accuracy_stderr": m.get("acc_stderr"),
+            "accuracy_norm": m.get("acc_norm"),
+            "accuracy_norm_stderr": m.get("acc_norm_stderr"),
+            "zeroshot_items": m.get("items"),
+            "zeroshot_seconds": zs["seconds"],
+        }
+
+    return score, prepared
+
+
+def _zs_log(row: dict) -> str:
+    if row.get("accuracy") is None:
+        return ""
+    return f", accuracy {row['accuracy']:.3f} (norm {row['accuracy_norm']:.3f})"
 
 
 def run_demo(cfg: DemoConfig, log: Log = _quiet) -> dict:
-    """Quantize with every method at every rate, evaluate each, return the table (and plot it)."""
+    """Quantize with every method at every rate, evaluate each (perplexity, and zero-shot accuracy on
+    ``cfg.zeroshot_task`` through lm-evaluation-harness), return the table (and plot it)."""
+    score, _ = _demo_zeroshot(cfg, log)  # task and its data checked before any model loading
     model0, tokenizer = load_model(cfg.model)
     configs = [
         QuantizeConfig(method=m, bits=b, n_samples=cfg.n_samples, seq_len=cfg.seq_len, seed=cfg.seed, **cfg.options)
@@ -311,7 +378,11 @@ def run_demo(cfg: DemoConfig, log: Log = _quiet) -> dict:
             "eval_seconds": time.perf_counter() - t,
         }
     ]
-    log(f"none: perplexity {base.perplexity:.3f} on {base.tokens} tokens")
+    if score is not None:
+        if cfg.device:
+            model0.to(cfg.device)
+        results[0].update(score(model0, tokenizer))
+    log(f"none: perplexity {base.perplexity:.3f} on {base.tokens} tokens" + _zs_log(results[0]))
     for c in configs:
         model, _ = load_model(cfg.model)
         model.load_state_dict(state)
@@ -326,10 +397,14 @@ def run_demo(cfg: DemoConfig, log: Log = _quiet) -> dict:
             "quantize_seconds": report.seconds,
             "eval_seconds": time.perf_counter() - t,
         }
+        if score is not None:
+            if cfg.device:
+                model.to(cfg.device)
+            row.update(score(model, tokenizer))
         results.append(row)
         log(
             f"{c.method:5s} {c.bits:.0f} bits: measured {report.bits_per_weight:.3f} bpw, perplexity "
-            f"{ppl.perplexity:.3f} (quantize {report.seconds:.0f} s)"
+            f"{ppl.perplexity:.3f}{_zs_log(row)} (quantize {report.seconds:.0f} s)"
         )
         del model
     out = {
@@ -339,6 +414,11 @@ def run_demo(cfg: DemoConfig, log: Log = _quiet) -> dict:
         "calibration": {"samples": cfg.n_samples, "seq_len": cfg.seq_len, "seed": cfg.seed},
         "results": results,
     }
+    if score is not None:
+        from .zeroshot import harness_version
+
+        out["zeroshot"] = {"task": cfg.zeroshot_task, "limit": cfg.zeroshot_limit,
+                           "harness": f"lm-eval {harness_version()}"}
     if cfg.plot:
         plot_demo(results, cfg.plot)
         out["plot"] = cfg.plot
