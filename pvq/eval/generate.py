@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models import QuantizeError
+from ..errors import EvalError
 
 
-class GenerateError(QuantizeError):
+class GenerateError(EvalError):
     """Bad generation request: empty prompt, bad length or sampling setting."""
 
 
