@@ -4,7 +4,9 @@
 
 PVQ runs at D = 8, 32, 128; the other codecs at their own dimension (scalar
 codecs D=1 with their usual groups, E8 at 8, K-means at 4 for 2 bits and 2
-above). Writes OUT/rd_SOURCE.md (a markdown table) and OUT/rd_SOURCE.png.
+above, the nested-lattice code ``lattice`` at 8 with E8; the trellis is left out: its
+L = 16 Viterbi takes minutes on CPU, see benchmarks/codes_mse.py).
+Writes OUT/rd_SOURCE.md (a markdown table) and OUT/rd_SOURCE.png.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ GRID = [
     RDConfig(codecs=("lloydmax", "uniform", "nf4", "e8")),
     RDConfig(codecs=("kmeans",), dims=(4,), bits=(2.0,)),
     RDConfig(codecs=("kmeans",), dims=(2,), bits=(3.0, 4.0)),
+    RDConfig(codecs=("lattice",)),  # Voronoi code of E8 (the factory's default lattice), q = 4, 8, 15
 ]
 
 

@@ -43,6 +43,15 @@ def _csv(kind: Callable[[str], object]) -> Callable[[str], list]:
 # ---------------------------------------------------------------- pvq rd
 
 
+def _rates(text: str) -> list[float]:
+    from .eval.rd import parse_rates
+
+    try:
+        return parse_rates(text)
+    except CodecError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
 def _rd_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", default="gaussian", help="gaussian or laplace (unit variance)")
     p.add_argument(
@@ -52,7 +61,10 @@ def _rd_arguments(p: argparse.ArgumentParser) -> None:
         help=f"comma-separated codecs ({', '.join(sorted(CODECS))})",
     )
     p.add_argument("--dim", type=_csv(int), default=None, help="vector dimension(s); default: each codec's own")
-    p.add_argument("--bits", type=_csv(float), default=[2.0, 3.0, 4.0], help="target bits per weight, e.g. 2,3,4")
+    p.add_argument(
+        "--bits", type=_rates, default=[2.0, 3.0, 4.0],
+        help="target bits per weight: a list 2,3,4 or a range start:stop:step such as 2:4:0.05",
+    )
     p.add_argument("--samples", type=int, default=1 << 17, help="number of i.i.d. samples (default 131072)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")

@@ -33,6 +33,38 @@ def _laplace(n: int, gen: torch.Generator) -> torch.Tensor:
     return (-b * torch.sign(u) * torch.log1p(-2 * u.abs())).float()
 
 
+MAX_RATES = 1000
+
+
+def parse_rates(text: str) -> list[float]:
+    """Rates from ``"2,3,4"``, ``"2:4:0.05"`` (start:stop:step, stop included) or a mix
+    (``"1.5,2:3:0.25"``), in the order given. Raises :class:`CodecError` on bad input."""
+    out: list[float] = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        parts = item.split(":")
+        try:
+            nums = [float(p) for p in parts]
+        except ValueError:
+            raise CodecError(f"bad rate {item!r}: give numbers like 2,3,4 or a range start:stop:step like 2:4:0.05")
+        if len(nums) == 1:
+            out.append(nums[0])
+            continue
+        if len(nums) != 3 or not all(math.isfinite(v) for v in nums):
+            raise CodecError(f"bad range {item!r}: write start:stop:step, e.g. 2:4:0.05")
+        start, stop, step = nums
+        if step <= 0 or stop < start:
+            raise CodecError(f"bad range {item!r}: need step > 0 and stop >= start")
+        count = int(math.floor((stop - start) / step + 1e-9)) + 1
+        if len(out) + count > MAX_RATES:
+            raise CodecError(f"range {item!r} gives {count} rates; use at most {MAX_RATES} (raise the step)")
+        out.extend(round(start + i * step, 10) for i in range(count))
+    if not out:
+        raise CodecError("no rate given; e.g. --bits 2,3,4 or --bits 2:4:0.05")
+    return out
+
+
 def shannon_mse(bits_per_weight: float) -> float:
     """D(R) = 2^(-2R): the least MSE per dimension of a unit Gaussian at R bits."""
     return 2.0 ** (-2.0 * bits_per_weight)
