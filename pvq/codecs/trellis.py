@@ -40,24 +40,15 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from .base import CodecError, Codes, VectorCodec, check_vectors, fp16_exact, register_codec
+from .base import CodecError, CodecOption, Codes, VectorCodec, check_vectors, fp16_exact, register_codec
 from .packing import pack_bits, unpack_bits
 
-OPTIONS = {
-    "state_bits": {
-        "default": 16,
-        "type": int,
-        "help": "trellis state bits L (QTIP: 16); Viterbi costs about T * 2^L per sequence",
-    },
-    "code": {
-        "choices": ("1mad", "3inst"),
-        "default": "1mad",
-        "type": str,
-        "help": "computed Gaussian code reconstructing a weight from its state (QTIP's 1MAD or 3INST)",
-    },
-}
-
-CODES = OPTIONS["code"]["choices"]
+OPTIONS = (
+    CodecOption("state_bits", int, 16, "trellis state bits L (QTIP: 16); Viterbi costs about T * 2^L per sequence"),
+    CodecOption("code", str, "1mad", "computed Gaussian code reconstructing a weight from its state (QTIP's 1MAD "
+                "or 3INST)", ("1mad", "3inst")),
+)
+CODES = OPTIONS[1].choices
 
 # scale / RMS(group) with the least MSE on i.i.d. Gaussian sequences (1MAD, L = 12, T = 256,
 # 64 sequences, seed 0; grid 0.8..1.5): MSE is flat within 1% over +-0.05 around these
@@ -346,12 +337,13 @@ class TrellisCodec(VectorCodec):
     "trellis",
     "QTIP-style bitshift trellis (TCQ): L state bits, k bits per weight, computed 1MAD/3INST code, tail-biting",
     default_dim=256,
+    options=OPTIONS,
 )
 def trellis_from_rate(
     bits: float,
     dim: int = 256,
-    state_bits: int = OPTIONS["state_bits"]["default"],
-    code: str = OPTIONS["code"]["default"],
+    state_bits: int = OPTIONS[0].default,
+    code: str = OPTIONS[1].default,
     group_size: int | None = None,
     group_weights: int | None = None,
     **options,

@@ -46,7 +46,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from .base import CodecError, Codes, VectorCodec, check_vectors, fp16_exact, register_codec
+from .base import CodecError, CodecOption, Codes, VectorCodec, check_vectors, fp16_exact, register_codec
 from .lattice import (
     an_star_nearest,
     closest_point_enumeration,
@@ -58,17 +58,12 @@ from .lattice import (
 )
 from .packing import pack_bits, packed_nbytes, unpack_bits
 
-OPTIONS = {
-    "lattice": {
-        "choices": ("e8", "dn", "an_star", "zn"),
-        "default": "e8",
-        "help": "fine lattice of the Voronoi code: e8 (dim 8), dn (D_n, dim >= 2), "
-        "an_star (A_n*, dim 2..16) or zn (Z^n, the uniform scalar quantizer)",
-        "type": str,
-    },
-}
-
-LATTICES = OPTIONS["lattice"]["choices"]
+OPTIONS = (
+    CodecOption("lattice", str, "e8",
+                "fine lattice of the Voronoi code: e8 (dim 8), dn (D_n, dim >= 2), an_star (A_n*, dim 2..16) "
+                "or zn (Z^n, the uniform scalar quantizer)", ("e8", "dn", "an_star", "zn")),
+)
+LATTICES = OPTIONS[0].choices
 DEFAULT_STEP_SEARCH = (0.88, 0.94, 1.0, 1.06, 1.12)
 _SHRINK_STEPS = 12
 
@@ -496,11 +491,12 @@ def q_for_rate(bits: float, dim: int, group_size: int) -> int:
     "lattice",
     "nested-lattice (Voronoi) code: fine lattice E8/D_n/A_n*/Z^n shaped by qL, any integer q (mixed radix)",
     default_dim=8,
+    options=OPTIONS,
 )
 def lattice_from_rate(
     bits: float,
     dim: int = 8,
-    lattice: str = OPTIONS["lattice"]["default"],
+    lattice: str = OPTIONS[0].default,
     group_size: int | None = None,
     group_weights: int | None = None,
     **options,

@@ -7,6 +7,10 @@ A method names a codec and the solver ingredients around it:
 * ``gptq`` - codec ``uniform`` (D = 1, groups of 128 weights), GPTQ error feedback.
 * ``rtn``  - codec ``uniform``, round to nearest (no feedback, no rotation).
 * ``e8``   - randomized Hadamard + codec ``e8`` (D = 8) + LDLQ error feedback.
+* ``lattice`` - randomized Hadamard + nested-lattice (Voronoi) codes (codec
+  ``lattice``, option ``lattice``: e8, dn, an_star, zn) + LDLQ error feedback.
+* ``trellis`` - randomized Hadamard + QTIP-style bitshift trellis (codec
+  ``trellis``, options ``state_bits``, ``code``) + LDLQ error feedback.
 * ``codebook`` - LLM-Codebook: codec ``kmeans``; per layer one codebook fitted by
   K-means weighted with Hessian importances (the codec's ``weighting`` option),
   stored with the layer, then codes assigned through block LDLQ (codebook fixed).
@@ -127,6 +131,16 @@ register_method(MethodSpec(
 register_method(MethodSpec(
     "e8", "e8", "randomized Hadamard + E8 lattice codebook + block-LDLQ (QuIP#-style)",
     rotate=True, error_feedback=True, hessian_gain=False, default_dim=8, default_group_size=32,
+))
+register_method(MethodSpec(
+    "lattice", "lattice",
+    "randomized Hadamard + nested-lattice (Voronoi) code of E8/D_n/A_n*/Z^n at any rate + block-LDLQ",
+    rotate=True, error_feedback=True, hessian_gain=False, default_dim=8, default_group_size=32,
+))
+register_method(MethodSpec(
+    "trellis", "trellis",
+    "randomized Hadamard + QTIP-style bitshift trellis (tail-biting Viterbi) + block-LDLQ",
+    rotate=True, error_feedback=True, hessian_gain=False, default_dim=256, default_group_size=1,
 ))
 
 

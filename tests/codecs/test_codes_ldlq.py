@@ -40,7 +40,7 @@ def test_codec_through_block_ldlq(name: str, bits: float, dim: int, opts: dict) 
     assert res.proxy_loss < 0.85 * plain.proxy_loss
     assert res.proxy_loss == pytest.approx(proxy_loss(w, res.weight, h), rel=1e-6)
     # the rate is measured from the stored bytes (codes + fp16 scales)
-    stored = res.stored(codec)
+    stored = res.stored()
     groups = w.numel() // (dim * codec.group_size)
     assert stored.tensors["scale"].numel() == groups
     assert abs(stored.bits_per_weight() - codec.nominal_bits_per_weight()) < 0.02

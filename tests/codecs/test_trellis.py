@@ -171,12 +171,12 @@ def test_gaussian_mse_bound_small_L(k: int) -> None:
 
 
 def test_registry_options_config_and_errors() -> None:
-    assert "trellis" in CODECS and set(OPTIONS) == {"state_bits", "code"}
+    assert "trellis" in CODECS and {o.name for o in OPTIONS} == {"state_bits", "code"}
     codec = make_codec("trellis", 3, 64, state_bits=12, code="3inst", group_weights=128)
     assert (codec.k, codec.state_bits, codec.code, codec.group_size) == (3, 12, "3inst", 2)
     again = codec_from_config(codec_to_config(codec))
     assert isinstance(again, TrellisCodec) and again.config() == codec.config()
-    with pytest.raises(CodecError, match="choose one of"):
+    with pytest.raises(CodecError, match="option code must be one of"):
         make_codec("trellis", 2, 64, code="hyb")
     with pytest.raises(CodecError, match="state_bits L must be"):
         make_codec("trellis", 2, 64, state_bits=30)

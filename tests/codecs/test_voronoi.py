@@ -165,7 +165,7 @@ def test_gaussian_mse_bounds(name: str) -> None:
 
 def test_registry_config_and_rate_choice() -> None:
     assert "lattice" in CODECS
-    assert OPTIONS["lattice"]["choices"] == ("e8", "dn", "an_star", "zn")
+    assert OPTIONS[0].name == "lattice" and OPTIONS[0].choices == ("e8", "dn", "an_star", "zn")
     codec = make_codec("lattice", 2.4, 8, lattice="dn")
     assert codec.q == 5 and codec.group_size == 32  # log2 5 + 1/16 = 2.384
     again = codec_from_config(codec_to_config(codec))
@@ -178,7 +178,7 @@ def test_registry_config_and_rate_choice() -> None:
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(lattice="e7"), "choose --lattice"),
+        (dict(lattice="e7"), "option lattice must be one of"),
         (dict(lattice="e8", dim=4), "e8 lattice works on dim=8"),
         (dict(lattice="an_star", dim=17), "A_n\\* works on dim 2..16"),
         (dict(lattice="dn", dim=1), "D_n needs dim >= 2"),

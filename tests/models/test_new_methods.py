@@ -1,0 +1,38 @@
+"""Methods ``lattice`` and ``trellis`` through the driver, the checkpoint and reload (tiny Llama)."""
+
+import pytest
+import torch
+
+import pvq  # noqa: F401  (registers the transformers quantizer)
+from pvq.cli import main
+from pvq.models import QuantizeConfig, load_quantized, quantize_model, save_quantized
+from tiny_models import X, calib, quantized, tiny
+
+
+@pytest.mark.parametrize("method, bits, options, rate, max_rel", [
+    ("lattice", 3, {"lattice": "e8"}, (3.0, 3.2), 0.2),
+    ("lattice", 2, {"lattice": "dn"}, (1.8, 2.3), 0.2),  # the nearest q: its rate may fall below the target
+    # sequences of only 16 weights here (the tiny model's layers): one fp16 scale each costs 1 bit per
+    # weight, so k = 1; measured largest layer error 0.379
+    ("trellis", 2, {"state_bits": 8, "code": "3inst"}, (2.0, 2.0), 0.42),
+])
+def test_method_quantizes_saves_and_reloads(method, bits, options, rate, max_rel, tmp_path):
+    model = tiny("llama")
+    report = quantize_model(model, calib(), QuantizeConfig(method=method, bits=bits, options=options),
+                            progress=False, log=None)
+    q = quantized(model)
+    assert len(q) == 14 and all(m.codec.name == method and m.rotation is not None for m in q.values())
+    assert rate[0] <= report.bits_per_weight <= rate[1]  # measured from the stored bytes
+    assert all(s.relative_error < max_rel for s in report.layers)
+    path = save_quantized(model, tmp_path / method, report)
+    loaded = load_quantized(path)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=X).logits, loaded(input_ids=X).logits)
+
+
+def test_codec_options_are_cli_flags(capsys):
+    with pytest.raises(SystemExit) as exit_:  # argparse checks the option's choices
+        main(["quantize", "--method", "lattice", "--lattice", "hexagonal"])
+    assert exit_.value.code == 2 and "invalid choice: 'hexagonal'" in capsys.readouterr().err
+    assert main(["quantize", "--method", "gptq", "--state-bits", "8"]) == 2
+    assert "state_bits=8 does not apply to method 'gptq'" in capsys.readouterr().err
