@@ -11,4 +11,4 @@ fi
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   .venv/bin/pip install --quiet "torch==2.13.0"
 fi
-.venv/bin/pip install --quiet -e ".[test,lora,eval]"
+.venv/bin/pip install --quiet -e ".[test,lora,eval,gpu]"  # gpu: Triton (its interpreter runs the kernel tests on CPU)

@@ -8,6 +8,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+if not torch.cuda.is_available():  # Triton kernels run in its interpreter (numpy) on CPU
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

@@ -1,1 +1,28 @@
-"""pvq.kernels"""
+"""GPU kernels (layer 5): runtime layouts, Triton kernels with their PyTorch references, and the
+runtime backends that run quantized layers through them.
+
+Importing this package registers its backends with :mod:`pvq.models.backends`; it imports and
+runs without Triton or a GPU (the backends then report that they support nothing).
+"""
+
+from .runtime import (
+    PyramidRuntime,
+    TableRuntime,
+    pyramid_decode_reference,
+    pyramid_matmul_reference,
+    pyramid_runtime,
+    table_decode_reference,
+    table_matmul_reference,
+    table_runtime,
+)
+
+__all__ = [
+    "PyramidRuntime",
+    "TableRuntime",
+    "pyramid_decode_reference",
+    "pyramid_matmul_reference",
+    "pyramid_runtime",
+    "table_decode_reference",
+    "table_matmul_reference",
+    "table_runtime",
+]

@@ -1,0 +1,220 @@
+"""Runtime layouts of quantized layers for the kernels, and their plain PyTorch references.
+
+A runtime layout is what a kernel reads: built once from a layer's stored
+tensors by ``prepare`` (lossless: the same codes, laid out for decoding), kept
+on the device, never the dense weight.
+
+* :class:`PyramidRuntime` - PVQ layers whose combined code ``index * L + gain``
+  fits in 62 bits (``D * bits`` up to about 62: D=8 at any rate, D=16 up to
+  about 3.8 bits per weight). Each vector's code is stored little-endian in
+  ``ceil(code_bits / 8)`` bytes (within a byte of the exact stored width), with
+  the int64 count tables ``N(d, k)``, ``A(d, k) = sum_{i<=k} N(d, i)`` and the
+  gain levels. The decoded weight is ``y * (level[g] * scale / |y|)`` in float32.
+* :class:`TableRuntime` - E8 layers: per stage the codes (int16/uint8, the
+  stored width) and the fp16 codebook table ``[2^bits, 8]``; the decoded
+  weight is ``scale * sum_k g_k table_k[code_k]``.
+
+The ``*_reference`` functions compute exactly what the Triton kernels compute
+(same float32 operations in the same order), so decodes compare bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from pvq.codecs import SCALE_KEY
+from pvq.codecs.pyramid import PyramidCodec, _count_table, _cumulative_table
+from pvq.errors import QuantizeError
+
+__all__ = [
+    "PYRAMID_MAX_CODE_BITS",
+    "PyramidRuntime",
+    "TableRuntime",
+    "pyramid_decode_reference",
+    "pyramid_matmul_reference",
+    "pyramid_points_reference",
+    "pyramid_runtime",
+    "table_decode_reference",
+    "table_matmul_reference",
+    "table_runtime",
+]
+
+PYRAMID_MAX_CODE_BITS = 62
+"""Largest combined PVQ code (index and gain) the int64 kernels decode."""
+
+
+# ---------------------------------------------------------------- PVQ
+
+
+@dataclass
+class PyramidRuntime:
+    """A PVQ layer laid out for the kernels (see the module docstring); all tensors on one device."""
+
+    out_features: int
+    in_features: int
+    dim: int
+    pulses: int
+    group_size: int
+    num_levels: int
+    code_bytes: int
+    codes: torch.Tensor  # uint8 [out * in / D, code_bytes], little-endian combined codes
+    scales: torch.Tensor  # fp16 [out * in / (D * G)]
+    levels: torch.Tensor  # float32 [L] gain levels
+    counts: torch.Tensor  # int64 [D + 1, K + 1]  N(d, k)
+    cumulative: torch.Tensor  # int64 [D + 1, K + 1]  A(d, k)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in
+                   (self.codes, self.scales, self.levels, self.counts, self.cumulative))
+
+
+def pyramid_supports(codec) -> bool:
+    """Whether a codec's codes fit the int64 PVQ kernels."""
+    return isinstance(codec, PyramidCodec) and codec.code_bits <= PYRAMID_MAX_CODE_BITS
+
+
+def pyramid_runtime(layer, device: torch.device | str | None = None) -> PyramidRuntime:
+    """The :class:`PyramidRuntime` of a PVQ :class:`~pvq.models.QuantizedLinear` (lossless transcode)."""
+    codec = layer.codec
+    if not pyramid_supports(codec):
+        raise QuantizeError(
+            f"{codec.describe()} needs {getattr(codec, 'code_bits', '?')}-bit codes; the PVQ kernels decode up to "
+            f"{PYRAMID_MAX_CODE_BITS} bits (D * bits per weight <= about 62, e.g. --dim 16 up to 3.8 bits)"
+        )
+    stored = layer.stored_tensors()
+    limbs = codec.unpack(stored, layer.num_vectors)
+    # combined = index * L + gain, < 2^62: two 32-bit limbs at most
+    combined = limbs["index"][:, 0] + (limbs["index"][:, 1] << 32 if limbs["index"].shape[1] > 1 else 0)
+    combined = combined * codec.gain.num_levels + limbs["gain"]
+    nbytes = max(1, math.ceil(codec.code_bits / 8))
+    shifts = torch.arange(nbytes, dtype=torch.int64) * 8
+    codes = ((combined.unsqueeze(1) >> shifts) & 0xFF).to(torch.uint8)
+    dev = torch.device(device) if device is not None else layer._buffer_device()
+    return PyramidRuntime(
+        layer.out_features, layer.in_features, codec.dim, codec.pulses, codec.group_size, codec.gain.num_levels,
+        nbytes, codes.contiguous().to(dev), stored[SCALE_KEY].to(dev),
+        codec.gain.levels.to(dtype=torch.float32, device=dev),
+        torch.tensor([list(r) for r in _count_table(codec.dim, codec.pulses)], dtype=torch.int64, device=dev),
+        torch.tensor([list(r) for r in _cumulative_table(codec.dim, codec.pulses)], dtype=torch.int64, device=dev),
+    )
+
+
+def _combined(rt: PyramidRuntime) -> torch.Tensor:
+    shifts = torch.arange(rt.code_bytes, dtype=torch.int64, device=rt.codes.device) * 8
+    return (rt.codes.to(torch.int64) << shifts).sum(1)
+
+
+def pyramid_points_reference(rt: PyramidRuntime) -> tuple[torch.Tensor, torch.Tensor]:
+    """(integer points ``[n, D]`` int64, gain codes ``[n]``) of every vector: a plain unrank loop
+    over coordinates with the magnitude found by binary search, as the kernels do."""
+    code = _combined(rt)
+    gain = code % rt.num_levels
+    r = code // rt.num_levels
+    n, d, kmax = code.shape[0], rt.dim, rt.pulses
+    counts, cum = rt.counts, rt.cumulative
+    k = torch.full((n,), kmax, dtype=torch.int64, device=code.device)
+    y = torch.zeros(n, d, dtype=torch.int64, device=code.device)
+    steps = max(1, (kmax + 1).bit_length())
+    for j in range(d):
+        nd = d - j
+        is_zero = r < counts[nd - 1, k]
+        need = counts[nd, k] - r
+        lo = torch.ones_like(k)  # condition holds at lo, fails at hi
+        hi = k + 1
+        for _ in range(steps):
+            mid = (lo + hi) // 2
+            valid = mid < hi
+            ok = valid & (2 * cum[nd - 1, (k - mid).clamp(min=0)] >= need)
+            lo = torch.where(ok & valid, mid, lo)
+            hi = torch.where(valid & ~ok, mid, hi)
+        a = torch.where(is_zero, 0, lo)
+        after = (k - a).clamp(min=0)
+        r = r - torch.where(is_zero, 0, counts[nd, k] - 2 * cum[nd - 1, after])
+        block = counts[nd - 1, after]
+        neg = ~is_zero & (r >= block)
+        r = r - torch.where(neg, block, 0)
+        y[:, j] = torch.where(neg, -a, a)
+        k = k - a
+    return y, gain
+
+
+def pyramid_decode_reference(rt: PyramidRuntime) -> torch.Tensor:
+    """``Q'`` float32 ``[out, in]`` (rotated coordinates): ``y * m`` with the per-vector multiplier
+    ``m = level * scale / sqrt(|y|^2)`` computed in float64 and rounded once to float32."""
+    y, gain = pyramid_points_reference(rt)
+    norm = torch.sqrt((y * y).sum(1).to(torch.float64))
+    scale = rt.scales.to(torch.float64).repeat_interleave(rt.group_size)
+    mult = (rt.levels[gain].to(torch.float64) * scale / norm).to(torch.float32)
+    return (y.to(torch.float32) * mult.unsqueeze(1)).reshape(rt.out_features, rt.in_features)
+
+
+def pyramid_matmul_reference(rt: PyramidRuntime, x: torch.Tensor) -> torch.Tensor:
+    """``x @ Q'^T`` for rotated inputs ``x: [B, in]`` -> ``[B, out]`` float32."""
+    return x.float() @ pyramid_decode_reference(rt).T
+
+
+# ---------------------------------------------------------------- E8 (codebook tables)
+
+
+@dataclass
+class TableRuntime:
+    """A codebook layer (E8) laid out for the kernels: per stage codes and an fp16 table ``[2^b, 8]``."""
+
+    out_features: int
+    in_features: int
+    group_size: int
+    codes: list[torch.Tensor]  # per stage: int16 (16-bit) or uint8 (8-bit) [out * in / 8]
+    tables: list[torch.Tensor]  # per stage: fp16 [2^b, 8]
+    gains: list[float]
+    scales: torch.Tensor  # fp16 [out * in / (8 * G)]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in [*self.codes, *self.tables, self.scales])
+
+
+def table_supports(codec) -> bool:
+    return getattr(codec, "name", None) == "e8" and len(codec.books) <= 2
+
+
+def table_runtime(layer, device: torch.device | str | None = None) -> TableRuntime:
+    """The :class:`TableRuntime` of an E8 :class:`~pvq.models.QuantizedLinear` (lossless)."""
+    codec = layer.codec
+    if not table_supports(codec):
+        raise QuantizeError(f"{codec.describe()} is not an E8 layer of at most two stages")
+    stored = layer.stored_tensors()
+    codes = codec.unpack(stored, layer.num_vectors)
+    dev = torch.device(device) if device is not None else layer._buffer_device()
+    out_codes, tables = [], []
+    for k, book in enumerate(codec.books):
+        c = codes[f"stage{k}"]
+        c = (c - 32768).to(torch.int16) if book.bits == 16 else c.to(torch.uint8)  # int16 holds 0..65535 offset
+        out_codes.append(c.contiguous().to(dev))
+        table = book.codewords(torch.float32)
+        if not torch.equal(table.half().float(), table):
+            raise QuantizeError("an E8 codebook entry is not exact in fp16")
+        tables.append(table.half().contiguous().to(dev))
+    return TableRuntime(layer.out_features, layer.in_features, codec.group_size, out_codes, tables,
+                        [float(g) for g in codec.gains], stored[SCALE_KEY].to(dev))
+
+
+def _table_codes(rt: TableRuntime, k: int) -> torch.Tensor:
+    c = rt.codes[k].to(torch.int64)
+    return c + 32768 if rt.codes[k].dtype == torch.int16 else c
+
+
+def table_decode_reference(rt: TableRuntime) -> torch.Tensor:
+    """``Q'`` float32 ``[out, in]``: ``(sum_k g_k table_k[code_k]) * scale`` in float32."""
+    out = None
+    for k, (table, g) in enumerate(zip(rt.tables, rt.gains)):
+        part = g * table.float()[_table_codes(rt, k)]
+        out = part if out is None else out + part
+    scale = rt.scales.to(torch.float32).repeat_interleave(rt.group_size)
+    return (out * scale.unsqueeze(1)).reshape(rt.out_features, rt.in_features)
+
+
+def table_matmul_reference(rt: TableRuntime, x: torch.Tensor) -> torch.Tensor:
+    """``x @ Q'^T`` for rotated inputs ``x: [B, in]`` -> ``[B, out]`` float32."""
+    return x.float() @ table_decode_reference(rt).T

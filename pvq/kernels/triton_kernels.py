@@ -1,0 +1,250 @@
+"""Triton kernels over the runtime layouts of :mod:`pvq.kernels.runtime`.
+
+* :func:`pyramid_decode` - a whole PVQ layer to ``Q'`` (float32/fp16): for
+  prefill and large batches.
+* :func:`pyramid_matmul` - ``x @ Q'^T`` for ``x: [B, in]``, B up to 16, decoding
+  the codes in registers (``Q'`` is never written to memory): per tile of
+  ``BLOCK_O`` rows and ``NV`` vectors, the unrank walks the D coordinates
+  (binary search of each magnitude in the count tables), accumulating ``y . x``
+  and ``|y|^2`` per vector; the vector's multiplier ``level * scale / |y|``
+  is applied once at the end.
+* :func:`table_decode` / :func:`table_matmul` - the same for E8 layers (one or
+  two stages of table lookups), so PVQ's decode is compared with a codebook
+  decode in the same run.
+
+Each has a plain PyTorch reference in :mod:`pvq.kernels.runtime` computing the
+same float32 operations; ``tests/kernels`` compares them on CPU under
+``TRITON_INTERPRET=1``. Importing this module needs Triton.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .runtime import PyramidRuntime, TableRuntime
+
+__all__ = ["pyramid_decode", "pyramid_matmul", "table_decode", "table_matmul"]
+
+
+# ---------------------------------------------------------------- PVQ
+
+
+@triton.jit
+def _pvq_codes(codes_ptr, vec, mask, CODE_BYTES: tl.constexpr):
+    """Combined int64 codes of the vectors ``vec`` (little-endian bytes)."""
+    code = tl.zeros(vec.shape, dtype=tl.int64)
+    for b in tl.static_range(CODE_BYTES):
+        byte = tl.load(codes_ptr + vec * CODE_BYTES + b, mask=mask, other=0).to(tl.int64)
+        code = code | (byte << (8 * b))
+    return code
+
+
+@triton.jit
+def _pvq_coordinate(r, k, counts_ptr, cum_ptr, nd, K1: tl.constexpr, STEPS: tl.constexpr):
+    """One unrank step at a position with ``nd`` coordinates left: (value, new r, new k)."""
+    n_prev = tl.load(counts_ptr + (nd - 1) * K1 + k)
+    is_zero = r < n_prev
+    need = tl.load(counts_ptr + nd * K1 + k) - r
+    lo = tl.full(r.shape, 1, tl.int64)
+    hi = k + 1
+    for _ in tl.static_range(STEPS):
+        mid = (lo + hi) // 2
+        valid = mid < hi
+        rest = tl.maximum(k - mid, 0)
+        ok = valid & (2 * tl.load(cum_ptr + (nd - 1) * K1 + rest) >= need)
+        lo = tl.where(ok, mid, lo)
+        hi = tl.where(valid & (~ok), mid, hi)
+    a = tl.where(is_zero, 0, lo)
+    after = tl.maximum(k - a, 0)
+    offset = tl.load(counts_ptr + nd * K1 + k) - 2 * tl.load(cum_ptr + (nd - 1) * K1 + after)
+    r = r - tl.where(is_zero, 0, offset)
+    block = tl.load(counts_ptr + (nd - 1) * K1 + after)
+    neg = (~is_zero) & (r >= block)
+    r = r - tl.where(neg, block, 0)
+    return tl.where(neg, -a, a), r, k - a
+
+
+@triton.jit
+def _pvq_decode_kernel(codes_ptr, scales_ptr, levels_ptr, counts_ptr, cum_ptr, out_ptr, n_vectors,
+                       D: tl.constexpr, K: tl.constexpr, G: tl.constexpr, L: tl.constexpr,
+                       CODE_BYTES: tl.constexpr, STEPS: tl.constexpr, BLOCK: tl.constexpr):
+    vec = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = vec < n_vectors
+    code = _pvq_codes(codes_ptr, vec, mask, CODE_BYTES)
+    gain = code % L
+    r = code // L
+    k = tl.full([BLOCK], K, tl.int64)
+    norm2 = tl.zeros([BLOCK], dtype=tl.float32)
+    for j in tl.static_range(D):
+        y, r, k = _pvq_coordinate(r, k, counts_ptr, cum_ptr, D - j, K + 1, STEPS)
+        yf = y.to(tl.float32)
+        norm2 += yf * yf
+        tl.store(out_ptr + vec * D + j, yf, mask=mask)  # the integer point, scaled below
+    # the multiplier in float64 (correctly rounded everywhere), then rounded once to float32
+    scale = tl.load(scales_ptr + vec // G, mask=mask, other=0.0).to(tl.float64)
+    level = tl.load(levels_ptr + gain, mask=mask, other=0.0).to(tl.float64)
+    mult = (level * scale / tl.sqrt(norm2.to(tl.float64))).to(tl.float32)
+    for j in tl.static_range(D):
+        yf = tl.load(out_ptr + vec * D + j, mask=mask, other=0.0)
+        tl.store(out_ptr + vec * D + j, yf * mult, mask=mask)
+
+
+def _steps(pulses: int) -> int:
+    return max(1, (pulses + 1).bit_length())
+
+
+def pyramid_decode(rt: PyramidRuntime, block: int = 128) -> torch.Tensor:
+    """``Q'`` float32 ``[out, in]`` of a :class:`PyramidRuntime` (bit-identical to the reference)."""
+    n = rt.codes.shape[0]
+    out = torch.empty(n * rt.dim, dtype=torch.float32, device=rt.codes.device)
+    _pvq_decode_kernel[(triton.cdiv(n, block),)](
+        rt.codes, rt.scales, rt.levels, rt.counts, rt.cumulative, out, n,
+        D=rt.dim, K=rt.pulses, G=rt.group_size, L=rt.num_levels, CODE_BYTES=rt.code_bytes,
+        STEPS=_steps(rt.pulses), BLOCK=block,
+    )
+    return out.view(rt.out_features, rt.in_features)
+
+
+@triton.jit
+def _pvq_matmul_kernel(codes_ptr, scales_ptr, levels_ptr, counts_ptr, cum_ptr, x_ptr, y_ptr,
+                       out_features, in_features, batch, VPR: tl.constexpr,
+                       D: tl.constexpr, K: tl.constexpr, G: tl.constexpr, L: tl.constexpr,
+                       CODE_BYTES: tl.constexpr, STEPS: tl.constexpr,
+                       BLOCK_O: tl.constexpr, NV: tl.constexpr, BP: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)
+    row_ok = rows < out_features
+    bs = tl.arange(0, BP)
+    b_ok = bs < batch
+    acc = tl.zeros([BLOCK_O, BP], dtype=tl.float32)  # VPR: vectors per row
+    for v0 in range(0, VPR, NV):
+        vs = v0 + tl.arange(0, NV)
+        v_ok = vs < VPR
+        m = row_ok[:, None] & v_ok[None, :]
+        vec = rows[:, None] * VPR + vs[None, :]  # [BLOCK_O, NV]
+        code = _pvq_codes(codes_ptr, vec, m, CODE_BYTES)
+        gain = code % L
+        r = code // L
+        k = tl.full([BLOCK_O, NV], K, tl.int64)
+        norm2 = tl.zeros([BLOCK_O, NV], dtype=tl.float32)
+        dot = tl.zeros([BLOCK_O, NV, BP], dtype=tl.float32)
+        for j in tl.static_range(D):
+            y, r, k = _pvq_coordinate(r, k, counts_ptr, cum_ptr, D - j, K + 1, STEPS)
+            yf = y.to(tl.float32)
+            norm2 += yf * yf
+            xj = tl.load(x_ptr + bs[None, :] * in_features + (vs[:, None] * D + j),
+                         mask=v_ok[:, None] & b_ok[None, :], other=0.0).to(tl.float32)  # [NV, BP]
+            dot += yf[:, :, None] * xj[None, :, :]
+        scale = tl.load(scales_ptr + vec // G, mask=m, other=0.0).to(tl.float32)
+        level = tl.load(levels_ptr + gain, mask=m, other=0.0)
+        mult = tl.where(m, level * scale / tl.sqrt(tl.maximum(norm2, 1.0)), 0.0)
+        acc += tl.sum(dot * mult[:, :, None], axis=1)
+    tl.store(y_ptr + bs[None, :] * out_features + rows[:, None], acc, mask=row_ok[:, None] & b_ok[None, :])
+
+
+def _bp(batch: int) -> int:
+    return max(1, triton.next_power_of_2(batch))
+
+
+def pyramid_matmul(rt: PyramidRuntime, x: torch.Tensor, block_o: int = 16, nv: int = 8) -> torch.Tensor:
+    """``x @ Q'^T`` float32 ``[B, out]`` for ``x: [B, in]``, B <= 16, decoding in registers."""
+    if x.dim() != 2 or x.shape[1] != rt.in_features or x.shape[0] > 16:
+        raise ValueError(f"pyramid_matmul takes x [B <= 16, {rt.in_features}], got {tuple(x.shape)}")
+    x = x.contiguous()
+    batch = x.shape[0]
+    y = torch.empty(batch, rt.out_features, dtype=torch.float32, device=x.device)
+    _pvq_matmul_kernel[(triton.cdiv(rt.out_features, block_o),)](
+        rt.codes, rt.scales, rt.levels, rt.counts, rt.cumulative, x, y, rt.out_features, rt.in_features, batch,
+        VPR=rt.in_features // rt.dim,
+        D=rt.dim, K=rt.pulses, G=rt.group_size, L=rt.num_levels, CODE_BYTES=rt.code_bytes,
+        STEPS=_steps(rt.pulses), BLOCK_O=block_o, NV=nv, BP=_bp(batch),
+    )
+    return y
+
+
+# ---------------------------------------------------------------- E8 tables
+
+
+@triton.jit
+def _table_value(codes_ptr, table_ptr, vec, m, j, OFFSET: tl.constexpr):
+    code = tl.load(codes_ptr + vec, mask=m, other=0).to(tl.int32) + OFFSET
+    return tl.load(table_ptr + code * 8 + j, mask=m, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _table_decode_kernel(c0_ptr, t0_ptr, c1_ptr, t1_ptr, g1, scales_ptr, out_ptr, n_vectors,
+                         G: tl.constexpr, STAGES: tl.constexpr, OFF0: tl.constexpr, OFF1: tl.constexpr,
+                         BLOCK: tl.constexpr):
+    vec = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = vec < n_vectors
+    scale = tl.load(scales_ptr + vec // G, mask=m, other=0.0).to(tl.float32)
+    for j in tl.static_range(8):
+        w = 1.0 * _table_value(c0_ptr, t0_ptr, vec, m, j, OFF0)
+        if STAGES == 2:
+            w = w + g1 * _table_value(c1_ptr, t1_ptr, vec, m, j, OFF1)
+        tl.store(out_ptr + vec * 8 + j, w * scale, mask=m)
+
+
+def _table_args(rt: TableRuntime):
+    c1 = rt.codes[1] if len(rt.codes) > 1 else rt.codes[0]
+    t1 = rt.tables[1] if len(rt.tables) > 1 else rt.tables[0]
+    g1 = rt.gains[1] if len(rt.gains) > 1 else 0.0
+    offs = [32768 if c.dtype == torch.int16 else 0 for c in (rt.codes[0], c1)]
+    return rt.codes[0], rt.tables[0], c1, t1, g1, offs
+
+
+def table_decode(rt: TableRuntime, block: int = 256) -> torch.Tensor:
+    """``Q'`` float32 ``[out, in]`` of a :class:`TableRuntime` (bit-identical to the reference)."""
+    n = rt.codes[0].shape[0]
+    out = torch.empty(n * 8, dtype=torch.float32, device=rt.scales.device)
+    c0, t0, c1, t1, g1, offs = _table_args(rt)
+    _table_decode_kernel[(triton.cdiv(n, block),)](
+        c0, t0, c1, t1, g1, rt.scales, out, n, G=rt.group_size, STAGES=len(rt.codes),
+        OFF0=offs[0], OFF1=offs[1], BLOCK=block,
+    )
+    return out.view(rt.out_features, rt.in_features)
+
+
+@triton.jit
+def _table_matmul_kernel(c0_ptr, t0_ptr, c1_ptr, t1_ptr, g1, scales_ptr, x_ptr, y_ptr,
+                         out_features, in_features, batch, VPR: tl.constexpr,
+                         G: tl.constexpr, STAGES: tl.constexpr, OFF0: tl.constexpr, OFF1: tl.constexpr,
+                         BLOCK_O: tl.constexpr, NV: tl.constexpr, BP: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)
+    row_ok = rows < out_features
+    bs = tl.arange(0, BP)
+    b_ok = bs < batch
+    acc = tl.zeros([BLOCK_O, BP], dtype=tl.float32)  # VPR: vectors per row
+    for v0 in range(0, VPR, NV):
+        vs = v0 + tl.arange(0, NV)
+        v_ok = vs < VPR
+        m = row_ok[:, None] & v_ok[None, :]
+        vec = rows[:, None] * VPR + vs[None, :]
+        dot = tl.zeros([BLOCK_O, NV, BP], dtype=tl.float32)
+        for j in tl.static_range(8):
+            w = 1.0 * _table_value(c0_ptr, t0_ptr, vec, m, j, OFF0)
+            if STAGES == 2:
+                w = w + g1 * _table_value(c1_ptr, t1_ptr, vec, m, j, OFF1)
+            xj = tl.load(x_ptr + bs[None, :] * in_features + (vs[:, None] * 8 + j),
+                         mask=v_ok[:, None] & b_ok[None, :], other=0.0).to(tl.float32)
+            dot += w[:, :, None] * xj[None, :, :]
+        scale = tl.load(scales_ptr + vec // G, mask=m, other=0.0).to(tl.float32)
+        acc += tl.sum(dot * scale[:, :, None], axis=1)
+    tl.store(y_ptr + bs[None, :] * out_features + rows[:, None], acc, mask=row_ok[:, None] & b_ok[None, :])
+
+
+def table_matmul(rt: TableRuntime, x: torch.Tensor, block_o: int = 16, nv: int = 16) -> torch.Tensor:
+    """``x @ Q'^T`` float32 ``[B, out]`` for ``x: [B, in]``, B <= 16, with table lookups in registers."""
+    if x.dim() != 2 or x.shape[1] != rt.in_features or x.shape[0] > 16:
+        raise ValueError(f"table_matmul takes x [B <= 16, {rt.in_features}], got {tuple(x.shape)}")
+    x = x.contiguous()
+    batch = x.shape[0]
+    y = torch.empty(batch, rt.out_features, dtype=torch.float32, device=x.device)
+    c0, t0, c1, t1, g1, offs = _table_args(rt)
+    _table_matmul_kernel[(triton.cdiv(rt.out_features, block_o),)](
+        c0, t0, c1, t1, g1, rt.scales, x, y, rt.out_features, rt.in_features, batch,
+        VPR=rt.in_features // 8,
+        G=rt.group_size, STAGES=len(rt.codes), OFF0=offs[0], OFF1=offs[1], BLOCK_O=block_o, NV=nv, BP=_bp(batch),
+    )
+    return y
