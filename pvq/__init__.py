@@ -19,6 +19,7 @@ def _install_transformers_hook() -> None:
 
     def register() -> None:
         try:
+            import pvq.kernels  # noqa: F401  (registers the kernel backends)
             import pvq.models.hf_quantizer  # noqa: F401  (registers on import)
         except Exception as e:  # never break the transformers import
             import warnings

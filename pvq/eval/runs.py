@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from .. import kernels  # noqa: F401  (registers the kernel backends: loaded models run through them)
 from ..errors import PvqError
 from ..models import (
     QuantizeConfig,

@@ -5,6 +5,7 @@ Importing this package registers its backends with :mod:`pvq.models.backends`; i
 runs without Triton or a GPU (the backends then report that they support nothing).
 """
 
+from .backend import FUSED_MAX_ROWS, TritonBackend, triton_available
 from .runtime import (
     PyramidRuntime,
     TableRuntime,
@@ -17,6 +18,9 @@ from .runtime import (
 )
 
 __all__ = [
+    "FUSED_MAX_ROWS",
+    "TritonBackend",
+    "triton_available",
     "PyramidRuntime",
     "TableRuntime",
     "pyramid_decode_reference",

@@ -5,14 +5,16 @@ tensors by ``prepare`` (lossless: the same codes, laid out for decoding), kept
 on the device, never the dense weight.
 
 * :class:`PyramidRuntime` - PVQ layers whose combined code ``index * L + gain``
-  fits in 62 bits (``D * bits`` up to about 62: D=8 at any rate, D=16 up to
-  about 3.8 bits per weight). Each vector's code is stored little-endian in
-  ``ceil(code_bits / 8)`` bytes (within a byte of the exact stored width), with
-  the int64 count tables ``N(d, k)``, ``A(d, k) = sum_{i<=k} N(d, i)`` and the
-  gain levels. The decoded weight is ``y * (level[g] * scale / |y|)`` in float32.
-* :class:`TableRuntime` - E8 layers: per stage the codes (int16/uint8, the
-  stored width) and the fp16 codebook table ``[2^bits, 8]``; the decoded
-  weight is ``scale * sum_k g_k table_k[code_k]``.
+  fits in 56 bits (``D * bits`` up to about 56: D=8 up to 7 bits per weight,
+  D=16 up to about 3.4). The kernels read the stored bitstream itself (code
+  ``i`` at bits ``[i w, (i + 1) w)``, one unaligned 8-byte read): no copy, so a
+  loaded layer holds its stored bytes plus the int64 count tables ``N(d, k)``,
+  ``A(d, k) = sum_{i<=k} N(d, i)`` and the gain levels (a few KB). The decoded
+  weight is ``y * m`` with ``m = level[g] * scale / |y|`` (float64, rounded once).
+* :class:`TableRuntime` - E8 layers: per stage the stored codes (16-bit codes
+  viewed as int16, 8-bit as uint8: again no copy) and the fp16 codebook table
+  ``[2^bits, 8]`` (shared by all layers on a device); the decoded weight is
+  ``scale * sum_k g_k table_k[code_k]``.
 
 The ``*_reference`` functions compute exactly what the Triton kernels compute
 (same float32 operations in the same order), so decodes compare bit for bit.
@@ -20,8 +22,8 @@ The ``*_reference`` functions compute exactly what the Triton kernels compute
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -42,8 +44,8 @@ __all__ = [
     "table_runtime",
 ]
 
-PYRAMID_MAX_CODE_BITS = 62
-"""Largest combined PVQ code (index and gain) the int64 kernels decode."""
+PYRAMID_MAX_CODE_BITS = 56
+"""Largest combined PVQ code (index and gain) the int64 kernels decode (one unaligned 8-byte read)."""
 
 
 # ---------------------------------------------------------------- PVQ
@@ -59,16 +61,16 @@ class PyramidRuntime:
     pulses: int
     group_size: int
     num_levels: int
-    code_bytes: int
-    codes: torch.Tensor  # uint8 [out * in / D, code_bytes], little-endian combined codes
+    code_bits: int
+    codes: torch.Tensor  # uint8 bitstream: combined code i at bits [i * code_bits, (i + 1) * code_bits)
     scales: torch.Tensor  # fp16 [out * in / (D * G)]
     levels: torch.Tensor  # float32 [L] gain levels
     counts: torch.Tensor  # int64 [D + 1, K + 1]  N(d, k)
     cumulative: torch.Tensor  # int64 [D + 1, K + 1]  A(d, k)
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in
-                   (self.codes, self.scales, self.levels, self.counts, self.cumulative))
+        """Bytes this layer adds beyond its stored tensors (codes and scales are read in place)."""
+        return sum(t.numel() * t.element_size() for t in (self.levels, self.counts, self.cumulative))
 
 
 def pyramid_supports(codec) -> bool:
@@ -82,20 +84,13 @@ def pyramid_runtime(layer, device: torch.device | str | None = None) -> PyramidR
     if not pyramid_supports(codec):
         raise QuantizeError(
             f"{codec.describe()} needs {getattr(codec, 'code_bits', '?')}-bit codes; the PVQ kernels decode up to "
-            f"{PYRAMID_MAX_CODE_BITS} bits (D * bits per weight <= about 62, e.g. --dim 16 up to 3.8 bits)"
+            f"{PYRAMID_MAX_CODE_BITS} bits (D * bits per weight <= about 56, e.g. --dim 16 up to 3.4 bits, --dim 8 up to 7)"
         )
     stored = layer.stored_tensors()
-    limbs = codec.unpack(stored, layer.num_vectors)
-    # combined = index * L + gain, < 2^62: two 32-bit limbs at most
-    combined = limbs["index"][:, 0] + (limbs["index"][:, 1] << 32 if limbs["index"].shape[1] > 1 else 0)
-    combined = combined * codec.gain.num_levels + limbs["gain"]
-    nbytes = max(1, math.ceil(codec.code_bits / 8))
-    shifts = torch.arange(nbytes, dtype=torch.int64) * 8
-    codes = ((combined.unsqueeze(1) >> shifts) & 0xFF).to(torch.uint8)
     dev = torch.device(device) if device is not None else layer._buffer_device()
     return PyramidRuntime(
         layer.out_features, layer.in_features, codec.dim, codec.pulses, codec.group_size, codec.gain.num_levels,
-        nbytes, codes.contiguous().to(dev), stored[SCALE_KEY].to(dev),
+        codec.code_bits, stored["codes"].to(dev), stored[SCALE_KEY].to(dev),
         codec.gain.levels.to(dtype=torch.float32, device=dev),
         torch.tensor([list(r) for r in _count_table(codec.dim, codec.pulses)], dtype=torch.int64, device=dev),
         torch.tensor([list(r) for r in _cumulative_table(codec.dim, codec.pulses)], dtype=torch.int64, device=dev),
@@ -103,8 +98,16 @@ def pyramid_runtime(layer, device: torch.device | str | None = None) -> PyramidR
 
 
 def _combined(rt: PyramidRuntime) -> torch.Tensor:
-    shifts = torch.arange(rt.code_bytes, dtype=torch.int64, device=rt.codes.device) * 8
-    return (rt.codes.to(torch.int64) << shifts).sum(1)
+    """Every vector's combined code from the bitstream, as the kernels read it (8 bytes from the
+    byte holding its first bit, shifted and masked)."""
+    n = rt.out_features * rt.in_features // rt.dim
+    bit = torch.arange(n, dtype=torch.int64, device=rt.codes.device) * rt.code_bits
+    first = bit >> 3
+    idx = first.unsqueeze(1) + torch.arange(8, device=rt.codes.device)
+    data = rt.codes.to(torch.int64)
+    bytes_ = torch.where(idx < data.numel(), data[idx.clamp(max=data.numel() - 1)], 0)
+    word = (bytes_ << (torch.arange(8, device=rt.codes.device) * 8)).sum(1)  # wraps like int64 in the kernel
+    return (word >> (bit & 7)) & ((1 << rt.code_bits) - 1)
 
 
 def pyramid_points_reference(rt: PyramidRuntime) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,13 +169,14 @@ class TableRuntime:
     out_features: int
     in_features: int
     group_size: int
-    codes: list[torch.Tensor]  # per stage: int16 (16-bit) or uint8 (8-bit) [out * in / 8]
+    codes: list[torch.Tensor]  # per stage: the stored codes viewed as int16 (16-bit) or uint8 (8-bit) [out * in / 8]
     tables: list[torch.Tensor]  # per stage: fp16 [2^b, 8]
     gains: list[float]
     scales: torch.Tensor  # fp16 [out * in / (8 * G)]
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in [*self.codes, *self.tables, self.scales])
+        """Bytes this layer adds beyond its stored tensors (the shared tables are not its own): 0."""
+        return 0
 
 
 def table_supports(codec) -> bool:
@@ -185,24 +189,32 @@ def table_runtime(layer, device: torch.device | str | None = None) -> TableRunti
     if not table_supports(codec):
         raise QuantizeError(f"{codec.describe()} is not an E8 layer of at most two stages")
     stored = layer.stored_tensors()
-    codes = codec.unpack(stored, layer.num_vectors)
     dev = torch.device(device) if device is not None else layer._buffer_device()
     out_codes, tables = [], []
     for k, book in enumerate(codec.books):
-        c = codes[f"stage{k}"]
-        c = (c - 32768).to(torch.int16) if book.bits == 16 else c.to(torch.uint8)  # int16 holds 0..65535 offset
-        out_codes.append(c.contiguous().to(dev))
-        table = book.codewords(torch.float32)
-        if not torch.equal(table.half().float(), table):
-            raise QuantizeError("an E8 codebook entry is not exact in fp16")
-        tables.append(table.half().contiguous().to(dev))
+        c = stored[f"stage{k}"].to(dev)  # packed little-endian at 8 or 16 bits: the codes themselves
+        if book.bits not in (8, 16) or c.numel() * 8 != layer.num_vectors * book.bits:
+            raise QuantizeError(f"E8 stage {k} codes of {book.bits} bits cannot be read in place")
+        out_codes.append(c.view(torch.int16) if book.bits == 16 else c)
+        tables.append(_shared_table(type(book).__name__, str(dev)))
     return TableRuntime(layer.out_features, layer.in_features, codec.group_size, out_codes, tables,
                         [float(g) for g in codec.gains], stored[SCALE_KEY].to(dev))
 
 
+@lru_cache(maxsize=None)
+def _shared_table(book: str, device: str) -> torch.Tensor:
+    """The fp16 table of a codebook on a device, built once (immutable, shared by every layer)."""
+    from pvq.codecs.lattice import e8_codebook8, e8_codebook16
+
+    table = {"E8Codebook16": e8_codebook16, "E8Codebook8": e8_codebook8}[book]().codewords(torch.float32)
+    if not torch.equal(table.half().float(), table):
+        raise QuantizeError(f"an entry of {book} is not exact in fp16")
+    return table.half().contiguous().to(device)
+
+
 def _table_codes(rt: TableRuntime, k: int) -> torch.Tensor:
     c = rt.codes[k].to(torch.int64)
-    return c + 32768 if rt.codes[k].dtype == torch.int16 else c
+    return c & 0xFFFF if rt.codes[k].dtype == torch.int16 else c
 
 
 def table_decode_reference(rt: TableRuntime) -> torch.Tensor:

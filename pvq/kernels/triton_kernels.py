@@ -32,13 +32,17 @@ __all__ = ["pyramid_decode", "pyramid_matmul", "table_decode", "table_matmul"]
 
 
 @triton.jit
-def _pvq_codes(codes_ptr, vec, mask, CODE_BYTES: tl.constexpr):
-    """Combined int64 codes of the vectors ``vec`` (little-endian bytes)."""
-    code = tl.zeros(vec.shape, dtype=tl.int64)
-    for b in tl.static_range(CODE_BYTES):
-        byte = tl.load(codes_ptr + vec * CODE_BYTES + b, mask=mask, other=0).to(tl.int64)
-        code = code | (byte << (8 * b))
-    return code
+def _pvq_codes(codes_ptr, n_bytes, vec, mask, CODE_BITS: tl.constexpr):
+    """Combined int64 codes of the vectors ``vec`` from the stored bitstream (8 bytes from the byte
+    holding the code's first bit, shifted and masked; CODE_BITS <= 56)."""
+    bit = vec.to(tl.int64) * CODE_BITS
+    first = bit >> 3
+    word = tl.zeros(vec.shape, dtype=tl.int64)
+    for b in tl.static_range(8):
+        ok = mask & (first + b < n_bytes)
+        byte = tl.load(codes_ptr + first + b, mask=ok, other=0).to(tl.int64)
+        word = word | (byte << (8 * b))
+    return (word >> (bit & 7)) & ((1 << CODE_BITS) - 1)
 
 
 @triton.jit
@@ -67,12 +71,12 @@ def _pvq_coordinate(r, k, counts_ptr, cum_ptr, nd, K1: tl.constexpr, STEPS: tl.c
 
 
 @triton.jit
-def _pvq_decode_kernel(codes_ptr, scales_ptr, levels_ptr, counts_ptr, cum_ptr, out_ptr, n_vectors,
+def _pvq_decode_kernel(codes_ptr, n_bytes, scales_ptr, levels_ptr, counts_ptr, cum_ptr, out_ptr, n_vectors,
                        D: tl.constexpr, K: tl.constexpr, G: tl.constexpr, L: tl.constexpr,
-                       CODE_BYTES: tl.constexpr, STEPS: tl.constexpr, BLOCK: tl.constexpr):
+                       CODE_BITS: tl.constexpr, STEPS: tl.constexpr, BLOCK: tl.constexpr):
     vec = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = vec < n_vectors
-    code = _pvq_codes(codes_ptr, vec, mask, CODE_BYTES)
+    code = _pvq_codes(codes_ptr, n_bytes, vec, mask, CODE_BITS)
     gain = code % L
     r = code // L
     k = tl.full([BLOCK], K, tl.int64)
@@ -97,21 +101,21 @@ def _steps(pulses: int) -> int:
 
 def pyramid_decode(rt: PyramidRuntime, block: int = 128) -> torch.Tensor:
     """``Q'`` float32 ``[out, in]`` of a :class:`PyramidRuntime` (bit-identical to the reference)."""
-    n = rt.codes.shape[0]
+    n = rt.out_features * rt.in_features // rt.dim
     out = torch.empty(n * rt.dim, dtype=torch.float32, device=rt.codes.device)
     _pvq_decode_kernel[(triton.cdiv(n, block),)](
-        rt.codes, rt.scales, rt.levels, rt.counts, rt.cumulative, out, n,
-        D=rt.dim, K=rt.pulses, G=rt.group_size, L=rt.num_levels, CODE_BYTES=rt.code_bytes,
+        rt.codes, rt.codes.numel(), rt.scales, rt.levels, rt.counts, rt.cumulative, out, n,
+        D=rt.dim, K=rt.pulses, G=rt.group_size, L=rt.num_levels, CODE_BITS=rt.code_bits,
         STEPS=_steps(rt.pulses), BLOCK=block,
     )
     return out.view(rt.out_features, rt.in_features)
 
 
 @triton.jit
-def _pvq_matmul_kernel(codes_ptr, scales_ptr, levels_ptr, counts_ptr, cum_ptr, x_ptr, y_ptr,
+def _pvq_matmul_kernel(codes_ptr, n_bytes, scales_ptr, levels_ptr, counts_ptr, cum_ptr, x_ptr, y_ptr,
                        out_features, in_features, batch, VPR: tl.constexpr,
                        D: tl.constexpr, K: tl.constexpr, G: tl.constexpr, L: tl.constexpr,
-                       CODE_BYTES: tl.constexpr, STEPS: tl.constexpr,
+                       CODE_BITS: tl.constexpr, STEPS: tl.constexpr,
                        BLOCK_O: tl.constexpr, NV: tl.constexpr, BP: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)
     row_ok = rows < out_features
@@ -123,7 +127,7 @@ def _pvq_matmul_kernel(codes_ptr, scales_ptr, levels_ptr, counts_ptr, cum_ptr, x
         v_ok = vs < VPR
         m = row_ok[:, None] & v_ok[None, :]
         vec = rows[:, None] * VPR + vs[None, :]  # [BLOCK_O, NV]
-        code = _pvq_codes(codes_ptr, vec, m, CODE_BYTES)
+        code = _pvq_codes(codes_ptr, n_bytes, vec, m, CODE_BITS)
         gain = code % L
         r = code // L
         k = tl.full([BLOCK_O, NV], K, tl.int64)
@@ -155,9 +159,9 @@ def pyramid_matmul(rt: PyramidRuntime, x: torch.Tensor, block_o: int = 16, nv: i
     batch = x.shape[0]
     y = torch.empty(batch, rt.out_features, dtype=torch.float32, device=x.device)
     _pvq_matmul_kernel[(triton.cdiv(rt.out_features, block_o),)](
-        rt.codes, rt.scales, rt.levels, rt.counts, rt.cumulative, x, y, rt.out_features, rt.in_features, batch,
-        VPR=rt.in_features // rt.dim,
-        D=rt.dim, K=rt.pulses, G=rt.group_size, L=rt.num_levels, CODE_BYTES=rt.code_bytes,
+        rt.codes, rt.codes.numel(), rt.scales, rt.levels, rt.counts, rt.cumulative, x, y, rt.out_features,
+        rt.in_features, batch, VPR=rt.in_features // rt.dim,
+        D=rt.dim, K=rt.pulses, G=rt.group_size, L=rt.num_levels, CODE_BITS=rt.code_bits,
         STEPS=_steps(rt.pulses), BLOCK_O=block_o, NV=nv, BP=_bp(batch),
     )
     return y
@@ -167,22 +171,22 @@ def pyramid_matmul(rt: PyramidRuntime, x: torch.Tensor, block_o: int = 16, nv: i
 
 
 @triton.jit
-def _table_value(codes_ptr, table_ptr, vec, m, j, OFFSET: tl.constexpr):
-    code = tl.load(codes_ptr + vec, mask=m, other=0).to(tl.int32) + OFFSET
+def _table_value(codes_ptr, table_ptr, vec, m, j, MASK: tl.constexpr):
+    code = tl.load(codes_ptr + vec, mask=m, other=0).to(tl.int32) & MASK
     return tl.load(table_ptr + code * 8 + j, mask=m, other=0.0).to(tl.float32)
 
 
 @triton.jit
 def _table_decode_kernel(c0_ptr, t0_ptr, c1_ptr, t1_ptr, g1, scales_ptr, out_ptr, n_vectors,
-                         G: tl.constexpr, STAGES: tl.constexpr, OFF0: tl.constexpr, OFF1: tl.constexpr,
+                         G: tl.constexpr, STAGES: tl.constexpr, MASK0: tl.constexpr, MASK1: tl.constexpr,
                          BLOCK: tl.constexpr):
     vec = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = vec < n_vectors
     scale = tl.load(scales_ptr + vec // G, mask=m, other=0.0).to(tl.float32)
     for j in tl.static_range(8):
-        w = 1.0 * _table_value(c0_ptr, t0_ptr, vec, m, j, OFF0)
+        w = 1.0 * _table_value(c0_ptr, t0_ptr, vec, m, j, MASK0)
         if STAGES == 2:
-            w = w + g1 * _table_value(c1_ptr, t1_ptr, vec, m, j, OFF1)
+            w = w + g1 * _table_value(c1_ptr, t1_ptr, vec, m, j, MASK1)
         tl.store(out_ptr + vec * 8 + j, w * scale, mask=m)
 
 
@@ -190,7 +194,7 @@ def _table_args(rt: TableRuntime):
     c1 = rt.codes[1] if len(rt.codes) > 1 else rt.codes[0]
     t1 = rt.tables[1] if len(rt.tables) > 1 else rt.tables[0]
     g1 = rt.gains[1] if len(rt.gains) > 1 else 0.0
-    offs = [32768 if c.dtype == torch.int16 else 0 for c in (rt.codes[0], c1)]
+    offs = [0xFFFF if c.dtype == torch.int16 else 0xFF for c in (rt.codes[0], c1)]  # code masks
     return rt.codes[0], rt.tables[0], c1, t1, g1, offs
 
 
@@ -201,7 +205,7 @@ def table_decode(rt: TableRuntime, block: int = 256) -> torch.Tensor:
     c0, t0, c1, t1, g1, offs = _table_args(rt)
     _table_decode_kernel[(triton.cdiv(n, block),)](
         c0, t0, c1, t1, g1, rt.scales, out, n, G=rt.group_size, STAGES=len(rt.codes),
-        OFF0=offs[0], OFF1=offs[1], BLOCK=block,
+        MASK0=offs[0], MASK1=offs[1], BLOCK=block,
     )
     return out.view(rt.out_features, rt.in_features)
 
@@ -209,7 +213,7 @@ def table_decode(rt: TableRuntime, block: int = 256) -> torch.Tensor:
 @triton.jit
 def _table_matmul_kernel(c0_ptr, t0_ptr, c1_ptr, t1_ptr, g1, scales_ptr, x_ptr, y_ptr,
                          out_features, in_features, batch, VPR: tl.constexpr,
-                         G: tl.constexpr, STAGES: tl.constexpr, OFF0: tl.constexpr, OFF1: tl.constexpr,
+                         G: tl.constexpr, STAGES: tl.constexpr, MASK0: tl.constexpr, MASK1: tl.constexpr,
                          BLOCK_O: tl.constexpr, NV: tl.constexpr, BP: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)
     row_ok = rows < out_features
@@ -223,9 +227,9 @@ def _table_matmul_kernel(c0_ptr, t0_ptr, c1_ptr, t1_ptr, g1, scales_ptr, x_ptr, 
         vec = rows[:, None] * VPR + vs[None, :]
         dot = tl.zeros([BLOCK_O, NV, BP], dtype=tl.float32)
         for j in tl.static_range(8):
-            w = 1.0 * _table_value(c0_ptr, t0_ptr, vec, m, j, OFF0)
+            w = 1.0 * _table_value(c0_ptr, t0_ptr, vec, m, j, MASK0)
             if STAGES == 2:
-                w = w + g1 * _table_value(c1_ptr, t1_ptr, vec, m, j, OFF1)
+                w = w + g1 * _table_value(c1_ptr, t1_ptr, vec, m, j, MASK1)
             xj = tl.load(x_ptr + bs[None, :] * in_features + (vs[:, None] * 8 + j),
                          mask=v_ok[:, None] & b_ok[None, :], other=0.0).to(tl.float32)
             dot += w[:, :, None] * xj[None, :, :]
@@ -245,6 +249,6 @@ def table_matmul(rt: TableRuntime, x: torch.Tensor, block_o: int = 16, nv: int =
     _table_matmul_kernel[(triton.cdiv(rt.out_features, block_o),)](
         c0, t0, c1, t1, g1, rt.scales, x, y, rt.out_features, rt.in_features, batch,
         VPR=rt.in_features // 8,
-        G=rt.group_size, STAGES=len(rt.codes), OFF0=offs[0], OFF1=offs[1], BLOCK_O=block_o, NV=nv, BP=_bp(batch),
+        G=rt.group_size, STAGES=len(rt.codes), MASK0=offs[0], MASK1=offs[1], BLOCK_O=block_o, NV=nv, BP=_bp(batch),
     )
     return y

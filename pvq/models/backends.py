@@ -60,6 +60,11 @@ class Backend(abc.ABC):
         """Whether ``runtime`` was prepared for this device and input dtype."""
         return all(t.device == device for t in runtime.values())
 
+    def automatic_on(self, device: torch.device) -> bool:
+        """Whether automatic selection may pick this backend on ``device`` (a backend that runs
+        somewhere only for testing, e.g. Triton's CPU interpreter, says no there)."""
+        return True
+
 
 BACKENDS: dict[str, Backend] = {}
 
@@ -86,7 +91,7 @@ def select_backend(layer: QuantizedLinear, device: torch.device, prefer: str | N
                 f"backends that can: {', '.join(b.name for b in _supporting(layer, device)) or 'none'}"
             )
         return backend
-    found = _supporting(layer, device)
+    found = [b for b in _supporting(layer, device) if b.automatic_on(device)]
     if not found:
         raise QuantizeError(f"no backend runs {layer.codec.describe()} (layout {layer.layout!r}) on {device}")
     return found[0]

@@ -35,7 +35,7 @@ def layer(codec, out_f, in_f, seed):
 
 
 # D and K at the edges: D=8 and D=16; 1 bit (K small) to 62-bit codes (K large); odd sizes
-PVQ_CASES = [(8, 1.5, 3, 37, 24), (8, 4.0, 5, 5, 120), (16, 3.0, 3, 19, 48), (16, 3.9, 5, 7, 80)]  # the last: 59-bit codes, K=40
+PVQ_CASES = [(8, 1.5, 3, 37, 24), (8, 4.0, 5, 5, 120), (16, 3.0, 3, 19, 48), (16, 3.6, 5, 7, 80)]  # the last: 54-bit codes, K=31
 
 
 @pytest.mark.parametrize("dim, bits, group, out_f, in_f", PVQ_CASES)
@@ -77,3 +77,19 @@ def test_e8_decode_is_bit_exact_and_matmul_matches(bits):
         x = torch.randn(batch, 96, generator=torch.Generator().manual_seed(batch)).to(DEVICE)
         torch.testing.assert_close(triton_kernels.table_matmul(rt, x, block_o=8, nv=4),
                                    table_matmul_reference(rt, x), rtol=1e-5, atol=1e-5)
+
+
+def test_codes_wider_than_the_kernels_read_are_refused():
+    from pvq.errors import QuantizeError
+
+    q = layer(make_codec("pvq", 3.9, 16, group_size=5), 3, 80, seed=0)  # 59-bit codes
+    with pytest.raises(QuantizeError, match="59-bit codes; the PVQ kernels decode up to 56 bits"):
+        pyramid_runtime(q, DEVICE)
+
+
+def test_runtimes_read_the_stored_codes_in_place():
+    q = layer(make_codec("pvq", 3.0, 16, group_size=3), 5, 48, seed=1)
+    assert pyramid_runtime(q).codes.data_ptr() == q.packed_codes.data_ptr()
+    e8 = layer(make_codec("e8", 4, 8, group_size=12), 5, 96, seed=1)
+    rt = table_runtime(e8)
+    assert rt.codes[0].data_ptr() == e8.packed_stage0.data_ptr() and rt.nbytes() == 0

@@ -1,0 +1,42 @@
+"""The ``triton`` backend on whole models: same logits as the dense path (CPU: Triton's interpreter,
+asked for by name; CUDA: chosen automatically)."""
+
+import pytest
+import torch
+
+import pvq.kernels  # noqa: F401  (registers the backend)
+from pvq.models import QuantizeConfig, quantize_model, select_backend, set_backend
+from tiny_models import X, calib, quantized, tiny
+
+pytest.importorskip("triton", reason="Triton is not installed")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.mark.parametrize("method, bits, dim", [("pvq", 3, 16), ("pvq", 2, 8), ("e8", 2, 8)])
+def test_triton_backend_gives_the_dense_logits(method, bits, dim):
+    model = tiny("llama", num_hidden_layers=1)
+    quantize_model(model, calib(4, 16), QuantizeConfig(method=method, bits=bits, dim=dim), progress=False, log=None)
+    model.to(DEVICE)
+    ids = X[:1, :8].to(DEVICE)
+    for batch_ids in (ids, X[:, :12].to(DEVICE)):  # 8 rows: fused decode-matmul; 24 rows: decode + matmul
+        with torch.no_grad():
+            set_backend(model, "dense")
+            ref = model(input_ids=batch_ids).logits
+            set_backend(model, "triton")
+            got = model(input_ids=batch_ids).logits
+        assert {m.backend for m in quantized(model).values()} == {"triton"}
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_automatic_choice_takes_triton_only_on_cuda():
+    model = tiny("llama", num_hidden_layers=1)
+    quantize_model(model, calib(4, 16), QuantizeConfig(method="pvq", bits=3, dim=16), progress=False, log=None)
+    layer = next(iter(quantized(model).values()))
+    assert select_backend(layer, torch.device("cpu")).name == "dense"
+    if torch.cuda.is_available():
+        assert select_backend(layer, torch.device("cuda")).name == "triton"
+    wide = tiny("llama", num_hidden_layers=1)  # 4 bits at D=16: 60-bit codes, beyond the kernels
+    quantize_model(wide, calib(4, 16), QuantizeConfig(method="pvq", bits=4, dim=16), progress=False, log=None)
+    layer = next(iter(quantized(wide).values()))
+    assert layer.codec.code_bits > 56
+    assert not pvq.kernels.TritonBackend().supports(layer, torch.device("cuda"))
