@@ -226,6 +226,9 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="zero-shot batch size (default 8)")
     p.add_argument("--include-path", action="append", default=None, metavar="DIR",
                    help="extra directory of harness task YAML files (repeatable)")
+    p.add_argument("--backend", default=None,
+                   help="runtime backend of the quantized layers: dense (decode once, cache W), "
+                        "dense-rotated, triton (kernels on the codes); default: the best for the device")
     p.add_argument("--json", action="store_true")
 
 
@@ -241,7 +244,7 @@ def _eval(args: argparse.Namespace) -> int:
                    stride=args.context if args.stride is None else args.stride,
                    max_tokens=args.eval_tokens, device=args.device, progress=not args.json,
                    tasks=args.tasks, limit=limit, num_fewshot=args.num_fewshot, batch_size=args.batch_size,
-                   include_path=args.include_path)
+                   include_path=args.include_path, backend=args.backend)
     if args.json:
         print(json.dumps(out))
     else:

@@ -28,6 +28,7 @@ from ..models import (
     save_quantized,
     tokenize_text,
 )
+from ..models import set_backend
 from ..models.checkpoint import prepare_output
 from ..models.reference import CALIB_TEXT, HELDOUT_TEXT, resolve_model
 from .perplexity import check_windows, perplexity
@@ -101,15 +102,25 @@ def check_finite_weights(model) -> None:
                                 "fix or re-download the checkpoint before quantizing or evaluating it")
 
 
-def load_model(name_or_path: str | None, dtype: torch.dtype = torch.float32):
+def check_backend(backend: str | None) -> None:
+    """Refuse an unknown runtime backend name before any loading."""
+    from ..models import BACKENDS
+
+    if backend is not None and backend not in BACKENDS:
+        raise QuantizeError(f"unknown backend {backend!r}; choose one of: {', '.join(sorted(BACKENDS))}")
+
+
+def load_model(name_or_path: str | None, dtype: torch.dtype = torch.float32, backend: str | None = None):
     """(model, tokenizer) from a hub id, a local directory or a pvq checkpoint (CPU, eval mode).
 
     ``None`` or ``"reference"`` is the embedded reference model. A plain model
     loads in ``dtype``; a pvq checkpoint in the dtype it was saved from, after
-    its integrity check.
+    its integrity check. ``backend`` names the runtime backend of its quantized layers
+    (None: the best one for the device each forward runs on).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_backend(backend)
     source = resolve_model(name_or_path)
     try:
         if is_pvq_checkpoint(source):
@@ -131,6 +142,8 @@ def load_model(name_or_path: str | None, dtype: torch.dtype = torch.float32):
             "(tokenizer.json, tokenizer_config.json) into that directory"
         ) from err
     model.eval()
+    if backend is not None:
+        set_backend(model, backend)
     return model, tokenizer
 
 
@@ -142,6 +155,33 @@ def eval_token_ids(text: str, tokenizer, max_tokens: int | None) -> torch.Tensor
             raise QuantizeError(f"--eval-tokens must be at least 2, got {max_tokens}")
         ids = ids[:max_tokens]
     return ids
+
+
+def model_memory_bytes(model) -> int:
+    """Bytes of every tensor the model holds: parameters, buffers and the runtime tensors of its
+    quantized layers (dense caches, kernel tables), each storage counted once."""
+    seen, total = set(), 0
+
+    def add(t):
+        nonlocal total
+        if isinstance(t, torch.Tensor) and t.numel():
+            key = (t.untyped_storage().data_ptr(), t.device)
+            if key not in seen:
+                seen.add(key)
+                total += t.untyped_storage().nbytes()
+
+    for t in list(model.parameters()) + list(model.buffers()):
+        add(t)
+    for m in model.modules():
+        if isinstance(m, QuantizedLinear):
+            for v in m.runtime_tensors().values():
+                if isinstance(v, torch.Tensor):
+                    add(v)
+                else:  # a kernel runtime: its own tensors
+                    for t in vars(v).values():
+                        for u in (t if isinstance(t, list) else [t]):
+                            add(u)
+    return total
 
 
 def linear_weight_bits(model, stored_bits: int | None = None) -> float:
@@ -242,6 +282,7 @@ def run_eval(
     num_fewshot: int | None = None,
     batch_size: int = 8,
     include_path: str | list[str] | None = None,
+    backend: str | None = None,
 ) -> dict:
     """Perplexity and measured bits per weight of a model or pvq checkpoint, and, with ``tasks``,
     zero-shot accuracy through lm-evaluation-harness (under the ``"zeroshot"`` key).
@@ -250,6 +291,7 @@ def run_eval(
     options are checked before the model is loaded.
     """
     dev = resolve_device(device)
+    check_backend(backend)
     check_windows(context, stride)
     check_context(context, model_config(model_or_dir), "--context")
     text = load_text(data if data else HELDOUT_TEXT)
@@ -259,7 +301,7 @@ def run_eval(
 
         check_options(limit, num_fewshot, batch_size)
         prepared = prepare_tasks(tasks, include_path=include_path)
-    model, tokenizer = load_model(model_or_dir)
+    model, tokenizer = load_model(model_or_dir, backend=backend)
     check_finite_weights(model)
     ids = eval_token_ids(text, tokenizer, max_tokens)
     res = perplexity(model, ids, context=context, stride=stride, device=dev, progress=progress)
@@ -272,6 +314,8 @@ def run_eval(
         "stride": stride,
         "seconds": res.seconds,
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "backends": sorted({m.backend for m in model.modules() if isinstance(m, QuantizedLinear)} - {None}),
+        "memory_bytes": model_memory_bytes(model),
     }
     if prepared is not None:
         from .zeroshot import evaluate_zeroshot

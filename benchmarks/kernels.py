@@ -1,0 +1,189 @@
+"""Batch 1-16 matmul of quantized layers on one GPU, against what a user would pick instead.
+
+    python benchmarks/kernels.py [--shapes 4096x4096,11008x4096,...] [--batches 1,4,16] [--json FILE]
+
+Per shape (out x in) and batch: microseconds (median of triton.testing.do_bench,
+L2 flushed between runs) of fp16 cuBLAS (``x @ W.T``), torch's int4 kernel
+(``aten._weight_int4pack_mm``, group 128, bf16), gemlite 4- and 2-bit (if
+importable), and pvq's Triton kernels (fused decode-matmul in rotated
+coordinates, the rotations of the input and output timed apart) at about 2, 3
+and 4 bits and e8 at 2 bits. Each as a ratio to fp16 and as a fraction of the
+memory floor: bytes the kernel must read / measured device copy bandwidth.
+Random Gaussian weights; the codes are made on the GPU (no Hessian).
+Also: whole-layer decode throughput (weights per second) on the GPU and on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from pvq.codecs import make_codec, quantize_grouped
+from pvq.kernels import pyramid_runtime, table_runtime
+from pvq.models import QuantizedLinear
+from pvq.transforms import LayerRotation
+
+PVQ_SETTINGS = {"pvq2": ("pvq", 2.0, 16, 16), "pvq3": ("pvq", 3.0, 16, 16), "pvq4": ("pvq", 4.0, 8, 32),
+                "e8-2": ("e8", 2.0, 8, 32)}
+
+
+def bench(fn) -> float:
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")) * 1000.0  # us
+
+
+def copy_bandwidth(device) -> float:
+    """Bytes per second of a device-to-device copy, counting bytes read and written."""
+    a = torch.empty(1 << 28, dtype=torch.uint8, device=device)
+    b = torch.empty_like(a)
+    us = bench(lambda: b.copy_(a))
+    return 2 * a.numel() / (us * 1e-6)
+
+
+def quantized_layer(name: str, out_f: int, in_f: int, device, seed: int = 0) -> QuantizedLinear:
+    """A QuantizedLinear of random Gaussian weights coded on ``device`` (rows in chunks)."""
+    codec_name, bits, dim, group = PVQ_SETTINGS[name]
+    codec = make_codec(codec_name, bits, dim, group_size=group)
+    g = torch.Generator(device=device).manual_seed(seed)
+    parts: dict[str, list] = {}
+    rows = 1024
+    for r0 in range(0, out_f, rows):
+        w = torch.randn(min(rows, out_f - r0), in_f, generator=g, device=device) * 0.02
+        res = quantize_grouped(codec, w.reshape(-1, dim))
+        for k, t in res.stored.tensors.items():
+            parts.setdefault(k, []).append(t)
+    stored = {k: torch.cat(v) for k, v in parts.items()}
+    lin = torch.nn.Linear(in_f, out_f, bias=False, device="meta")
+    q = QuantizedLinear(in_f, out_f, {"name": codec.name, **codec.config()},
+                        {k: (tuple(v.shape), v.dtype) for k, v in stored.items()}, device=device,
+                        rotation={"out_seed": 1, "in_seed": 2})
+    for k, v in stored.items():
+        getattr(q, "scales" if k == "scale" else f"packed_{k}").copy_(v)
+    del lin
+    return q
+
+
+def int4_setup(w: torch.Tensor):
+    """torch's tinygemm int4 (group 128): packed weight and scales/zeros, or None if unavailable."""
+    try:
+        out_f, in_f = w.shape
+        group = 128
+        wg = w.float().reshape(out_f, in_f // group, group)
+        lo, hi = wg.amin(-1, keepdim=True), wg.amax(-1, keepdim=True)
+        scale = ((hi - lo) / 15).clamp(min=1e-6)
+        q = ((wg - lo) / scale).round().clamp(0, 15).to(torch.int32).reshape(out_f, in_f)
+        packed = (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8)
+        wp = torch.ops.aten._convert_weight_to_int4pack(packed, 8)
+        zero = lo + 8 * scale  # tinygemm's zero point convention: w = (q - 8) * scale + zero
+        sz = torch.cat([scale, zero], -1).reshape(out_f, in_f // group, 2).transpose(0, 1).contiguous().bfloat16()
+        return lambda x: torch.ops.aten._weight_int4pack_mm(x, wp, group, sz), wp.numel() * wp.element_size()
+    except Exception as e:  # noqa: BLE001 - an API this torch lacks
+        print(f"# torch int4 unavailable: {type(e).__name__}: {str(e)[:120]}")
+        return None
+
+
+def gemlite_setup(w: torch.Tensor, nbits: int):
+    try:
+        from gemlite import DType, GemLiteLinear
+    except ImportError:
+        return None
+    try:
+        out_f, in_f = w.shape
+        group = 128
+        wg = w.float().reshape(out_f, in_f // group, group)
+        lo, hi = wg.amin(-1, keepdim=True), wg.amax(-1, keepdim=True)
+        maxq = 2**nbits - 1
+        scale = ((hi - lo) / maxq).clamp(min=1e-6)
+        zero = -lo / scale
+        wq = ((wg / scale) + zero).round().clamp(0, maxq).to(torch.uint8).reshape(out_f, in_f)
+        layer = GemLiteLinear(nbits, group_size=group, in_features=in_f, out_features=out_f,
+                              input_dtype=DType.FP16, output_dtype=DType.FP16)
+        layer.pack(wq, scale.reshape(out_f, -1).half(), zero.reshape(out_f, -1).half(), None)
+        return layer, out_f * in_f * nbits // 8 + 2 * 2 * out_f * in_f // group
+    except Exception as e:  # noqa: BLE001
+        print(f"# gemlite {nbits}-bit unavailable: {type(e).__name__}: {str(e)[:120]}")
+        return None
+
+
+def run(shapes, batches, out_json=None) -> list[dict]:
+    from pvq.kernels import triton_kernels as K
+
+    dev = torch.device("cuda")
+    bw = copy_bandwidth(dev)
+    print(f"# {torch.cuda.get_device_name()}: device copy {bw / 1e12:.2f} TB/s (read + write)")
+    rows = []
+
+    def emit(row):
+        rows.append(row)
+        print(" | ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+        if out_json:
+            with open(out_json, "w") as f:
+                json.dump({"bandwidth_bytes_per_s": bw, "rows": rows}, f, indent=1)
+
+    for out_f, in_f in shapes:
+        w = (torch.randn(out_f, in_f, device=dev) * 0.02).half()
+        layers = {name: quantized_layer(name, out_f, in_f, dev) for name in PVQ_SETTINGS}
+        rts = {n: (pyramid_runtime(q) if q.codec.name == "pvq" else table_runtime(q)) for n, q in layers.items()}
+        int4 = int4_setup(w)
+        gl = {b: gemlite_setup(w, b) for b in (4, 2)}
+        for batch in batches:
+            x = torch.randn(batch, in_f, device=dev).half()
+            fp16 = bench(lambda: x @ w.T)
+            base = dict(shape=f"{out_f}x{in_f}", batch=batch)
+            emit({**base, "method": "fp16", "us": fp16, "x_fp16": 1.0,
+                  "floor_frac": (w.numel() * 2 / bw * 2e6) / fp16})
+            if int4 is not None:
+                xb = x.bfloat16()
+                us = bench(lambda: int4[0](xb))
+                emit({**base, "method": "torch-int4", "us": us, "x_fp16": fp16 / us,
+                      "floor_frac": (int4[1] / bw * 2e6) / us})
+            for nb, g in gl.items():
+                if g is not None:
+                    us = bench(lambda: g[0](x))
+                    emit({**base, "method": f"gemlite-{nb}bit", "us": us, "x_fp16": fp16 / us,
+                          "floor_frac": (g[1] / bw * 2e6) / us})
+            for name, q in layers.items():
+                rt = rts[name]
+                mm = K.pyramid_matmul if q.codec.name == "pvq" else K.table_matmul
+                xf = x.float()
+                us = bench(lambda: mm(rt, xf))
+                rot = bench(lambda: q.unrotate_output(mm(rt, q.rotate_input(xf))))
+                stored = q.stored_bits() / 8
+                emit({**base, "method": name, "bits": q.bits_per_weight(), "us": us, "x_fp16": fp16 / us,
+                      "us_with_rotations": rot, "x_fp16_with_rotations": fp16 / rot,
+                      "floor_frac": (stored / bw * 2e6) / us})
+        # whole-layer decode throughput on the GPU
+        for name, q in layers.items():
+            rt = rts[name]
+            dec = K.pyramid_decode if q.codec.name == "pvq" else K.table_decode
+            us = bench(lambda: dec(rt))
+            emit(dict(shape=f"{out_f}x{in_f}", batch=0, method=f"{name}-decode-gpu", us=us,
+                      weights_per_s=out_f * in_f / (us * 1e-6)))
+        del layers, rts, w
+        torch.cuda.empty_cache()
+    # decode on the CPU (the codec's own vectorized path, 2^20 weights)
+    for name in PVQ_SETTINGS:
+        q = quantized_layer(name, 256, 4096, torch.device("cpu"))
+        t0 = time.perf_counter()
+        q.rotated_weight()
+        s = time.perf_counter() - t0
+        emit(dict(shape="256x4096", batch=0, method=f"{name}-decode-cpu", us=s * 1e6, weights_per_s=256 * 4096 / s))
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default="4096x4096,11008x4096,4096x11008,28672x8192")
+    p.add_argument("--batches", default="1,4,16")
+    p.add_argument("--json", default=None)
+    a = p.parse_args()
+    shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
+    run(shapes, [int(b) for b in a.batches.split(",")], a.json)
+
+
+if __name__ == "__main__":
+    main()
