@@ -327,6 +327,7 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens, 0: all (with --sample)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--device", default=None)
+    p.add_argument("--backend", default=None, help="runtime backend of the quantized layers (see pvq eval --help)")
     p.add_argument("--json", action="store_true")
 
 
@@ -337,7 +338,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     cfg = GenerateConfig(max_new_tokens=args.max_new_tokens, sample=args.sample, temperature=args.temperature,
                          top_p=args.top_p, top_k=args.top_k, seed=args.seed)
-    out = run_generate(args.model, args.prompt, cfg, device=args.device)
+    out = run_generate(args.model, args.prompt, cfg, device=args.device, backend=args.backend)
     if args.json:
         print(json.dumps(out))
         return 0

@@ -83,7 +83,7 @@ def generate(model, tokenizer, prompt: str, cfg: GenerateConfig | None = None, d
 
 
 def run_generate(model_or_dir: str | None, prompt: str, cfg: GenerateConfig | None = None,
-                 device: str | None = None) -> dict:
+                 device: str | None = None, backend: str | None = None) -> dict:
     """Load a model or pvq checkpoint (with its quantized modules) and continue ``prompt``."""
     from ..models.reference import resolve_model
     from .runs import load_model
@@ -92,7 +92,7 @@ def run_generate(model_or_dir: str | None, prompt: str, cfg: GenerateConfig | No
     cfg.check()
     if not prompt:
         raise GenerateError("--prompt is empty; give the text to continue")
-    model, tokenizer = load_model(model_or_dir)
+    model, tokenizer = load_model(model_or_dir, backend=backend)
     out = generate(model, tokenizer, prompt, cfg, device=device)
     out["model"] = resolve_model(model_or_dir)
     return out
