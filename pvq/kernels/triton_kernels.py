@@ -112,6 +112,21 @@ def pyramid_decode(rt: PyramidRuntime, block: int = 128) -> torch.Tensor:
 
 
 @triton.jit
+def _tile(rows, row_ok, v0, NV: tl.constexpr, VPR: tl.constexpr):
+    """Vectors ``v0 .. v0 + NV`` of a row block: (vs, v_ok [NV], mask and vector ids [BLOCK_O, NV])."""
+    vs = v0 + tl.arange(0, NV)
+    v_ok = vs < VPR
+    return vs, v_ok, row_ok[:, None] & v_ok[None, :], rows[:, None] * VPR + vs[None, :]
+
+
+@triton.jit
+def _x_column(x_ptr, bs, b_ok, vs, v_ok, j, in_features, D: tl.constexpr):
+    """Coordinate ``j`` of input vectors ``vs`` for every batch row: ``[NV, BP]`` float32."""
+    return tl.load(x_ptr + bs[None, :] * in_features + (vs[:, None] * D + j),
+                   mask=v_ok[:, None] & b_ok[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _pvq_matmul_kernel(codes_ptr, n_bytes, scales_ptr, levels_ptr, counts_ptr, cum_ptr, x_ptr, y_ptr,
                        out_features, in_features, batch, VPR: tl.constexpr,
                        D: tl.constexpr, K: tl.constexpr, G: tl.constexpr, L: tl.constexpr,
@@ -123,10 +138,7 @@ def _pvq_matmul_kernel(codes_ptr, n_bytes, scales_ptr, levels_ptr, counts_ptr, c
     b_ok = bs < batch
     acc = tl.zeros([BLOCK_O, BP], dtype=tl.float32)  # VPR: vectors per row
     for v0 in range(0, VPR, NV):
-        vs = v0 + tl.arange(0, NV)
-        v_ok = vs < VPR
-        m = row_ok[:, None] & v_ok[None, :]
-        vec = rows[:, None] * VPR + vs[None, :]  # [BLOCK_O, NV]
+        vs, v_ok, m, vec = _tile(rows, row_ok, v0, NV, VPR)
         code = _pvq_codes(codes_ptr, n_bytes, vec, m, CODE_BITS)
         gain = code % L
         r = code // L
@@ -137,9 +149,7 @@ def _pvq_matmul_kernel(codes_ptr, n_bytes, scales_ptr, levels_ptr, counts_ptr, c
             y, r, k = _pvq_coordinate(r, k, counts_ptr, cum_ptr, D - j, K + 1, STEPS)
             yf = y.to(tl.float32)
             norm2 += yf * yf
-            xj = tl.load(x_ptr + bs[None, :] * in_features + (vs[:, None] * D + j),
-                         mask=v_ok[:, None] & b_ok[None, :], other=0.0).to(tl.float32)  # [NV, BP]
-            dot += yf[:, :, None] * xj[None, :, :]
+            dot += yf[:, :, None] * _x_column(x_ptr, bs, b_ok, vs, v_ok, j, in_features, D)[None, :, :]
         scale = tl.load(scales_ptr + vec // G, mask=m, other=0.0).to(tl.float32)
         level = tl.load(levels_ptr + gain, mask=m, other=0.0)
         mult = tl.where(m, level * scale / tl.sqrt(tl.maximum(norm2, 1.0)), 0.0)
@@ -221,18 +231,13 @@ def _table_matmul_kernel(c0_ptr, t0_ptr, c1_ptr, t1_ptr, g1, scales_ptr, x_ptr, 
     b_ok = bs < batch
     acc = tl.zeros([BLOCK_O, BP], dtype=tl.float32)  # VPR: vectors per row
     for v0 in range(0, VPR, NV):
-        vs = v0 + tl.arange(0, NV)
-        v_ok = vs < VPR
-        m = row_ok[:, None] & v_ok[None, :]
-        vec = rows[:, None] * VPR + vs[None, :]
+        vs, v_ok, m, vec = _tile(rows, row_ok, v0, NV, VPR)
         dot = tl.zeros([BLOCK_O, NV, BP], dtype=tl.float32)
         for j in tl.static_range(8):
             w = 1.0 * _table_value(c0_ptr, t0_ptr, vec, m, j, MASK0)
             if STAGES == 2:
                 w = w + g1 * _table_value(c1_ptr, t1_ptr, vec, m, j, MASK1)
-            xj = tl.load(x_ptr + bs[None, :] * in_features + (vs[:, None] * 8 + j),
-                         mask=v_ok[:, None] & b_ok[None, :], other=0.0).to(tl.float32)
-            dot += w[:, :, None] * xj[None, :, :]
+            dot += w[:, :, None] * _x_column(x_ptr, bs, b_ok, vs, v_ok, j, in_features, 8)[None, :, :]
         scale = tl.load(scales_ptr + vec // G, mask=m, other=0.0).to(tl.float32)
         acc += tl.sum(dot * scale[:, :, None], axis=1)
     tl.store(y_ptr + bs[None, :] * out_features + rows[:, None], acc, mask=row_ok[:, None] & b_ok[None, :])

@@ -171,8 +171,7 @@ def save_quantized(
         report = quant_config if hasattr(quant_config, "to_dict") and hasattr(quant_config, "layers") else None
         if report is not None:
             (tmp / "quantize_report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-        _write_integrity(tmp, qdict)
-        config.quantization_config = qdict
+        _write_integrity(tmp, qdict)  # also puts the record into qdict (the model's config holds qdict)
         verify_checkpoint(tmp)
         _fsync_tree(tmp)
         _swap_into_place(tmp, out_dir)
