@@ -72,6 +72,8 @@ class MethodSpec:
     default_group_size: vectors per scale when the config gives none.
     group_option: the factory's keyword for the group: ``"group_size"``
         (vectors per scale) or ``"group_weights"`` (weights per scale).
+    max_vector_bits: when set, the default D is lowered until ``bits * D`` is at
+        most this (codebooks: a K-means codebook of 2^(bits D) centroids must stay small).
     """
 
     name: str
@@ -83,6 +85,7 @@ class MethodSpec:
     default_dim: int | None
     default_group_size: int
     group_option: str = "group_size"
+    max_vector_bits: int | None = None
 
     @property
     def options(self):
@@ -126,7 +129,7 @@ register_method(MethodSpec(
     "codebook", "kmeans",
     "LLM-Codebook: one Hessian-weighted K-means codebook per layer (stored, counted) + block-LDLQ assignment",
     rotate=False, error_feedback=True, hessian_gain=False, default_dim=4, default_group_size=32,
-    group_option="group_weights",
+    group_option="group_weights", max_vector_bits=8,  # 2 bits: D=4 (256 centroids); 3, 4 bits: D=2
 ))
 register_method(MethodSpec(
     "e8", "e8", "randomized Hadamard + E8 lattice codebook + block-LDLQ (QuIP#-style)",
@@ -289,7 +292,11 @@ class QuantizeConfig:
 
     def default_dim(self) -> int:
         spec = self.spec
-        return spec.default_dim if spec.default_dim is not None else CODECS[spec.codec].default_dim
+        d = spec.default_dim if spec.default_dim is not None else CODECS[spec.codec].default_dim
+        if spec.max_vector_bits is not None:
+            while d > 1 and self.bits * d > spec.max_vector_bits + 1e-9:
+                d //= 2
+        return d
 
     # -- codecs
     def codec_kwargs(self, dim: int, group_size: int) -> dict:

@@ -114,6 +114,8 @@ def test_codebook_config_validation():
         QuantizeConfig(method="codebook", lora_steps=-1)
     with pytest.raises(QuantizeError, match="index bits"):
         QuantizeConfig(method="codebook", bits=3, dim=8, group_size=4)  # 2^24 centroids
+    # the default D keeps codebooks small: 2^(bits D) <= 2^8 centroids
+    assert [QuantizeConfig(method="codebook", bits=b).default_dim() for b in (2, 3, 4)] == [4, 2, 2]
     c = QuantizeConfig(method="codebook", bits=3, dim=2, options={"weighting": "obs"})
     assert QuantizeConfig.from_dict(c.to_dict()) == c
     # a version-1 checkpoint's flat config reads into the same options
