@@ -59,6 +59,14 @@ def check_vectors(x: torch.Tensor, dim: int, what: str = "input") -> None:
     check_finite(x, what)
 
 
+def check_scales(scale: torch.Tensor, n: int, encoding: bool = True) -> None:
+    """Refuse per-vector scales that are not ``[n]`` (and, when encoding, not finite and >= 0)."""
+    if tuple(scale.shape) != (n,):
+        raise CodecError(f"scale must have shape [{n}] (one per vector), got {tuple(scale.shape)}")
+    if encoding and not (torch.isfinite(scale).all() and (scale >= 0).all()):
+        raise CodecError("scales must be finite and >= 0")
+
+
 def fp16_exact(x: torch.Tensor) -> torch.Tensor:
     """Round a float tensor to the nearest fp16 value, returned as float32.
 

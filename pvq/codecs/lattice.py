@@ -34,7 +34,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from .base import CodecError, Codes, VectorCodec, check_vectors, fp16_exact, register_codec
+from .base import CodecError, Codes, VectorCodec, check_scales, check_vectors, fp16_exact, register_codec
 from .packing import pack_bits, unpack_bits
 
 # ================================================================ nearest points
@@ -569,10 +569,7 @@ class E8Codec(VectorCodec):
         return fp16_exact(rms * self.scale_factor)
 
     def _inverse_scale(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        if scale.shape != (x.shape[0],):
-            raise CodecError(f"scale must have shape [{x.shape[0]}] (one per vector), got {tuple(scale.shape)}")
-        if not (torch.isfinite(scale).all() and (scale >= 0).all()):
-            raise CodecError("scales must be finite and >= 0")
+        check_scales(scale, x.shape[0])
         s = scale.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
         return torch.where(s > 0, 1.0 / s.clamp_min(torch.finfo(s.dtype).tiny), torch.zeros_like(s))
 
@@ -594,8 +591,7 @@ class E8Codec(VectorCodec):
         for k, (book, g) in enumerate(zip(self.books, self.gains)):
             part = g * book.decode(codes[f"stage{k}"], torch.float32)
             out = part if out is None else out + part
-        if scale.shape != (out.shape[0],):
-            raise CodecError(f"scale must have shape [{out.shape[0]}], got {tuple(scale.shape)}")
+        check_scales(scale, out.shape[0], encoding=False)
         return out * scale.float().unsqueeze(1)
 
     def _check_codes(self, codes: Codes) -> None:

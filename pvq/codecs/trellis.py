@@ -40,7 +40,16 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from .base import CodecError, CodecOption, Codes, VectorCodec, check_vectors, fp16_exact, register_codec
+from .base import (
+    CodecError,
+    CodecOption,
+    Codes,
+    VectorCodec,
+    check_scales,
+    check_vectors,
+    fp16_exact,
+    register_codec,
+)
 from .packing import pack_bits, unpack_bits
 
 OPTIONS = (
@@ -297,10 +306,7 @@ class TrellisCodec(VectorCodec):
         return fp16_exact(x.float().pow(2).mean(dim=(1, 2)).sqrt() * self.scale_factor)
 
     def _unit(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        if scale.shape != (x.shape[0],):
-            raise CodecError(f"scale must have shape [{x.shape[0]}] (one per vector), got {tuple(scale.shape)}")
-        if not (torch.isfinite(scale).all() and (scale >= 0).all()):
-            raise CodecError("scales must be finite and >= 0")
+        check_scales(scale, x.shape[0])
         s = scale.float().to(x.device).unsqueeze(1)
         return torch.where(s > 0, x.float() / s.clamp_min(1e-30), torch.zeros_like(s))
 
@@ -311,8 +317,7 @@ class TrellisCodec(VectorCodec):
 
     def decode(self, codes: Codes, scale: torch.Tensor) -> torch.Tensor:
         sym = self._check_codes(codes)
-        if scale.shape != (sym.shape[0],):
-            raise CodecError(f"scale must have shape [{sym.shape[0]}], got {tuple(scale.shape)}")
+        check_scales(scale, sym.shape[0], encoding=False)
         states = states_from_symbols(sym, self.k, self.state_bits)
         return self.values.to(sym.device)[states] * scale.float().to(sym.device).unsqueeze(1)
 

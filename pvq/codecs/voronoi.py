@@ -46,7 +46,16 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from .base import CodecError, CodecOption, Codes, VectorCodec, check_vectors, fp16_exact, register_codec
+from .base import (
+    CodecError,
+    CodecOption,
+    Codes,
+    VectorCodec,
+    check_scales,
+    check_vectors,
+    fp16_exact,
+    register_codec,
+)
 from .lattice import (
     an_star_nearest,
     closest_point_enumeration,
@@ -326,10 +335,7 @@ class VoronoiCodec(VectorCodec):
     # ------------------------------------------------------------ codec
 
     def _unit(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        if scale.shape != (x.shape[0],):
-            raise CodecError(f"scale must have shape [{x.shape[0]}] (one per vector), got {tuple(scale.shape)}")
-        if not (torch.isfinite(scale).all() and (scale >= 0).all()):
-            raise CodecError("scales must be finite and >= 0")
+        check_scales(scale, x.shape[0])
         s = scale.double().to(x.device).unsqueeze(1)
         return torch.where(s > 0, x.double() / s.clamp_min(1e-300), torch.zeros_like(s))
 
@@ -362,8 +368,7 @@ class VoronoiCodec(VectorCodec):
 
     def decode(self, codes: Codes, scale: torch.Tensor) -> torch.Tensor:
         digits = self._check_codes(codes)
-        if scale.shape != (digits.shape[0],):
-            raise CodecError(f"scale must have shape [{digits.shape[0]}], got {tuple(scale.shape)}")
+        check_scales(scale, digits.shape[0], encoding=False)
         return (self._codeword(digits) * scale.double().to(digits.device).unsqueeze(1)).float()
 
     def _check_codes(self, codes: Codes) -> torch.Tensor:
