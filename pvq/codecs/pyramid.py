@@ -40,119 +40,20 @@ from . import bigint
 from .base import CodecError, CodecOption, Codes, VectorCodec, check_vectors, fp16_exact, register_codec
 from .gain import GainQuantizer
 from .packing import pack_limbs, unpack_limbs
+from .pyramid_split import split_rank, split_supported, split_unrank
 
-# ---------------------------------------------------------------- counts
-
-
-def _check_dk(dim: int, pulses: int) -> None:
-    if not isinstance(dim, int) or dim < 1:
-        raise CodecError(f"pyramid dimension D must be an integer >= 1, got {dim!r}")
-    if not isinstance(pulses, int) or pulses < 0:
-        raise CodecError(f"pyramid pulse count K must be an integer >= 0, got {pulses!r}")
-
-
-@lru_cache(maxsize=64)
-def _count_table(dim: int, pulses: int) -> tuple[tuple[int, ...], ...]:
-    """N(n, k) for n in 0..dim, k in 0..pulses as exact Python ints."""
-    table = [[0] * (pulses + 1) for _ in range(dim + 1)]
-    table[0][0] = 1
-    for n in range(1, dim + 1):
-        table[n][0] = 1
-        for k in range(1, pulses + 1):
-            table[n][k] = table[n - 1][k] + table[n - 1][k - 1] + table[n][k - 1]
-    return tuple(tuple(row) for row in table)
-
-
-def pyramid_count(dim: int, pulses: int) -> int:
-    """N(D, K): the number of integer points y in Z^D with sum |y_i| = K (exact)."""
-    _check_dk(dim, pulses)
-    return _count_table(dim, pulses)[dim][pulses]
-
-
-def pyramid_bits(dim: int, pulses: int) -> float:
-    """log2 N(D, K): the information content of one shape index, in bits."""
-    count = pyramid_count(dim, pulses)
-    return math.log2(count) if count < 2**1000 else count.bit_length() - 1 + math.log2(
-        count / 2 ** (count.bit_length() - 1)
-    )
-
-
-def max_pulses_for_bits(dim: int, bits: float) -> int:
-    """Largest K with log2 N(D, K) <= bits (e.g. bits = D * bits_per_weight)."""
-    _check_dk(dim, 0)
-    if bits < 0:
-        raise CodecError(f"bit budget must be >= 0, got {bits}")
-    return _largest_pulses(dim, lambda count: math.log2(count) <= bits)
-
-
-@lru_cache(maxsize=64)
-def _cumulative_table(dim: int, pulses: int) -> tuple[tuple[int, ...], ...]:
-    """A(n, k) = sum_{i<=k} N(n, i) for n in 0..dim, k in 0..pulses."""
-    counts = _count_table(dim, pulses)
-    out = []
-    for row in counts:
-        acc, cum = 0, []
-        for v in row:
-            acc += v
-            cum.append(acc)
-        out.append(tuple(cum))
-    return tuple(out)
-
-
-# ---------------------------------------------------------------- rank / unrank references
-
-
-def _check_point(y: list[int], dim: int, pulses: int) -> None:
-    if len(y) != dim or sum(abs(int(v)) for v in y) != pulses:
-        raise CodecError(f"point {y} is not on the pyramid P({dim}, {pulses}): need D={dim} and sum|y|={pulses}")
-
-
-def pyramid_rank_reference(y: list[int], pulses: int) -> int:
-    """Index of the pyramid point ``y`` (a list of ints) in [0, N(D, K)). Plain reference."""
-    dim = len(y)
-    _check_dk(dim, pulses)
-    _check_point(y, dim, pulses)
-    counts = _count_table(dim, pulses)
-    cum = _cumulative_table(dim, pulses)
-    index, k = 0, pulses
-    for j, v in enumerate(y):
-        n = dim - j
-        a = abs(int(v))
-        if a:
-            index += counts[n][k] - 2 * cum[n - 1][k - a]
-            if v < 0:
-                index += counts[n - 1][k - a]
-        k -= a
-    return index
-
-
-def pyramid_unrank_reference(index: int, dim: int, pulses: int) -> list[int]:
-    """The pyramid point of ``index`` in P(D, K). Plain reference (inverse of rank)."""
-    _check_dk(dim, pulses)
-    total = pyramid_count(dim, pulses)
-    if not 0 <= index < total:
-        raise CodecError(f"index {index} is outside [0, N({dim},{pulses}) = {total})")
-    counts = _count_table(dim, pulses)
-    cum = _cumulative_table(dim, pulses)
-    y, k, r = [], pulses, index
-    for j in range(dim):
-        n = dim - j
-        if r < counts[n - 1][k]:
-            y.append(0)
-            continue
-        # largest a in 1..k with offset(+a) = N(n,k) - 2 A(n-1,k-a) <= r
-        a = 1
-        while a < k and counts[n][k] - 2 * cum[n - 1][k - a - 1] <= r:
-            a += 1
-        r -= counts[n][k] - 2 * cum[n - 1][k - a]
-        if r >= counts[n - 1][k - a]:
-            r -= counts[n - 1][k - a]
-            y.append(-a)
-        else:
-            y.append(a)
-        k -= a
-    return y
-
+from .pyramid_counts import (  # noqa: F401  (re-exported: the counts and references live there)
+    _check_dk,
+    _check_point,
+    _count_table,
+    _cumulative_table,
+    _largest_pulses,
+    max_pulses_for_bits,
+    pyramid_bits,
+    pyramid_count,
+    pyramid_rank_reference,
+    pyramid_unrank_reference,
+)
 
 # ---------------------------------------------------------------- vectorized rank / unrank
 
@@ -463,6 +364,9 @@ def pyramid_search_refine(x: torch.Tensor, pulses: int, max_moves: int = 64) -> 
 
 
 SEARCHES = {"greedy": pyramid_search_greedy, "refine": pyramid_search_refine}
+INDEX_ORDERS = ("fischer", "split")
+"""How shape indices number the points (same points, same count, same bits): Fischer's order
+(coordinate by coordinate) or the split order of :mod:`pvq.codecs.pyramid_split` (GPU-friendly)."""
 
 
 def pyramid_cosine(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -498,6 +402,7 @@ class PyramidCodec(VectorCodec):
         gain_quantizer: str = "lloydmax",
         gain_target: str = "projection",
         search: str = "greedy",
+        index_order: str = "fischer",
     ):
         _check_dk(dim, pulses)
         if pulses < 1:
@@ -512,6 +417,13 @@ class PyramidCodec(VectorCodec):
             raise CodecError(f"gain_target must be 'projection' or 'norm', got {gain_target!r}")
         if search not in SEARCHES:
             raise CodecError(f"search must be one of {sorted(SEARCHES)}, got {search!r}")
+        if index_order not in INDEX_ORDERS:
+            raise CodecError(f"index_order must be one of {sorted(INDEX_ORDERS)}, got {index_order!r}")
+        if index_order == "split" and not split_supported(dim, pulses):
+            raise CodecError(
+                f"index_order='split' needs D = 4 * 2^m (4, 8, 16, 32) and N(D, K) < 2^62; D={dim}, K={pulses} "
+                "has no split order (use index_order='fischer', or a smaller D or rate)"
+            )
         self.dim = dim
         self.pulses = pulses
         self.group_size = group_size
@@ -519,6 +431,7 @@ class PyramidCodec(VectorCodec):
         self.gain_quantizer_kind = gain_quantizer
         self.gain_target = gain_target
         self.search = search
+        self.index_order = index_order
         make = GainQuantizer.lloyd_max if gain_quantizer == "lloydmax" else GainQuantizer.beta_quantile
         self.gain = make(dim, group_size, gain_bits)
         self.num_shapes = pyramid_count(dim, pulses)
@@ -534,6 +447,7 @@ class PyramidCodec(VectorCodec):
             "gain_quantizer": self.gain_quantizer_kind,
             "gain_target": self.gain_target,
             "search": self.search,
+            "index_order": self.index_order,
         }
 
     # -- rate
@@ -543,7 +457,8 @@ class PyramidCodec(VectorCodec):
     def describe(self) -> str:
         return (
             f"pvq(D={self.dim}, K={self.pulses}, G={self.group_size}, gain={self.gain_quantizer_kind}"
-            f"{self.gain_bits}b/{self.gain_target}, search={self.search})"
+            f"{self.gain_bits}b/{self.gain_target}, search={self.search}"
+            + (", split index" if self.index_order == "split" else "") + ")"
         )
 
     # -- coding
@@ -608,10 +523,25 @@ class PyramidCodec(VectorCodec):
         return (unit * amp.unsqueeze(1)).float()
 
     def _codes(self, y: torch.Tensor, amplitude: torch.Tensor, scale: torch.Tensor) -> Codes:
-        return {"index": pyramid_rank(y, self.pulses), "gain": self._gain_code(amplitude, scale)}
+        return {"index": self._rank(y), "gain": self._gain_code(amplitude, scale)}
+
+    def _rank(self, y: torch.Tensor) -> torch.Tensor:
+        """Shape indices as limbs ``[n, L]`` in the codec's index order."""
+        if self.index_order == "fischer":
+            return pyramid_rank(y, self.pulses)
+        index = split_rank(y, self.pulses)
+        limbs = torch.stack([index & bigint.LIMB_MASK, index >> bigint.LIMB_BITS], dim=1)
+        width = pyramid_index_limbs(self.dim, self.pulses)
+        return torch.nn.functional.pad(limbs, (0, max(0, width - 2)))[:, :width]
+
+    def points(self, index: torch.Tensor) -> torch.Tensor:
+        """Pyramid points ``[n, D]`` int64 of shape indices (limbs ``[n, L]``) in the codec's order."""
+        if self.index_order == "fischer":
+            return pyramid_unrank(index, self.dim, self.pulses)
+        return split_unrank(bigint.to_int64(index), self.dim, self.pulses)
 
     def decode(self, codes: Codes, scale: torch.Tensor) -> torch.Tensor:
-        y = pyramid_unrank(codes["index"], self.dim, self.pulses).double()
+        y = self.points(codes["index"]).double()
         return self._reconstruct(y / y.norm(dim=1, keepdim=True), codes["gain"], scale)
 
     def pack(self, codes: Codes) -> dict[str, torch.Tensor]:
@@ -625,19 +555,6 @@ class PyramidCodec(VectorCodec):
         if index.shape[1] < width:
             index = torch.nn.functional.pad(index, (0, width - index.shape[1]))
         return {"index": index[:, :width], "gain": gain}
-
-
-def _largest_pulses(dim: int, fits) -> int:
-    """Largest K >= 0 with ``fits(N(D, K))`` true (fits must be monotone); one table, doubled as needed."""
-    kmax = 16
-    while True:
-        row = _count_table(dim, kmax)[dim]
-        k = 0
-        while k < kmax and fits(row[k + 1]):
-            k += 1
-        if k < kmax:
-            return k
-        kmax *= 2
 
 
 def pulses_for_rate(bits: float, dim: int, group_size: int = 16, gain_bits: int = 4) -> int:
@@ -698,6 +615,9 @@ def best_gain_bits(bits: float, dim: int, group_size: int, gain_quantizer: str =
         CodecOption("search", str, "greedy", "PVQ shape search: greedy (Opus) or refine (pulse moves)",
                     ("greedy", "refine")),
         CodecOption("gain_bits", int, None, "PVQ gain bits (default: the best split for the rate)"),
+        CodecOption("index_order", str, "auto",
+                    "PVQ shape index order: fischer, split (same bits; decoded by the fast GPU kernels) or auto "
+                    "(split where D = 4 * 2^m and the index fits 62 bits)", ("auto", "fischer", "split")),
     ),
 )
 def pvq_from_rate(
@@ -715,4 +635,6 @@ def pvq_from_rate(
     if gain_bits is None:
         gain_bits = best_gain_bits(float(bits), dim, group_size, options.get("gain_quantizer", "lloydmax"))
     pulses = pulses_for_rate(bits, dim, group_size, gain_bits)
+    if options.get("index_order", "auto") == "auto":
+        options["index_order"] = "split" if split_supported(dim, pulses) else "fischer"
     return PyramidCodec(dim, pulses, group_size=group_size, gain_bits=gain_bits, **options)
