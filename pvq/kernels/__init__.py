@@ -5,7 +5,7 @@ Importing this package registers its backends with :mod:`pvq.models.backends`; i
 runs without Triton or a GPU (the backends then report that they support nothing).
 """
 
-from .backend import FUSED_MAX_ROWS, TritonBackend, triton_available
+from .backend import FUSED_MAX_ROWS, KERNEL_FAMILIES, KernelFamily, TritonBackend, kernel_family, triton_available
 from .runtime import (
     PyramidRuntime,
     TableRuntime,
@@ -16,8 +16,25 @@ from .runtime import (
     table_matmul_reference,
     table_runtime,
 )
+from .split_runtime import (
+    SplitRuntime,
+    split_decode_reference,
+    split_matmul_reference,
+    split_points_reference,
+    split_runtime,
+    split_runtime_supports,
+)
 
 __all__ = [
+    "KERNEL_FAMILIES",
+    "KernelFamily",
+    "kernel_family",
+    "SplitRuntime",
+    "split_decode_reference",
+    "split_matmul_reference",
+    "split_points_reference",
+    "split_runtime",
+    "split_runtime_supports",
     "FUSED_MAX_ROWS",
     "TritonBackend",
     "triton_available",

@@ -6,23 +6,55 @@ coordinates (fused decode for up to 16 rows of input, a whole-layer decode to
 the input dtype then one matmul for more), and the output is rotated back.
 The layer keeps only its stored tensors (read in place) plus small tables.
 
-It supports PVQ layers whose codes fit the kernels (up to 56-bit codes) and E8
-layers, on CUDA devices (chosen there automatically); on CPU only under
-``TRITON_INTERPRET=1`` and only when named (``set_backend(model, "triton")``: tests).
+Which kernels run a layer is one table, :data:`KERNEL_FAMILIES`, first match
+wins: PVQ layers in the split index order (D = 4, 8, 16, codes up to 62 bits:
+the fast path), PVQ layers in Fischer's order (codes up to 56 bits, decoded
+coordinate by coordinate), E8 layers (table lookups). On CUDA devices (chosen
+there automatically); on CPU only under ``TRITON_INTERPRET=1`` and only when
+named (``set_backend(model, "triton")``: tests).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from pvq.models.backends import Backend, register_backend
 
 from .runtime import pyramid_runtime, pyramid_supports, table_runtime, table_supports
+from .split_runtime import split_runtime, split_runtime_supports
 
-__all__ = ["FUSED_MAX_ROWS", "TritonBackend", "triton_available"]
+__all__ = ["FUSED_MAX_ROWS", "KERNEL_FAMILIES", "KernelFamily", "TritonBackend", "kernel_family", "triton_available"]
+
+
+@dataclass(frozen=True)
+class KernelFamily:
+    """The kernels of one runtime layout: which codecs, how to lay a layer out, the two kernels
+    (names in :mod:`pvq.kernels.triton_kernels` / :mod:`pvq.kernels.triton_split`)."""
+
+    name: str
+    supports: Callable  # codec -> bool
+    runtime: Callable  # (layer, device) -> runtime layout
+    module: str
+    matmul: str  # (runtime, x [B <= 16, in]) -> [B, out] float32
+    decode: str  # (runtime) -> Q' [out, in]
+
+
+KERNEL_FAMILIES = (
+    KernelFamily("pvq-split", split_runtime_supports, split_runtime, "triton_split", "split_matmul", "split_decode"),
+    KernelFamily("pvq-fischer", pyramid_supports, pyramid_runtime, "triton_kernels", "pyramid_matmul",
+                 "pyramid_decode"),
+    KernelFamily("e8-table", table_supports, table_runtime, "triton_kernels", "table_matmul", "table_decode"),
+)
+
+
+def kernel_family(codec) -> KernelFamily | None:
+    """The first kernel family that decodes this codec, or None."""
+    return next((f for f in KERNEL_FAMILIES if f.supports(codec)), None)
 
 FUSED_MAX_ROWS = 16
 """Input rows (tokens) up to which the fused decode-matmul runs; above it, decode then matmul."""
@@ -47,30 +79,29 @@ class TritonBackend(Backend):
             return False
         if not (device.type == "cuda" or (device.type == "cpu" and _interpreting())):
             return False
-        return pyramid_supports(layer.codec) or table_supports(layer.codec)
+        return kernel_family(layer.codec) is not None
 
     def automatic_on(self, device):
         return device.type == "cuda"  # the CPU interpreter runs only when asked for by name (tests)
 
     def prepare(self, layer, device, dtype):
-        rt = pyramid_runtime(layer, device) if pyramid_supports(layer.codec) else table_runtime(layer, device)
-        return {"runtime": rt, "device": torch.empty(0, device=device, dtype=dtype)}
+        family = kernel_family(layer.codec)
+        return {"runtime": family.runtime(layer, device), "family": family,
+                "device": torch.empty(0, device=device, dtype=dtype)}
 
     def is_current(self, runtime, device, dtype):
         probe = runtime.get("device")
         return probe is not None and probe.device == device and probe.dtype == dtype
 
     def linear(self, layer, runtime, x):
-        from . import triton_kernels as K
-
-        rt = runtime["runtime"]
-        pvq = pyramid_supports(layer.codec)
+        rt, family = runtime["runtime"], runtime["family"]
+        kernels = importlib.import_module(f"{__package__}.{family.module}")
         shape = x.shape
         xr = layer.rotate_input(x.reshape(-1, shape[-1]))
         if xr.shape[0] <= FUSED_MAX_ROWS:
-            y = (K.pyramid_matmul if pvq else K.table_matmul)(rt, xr)
+            y = getattr(kernels, family.matmul)(rt, xr)
         else:
-            w = (K.pyramid_decode if pvq else K.table_decode)(rt).to(x.dtype)
+            w = getattr(kernels, family.decode)(rt).to(x.dtype)
             y = xr.to(x.dtype) @ w.T
         y = layer.unrotate_output(y.to(x.dtype))
         if layer.bias is not None:

@@ -12,10 +12,12 @@ pytest.importorskip("triton", reason="Triton is not installed")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@pytest.mark.parametrize("method, bits, dim", [("pvq", 3, 16), ("pvq", 2, 8), ("e8", 2, 8)])
-def test_triton_backend_gives_the_dense_logits(method, bits, dim):
+@pytest.mark.parametrize("method, bits, dim, options", [
+    ("pvq", 3, 16, {}), ("pvq", 2, 8, {}), ("pvq", 3, 8, {"index_order": "fischer"}), ("e8", 2, 8, {})])
+def test_triton_backend_gives_the_dense_logits(method, bits, dim, options):
     model = tiny("llama", num_hidden_layers=1)
-    quantize_model(model, calib(4, 16), QuantizeConfig(method=method, bits=bits, dim=dim), progress=False, log=None)
+    config = QuantizeConfig(method=method, bits=bits, dim=dim, options=options)
+    quantize_model(model, calib(4, 16), config, progress=False, log=None)
     model.to(DEVICE)
     ids = X[:1, :8].to(DEVICE)
     for batch_ids in (ids, X[:, :12].to(DEVICE)):  # 8 rows: fused decode-matmul; 24 rows: decode + matmul
@@ -35,8 +37,9 @@ def test_automatic_choice_takes_triton_only_on_cuda():
     assert select_backend(layer, torch.device("cpu")).name == "dense"
     if torch.cuda.is_available():
         assert select_backend(layer, torch.device("cuda")).name == "triton"
-    wide = tiny("llama", num_hidden_layers=1)  # 4 bits at D=16: 60-bit codes, beyond the kernels
-    quantize_model(wide, calib(4, 16), QuantizeConfig(method="pvq", bits=4, dim=16), progress=False, log=None)
+    wide = tiny("llama", num_hidden_layers=1)  # 5 bits at D=16: codes of more than 62 bits, beyond the kernels
+    quantize_model(wide, calib(4, 16), QuantizeConfig(method="pvq", bits=5, dim=16), progress=False, log=None)
     layer = next(iter(quantized(wide).values()))
-    assert layer.codec.code_bits > 56
+    assert layer.codec.code_bits > 62
     assert not pvq.kernels.TritonBackend().supports(layer, torch.device("cuda"))
+    assert select_backend(layer, torch.device("cuda" if torch.cuda.is_available() else "cpu")).name == "dense"
