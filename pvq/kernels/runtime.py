@@ -74,8 +74,9 @@ class PyramidRuntime:
 
 
 def pyramid_supports(codec) -> bool:
-    """Whether a codec's codes fit the int64 PVQ kernels."""
-    return isinstance(codec, PyramidCodec) and codec.code_bits <= PYRAMID_MAX_CODE_BITS
+    """Whether a codec's codes (Fischer's index order) fit the int64 PVQ kernels."""
+    return (isinstance(codec, PyramidCodec) and getattr(codec, "index_order", "fischer") == "fischer"
+            and codec.code_bits <= PYRAMID_MAX_CODE_BITS)
 
 
 def pyramid_runtime(layer, device: torch.device | str | None = None) -> PyramidRuntime:

@@ -114,3 +114,12 @@ def test_split_matmul_in_half_precision(dtype):
     x = torch.randn(4, 64, generator=torch.Generator().manual_seed(0)).to(DEVICE, dtype)
     got = triton_split.split_matmul(rt, x, block_o=16, nv=4, split_k=2)
     torch.testing.assert_close(got, split_matmul_reference(rt, x), rtol=1e-3, atol=1e-3)
+
+
+def test_split_runtime_reads_the_stored_codes_in_place():
+    q = layer(make_codec("pvq", 3.0, 8, group_size=4), 8, 64, seed=2)  # 64 vectors x 23 bits: 184 bytes
+    rt = split_runtime(q)
+    assert q.packed_codes.numel() % 4 == 0 and rt.words.data_ptr() == q.packed_codes.data_ptr()
+    odd = layer(make_codec("pvq", 3.0, 8, group_size=3), 3, 24, seed=2)  # 9 x 23 bits: 26 bytes, padded copy
+    assert odd.packed_codes.numel() % 4 != 0
+    assert split_runtime(odd).words.numel() * 4 == (odd.packed_codes.numel() + 3) // 4 * 4

@@ -40,7 +40,7 @@ PVQ_CASES = [(8, 1.5, 3, 37, 24), (8, 4.0, 5, 5, 120), (16, 3.0, 3, 19, 48), (16
 
 @pytest.mark.parametrize("dim, bits, group, out_f, in_f", PVQ_CASES)
 def test_pyramid_decode_is_bit_exact(dim, bits, group, out_f, in_f):
-    q = layer(make_codec("pvq", bits, dim, group_size=group), out_f, in_f, seed=dim + out_f)
+    q = layer(make_codec("pvq", bits, dim, group_size=group, index_order="fischer"), out_f, in_f, seed=dim + out_f)
     rt = pyramid_runtime(q, DEVICE)
     # the reference's integer points are the codec's own (exact unrank)
     points, _ = pyramid_points_reference(pyramid_runtime(q, "cpu"))
@@ -59,7 +59,7 @@ def _codec_points(q):
 @pytest.mark.parametrize("dim, bits, group, out_f, in_f", PVQ_CASES[:3])
 @pytest.mark.parametrize("batch", [1, 3, 16])
 def test_pyramid_matmul_matches_the_reference(dim, bits, group, out_f, in_f, batch):
-    q = layer(make_codec("pvq", bits, dim, group_size=group), out_f, in_f, seed=batch)
+    q = layer(make_codec("pvq", bits, dim, group_size=group, index_order="fischer"), out_f, in_f, seed=batch)
     rt = pyramid_runtime(q, DEVICE)
     x = torch.randn(batch, in_f, generator=torch.Generator().manual_seed(batch)).to(DEVICE)
     got = triton_kernels.pyramid_matmul(rt, x, block_o=8, nv=4)
@@ -82,13 +82,13 @@ def test_e8_decode_is_bit_exact_and_matmul_matches(bits):
 def test_codes_wider_than_the_kernels_read_are_refused():
     from pvq.errors import QuantizeError
 
-    q = layer(make_codec("pvq", 3.9, 16, group_size=5), 3, 80, seed=0)  # 59-bit codes
+    q = layer(make_codec("pvq", 3.9, 16, group_size=5, index_order="fischer"), 3, 80, seed=0)  # 59-bit codes
     with pytest.raises(QuantizeError, match="59-bit codes; the PVQ kernels decode up to 56 bits"):
         pyramid_runtime(q, DEVICE)
 
 
 def test_runtimes_read_the_stored_codes_in_place():
-    q = layer(make_codec("pvq", 3.0, 16, group_size=3), 5, 48, seed=1)
+    q = layer(make_codec("pvq", 3.0, 16, group_size=3, index_order="fischer"), 5, 48, seed=1)
     assert pyramid_runtime(q).codes.data_ptr() == q.packed_codes.data_ptr()
     e8 = layer(make_codec("e8", 4, 8, group_size=12), 5, 96, seed=1)
     rt = table_runtime(e8)
