@@ -23,12 +23,16 @@ import time
 import torch
 
 from pvq.codecs import make_codec, quantize_grouped
-from pvq.kernels import pyramid_runtime, table_runtime
+from pvq.kernels import kernel_family
 from pvq.models import QuantizedLinear
 from pvq.transforms import LayerRotation
 
-PVQ_SETTINGS = {"pvq2": ("pvq", 2.0, 16, 16), "pvq3": ("pvq", 3.0, 16, 16), "pvq4": ("pvq", 4.0, 8, 32),
-                "e8-2": ("e8", 2.0, 8, 32)}
+SETTINGS = {  # name: (codec, bits, D, vectors per scale, codec options)
+    "pvq2-d8": ("pvq", 2.0, 8, 16, {}), "pvq3-d8": ("pvq", 3.0, 8, 16, {}), "pvq4-d8": ("pvq", 4.0, 8, 16, {}),
+    "pvq2-d16": ("pvq", 2.0, 16, 16, {}), "pvq3-d16": ("pvq", 3.0, 16, 16, {}),
+    "pvq3-d8-fischer": ("pvq", 3.0, 8, 16, {"index_order": "fischer"}),
+    "e8-2": ("e8", 2.0, 8, 32, {}),
+}
 
 
 def bench(fn) -> float:
@@ -47,8 +51,8 @@ def copy_bandwidth(device) -> float:
 
 def quantized_layer(name: str, out_f: int, in_f: int, device, seed: int = 0) -> QuantizedLinear:
     """A QuantizedLinear of random Gaussian weights coded on ``device`` (rows in chunks)."""
-    codec_name, bits, dim, group = PVQ_SETTINGS[name]
-    codec = make_codec(codec_name, bits, dim, group_size=group)
+    codec_name, bits, dim, group, options = SETTINGS[name]
+    codec = make_codec(codec_name, bits, dim, group_size=group, **options)
     g = torch.Generator(device=device).manual_seed(seed)
     parts: dict[str, list] = {}
     rows = 1024
@@ -110,9 +114,17 @@ def gemlite_setup(w: torch.Tensor, nbits: int):
         return None
 
 
-def run(shapes, batches, out_json=None) -> list[dict]:
-    from pvq.kernels import triton_kernels as K
+def kernels_of(q: QuantizedLinear):
+    """(runtime, matmul, decode) of a layer through the backend's kernel-family table."""
+    import importlib
 
+    family = kernel_family(q.codec)
+    mod = importlib.import_module(f"pvq.kernels.{family.module}")
+    rt = family.runtime(q, q._buffer_device())
+    return rt, getattr(mod, family.matmul), getattr(mod, family.decode)
+
+
+def run(shapes, batches, methods, out_json=None) -> list[dict]:
     dev = torch.device("cuda")
     bw = copy_bandwidth(dev)
     print(f"# {torch.cuda.get_device_name()}: device copy {bw / 1e12:.2f} TB/s (read + write)")
@@ -123,12 +135,13 @@ def run(shapes, batches, out_json=None) -> list[dict]:
         print(" | ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
         if out_json:
             with open(out_json, "w") as f:
-                json.dump({"bandwidth_bytes_per_s": bw, "rows": rows}, f, indent=1)
+                json.dump({"device": torch.cuda.get_device_name(), "bandwidth_bytes_per_s": bw, "rows": rows}, f,
+                          indent=1)
 
     for out_f, in_f in shapes:
         w = (torch.randn(out_f, in_f, device=dev) * 0.02).half()
-        layers = {name: quantized_layer(name, out_f, in_f, dev) for name in PVQ_SETTINGS}
-        rts = {n: (pyramid_runtime(q) if q.codec.name == "pvq" else table_runtime(q)) for n, q in layers.items()}
+        layers = {name: quantized_layer(name, out_f, in_f, dev) for name in methods}
+        kern = {n: kernels_of(q) for n, q in layers.items()}
         int4 = int4_setup(w)
         gl = {b: gemlite_setup(w, b) for b in (4, 2)}
         for batch in batches:
@@ -148,26 +161,23 @@ def run(shapes, batches, out_json=None) -> list[dict]:
                     emit({**base, "method": f"gemlite-{nb}bit", "us": us, "x_fp16": fp16 / us,
                           "floor_frac": (g[1] / bw * 1e6) / us})
             for name, q in layers.items():
-                rt = rts[name]
-                mm = K.pyramid_matmul if q.codec.name == "pvq" else K.table_matmul
-                xf = x.float()
-                us = bench(lambda: mm(rt, xf))
-                rot = bench(lambda: q.unrotate_output(mm(rt, q.rotate_input(xf))))
+                rt, mm, _ = kern[name]
+                us = bench(lambda: mm(rt, x))
+                rot = bench(lambda: q.unrotate_output(mm(rt, q.rotate_input(x)).half()))
                 stored = q.stored_bits() / 8
                 emit({**base, "method": name, "bits": q.bits_per_weight(), "us": us, "x_fp16": fp16 / us,
                       "us_with_rotations": rot, "x_fp16_with_rotations": fp16 / rot,
                       "floor_frac": (stored / bw * 1e6) / us})
         # whole-layer decode throughput on the GPU
         for name, q in layers.items():
-            rt = rts[name]
-            dec = K.pyramid_decode if q.codec.name == "pvq" else K.table_decode
+            rt, _, dec = kern[name]
             us = bench(lambda: dec(rt))
             emit(dict(shape=f"{out_f}x{in_f}", batch=0, method=f"{name}-decode-gpu", us=us,
                       weights_per_s=out_f * in_f / (us * 1e-6)))
-        del layers, rts, w
+        del layers, kern, w
         torch.cuda.empty_cache()
     # decode on the CPU (the codec's own vectorized path, 2^20 weights)
-    for name in PVQ_SETTINGS:
+    for name in methods:
         q = quantized_layer(name, 256, 4096, torch.device("cpu"))
         t0 = time.perf_counter()
         q.rotated_weight()
@@ -176,14 +186,49 @@ def run(shapes, batches, out_json=None) -> list[dict]:
     return rows
 
 
+def sweep(shape, methods, batches) -> None:
+    """Tile sizes and input splits of the split-order matmul, per method and batch (microseconds)."""
+    from pvq.kernels import triton_split as TS
+
+    dev = torch.device("cuda")
+    out_f, in_f = shape
+    for name in methods:
+        q = quantized_layer(name, out_f, in_f, dev)
+        rt, _, _ = kernels_of(q)
+        for batch in batches:
+            x = torch.randn(batch, in_f, device=dev).half()
+            best = None
+            for block_o in (16, 32, 64):
+                for weights in (64, 128):
+                    nv = max(1, weights // rt.dim)
+                    for split_k in (1, 4, 8, 16):
+                        try:
+                            us = bench(lambda: TS.split_matmul(rt, x, block_o=block_o, nv=nv, split_k=split_k))
+                        except Exception as e:  # noqa: BLE001 - a tile the compiler refuses
+                            print(f"# {name} b{batch} {block_o}/{nv}/{split_k}: {type(e).__name__}")
+                            continue
+                        print(f"sweep {name} batch={batch} block_o={block_o} nv={nv} split_k={split_k} us={us:.1f}",
+                              flush=True)
+                        if best is None or us < best[0]:
+                            best = (us, block_o, nv, split_k)
+            print(f"BEST {name} batch={batch} default={TS.split_matmul_config(rt, batch)} best={best}", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default="4096x4096,11008x4096,4096x11008,28672x8192")
     p.add_argument("--batches", default="1,4,16")
+    p.add_argument("--methods", default=",".join(SETTINGS), help=f"of {', '.join(SETTINGS)}")
     p.add_argument("--json", default=None)
+    p.add_argument("--sweep", action="store_true", help="tile sizes of the split-order matmul on the first shape")
     a = p.parse_args()
     shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
-    run(shapes, [int(b) for b in a.batches.split(",")], a.json)
+    methods = a.methods.split(",")
+    batches = [int(b) for b in a.batches.split(",")]
+    if a.sweep:
+        sweep(shapes[0], [m for m in methods if SETTINGS[m][0] == "pvq" and not SETTINGS[m][4]], batches)
+    else:
+        run(shapes, batches, methods, a.json)
 
 
 if __name__ == "__main__":

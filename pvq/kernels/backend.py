@@ -1,7 +1,8 @@
 """The ``triton`` runtime backend: quantized layers that keep their codes and run Triton kernels.
 
 ``y = U^T K(Q', V x) + b``: the input is rotated (``V x``, the layer's
-randomized Hadamard), the kernel multiplies by the codes in rotated
+randomized Hadamard, by the one-launch kernel of :mod:`pvq.kernels.triton_hadamard`
+where it takes the size), the kernel multiplies by the codes in rotated
 coordinates (fused decode for up to 16 rows of input, a whole-layer decode to
 the input dtype then one matmul for more), and the output is rotated back.
 The layer keeps only its stored tensors (read in place) plus small tables.
@@ -97,16 +98,29 @@ class TritonBackend(Backend):
         rt, family = runtime["runtime"], runtime["family"]
         kernels = importlib.import_module(f"{__package__}.{family.module}")
         shape = x.shape
-        xr = layer.rotate_input(x.reshape(-1, shape[-1]))
+        xr = _rotate(layer, x.reshape(-1, shape[-1]), inverse=False)
         if xr.shape[0] <= FUSED_MAX_ROWS:
             y = getattr(kernels, family.matmul)(rt, xr)
         else:
             w = getattr(kernels, family.decode)(rt).to(x.dtype)
             y = xr.to(x.dtype) @ w.T
-        y = layer.unrotate_output(y.to(x.dtype))
+        y = _rotate(layer, y.to(x.dtype), inverse=True)
         if layer.bias is not None:
             y = y + layer.bias.to(y.dtype)
         return y.reshape(*shape[:-1], layer.out_features)
+
+
+def _rotate(layer, x: torch.Tensor, inverse: bool) -> torch.Tensor:
+    """``V x`` (or ``U^T y``) through the Hadamard kernel where it takes the size, else the layer's
+    PyTorch transform."""
+    if layer.rotation is None:
+        return x
+    from . import triton_hadamard
+
+    rh = layer.rotation.u if inverse else layer.rotation.v
+    if triton_hadamard.supported(rh):
+        return triton_hadamard.hadamard_rotate(rh, x, inverse=inverse)
+    return layer.unrotate_output(x) if inverse else layer.rotate_input(x)
 
 
 register_backend(TritonBackend())

@@ -12,8 +12,9 @@ P(4, k) for k <= K packed 4 x int8 in one int32 (``T`` entries; 47 KB at
 D=8, 3 bits; 0.7 MB at D=16, 3 bits, shared by every layer with the same K on
 a device); the gain levels.
 
-The decoded weight of vector ``i`` is ``y * m``, ``m = (level[g] * scale) / sqrt(|y|^2)``
-in float32 (IEEE-rounded division and square root, as the kernels compute it).
+The decoded weight of vector ``i`` is ``y * m``, ``m = (level[g] * scale) * (1 / sqrt(|y|^2))``
+in float32, the inverse norm read from a table of K^2 + 1 float32 values rounded once from
+float64 (as the kernels compute it).
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ class SplitRuntime:
     offsets8: torch.Tensor  # int64 [K + 1, K + 2]  S_8(k, j) (zeros [1, 1] when D < 8)
     leaf_offsets: torch.Tensor  # int64 [K + 2]: P(4, k) starts at row leaf_offsets[k] of leaves
     leaves: torch.Tensor  # int32 [T]: points of P(4, k), 4 x int8 little-endian
+    inverse4: torch.Tensor  # float64 [K + 1]  1 / N(4, k): the divisors of the splits, as reciprocals
+    inverse8: torch.Tensor  # float64 [K + 1]  1 / N(8, k) (1 / N(D, k) when D < 8: unused)
+    inverse_norms: torch.Tensor  # float32 [K^2 + 1]  1 / sqrt(n), rounded once from float64 (n = |y|^2)
 
     @property
     def num_vectors(self) -> int:
@@ -73,7 +77,8 @@ class SplitRuntime:
     def nbytes(self) -> int:
         """Bytes this layer adds beyond its stored tensors (shared leaf table not counted: see
         :func:`shared_leaves`)."""
-        extra = [self.levels, self.counts, self.offsets16, self.offsets8, self.leaf_offsets]
+        extra = [self.levels, self.counts, self.offsets16, self.offsets8, self.leaf_offsets, self.inverse4,
+                 self.inverse8, self.inverse_norms]
         return sum(t.numel() * t.element_size() for t in extra)
 
 
@@ -121,15 +126,23 @@ def split_runtime(layer, device: torch.device | str | None = None) -> SplitRunti
     stored = layer.stored_tensors()
     dev = torch.device(device) if device is not None else layer._buffer_device()
     leaves, leaf_offsets = shared_leaves(codec.pulses, str(dev))
+    counts = torch.tensor([list(r) for r in _count_table(codec.dim, codec.pulses)], dtype=torch.int64)
+    inverse = 1.0 / counts.to(torch.float64).clamp(min=1)
     return SplitRuntime(
         layer.out_features, layer.in_features, codec.dim, codec.pulses, codec.group_size, codec.gain.num_levels,
         codec.code_bits, _words(stored["codes"].to(dev)), stored[SCALE_KEY].to(dev),
         codec.gain.levels.to(dtype=torch.float32, device=dev),
-        torch.tensor([list(r) for r in _count_table(codec.dim, codec.pulses)], dtype=torch.int64, device=dev),
-        _offsets(16 if codec.dim >= 16 else 0, codec.pulses, dev),
-        _offsets(8 if codec.dim >= 8 else 0, codec.pulses, dev),
-        leaf_offsets, leaves,
+        counts.to(dev), _offsets(16 if codec.dim >= 16 else 0, codec.pulses, dev),
+        _offsets(8 if codec.dim >= 8 else 0, codec.pulses, dev), leaf_offsets, leaves,
+        inverse[4].contiguous().to(dev), inverse[min(8, codec.dim)].contiguous().to(dev),
+        inverse_norms(codec.pulses).to(dev),
     )
+
+
+def inverse_norms(pulses: int) -> torch.Tensor:
+    """float32 ``1 / sqrt(n)`` for n = 0..K^2 (every |y|^2 of a point of P(D, K); n = 0 -> 0)."""
+    n = torch.arange(pulses * pulses + 1, dtype=torch.float64)
+    return torch.where(n > 0, 1.0 / n.clamp(min=1).sqrt(), 0.0).to(torch.float32)
 
 
 # ---------------------------------------------------------------- references
@@ -158,12 +171,11 @@ def split_points_reference(rt: SplitRuntime) -> tuple[torch.Tensor, torch.Tensor
 
 
 def split_decode_reference(rt: SplitRuntime) -> torch.Tensor:
-    """``Q'`` float32 ``[out, in]`` (rotated coordinates): ``y * ((level * scale) / sqrt(|y|^2))``."""
+    """``Q'`` float32 ``[out, in]`` (rotated coordinates): ``y * ((level * scale) * inverse_norms[|y|^2])``."""
     y, gain = split_points_reference(rt)
     yf = y.to(torch.float32)
-    norm2 = (y * y).sum(1).to(torch.float32)
     scale = rt.scales.to(torch.float32).repeat_interleave(rt.group_size)
-    mult = (rt.levels[gain] * scale) / torch.sqrt(norm2)
+    mult = (rt.levels[gain] * scale) * rt.inverse_norms[(y * y).sum(1)]
     return (yf * mult.unsqueeze(1)).reshape(rt.out_features, rt.in_features)
 
 

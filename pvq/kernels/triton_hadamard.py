@@ -1,0 +1,114 @@
+"""A Triton kernel for the randomized Hadamard transform of activations (one launch per call).
+
+:class:`~pvq.transforms.RandomizedHadamard` maps ``x -> M (s * x)`` with
+``M = F (x) H_p`` (``F`` a dense ``[h, h]`` factor, ``H_p`` the orthonormal
+Sylvester matrix of a power of two ``p``). In PyTorch that is a sign multiply,
+``log_64 p`` matmul stages with transposes, the dense factor and dtype casts:
+about ten launches per row block, which dominate a batch-1 linear layer. Here
+one program transforms one row in registers: ``H_p = H_p1 (x) H_p2`` as two
+``tl.dot`` (right multiply by ``H_p2``, then ``H_p1`` on the middle axis), then
+``F`` (padded to a power of two >= 16) on the outer axis, all in IEEE float32.
+
+Sizes: ``p = p1 p2`` with ``p1, p2`` powers of two in [16, 64] (p from 256 to
+4096) and ``h_pad * p <= 16384`` (one row held in registers); others use the
+PyTorch path (:func:`supported` says which). The reference is
+``RandomizedHadamard.forward`` / ``.inverse``.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+import triton
+import triton.language as tl
+
+from pvq.transforms import RandomizedHadamard
+from pvq.transforms.hadamard import hadamard_matrix
+
+__all__ = ["hadamard_rotate", "supported"]
+
+MAX_ELEMENTS = 16384
+
+
+def _split(p: int) -> tuple[int, int] | None:
+    e = p.bit_length() - 1
+    if p != 1 << e or not 8 <= e <= 12:
+        return None
+    return 1 << (e - e // 2), 1 << (e // 2)
+
+
+def _hp(h: int) -> int:
+    return 1 if h == 1 else max(16, triton.next_power_of_2(h))
+
+
+def supported(rh: RandomizedHadamard) -> bool:
+    """Whether the kernel transforms rows of this size."""
+    return _split(rh.pow2_order) is not None and _hp(rh.dense_order) * rh.pow2_order <= MAX_ELEMENTS
+
+
+@lru_cache(maxsize=None)
+def _sylvester(n: int, device: str) -> torch.Tensor:
+    return hadamard_matrix(n, dtype=torch.float32).to(device).contiguous()
+
+
+def _dense(rh: RandomizedHadamard, device, inverse: bool) -> torch.Tensor:
+    """``F`` (or ``F^T``) zero-padded to ``[HP, HP]`` float32, cached on the transform object."""
+    cache = rh.__dict__.setdefault("_triton_dense", {})
+    key = (str(device), inverse)
+    if key not in cache:
+        hp = _hp(rh.dense_order)
+        f = torch.zeros(hp, hp, dtype=torch.float32)
+        d = rh.dense.to(torch.float32)
+        f[: rh.dense_order, : rh.dense_order] = d.T if inverse else d
+        cache[key] = (f.to(device).contiguous(), rh.signs.to(device=device, dtype=torch.float32).contiguous())
+    return cache[key]
+
+
+@triton.jit
+def _hadamard_kernel(x_ptr, out_ptr, signs_ptr, h1_ptr, h2_ptr, f_ptr, n, scale,
+                     H: tl.constexpr, HP: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
+                     INVERSE: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    a = tl.arange(0, HP)[:, None] * (P1 * P2) + tl.arange(0, P1 * P2)[None, :]  # [HP, p] offsets
+    ok = tl.arange(0, HP)[:, None] < H
+    x = tl.load(x_ptr + row * n + a, mask=ok, other=0.0).to(tl.float32)
+    s = tl.load(signs_ptr + a, mask=ok, other=0.0)
+    if not INVERSE:
+        x = x * s
+    i1 = tl.arange(0, P1)
+    i2 = tl.arange(0, P2)
+    h2 = tl.load(h2_ptr + i2[:, None] * P2 + i2[None, :])
+    h1 = tl.load(h1_ptr + i1[:, None] * P1 + i1[None, :])
+    y = tl.dot(tl.reshape(x, (HP * P1, P2)), h2, input_precision="ieee")  # H_p2 on the inner axis
+    y = tl.permute(tl.reshape(y, (HP, P1, P2)), (0, 2, 1))
+    y = tl.dot(tl.reshape(y, (HP * P2, P1)), h1, input_precision="ieee")  # H_p1 on the middle axis
+    y = tl.reshape(tl.permute(tl.reshape(y, (HP, P2, P1)), (0, 2, 1)), (HP, P1 * P2))
+    if HP > 1:
+        j = tl.arange(0, HP)
+        f = tl.load(f_ptr + j[:, None] * HP + j[None, :])
+        y = tl.dot(f, y, input_precision="ieee")  # the dense factor on the outer axis
+    y = y * scale
+    if INVERSE:
+        y = y * s
+    tl.store(out_ptr + row * n + a, y.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def hadamard_rotate(rh: RandomizedHadamard, x: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    """``rh.forward(x)`` (or ``rh.inverse(x)``) for ``x: [..., n]`` in one launch; same shape and dtype."""
+    if not supported(rh):
+        raise ValueError(f"hadamard_rotate does not take n = {rh.n} (see supported())")
+    if x.shape[-1] != rh.n:
+        raise ValueError(f"transform of size {rh.n} applied to shape {tuple(x.shape)}")
+    p1, p2 = _split(rh.pow2_order)
+    rows = x.reshape(-1, rh.n).contiguous()
+    out = torch.empty_like(rows)
+    f, signs = _dense(rh, x.device, inverse)
+    dev = str(x.device)
+    hp = _hp(rh.dense_order)
+    _hadamard_kernel[(rows.shape[0],)](
+        rows, out, signs, _sylvester(p1, dev), _sylvester(p2, dev), f, rh.n, 1.0 / math.sqrt(rh.pow2_order),
+        H=rh.dense_order, HP=hp, P1=p1, P2=p2, INVERSE=inverse,
+    )
+    return out.reshape(x.shape)

@@ -1,0 +1,35 @@
+"""The one-launch randomized Hadamard kernel against ``RandomizedHadamard`` (its PyTorch reference)."""
+
+import pytest
+import torch
+
+from pvq.transforms import RandomizedHadamard
+
+triton_hadamard = pytest.importorskip("pvq.kernels.triton_hadamard", reason="Triton is not installed")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# powers of two 256..4096 (p1 != p2 too), a dense factor of order 12 and 20 (padded to 16 / 32)
+@pytest.mark.parametrize("n", [256, 512, 4096, 12 * 256, 20 * 512])
+@pytest.mark.parametrize("inverse", [False, True])
+def test_kernel_equals_the_transform(n, inverse):
+    rh = RandomizedHadamard(n, seed=n)
+    assert triton_hadamard.supported(rh)
+    x = torch.randn(3, 2, n, generator=torch.Generator().manual_seed(n)).to(DEVICE)
+    ref = rh.inverse(x) if inverse else rh.forward(x)
+    got = triton_hadamard.hadamard_rotate(rh, x, inverse=inverse)
+    assert got.shape == x.shape and got.dtype == x.dtype
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    back = triton_hadamard.hadamard_rotate(rh, got, inverse=not inverse)
+    torch.testing.assert_close(back, x, rtol=1e-5, atol=1e-5)
+
+
+def test_fp16_rows_and_unsupported_sizes():
+    rh = RandomizedHadamard(1024, seed=1)
+    x = torch.randn(5, 1024, generator=torch.Generator().manual_seed(0)).to(DEVICE).half()
+    torch.testing.assert_close(triton_hadamard.hadamard_rotate(rh, x), rh.forward(x), rtol=2e-3, atol=2e-3)
+    for n in (128, 176, 11008, 28672):  # p < 256; p = 16; h = 344 (p = 32); h_pad * p > 16384
+        small = RandomizedHadamard(n, seed=0)
+        assert not triton_hadamard.supported(small)
+        with pytest.raises(ValueError, match="does not take"):
+            triton_hadamard.hadamard_rotate(small, torch.zeros(1, n, device=DEVICE))
