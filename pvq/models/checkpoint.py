@@ -163,7 +163,7 @@ def save_quantized(
     tmp.mkdir()
     try:
         config.quantization_config = qdict
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, **_in_memory_names(model))
         if any(tmp.glob("*.bin")) or not (any(tmp.glob("*.safetensors"))):
             raise QuantizeError("save_pretrained did not write safetensors; refusing a pickle checkpoint")
         if tokenizer is not None:
@@ -179,6 +179,17 @@ def save_quantized(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _in_memory_names(model: nn.Module) -> dict:
+    """``save_pretrained`` options that keep the tensor names of the model in memory: transformers 5
+    otherwise renames some families' tensors back to their legacy layout on save (GPT-NeoX
+    ``lm_head`` -> ``embed_out``, Mixtral ``mlp`` -> ``block_sparse_moe``), and the names would no
+    longer match the quantized modules of ``quantization_config``."""
+    import inspect
+
+    params = inspect.signature(model.save_pretrained).parameters
+    return {"save_original_format": False} if "save_original_format" in params else {}
 
 
 def cast_unquantized(model: nn.Module, dtype: torch.dtype) -> None:

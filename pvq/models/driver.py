@@ -41,8 +41,10 @@ from .calibration import check_calibration
 from .capture import block_linears, capture_block_inputs, collect_hessians, linear_stages, module_device, run_block
 from .devices import resolve_device
 from .lora import BlockHook, LoraRecovery
+from .format import block_rate
 from .methods import LayerPlan, QuantizeConfig, QuantizePlan, decoder_layers
 from .qlinear import QuantizedLinear
+from .structure import linear_weight
 
 __all__ = ["LayerStats", "QuantizeReport", "quantize_model"]
 
@@ -66,6 +68,7 @@ class LayerStats:
     seconds: float
     stored_bits: int  # codes + codebooks + scales
     num_weights: int
+    dim: int = 0  # vector dimension D of the layer's codec
 
     @property
     def bits_per_weight(self) -> float:
@@ -83,19 +86,39 @@ class QuantizeReport:
     num_samples: int
     seq_len: int
     notes: list[str] = field(default_factory=list)
+    kept: dict[str, dict] = field(default_factory=dict)  # block weights left unquantized: {name: {numel, bits}}
 
     @property
-    def stored_bits(self) -> int:
+    def quantized_bits(self) -> int:
         return sum(s.stored_bits for s in self.layers)
 
     @property
-    def num_weights(self) -> int:
+    def quantized_weights(self) -> int:
         return sum(s.num_weights for s in self.layers)
 
     @property
+    def stored_bits(self) -> int:
+        """Bits of every block weight: the quantized ones' stored tensors, the kept ones at their dtype."""
+        return self.quantized_bits + sum(k["numel"] * k["bits"] for k in self.kept.values())
+
+    @property
+    def num_weights(self) -> int:
+        return self.quantized_weights + sum(k["numel"] for k in self.kept.values())
+
+    @property
     def bits_per_weight(self) -> float:
-        """Stored bits of all quantized linears / their weight count (measured, not a formula)."""
+        """Stored bits of all block weights / their count (measured, not a formula): quantized
+        weights from their stored tensors, weights left unquantized (``kept``) at their dtype's bits."""
         return self.stored_bits / self.num_weights
+
+    @property
+    def quantized_fraction(self) -> float:
+        """Fraction of the block weights that were quantized."""
+        return self.quantized_weights / self.num_weights
+
+    def recount_kept(self, bits: int) -> None:
+        """Count the kept weights at ``bits`` each (the dtype they will be saved in)."""
+        self.kept = {n: {**k, "bits": int(bits)} for n, k in self.kept.items()}
 
     @property
     def proxy_loss(self) -> float:
@@ -108,6 +131,8 @@ class QuantizeReport:
             "bits_per_weight": self.bits_per_weight,
             "stored_bits": self.stored_bits,
             "num_weights": self.num_weights,
+            "quantized_fraction": self.quantized_fraction,
+            "kept": dict(self.kept),
             "seconds": self.seconds,
             "device": self.device,
             "num_samples": self.num_samples,
@@ -121,7 +146,7 @@ def _quantize_linear(
     linear: nn.Linear, h: torch.Tensor, plan: LayerPlan, config: QuantizeConfig, device: torch.device
 ) -> tuple[QuantizedLinear, float, float, float]:
     """Quantize one linear under its Hessian; returns (module, proxy loss, relative error, seconds)."""
-    w = linear.weight.detach().to(device=device, dtype=torch.float64)
+    w = linear_weight(linear).detach().to(device=device, dtype=torch.float64)
     try:
         res = quantize_linear(w, h.to(device), plan.codec, plan.rotation, config.solver_config())
     except PvqError as e:
@@ -180,7 +205,7 @@ def quantize_model(
         if not blocks or any(not isinstance(b, int) or not 0 <= b < plan.num_blocks for b in blocks):
             raise QuantizeError(f"blocks must be a non-empty list of block indices in [0, {plan.num_blocks}), got {blocks!r}")
         chosen = set(blocks)
-        plan = QuantizePlan(config, [p for p in plan.layers if p.block in chosen], plan.num_blocks)
+        plan = QuantizePlan(config, [p for p in plan.layers if p.block in chosen], plan.num_blocks, path=plan.path)
     calib_ids = check_calibration(calib_ids, model)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise QuantizeError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -225,33 +250,36 @@ def quantize_model(
         model.train(was_training)
     report = QuantizeReport(
         config, stats, time.perf_counter() - t0, str(device), int(calib_ids.shape[0]), int(calib_ids.shape[1]),
-        notes,
+        notes, kept=block_rate(model)["kept"],
     )
+    if report.kept:
+        say(f"left unquantized (counted at their dtype's bits): {', '.join(report.kept)}")
     say(
-        f"quantized {len(stats)} linear layers with {config.method} in {report.seconds:.1f}s: "
-        f"{report.bits_per_weight:.4f} bits per weight (measured from stored tensors)"
+        f"quantized {len(stats)} layers with {config.method} in {report.seconds:.1f}s "
+        f"({report.quantized_fraction:.1%} of the block weights): "
+        f"{report.bits_per_weight:.4f} bits per block weight (measured from stored tensors)"
     )
     return report
 
 
 def _quantize_block(block, i, batches, plan: QuantizePlan, config, device, say, bar) -> list[LayerStats]:
-    prefix = f"model.layers.{i}."
-    layer_plans = {p.name[len(prefix):]: p for p in plan.by_block(i)}
+    prefix = f"{plan.path}.{i}."
+    layer_plans = {p.name[len(prefix):]: p for p in plan.by_block(i) if p.experts is None}
     names = list(layer_plans)
     out: list[LayerStats] = []
     for stage in linear_stages(block, batches[0], i, names, config.sequential):
         accs = collect_hessians(block, batches, i, stage, device)
-        mods = block_linears(block)
+        mods = block_linears(block, stage)
         for n in stage:
             p = layer_plans[n]
             q, loss, rel, secs = _quantize_linear(mods[n], accs[n].hessian(), p, config, device)
             del accs[n]
             _set_submodule(block, n, q)
             s = LayerStats(p.name, i, p.out_features, p.in_features, p.codec.describe(), loss, rel, secs,
-                           q.stored_bits(), q.num_weights)
+                           q.stored_bits(), q.num_weights, p.dim)
             out.append(s)
             say(
-                f"{p.name:<40} [{p.out_features}x{p.in_features}] rel.err {rel:.5f}  proxy {loss:.4g}  "
+                f"{p.name:<40} [{p.out_features}x{p.in_features}] D={p.dim} rel.err {rel:.5f}  proxy {loss:.4g}  "
                 f"{s.bits_per_weight:.3f} b/w  {secs:.2f}s"
             )
             if bar is not None:

@@ -7,7 +7,9 @@ A checkpoint is a directory that ``save_pretrained`` writes (safetensors,
 never pickle) whose ``config.json`` holds a ``quantization_config``::
 
     {"quant_method": "pvq", "method": "pvq"|"gptq"|..., "bits": target,
-     "bits_per_weight": measured, "stored_bits": ..., "num_weights": ...,
+     "bits_per_weight": measured over every block weight, "stored_bits": ..., "num_weights": ...,
+     "quantized_fraction": quantized / all block weights,
+     "kept": {name: bits}  (block weights left unquantized, counted at these bits),
      "config": QuantizeConfig.to_dict(),
      "modules": {name: {"codec": codec config, "in_features", "out_features",
                         "bias", "rotation": {"out_seed", "in_seed"} | null,
@@ -42,6 +44,7 @@ from pvq.errors import CheckpointError, QuantizeError
 
 from .methods import QuantizeConfig
 from .qlinear import QuantizedLinear, buffer_name
+from .structure import decoder_blocks, is_linear, is_weight, linear_sizes
 
 __all__ = [
     "FORMAT_VERSION",
@@ -67,6 +70,27 @@ def quantized_modules(model: nn.Module) -> dict[str, QuantizedLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLinear)}
 
 
+def block_rate(model: nn.Module, kept_bits: int | None = None) -> dict:
+    """Bits of every weight of the decoder blocks: quantized ones (:class:`QuantizedLinear`) from
+    their stored tensors, the others (``kept``: ``{name: {"numel", "bits"}}``) at ``kept_bits``
+    or their dtype's width. Returns ``stored_bits``, ``num_weights``, ``quantized_bits``,
+    ``quantized_weights``, ``kept``."""
+    path, blocks = decoder_blocks(model)
+    qbits = qweights = 0
+    kept: dict[str, dict] = {}
+    for i, block in enumerate(blocks):
+        for m in block.modules():
+            if isinstance(m, QuantizedLinear):
+                qbits, qweights = qbits + m.stored_bits(), qweights + m.num_weights
+        for n, p in block.named_parameters():
+            if is_weight(n, p):
+                kept[f"{path}.{i}.{n}"] = {"numel": p.numel(), "bits": kept_bits or p.element_size() * 8}
+    bits = qbits + sum(k["numel"] * k["bits"] for k in kept.values())
+    weights = qweights + sum(k["numel"] for k in kept.values())
+    return {"stored_bits": bits, "num_weights": weights, "quantized_bits": qbits, "quantized_weights": qweights,
+            "kept": kept}
+
+
 def quantization_config_dict(model: nn.Module, quant_config) -> dict:
     """The ``quantization_config`` of a quantized model (see the module docstring)."""
     from pvq import __version__
@@ -75,15 +99,16 @@ def quantization_config_dict(model: nn.Module, quant_config) -> dict:
     mods = quantized_modules(model)
     if not mods:
         raise QuantizeError("the model holds no QuantizedLinear modules; quantize it first (pvq.models.quantize_model)")
-    bits = sum(m.stored_bits() for m in mods.values())
-    weights = sum(m.num_weights for m in mods.values())
+    rate = block_rate(model)
     return {
         "quant_method": QUANT_METHOD,
         "method": config.method,
         "bits": config.bits,
-        "bits_per_weight": bits / weights,
-        "stored_bits": bits,
-        "num_weights": weights,
+        "bits_per_weight": rate["stored_bits"] / rate["num_weights"],
+        "stored_bits": rate["stored_bits"],
+        "num_weights": rate["num_weights"],
+        "quantized_fraction": rate["quantized_weights"] / rate["num_weights"],
+        "kept": {n: k["bits"] for n, k in rate["kept"].items()},
         "config": config.to_dict(),
         "modules": {n: m.layer_config() for n, m in mods.items()},
         "pvq_version": __version__,
@@ -170,7 +195,7 @@ def read_quantization_config(path: str | Path) -> dict:
 
 
 def replace_linears(model: nn.Module, qdict: dict) -> None:
-    """Swap each ``nn.Linear`` named in ``qdict["modules"]`` for an empty :class:`QuantizedLinear`
+    """Swap each linear (``nn.Linear``, ``Conv1D``) named in ``qdict["modules"]`` for an empty :class:`QuantizedLinear`
     (on the linear's device, bias in its dtype)."""
     for name, cfg in qdict["modules"].items():
         try:
@@ -179,11 +204,12 @@ def replace_linears(model: nn.Module, qdict: dict) -> None:
             raise CheckpointError(f"quantized module {name!r} of the checkpoint is not in the model") from e
         if isinstance(old, QuantizedLinear):
             continue
-        if not isinstance(old, nn.Linear):
-            raise CheckpointError(f"module {name!r} is {type(old).__name__}, expected nn.Linear to replace")
-        if (old.in_features, old.out_features) != (cfg["in_features"], cfg["out_features"]):
+        if not is_linear(old):
+            raise CheckpointError(f"module {name!r} is {type(old).__name__}, expected a linear layer to replace")
+        inp, out = linear_sizes(old)
+        if (inp, out) != (cfg["in_features"], cfg["out_features"]):
             raise CheckpointError(
-                f"module {name!r} is [{old.out_features}x{old.in_features}] in the model, "
+                f"module {name!r} is [{out}x{inp}] in the model, "
                 f"[{cfg['out_features']}x{cfg['in_features']}] in the quantization_config"
             )
         q = QuantizedLinear.from_layer_config(cfg, bias_dtype=old.weight.dtype, device=old.weight.device)

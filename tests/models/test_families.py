@@ -1,0 +1,71 @@
+"""Every supported decoder family: quantize, reload with identical logits, evaluate.
+
+Tiny random models built from each family's transformers config class
+(``tests/tiny_models.py``: 2 blocks, hidden 64, MLP 176 = 16 * 11 so that
+pvq's D=32 does not divide the down projection, 4 experts for MoE families).
+"""
+
+import math
+import warnings
+
+import pytest
+import torch
+from tiny_models import DENSE_FAMILIES, MOE_FAMILIES, X, calib, char_tokenizer, family_available, quantized, tiny
+
+from pvq.eval.runs import linear_weight_bits, run_eval
+from pvq.models import QuantizeConfig, load_quantized, quantize_model, read_quantization_config, save_quantized
+from pvq.models.structure import decoder_blocks, expert_stacks, is_linear
+
+TEXT = ("The quick brown fox jumps over the lazy dog. " * 4 + "Pack my box with five dozen liquor jugs.\n") * 3
+
+
+def _family(family):
+    if not family_available(family):
+        pytest.skip(f"the installed transformers has no config class for {family}")
+    return tiny(family)
+
+
+def _plain_block_linears(model) -> list[str]:
+    path, blocks = decoder_blocks(model)
+    return [f"{path}.{i}.{n}" for i, b in enumerate(blocks) for n, m in b.named_modules() if is_linear(m)]
+
+
+def _eval(path, tmp_path) -> dict:
+    data = tmp_path / "text.txt"
+    data.write_text(TEXT)
+    out = run_eval(str(path), data=str(data), context=32, stride=32, max_tokens=160)
+    assert math.isfinite(out["perplexity"]) and out["perplexity"] > 1
+    return out
+
+
+@pytest.mark.parametrize("family", DENSE_FAMILIES)
+def test_dense_family_quantizes_reloads_and_evaluates(family, tmp_path):
+    model = _family(family)
+    tok = char_tokenizer()
+    # pvq eval of the unquantized model: every block weight at its dtype's 32 bits
+    model.save_pretrained(tmp_path / "fp32")
+    tok.save_pretrained(tmp_path / "fp32")
+    assert linear_weight_bits(model) == 32.0
+    assert _eval(tmp_path / "fp32", tmp_path)["bits_per_weight"] == 32.0
+
+    names = _plain_block_linears(model)
+    assert names and len(names) >= 4
+    report = quantize_model(model, calib(4, 32), QuantizeConfig(method="pvq", bits=3, n_samples=4, seq_len=32),
+                            progress=False, log=None)
+    # every linear of every block quantized (nn.Linear and Conv1D), nothing kept
+    assert sorted(quantized(model)) == sorted(names) and not _plain_block_linears(model)
+    assert report.quantized_fraction == 1.0 and report.kept == {}
+    dims = {s.in_features: s.dim for s in report.layers}
+    assert all(d == (16 if n % 32 else 32) for n, d in dims.items()), dims  # D per layer, not one fallback
+    assert 2.9 < report.bits_per_weight < 3.05
+    ref = model(X).logits
+    save_quantized(model, tmp_path / "q", report, tokenizer=tok)
+    qdict = read_quantization_config(tmp_path / "q")
+    assert qdict["bits_per_weight"] == pytest.approx(report.bits_per_weight) and qdict["kept"] == {}
+    assert {e["codec"]["dim"] for e in qdict["modules"].values()} == set(dims.values())
+    for via in ("direct", "transformers"):
+        with warnings.catch_warnings():  # no silent fallback from the transformers path to the direct one
+            warnings.filterwarnings("error", message=".*through transformers failed")
+            loaded = load_quantized(tmp_path / "q", via=via)
+        assert torch.equal(loaded(X).logits, ref), via
+    assert _eval(tmp_path / "q", tmp_path)["bits_per_weight"] == pytest.approx(qdict["bits_per_weight"])
