@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pvq.errors import CheckpointError, QuantizeError
+from pvq.errors import CheckpointError, PvqError, QuantizeError
 
 from .format import (
     INTEGRITY_KEY,
@@ -289,8 +289,8 @@ def load_quantized(
     model = None
     if via == "transformers":
         try:
-            model = _load_transformers(path, dtype)
-        except QuantizeError:
+            model = _load_transformers(path, dtype, qdict)
+        except PvqError:
             raise
         except Exception as e:  # an API this transformers version lacks
             warnings.warn(
@@ -306,12 +306,27 @@ def load_quantized(
     return model
 
 
-def _load_transformers(path: Path, dtype) -> nn.Module:
+def _load_transformers(path: Path, dtype, qdict: dict) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
     register()
     kwargs = {} if dtype is None else {"dtype": dtype}
-    return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    check_loaded(model, qdict, str(path))
+    return model
+
+
+def check_loaded(model: nn.Module, qdict: dict, where: str) -> None:
+    """Refuse a model in which a module the checkpoint quantized is not quantized (transformers
+    loads a checkpoint of an unknown ``quant_method`` as a randomly initialized plain model)."""
+    have = {n for n, m in model.named_modules() if isinstance(m, QuantizedLinear)}
+    missing = [n for n in qdict["modules"] if n not in have]
+    if missing:
+        raise CheckpointError(
+            f"{where} was loaded without its quantized modules ({len(missing)} of {len(qdict['modules'])}, e.g. "
+            f"{missing[0]}): the pvq quantizer was not registered with transformers; `import pvq` before "
+            "from_pretrained, or use pvq.models.load_quantized"
+        )
 
 
 def _config_dtype(config) -> torch.dtype:
