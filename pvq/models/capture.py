@@ -128,37 +128,44 @@ def block_linears(block: nn.Module, names: list[str]) -> dict[str, nn.Module]:
 
 
 @torch.no_grad()
-def linear_stages(block: nn.Module, batch: BlockInputs, i: int, names: list[str], sequential: bool) -> list[list[str]]:
+def linear_stages(
+    block: nn.Module, batch: BlockInputs, i: int, names: list[str], sequential: bool, units: list[str] = ()
+) -> list[list[str]]:
     """Linears grouped by shared input, in call order (one stage when not sequential).
 
     Runs the block once on the first calibration batch; linears called one
     after another on the same input tensor (q/k/v; gate/up) form one stage.
+    ``units`` (e.g. experts modules) are placed in the call order as stages of their own.
     """
-    calls: list[tuple[str, torch.Tensor]] = []  # the inputs are kept alive so identities stay unique
+    calls: list[tuple[str, torch.Tensor | None]] = []  # the inputs are kept alive so identities stay unique
     mods = block_linears(block, names)
     hooks = [mods[n].register_forward_hook(lambda m, inp, out, n=n: calls.append((n, inp[0]))) for n in names]
+    hooks += [block.get_submodule(u).register_forward_pre_hook(lambda m, inp, u=u: calls.append((u, None)))
+              for u in units]
     try:
         run_block(block, batch, i)
     finally:
         for h in hooks:
             h.remove()
     seen = {n for n, _ in calls}
-    missing = [n for n in names if n not in seen]
+    missing = [n for n in [*names, *units] if n not in seen]
     if missing:
         raise QuantizeError(
-            f"linear layers {missing} of block {i} are never called in its forward pass; cannot collect their Hessians"
+            f"layers {missing} of block {i} are never called in its forward pass; cannot collect their Hessians"
         )
     order: list[list[str]] = []
     last = None
     for n, x in calls:
         if any(n in s for s in order):
             continue
-        if order and x is last:
+        if order and x is not None and x is last:
             order[-1].append(n)
         else:
             order.append([n])
         last = x
-    return order if sequential else [[n for s in order for n in s]]
+    if sequential:
+        return order
+    return [[n for s in order for n in s if n not in units]] + [[u] for u in units]
 
 
 @torch.no_grad()

@@ -23,7 +23,11 @@ which :func:`verify_checkpoint` checks on every load path.
 
 Version history: 1 - no ``layout`` (read as ``"stored"``), codec options as
 flat fields of ``config``, no integrity record; 2 - ``layout`` per layer,
-``config.options``, the integrity record.
+``config.options``, the integrity record; 3 - ``experts`` (quantized MoE
+expert stacks: ``{stack name: {"num_experts", "out_features", "in_features",
+"transposed"}}``, each expert a module entry ``<stack>_pvq.<e>``; digested in
+the integrity record's ``experts``), ``quantized_fraction`` and ``kept``, and
+the rate over every block weight.
 A quantized layer's tensors are ``<module>.packed_<key>`` (uint8 codes, any
 fitted data such as a K-means codebook), ``<module>.scales`` (fp16) and
 ``<module>.bias``.
@@ -42,6 +46,7 @@ from torch import nn
 
 from pvq.errors import CheckpointError, QuantizeError
 
+from .experts import QuantizedExperts, replace_experts
 from .methods import QuantizeConfig
 from .qlinear import QuantizedLinear, buffer_name
 from .structure import decoder_blocks, is_linear, is_weight, linear_sizes
@@ -62,8 +67,8 @@ __all__ = [
 ]
 
 QUANT_METHOD = "pvq"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 
 
 def quantized_modules(model: nn.Module) -> dict[str, QuantizedLinear]:
@@ -111,9 +116,24 @@ def quantization_config_dict(model: nn.Module, quant_config) -> dict:
         "kept": {n: k["bits"] for n, k in rate["kept"].items()},
         "config": config.to_dict(),
         "modules": {n: m.layer_config() for n, m in mods.items()},
+        "experts": expert_entries(model),
         "pvq_version": __version__,
         "format_version": FORMAT_VERSION,
     }
+
+
+def expert_entries(model: nn.Module) -> dict:
+    """``{stack name: {"num_experts", "out_features", "in_features", "transposed"}}`` of every
+    :class:`QuantizedExperts` (its experts are module entries ``<stack>_pvq.<e>``)."""
+    out = {}
+    for n, m in model.named_modules():
+        if isinstance(m, QuantizedExperts):
+            owner = n.rpartition(".")[0]
+            out[f"{owner}.{m.param}" if owner else m.param] = {
+                "num_experts": len(m), "out_features": m[0].out_features, "in_features": m[0].in_features,
+                "transposed": m.transposed,
+            }
+    return out
 
 
 def _as_config(quant_config) -> QuantizeConfig:
@@ -196,7 +216,9 @@ def read_quantization_config(path: str | Path) -> dict:
 
 def replace_linears(model: nn.Module, qdict: dict) -> None:
     """Swap each linear (``nn.Linear``, ``Conv1D``) named in ``qdict["modules"]`` for an empty :class:`QuantizedLinear`
-    (on the linear's device, bias in its dtype)."""
+    (on the linear's device, bias in its dtype), after installing the empty
+    :class:`QuantizedExperts` of ``qdict["experts"]`` (format 3) in place of their 3-D parameters."""
+    replace_experts(model, qdict.get("experts") or {}, qdict["modules"])
     for name, cfg in qdict["modules"].items():
         try:
             old = model.get_submodule(name)
@@ -278,6 +300,7 @@ def integrity_record(path: str | Path, qdict: dict) -> dict:
         "algorithm": "sha256",
         "tensors": {k: {kk: v[kk] for kk in ("dtype", "shape", "sha256")} for k, v in tensor_digests(path).items()},
         "modules": {name: _entry_digest(entry) for name, entry in qdict["modules"].items()},
+        **({"experts": {n: _entry_digest(e) for n, e in qdict["experts"].items()}} if qdict.get("experts") else {}),
     }
 
 
@@ -312,6 +335,12 @@ def verify_checkpoint(path: str | Path, qdict: dict | None = None) -> None:
     for name in sorted(set(want_mods) & set(have_mods)):
         if _entry_digest(have_mods[name]) != want_mods[name]:
             problems.append(f"the config entry of {name} was edited")
+    want_exp, have_exp = record.get("experts", {}), qdict.get("experts") or {}
+    for name in sorted(set(want_exp) ^ set(have_exp)):
+        problems.append(f"quantized experts {name} are in the {'record' if name in want_exp else 'config'} only")
+    for name in sorted(set(want_exp) & set(have_exp)):
+        if _entry_digest(have_exp[name]) != want_exp[name]:
+            problems.append(f"the config entry of experts {name} was edited")
     want, have = record.get("tensors", {}), tensor_digests(path)
     for name in sorted(set(want) - set(have)):
         problems.append(f"tensor {name} is missing")

@@ -96,7 +96,8 @@ class PvqHfQuantizer(HfQuantizer):
                 "load it from a local directory (or a downloaded hub snapshot)"
             )
         verify_checkpoint(path, self.quantization_config.to_dict())
-        replace_linears(model, {"modules": self.quantization_config.modules})
+        replace_linears(model, {"modules": self.quantization_config.modules,
+                                "experts": getattr(self.quantization_config, "experts", None) or {}})
         _skip_parent_init(model, self.quantization_config.modules)
         return model
 

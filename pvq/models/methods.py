@@ -424,15 +424,25 @@ class QuantizeConfig:
         want = self.default_dim()
         out = {}
         for n in in_sizes:
-            fit = [d for d in allowed(n) if d <= want]
+            fit = sorted((d for d in allowed(n) if d <= want), reverse=True)
             pow2 = [d for d in fit if d & (d - 1) == 0]  # powers of two first (the kernels' tuned sizes)
-            fit = pow2 or fit
+            fit = pow2 + [d for d in fit if d not in pow2]
             if not fit:
                 raise QuantizeError(
                     f"codec {self.spec.codec!r} needs D in {cspec.dims}, and none divides the input size {n} "
                     "of some layers; this method cannot quantize this model"
                 )
-            out[n] = max(fit)
+            errors = []
+            for d in fit:  # the largest D whose codec can be built at this size (e.g. PVQ needs G >= 2)
+                try:
+                    if self.group_size is None:
+                        self.make_codec(d, self._pick_group(n, d, f"in={n}"))
+                    out[n] = d
+                    break
+                except QuantizeError as e:
+                    errors.append(str(e))
+            if n not in out:
+                raise QuantizeError(f"no vector dimension works for layers with {n} inputs: {errors[0]}")
         return out
 
     def _pick_group(self, in_features: int, dim: int, name: str) -> int:

@@ -69,3 +69,71 @@ def test_dense_family_quantizes_reloads_and_evaluates(family, tmp_path):
             loaded = load_quantized(tmp_path / "q", via=via)
         assert torch.equal(loaded(X).logits, ref), via
     assert _eval(tmp_path / "q", tmp_path)["bits_per_weight"] == pytest.approx(qdict["bits_per_weight"])
+
+
+# routers (and qwen2_moe's shared-expert gate) are the only block weights kept in their dtype
+KEPT = {
+    "mixtral": ("mlp.gate.weight",), "qwen3_moe": ("mlp.gate.weight",), "olmoe": ("mlp.gate.weight",),
+    "granitemoe": ("block_sparse_moe.router.weight",), "gpt_oss": ("mlp.router.weight",),
+    "qwen2_moe": ("mlp.gate.weight", "mlp.shared_expert_gate.weight"), "deepseek_v3": ("mlp.gate.weight",),
+}
+
+
+@pytest.mark.parametrize("family", MOE_FAMILIES)
+def test_moe_family_quantizes_experts_reloads_and_evaluates(family, tmp_path):
+    model = _family(family)
+    tok = char_tokenizer()
+    path, blocks = decoder_blocks(model)
+    stacks = {f"{path}.{i}.{s.name}": s for i, b in enumerate(blocks) for s in expert_stacks(b)}
+    assert stacks and all(s.num_experts == 4 for s in stacks.values())
+    model.save_pretrained(tmp_path / "fp32")
+    tok.save_pretrained(tmp_path / "fp32")
+    assert _eval(tmp_path / "fp32", tmp_path)["bits_per_weight"] == 32.0  # experts and routers counted too
+
+    ids = calib(4, 32)
+    lines = []
+    report = quantize_model(model, ids, QuantizeConfig(method="pvq", bits=3, n_samples=4, seq_len=32),
+                            progress=False, log=lines.append)
+    # every expert of every stack quantized with its own codes, the 3-D parameters gone
+    experts = [s for s in report.layers if s.tokens is not None]
+    assert len(experts) == 4 * len(stacks)
+    assert not [n for n, p in model.named_parameters() if p.dim() == 3]
+    kept_linears = {f"{path}.{i}.{k.rpartition('.')[0]}" for i, b in enumerate(blocks) for k in KEPT[family]
+                    if _has(b, k) and is_linear(b.get_submodule(k.rpartition(".")[0]))}
+    assert set(_plain_block_linears(model)) == kept_linears  # every other linear quantized
+    # routed Hessians: over the 4 experts of a stack, every calibration token counted top_k times
+    top_k = model.config.num_experts_per_tok
+    for name in stacks:
+        counts = [s.tokens for s in experts if s.name.startswith(name + "_pvq.")]
+        assert len(counts) == 4 and sum(counts) == ids.numel() * top_k, (name, counts)
+    pooled = [s for s in experts if s.hessian == "pooled"]
+    assert all(s.tokens < s.in_features for s in pooled)
+    assert all(s.hessian == "routed" for s in experts if s.tokens >= s.in_features)
+    if pooled:
+        assert any("pooled Hessian" in line for line in lines)
+    # the rate counts every block weight: the kept routers at 32 bits
+    kept = {f"{path}.{i}.{k}" for i, b in enumerate(blocks) for k in KEPT[family] if _has(b, k)}
+    assert set(report.kept) == kept and all(k["bits"] == 32 for k in report.kept.values())
+    assert 0.99 < report.quantized_fraction < 1.0
+    assert report.bits_per_weight == pytest.approx(report.stored_bits / report.num_weights)
+    assert 3.0 < report.bits_per_weight < 3.2  # above the quantized weights' own rate by the routers' share
+    ref = model(X).logits
+    save_quantized(model, tmp_path / "q", report, tokenizer=tok)
+    qdict = read_quantization_config(tmp_path / "q")
+    assert set(qdict["experts"]) == set(stacks) and set(qdict["kept"]) == kept
+    assert qdict["bits_per_weight"] == pytest.approx(report.bits_per_weight)
+    for via in ("direct", "transformers"):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*through transformers failed")
+            loaded = load_quantized(tmp_path / "q", via=via)
+        assert torch.equal(loaded(X).logits, ref), via
+    assert _eval(tmp_path / "q", tmp_path)["bits_per_weight"] == pytest.approx(qdict["bits_per_weight"])
+
+
+def _has(block, name: str) -> bool:
+    try:
+        block.get_parameter(name)
+        return True
+    except AttributeError:
+        return False
+
