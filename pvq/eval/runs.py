@@ -240,11 +240,15 @@ def run_quantize(req: QuantizeRequest, log: Log = _quiet, progress: bool = True)
     req.config.plan(model)  # method, dims, groups and rates against this model, before any work
     calib = calibration_batches(text, tokenizer, req.config.n_samples, req.config.seq_len, req.config.seed)
     report = quantize_model(model, calib, req.config, device=device, progress=progress, log=log)
+    if source_dtype is not None:  # weights left unquantized are saved (and counted) in the source dtype
+        report.recount_kept(source_dtype.itemsize * 8)
     summary = {
         "model": resolve_model(req.model),
         "method": req.config.method,
         "target_bits": req.config.bits,
         "bits_per_weight": report.bits_per_weight,
+        "quantized_fraction": report.quantized_fraction,
+        "kept": sorted(report.kept),
         "seconds": report.seconds,
         "proxy_loss": report.proxy_loss,
         "output": None,

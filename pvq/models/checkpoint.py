@@ -33,6 +33,7 @@ from .format import (
     safetensors_files,
     verify_checkpoint,
 )
+from .experts import QuantizedExperts
 from .hf_quantizer import register
 from .qlinear import QuantizedLinear
 
@@ -153,12 +154,13 @@ def save_quantized(
     complete previous checkpoint, or the complete new one.
     """
     out_dir = prepare_output(out_dir, overwrite, log)
-    qdict = quantization_config_dict(model, quant_config)
+    quantization_config_dict(model, quant_config)  # checks before anything changes
     config = getattr(model, "config", None)
     if config is None or not hasattr(model, "save_pretrained"):
         raise QuantizeError("save_quantized needs a transformers PreTrainedModel (with .config and .save_pretrained)")
     if dtype is not None:
         cast_unquantized(model, dtype)
+    qdict = quantization_config_dict(model, quant_config)  # kept weights counted in the dtype they are saved in
     tmp = _sibling(out_dir, _TMP)
     tmp.mkdir()
     try:
@@ -196,6 +198,9 @@ def cast_unquantized(model: nn.Module, dtype: torch.dtype) -> None:
     """Cast every floating tensor of ``model`` except the stored codes and scales of its
     :class:`QuantizedLinear` modules (their bias is cast) to ``dtype``, in place."""
     for module in model.modules():
+        if isinstance(module, QuantizedExperts):
+            module.clear_cache()  # its experts are QuantizedLinears: their bias (none) and caches below
+            continue
         if isinstance(module, QuantizedLinear):
             if module.bias is not None:
                 module.bias.data = module.bias.data.to(dtype)

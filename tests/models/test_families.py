@@ -137,3 +137,23 @@ def _has(block, name: str) -> bool:
     except AttributeError:
         return False
 
+
+
+def test_quantize_run_of_an_fp16_moe_model_counts_its_routers_at_16_bits(tmp_path):
+    """`pvq quantize` (run_quantize) on an fp16 Mixtral: the JSON's rate and kept list match the checkpoint's."""
+    from pvq.eval.runs import QuantizeRequest, run_quantize
+
+    src = tmp_path / "src"
+    tiny("mixtral").to(torch.float16).save_pretrained(src)
+    char_tokenizer().save_pretrained(src)
+    data = tmp_path / "calib.txt"
+    data.write_text(TEXT * 3)
+    cfg = QuantizeConfig(method="rtn", bits=4, n_samples=2, seq_len=32)
+    _, _, summary = run_quantize(QuantizeRequest(str(src), cfg, calib=str(data), output=str(tmp_path / "q")),
+                                 progress=False)
+    qdict = read_quantization_config(tmp_path / "q")
+    assert summary["kept"] == sorted(qdict["kept"]) == ["model.layers.0.mlp.gate.weight", "model.layers.1.mlp.gate.weight"]
+    assert set(qdict["kept"].values()) == {16}
+    assert summary["bits_per_weight"] == pytest.approx(qdict["bits_per_weight"])
+    assert summary["quantized_fraction"] == pytest.approx(qdict["quantized_fraction"]) and summary["quantized_fraction"] < 1
+    assert _eval(tmp_path / "q", tmp_path)["bits_per_weight"] == pytest.approx(qdict["bits_per_weight"])
