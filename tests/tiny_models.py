@@ -1,11 +1,15 @@
 """Tiny random decoder models shared by the tests (exposed as fixtures by ``conftest.py``).
 
 Llama, Mistral and Qwen2 with GQA 4/2 heads, hidden 64 and MLP 176 = 2^4 * 11
-(so group sizes must adapt per layer), 2 blocks, vocabulary 128.
+(so group sizes must adapt per layer), 2 blocks, vocabulary 128. Every other
+family in :data:`FAMILY_CONFIGS` is built from its transformers config class
+with the same shape (the family's own names for the sizes where it has them)
+and, for mixture-of-experts families, 4 experts of which 2 per token.
 """
 
 import torch
 from transformers import (
+    AutoModelForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
@@ -14,6 +18,7 @@ from transformers import (
     Qwen2Config,
     Qwen2ForCausalLM,
 )
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from pvq.models import QuantizedLinear
 
@@ -24,15 +29,66 @@ FAMILIES = {
 }
 SHAPE = dict(vocab_size=128, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+MOE = dict(num_local_experts=4, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=96)
+
+# family -> (transformers model_type, config overrides on SHAPE); MoE families also take MOE
+FAMILY_CONFIGS: dict[str, tuple[str, dict]] = {
+    "llama": ("llama", {}),
+    "mistral": ("mistral", {}),
+    "qwen2": ("qwen2", {}),
+    "qwen3": ("qwen3", {"head_dim": 16}),
+    "gemma": ("gemma", {"head_dim": 16}),
+    "gemma2": ("gemma2", {"head_dim": 16}),
+    "gemma3": ("gemma3_text", {"head_dim": 16}),
+    "phi": ("phi", {}),
+    "phi3": ("phi3", {"pad_token_id": 0}),
+    "starcoder2": ("starcoder2", {}),
+    "olmo": ("olmo", {}),
+    "olmo2": ("olmo2", {}),
+    "granite": ("granite", {}),
+    "cohere": ("cohere", {}),
+    "stablelm": ("stablelm", {}),
+    "gpt2": ("gpt2", {"n_inner": 176}),  # Conv1D linears, blocks at transformer.h
+    "gpt_neox": ("gpt_neox", {}),
+    "opt": ("opt", {"ffn_dim": 176, "word_embed_proj_dim": 64}),
+    "falcon": ("falcon", {"ffn_hidden_size": 176, "new_decoder_architecture": True, "num_kv_heads": 2}),
+    "bloom": ("bloom", {}),  # MLP fixed at 4 * hidden
+    "gptj": ("gptj", {"n_inner": 176, "rotary_dim": 8}),
+    "gpt_bigcode": ("gpt_bigcode", {"n_inner": 176}),
+    "mixtral": ("mixtral", {}),
+    "qwen3_moe": ("qwen3_moe", {}),
+    "olmoe": ("olmoe", {}),
+    "granitemoe": ("granitemoe", {}),
+    "gpt_oss": ("gpt_oss", {"head_dim": 16, "sliding_window": 16,
+                            "layer_types": ["sliding_attention", "full_attention"]}),
+    "qwen2_moe": ("qwen2_moe", {"shared_expert_intermediate_size": 96, "decoder_sparse_step": 1,
+                                "mlp_only_layers": []}),
+    "deepseek_v3": ("deepseek_v3", {"n_routed_experts": 4, "n_shared_experts": 1, "first_k_dense_replace": 1,
+                                    "n_group": 1, "topk_group": 1, "num_key_value_heads": 4, "q_lora_rank": 32,
+                                    "kv_lora_rank": 32, "qk_rope_head_dim": 8, "qk_nope_head_dim": 16,
+                                    "v_head_dim": 16}),
+}
+MOE_FAMILIES = ("mixtral", "qwen3_moe", "olmoe", "granitemoe", "gpt_oss", "qwen2_moe", "deepseek_v3")
+DENSE_FAMILIES = tuple(f for f in FAMILY_CONFIGS if f not in MOE_FAMILIES)
+
 X = torch.randint(0, 128, (2, 24), generator=torch.Generator().manual_seed(9))
 """Input ids ``[2, 24]`` for comparing logits."""
 
 
+def family_available(family: str) -> bool:
+    """True when the installed transformers has the family's config class."""
+    return FAMILY_CONFIGS[family][0] in CONFIG_MAPPING
+
+
 def tiny(family: str = "llama", seed: int = 0, **extra):
     """A tiny random model of ``family`` in eval mode (seeded)."""
-    cfg_cls, model_cls = FAMILIES[family]
     torch.manual_seed(seed)
-    return model_cls(cfg_cls(**{**SHAPE, **extra})).eval()
+    if family in FAMILIES:
+        cfg_cls, model_cls = FAMILIES[family]
+        return model_cls(cfg_cls(**{**SHAPE, **extra})).eval()
+    model_type, over = FAMILY_CONFIGS[family]
+    kw = {**SHAPE, **(MOE if family in MOE_FAMILIES else {}), **over, **extra}
+    return AutoModelForCausalLM.from_config(CONFIG_MAPPING[model_type](**kw)).eval()
 
 
 def calib(n: int = 8, length: int = 32, seed: int = 1) -> torch.Tensor:

@@ -20,7 +20,6 @@ from ..models import (
     QuantizedLinear,
     QuantizeError,
     calibration_batches,
-    decoder_layers,
     load_quantized,
     load_text,
     quantize_model,
@@ -30,6 +29,7 @@ from ..models import (
 )
 from ..models import set_backend
 from ..models.checkpoint import prepare_output
+from ..models.format import block_rate
 from ..models.reference import CALIB_TEXT, HELDOUT_TEXT, resolve_model
 from .perplexity import check_windows, perplexity
 
@@ -185,21 +185,11 @@ def model_memory_bytes(model) -> int:
 
 
 def linear_weight_bits(model, stored_bits: int | None = None) -> float:
-    """Bits per weight of the decoder blocks' linears: pvq layers from their stored tensors, plain
-    linears at ``stored_bits`` (the checkpoint's dtype width) or their in-memory dtype width."""
-    try:
-        modules = [m for layer in decoder_layers(model) for m in layer.modules()]
-    except QuantizeError:  # no model.model.layers: every linear but the output head
-        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        modules = [m for m in model.modules() if m is not head]
-    bits = weights = 0
-    for m in modules:
-        if isinstance(m, QuantizedLinear):
-            bits, weights = bits + m.stored_bits(), weights + m.num_weights
-        elif isinstance(m, torch.nn.Linear):
-            n = m.weight.numel()
-            bits, weights = bits + n * (stored_bits or m.weight.element_size() * 8), weights + n
-    return bits / weights if weights else float("nan")
+    """Bits per weight of every weight of the decoder blocks: pvq layers from their stored tensors,
+    the others (plain linears, Conv1D, routers, expert stacks) at ``stored_bits`` (the
+    checkpoint's dtype width) or their in-memory dtype width (:func:`pvq.models.format.block_rate`)."""
+    rate = block_rate(model, stored_bits)
+    return rate["stored_bits"] / rate["num_weights"] if rate["num_weights"] else float("nan")
 
 
 def _stored(name_or_path: str | None) -> int | None:
@@ -250,11 +240,15 @@ def run_quantize(req: QuantizeRequest, log: Log = _quiet, progress: bool = True)
     req.config.plan(model)  # method, dims, groups and rates against this model, before any work
     calib = calibration_batches(text, tokenizer, req.config.n_samples, req.config.seq_len, req.config.seed)
     report = quantize_model(model, calib, req.config, device=device, progress=progress, log=log)
+    if source_dtype is not None:  # weights left unquantized are saved (and counted) in the source dtype
+        report.recount_kept(source_dtype.itemsize * 8)
     summary = {
         "model": resolve_model(req.model),
         "method": req.config.method,
         "target_bits": req.config.bits,
         "bits_per_weight": report.bits_per_weight,
+        "quantized_fraction": report.quantized_fraction,
+        "kept": sorted(report.kept),
         "seconds": report.seconds,
         "proxy_loss": report.proxy_loss,
         "output": None,

@@ -9,6 +9,7 @@ from .calibration import calibration_batches, check_calibration, load_text, toke
 from .checkpoint import load_quantized, save_quantized
 from .devices import resolve_device
 from .driver import LayerStats, QuantizeReport, quantize_model
+from .experts import QuantizedExperts
 from .format import quantization_config_dict, quantized_modules, read_quantization_config
 from .lora import BlockHook, LoraRecovery
 from .methods import (
@@ -22,9 +23,11 @@ from .methods import (
     register_method,
 )
 from .qlinear import QuantizedLinear, set_backend
+from .structure import FAMILY_RULES, decoder_blocks
 
 __all__ = [
     "BACKENDS",
+    "FAMILY_RULES",
     "METHODS",
     "Backend",
     "BlockHook",
@@ -38,9 +41,11 @@ __all__ = [
     "QuantizeError",
     "QuantizePlan",
     "QuantizeReport",
+    "QuantizedExperts",
     "QuantizedLinear",
     "calibration_batches",
     "check_calibration",
+    "decoder_blocks",
     "decoder_layers",
     "get_method",
     "load_quantized",

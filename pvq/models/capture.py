@@ -18,7 +18,7 @@ from torch import nn
 from pvq.errors import QuantizeError
 from pvq.solvers import HessianAccumulator
 
-from .methods import decoder_layers
+from .structure import decoder_blocks, linear_sizes
 
 __all__ = ["BlockInputs", "block_linears", "capture_block_inputs", "collect_hessians", "linear_stages",
            "module_device", "run_block"]
@@ -35,21 +35,25 @@ class BlockInputs:
     kwargs: list[dict]  # keyword arguments of each block
 
 
-def _base_model(model: nn.Module) -> nn.Module:
-    return model.model
-
-
 @torch.no_grad()
 def capture_block_inputs(model: nn.Module, calib_ids: torch.Tensor, device: torch.device, batch_size: int) -> list[BlockInputs]:
-    """Inputs of block 0 and the keyword arguments of every block, per batch."""
-    base = _base_model(model)
-    layers = decoder_layers(model)
+    """Inputs of block 0 and the keyword arguments of every block, per batch.
+
+    Runs the whole model (``model(input_ids=...)``) with the blocks replaced by
+    recorders; the modules beside the block list on its path (embeddings,
+    rotary tables) are moved to ``device`` for the pass; the forward stops
+    after the last block.
+    """
+    path, layers = decoder_blocks(model)
     moved = []
-    for name, child in base.named_children():
-        if child is layers:
-            continue
-        moved.append((child, module_device(child)))
-        child.to(device)
+    parts = path.split(".")
+    for depth in range(1, len(parts)):  # siblings of the path below the top (not the output head)
+        parent = model.get_submodule(".".join(parts[:depth]))
+        for name, child in parent.named_children():
+            if name == parts[depth]:
+                continue
+            moved.append((child, module_device(child)))
+            child.to(device)
     batches: list[BlockInputs] = []
     record: dict = {}
     saved = [layer.__dict__.get("forward") for layer in layers]
@@ -76,7 +80,7 @@ def capture_block_inputs(model: nn.Module, calib_ids: torch.Tensor, device: torc
             record.clear()
             ids = calib_ids[start : start + batch_size].to(device)
             try:
-                base(input_ids=ids, use_cache=False)
+                model(input_ids=ids, use_cache=False)
             except StopForward:
                 pass
             if "hidden" not in record or len(record.get("kwargs", [])) != len(layers):
@@ -118,50 +122,58 @@ def run_block(block: nn.Module, batch: BlockInputs, i: int) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def block_linears(block: nn.Module) -> dict[str, nn.Linear]:
-    return {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+def block_linears(block: nn.Module, names: list[str]) -> dict[str, nn.Module]:
+    """The block's submodules of the given block-relative names."""
+    return {n: block.get_submodule(n) for n in names}
 
 
 @torch.no_grad()
-def linear_stages(block: nn.Module, batch: BlockInputs, i: int, names: list[str], sequential: bool) -> list[list[str]]:
+def linear_stages(
+    block: nn.Module, batch: BlockInputs, i: int, names: list[str], sequential: bool, units: list[str] = ()
+) -> list[list[str]]:
     """Linears grouped by shared input, in call order (one stage when not sequential).
 
     Runs the block once on the first calibration batch; linears called one
     after another on the same input tensor (q/k/v; gate/up) form one stage.
+    ``units`` (e.g. experts modules) are placed in the call order as stages of their own.
     """
-    calls: list[tuple[str, torch.Tensor]] = []  # the inputs are kept alive so identities stay unique
-    mods = block_linears(block)
+    calls: list[tuple[str, torch.Tensor | None]] = []  # the inputs are kept alive so identities stay unique
+    mods = block_linears(block, names)
     hooks = [mods[n].register_forward_hook(lambda m, inp, out, n=n: calls.append((n, inp[0]))) for n in names]
+    hooks += [block.get_submodule(u).register_forward_pre_hook(lambda m, inp, u=u: calls.append((u, None)))
+              for u in units]
     try:
         run_block(block, batch, i)
     finally:
         for h in hooks:
             h.remove()
     seen = {n for n, _ in calls}
-    missing = [n for n in names if n not in seen]
+    missing = [n for n in [*names, *units] if n not in seen]
     if missing:
         raise QuantizeError(
-            f"linear layers {missing} of block {i} are never called in its forward pass; cannot collect their Hessians"
+            f"layers {missing} of block {i} are never called in its forward pass; cannot collect their Hessians"
         )
     order: list[list[str]] = []
     last = None
     for n, x in calls:
         if any(n in s for s in order):
             continue
-        if order and x is last:
+        if order and x is not None and x is last:
             order[-1].append(n)
         else:
             order.append([n])
         last = x
-    return order if sequential else [[n for s in order for n in s]]
+    if sequential:
+        return order
+    return [[n for s in order for n in s if n not in units]] + [[u] for u in units]
 
 
 @torch.no_grad()
 def collect_hessians(
     block: nn.Module, batches: list[BlockInputs], i: int, names: list[str], device: torch.device
 ) -> dict[str, HessianAccumulator]:
-    mods = block_linears(block)
-    accs = {n: HessianAccumulator(mods[n].in_features, device=device) for n in names}
+    mods = block_linears(block, names)
+    accs = {n: HessianAccumulator(linear_sizes(mods[n])[0], device=device) for n in names}
     pending: set[str] = set()
 
     def hook(n):

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pvq.errors import CheckpointError, QuantizeError
+from pvq.errors import CheckpointError, PvqError, QuantizeError
 
 from .format import (
     INTEGRITY_KEY,
@@ -33,6 +33,7 @@ from .format import (
     safetensors_files,
     verify_checkpoint,
 )
+from .experts import QuantizedExperts
 from .hf_quantizer import register
 from .qlinear import QuantizedLinear
 
@@ -153,17 +154,18 @@ def save_quantized(
     complete previous checkpoint, or the complete new one.
     """
     out_dir = prepare_output(out_dir, overwrite, log)
-    qdict = quantization_config_dict(model, quant_config)
+    quantization_config_dict(model, quant_config)  # checks before anything changes
     config = getattr(model, "config", None)
     if config is None or not hasattr(model, "save_pretrained"):
         raise QuantizeError("save_quantized needs a transformers PreTrainedModel (with .config and .save_pretrained)")
     if dtype is not None:
         cast_unquantized(model, dtype)
+    qdict = quantization_config_dict(model, quant_config)  # kept weights counted in the dtype they are saved in
     tmp = _sibling(out_dir, _TMP)
     tmp.mkdir()
     try:
         config.quantization_config = qdict
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, **_in_memory_names(model))
         if any(tmp.glob("*.bin")) or not (any(tmp.glob("*.safetensors"))):
             raise QuantizeError("save_pretrained did not write safetensors; refusing a pickle checkpoint")
         if tokenizer is not None:
@@ -181,10 +183,24 @@ def save_quantized(
     return out_dir
 
 
+def _in_memory_names(model: nn.Module) -> dict:
+    """``save_pretrained`` options that keep the tensor names of the model in memory: transformers 5
+    otherwise renames some families' tensors back to their legacy layout on save (GPT-NeoX
+    ``lm_head`` -> ``embed_out``, Mixtral ``mlp`` -> ``block_sparse_moe``), and the names would no
+    longer match the quantized modules of ``quantization_config``."""
+    import inspect
+
+    params = inspect.signature(model.save_pretrained).parameters
+    return {"save_original_format": False} if "save_original_format" in params else {}
+
+
 def cast_unquantized(model: nn.Module, dtype: torch.dtype) -> None:
     """Cast every floating tensor of ``model`` except the stored codes and scales of its
     :class:`QuantizedLinear` modules (their bias is cast) to ``dtype``, in place."""
     for module in model.modules():
+        if isinstance(module, QuantizedExperts):
+            module.clear_cache()  # its experts are QuantizedLinears: their bias (none) and caches below
+            continue
         if isinstance(module, QuantizedLinear):
             if module.bias is not None:
                 module.bias.data = module.bias.data.to(dtype)
@@ -278,8 +294,8 @@ def load_quantized(
     model = None
     if via == "transformers":
         try:
-            model = _load_transformers(path, dtype)
-        except QuantizeError:
+            model = _load_transformers(path, dtype, qdict)
+        except PvqError:
             raise
         except Exception as e:  # an API this transformers version lacks
             warnings.warn(
@@ -295,12 +311,27 @@ def load_quantized(
     return model
 
 
-def _load_transformers(path: Path, dtype) -> nn.Module:
+def _load_transformers(path: Path, dtype, qdict: dict) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
     register()
     kwargs = {} if dtype is None else {"dtype": dtype}
-    return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    check_loaded(model, qdict, str(path))
+    return model
+
+
+def check_loaded(model: nn.Module, qdict: dict, where: str) -> None:
+    """Refuse a model in which a module the checkpoint quantized is not quantized (transformers
+    loads a checkpoint of an unknown ``quant_method`` as a randomly initialized plain model)."""
+    have = {n for n, m in model.named_modules() if isinstance(m, QuantizedLinear)}
+    missing = [n for n in qdict["modules"] if n not in have]
+    if missing:
+        raise CheckpointError(
+            f"{where} was loaded without its quantized modules ({len(missing)} of {len(qdict['modules'])}, e.g. "
+            f"{missing[0]}): the pvq quantizer was not registered with transformers; `import pvq` before "
+            "from_pretrained, or use pvq.models.load_quantized"
+        )
 
 
 def _config_dtype(config) -> torch.dtype:

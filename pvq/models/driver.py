@@ -41,8 +41,11 @@ from .calibration import check_calibration
 from .capture import block_linears, capture_block_inputs, collect_hessians, linear_stages, module_device, run_block
 from .devices import resolve_device
 from .lora import BlockHook, LoraRecovery
+from .experts import HOLDER_SUFFIX, QuantizedExperts, collect_expert_hessians, install_experts
+from .format import block_rate
 from .methods import LayerPlan, QuantizeConfig, QuantizePlan, decoder_layers
 from .qlinear import QuantizedLinear
+from .structure import linear_weight
 
 __all__ = ["LayerStats", "QuantizeReport", "quantize_model"]
 
@@ -66,6 +69,9 @@ class LayerStats:
     seconds: float
     stored_bits: int  # codes + codebooks + scales
     num_weights: int
+    dim: int = 0  # vector dimension D of the layer's codec
+    tokens: int | None = None  # experts: calibration tokens routed to this expert
+    hessian: str = "own"  # "own" (a linear's inputs), "routed" (an expert's tokens), "pooled" (too few routed)
 
     @property
     def bits_per_weight(self) -> float:
@@ -83,19 +89,39 @@ class QuantizeReport:
     num_samples: int
     seq_len: int
     notes: list[str] = field(default_factory=list)
+    kept: dict[str, dict] = field(default_factory=dict)  # block weights left unquantized: {name: {numel, bits}}
 
     @property
-    def stored_bits(self) -> int:
+    def quantized_bits(self) -> int:
         return sum(s.stored_bits for s in self.layers)
 
     @property
-    def num_weights(self) -> int:
+    def quantized_weights(self) -> int:
         return sum(s.num_weights for s in self.layers)
 
     @property
+    def stored_bits(self) -> int:
+        """Bits of every block weight: the quantized ones' stored tensors, the kept ones at their dtype."""
+        return self.quantized_bits + sum(k["numel"] * k["bits"] for k in self.kept.values())
+
+    @property
+    def num_weights(self) -> int:
+        return self.quantized_weights + sum(k["numel"] for k in self.kept.values())
+
+    @property
     def bits_per_weight(self) -> float:
-        """Stored bits of all quantized linears / their weight count (measured, not a formula)."""
+        """Stored bits of all block weights / their count (measured, not a formula): quantized
+        weights from their stored tensors, weights left unquantized (``kept``) at their dtype's bits."""
         return self.stored_bits / self.num_weights
+
+    @property
+    def quantized_fraction(self) -> float:
+        """Fraction of the block weights that were quantized."""
+        return self.quantized_weights / self.num_weights
+
+    def recount_kept(self, bits: int) -> None:
+        """Count the kept weights at ``bits`` each (the dtype they will be saved in)."""
+        self.kept = {n: {**k, "bits": int(bits)} for n, k in self.kept.items()}
 
     @property
     def proxy_loss(self) -> float:
@@ -108,6 +134,8 @@ class QuantizeReport:
             "bits_per_weight": self.bits_per_weight,
             "stored_bits": self.stored_bits,
             "num_weights": self.num_weights,
+            "quantized_fraction": self.quantized_fraction,
+            "kept": dict(self.kept),
             "seconds": self.seconds,
             "device": self.device,
             "num_samples": self.num_samples,
@@ -121,7 +149,7 @@ def _quantize_linear(
     linear: nn.Linear, h: torch.Tensor, plan: LayerPlan, config: QuantizeConfig, device: torch.device
 ) -> tuple[QuantizedLinear, float, float, float]:
     """Quantize one linear under its Hessian; returns (module, proxy loss, relative error, seconds)."""
-    w = linear.weight.detach().to(device=device, dtype=torch.float64)
+    w = linear_weight(linear).detach().to(device=device, dtype=torch.float64)
     try:
         res = quantize_linear(w, h.to(device), plan.codec, plan.rotation, config.solver_config())
     except PvqError as e:
@@ -180,7 +208,7 @@ def quantize_model(
         if not blocks or any(not isinstance(b, int) or not 0 <= b < plan.num_blocks for b in blocks):
             raise QuantizeError(f"blocks must be a non-empty list of block indices in [0, {plan.num_blocks}), got {blocks!r}")
         chosen = set(blocks)
-        plan = QuantizePlan(config, [p for p in plan.layers if p.block in chosen], plan.num_blocks)
+        plan = QuantizePlan(config, [p for p in plan.layers if p.block in chosen], plan.num_blocks, path=plan.path)
     calib_ids = check_calibration(calib_ids, model)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise QuantizeError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -195,7 +223,7 @@ def quantize_model(
     model.eval()
     layers = decoder_layers(model)
     stats: list[LayerStats] = []
-    bar = _progress_bar(len(plan.layers), progress, f"quantize {config.method} {config.bits:g} bits")
+    bar = _progress_bar(sum(p.count for p in plan.layers), progress, f"quantize {config.method} {config.bits:g} bits")
     try:
         batches = capture_block_inputs(model, calib_ids, device, batch_size)
         last = max(p.block for p in plan.layers)
@@ -212,7 +240,7 @@ def quantize_model(
             block.to(home)
             if home != device:  # a cache computed on another device could differ in the last bits
                 for m in block.modules():
-                    if isinstance(m, QuantizedLinear):
+                    if isinstance(m, (QuantizedLinear, QuantizedExperts)):
                         m.clear_cache()
             for hook in hooks:
                 note = hook.after_block(model, calib_ids, i, plan.num_blocks)
@@ -225,38 +253,109 @@ def quantize_model(
         model.train(was_training)
     report = QuantizeReport(
         config, stats, time.perf_counter() - t0, str(device), int(calib_ids.shape[0]), int(calib_ids.shape[1]),
-        notes,
+        notes, kept=block_rate(model)["kept"],
     )
+    if report.kept:
+        say(f"left unquantized (counted at their dtype's bits): {', '.join(report.kept)}")
     say(
-        f"quantized {len(stats)} linear layers with {config.method} in {report.seconds:.1f}s: "
-        f"{report.bits_per_weight:.4f} bits per weight (measured from stored tensors)"
+        f"quantized {len(stats)} layers with {config.method} in {report.seconds:.1f}s "
+        f"({report.quantized_fraction:.1%} of the block weights): "
+        f"{report.bits_per_weight:.4f} bits per block weight (measured from stored tensors)"
     )
     return report
 
 
 def _quantize_block(block, i, batches, plan: QuantizePlan, config, device, say, bar) -> list[LayerStats]:
-    prefix = f"model.layers.{i}."
-    layer_plans = {p.name[len(prefix):]: p for p in plan.by_block(i)}
+    prefix = f"{plan.path}.{i}."
+    layer_plans = {p.name[len(prefix):]: p for p in plan.by_block(i) if p.experts is None}
+    expert_plans: dict[str, list[LayerPlan]] = {}
+    for p in plan.by_block(i):
+        if p.experts is not None:
+            expert_plans.setdefault(p.experts.owner, []).append(p)
     names = list(layer_plans)
     out: list[LayerStats] = []
-    for stage in linear_stages(block, batches[0], i, names, config.sequential):
+    for stage in linear_stages(block, batches[0], i, names, config.sequential, list(expert_plans)):
+        if stage[0] in expert_plans:
+            owner = stage[0]
+            subs = [[p] for p in expert_plans[owner]] if config.sequential else [expert_plans[owner]]
+            for sub in subs:
+                out.extend(_quantize_experts(block, i, owner, sub, batches, config, device, say, bar))
+            continue
         accs = collect_hessians(block, batches, i, stage, device)
-        mods = block_linears(block)
+        mods = block_linears(block, stage)
         for n in stage:
             p = layer_plans[n]
             q, loss, rel, secs = _quantize_linear(mods[n], accs[n].hessian(), p, config, device)
             del accs[n]
             _set_submodule(block, n, q)
             s = LayerStats(p.name, i, p.out_features, p.in_features, p.codec.describe(), loss, rel, secs,
-                           q.stored_bits(), q.num_weights)
+                           q.stored_bits(), q.num_weights, p.dim)
             out.append(s)
             say(
-                f"{p.name:<40} [{p.out_features}x{p.in_features}] rel.err {rel:.5f}  proxy {loss:.4g}  "
+                f"{p.name:<40} [{p.out_features}x{p.in_features}] D={p.dim} rel.err {rel:.5f}  proxy {loss:.4g}  "
                 f"{s.bits_per_weight:.3f} b/w  {secs:.2f}s"
             )
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix_str(f"block {i} rel.err {rel:.4f}")
+    return out
+
+
+def _quantize_experts(block, i, owner, plans: list[LayerPlan], batches, config, device, say, bar) -> list[LayerStats]:
+    """Quantize expert stacks of the experts module ``owner``: each expert under the Hessian of the
+    tokens routed to it; an expert with fewer routed tokens than its input size (a rank-deficient
+    Hessian) under the stack's pooled Hessian (the inputs of this projection in all experts)."""
+    mod = block.get_submodule(owner)
+    params = [p.experts.param for p in plans]
+    accs = collect_expert_hessians(
+        block, owner, params, {p.experts.param: p.in_features for p in plans}, plans[0].experts.num_experts,
+        lambda b: run_block(block, b, i), batches, device,
+    )
+    out = []
+    for p in plans:
+        st = p.experts
+        a = accs[st.param]
+        tokens = [x.tokens for x in a]
+        if sum(tokens) == 0:
+            raise QuantizeError(f"{p.name}: no calibration token reached any expert; cannot collect Hessians")
+        pooled = sum(x.sum for x in a) / sum(tokens)
+        weight = mod._parameters[st.param].detach()
+        qs, few = [], []
+        for e in range(st.num_experts):
+            w = weight[e].t() if st.transposed else weight[e]
+            own = tokens[e] >= p.in_features
+            h = a[e].hessian() if own else pooled
+            if not own:
+                few.append(e)
+            sub = LayerPlan(p.block, f"{p.name}.{e}", p.out_features, p.in_features, p.dim, p.group_size, p.codec,
+                            p.expert_rotations[e])
+            t0 = time.perf_counter()
+            try:
+                res = quantize_linear(w.to(device=device, dtype=torch.float64), h.to(device), sub.codec, sub.rotation,
+                                      config.solver_config())
+            except PvqError as err:
+                raise QuantizeError(f"{sub.name}: {err}") from err
+            q = QuantizedLinear.from_weight_stored(p.in_features, p.out_features, None, weight, res.codec, res.stored,
+                                                   sub.rotation)
+            qs.append(q)
+            name = f"{p.name.rpartition('.')[0]}.{st.param}{HOLDER_SUFFIX}.{e}"
+            out.append(LayerStats(name, i, p.out_features, p.in_features, p.codec.describe(), res.proxy_loss,
+                                  res.relative_error, time.perf_counter() - t0, q.stored_bits(), q.num_weights, p.dim,
+                                  tokens=tokens[e], hessian="routed" if own else "pooled"))
+            if bar is not None:
+                bar.update(1)
+        del a
+        install_experts(mod, QuantizedExperts(st.param, qs, st.transposed))
+        mine = out[-st.num_experts:]
+        rel = [s.relative_error for s in mine]
+        say(
+            f"{p.name:<40} {st.num_experts} experts [{p.out_features}x{p.in_features}] D={p.dim} routed tokens "
+            f"{min(tokens)}-{max(tokens)}, rel.err {min(rel):.5f}-{max(rel):.5f}  "
+            f"{sum(s.stored_bits for s in mine) / sum(s.num_weights for s in mine):.3f} b/w"
+        )
+        if few:
+            say(f"{p.name}: experts {few} saw fewer routed tokens than their {p.in_features} inputs "
+                f"({[tokens[e] for e in few]}); quantized under the pooled Hessian of all experts' inputs")
     return out
 
 

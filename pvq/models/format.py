@@ -7,7 +7,9 @@ A checkpoint is a directory that ``save_pretrained`` writes (safetensors,
 never pickle) whose ``config.json`` holds a ``quantization_config``::
 
     {"quant_method": "pvq", "method": "pvq"|"gptq"|..., "bits": target,
-     "bits_per_weight": measured, "stored_bits": ..., "num_weights": ...,
+     "bits_per_weight": measured over every block weight, "stored_bits": ..., "num_weights": ...,
+     "quantized_fraction": quantized / all block weights,
+     "kept": {name: bits}  (block weights left unquantized, counted at these bits),
      "config": QuantizeConfig.to_dict(),
      "modules": {name: {"codec": codec config, "in_features", "out_features",
                         "bias", "rotation": {"out_seed", "in_seed"} | null,
@@ -21,7 +23,11 @@ which :func:`verify_checkpoint` checks on every load path.
 
 Version history: 1 - no ``layout`` (read as ``"stored"``), codec options as
 flat fields of ``config``, no integrity record; 2 - ``layout`` per layer,
-``config.options``, the integrity record.
+``config.options``, the integrity record; 3 - ``experts`` (quantized MoE
+expert stacks: ``{stack name: {"num_experts", "out_features", "in_features",
+"transposed"}}``, each expert a module entry ``<stack>_pvq.<e>``; digested in
+the integrity record's ``experts``), ``quantized_fraction`` and ``kept``, and
+the rate over every block weight.
 A quantized layer's tensors are ``<module>.packed_<key>`` (uint8 codes, any
 fitted data such as a K-means codebook), ``<module>.scales`` (fp16) and
 ``<module>.bias``.
@@ -40,8 +46,10 @@ from torch import nn
 
 from pvq.errors import CheckpointError, QuantizeError
 
+from .experts import QuantizedExperts, replace_experts
 from .methods import QuantizeConfig
 from .qlinear import QuantizedLinear, buffer_name
+from .structure import decoder_blocks, is_linear, is_weight, linear_sizes
 
 __all__ = [
     "FORMAT_VERSION",
@@ -59,12 +67,33 @@ __all__ = [
 ]
 
 QUANT_METHOD = "pvq"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 
 
 def quantized_modules(model: nn.Module) -> dict[str, QuantizedLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLinear)}
+
+
+def block_rate(model: nn.Module, kept_bits: int | None = None) -> dict:
+    """Bits of every weight of the decoder blocks: quantized ones (:class:`QuantizedLinear`) from
+    their stored tensors, the others (``kept``: ``{name: {"numel", "bits"}}``) at ``kept_bits``
+    or their dtype's width. Returns ``stored_bits``, ``num_weights``, ``quantized_bits``,
+    ``quantized_weights``, ``kept``."""
+    path, blocks = decoder_blocks(model)
+    qbits = qweights = 0
+    kept: dict[str, dict] = {}
+    for i, block in enumerate(blocks):
+        for m in block.modules():
+            if isinstance(m, QuantizedLinear):
+                qbits, qweights = qbits + m.stored_bits(), qweights + m.num_weights
+        for n, p in block.named_parameters():
+            if is_weight(n, p):
+                kept[f"{path}.{i}.{n}"] = {"numel": p.numel(), "bits": kept_bits or p.element_size() * 8}
+    bits = qbits + sum(k["numel"] * k["bits"] for k in kept.values())
+    weights = qweights + sum(k["numel"] for k in kept.values())
+    return {"stored_bits": bits, "num_weights": weights, "quantized_bits": qbits, "quantized_weights": qweights,
+            "kept": kept}
 
 
 def quantization_config_dict(model: nn.Module, quant_config) -> dict:
@@ -75,20 +104,36 @@ def quantization_config_dict(model: nn.Module, quant_config) -> dict:
     mods = quantized_modules(model)
     if not mods:
         raise QuantizeError("the model holds no QuantizedLinear modules; quantize it first (pvq.models.quantize_model)")
-    bits = sum(m.stored_bits() for m in mods.values())
-    weights = sum(m.num_weights for m in mods.values())
+    rate = block_rate(model)
     return {
         "quant_method": QUANT_METHOD,
         "method": config.method,
         "bits": config.bits,
-        "bits_per_weight": bits / weights,
-        "stored_bits": bits,
-        "num_weights": weights,
+        "bits_per_weight": rate["stored_bits"] / rate["num_weights"],
+        "stored_bits": rate["stored_bits"],
+        "num_weights": rate["num_weights"],
+        "quantized_fraction": rate["quantized_weights"] / rate["num_weights"],
+        "kept": {n: k["bits"] for n, k in rate["kept"].items()},
         "config": config.to_dict(),
         "modules": {n: m.layer_config() for n, m in mods.items()},
+        "experts": expert_entries(model),
         "pvq_version": __version__,
         "format_version": FORMAT_VERSION,
     }
+
+
+def expert_entries(model: nn.Module) -> dict:
+    """``{stack name: {"num_experts", "out_features", "in_features", "transposed"}}`` of every
+    :class:`QuantizedExperts` (its experts are module entries ``<stack>_pvq.<e>``)."""
+    out = {}
+    for n, m in model.named_modules():
+        if isinstance(m, QuantizedExperts):
+            owner = n.rpartition(".")[0]
+            out[f"{owner}.{m.param}" if owner else m.param] = {
+                "num_experts": len(m), "out_features": m[0].out_features, "in_features": m[0].in_features,
+                "transposed": m.transposed,
+            }
+    return out
 
 
 def _as_config(quant_config) -> QuantizeConfig:
@@ -170,8 +215,10 @@ def read_quantization_config(path: str | Path) -> dict:
 
 
 def replace_linears(model: nn.Module, qdict: dict) -> None:
-    """Swap each ``nn.Linear`` named in ``qdict["modules"]`` for an empty :class:`QuantizedLinear`
-    (on the linear's device, bias in its dtype)."""
+    """Swap each linear (``nn.Linear``, ``Conv1D``) named in ``qdict["modules"]`` for an empty :class:`QuantizedLinear`
+    (on the linear's device, bias in its dtype), after installing the empty
+    :class:`QuantizedExperts` of ``qdict["experts"]`` (format 3) in place of their 3-D parameters."""
+    replace_experts(model, qdict.get("experts") or {}, qdict["modules"])
     for name, cfg in qdict["modules"].items():
         try:
             old = model.get_submodule(name)
@@ -179,11 +226,12 @@ def replace_linears(model: nn.Module, qdict: dict) -> None:
             raise CheckpointError(f"quantized module {name!r} of the checkpoint is not in the model") from e
         if isinstance(old, QuantizedLinear):
             continue
-        if not isinstance(old, nn.Linear):
-            raise CheckpointError(f"module {name!r} is {type(old).__name__}, expected nn.Linear to replace")
-        if (old.in_features, old.out_features) != (cfg["in_features"], cfg["out_features"]):
+        if not is_linear(old):
+            raise CheckpointError(f"module {name!r} is {type(old).__name__}, expected a linear layer to replace")
+        inp, out = linear_sizes(old)
+        if (inp, out) != (cfg["in_features"], cfg["out_features"]):
             raise CheckpointError(
-                f"module {name!r} is [{old.out_features}x{old.in_features}] in the model, "
+                f"module {name!r} is [{out}x{inp}] in the model, "
                 f"[{cfg['out_features']}x{cfg['in_features']}] in the quantization_config"
             )
         q = QuantizedLinear.from_layer_config(cfg, bias_dtype=old.weight.dtype, device=old.weight.device)
@@ -252,6 +300,7 @@ def integrity_record(path: str | Path, qdict: dict) -> dict:
         "algorithm": "sha256",
         "tensors": {k: {kk: v[kk] for kk in ("dtype", "shape", "sha256")} for k, v in tensor_digests(path).items()},
         "modules": {name: _entry_digest(entry) for name, entry in qdict["modules"].items()},
+        **({"experts": {n: _entry_digest(e) for n, e in qdict["experts"].items()}} if qdict.get("experts") else {}),
     }
 
 
@@ -286,6 +335,12 @@ def verify_checkpoint(path: str | Path, qdict: dict | None = None) -> None:
     for name in sorted(set(want_mods) & set(have_mods)):
         if _entry_digest(have_mods[name]) != want_mods[name]:
             problems.append(f"the config entry of {name} was edited")
+    want_exp, have_exp = record.get("experts", {}), qdict.get("experts") or {}
+    for name in sorted(set(want_exp) ^ set(have_exp)):
+        problems.append(f"quantized experts {name} are in the {'record' if name in want_exp else 'config'} only")
+    for name in sorted(set(want_exp) & set(have_exp)):
+        if _entry_digest(have_exp[name]) != want_exp[name]:
+            problems.append(f"the config entry of experts {name} was edited")
     want, have = record.get("tensors", {}), tensor_digests(path)
     for name in sorted(set(want) - set(have)):
         problems.append(f"tensor {name} is missing")

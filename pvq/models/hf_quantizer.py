@@ -96,7 +96,9 @@ class PvqHfQuantizer(HfQuantizer):
                 "load it from a local directory (or a downloaded hub snapshot)"
             )
         verify_checkpoint(path, self.quantization_config.to_dict())
-        replace_linears(model, {"modules": self.quantization_config.modules})
+        replace_linears(model, {"modules": self.quantization_config.modules,
+                                "experts": getattr(self.quantization_config, "experts", None) or {}})
+        _skip_parent_init(model, self.quantization_config.modules)
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs):
@@ -114,6 +116,20 @@ class PvqHfQuantizer(HfQuantizer):
     @property
     def is_trainable(self) -> bool:
         return False
+
+
+def _skip_parent_init(model, names) -> None:
+    """Mark the parents of the quantized modules as initialized when they hold no tensor of their own.
+
+    transformers initializes, after loading, the modules it does not see as fully loaded, and
+    some families' ``_init_weights`` reach into a child's ``.weight`` from the parent (GPT-2,
+    GPT-BigCode: ``module.c_proj.weight``), which a :class:`QuantizedLinear` does not have.
+    A parent without parameters or buffers of its own has nothing to initialize itself.
+    """
+    for name in names:
+        parent = model.get_submodule(name.rpartition(".")[0])
+        if next(parent.parameters(recurse=False), None) is None and next(parent.buffers(recurse=False), None) is None:
+            parent._is_hf_initialized = True
 
 
 def _checkpoint_dir(name_or_path) -> Path | None:

@@ -25,7 +25,7 @@ from pvq.errors import QuantizeError
 
 from .calibration import check_calibration
 from .devices import resolve_device
-from .methods import LAYERS_PATH, decoder_layers
+from .structure import decoder_blocks
 
 __all__ = ["BlockHook", "LoraRecovery", "LoraStats", "calibration_loss", "chunk_blocks", "lora_tune"]
 
@@ -57,12 +57,12 @@ def calibration_loss(model: nn.Module, calib_ids: torch.Tensor, batch_size: int 
 
 def _plain_linears(model: nn.Module, blocks: list[int]) -> list[str]:
     """Full names of the (not yet quantized) ``nn.Linear`` layers of ``blocks``."""
-    layers = decoder_layers(model)
+    path, layers = decoder_blocks(model)
     names = []
     for i in blocks:
         for n, m in layers[i].named_modules():
             if type(m) is nn.Linear:
-                names.append(f"{LAYERS_PATH}.{i}.{n}")
+                names.append(f"{path}.{i}.{n}")
     return names
 
 

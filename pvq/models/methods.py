@@ -43,6 +43,8 @@ from pvq.errors import CodecError, QuantizeError
 from pvq.solvers import SolverConfig
 from pvq.transforms import LayerRotation
 
+from .structure import ExpertStack, block_linears, decoder_blocks, decoder_layers, expert_stacks, family_rule, linear_sizes
+
 __all__ = [
     "METHODS",
     "LayerPlan",
@@ -367,53 +369,81 @@ class QuantizeConfig:
 
         Raises :class:`QuantizeError` naming what to change: no decoder blocks,
         a D or G that does not divide a layer (listing the values that do), a
-        rate that no codec setting reaches.
+        rate that no codec setting reaches. Without ``dim``, D is chosen per
+        layer: the method's default where it divides the layer's input size,
+        else the largest allowed power-of-two divisor below it (any divisor when
+        none is), named in the plan's notes.
         """
-        layers = decoder_layers(model)
-        linears: list[tuple[int, str, torch.nn.Linear]] = []
+        path, layers = decoder_blocks(model)
+        rule = family_rule(model)
+        # (block, full name, out, in, experts or None)
+        units: list[tuple[int, str, int, int, ExpertStack | None]] = []
         for i, block in enumerate(layers):
-            for name, mod in block.named_modules():
-                if isinstance(mod, torch.nn.Linear):
-                    linears.append((i, f"{LAYERS_PATH}.{i}.{name}", mod))
-        if not linears:
-            raise QuantizeError("the model's decoder blocks hold no nn.Linear layers to quantize")
-        in_sizes = sorted({m.in_features for _, _, m in linears})
-        dim = self._pick_dim(in_sizes)
+            for name, mod in block_linears(block, rule).items():
+                inp, out = linear_sizes(mod)
+                units.append((i, f"{path}.{i}.{name}", out, inp, None))
+            for st in expert_stacks(block):
+                units.append((i, f"{path}.{i}.{st.name}", st.out_features, st.in_features, st))
+        if not units:
+            raise QuantizeError("the model's decoder blocks hold no linear layers or expert weights to quantize")
+        in_sizes = sorted({u[3] for u in units})
+        dims = self._pick_dims(in_sizes)
         plans: list[LayerPlan] = []
         codecs: dict[tuple[int, int], VectorCodec] = {}
-        for block, name, mod in linears:
-            g = self._pick_group(mod.in_features, dim, name)
+        for block, name, out, inp, stack in units:
+            dim = dims[inp]
+            g = self._pick_group(inp, dim, name)
             if (dim, g) not in codecs:
                 codecs[(dim, g)] = self.make_codec(dim, g)
-            rot = None
+            count = 1 if stack is None else stack.num_experts
+            rots = [None] * count
             if self.use_rotation:
-                rot = LayerRotation(mod.out_features, mod.in_features,
-                                    _seed(self.seed, name, "out"), _seed(self.seed, name, "in"))
-            plans.append(LayerPlan(block, name, mod.out_features, mod.in_features, dim, g, codecs[(dim, g)], rot))
-        return QuantizePlan(self, plans, len(layers))
+                rots = [LayerRotation(out, inp, _seed(self.seed, _unit(name, stack, e), "out"),
+                                      _seed(self.seed, _unit(name, stack, e), "in")) for e in range(count)]
+            plans.append(LayerPlan(block, name, out, inp, dim, g, codecs[(dim, g)], rots[0], stack,
+                                   rots if stack is not None else None))
+        return QuantizePlan(self, plans, len(layers), path=path)
 
-    def _pick_dim(self, in_sizes: list[int]) -> int:
+    def _pick_dims(self, in_sizes: list[int]) -> dict[int, int]:
+        """D per input size: ``config.dim`` (which must divide every size) or the method's default
+        where it divides, else the largest allowed divisor below it."""
         cspec = CODECS[self.spec.codec]
-        common = math.gcd(*in_sizes)
-        allowed = [d for d in range(1, common + 1) if common % d == 0 and (cspec.dims is None or d in cspec.dims)]
+
+        def allowed(n: int) -> list[int]:
+            return [d for d in range(1, n + 1) if n % d == 0 and (cspec.dims is None or d in cspec.dims)]
+
         if self.dim is not None:
-            if common % self.dim:
-                bad = [n for n in in_sizes if n % self.dim]
+            bad = [n for n in in_sizes if n % self.dim]
+            if bad:
+                common = [d for d in allowed(math.gcd(*in_sizes))]
                 raise QuantizeError(
                     f"dim D={self.dim} does not divide the input sizes {bad} of some linear layers; "
-                    f"dims that divide every layer: {allowed or 'none'}"
+                    f"dims that divide every layer: {common or 'none'}; or leave dim unset to pick D per layer"
                 )
-            return self.dim
+            return {n: self.dim for n in in_sizes}
         want = self.default_dim()
-        if common % want == 0:
-            return want
-        fit = [d for d in allowed if d <= want]
-        if not fit:
-            raise QuantizeError(
-                f"codec {self.spec.codec!r} needs D in {cspec.dims}, and none divides every layer's "
-                f"input size {in_sizes}; this method cannot quantize this model"
-            )
-        return max(fit)
+        out = {}
+        for n in in_sizes:
+            fit = sorted((d for d in allowed(n) if d <= want), reverse=True)
+            pow2 = [d for d in fit if d & (d - 1) == 0]  # powers of two first (the kernels' tuned sizes)
+            fit = pow2 + [d for d in fit if d not in pow2]
+            if not fit:
+                raise QuantizeError(
+                    f"codec {self.spec.codec!r} needs D in {cspec.dims}, and none divides the input size {n} "
+                    "of some layers; this method cannot quantize this model"
+                )
+            errors = []
+            for d in fit:  # the largest D whose codec can be built at this size (e.g. PVQ needs G >= 2)
+                try:
+                    if self.group_size is None:
+                        self.make_codec(d, self._pick_group(n, d, f"in={n}"))
+                    out[n] = d
+                    break
+                except QuantizeError as e:
+                    errors.append(str(e))
+            if n not in out:
+                raise QuantizeError(f"no vector dimension works for layers with {n} inputs: {errors[0]}")
+        return out
 
     def _pick_group(self, in_features: int, dim: int, name: str) -> int:
         vectors = in_features // dim
@@ -459,6 +489,13 @@ class LayerPlan:
     group_size: int
     codec: VectorCodec
     rotation: LayerRotation | None
+    experts: ExpertStack | None = None  # an expert stack: one weight [out, in] per expert
+    expert_rotations: list[LayerRotation | None] | None = None  # one per expert (rotation is the first)
+
+    @property
+    def count(self) -> int:
+        """Weights [out, in] this plan quantizes (experts of a stack, else 1)."""
+        return 1 if self.experts is None else self.experts.num_experts
 
 
 @dataclass
@@ -469,9 +506,15 @@ class QuantizePlan:
     layers: list[LayerPlan]
     num_blocks: int
     notes: list[str] = field(default_factory=list)
+    path: str = "model.layers"  # dotted path of the decoder block list
 
     def __post_init__(self):
         groups = {(p.dim, p.group_size) for p in self.layers}
+        if self.config.dim is None and len({d for d, _ in groups}) > 1:
+            self.notes.append(
+                "vector dimension per layer (the method's D does not divide every input size): "
+                + ", ".join(f"in={p.in_features}: D={p.dim}" for p in _unique_by_in(self.layers))
+            )
         if self.config.group_size is None and len({g for _, g in groups}) > 1:
             self.notes.append(
                 "group size per layer: "
@@ -497,20 +540,6 @@ def _unique_by_in(plans: list[LayerPlan]) -> list[LayerPlan]:
     return out
 
 
-# ---------------------------------------------------------------- model structure
-
-
-LAYERS_PATH = "model.layers"
-
-
-def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The ModuleList of decoder blocks (``model.model.layers`` for Llama, Mistral, Qwen2)."""
-    obj = getattr(getattr(model, "model", None), "layers", None)
-    if not isinstance(obj, torch.nn.ModuleList):
-        raise QuantizeError(
-            f"cannot find the decoder blocks of {type(model).__name__}: expected a ModuleList at "
-            "model.model.layers (Llama, Mistral, Qwen2 and most decoder-only transformers models)"
-        )
-    if len(obj) == 0:
-        raise QuantizeError(f"{type(model).__name__} has no decoder blocks")
-    return obj
+def _unit(name: str, stack, expert: int) -> str:
+    """The name that seeds a weight's rotations (``name`` or ``name.<expert>`` in a stack)."""
+    return name if stack is None else f"{name}.{expert}"

@@ -1,6 +1,7 @@
 """The quantized linear layer: packed codes, fp16 scales and rotation descriptors.
 
-A :class:`QuantizedLinear` replaces an ``nn.Linear`` of weight ``W: [out, in]``.
+A :class:`QuantizedLinear` replaces an ``nn.Linear`` of weight ``W: [out, in]`` (or a
+transformers ``Conv1D``, whose weight is stored ``[in, out]``; the same ``y = x W^T + b``).
 It stores exactly what the codec wrote for the rotated weight ``W' = U W V^T``
 (``U``, ``V``: randomized Hadamard transforms of sizes ``out`` and ``in``, or
 identities when the method does not rotate):
@@ -36,6 +37,7 @@ from pvq.errors import PvqError, QuantizeError
 from pvq.transforms import LayerRotation
 
 from .backends import BACKENDS, select_backend
+from .structure import linear_sizes
 
 __all__ = ["LAYOUT_STORED", "QuantizedLinear", "buffer_name", "dtype_from_name", "dtype_name", "set_backend"]
 
@@ -125,25 +127,41 @@ class QuantizedLinear(nn.Module):
     @classmethod
     def from_stored(
         cls,
-        linear: nn.Linear,
+        linear: nn.Module,
         codec: VectorCodec,
         stored: dict[str, torch.Tensor],
         rotation: LayerRotation | None = None,
     ) -> QuantizedLinear:
-        """The quantized replacement of ``linear`` from the codec's stored tensors
-        (packed codes, fitted data and ``"scale"``, e.g. ``LinearResult.stored``)."""
+        """The quantized replacement of ``linear`` (``nn.Linear`` or ``Conv1D``) from the codec's
+        stored tensors (packed codes, fitted data and ``"scale"``, e.g. ``LinearResult.stored``)."""
+        inp, out = linear_sizes(linear)
+        return cls.from_weight_stored(inp, out, linear.bias, linear.weight, codec, stored, rotation)
+
+    @classmethod
+    def from_weight_stored(
+        cls,
+        in_features: int,
+        out_features: int,
+        bias: torch.Tensor | None,
+        like: torch.Tensor,
+        codec: VectorCodec,
+        stored: dict[str, torch.Tensor],
+        rotation: LayerRotation | None = None,
+    ) -> QuantizedLinear:
+        """A quantized weight ``[out, in]`` (an optional ``bias [out]``) on ``like``'s device, its bias in
+        ``like``'s dtype, from the codec's stored tensors."""
         tensors = {k: (tuple(v.shape), v.dtype) for k, v in stored.items()}
-        bias = linear.bias is not None
-        dev = linear.weight.device
+        has_bias = bias is not None
         q = cls(
-            linear.in_features, linear.out_features, codec_to_config(codec), tensors, bias=bias,
-            rotation=None if rotation is None else rotation.seeds(), bias_dtype=linear.weight.dtype if bias else torch.float32, device=dev,
+            in_features, out_features, codec_to_config(codec), tensors, bias=has_bias,
+            rotation=None if rotation is None else rotation.seeds(),
+            bias_dtype=like.dtype if has_bias else torch.float32, device=like.device,
         )
         with torch.no_grad():
             for k, v in stored.items():
                 getattr(q, buffer_name(k)).copy_(v)
-            if bias:
-                q.bias.copy_(linear.bias.detach())
+            if has_bias:
+                q.bias.copy_(bias.detach())
         return q
 
     @classmethod

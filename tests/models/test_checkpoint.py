@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import pvq  # noqa: F401  (registers the transformers quantizer)
-from pvq.errors import QuantizeError
+from pvq.errors import CheckpointError, QuantizeError
 from pvq.models import QuantizeConfig, load_quantized, quantize_model, save_quantized
 from pvq.models import checkpoint as ckpt_mod
 from tiny_models import FAMILIES, X, char_tokenizer, quantized, tiny
@@ -83,8 +83,14 @@ def test_checkpoint_layout_and_config(saved):
     assert tok.encode("def f():", add_special_tokens=False) == char_tokenizer().encode("def f():", add_special_tokens=False)
 
 
-def test_import_pvq_registers_before_transformers_loads(saved, tmp_path):
-    """In a fresh process: `import pvq` first, then from_pretrained; codes and logits as saved."""
+@pytest.mark.parametrize("first", [
+    "import pvq",
+    "import pvq.models.hf_quantizer",
+    "import pvq.kernels",
+    "import transformers.quantizers.auto; from transformers import AutoModelForCausalLM; import pvq.models.checkpoint",
+])
+def test_import_pvq_registers_before_transformers_loads(saved, tmp_path, first):
+    """In a fresh process: a pvq import first (whichever), then from_pretrained; codes and logits as saved."""
     model, _, path = saved["qwen2"]
     with torch.no_grad():
         expect = model(input_ids=X).logits
@@ -92,9 +98,9 @@ def test_import_pvq_registers_before_transformers_loads(saved, tmp_path):
 
     save_file({"x": X, "logits": expect.contiguous()}, str(tmp_path / "expect.safetensors"))
     code = (
-        "import sys, torch, pvq\n"
-        "assert 'transformers.quantizers.auto' not in sys.modules\n"
-        "from safetensors.torch import load_file\n"
+        f"import sys, torch\n{first}\n"
+        + ("assert 'transformers.quantizers.auto' not in sys.modules\n" if first == "import pvq" else "")
+        + "from safetensors.torch import load_file\n"
         "from transformers import AutoModelForCausalLM\n"
         f"m = AutoModelForCausalLM.from_pretrained({str(path)!r})\n"
         f"e = load_file({str(tmp_path / 'expect.safetensors')!r})\n"
@@ -106,6 +112,20 @@ def test_import_pvq_registers_before_transformers_loads(saved, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0 and run.stdout.strip().endswith("OK"), run.stderr[-3000:]
+
+
+def test_loading_without_the_registered_quantizer_is_refused(saved, monkeypatch):
+    """transformers loads an unknown quant_method as a random plain model: load_quantized refuses it."""
+    from transformers.quantizers import auto
+
+    import pvq.models.checkpoint as ck
+
+    _, _, path = saved["qwen2"]
+    monkeypatch.setattr(ck, "register", lambda: False)
+    monkeypatch.delitem(auto.AUTO_QUANTIZER_MAPPING, "pvq")
+    monkeypatch.delitem(auto.AUTO_QUANTIZATION_CONFIG_MAPPING, "pvq")
+    with pytest.raises(CheckpointError, match="without its quantized modules .* not registered"):
+        load_quantized(path, via="transformers")
 
 
 @pytest.mark.parametrize("method", ["gptq", "rtn", "e8"])

@@ -5,7 +5,7 @@ import torch
 
 from pvq.models import METHODS, QuantizeConfig, QuantizeError, get_method, quantize_model
 from pvq.models import capture as capture_mod
-from pvq.models.methods import LAYERS_PATH, MethodSpec, register_method
+from pvq.models.methods import MethodSpec, register_method
 
 from tiny_models import tiny
 
@@ -105,12 +105,14 @@ def test_dim_that_does_not_divide_names_the_ones_that_do():
 
 def test_default_dim_and_group_adapt_per_layer():
     model = tiny_llama()
-    plan = QuantizeConfig(method="pvq", bits=3).plan(model)  # default D=32 does not divide 176: gcd 16
-    assert {p.dim for p in plan.layers} == {16}
+    plan = QuantizeConfig(method="pvq", bits=3).plan(model)  # default D=32 does not divide 176: D=16 there only
+    assert {p.in_features: p.dim for p in plan.layers} == {64: 32, 176: 16}
+    assert {p.in_features: p.codec.dim for p in plan.layers} == {64: 32, 176: 16}
     g = {p.in_features: p.group_size for p in plan.layers}
-    assert g == {64: 4, 176: 11}  # divisors nearest to 16 in log scale
-    assert plan.notes and "group size per layer" in plan.notes[0]
-    assert len(plan.layers) == 14 and plan.layers[0].name == f"{LAYERS_PATH}.0.self_attn.q_proj"
+    assert g == {64: 2, 176: 11}  # divisors nearest to 16 in log scale
+    assert any("in=64: D=32, in=176: D=16" in n for n in plan.notes)
+    assert any("group size per layer" in n for n in plan.notes)
+    assert len(plan.layers) == 14 and plan.layers[0].name == "model.layers.0.self_attn.q_proj"
     rot = plan.layers[0].rotation
     assert rot is not None and rot != plan.layers[1].rotation  # distinct seeds per layer
     assert QuantizeConfig(method="pvq", bits=3, rotate=False).plan(model).layers[0].rotation is None
@@ -137,7 +139,7 @@ def test_bad_input_fails_before_any_work(monkeypatch):
         quantize_model(model, ids[0], good, progress=False, log=None)
     with pytest.raises(QuantizeError, match="QuantizeConfig"):
         quantize_model(model, ids, {"method": "pvq"}, progress=False, log=None)
-    with pytest.raises(QuantizeError, match="model.model.layers"):
+    with pytest.raises(QuantizeError, match="cannot find its decoder blocks"):
         quantize_model(torch.nn.Linear(4, 4), ids, good, progress=False, log=None)
     assert all(type(m).__name__ != "QuantizedLinear" for m in model.modules())
 
