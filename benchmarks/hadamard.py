@@ -1,0 +1,40 @@
+"""The randomized Hadamard of activations on one GPU: the one-launch Triton kernel against the PyTorch path.
+
+    python benchmarks/hadamard.py [--sizes 4096,11008,8192,28672] [--rows 1,16]
+
+Microseconds (median of ``triton.testing.do_bench``) of ``RandomizedHadamard.forward`` (PyTorch: sign
+multiply, radix-64 FWHT matmuls, the dense factor, casts) and of ``hadamard_rotate`` where it takes the
+size, for fp16 rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import triton.testing
+
+from pvq.kernels.triton_hadamard import hadamard_rotate, supported
+from pvq.transforms import RandomizedHadamard
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="4096,11008,8192,28672,14336")
+    p.add_argument("--rows", default="1,16")
+    a = p.parse_args()
+    print("| n | h x p | rows | PyTorch us | Triton kernel us |")
+    print("|---|---|---|---|---|")
+    for n in (int(v) for v in a.sizes.split(",")):
+        rh = RandomizedHadamard(n, seed=0)
+        for rows in (int(v) for v in a.rows.split(",")):
+            x = torch.randn(rows, n, device="cuda").half()
+            torch_us = triton.testing.do_bench(lambda: rh.forward(x), return_mode="median") * 1000
+            kern = "-"
+            if supported(rh):
+                kern = f"{triton.testing.do_bench(lambda: hadamard_rotate(rh, x), return_mode='median') * 1000:.1f}"
+            print(f"| {n} | {rh.dense_order} x {rh.pow2_order} | {rows} | {torch_us:.1f} | {kern} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
