@@ -43,10 +43,13 @@ class KernelFamily:
     module: str
     matmul: str  # (runtime, x [B <= 16, in]) -> [B, out] float32
     decode: str  # (runtime) -> Q' [out, in]
+    fused_max_rows: int = 16  # input rows up to which the fused matmul runs; above, decode then one matmul
 
 
 KERNEL_FAMILIES = (
-    KernelFamily("pvq-split", split_runtime_supports, split_runtime, "triton_split", "split_matmul", "split_decode"),
+    # fused only for one row: at 4 and 16 rows decode + cuBLAS is faster on an H100 (docs/kernels.md)
+    KernelFamily("pvq-split", split_runtime_supports, split_runtime, "triton_split", "split_matmul", "split_decode",
+                 fused_max_rows=1),
     KernelFamily("pvq-fischer", pyramid_supports, pyramid_runtime, "triton_kernels", "pyramid_matmul",
                  "pyramid_decode"),
     KernelFamily("e8-table", table_supports, table_runtime, "triton_kernels", "table_matmul", "table_decode"),
@@ -99,7 +102,7 @@ class TritonBackend(Backend):
         kernels = importlib.import_module(f"{__package__}.{family.module}")
         shape = x.shape
         xr = _rotate(layer, x.reshape(-1, shape[-1]), inverse=False)
-        if xr.shape[0] <= FUSED_MAX_ROWS:
+        if xr.shape[0] <= min(FUSED_MAX_ROWS, family.fused_max_rows):
             y = getattr(kernels, family.matmul)(rt, xr)
         else:
             w = getattr(kernels, family.decode)(rt).to(x.dtype)

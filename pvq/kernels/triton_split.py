@@ -271,14 +271,15 @@ def _split_matmul_kernel(words_ptr, n_words, scales_ptr, levels_ptr, counts_ptr,
 
 
 def split_matmul_config(rt: SplitRuntime, batch: int, sms: int = 132) -> dict:
-    """Tile sizes and the split of the input dimension for a layer and batch (measured on an H100:
-    ``benchmarks/kernels.py --sweep``)."""
-    block_o = 32
-    nv = max(4, 64 // rt.dim)  # 64 weights of a row per step
+    """Tile sizes and the split of the input dimension for a layer and batch: 16 rows x 128 weights per
+    step, the input split until about 16 programs per SM (the best of 24 settings for 11008x4096 at
+    3 bits on an H100, batch 1 and 16: ``benchmarks/kernels.py --sweep``)."""
+    block_o = 16
+    nv = max(4, 128 // rt.dim)
     vpr = rt.in_features // rt.dim
     row_blocks = triton.cdiv(rt.out_features, block_o)
     split = 1
-    while row_blocks * split < 4 * sms and vpr // (split * 2) >= 4 * nv:
+    while row_blocks * split < 16 * sms and vpr // (split * 2) >= 2 * nv:
         split *= 2
     return {"block_o": block_o, "nv": nv, "split_k": split}
 

@@ -20,7 +20,8 @@ def test_triton_backend_gives_the_dense_logits(method, bits, dim, options):
     quantize_model(model, calib(4, 16), config, progress=False, log=None)
     model.to(DEVICE)
     ids = X[:1, :8].to(DEVICE)
-    for batch_ids in (ids, X[:, :12].to(DEVICE)):  # 8 rows: fused decode-matmul; 24 rows: decode + matmul
+    # 1 row: every family's fused decode-matmul; 8 rows: fused for E8 and Fischer-order PVQ; 24: decode + matmul
+    for batch_ids in (ids[:, :1], ids, X[:, :12].to(DEVICE)):
         with torch.no_grad():
             set_backend(model, "dense")
             ref = model(input_ids=batch_ids).logits
