@@ -6,9 +6,11 @@ Per shape (out x in) and batch: microseconds (median of triton.testing.do_bench,
 L2 flushed between runs) of fp16 cuBLAS (``x @ W.T``), torch's int4 kernel
 (``aten._weight_int4pack_mm``, group 128, bf16), gemlite 4- and 2-bit (if
 importable), and pvq's Triton kernels (fused decode-matmul in rotated
-coordinates, the rotations of the input and output timed apart) at about 2, 3
-and 4 bits and e8 at 2 bits. Each as a ratio to fp16 and as a fraction of the
-memory floor: (bytes the kernel must read / measured device copy throughput,
+coordinates) at about 2, 3
+and 4 bits and e8 at 2 bits: the fused kernel alone (``us``) and the whole
+layer through the ``triton`` backend (``us_layer``: input rotation, the kernel
+or, above the family's fused row limit, decode + cuBLAS, output rotation).
+Each as a ratio to fp16 and as a fraction of the memory floor: (bytes the kernel must read / measured device copy throughput,
 read plus write bytes per second, as the streaming rate) / its time.
 Random Gaussian weights; the codes are made on the GPU (no Hessian).
 Also: whole-layer decode throughput (weights per second) on the GPU and on the CPU.
@@ -163,11 +165,11 @@ def run(shapes, batches, methods, out_json=None) -> list[dict]:
             for name, q in layers.items():
                 rt, mm, _ = kern[name]
                 us = bench(lambda: mm(rt, x))
-                rot = bench(lambda: q.unrotate_output(mm(rt, q.rotate_input(x)).half()))
+                with torch.no_grad():
+                    layer = bench(lambda: q(x))  # the whole layer through the triton backend
                 stored = q.stored_bits() / 8
                 emit({**base, "method": name, "bits": q.bits_per_weight(), "us": us, "x_fp16": fp16 / us,
-                      "us_with_rotations": rot, "x_fp16_with_rotations": fp16 / rot,
-                      "floor_frac": (stored / bw * 1e6) / us})
+                      "us_layer": layer, "x_fp16_layer": fp16 / layer, "floor_frac": (stored / bw * 1e6) / us})
         # whole-layer decode throughput on the GPU
         for name, q in layers.items():
             rt, _, dec = kern[name]

@@ -1,0 +1,37 @@
+"""One split-order PVQ layer's kernels, for a profiler: ``ncu ... python benchmarks/profile_split.py``.
+
+    ncu --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats \\
+        --section MemoryWorkloadAnalysis -k regex:split_ --launch-skip 2 --launch-count 2 \\
+        python benchmarks/profile_split.py [--shape 11008x4096] [--method pvq3-d8]
+
+Runs the fused batch-1 matmul and the whole-layer decode three times each (the first launches compile).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from kernels import kernels_of, quantized_layer  # benchmarks/kernels.py
+from pvq.kernels import triton_split as TS
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", default="11008x4096")
+    p.add_argument("--method", default="pvq3-d8")
+    a = p.parse_args()
+    out_f, in_f = (int(v) for v in a.shape.split("x"))
+    q = quantized_layer(a.method, out_f, in_f, torch.device("cuda"))
+    rt, _, _ = kernels_of(q)
+    x = torch.randn(1, in_f, device="cuda").half()
+    for _ in range(3):
+        TS.split_matmul(rt, x)
+    for _ in range(3):
+        TS.split_decode(rt, torch.float16)
+    torch.cuda.synchronize()
+
+
+if __name__ == "__main__":
+    main()
