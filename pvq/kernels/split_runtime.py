@@ -26,7 +26,7 @@ import torch
 
 from pvq.codecs import SCALE_KEY
 from pvq.codecs.pyramid import PyramidCodec
-from pvq.codecs.pyramid_counts import _count_table
+from pvq.codecs.pyramid_counts import _count_table, pyramid_count
 from pvq.codecs.pyramid_split import leaf_points, split_offsets, split_supported, split_unrank
 from pvq.errors import QuantizeError
 
@@ -69,6 +69,8 @@ class SplitRuntime:
     inverse4: torch.Tensor  # float64 [K + 1]  1 / N(4, k): the divisors of the splits, as reciprocals
     inverse8: torch.Tensor  # float64 [K + 1]  1 / N(8, k) (1 / N(D, k) when D < 8: unused)
     inverse_norms: torch.Tensor  # float32 [K^2 + 1]  1 / sqrt(n), rounded once from float64 (n = |y|^2)
+    wide: bool = False  # N(D, K) >= 2^30: the top split in int64 (else int32)
+    wide_half: bool = False  # N(D / 2, K) >= 2^30: the second split in int64
 
     @property
     def num_vectors(self) -> int:
@@ -136,6 +138,8 @@ def split_runtime(layer, device: torch.device | str | None = None) -> SplitRunti
         _offsets(8 if codec.dim >= 8 else 0, codec.pulses, dev), leaf_offsets, leaves,
         inverse[4].contiguous().to(dev), inverse[min(8, codec.dim)].contiguous().to(dev),
         inverse_norms(codec.pulses).to(dev),
+        wide=pyramid_count(codec.dim, codec.pulses) >= 1 << 30,
+        wide_half=pyramid_count(codec.dim // 2, codec.pulses) >= 1 << 30,
     )
 
 

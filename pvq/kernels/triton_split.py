@@ -187,10 +187,10 @@ def _args(rt: SplitRuntime):
 
 
 def _consts(rt: SplitRuntime) -> dict:
-    counts = rt.counts[:, rt.pulses].tolist()  # N(d, K)
+    """The kernels' compile-time constants of a layer (from the runtime's host-side sizes: no device sync)."""
     return dict(D=rt.dim, K=rt.pulses, KP=triton.next_power_of_2(rt.pulses + 1), G=rt.group_size,
-                L=rt.num_levels, CODE_BITS=rt.code_bits, WIDE=counts[rt.dim] >= 1 << 30,
-                WIDE_HALF=counts[rt.dim // 2] >= 1 << 30, STEPS=max(1, (rt.pulses + 1).bit_length()))
+                L=rt.num_levels, CODE_BITS=rt.code_bits, WIDE=rt.wide, WIDE_HALF=rt.wide_half,
+                STEPS=max(1, (rt.pulses + 1).bit_length()))
 
 
 def split_decode(rt: SplitRuntime, dtype: torch.dtype = torch.float32, block: int = 128) -> torch.Tensor:
