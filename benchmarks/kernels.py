@@ -4,8 +4,8 @@
 
 Per shape (out x in) and batch: microseconds (median of triton.testing.do_bench,
 L2 flushed between runs) of fp16 cuBLAS (``x @ W.T``), torch's int4 kernel
-(``aten._weight_int4pack_mm``, group 128, bf16), gemlite 4- and 2-bit (if
-importable), and pvq's Triton kernels (fused decode-matmul in rotated
+(``aten._weight_int4pack_mm``, group 128, bf16), gemlite 4- and 2-bit
+(``gemlite.helper.A16Wn``, group 128, if importable), and pvq's Triton kernels (fused decode-matmul in rotated
 coordinates) at about 2, 3
 and 4 bits and e8 at 2 bits: the fused kernel alone (``us``) and the whole
 layer through the ``triton`` backend (``us_layer``: input rotation, the kernel
@@ -94,9 +94,11 @@ def int4_setup(w: torch.Tensor):
 
 
 def gemlite_setup(w: torch.Tensor, nbits: int):
+    """gemlite's grouped-int weight-only layer (``gemlite.helper.A16Wn``, group 128, fp16), or None."""
     try:
-        from gemlite import DType, GemLiteLinear
-    except ImportError:
+        from gemlite.helper import A16Wn
+    except ImportError as e:
+        print(f"# gemlite unavailable: {e}")
         return None
     try:
         out_f, in_f = w.shape
@@ -107,12 +109,11 @@ def gemlite_setup(w: torch.Tensor, nbits: int):
         scale = ((hi - lo) / maxq).clamp(min=1e-6)
         zero = -lo / scale
         wq = ((wg / scale) + zero).round().clamp(0, maxq).to(torch.uint8).reshape(out_f, in_f)
-        layer = GemLiteLinear(nbits, group_size=group, in_features=in_f, out_features=out_f,
-                              input_dtype=DType.FP16, output_dtype=DType.FP16)
-        layer.pack(wq, scale.reshape(out_f, -1).half(), zero.reshape(out_f, -1).half(), None)
+        layer = A16Wn(device=str(w.device), dtype=torch.float16).from_weights(
+            wq, scale.reshape(out_f, -1).half(), zero.reshape(out_f, -1).half(), W_nbits=nbits, group_size=group)
         return layer, out_f * in_f * nbits // 8 + 2 * 2 * out_f * in_f // group
     except Exception as e:  # noqa: BLE001
-        print(f"# gemlite {nbits}-bit unavailable: {type(e).__name__}: {str(e)[:120]}")
+        print(f"# gemlite {nbits}-bit unavailable: {type(e).__name__}: {str(e)[:200]}")
         return None
 
 
