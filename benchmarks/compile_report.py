@@ -35,7 +35,7 @@ PTRS = {"words_ptr": "*i32", "scales_ptr": "*fp16", "levels_ptr": "*fp32", "coun
 def consts(dim: int, bits: float) -> dict:
     codec = make_codec("pvq", bits, dim, group_size=16)
     counts = [r[codec.pulses] for r in _count_table(dim, codec.pulses)]
-    return dict(D=dim, K=codec.pulses, KP=triton.next_power_of_2(codec.pulses + 1), G=16,
+    return dict(D=dim, K=codec.pulses, G=16,
                 L=codec.gain.num_levels, CODE_BITS=codec.code_bits, WIDE=counts[dim] >= 1 << 30,
                 WIDE_HALF=counts[dim // 2] >= 1 << 30, STEPS=max(1, (codec.pulses + 1).bit_length()))
 

@@ -53,6 +53,8 @@ from .pyramid_counts import (  # noqa: F401  (re-exported: the counts and refere
     pyramid_count,
     pyramid_rank_reference,
     pyramid_unrank_reference,
+    rank_rows_int64,
+    unrank_rows_int64,
 )
 
 # ---------------------------------------------------------------- vectorized rank / unrank
@@ -147,40 +149,15 @@ def _int64_tables(dim: int, pulses: int, device) -> tuple[torch.Tensor, torch.Te
 
 def _rank_chunk_int64(y: torch.Tensor, mags: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     counts, cum = tables
-    n, dim = y.shape
-    pulses = counts.shape[1] - 1
-    k_left = pulses - (mags.cumsum(1) - mags)
-    dims_left = torch.arange(dim, 0, -1, device=y.device).expand(n, dim)
-    after = (k_left - mags).clamp(min=0)
-    term = counts[dims_left, k_left] - 2 * cum[dims_left - 1, after]
-    term = term + torch.where(y < 0, counts[dims_left - 1, after], 0)
-    index = torch.where(mags > 0, term, 0).sum(1)
+    k = torch.full((y.shape[0],), counts.shape[1] - 1, dtype=torch.int64, device=y.device)
+    index = rank_rows_int64(y, k, counts, cum)
     return torch.stack([index & bigint.LIMB_MASK, index >> bigint.LIMB_BITS], dim=1)
 
 
 def _unrank_int64(r: torch.Tensor, dim: int, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """int64 indices ``[n]`` -> points ``[n, D]``; the magnitude search is one vectorized count."""
     counts, cum = tables
-    pulses = counts.shape[1] - 1
-    n = r.shape[0]
-    k = torch.full((n,), pulses, dtype=torch.int64, device=r.device)
-    y = torch.zeros(n, dim, dtype=torch.int64, device=r.device)
-    cand = torch.arange(1, pulses + 1, device=r.device)  # candidate magnitudes a
-    for j in range(dim):
-        nd = dim - j
-        is_zero = r < counts[nd - 1, k]
-        need = counts[nd, k] - r
-        rest = k.unsqueeze(1) - cand  # k - a, [n, K]
-        ok = (rest >= 0) & (2 * cum[nd - 1, rest.clamp(min=0)] >= need.unsqueeze(1))
-        a = torch.where(is_zero, 0, ok.sum(1))
-        after = (k - a).clamp(min=0)
-        r = r - torch.where(is_zero, 0, counts[nd, k] - 2 * cum[nd - 1, after])
-        block = counts[nd - 1, after]
-        is_neg = (~is_zero) & (r >= block)
-        r = r - torch.where(is_neg, block, 0)
-        y[:, j] = torch.where(is_neg, -a, a)
-        k = k - a
-    return y
+    return unrank_rows_int64(r, torch.full_like(r, counts.shape[1] - 1), dim, counts, cum)
 
 
 def _rank_chunk(y: torch.Tensor, mags: torch.Tensor, t: PyramidTables) -> torch.Tensor:

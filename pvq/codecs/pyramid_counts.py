@@ -1,4 +1,5 @@
-"""Counts of the pyramid P(D, K) and the plain rank/unrank references of Fischer's order.
+"""Counts of the pyramid P(D, K), the plain rank/unrank references of Fischer's order, and its
+int64 tensor rank/unrank with a pulse count per row.
 
 Shared by the codec (:mod:`pvq.codecs.pyramid`) and the split order
 (:mod:`pvq.codecs.pyramid_split`); see the former for the enumeration order.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+
+import torch
 
 from .base import CodecError
 
@@ -135,3 +138,40 @@ def _largest_pulses(dim: int, fits) -> int:
         if k < kmax:
             return k
         kmax *= 2
+
+
+def rank_rows_int64(y: torch.Tensor, k: torch.Tensor, counts: torch.Tensor, cum: torch.Tensor) -> torch.Tensor:
+    """Fischer-order indices ``[n]`` of points ``y: [n, D]`` with ``k[i] = sum |y[i]|`` pulses each, from
+    int64 tables ``N(d, k)``, ``A(d, k)`` (``[>= D + 1, >= max k + 1]``, every value below 2^62)."""
+    mags = y.abs()
+    dim = y.shape[1]
+    k_left = k.unsqueeze(1) - (mags.cumsum(1) - mags)  # pulses left before position j
+    dims_left = torch.arange(dim, 0, -1, device=y.device).expand_as(y)  # n_j = D - j
+    after = (k_left - mags).clamp(min=0)
+    term = counts[dims_left, k_left] - 2 * cum[dims_left - 1, after]
+    term = term + torch.where(y < 0, counts[dims_left - 1, after], 0)
+    return torch.where(mags > 0, term, 0).sum(1)
+
+
+def unrank_rows_int64(r: torch.Tensor, k: torch.Tensor, dim: int, counts: torch.Tensor,
+                      cum: torch.Tensor) -> torch.Tensor:
+    """Points ``[n, dim]`` of Fischer-order indices ``r: [n]`` with ``k[i]`` pulses each (int64 tables as
+    in :func:`rank_rows_int64`); the magnitude at each coordinate is one vectorized count."""
+    pulses = counts.shape[1] - 1
+    y = torch.zeros(r.shape[0], dim, dtype=torch.int64, device=r.device)
+    cand = torch.arange(1, pulses + 1, device=r.device)  # candidate magnitudes a
+    for j in range(dim):
+        nd = dim - j
+        is_zero = r < counts[nd - 1, k]
+        need = counts[nd, k] - r
+        rest = k.unsqueeze(1) - cand  # k - a, [n, K]
+        ok = (rest >= 0) & (2 * cum[nd - 1, rest.clamp(min=0)] >= need.unsqueeze(1))
+        a = torch.where(is_zero, 0, ok.sum(1))
+        after = (k - a).clamp(min=0)
+        r = r - torch.where(is_zero, 0, counts[nd, k] - 2 * cum[nd - 1, after])
+        block = counts[nd - 1, after]
+        neg = (~is_zero) & (r >= block)
+        r = r - torch.where(neg, block, 0)
+        y[:, j] = torch.where(neg, -a, a)
+        k = k - a
+    return y

@@ -27,7 +27,14 @@ from functools import lru_cache
 import torch
 
 from .base import CodecError
-from .pyramid_counts import _count_table, _cumulative_table, pyramid_rank_reference, pyramid_unrank_reference
+from .pyramid_counts import (
+    _count_table,
+    _cumulative_table,
+    pyramid_rank_reference,
+    pyramid_unrank_reference,
+    rank_rows_int64,
+    unrank_rows_int64,
+)
 
 __all__ = [
     "SPLIT_LEAF",
@@ -139,37 +146,12 @@ def _tables(dim: int, pulses: int, device):
 
 def _leaf_rank(y: torch.Tensor, k: torch.Tensor, counts: torch.Tensor, cum: torch.Tensor) -> torch.Tensor:
     """Fischer-order ranks of points ``y: [n, 4]`` with per-row pulse counts ``k: [n]``."""
-    mags = y.abs()
-    dim = y.shape[1]
-    k_left = k.unsqueeze(1) - (mags.cumsum(1) - mags)
-    dims_left = torch.arange(dim, 0, -1, device=y.device).expand_as(y)
-    after = (k_left - mags).clamp(min=0)
-    term = counts[dims_left, k_left] - 2 * cum[dims_left - 1, after]
-    term = term + torch.where(y < 0, counts[dims_left - 1, after], 0)
-    return torch.where(mags > 0, term, 0).sum(1)
+    return rank_rows_int64(y, k, counts, cum)
 
 
 def _leaf_unrank(r: torch.Tensor, k: torch.Tensor, counts: torch.Tensor, cum: torch.Tensor) -> torch.Tensor:
     """Points ``[n, 4]`` of Fischer-order ranks ``r`` with per-row pulse counts ``k``."""
-    pulses = counts.shape[1] - 1
-    y = torch.zeros(r.shape[0], SPLIT_LEAF, dtype=torch.int64, device=r.device)
-    cand = torch.arange(1, pulses + 1, device=r.device)
-    k = k.clone()
-    for j in range(SPLIT_LEAF):
-        nd = SPLIT_LEAF - j
-        is_zero = r < counts[nd - 1, k]
-        need = counts[nd, k] - r
-        rest = k.unsqueeze(1) - cand
-        ok = (rest >= 0) & (2 * cum[nd - 1, rest.clamp(min=0)] >= need.unsqueeze(1))
-        a = torch.where(is_zero, 0, ok.sum(1))
-        after = (k - a).clamp(min=0)
-        r = r - torch.where(is_zero, 0, counts[nd, k] - 2 * cum[nd - 1, after])
-        block = counts[nd - 1, after]
-        neg = (~is_zero) & (r >= block)
-        r = r - torch.where(neg, block, 0)
-        y[:, j] = torch.where(neg, -a, a)
-        k = k - a
-    return y
+    return unrank_rows_int64(r, k, SPLIT_LEAF, counts, cum)
 
 
 def split_rank(y: torch.Tensor, pulses: int) -> torch.Tensor:

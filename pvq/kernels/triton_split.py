@@ -113,7 +113,7 @@ def _norm2(word):
 @triton.jit
 def _decode_vectors(words_ptr, n_words, scales_ptr, levels_ptr, counts_ptr, off16_ptr, off8_ptr, leaf_off_ptr,
                     leaves_ptr, inv4_ptr, inv8_ptr, inv_norm_ptr, vec, m, D: tl.constexpr, K: tl.constexpr,
-                    KP: tl.constexpr, G: tl.constexpr, L: tl.constexpr, CODE_BITS: tl.constexpr,
+                    G: tl.constexpr, L: tl.constexpr, CODE_BITS: tl.constexpr,
                     WIDE: tl.constexpr, WIDE_HALF: tl.constexpr, STEPS: tl.constexpr):
     """Vectors ``vec: [R, C]`` as D/4 packed leaves ``[R, C]`` int32 (coordinates ``4 s .. 4 s + 3``;
     unused leaves repeat the first) and the multiplier ``[R, C]`` float32, 0 where ``m`` is false:
@@ -164,14 +164,14 @@ def _store_leaf(out_ptr, w, mult, vec, m, s: tl.constexpr, D: tl.constexpr):
 @triton.jit
 def _split_decode_kernel(words_ptr, n_words, scales_ptr, levels_ptr, counts_ptr, off16_ptr, off8_ptr,
                          leaf_off_ptr, leaves_ptr, inv4_ptr, inv8_ptr, inv_norm_ptr, out_ptr, n_vectors,
-                         D: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, G: tl.constexpr, L: tl.constexpr,
+                         D: tl.constexpr, K: tl.constexpr, G: tl.constexpr, L: tl.constexpr,
                          CODE_BITS: tl.constexpr, WIDE: tl.constexpr, WIDE_HALF: tl.constexpr,
                          STEPS: tl.constexpr, BLOCK: tl.constexpr):
     vec = (tl.program_id(0) * BLOCK + tl.arange(0, BLOCK))[:, None]
     m = vec < n_vectors
     c0, c1, c2, c3, mult = _decode_vectors(words_ptr, n_words, scales_ptr, levels_ptr, counts_ptr, off16_ptr,
                                            off8_ptr, leaf_off_ptr, leaves_ptr, inv4_ptr, inv8_ptr, inv_norm_ptr, vec, m, D, K,
-                                           KP, G, L, CODE_BITS,
+                                           G, L, CODE_BITS,
                                            WIDE, WIDE_HALF, STEPS)
     _store_leaf(out_ptr, c0, mult, vec, m, 0, D)
     if D >= 8:
@@ -188,7 +188,7 @@ def _args(rt: SplitRuntime):
 
 def _consts(rt: SplitRuntime) -> dict:
     """The kernels' compile-time constants of a layer (from the runtime's host-side sizes: no device sync)."""
-    return dict(D=rt.dim, K=rt.pulses, KP=triton.next_power_of_2(rt.pulses + 1), G=rt.group_size,
+    return dict(D=rt.dim, K=rt.pulses, G=rt.group_size,
                 L=rt.num_levels, CODE_BITS=rt.code_bits, WIDE=rt.wide, WIDE_HALF=rt.wide_half,
                 STEPS=max(1, (rt.pulses + 1).bit_length()))
 
@@ -229,7 +229,7 @@ def _leaf_product(acc, w, mult, x_ptr, bs, b_ok, v0, v_end, in_features, s: tl.c
 def _split_matmul_kernel(words_ptr, n_words, scales_ptr, levels_ptr, counts_ptr, off16_ptr, off8_ptr,
                          leaf_off_ptr, leaves_ptr, inv4_ptr, inv8_ptr, inv_norm_ptr, x_ptr, y_ptr, out_features,
                          in_features, batch, VPR: tl.constexpr, VPS: tl.constexpr, D: tl.constexpr, K: tl.constexpr,
-                         KP: tl.constexpr, G: tl.constexpr, L: tl.constexpr, CODE_BITS: tl.constexpr,
+                         G: tl.constexpr, L: tl.constexpr, CODE_BITS: tl.constexpr,
                          WIDE: tl.constexpr, WIDE_HALF: tl.constexpr, STEPS: tl.constexpr, BLOCK_O: tl.constexpr,
                          NV: tl.constexpr, BP: tl.constexpr, ATOMIC: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)
@@ -245,7 +245,7 @@ def _split_matmul_kernel(words_ptr, n_words, scales_ptr, levels_ptr, counts_ptr,
         m = row_ok[:, None] & (vs < v_end)[None, :]
         w0, w1, w2, w3, mult = _decode_vectors(
             words_ptr, n_words, scales_ptr, levels_ptr, counts_ptr, off16_ptr, off8_ptr, leaf_off_ptr, leaves_ptr,
-            inv4_ptr, inv8_ptr, inv_norm_ptr, rows[:, None] * VPR + vs[None, :], m, D, K, KP, G, L, CODE_BITS,
+            inv4_ptr, inv8_ptr, inv_norm_ptr, rows[:, None] * VPR + vs[None, :], m, D, K, G, L, CODE_BITS,
             WIDE, WIDE_HALF, STEPS)
         part = tl.zeros([BLOCK_O, NV], dtype=tl.float32) if BP == 1 else acc
         part = _leaf_product(part, w0, mult, x_ptr, bs, b_ok, v0, v_end, in_features, 0, D, BLOCK_O, NV, BP)

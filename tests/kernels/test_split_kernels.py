@@ -18,20 +18,10 @@ from pvq.kernels.split_runtime import (
     split_runtime,
     split_runtime_supports,
 )
-from pvq.models import QuantizedLinear
-from pvq.solvers import quantize_layer
+from quantized_layers import random_layer as layer
 
 triton_split = pytest.importorskip("pvq.kernels.triton_split", reason="Triton is not installed")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def layer(codec, out_f, in_f, seed):
-    g = torch.Generator().manual_seed(seed)
-    lin = torch.nn.Linear(in_f, out_f, bias=False)
-    with torch.no_grad():
-        lin.weight.copy_(torch.randn(out_f, in_f, generator=g))
-    res = quantize_layer(lin.weight.detach(), torch.eye(in_f, dtype=torch.float64), codec, error_feedback=False)
-    return QuantizedLinear.from_stored(lin, codec, res.stored().tensors)
 
 
 # D = 4, 8, 16; codes of 8 to 54 bits (one, two and three int32 words; int32 and int64 splits);

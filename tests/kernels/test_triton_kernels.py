@@ -18,20 +18,10 @@ from pvq.kernels.runtime import (
     table_matmul_reference,
     table_runtime,
 )
-from pvq.models import QuantizedLinear
-from pvq.solvers import quantize_layer
+from quantized_layers import random_layer as layer
 
 triton_kernels = pytest.importorskip("pvq.kernels.triton_kernels", reason="Triton is not installed")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def layer(codec, out_f, in_f, seed):
-    g = torch.Generator().manual_seed(seed)
-    lin = torch.nn.Linear(in_f, out_f, bias=False)
-    with torch.no_grad():
-        lin.weight.copy_(torch.randn(out_f, in_f, generator=g))
-    res = quantize_layer(lin.weight.detach(), torch.eye(in_f, dtype=torch.float64), codec, error_feedback=False)
-    return QuantizedLinear.from_stored(lin, codec, res.stored().tensors)
 
 
 # D and K at the edges: D=8 and D=16; 1 bit (K small) to 62-bit codes (K large); odd sizes
