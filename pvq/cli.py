@@ -143,7 +143,7 @@ def _config_flags(p: argparse.ArgumentParser) -> None:
         if f.type in ("bool | None", "bool"):
             _bool_switch(p, flag, help_)
             continue
-        kind = {"float": float, "int": int, "int | None": int}.get(f.type, str)
+        kind = {"float": float, "float | None": float, "int": int, "int | None": int}.get(f.type, str)
         default = f.default if f.default is not dataclasses.MISSING else None
         p.add_argument(f"--{flag}", dest=f"config_{f.name}", type=kind, default=default, metavar=kind.__name__.upper(),
                        help=f"{help_} (default: {default})" if default is not None else help_)

@@ -614,6 +614,23 @@ class PyramidCodec(VectorCodec):
         y = pyramid_unrank(codes["index"], self.dim, self.pulses).double()
         return self._reconstruct(y / y.norm(dim=1, keepdim=True), codes["gain"], scale)
 
+    # -- integer points (for products computed on the points: pvq.kernels.int_product)
+    def _multiplier(self, y: torch.Tensor, gain_code: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """``m`` with ``m * y == decode``: gain level * scale / |y|, float64 ``[n]``."""
+        return self.gain.decode(gain_code).double() * scale.double() / y.double().norm(dim=1)
+
+    def project(self, x: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pyramid points ``y: [n, D]`` (int64) and multipliers ``m: [n]`` (float64) of ``x: [n, D]``
+        with ``quantize(x, scale) == (m * y)`` up to float32 rounding; no indices computed."""
+        y, _, amplitude = self._shape_and_amplitude(x)
+        return y, self._multiplier(y, self._gain_code(amplitude, scale), scale)
+
+    def decode_points(self, codes: Codes, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Points ``[n, D]`` (int64) and multipliers ``[n]`` (float64) of stored codes:
+        ``decode(codes, scale) == m * y`` up to float32 rounding."""
+        y = pyramid_unrank(codes["index"], self.dim, self.pulses)
+        return y, self._multiplier(y, codes["gain"], scale)
+
     def pack(self, codes: Codes) -> dict[str, torch.Tensor]:
         combined = bigint.add_small(bigint.mul_small(codes["index"], self.gain.num_levels), codes["gain"])
         return {"codes": pack_limbs(combined, self.code_bits)}

@@ -28,7 +28,7 @@ from ..models import (
     save_quantized,
     tokenize_text,
 )
-from ..models import set_backend
+from ..models import bits_per_activation, set_backend
 from ..models.checkpoint import prepare_output
 from ..models.reference import CALIB_TEXT, HELDOUT_TEXT, resolve_model
 from .perplexity import check_windows, perplexity
@@ -255,6 +255,8 @@ def run_quantize(req: QuantizeRequest, log: Log = _quiet, progress: bool = True)
         "method": req.config.method,
         "target_bits": req.config.bits,
         "bits_per_weight": report.bits_per_weight,
+        "bits_per_activation": bits_per_activation(model, source_dtype.itemsize * 8 if source_dtype else 16),
+        "activation": None if req.config.activation_quant() is None else req.config.activation_quant().to_dict(),
         "seconds": report.seconds,
         "proxy_loss": report.proxy_loss,
         "output": None,
@@ -305,10 +307,12 @@ def run_eval(
     check_finite_weights(model)
     ids = eval_token_ids(text, tokenizer, max_tokens)
     res = perplexity(model, ids, context=context, stride=stride, device=dev, progress=progress)
+    stored = _stored(model_or_dir)
     out = {
         "model": resolve_model(model_or_dir),
         "perplexity": res.perplexity,
-        "bits_per_weight": linear_weight_bits(model, _stored(model_or_dir)),
+        "bits_per_weight": linear_weight_bits(model, stored),
+        "bits_per_activation": bits_per_activation(model, stored or next(model.parameters()).element_size() * 8),
         "tokens": res.tokens,
         "context": context,
         "stride": stride,

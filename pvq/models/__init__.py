@@ -21,9 +21,12 @@ from .methods import (
     get_method,
     register_method,
 )
-from .qlinear import QuantizedLinear, set_backend
+from .activations import ActivationQuant, ActQuantLinear
+from .qlinear import QuantizedLinear, bits_per_activation, set_activation_quant, set_backend
 
 __all__ = [
+    "ActivationQuant",
+    "ActQuantLinear",
     "BACKENDS",
     "METHODS",
     "Backend",
@@ -54,6 +57,8 @@ __all__ = [
     "resolve_device",
     "save_quantized",
     "select_backend",
+    "set_activation_quant",
     "set_backend",
+    "bits_per_activation",
     "tokenize_text",
 ]

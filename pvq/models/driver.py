@@ -19,6 +19,9 @@
    With ``config.sequential`` the linears are taken stage by stage (linears
    that read the same input: q/k/v, o, gate/up, down), so each stage's
    Hessian sees the earlier stages already quantized.
+4. with activation settings (``config.act_bits``), every quantized linear gets its
+   :class:`~pvq.models.activations.ActivationQuant` at the end: weights are fitted on
+   unquantized activations (as QuaRot's GPTQ does), inputs are quantized at inference.
 
 Peak memory is one block plus the calibration activations. A progress bar
 (tqdm) and a log line per layer (relative output error, proxy loss, rate,
@@ -42,7 +45,7 @@ from .capture import block_linears, capture_block_inputs, collect_hessians, line
 from .devices import resolve_device
 from .lora import BlockHook, LoraRecovery
 from .methods import LayerPlan, QuantizeConfig, QuantizePlan, decoder_layers
-from .qlinear import QuantizedLinear
+from .qlinear import QuantizedLinear, set_activation_quant
 
 __all__ = ["LayerStats", "QuantizeReport", "quantize_model"]
 
@@ -219,6 +222,9 @@ def quantize_model(
                 if note:
                     notes.append(note)
                     say(note)
+        act = config.activation_quant()
+        if act is not None:  # weights were fitted on unquantized activations; inference quantizes them
+            set_activation_quant(model, act)
     finally:
         if bar is not None:
             bar.close()

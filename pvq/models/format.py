@@ -12,8 +12,11 @@ never pickle) whose ``config.json`` holds a ``quantization_config``::
      "modules": {name: {"codec": codec config, "in_features", "out_features",
                         "bias", "rotation": {"out_seed", "in_seed"} | null,
                         "layout": "stored",
-                        "tensors": {key: {"shape", "dtype"}}, "bits_per_weight"}},
-     "pvq_version": ..., "format_version": 2}
+                        "tensors": {key: {"shape", "dtype"}}, "bits_per_weight",
+                        "activation": {"method", "bits", "dim", "rotate", "clip",
+                                       "gain_bits", "bits_per_activation"}  (only when set)}},
+     "bits_per_activation": measured | null,
+     "pvq_version": ..., "format_version": 3}
 
 plus ``"integrity": {"algorithm": "sha256", "tensors": {name: {"dtype",
 "shape", "sha256"}}, "modules": {name: sha256 of the entry's canonical JSON}}``,
@@ -21,7 +24,8 @@ which :func:`verify_checkpoint` checks on every load path.
 
 Version history: 1 - no ``layout`` (read as ``"stored"``), codec options as
 flat fields of ``config``, no integrity record; 2 - ``layout`` per layer,
-``config.options``, the integrity record.
+``config.options``, the integrity record; 3 - optional ``activation`` per layer (the layer
+quantizes its input; a version-2 reader would ignore it silently, hence the new version).
 A quantized layer's tensors are ``<module>.packed_<key>`` (uint8 codes, any
 fitted data such as a K-means codebook), ``<module>.scales`` (fp16) and
 ``<module>.bias``.
@@ -59,8 +63,8 @@ __all__ = [
 ]
 
 QUANT_METHOD = "pvq"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 
 
 def quantized_modules(model: nn.Module) -> dict[str, QuantizedLinear]:
@@ -77,6 +81,8 @@ def quantization_config_dict(model: nn.Module, quant_config) -> dict:
         raise QuantizeError("the model holds no QuantizedLinear modules; quantize it first (pvq.models.quantize_model)")
     bits = sum(m.stored_bits() for m in mods.values())
     weights = sum(m.num_weights for m in mods.values())
+    act = [m for m in mods.values() if m.act_quant is not None]
+    act_bits = sum(m.in_features * m.bits_per_activation() for m in act) / sum(m.in_features for m in act) if act else None
     return {
         "quant_method": QUANT_METHOD,
         "method": config.method,
@@ -84,6 +90,7 @@ def quantization_config_dict(model: nn.Module, quant_config) -> dict:
         "bits_per_weight": bits / weights,
         "stored_bits": bits,
         "num_weights": weights,
+        "bits_per_activation": act_bits,
         "config": config.to_dict(),
         "modules": {n: m.layer_config() for n, m in mods.items()},
         "pvq_version": __version__,
