@@ -170,17 +170,24 @@ def model_memory_bytes(model) -> int:
                 seen.add(key)
                 total += t.untyped_storage().nbytes()
 
+    def walk(v):  # a runtime value: a tensor, a container of them, or a kernel runtime object holding them
+        if isinstance(v, torch.Tensor):
+            add(v)
+        elif isinstance(v, (list, tuple)):
+            for u in v:
+                walk(u)
+        elif isinstance(v, dict):
+            for u in v.values():
+                walk(u)
+        elif hasattr(v, "__dict__"):
+            for u in vars(v).values():
+                walk(u)
+
     for t in list(model.parameters()) + list(model.buffers()):
         add(t)
     for m in model.modules():
         if isinstance(m, QuantizedLinear):
-            for v in m.runtime_tensors().values():
-                if isinstance(v, torch.Tensor):
-                    add(v)
-                else:  # a kernel runtime: its own tensors
-                    for t in vars(v).values():
-                        for u in (t if isinstance(t, list) else [t]):
-                            add(u)
+            walk(m.runtime_tensors())
     return total
 
 

@@ -26,6 +26,7 @@ import torch
 
 from pvq.codecs.pyramid import PyramidCodec
 from pvq.errors import QuantizeError
+from pvq.models.activations import input_points
 from pvq.models.backends import Backend, register_backend
 
 from .int_product import INT8_MAX, IntOperand, common_slice, int_product_intmm, int_product_triton, intmm_weights
@@ -78,8 +79,7 @@ class _IntBackend(Backend):
     def linear(self, layer, runtime, x):
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
-        xr = layer.rotate_input(flat) if layer.act_quant.rotate else flat
-        a = layer.act_quantizer.quantize(xr.float())
+        a = input_points(layer, flat)
         y = self._product(runtime, IntOperand(a.points, a.gains))
         y = layer.unrotate_output(y.to(x.dtype))
         if layer.bias is not None:

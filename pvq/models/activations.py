@@ -33,7 +33,7 @@ from pvq.transforms import RandomizedHadamard
 
 from .backends import Backend, register_backend
 
-__all__ = ["ActDenseBackend", "ActQuantLinear", "ActivationQuant", "quantize_rotated_input"]
+__all__ = ["ActDenseBackend", "ActQuantLinear", "ActivationQuant", "input_points", "quantize_rotated_input"]
 
 
 @dataclass(frozen=True)
@@ -128,14 +128,24 @@ class ActivationQuant:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+def input_points(layer, x: torch.Tensor):
+    """The activation points and gains (:class:`~pvq.codecs.activation.ActPoints`) of a layer's
+    input rows ``x: [n, in]``: rotated first when ``act_quant.rotate``. The rotation runs in
+    float64, so a token's codes do not depend on the other rows of the batch (a float32
+    matmul's rounding may change with the batch size; float64 rounding almost never moves a
+    decision of the float64 projection). ``layer`` has ``act_quant``, ``act_quantizer`` and
+    ``rotate_input``."""
+    if layer.act_quant.rotate:
+        x = layer.rotate_input(x.double())
+    return layer.act_quantizer.quantize(x)
+
+
 def quantize_rotated_input(layer, x: torch.Tensor) -> torch.Tensor:
     """The layer's input, activation-quantized (dequantized to ``x``'s dtype), in its rotated
-    coordinates ``V x`` (``x`` itself when it has no rotation). ``layer`` has ``act_quant``,
-    ``act_quantizer`` and ``rotate_input``."""
-    q = layer.act_quantizer
-    if layer.act_quant.rotate:
-        return q.fake_quantize(layer.rotate_input(x))
-    return layer.rotate_input(q.fake_quantize(x))
+    coordinates ``V x`` (``x`` itself when it has no rotation)."""
+    flat = x.reshape(-1, x.shape[-1])
+    xh = input_points(layer, flat).dequantize().to(x.dtype).reshape(x.shape)
+    return xh if layer.act_quant.rotate else layer.rotate_input(xh)
 
 
 class ActDenseBackend(Backend):

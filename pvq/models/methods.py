@@ -479,6 +479,15 @@ def _activation_notes(act: ActivationQuant, plans: list[LayerPlan]) -> list[str]
     """Check the activation setting on every layer (a D that does not divide is refused, naming
     one that does) and say what it is per input size, and where weights and activations do not
     pair up for an integer product."""
+    sizes = sorted({p.in_features for p in plans})
+    common = math.gcd(*sizes)
+    if act.uses_dim and act.dim is not None and common % act.dim:
+        works = [d for d in range(1, min(common, 64) + 1) if common % d == 0]
+        raise QuantizeError(
+            f"activation vector size D={act.dim} does not divide the input sizes "
+            f"{[n for n in sizes if n % act.dim]} of some linear layers; a D that works: "
+            f"{max(d for d in works if d <= 32)} (D that divide every layer: {works})"
+        )
     notes, seen = [], {}
     for p in plans:
         if p.in_features in seen:

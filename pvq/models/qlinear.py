@@ -270,6 +270,7 @@ class QuantizedLinear(nn.Module):
     def set_activation_quant(self, act: ActivationQuant | None) -> None:
         """Quantize this layer's input with ``act`` from now on (None: stop). D defaults to the
         weight codec's D (so integer products can pair weight and activation vectors)."""
+        quantizer = None
         if act is not None:
             if not isinstance(act, ActivationQuant):
                 raise QuantizeError(f"act must be an ActivationQuant or None, got {type(act).__name__}")
@@ -278,9 +279,11 @@ class QuantizedLinear(nn.Module):
                     "activation rotation uses the weights' randomized Hadamard, and this layer's weights are not "
                     "rotated: quantize with --rotate (rotate=True) or pass --no-act-rotate (act rotate=False)"
                 )
-            act = act.resolve(self.in_features, self.codec.dim if self.codec.dim > 1 else None)
+            with torch.device("cpu"):  # quantizer tables are host tensors even while transformers builds on "meta"
+                act = act.resolve(self.in_features, self.codec.dim if self.codec.dim > 1 else None)
+                quantizer = act.quantizer(self.in_features)
         self.act_quant = act
-        self.act_quantizer = None if act is None else act.quantizer(self.in_features)
+        self.act_quantizer = quantizer
         self._runtime = None
 
     def bits_per_activation(self) -> float | None:
