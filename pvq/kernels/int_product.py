@@ -118,10 +118,11 @@ def _pad_to(t: torch.Tensor, dim: int, multiple: int, at_least: int = 0) -> torc
 
 
 def intmm_weights(w: IntOperand, s: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weight points as ``[J, s', O']`` int8 slices (zero-padded for CUDA's ``_int_mm``) and gains ``[J, O]``."""
+    """Weight points as ``[J, O', s']`` int8 slices (zero-padded for CUDA's ``_int_mm``; each slice is
+    passed transposed, the column-major right operand cuBLASLt's int8 kernels take) and gains ``[J, O]``."""
     o, n = w.points.shape
     j = n // s
-    wp = w.points.to(torch.int8).reshape(o, j, s).permute(1, 2, 0)  # [J, s, O]
+    wp = w.points.to(torch.int8).reshape(o, j, s).transpose(0, 1)  # [J, O, s]
     if w.points.is_cuda:
         wp = _pad_to(_pad_to(wp, 1, 8), 2, 8)
     return wp.contiguous(), w.gains_at(s).float().T.contiguous()
@@ -140,9 +141,9 @@ def int_product_intmm(x: IntOperand, w: IntOperand, weights: tuple | None = None
         xp = _pad_to(_pad_to(xp, 2, 8), 1, 8, at_least=17)
     xp = xp.contiguous()
     xg = x.gains_at(s).float()
-    acc = torch.zeros(xp.shape[1], wp.shape[2], dtype=torch.float32, device=xp.device)
+    acc = torch.zeros(xp.shape[1], wp.shape[1], dtype=torch.float32, device=xp.device)
     for i in range(j):
-        d = torch._int_mm(xp[i], wp[i])[:t, :o]
+        d = torch._int_mm(xp[i], wp[i].t())[:t, :o]
         acc[:t, :o] += d.float() * (xg[:, i : i + 1] * wg[i].unsqueeze(0))
     return acc[:t, :o]
 

@@ -1,7 +1,7 @@
 """Triton kernel of the integer product (:mod:`pvq.kernels.int_product`); importing it needs Triton.
 
 Per program: a tile of ``BLOCK_T`` tokens x ``BLOCK_O`` outputs. For each slice ``j`` of ``s``
-inputs (``s`` padded to a power of two >= 16 with masked zeros), the int8 tiles of
+inputs (``s`` padded to a power of two >= 32 with masked zeros), the int8 tiles of
 activation points ``[BLOCK_T, S]`` and weight points ``[S, BLOCK_O]`` go through one
 ``tl.dot`` with int32 accumulation; the int32 tile is scaled by ``gx[t, j] * gw[o, j]`` in
 float32 and added to the float32 accumulator.
@@ -44,7 +44,7 @@ def int_product_kernel(xp: torch.Tensor, xg: torch.Tensor, wp: torch.Tensor, wg:
     t, n = xp.shape
     o = wp.shape[0]
     y = torch.empty(t, o, dtype=torch.float32, device=xp.device)
-    block_s = max(16, triton.next_power_of_2(s))
+    block_s = max(32, triton.next_power_of_2(s))  # int8 MMA tiles take k in steps of 32
     block_t = 16 if t <= 16 else (32 if t <= 64 else 64)
     block_o = 64
     grid = (triton.cdiv(t, block_t), triton.cdiv(o, block_o))
