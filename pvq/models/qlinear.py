@@ -285,6 +285,9 @@ class QuantizedLinear(nn.Module):
         self.act_quant = act
         self.act_quantizer = quantizer
         self._runtime = None
+        named = BACKENDS.get(self.backend_name) if self.backend_name else None
+        if named is not None and named.quantizes_activations != (act is not None):
+            self.backend_name = None  # a named backend of the other kind cannot run the layer now
 
     def bits_per_activation(self) -> float | None:
         """Bits per input activation, everything counted (None: the input is not quantized)."""
