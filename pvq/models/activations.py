@@ -33,7 +33,14 @@ from pvq.transforms import RandomizedHadamard
 
 from .backends import Backend, register_backend
 
-__all__ = ["ActDenseBackend", "ActQuantLinear", "ActivationQuant", "input_points", "quantize_rotated_input"]
+__all__ = [
+    "ActDenseBackend",
+    "ActQuantLinear",
+    "ActivationQuant",
+    "activation_plan_notes",
+    "input_points",
+    "quantize_rotated_input",
+]
 
 
 @dataclass(frozen=True)
@@ -126,6 +133,36 @@ class ActivationQuant:
         if unknown:
             raise QuantizeError(f"unknown activation setting(s) {sorted(unknown)}; known: {sorted(known)}")
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def activation_plan_notes(act: ActivationQuant, plans: list) -> list[str]:
+    """Check ``act`` on every planned layer and describe it per input size (``plans``: the
+    :class:`pvq.models.methods.LayerPlan` s, with ``in_features`` and the weights' ``dim``).
+
+    A D that does not divide every layer is refused, naming one that does; a note says where
+    activation and weight vectors do not nest (no integer product there)."""
+    sizes = sorted({p.in_features for p in plans})
+    common = math.gcd(*sizes)
+    if act.uses_dim and act.dim is not None and common % act.dim:
+        works = [d for d in range(1, min(common, 64) + 1) if common % d == 0]
+        raise QuantizeError(
+            f"activation vector size D={act.dim} does not divide the input sizes "
+            f"{[n for n in sizes if n % act.dim]} of some linear layers; a D that works: "
+            f"{max(d for d in works if d <= 32)} (D that divide every layer: {works})"
+        )
+    notes, seen = [], {}
+    for p in plans:
+        if p.in_features in seen:
+            continue
+        r = act.resolve(p.in_features, p.dim if p.dim > 1 else None)
+        q = r.quantizer(p.in_features)
+        seen[p.in_features] = q
+        notes.append(f"activations of in={p.in_features}: {q.describe()}, {'rotated' if act.rotate else 'not rotated'}")
+        slice_ = q.slice
+        if p.dim > 1 and max(slice_, p.dim) % min(slice_, p.dim):
+            notes.append(f"in={p.in_features}: activation vectors of {slice_} and weight vectors of {p.dim} do not "
+                         "nest: these layers run the float (dequantized) product, not the integer one")
+    return notes
 
 
 def input_points(layer, x: torch.Tensor):

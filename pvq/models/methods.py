@@ -43,7 +43,7 @@ from pvq.errors import CodecError, QuantizeError
 from pvq.solvers import SolverConfig
 from pvq.transforms import LayerRotation
 
-from .activations import ActivationQuant
+from .activations import ActivationQuant, activation_plan_notes
 
 __all__ = [
     "METHODS",
@@ -425,7 +425,7 @@ class QuantizeConfig:
         out = QuantizePlan(self, plans, len(layers))
         act = self.activation_quant()
         if act is not None:
-            out.notes.extend(_activation_notes(act, plans))
+            out.notes.extend(activation_plan_notes(act, plans))
         return out
 
     def _pick_dim(self, in_sizes: list[int]) -> int:
@@ -473,34 +473,6 @@ class QuantizeConfig:
         if self.group_size:
             parts.append(f"G={self.group_size}")
         return ", ".join(parts)
-
-
-def _activation_notes(act: ActivationQuant, plans: list[LayerPlan]) -> list[str]:
-    """Check the activation setting on every layer (a D that does not divide is refused, naming
-    one that does) and say what it is per input size, and where weights and activations do not
-    pair up for an integer product."""
-    sizes = sorted({p.in_features for p in plans})
-    common = math.gcd(*sizes)
-    if act.uses_dim and act.dim is not None and common % act.dim:
-        works = [d for d in range(1, min(common, 64) + 1) if common % d == 0]
-        raise QuantizeError(
-            f"activation vector size D={act.dim} does not divide the input sizes "
-            f"{[n for n in sizes if n % act.dim]} of some linear layers; a D that works: "
-            f"{max(d for d in works if d <= 32)} (D that divide every layer: {works})"
-        )
-    notes, seen = [], {}
-    for p in plans:
-        if p.in_features in seen:
-            continue
-        r = act.resolve(p.in_features, p.dim if p.dim > 1 else None)
-        q = r.quantizer(p.in_features)
-        seen[p.in_features] = q
-        notes.append(f"activations of in={p.in_features}: {q.describe()}, {'rotated' if act.rotate else 'not rotated'}")
-        slice_ = q.slice
-        if p.dim > 1 and max(slice_, p.dim) % min(slice_, p.dim):
-            notes.append(f"in={p.in_features}: activation vectors of {slice_} and weight vectors of {p.dim} do not "
-                         "nest: these layers run the float (dequantized) product, not the integer one")
-    return notes
 
 
 def _seed(seed: int, name: str, side: str) -> int:
