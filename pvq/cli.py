@@ -143,7 +143,7 @@ def _config_flags(p: argparse.ArgumentParser) -> None:
         if f.type in ("bool | None", "bool"):
             _bool_switch(p, flag, help_)
             continue
-        kind = {"float": float, "int": int, "int | None": int}.get(f.type, str)
+        kind = {"float": float, "float | None": float, "int": int, "int | None": int}.get(f.type, str)
         default = f.default if f.default is not dataclasses.MISSING else None
         p.add_argument(f"--{flag}", dest=f"config_{f.name}", type=kind, default=default, metavar=kind.__name__.upper(),
                        help=f"{help_} (default: {default})" if default is not None else help_)
@@ -203,6 +203,8 @@ def _quantize(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         print(f"{summary['method']} at {summary['bits_per_weight']:.4f} bits per weight (measured), "
+              + (f"activations {summary['activation']['method']} at {summary['bits_per_activation']:.4f} bits, "
+                 if summary["activation"] else "") +
               f"{summary['seconds']:.1f} s" + (f"; saved to {summary['output']}" if summary["output"] else ""))
     return 0
 
@@ -249,7 +251,8 @@ def _eval(args: argparse.Namespace) -> int:
         print(json.dumps(out))
     else:
         print(f"{out['model']}: perplexity {out['perplexity']:.4f} on {out['tokens']} tokens "
-              f"(context {out['context']}, stride {out['stride']}), {out['bits_per_weight']:.4f} bits per weight")
+              f"(context {out['context']}, stride {out['stride']}), {out['bits_per_weight']:.4f} bits per weight, "
+              f"{out['bits_per_activation']:.4f} bits per activation")
         if "zeroshot" in out:
             from .eval.zeroshot import format_zeroshot
 

@@ -279,7 +279,38 @@ def pyramid_search_greedy(x: torch.Tensor, pulses: int) -> torch.Tensor:
 
 
 def _greedy_fill(ax: torch.Tensor, y: torch.Tensor, pulses: int) -> torch.Tensor:
-    """Add pulses to non-negative ``y`` until each row sums to K (greedy on cos)."""
+    """Add pulses to non-negative ``y`` until each row sums to K (greedy on cos).
+
+    Rows are taken in order of pulses left (most first), so each step works on the prefix
+    of rows that still need a pulse; every row's arithmetic is its own, so the result is
+    the row-by-row greedy (:func:`_greedy_fill_reference`) bit for bit.
+    """
+    left = pulses - y.sum(1)
+    n = len(y)
+    steps = int(left.max()) if n else 0
+    if steps <= 0:
+        return y
+    order = torch.argsort(left, descending=True, stable=True)
+    a = ax[order]
+    yd = y[order].double()
+    xy = (a * yd).sum(1, keepdim=True)
+    yy = (yd * yd).sum(1, keepdim=True)
+    active = (left.unsqueeze(0) > torch.arange(steps, device=y.device).unsqueeze(1)).sum(1).tolist()
+    one = torch.ones(n, 1, dtype=yd.dtype, device=yd.device)
+    for m in active:
+        am, ym = a[:m], yd[:m]
+        score = (xy[:m] + am).square_().div_(yy[:m] + 2 * ym + 1)
+        best = score.argmax(1, keepdim=True)
+        xy[:m] += am.gather(1, best)
+        yy[:m] += 2 * ym.gather(1, best) + 1
+        ym.scatter_add_(1, best, one[:m])
+    out = torch.empty_like(y)
+    out[order] = yd.long()
+    return out
+
+
+def _greedy_fill_reference(ax: torch.Tensor, y: torch.Tensor, pulses: int) -> torch.Tensor:
+    """Plain greedy fill: every row every step (rows done add nothing)."""
     left = pulses - y.sum(1)
     xy = (ax * y).sum(1, keepdim=True)
     yy = (y * y).sum(1, keepdim=True).double()
@@ -520,6 +551,23 @@ class PyramidCodec(VectorCodec):
     def decode(self, codes: Codes, scale: torch.Tensor) -> torch.Tensor:
         y = self.points(codes["index"]).double()
         return self._reconstruct(y / y.norm(dim=1, keepdim=True), codes["gain"], scale)
+
+    # -- integer points (for products computed on the points: pvq.kernels.int_product)
+    def _multiplier(self, y: torch.Tensor, gain_code: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """``m`` with ``m * y == decode``: gain level * scale / |y|, float64 ``[n]``."""
+        return self.gain.decode(gain_code).double() * scale.double() / y.double().norm(dim=1)
+
+    def project(self, x: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pyramid points ``y: [n, D]`` (int64) and multipliers ``m: [n]`` (float64) of ``x: [n, D]``
+        with ``quantize(x, scale) == (m * y)`` up to float32 rounding; no indices computed."""
+        y, _, amplitude = self._shape_and_amplitude(x)
+        return y, self._multiplier(y, self._gain_code(amplitude, scale), scale)
+
+    def decode_points(self, codes: Codes, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Points ``[n, D]`` (int64) and multipliers ``[n]`` (float64) of stored codes:
+        ``decode(codes, scale) == m * y`` up to float32 rounding."""
+        y = self.points(codes["index"])
+        return y, self._multiplier(y, codes["gain"], scale)
 
     def pack(self, codes: Codes) -> dict[str, torch.Tensor]:
         combined = bigint.add_small(bigint.mul_small(codes["index"], self.gain.num_levels), codes["gain"])

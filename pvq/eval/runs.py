@@ -27,7 +27,7 @@ from ..models import (
     save_quantized,
     tokenize_text,
 )
-from ..models import set_backend
+from ..models import bits_per_activation, set_backend
 from ..models.checkpoint import prepare_output
 from ..models.format import block_rate
 from ..models.reference import CALIB_TEXT, HELDOUT_TEXT, resolve_model
@@ -170,17 +170,24 @@ def model_memory_bytes(model) -> int:
                 seen.add(key)
                 total += t.untyped_storage().nbytes()
 
+    def walk(v):  # a runtime value: a tensor, a container of them, or a kernel runtime object holding them
+        if isinstance(v, torch.Tensor):
+            add(v)
+        elif isinstance(v, (list, tuple)):
+            for u in v:
+                walk(u)
+        elif isinstance(v, dict):
+            for u in v.values():
+                walk(u)
+        elif hasattr(v, "__dict__"):
+            for u in vars(v).values():
+                walk(u)
+
     for t in list(model.parameters()) + list(model.buffers()):
         add(t)
     for m in model.modules():
         if isinstance(m, QuantizedLinear):
-            for v in m.runtime_tensors().values():
-                if isinstance(v, torch.Tensor):
-                    add(v)
-                else:  # a kernel runtime: its own tensors
-                    for t in vars(v).values():
-                        for u in (t if isinstance(t, list) else [t]):
-                            add(u)
+            walk(m.runtime_tensors())
     return total
 
 
@@ -249,6 +256,8 @@ def run_quantize(req: QuantizeRequest, log: Log = _quiet, progress: bool = True)
         "bits_per_weight": report.bits_per_weight,
         "quantized_fraction": report.quantized_fraction,
         "kept": sorted(report.kept),
+        "bits_per_activation": bits_per_activation(model, source_dtype.itemsize * 8 if source_dtype else 16),
+        "activation": None if req.config.activation_quant() is None else req.config.activation_quant().to_dict(),
         "seconds": report.seconds,
         "proxy_loss": report.proxy_loss,
         "output": None,
@@ -299,10 +308,12 @@ def run_eval(
     check_finite_weights(model)
     ids = eval_token_ids(text, tokenizer, max_tokens)
     res = perplexity(model, ids, context=context, stride=stride, device=dev, progress=progress)
+    stored = _stored(model_or_dir)
     out = {
         "model": resolve_model(model_or_dir),
         "perplexity": res.perplexity,
-        "bits_per_weight": linear_weight_bits(model, _stored(model_or_dir)),
+        "bits_per_weight": linear_weight_bits(model, stored),
+        "bits_per_activation": bits_per_activation(model, stored or next(model.parameters()).element_size() * 8),
         "tokens": res.tokens,
         "context": context,
         "stride": stride,

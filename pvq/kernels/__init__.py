@@ -6,6 +6,8 @@ runs without Triton or a GPU (the backends then report that they support nothing
 """
 
 from .backend import FUSED_MAX_ROWS, KERNEL_FAMILIES, KernelFamily, TritonBackend, kernel_family, triton_available
+from .int_backend import IntProductBackend, IntProductTritonBackend
+from .int_product import IntOperand, int_product, int_product_intmm, int_product_reference, int_product_triton
 from .runtime import (
     PyramidRuntime,
     TableRuntime,
@@ -36,6 +38,13 @@ __all__ = [
     "split_runtime",
     "split_runtime_supports",
     "FUSED_MAX_ROWS",
+    "IntOperand",
+    "IntProductBackend",
+    "IntProductTritonBackend",
+    "int_product",
+    "int_product_intmm",
+    "int_product_reference",
+    "int_product_triton",
     "TritonBackend",
     "triton_available",
     "PyramidRuntime",

@@ -22,10 +22,13 @@ from .methods import (
     get_method,
     register_method,
 )
-from .qlinear import QuantizedLinear, set_backend
+from .activations import ActivationQuant, ActQuantLinear
+from .qlinear import QuantizedLinear, bits_per_activation, set_activation_quant, set_backend
 from .structure import FAMILY_RULES, decoder_blocks
 
 __all__ = [
+    "ActivationQuant",
+    "ActQuantLinear",
     "BACKENDS",
     "FAMILY_RULES",
     "METHODS",
@@ -59,6 +62,8 @@ __all__ = [
     "resolve_device",
     "save_quantized",
     "select_backend",
+    "set_activation_quant",
     "set_backend",
+    "bits_per_activation",
     "tokenize_text",
 ]

@@ -42,6 +42,9 @@ class Backend(abc.ABC):
 
     name: ClassVar[str] = ""
     priority: ClassVar[int] = 0
+    quantizes_activations: ClassVar[bool] = False
+    """True: runs only layers that quantize their input (``layer.act_quant``), and applies it;
+    False: runs only layers that do not (:mod:`pvq.models.activations`)."""
 
     @abc.abstractmethod
     def supports(self, layer: QuantizedLinear, device: torch.device) -> bool:
@@ -85,6 +88,12 @@ def select_backend(layer: QuantizedLinear, device: torch.device, prefer: str | N
         if prefer not in BACKENDS:
             raise QuantizeError(f"unknown backend {prefer!r}; registered: {', '.join(sorted(BACKENDS))}")
         backend = BACKENDS[prefer]
+        if backend.quantizes_activations != _quantizes_input(layer):
+            raise QuantizeError(
+                f"backend {prefer!r} " + ("quantizes activations, and this layer does not" if backend.quantizes_activations
+                                          else "does not quantize activations, and this layer does")
+                + f"; backends that run it on {device}: {', '.join(b.name for b in _supporting(layer, device)) or 'none'}"
+            )
         if not backend.supports(layer, device):
             raise QuantizeError(
                 f"backend {prefer!r} cannot run {layer.codec.describe()} (layout {layer.layout!r}) on {device}; "
@@ -97,8 +106,14 @@ def select_backend(layer: QuantizedLinear, device: torch.device, prefer: str | N
     return found[0]
 
 
+def _quantizes_input(layer: QuantizedLinear) -> bool:
+    return getattr(layer, "act_quant", None) is not None
+
+
 def _supporting(layer: QuantizedLinear, device: torch.device) -> list[Backend]:
-    return sorted((b for b in BACKENDS.values() if b.supports(layer, device)), key=lambda b: -b.priority)
+    act = _quantizes_input(layer)
+    found = (b for b in BACKENDS.values() if b.quantizes_activations == act and b.supports(layer, device))
+    return sorted(found, key=lambda b: -b.priority)
 
 
 # ---------------------------------------------------------------- reference backends

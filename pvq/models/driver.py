@@ -19,6 +19,9 @@
    With ``config.sequential`` the linears are taken stage by stage (linears
    that read the same input: q/k/v, o, gate/up, down), so each stage's
    Hessian sees the earlier stages already quantized.
+4. with activation settings (``config.act_bits``), every quantized linear gets its
+   :class:`~pvq.models.activations.ActivationQuant` at the end: weights are fitted on
+   unquantized activations (as QuaRot's GPTQ does), inputs are quantized at inference.
 
 Peak memory is one block plus the calibration activations. A progress bar
 (tqdm) and a log line per layer (relative output error, proxy loss, rate,
@@ -44,7 +47,7 @@ from .lora import BlockHook, LoraRecovery
 from .experts import HOLDER_SUFFIX, QuantizedExperts, collect_expert_hessians, install_experts
 from .format import block_rate
 from .methods import LayerPlan, QuantizeConfig, QuantizePlan, decoder_layers
-from .qlinear import QuantizedLinear
+from .qlinear import QuantizedLinear, set_activation_quant
 from .structure import linear_weight
 
 __all__ = ["LayerStats", "QuantizeReport", "quantize_model"]
@@ -247,6 +250,9 @@ def quantize_model(
                 if note:
                     notes.append(note)
                     say(note)
+        act = config.activation_quant()
+        if act is not None:  # weights were fitted on unquantized activations; inference quantizes them
+            set_activation_quant(model, act)
     finally:
         if bar is not None:
             bar.close()

@@ -14,8 +14,11 @@ never pickle) whose ``config.json`` holds a ``quantization_config``::
      "modules": {name: {"codec": codec config, "in_features", "out_features",
                         "bias", "rotation": {"out_seed", "in_seed"} | null,
                         "layout": "stored",
-                        "tensors": {key: {"shape", "dtype"}}, "bits_per_weight"}},
-     "pvq_version": ..., "format_version": 2}
+                        "tensors": {key: {"shape", "dtype"}}, "bits_per_weight",
+                        "activation": {"method", "bits", "dim", "rotate", "clip",
+                                       "gain_bits", "bits_per_activation"}  (only when set)}},
+     "bits_per_activation": measured | null,
+     "pvq_version": ..., "format_version": 3}
 
 plus ``"integrity": {"algorithm": "sha256", "tensors": {name: {"dtype",
 "shape", "sha256"}}, "modules": {name: sha256 of the entry's canonical JSON}}``,
@@ -27,7 +30,9 @@ flat fields of ``config``, no integrity record; 2 - ``layout`` per layer,
 expert stacks: ``{stack name: {"num_experts", "out_features", "in_features",
 "transposed"}}``, each expert a module entry ``<stack>_pvq.<e>``; digested in
 the integrity record's ``experts``), ``quantized_fraction`` and ``kept``, and
-the rate over every block weight.
+the rate over every block weight; optional
+``activation`` per layer (the layer quantizes its input; a version-2 reader would ignore it
+silently) and a top-level ``bits_per_activation``.
 A quantized layer's tensors are ``<module>.packed_<key>`` (uint8 codes, any
 fitted data such as a K-means codebook), ``<module>.scales`` (fp16) and
 ``<module>.bias``.
@@ -105,6 +110,8 @@ def quantization_config_dict(model: nn.Module, quant_config) -> dict:
     if not mods:
         raise QuantizeError("the model holds no QuantizedLinear modules; quantize it first (pvq.models.quantize_model)")
     rate = block_rate(model)
+    act = [m for m in mods.values() if m.act_quant is not None]
+    act_bits = sum(m.in_features * m.bits_per_activation() for m in act) / sum(m.in_features for m in act) if act else None
     return {
         "quant_method": QUANT_METHOD,
         "method": config.method,
@@ -114,6 +121,7 @@ def quantization_config_dict(model: nn.Module, quant_config) -> dict:
         "num_weights": rate["num_weights"],
         "quantized_fraction": rate["quantized_weights"] / rate["num_weights"],
         "kept": {n: k["bits"] for n, k in rate["kept"].items()},
+        "bits_per_activation": act_bits,
         "config": config.to_dict(),
         "modules": {n: m.layer_config() for n, m in mods.items()},
         "experts": expert_entries(model),

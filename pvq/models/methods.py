@@ -44,6 +44,7 @@ from pvq.solvers import SolverConfig
 from pvq.transforms import LayerRotation
 
 from .structure import ExpertStack, block_linears, decoder_blocks, decoder_layers, expert_stacks, family_rule, linear_sizes
+from .activations import ActivationQuant, activation_plan_notes
 
 __all__ = [
     "METHODS",
@@ -195,6 +196,19 @@ class QuantizeConfig:
         "quantize a block's linears stage by stage (q/k/v, o, gate/up, down)"))
     lora_steps: int = field(default=0, metadata=_help(
         "LoRA recovery steps on the not yet compressed layers after each chunk of blocks"))
+    act_bits: float | None = field(default=None, metadata=_help(
+        "quantize every quantized linear's input online at about this many bits per activation, gains and "
+        "scales counted (default: activations not quantized)"))
+    act_method: str = field(default="pvq", metadata=_help(
+        "activation quantizer: pvq (vectors of D onto the pyramid P(D,K) per token) or rtn (per-token "
+        "symmetric round to nearest)"))
+    act_dim: int | None = field(default=None, metadata=_help(
+        "pvq activations: vector size D (default: the weights' D, so the product runs on integer points)"))
+    act_rotate: bool | None = field(default=None, metadata=_help(
+        "quantize activations after the weights' randomized Hadamard (default: when the weights are rotated)"))
+    act_clip: float = field(default=1.0, metadata=_help("rtn activations: clipping ratio of the per-token max"))
+    act_gain_bits: int | None = field(default=None, metadata=_help(
+        "pvq activations: gain bits per vector, 0 for fp16 gains (default: the best split for the rate)"))
     options: dict = field(default_factory=dict, metadata=_help("the codec's options"))
 
     def __post_init__(self):
@@ -243,6 +257,16 @@ class QuantizeConfig:
             raise QuantizeError(f"method {self.method!r} (codec {spec.codec!r}) works on dim in {cspec.dims}, got {self.dim}")
         if self.dim is not None and self.group_size is not None:
             self.make_codec(self.dim, self.group_size)  # a rate no setting reaches fails here
+        if self.act_bits is None:
+            if self.act_dim is not None or self.act_gain_bits is not None:
+                raise QuantizeError("act_dim and act_gain_bits set activation quantization up: give act_bits too")
+        else:
+            if self.act_rotate and not self.use_rotation:
+                raise QuantizeError(
+                    f"act_rotate quantizes activations after the weights' randomized Hadamard, and method "
+                    f"{self.method!r} does not rotate here: add rotate=True (--rotate) or drop act_rotate"
+                )
+            self.activation_quant()  # validates the activation settings
 
     def _checked_options(self, spec: MethodSpec) -> dict:
         if not isinstance(self.options, dict):
@@ -278,6 +302,13 @@ class QuantizeConfig:
     @property
     def use_hessian_gain(self) -> bool:
         return self.spec.hessian_gain if self.hessian_gain is None else self.hessian_gain
+
+    def activation_quant(self) -> ActivationQuant | None:
+        """The activation setting of this run (None: activations not quantized)."""
+        if self.act_bits is None:
+            return None
+        rotate = self.use_rotation if self.act_rotate is None else self.act_rotate
+        return ActivationQuant(self.act_method, self.act_bits, self.act_dim, rotate, self.act_clip, self.act_gain_bits)
 
     def solver_config(self) -> SolverConfig:
         """The solver settings of this run."""
@@ -402,7 +433,11 @@ class QuantizeConfig:
                                       _seed(self.seed, _unit(name, stack, e), "in")) for e in range(count)]
             plans.append(LayerPlan(block, name, out, inp, dim, g, codecs[(dim, g)], rots[0], stack,
                                    rots if stack is not None else None))
-        return QuantizePlan(self, plans, len(layers), path=path)
+        out = QuantizePlan(self, plans, len(layers), path=path)
+        act = self.activation_quant()
+        if act is not None:
+            out.notes.extend(activation_plan_notes(act, plans))
+        return out
 
     def _pick_dims(self, in_sizes: list[int]) -> dict[int, int]:
         """D per input size: ``config.dim`` (which must divide every size) or the method's default

@@ -36,10 +36,20 @@ from pvq.codecs import SCALE_KEY, VectorCodec, codec_from_config, codec_to_confi
 from pvq.errors import PvqError, QuantizeError
 from pvq.transforms import LayerRotation
 
+from .activations import ActivationQuant, ActQuantLinear
 from .backends import BACKENDS, select_backend
 from .structure import linear_sizes
 
-__all__ = ["LAYOUT_STORED", "QuantizedLinear", "buffer_name", "dtype_from_name", "dtype_name", "set_backend"]
+__all__ = [
+    "LAYOUT_STORED",
+    "QuantizedLinear",
+    "bits_per_activation",
+    "buffer_name",
+    "dtype_from_name",
+    "dtype_name",
+    "set_activation_quant",
+    "set_backend",
+]
 
 PACKED_PREFIX = "packed_"
 LAYOUT_STORED = "stored"
@@ -77,6 +87,8 @@ class QuantizedLinear(nn.Module):
     bias: whether the layer has a bias (a float parameter of ``bias_dtype``).
     rotation: ``{"out_seed": int, "in_seed": int}`` or None (no rotation).
     layout: how the stored codes are laid out (:data:`LAYOUT_STORED`).
+    act_quant: how the layer quantizes its input (:class:`~pvq.models.activations.ActivationQuant`,
+        or its dict), None: not at all.
     """
 
     def __init__(
@@ -90,6 +102,7 @@ class QuantizedLinear(nn.Module):
         bias_dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
         layout: str = LAYOUT_STORED,
+        act_quant: ActivationQuant | dict | None = None,
     ):
         super().__init__()
         self.in_features = int(in_features)
@@ -121,6 +134,10 @@ class QuantizedLinear(nn.Module):
             self.register_parameter("bias", None)
         self.backend_name: str | None = None  # None: chosen per device by priority
         self._runtime: tuple[str, dict[str, torch.Tensor]] | None = None
+        self.act_quant: ActivationQuant | None = None
+        self.act_quantizer = None
+        if act_quant is not None:
+            self.set_activation_quant(ActivationQuant.from_dict(act_quant) if isinstance(act_quant, dict) else act_quant)
 
     # ------------------------------------------------------------ construction
 
@@ -176,7 +193,7 @@ class QuantizedLinear(nn.Module):
             return cls(
                 cfg["in_features"], cfg["out_features"], cfg["codec"], tensors, bias=bool(cfg["bias"]),
                 rotation=cfg.get("rotation"), bias_dtype=bias_dtype, device=device,
-                layout=cfg.get("layout", LAYOUT_STORED),
+                layout=cfg.get("layout", LAYOUT_STORED), act_quant=cfg.get("activation"),
             )
         except KeyError as e:
             raise QuantizeError(f"quantized layer config lacks {e}; the checkpoint config is incomplete") from e
@@ -194,6 +211,8 @@ class QuantizedLinear(nn.Module):
                 k: {"shape": list(t.shape), "dtype": dtype_name(t.dtype)} for k, t in self.stored_tensors().items()
             },
             "bits_per_weight": self.bits_per_weight(),
+            **({} if self.act_quant is None else {
+                "activation": {**self.act_quant.to_dict(), "bits_per_activation": self.bits_per_activation()}}),
         }
 
     # ------------------------------------------------------------ storage
@@ -264,6 +283,34 @@ class QuantizedLinear(nn.Module):
         """``U^T y'`` for ``y': [..., out]`` (identity without rotation)."""
         return y if self.rotation is None else self.rotation.unrotate_output(y)
 
+    # ------------------------------------------------------------ activations
+
+    def set_activation_quant(self, act: ActivationQuant | None) -> None:
+        """Quantize this layer's input with ``act`` from now on (None: stop). D defaults to the
+        weight codec's D (so integer products can pair weight and activation vectors)."""
+        quantizer = None
+        if act is not None:
+            if not isinstance(act, ActivationQuant):
+                raise QuantizeError(f"act must be an ActivationQuant or None, got {type(act).__name__}")
+            if act.rotate and self.rotation is None:
+                raise QuantizeError(
+                    "activation rotation uses the weights' randomized Hadamard, and this layer's weights are not "
+                    "rotated: quantize with --rotate (rotate=True) or pass --no-act-rotate (act rotate=False)"
+                )
+            with torch.device("cpu"):  # quantizer tables are host tensors even while transformers builds on "meta"
+                act = act.resolve(self.in_features, self.codec.dim if self.codec.dim > 1 else None)
+                quantizer = act.quantizer(self.in_features)
+        self.act_quant = act
+        self.act_quantizer = quantizer
+        self._runtime = None
+        named = BACKENDS.get(self.backend_name) if self.backend_name else None
+        if named is not None and named.quantizes_activations != (act is not None):
+            self.backend_name = None  # a named backend of the other kind cannot run the layer now
+
+    def bits_per_activation(self) -> float | None:
+        """Bits per input activation, everything counted (None: the input is not quantized)."""
+        return None if self.act_quantizer is None else self.act_quantizer.bits_per_activation()
+
     # ------------------------------------------------------------ runtime
 
     def set_backend(self, name: str | None) -> None:
@@ -320,6 +367,7 @@ class QuantizedLinear(nn.Module):
             f"backend={self.backend or self.backend_name or 'auto'}, "
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
             f"codec={self.codec.describe()}, {rot}, {self.bits_per_weight():.3f} bits/weight"
+            + ("" if self.act_quantizer is None else f", act={self.act_quantizer.describe()}")
         )
 
 
@@ -334,3 +382,59 @@ def set_backend(model: nn.Module, name: str | None) -> int:
     for m in layers:
         m.set_backend(name)
     return len(layers)
+
+
+def set_activation_quant(model: nn.Module, act: ActivationQuant | None, *, seed: int = 0,
+                         plain: bool = False) -> int:
+    """Make the linears of ``model``'s decoder blocks quantize their inputs with ``act`` (None: stop).
+
+    Every :class:`QuantizedLinear` takes the setting (D defaults to its weight codec's D).
+    ``plain=True`` also swaps every plain ``nn.Linear`` of the blocks for an
+    :class:`~pvq.models.activations.ActQuantLinear` (full-precision weight, quantized input,
+    its own randomized Hadamard seeded from ``seed`` and the layer name): activation-only
+    quantization ("W16" rows). Returns the number of layers set. Settings are checked on every
+    layer before any is changed.
+    """
+    from .methods import _seed, decoder_layers
+
+    layers = decoder_layers(model)
+    quantized, plain_linears = [], []
+    for i, block in enumerate(layers):
+        for name, mod in block.named_modules():
+            if isinstance(mod, QuantizedLinear):
+                quantized.append(mod)
+            elif isinstance(mod, nn.Linear) and plain:
+                plain_linears.append((block, name, f"model.layers.{i}.{name}", mod))
+    if act is not None:
+        for mod in quantized:
+            if act.rotate and mod.rotation is None:
+                mod.set_activation_quant(act)  # raises the explanatory error
+            act.resolve(mod.in_features, mod.codec.dim if mod.codec.dim > 1 else None)
+    for mod in quantized:
+        mod.set_activation_quant(act)
+    if act is not None:
+        for block, name, full, mod in plain_linears:
+            parent, _, child = name.rpartition(".")
+            setattr(block.get_submodule(parent) if parent else block, child,
+                    ActQuantLinear(mod, act, seed=_seed(seed, full, "act")))
+    return len(quantized) + (len(plain_linears) if act is not None else 0)
+
+
+def bits_per_activation(model: nn.Module, unquantized_bits: float = 16.0) -> float:
+    """Bits per input activation of the decoder blocks' linears: each layer's ``in_features``
+    inputs per token at its quantizer's bits (everything counted), or at ``unquantized_bits``
+    when it does not quantize them; weighted by ``in_features``."""
+    from .methods import decoder_layers
+
+    try:
+        modules = [m for layer in decoder_layers(model) for m in layer.modules()]
+    except QuantizeError:
+        modules = list(model.modules())
+    bits = count = 0.0
+    for m in modules:
+        if isinstance(m, (QuantizedLinear, ActQuantLinear)):
+            b = m.bits_per_activation()
+            bits, count = bits + m.in_features * (unquantized_bits if b is None else b), count + m.in_features
+        elif isinstance(m, nn.Linear):
+            bits, count = bits + m.in_features * unquantized_bits, count + m.in_features
+    return bits / count if count else float("nan")

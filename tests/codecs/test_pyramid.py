@@ -210,3 +210,17 @@ def test_encode_decode_matches_decode_bit_for_bit():
             ref = codec.encode(x, scale) if hess is None else codec.encode_hessian(x, scale, hess)
             assert all(torch.equal(codes[k], ref[k]) for k in ref)
             assert torch.equal(xhat, codec.decode(codes, scale))
+
+
+def test_greedy_fill_on_active_rows_equals_the_plain_loop():
+    """The fill that works on the prefix of rows still short of K gives the plain loop's points bit for bit."""
+    from pvq.codecs.pyramid import _greedy_fill, _greedy_fill_reference
+
+    gen = torch.Generator().manual_seed(11)
+    for n, dim, k in [(1, 5, 7), (300, 24, 70), (257, 8, 200), (64, 13, 1), (100, 32, 3)]:
+        x = torch.randn(n, dim, generator=gen) * torch.rand(n, 1, generator=gen)
+        ax = x.abs().double()
+        y0 = torch.floor(ax * (k / ax.sum(1, keepdim=True))).long()
+        y0[::7] = 0  # rows with all K pulses left
+        a, b = _greedy_fill(ax, y0.clone(), k), _greedy_fill_reference(ax, y0.clone(), k)
+        assert torch.equal(a, b) and bool((a.sum(1) == k).all())

@@ -80,3 +80,25 @@ def test_quantize_codebook_with_lora_from_the_cli(tiny_model_dir, tmp_path, caps
     assert main(["eval", str(out), "--eval-tokens", "300", "--context", "128", "--json"]) == 0
     ev = json.loads(capsys.readouterr().out)
     assert ev["bits_per_weight"] == pytest.approx(summary["bits_per_weight"])
+
+
+def test_quantize_with_activations_from_the_cli(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "a4"
+    rc = main(["quantize", str(tiny_model_dir), "--method", "pvq", "--bits", "4", "--act-bits", "4",
+               "--act-method", "pvq", "--calib", str(CALIB_TEXT), "--samples", "4", "--seq-len", "32",
+               "--output", str(out), "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert 3.8 < summary["bits_per_activation"] <= 4.0 and summary["activation"]["method"] == "pvq"
+    assert main(["eval", str(out), "--eval-tokens", "300", "--context", "128", "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["bits_per_activation"] == pytest.approx(summary["bits_per_activation"])
+    assert ev["backends"] == ["act-int"] and 3.5 < ev["bits_per_weight"] <= 4.0
+    assert main(["eval", str(tiny_model_dir), "--eval-tokens", "300", "--context", "128", "--json"]) == 0
+    base = json.loads(capsys.readouterr().out)
+    assert base["bits_per_activation"] == 32.0  # unquantized activations of a float32 model
+    assert abs(ev["perplexity"] / base["perplexity"] - 1) < 0.1  # NaN fails
+    # rtn activations need rotated weights for --act-rotate; refused before any work
+    rc = main(["quantize", str(tiny_model_dir), "--method", "rtn", "--bits", "4", "--act-bits", "4",
+               "--act-method", "rtn", "--act-rotate", "--json"])
+    assert rc == 2 and "--rotate" in capsys.readouterr().err

@@ -1,0 +1,79 @@
+"""The integer product: exact dots, fast paths (torch._int_mm, Triton under its interpreter) against
+the reference, and against the dequantized float product."""
+
+import pytest
+import torch
+
+from pvq.codecs.activation import make_activation_quantizer
+from pvq.errors import QuantizeError
+from pvq.kernels.int_product import (
+    IntOperand,
+    common_slice,
+    int_dots_reference,
+    int_product,
+    int_product_intmm,
+    int_product_reference,
+    int_product_triton,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def _operand(rows, n, s, seed, k=127):
+    g = torch.Generator().manual_seed(seed)
+    pts = torch.randint(-k, k + 1, (rows, n), generator=g).to(torch.int8)
+    gains = torch.rand(rows, n // s, generator=g) * 2 + 0.01
+    return IntOperand(pts, gains)
+
+
+SHAPES = [(1, 7, 24, 24, 24), (5, 70, 72, 24, 24), (17, 33, 96, 8, 24), (33, 9, 60, 60, 12), (3, 130, 176, 16, 16)]
+
+
+@pytest.mark.parametrize("t,o,n,sx,sw", SHAPES)
+def test_fast_paths_are_exact_before_the_scaling(t, o, n, sx, sw):
+    """With unit gains the product is a sum of integer dots: every path gives it exactly."""
+    x, w = _operand(t, n, sx, 1), _operand(o, n, sw, 2)
+    x.gains.fill_(1.0)
+    w.gains.fill_(1.0)
+    exact = (x.points.long() @ w.points.long().T).double()
+    assert exact.abs().max() < 2**24  # exactly representable in float32
+    for impl in (int_product_reference, int_product_intmm, int_product_triton):
+        assert torch.equal(impl(x, w).double(), exact), impl.__name__
+
+
+@pytest.mark.parametrize("t,o,n,sx,sw", SHAPES)
+def test_fast_paths_match_the_reference(t, o, n, sx, sw):
+    x, w = _operand(t, n, sx, 3), _operand(o, n, sw, 4)
+    ref = int_product_reference(x, w)
+    s = common_slice(sx, sw)
+    dots = int_dots_reference(x.points, w.points, s)
+    assert torch.equal(dots.sum(2), x.points.long() @ w.points.long().T)  # per-slice dots are exact
+    for impl in (int_product_intmm, int_product_triton):
+        got = impl(x, w)
+        assert torch.allclose(got, ref, rtol=2e-6, atol=2e-6 * float(ref.abs().max())), impl.__name__
+
+
+def test_reference_equals_the_dequantized_float_product():
+    """Quantized activations (pvq, rtn) times PVQ-like weight points: the integer product equals
+    x_hat @ w_hat^T computed in float64 from the dequantized operands, to float32 rounding."""
+    x = torch.randn(11, 96, generator=torch.Generator().manual_seed(5))
+    w = _operand(13, 96, 24, 6, k=9)
+    w_hat = (w.points.double().view(13, 4, 24) * w.gains.double().unsqueeze(2)).view(13, 96)
+    for q in (make_activation_quantizer("pvq", 4, 96, 24), make_activation_quantizer("rtn", 4, 96)):
+        a = q.quantize(x)
+        want = a.dequantize().double() @ w_hat.T
+        for impl in ("reference", "intmm", "triton"):
+            got = int_product(IntOperand(a.points, a.gains), w, impl).double()
+            assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max())), (q.name, impl)
+
+
+def test_slices_that_do_not_nest_are_refused():
+    with pytest.raises(QuantizeError, match="do not nest.*--act-dim 24"):
+        common_slice(16, 24)
+    x, w = _operand(2, 48, 16, 1), _operand(3, 48, 24, 2)
+    with pytest.raises(QuantizeError, match="do not nest"):
+        int_product_reference(x, w)
+    big = IntOperand(torch.full((1, 8), 300, dtype=torch.int16), torch.ones(1, 1))
+    with pytest.raises(QuantizeError, match="exceed int8"):
+        int_product(big, _operand(2, 8, 8, 1), "intmm")
+    assert int_product(big, _operand(2, 8, 8, 1), "reference").shape == (1, 2)
