@@ -87,3 +87,13 @@ def test_split_order_refused_where_undefined():
     with pytest.raises(CodecError, match="index_order must be"):
         PyramidCodec(8, 4, index_order="zigzag")
     assert pvq_from_rate(3, 32).index_order == "fischer"  # N(32, 44) needs more than 62 bits
+
+
+def test_decode_points_follow_the_index_order():
+    # the integer-product path reads points through decode_points: same points in either order
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(5))
+    scale = torch.full((64,), 8.0)
+    fischer, split = pvq_from_rate(3, 8, index_order="fischer"), pvq_from_rate(3, 8, index_order="split")
+    yf, mf = fischer.decode_points(fischer.encode(x, scale), scale)
+    ys, ms = split.decode_points(split.encode(x, scale), scale)
+    assert torch.equal(yf, ys) and torch.equal(mf, ms)
