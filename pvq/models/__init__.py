@@ -12,16 +12,8 @@ from .driver import LayerStats, QuantizeReport, quantize_model
 from .experts import QuantizedExperts
 from .format import quantization_config_dict, quantized_modules, read_quantization_config
 from .lora import BlockHook, LoraRecovery
-from .methods import (
-    METHODS,
-    LayerPlan,
-    MethodSpec,
-    QuantizeConfig,
-    QuantizePlan,
-    decoder_layers,
-    get_method,
-    register_method,
-)
+from .methods import METHODS, MethodSpec, QuantizeConfig, decoder_layers, get_method, register_method
+from .plan import LayerPlan, QuantizePlan
 from .activations import ActivationQuant, ActQuantLinear
 from .qlinear import QuantizedLinear, bits_per_activation, set_activation_quant, set_backend
 from .structure import FAMILY_RULES, decoder_blocks

@@ -46,7 +46,8 @@ from .devices import resolve_device
 from .lora import BlockHook, LoraRecovery
 from .experts import HOLDER_SUFFIX, QuantizedExperts, collect_expert_hessians, install_experts
 from .format import block_rate
-from .methods import LayerPlan, QuantizeConfig, QuantizePlan, decoder_layers
+from .methods import QuantizeConfig, decoder_layers
+from .plan import LayerPlan, QuantizePlan
 from .qlinear import QuantizedLinear, set_activation_quant
 from .structure import linear_weight
 

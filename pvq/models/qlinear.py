@@ -395,7 +395,8 @@ def set_activation_quant(model: nn.Module, act: ActivationQuant | None, *, seed:
     quantization ("W16" rows). Returns the number of layers set. Settings are checked on every
     layer before any is changed.
     """
-    from .methods import _seed, decoder_layers
+    from .methods import decoder_layers
+    from .plan import rotation_seed as _seed
 
     layers = decoder_layers(model)
     quantized, plain_linears = [], []

@@ -1,0 +1,199 @@
+"""The plan of a quantization run: every layer's D, group size, codec and rotation seeds, checked
+against the model before any work (:func:`build_plan`, called by ``QuantizeConfig.plan``).
+
+D is chosen per input size: the config's ``dim`` (which must divide every layer) or the method's
+default where it divides, else the largest allowed divisor below it (powers of two first), named in
+the plan's notes. Rotation seeds come from the run's seed and each weight's full name
+(:func:`rotation_seed`), so a plan is reproducible and a checkpoint's seeds can be checked.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass, field
+
+import torch
+
+from pvq.codecs import CODECS, VectorCodec
+from pvq.errors import QuantizeError
+from pvq.transforms import LayerRotation
+
+from .activations import activation_plan_notes
+from .structure import ExpertStack, block_linears, decoder_blocks, expert_stacks, family_rule, linear_sizes
+
+__all__ = ["LayerPlan", "QuantizePlan", "build_plan", "pick_dims", "pick_group", "rotation_seed"]
+
+
+def build_plan(config, model: torch.nn.Module) -> QuantizePlan:
+    """Check this config against the model and build every layer's codec (fast).
+
+    Raises :class:`QuantizeError` naming what to change: no decoder blocks,
+    a D or G that does not divide a layer (listing the values that do), a
+    rate that no codec setting reaches. Without ``dim``, D is chosen per
+    layer: the method's default where it divides the layer's input size,
+    else the largest allowed power-of-two divisor below it (any divisor when
+    none is), named in the plan's notes.
+    """
+    path, layers = decoder_blocks(model)
+    rule = family_rule(model)
+    # (block, full name, out, in, experts or None)
+    units: list[tuple[int, str, int, int, ExpertStack | None]] = []
+    for i, block in enumerate(layers):
+        for name, mod in block_linears(block, rule).items():
+            inp, out = linear_sizes(mod)
+            units.append((i, f"{path}.{i}.{name}", out, inp, None))
+        for st in expert_stacks(block):
+            units.append((i, f"{path}.{i}.{st.name}", st.out_features, st.in_features, st))
+    if not units:
+        raise QuantizeError("the model's decoder blocks hold no linear layers or expert weights to quantize")
+    in_sizes = sorted({u[3] for u in units})
+    dims = pick_dims(config, in_sizes)
+    plans: list[LayerPlan] = []
+    codecs: dict[tuple[int, int], VectorCodec] = {}
+    for block, name, out, inp, stack in units:
+        dim = dims[inp]
+        g = pick_group(config, inp, dim, name)
+        if (dim, g) not in codecs:
+            codecs[(dim, g)] = config.make_codec(dim, g)
+        count = 1 if stack is None else stack.num_experts
+        rots = [None] * count
+        if config.use_rotation:
+            rots = [LayerRotation(out, inp, rotation_seed(config.seed, _unit(name, stack, e), "out"),
+                                  rotation_seed(config.seed, _unit(name, stack, e), "in")) for e in range(count)]
+        plans.append(LayerPlan(block, name, out, inp, dim, g, codecs[(dim, g)], rots[0], stack,
+                               rots if stack is not None else None))
+    out = QuantizePlan(config, plans, len(layers), path=path)
+    act = config.activation_quant()
+    if act is not None:
+        out.notes.extend(activation_plan_notes(act, plans))
+    return out
+
+def pick_dims(config, in_sizes: list[int]) -> dict[int, int]:
+    """D per input size: ``config.dim`` (which must divide every size) or the method's default
+    where it divides, else the largest allowed divisor below it."""
+    cspec = CODECS[config.spec.codec]
+
+    def allowed(n: int) -> list[int]:
+        return [d for d in range(1, n + 1) if n % d == 0 and (cspec.dims is None or d in cspec.dims)]
+
+    if config.dim is not None:
+        bad = [n for n in in_sizes if n % config.dim]
+        if bad:
+            common = [d for d in allowed(math.gcd(*in_sizes))]
+            raise QuantizeError(
+                f"dim D={config.dim} does not divide the input sizes {bad} of some linear layers; "
+                f"dims that divide every layer: {common or 'none'}; or leave dim unset to pick D per layer"
+            )
+        return {n: config.dim for n in in_sizes}
+    want = config.default_dim()
+    out = {}
+    for n in in_sizes:
+        fit = sorted((d for d in allowed(n) if d <= want), reverse=True)
+        pow2 = [d for d in fit if d & (d - 1) == 0]  # powers of two first (the kernels' tuned sizes)
+        fit = pow2 + [d for d in fit if d not in pow2]
+        if not fit:
+            raise QuantizeError(
+                f"codec {config.spec.codec!r} needs D in {cspec.dims}, and none divides the input size {n} "
+                "of some layers; this method cannot quantize this model"
+            )
+        errors = []
+        for d in fit:  # the largest D whose codec can be built at this size (e.g. PVQ needs G >= 2)
+            try:
+                if config.group_size is None:
+                    config.make_codec(d, pick_group(config, n, d, f"in={n}"))
+                out[n] = d
+                break
+            except QuantizeError as e:
+                errors.append(str(e))
+        if n not in out:
+            raise QuantizeError(f"no vector dimension works for layers with {n} inputs: {errors[0]}")
+    return out
+
+def pick_group(config, in_features: int, dim: int, name: str) -> int:
+    vectors = in_features // dim
+    divisors = [g for g in range(1, vectors + 1) if vectors % g == 0]
+    if config.group_size is not None:
+        if vectors % config.group_size:
+            raise QuantizeError(
+                f"group_size G={config.group_size} (vectors of D={dim}, {config.group_size * dim} columns) "
+                f"does not divide {name} (in_features={in_features}, {vectors} vectors per row); "
+                f"group sizes that divide it: {divisors}; or leave group_size unset to pick one per layer"
+            )
+        return config.group_size
+    want = config.spec.default_group_size
+    # nearest divisor in log scale (ties: the larger one, fewer scales)
+    return min(divisors, key=lambda g: (abs(math.log(g / want)), -g))
+
+
+def rotation_seed(seed: int, name: str, side: str) -> int:
+    """Deterministic 31-bit rotation seed of one side of one layer."""
+    return zlib.crc32(f"{seed}:{name}:{side}".encode()) & 0x7FFFFFFF
+
+
+@dataclass
+class LayerPlan:
+    """How one linear layer will be quantized (names are full module paths)."""
+
+    block: int
+    name: str
+    out_features: int
+    in_features: int
+    dim: int
+    group_size: int
+    codec: VectorCodec
+    rotation: LayerRotation | None
+    experts: ExpertStack | None = None  # an expert stack: one weight [out, in] per expert
+    expert_rotations: list[LayerRotation | None] | None = None  # one per expert (rotation is the first)
+
+    @property
+    def count(self) -> int:
+        """Weights [out, in] this plan quantizes (experts of a stack, else 1)."""
+        return 1 if self.experts is None else self.experts.num_experts
+
+
+@dataclass
+class QuantizePlan:
+    """The checked plan of a run: the config and one :class:`LayerPlan` per linear layer."""
+
+    config: "QuantizeConfig"  # pvq.models.methods.QuantizeConfig
+    layers: list[LayerPlan]
+    num_blocks: int
+    notes: list[str] = field(default_factory=list)
+    path: str = "model.layers"  # dotted path of the decoder block list
+
+    def __post_init__(self):
+        groups = {(p.dim, p.group_size) for p in self.layers}
+        if self.config.dim is None and len({d for d, _ in groups}) > 1:
+            self.notes.append(
+                "vector dimension per layer (the method's D does not divide every input size): "
+                + ", ".join(f"in={p.in_features}: D={p.dim}" for p in _unique_by_in(self.layers))
+            )
+        if self.config.group_size is None and len({g for _, g in groups}) > 1:
+            self.notes.append(
+                "group size per layer: "
+                + ", ".join(f"in={p.in_features}: G={p.group_size}" for p in _unique_by_in(self.layers))
+            )
+
+    def layer(self, name: str) -> LayerPlan:
+        for p in self.layers:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def by_block(self, block: int) -> list[LayerPlan]:
+        return [p for p in self.layers if p.block == block]
+
+
+def _unique_by_in(plans: list[LayerPlan]) -> list[LayerPlan]:
+    seen, out = set(), []
+    for p in plans:
+        if p.in_features not in seen:
+            seen.add(p.in_features)
+            out.append(p)
+    return out
+
+
+def _unit(name: str, stack, expert: int) -> str:
+    """The name that seeds a weight's rotations (``name`` or ``name.<expert>`` in a stack)."""
+    return name if stack is None else f"{name}.{expert}"
