@@ -6,10 +6,15 @@ quantizer), the weight's PVQ points are unranked once at ``prepare`` (int8, with
 multiplier ``level * scale / |y|`` per vector), and :mod:`pvq.kernels.int_product` computes
 the product. Two backends:
 
-* ``act-int`` - ``torch._int_mm`` per slice; on CPU and CUDA (chosen automatically on both:
-  on CPU it is the only integer path);
-* ``act-int-triton`` - the Triton kernel; chosen automatically on CUDA, on CPU only by name
-  under ``TRITON_INTERPRET=1`` (tests).
+* ``act-int`` - ``torch._int_mm`` per slice; on CPU and CUDA (chosen automatically on CPU;
+  on CUDA only by name);
+* ``act-int-triton`` - the Triton kernel; on CUDA, and on CPU under ``TRITON_INTERPRET=1``
+  (tests); only by name.
+
+Neither has run on a GPU yet (no device time was left when they were written), so on CUDA
+automatic selection takes ``act-dense``, the float reference, until they are measured there
+(``python benchmarks/act_quant.py --device cuda``); name them to try them
+(``set_backend(model, "act-int-triton")``, ``pvq eval --backend act-int-triton``).
 
 They support layers whose weight codec is PVQ with K <= 127 (int8 points), whose activation
 points fit int8 (pvq with K_a <= 127, rtn up to 8 bits), quantized in the weights' rotated
@@ -93,6 +98,9 @@ class IntProductBackend(_IntBackend):
     name = "act-int"
     priority = 10
 
+    def automatic_on(self, device):
+        return device.type == "cpu"  # not yet run on a GPU: by name there (module docstring)
+
     def prepare(self, layer, device, dtype):
         w = int_weight_operand(layer, device)
         s = common_slice(layer.act_quantizer.slice, layer.codec.dim)
@@ -117,7 +125,7 @@ class IntProductTritonBackend(_IntBackend):
         return super().supports(layer, device)
 
     def automatic_on(self, device):
-        return device.type == "cuda"
+        return False  # not yet run on a GPU: by name only (module docstring)
 
     def prepare(self, layer, device, dtype):
         return {"weight": int_weight_operand(layer, device), "device": torch.empty(0, device=device, dtype=dtype)}
