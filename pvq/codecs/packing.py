@@ -6,10 +6,12 @@
 * Wide fields: ``pack_limbs`` / ``unpack_limbs`` store integers wider than 64
   bits, given as little-endian 32-bit limbs ``[n, L]`` (int64 tensors holding
   values in [0, 2^32)), as fields of exactly ``width`` bits each.
-* Mixed radix: ``pack_mixed_radix`` / ``unpack_mixed_radix`` combine digits
-  ``d_j`` in [0, r_j) into one integer sum_j d_j * prod_{i<j} r_i per chunk,
-  so that a code of R levels costs log2(R) bits on average instead of
-  ceil(log2(R)). Chunks are sized so each combined integer fits in 63 bits.
+* Mixed radix: ``pack_radix`` / ``unpack_radix`` combine ``c`` consecutive
+  digits in [0, q) into one integer ``sum_j d_j q^j`` stored in
+  ``bit_length(q^c - 1)`` bits, ``c`` chosen for the least waste per digit
+  (:func:`radix_chunk`; e.g. 17 digits of radix 6 in 44 bits: 2.588 bits per
+  digit), so that a code of q levels costs about log2(q) bits instead of
+  ceil(log2(q)). Used by the nested-lattice (Voronoi) codes.
 
 Every vectorized function has a plain Python-int reference
 (``*_reference``) used by the tests.
@@ -18,6 +20,7 @@ Every vectorized function has a plain Python-int reference
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 
@@ -147,101 +150,75 @@ def limbs_to_ints(limbs: torch.Tensor) -> list[int]:
 # ------------------------------------------------------------------ mixed radix
 
 
-def mixed_radix_chunk(radix: int) -> int:
-    """Digits of one radix combined per 63-bit chunk: largest c with radix^c < 2^63."""
-    if radix < 2:
-        raise CodecError(f"radix must be >= 2, got {radix}")
-    c = max(1, int(63 / math.log2(radix)))
-    while radix**c >= 1 << 63:
-        c -= 1
-    while radix ** (c + 1) < 1 << 63:
-        c += 1
-    return c
+@lru_cache(maxsize=None)
+def radix_chunk(q: int) -> tuple[int, int]:
+    """(digits c, bits w) per packed field for radix ``q``: the c <= 62 / log2 q whose field
+    of ``w = bit_length(q^c - 1)`` bits wastes least per digit (ties: smaller c)."""
+    best = None
+    for c in range(1, max(1, int(62 / math.log2(q))) + 1):
+        w = (q**c - 1).bit_length()
+        if best is None or w * best[0] < best[1] * c:
+            best = (c, w)
+    return best
 
 
-def mixed_radix_bits(count: int, radix: int) -> int:
-    """Exact number of bits :func:`pack_mixed_radix` uses for ``count`` digits."""
-    c = mixed_radix_chunk(radix)
+def radix_bits(count: int, q: int) -> int:
+    """Bits of the fields :func:`pack_radix` writes for ``count`` digits (before byte padding)."""
+    c, w = radix_chunk(q)
     full, rest = divmod(count, c)
-    width = (radix**c - 1).bit_length()
-    bits = full * width
-    if rest:
-        bits += (radix**rest - 1).bit_length()
-    return bits
+    return full * w + ((q**rest - 1).bit_length() if rest else 0)
 
 
-def pack_mixed_radix(digits: torch.Tensor, radix: int) -> torch.Tensor:
-    """Pack digits in [0, radix) (any shape) at about log2(radix) bits each.
-
-    Consecutive digits are combined into chunks of ``mixed_radix_chunk(radix)``
-    digits (a 63-bit integer each, digit 0 least significant), and each chunk is
-    stored in exactly ``bit_length(radix^c - 1)`` bits; a shorter last chunk
-    takes only the bits it needs. Returns 1-D uint8.
-    """
+def pack_radix(digits: torch.Tensor, q: int) -> torch.Tensor:
+    """Digits in ``[0, q)`` (any shape, row-major) -> uint8: every ``c`` consecutive digits form
+    one integer ``sum_j d_j q^j`` stored in ``w`` bits (:func:`radix_chunk`), then the last
+    ``count mod c`` digits in ``bit_length(q^r - 1)`` bits, each part byte-aligned."""
     d = digits.reshape(-1).to(torch.int64)
-    if d.numel() and (int(d.min()) < 0 or int(d.max()) >= radix):
-        raise CodecError(f"digits must lie in [0, {radix})")
-    c = mixed_radix_chunk(radix)
+    if d.numel() and (int(d.min()) < 0 or int(d.max()) >= q):
+        raise CodecError(f"digits must lie in [0, {q})")
+    c, w = radix_chunk(q)
     full, rest = divmod(d.numel(), c)
-    pieces_bits = []
+    parts = []
     if full:
-        powers = torch.tensor([radix**j for j in range(c)], dtype=torch.int64, device=d.device)
-        combined = (d[: full * c].view(full, c) * powers).sum(dim=1)
-        pieces_bits.append(_int_bits(combined, (radix**c - 1).bit_length()))
+        powers = torch.tensor([q**j for j in range(c)], dtype=torch.int64, device=d.device)
+        parts.append(pack_bits((d[: full * c].view(full, c) * powers).sum(dim=1), w))
     if rest:
-        powers = torch.tensor([radix**j for j in range(rest)], dtype=torch.int64, device=d.device)
-        combined = (d[full * c :].view(1, rest) * powers).sum(dim=1)
-        pieces_bits.append(_int_bits(combined, (radix**rest - 1).bit_length()))
-    bits = torch.cat(pieces_bits) if pieces_bits else torch.zeros(0, dtype=torch.uint8, device=d.device)
-    return _bits_to_bytes(bits, (bits.numel() + 7) // 8)
+        powers = torch.tensor([q**j for j in range(rest)], dtype=torch.int64, device=d.device)
+        parts.append(pack_bits((d[full * c :] * powers).sum().view(1), max(1, (q**rest - 1).bit_length())))
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.uint8)
 
 
-def unpack_mixed_radix(data: torch.Tensor, radix: int, count: int) -> torch.Tensor:
-    """Inverse of :func:`pack_mixed_radix`: ``count`` int64 digits."""
-    total = mixed_radix_bits(count, radix)
-    if data.dtype != torch.uint8 or data.numel() * 8 < total:
-        raise CodecError(f"need a uint8 tensor of at least {(total + 7) // 8} bytes")
-    bits = _bytes_to_bits(data.reshape(-1))[:total]
-    c = mixed_radix_chunk(radix)
+def unpack_radix(data: torch.Tensor, q: int, count: int) -> torch.Tensor:
+    """Inverse of :func:`pack_radix`: ``count`` int64 digits."""
+    c, w = radix_chunk(q)
     full, rest = divmod(count, c)
+    head = packed_nbytes(full, w)
+    wr = max(1, (q**rest - 1).bit_length()) if rest else 0
+    if data.dtype != torch.uint8 or data.numel() < head + (packed_nbytes(1, wr) if rest else 0):
+        raise CodecError(f"stored bytes are too short for {count} digits of radix {q}")
     out = []
-    w = (radix**c - 1).bit_length()
-    if full:
-        combined = _bits_int(bits[: full * w].view(full, w))
-        out.append(_split_digits(combined, radix, c))
-    if rest:
-        wr = (radix**rest - 1).bit_length()
-        combined = _bits_int(bits[full * w : full * w + wr].view(1, wr))
-        out.append(_split_digits(combined, radix, rest))
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64, device=data.device)
+    for num, width, digits_per, start in ((full, w, c, 0), (1 if rest else 0, wr, rest, head)):
+        if not num:
+            continue
+        v = unpack_bits(data[start:], width, num)
+        digs = []
+        for _ in range(digits_per):
+            digs.append(v % q)
+            v = v // q
+        out.append(torch.stack(digs, dim=1).reshape(-1))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)
 
 
-def _int_bits(v: torch.Tensor, width: int) -> torch.Tensor:
-    shifts = torch.arange(width, dtype=torch.int64, device=v.device)
-    return ((v.unsqueeze(1) >> shifts) & 1).to(torch.uint8).reshape(-1)
-
-
-def _bits_int(bits: torch.Tensor) -> torch.Tensor:
-    shifts = torch.arange(bits.shape[1], dtype=torch.int64, device=bits.device)
-    return (bits.to(torch.int64) << shifts).sum(dim=1)
-
-
-def _split_digits(combined: torch.Tensor, radix: int, c: int) -> torch.Tensor:
-    digits = []
-    v = combined.clone()
-    for _ in range(c):
-        digits.append(v % radix)
-        v = v // radix
-    return torch.stack(digits, dim=1).reshape(-1)
-
-
-def pack_mixed_radix_reference(digits: list[int], radix: int) -> bytes:
-    """Plain Python-int reference of :func:`pack_mixed_radix`."""
-    c = mixed_radix_chunk(radix)
-    acc, pos = 0, 0
-    for start in range(0, len(digits), c):
-        chunk = digits[start : start + c]
-        value = sum(int(dg) * radix**j for j, dg in enumerate(chunk))
-        acc |= value << pos
-        pos += (radix ** len(chunk) - 1).bit_length()
-    return acc.to_bytes((pos + 7) // 8, "little")
+def pack_radix_reference(digits: list[int], q: int) -> bytes:
+    """Plain Python-int reference of :func:`pack_radix`."""
+    c, w = radix_chunk(q)
+    full = len(digits) // c
+    acc = 0
+    for i in range(full):
+        acc |= sum(int(x) * q**j for j, x in enumerate(digits[i * c : (i + 1) * c])) << (i * w)
+    out = acc.to_bytes(packed_nbytes(full, w), "little")
+    tail = digits[full * c :]
+    if tail:
+        wr = max(1, (q ** len(tail) - 1).bit_length())
+        out += sum(int(x) * q**j for j, x in enumerate(tail)).to_bytes(packed_nbytes(1, wr), "little")
+    return out

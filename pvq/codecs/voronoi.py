@@ -10,7 +10,7 @@ weight plus the scale (q = 3, 5, 6, 7, ... give the rates in between the integer
 * Encode ``x: [N, n]``: ``y = nearest_L(x / s - a) + a`` (the fine nearest point); its
   coset ``y + q L`` is stored as the basis coordinates ``u = (y - a) B^-1 mod q``
   (``B`` the generator matrix, rows = basis vectors), digits in ``[0, q)``, packed by
-  mixed radix (:func:`pack_radix`: ``c`` digits per field of ``bit_length(q^c - 1)`` bits, c
+  mixed radix (:func:`pvq.codecs.packing.pack_radix`: ``c`` digits per field of ``bit_length(q^c - 1)`` bits, c
   chosen for the least waste, e.g. 17 digits of radix 6 in 44 bits: 2.588 bits per digit).
 * Decode: ``z = u B + a``, then ``c = z - q nearest_L(z / q)`` (the coset representative
   minus its nearest coarse-lattice point), which lies in the Voronoi cell of ``q L``;
@@ -65,7 +65,7 @@ from .lattice import (
     lattice_generator,
     zn_nearest,
 )
-from .packing import pack_bits, packed_nbytes, unpack_bits
+from .packing import pack_radix, unpack_radix
 
 OPTIONS = (
     CodecOption("lattice", str, "e8",
@@ -152,83 +152,6 @@ def nearest_fine_reference(lat: FineLattice, x: np.ndarray) -> np.ndarray:
         if math.isfinite(d):
             return point
         radius *= 2.0
-
-
-# ================================================================ mixed-radix packing
-
-
-@lru_cache(maxsize=None)
-def radix_chunk(q: int) -> tuple[int, int]:
-    """(digits c, bits w) per packed field for radix ``q``: the c <= 62 / log2 q whose field
-    of ``w = bit_length(q^c - 1)`` bits wastes least per digit (ties: smaller c)."""
-    best = None
-    for c in range(1, max(1, int(62 / math.log2(q))) + 1):
-        w = (q**c - 1).bit_length()
-        if best is None or w * best[0] < best[1] * c:
-            best = (c, w)
-    return best
-
-
-def radix_bits(count: int, q: int) -> int:
-    """Bits of the fields :func:`pack_radix` writes for ``count`` digits (before byte padding)."""
-    c, w = radix_chunk(q)
-    full, rest = divmod(count, c)
-    return full * w + ((q**rest - 1).bit_length() if rest else 0)
-
-
-def pack_radix(digits: torch.Tensor, q: int) -> torch.Tensor:
-    """Digits in ``[0, q)`` (any shape, row-major) -> uint8: every ``c`` consecutive digits form
-    one integer ``sum_j d_j q^j`` stored in ``w`` bits (:func:`radix_chunk`), then the last
-    ``count mod c`` digits in ``bit_length(q^r - 1)`` bits, each part byte-aligned."""
-    d = digits.reshape(-1).to(torch.int64)
-    if d.numel() and (int(d.min()) < 0 or int(d.max()) >= q):
-        raise CodecError(f"coset digits must lie in [0, {q})")
-    c, w = radix_chunk(q)
-    full, rest = divmod(d.numel(), c)
-    parts = []
-    if full:
-        powers = torch.tensor([q**j for j in range(c)], dtype=torch.int64, device=d.device)
-        parts.append(pack_bits((d[: full * c].view(full, c) * powers).sum(dim=1), w))
-    if rest:
-        powers = torch.tensor([q**j for j in range(rest)], dtype=torch.int64, device=d.device)
-        parts.append(pack_bits((d[full * c :] * powers).sum().view(1), max(1, (q**rest - 1).bit_length())))
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.uint8)
-
-
-def unpack_radix(data: torch.Tensor, q: int, count: int) -> torch.Tensor:
-    """Inverse of :func:`pack_radix`: ``count`` int64 digits."""
-    c, w = radix_chunk(q)
-    full, rest = divmod(count, c)
-    head = packed_nbytes(full, w)
-    wr = max(1, (q**rest - 1).bit_length()) if rest else 0
-    if data.dtype != torch.uint8 or data.numel() < head + (packed_nbytes(1, wr) if rest else 0):
-        raise CodecError(f"stored coset bytes are too short for {count} digits of radix {q}")
-    out = []
-    for num, width, digits_per, start in ((full, w, c, 0), (1 if rest else 0, wr, rest, head)):
-        if not num:
-            continue
-        v = unpack_bits(data[start:], width, num)
-        digs = []
-        for _ in range(digits_per):
-            digs.append(v % q)
-            v = v // q
-        out.append(torch.stack(digs, dim=1).reshape(-1))
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)
-
-
-def pack_radix_reference(digits: list[int], q: int) -> bytes:
-    """Plain Python-int reference of :func:`pack_radix`."""
-    c, w = radix_chunk(q)
-    full = len(digits) // c
-    acc = 0
-    for i in range(full):
-        acc |= sum(int(x) * q**j for j, x in enumerate(digits[i * c : (i + 1) * c])) << (i * w)
-    out = acc.to_bytes(packed_nbytes(full, w), "little")
-    tail = digits[full * c :]
-    if tail:
-        wr = max(1, (q ** len(tail) - 1).bit_length())
-        out += sum(int(x) * q**j for j, x in enumerate(tail)).to_bytes(packed_nbytes(1, wr), "little")
-    return out
 
 
 # ================================================================ the codec

@@ -16,14 +16,10 @@ from pvq.codecs.voronoi import (
     VoronoiCodec,
     fine_lattice,
     nearest_fine_reference,
-    pack_radix,
-    pack_radix_reference,
-    radix_bits,
-    radix_chunk,
-    unpack_radix,
     q_for_rate,
     voronoi_codebook_reference,
 )
+from pvq.codecs.packing import pack_radix, pack_radix_reference, radix_bits, radix_chunk, unpack_radix
 
 FAST = dict(step_factor=1.0, step_search=None)  # skip the step tuning where it does not matter
 
