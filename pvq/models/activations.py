@@ -31,7 +31,7 @@ from pvq.codecs.activation import ACTIVATION_QUANTIZERS, ActivationQuantizer, ma
 from pvq.errors import CodecError, QuantizeError
 from pvq.transforms import RandomizedHadamard
 
-from .backends import Backend, register_backend
+from .backends import DenseRotatedBackend, register_backend
 
 __all__ = [
     "ActDenseBackend",
@@ -185,23 +185,13 @@ def quantize_rotated_input(layer, x: torch.Tensor) -> torch.Tensor:
     return xh if layer.act_quant.rotate else layer.rotate_input(xh)
 
 
-class ActDenseBackend(Backend):
+class ActDenseBackend(DenseRotatedBackend):
     """Activation-quantized layers, float reference: ``y = U^T (Q' x_hat') + b`` with
     ``x_hat'`` the dequantized activation points (any weight codec, any device)."""
 
     name = "act-dense"
     priority = 0
     quantizes_activations = True
-
-    def supports(self, layer, device):
-        return True
-
-    def prepare(self, layer, device, dtype):
-        return {"rotated_weight": layer.rotated_weight().to(device=device, dtype=dtype)}
-
-    def is_current(self, runtime, device, dtype):
-        w = runtime.get("rotated_weight")
-        return w is not None and w.device == device and w.dtype == dtype
 
     def linear(self, layer, runtime, x):
         y = layer.unrotate_output(F.linear(quantize_rotated_input(layer, x), runtime["rotated_weight"]))
