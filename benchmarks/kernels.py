@@ -27,7 +27,6 @@ import torch
 from pvq.codecs import make_codec, quantize_grouped
 from pvq.kernels import kernel_family
 from pvq.models import QuantizedLinear
-from pvq.transforms import LayerRotation
 
 SETTINGS = {  # name: (codec, bits, D, vectors per scale, codec options)
     "pvq2-d8": ("pvq", 2.0, 8, 16, {}), "pvq3-d8": ("pvq", 3.0, 8, 16, {}), "pvq4-d8": ("pvq", 4.0, 8, 16, {}),

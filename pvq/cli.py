@@ -48,7 +48,7 @@ def _rates(text: str) -> list[float]:
 
     try:
         return parse_rates(text)
-    except CodecError as err:
+    except PvqError as err:
         raise argparse.ArgumentTypeError(str(err)) from err
 
 

@@ -214,7 +214,6 @@ def viterbi_reference(
 
 def viterbi_tailbiting(x: torch.Tensor, values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """QTIP's two-pass tail-biting Viterbi (see the module docs): (states ``[B, T]``, cost ``[B]``)."""
-    L = values.shape[0].bit_length() - 1
     T = x.shape[1]
     half = T // 2
     rolled, _ = viterbi(torch.roll(x, half, dims=1), values, k)

@@ -156,7 +156,7 @@ class LayerPlan:
 class QuantizePlan:
     """The checked plan of a run: the config and one :class:`LayerPlan` per linear layer."""
 
-    config: "QuantizeConfig"  # pvq.models.methods.QuantizeConfig
+    config: object  # the run's pvq.models.methods.QuantizeConfig (not imported: methods imports this module)
     layers: list[LayerPlan]
     num_blocks: int
     notes: list[str] = field(default_factory=list)

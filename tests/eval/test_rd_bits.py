@@ -28,3 +28,10 @@ def test_rd_cli_accepts_a_range(capsys) -> None:
     rows = json.loads(capsys.readouterr().out)["results"]
     assert [r["target_bits"] for r in rows] == [2.0, 2.5, 3.0]
     assert len({round(r["bits_per_weight"], 4) for r in rows}) == 3  # q = 4, 6, 8
+
+
+def test_bad_rate_is_a_usage_error(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["rd", "--bits", "2:x"])
+    assert exc.value.code == 2
+    assert "bad rate '2:x'" in capsys.readouterr().err
