@@ -118,12 +118,8 @@ def gemlite_setup(w: torch.Tensor, nbits: int):
 
 def kernels_of(q: QuantizedLinear):
     """(runtime, matmul, decode) of a layer through the backend's kernel-family table."""
-    import importlib
-
     family = kernel_family(q.codec)
-    mod = importlib.import_module(f"pvq.kernels.{family.module}")
-    rt = family.runtime(q, q._buffer_device())
-    return rt, getattr(mod, family.matmul), getattr(mod, family.decode)
+    return (family.runtime(q, q._buffer_device()), *family.kernels())
 
 
 def run(shapes, batches, methods, out_json=None) -> list[dict]:

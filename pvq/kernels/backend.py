@@ -32,6 +32,10 @@ from .split_runtime import split_runtime, split_runtime_supports
 __all__ = ["FUSED_MAX_ROWS", "KERNEL_FAMILIES", "KernelFamily", "TritonBackend", "kernel_family", "triton_available"]
 
 
+FUSED_MAX_ROWS = 16
+"""Input rows (tokens) up to which a family's fused decode-matmul may run (its kernels take B <= 16)."""
+
+
 @dataclass(frozen=True)
 class KernelFamily:
     """The kernels of one runtime layout: which codecs, how to lay a layer out, the two kernels
@@ -43,7 +47,12 @@ class KernelFamily:
     module: str
     matmul: str  # (runtime, x [B <= 16, in]) -> [B, out] float32
     decode: str  # (runtime) -> Q' [out, in]
-    fused_max_rows: int = 16  # input rows up to which the fused matmul runs; above, decode then one matmul
+    fused_max_rows: int = FUSED_MAX_ROWS  # input rows up to which the fused matmul runs; above, decode then one matmul
+
+    def kernels(self) -> tuple[Callable, Callable]:
+        """(fused matmul, whole-layer decode) functions (imports the Triton module on first use)."""
+        mod = importlib.import_module(f"{__package__}.{self.module}")
+        return getattr(mod, self.matmul), getattr(mod, self.decode)
 
 
 KERNEL_FAMILIES = (
@@ -59,9 +68,6 @@ KERNEL_FAMILIES = (
 def kernel_family(codec) -> KernelFamily | None:
     """The first kernel family that decodes this codec, or None."""
     return next((f for f in KERNEL_FAMILIES if f.supports(codec)), None)
-
-FUSED_MAX_ROWS = 16
-"""Input rows (tokens) up to which the fused decode-matmul runs; above it, decode then matmul."""
 
 
 def triton_available() -> bool:
@@ -99,14 +105,13 @@ class TritonBackend(Backend):
 
     def linear(self, layer, runtime, x):
         rt, family = runtime["runtime"], runtime["family"]
-        kernels = importlib.import_module(f"{__package__}.{family.module}")
+        matmul, decode = family.kernels()
         shape = x.shape
         xr = _rotate(layer, x.reshape(-1, shape[-1]), inverse=False)
-        if xr.shape[0] <= min(FUSED_MAX_ROWS, family.fused_max_rows):
-            y = getattr(kernels, family.matmul)(rt, xr)
+        if xr.shape[0] <= family.fused_max_rows:
+            y = matmul(rt, xr)
         else:
-            w = getattr(kernels, family.decode)(rt).to(x.dtype)
-            y = xr.to(x.dtype) @ w.T
+            y = xr.to(x.dtype) @ decode(rt).to(x.dtype).T
         y = _rotate(layer, y.to(x.dtype), inverse=True)
         if layer.bias is not None:
             y = y + layer.bias.to(y.dtype)

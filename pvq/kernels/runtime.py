@@ -73,6 +73,11 @@ class PyramidRuntime:
         return sum(t.numel() * t.element_size() for t in (self.levels, self.counts, self.cumulative))
 
 
+def layer_tensors(layer, device: torch.device | str | None) -> tuple[dict[str, torch.Tensor], torch.device]:
+    """(a layer's stored tensors, the device a runtime goes to: ``device`` or the layer's own)."""
+    return layer.stored_tensors(), torch.device(device) if device is not None else layer._buffer_device()
+
+
 def pyramid_supports(codec) -> bool:
     """Whether a codec's codes (Fischer's index order) fit the int64 PVQ kernels."""
     return (isinstance(codec, PyramidCodec) and getattr(codec, "index_order", "fischer") == "fischer"
@@ -87,8 +92,7 @@ def pyramid_runtime(layer, device: torch.device | str | None = None) -> PyramidR
             f"{codec.describe()} needs {getattr(codec, 'code_bits', '?')}-bit codes; the PVQ kernels decode up to "
             f"{PYRAMID_MAX_CODE_BITS} bits (D * bits per weight <= about 56, e.g. --dim 16 up to 3.4 bits, --dim 8 up to 7)"
         )
-    stored = layer.stored_tensors()
-    dev = torch.device(device) if device is not None else layer._buffer_device()
+    stored, dev = layer_tensors(layer, device)
     return PyramidRuntime(
         layer.out_features, layer.in_features, codec.dim, codec.pulses, codec.group_size, codec.gain.num_levels,
         codec.code_bits, stored["codes"].to(dev), stored[SCALE_KEY].to(dev),
@@ -189,8 +193,7 @@ def table_runtime(layer, device: torch.device | str | None = None) -> TableRunti
     codec = layer.codec
     if not table_supports(codec):
         raise QuantizeError(f"{codec.describe()} is not an E8 layer of at most two stages")
-    stored = layer.stored_tensors()
-    dev = torch.device(device) if device is not None else layer._buffer_device()
+    stored, dev = layer_tensors(layer, device)
     out_codes, tables = [], []
     for k, book in enumerate(codec.books):
         c = stored[f"stage{k}"].to(dev)  # packed little-endian at 8 or 16 bits: the codes themselves

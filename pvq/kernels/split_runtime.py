@@ -30,6 +30,8 @@ from pvq.codecs.pyramid_counts import _count_table, pyramid_count
 from pvq.codecs.pyramid_split import leaf_points, split_offsets, split_supported, split_unrank
 from pvq.errors import QuantizeError
 
+from .runtime import layer_tensors
+
 __all__ = [
     "SPLIT_DIMS",
     "SPLIT_MAX_CODE_BITS",
@@ -69,8 +71,16 @@ class SplitRuntime:
     inverse4: torch.Tensor  # float64 [K + 1]  1 / N(4, k): the divisors of the splits, as reciprocals
     inverse8: torch.Tensor  # float64 [K + 1]  1 / N(8, k) (1 / N(D, k) when D < 8: unused)
     inverse_norms: torch.Tensor  # float32 [K^2 + 1]  1 / sqrt(n), rounded once from float64 (n = |y|^2)
-    wide: bool = False  # N(D, K) >= 2^30: the top split in int64 (else int32)
-    wide_half: bool = False  # N(D / 2, K) >= 2^30: the second split in int64
+
+    @property
+    def wide(self) -> bool:
+        """N(D, K) >= 2^30: the top split runs in int64 (else int32; host-side counts, no device sync)."""
+        return pyramid_count(self.dim, self.pulses) >= 1 << 30
+
+    @property
+    def wide_half(self) -> bool:
+        """N(D / 2, K) >= 2^30: the second split runs in int64."""
+        return pyramid_count(self.dim // 2, self.pulses) >= 1 << 30
 
     @property
     def num_vectors(self) -> int:
@@ -125,8 +135,7 @@ def split_runtime(layer, device: torch.device | str | None = None) -> SplitRunti
             f"{codec.describe()} is not decoded by the split kernels: they need index_order='split', "
             f"D in {SPLIT_DIMS}, codes of at most {SPLIT_MAX_CODE_BITS} bits and K <= 127"
         )
-    stored = layer.stored_tensors()
-    dev = torch.device(device) if device is not None else layer._buffer_device()
+    stored, dev = layer_tensors(layer, device)
     leaves, leaf_offsets = shared_leaves(codec.pulses, str(dev))
     counts = torch.tensor([list(r) for r in _count_table(codec.dim, codec.pulses)], dtype=torch.int64)
     inverse = 1.0 / counts.to(torch.float64).clamp(min=1)
@@ -138,8 +147,6 @@ def split_runtime(layer, device: torch.device | str | None = None) -> SplitRunti
         _offsets(8 if codec.dim >= 8 else 0, codec.pulses, dev), leaf_offsets, leaves,
         inverse[4].contiguous().to(dev), inverse[min(8, codec.dim)].contiguous().to(dev),
         inverse_norms(codec.pulses).to(dev),
-        wide=pyramid_count(codec.dim, codec.pulses) >= 1 << 30,
-        wide_half=pyramid_count(codec.dim // 2, codec.pulses) >= 1 << 30,
     )
 
 

@@ -18,6 +18,7 @@ PyTorch path (:func:`supported` says which). The reference is
 from __future__ import annotations
 
 import math
+import weakref
 from functools import lru_cache
 
 import torch
@@ -53,9 +54,13 @@ def _sylvester(n: int, device: str) -> torch.Tensor:
     return hadamard_matrix(n, dtype=torch.float32).to(device).contiguous()
 
 
-def _dense(rh: RandomizedHadamard, device, inverse: bool) -> torch.Tensor:
-    """``F`` (or ``F^T``) zero-padded to ``[HP, HP]`` float32, cached on the transform object."""
-    cache = rh.__dict__.setdefault("_triton_dense", {})
+_DENSE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # transform -> {(device, inverse): tensors}
+
+
+def _dense(rh: RandomizedHadamard, device, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``F`` or ``F^T`` zero-padded to ``[HP, HP]``, the signs), float32 on ``device``, cached per
+    transform while it lives."""
+    cache = _DENSE.setdefault(rh, {})
     key = (str(device), inverse)
     if key not in cache:
         hp = _hp(rh.dense_order)

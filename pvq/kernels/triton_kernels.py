@@ -112,6 +112,25 @@ def pyramid_decode(rt: PyramidRuntime, block: int = 128) -> torch.Tensor:
 
 
 @triton.jit
+def _row_block(out_features, batch, BLOCK_O: tl.constexpr, BP: tl.constexpr):
+    """This program's output rows and the batch rows of a fused matmul: (rows, row_ok, bs, b_ok)."""
+    rows = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)
+    bs = tl.arange(0, BP)
+    return rows, rows < out_features, bs, bs < batch
+
+
+@triton.jit
+def _store_rows(y_ptr, acc, rows, row_ok, bs, b_ok, out_features, ATOMIC: tl.constexpr):
+    """``y[b, row] = acc`` (``+=`` atomically when the input dimension is split over programs)."""
+    out = y_ptr + bs[None, :] * out_features + rows[:, None]
+    ok = row_ok[:, None] & b_ok[None, :]
+    if ATOMIC:
+        tl.atomic_add(out, acc, mask=ok)
+    else:
+        tl.store(out, acc, mask=ok)
+
+
+@triton.jit
 def _tile(rows, row_ok, v0, NV: tl.constexpr, VPR: tl.constexpr):
     """Vectors ``v0 .. v0 + NV`` of a row block: (vs, v_ok [NV], mask and vector ids [BLOCK_O, NV])."""
     vs = v0 + tl.arange(0, NV)
@@ -132,10 +151,7 @@ def _pvq_matmul_kernel(codes_ptr, n_bytes, scales_ptr, levels_ptr, counts_ptr, c
                        D: tl.constexpr, K: tl.constexpr, G: tl.constexpr, L: tl.constexpr,
                        CODE_BITS: tl.constexpr, STEPS: tl.constexpr,
                        BLOCK_O: tl.constexpr, NV: tl.constexpr, BP: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)
-    row_ok = rows < out_features
-    bs = tl.arange(0, BP)
-    b_ok = bs < batch
+    rows, row_ok, bs, b_ok = _row_block(out_features, batch, BLOCK_O, BP)
     acc = tl.zeros([BLOCK_O, BP], dtype=tl.float32)  # VPR: vectors per row
     for v0 in range(0, VPR, NV):
         vs, v_ok, m, vec = _tile(rows, row_ok, v0, NV, VPR)
@@ -154,7 +170,7 @@ def _pvq_matmul_kernel(codes_ptr, n_bytes, scales_ptr, levels_ptr, counts_ptr, c
         level = tl.load(levels_ptr + gain, mask=m, other=0.0)
         mult = tl.where(m, level * scale / tl.sqrt(tl.maximum(norm2, 1.0)), 0.0)
         acc += tl.sum(dot * mult[:, :, None], axis=1)
-    tl.store(y_ptr + bs[None, :] * out_features + rows[:, None], acc, mask=row_ok[:, None] & b_ok[None, :])
+    _store_rows(y_ptr, acc, rows, row_ok, bs, b_ok, out_features, False)
 
 
 def _bp(batch: int) -> int:
@@ -225,10 +241,7 @@ def _table_matmul_kernel(c0_ptr, t0_ptr, c1_ptr, t1_ptr, g1, scales_ptr, x_ptr, 
                          out_features, in_features, batch, VPR: tl.constexpr,
                          G: tl.constexpr, STAGES: tl.constexpr, MASK0: tl.constexpr, MASK1: tl.constexpr,
                          BLOCK_O: tl.constexpr, NV: tl.constexpr, BP: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)
-    row_ok = rows < out_features
-    bs = tl.arange(0, BP)
-    b_ok = bs < batch
+    rows, row_ok, bs, b_ok = _row_block(out_features, batch, BLOCK_O, BP)
     acc = tl.zeros([BLOCK_O, BP], dtype=tl.float32)  # VPR: vectors per row
     for v0 in range(0, VPR, NV):
         vs, v_ok, m, vec = _tile(rows, row_ok, v0, NV, VPR)
@@ -240,7 +253,7 @@ def _table_matmul_kernel(c0_ptr, t0_ptr, c1_ptr, t1_ptr, g1, scales_ptr, x_ptr, 
             dot += w[:, :, None] * _x_column(x_ptr, bs, b_ok, vs, v_ok, j, in_features, 8)[None, :, :]
         scale = tl.load(scales_ptr + vec // G, mask=m, other=0.0).to(tl.float32)
         acc += tl.sum(dot * scale[:, :, None], axis=1)
-    tl.store(y_ptr + bs[None, :] * out_features + rows[:, None], acc, mask=row_ok[:, None] & b_ok[None, :])
+    _store_rows(y_ptr, acc, rows, row_ok, bs, b_ok, out_features, False)
 
 
 def table_matmul(rt: TableRuntime, x: torch.Tensor, block_o: int = 16, nv: int = 16) -> torch.Tensor:

@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from .split_runtime import SplitRuntime
+from .triton_kernels import _row_block, _store_rows
 
 __all__ = ["split_decode", "split_matmul", "split_matmul_config"]
 
@@ -232,10 +233,7 @@ def _split_matmul_kernel(words_ptr, n_words, scales_ptr, levels_ptr, counts_ptr,
                          G: tl.constexpr, L: tl.constexpr, CODE_BITS: tl.constexpr,
                          WIDE: tl.constexpr, WIDE_HALF: tl.constexpr, STEPS: tl.constexpr, BLOCK_O: tl.constexpr,
                          NV: tl.constexpr, BP: tl.constexpr, ATOMIC: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)
-    row_ok = rows < out_features
-    bs = tl.arange(0, BP)
-    b_ok = bs < batch
+    rows, row_ok, bs, b_ok = _row_block(out_features, batch, BLOCK_O, BP)
     v_start = tl.program_id(1) * VPS
     v_end = tl.minimum(v_start + VPS, VPR)
     acc = tl.zeros([BLOCK_O, NV if BP == 1 else BP], dtype=tl.float32)
@@ -262,12 +260,7 @@ def _split_matmul_kernel(words_ptr, n_words, scales_ptr, levels_ptr, counts_ptr,
         total = tl.sum(acc, axis=1)[:, None]
     else:
         total = acc
-    out = y_ptr + bs[None, :] * out_features + rows[:, None]
-    ok = row_ok[:, None] & b_ok[None, :]
-    if ATOMIC:
-        tl.atomic_add(out, total, mask=ok)
-    else:
-        tl.store(out, total, mask=ok)
+    _store_rows(y_ptr, total, rows, row_ok, bs, b_ok, out_features, ATOMIC)
 
 
 def split_matmul_config(rt: SplitRuntime, batch: int, sms: int = 132) -> dict:

@@ -69,29 +69,27 @@ def test_demo_rejects_unknown_method_before_work(capsys):
     assert "unknown method" in capsys.readouterr().err
 
 
-def test_quantize_codebook_with_lora_from_the_cli(tiny_model_dir, tmp_path, capsys):
-    out = tmp_path / "cb"
-    rc = main(["quantize", str(tiny_model_dir), "--method", "codebook", "--bits", "2", "--dim", "4",
-               "--lora-steps", "2", "--calib", str(CALIB_TEXT), "--samples", "4", "--seq-len", "32",
-               "--output", str(out), "--json"])
+def _quantize_then_eval(model_dir, out, capsys, *method_args) -> tuple[dict, dict]:
+    """``pvq quantize MODEL <method_args> --json`` then ``pvq eval OUT --json``: both JSON outputs."""
+    rc = main(["quantize", str(model_dir), *method_args, "--calib", str(CALIB_TEXT), "--samples", "4",
+               "--seq-len", "32", "--output", str(out), "--json"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["method"] == "codebook" and summary["bits_per_weight"] > 2.0  # codebooks and scales counted
     assert main(["eval", str(out), "--eval-tokens", "300", "--context", "128", "--json"]) == 0
-    ev = json.loads(capsys.readouterr().out)
+    return summary, json.loads(capsys.readouterr().out)
+
+
+def test_quantize_codebook_with_lora_from_the_cli(tiny_model_dir, tmp_path, capsys):
+    summary, ev = _quantize_then_eval(tiny_model_dir, tmp_path / "cb", capsys, "--method", "codebook", "--bits", "2",
+                                      "--dim", "4", "--lora-steps", "2")
+    assert summary["method"] == "codebook" and summary["bits_per_weight"] > 2.0  # codebooks and scales counted
     assert ev["bits_per_weight"] == pytest.approx(summary["bits_per_weight"])
 
 
 def test_quantize_with_activations_from_the_cli(tiny_model_dir, tmp_path, capsys):
-    out = tmp_path / "a4"
-    rc = main(["quantize", str(tiny_model_dir), "--method", "pvq", "--bits", "4", "--act-bits", "4",
-               "--act-method", "pvq", "--calib", str(CALIB_TEXT), "--samples", "4", "--seq-len", "32",
-               "--output", str(out), "--json"])
-    assert rc == 0
-    summary = json.loads(capsys.readouterr().out)
+    summary, ev = _quantize_then_eval(tiny_model_dir, tmp_path / "a4", capsys, "--method", "pvq", "--bits", "4",
+                                      "--act-bits", "4", "--act-method", "pvq")
     assert 3.8 < summary["bits_per_activation"] <= 4.0 and summary["activation"]["method"] == "pvq"
-    assert main(["eval", str(out), "--eval-tokens", "300", "--context", "128", "--json"]) == 0
-    ev = json.loads(capsys.readouterr().out)
     assert ev["bits_per_activation"] == pytest.approx(summary["bits_per_activation"])
     assert ev["backends"] == ["act-int"] and 3.5 < ev["bits_per_weight"] <= 4.0
     assert main(["eval", str(tiny_model_dir), "--eval-tokens", "300", "--context", "128", "--json"]) == 0
