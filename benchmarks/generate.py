@@ -1,6 +1,7 @@
 """End to end on one GPU: batch-1 generation speed and GPU memory of a 7B-shaped Llama, fp16 against pvq.
 
     python benchmarks/generate.py [--layers 32] [--bits 2,3,4] [--dim 8] [--new-tokens 64] [--json FILE]
+    python benchmarks/generate.py --checkpoint DIR [--backends dense,triton] [--new-tokens 64]
 
 A random-initialised Llama of LLaMA-2-7B's shapes (hidden 4096, MLP 11008, 32
 heads, vocabulary 32000; ``--layers`` blocks) in fp16 generates ``--new-tokens``
@@ -14,6 +15,14 @@ does not depend on which points are stored) at each ``--bits`` with vectors of
 measured. Per row: tokens per second, the ratio to fp16, GPU memory
 (``torch.cuda.max_memory_allocated`` during generation, and the bytes of every
 tensor the model holds after it), and the layer bits per weight.
+
+``--profile``: after each row, the GPU time of one eager decode step by kernel
+(``torch.profiler``), the ten largest: where a token's time goes.
+
+``--checkpoint DIR``: a real pvq checkpoint (e.g. the reference model quantized by
+``pvq quantize``) instead of the random 7B shapes, measured the same way through each
+of ``--backends`` (fp16 row: the same checkpoint through the dense backend's cache is
+not fp16 weights, so the ratio is against the first backend named).
 """
 
 from __future__ import annotations
@@ -126,6 +135,63 @@ def measure_graph(model, new_tokens: int) -> float | None:
         return None
 
 
+def profile_step(model, steps: int = 3, top: int = 10) -> list[dict]:
+    """GPU microseconds per eager decode step by kernel name (largest first), from ``torch.profiler``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    ids = torch.randint(0, model.config.vocab_size, (1, 16), device="cuda")
+    with torch.no_grad():
+        out = model(input_ids=ids, use_cache=True)
+        cache, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        model(input_ids=tok, past_key_values=cache, use_cache=True)  # warm-up of the decode shapes
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                tok = model(input_ids=tok, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+            torch.cuda.synchronize()
+    rows = []
+    for ev in prof.key_averages():
+        us = getattr(ev, "self_device_time_total", None)
+        if us is None:
+            us = getattr(ev, "self_cuda_time_total", 0)
+        if us > 0:
+            rows.append({"kernel": ev.key[:90], "us_per_step": us / steps, "calls_per_step": ev.count / steps})
+    rows.sort(key=lambda r: -r["us_per_step"])
+    total = sum(r["us_per_step"] for r in rows)
+    print(f"# GPU time per decode step: {total:.0f} us (kernels: {len(rows)})")
+    for r in rows[:top]:
+        print(f"#   {r['us_per_step']:8.1f} us  {100 * r['us_per_step'] / total:5.1f}%  x{r['calls_per_step']:.0f}  "
+              f"{r['kernel']}")
+    return [{"total_us": total}] + rows[:top]
+
+
+def main_checkpoint(a) -> None:
+    """Tokens/s of a real checkpoint through each backend (``--checkpoint``)."""
+    from pvq.models import load_quantized
+    from pvq.models.qlinear import set_backend
+
+    model = load_quantized(a.checkpoint, device="cuda", dtype=torch.float16).eval()
+    rows = []
+    for name in a.backends.split(","):
+        set_backend(model, name)
+        r = measure(model, a.new_tokens)
+        r["graph_tokens_per_s"] = measure_graph(model, a.new_tokens)
+        if a.profile:
+            r["profile"] = profile_step(model)
+        rows.append({"backend": name, **r})
+        print({k: v for k, v in rows[-1].items() if k != "profile"}, flush=True)
+    print(f"\n{torch.cuda.get_device_name()}, {a.checkpoint}, {a.new_tokens} new tokens, batch 1\n")
+    print("| backend | tokens/s eager | tokens/s CUDA graph | peak GPU memory MB | model tensors MB |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        g = r["graph_tokens_per_s"]
+        print(f"| {r['backend']} | {r['tokens_per_s']:.1f} | {f'{g:.1f}' if g else '-'} | "
+              f"{r['peak_bytes'] / 1e6:.1f} | {r['model_bytes'] / 1e6:.1f} |")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "checkpoint": a.checkpoint, "rows": rows}, f, indent=1)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layers", type=int, default=32)
@@ -133,22 +199,32 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=8)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--json", default=None)
+    p.add_argument("--profile", action="store_true", help="GPU time of one decode step by kernel, per row")
+    p.add_argument("--checkpoint", default=None, help="a pvq checkpoint to measure instead of the 7B shapes")
+    p.add_argument("--backends", default="dense,triton", help="with --checkpoint: backends to compare")
     a = p.parse_args()
     import pvq.kernels  # noqa: F401  (the triton backend)
+
+    if a.checkpoint:
+        return main_checkpoint(a)
 
     rows = []
     model = llama_7b(a.layers)
     base = measure(model, a.new_tokens)
     base["graph_tokens_per_s"] = measure_graph(model, a.new_tokens)
+    if a.profile:
+        base["profile"] = profile_step(model)
     rows.append({"method": "fp16", "bits": 16.0, **base, "x_fp16": 1.0, "memory_frac": 1.0})
-    print(rows[-1], flush=True)
+    print({k: v for k, v in rows[-1].items() if k != "profile"}, flush=True)
     for bits in (float(b) for b in a.bits.split(",")):
         bpw = quantize_blocks(model, bits, a.dim)
         r = measure(model, a.new_tokens)
         r["graph_tokens_per_s"] = measure_graph(model, a.new_tokens)
+        if a.profile:
+            r["profile"] = profile_step(model)
         rows.append({"method": f"pvq D={a.dim}", "bits": bpw, **r, "x_fp16": r["tokens_per_s"] / base["tokens_per_s"],
                      "memory_frac": r["peak_bytes"] / base["peak_bytes"]})
-        print(rows[-1], flush=True)
+        print({k: v for k, v in rows[-1].items() if k != "profile"}, flush=True)
     print(f"\n{torch.cuda.get_device_name()}, {a.layers} blocks, {a.new_tokens} new tokens, batch 1, eager\n")
     print("| method | bits/weight (blocks) | tokens/s eager | x fp16 | tokens/s CUDA graph | x fp16 | "
           "peak GPU memory GB | model tensors GB | x fp16 memory |")

@@ -9,9 +9,17 @@ one program transforms one row in registers: ``H_p = H_p1 (x) H_p2`` as two
 ``tl.dot`` (right multiply by ``H_p2``, then ``H_p1`` on the middle axis), then
 ``F`` (padded to a power of two >= 16) on the outer axis, all in IEEE float32.
 
-Sizes: ``p = p1 p2`` with ``p1, p2`` powers of two in [16, 64] (p from 256 to
-4096) and ``h_pad * p <= 16384`` (one row held in registers); others use the
-PyTorch path (:func:`supported` says which). The reference is
+Two kernels, one launch either way (:func:`hadamard_rotate` picks):
+
+* *row in registers* - ``p = p1 p2`` with ``p1, p2`` powers of two in [16, 64] (p from
+  256 to 4096) and ``h_pad * p <= 16384``: as above, one program per row;
+* *tiled dense factor* - ``p`` in {16, 32, 64, 128} (one ``tl.dot`` with ``H_p``) and any
+  ``h >= 2`` (e.g. 11008 = 344 x 32, 13824 = 108 x 128, 384 = 12 x 32): a row is the
+  ``[h, p]`` matrix ``X`` and ``Y = F (X H_p)``; each program computes ``BH`` rows of ``Y``,
+  looping over the ``h`` axis in chunks of ``BK``: ``Z = X[chunk] H_p`` then
+  ``acc += F[rows, chunk] Z`` (``F`` zero-padded to a multiple of 32; IEEE float32).
+
+Other sizes use the PyTorch path (:func:`supported` says which). The reference is
 ``RandomizedHadamard.forward`` / ``.inverse``.
 """
 
@@ -44,9 +52,21 @@ def _hp(h: int) -> int:
     return 1 if h == 1 else max(16, triton.next_power_of_2(h))
 
 
-def supported(rh: RandomizedHadamard) -> bool:
-    """Whether the kernel transforms rows of this size."""
+TILED_P = (16, 32, 64, 128)
+TILE = 32  # BH = BK: rows of Y per program and the chunk of the h axis per step
+
+
+def _in_registers(rh: RandomizedHadamard) -> bool:
     return _split(rh.pow2_order) is not None and _hp(rh.dense_order) * rh.pow2_order <= MAX_ELEMENTS
+
+
+def _tiled(rh: RandomizedHadamard) -> bool:
+    return rh.pow2_order in TILED_P and rh.dense_order >= 2
+
+
+def supported(rh: RandomizedHadamard) -> bool:
+    """Whether a kernel transforms rows of this size."""
+    return _in_registers(rh) or _tiled(rh)
 
 
 @lru_cache(maxsize=None)
@@ -57,13 +77,12 @@ def _sylvester(n: int, device: str) -> torch.Tensor:
 _DENSE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # transform -> {(device, inverse): tensors}
 
 
-def _dense(rh: RandomizedHadamard, device, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(``F`` or ``F^T`` zero-padded to ``[HP, HP]``, the signs), float32 on ``device``, cached per
+def _dense(rh: RandomizedHadamard, device, inverse: bool, hp: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``F`` or ``F^T`` zero-padded to ``[hp, hp]``, the signs), float32 on ``device``, cached per
     transform while it lives."""
     cache = _DENSE.setdefault(rh, {})
-    key = (str(device), inverse)
+    key = (str(device), inverse, hp)
     if key not in cache:
-        hp = _hp(rh.dense_order)
         f = torch.zeros(hp, hp, dtype=torch.float32)
         d = rh.dense.to(torch.float32)
         f[: rh.dense_order, : rh.dense_order] = d.T if inverse else d
@@ -100,20 +119,55 @@ def _hadamard_kernel(x_ptr, out_ptr, signs_ptr, h1_ptr, h2_ptr, f_ptr, n, scale,
     tl.store(out_ptr + row * n + a, y.to(out_ptr.dtype.element_ty), mask=ok)
 
 
+@triton.jit
+def _hadamard_tiled_kernel(x_ptr, out_ptr, signs_ptr, hp_ptr, f_ptr, n, h, scale, HPAD: tl.constexpr,
+                           P: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, INVERSE: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    ri = tl.program_id(1) * BH + tl.arange(0, BH)  # rows of Y (the dense factor's output axis)
+    rp = tl.arange(0, P)
+    hmat = tl.load(hp_ptr + rp[:, None] * P + rp[None, :])
+    acc = tl.zeros((BH, P), dtype=tl.float32)
+    for k0 in range(0, HPAD, BK):
+        rk = k0 + tl.arange(0, BK)
+        a = rk[:, None] * P + rp[None, :]
+        ok = (rk < h)[:, None]
+        x = tl.load(x_ptr + row * n + a, mask=ok, other=0.0).to(tl.float32)
+        if not INVERSE:
+            x = x * tl.load(signs_ptr + a, mask=ok, other=0.0)
+        z = tl.dot(x, hmat, input_precision="ieee")  # [BK, P]: H_p on the inner axis
+        f = tl.load(f_ptr + ri[:, None] * HPAD + rk[None, :])  # [BH, BK] of the zero-padded factor
+        acc += tl.dot(f, z, input_precision="ieee")
+    y = acc * scale
+    a = ri[:, None] * P + rp[None, :]
+    ok = (ri < h)[:, None]
+    if INVERSE:
+        y = y * tl.load(signs_ptr + a, mask=ok, other=0.0)
+    tl.store(out_ptr + row * n + a, y.to(out_ptr.dtype.element_ty), mask=ok)
+
+
 def hadamard_rotate(rh: RandomizedHadamard, x: torch.Tensor, inverse: bool = False) -> torch.Tensor:
     """``rh.forward(x)`` (or ``rh.inverse(x)``) for ``x: [..., n]`` in one launch; same shape and dtype."""
     if not supported(rh):
         raise ValueError(f"hadamard_rotate does not take n = {rh.n} (see supported())")
     if x.shape[-1] != rh.n:
         raise ValueError(f"transform of size {rh.n} applied to shape {tuple(x.shape)}")
-    p1, p2 = _split(rh.pow2_order)
     rows = x.reshape(-1, rh.n).contiguous()
     out = torch.empty_like(rows)
-    f, signs = _dense(rh, x.device, inverse)
     dev = str(x.device)
-    hp = _hp(rh.dense_order)
-    _hadamard_kernel[(rows.shape[0],)](
-        rows, out, signs, _sylvester(p1, dev), _sylvester(p2, dev), f, rh.n, 1.0 / math.sqrt(rh.pow2_order),
-        H=rh.dense_order, HP=hp, P1=p1, P2=p2, INVERSE=inverse,
-    )
+    scale = 1.0 / math.sqrt(rh.pow2_order)
+    if _in_registers(rh):
+        p1, p2 = _split(rh.pow2_order)
+        hp = _hp(rh.dense_order)
+        f, signs = _dense(rh, x.device, inverse, hp)
+        _hadamard_kernel[(rows.shape[0],)](
+            rows, out, signs, _sylvester(p1, dev), _sylvester(p2, dev), f, rh.n, scale,
+            H=rh.dense_order, HP=hp, P1=p1, P2=p2, INVERSE=inverse,
+        )
+    else:
+        hpad = -(-rh.dense_order // TILE) * TILE
+        f, signs = _dense(rh, x.device, inverse, hpad)
+        _hadamard_tiled_kernel[(rows.shape[0], hpad // TILE)](
+            rows, out, signs, _sylvester(rh.pow2_order, dev), f, rh.n, rh.dense_order, scale,
+            HPAD=hpad, P=rh.pow2_order, BH=TILE, BK=TILE, INVERSE=inverse,
+        )
     return out.reshape(x.shape)

@@ -9,8 +9,9 @@ triton_hadamard = pytest.importorskip("pvq.kernels.triton_hadamard", reason="Tri
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-# powers of two 256..4096 (p1 != p2 too), a dense factor of order 12 and 20 (padded to 16 / 32)
-@pytest.mark.parametrize("n", [256, 512, 4096, 12 * 256, 20 * 512])
+# in registers: powers of two 256..4096 (p1 != p2 too), a dense factor of order 12 and 20 (padded to
+# 16 / 32); tiled: h = 344 (11008, padded to 352), 12 (384), 20 (320: p = 16), 108 (13824: p = 128)
+@pytest.mark.parametrize("n", [256, 512, 4096, 12 * 256, 20 * 512, 11008, 384, 320, 13824])
 @pytest.mark.parametrize("inverse", [False, True])
 def test_kernel_equals_the_transform(n, inverse):
     rh = RandomizedHadamard(n, seed=n)
@@ -28,7 +29,7 @@ def test_fp16_rows_and_unsupported_sizes():
     rh = RandomizedHadamard(1024, seed=1)
     x = torch.randn(5, 1024, generator=torch.Generator().manual_seed(0)).to(DEVICE).half()
     torch.testing.assert_close(triton_hadamard.hadamard_rotate(rh, x), rh.forward(x), rtol=2e-3, atol=2e-3)
-    for n in (128, 176, 11008, 28672):  # p < 256; p = 16; h = 344 (p = 32); h_pad * p > 16384
+    for n in (128, 8192, 28672, 1032):  # h = 1 and p < 256; p = 8192; h_pad * p > 16384 and p > 128; p = 2
         small = RandomizedHadamard(n, seed=0)
         assert not triton_hadamard.supported(small)
         with pytest.raises(ValueError, match="does not take"):
