@@ -151,13 +151,14 @@ def int_product_intmm(x: IntOperand, w: IntOperand, weights: tuple | None = None
 # ---------------------------------------------------------------- Triton
 
 
-def int_product_triton(x: IntOperand, w: IntOperand) -> torch.Tensor:
-    """``y [T, O]`` float32 from one Triton kernel (see the module docstring)."""
+def int_product_triton(x: IntOperand, w: IntOperand, config: dict | None = None) -> torch.Tensor:
+    """``y [T, O]`` float32 from one Triton kernel (see the module docstring); ``config``: tiles and
+    split of the slices (:func:`pvq.kernels.triton_int.int_product_config`)."""
     from .triton_int import int_product_kernel
 
     s = _check(x, w)
     return int_product_kernel(x.points.to(torch.int8).contiguous(), x.gains_at(s).float().contiguous(),
-                              w.points.to(torch.int8).contiguous(), w.gains_at(s).float().contiguous(), s)
+                              w.points.to(torch.int8).contiguous(), w.gains_at(s).float().contiguous(), s, config)
 
 
 IMPLEMENTATIONS = {"reference": int_product_reference, "intmm": int_product_intmm, "triton": int_product_triton}

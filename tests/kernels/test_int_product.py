@@ -17,6 +17,15 @@ from pvq.kernels.int_product import (
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # fast paths on the GPU where there is one
+
+
+def _run(impl, x, w):
+    """``impl(x, w)`` with both operands on DEVICE (the reference stays on the CPU); result on the CPU."""
+    if impl is int_product_reference:
+        return impl(x, w)
+    on = [IntOperand(op.points.to(DEVICE), op.gains.to(DEVICE)) for op in (x, w)]
+    return impl(*on).cpu()
 
 
 def _operand(rows, n, s, seed, k=127):
@@ -38,7 +47,7 @@ def test_fast_paths_are_exact_before_the_scaling(t, o, n, sx, sw):
     exact = (x.points.long() @ w.points.long().T).double()
     assert exact.abs().max() < 2**24  # exactly representable in float32
     for impl in (int_product_reference, int_product_intmm, int_product_triton):
-        assert torch.equal(impl(x, w).double(), exact), impl.__name__
+        assert torch.equal(_run(impl, x, w).double(), exact), impl.__name__
 
 
 @pytest.mark.parametrize("t,o,n,sx,sw", SHAPES)
@@ -49,8 +58,24 @@ def test_fast_paths_match_the_reference(t, o, n, sx, sw):
     dots = int_dots_reference(x.points, w.points, s)
     assert torch.equal(dots.sum(2), x.points.long() @ w.points.long().T)  # per-slice dots are exact
     for impl in (int_product_intmm, int_product_triton):
-        got = impl(x, w)
+        got = _run(impl, x, w)
         assert torch.allclose(got, ref, rtol=2e-6, atol=2e-6 * float(ref.abs().max())), impl.__name__
+
+
+@pytest.mark.parametrize("config", [{"split": 3}, {"split": 4, "block_t": 64, "block_o": 64},
+                                    {"split": 2, "block_t": 128, "block_o": 128, "warps": 8}])
+def test_slices_split_over_programs_add_up(config):
+    """The Triton kernel with its slices split over programs (atomic partial sums), awkward sizes:
+    integer dots exact at unit gains, the reference's sums otherwise."""
+    x, w = _operand(19, 80, 8, 7), _operand(70, 80, 8, 8)  # 10 slices: splits of 4 + 4 + 2, 3 x 3 + 1, ...
+    ref = int_product_reference(x, w)
+    on = [IntOperand(op.points.to(DEVICE), op.gains.to(DEVICE)) for op in (x, w)]
+    got = int_product_triton(*on, config=config).cpu()
+    assert torch.allclose(got, ref, rtol=2e-6, atol=2e-6 * float(ref.abs().max()))
+    for op in on:
+        op.gains.fill_(1.0)
+    exact = (x.points.long() @ w.points.long().T).double()
+    assert torch.equal(int_product_triton(*on, config=config).cpu().double(), exact)
 
 
 def test_reference_equals_the_dequantized_float_product():
@@ -63,7 +88,9 @@ def test_reference_equals_the_dequantized_float_product():
         a = q.quantize(x)
         want = a.dequantize().double() @ w_hat.T
         for impl in ("reference", "intmm", "triton"):
-            got = int_product(IntOperand(a.points, a.gains), w, impl).double()
+            dev = "cpu" if impl == "reference" else DEVICE
+            got = int_product(IntOperand(a.points.to(dev), a.gains.to(dev)), IntOperand(w.points.to(dev), w.gains.to(dev)),
+                              impl).double().cpu()
             assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max())), (q.name, impl)
 
 

@@ -22,6 +22,8 @@ from pvq.models import (
     set_backend,
 )
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
@@ -74,8 +76,9 @@ def test_layers_quantize_activations_through_the_integer_product(pvq_a4):
     assert {q.backend for q in layers.values()} == {"act-int"}  # integer product, chosen on CPU
     set_backend(m, "act-dense")
     dense = m(X).logits
-    set_backend(m, "act-int-triton")  # Triton interpreter on CPU
-    tri = m(X).logits
+    set_backend(m, "act-int-triton")  # on the GPU where there is one, else the Triton interpreter
+    tri = m.to(DEVICE)(X.to(DEVICE)).logits.cpu()
+    m.to("cpu")
     set_backend(m, None)
     scale = float(out.abs().max())
     assert torch.allclose(out, dense, atol=1e-5 * scale) and torch.allclose(out, tri, atol=1e-5 * scale)
