@@ -22,18 +22,31 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="4096,11008,8192,28672,14336")
     p.add_argument("--rows", default="1,16")
+    p.add_argument("--variants", action="store_true",
+                   help="also time the kernel with tf32x3 products and with 8 warps (error against PyTorch in brackets)")
     a = p.parse_args()
-    print("| n | h x p | rows | PyTorch us | Triton kernel us |")
-    print("|---|---|---|---|---|")
+    variants = [("tf32x3", 4), ("ieee", 8), ("tf32x3", 8)] if a.variants else []
+    extra = "".join(f" {prec} {w} warps us [max err] |" for prec, w in variants)
+    print("| n | h x p | rows | PyTorch us | Triton kernel us |" + extra)
+    print("|---|---|---|---|---|" + "---|" * len(variants))
     for n in (int(v) for v in a.sizes.split(",")):
         rh = RandomizedHadamard(n, seed=0)
         for rows in (int(v) for v in a.rows.split(",")):
             x = torch.randn(rows, n, device="cuda").half()
             torch_us = triton.testing.do_bench(lambda: rh.forward(x), return_mode="median") * 1000
             kern = "-"
+            cells = ["-"] * len(variants)
             if supported(rh):
                 kern = f"{triton.testing.do_bench(lambda: hadamard_rotate(rh, x), return_mode='median') * 1000:.1f}"
-            print(f"| {n} | {rh.dense_order} x {rh.pow2_order} | {rows} | {torch_us:.1f} | {kern} |", flush=True)
+                xf = x.float()
+                ref = rh.forward(xf)
+                for i, (prec, w) in enumerate(variants):
+                    us = triton.testing.do_bench(lambda: hadamard_rotate(rh, x, precision=prec, num_warps=w),
+                                                 return_mode="median") * 1000
+                    err = float((hadamard_rotate(rh, xf, precision=prec, num_warps=w) - ref).abs().max())
+                    cells[i] = f"{us:.1f} [{err:.1e}]"
+            tail = "".join(f" {c} |" for c in cells)
+            print(f"| {n} | {rh.dense_order} x {rh.pow2_order} | {rows} | {torch_us:.1f} | {kern} |{tail}", flush=True)
 
 
 if __name__ == "__main__":

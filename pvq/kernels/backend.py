@@ -119,14 +119,14 @@ class TritonBackend(Backend):
 
 
 def _rotate(layer, x: torch.Tensor, inverse: bool) -> torch.Tensor:
-    """``V x`` (or ``U^T y``) through the Hadamard kernel where it takes the size, else the layer's
-    PyTorch transform."""
+    """``V x`` (or ``U^T y``) through the Hadamard kernel where it is the faster way for this size
+    and number of rows, else the layer's PyTorch transform."""
     if layer.rotation is None:
         return x
     from . import triton_hadamard
 
     rh = layer.rotation.u if inverse else layer.rotation.v
-    if triton_hadamard.supported(rh):
+    if triton_hadamard.preferred(rh, x.numel() // x.shape[-1]):
         return triton_hadamard.hadamard_rotate(rh, x, inverse=inverse)
     return layer.unrotate_output(x) if inverse else layer.rotate_input(x)
 

@@ -13,13 +13,15 @@ Two kernels, one launch either way (:func:`hadamard_rotate` picks):
 
 * *row in registers* - ``p = p1 p2`` with ``p1, p2`` powers of two in [16, 64] (p from
   256 to 4096) and ``h_pad * p <= 16384``: as above, one program per row;
-* *tiled dense factor* - ``p`` in {16, 32, 64, 128} (one ``tl.dot`` with ``H_p``) and any
-  ``h >= 2`` (e.g. 11008 = 344 x 32, 13824 = 108 x 128, 384 = 12 x 32): a row is the
+* *tiled dense factor* - ``p`` in {16, 32, 64} (one ``tl.dot`` with ``H_p``) and any
+  ``h >= 2`` (e.g. 11008 = 344 x 32, 384 = 12 x 32, 320 = 20 x 16): a row is the
   ``[h, p]`` matrix ``X`` and ``Y = F (X H_p)``; each program computes ``BH`` rows of ``Y``,
   looping over the ``h`` axis in chunks of ``BK``: ``Z = X[chunk] H_p`` then
   ``acc += F[rows, chunk] Z`` (``F`` zero-padded to a multiple of 32; IEEE float32).
 
-Other sizes use the PyTorch path (:func:`supported` says which). The reference is
+Other sizes use the PyTorch path (:func:`supported` says which; :func:`preferred` also says
+when the PyTorch path is faster: the tiled kernel recomputes ``X H_p`` in every program, which
+loses to PyTorch's matmuls above 64 rows; H100: ``benchmarks/hadamard.py``). The reference is
 ``RandomizedHadamard.forward`` / ``.inverse``.
 """
 
@@ -52,7 +54,8 @@ def _hp(h: int) -> int:
     return 1 if h == 1 else max(16, triton.next_power_of_2(h))
 
 
-TILED_P = (16, 32, 64, 128)
+TILED_P = (16, 32, 64)  # p = 128 compiled (a 128 x 128 H_p tile) but ran 5x slower than PyTorch on an H100
+TILED_MAX_ROWS = 64
 TILE = 32  # BH = BK: rows of Y per program and the chunk of the h axis per step
 
 
@@ -67,6 +70,11 @@ def _tiled(rh: RandomizedHadamard) -> bool:
 def supported(rh: RandomizedHadamard) -> bool:
     """Whether a kernel transforms rows of this size."""
     return _in_registers(rh) or _tiled(rh)
+
+
+def preferred(rh: RandomizedHadamard, rows: int) -> bool:
+    """Whether a kernel is the faster way to transform ``rows`` rows of this size."""
+    return _in_registers(rh) or (_tiled(rh) and rows <= TILED_MAX_ROWS)
 
 
 @lru_cache(maxsize=None)
@@ -93,7 +101,7 @@ def _dense(rh: RandomizedHadamard, device, inverse: bool, hp: int) -> tuple[torc
 @triton.jit
 def _hadamard_kernel(x_ptr, out_ptr, signs_ptr, h1_ptr, h2_ptr, f_ptr, n, scale,
                      H: tl.constexpr, HP: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
-                     INVERSE: tl.constexpr):
+                     INVERSE: tl.constexpr, PREC: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     a = tl.arange(0, HP)[:, None] * (P1 * P2) + tl.arange(0, P1 * P2)[None, :]  # [HP, p] offsets
     ok = tl.arange(0, HP)[:, None] < H
@@ -105,14 +113,14 @@ def _hadamard_kernel(x_ptr, out_ptr, signs_ptr, h1_ptr, h2_ptr, f_ptr, n, scale,
     i2 = tl.arange(0, P2)
     h2 = tl.load(h2_ptr + i2[:, None] * P2 + i2[None, :])
     h1 = tl.load(h1_ptr + i1[:, None] * P1 + i1[None, :])
-    y = tl.dot(tl.reshape(x, (HP * P1, P2)), h2, input_precision="ieee")  # H_p2 on the inner axis
+    y = tl.dot(tl.reshape(x, (HP * P1, P2)), h2, input_precision=PREC)  # H_p2 on the inner axis
     y = tl.permute(tl.reshape(y, (HP, P1, P2)), (0, 2, 1))
-    y = tl.dot(tl.reshape(y, (HP * P2, P1)), h1, input_precision="ieee")  # H_p1 on the middle axis
+    y = tl.dot(tl.reshape(y, (HP * P2, P1)), h1, input_precision=PREC)  # H_p1 on the middle axis
     y = tl.reshape(tl.permute(tl.reshape(y, (HP, P2, P1)), (0, 2, 1)), (HP, P1 * P2))
     if HP > 1:
         j = tl.arange(0, HP)
         f = tl.load(f_ptr + j[:, None] * HP + j[None, :])
-        y = tl.dot(f, y, input_precision="ieee")  # the dense factor on the outer axis
+        y = tl.dot(f, y, input_precision=PREC)  # the dense factor on the outer axis
     y = y * scale
     if INVERSE:
         y = y * s
@@ -121,7 +129,8 @@ def _hadamard_kernel(x_ptr, out_ptr, signs_ptr, h1_ptr, h2_ptr, f_ptr, n, scale,
 
 @triton.jit
 def _hadamard_tiled_kernel(x_ptr, out_ptr, signs_ptr, hp_ptr, f_ptr, n, h, scale, HPAD: tl.constexpr,
-                           P: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, INVERSE: tl.constexpr):
+                           P: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, INVERSE: tl.constexpr,
+                           PREC: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     ri = tl.program_id(1) * BH + tl.arange(0, BH)  # rows of Y (the dense factor's output axis)
     rp = tl.arange(0, P)
@@ -134,9 +143,9 @@ def _hadamard_tiled_kernel(x_ptr, out_ptr, signs_ptr, hp_ptr, f_ptr, n, h, scale
         x = tl.load(x_ptr + row * n + a, mask=ok, other=0.0).to(tl.float32)
         if not INVERSE:
             x = x * tl.load(signs_ptr + a, mask=ok, other=0.0)
-        z = tl.dot(x, hmat, input_precision="ieee")  # [BK, P]: H_p on the inner axis
+        z = tl.dot(x, hmat, input_precision=PREC)  # [BK, P]: H_p on the inner axis
         f = tl.load(f_ptr + ri[:, None] * HPAD + rk[None, :])  # [BH, BK] of the zero-padded factor
-        acc += tl.dot(f, z, input_precision="ieee")
+        acc += tl.dot(f, z, input_precision=PREC)
     y = acc * scale
     a = ri[:, None] * P + rp[None, :]
     ok = (ri < h)[:, None]
@@ -145,8 +154,16 @@ def _hadamard_tiled_kernel(x_ptr, out_ptr, signs_ptr, hp_ptr, f_ptr, n, h, scale
     tl.store(out_ptr + row * n + a, y.to(out_ptr.dtype.element_ty), mask=ok)
 
 
-def hadamard_rotate(rh: RandomizedHadamard, x: torch.Tensor, inverse: bool = False) -> torch.Tensor:
-    """``rh.forward(x)`` (or ``rh.inverse(x)``) for ``x: [..., n]`` in one launch; same shape and dtype."""
+PRECISIONS = ("ieee", "tf32x3")
+
+
+def hadamard_rotate(rh: RandomizedHadamard, x: torch.Tensor, inverse: bool = False, precision: str = "ieee",
+                    num_warps: int = 4) -> torch.Tensor:
+    """``rh.forward(x)`` (or ``rh.inverse(x)``) for ``x: [..., n]`` in one launch; same shape and dtype.
+    ``precision``: the products, ``ieee`` float32 FMAs or ``tf32x3`` (three TF32 tensor-core
+    products, about float32's accuracy)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if not supported(rh):
         raise ValueError(f"hadamard_rotate does not take n = {rh.n} (see supported())")
     if x.shape[-1] != rh.n:
@@ -161,13 +178,13 @@ def hadamard_rotate(rh: RandomizedHadamard, x: torch.Tensor, inverse: bool = Fal
         f, signs = _dense(rh, x.device, inverse, hp)
         _hadamard_kernel[(rows.shape[0],)](
             rows, out, signs, _sylvester(p1, dev), _sylvester(p2, dev), f, rh.n, scale,
-            H=rh.dense_order, HP=hp, P1=p1, P2=p2, INVERSE=inverse,
+            H=rh.dense_order, HP=hp, P1=p1, P2=p2, INVERSE=inverse, PREC=precision, num_warps=num_warps,
         )
     else:
         hpad = -(-rh.dense_order // TILE) * TILE
         f, signs = _dense(rh, x.device, inverse, hpad)
         _hadamard_tiled_kernel[(rows.shape[0], hpad // TILE)](
             rows, out, signs, _sylvester(rh.pow2_order, dev), f, rh.n, rh.dense_order, scale,
-            HPAD=hpad, P=rh.pow2_order, BH=TILE, BK=TILE, INVERSE=inverse,
+            HPAD=hpad, P=rh.pow2_order, BH=TILE, BK=TILE, INVERSE=inverse, PREC=precision, num_warps=num_warps,
         )
     return out.reshape(x.shape)
