@@ -9,7 +9,9 @@ For each layer shape (out x in) and number of tokens (1, 16, 512), microseconds 
   CPU the Triton interpreter is not a speed);
 * ``proj/token``: the online activation quantization per token, the PVQ projection at about
   4 bits (D as given) and the per-token RTN at 4 bits, each on ``[512, in]`` inputs divided
-  by 512 (the rotation ``V x`` not included: it is the same for any activation quantizer).
+  by 512 (the rotation ``V x`` not included: it is the same for any activation quantizer):
+  the PyTorch reference, and on CUDA also the Triton projection
+  (:func:`pvq.kernels.act_projection.act_projection_triton`, same points and gains).
 
 Weight points are random int8 entries in [-K, K] (K of PVQ at 4 bits; the time of an int8
 product does not depend on the values) with random positive gains; activations are Gaussian.
@@ -28,6 +30,7 @@ import time
 import torch
 
 from pvq.codecs.activation import make_activation_quantizer
+from pvq.kernels.act_projection import act_projection_triton
 from pvq.kernels.int_product import IntOperand, int_product_intmm, int_product_triton, intmm_weights
 
 
@@ -85,6 +88,11 @@ def main(argv=None) -> int:
         x512 = torch.randn(512, n, generator=gen).to(device)
         proj = timer(lambda: q_pvq.quantize(x512), args.min_seconds, 20) / 512
         proj_rtn = timer(lambda: q_rtn.quantize(x512), args.min_seconds, 50) / 512
+        proj_triton = differ = None
+        if triton_ok:
+            proj_triton = timer(lambda: act_projection_triton(q_pvq, x512), args.min_seconds, 50) / 512
+            fast, ref = act_projection_triton(q_pvq, x512), q_pvq.quantize(x512)
+            differ = int(((fast.points != ref.points).view(512, n // d, d).any(2) | (fast.gains != ref.gains)).sum())
         for t in tokens:
             x = torch.randn(t, n, generator=gen).to(device)
             a = q_pvq.quantize(x)
@@ -99,6 +107,8 @@ def main(argv=None) -> int:
                 row["fp32_us"] = timer(lambda: x @ w_fp32.T, args.min_seconds)
             if triton_ok:
                 row["triton_us"] = timer(lambda: int_product_triton(xo, w), args.min_seconds)
+                row["pvq_proj_triton_us_per_token"] = proj_triton
+                row["triton_proj_differ"] = f"{differ} of {512 * n // d}"
             rows.append(row)
             print(f"{o}x{n} T={t}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items() if k.endswith("_us")),
                   file=sys.stderr, flush=True)
@@ -111,9 +121,13 @@ def table(rows: list[dict]) -> str:
     has_triton = any("triton_us" in r for r in rows)
     head = ["shape (out x in)", "D", "tokens", "fp16 matmul us"] + (["fp32 matmul us"] if has_fp32 else [])
     head += ["int product (_int_mm) us", "int/fp16"] + (["int product (Triton) us", "Triton/fp16"] if has_triton else [])
-    head += ["PVQ A4 projection us/token", "RTN A4 us/token"]
-    lines = [f"device: {rows[0]['device']}, torch {torch.__version__}; activations: {rows[0]['pvq_act']} (first shape)",
-             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    head += ["PVQ A4 projection us/token"] + (["PVQ A4 projection (Triton) us/token"] if has_triton else [])
+    head += ["RTN A4 us/token"]
+    lines = [f"device: {rows[0]['device']}, torch {torch.__version__}; activations: {rows[0]['pvq_act']} (first shape)"]
+    if has_triton:
+        differ = [f"{r['out']}x{r['in']}: {r['triton_proj_differ']}" for r in rows if r["tokens"] == rows[0]["tokens"]]
+        lines.append("vectors whose Triton projection differs from the reference (512 tokens): " + ", ".join(differ))
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [f"{r['out']}x{r['in']}", str(r["D"]), str(r["tokens"]), f"{r['fp16_us']:.1f}"]
         if has_fp32:
@@ -121,7 +135,10 @@ def table(rows: list[dict]) -> str:
         cells += [f"{r['int_mm_us']:.1f}", f"{r['int_mm_us'] / r['fp16_us']:.2f}"]
         if has_triton:
             cells += [f"{r['triton_us']:.1f}", f"{r['triton_us'] / r['fp16_us']:.2f}"]
-        cells += [f"{r['pvq_proj_us_per_token']:.1f}", f"{r['rtn_quant_us_per_token']:.2f}"]
+        cells.append(f"{r['pvq_proj_us_per_token']:.1f}")
+        if has_triton:
+            cells.append(f"{r['pvq_proj_triton_us_per_token']:.3f}")
+        cells.append(f"{r['rtn_quant_us_per_token']:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

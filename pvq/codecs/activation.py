@@ -122,13 +122,18 @@ class ActivationQuantizer(abc.ABC):
     @abc.abstractmethod
     def describe(self) -> str: ...
 
-    def quantize(self, x: torch.Tensor) -> ActPoints:
-        """Quantize rows ``x: [n, in]`` (float) token by token."""
+    def check_rows(self, x: torch.Tensor, finite: bool = True) -> None:
+        """Refuse rows that are not float ``[n, in]``; ``finite``: also NaN or inf (a host sync on GPUs)."""
         if x.dim() != 2 or x.shape[1] != self.in_features:
             raise CodecError(f"activations must have shape [n, {self.in_features}], got {tuple(x.shape)}")
         if not x.is_floating_point():
             raise CodecError(f"activations must be floating point, got {x.dtype}")
-        check_finite(x, "activations")
+        if finite:
+            check_finite(x, "activations")
+
+    def quantize(self, x: torch.Tensor) -> ActPoints:
+        """Quantize rows ``x: [n, in]`` (float) token by token."""
+        self.check_rows(x)
         return self._quantize(x)
 
     def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ Importing this package registers its backends with :mod:`pvq.models.backends`; i
 runs without Triton or a GPU (the backends then report that they support nothing).
 """
 
+from .act_projection import ACT_KERNELS, ActKernel, ActProjector, act_projection_reference, act_projector
 from .backend import FUSED_MAX_ROWS, KERNEL_FAMILIES, KernelFamily, TritonBackend, kernel_family, triton_available
 from .int_backend import IntProductBackend, IntProductTritonBackend
 from .int_product import IntOperand, int_product, int_product_intmm, int_product_reference, int_product_triton
@@ -28,6 +29,11 @@ from .split_runtime import (
 )
 
 __all__ = [
+    "ACT_KERNELS",
+    "ActKernel",
+    "ActProjector",
+    "act_projection_reference",
+    "act_projector",
     "KERNEL_FAMILIES",
     "KernelFamily",
     "kernel_family",

@@ -11,6 +11,10 @@ the product. Two backends:
 * ``act-int-triton`` - the Triton kernel; on CUDA, and on CPU under ``TRITON_INTERPRET=1``
   (tests); only by name.
 
+Both quantize the input through :func:`~pvq.kernels.act_projection.act_projector`: the Triton
+projection on CUDA where it takes the quantizer (``act-int-triton`` also under the CPU
+interpreter), else the quantizer's PyTorch reference.
+
 Neither has run on a GPU yet (no device time was left when they were written), so on CUDA
 automatic selection takes ``act-dense``, the float reference, until they are measured there
 (``python benchmarks/act_quant.py --device cuda``); name them to try them
@@ -34,6 +38,7 @@ from pvq.errors import QuantizeError
 from pvq.models.activations import input_points
 from pvq.models.backends import Backend, register_backend
 
+from .act_projection import act_projector
 from .int_product import INT8_MAX, IntOperand, common_slice, int_product_intmm, int_product_triton, intmm_weights
 from .int_product import triton_available
 
@@ -84,7 +89,7 @@ class _IntBackend(Backend):
     def linear(self, layer, runtime, x):
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
-        a = input_points(layer, flat)
+        a = input_points(layer, flat, runtime["act"])
         y = self._product(runtime, IntOperand(a.points, a.gains))
         y = layer.unrotate_output(y.to(x.dtype))
         if layer.bias is not None:
@@ -105,7 +110,8 @@ class IntProductBackend(_IntBackend):
         w = int_weight_operand(layer, device)
         s = common_slice(layer.act_quantizer.slice, layer.codec.dim)
         wp, wg = intmm_weights(w, s)
-        return {"weight": w, "intmm": (wp, wg), "device": torch.empty(0, device=device, dtype=dtype)}
+        return {"weight": w, "intmm": (wp, wg), "act": act_projector(layer.act_quantizer, device),
+                "device": torch.empty(0, device=device, dtype=dtype)}
 
     def _product(self, runtime, x):
         return int_product_intmm(x, runtime["weight"], runtime["intmm"])
@@ -128,7 +134,9 @@ class IntProductTritonBackend(_IntBackend):
         return False  # not yet run on a GPU: by name only (module docstring)
 
     def prepare(self, layer, device, dtype):
-        return {"weight": int_weight_operand(layer, device), "device": torch.empty(0, device=device, dtype=dtype)}
+        return {"weight": int_weight_operand(layer, device),
+                "act": act_projector(layer.act_quantizer, device, interpreter=True),
+                "device": torch.empty(0, device=device, dtype=dtype)}
 
     def _product(self, runtime, x):
         return int_product_triton(x, runtime["weight"])

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pvq.codecs.activation import ACTIVATION_QUANTIZERS, ActivationQuantizer, make_activation_quantizer
+from pvq.codecs.activation import ACTIVATION_QUANTIZERS, ActivationQuantizer, ActPoints, make_activation_quantizer
 from pvq.errors import CodecError, QuantizeError
 from pvq.transforms import RandomizedHadamard
 
@@ -165,16 +166,17 @@ def activation_plan_notes(act: ActivationQuant, plans: list) -> list[str]:
     return notes
 
 
-def input_points(layer, x: torch.Tensor):
+def input_points(layer, x: torch.Tensor, quantize: Callable[[torch.Tensor], ActPoints] | None = None) -> ActPoints:
     """The activation points and gains (:class:`~pvq.codecs.activation.ActPoints`) of a layer's
     input rows ``x: [n, in]``: rotated first when ``act_quant.rotate``. The rotation runs in
     float64, so a token's codes do not depend on the other rows of the batch (a float32
     matmul's rounding may change with the batch size; float64 rounding almost never moves a
     decision of the float64 projection). ``layer`` has ``act_quant``, ``act_quantizer`` and
-    ``rotate_input``."""
+    ``rotate_input``. ``quantize``: what quantizes the (rotated) rows, the same math as
+    ``layer.act_quantizer.quantize`` (the default), e.g. a kernel of :mod:`pvq.kernels.act_projection`."""
     if layer.act_quant.rotate:
         x = layer.rotate_input(x.double())
-    return layer.act_quantizer.quantize(x)
+    return (quantize or layer.act_quantizer.quantize)(x)
 
 
 def quantize_rotated_input(layer, x: torch.Tensor) -> torch.Tensor:
