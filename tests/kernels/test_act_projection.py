@@ -1,6 +1,6 @@
-"""The Triton activation projection (pvq.kernels.triton_act, under the interpreter on CPU): bit for bit
-the reference (PyramidActivationQuantizer.quantize) on awkward inputs, batch independent, and wired
-into the integer backends."""
+"""The Triton activation projection (pvq.kernels.triton_act: on the GPU where there is one, else under
+the interpreter): bit for bit the reference (PyramidActivationQuantizer.quantize, on the CPU) on awkward
+inputs, batch independent, and wired into the integer backends."""
 
 import math
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import pvq.kernels.act_projection as act_projection
-from pvq.codecs.activation import PyramidActivationQuantizer, RtnActivationQuantizer
+from pvq.codecs.activation import ActPoints, PyramidActivationQuantizer, RtnActivationQuantizer
 from pvq.codecs.pyramid_search import _greedy_fill
 from pvq.errors import QuantizeError
 from pvq.kernels.act_projection import act_projection_triton, act_projector
@@ -16,6 +16,13 @@ from pvq.kernels import triton_act
 from pvq.kernels.triton_act import act_project
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::RuntimeWarning")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def kernel_points(q, x: torch.Tensor) -> ActPoints:
+    """``q``'s points of CPU rows ``x`` through the kernel on DEVICE, back on the CPU."""
+    a = act_projection_triton(q, x.to(DEVICE))
+    return ActPoints(a.points.cpu(), a.gains.cpu())
 
 
 def _bits(g: torch.Tensor) -> torch.Tensor:
@@ -118,7 +125,7 @@ def test_kernel_matches_the_reference_bit_for_bit(n, d, k, gain_bits):
             crafted = crafted_gain_rows(q) if gain_bits else crafted_fp16_gain_rows(q)
             assert gain_bits == 0 or len(crafted) > 2 ** (gain_bits - 1)  # the check can see the two roundings
             x = torch.cat([x, crafted])
-        got = act_projection_triton(q, x)
+        got = kernel_points(q, x)
         assert got.points.shape == (x.shape[0], n) and got.gains.shape == (x.shape[0], n // d)
         assert_same(got, q.quantize(x))
 
@@ -141,7 +148,7 @@ def test_vectors_where_the_floor_scaling_decides_the_point(n, d, k):
     x = found[torch.arange(n // d * 2) % len(found)].reshape(2, n)
     x[1] = -x[1]
     q = PyramidActivationQuantizer(n, d, k, 0)
-    assert_same(act_projection_triton(q, x), q.quantize(x))
+    assert_same(kernel_points(q, x), q.quantize(x))
 
 
 def test_float64_beyond_float32_range_and_a_transposed_input():
@@ -150,14 +157,14 @@ def test_float64_beyond_float32_range_and_a_transposed_input():
     x = torch.randn(64, 9, generator=g, dtype=torch.float64).T * torch.tensor([1e150, 1e-150, 1e200, 1, 1, 1, 1, 1, 1],
                                                                              dtype=torch.float64)[:, None]
     assert not x.is_contiguous()
-    assert_same(act_projection_triton(q, x), q.quantize(x))
+    assert_same(kernel_points(q, x), q.quantize(x))
 
 
 @pytest.mark.parametrize("gain_bits", [0, 4])
 def test_a_row_does_not_depend_on_the_other_rows_or_the_block(gain_bits):
     q = PyramidActivationQuantizer(48, 8, 13, gain_bits)
-    x = awkward_rows(48, 8, 13, torch.float32, 7)
-    tables = act_projector(q, "cpu", interpreter=True).tables
+    x = awkward_rows(48, 8, 13, torch.float32, 7).to(DEVICE)
+    tables = act_projector(q, DEVICE, interpreter=True).tables
     want = act_project(x, 8, 13, torch.int8, *tables)
     for block in (2, 64):
         assert all(torch.equal(a, b) for a, b in zip(act_project(x, 8, 13, torch.int8, *tables, block_v=block), want))
@@ -172,7 +179,7 @@ def test_non_finite_vectors_get_nan_gains_and_leave_the_others_alone():
     x = torch.randn(3, 32, generator=torch.Generator().manual_seed(1))
     want = q.quantize(x)
     x[1, 3], x[2, 17] = float("nan"), -float("inf")
-    got = act_projection_triton(q, x)
+    got = kernel_points(q, x)
     nan = torch.isnan(got.gains)
     assert nan.tolist() == [[False] * 4, [True, False, False, False], [False, False, True, False]]
     assert torch.equal(got.gains[~nan], want.gains[~nan])
@@ -183,12 +190,12 @@ def test_non_finite_vectors_get_nan_gains_and_leave_the_others_alone():
 def test_the_projector_takes_the_kernel_where_it_can_and_the_reference_elsewhere():
     pvq_q = PyramidActivationQuantizer(64, 16, 20, 4)
     assert act_projector(pvq_q, "cpu").name == "reference"  # the interpreter only when asked for
-    assert act_projector(pvq_q, "cpu", interpreter=True).name == "pvq-triton"
+    assert act_projector(pvq_q, DEVICE, interpreter=True).name == "pvq-triton"
     rtn = RtnActivationQuantizer(64, 4)
-    assert act_projector(rtn, "cpu", interpreter=True).name == "reference"
-    assert act_projector(PyramidActivationQuantizer(256, 256, 8, 0), "cpu", interpreter=True).name == "reference"
+    assert act_projector(rtn, DEVICE, interpreter=True).name == "reference"
+    assert act_projector(PyramidActivationQuantizer(256, 256, 8, 0), DEVICE, interpreter=True).name == "reference"
     with pytest.raises(QuantizeError, match="rtn activations are not pyramid projections"):
-        act_projection_triton(rtn, torch.randn(2, 64))
+        act_projection_triton(rtn, torch.randn(2, 64, device=DEVICE))
     x = torch.randn(5, 64)
     assert_same(act_projector(rtn, "cpu", interpreter=True)(x), rtn.quantize(x))
 
@@ -201,8 +208,9 @@ def test_act_int_triton_runs_the_kernel_and_gives_the_reference_output(monkeypat
     m = tiny()
     quantize_model(m, calib(4), QuantizeConfig(method="pvq", bits=4, n_samples=4, seq_len=32, act_bits=4),
                    progress=False, log=None)
+    m.to(DEVICE)
     layers = quantized(m).values()
-    ids = X[:, :8]
+    ids = X[:, :8].to(DEVICE)
     calls = []
 
     def spy(x, *args, **kwargs):
