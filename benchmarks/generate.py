@@ -85,7 +85,7 @@ def quantize_blocks(model, bits: float, dim: int) -> float:
 
 
 def measure(model, new_tokens: int) -> dict:
-    ids = torch.randint(0, 32000, (1, 16), device="cuda")
+    ids = torch.randint(0, model.config.vocab_size, (1, 16), device="cuda")
     kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
     with torch.no_grad():
         model.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False)  # warm-up (kernel compilation)
@@ -107,7 +107,7 @@ def measure_graph(model, new_tokens: int) -> float | None:
 
         prompt = 16
         cache = StaticCache(config=model.config, max_cache_len=prompt + new_tokens + 8)
-        ids = torch.randint(0, 32000, (1, prompt), device="cuda")
+        ids = torch.randint(0, model.config.vocab_size, (1, prompt), device="cuda")
         with torch.no_grad():
             out = model(input_ids=ids, past_key_values=cache, use_cache=True,
                         cache_position=torch.arange(prompt, device="cuda"))
