@@ -175,9 +175,9 @@ def main_checkpoint(a) -> None:
     for name in a.backends.split(","):
         set_backend(model, name)
         r = measure(model, a.new_tokens)
-        r["graph_tokens_per_s"] = measure_graph(model, a.new_tokens)
-        if a.profile:
+        if a.profile:  # before the graph: a failed capture leaves the CUDA generator unusable
             r["profile"] = profile_step(model)
+        r["graph_tokens_per_s"] = measure_graph(model, a.new_tokens)
         rows.append({"backend": name, **r})
         print({k: v for k, v in rows[-1].items() if k != "profile"}, flush=True)
     print(f"\n{torch.cuda.get_device_name()}, {a.checkpoint}, {a.new_tokens} new tokens, batch 1\n")

@@ -89,7 +89,9 @@ def _act_project(x_ptr, norm_ptr, th_ptr, lv_ptr, pts_ptr, g_ptr, NV, J,
     ys = tl.where(x < 0, -yd, yd)
     tl.store(pts_ptr + offs, ys.to(pts_ptr.dtype.element_ty), mask=mv[:, None] & mc[None, :])
     if GAIN_BITS == 0:
-        g = _fp16_round(tl.sum(x * ys, axis=1) / yy)
+        num = tl.sum(x * ys, axis=1)
+        num = tl.where(num == 0, 0.0, num)  # +0, as torch's sum: all -0.0 products sum to -0.0 on the GPU
+        g = _fp16_round(num / yy)
     else:
         scale = tl.load(norm_ptr + rv // J, mask=mv, other=0.0).to(tl.float64)
         ynorm = tl.sqrt(yy)
