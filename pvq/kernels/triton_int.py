@@ -47,20 +47,20 @@ def _int_product(x_ptr, xg_ptr, w_ptr, wg_ptr, y_ptr, T, O, N, J, JP, S: tl.cons
 
 
 def int_product_config(t: int, o: int, j: int, sms: int = 132) -> dict:
-    """Tiles for ``t`` tokens, ``o`` outputs and ``j`` slices: 16 x 128 up to 16 tokens, with the
-    slices split until every SM has a program (at least 8 slices each); 64 x 128 above, unsplit.
+    """Tiles for ``t`` tokens, ``o`` outputs and ``j`` slices: up to 16 tokens 16 x 64 with the
+    slices split until about 4 programs per SM (at least 8 slices each); above, 64 x 128 unsplit.
     From ``benchmarks/int_product_tiles.py`` on an H100 (docs/act_quant.md): above 16 tokens
-    64 x 128 was the best of the settings tried by 2-3x; at 1 and 16 tokens the timings were
-    noisy and no setting was best on every shape."""
+    64 x 128 beat the other settings by 1.5-3x; at 1 and 16 tokens the timings were noisy and
+    no setting was best on every shape, so the first setting stays."""
     if t <= 16:
-        block_t, block_o, warps = 16, 128, 4
+        block_t, block_o = 16, 64
     else:
-        block_t, block_o, warps = 64, 128, 4
+        block_t, block_o = 64, 128
     tiles = triton.cdiv(t, block_t) * triton.cdiv(o, block_o)
     split = 1
-    while t <= 16 and tiles * split < sms and j // (split * 2) >= 8:
+    while t <= 16 and tiles * split < 4 * sms and j // (split * 2) >= 8:
         split *= 2
-    return {"block_t": block_t, "block_o": block_o, "split": split, "warps": warps}
+    return {"block_t": block_t, "block_o": block_o, "split": split, "warps": 4}
 
 
 def int_product_kernel(xp: torch.Tensor, xg: torch.Tensor, wp: torch.Tensor, wg: torch.Tensor, s: int,
