@@ -95,6 +95,16 @@ def test_layers_quantize_activations_through_the_integer_product(pvq_a4):
     set_backend(m, None)
 
 
+def test_automatic_choice_is_the_integer_product_on_both_devices(pvq_a4):
+    """CPU: act-int (torch._int_mm); CUDA: act-int-triton (chosen from the device type alone, so this
+    runs without a GPU)."""
+    from pvq.models.backends import select_backend
+
+    layer = next(iter(quantized(pvq_a4[0]).values()))
+    assert select_backend(layer, torch.device("cpu")).name == "act-int"
+    assert select_backend(layer, torch.device("cuda")).name == "act-int-triton"
+
+
 @pytest.mark.parametrize("name", ["self_attn.q_proj", "mlp.down_proj"])  # in = 64 (FWHT), 176 (dense factor)
 def test_a_token_does_not_depend_on_the_other_tokens(pvq_a4, name):
     m, _, _ = pvq_a4
