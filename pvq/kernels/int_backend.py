@@ -7,7 +7,7 @@ multiplier ``level * scale / |y|`` per vector), and :mod:`pvq.kernels.int_produc
 the product. Two backends:
 
 * ``act-int`` - ``torch._int_mm`` per slice; on CPU and CUDA (chosen automatically on CPU; on
-  CUDA only by name: one launch per slice of D inputs, 100-600x an fp16 matmul on an H100);
+  CUDA only by name: one launch per slice of D inputs, 34-600x an fp16 matmul on an H100);
 * ``act-int-triton`` - the Triton kernel; on CUDA (chosen automatically there), and on CPU
   under ``TRITON_INTERPRET=1`` (tests, by name).
 
