@@ -4,7 +4,8 @@
 
 For each shape (out x in) and number of tokens: microseconds (median of ``triton.testing.do_bench``)
 of an fp16 matmul and of :func:`pvq.kernels.int_product.int_product_triton` under each tile setting
-(``block_t x block_o``, the split of the slices over programs, warps), the default marked ``*``.
+(``block_t x block_o`` of the ``dot`` kernel, or ``gemv`` with its rows per program at one token;
+the split of the slices over programs; warps), the default marked ``*``.
 Operands are random int8 points with one float32 gain per slice of ``--dim`` inputs.
 """
 
@@ -18,6 +19,12 @@ import triton.testing
 
 from pvq.kernels.int_product import IntOperand, int_product_triton
 from pvq.kernels.triton_int import int_product_config
+
+
+def _key(cfg: dict) -> str:
+    """A setting's label: ``gemv 16/s2/w4`` or ``16x64/s8/w4`` (tile, split of the slices, warps)."""
+    tile = f"gemv {cfg['block_o']}" if cfg["kernel"] == "gemv" else f"{cfg['block_t']}x{cfg['block_o']}"
+    return f"{tile}/s{cfg['split']}/w{cfg['warps']}"
 
 
 def main() -> None:
@@ -39,15 +46,19 @@ def main() -> None:
                            torch.rand(t, n // a.dim, device="cuda") + 0.5)
             xh = torch.randn(t, n, device="cuda", dtype=torch.float16)
             fp16 = bench(lambda: xh @ wh.T)
-            default = int_product_config(t, o, n // a.dim)
+            default = int_product_config(t, o, n // a.dim, a.dim)
             results = {}
             for (bt, bo, warps), split in itertools.product(
                     [(16, 64, 4), (16, 128, 4), (32, 64, 4), (64, 64, 4), (64, 128, 4), (128, 128, 8)], (1, 2, 4, 8, 16)):
                 if bt > max(16, 2 * t) or (n // a.dim) // split < 4:
                     continue
-                cfg = {"block_t": bt, "block_o": bo, "split": split, "warps": warps}
-                results[f"{bt}x{bo}/s{split}/w{warps}"] = bench(lambda: int_product_triton(x, w, cfg))
-            d_key = f"{default['block_t']}x{default['block_o']}/s{default['split']}/w{default['warps']}"
+                cfg = {"kernel": "dot", "block_t": bt, "block_o": bo, "split": split, "warps": warps}
+                results[_key(cfg)] = bench(lambda: int_product_triton(x, w, cfg))
+            if t == 1:  # the one-token kernel
+                for (bo, warps), split in itertools.product([(16, 4), (32, 4), (64, 8)], (1, 2, 4, 8)):
+                    cfg = {"kernel": "gemv", "block_o": bo, "split": split, "warps": warps}
+                    results[_key(cfg)] = bench(lambda: int_product_triton(x, w, cfg))
+            d_key = _key(default)
             d_us = results.get(d_key) or bench(lambda: int_product_triton(x, w))
             best = min(results, key=results.get)
             cells = ", ".join(f"{k}{'*' if k == d_key else ''} {v:.1f}" for k, v in results.items())

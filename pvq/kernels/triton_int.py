@@ -1,12 +1,20 @@
-"""Triton kernel of the integer product (:mod:`pvq.kernels.int_product`); importing it needs Triton.
+"""Triton kernels of the integer product (:mod:`pvq.kernels.int_product`); importing it needs Triton.
 
-Per program: a tile of ``BLOCK_T`` tokens x ``BLOCK_O`` outputs and a range of ``JP`` slices
-(the slices are split over ``grid[2]`` programs whose float32 partial sums are added
-atomically, so that a batch-1 product of a few row tiles still fills the GPU). For each
-slice ``j`` of ``s`` inputs (``s`` padded to a power of two >= 32 with masked zeros), the int8
-tiles of activation points ``[BLOCK_T, S]`` and weight points ``[S, BLOCK_O]`` go through one
-``tl.dot`` with int32 accumulation; the int32 tile is scaled by ``gx[t, j] * gw[o, j]`` in
-float32 and added to the float32 accumulator. Tiles: :func:`int_product_config`.
+Two kernels; :func:`int_product_config` picks one and its tiles:
+
+* ``dot`` - per program a tile of ``BLOCK_T`` tokens x ``BLOCK_O`` outputs and a range of ``JP``
+  slices. For each slice ``j`` of ``s`` inputs (``s`` padded to a power of two >= 32 with masked
+  zeros), the int8 tiles of activation points ``[BLOCK_T, S]`` and weight points ``[S, BLOCK_O]``
+  go through one ``tl.dot`` with int32 accumulation; the int32 tile is scaled by
+  ``gx[t, j] * gw[o, j]`` in float32 and added to the float32 accumulator.
+* ``gemv`` - one token: per program ``BLOCK_O`` rows and a range of slices, read ``JB`` slices at
+  a time as ``[BLOCK_O, JB, S]`` int8 (each row's bytes contiguous), multiplied by the token's
+  points and summed over the slice in int32 on the CUDA cores (no MMA tile of which 15 of 16
+  rows are padding), then scaled and summed in float32. It reads each weight byte once, so it
+  is bound by the int8 points and float32 gains it streams.
+
+Either splits the slices over ``grid[-1]`` programs whose float32 partial sums are added
+atomically, so that a product of a few row tiles still fills the GPU.
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ import triton
 import triton.language as tl
 
 __all__ = ["int_product_config", "int_product_kernel"]
+
+GEMV_CHUNK = 256  # bytes of one weight row per step of the gemv kernel (JB slices of S)
 
 
 @triton.jit
@@ -46,36 +56,86 @@ def _int_product(x_ptr, xg_ptr, w_ptr, wg_ptr, y_ptr, T, O, N, J, JP, S: tl.cons
         tl.store(dest, acc, mask=mt[:, None] & mo[None, :])
 
 
-def int_product_config(t: int, o: int, j: int, sms: int = 132) -> dict:
-    """Tiles for ``t`` tokens, ``o`` outputs and ``j`` slices: up to 16 tokens 16 x 64 with the
-    slices split until about 4 programs per SM (at least 8 slices each); above, 64 x 128 unsplit.
-    From ``benchmarks/int_product_tiles.py`` on an H100 (docs/act_quant.md): above 16 tokens
-    64 x 128 beat the other settings by 1.5-3x; at 1 and 16 tokens the timings were noisy and
-    no setting was best on every shape, so the first setting stays."""
-    if t <= 16:
-        block_t, block_o = 16, 64
+@triton.jit
+def _int_gemv(x_ptr, xg_ptr, w_ptr, wg_ptr, y_ptr, O, N, J, JP, S: tl.constexpr, SP: tl.constexpr,
+              JB: tl.constexpr, BLOCK_O: tl.constexpr, ATOMIC: tl.constexpr):
+    ro = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)
+    mo = ro < O
+    j0 = tl.program_id(1) * JP
+    j1 = tl.minimum(j0 + JP, J)
+    rj = tl.arange(0, JB)
+    rs = tl.arange(0, SP)
+    rows = ro.to(tl.int64)[:, None, None] * N
+    acc = tl.zeros((BLOCK_O,), dtype=tl.float32)
+    for jb in range(j0, j1, JB):
+        js = jb + rj
+        mj = js < j1
+        col = js[:, None] * S + rs[None, :]  # [JB, SP] input columns
+        mcol = mj[:, None] & (rs < S)[None, :]
+        xv = tl.load(x_ptr + col, mask=mcol, other=0).to(tl.int32)
+        wv = tl.load(w_ptr + rows + col[None, :, :], mask=mo[:, None, None] & mcol[None, :, :], other=0).to(tl.int32)
+        d = tl.sum(wv * xv[None, :, :], axis=2)  # [BLOCK_O, JB] exact int32 dots
+        gx = tl.load(xg_ptr + js, mask=mj, other=0.0)
+        gw = tl.load(wg_ptr + ro.to(tl.int64)[:, None] * J + js[None, :], mask=mo[:, None] & mj[None, :], other=0.0)
+        acc += tl.sum(d.to(tl.float32) * (gx[None, :] * gw), axis=1)
+    if ATOMIC:
+        tl.atomic_add(y_ptr + ro, acc, mask=mo)
     else:
-        block_t, block_o = 64, 128
-    tiles = triton.cdiv(t, block_t) * triton.cdiv(o, block_o)
+        tl.store(y_ptr + ro, acc, mask=mo)
+
+
+def _split(programs: int, j: int, slices_per_step: int, sms: int) -> int:
+    """Split of ``j`` slices so that about 4 programs run per SM, each with 2 steps at least."""
     split = 1
-    while t <= 16 and tiles * split < 4 * sms and j // (split * 2) >= 8:
+    while programs * split < 4 * sms and j // (split * 2) >= 2 * slices_per_step:
         split *= 2
-    return {"block_t": block_t, "block_o": block_o, "split": split, "warps": 4}
+    return split
+
+
+def int_product_config(t: int, o: int, j: int, s: int = 32, sms: int = 132) -> dict:
+    """Kernel and tiles for ``t`` tokens, ``o`` outputs, ``j`` slices of ``s`` inputs. One token:
+    ``gemv`` with 16 rows per program and ``GEMV_CHUNK`` bytes of each row per step (not yet timed
+    on a GPU: chosen because it reads each weight byte once, where ``dot`` pads its MMA tiles to 16
+    tokens). Up to 16 tokens: ``dot`` with 16 x 64 tiles; above, 64 x 128 (from
+    ``benchmarks/int_product_tiles.py`` on an H100, docs/act_quant_speed_h100.md: above 16 tokens
+    64 x 128 beat the other settings by 2.5-2.8x; at 1 and 16 tokens the timings were noisy and
+    no setting was best on every shape, so the first setting stays). Slices split until about 4
+    programs per SM."""
+    if t == 1:
+        sp = triton.next_power_of_2(s)
+        jb = max(1, GEMV_CHUNK // sp)
+        return {"kernel": "gemv", "block_o": 16, "jb": jb, "warps": 4,
+                "split": _split(triton.cdiv(o, 16), j, jb, sms)}
+    block_t, block_o = (16, 64) if t <= 16 else (64, 128)
+    tiles = triton.cdiv(t, block_t) * triton.cdiv(o, block_o)
+    split = _split(tiles, j, 4, sms) if t <= 16 else 1
+    return {"kernel": "dot", "block_t": block_t, "block_o": block_o, "split": split, "warps": 4}
 
 
 def int_product_kernel(xp: torch.Tensor, xg: torch.Tensor, wp: torch.Tensor, wg: torch.Tensor, s: int,
                        config: dict | None = None) -> torch.Tensor:
     """``y [T, O]`` float32 of int8 points ``xp [T, N]``, ``wp [O, N]`` and float32 gains
     ``xg [T, N/s]``, ``wg [O, N/s]`` (all contiguous, on one device); ``config`` overrides
-    :func:`int_product_config` (keys ``block_t``, ``block_o``, ``split``, ``warps``)."""
+    :func:`int_product_config` (keys ``kernel`` (``dot`` or ``gemv``: one token only), ``block_t``,
+    ``block_o``, ``jb``, ``split``, ``warps``)."""
     t, n = xp.shape
     o = wp.shape[0]
     j = n // s
-    cfg = int_product_config(t, o, j)
+    cfg = int_product_config(t, o, j, s)
+    if config and config.get("kernel", cfg["kernel"]) != cfg["kernel"]:
+        cfg = {"kernel": config["kernel"], "block_t": 16, "block_o": 16 if config["kernel"] == "gemv" else 64,
+               "jb": max(1, GEMV_CHUNK // triton.next_power_of_2(s)), "split": 1, "warps": 4}
     cfg.update(config or {})
+    if cfg["kernel"] == "gemv" and t != 1:
+        raise ValueError(f"the gemv kernel takes one token, got {t}")
     jp = triton.cdiv(j, cfg["split"])
     split = triton.cdiv(j, jp)
     y = (torch.zeros if split > 1 else torch.empty)(t, o, dtype=torch.float32, device=xp.device)
+    if cfg["kernel"] == "gemv":
+        _int_gemv[(triton.cdiv(o, cfg["block_o"]), split)](
+            xp, xg, wp, wg, y, o, n, j, jp, s, SP=triton.next_power_of_2(s), JB=cfg["jb"], BLOCK_O=cfg["block_o"],
+            ATOMIC=split > 1, num_warps=cfg["warps"])
+        return y
     block_s = max(32, triton.next_power_of_2(s))  # int8 MMA tiles take k in steps of 32
     grid = (triton.cdiv(t, cfg["block_t"]), triton.cdiv(o, cfg["block_o"]), split)
     _int_product[grid](xp, xg, wp, wg, y, t, o, n, j, jp, s, BLOCK_T=cfg["block_t"], BLOCK_O=cfg["block_o"],

@@ -78,6 +78,33 @@ def test_slices_split_over_programs_add_up(config):
     assert torch.equal(int_product_triton(*on, config=config).cpu().double(), exact)
 
 
+@pytest.mark.parametrize("o,n,s", [(70, 80, 8), (33, 72, 24), (5, 96, 32), (17, 40, 40)])
+@pytest.mark.parametrize("config", [{}, {"split": 3, "jb": 1}, {"split": 2, "jb": 4, "block_o": 32}])
+def test_one_token_gemv_kernel(o, n, s, config):
+    """The one-token kernel (int32 dots on CUDA cores, padded slices, split sums), awkward sizes:
+    exact at unit gains, the reference's sums otherwise."""
+    x, w = _operand(1, n, s, 11), _operand(o, n, s, 12)
+    on = [IntOperand(op.points.to(DEVICE), op.gains.to(DEVICE)) for op in (x, w)]
+    cfg = {"kernel": "gemv", **config}
+    ref = int_product_reference(x, w)
+    got = int_product_triton(*on, config=cfg).cpu()
+    assert torch.allclose(got, ref, rtol=2e-6, atol=2e-6 * float(ref.abs().max()))
+    for op in on:
+        op.gains.fill_(1.0)
+    exact = (x.points.long() @ w.points.long().T).double()
+    assert torch.equal(int_product_triton(*on, config=cfg).cpu().double(), exact)
+
+
+def test_gemv_takes_one_token_and_is_the_default_for_one():
+    from pvq.kernels.triton_int import int_product_config
+
+    assert int_product_config(1, 4096, 128)["kernel"] == "gemv"
+    assert int_product_config(2, 4096, 128)["kernel"] == "dot"
+    x, w = _operand(2, 64, 8, 1), _operand(3, 64, 8, 2)
+    with pytest.raises(ValueError, match="one token"):
+        int_product_triton(x, w, config={"kernel": "gemv"})
+
+
 def test_reference_equals_the_dequantized_float_product():
     """Quantized activations (pvq, rtn) times PVQ-like weight points: the integer product equals
     x_hat @ w_hat^T computed in float64 from the dequantized operands, to float32 rounding."""
