@@ -67,7 +67,12 @@ def test_fast_paths_match_the_reference(t, o, n, sx, sw):
 def test_slices_split_over_programs_add_up(config):
     """The Triton kernel with its slices split over programs (atomic partial sums), awkward sizes:
     integer dots exact at unit gains, the reference's sums otherwise."""
-    x, w = _operand(19, 80, 8, 7), _operand(70, 80, 8, 8)  # 10 slices: splits of 4 + 4 + 2, 3 x 3 + 1, ...
+    _check_triton_config(_operand(19, 80, 8, 7), _operand(70, 80, 8, 8), config)  # 10 slices: 4 + 4 + 2, ...
+
+
+def _check_triton_config(x, w, config):
+    """The Triton product of ``x``, ``w`` under ``config`` on DEVICE: the reference's sums, and the
+    exact integer dots at unit gains."""
     ref = int_product_reference(x, w)
     on = [IntOperand(op.points.to(DEVICE), op.gains.to(DEVICE)) for op in (x, w)]
     got = int_product_triton(*on, config=config).cpu()
@@ -83,16 +88,7 @@ def test_slices_split_over_programs_add_up(config):
 def test_one_token_gemv_kernel(o, n, s, config):
     """The one-token kernel (int32 dots on CUDA cores, padded slices, split sums), awkward sizes:
     exact at unit gains, the reference's sums otherwise."""
-    x, w = _operand(1, n, s, 11), _operand(o, n, s, 12)
-    on = [IntOperand(op.points.to(DEVICE), op.gains.to(DEVICE)) for op in (x, w)]
-    cfg = {"kernel": "gemv", **config}
-    ref = int_product_reference(x, w)
-    got = int_product_triton(*on, config=cfg).cpu()
-    assert torch.allclose(got, ref, rtol=2e-6, atol=2e-6 * float(ref.abs().max()))
-    for op in on:
-        op.gains.fill_(1.0)
-    exact = (x.points.long() @ w.points.long().T).double()
-    assert torch.equal(int_product_triton(*on, config=cfg).cpu().double(), exact)
+    _check_triton_config(_operand(1, n, s, 11), _operand(o, n, s, 12), {"kernel": "gemv", **config})
 
 
 def test_gemv_takes_one_token_and_is_the_default_for_one():
