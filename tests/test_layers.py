@@ -1,6 +1,6 @@
 """The package's imports respect its layers: no import circles, no upward imports.
 
-Layers, top to bottom: errors, codecs, transforms, solvers, models, kernels, eval, cli
+Layers, top to bottom: errors, codecs, transforms, solvers, models, kernels, eval, cli (and `python -m pvq`, which only calls it)
 (imports inside functions count).
 """
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pvq
 
-LAYER = {"errors": 0, "codecs": 1, "transforms": 2, "solvers": 3, "models": 4, "kernels": 5, "eval": 6, "cli": 7}
+LAYER = {"errors": 0, "codecs": 1, "transforms": 2, "solvers": 3, "models": 4, "kernels": 5, "eval": 6, "cli": 7, "__main__": 7}
 ROOT = Path(pvq.__file__).resolve().parent
 
 
