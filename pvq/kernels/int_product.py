@@ -12,9 +12,10 @@ gains are applied per slice in float32. Three implementations:
   dots) and float64 (the scaling): the reference the others are tested against;
 * :func:`int_product_intmm` - one ``torch._int_mm`` (int8 x int8 -> int32) per slice, on CPU
   and CUDA (CUDA's wants ``s``, ``out`` multiples of 8 and more than 16 rows: padded here);
-* :func:`int_product_triton` - one Triton kernel: per tile of tokens x outputs, a loop over
-  the slices of ``tl.dot`` on int8 tiles (int32), scaled and summed in float32 registers.
-  On CPU it runs under ``TRITON_INTERPRET=1`` (tests).
+* :func:`int_product_triton` - one Triton launch (:mod:`pvq.kernels.triton_int`): per tile of
+  tokens x outputs, a loop over the slices of ``tl.dot`` on int8 tiles (int32), scaled and
+  summed in float32 registers; for one token, int32 dots on the CUDA cores instead of MMA
+  tiles. On CPU it runs under ``TRITON_INTERPRET=1`` (tests).
 
 Slices: the product needs the gains of both operands constant on each slice, so the slice is
 the smaller of the two operands' gain widths and the larger must be a multiple of it
