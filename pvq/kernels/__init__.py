@@ -6,7 +6,8 @@ runs without Triton or a GPU (the backends then report that they support nothing
 """
 
 from .act_projection import ACT_KERNELS, ActKernel, ActProjector, act_projection_reference, act_projector
-from .backend import FUSED_MAX_ROWS, KERNEL_FAMILIES, KernelFamily, TritonBackend, kernel_family, triton_available
+from .availability import triton_available, triton_runs_on
+from .backend import FUSED_MAX_ROWS, KERNEL_FAMILIES, KernelFamily, TritonBackend, kernel_family
 from .int_backend import IntProductBackend, IntProductTritonBackend
 from .int_product import IntOperand, int_product, int_product_intmm, int_product_reference, int_product_triton
 from .runtime import (
@@ -53,6 +54,7 @@ __all__ = [
     "int_product_triton",
     "TritonBackend",
     "triton_available",
+    "triton_runs_on",
     "PyramidRuntime",
     "TableRuntime",
     "pyramid_decode_reference",

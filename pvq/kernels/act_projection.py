@@ -16,7 +16,6 @@ vector with NaN or inf gets a NaN gain where the reference raises.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -25,7 +24,7 @@ import torch
 from pvq.codecs.activation import ActivationQuantizer, ActPoints, PyramidActivationQuantizer
 from pvq.errors import QuantizeError
 
-from .int_product import triton_available
+from .availability import triton_runs_on
 
 __all__ = ["ACT_KERNELS", "ActKernel", "ActProjector", "act_projection_reference", "act_projection_triton",
            "act_projector", "pvq_triton_problem"]
@@ -106,10 +105,7 @@ ACT_KERNELS: tuple[ActKernel, ...] = (ActKernel("pvq-triton", pvq_triton_problem
 
 
 def _kernel_device(device: torch.device, interpreter: bool) -> bool:
-    if not triton_available():
-        return False
-    return device.type == "cuda" or (interpreter and device.type == "cpu"
-                                     and os.environ.get("TRITON_INTERPRET", "") == "1")
+    return triton_runs_on(device) and (device.type == "cuda" or interpreter)
 
 
 def act_projector(quantizer: ActivationQuantizer, device: torch.device | str,

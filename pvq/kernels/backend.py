@@ -17,8 +17,7 @@ named (``set_backend(model, "triton")``: tests).
 
 from __future__ import annotations
 
-import importlib.util
-import os
+import importlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -26,10 +25,11 @@ import torch
 
 from pvq.models.backends import Backend, register_backend
 
+from .availability import triton_runs_on
 from .runtime import pyramid_runtime, pyramid_supports, table_runtime, table_supports
 from .split_runtime import split_runtime, split_runtime_supports
 
-__all__ = ["FUSED_MAX_ROWS", "KERNEL_FAMILIES", "KernelFamily", "TritonBackend", "kernel_family", "triton_available"]
+__all__ = ["FUSED_MAX_ROWS", "KERNEL_FAMILIES", "KernelFamily", "TritonBackend", "kernel_family"]
 
 
 FUSED_MAX_ROWS = 16
@@ -70,14 +70,6 @@ def kernel_family(codec) -> KernelFamily | None:
     return next((f for f in KERNEL_FAMILIES if f.supports(codec)), None)
 
 
-def triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "") == "1"
-
-
 class TritonBackend(Backend):
     """Triton kernels over the stored codes (see the module docstring)."""
 
@@ -85,11 +77,7 @@ class TritonBackend(Backend):
     priority = 10
 
     def supports(self, layer, device):
-        if layer.layout != "stored" or not triton_available():
-            return False
-        if not (device.type == "cuda" or (device.type == "cpu" and _interpreting())):
-            return False
-        return kernel_family(layer.codec) is not None
+        return layer.layout == "stored" and triton_runs_on(device) and kernel_family(layer.codec) is not None
 
     def automatic_on(self, device):
         return device.type == "cuda"  # the CPU interpreter runs only when asked for by name (tests)

@@ -32,8 +32,6 @@ layers run through ``act-dense`` (the float reference in :mod:`pvq.models.activa
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from pvq.codecs.pyramid import PyramidCodec
@@ -43,7 +41,7 @@ from pvq.models.backends import Backend, register_backend
 
 from .act_projection import act_projector
 from .int_product import INT8_MAX, IntOperand, common_slice, int_product_intmm, int_product_triton, intmm_weights
-from .int_product import triton_available
+from .availability import triton_runs_on
 
 __all__ = ["IntProductBackend", "IntProductTritonBackend", "int_weight_operand", "int_product_problem"]
 
@@ -127,11 +125,7 @@ class IntProductTritonBackend(_IntBackend):
     priority = 20
 
     def supports(self, layer, device):
-        if not triton_available():
-            return False
-        if not (device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "") == "1")):
-            return False
-        return super().supports(layer, device)
+        return triton_runs_on(device) and super().supports(layer, device)
 
     def automatic_on(self, device):
         return device.type == "cuda"  # on CPU the interpreter is a test device, not a runtime

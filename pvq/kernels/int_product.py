@@ -24,8 +24,6 @@ the smaller of the two operands' gain widths and the larger must be a multiple o
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 
 from pvq.errors import QuantizeError
@@ -38,14 +36,9 @@ __all__ = [
     "int_product_intmm",
     "int_product_reference",
     "int_product_triton",
-    "triton_available",
 ]
 
 INT8_MAX = 127
-
-
-def triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
 
 
 class IntOperand:

@@ -52,8 +52,8 @@ PYRAMID_MAX_CODE_BITS = 56
 
 
 @dataclass
-class PyramidRuntime:
-    """A PVQ layer laid out for the kernels (see the module docstring); all tensors on one device."""
+class PvqLayerRuntime:
+    """What every PVQ runtime layout holds (:func:`pvq_layer_fields`); one device."""
 
     out_features: int
     in_features: int
@@ -62,10 +62,16 @@ class PyramidRuntime:
     group_size: int
     num_levels: int
     code_bits: int
-    codes: torch.Tensor  # uint8 bitstream: combined code i at bits [i * code_bits, (i + 1) * code_bits)
     scales: torch.Tensor  # fp16 [out * in / (D * G)]
     levels: torch.Tensor  # float32 [L] gain levels
     counts: torch.Tensor  # int64 [D + 1, K + 1]  N(d, k)
+
+
+@dataclass
+class PyramidRuntime(PvqLayerRuntime):
+    """A PVQ layer laid out for the kernels (see the module docstring); all tensors on one device."""
+
+    codes: torch.Tensor  # uint8 bitstream: combined code i at bits [i * code_bits, (i + 1) * code_bits)
     cumulative: torch.Tensor  # int64 [D + 1, K + 1]  A(d, k)
 
     def nbytes(self) -> int:
@@ -76,6 +82,19 @@ class PyramidRuntime:
 def layer_tensors(layer, device: torch.device | str | None) -> tuple[dict[str, torch.Tensor], torch.device]:
     """(a layer's stored tensors, the device a runtime goes to: ``device`` or the layer's own)."""
     return layer.stored_tensors(), torch.device(device) if device is not None else layer._buffer_device()
+
+
+def pvq_layer_fields(layer, device: torch.device | str | None) -> tuple[dict, dict[str, torch.Tensor], torch.device]:
+    """(the :class:`PvqLayerRuntime` fields of a PVQ layer as keywords, its stored tensors, the device)."""
+    codec = layer.codec
+    stored, dev = layer_tensors(layer, device)
+    fields = dict(
+        out_features=layer.out_features, in_features=layer.in_features, dim=codec.dim, pulses=codec.pulses,
+        group_size=codec.group_size, num_levels=codec.gain.num_levels, code_bits=codec.code_bits,
+        scales=stored[SCALE_KEY].to(dev), levels=codec.gain.levels.to(dtype=torch.float32, device=dev),
+        counts=torch.tensor([list(r) for r in _count_table(codec.dim, codec.pulses)], dtype=torch.int64, device=dev),
+    )
+    return fields, stored, dev
 
 
 def pyramid_supports(codec) -> bool:
@@ -92,13 +111,11 @@ def pyramid_runtime(layer, device: torch.device | str | None = None) -> PyramidR
             f"{codec.describe()} needs {getattr(codec, 'code_bits', '?')}-bit codes; the PVQ kernels decode up to "
             f"{PYRAMID_MAX_CODE_BITS} bits (D * bits per weight <= about 56, e.g. --dim 16 up to 3.4 bits, --dim 8 up to 7)"
         )
-    stored, dev = layer_tensors(layer, device)
+    fields, stored, dev = pvq_layer_fields(layer, device)
     return PyramidRuntime(
-        layer.out_features, layer.in_features, codec.dim, codec.pulses, codec.group_size, codec.gain.num_levels,
-        codec.code_bits, stored["codes"].to(dev), stored[SCALE_KEY].to(dev),
-        codec.gain.levels.to(dtype=torch.float32, device=dev),
-        torch.tensor([list(r) for r in _count_table(codec.dim, codec.pulses)], dtype=torch.int64, device=dev),
-        torch.tensor([list(r) for r in _cumulative_table(codec.dim, codec.pulses)], dtype=torch.int64, device=dev),
+        **fields, codes=stored["codes"].to(dev),
+        cumulative=torch.tensor([list(r) for r in _cumulative_table(codec.dim, codec.pulses)], dtype=torch.int64,
+                                device=dev),
     )
 
 

@@ -24,13 +24,12 @@ from functools import lru_cache
 
 import torch
 
-from pvq.codecs import SCALE_KEY
 from pvq.codecs.pyramid import PyramidCodec
-from pvq.codecs.pyramid_counts import _count_table, pyramid_count
+from pvq.codecs.pyramid_counts import pyramid_count
 from pvq.codecs.pyramid_split import leaf_points, split_offsets, split_supported, split_unrank
 from pvq.errors import QuantizeError
 
-from .runtime import layer_tensors
+from .runtime import PvqLayerRuntime, pvq_layer_fields
 
 __all__ = [
     "SPLIT_DIMS",
@@ -50,20 +49,10 @@ SPLIT_MAX_CODE_BITS = 62
 
 
 @dataclass
-class SplitRuntime:
+class SplitRuntime(PvqLayerRuntime):
     """A split-order PVQ layer laid out for the kernels (see the module docstring); one device."""
 
-    out_features: int
-    in_features: int
-    dim: int
-    pulses: int
-    group_size: int
-    num_levels: int
-    code_bits: int
     words: torch.Tensor  # int32 [ceil(n * w / 32)]: the stored bitstream
-    scales: torch.Tensor  # fp16 [n / G]
-    levels: torch.Tensor  # float32 [L]
-    counts: torch.Tensor  # int64 [D + 1, K + 1]  N(d, k)
     offsets16: torch.Tensor  # int64 [K + 1, K + 2]  S_16(k, j) (zeros [1, 1] when D < 16)
     offsets8: torch.Tensor  # int64 [K + 1, K + 2]  S_8(k, j) (zeros [1, 1] when D < 8)
     leaf_offsets: torch.Tensor  # int64 [K + 2]: P(4, k) starts at row leaf_offsets[k] of leaves
@@ -135,18 +124,14 @@ def split_runtime(layer, device: torch.device | str | None = None) -> SplitRunti
             f"{codec.describe()} is not decoded by the split kernels: they need index_order='split', "
             f"D in {SPLIT_DIMS}, codes of at most {SPLIT_MAX_CODE_BITS} bits and K <= 127"
         )
-    stored, dev = layer_tensors(layer, device)
+    fields, stored, dev = pvq_layer_fields(layer, device)
     leaves, leaf_offsets = shared_leaves(codec.pulses, str(dev))
-    counts = torch.tensor([list(r) for r in _count_table(codec.dim, codec.pulses)], dtype=torch.int64)
-    inverse = 1.0 / counts.to(torch.float64).clamp(min=1)
+    inverse = 1.0 / fields["counts"].to(torch.float64).clamp(min=1)
     return SplitRuntime(
-        layer.out_features, layer.in_features, codec.dim, codec.pulses, codec.group_size, codec.gain.num_levels,
-        codec.code_bits, _words(stored["codes"].to(dev)), stored[SCALE_KEY].to(dev),
-        codec.gain.levels.to(dtype=torch.float32, device=dev),
-        counts.to(dev), _offsets(16 if codec.dim >= 16 else 0, codec.pulses, dev),
-        _offsets(8 if codec.dim >= 8 else 0, codec.pulses, dev), leaf_offsets, leaves,
-        inverse[4].contiguous().to(dev), inverse[min(8, codec.dim)].contiguous().to(dev),
-        inverse_norms(codec.pulses).to(dev),
+        **fields, words=_words(stored["codes"].to(dev)), offsets16=_offsets(16 if codec.dim >= 16 else 0, codec.pulses, dev),
+        offsets8=_offsets(8 if codec.dim >= 8 else 0, codec.pulses, dev), leaf_offsets=leaf_offsets, leaves=leaves,
+        inverse4=inverse[4].contiguous(), inverse8=inverse[min(8, codec.dim)].contiguous(),
+        inverse_norms=inverse_norms(codec.pulses).to(dev),
     )
 
 

@@ -92,7 +92,7 @@ def _split(programs: int, j: int, slices_per_step: int, sms: int) -> int:
     return split
 
 
-def int_product_config(t: int, o: int, j: int, s: int = 32, sms: int = 132) -> dict:
+def int_product_config(t: int, o: int, j: int, s: int = 32, sms: int = 132, kernel: str | None = None) -> dict:
     """Kernel and tiles for ``t`` tokens, ``o`` outputs, ``j`` slices of ``s`` inputs. One token:
     ``gemv`` with 16 rows per program and ``GEMV_CHUNK`` bytes of each row per step (not yet timed
     on a GPU: chosen because it reads each weight byte once, where ``dot`` pads its MMA tiles to 16
@@ -100,8 +100,13 @@ def int_product_config(t: int, o: int, j: int, s: int = 32, sms: int = 132) -> d
     ``benchmarks/int_product_tiles.py`` on an H100, docs/act_quant_speed_h100.md: above 16 tokens
     64 x 128 beat the other settings by 2.5-2.8x; at 1 and 16 tokens the timings were noisy and
     no setting was best on every shape, so the first setting stays). Slices split until about 4
-    programs per SM."""
-    if t == 1:
+    programs per SM. ``kernel`` forces ``dot`` or ``gemv`` (one token only)."""
+    kernel = kernel or ("gemv" if t == 1 else "dot")
+    if kernel not in ("dot", "gemv"):
+        raise ValueError(f"kernel must be 'dot' or 'gemv', got {kernel!r}")
+    if kernel == "gemv":
+        if t != 1:
+            raise ValueError(f"the gemv kernel takes one token, got {t}")
         sp = triton.next_power_of_2(s)
         jb = max(1, GEMV_CHUNK // sp)
         return {"kernel": "gemv", "block_o": 16, "jb": jb, "warps": 4,
@@ -121,13 +126,8 @@ def int_product_kernel(xp: torch.Tensor, xg: torch.Tensor, wp: torch.Tensor, wg:
     t, n = xp.shape
     o = wp.shape[0]
     j = n // s
-    cfg = int_product_config(t, o, j, s)
-    if config and config.get("kernel", cfg["kernel"]) != cfg["kernel"]:
-        cfg = {"kernel": config["kernel"], "block_t": 16, "block_o": 16 if config["kernel"] == "gemv" else 64,
-               "jb": max(1, GEMV_CHUNK // triton.next_power_of_2(s)), "split": 1, "warps": 4}
-    cfg.update(config or {})
-    if cfg["kernel"] == "gemv" and t != 1:
-        raise ValueError(f"the gemv kernel takes one token, got {t}")
+    config = config or {}
+    cfg = {**int_product_config(t, o, j, s, kernel=config.get("kernel")), **config}
     jp = triton.cdiv(j, cfg["split"])
     split = triton.cdiv(j, jp)
     y = (torch.zeros if split > 1 else torch.empty)(t, o, dtype=torch.float32, device=xp.device)
