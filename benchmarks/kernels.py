@@ -1,13 +1,15 @@
 """Batch 1-16 matmul of quantized layers on one GPU, against what a user would pick instead.
 
     python benchmarks/kernels.py [--shapes 4096x4096,11008x4096,...] [--batches 1,4,16] [--json FILE]
+    python benchmarks/kernels.py --sweep [--lean] --shapes 11008x4096 --methods pvq3-d8 --batches 1
 
 Per shape (out x in) and batch: microseconds (median of triton.testing.do_bench,
 L2 flushed between runs) of fp16 cuBLAS (``x @ W.T``), torch's int4 kernel
 (``aten._weight_int4pack_mm``, group 128, bf16), gemlite 4- and 2-bit
 (``gemlite.helper.A16Wn``, group 128, if importable), and pvq's Triton kernels (fused decode-matmul in rotated
 coordinates) at about 2, 3
-and 4 bits and e8 at 2 bits: the fused kernel alone (``us``) and the whole
+and 4 bits and e8 at 2 bits: the fused kernel alone (``us``; at batch 1 D = 8 at 2 and 3 bits is the
+lean kernel, and ``-general`` rows time the general split kernel beside it) and the whole
 layer through the ``triton`` backend (``us_layer``: input rotation, the kernel
 or, above the family's fused row limit, decode + cuBLAS, output rotation).
 Each as a ratio to fp16 and as a fraction of the memory floor: (bytes the kernel must read / measured device copy throughput,
@@ -122,6 +124,12 @@ def kernels_of(q: QuantizedLinear):
     return (family.runtime(q, q._buffer_device()), *family.kernels())
 
 
+def _lean(rt) -> bool:
+    from pvq.kernels.split_lean import lean_supported
+
+    return lean_supported(rt)
+
+
 def run(shapes, batches, methods, out_json=None) -> list[dict]:
     dev = torch.device("cuda")
     bw = copy_bandwidth(dev)
@@ -166,6 +174,10 @@ def run(shapes, batches, methods, out_json=None) -> list[dict]:
                 stored = q.stored_bits() / 8
                 emit({**base, "method": name, "bits": q.bits_per_weight(), "us": us, "x_fp16": fp16 / us,
                       "us_layer": layer, "x_fp16_layer": fp16 / layer, "floor_frac": (stored / bw * 1e6) / us})
+                if batch == 1 and mm.__name__ == "split_matmul" and _lean(rt):  # the general kernel beside the lean one
+                    us = bench(lambda: mm(rt, x, lean=False))
+                    emit({**base, "method": f"{name}-general", "bits": q.bits_per_weight(), "us": us,
+                          "x_fp16": fp16 / us, "floor_frac": (stored / bw * 1e6) / us})
         # whole-layer decode throughput on the GPU
         for name, q in layers.items():
             rt, _, dec = kern[name]
@@ -184,8 +196,9 @@ def run(shapes, batches, methods, out_json=None) -> list[dict]:
     return rows
 
 
-def sweep(shape, methods, batches) -> None:
-    """Tile sizes and input splits of the split-order matmul, per method and batch (microseconds)."""
+def sweep(shape, methods, batches, lean: bool = False) -> None:
+    """Tile sizes and input splits of the split-order matmul (``lean``: the one-row lean kernel), per
+    method and batch (microseconds)."""
     from pvq.kernels import triton_split as TS
 
     dev = torch.device("cuda")
@@ -197,11 +210,12 @@ def sweep(shape, methods, batches) -> None:
             x = torch.randn(batch, in_f, device=dev).half()
             best = None
             for block_o in (16, 32, 64):
-                for weights in (64, 128):
+                for weights in ((64, 128, 256) if lean else (64, 128)):
                     nv = max(1, weights // rt.dim)
                     for split_k in (1, 4, 8, 16):
                         try:
-                            us = bench(lambda: TS.split_matmul(rt, x, block_o=block_o, nv=nv, split_k=split_k))
+                            us = bench(lambda: TS.split_matmul(rt, x, block_o=block_o, nv=nv, split_k=split_k,
+                                                               lean=lean))
                         except Exception as e:  # noqa: BLE001 - a tile the compiler refuses
                             print(f"# {name} b{batch} {block_o}/{nv}/{split_k}: {type(e).__name__}")
                             continue
@@ -219,12 +233,13 @@ def main() -> None:
     p.add_argument("--methods", default=",".join(SETTINGS), help=f"of {', '.join(SETTINGS)}")
     p.add_argument("--json", default=None)
     p.add_argument("--sweep", action="store_true", help="tile sizes of the split-order matmul on the first shape")
+    p.add_argument("--lean", action="store_true", help="with --sweep: the one-row lean kernel (D = 8, <= 3 bits)")
     a = p.parse_args()
     shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
     methods = a.methods.split(",")
     batches = [int(b) for b in a.batches.split(",")]
     if a.sweep:
-        sweep(shapes[0], [m for m in methods if SETTINGS[m][0] == "pvq" and not SETTINGS[m][4]], batches)
+        sweep(shapes[0], [m for m in methods if SETTINGS[m][0] == "pvq" and not SETTINGS[m][4]], batches, a.lean)
     else:
         run(shapes, batches, methods, a.json)
 

@@ -56,8 +56,9 @@ def test_split_matmul_matches_the_reference(dim, bits, group, out_f, in_f, batch
     x = torch.randn(batch, in_f, generator=torch.Generator().manual_seed(batch)).to(DEVICE)
     ref = split_matmul_reference(rt, x)
     for split_k in (1, 3):
-        got = triton_split.split_matmul(rt, x, block_o=16, nv=2, split_k=split_k)
-        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+        for lean in {False, None}:  # the general kernel, and the lean one where it takes the layer
+            got = triton_split.split_matmul(rt, x, block_o=16, nv=2, split_k=split_k, lean=lean)
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_code_reader_handles_every_bit_offset():
