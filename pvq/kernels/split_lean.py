@@ -48,16 +48,23 @@ LEAN_MAX_COUNT = 1 << 22
 
 
 def lean_supported(rt: SplitRuntime) -> bool:
-    """Whether the lean one-row kernel decodes this layer (host-side sizes only: no device sync)."""
-    if rt.dim != 8 or pyramid_count(8, rt.pulses) >= LEAN_MAX_COUNT or rt.code_bits > 32:
+    """Whether the lean one-row kernel decodes this layer (host-side sizes only: no device sync; cached,
+    since it is asked on every call)."""
+    return _lean_supported(rt.dim, rt.pulses, rt.code_bits)
+
+
+@lru_cache(maxsize=None)
+def _lean_supported(dim: int, pulses: int, code_bits: int) -> bool:
+    if dim != 8 or pyramid_count(8, pulses) >= LEAN_MAX_COUNT or code_bits > 32:
         return False
-    return int(leaf_points(rt.pulses)[1][-1]) < 1 << 16
+    return sum(pyramid_count(4, k) for k in range(pulses + 1)) < 1 << 16  # leaf offsets fit 16 bits
 
 
 def _f32_bits(v: float) -> int:
     return struct.unpack("<i", struct.pack("<f", v))[0]
 
 
+@lru_cache(maxsize=None)
 def bucket_shift(pulses: int) -> int:
     """s: the largest with 2^s at most the smallest run of indices with one j (``N(4, j) N(4, K - j)``)."""
     return min(pyramid_count(4, j) * pyramid_count(4, pulses - j) for j in range(pulses + 1)).bit_length() - 1
