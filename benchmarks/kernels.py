@@ -8,8 +8,8 @@ L2 flushed between runs) of fp16 cuBLAS (``x @ W.T``), torch's int4 kernel
 (``aten._weight_int4pack_mm``, group 128, bf16), gemlite 4- and 2-bit
 (``gemlite.helper.A16Wn``, group 128, if importable), and pvq's Triton kernels (fused decode-matmul in rotated
 coordinates) at about 2, 3
-and 4 bits and e8 at 2 bits: the fused kernel alone (``us``; at batch 1 D = 8 at 2 and 3 bits is the
-lean kernel, and ``-general`` rows time the general split kernel beside it) and the whole
+and 4 bits and e8 at 2 bits: the fused kernel alone (``us``; at batch 1 ``-lean`` rows time the lean
+one-row variant for D = 8 at 2 and 3 bits beside it) and the whole
 layer through the ``triton`` backend (``us_layer``: input rotation, the kernel
 or, above the family's fused row limit, decode + cuBLAS, output rotation).
 Each as a ratio to fp16 and as a fraction of the memory floor: (bytes the kernel must read / measured device copy throughput,
@@ -174,10 +174,13 @@ def run(shapes, batches, methods, out_json=None) -> list[dict]:
                 stored = q.stored_bits() / 8
                 emit({**base, "method": name, "bits": q.bits_per_weight(), "us": us, "x_fp16": fp16 / us,
                       "us_layer": layer, "x_fp16_layer": fp16 / layer, "floor_frac": (stored / bw * 1e6) / us})
-                if batch == 1 and mm.__name__ == "split_matmul" and _lean(rt):  # the general kernel beside the lean one
-                    us = bench(lambda: mm(rt, x, lean=False))
-                    emit({**base, "method": f"{name}-general", "bits": q.bits_per_weight(), "us": us,
-                          "x_fp16": fp16 / us, "floor_frac": (stored / bw * 1e6) / us})
+                if batch == 1 and mm.__name__ == "split_matmul" and _lean(rt):  # the lean variant beside it
+                    from pvq.kernels.triton_split_lean import split_gemv_lean
+
+                    for tag, buckets in (("lean", True), ("lean-compares", False)):
+                        us = bench(lambda: split_gemv_lean(rt, x, buckets=buckets))
+                        emit({**base, "method": f"{name}-{tag}", "bits": q.bits_per_weight(), "us": us,
+                              "x_fp16": fp16 / us, "floor_frac": (stored / bw * 1e6) / us})
         # whole-layer decode throughput on the GPU
         for name, q in layers.items():
             rt, _, dec = kern[name]

@@ -23,7 +23,6 @@ import torch
 import triton
 import triton.language as tl
 
-from .split_lean import lean_supported
 from .split_runtime import SplitRuntime
 from .triton_kernels import _row_block, _store_rows
 from .triton_split_lean import split_gemv_lean
@@ -280,15 +279,13 @@ def split_matmul_config(rt: SplitRuntime, batch: int, sms: int = 132) -> dict:
 
 
 def split_matmul(rt: SplitRuntime, x: torch.Tensor, block_o: int | None = None, nv: int | None = None,
-                 split_k: int | None = None, lean: bool | None = None) -> torch.Tensor:
+                 split_k: int | None = None, lean: bool = False) -> torch.Tensor:
     """``x @ Q'^T`` float32 ``[B, out]`` for ``x: [B, in]``, B <= 16, decoding in registers
-    (``nv >= 4`` vectors per step: ``tl.dot`` needs 16 columns per leaf). One row of a layer the lean
-    kernel takes (D = 8, 2 and 3 bits: :mod:`pvq.kernels.triton_split_lean`) runs there unless
-    ``lean=False``."""
+    (``nv >= 4`` vectors per step: ``tl.dot`` needs 16 columns per leaf). ``lean=True``: one row of a
+    D = 8 layer at 2 or 3 bits through :mod:`pvq.kernels.triton_split_lean` (fewer loads and
+    instructions, but not faster on an H100 at 3 bits: docs/kernels.md; so not the default)."""
     if x.dim() != 2 or x.shape[1] != rt.in_features or x.shape[0] > 16:
         raise ValueError(f"split_matmul takes x [B <= 16, {rt.in_features}], got {tuple(x.shape)}")
-    if lean is None:
-        lean = x.shape[0] == 1 and lean_supported(rt) and rt.num_vectors * rt.code_bits < 1 << 31
     if lean:
         return split_gemv_lean(rt, x, block_o=block_o, nv=nv, split_k=split_k)
     cfg = split_matmul_config(rt, x.shape[0])

@@ -41,14 +41,18 @@ def _codes32(words_ptr, n_words, vec, m, CODE_BITS: tl.constexpr):
 @triton.jit
 def _lean_decode(words_ptr, n_words, scales_ptr, levels_ptr, bucket_ptr, pair_ptr, leafn_ptr, inv_norm_ptr,
                  vec, m, K: tl.constexpr, G: tl.constexpr, L: tl.constexpr, CODE_BITS: tl.constexpr,
-                 SHIFT: tl.constexpr):
+                 SHIFT: tl.constexpr, BUCKETS: tl.constexpr):
     """(leaf a ``[R, C]`` int32 packed 4 x int8, leaf b, multiplier ``[R, C]`` float32, 0 where ``m`` is false)."""
     code = _codes32(words_ptr, n_words, vec, m, CODE_BITS)
     gain = code % L
     r = code // L
-    bucket = tl.load(bucket_ptr + (r >> SHIFT))  # at most one boundary S_8(K, j) per bucket
-    j0 = bucket.to(tl.int32)
-    j = j0 + (r >= (bucket >> 32).to(tl.int32)).to(tl.int32)
+    if BUCKETS:
+        bucket = tl.load(bucket_ptr + (r >> SHIFT))  # at most one boundary S_8(K, j) per bucket
+        j = bucket.to(tl.int32) + (r >= (bucket >> 32).to(tl.int32)).to(tl.int32)
+    else:  # K compares against S_8(K, i) (the pair table's low words: scalars, read once): no dependent load
+        j = tl.zeros(r.shape, dtype=tl.int32)
+        for i in tl.static_range(1, K + 1):
+            j += (r >= tl.load(pair_ptr + 2 * i).to(tl.int32)).to(tl.int32)
     lo = tl.load(pair_ptr + 2 * j)  # int64 pairs: no 3-D tensors (their layouts go through shared memory)
     hi = tl.load(pair_ptr + 2 * j + 1)
     base = lo.to(tl.int32)
@@ -91,7 +95,7 @@ def _dot4(acc, w, x_ptr, col, ok):
 def _split_gemv_lean_kernel(words_ptr, n_words, scales_ptr, levels_ptr, bucket_ptr, pair_ptr, leafn_ptr,
                             inv_norm_ptr, x_ptr, y_ptr, out_features, VPR: tl.constexpr, VPS: tl.constexpr,
                             K: tl.constexpr, G: tl.constexpr, L: tl.constexpr, CODE_BITS: tl.constexpr,
-                            SHIFT: tl.constexpr, BLOCK_O: tl.constexpr, NV: tl.constexpr,
+                            SHIFT: tl.constexpr, BUCKETS: tl.constexpr, BLOCK_O: tl.constexpr, NV: tl.constexpr,
                             ATOMIC: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)
     row_ok = rows < out_features
@@ -103,7 +107,7 @@ def _split_gemv_lean_kernel(words_ptr, n_words, scales_ptr, levels_ptr, bucket_p
         v_ok = vs < v_end
         m = row_ok[:, None] & v_ok[None, :]
         wa, wb, mult = _lean_decode(words_ptr, n_words, scales_ptr, levels_ptr, bucket_ptr, pair_ptr, leafn_ptr,
-                                    inv_norm_ptr, rows[:, None] * VPR + vs[None, :], m, K, G, L, CODE_BITS, SHIFT)
+                                    inv_norm_ptr, rows[:, None] * VPR + vs[None, :], m, K, G, L, CODE_BITS, SHIFT, BUCKETS)
         part = _dot4(tl.zeros([BLOCK_O, NV], dtype=tl.float32), wa, x_ptr, vs * 8, v_ok)
         part = _dot4(part, wb, x_ptr, vs * 8 + 4, v_ok)
         acc += part * mult
@@ -125,8 +129,10 @@ def split_gemv_lean_config(rt: SplitRuntime, sms: int = 132) -> dict:
 
 
 def split_gemv_lean(rt: SplitRuntime, x: torch.Tensor, block_o: int | None = None, nv: int | None = None,
-                    split_k: int | None = None) -> torch.Tensor:
-    """``x @ Q'^T`` float32 ``[1, out]`` for ``x: [1, in]`` of a layer :func:`lean_supported` takes."""
+                    split_k: int | None = None, buckets: bool = True) -> torch.Tensor:
+    """``x @ Q'^T`` float32 ``[1, out]`` for ``x: [1, in]`` of a layer :func:`lean_supported` takes
+    (``buckets=False``: the first half's pulses by K compares, as the general kernel, instead of the
+    bucket table's dependent load)."""
     if not lean_supported(rt):
         raise ValueError(f"the lean kernel takes D = 8 split layers with N(8, K) < 2^22; got D={rt.dim}, "
                          f"K={rt.pulses} (use split_matmul)")
@@ -136,15 +142,15 @@ def split_gemv_lean(rt: SplitRuntime, x: torch.Tensor, block_o: int | None = Non
     block_o, nv, split_k = block_o or cfg["block_o"], nv or cfg["nv"], split_k or cfg["split_k"]
     if rt.num_vectors * rt.code_bits >= 1 << 31:
         raise ValueError(f"layer of {rt.num_vectors} vectors: its bit offsets pass 2^31 (use split_matmul)")
-    buckets, pair, leafn = lean_tables(rt.pulses, str(rt.words.device))
+    bucket_table, pair, leafn = lean_tables(rt.pulses, str(rt.words.device))
     x = x.contiguous()
     vpr = rt.in_features // 8
     vps = triton.cdiv(triton.cdiv(vpr, split_k), nv) * nv
     split_k = triton.cdiv(vpr, vps)
     y = (torch.zeros if split_k > 1 else torch.empty)(1, rt.out_features, dtype=torch.float32, device=x.device)
     _split_gemv_lean_kernel[(triton.cdiv(rt.out_features, block_o), split_k)](
-        rt.words, rt.words.numel(), rt.scales, rt.levels, buckets, pair, leafn, rt.inverse_norms, x, y,
+        rt.words, rt.words.numel(), rt.scales, rt.levels, bucket_table, pair, leafn, rt.inverse_norms, x, y,
         rt.out_features, VPR=vpr, VPS=vps, K=rt.pulses, G=rt.group_size, L=rt.num_levels,
-        CODE_BITS=rt.code_bits, SHIFT=bucket_shift(rt.pulses), BLOCK_O=block_o, NV=nv, ATOMIC=split_k > 1,
+        CODE_BITS=rt.code_bits, SHIFT=bucket_shift(rt.pulses), BUCKETS=buckets, BLOCK_O=block_o, NV=nv, ATOMIC=split_k > 1,
     )
     return y

@@ -62,8 +62,9 @@ def test_decode_is_bit_exact_through_one_hot_inputs(bits, group, out_f, in_f):
     rt = split_runtime(q, DEVICE)
     ref = split_decode_reference(rt)
     eye = torch.eye(in_f, device=DEVICE)
-    got = torch.cat([lean.split_gemv_lean(rt, eye[i:i + 1], split_k=1) for i in range(in_f)])
-    assert torch.equal(got.T, ref)
+    for buckets in (True, False):
+        got = torch.cat([lean.split_gemv_lean(rt, eye[i:i + 1], split_k=1, buckets=buckets) for i in range(in_f)])
+        assert torch.equal(got.T, ref)
 
 
 @pytest.mark.parametrize("bits, group, out_f, in_f", CASES)
@@ -73,8 +74,8 @@ def test_product_matches_the_reference(bits, group, out_f, in_f, dtype):
     rt = split_runtime(q, DEVICE)
     x = torch.randn(1, in_f, generator=torch.Generator().manual_seed(in_f)).to(DEVICE, dtype)
     ref = x.float() @ split_decode_reference(rt).T  # the kernel multiplies float32 weights (not rounded to x's dtype)
-    for block_o, nv, split_k in ((16, 2, 1), (16, 4, 3), (32, 16, 2)):
-        got = lean.split_gemv_lean(rt, x, block_o=block_o, nv=nv, split_k=split_k)
+    for block_o, nv, split_k, buckets in ((16, 2, 1, True), (16, 4, 3, False), (32, 16, 2, True)):
+        got = lean.split_gemv_lean(rt, x, block_o=block_o, nv=nv, split_k=split_k, buckets=buckets)
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
 
 
