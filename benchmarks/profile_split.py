@@ -2,9 +2,10 @@
 
     ncu --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats \\
         --section MemoryWorkloadAnalysis -k regex:split_ --launch-skip 2 --launch-count 2 \\
-        python benchmarks/profile_split.py [--shape 11008x4096] [--method pvq3-d8]
+        python benchmarks/profile_split.py [--shape 11008x4096] [--method pvq3-d8] [--lean]
 
-Runs the fused batch-1 matmul and the whole-layer decode three times each (the first launches compile).
+Runs the fused batch-1 matmul (``--lean``: also the lean one-row variant) and the whole-layer decode
+three times each (the first launches compile).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", default="11008x4096")
     p.add_argument("--method", default="pvq3-d8")
+    p.add_argument("--lean", action="store_true", help="also the lean one-row kernel (D = 8, <= 3 bits)")
     a = p.parse_args()
     out_f, in_f = (int(v) for v in a.shape.split("x"))
     q = quantized_layer(a.method, out_f, in_f, torch.device("cuda"))
@@ -28,6 +30,8 @@ def main() -> None:
     x = torch.randn(1, in_f, device="cuda").half()
     for _ in range(3):
         TS.split_matmul(rt, x)
+    for _ in range(3 if a.lean else 0):
+        TS.split_matmul(rt, x, lean=True)
     for _ in range(3):
         TS.split_decode(rt, torch.float16)
     torch.cuda.synchronize()
