@@ -124,6 +124,20 @@ def kernels_of(q: QuantizedLinear):
     return (family.runtime(q, q._buffer_device()), *family.kernels())
 
 
+def _one_row_variants(rt, x) -> list:
+    """(tag, call) of the one-row kernels of a D = 8 split layer: the general Triton kernel, the lean
+    Triton kernel (bucket table or compares), the CUDA kernel (all resident blocks, or two per SM)."""
+    from pvq.kernels import triton_split as TS
+    from pvq.kernels import triton_split_lean as TSL
+    from pvq.kernels.cuda_split import cuda_split_available, split_gemv_cuda
+
+    out = [("triton", lambda: TS.split_matmul(rt, x)), ("lean", lambda: TS.split_matmul(rt, x, lean=True)),
+           ("lean-compares", lambda: TSL.split_gemv_lean(rt, x, buckets=False))]
+    if cuda_split_available():
+        out += [("cuda", lambda: split_gemv_cuda(rt, x)), ("cuda-b2", lambda: split_gemv_cuda(rt, x, blocks_per_sm=2))]
+    return out
+
+
 def _lean(rt) -> bool:
     from pvq.kernels.split_lean import lean_supported
 
@@ -174,11 +188,9 @@ def run(shapes, batches, methods, out_json=None) -> list[dict]:
                 stored = q.stored_bits() / 8
                 emit({**base, "method": name, "bits": q.bits_per_weight(), "us": us, "x_fp16": fp16 / us,
                       "us_layer": layer, "x_fp16_layer": fp16 / layer, "floor_frac": (stored / bw * 1e6) / us})
-                if batch == 1 and mm.__name__ == "split_matmul" and _lean(rt):  # the lean variant beside it
-                    from pvq.kernels.triton_split_lean import split_gemv_lean
-
-                    for tag, buckets in (("lean", True), ("lean-compares", False)):
-                        us = bench(lambda: split_gemv_lean(rt, x, buckets=buckets))
+                if batch == 1 and mm.__name__ in ("split_matmul", "split_gemv_cuda") and _lean(rt):
+                    for tag, fn in _one_row_variants(rt, x):  # every one-row kernel of the layer, side by side
+                        us = bench(fn)
                         emit({**base, "method": f"{name}-{tag}", "bits": q.bits_per_weight(), "us": us,
                               "x_fp16": fp16 / us, "floor_frac": (stored / bw * 1e6) / us})
         # whole-layer decode throughput on the GPU

@@ -8,8 +8,10 @@ the input dtype then one matmul for more), and the output is rotated back.
 The layer keeps only its stored tensors (read in place) plus small tables.
 
 Which kernels run a layer is one table, :data:`KERNEL_FAMILIES`, first match
-wins: PVQ layers in the split index order (D = 4, 8, 16, codes up to 62 bits:
-the fast path), PVQ layers in Fischer's order (codes up to 56 bits, decoded
+wins: one input row of D = 8 split-order layers at up to 3 bits through the CUDA
+kernel with its tables in shared memory, where nvcc and ninja compile it
+(:mod:`pvq.kernels.cuda_split`); PVQ layers in the split index order (D = 4, 8, 16,
+codes up to 62 bits: the Triton fast path), PVQ layers in Fischer's order (codes up to 56 bits, decoded
 coordinate by coordinate), E8 layers (table lookups). On CUDA devices (chosen
 there automatically); on CPU only under ``TRITON_INTERPRET=1`` and only when
 named (``set_backend(model, "triton")``: tests).
@@ -26,6 +28,7 @@ import torch
 from pvq.models.backends import Backend, register_backend
 
 from .availability import triton_runs_on
+from .cuda_split import cuda_split_supports
 from .runtime import pyramid_runtime, pyramid_supports, table_runtime, table_supports
 from .split_runtime import split_runtime, split_runtime_supports
 
@@ -56,6 +59,9 @@ class KernelFamily:
 
 
 KERNEL_FAMILIES = (
+    # one row of D = 8 layers at <= 3 bits with the decode tables in shared memory (CUDA, compiled on first use)
+    KernelFamily("pvq-split-cuda", cuda_split_supports, split_runtime, "cuda_split", "split_gemv_cuda", "split_decode",
+                 fused_max_rows=1),
     # fused only for one row: at 4 and 16 rows decode + cuBLAS is faster on an H100 (docs/kernels.md)
     KernelFamily("pvq-split", split_runtime_supports, split_runtime, "triton_split", "split_matmul", "split_decode",
                  fused_max_rows=1),

@@ -41,7 +41,7 @@ from pvq.codecs.pyramid_split import leaf_points, split_offsets
 
 from .split_runtime import SplitRuntime, shared_leaves
 
-__all__ = ["LEAN_MAX_COUNT", "bucket_shift", "lean_supported", "lean_tables"]
+__all__ = ["LEAN_MAX_COUNT", "bucket_shift", "lean_codec_supported", "lean_supported", "lean_tables"]
 
 LEAN_MAX_COUNT = 1 << 22
 """Largest N(8, K) whose split the lean kernel divides in float32."""
@@ -51,6 +51,11 @@ def lean_supported(rt: SplitRuntime) -> bool:
     """Whether the lean one-row kernel decodes this layer (host-side sizes only: no device sync; cached,
     since it is asked on every call)."""
     return _lean_supported(rt.dim, rt.pulses, rt.code_bits)
+
+
+def lean_codec_supported(codec) -> bool:
+    """:func:`lean_supported` from a split-order PVQ codec's sizes."""
+    return _lean_supported(codec.dim, codec.pulses, codec.code_bits)
 
 
 @lru_cache(maxsize=None)

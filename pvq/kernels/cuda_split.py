@@ -1,0 +1,74 @@
+"""The one-row split-PVQ product as a CUDA kernel with its decode tables in shared memory (optional).
+
+:func:`split_gemv_cuda` computes what :func:`~pvq.kernels.triton_split_lean.split_gemv_lean`
+computes (D = 8, N(8, K) < 2^22: 1.5 to 3 bits), but reads the P(4, k) leaves, the split
+table, the buckets, the inverse norms and the gain levels from shared memory: the Triton kernels
+gather them through L1, one sector per thread (Nsight on an H100: two thirds of the sectors
+excessive), and Triton 3.6 has no indexed shared-memory gather. Source:
+``pvq/kernels/csrc/split8_gemv.cu``, compiled on first use by
+:func:`torch.utils.cpp_extension.load` (needs nvcc and ninja: :func:`cuda_split_available`).
+Plain reference: :func:`~pvq.kernels.split_runtime.split_decode_reference` (the same float32
+weights). CI has no GPU: its tests run on CUDA machines only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from functools import lru_cache
+
+import torch
+
+from .split_lean import bucket_shift, lean_codec_supported, lean_supported, lean_tables
+from .split_runtime import SplitRuntime, shared_leaves, split_runtime_supports
+
+__all__ = ["cuda_split_available", "cuda_split_supports", "split_decode", "split_gemv_cuda"]
+
+_SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "split8_gemv.cu")
+
+
+def cuda_split_available() -> bool:
+    """A CUDA device, nvcc (``CUDA_HOME``) and ninja: what compiling the kernel needs."""
+    if not torch.cuda.is_available() or importlib.util.find_spec("ninja") is None:
+        return False
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    return CUDA_HOME is not None
+
+
+def cuda_split_supports(codec) -> bool:
+    """Whether this machine compiles the kernel and it decodes this codec's codes (split order, D = 8,
+    N(8, K) < 2^22, L in 2, 4, 8, 16)."""
+    return (split_runtime_supports(codec) and codec.dim == 8 and codec.gain.num_levels in (2, 4, 8, 16)
+            and lean_codec_supported(codec) and cuda_split_available())
+
+
+def split_decode(rt: SplitRuntime, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The whole-layer decode (the Triton kernel: prefill and batches above one row)."""
+    from .triton_split import split_decode as decode
+
+    return decode(rt, dtype)
+
+
+@lru_cache(maxsize=None)
+def _extension():
+    from torch.utils.cpp_extension import load
+
+    return load(name="pvq_split8_gemv", sources=[_SOURCE], extra_cuda_cflags=["-O3"], verbose=False)
+
+
+def split_gemv_cuda(rt: SplitRuntime, x: torch.Tensor, blocks_per_sm: int = 0) -> torch.Tensor:
+    """``x @ Q'^T`` float32 ``[1, out]`` for ``x: [1, in]`` (fp16, bf16 or fp32, on the layer's CUDA
+    device) of a layer :func:`~pvq.kernels.split_lean.lean_supported` takes; ``blocks_per_sm`` caps the
+    resident blocks of 256 threads per SM (0: as many as fit)."""
+    if not lean_supported(rt) or rt.num_levels not in (2, 4, 8, 16):
+        raise ValueError(f"the CUDA split kernel takes D = 8 layers with N(8, K) < 2^22 and L in 2, 4, 8, 16; "
+                         f"got D={rt.dim}, K={rt.pulses}, L={rt.num_levels} (use split_matmul)")
+    if x.dim() != 2 or tuple(x.shape) != (1, rt.in_features) or not x.is_cuda:
+        raise ValueError(f"split_gemv_cuda takes x [1, {rt.in_features}] on CUDA, got {tuple(x.shape)} on {x.device}")
+    dev = str(rt.words.device)
+    buckets, pair, _ = lean_tables(rt.pulses, dev)
+    leaves, _ = shared_leaves(rt.pulses, dev)
+    return _extension().split8_gemv(
+        rt.words, rt.scales, rt.levels, buckets, pair, leaves, rt.inverse_norms, x.contiguous(), rt.out_features,
+        rt.code_bits, rt.pulses, rt.group_size, bucket_shift(rt.pulses), blocks_per_sm)
