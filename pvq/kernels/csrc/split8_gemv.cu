@@ -133,7 +133,7 @@ torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tens
   const c10::cuda::CUDAGuard guard(x.device());
   auto y = torch::empty({1, out_features}, x.options().dtype(torch::kFloat32));
   const int n_leaves = static_cast<int>(leaves.numel());
-  const int n_buckets = static_cast<int>(buckets.numel() / 2);
+  const int n_buckets = static_cast<int>(buckets.numel());  // int64 entries: one int2 each
   const int n_norms = static_cast<int>(inv_norms.numel());
   const int L = static_cast<int>(levels.numel());
   const size_t smem = sizeof(int) * (((n_leaves + 3) & ~3) + 4 * (K + 1) + 2 * n_buckets + n_norms + L);
