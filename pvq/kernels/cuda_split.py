@@ -60,7 +60,7 @@ def _extension():
 def split_gemv_cuda(rt: SplitRuntime, x: torch.Tensor, blocks_per_sm: int = 0) -> torch.Tensor:
     """``x @ Q'^T`` float32 ``[1, out]`` for ``x: [1, in]`` (fp16, bf16 or fp32, on the layer's CUDA
     device) of a layer :func:`~pvq.kernels.split_lean.lean_supported` takes; ``blocks_per_sm`` caps the
-    resident blocks of 256 threads per SM (0: as many as fit)."""
+    resident blocks of 512 threads per SM (0: as many as fit)."""
     if not lean_supported(rt) or rt.num_levels not in (2, 4, 8, 16):
         raise ValueError(f"the CUDA split kernel takes D = 8 layers with N(8, K) < 2^22 and L in 2, 4, 8, 16; "
                          f"got D={rt.dim}, K={rt.pulses}, L={rt.num_levels} (use split_matmul)")

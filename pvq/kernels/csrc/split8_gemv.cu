@@ -5,7 +5,8 @@
 // thirds of the 24 M sectors a 11008 x 4096 product reads are "excessive", one sector per thread
 // for each P(4, k) leaf), and Triton 3.6 has no indexed gather from shared memory.
 //
-// Layout: each warp owns whole output rows (row = warp id, + total warps); lane l takes vectors
+// Layout: blocks of 512 threads, as many resident per SM as fit (each copies the tables to shared
+// memory once, then loops over rows); each warp owns whole output rows (row = warp id, + total warps); lane l takes vectors
 // l, l + 32, ... of the row (consecutive codes: coalesced reads), sums x . y * mult in float32,
 // and the warp's sum is the row's output (no atomics, no zeroing). Tables, from
 // pvq/kernels/split_lean.py: buckets int2 {j0, S_8(K, j0 + 1)} by index >> shift; pair int4
@@ -74,7 +75,12 @@ __global__ void split8_gemv_kernel(const uint32_t* __restrict__ words, long long
   int2* s_buckets = reinterpret_cast<int2*>(s_pair + (K + 1));
   float* s_inv = reinterpret_cast<float*>(s_buckets + n_buckets);
   float* s_levels = s_inv + n_norms;
-  for (int i = threadIdx.x; i < n_leaves; i += blockDim.x) s_leaves[i] = leaves[i];
+  // the leaf table (48 KB at 3 bits) in 16-byte copies, four in flight per thread: a block's prologue
+  const int n4 = n_leaves >> 2;
+#pragma unroll 4
+  for (int i = threadIdx.x; i < n4; i += blockDim.x)
+    reinterpret_cast<int4*>(s_leaves)[i] = __ldg(reinterpret_cast<const int4*>(leaves) + i);
+  for (int i = (n4 << 2) + threadIdx.x; i < n_leaves; i += blockDim.x) s_leaves[i] = leaves[i];
   for (int i = threadIdx.x; i <= K; i += blockDim.x) s_pair[i] = pair[i];
   for (int i = threadIdx.x; i < n_buckets; i += blockDim.x) s_buckets[i] = buckets[i];
   for (int i = threadIdx.x; i < n_norms; i += blockDim.x) s_inv[i] = inv_norms[i];
@@ -139,7 +145,7 @@ torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tens
   const size_t smem = sizeof(int) * (((n_leaves + 3) & ~3) + 4 * (K + 1) + 2 * n_buckets + n_norms + L);
   int group_log2 = -1;
   if ((group & (group - 1)) == 0) { group_log2 = 0; while ((1LL << group_log2) < group) ++group_log2; }
-  const int threads = 256;
+  const int threads = 512;  // fewer, larger blocks: each one copies the tables once
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   auto stream = at::cuda::getCurrentCUDAStream();
 #define PVQ_LAUNCH(T, TL, LL)                                                                                    \
