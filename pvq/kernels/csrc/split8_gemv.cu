@@ -6,10 +6,9 @@
 // for each P(4, k) leaf), and Triton 3.6 has no indexed gather from shared memory.
 //
 // Layout: blocks of 512 threads, as many resident per SM as fit (each copies the tables to shared
-// memory once, then loops over rows); S warps share a row, S the power of two <= 16 that fills the
-// resident warps; lane l of the row's warp s takes vectors 32 s + l, + 32 S, ... (consecutive
-// codes: coalesced reads), sums x . y * mult in float32; the S warp sums meet in shared memory and
-// make the row's output (no atomics, no zeroing). Tables, from
+// memory once, then loops over rows); each warp owns whole output rows (row = warp id, + total warps); lane l takes vectors
+// l, l + 32, ... of the row (consecutive codes: coalesced reads), sums x . y * mult in float32,
+// and the warp's sum is the row's output (no atomics, no zeroing). Tables, from
 // pvq/kernels/split_lean.py: buckets int2 {j0, S_8(K, j0 + 1)} by index >> shift; pair int4
 // {S_8(K, j), N(4, K - j), float bits of 1 / N(4, K - j), leaf_off[j] | leaf_off[K - j] << 16};
 // leaves int32 (4 x int8, P(4, k) for k <= K); inverse norms float [K^2 + 1]; gain levels float [L].
@@ -69,7 +68,7 @@ __global__ void split8_gemv_kernel(const uint32_t* __restrict__ words, long long
                                    const float* __restrict__ inv_norms, int n_norms,
                                    const T* __restrict__ x, float* __restrict__ y,
                                    int out_features, int vpr, int code_bits, int K, int group, int group_log2,
-                                   int shift, int warps_per_row) {
+                                   int shift) {
   extern __shared__ int smem[];
   int* s_leaves = smem;
   int4* s_pair = reinterpret_cast<int4*>(s_leaves + ((n_leaves + 3) & ~3));
@@ -88,59 +87,41 @@ __global__ void split8_gemv_kernel(const uint32_t* __restrict__ words, long long
   for (int i = threadIdx.x; i < L; i += blockDim.x) s_levels[i] = levels[i];
   __syncthreads();
 
-  // S warps share a row (S = warps_per_row, a power of two dividing 16): a block takes 16 / S rows
-  // per pass; the warps' partial sums meet in shared memory (no atomics, no zeroing of y).
-  __shared__ float s_part[16];
   const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
-  const int sub = warp & (warps_per_row - 1);
-  const int rows_per_pass = (blockDim.x >> 5) / warps_per_row;
-  const int stride = 32 * warps_per_row;
+  const int warps = (gridDim.x * blockDim.x) >> 5;
   const uint32_t mask = code_bits == 32 ? 0xFFFFFFFFu : ((1u << code_bits) - 1u);
   const int groups_per_row = vpr / group;
-  const int passes = (out_features + rows_per_pass - 1) / rows_per_pass;
-  for (int pass = blockIdx.x; pass < passes; pass += gridDim.x) {  // uniform over the block
-    const int row = pass * rows_per_pass + warp / warps_per_row;
+  for (int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5; row < out_features; row += warps) {
     float acc = 0.f;
-    if (row < out_features) {
-#pragma unroll 4
-      for (int v = sub * 32 + lane; v < vpr; v += stride) {
-        const long long vec = static_cast<long long>(row) * vpr + v;
-        const unsigned long long bit = static_cast<unsigned long long>(vec) * code_bits;
-        const long long q = static_cast<long long>(bit >> 5);
-        const uint32_t lo = __ldg(words + q);
-        const uint32_t hi = q + 1 < n_words ? __ldg(words + q + 1) : 0u;
-        const uint32_t code = __funnelshift_r(lo, hi, static_cast<uint32_t>(bit & 31)) & mask;
-        const int gain = static_cast<int>(code % L);
-        const int r = static_cast<int>(code / L);
-        const int2 b = s_buckets[r >> shift];
-        const int j = b.x + (r >= b.y ? 1 : 0);
-        const int4 e = s_pair[j];
-        const int rest = r - e.x;
-        int qa = static_cast<int>(static_cast<float>(rest) * __int_as_float(e.z));
-        if (qa * e.y > rest) --qa;
-        if (rest - qa * e.y >= e.y) ++qa;
-        const int rb = rest - qa * e.y;
-        const int wa = s_leaves[(e.w & 0xFFFF) + qa];
-        const int wb = s_leaves[static_cast<int>(static_cast<uint32_t>(e.w) >> 16) + rb];
-        const int n2 = __dp4a(wa, wa, 0) + __dp4a(wb, wb, 0);
-        const int g = row * groups_per_row + (group_log2 >= 0 ? (v >> group_log2) : v / group);
-        const float mult = (s_levels[gain] * __half2float(scales[g])) * s_inv[n2];
-        float xs[8];
-        load8<T>(x, v, xs);
-        acc = fmaf(leaf_dot(wa, xs) + leaf_dot(wb, xs + 4), mult, acc);
-      }
+    for (int v = lane; v < vpr; v += 32) {
+      const long long vec = static_cast<long long>(row) * vpr + v;
+      const unsigned long long bit = static_cast<unsigned long long>(vec) * code_bits;
+      const long long q = static_cast<long long>(bit >> 5);
+      const uint32_t lo = __ldg(words + q);
+      const uint32_t hi = q + 1 < n_words ? __ldg(words + q + 1) : 0u;
+      const uint32_t code = __funnelshift_r(lo, hi, static_cast<uint32_t>(bit & 31)) & mask;
+      const int gain = static_cast<int>(code % L);
+      const int r = static_cast<int>(code / L);
+      const int2 b = s_buckets[r >> shift];
+      const int j = b.x + (r >= b.y ? 1 : 0);
+      const int4 e = s_pair[j];
+      const int rest = r - e.x;
+      int qa = static_cast<int>(static_cast<float>(rest) * __int_as_float(e.z));
+      if (qa * e.y > rest) --qa;
+      if (rest - qa * e.y >= e.y) ++qa;
+      const int rb = rest - qa * e.y;
+      const int wa = s_leaves[(e.w & 0xFFFF) + qa];
+      const int wb = s_leaves[static_cast<int>(static_cast<uint32_t>(e.w) >> 16) + rb];
+      const int n2 = __dp4a(wa, wa, 0) + __dp4a(wb, wb, 0);
+      const int g = row * groups_per_row + (group_log2 >= 0 ? (v >> group_log2) : v / group);
+      const float mult = (s_levels[gain] * __half2float(scales[g])) * s_inv[n2];
+      float xs[8];
+      load8<T>(x, v, xs);
+      acc = fmaf(leaf_dot(wa, xs) + leaf_dot(wb, xs + 4), mult, acc);
     }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, o);
-    if (lane == 0) s_part[warp] = acc;
-    __syncthreads();
-    if (sub == 0 && lane == 0 && row < out_features) {
-      float total = 0.f;
-      for (int i = 0; i < warps_per_row; ++i) total += s_part[warp + i];
-      y[row] = total;
-    }
-    __syncthreads();
+    if (lane == 0) y[row] = acc;
   }
 }
 
@@ -174,10 +155,8 @@ torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tens
     int per_sm = 0;                                                                                              \
     C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, threads, smem));               \
     if (blocks_per_sm > 0 && blocks_per_sm < per_sm) per_sm = static_cast<int>(blocks_per_sm);                 \
-    int per_row = 1; /* warps per row: fill the resident warps, at most 16 (a block) */                         \
-    while (per_row < 16 && static_cast<long long>(out_features) * per_row * 2 <= 16LL * per_sm * sms) per_row *= 2; \
-    const int passes = static_cast<int>((out_features + 16 / per_row - 1) / (16 / per_row));                    \
-    const int grid = std::max(1, std::min(per_sm * sms, passes));                                               \
+    const int rows_blocks = static_cast<int>((out_features * 32 + threads - 1) / threads);                     \
+    const int grid = std::max(1, std::min(per_sm * sms, rows_blocks));                                          \
     kern<<<grid, threads, smem, stream>>>(                                                                       \
         reinterpret_cast<const uint32_t*>(words.data_ptr<int32_t>()), words.numel(),                            \
         reinterpret_cast<const __half*>(scales.data_ptr<at::Half>()), levels.data_ptr<float>(),                  \
@@ -185,7 +164,7 @@ torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tens
         reinterpret_cast<const int4*>(pair.data_ptr<int64_t>()), leaves.data_ptr<int32_t>(), n_leaves,           \
         inv_norms.data_ptr<float>(), n_norms, reinterpret_cast<const T*>(x.data_ptr<TL>()),                      \
         y.data_ptr<float>(), static_cast<int>(out_features), vpr, static_cast<int>(code_bits),                  \
-        static_cast<int>(K), static_cast<int>(group), group_log2, static_cast<int>(shift), per_row);            \
+        static_cast<int>(K), static_cast<int>(group), group_log2, static_cast<int>(shift));                      \
     C10_CUDA_KERNEL_LAUNCH_CHECK();                                                                              \
   } while (0)
 #define PVQ_BY_LEVELS(T, TL)                                                                                     \
