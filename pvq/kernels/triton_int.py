@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_kernels import input_split
+
 __all__ = ["int_product_config", "int_product_kernel"]
 
 GEMV_CHUNK = 256  # bytes of one weight row per step of the gemv kernel (JB slices of S)
@@ -84,24 +86,16 @@ def _int_gemv(x_ptr, xg_ptr, w_ptr, wg_ptr, y_ptr, O, N, J, JP, S: tl.constexpr,
         tl.store(y_ptr + ro, acc, mask=mo)
 
 
-def _split(programs: int, j: int, slices_per_step: int, sms: int) -> int:
-    """Split of ``j`` slices so that about 4 programs run per SM, each with 2 steps at least."""
-    split = 1
-    while programs * split < 4 * sms and j // (split * 2) >= 2 * slices_per_step:
-        split *= 2
-    return split
-
-
 def int_product_config(t: int, o: int, j: int, s: int = 32, sms: int = 132, kernel: str | None = None) -> dict:
-    """Kernel and tiles for ``t`` tokens, ``o`` outputs, ``j`` slices of ``s`` inputs. One token:
-    ``gemv`` with 16 rows per program and ``GEMV_CHUNK`` bytes of each row per step (not yet timed
-    on a GPU: chosen because it reads each weight byte once, where ``dot`` pads its MMA tiles to 16
-    tokens). Up to 16 tokens: ``dot`` with 16 x 64 tiles; above, 64 x 128 (from
-    ``benchmarks/int_product_tiles.py`` on an H100, docs/act_quant_speed_h100.md: above 16 tokens
-    64 x 128 beat the other settings by 2.5-2.8x; at 1 and 16 tokens the timings were noisy and
-    no setting was best on every shape, so the first setting stays). Slices split until about 4
-    programs per SM. ``kernel`` forces ``dot`` or ``gemv`` (one token only)."""
-    kernel = kernel or ("gemv" if t == 1 else "dot")
+    """Kernel and tiles for ``t`` tokens, ``o`` outputs, ``j`` slices of ``s`` inputs (from
+    ``benchmarks/int_product_tiles.py`` on an H100, docs/act_quant_speed_h100.md). One token: ``dot``
+    with 16 x 128 tiles (in the one run that timed ``gemv`` beside it, 16 x 128 with the slices split
+    to about 4 programs per SM took 51 and 40 us for 11008x4096 and 4096x4096, ``gemv``'s default
+    204 and 92 and its best setting 95 and 26: noisy, but no ``gemv`` setting won on the larger
+    shape). Up to 16 tokens: 16 x 64; above, 64 x 128 (it beat the other settings by 2.5-2.8x).
+    Slices split until about 4 programs per SM. ``kernel`` forces ``dot`` or ``gemv`` (one token
+    only: ``GEMV_CHUNK`` bytes of 16 rows per step, each weight byte read once)."""
+    kernel = kernel or "dot"
     if kernel not in ("dot", "gemv"):
         raise ValueError(f"kernel must be 'dot' or 'gemv', got {kernel!r}")
     if kernel == "gemv":
@@ -110,10 +104,10 @@ def int_product_config(t: int, o: int, j: int, s: int = 32, sms: int = 132, kern
         sp = triton.next_power_of_2(s)
         jb = max(1, GEMV_CHUNK // sp)
         return {"kernel": "gemv", "block_o": 16, "jb": jb, "warps": 4,
-                "split": _split(triton.cdiv(o, 16), j, jb, sms)}
-    block_t, block_o = (16, 64) if t <= 16 else (64, 128)
+                "split": input_split(triton.cdiv(o, 16), j, jb, sms, per_sm=4)}
+    block_t, block_o = (16, 128) if t == 1 else (16, 64) if t <= 16 else (64, 128)
     tiles = triton.cdiv(t, block_t) * triton.cdiv(o, block_o)
-    split = _split(tiles, j, 4, sms) if t <= 16 else 1
+    split = input_split(tiles, j, 4, sms, per_sm=4) if t <= 16 else 1
     return {"kernel": "dot", "block_t": block_t, "block_o": block_o, "split": split, "warps": 4}
 
 

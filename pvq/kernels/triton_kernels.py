@@ -111,6 +111,15 @@ def pyramid_decode(rt: PyramidRuntime, block: int = 128) -> torch.Tensor:
     return out.view(rt.out_features, rt.in_features)
 
 
+def input_split(row_blocks: int, steps: int, per_step: int, sms: int = 132, per_sm: int = 16) -> int:
+    """Programs over the input dimension (a power of two): doubled until about ``per_sm`` programs per SM
+    or until a program would take fewer than two steps of ``per_step`` of the ``steps`` units."""
+    split = 1
+    while row_blocks * split < per_sm * sms and steps // (split * 2) >= 2 * per_step:
+        split *= 2
+    return split
+
+
 @triton.jit
 def _row_block(out_features, batch, BLOCK_O: tl.constexpr, BP: tl.constexpr):
     """This program's output rows and the batch rows of a fused matmul: (rows, row_ok, bs, b_ok)."""

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from .split_runtime import SplitRuntime
-from .triton_kernels import _row_block, _store_rows
+from .triton_kernels import _row_block, _store_rows, input_split
 from .triton_split_lean import split_gemv_lean
 
 __all__ = ["split_decode", "split_matmul", "split_matmul_config"]
@@ -270,11 +270,7 @@ def split_matmul_config(rt: SplitRuntime, batch: int, sms: int = 132) -> dict:
     3 bits on an H100, batch 1 and 16: ``benchmarks/kernels.py --sweep``)."""
     block_o = 16
     nv = max(4, 128 // rt.dim)
-    vpr = rt.in_features // rt.dim
-    row_blocks = triton.cdiv(rt.out_features, block_o)
-    split = 1
-    while row_blocks * split < 16 * sms and vpr // (split * 2) >= 2 * nv:
-        split *= 2
+    split = input_split(triton.cdiv(rt.out_features, block_o), rt.in_features // rt.dim, nv, sms)
     return {"block_o": block_o, "nv": nv, "split_k": split}
 
 

@@ -19,7 +19,7 @@ import triton.language as tl
 
 from .split_lean import bucket_shift, lean_supported, lean_tables
 from .split_runtime import SplitRuntime
-from .triton_kernels import _store_rows
+from .triton_kernels import _store_rows, input_split
 
 __all__ = ["split_gemv_lean", "split_gemv_lean_config"]
 
@@ -120,12 +120,8 @@ def split_gemv_lean_config(rt: SplitRuntime, sms: int = 132) -> dict:
     """16 rows x 16 vectors per step, the input split until about 16 programs per SM (the general
     kernel's setting)."""
     block_o, nv = 16, 16
-    vpr = rt.in_features // 8
-    row_blocks = triton.cdiv(rt.out_features, block_o)
-    split = 1
-    while row_blocks * split < 16 * sms and vpr // (split * 2) >= 2 * nv:
-        split *= 2
-    return {"block_o": block_o, "nv": nv, "split_k": split}
+    return {"block_o": block_o, "nv": nv,
+            "split_k": input_split(triton.cdiv(rt.out_features, block_o), rt.in_features // 8, nv, sms)}
 
 
 def split_gemv_lean(rt: SplitRuntime, x: torch.Tensor, block_o: int | None = None, nv: int | None = None,

@@ -91,11 +91,13 @@ def test_one_token_gemv_kernel(o, n, s, config):
     _check_triton_config(_operand(1, n, s, 11), _operand(o, n, s, 12), {"kernel": "gemv", **config})
 
 
-def test_gemv_takes_one_token_and_is_the_default_for_one():
+def test_gemv_takes_one_token_only_and_dot_is_the_default():
     from pvq.kernels.triton_int import int_product_config
 
-    assert int_product_config(1, 4096, 128)["kernel"] == "gemv"
-    assert int_product_config(2, 4096, 128)["kernel"] == "dot"
+    one = int_product_config(1, 4096, 128)
+    assert (one["kernel"], one["block_t"], one["block_o"]) == ("dot", 16, 128)  # the H100 sweep's pick at one token
+    assert int_product_config(1, 4096, 128, kernel="gemv")["kernel"] == "gemv"
+    assert int_product_config(2, 4096, 128)["block_o"] == 64
     x, w = _operand(2, 64, 8, 1), _operand(3, 64, 8, 2)
     with pytest.raises(ValueError, match="one token"):
         int_product_triton(x, w, config={"kernel": "gemv"})
