@@ -13,14 +13,15 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.mark.parametrize("method, bits, dim, options", [
-    ("pvq", 3, 16, {}), ("pvq", 2, 8, {}), ("pvq", 3, 8, {"index_order": "fischer"}), ("e8", 2, 8, {})])
+    ("pvq", 3, 16, {}), ("pvq", 2, 8, {}), ("pvq", 3, 8, {}), ("pvq", 3, 8, {"index_order": "fischer"}),
+    ("e8", 2, 8, {})])
 def test_triton_backend_gives_the_dense_logits(method, bits, dim, options):
     model = tiny("llama", num_hidden_layers=1)
     config = QuantizeConfig(method=method, bits=bits, dim=dim, options=options)
     quantize_model(model, calib(4, 16), config, progress=False, log=None)
     model.to(DEVICE)
     ids = X[:1, :8].to(DEVICE)
-    # 1 row: every family's fused decode-matmul; 8 rows: fused for E8 and Fischer-order PVQ; 24: decode + matmul
+    # 1 row: every family's fused decode-matmul (D = 8 split at 2 and 3 bits: the CUDA kernel where it compiles); 8 rows: fused for E8 and Fischer-order PVQ; 24: decode + matmul
     for batch_ids in (ids[:, :1], ids, X[:, :12].to(DEVICE)):
         with torch.no_grad():
             set_backend(model, "dense")
