@@ -16,8 +16,8 @@ projection on CUDA where it takes the quantizer (``act-int-triton`` also under t
 interpreter), else the quantizer's PyTorch reference.
 
 Measured on an H100 (docs/act_quant_speed_h100.md): the Triton product's ``dot`` kernel is
-2-4x slower than an fp16 matmul of the same shape at 1 and 16 tokens, 3-4x at 512 (one token
-now runs the ``gemv`` kernel, written after that run and not yet timed); ``act-dense`` (fake-quantized
+2-4x slower than an fp16 matmul of the same shape at 1 and 16 tokens, 3-4x at 512 (at one
+token, with 16 x 128 tiles, 1.1-1.7x in session 5; the ``gemv`` kernel was slower); ``act-dense`` (fake-quantized
 activations times the decoded fp16 weight) is faster but multiplies in the model's dtype:
 in an fp16 model its perplexity moved by 0.3% against the integer paths, which agree with
 each other and with the CPU. Name it where speed matters more

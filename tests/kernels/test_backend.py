@@ -21,7 +21,8 @@ def test_triton_backend_gives_the_dense_logits(method, bits, dim, options):
     quantize_model(model, calib(4, 16), config, progress=False, log=None)
     model.to(DEVICE)
     ids = X[:1, :8].to(DEVICE)
-    # 1 row: every family's fused decode-matmul (D = 8 split at 2 and 3 bits: the CUDA kernel where it compiles); 8 rows: fused for E8 and Fischer-order PVQ; 24: decode + matmul
+    # 1 row: every family's fused decode-matmul (D = 8 split at 2 and 3 bits: the CUDA kernel where
+    # it compiles); 8 rows: fused for E8 and Fischer-order PVQ; 24: decode + matmul
     for batch_ids in (ids[:, :1], ids, X[:, :12].to(DEVICE)):
         with torch.no_grad():
             set_backend(model, "dense")
