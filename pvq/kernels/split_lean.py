@@ -1,10 +1,12 @@
-"""Tables for the lean one-row split kernel (D = 8), and which layers it takes.
+"""Tables of the one-row D = 8 split kernels (the lean Triton kernel and the CUDA kernel), and which
+layers they take.
 
 The general split kernels (:mod:`pvq.kernels.triton_split`) read about ten
 small tables per vector (offsets, counts, float64 reciprocals, leaf offsets,
-leaves, inverse norms, gain levels, scales): on an H100 the one-row product is
-bound by those gathers (Nsight: 75% of L1 throughput). For D = 8 with
-N(8, K) < 2^22 (2 and 3 bits) the same decode needs only:
+leaves, inverse norms, gain levels, scales). For D = 8 with N(8, K) < 2^22
+(1.5 to 3 bits) the same decode needs only these (on an H100 fewer loads did
+not make the Triton kernel faster, the leaf gathers' L1 sectors bound it; the
+CUDA kernel reads the same tables from shared memory: docs/kernels.md):
 
 * ``pair_table`` int64 ``[K + 1, 2]``: for the pulses j of the first half,
   (offset ``S_8(K, j)`` | divisor ``N(4, K - j)`` << 32, float32
@@ -25,7 +27,7 @@ N(8, K) < 2^22 (2 and 3 bits) the same decode needs only:
 (int64 entries rather than int32 ``[.., 4]`` rows: Triton routes 3-D tensors
 through shared memory to reshape them.)
 
-Both are a few KB, built once per (K, device). The decode is bit-identical to
+All are a few KB (the leaves: 96 KB at 3 bits), built once per (K, device). The decode is bit-identical to
 :func:`~pvq.kernels.split_runtime.split_decode_reference`.
 """
 
