@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from functools import lru_cache
 
 import torch
@@ -52,9 +53,16 @@ def split_decode(rt: SplitRuntime, dtype: torch.dtype = torch.float32) -> torch.
 
 @lru_cache(maxsize=None)
 def _extension():
+    """The compiled module, or None (with a warning, once per process) where the build fails: the
+    layers then run the Triton kernel."""
     from torch.utils.cpp_extension import load
 
-    return load(name="pvq_split8_gemv", sources=[_SOURCE], extra_cuda_cflags=["-O3"], verbose=False)
+    try:
+        return load(name="pvq_split8_gemv", sources=[_SOURCE], extra_cuda_cflags=["-O3"], verbose=False)
+    except Exception as e:  # noqa: BLE001 - a compiler, toolkit or driver problem of this machine
+        warnings.warn(f"compiling {_SOURCE} failed ({type(e).__name__}: {str(e)[:300]}); one-row products "
+                      f"of D = 8 PVQ layers run the Triton kernel instead", RuntimeWarning, stacklevel=2)
+        return None
 
 
 def split_gemv_cuda(rt: SplitRuntime, x: torch.Tensor, blocks_per_sm: int = 0) -> torch.Tensor:
@@ -66,9 +74,14 @@ def split_gemv_cuda(rt: SplitRuntime, x: torch.Tensor, blocks_per_sm: int = 0) -
                          f"got D={rt.dim}, K={rt.pulses}, L={rt.num_levels} (use split_matmul)")
     if x.dim() != 2 or tuple(x.shape) != (1, rt.in_features) or not x.is_cuda:
         raise ValueError(f"split_gemv_cuda takes x [1, {rt.in_features}] on CUDA, got {tuple(x.shape)} on {x.device}")
+    ext = _extension()
+    if ext is None:
+        from .triton_split import split_matmul
+
+        return split_matmul(rt, x)
     dev = str(rt.words.device)
     buckets, pair, _ = lean_tables(rt.pulses, dev)
     leaves, _ = shared_leaves(rt.pulses, dev)
-    return _extension().split8_gemv(
+    return ext.split8_gemv(
         rt.words, rt.scales, rt.levels, buckets, pair, leaves, rt.inverse_norms, x.contiguous(), rt.out_features,
         rt.code_bits, rt.pulses, rt.group_size, bucket_shift(rt.pulses), blocks_per_sm)

@@ -41,6 +41,21 @@ def test_refuses_inputs_off_the_gpu_before_compiling():
         split_gemv_cuda(split_runtime(q, "cpu"), torch.zeros(1, 32))
 
 
+def test_a_failed_build_warns_and_leaves_the_triton_kernel(monkeypatch):
+    import torch.utils.cpp_extension as ext
+
+    def broken(**kwargs):
+        raise OSError("no compiler here")
+
+    monkeypatch.setattr(ext, "load", broken)
+    cuda_split._extension.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="run the Triton kernel instead"):
+            assert cuda_split._extension() is None
+    finally:
+        cuda_split._extension.cache_clear()
+
+
 @needs_cuda
 @pytest.mark.parametrize("bits, group, out_f, in_f", CASES)
 def test_decode_is_bit_exact_through_one_hot_inputs(bits, group, out_f, in_f):
