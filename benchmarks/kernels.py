@@ -1,6 +1,6 @@
 """Batch 1-16 matmul of quantized layers on one GPU, against what a user would pick instead.
 
-    python benchmarks/kernels.py [--shapes 4096x4096,11008x4096,...] [--batches 1,4,16] [--json FILE]
+    python benchmarks/kernels.py [--shapes 4096x4096,11008x4096,...] [--batches 1,4,16] [--json FILE] [--graphs]
     python benchmarks/kernels.py --sweep [--lean] --shapes 11008x4096 --methods pvq3-d8 --batches 1
 
 Per shape (out x in) and batch: microseconds (median of triton.testing.do_bench,
@@ -38,9 +38,14 @@ SETTINGS = {  # name: (codec, bits, D, vectors per scale, codec options)
 }
 
 
-def bench(fn) -> float:
+def bench(fn, graphs: bool = False) -> float:
+    """Median microseconds of ``fn``: ``triton.testing.do_bench`` (each call launched from Python, as
+    eager code runs it), or with ``graphs`` replayed from a CUDA graph (launch costs gone, as in
+    CUDA-graph generation; ANCHORS.md's H100 figures were taken that way)."""
     import triton.testing
 
+    if graphs:
+        return float(triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median")) * 1000.0
     return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")) * 1000.0  # us
 
 
@@ -144,8 +149,12 @@ def _lean(rt) -> bool:
     return lean_supported(rt)
 
 
-def run(shapes, batches, methods, out_json=None) -> list[dict]:
+def run(shapes, batches, methods, out_json=None, graphs: bool = False) -> list[dict]:
     dev = torch.device("cuda")
+
+    def timed(fn):
+        return bench(fn, graphs)
+
     bw = copy_bandwidth(dev)
     print(f"# {torch.cuda.get_device_name()}: device copy {bw / 1e12:.2f} TB/s (read + write)")
     rows = []
@@ -166,37 +175,41 @@ def run(shapes, batches, methods, out_json=None) -> list[dict]:
         gl = {b: gemlite_setup(w, b) for b in (4, 2)}
         for batch in batches:
             x = torch.randn(batch, in_f, device=dev).half()
-            fp16 = bench(lambda: x @ w.T)
+            fp16 = timed(lambda: x @ w.T)
             base = dict(shape=f"{out_f}x{in_f}", batch=batch)
             emit({**base, "method": "fp16", "us": fp16, "x_fp16": 1.0,
                   "floor_frac": (w.numel() * 2 / bw * 1e6) / fp16})
             if int4 is not None:
                 xb = x.bfloat16()
-                us = bench(lambda: int4[0](xb))
+                us = timed(lambda: int4[0](xb))
                 emit({**base, "method": "torch-int4", "us": us, "x_fp16": fp16 / us,
                       "floor_frac": (int4[1] / bw * 1e6) / us})
             for nb, g in gl.items():
                 if g is not None:
-                    us = bench(lambda: g[0](x))
+                    try:
+                        us = timed(lambda: g[0](x))
+                    except Exception as e:  # noqa: BLE001 - e.g. host work that a CUDA graph cannot capture
+                        print(f"# gemlite-{nb}bit not timed: {type(e).__name__}: {e}", flush=True)
+                        continue
                     emit({**base, "method": f"gemlite-{nb}bit", "us": us, "x_fp16": fp16 / us,
                           "floor_frac": (g[1] / bw * 1e6) / us})
             for name, q in layers.items():
                 rt, mm, _ = kern[name]
-                us = bench(lambda: mm(rt, x))
+                us = timed(lambda: mm(rt, x))
                 with torch.no_grad():
-                    layer = bench(lambda: q(x))  # the whole layer through the triton backend
+                    layer = timed(lambda: q(x))  # the whole layer through the triton backend
                 stored = q.stored_bits() / 8
                 emit({**base, "method": name, "bits": q.bits_per_weight(), "us": us, "x_fp16": fp16 / us,
                       "us_layer": layer, "x_fp16_layer": fp16 / layer, "floor_frac": (stored / bw * 1e6) / us})
                 if batch == 1 and mm.__name__ in ("split_matmul", "split_gemv_cuda") and _lean(rt):
                     for tag, fn in _one_row_variants(rt, x):  # every one-row kernel of the layer, side by side
-                        us = bench(fn)
+                        us = timed(fn)
                         emit({**base, "method": f"{name}-{tag}", "bits": q.bits_per_weight(), "us": us,
                               "x_fp16": fp16 / us, "floor_frac": (stored / bw * 1e6) / us})
         # whole-layer decode throughput on the GPU
         for name, q in layers.items():
             rt, _, dec = kern[name]
-            us = bench(lambda: dec(rt))
+            us = timed(lambda: dec(rt))
             emit(dict(shape=f"{out_f}x{in_f}", batch=0, method=f"{name}-decode-gpu", us=us,
                       weights_per_s=out_f * in_f / (us * 1e-6)))
         del layers, kern, w
@@ -248,6 +261,7 @@ def main() -> None:
     p.add_argument("--methods", default=",".join(SETTINGS), help=f"of {', '.join(SETTINGS)}")
     p.add_argument("--json", default=None)
     p.add_argument("--sweep", action="store_true", help="tile sizes of the split-order matmul on the first shape")
+    p.add_argument("--graphs", action="store_true", help="time each call replayed from a CUDA graph")
     p.add_argument("--lean", action="store_true", help="with --sweep: the one-row lean kernel (D = 8, <= 3 bits)")
     a = p.parse_args()
     shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
@@ -256,7 +270,7 @@ def main() -> None:
     if a.sweep:
         sweep(shapes[0], [m for m in methods if SETTINGS[m][0] == "pvq" and not SETTINGS[m][4]], batches, a.lean)
     else:
-        run(shapes, batches, methods, a.json)
+        run(shapes, batches, methods, a.json, a.graphs)
 
 
 if __name__ == "__main__":
