@@ -42,32 +42,36 @@ FUSED_MAX_ROWS = 16
 @dataclass(frozen=True)
 class KernelFamily:
     """The kernels of one runtime layout: which codecs, how to lay a layer out, the two kernels
-    (names in :mod:`pvq.kernels.triton_kernels` / :mod:`pvq.kernels.triton_split`)."""
+    (``module.function`` inside :mod:`pvq.kernels`, imported on first use: they need Triton or a
+    compiler)."""
 
     name: str
     supports: Callable  # codec -> bool
     runtime: Callable  # (layer, device) -> runtime layout
-    module: str
     matmul: str  # (runtime, x [B <= 16, in]) -> [B, out] float32
     decode: str  # (runtime) -> Q' [out, in]
     fused_max_rows: int = FUSED_MAX_ROWS  # input rows up to which the fused matmul runs; above, decode then one matmul
 
     def kernels(self) -> tuple[Callable, Callable]:
-        """(fused matmul, whole-layer decode) functions (imports the Triton module on first use)."""
-        mod = importlib.import_module(f"{__package__}.{self.module}")
-        return getattr(mod, self.matmul), getattr(mod, self.decode)
+        """(fused matmul, whole-layer decode) functions."""
+        return _kernel(self.matmul), _kernel(self.decode)
+
+
+def _kernel(qualified: str) -> Callable:
+    module, name = qualified.rsplit(".", 1)
+    return getattr(importlib.import_module(f"{__package__}.{module}"), name)
 
 
 KERNEL_FAMILIES = (
     # one row of D = 8 layers at <= 3 bits with the decode tables in shared memory (CUDA, compiled on first use)
-    KernelFamily("pvq-split-cuda", cuda_split_supports, split_runtime, "cuda_split", "split_gemv_cuda", "split_decode",
-                 fused_max_rows=1),
+    KernelFamily("pvq-split-cuda", cuda_split_supports, split_runtime, "cuda_split.split_gemv_cuda",
+                 "triton_split.split_decode", fused_max_rows=1),
     # fused only for one row: at 4 and 16 rows decode + cuBLAS is faster on an H100 (docs/kernels.md)
-    KernelFamily("pvq-split", split_runtime_supports, split_runtime, "triton_split", "split_matmul", "split_decode",
-                 fused_max_rows=1),
-    KernelFamily("pvq-fischer", pyramid_supports, pyramid_runtime, "triton_kernels", "pyramid_matmul",
-                 "pyramid_decode"),
-    KernelFamily("e8-table", table_supports, table_runtime, "triton_kernels", "table_matmul", "table_decode"),
+    KernelFamily("pvq-split", split_runtime_supports, split_runtime, "triton_split.split_matmul",
+                 "triton_split.split_decode", fused_max_rows=1),
+    KernelFamily("pvq-fischer", pyramid_supports, pyramid_runtime, "triton_kernels.pyramid_matmul",
+                 "triton_kernels.pyramid_decode"),
+    KernelFamily("e8-table", table_supports, table_runtime, "triton_kernels.table_matmul", "triton_kernels.table_decode"),
 )
 
 

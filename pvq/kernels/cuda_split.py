@@ -23,7 +23,10 @@ import torch
 from .split_lean import bucket_shift, lean_codec_supported, lean_supported, lean_tables
 from .split_runtime import SplitRuntime, shared_leaves, split_runtime_supports
 
-__all__ = ["cuda_split_available", "cuda_split_supports", "split_decode", "split_gemv_cuda"]
+__all__ = ["CUDA_LEVELS", "cuda_split_available", "cuda_split_supports", "split_gemv_cuda"]
+
+CUDA_LEVELS = (2, 4, 8, 16)
+"""Gain level counts the kernel is instantiated for (``L`` is a template parameter)."""
 
 _SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "split8_gemv.cu")
 
@@ -40,15 +43,8 @@ def cuda_split_available() -> bool:
 def cuda_split_supports(codec) -> bool:
     """Whether this machine compiles the kernel and it decodes this codec's codes (split order, D = 8,
     N(8, K) < 2^22, L in 2, 4, 8, 16)."""
-    return (split_runtime_supports(codec) and codec.dim == 8 and codec.gain.num_levels in (2, 4, 8, 16)
-            and lean_codec_supported(codec) and cuda_split_available())
-
-
-def split_decode(rt: SplitRuntime, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The whole-layer decode (the Triton kernel: prefill and batches above one row)."""
-    from .triton_split import split_decode as decode
-
-    return decode(rt, dtype)
+    return (split_runtime_supports(codec) and codec.gain.num_levels in CUDA_LEVELS and lean_codec_supported(codec)
+            and cuda_split_available())
 
 
 @lru_cache(maxsize=None)
@@ -69,7 +65,7 @@ def split_gemv_cuda(rt: SplitRuntime, x: torch.Tensor, blocks_per_sm: int = 0) -
     """``x @ Q'^T`` float32 ``[1, out]`` for ``x: [1, in]`` (fp16, bf16 or fp32, on the layer's CUDA
     device) of a layer :func:`~pvq.kernels.split_lean.lean_supported` takes; ``blocks_per_sm`` caps the
     resident blocks of 512 threads per SM (0: as many as fit)."""
-    if not lean_supported(rt) or rt.num_levels not in (2, 4, 8, 16):
+    if not lean_supported(rt) or rt.num_levels not in CUDA_LEVELS:
         raise ValueError(f"the CUDA split kernel takes D = 8 layers with N(8, K) < 2^22 and L in 2, 4, 8, 16; "
                          f"got D={rt.dim}, K={rt.pulses}, L={rt.num_levels} (use split_matmul)")
     if x.dim() != 2 or tuple(x.shape) != (1, rt.in_features) or not x.is_cuda:

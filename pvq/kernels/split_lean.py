@@ -83,7 +83,7 @@ def lean_tables(pulses: int, device: str) -> tuple[torch.Tensor, torch.Tensor, t
     ``[T]``) for D = 8 on a device (fields as in the module docstring)."""
     k = pulses
     offsets = split_offsets(8, k)[k]  # S_8(K, j) for j = 0 .. K + 1 (the last is N(8, K))
-    _, leaf_off = leaf_points(k)
+    pts, leaf_off = leaf_points(k)
     rows = []
     for j in range(k + 1):
         div = pyramid_count(4, k - j)
@@ -91,7 +91,6 @@ def lean_tables(pulses: int, device: str) -> tuple[torch.Tensor, torch.Tensor, t
     fields = torch.tensor(rows, dtype=torch.int64) & 0xFFFFFFFF  # as unsigned 32-bit fields
     pair = torch.stack([fields[:, 0] | (fields[:, 1] << 32), fields[:, 2] | (fields[:, 3] << 32)], 1)
     packed, _ = shared_leaves(k, "cpu")
-    pts, _ = leaf_points(k)
     leafn = (packed.to(torch.int64) & 0xFFFFFFFF) | ((pts * pts).sum(1) << 32)
     shift = bucket_shift(k)
     start = torch.arange((pyramid_count(8, k) >> shift) + 1, dtype=torch.int64) << shift
