@@ -28,6 +28,7 @@ import torch
 
 from pvq.codecs import make_codec, quantize_grouped
 from pvq.kernels import kernel_family
+from pvq.kernels.split_lean import lean_supported
 from pvq.models import QuantizedLinear
 
 SETTINGS = {  # name: (codec, bits, D, vectors per scale, codec options)
@@ -143,12 +144,6 @@ def _one_row_variants(rt, x) -> list:
     return out
 
 
-def _lean(rt) -> bool:
-    from pvq.kernels.split_lean import lean_supported
-
-    return lean_supported(rt)
-
-
 def run(shapes, batches, methods, out_json=None, graphs: bool = False) -> list[dict]:
     dev = torch.device("cuda")
 
@@ -201,7 +196,7 @@ def run(shapes, batches, methods, out_json=None, graphs: bool = False) -> list[d
                 stored = q.stored_bits() / 8
                 emit({**base, "method": name, "bits": q.bits_per_weight(), "us": us, "x_fp16": fp16 / us,
                       "us_layer": layer, "x_fp16_layer": fp16 / layer, "floor_frac": (stored / bw * 1e6) / us})
-                if batch == 1 and mm.__name__ in ("split_matmul", "split_gemv_cuda") and _lean(rt):
+                if batch == 1 and mm.__name__ in ("split_matmul", "split_gemv_cuda") and lean_supported(rt):
                     for tag, fn in _one_row_variants(rt, x):  # every one-row kernel of the layer, side by side
                         us = timed(fn)
                         emit({**base, "method": f"{name}-{tag}", "bits": q.bits_per_weight(), "us": us,
