@@ -1,10 +1,10 @@
-"""The randomized Hadamard of activations on one GPU: the one-launch Triton kernel against the PyTorch path.
+"""The randomized Hadamard of activations on one GPU: the CUDA and Triton kernels against the PyTorch path.
 
     python benchmarks/hadamard.py [--sizes 4096,11008,8192,28672] [--rows 1,16]
 
 Microseconds (median of ``triton.testing.do_bench``) of ``RandomizedHadamard.forward`` (PyTorch: sign
 multiply, radix-64 FWHT matmuls, the dense factor, casts) and of ``hadamard_rotate`` where it takes the
-size, for fp16 rows.
+size, and of the CUDA kernel (``hadamard_rotate_cuda``, where nvcc and ninja compile it), for fp16 rows.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import argparse
 import torch
 import triton.testing
 
+from pvq.kernels import cuda_hadamard
+from pvq.kernels.cuda_build import cuda_build_available
 from pvq.kernels.triton_hadamard import hadamard_rotate, supported
 from pvq.transforms import RandomizedHadamard
 
@@ -27,14 +29,18 @@ def main() -> None:
     a = p.parse_args()
     variants = [("tf32x3", 4), ("ieee", 8), ("tf32x3", 8)] if a.variants else []
     extra = "".join(f" {prec} {w} warps us [max err] |" for prec, w in variants)
-    print("| n | h x p | rows | PyTorch us | Triton kernel us |" + extra)
-    print("|---|---|---|---|---|" + "---|" * len(variants))
+    with_cuda = cuda_build_available() and cuda_hadamard._extension() is not None
+    print("| n | h x p | rows | PyTorch us | Triton kernel us | CUDA kernel us |" + extra)
+    print("|---|---|---|---|---|---|" + "---|" * len(variants))
     for n in (int(v) for v in a.sizes.split(",")):
         rh = RandomizedHadamard(n, seed=0)
         for rows in (int(v) for v in a.rows.split(",")):
             x = torch.randn(rows, n, device="cuda").half()
             torch_us = triton.testing.do_bench(lambda: rh.forward(x), return_mode="median") * 1000
-            kern = "-"
+            kern = cuda = "-"
+            if with_cuda and cuda_hadamard.supported(rh):
+                us = triton.testing.do_bench(lambda: cuda_hadamard.hadamard_rotate_cuda(rh, x), return_mode="median")
+                cuda = f"{us * 1000:.1f}"
             cells = ["-"] * len(variants)
             if supported(rh):
                 kern = f"{triton.testing.do_bench(lambda: hadamard_rotate(rh, x), return_mode='median') * 1000:.1f}"
@@ -46,7 +52,7 @@ def main() -> None:
                     err = float((hadamard_rotate(rh, xf, precision=prec, num_warps=w) - ref).abs().max())
                     cells[i] = f"{us:.1f} [{err:.1e}]"
             tail = "".join(f" {c} |" for c in cells)
-            print(f"| {n} | {rh.dense_order} x {rh.pow2_order} | {rows} | {torch_us:.1f} | {kern} |{tail}", flush=True)
+            print(f"| {n} | {rh.dense_order} x {rh.pow2_order} | {rows} | {torch_us:.1f} | {kern} | {cuda} |{tail}", flush=True)
 
 
 if __name__ == "__main__":

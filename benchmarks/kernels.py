@@ -132,7 +132,7 @@ def kernels_of(q: QuantizedLinear):
 
 def _one_row_variants(rt, x) -> list:
     """(tag, call) of the one-row kernels of a D = 8 split layer: the general Triton kernel, the lean
-    Triton kernel (bucket table or compares), the CUDA kernel (all resident blocks, or one per SM)."""
+    Triton kernel (bucket table or compares), the CUDA kernel."""
     from pvq.kernels import triton_split as TS
     from pvq.kernels import triton_split_lean as TSL
     from pvq.kernels.cuda_split import cuda_split_available, split_gemv_cuda
@@ -140,7 +140,7 @@ def _one_row_variants(rt, x) -> list:
     out = [("triton", lambda: TS.split_matmul(rt, x)), ("lean", lambda: TS.split_matmul(rt, x, lean=True)),
            ("lean-compares", lambda: TSL.split_gemv_lean(rt, x, buckets=False))]
     if cuda_split_available():
-        out += [("cuda", lambda: split_gemv_cuda(rt, x)), ("cuda-b1", lambda: split_gemv_cuda(rt, x, blocks_per_sm=1))]
+        out += [("cuda", lambda: split_gemv_cuda(rt, x))]
     return out
 
 

@@ -7,7 +7,15 @@ runs without Triton or a GPU (the backends then report that they support nothing
 
 from .act_projection import ACT_KERNELS, ActKernel, ActProjector, act_projection_reference, act_projector
 from .availability import triton_available, triton_runs_on
-from .backend import FUSED_MAX_ROWS, KERNEL_FAMILIES, KernelFamily, TritonBackend, kernel_family
+from .backend import (
+    FUSED_MAX_ROWS,
+    KERNEL_FAMILIES,
+    ROTATION_KERNELS,
+    KernelFamily,
+    RotationKernel,
+    TritonBackend,
+    kernel_family,
+)
 from .int_backend import IntProductBackend, IntProductTritonBackend
 from .int_product import IntOperand, int_product, int_product_intmm, int_product_reference, int_product_triton
 from .runtime import (
@@ -37,6 +45,8 @@ __all__ = [
     "act_projector",
     "KERNEL_FAMILIES",
     "KernelFamily",
+    "ROTATION_KERNELS",
+    "RotationKernel",
     "kernel_family",
     "SplitRuntime",
     "split_decode_reference",

@@ -1,8 +1,9 @@
 """The ``triton`` runtime backend: quantized layers that keep their codes and run Triton kernels.
 
 ``y = U^T K(Q', V x) + b``: the input is rotated (``V x``, the layer's
-randomized Hadamard, by the one-launch kernel of :mod:`pvq.kernels.triton_hadamard`
-where it takes the size), the kernel multiplies by the codes in rotated
+randomized Hadamard, by the first of :data:`ROTATION_KERNELS` that takes the size: the CUDA
+kernel of :mod:`pvq.kernels.cuda_hadamard` where it compiles, the one-launch Triton kernel of
+:mod:`pvq.kernels.triton_hadamard`), the kernel multiplies by the codes in rotated
 coordinates (fused decode for up to 16 rows of input, a whole-layer decode to
 the input dtype then one matmul for more), and the output is rotated back.
 The layer keeps only its stored tensors (read in place) plus small tables.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable
 
 import torch
@@ -32,7 +34,8 @@ from .cuda_split import cuda_split_supports
 from .runtime import pyramid_runtime, pyramid_supports, table_runtime, table_supports
 from .split_runtime import split_runtime, split_runtime_supports
 
-__all__ = ["FUSED_MAX_ROWS", "KERNEL_FAMILIES", "KernelFamily", "TritonBackend", "kernel_family"]
+__all__ = ["FUSED_MAX_ROWS", "KERNEL_FAMILIES", "ROTATION_KERNELS", "KernelFamily", "RotationKernel", "TritonBackend",
+           "kernel_family"]
 
 
 FUSED_MAX_ROWS = 16
@@ -57,6 +60,7 @@ class KernelFamily:
         return _kernel(self.matmul), _kernel(self.decode)
 
 
+@lru_cache(maxsize=None)
 def _kernel(qualified: str) -> Callable:
     module, name = qualified.rsplit(".", 1)
     return getattr(importlib.import_module(f"{__package__}.{module}"), name)
@@ -116,16 +120,33 @@ class TritonBackend(Backend):
         return y.reshape(*shape[:-1], layer.out_features)
 
 
+@dataclass(frozen=True)
+class RotationKernel:
+    """A kernel for a layer's randomized Hadamard of activation rows (``module.function`` inside
+    :mod:`pvq.kernels`, imported on first use)."""
+
+    preferred: str  # (RandomizedHadamard, rows) -> whether it is the faster way for that many rows
+    rotate: str  # (RandomizedHadamard, x, inverse=) -> the transformed rows
+    cuda_only: bool  # runs on CUDA tensors only (Triton also runs on the CPU's interpreter)
+
+
+ROTATION_KERNELS = (
+    RotationKernel("cuda_hadamard.preferred", "cuda_hadamard.hadamard_rotate_cuda", cuda_only=True),
+    RotationKernel("triton_hadamard.preferred", "triton_hadamard.hadamard_rotate", cuda_only=False),
+)
+"""In order of preference; the layer's PyTorch transform where none is preferred."""
+
+
 def _rotate(layer, x: torch.Tensor, inverse: bool) -> torch.Tensor:
-    """``V x`` (or ``U^T y``) through the Hadamard kernel where it is the faster way for this size
+    """``V x`` (or ``U^T y``) through the first rotation kernel that is the faster way for this size
     and number of rows, else the layer's PyTorch transform."""
     if layer.rotation is None:
         return x
-    from . import triton_hadamard
-
     rh = layer.rotation.u if inverse else layer.rotation.v
-    if triton_hadamard.preferred(rh, x.numel() // x.shape[-1]):
-        return triton_hadamard.hadamard_rotate(rh, x, inverse=inverse)
+    rows = x.numel() // x.shape[-1]
+    for kernel in ROTATION_KERNELS:
+        if (x.is_cuda or not kernel.cuda_only) and _kernel(kernel.preferred)(rh, rows):
+            return _kernel(kernel.rotate)(rh, x, inverse=inverse)
     return layer.unrotate_output(x) if inverse else layer.rotate_input(x)
 
 

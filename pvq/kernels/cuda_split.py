@@ -2,9 +2,10 @@
 
 :func:`split_gemv_cuda` computes what :func:`~pvq.kernels.triton_split_lean.split_gemv_lean`
 computes (D = 8, N(8, K) < 2^22: 1.5 to 3 bits), but reads the P(4, k) leaves, the split
-table, the buckets, the inverse norms and the gain levels from shared memory: the Triton kernels
-gather them through L1, one sector per thread (Nsight on an H100: two thirds of the sectors
-excessive), and Triton 3.6 has no indexed shared-memory gather. Source:
+table, the buckets, the inverse norms and the gain levels from shared memory (the Triton kernels
+gather them through L1, one sector per thread: Nsight on an H100 counts two thirds of the sectors
+excessive; Triton 3.6 has no indexed shared-memory gather), keeps each warp's slice of the input in
+registers for the whole kernel, and converts no integer to float through the quarter-rate unit. Source:
 ``pvq/kernels/csrc/split8_gemv.cu``, compiled on first use by
 :func:`torch.utils.cpp_extension.load` (needs nvcc and ninja: :func:`cuda_split_available`).
 Plain reference: :func:`~pvq.kernels.split_runtime.split_decode_reference` (the same float32
@@ -13,31 +14,26 @@ weights). CI has no GPU: its tests run on CUDA machines only.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import warnings
 from functools import lru_cache
 
 import torch
 
+from .cuda_build import CSRC, cuda_build_available, load_cuda_extension
 from .split_lean import bucket_shift, lean_codec_supported, lean_supported, lean_tables
 from .split_runtime import SplitRuntime, shared_leaves, split_runtime_supports
 
-__all__ = ["CUDA_LEVELS", "cuda_split_available", "cuda_split_supports", "split_gemv_cuda"]
+__all__ = ["CUDA_LEVELS", "CUDA_MAX_IN_FEATURES", "cuda_split_available", "cuda_split_supports", "split_gemv_cuda"]
 
 CUDA_LEVELS = (2, 4, 8, 16)
 """Gain level counts the kernel is instantiated for (``L`` is a template parameter)."""
 
-_SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "split8_gemv.cu")
+_SOURCE = os.path.join(CSRC, "split8_gemv.cu")
 
 
 def cuda_split_available() -> bool:
-    """A CUDA device, nvcc (``CUDA_HOME``) and ninja: what compiling the kernel needs."""
-    if not torch.cuda.is_available() or importlib.util.find_spec("ninja") is None:
-        return False
-    from torch.utils.cpp_extension import CUDA_HOME
-
-    return CUDA_HOME is not None
+    """A CUDA device, nvcc and ninja: what compiling the kernel needs."""
+    return cuda_build_available()
 
 
 def cuda_split_supports(codec) -> bool:
@@ -51,33 +47,62 @@ def cuda_split_supports(codec) -> bool:
 def _extension():
     """The compiled module, or None (with a warning, once per process) where the build fails: the
     layers then run the Triton kernel."""
-    from torch.utils.cpp_extension import load
-
-    try:
-        return load(name="pvq_split8_gemv", sources=[_SOURCE], extra_cuda_cflags=["-O3"], verbose=False)
-    except Exception as e:  # noqa: BLE001 - a compiler, toolkit or driver problem of this machine
-        warnings.warn(f"compiling {_SOURCE} failed ({type(e).__name__}: {str(e)[:300]}); one-row products "
-                      f"of D = 8 PVQ layers run the Triton kernel instead", RuntimeWarning, stacklevel=2)
-        return None
+    return load_cuda_extension("pvq_split8_gemv", "split8_gemv.cu",
+                               "one-row products of D = 8 PVQ layers run the Triton kernel instead")
 
 
-def split_gemv_cuda(rt: SplitRuntime, x: torch.Tensor, blocks_per_sm: int = 0) -> torch.Tensor:
+CUDA_MAX_IN_FEATURES = 32768
+"""Widest input the kernel takes (32 warps of 4 vectors a lane cover a row); wider rows run the
+Triton kernel."""
+
+
+@lru_cache(maxsize=None)
+def _buckets32(pulses: int, device: str) -> torch.Tensor:
+    """The bucket table as int32 ``S_8(K, j0 + 1) << 5 | j0`` (S < 2^22, j0 <= K < 32): one 4-byte
+    shared-memory read a vector instead of eight."""
+    buckets, _, _ = lean_tables(pulses, "cpu")
+    packed = ((buckets >> 32) << 5) | (buckets & 0xFFFFFFFF)
+    return packed.to(torch.int32).to(device)
+
+
+def division_magic(divisor: int) -> tuple[int, int]:
+    """(m, p) with ``floor(n / divisor) == ((n << 10) * m >> 32) >> p`` for every ``0 <= n < 2^22``:
+    p = ceil(log2 divisor), m = ceil(2^(22 + p) / divisor) < 2^24 (Granlund and Montgomery: exact since
+    ``m * divisor - 2^(22 + p) < divisor <= 2^p``)."""
+    p = (divisor - 1).bit_length()
+    return -(-(1 << (22 + p)) // divisor), p
+
+
+@lru_cache(maxsize=None)
+def pair_table(pulses: int, device: str) -> torch.Tensor:
+    """int32 ``[K + 1, 4]`` for the first half's pulses j: ``S_8(K, j) | p << 24``, divisor ``N(4, K - j)``,
+    its magic multiplier m, ``leaf_offset[j] | leaf_offset[K - j] << 16`` (from
+    :func:`~pvq.kernels.split_lean.lean_tables`, the float reciprocal replaced by m and p)."""
+    _, pair, _ = lean_tables(pulses, "cpu")
+    base, div, offs = pair[:, 0] & 0xFFFFFFFF, pair[:, 0] >> 32, pair[:, 1] >> 32
+    magic = [division_magic(int(d)) for d in div]
+    m = torch.tensor([mp[0] for mp in magic], dtype=torch.int64)
+    p = torch.tensor([mp[1] for mp in magic], dtype=torch.int64)
+    rows = torch.stack([base | (p << 24), div, m, offs], 1)
+    return torch.where(rows >= 1 << 31, rows - (1 << 32), rows).to(torch.int32).contiguous().to(device)
+
+
+def split_gemv_cuda(rt: SplitRuntime, x: torch.Tensor) -> torch.Tensor:
     """``x @ Q'^T`` float32 ``[1, out]`` for ``x: [1, in]`` (fp16, bf16 or fp32, on the layer's CUDA
-    device) of a layer :func:`~pvq.kernels.split_lean.lean_supported` takes; ``blocks_per_sm`` caps the
-    resident blocks of 512 threads per SM (0: as many as fit)."""
+    device) of a layer :func:`~pvq.kernels.split_lean.lean_supported` takes (rows wider than
+    :data:`CUDA_MAX_IN_FEATURES` run the Triton kernel)."""
     if not lean_supported(rt) or rt.num_levels not in CUDA_LEVELS:
         raise ValueError(f"the CUDA split kernel takes D = 8 layers with N(8, K) < 2^22 and L in 2, 4, 8, 16; "
                          f"got D={rt.dim}, K={rt.pulses}, L={rt.num_levels} (use split_matmul)")
     if x.dim() != 2 or tuple(x.shape) != (1, rt.in_features) or not x.is_cuda:
         raise ValueError(f"split_gemv_cuda takes x [1, {rt.in_features}] on CUDA, got {tuple(x.shape)} on {x.device}")
-    ext = _extension()
+    ext = _extension() if rt.in_features <= CUDA_MAX_IN_FEATURES and rt.words.numel() < 1 << 27 else None
     if ext is None:
         from .triton_split import split_matmul
 
         return split_matmul(rt, x)
     dev = str(rt.words.device)
-    buckets, pair, _ = lean_tables(rt.pulses, dev)
     leaves, _ = shared_leaves(rt.pulses, dev)
     return ext.split8_gemv(
-        rt.words, rt.scales, rt.levels, buckets, pair, leaves, rt.inverse_norms, x.contiguous(), rt.out_features,
-        rt.code_bits, rt.pulses, rt.group_size, bucket_shift(rt.pulses), blocks_per_sm)
+        rt.words, rt.scales, rt.levels, _buckets32(rt.pulses, dev), pair_table(rt.pulses, dev), leaves,
+        rt.inverse_norms, x.contiguous(), rt.out_features, rt.code_bits, rt.pulses, rt.group_size, bucket_shift(rt.pulses))

@@ -3,6 +3,7 @@ the split references (CUDA machines with nvcc and ninja only: its decode bit for
 inputs, its product against the float32 reference on awkward sizes, in fp32, fp16 and bf16).
 """
 
+import dataclasses
 from importlib.resources import files
 
 import pytest
@@ -75,8 +76,39 @@ def test_product_matches_the_reference(bits, group, out_f, in_f, dtype):
     rt = split_runtime(q, "cuda")
     x = torch.randn(1, in_f, generator=torch.Generator().manual_seed(in_f)).to("cuda", dtype)
     ref = x.float() @ split_decode_reference(rt).T
-    for blocks in (0, 1):
-        torch.testing.assert_close(split_gemv_cuda(rt, x, blocks_per_sm=blocks), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(split_gemv_cuda(rt, x), ref, rtol=1e-5, atol=1e-5)
+
+
+def random_code_runtime(bits: float, group: int, out_f: int, in_f: int, seed: int):
+    """A split runtime of ``[out_f, in_f]`` with uniformly random valid codes and scales (the layout of
+    a quantized layer of that shape, without quantizing millions of weights)."""
+    from pvq.codecs.packing import pack_bits
+    from pvq.codecs.pyramid_counts import pyramid_count
+
+    codec = make_codec("pvq", bits, 8, group_size=group)
+    rt = split_runtime(layer(codec, 2, 8 * group, seed=seed), "cuda")
+    g = torch.Generator().manual_seed(seed)
+    n = out_f * in_f // 8
+    codes = torch.randint(0, pyramid_count(8, rt.pulses) * rt.num_levels, (n,), generator=g)
+    words = pack_bits(codes, rt.code_bits)
+    words = torch.cat([words, words.new_zeros(-words.numel() % 4)]).view(torch.int32)
+    scales = (torch.rand(n // group, generator=g) + 0.5).half()
+    return dataclasses.replace(rt, out_features=out_f, in_features=in_f, words=words.cuda(), scales=scales.cuda())
+
+
+# the kernel's layouts: one vector a lane and four rows a step (several steps a row group), two, three
+# and four vectors a lane (inputs past 4096, 8192, 12288 and 24576), few rows over many SMs
+WIDE = [(3.0, 16, 2000, 4096), (3.0, 3, 300, 4104), (2.0, 4, 67, 8800), (3.0, 8, 5, 25600), (2.5, 5, 1, 13000),
+        (3.0, 16, 28672 + 5, 256)]
+
+
+@needs_cuda
+@pytest.mark.parametrize("bits, group, out_f, in_f", WIDE)
+def test_product_matches_the_reference_in_every_layout(bits, group, out_f, in_f):
+    rt = random_code_runtime(bits, group, out_f, in_f, seed=out_f + in_f)
+    x = torch.randn(1, in_f, generator=torch.Generator().manual_seed(in_f)).to("cuda", torch.float16)
+    ref = x.float() @ split_decode_reference(rt).T
+    torch.testing.assert_close(split_gemv_cuda(rt, x), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
 
 
 @needs_cuda

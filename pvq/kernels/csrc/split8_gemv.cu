@@ -1,81 +1,136 @@
 // One-row product y = x @ Q'^T of a split-order PVQ layer, D = 8, N(8, K) < 2^22, codes <= 32 bits,
-// with every decode table in shared memory.
+// with every decode table in shared memory and the input in registers.
 //
 // Why CUDA: on an H100 the Triton kernels are bound by their table gathers through L1 (Nsight: two
 // thirds of the 24 M sectors a 11008 x 4096 product reads are "excessive", one sector per thread
 // for each P(4, k) leaf), and Triton 3.6 has no indexed gather from shared memory.
 //
-// Layout: blocks of 512 threads, as many resident per SM as fit (each copies the tables to shared
-// memory once, then loops over rows); each warp owns whole output rows (row = warp id, + total warps); lane l takes vectors
-// l, l + 32, ... of the row (consecutive codes: coalesced reads), sums x . y * mult in float32,
-// and the warp's sum is the row's output (no atomics, no zeroing). Tables, from
-// pvq/kernels/split_lean.py: buckets int2 {j0, S_8(K, j0 + 1)} by index >> shift; pair int4
-// {S_8(K, j), N(4, K - j), float bits of 1 / N(4, K - j), leaf_off[j] | leaf_off[K - j] << 16};
-// leaves int32 (4 x int8, P(4, k) for k <= K); inverse norms float [K^2 + 1]; gain levels float [L].
-// The weights are y * ((level * scale) * inverse_norm[|y|^2]) in float32, as the reference.
+// Layout (session 6): one block per SM (up to 1024 threads), persistent over a contiguous range of
+// rows. A block is G row groups of S warps; warp s of a group owns the input slice of vectors
+// (s NV + i) 32 + lane, i < NV, for the whole kernel, so its piece of x sits in registers (8 NV
+// floats a lane: no load of x in the loop, which session 5's kernel re-read through L1 for every
+// row); for each row of its group it decodes its NV vectors (consecutive codes across lanes:
+// coalesced), sums x . y * mult in float32, reduces over the warp and leaves the partial in shared
+// memory; the block adds the S partials of each row at the end (no atomics, no zeroing). RU rows are
+// decoded per step with their code words loaded one step ahead.
+//
+// The decode issues no int <-> float conversion (those run at a quarter of the FMA rate): a leaf
+// coordinate c becomes a float as the bits 0x4B000000 | (c + 128) minus 2^23 + 128; the split's
+// division is a multiply-high. Tables (pvq/kernels/cuda_split.py, from
+// pvq/kernels/split_lean.py): buckets uint32 {S_8(K, j0 + 1) << 5 | j0} by index >> shift; pair int4
+// {S_8(K, j) | p << 24, N(4, K - j), m, leaf_off[j] | leaf_off[K - j] << 16} (m, p: the division's
+// magic numbers); leaves int32 (4 x int8, P(4, k) for k <= K); inverse norms
+// float [K^2 + 1]; gain levels float [L]. The weights are y * ((level * scale) * inverse_norm[|y|^2])
+// in float32, as the reference (pvq/kernels/split_runtime.py).
 
-#include <cuda_fp16.h>
-#include <cuda_bf16.h>
+#include "dtype.cuh"
+#ifndef PVQ_KERNEL_ONLY  // nvcc -DPVQ_KERNEL_ONLY -arch=sm_90 --resource-usage: the kernels alone, without torch
 #include <torch/extension.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#endif
 
 namespace {
 
-template <typename T> __device__ __forceinline__ void load8(const T* x, int v, float* out);
+using pvq::to_float;
 
-template <> __device__ __forceinline__ void load8<__half>(const __half* x, int v, float* out) {
-  uint4 raw = __ldg(reinterpret_cast<const uint4*>(x) + v);
-  const __half2* h = reinterpret_cast<const __half2*>(&raw);
+constexpr float kTwo23 = 8388608.f;
+
+
+// x[8 v .. 8 v + 7] as floats (zeros when the vector is past the row)
+template <typename T>
+__device__ __forceinline__ void load8(const T* __restrict__ x, int v, bool valid, float* out) {
 #pragma unroll
-  for (int t = 0; t < 4; ++t) {
-    float2 f = __half22float2(h[t]);
-    out[2 * t] = f.x;
-    out[2 * t + 1] = f.y;
-  }
+  for (int t = 0; t < 8; ++t) out[t] = valid ? to_float(x[8 * v + t]) : 0.f;
 }
 
-template <> __device__ __forceinline__ void load8<__nv_bfloat16>(const __nv_bfloat16* x, int v, float* out) {
-  uint4 raw = __ldg(reinterpret_cast<const uint4*>(x) + v);
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-  for (int t = 0; t < 4; ++t) {
-    float2 f = __bfloat1622float2(h[t]);
-    out[2 * t] = f.x;
-    out[2 * t + 1] = f.y;
-  }
-}
-
-template <> __device__ __forceinline__ void load8<float>(const float* x, int v, float* out) {
-  float4 a = __ldg(reinterpret_cast<const float4*>(x) + 2 * v);
-  float4 b = __ldg(reinterpret_cast<const float4*>(x) + 2 * v + 1);
-  out[0] = a.x; out[1] = a.y; out[2] = a.z; out[3] = a.w;
-  out[4] = b.x; out[5] = b.y; out[6] = b.z; out[7] = b.w;
-}
-
+// sum_t c_t x_t over the four int8 coordinates of a leaf word, without I2F: each byte, biased by 128,
+// becomes the mantissa of 2^23 + c + 128
 __device__ __forceinline__ float leaf_dot(int w, const float* x4) {
+  const unsigned biased = static_cast<unsigned>(w) ^ 0x80808080u;
   float s = 0.f;
 #pragma unroll
-  for (int t = 0; t < 4; ++t) s = fmaf(static_cast<float>(static_cast<signed char>(w >> (8 * t))), x4[t], s);
+  for (int t = 0; t < 4; ++t) {
+    const float c = __int_as_float(__byte_perm(biased, 0x4B000000u, t | (4 << 4) | (4 << 8) | (7 << 12))) - (kTwo23 + 128.f);
+    s = fmaf(c, x4[t], s);
+  }
   return s;
 }
 
-template <typename T, int L>
-__global__ void split8_gemv_kernel(const uint32_t* __restrict__ words, long long n_words,
-                                   const __half* __restrict__ scales, const float* __restrict__ levels,
-                                   const int2* __restrict__ buckets, int n_buckets,
-                                   const int4* __restrict__ pair, const int* __restrict__ leaves, int n_leaves,
-                                   const float* __restrict__ inv_norms, int n_norms,
-                                   const T* __restrict__ x, float* __restrict__ y,
-                                   int out_features, int vpr, int code_bits, int K, int group, int group_log2,
-                                   int shift) {
+struct Tables {
+  const int* leaves;
+  const int4* pair;
+  const unsigned* buckets;
+  const float* inv_norms;
+  const float* levels;
+};
+
+// y . x of one vector's code: the multiplier times the dot product of its point with x
+template <int L>
+__device__ __forceinline__ float vector_dot(unsigned code, const float* xv, float scale, const Tables& tb, int shift) {
+  constexpr int kLog2L = L == 2 ? 1 : (L == 4 ? 2 : (L == 8 ? 3 : 4));
+  const int gain = static_cast<int>(code & (L - 1));
+  const int r = static_cast<int>(code >> kLog2L);
+  const unsigned b = tb.buckets[r >> shift];
+  const int j = static_cast<int>(b & 31u) + (static_cast<unsigned>(r) >= (b >> 5) ? 1 : 0);
+  const int4 e = tb.pair[j];
+  // floor(rest / div) by a multiply-high: m = ceil(2^(22 + p) / div), p = ceil(log2 div), exact for
+  // rest < 2^22 (Granlund and Montgomery); e.x holds p in its top byte above the 22-bit base
+  const int rest = r - (e.x & 0xFFFFFF);
+  const int qa = static_cast<int>(__umulhi(static_cast<unsigned>(rest) << 10, static_cast<unsigned>(e.z)) >> (e.x >> 24));
+  const int rb = rest - qa * e.y;
+  const int wa = tb.leaves[(e.w & 0xFFFF) + qa];
+  const int wb = tb.leaves[static_cast<int>(static_cast<unsigned>(e.w) >> 16) + rb];
+  const int n2 = __dp4a(wb, wb, __dp4a(wa, wa, 0));
+  const float mult = (tb.levels[gain] * scale) * tb.inv_norms[n2];
+  return (leaf_dot(wa, xv) + leaf_dot(wb, xv + 4)) * mult;
+}
+
+// Sums of RU rows' per-lane values over the warp in 5 + RU - 1 shuffles (not 5 RU): each step hands
+// half of the rows still held to the partner lane. Afterwards lane l holds the sum of row
+// (l >> (5 - log2 RU)), complete in the lanes whose low 5 - log2 RU bits are zero.
+template <int RU>
+__device__ __forceinline__ float reduce_rows(float (&a)[RU], int lane) {
+  if constexpr (RU == 4) {
+    const bool up = lane & 16;
+    float k0 = (up ? a[2] : a[0]) + __shfl_xor_sync(0xFFFFFFFFu, up ? a[0] : a[2], 16);
+    float k1 = (up ? a[3] : a[1]) + __shfl_xor_sync(0xFFFFFFFFu, up ? a[1] : a[3], 16);
+    const bool up8 = lane & 8;
+    float k = (up8 ? k1 : k0) + __shfl_xor_sync(0xFFFFFFFFu, up8 ? k0 : k1, 8);
+#pragma unroll
+    for (int o = 4; o > 0; o >>= 1) k += __shfl_xor_sync(0xFFFFFFFFu, k, o);
+    return k;
+  } else if constexpr (RU == 2) {
+    const bool up = lane & 16;
+    float k = (up ? a[1] : a[0]) + __shfl_xor_sync(0xFFFFFFFFu, up ? a[0] : a[1], 16);
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) k += __shfl_xor_sync(0xFFFFFFFFu, k, o);
+    return k;
+  } else {
+    static_assert(RU == 1, "rows a step: 1, 2 or 4");
+    float k = a[0];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) k += __shfl_xor_sync(0xFFFFFFFFu, k, o);
+    return k;
+  }
+}
+
+template <typename T, int L, int NV, int RU>
+__global__ void __launch_bounds__(1024, 1)
+split8_gemv_kernel(const unsigned* __restrict__ words, unsigned n_words, const __half* __restrict__ scales,
+                   const float* __restrict__ levels, const unsigned* __restrict__ buckets, int n_buckets,
+                   const int4* __restrict__ pair, const int* __restrict__ leaves, int n_leaves,
+                   const float* __restrict__ inv_norms, int n_norms, const T* __restrict__ x, float* __restrict__ y,
+                   int out_features, int vpr, int code_bits, int K, int group, int group_log2, int shift,
+                   int warps_per_group, int rows_per_block) {
   extern __shared__ int smem[];
   int* s_leaves = smem;
   int4* s_pair = reinterpret_cast<int4*>(s_leaves + ((n_leaves + 3) & ~3));
-  int2* s_buckets = reinterpret_cast<int2*>(s_pair + (K + 1));
+  unsigned* s_buckets = reinterpret_cast<unsigned*>(s_pair + (K + 1));
   float* s_inv = reinterpret_cast<float*>(s_buckets + n_buckets);
   float* s_levels = s_inv + n_norms;
-  // the leaf table (48 KB at 3 bits) in 16-byte copies, four in flight per thread: a block's prologue
+  float* s_partial = s_levels + L;  // [warps_per_group][rows_per_block]
+  // the leaf table (48 KB at 3 bits) in 16-byte copies: the block's prologue, once per SM
   const int n4 = n_leaves >> 2;
 #pragma unroll 4
   for (int i = threadIdx.x; i < n4; i += blockDim.x)
@@ -85,94 +140,169 @@ __global__ void split8_gemv_kernel(const uint32_t* __restrict__ words, long long
   for (int i = threadIdx.x; i < n_buckets; i += blockDim.x) s_buckets[i] = buckets[i];
   for (int i = threadIdx.x; i < n_norms; i += blockDim.x) s_inv[i] = inv_norms[i];
   for (int i = threadIdx.x; i < L; i += blockDim.x) s_levels[i] = levels[i];
-  __syncthreads();
 
   const int lane = threadIdx.x & 31;
-  const int warps = (gridDim.x * blockDim.x) >> 5;
-  const uint32_t mask = code_bits == 32 ? 0xFFFFFFFFu : ((1u << code_bits) - 1u);
+  const int warp = threadIdx.x >> 5;
+  const int slice = warp % warps_per_group;
+  const int row_group = warp / warps_per_group;
+  const int row_groups = (blockDim.x >> 5) / warps_per_group;
+  const int row0 = blockIdx.x * rows_per_block;
+  const int rows = min(rows_per_block, out_features - row0);
   const int groups_per_row = vpr / group;
-  for (int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5; row < out_features; row += warps) {
-    float acc = 0.f;
-    for (int v = lane; v < vpr; v += 32) {
-      const long long vec = static_cast<long long>(row) * vpr + v;
-      const unsigned long long bit = static_cast<unsigned long long>(vec) * code_bits;
-      const long long q = static_cast<long long>(bit >> 5);
-      const uint32_t lo = __ldg(words + q);
-      const uint32_t hi = q + 1 < n_words ? __ldg(words + q + 1) : 0u;
-      const uint32_t code = __funnelshift_r(lo, hi, static_cast<uint32_t>(bit & 31)) & mask;
-      const int gain = static_cast<int>(code % L);
-      const int r = static_cast<int>(code / L);
-      const int2 b = s_buckets[r >> shift];
-      const int j = b.x + (r >= b.y ? 1 : 0);
-      const int4 e = s_pair[j];
-      const int rest = r - e.x;
-      int qa = static_cast<int>(static_cast<float>(rest) * __int_as_float(e.z));
-      if (qa * e.y > rest) --qa;
-      if (rest - qa * e.y >= e.y) ++qa;
-      const int rb = rest - qa * e.y;
-      const int wa = s_leaves[(e.w & 0xFFFF) + qa];
-      const int wb = s_leaves[static_cast<int>(static_cast<uint32_t>(e.w) >> 16) + rb];
-      const int n2 = __dp4a(wa, wa, 0) + __dp4a(wb, wb, 0);
-      const int g = row * groups_per_row + (group_log2 >= 0 ? (v >> group_log2) : v / group);
-      const float mult = (s_levels[gain] * __half2float(scales[g])) * s_inv[n2];
-      float xs[8];
-      load8<T>(x, v, xs);
-      acc = fmaf(leaf_dot(wa, xs) + leaf_dot(wb, xs + 4), mult, acc);
-    }
+  const unsigned mask = code_bits == 32 ? 0xFFFFFFFFu : ((1u << code_bits) - 1u);
+
+  // a lane's vectors; past the row: the row's last vector's address with x = 0 (adds 0, no branch)
+  int v[NV];
+  int g[NV];
+  float xv[NV][8];
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, o);
-    if (lane == 0) y[row] = acc;
+  for (int i = 0; i < NV; ++i) {
+    const int vi = (slice * NV + i) * 32 + lane;
+    v[i] = min(vi, vpr - 1);
+    g[i] = group_log2 >= 0 ? (v[i] >> group_log2) : v[i] / group;
+    load8<T>(x, v[i], vi < vpr, xv[i]);
+  }
+  const Tables tb{s_leaves, s_pair, s_buckets, s_inv, s_levels};
+  __syncthreads();
+
+  // rows row0 + row_group + row_groups * (RU * step + u); bit addresses in 32 bits (the launcher checks)
+  const int stride = row_groups;
+  const unsigned row_bits = static_cast<unsigned>(vpr) * code_bits;
+  unsigned v_bits[NV];
+#pragma unroll
+  for (int i = 0; i < NV; ++i) v_bits[i] = static_cast<unsigned>(v[i]) * code_bits;
+  unsigned lo[RU][NV], hi[RU][NV], sh[RU][NV];
+  __half sc[RU][NV];
+  // rows past the block's read its last row instead (their sums are not stored): no predicated loads
+  auto fetch = [&](int first) {
+#pragma unroll
+    for (int u = 0; u < RU; ++u) {
+      const int row = row0 + min(first + u * stride, rows - 1);
+#pragma unroll
+      for (int i = 0; i < NV; ++i) {
+        const unsigned bit = static_cast<unsigned>(row) * row_bits + v_bits[i];
+        const unsigned q = bit >> 5;
+        sh[u][i] = bit & 31u;
+        lo[u][i] = __ldg(words + q);
+        hi[u][i] = __ldg(words + min(q + 1, n_words - 1));  // past the stream only if the code ends in lo
+        sc[u][i] = scales[row * groups_per_row + g[i]];
+      }
+    }
+  };
+  int first = row_group;
+  if (first < rows) fetch(first);
+  while (first < rows) {
+    unsigned code[RU][NV];
+    float scale[RU][NV];
+#pragma unroll
+    for (int u = 0; u < RU; ++u)
+#pragma unroll
+      for (int i = 0; i < NV; ++i) {
+        scale[u][i] = __half2float(sc[u][i]);
+        code[u][i] = __funnelshift_r(lo[u][i], hi[u][i], sh[u][i]) & mask;
+      }
+    const int next = first + RU * stride;
+    if (next < rows) fetch(next);  // the next step's code words, in flight while this step decodes
+    float acc[RU];
+#pragma unroll
+    for (int u = 0; u < RU; ++u) {
+      acc[u] = 0.f;
+#pragma unroll
+      for (int i = 0; i < NV; ++i) acc[u] += vector_dot<L>(code[u][i], xv[i], scale[u][i], tb, shift);
+    }
+    const float sum = reduce_rows<RU>(acc, lane);
+    constexpr int kRowLanes = 32 / RU;  // lanes 0, 32 / RU, ... hold rows 0, 1, ... of the step
+    const int local = first + (lane / kRowLanes) * stride;
+    if (lane % kRowLanes == 0 && local < rows) s_partial[slice * rows_per_block + local] = sum;
+    first = next;
+  }
+  __syncthreads();
+  for (int t = threadIdx.x; t < rows; t += blockDim.x) {
+    float sum = 0.f;
+    for (int s = 0; s < warps_per_group; ++s) sum += s_partial[s * rows_per_block + t];
+    y[row0 + t] = sum;
   }
 }
 
+int ceil_div(long long a, long long b) { return static_cast<int>((a + b - 1) / b); }
+
+#ifdef PVQ_KERNEL_ONLY
+// every instantiation the launcher makes, for --resource-usage
+#define PVQ_INSTANTIATE(T, L, NV, RU) template __global__ void split8_gemv_kernel<T, L, NV, RU>(         \
+    const unsigned*, unsigned, const __half*, const float*, const unsigned*, int, const int4*, const int*, int, \
+    const float*, int, const T*, float*, int, int, int, int, int, int, int, int, int);
+PVQ_INSTANTIATE(__half, 8, 1, 4)
+PVQ_INSTANTIATE(__half, 8, 2, 2)
+PVQ_INSTANTIATE(__half, 8, 3, 1)
+PVQ_INSTANTIATE(__half, 8, 4, 1)
+PVQ_INSTANTIATE(float, 16, 3, 1)
+#endif
+
 }  // namespace
+
+#ifndef PVQ_KERNEL_ONLY
 
 // y [1, out] float32 = x [1, in] @ Q'^T. Tables as in the header comment; all tensors on one CUDA device.
 torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tensor levels, torch::Tensor buckets,
                           torch::Tensor pair, torch::Tensor leaves, torch::Tensor inv_norms, torch::Tensor x,
-                          int64_t out_features, int64_t code_bits, int64_t K, int64_t group, int64_t shift,
-                          int64_t blocks_per_sm) {
+                          int64_t out_features, int64_t code_bits, int64_t K, int64_t group, int64_t shift) {
   TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.size(0) == 1 && x.is_contiguous(), "x must be [1, in] contiguous on CUDA");
   TORCH_CHECK(x.size(1) % 8 == 0, "in_features must be a multiple of 8");
+  TORCH_CHECK(words.numel() < (1LL << 27), "codes of at most 2^32 bits (bit addresses are 32-bit)");
+  TORCH_CHECK(buckets.scalar_type() == torch::kInt32 && pair.scalar_type() == torch::kInt32 && pair.size(-1) == 4,
+              "buckets int32 (S << 5 | j0) and pair int32 [K + 1, 4] (pvq/kernels/cuda_split.py)");
   const int vpr = static_cast<int>(x.size(1) / 8);
   TORCH_CHECK(vpr % group == 0, "vectors per row must be a multiple of the group size");
+  TORCH_CHECK(vpr <= 32 * 32 * 4, "in_features above 32768 are not taken by this kernel, got ", x.size(1));
   const c10::cuda::CUDAGuard guard(x.device());
   auto y = torch::empty({1, out_features}, x.options().dtype(torch::kFloat32));
   const int n_leaves = static_cast<int>(leaves.numel());
-  const int n_buckets = static_cast<int>(buckets.numel());  // int64 entries: one int2 each
+  const int n_buckets = static_cast<int>(buckets.numel());
   const int n_norms = static_cast<int>(inv_norms.numel());
   const int L = static_cast<int>(levels.numel());
-  const size_t smem = sizeof(int) * (((n_leaves + 3) & ~3) + 4 * (K + 1) + 2 * n_buckets + n_norms + L);
   int group_log2 = -1;
   if ((group & (group - 1)) == 0) { group_log2 = 0; while ((1LL << group_log2) < group) ++group_log2; }
-  const int threads = 512;  // fewer, larger blocks: each one copies the tables once
+  // a row is covered by S warps of NV vectors a lane (NV as small as 16 warps allow, up to 3; past
+  // 12288 inputs up to 32 warps of up to 4); G = 32 / S row groups
+  int NV = ceil_div(vpr, 32 * 16);
+  if (NV > 3) NV = ceil_div(vpr, 32 * 32);
+  const int S = ceil_div(vpr, 32 * NV);
+  const int G = std::max(1, 32 / S);
+  const int threads = 32 * S * G;
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int grid = std::max(1, std::min(sms, ceil_div(out_features, G)));
+  const int rows_per_block = ceil_div(out_features, grid);
+  const size_t smem = sizeof(int) * (((n_leaves + 3) & ~3) + 4 * (K + 1) + n_buckets + n_norms + L) +
+                      sizeof(float) * static_cast<size_t>(S) * rows_per_block;
   auto stream = at::cuda::getCurrentCUDAStream();
-#define PVQ_LAUNCH(T, TL, LL)                                                                                    \
+#define PVQ_LAUNCH(T, TL, LL, NVV, RUU)                                                                          \
   do {                                                                                                           \
-    auto kern = split8_gemv_kernel<T, LL>;                                                                       \
+    auto kern = split8_gemv_kernel<T, LL, NVV, RUU>;                                                             \
     C10_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem))); \
-    int per_sm = 0;                                                                                              \
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, threads, smem));               \
-    if (blocks_per_sm > 0 && blocks_per_sm < per_sm) per_sm = static_cast<int>(blocks_per_sm);                 \
-    const int rows_blocks = static_cast<int>((out_features * 32 + threads - 1) / threads);                     \
-    const int grid = std::max(1, std::min(per_sm * sms, rows_blocks));                                          \
     kern<<<grid, threads, smem, stream>>>(                                                                       \
-        reinterpret_cast<const uint32_t*>(words.data_ptr<int32_t>()), words.numel(),                            \
+        reinterpret_cast<const unsigned*>(words.data_ptr<int32_t>()), static_cast<unsigned>(words.numel()),                            \
         reinterpret_cast<const __half*>(scales.data_ptr<at::Half>()), levels.data_ptr<float>(),                  \
-        reinterpret_cast<const int2*>(buckets.data_ptr<int64_t>()), n_buckets,                                   \
-        reinterpret_cast<const int4*>(pair.data_ptr<int64_t>()), leaves.data_ptr<int32_t>(), n_leaves,           \
+        reinterpret_cast<const unsigned*>(buckets.data_ptr<int32_t>()), n_buckets,                              \
+        reinterpret_cast<const int4*>(pair.data_ptr<int32_t>()), leaves.data_ptr<int32_t>(), n_leaves,           \
         inv_norms.data_ptr<float>(), n_norms, reinterpret_cast<const T*>(x.data_ptr<TL>()),                      \
         y.data_ptr<float>(), static_cast<int>(out_features), vpr, static_cast<int>(code_bits),                  \
-        static_cast<int>(K), static_cast<int>(group), group_log2, static_cast<int>(shift));                      \
+        static_cast<int>(K), static_cast<int>(group), group_log2, static_cast<int>(shift), S, rows_per_block);  \
     C10_CUDA_KERNEL_LAUNCH_CHECK();                                                                              \
   } while (0)
+  // rows decoded per step: four with one vector a lane, fewer as the registers of x grow
+#define PVQ_BY_NV(T, TL, LL)                                                                                     \
+  switch (NV) {                                                                                                  \
+    case 1: PVQ_LAUNCH(T, TL, LL, 1, 4); break;                                                                  \
+    case 2: PVQ_LAUNCH(T, TL, LL, 2, 2); break;                                                                  \
+    case 3: PVQ_LAUNCH(T, TL, LL, 3, 1); break;                                                                  \
+    default: PVQ_LAUNCH(T, TL, LL, 4, 1); break;                                                                 \
+  }
 #define PVQ_BY_LEVELS(T, TL)                                                                                     \
   switch (L) {                                                                                                   \
-    case 2: PVQ_LAUNCH(T, TL, 2); break;                                                                         \
-    case 4: PVQ_LAUNCH(T, TL, 4); break;                                                                         \
-    case 8: PVQ_LAUNCH(T, TL, 8); break;                                                                         \
-    case 16: PVQ_LAUNCH(T, TL, 16); break;                                                                       \
+    case 2: PVQ_BY_NV(T, TL, 2); break;                                                                          \
+    case 4: PVQ_BY_NV(T, TL, 4); break;                                                                          \
+    case 8: PVQ_BY_NV(T, TL, 8); break;                                                                          \
+    case 16: PVQ_BY_NV(T, TL, 16); break;                                                                        \
     default: TORCH_CHECK(false, "gain levels L must be 2, 4, 8 or 16, got ", L);                                 \
   }
   if (x.scalar_type() == torch::kHalf) {
@@ -187,3 +317,4 @@ torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tens
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("split8_gemv", &split8_gemv, "one-row split PVQ product, D = 8"); }
+#endif

@@ -1,0 +1,42 @@
+"""Compiling the CUDA kernels of ``pvq/kernels/csrc`` on first use (optional: nvcc and ninja).
+
+Each kernel module asks :func:`load_cuda_extension` for its compiled module; a build that fails
+(compiler, toolkit, driver) warns once and returns None, and the caller runs its Triton or
+PyTorch path instead. CI has no GPU: the kernels' tests run on CUDA machines only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+
+import torch
+
+__all__ = ["CSRC", "cuda_build_available", "load_cuda_extension"]
+
+CSRC = os.path.join(os.path.dirname(__file__), "csrc")
+"""Where the CUDA sources (and their shared header ``dtype.cuh``) live."""
+
+
+def cuda_build_available() -> bool:
+    """A CUDA device, nvcc (``CUDA_HOME``) and ninja: what compiling a kernel needs."""
+    if not torch.cuda.is_available() or importlib.util.find_spec("ninja") is None:
+        return False
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    return CUDA_HOME is not None
+
+
+def load_cuda_extension(name: str, source: str, instead: str):
+    """The module compiled from ``csrc/<source>``, or None (with a warning naming what runs
+    ``instead``) where the build fails. Callers cache it (one build per process)."""
+    from torch.utils.cpp_extension import load
+
+    path = os.path.join(CSRC, source)
+    try:
+        return load(name=name, sources=[path], extra_cuda_cflags=["-O3"], extra_include_paths=[CSRC], verbose=False)
+    except Exception as e:  # noqa: BLE001 - a compiler, toolkit or driver problem of this machine
+        warnings.warn(f"compiling {path} failed ({type(e).__name__}: {str(e)[:300]}); {instead}", RuntimeWarning,
+                      stacklevel=3)
+        return None

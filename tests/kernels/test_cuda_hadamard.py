@@ -1,0 +1,64 @@
+"""The CUDA randomized Hadamard kernel against ``RandomizedHadamard`` (its PyTorch reference) on CUDA
+machines with nvcc and ninja; everywhere: which sizes it takes, what it refuses, and the order in
+which the triton backend asks the rotation kernels."""
+
+import pytest
+import torch
+
+from pvq.kernels import ROTATION_KERNELS, backend, cuda_hadamard
+from pvq.kernels.cuda_build import cuda_build_available
+from pvq.kernels.cuda_hadamard import CUDA_HADAMARD_MAX_N, hadamard_rotate_cuda
+from pvq.transforms import RandomizedHadamard
+
+needs_cuda = pytest.mark.skipif(not cuda_build_available(), reason="needs a CUDA device, nvcc and ninja")
+
+
+def test_sizes_and_refusals():
+    assert cuda_hadamard.supported(RandomizedHadamard(11008, seed=0))
+    assert not cuda_hadamard.supported(RandomizedHadamard(CUDA_HADAMARD_MAX_N * 2, seed=0))
+    rh = RandomizedHadamard(64, seed=0)
+    with pytest.raises(ValueError, match="CUDA tensors"):
+        hadamard_rotate_cuda(rh, torch.zeros(2, 64))
+    with pytest.raises(ValueError, match="rows of n = 64"):
+        hadamard_rotate_cuda(rh, torch.zeros(2, 32))
+
+
+def test_the_backend_asks_the_cuda_kernel_first_and_only_for_cuda_tensors(monkeypatch):
+    assert [k.rotate for k in ROTATION_KERNELS][0] == "cuda_hadamard.hadamard_rotate_cuda"
+    assert ROTATION_KERNELS[0].cuda_only and not ROTATION_KERNELS[-1].cuda_only
+    asked = []
+    monkeypatch.setattr(cuda_hadamard, "preferred", lambda rh, rows: asked.append(rows) or False)
+
+    class Layer:  # what _rotate reads of a QuantizedLinear
+        rotation = type("R", (), {"v": RandomizedHadamard(48, seed=1), "u": None})()
+
+        def rotate_input(self, x):
+            return self.rotation.v.forward(x)
+
+    x = torch.randn(3, 48)
+    torch.testing.assert_close(backend._rotate(Layer(), x, inverse=False), Layer.rotation.v.forward(x))
+    assert asked == []  # a CPU tensor never reaches the CUDA kernel's check
+
+
+# powers of two (h = 1), Paley factors (11008 = 344 x 32, 3072 = 12 x 256, 5120 = 20 x 256), a
+# random orthogonal factor (172 = 43 x 4), no power of two (344 = 344 x 1), one and many rows
+@needs_cuda
+@pytest.mark.parametrize("n", [4096, 256, 2, 11008, 3072, 5120, 172, 344])
+@pytest.mark.parametrize("rows", [1, 5])
+@pytest.mark.parametrize("inverse", [False, True])
+def test_kernel_equals_the_transform(n, rows, inverse):
+    rh = RandomizedHadamard(n, seed=n)
+    x = torch.randn(rows, n, generator=torch.Generator().manual_seed(rows)).cuda()
+    ref = rh.inverse(x) if inverse else rh.forward(x)
+    torch.testing.assert_close(hadamard_rotate_cuda(rh, x, inverse=inverse), ref, rtol=1e-5, atol=1e-5)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_rows_round_trip(dtype):
+    rh = RandomizedHadamard(11008, seed=3)
+    x = torch.randn(2, 3, 11008).cuda().to(dtype)
+    y = hadamard_rotate_cuda(rh, x)
+    assert y.shape == x.shape and y.dtype == dtype
+    torch.testing.assert_close(y.float(), rh.forward(x.float()), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(hadamard_rotate_cuda(rh, y, inverse=True).float(), x.float(), rtol=3e-2, atol=3e-2)
