@@ -21,13 +21,10 @@ from pvq.transforms import RandomizedHadamard
 
 from .cuda_build import cuda_build_available, load_cuda_extension
 
-__all__ = ["CUDA_HADAMARD_MAX_N", "hadamard_rotate_cuda", "preferred", "supported"]
+__all__ = ["CUDA_HADAMARD_SIZES", "hadamard_rotate_cuda", "preferred", "supported"]
 
-CUDA_HADAMARD_MAX_N = 49152
-"""Longest row the kernel takes (the row sits in shared memory as float32: 192 KB)."""
-DENSE_MAX_ROWS = 64
-"""Rows above which a dense factor (h > 1) is faster through PyTorch's matmuls (each block computes
-h^2 p / blocks multiply-adds with CUDA cores)."""
+CUDA_HADAMARD_SIZES = (16, 16384)
+"""Smallest and largest power-of-two row the kernel takes (a block of p / 16 threads)."""
 
 
 @lru_cache(maxsize=None)
@@ -37,27 +34,25 @@ def _extension():
 
 
 def supported(rh: RandomizedHadamard) -> bool:
-    """Whether the kernel transforms rows of this size (sizes only)."""
-    return rh.n <= CUDA_HADAMARD_MAX_N
+    """Whether the kernel transforms rows of this size (sizes only): a power of two, no dense factor."""
+    lo, hi = CUDA_HADAMARD_SIZES
+    return rh.dense_order == 1 and lo <= rh.pow2_order <= hi
 
 
 def preferred(rh: RandomizedHadamard, rows: int) -> bool:
-    """Whether this machine compiles the kernel and it is the faster way for ``rows`` rows."""
-    return supported(rh) and (rh.dense_order == 1 or rows <= DENSE_MAX_ROWS) and cuda_build_available() \
-        and _extension() is not None
+    """Whether this machine compiles the kernel and it takes this size (any number of rows: a block a row)."""
+    return supported(rh) and cuda_build_available() and _extension() is not None
 
 
-_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # transform -> {(device, inverse): tensors}
+_SIGNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # transform -> {device: signs}
 
 
-def _tables(rh: RandomizedHadamard, device, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(signs float32 ``[n]``, ``F`` or ``F^T`` float32 ``[h, h]``) on ``device``, cached per transform."""
-    cache = _TABLES.setdefault(rh, {})
-    key = (str(device), inverse)
+def _signs(rh: RandomizedHadamard, device) -> torch.Tensor:
+    """The transform's signs, float32 ``[n]`` on ``device``, cached per transform while it lives."""
+    cache = _SIGNS.setdefault(rh, {})
+    key = str(device)
     if key not in cache:
-        dense = rh.dense.T if inverse else rh.dense
-        f = dense.to(torch.float32).contiguous() if rh.dense_order > 1 else torch.zeros(1, dtype=torch.float32)
-        cache[key] = (rh.signs.to(device=device, dtype=torch.float32).contiguous(), f.to(device))
+        cache[key] = rh.signs.to(device=device, dtype=torch.float32).contiguous()
     return cache[key]
 
 
@@ -65,15 +60,13 @@ def hadamard_rotate_cuda(rh: RandomizedHadamard, x: torch.Tensor, inverse: bool 
     """``rh.forward(x)`` (``inverse``: ``rh.inverse(x)``) for ``x: [..., n]`` on CUDA (fp16, bf16 or
     fp32); same shape and dtype, float32 arithmetic."""
     if x.shape[-1] != rh.n or not supported(rh):
-        raise ValueError(f"hadamard_rotate_cuda takes rows of n = {rh.n} <= {CUDA_HADAMARD_MAX_N}, "
-                         f"got shape {tuple(x.shape)}")
+        raise ValueError(f"hadamard_rotate_cuda takes rows of a power of two in {CUDA_HADAMARD_SIZES} with no "
+                         f"dense factor; got n = {rh.n} (h = {rh.dense_order}), shape {tuple(x.shape)}")
     if not x.is_cuda:
         raise ValueError(f"hadamard_rotate_cuda takes CUDA tensors, got one on {x.device}")
     ext = _extension()
     if ext is None:
         return rh.inverse(x) if inverse else rh.forward(x)
-    signs, f = _tables(rh, x.device, inverse)
     rows = x.reshape(-1, rh.n).contiguous()
-    out = ext.hadamard_rows(rows, signs, f, rh.dense_order, rh.pow2_order.bit_length() - 1,
-                            1.0 / math.sqrt(rh.pow2_order), inverse)
+    out = ext.hadamard_rows(rows, _signs(rh, x.device), rh.n.bit_length() - 1, 1.0 / math.sqrt(rh.n), inverse)
     return out.view(x.shape)

@@ -1,14 +1,16 @@
-// The randomized Hadamard transform of activation rows, x -> scale * (F (x) H_p) (s * x), and its
-// inverse y -> s * scale * (F^T (x) H_p) y, as pvq.transforms.RandomizedHadamard defines them: a row
-// of n = h p numbers is the [h, p] matrix X (row-major), H_p the +-1 Sylvester matrix on the inner
-// axis (a fast Walsh-Hadamard transform in shared memory), F a dense [h, h] float factor on the outer
-// axis (identity when h = 1), scale = 1 / sqrt(p), s random signs. Float32 arithmetic.
+// The randomized Hadamard transform of activation rows of a power-of-two length p (16 <= p <= 16384):
+// x -> scale * H_p (s * x) and its inverse y -> s * scale * H_p y, as pvq.transforms.RandomizedHadamard
+// defines them when its dense factor has order 1 (H_p the +-1 Sylvester matrix, scale = 1 / sqrt(p),
+// s random signs). Float32 arithmetic.
 //
-// Why: the Triton kernels multiply by H_p as two dense matrices (p^1.5 multiply-adds in one program: 11.8
-// us for one row of 4096 on an H100, 352 calls in a decode step of a 7B model); here the butterflies
-// take log2 p steps over the whole block. Grid (rows, ceil(h / HB)): every block transforms its row's
-// inner axis (n log2 p additions), then computes HB rows of the dense factor's product (h^2 p
-// multiply-adds a row, spread over the blocks).
+// Why: the Triton kernel multiplies by H_p as two dense matrices (p^1.5 multiply-adds in one program:
+// 11.8 us a row of 4096 on an H100, 352 calls in a 7B decode step), and a butterfly per thread through
+// shared memory (this file's first version) waited on shared memory at every one of the log2 p steps
+// (17 us). Here a block of p / 16 threads holds the row in registers, 16 numbers a thread, and runs the
+// butterflies in radix-16 passes: each pass does four (the first r0 = log2 p - 4 (passes - 1)) of
+// the log2 p steps on the 16 registers, whose indices differ in four bits of the row position; between
+// passes the row goes through shared memory once to regroup it (padded: one float per 32, so the
+// regrouping reads and writes spread over the banks). One block a row.
 
 #include "dtype.cuh"
 #ifndef PVQ_KERNEL_ONLY
@@ -22,83 +24,93 @@ namespace {
 using pvq::from_float;
 using pvq::to_float;
 
+__device__ __forceinline__ int padded(int e) { return e + (e >> 5); }
+
+// row position of register j of thread t in a pass over bits [b, b + 4): t's bits below b stay low,
+// the rest move above b + 4
+__device__ __forceinline__ int position(int t, int j, int b) {
+  return ((t >> b) << (b + 4)) | (j << b) | (t & ((1 << b) - 1));
+}
+
+// butterflies over bits [0, r) of the register index (r <= 4)
+__device__ __forceinline__ void butterflies(float (&v)[16], int r) {
+#pragma unroll
+  for (int s = 0; s < 4; ++s) {
+    if (s < r) {
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        if (!(j & (1 << s))) {
+          const float a = v[j], c = v[j | (1 << s)];
+          v[j] = a + c;
+          v[j | (1 << s)] = a - c;
+        }
+      }
+    }
+  }
+}
 
 template <typename T>
 __global__ void hadamard_rows_kernel(const T* __restrict__ x, T* __restrict__ out, const float* __restrict__ signs,
-                                     const float* __restrict__ f, int n, int h, int log2p, int rows_per_block,
-                                     float scale, bool inverse) {
-  extern __shared__ float z[];  // [n]: the row, then X H_p
-  const long long row = blockIdx.x;
-  const T* xr = x + row * n;
-  T* yr = out + row * n;
-  for (int i = threadIdx.x; i < n; i += blockDim.x) {
-    const float v = to_float(xr[i]);
-    z[i] = inverse ? v : v * signs[i];
-  }
-  __syncthreads();
-  // butterflies of stride 2^s (s < log2 p never pair two rows of X)
-  const int pairs = n >> 1;
-  for (int s = 0; s < log2p; ++s) {
-    const int half = 1 << s;
-    for (int t = threadIdx.x; t < pairs; t += blockDim.x) {
-      const int a = ((t >> s) << (s + 1)) | (t & (half - 1));
-      const float u = z[a], w = z[a + half];
-      z[a] = u + w;
-      z[a + half] = u - w;
-    }
-    __syncthreads();
-  }
+                                     int log2p, float scale, bool inverse) {
+  extern __shared__ float z[];  // the row, padded
   const int p = 1 << log2p;
-  if (h == 1) {
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-      const float v = z[i] * scale;
-      yr[i] = from_float<T>(inverse ? v * signs[i] : v);
-    }
-    return;
+  const long long row = blockIdx.x;
+  const T* xr = x + row * p;
+  T* yr = out + row * p;
+  const int t = threadIdx.x;
+  float v[16];
+  // pass 0: sixteen consecutive numbers, steps over bits [0, r0)
+  const int passes = (log2p + 3) / 4;
+  const int r0 = log2p - 4 * (passes - 1);
+#pragma unroll
+  for (int j = 0; j < 16; ++j) {
+    const int e = 16 * t + j;
+    const float a = to_float(xr[e]);
+    v[j] = inverse ? a : a * signs[e];
   }
-  // rows [i0, i1) of F Z (F already transposed for the inverse)
-  const int i0 = blockIdx.y * rows_per_block;
-  const int i1 = min(h, i0 + rows_per_block);
-  for (int o = threadIdx.x; o < (i1 - i0) * p; o += blockDim.x) {
-    const int i = i0 + (o >> log2p), j = o & (p - 1);
-    const float* fi = f + static_cast<long long>(i) * h;
-    float acc = 0.f;
-    for (int k = 0; k < h; ++k) acc = fmaf(__ldg(fi + k), z[k * p + j], acc);
-    const float v = acc * scale;
-    yr[i * p + j] = from_float<T>(inverse ? v * signs[i * p + j] : v);
+  butterflies(v, r0);
+  int b = 0;  // the bits the registers span start at b
+  for (int k = 1; k < passes; ++k) {
+#pragma unroll
+    for (int j = 0; j < 16; ++j) z[padded(position(t, j, b))] = v[j];
+    __syncthreads();
+    b = r0 + 4 * (k - 1);
+#pragma unroll
+    for (int j = 0; j < 16; ++j) v[j] = z[padded(position(t, j, b))];
+    __syncthreads();
+    butterflies(v, 4);
+  }
+#pragma unroll
+  for (int j = 0; j < 16; ++j) {
+    const int e = position(t, j, b);
+    const float a = v[j] * scale;
+    yr[e] = from_float<T>(inverse ? a * signs[e] : a);
   }
 }
 
 }  // namespace
 
 #ifndef PVQ_KERNEL_ONLY
-// out [B, n] (x's dtype) = the transform of each row of x [B, n]; signs float32 [n]; f float32 [h, h]
-// (F, or F^T for the inverse; ignored when h = 1).
-torch::Tensor hadamard_rows(torch::Tensor x, torch::Tensor signs, torch::Tensor f, int64_t h, int64_t log2p,
-                            double scale, bool inverse) {
-  TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous(), "x must be [B, n] contiguous on CUDA");
-  const int n = static_cast<int>(x.size(1));
-  TORCH_CHECK(n == h * (1LL << log2p), "n must be h * 2^log2p");
-  TORCH_CHECK(signs.scalar_type() == torch::kFloat32 && signs.numel() == n, "signs float32 [n]");
-  TORCH_CHECK(h == 1 || (f.scalar_type() == torch::kFloat32 && f.numel() == h * h), "f float32 [h, h]");
+// out [B, p] (x's dtype) = the transform of each row of x [B, p]; signs float32 [p].
+torch::Tensor hadamard_rows(torch::Tensor x, torch::Tensor signs, int64_t log2p, double scale, bool inverse) {
+  TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous(), "x must be [B, p] contiguous on CUDA");
+  TORCH_CHECK(log2p >= 4 && log2p <= 14 && x.size(1) == (1LL << log2p), "rows of p = 2^log2p, 16 <= p <= 16384");
+  TORCH_CHECK(signs.scalar_type() == torch::kFloat32 && signs.numel() == x.size(1), "signs float32 [p]");
   const c10::cuda::CUDAGuard guard(x.device());
   auto out = torch::empty_like(x);
   if (x.size(0) == 0) return out;
-  const int threads = 256;
-  const int p = 1 << log2p;
-  const int rows_per_block = h == 1 ? 1 : std::max(1, threads / p);
-  const dim3 grid(static_cast<unsigned>(x.size(0)), h == 1 ? 1 : static_cast<unsigned>((h + rows_per_block - 1) / rows_per_block));
-  const size_t smem = sizeof(float) * n;
+  const int p = static_cast<int>(x.size(1));
+  const int threads = p / 16;
+  const size_t smem = sizeof(float) * (p + p / 32);
   auto stream = at::cuda::getCurrentCUDAStream();
 #define PVQ_HADAMARD(T, TL)                                                                                       \
   do {                                                                                                            \
     auto kern = hadamard_rows_kernel<T>;                                                                          \
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem))); \
-    kern<<<grid, threads, smem, stream>>>(reinterpret_cast<const T*>(x.data_ptr<TL>()),                           \
-                                          reinterpret_cast<T*>(out.data_ptr<TL>()), signs.data_ptr<float>(),      \
-                                          h == 1 ? nullptr : f.data_ptr<float>(), n, static_cast<int>(h),         \
-                                          static_cast<int>(log2p), rows_per_block, static_cast<float>(scale),     \
-                                          inverse);                                                               \
+    if (smem > 48 * 1024)                                                                                         \
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem))); \
+    kern<<<static_cast<unsigned>(x.size(0)), threads, smem, stream>>>(                                            \
+        reinterpret_cast<const T*>(x.data_ptr<TL>()), reinterpret_cast<T*>(out.data_ptr<TL>()),                   \
+        signs.data_ptr<float>(), static_cast<int>(log2p), static_cast<float>(scale), inverse);                    \
     C10_CUDA_KERNEL_LAUNCH_CHECK();                                                                               \
   } while (0)
   if (x.scalar_type() == torch::kHalf) {
