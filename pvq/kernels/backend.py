@@ -51,7 +51,7 @@ class KernelFamily:
     name: str
     supports: Callable  # codec -> bool
     runtime: Callable  # (layer, device) -> runtime layout
-    matmul: str  # (runtime, x [B <= 16, in]) -> [B, out] float32
+    matmul: str  # (runtime, x [B <= 16, in]) -> [B, out] float32 or x's dtype
     decode: str  # (runtime) -> Q' [out, in]
     fused_max_rows: int = FUSED_MAX_ROWS  # input rows up to which the fused matmul runs; above, decode then one matmul
 

@@ -88,8 +88,9 @@ def pair_table(pulses: int, device: str) -> torch.Tensor:
 
 
 def split_gemv_cuda(rt: SplitRuntime, x: torch.Tensor) -> torch.Tensor:
-    """``x @ Q'^T`` float32 ``[1, out]`` for ``x: [1, in]`` (fp16, bf16 or fp32, on the layer's CUDA
-    device) of a layer :func:`~pvq.kernels.split_lean.lean_supported` takes (rows wider than
+    """``x @ Q'^T`` ``[1, out]`` in ``x``'s dtype (float32 sums rounded once: what the layer casts the
+    other kernels' float32 results to, without a cast kernel) for ``x: [1, in]`` (fp16, bf16 or fp32, on
+    the layer's CUDA device) of a layer :func:`~pvq.kernels.split_lean.lean_supported` takes (rows wider than
     :data:`CUDA_MAX_IN_FEATURES` run the Triton kernel)."""
     if not lean_supported(rt) or rt.num_levels not in CUDA_LEVELS:
         raise ValueError(f"the CUDA split kernel takes D = 8 layers with N(8, K) < 2^22 and L in 2, 4, 8, 16; "
@@ -100,7 +101,7 @@ def split_gemv_cuda(rt: SplitRuntime, x: torch.Tensor) -> torch.Tensor:
     if ext is None:
         from .triton_split import split_matmul
 
-        return split_matmul(rt, x)
+        return split_matmul(rt, x).to(x.dtype)
     dev = str(rt.words.device)
     leaves, _ = shared_leaves(rt.pulses, dev)
     return ext.split8_gemv(

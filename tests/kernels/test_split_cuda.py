@@ -76,7 +76,10 @@ def test_product_matches_the_reference(bits, group, out_f, in_f, dtype):
     rt = split_runtime(q, "cuda")
     x = torch.randn(1, in_f, generator=torch.Generator().manual_seed(in_f)).to("cuda", dtype)
     ref = x.float() @ split_decode_reference(rt).T
-    torch.testing.assert_close(split_gemv_cuda(rt, x), ref, rtol=1e-5, atol=1e-5)
+    got = split_gemv_cuda(rt, x)  # float32 sums rounded once to x's dtype
+    assert got.dtype == dtype
+    tol = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
+    torch.testing.assert_close(got.float(), ref, rtol=tol, atol=tol * ref.abs().max().item())
 
 
 def random_code_runtime(bits: float, group: int, out_f: int, in_f: int, seed: int):
@@ -108,7 +111,7 @@ def test_product_matches_the_reference_in_every_layout(bits, group, out_f, in_f)
     rt = random_code_runtime(bits, group, out_f, in_f, seed=out_f + in_f)
     x = torch.randn(1, in_f, generator=torch.Generator().manual_seed(in_f)).to("cuda", torch.float16)
     ref = x.float() @ split_decode_reference(rt).T
-    torch.testing.assert_close(split_gemv_cuda(rt, x), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+    torch.testing.assert_close(split_gemv_cuda(rt, x).float(), ref, rtol=1e-3, atol=1e-3 * ref.abs().max().item())
 
 
 @needs_cuda

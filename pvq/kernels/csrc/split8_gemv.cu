@@ -120,7 +120,7 @@ __global__ void __launch_bounds__(1024, 1)
 split8_gemv_kernel(const unsigned* __restrict__ words, unsigned n_words, const __half* __restrict__ scales,
                    const float* __restrict__ levels, const unsigned* __restrict__ buckets, int n_buckets,
                    const int4* __restrict__ pair, const int* __restrict__ leaves, int n_leaves,
-                   const float* __restrict__ inv_norms, int n_norms, const T* __restrict__ x, float* __restrict__ y,
+                   const float* __restrict__ inv_norms, int n_norms, const T* __restrict__ x, T* __restrict__ y,
                    int out_features, int vpr, int code_bits, int K, int group, int group_log2, int shift,
                    int warps_per_group, int rows_per_block) {
   extern __shared__ int smem[];
@@ -220,7 +220,7 @@ split8_gemv_kernel(const unsigned* __restrict__ words, unsigned n_words, const _
   for (int t = threadIdx.x; t < rows; t += blockDim.x) {
     float sum = 0.f;
     for (int s = 0; s < warps_per_group; ++s) sum += s_partial[s * rows_per_block + t];
-    y[row0 + t] = sum;
+    y[row0 + t] = pvq::from_float<T>(sum);
   }
 }
 
@@ -230,7 +230,7 @@ int ceil_div(long long a, long long b) { return static_cast<int>((a + b - 1) / b
 // every instantiation the launcher makes, for --resource-usage
 #define PVQ_INSTANTIATE(T, L, NV, RU) template __global__ void split8_gemv_kernel<T, L, NV, RU>(         \
     const unsigned*, unsigned, const __half*, const float*, const unsigned*, int, const int4*, const int*, int, \
-    const float*, int, const T*, float*, int, int, int, int, int, int, int, int, int);
+    const float*, int, const T*, T*, int, int, int, int, int, int, int, int, int);
 PVQ_INSTANTIATE(__half, 8, 1, 4)
 PVQ_INSTANTIATE(__half, 8, 2, 2)
 PVQ_INSTANTIATE(__half, 8, 3, 1)
@@ -242,7 +242,7 @@ PVQ_INSTANTIATE(float, 16, 3, 1)
 
 #ifndef PVQ_KERNEL_ONLY
 
-// y [1, out] float32 = x [1, in] @ Q'^T. Tables as in the header comment; all tensors on one CUDA device.
+// y [1, out] (x's dtype, rounded once from the float32 sums) = x [1, in] @ Q'^T. Tables as in the header comment; all tensors on one CUDA device.
 torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tensor levels, torch::Tensor buckets,
                           torch::Tensor pair, torch::Tensor leaves, torch::Tensor inv_norms, torch::Tensor x,
                           int64_t out_features, int64_t code_bits, int64_t K, int64_t group, int64_t shift) {
@@ -255,7 +255,7 @@ torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tens
   TORCH_CHECK(vpr % group == 0, "vectors per row must be a multiple of the group size");
   TORCH_CHECK(vpr <= 32 * 32 * 4, "in_features above 32768 are not taken by this kernel, got ", x.size(1));
   const c10::cuda::CUDAGuard guard(x.device());
-  auto y = torch::empty({1, out_features}, x.options().dtype(torch::kFloat32));
+  auto y = torch::empty({1, out_features}, x.options());
   const int n_leaves = static_cast<int>(leaves.numel());
   const int n_buckets = static_cast<int>(buckets.numel());
   const int n_norms = static_cast<int>(inv_norms.numel());
@@ -285,7 +285,7 @@ torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tens
         reinterpret_cast<const unsigned*>(buckets.data_ptr<int32_t>()), n_buckets,                              \
         reinterpret_cast<const int4*>(pair.data_ptr<int32_t>()), leaves.data_ptr<int32_t>(), n_leaves,           \
         inv_norms.data_ptr<float>(), n_norms, reinterpret_cast<const T*>(x.data_ptr<TL>()),                      \
-        y.data_ptr<float>(), static_cast<int>(out_features), vpr, static_cast<int>(code_bits),                  \
+        reinterpret_cast<T*>(y.data_ptr<TL>()), static_cast<int>(out_features), vpr, static_cast<int>(code_bits),                  \
         static_cast<int>(K), static_cast<int>(group), group_log2, static_cast<int>(shift), S, rows_per_block);  \
     C10_CUDA_KERNEL_LAUNCH_CHECK();                                                                              \
   } while (0)
