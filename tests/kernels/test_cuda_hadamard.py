@@ -14,16 +14,15 @@ needs_cuda = pytest.mark.skipif(not cuda_build_available(), reason="needs a CUDA
 
 
 def test_sizes_and_refusals():
-    sizes = (8, 16, 4096, 11008, 16384, 32768, 5120, 28672)
-    # powers of two from 16 to 16384; a dense factor times 16, 32 or 64 (11008 = 344 x 32), not 20 x 256
-    assert [n for n in sizes if cuda_hadamard.supported(RandomizedHadamard(n, seed=0))] == [16, 4096, 11008, 16384]
+    assert [n for n in (8, 16, 4096, 11008, 16384, 32768) if cuda_hadamard.supported(RandomizedHadamard(n, seed=0))] \
+        == [16, 4096, 16384]  # powers of two from 16 to 16384; 11008 = 344 x 32 has a dense factor
     rh = RandomizedHadamard(64, seed=0)
     with pytest.raises(ValueError, match="CUDA tensors"):
         hadamard_rotate_cuda(rh, torch.zeros(2, 64))
     with pytest.raises(ValueError, match="n = 64"):
         hadamard_rotate_cuda(rh, torch.zeros(2, 32))
-    with pytest.raises(ValueError, match="n = 5120"):
-        hadamard_rotate_cuda(RandomizedHadamard(5120, seed=0), torch.zeros(1, 5120))
+    with pytest.raises(ValueError, match="n = 11008"):
+        hadamard_rotate_cuda(RandomizedHadamard(11008, seed=0), torch.zeros(1, 11008))
 
 
 def test_the_backend_asks_the_cuda_kernel_first_and_only_for_cuda_tensors(monkeypatch):
@@ -43,11 +42,10 @@ def test_the_backend_asks_the_cuda_kernel_first_and_only_for_cuda_tensors(monkey
     assert asked == []  # a CPU tensor never reaches the CUDA kernel's check
 
 
-# every power of two it takes (one to four radix-16 passes, the first of one to four steps); dense
-# factors times 16, 32, 64: Paley (192 = 12 x 16, 768 = 12 x 64, 11008 = 344 x 32) and random
-# orthogonal (944 = 59 x 16, 3776 = 59 x 64); one and several rows
+# every power of two it takes (one to four radix-16 passes, the first of one to four steps); one and
+# several rows
 @needs_cuda
-@pytest.mark.parametrize("n", [2**e for e in range(4, 15)] + [192, 768, 11008, 944, 3776])
+@pytest.mark.parametrize("n", [2**e for e in range(4, 15)])
 @pytest.mark.parametrize("rows", [1, 5])
 @pytest.mark.parametrize("inverse", [False, True])
 def test_kernel_equals_the_transform(n, rows, inverse):
@@ -60,8 +58,8 @@ def test_kernel_equals_the_transform(n, rows, inverse):
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_rows_round_trip(dtype):
-    rh = RandomizedHadamard(11008, seed=3)
-    x = torch.randn(2, 3, 11008).cuda().to(dtype)
+    rh = RandomizedHadamard(4096, seed=3)
+    x = torch.randn(2, 3, 4096).cuda().to(dtype)
     y = hadamard_rotate_cuda(rh, x)
     assert y.shape == x.shape and y.dtype == dtype
     torch.testing.assert_close(y.float(), rh.forward(x.float()), rtol=2e-2, atol=2e-2)
