@@ -119,3 +119,33 @@ def test_rejects_what_it_does_not_take():
     q = layer(make_codec("pvq", 4.0, 8, group_size=16), 3, 128, seed=0)
     with pytest.raises(ValueError, match="use split_matmul"):
         split_gemv_cuda(split_runtime(q, "cuda"), torch.zeros(1, 128, device="cuda"))
+
+
+@pytest.mark.parametrize("pulses", range(1, 14))
+def test_division_magic_is_exact_for_every_split_dividend(pulses):
+    """Every (index within the split of j, divisor N(4, K - j)) the kernel divides, exhaustively."""
+    import numpy as np
+
+    from pvq.codecs.pyramid_counts import pyramid_count
+    from pvq.kernels.cuda_split import division_magic, pair_table
+
+    table = pair_table(pulses, "cpu")
+    for j in range(pulses + 1):
+        d = pyramid_count(4, pulses - j)
+        m, p = division_magic(d)
+        n = np.arange(pyramid_count(4, j) * d, dtype=np.int64)
+        assert (((((n << 10) * m) >> 32) >> p) == n // d).all()
+        assert (int(table[j, 1]), int(table[j, 2]), int(table[j, 0]) >> 24) == (d, m, p)
+
+
+def test_packed_tables_hold_the_lean_tables():
+    from pvq.kernels.cuda_split import _buckets32, pair_table
+    from pvq.kernels.split_lean import lean_tables
+
+    for pulses in (4, 6, 11, 13):
+        buckets, pair, _ = lean_tables(pulses, "cpu")
+        b32 = _buckets32(pulses, "cpu").to(torch.int64)
+        assert torch.equal(b32 >> 5, buckets >> 32) and torch.equal(b32 & 31, buckets & 0xFFFFFFFF)
+        packed = pair_table(pulses, "cpu").to(torch.int64) & 0xFFFFFFFF
+        assert torch.equal(packed[:, 0] & 0xFFFFFF, pair[:, 0] & 0xFFFFFFFF)  # S_8(K, j)
+        assert torch.equal(packed[:, 3], pair[:, 1] >> 32)  # the leaf offsets

@@ -113,14 +113,7 @@ torch::Tensor hadamard_rows(torch::Tensor x, torch::Tensor signs, int64_t log2p,
         signs.data_ptr<float>(), static_cast<int>(log2p), static_cast<float>(scale), inverse);                    \
     C10_CUDA_KERNEL_LAUNCH_CHECK();                                                                               \
   } while (0)
-  if (x.scalar_type() == torch::kHalf) {
-    PVQ_HADAMARD(__half, at::Half);
-  } else if (x.scalar_type() == torch::kBFloat16) {
-    PVQ_HADAMARD(__nv_bfloat16, at::BFloat16);
-  } else {
-    TORCH_CHECK(x.scalar_type() == torch::kFloat32, "x must be float16, bfloat16 or float32");
-    PVQ_HADAMARD(float, float);
-  }
+  PVQ_BY_DTYPE(x, PVQ_HADAMARD);
   return out;
 }
 

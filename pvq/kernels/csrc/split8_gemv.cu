@@ -305,14 +305,7 @@ torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tens
     case 16: PVQ_BY_NV(T, TL, 16); break;                                                                        \
     default: TORCH_CHECK(false, "gain levels L must be 2, 4, 8 or 16, got ", L);                                 \
   }
-  if (x.scalar_type() == torch::kHalf) {
-    PVQ_BY_LEVELS(__half, at::Half);
-  } else if (x.scalar_type() == torch::kBFloat16) {
-    PVQ_BY_LEVELS(__nv_bfloat16, at::BFloat16);
-  } else {
-    TORCH_CHECK(x.scalar_type() == torch::kFloat32, "x must be float16, bfloat16 or float32");
-    PVQ_BY_LEVELS(float, float);
-  }
+  PVQ_BY_DTYPE(x, PVQ_BY_LEVELS);
   return y;
 }
 
