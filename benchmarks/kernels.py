@@ -135,11 +135,12 @@ def _one_row_variants(rt, x) -> list:
     Triton kernel (bucket table or compares), the CUDA kernel."""
     from pvq.kernels import triton_split as TS
     from pvq.kernels import triton_split_lean as TSL
-    from pvq.kernels.cuda_split import cuda_split_available, split_gemv_cuda
+    from pvq.kernels.cuda_build import cuda_build_available
+    from pvq.kernels.cuda_split import split_gemv_cuda
 
     out = [("triton", lambda: TS.split_matmul(rt, x)), ("lean", lambda: TS.split_matmul(rt, x, lean=True)),
            ("lean-compares", lambda: TSL.split_gemv_lean(rt, x, buckets=False))]
-    if cuda_split_available():
+    if cuda_build_available():
         out += [("cuda", lambda: split_gemv_cuda(rt, x))]
     return out
 

@@ -60,10 +60,16 @@ class KernelFamily:
         return _kernel(self.matmul), _kernel(self.decode)
 
 
-@lru_cache(maxsize=None)
 def _kernel(qualified: str) -> Callable:
     module, name = qualified.rsplit(".", 1)
-    return getattr(importlib.import_module(f"{__package__}.{module}"), name)
+    return getattr(_module(module), name)
+
+
+@lru_cache(maxsize=None)
+def _module(name: str):
+    """A kernel module of this package, imported on first use (the function is looked up on every
+    call, so a replaced one is seen)."""
+    return importlib.import_module(f"{__package__}.{name}")
 
 
 KERNEL_FAMILIES = (

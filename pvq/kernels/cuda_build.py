@@ -28,12 +28,11 @@ def cuda_build_available() -> bool:
     return CUDA_HOME is not None
 
 
-def load_cuda_extension(name: str, source: str, instead: str):
-    """The module compiled from ``csrc/<source>``, or None (with a warning naming what runs
-    ``instead``) where the build fails. Callers cache it (one build per process)."""
+def load_cuda_extension(name: str, path: str, instead: str):
+    """The module compiled from the CUDA source ``path`` (in :data:`CSRC`), or None (with a warning
+    naming what runs ``instead``) where the build fails. Callers cache it (one build per process)."""
     from torch.utils.cpp_extension import load
 
-    path = os.path.join(CSRC, source)
     try:
         return load(name=name, sources=[path], extra_cuda_cflags=["-O3"], extra_include_paths=[CSRC], verbose=False)
     except Exception as e:  # noqa: BLE001 - a compiler, toolkit or driver problem of this machine

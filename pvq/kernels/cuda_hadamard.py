@@ -1,17 +1,19 @@
 """The randomized Hadamard transform of activation rows as a CUDA kernel (optional).
 
 :func:`hadamard_rotate_cuda` computes ``rh.forward(x)`` (or ``rh.inverse(x)``) of a
-:class:`~pvq.transforms.RandomizedHadamard` for ``x: [..., n]``: a fast Walsh-Hadamard transform of
-the power-of-two axis in shared memory (log2 p butterfly steps), then the dense factor's product
-spread over blocks. The Triton kernel (:mod:`pvq.kernels.triton_hadamard`) multiplies by H_p as two
-dense matrices, p^1.5 multiply-adds in one program: 11.8 us a row of 4096 on an H100, 352 calls
-in a 7B decode step (docs/kernels.md). Source ``pvq/kernels/csrc/hadamard_rows.cu``, compiled on
+:class:`~pvq.transforms.RandomizedHadamard` of a power-of-two size with no dense factor (16 to
+16384) for ``x: [..., n]``: a fast Walsh-Hadamard transform with the row in registers, 16 numbers a
+thread, in radix-16 passes regrouped through shared memory. The Triton kernel
+(:mod:`pvq.kernels.triton_hadamard`) multiplies by H_p as two dense matrices, p^1.5 multiply-adds in
+one program: 11.8 us a row of 4096 on an H100, 352 calls in a 7B decode step (docs/kernels.md); it
+keeps the sizes with a dense factor (11008 = 344 x 32). Source ``pvq/kernels/csrc/hadamard_rows.cu``, compiled on
 first use (:mod:`pvq.kernels.cuda_build`). Reference: ``RandomizedHadamard.forward`` / ``.inverse``.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import weakref
 from functools import lru_cache
 
@@ -19,7 +21,7 @@ import torch
 
 from pvq.transforms import RandomizedHadamard
 
-from .cuda_build import cuda_build_available, load_cuda_extension
+from .cuda_build import CSRC, cuda_build_available, load_cuda_extension
 
 __all__ = ["CUDA_HADAMARD_SIZES", "hadamard_rotate_cuda", "preferred", "supported"]
 
@@ -29,7 +31,7 @@ CUDA_HADAMARD_SIZES = (16, 16384)
 
 @lru_cache(maxsize=None)
 def _extension():
-    return load_cuda_extension("pvq_hadamard_rows", "hadamard_rows.cu",
+    return load_cuda_extension("pvq_hadamard_rows", os.path.join(CSRC, "hadamard_rows.cu"),
                                "rotations run the Triton kernel or PyTorch instead")
 
 

@@ -7,7 +7,7 @@ gather them through L1, one sector per thread: Nsight on an H100 counts two thir
 excessive; Triton 3.6 has no indexed shared-memory gather), keeps each warp's slice of the input in
 registers for the whole kernel, and converts no integer to float through the quarter-rate unit. Source:
 ``pvq/kernels/csrc/split8_gemv.cu``, compiled on first use by
-:func:`torch.utils.cpp_extension.load` (needs nvcc and ninja: :func:`cuda_split_available`).
+:mod:`pvq.kernels.cuda_build` (needs nvcc and ninja).
 Plain reference: :func:`~pvq.kernels.split_runtime.split_decode_reference` (the same float32
 weights). CI has no GPU: its tests run on CUDA machines only.
 """
@@ -23,7 +23,8 @@ from .cuda_build import CSRC, cuda_build_available, load_cuda_extension
 from .split_lean import bucket_shift, lean_codec_supported, lean_supported, lean_tables
 from .split_runtime import SplitRuntime, shared_leaves, split_runtime_supports
 
-__all__ = ["CUDA_LEVELS", "CUDA_MAX_IN_FEATURES", "cuda_split_available", "cuda_split_supports", "split_gemv_cuda"]
+__all__ = ["CUDA_LEVELS", "CUDA_MAX_IN_FEATURES", "cuda_split_supports", "division_magic", "pair_table",
+           "split_gemv_cuda"]
 
 CUDA_LEVELS = (2, 4, 8, 16)
 """Gain level counts the kernel is instantiated for (``L`` is a template parameter)."""
@@ -31,23 +32,18 @@ CUDA_LEVELS = (2, 4, 8, 16)
 _SOURCE = os.path.join(CSRC, "split8_gemv.cu")
 
 
-def cuda_split_available() -> bool:
-    """A CUDA device, nvcc and ninja: what compiling the kernel needs."""
-    return cuda_build_available()
-
-
 def cuda_split_supports(codec) -> bool:
     """Whether this machine compiles the kernel and it decodes this codec's codes (split order, D = 8,
     N(8, K) < 2^22, L in 2, 4, 8, 16)."""
     return (split_runtime_supports(codec) and codec.gain.num_levels in CUDA_LEVELS and lean_codec_supported(codec)
-            and cuda_split_available())
+            and cuda_build_available())
 
 
 @lru_cache(maxsize=None)
 def _extension():
     """The compiled module, or None (with a warning, once per process) where the build fails: the
     layers then run the Triton kernel."""
-    return load_cuda_extension("pvq_split8_gemv", "split8_gemv.cu",
+    return load_cuda_extension("pvq_split8_gemv", _SOURCE,
                                "one-row products of D = 8 PVQ layers run the Triton kernel instead")
 
 
@@ -97,7 +93,8 @@ def split_gemv_cuda(rt: SplitRuntime, x: torch.Tensor) -> torch.Tensor:
                          f"got D={rt.dim}, K={rt.pulses}, L={rt.num_levels} (use split_matmul)")
     if x.dim() != 2 or tuple(x.shape) != (1, rt.in_features) or not x.is_cuda:
         raise ValueError(f"split_gemv_cuda takes x [1, {rt.in_features}] on CUDA, got {tuple(x.shape)} on {x.device}")
-    ext = _extension() if rt.in_features <= CUDA_MAX_IN_FEATURES and rt.words.numel() < 1 << 27 else None
+    fits = rt.in_features <= CUDA_MAX_IN_FEATURES and rt.words.numel() < 1 << 27  # 32-bit bit addresses
+    ext = _extension() if fits else None
     if ext is None:
         from .triton_split import split_matmul
 
@@ -106,4 +103,5 @@ def split_gemv_cuda(rt: SplitRuntime, x: torch.Tensor) -> torch.Tensor:
     leaves, _ = shared_leaves(rt.pulses, dev)
     return ext.split8_gemv(
         rt.words, rt.scales, rt.levels, _buckets32(rt.pulses, dev), pair_table(rt.pulses, dev), leaves,
-        rt.inverse_norms, x.contiguous(), rt.out_features, rt.code_bits, rt.pulses, rt.group_size, bucket_shift(rt.pulses))
+        rt.inverse_norms, x.contiguous(), rt.out_features, rt.code_bits, rt.pulses, rt.group_size,
+        bucket_shift(rt.pulses))

@@ -11,11 +11,12 @@ import torch
 
 from pvq.codecs import make_codec
 from pvq.kernels import cuda_split, kernel_family
-from pvq.kernels.cuda_split import cuda_split_available, split_gemv_cuda
+from pvq.kernels.cuda_build import cuda_build_available
+from pvq.kernels.cuda_split import split_gemv_cuda
 from pvq.kernels.split_runtime import split_decode_reference, split_runtime
 from quantized_layers import random_layer as layer
 
-needs_cuda = pytest.mark.skipif(not cuda_split_available(), reason="needs a CUDA device, nvcc and ninja")
+needs_cuda = pytest.mark.skipif(not cuda_build_available(), reason="needs a CUDA device, nvcc and ninja")
 
 CASES = [(1.5, 5, 5, 40), (2.0, 3, 3, 24), (2.5, 7, 19, 56), (3.0, 3, 37, 24), (3.0, 4, 1, 32), (3.0, 2, 21, 272),
          (3.0, 16, 300, 1024)]
@@ -28,9 +29,9 @@ def test_source_ships_with_the_package():
 
 def test_family_is_chosen_only_where_the_kernel_compiles(monkeypatch):
     three, four = make_codec("pvq", 3.0, 8, group_size=16), make_codec("pvq", 4.0, 8, group_size=16)
-    monkeypatch.setattr(cuda_split, "cuda_split_available", lambda: False)
+    monkeypatch.setattr(cuda_split, "cuda_build_available", lambda: False)
     assert kernel_family(three).name == "pvq-split"
-    monkeypatch.setattr(cuda_split, "cuda_split_available", lambda: True)
+    monkeypatch.setattr(cuda_split, "cuda_build_available", lambda: True)
     assert kernel_family(three).name == "pvq-split-cuda"
     assert kernel_family(four).name == "pvq-split"  # N(8, 22) >= 2^22: the Triton kernels
     assert kernel_family(make_codec("pvq", 3.0, 16, group_size=16)).name == "pvq-split"

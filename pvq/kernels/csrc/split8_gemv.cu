@@ -36,7 +36,6 @@ using pvq::to_float;
 
 constexpr float kTwo23 = 8388608.f;
 
-
 // x[8 v .. 8 v + 7] as floats (zeros when the vector is past the row)
 template <typename T>
 __device__ __forceinline__ void load8(const T* __restrict__ x, int v, bool valid, float* out) {
@@ -91,28 +90,23 @@ __device__ __forceinline__ float vector_dot(unsigned code, const float* xv, floa
 // (l >> (5 - log2 RU)), complete in the lanes whose low 5 - log2 RU bits are zero.
 template <int RU>
 __device__ __forceinline__ float reduce_rows(float (&a)[RU], int lane) {
+  static_assert(RU == 1 || RU == 2 || RU == 4, "rows a step: 1, 2 or 4");
+  float k;
   if constexpr (RU == 4) {
     const bool up = lane & 16;
-    float k0 = (up ? a[2] : a[0]) + __shfl_xor_sync(0xFFFFFFFFu, up ? a[0] : a[2], 16);
-    float k1 = (up ? a[3] : a[1]) + __shfl_xor_sync(0xFFFFFFFFu, up ? a[1] : a[3], 16);
+    const float k0 = (up ? a[2] : a[0]) + __shfl_xor_sync(0xFFFFFFFFu, up ? a[0] : a[2], 16);
+    const float k1 = (up ? a[3] : a[1]) + __shfl_xor_sync(0xFFFFFFFFu, up ? a[1] : a[3], 16);
     const bool up8 = lane & 8;
-    float k = (up8 ? k1 : k0) + __shfl_xor_sync(0xFFFFFFFFu, up8 ? k0 : k1, 8);
-#pragma unroll
-    for (int o = 4; o > 0; o >>= 1) k += __shfl_xor_sync(0xFFFFFFFFu, k, o);
-    return k;
+    k = (up8 ? k1 : k0) + __shfl_xor_sync(0xFFFFFFFFu, up8 ? k0 : k1, 8);
   } else if constexpr (RU == 2) {
     const bool up = lane & 16;
-    float k = (up ? a[1] : a[0]) + __shfl_xor_sync(0xFFFFFFFFu, up ? a[0] : a[1], 16);
-#pragma unroll
-    for (int o = 8; o > 0; o >>= 1) k += __shfl_xor_sync(0xFFFFFFFFu, k, o);
-    return k;
+    k = (up ? a[1] : a[0]) + __shfl_xor_sync(0xFFFFFFFFu, up ? a[0] : a[1], 16);
   } else {
-    static_assert(RU == 1, "rows a step: 1, 2 or 4");
-    float k = a[0];
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) k += __shfl_xor_sync(0xFFFFFFFFu, k, o);
-    return k;
+    k = a[0];
   }
+#pragma unroll
+  for (int o = 16 / RU; o > 0; o >>= 1) k += __shfl_xor_sync(0xFFFFFFFFu, k, o);  // the lanes of one row
+  return k;
 }
 
 template <typename T, int L, int NV, int RU>
