@@ -61,25 +61,22 @@ def _buckets32(pulses: int, device: str) -> torch.Tensor:
     return packed.to(torch.int32).to(device)
 
 
-def division_magic(divisor: int) -> tuple[int, int]:
-    """(m, p) with ``floor(n / divisor) == ((n << 10) * m >> 32) >> p`` for every ``0 <= n < 2^22``:
-    p = ceil(log2 divisor), m = ceil(2^(22 + p) / divisor) < 2^24 (Granlund and Montgomery: exact since
-    ``m * divisor - 2^(22 + p) < divisor <= 2^p``)."""
-    p = (divisor - 1).bit_length()
-    return -(-(1 << (22 + p)) // divisor), p
+def division_magic(divisor: int) -> int:
+    """M = ceil(2^31 / divisor) (< 2^32 for divisor >= 1), with ``floor(n / divisor) == (2 n M) >> 32`` for every
+    dividend the kernel divides: n < N(4, j) N(4, K - j) for K <= 13 (Granlund and Montgomery's bound
+    does not cover them all; the tests check each exhaustively)."""
+    return -(-(1 << 31) // divisor)
 
 
 @lru_cache(maxsize=None)
 def pair_table(pulses: int, device: str) -> torch.Tensor:
-    """int32 ``[K + 1, 4]`` for the first half's pulses j: ``S_8(K, j) | p << 24``, divisor ``N(4, K - j)``,
-    its magic multiplier m, ``leaf_offset[j] | leaf_offset[K - j] << 16`` (from
-    :func:`~pvq.kernels.split_lean.lean_tables`, the float reciprocal replaced by m and p)."""
+    """int32 ``[K + 1, 4]`` for the first half's pulses j: ``S_8(K, j)``, divisor ``d = N(4, K - j)``, its
+    multiplier :func:`division_magic`, ``leaf_offset[j] | leaf_offset[K - j] << 16`` (from
+    :func:`~pvq.kernels.split_lean.lean_tables`); the kernel lays them out by byte addresses."""
     _, pair, _ = lean_tables(pulses, "cpu")
     base, div, offs = pair[:, 0] & 0xFFFFFFFF, pair[:, 0] >> 32, pair[:, 1] >> 32
-    magic = [division_magic(int(d)) for d in div]
-    m = torch.tensor([mp[0] for mp in magic], dtype=torch.int64)
-    p = torch.tensor([mp[1] for mp in magic], dtype=torch.int64)
-    rows = torch.stack([base | (p << 24), div, m, offs], 1)
+    m = torch.tensor([division_magic(int(d)) for d in div], dtype=torch.int64)
+    rows = torch.stack([base, div, m, offs], 1)
     return torch.where(rows >= 1 << 31, rows - (1 << 32), rows).to(torch.int32).contiguous().to(device)
 
 

@@ -133,10 +133,18 @@ def test_division_magic_is_exact_for_every_split_dividend(pulses):
     table = pair_table(pulses, "cpu")
     for j in range(pulses + 1):
         d = pyramid_count(4, pulses - j)
-        m, p = division_magic(d)
-        n = np.arange(pyramid_count(4, j) * d, dtype=np.int64)
-        assert (((((n << 10) * m) >> 32) >> p) == n // d).all()
-        assert (int(table[j, 1]), int(table[j, 2]), int(table[j, 0]) >> 24) == (d, m, p)
+        m = division_magic(d)
+        assert 0 < m < 1 << 32
+        n = np.arange(pyramid_count(4, j) * d, dtype=np.uint64)
+        assert (((2 * n) * np.uint64(m)) >> np.uint64(32) == n // np.uint64(d)).all()
+        assert (int(table[j, 1]), int(table[j, 2]) & 0xFFFFFFFF) == (d, m)
+
+
+def test_division_magic_covers_every_pulse_count_the_kernel_takes():
+    from pvq.codecs.pyramid_counts import pyramid_count
+    from pvq.kernels.split_lean import LEAN_MAX_COUNT
+
+    assert max(k for k in range(1, 40) if pyramid_count(8, k) < LEAN_MAX_COUNT) == 13
 
 
 def test_packed_tables_hold_the_lean_tables():
@@ -148,5 +156,5 @@ def test_packed_tables_hold_the_lean_tables():
         b32 = _buckets32(pulses, "cpu").to(torch.int64)
         assert torch.equal(b32 >> 5, buckets >> 32) and torch.equal(b32 & 31, buckets & 0xFFFFFFFF)
         packed = pair_table(pulses, "cpu").to(torch.int64) & 0xFFFFFFFF
-        assert torch.equal(packed[:, 0] & 0xFFFFFF, pair[:, 0] & 0xFFFFFFFF)  # S_8(K, j)
+        assert torch.equal(packed[:, 0], pair[:, 0] & 0xFFFFFFFF)  # S_8(K, j)
         assert torch.equal(packed[:, 3], pair[:, 1] >> 32)  # the leaf offsets

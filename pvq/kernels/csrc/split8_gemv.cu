@@ -7,23 +7,28 @@
 //
 // Layout (session 6): one block per SM (up to 1024 threads), persistent over a contiguous range of
 // rows. A block is G row groups of S warps; warp s of a group owns the input slice of vectors
-// (s NV + i) 32 + lane, i < NV, for the whole kernel, so its piece of x sits in registers (8 NV
-// floats a lane: no load of x in the loop, which session 5's kernel re-read through L1 for every
-// row); for each row of its group it decodes its NV vectors (consecutive codes across lanes:
-// coalesced), sums x . y * mult in float32, reduces over the warp and leaves the partial in shared
+// (s NV + i) 32 + lane, i < NV, for the whole kernel, so its piece of x sits in registers (no load of
+// x in the loop); for each row of its group it decodes its NV vectors (consecutive codes across
+// lanes: coalesced), sums x . y * mult, reduces over the warp and leaves the partial in shared
 // memory; the block adds the S partials of each row at the end (no atomics, no zeroing). RU rows are
 // decoded per step with their code words loaded one step ahead.
 //
-// The decode issues no int <-> float conversion (those run at a quarter of the FMA rate): a leaf
-// coordinate c becomes a float as the bits 0x4B000000 | (c + 128) minus 2^23 + 128; the split's
-// division is a multiply-high. Tables (pvq/kernels/cuda_split.py, from
+// Arithmetic (session 7): 16-bit inputs multiply in half2 - x / 16 in registers, a leaf table of
+// exact fp16 coordinates, the vector's eight products and its squared norm in eight HFMA2, its sum
+// then float32 (rows summed in float32; the 16 back at the end); float32 inputs convert int8 leaf
+// coordinates without I2F (the bits 0x4B000000 | (c + 128) minus 2^23 + 128) and sum in float32.
+// The split's division is one multiply-high (M = ceil(2^31 / d) on 2 rest), and every table is
+// addressed in bytes (the block lays the pair table out as such): bucket -> split entry -> the two
+// leaf addresses in five integer instructions. Tables (pvq/kernels/cuda_split.py, from
 // pvq/kernels/split_lean.py): buckets uint32 {S_8(K, j0 + 1) << 5 | j0} by index >> shift; pair int4
-// {S_8(K, j) | p << 24, N(4, K - j), m, leaf_off[j] | leaf_off[K - j] << 16} (m, p: the division's
-// magic numbers); leaves int32 (4 x int8, P(4, k) for k <= K); inverse norms
-// float [K^2 + 1]; gain levels float [L]. The weights are y * ((level * scale) * inverse_norm[|y|^2])
-// in float32, as the reference (pvq/kernels/split_runtime.py).
+// {S_8(K, j), d = N(4, K - j), M, leaf_off[j] | leaf_off[K - j] << 16}; leaves int32 (4 x int8) or
+// int32 [T, 2] (2 x half2), P(4, k) for k <= K; inverse norms float [K^2 + 1]; gain levels float [L].
+// The weights are y * ((level * scale) * inverse_norm[|y|^2]) in float32, as the reference
+// (pvq/kernels/split_runtime.py); the half2 path multiplies by (level * inverse_norm) * scale.
 
 #include "dtype.cuh"
+#include <cstring>
+#include <type_traits>
 #ifndef PVQ_KERNEL_ONLY  // nvcc -DPVQ_KERNEL_ONLY -arch=sm_90 --resource-usage: the kernels alone, without torch
 #include <torch/extension.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -56,33 +61,92 @@ __device__ __forceinline__ float leaf_dot(int w, const float* x4) {
   return s;
 }
 
+__device__ __forceinline__ __half2 u32_as_half2(unsigned w) {
+  __half2 h;
+  memcpy(&h, &w, sizeof(h));
+  return h;
+}
+
+// Decode tables in shared memory, addressed in bytes from its start (the leaf table is first). The
+// kernel is bound by shared-memory wavefronts (a warp's random 4-byte gather over 32 banks takes
+// about 3.5; 8- and 16-byte ones more), so each vector reads: its bucket (4 bytes), its split entry
+// (16 bytes, one of K + 1), the first leaf's offset (4 bytes, one of K + 1), two leaves (4 bytes
+// each) and its gain level (one of L). split[j] = {-2 S_8(K, j), M = ceil(2^31 / d), -4 d,
+// 4 (leaf_off[K - j] - S_8(K, j))} and leaf_a[j] = 4 leaf_off[j], d = N(4, K - j), built by the block
+// from the pair table.
 struct Tables {
-  const int* leaves;
-  const int4* pair;
+  const char* base;  // the shared memory window
   const unsigned* buckets;
+  int split;         // byte address of split[0]
+  const int* leaf_a;
   const float* inv_norms;
   const float* levels;
 };
 
-// y . x of one vector's code: the multiplier times the dot product of its point with x
+template <typename W>
+__device__ __forceinline__ const W& at(const Tables& tb, int byte) {
+  return *reinterpret_cast<const W*>(tb.base + byte);
+}
+
+// The two leaf words (points of P(4, j), P(4, K - j)) of the vector with index r. rest = r - S_8(K, j)
+// = qa d + rb; qa = floor(2 rest M / 2^32), exact for every dividend of K <= 13 (checked exhaustively in
+// tests/kernels/test_split_cuda.py); 4 (leaf_off[K - j] + rb) as 4 r + 4 (leaf_off[K - j] - S) - 4 d qa.
+__device__ __forceinline__ int2 split_leaves(int r, const Tables& tb, int shift) {
+  const unsigned b = tb.buckets[r >> shift];
+  const int j = static_cast<int>(b & 31u) + (static_cast<unsigned>(r) >= (b >> 5) ? 1 : 0);
+  const int4 e = at<int4>(tb, tb.split + 16 * j);
+  const unsigned rest2 = static_cast<unsigned>(r * 2 + e.x);
+  const int qa = static_cast<int>(__umulhi(rest2, static_cast<unsigned>(e.y)));
+  return {at<int>(tb, qa * 4 + tb.leaf_a[j]), at<int>(tb, qa * e.z + (r * 4 + e.w))};
+}
+
+// y . x of one vector's code in float32: the multiplier times the dot product of its point with x
 template <int L>
 __device__ __forceinline__ float vector_dot(unsigned code, const float* xv, float scale, const Tables& tb, int shift) {
   constexpr int kLog2L = L == 2 ? 1 : (L == 4 ? 2 : (L == 8 ? 3 : 4));
   const int gain = static_cast<int>(code & (L - 1));
-  const int r = static_cast<int>(code >> kLog2L);
-  const unsigned b = tb.buckets[r >> shift];
-  const int j = static_cast<int>(b & 31u) + (static_cast<unsigned>(r) >= (b >> 5) ? 1 : 0);
-  const int4 e = tb.pair[j];
-  // floor(rest / div) by a multiply-high: m = ceil(2^(22 + p) / div), p = ceil(log2 div), exact for
-  // rest < 2^22 (Granlund and Montgomery); e.x holds p in its top byte above the 22-bit base
-  const int rest = r - (e.x & 0xFFFFFF);
-  const int qa = static_cast<int>(__umulhi(static_cast<unsigned>(rest) << 10, static_cast<unsigned>(e.z)) >> (e.x >> 24));
-  const int rb = rest - qa * e.y;
-  const int wa = tb.leaves[(e.w & 0xFFFF) + qa];
-  const int wb = tb.leaves[static_cast<int>(static_cast<unsigned>(e.w) >> 16) + rb];
-  const int n2 = __dp4a(wb, wb, __dp4a(wa, wa, 0));
+  const int2 w = split_leaves(static_cast<int>(code >> kLog2L), tb, shift);
+  const int n2 = __dp4a(w.y, w.y, __dp4a(w.x, w.x, 0));
   const float mult = (tb.levels[gain] * scale) * tb.inv_norms[n2];
-  return (leaf_dot(wa, xv) + leaf_dot(wb, xv + 4)) * mult;
+  return (leaf_dot(w.x, xv) + leaf_dot(w.y, xv + 4)) * mult;
+}
+
+// 1 / sqrt(v) from the special-function unit alone (v = |y|^2 >= 1: no range fix-ups)
+__device__ __forceinline__ float rsqrt_approx(float v) {
+  float r;
+  asm("rsqrt.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v));
+  return r;
+}
+
+// Four int8 coordinates (biased by 128) as two exact half2: the bytes under 0x64 are the halves
+// 1024 + c + 128, less 1152.
+__device__ __forceinline__ void leaf_halves(unsigned biased, __half2& c01, __half2& c23) {
+  const __half2 bias = u32_as_half2(0x64806480u);  // (1152, 1152)
+  c01 = __hsub2(u32_as_half2(__byte_perm(biased, 0x64646464u, 0x5140)), bias);
+  c23 = __hsub2(u32_as_half2(__byte_perm(biased, 0x64646464u, 0x5342)), bias);
+}
+
+// The same in half2 arithmetic for 16-bit inputs (xh: x / 16 as four half2; the leaf words biased by
+// 128): |y . x| / 16 <= K max|x| / 16 < 65504 for K <= 16, so no partial sum overflows; the squared
+// norm |y|^2 <= 256 is exact in half, its inverse square root from the special-function unit.
+template <int L>
+__device__ __forceinline__ float vector_dot(unsigned code, const __half2* xh, float scale, const Tables& tb, int shift) {
+  constexpr int kLog2L = L == 2 ? 1 : (L == 4 ? 2 : (L == 8 ? 3 : 4));
+  const int gain = static_cast<int>(code & (L - 1));
+  const int2 w = split_leaves(static_cast<int>(code >> kLog2L), tb, shift);
+  __half2 a01, a23, b01, b23;
+  leaf_halves(static_cast<unsigned>(w.x), a01, a23);
+  leaf_halves(static_cast<unsigned>(w.y), b01, b23);
+  __half2 d = __hmul2(a01, xh[0]);
+  d = __hfma2(a23, xh[1], d);
+  d = __hfma2(b01, xh[2], d);
+  d = __hfma2(b23, xh[3], d);
+  __half2 n = __hmul2(a01, a01);
+  n = __hfma2(a23, a23, n);
+  n = __hfma2(b01, b01, n);
+  n = __hfma2(b23, b23, n);
+  const float mult = tb.levels[gain] * scale * rsqrt_approx(__half2float(__hadd(__low2half(n), __high2half(n))));
+  return __half2float(__hadd(__low2half(d), __high2half(d))) * mult;
 }
 
 // Sums of RU rows' per-lane values over the warp in 5 + RU - 1 shuffles (not 5 RU): each step hands
@@ -117,20 +181,32 @@ split8_gemv_kernel(const unsigned* __restrict__ words, unsigned n_words, const _
                    const float* __restrict__ inv_norms, int n_norms, const T* __restrict__ x, T* __restrict__ y,
                    int out_features, int vpr, int code_bits, int K, int group, int group_log2, int shift,
                    int warps_per_group, int rows_per_block) {
+  // 16-bit inputs: products and sums in half2 (x / 16, exact), the vector's sum then float32
+  constexpr bool kHalf = !std::is_same<T, float>::value;
   extern __shared__ int smem[];
   int* s_leaves = smem;
-  int4* s_pair = reinterpret_cast<int4*>(s_leaves + ((n_leaves + 3) & ~3));
-  unsigned* s_buckets = reinterpret_cast<unsigned*>(s_pair + (K + 1));
+  int4* s_split = reinterpret_cast<int4*>(s_leaves + ((n_leaves + 3) & ~3));  // [K + 1]
+  int* s_leaf_a = reinterpret_cast<int*>(s_split + (K + 1));                  // [K + 1]
+  unsigned* s_buckets = reinterpret_cast<unsigned*>(s_leaf_a + ((K + 4) & ~3));
   float* s_inv = reinterpret_cast<float*>(s_buckets + n_buckets);
   float* s_levels = s_inv + n_norms;
   float* s_partial = s_levels + L;  // [warps_per_group][rows_per_block]
-  // the leaf table (48 KB at 3 bits) in 16-byte copies: the block's prologue, once per SM
+  // the leaf table (48 KB at 3 bits) in 16-byte copies: the block's prologue, once per SM; biased by
+  // 128 for the half2 arithmetic
   const int n4 = n_leaves >> 2;
+  const unsigned bias = kHalf ? 0x80808080u : 0u;
 #pragma unroll 4
-  for (int i = threadIdx.x; i < n4; i += blockDim.x)
-    reinterpret_cast<int4*>(s_leaves)[i] = __ldg(reinterpret_cast<const int4*>(leaves) + i);
-  for (int i = (n4 << 2) + threadIdx.x; i < n_leaves; i += blockDim.x) s_leaves[i] = leaves[i];
-  for (int i = threadIdx.x; i <= K; i += blockDim.x) s_pair[i] = pair[i];
+  for (int i = threadIdx.x; i < n4; i += blockDim.x) {
+    int4 w = __ldg(reinterpret_cast<const int4*>(leaves) + i);
+    w.x ^= bias, w.y ^= bias, w.z ^= bias, w.w ^= bias;
+    reinterpret_cast<int4*>(s_leaves)[i] = w;
+  }
+  for (int i = (n4 << 2) + threadIdx.x; i < n_leaves; i += blockDim.x) s_leaves[i] = leaves[i] ^ bias;
+  for (int j = threadIdx.x; j <= K; j += blockDim.x) {
+    const int4 e = pair[j];  // {S, d, M, leaf_off[j] | leaf_off[K - j] << 16}
+    s_split[j] = make_int4(-2 * e.x, e.z, -4 * e.y, 4 * (static_cast<int>(static_cast<unsigned>(e.w) >> 16) - e.x));
+    s_leaf_a[j] = 4 * (e.w & 0xFFFF);
+  }
   for (int i = threadIdx.x; i < n_buckets; i += blockDim.x) s_buckets[i] = buckets[i];
   for (int i = threadIdx.x; i < n_norms; i += blockDim.x) s_inv[i] = inv_norms[i];
   for (int i = threadIdx.x; i < L; i += blockDim.x) s_levels[i] = levels[i];
@@ -148,15 +224,24 @@ split8_gemv_kernel(const unsigned* __restrict__ words, unsigned n_words, const _
   // a lane's vectors; past the row: the row's last vector's address with x = 0 (adds 0, no branch)
   int v[NV];
   int g[NV];
-  float xv[NV][8];
+  using XReg = std::conditional_t<kHalf, __half2, float>;
+  XReg xv[NV][kHalf ? 4 : 8];
 #pragma unroll
   for (int i = 0; i < NV; ++i) {
     const int vi = (slice * NV + i) * 32 + lane;
     v[i] = min(vi, vpr - 1);
     g[i] = group_log2 >= 0 ? (v[i] >> group_log2) : v[i] / group;
-    load8<T>(x, v[i], vi < vpr, xv[i]);
+    float xf[8];
+    load8<T>(x, v[i], vi < vpr, xf);
+#pragma unroll
+    for (int t = 0; t < (kHalf ? 4 : 8); ++t) {
+      if constexpr (kHalf) xv[i][t] = __floats2half2_rn(xf[2 * t] * 0.0625f, xf[2 * t + 1] * 0.0625f);
+      else xv[i][t] = xf[t];
+    }
   }
-  const Tables tb{s_leaves, s_pair, s_buckets, s_inv, s_levels};
+  const Tables tb{reinterpret_cast<const char*>(smem), s_buckets,
+                  static_cast<int>(reinterpret_cast<const char*>(s_split) - reinterpret_cast<const char*>(smem)),
+                  s_leaf_a, s_inv, s_levels};
   __syncthreads();
 
   // rows row0 + row_group + row_groups * (RU * step + u); bit addresses in 32 bits (the launcher checks)
@@ -165,21 +250,25 @@ split8_gemv_kernel(const unsigned* __restrict__ words, unsigned n_words, const _
   unsigned v_bits[NV];
 #pragma unroll
   for (int i = 0; i < NV; ++i) v_bits[i] = static_cast<unsigned>(v[i]) * code_bits;
-  unsigned lo[RU][NV], hi[RU][NV], sh[RU][NV];
-  __half sc[RU][NV];
-  // rows past the block's read its last row instead (their sums are not stored): no predicated loads
+  // zeros until the first fetch: a row past the block's keeps the words it had (a valid code; its sum is
+  // not stored); the word after a code is read only where it exists (else the code ends in lo)
+  unsigned lo[RU][NV] = {}, hi[RU][NV] = {}, sh[RU][NV] = {};
+  __half sc[RU][NV] = {};
   auto fetch = [&](int first) {
+    const unsigned step_bits = static_cast<unsigned>(row0 + first) * row_bits;
+    const int step_scales = (row0 + first) * groups_per_row;
 #pragma unroll
     for (int u = 0; u < RU; ++u) {
-      const int row = row0 + min(first + u * stride, rows - 1);
+      if (first + u * stride < rows) {
 #pragma unroll
-      for (int i = 0; i < NV; ++i) {
-        const unsigned bit = static_cast<unsigned>(row) * row_bits + v_bits[i];
-        const unsigned q = bit >> 5;
-        sh[u][i] = bit & 31u;
-        lo[u][i] = __ldg(words + q);
-        hi[u][i] = __ldg(words + min(q + 1, n_words - 1));  // past the stream only if the code ends in lo
-        sc[u][i] = scales[row * groups_per_row + g[i]];
+        for (int i = 0; i < NV; ++i) {
+          const unsigned bit = step_bits + static_cast<unsigned>(u * stride) * row_bits + v_bits[i];
+          const unsigned q = bit >> 5;
+          sh[u][i] = bit & 31u;
+          lo[u][i] = __ldg(words + q);
+          if (q + 1 < n_words) hi[u][i] = __ldg(words + q + 1);
+          sc[u][i] = scales[step_scales + u * stride * groups_per_row + g[i]];
+        }
       }
     }
   };
@@ -214,7 +303,7 @@ split8_gemv_kernel(const unsigned* __restrict__ words, unsigned n_words, const _
   for (int t = threadIdx.x; t < rows; t += blockDim.x) {
     float sum = 0.f;
     for (int s = 0; s < warps_per_group; ++s) sum += s_partial[s * rows_per_block + t];
-    y[row0 + t] = pvq::from_float<T>(sum);
+    y[row0 + t] = pvq::from_float<T>(kHalf ? sum * 16.f : sum);
   }
 }
 
@@ -266,7 +355,7 @@ torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tens
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const int grid = std::max(1, std::min(sms, ceil_div(out_features, G)));
   const int rows_per_block = ceil_div(out_features, grid);
-  const size_t smem = sizeof(int) * (((n_leaves + 3) & ~3) + 4 * (K + 1) + n_buckets + n_norms + L) +
+  const size_t smem = sizeof(int) * (((n_leaves + 3) & ~3) + 4 * (K + 1) + ((K + 4) & ~3) + n_buckets + n_norms + L) +
                       sizeof(float) * static_cast<size_t>(S) * rows_per_block;
   auto stream = at::cuda::getCurrentCUDAStream();
 #define PVQ_LAUNCH(T, TL, LL, NVV, RUU)                                                                          \
