@@ -1,10 +1,9 @@
 """The ``triton`` runtime backend: quantized layers that keep their codes and run Triton kernels.
 
 ``y = U^T K(Q', V x) + b``: the input is rotated (``V x``, the layer's
-randomized Hadamard, inside the product kernel where its family has a ``rotating_matmul`` that takes
-the size (one row, a power of two: the CUDA kernel), else by the first of :data:`ROTATION_KERNELS`
-that takes it: the CUDA kernel of :mod:`pvq.kernels.cuda_hadamard` where it compiles, the one-launch
-Triton kernel of :mod:`pvq.kernels.triton_hadamard`), the kernel multiplies by the codes in rotated
+randomized Hadamard, by the first of :data:`ROTATION_KERNELS` that takes the size: the CUDA
+kernel of :mod:`pvq.kernels.cuda_hadamard` where it compiles, the one-launch Triton kernel of
+:mod:`pvq.kernels.triton_hadamard`), the kernel multiplies by the codes in rotated
 coordinates (fused decode for up to 16 rows of input, a whole-layer decode to
 the input dtype then one matmul for more), and the output is rotated back.
 The layer keeps only its stored tensors (read in place) plus small tables.
@@ -55,8 +54,6 @@ class KernelFamily:
     matmul: str  # (runtime, x [B <= 16, in]) -> [B, out] float32 or x's dtype
     decode: str  # (runtime) -> Q' [out, in]
     fused_max_rows: int = FUSED_MAX_ROWS  # input rows up to which the fused matmul runs; above, decode then one matmul
-    rotating_matmul: str | None = None  # (runtime, input rotation, unrotated x [B, in]) -> [B, out], or None where
-    # it does not take that rotation: the fused matmul with the input's randomized Hadamard in its prologue
 
     def kernels(self) -> tuple[Callable, Callable]:
         """(fused matmul, whole-layer decode) functions."""
@@ -78,7 +75,7 @@ def _module(name: str):
 KERNEL_FAMILIES = (
     # one row of D = 8 layers at <= 3 bits with the decode tables in shared memory (CUDA, compiled on first use)
     KernelFamily("pvq-split-cuda", cuda_split_supports, split_runtime, "cuda_split.split_gemv_cuda",
-                 "triton_split.split_decode", fused_max_rows=1, rotating_matmul="cuda_split.split_gemv_rotating"),
+                 "triton_split.split_decode", fused_max_rows=1),
     # fused only for one row: at 4 and 16 rows decode + cuBLAS is faster on an H100 (docs/kernels.md)
     KernelFamily("pvq-split", split_runtime_supports, split_runtime, "triton_split.split_matmul",
                  "triton_split.split_decode", fused_max_rows=1),
@@ -118,16 +115,11 @@ class TritonBackend(Backend):
         rt, family = runtime["runtime"], runtime["family"]
         matmul, decode = family.kernels()
         shape = x.shape
-        rows = x.reshape(-1, shape[-1])
-        y = None
-        if family.rotating_matmul is not None and layer.rotation is not None and rows.shape[0] <= family.fused_max_rows:
-            y = _kernel(family.rotating_matmul)(rt, layer.rotation.v, rows)  # V x inside the kernel
-        if y is None:
-            xr = _rotate(layer, rows, inverse=False)
-            if xr.shape[0] <= family.fused_max_rows:
-                y = matmul(rt, xr)
-            else:
-                y = xr.to(x.dtype) @ decode(rt).to(x.dtype).T
+        xr = _rotate(layer, x.reshape(-1, shape[-1]), inverse=False)
+        if xr.shape[0] <= family.fused_max_rows:
+            y = matmul(rt, xr)
+        else:
+            y = xr.to(x.dtype) @ decode(rt).to(x.dtype).T
         y = _rotate(layer, y.to(x.dtype), inverse=True)
         if layer.bias is not None:
             y = y + layer.bias.to(y.dtype)

@@ -23,7 +23,7 @@ from pvq.transforms import RandomizedHadamard
 
 from .cuda_build import CSRC, cuda_build_available, load_cuda_extension
 
-__all__ = ["CUDA_HADAMARD_SIZES", "hadamard_rotate_cuda", "preferred", "signs_on", "supported"]
+__all__ = ["CUDA_HADAMARD_SIZES", "hadamard_rotate_cuda", "preferred", "supported"]
 
 CUDA_HADAMARD_SIZES = (16, 16384)
 """Smallest and largest power-of-two row the kernel takes (a block of p / 16 threads)."""
@@ -49,7 +49,7 @@ def preferred(rh: RandomizedHadamard, rows: int) -> bool:
 _SIGNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # transform -> {device: signs}
 
 
-def signs_on(rh: RandomizedHadamard, device) -> torch.Tensor:
+def _signs(rh: RandomizedHadamard, device) -> torch.Tensor:
     """The transform's signs, float32 ``[n]`` on ``device``, cached per transform while it lives."""
     cache = _SIGNS.setdefault(rh, {})
     key = str(device)
@@ -70,5 +70,5 @@ def hadamard_rotate_cuda(rh: RandomizedHadamard, x: torch.Tensor, inverse: bool 
     if ext is None:
         return rh.inverse(x) if inverse else rh.forward(x)
     rows = x.reshape(-1, rh.n).contiguous()
-    out = ext.hadamard_rows(rows, signs_on(rh, x.device), rh.n.bit_length() - 1, 1.0 / math.sqrt(rh.n), inverse)
+    out = ext.hadamard_rows(rows, _signs(rh, x.device), rh.n.bit_length() - 1, 1.0 / math.sqrt(rh.n), inverse)
     return out.view(x.shape)

@@ -14,20 +14,17 @@ weights). CI has no GPU: its tests run on CUDA machines only.
 
 from __future__ import annotations
 
-import math
 import os
 from functools import lru_cache
 
 import torch
 
-from pvq.transforms import RandomizedHadamard
-
 from .cuda_build import CSRC, cuda_build_available, load_cuda_extension
 from .split_lean import bucket_shift, lean_codec_supported, lean_supported, lean_tables
 from .split_runtime import SplitRuntime, shared_leaves, split_runtime_supports
 
-__all__ = ["CUDA_LEVELS", "CUDA_MAX_IN_FEATURES", "cuda_split_supports", "division_magic", "pair_table", "rotation_fusable",
-           "split_gemv_cuda", "split_gemv_rotating"]
+__all__ = ["CUDA_LEVELS", "CUDA_MAX_IN_FEATURES", "cuda_split_supports", "division_magic", "pair_table",
+           "split_gemv_cuda"]
 
 CUDA_LEVELS = (2, 4, 8, 16)
 """Gain level counts the kernel is instantiated for (``L`` is a template parameter)."""
@@ -88,59 +85,20 @@ def split_gemv_cuda(rt: SplitRuntime, x: torch.Tensor) -> torch.Tensor:
     other kernels' float32 results to, without a cast kernel) for ``x: [1, in]`` (fp16, bf16 or fp32, on
     the layer's CUDA device) of a layer :func:`~pvq.kernels.split_lean.lean_supported` takes (rows wider than
     :data:`CUDA_MAX_IN_FEATURES` run the Triton kernel)."""
-    _check(rt, x)
-    ext = _extension() if _fits(rt) else None
-    if ext is None:
-        from .triton_split import split_matmul
-
-        return split_matmul(rt, x).to(x.dtype)
-    return _launch(ext, rt, x, _empty_signs(str(x.device)), 1.0)
-
-
-def rotation_fusable(rh: RandomizedHadamard, in_features: int) -> bool:
-    """Whether :func:`split_gemv_rotating` applies this input rotation in the product's prologue: a
-    power of two up to 16384 with no dense factor (sizes only)."""
-    return rh.n == in_features and rh.dense_order == 1 and 16 <= rh.n <= 16384
-
-
-def split_gemv_rotating(rt: SplitRuntime, rh: RandomizedHadamard, x: torch.Tensor) -> torch.Tensor | None:
-    """``rh.forward(x) @ Q'^T`` ``[1, out]`` for an unrotated ``x: [1, in]``: every block applies the
-    randomized Hadamard to the row in shared memory (float32) before its products, one launch instead
-    of two; None where the kernel does not take this layer or rotation (the caller rotates, then
-    :func:`split_gemv_cuda`)."""
-    _check(rt, x)
-    if not rotation_fusable(rh, rt.in_features) or not _fits(rt):
-        return None
-    ext = _extension()
-    if ext is None:
-        return None
-    from .cuda_hadamard import signs_on
-
-    return _launch(ext, rt, x, signs_on(rh, x.device), 1.0 / math.sqrt(rh.n))
-
-
-def _check(rt: SplitRuntime, x: torch.Tensor) -> None:
     if not lean_supported(rt) or rt.num_levels not in CUDA_LEVELS:
         raise ValueError(f"the CUDA split kernel takes D = 8 layers with N(8, K) < 2^22 and L in 2, 4, 8, 16; "
                          f"got D={rt.dim}, K={rt.pulses}, L={rt.num_levels} (use split_matmul)")
     if x.dim() != 2 or tuple(x.shape) != (1, rt.in_features) or not x.is_cuda:
         raise ValueError(f"split_gemv_cuda takes x [1, {rt.in_features}] on CUDA, got {tuple(x.shape)} on {x.device}")
+    fits = rt.in_features <= CUDA_MAX_IN_FEATURES and rt.words.numel() < 1 << 27  # 32-bit bit addresses
+    ext = _extension() if fits else None
+    if ext is None:
+        from .triton_split import split_matmul
 
-
-def _fits(rt: SplitRuntime) -> bool:
-    return rt.in_features <= CUDA_MAX_IN_FEATURES and rt.words.numel() < 1 << 27  # 32-bit bit addresses
-
-
-@lru_cache(maxsize=None)
-def _empty_signs(device: str) -> torch.Tensor:
-    """An empty float32 tensor on ``device``: no rotation in the kernel."""
-    return torch.empty(0, dtype=torch.float32, device=device)
-
-
-def _launch(ext, rt: SplitRuntime, x: torch.Tensor, signs: torch.Tensor, rotation_scale: float) -> torch.Tensor:
+        return split_matmul(rt, x).to(x.dtype)
     dev = str(rt.words.device)
     leaves, _ = shared_leaves(rt.pulses, dev)
     return ext.split8_gemv(
         rt.words, rt.scales, rt.levels, _buckets32(rt.pulses, dev), pair_table(rt.pulses, dev), leaves,
-        rt.inverse_norms, x.contiguous(), signs, rotation_scale, rt.out_features, rt.code_bits, rt.pulses,
-        rt.group_size, bucket_shift(rt.pulses))
+        rt.inverse_norms, x.contiguous(), rt.out_features, rt.code_bits, rt.pulses, rt.group_size,
+        bucket_shift(rt.pulses))

@@ -158,32 +158,3 @@ def test_packed_tables_hold_the_lean_tables():
         packed = pair_table(pulses, "cpu").to(torch.int64) & 0xFFFFFFFF
         assert torch.equal(packed[:, 0], pair[:, 0] & 0xFFFFFFFF)  # S_8(K, j)
         assert torch.equal(packed[:, 3], pair[:, 1] >> 32)  # the leaf offsets
-
-
-def test_rotation_is_fused_only_for_powers_of_two_without_a_dense_factor():
-    from pvq.kernels.cuda_split import rotation_fusable
-    from pvq.transforms import RandomizedHadamard
-
-    assert rotation_fusable(RandomizedHadamard(4096, seed=1), 4096)
-    assert not rotation_fusable(RandomizedHadamard(4096, seed=1), 2048)  # not the layer's input
-    assert not rotation_fusable(RandomizedHadamard(11008, seed=1), 11008)  # 344 x 32: a dense factor
-    assert not rotation_fusable(RandomizedHadamard(8, seed=1), 8)
-    assert not rotation_fusable(RandomizedHadamard(32768, seed=1), 32768)
-
-
-@needs_cuda
-@pytest.mark.parametrize("in_f", [16, 64, 1024, 4096, 16384])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_product_with_the_rotation_in_its_prologue_matches_rotating_first(in_f, dtype):
-    from pvq.kernels.cuda_split import split_gemv_rotating
-    from pvq.transforms import RandomizedHadamard
-
-    rt = random_code_runtime(3.0, 2, 37, in_f, seed=in_f)
-    rh = RandomizedHadamard(in_f, seed=in_f + 1)
-    x = torch.randn(1, in_f, generator=torch.Generator().manual_seed(in_f)).to("cuda", dtype)
-    ref = rh.forward(x.float()) @ split_decode_reference(rt).T  # float32 rotation, float32 weights
-    got = split_gemv_rotating(rt, rh, x)
-    assert got.dtype == dtype
-    tol = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
-    torch.testing.assert_close(got.float(), ref, rtol=tol, atol=tol * ref.abs().max().item())
-    assert split_gemv_rotating(rt, RandomizedHadamard(in_f // 2 * 3 if in_f >= 32 else 24, seed=0), x) is None

@@ -178,8 +178,7 @@ __global__ void __launch_bounds__(1024, 1)
 split8_gemv_kernel(const unsigned* __restrict__ words, unsigned n_words, const __half* __restrict__ scales,
                    const float* __restrict__ levels, const unsigned* __restrict__ buckets, int n_buckets,
                    const int4* __restrict__ pair, const int* __restrict__ leaves, int n_leaves,
-                   const float* __restrict__ inv_norms, int n_norms, const T* __restrict__ x,
-                   const float* __restrict__ signs, float rotation_scale, T* __restrict__ y,
+                   const float* __restrict__ inv_norms, int n_norms, const T* __restrict__ x, T* __restrict__ y,
                    int out_features, int vpr, int code_bits, int K, int group, int group_log2, int shift,
                    int warps_per_group, int rows_per_block) {
   // 16-bit inputs: products and sums in half2 (x / 16, exact), the vector's sum then float32
@@ -212,24 +211,6 @@ split8_gemv_kernel(const unsigned* __restrict__ words, unsigned n_words, const _
   for (int i = threadIdx.x; i < n_norms; i += blockDim.x) s_inv[i] = inv_norms[i];
   for (int i = threadIdx.x; i < L; i += blockDim.x) s_levels[i] = levels[i];
 
-  // the input's randomized Hadamard in the prologue (signs given: x is unrotated, in_features a power
-  // of two): every block transforms the whole row in shared memory, radix-2 passes, float32
-  float* s_x = s_partial + warps_per_group * rows_per_block;  // [in_features] where signs are given
-  if (signs != nullptr) {
-    const int n = vpr * 8;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) s_x[i] = to_float(x[i]) * signs[i];
-    __syncthreads();
-    for (int h = 1; h < n; h <<= 1) {
-      for (int b = threadIdx.x; b < (n >> 1); b += blockDim.x) {
-        const int i = ((b & ~(h - 1)) << 1) | (b & (h - 1));
-        const float u = s_x[i], w = s_x[i + h];
-        s_x[i] = u + w;
-        s_x[i + h] = u - w;
-      }
-      __syncthreads();
-    }
-  }
-
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int slice = warp % warps_per_group;
@@ -251,12 +232,7 @@ split8_gemv_kernel(const unsigned* __restrict__ words, unsigned n_words, const _
     v[i] = min(vi, vpr - 1);
     g[i] = group_log2 >= 0 ? (v[i] >> group_log2) : v[i] / group;
     float xf[8];
-    if (signs != nullptr) {
-#pragma unroll
-      for (int t = 0; t < 8; ++t) xf[t] = vi < vpr ? s_x[8 * v[i] + t] * rotation_scale : 0.f;
-    } else {
-      load8<T>(x, v[i], vi < vpr, xf);
-    }
+    load8<T>(x, v[i], vi < vpr, xf);
 #pragma unroll
     for (int t = 0; t < (kHalf ? 4 : 8); ++t) {
       if constexpr (kHalf) xv[i][t] = __floats2half2_rn(xf[2 * t] * 0.0625f, xf[2 * t + 1] * 0.0625f);
@@ -337,7 +313,7 @@ int ceil_div(long long a, long long b) { return static_cast<int>((a + b - 1) / b
 // every instantiation the launcher makes, for --resource-usage
 #define PVQ_INSTANTIATE(T, L, NV, RU) template __global__ void split8_gemv_kernel<T, L, NV, RU>(         \
     const unsigned*, unsigned, const __half*, const float*, const unsigned*, int, const int4*, const int*, int, \
-    const float*, int, const T*, const float*, float, T*, int, int, int, int, int, int, int, int, int);
+    const float*, int, const T*, T*, int, int, int, int, int, int, int, int, int);
 PVQ_INSTANTIATE(__half, 8, 1, 4)
 PVQ_INSTANTIATE(__half, 8, 2, 2)
 PVQ_INSTANTIATE(__half, 8, 3, 1)
@@ -350,12 +326,9 @@ PVQ_INSTANTIATE(float, 16, 3, 1)
 #ifndef PVQ_KERNEL_ONLY
 
 // y [1, out] (x's dtype, rounded once from the float32 sums) = x [1, in] @ Q'^T. Tables as in the header comment; all tensors on one CUDA device.
-// signs non-empty (float32 [in], in a power of two): x is unrotated and the kernel multiplies by
-// V x = H (signs x) * rotation_scale (rotation_scale = 1 / sqrt(in)) first.
 torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tensor levels, torch::Tensor buckets,
                           torch::Tensor pair, torch::Tensor leaves, torch::Tensor inv_norms, torch::Tensor x,
-                          torch::Tensor signs, double rotation_scale, int64_t out_features, int64_t code_bits, int64_t K,
-                          int64_t group, int64_t shift) {
+                          int64_t out_features, int64_t code_bits, int64_t K, int64_t group, int64_t shift) {
   TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.size(0) == 1 && x.is_contiguous(), "x must be [1, in] contiguous on CUDA");
   TORCH_CHECK(x.size(1) % 8 == 0, "in_features must be a multiple of 8");
   TORCH_CHECK(words.numel() < (1LL << 27), "codes of at most 2^32 bits (bit addresses are 32-bit)");
@@ -364,13 +337,6 @@ torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tens
   const int vpr = static_cast<int>(x.size(1) / 8);
   TORCH_CHECK(vpr % group == 0, "vectors per row must be a multiple of the group size");
   TORCH_CHECK(vpr <= 32 * 32 * 4, "in_features above 32768 are not taken by this kernel, got ", x.size(1));
-  const bool rotate = signs.numel() > 0;  // x unrotated: the kernel applies the randomized Hadamard
-  if (rotate) {
-    TORCH_CHECK(signs.numel() == x.size(1) && signs.scalar_type() == torch::kFloat32 && signs.is_contiguous(),
-                "signs must be float32 [in_features]");
-    TORCH_CHECK((x.size(1) & (x.size(1) - 1)) == 0 && x.size(1) <= 16384,
-                "the fused rotation takes in_features a power of two up to 16384, got ", x.size(1));
-  }
   const c10::cuda::CUDAGuard guard(x.device());
   auto y = torch::empty({1, out_features}, x.options());
   const int n_leaves = static_cast<int>(leaves.numel());
@@ -390,7 +356,7 @@ torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tens
   const int grid = std::max(1, std::min(sms, ceil_div(out_features, G)));
   const int rows_per_block = ceil_div(out_features, grid);
   const size_t smem = sizeof(int) * (((n_leaves + 3) & ~3) + 4 * (K + 1) + ((K + 4) & ~3) + n_buckets + n_norms + L) +
-                      sizeof(float) * (static_cast<size_t>(S) * rows_per_block + (rotate ? x.size(1) : 0));
+                      sizeof(float) * static_cast<size_t>(S) * rows_per_block;
   auto stream = at::cuda::getCurrentCUDAStream();
 #define PVQ_LAUNCH(T, TL, LL, NVV, RUU)                                                                          \
   do {                                                                                                           \
@@ -402,7 +368,6 @@ torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tens
         reinterpret_cast<const unsigned*>(buckets.data_ptr<int32_t>()), n_buckets,                              \
         reinterpret_cast<const int4*>(pair.data_ptr<int32_t>()), leaves.data_ptr<int32_t>(), n_leaves,           \
         inv_norms.data_ptr<float>(), n_norms, reinterpret_cast<const T*>(x.data_ptr<TL>()),                      \
-        rotate ? signs.data_ptr<float>() : nullptr, static_cast<float>(rotation_scale),                          \
         reinterpret_cast<T*>(y.data_ptr<TL>()), static_cast<int>(out_features), vpr, static_cast<int>(code_bits),                  \
         static_cast<int>(K), static_cast<int>(group), group_log2, static_cast<int>(shift), S, rows_per_block);  \
     C10_CUDA_KERNEL_LAUNCH_CHECK();                                                                              \
