@@ -8,7 +8,8 @@ L2 flushed between runs) of fp16 cuBLAS (``x @ W.T``), torch's int4 kernel
 (``aten._weight_int4pack_mm``, group 128, bf16), gemlite 4- and 2-bit
 (``gemlite.helper.A16Wn``, group 128, if importable), and pvq's Triton kernels (fused decode-matmul in rotated
 coordinates) at about 2, 3
-and 4 bits and e8 at 2 bits: the fused kernel alone (``us``; at batch 1 ``-lean`` rows time the lean
+and 4 bits and e8 at 2 bits: the fused kernel alone (``us``; above the family's fused row limit the
+whole-layer decode then cuBLAS; at batch 1 ``-lean`` rows time the lean
 one-row variant for D = 8 at 2 and 3 bits beside it) and the whole
 layer through the ``triton`` backend (``us_layer``: input rotation, the kernel
 or, above the family's fused row limit, decode + cuBLAS, output rotation).
@@ -190,8 +191,11 @@ def run(shapes, batches, methods, out_json=None, graphs: bool = False) -> list[d
                     emit({**base, "method": f"gemlite-{nb}bit", "us": us, "x_fp16": fp16 / us,
                           "floor_frac": (g[1] / bw * 1e6) / us})
             for name, q in layers.items():
-                rt, mm, _ = kern[name]
-                us = timed(lambda: mm(rt, x))
+                rt, mm, dec = kern[name]
+                if batch <= kernel_family(q.codec).fused_max_rows:
+                    us = timed(lambda: mm(rt, x))  # the fused kernel
+                else:  # what the backend runs for that many rows: the whole-layer decode, then cuBLAS
+                    us = timed(lambda: x @ dec(rt).to(x.dtype).T)
                 with torch.no_grad():
                     layer = timed(lambda: q(x))  # the whole layer through the triton backend
                 stored = q.stored_bits() / 8

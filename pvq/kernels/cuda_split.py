@@ -23,7 +23,7 @@ from .cuda_build import CSRC, cuda_build_available, load_cuda_extension
 from .split_lean import bucket_shift, lean_codec_supported, lean_supported, lean_tables
 from .split_runtime import SplitRuntime, shared_leaves, split_runtime_supports
 
-__all__ = ["CUDA_LEVELS", "CUDA_MAX_IN_FEATURES", "cuda_split_supports", "division_magic", "pair_table",
+__all__ = ["CUDA_LEVELS", "CUDA_MAX_IN_FEATURES", "CUDA_MAX_ROWS", "CUDA_ROWS_MAX_IN_FEATURES", "cuda_split_supports", "division_magic", "pair_table",
            "split_gemv_cuda"]
 
 CUDA_LEVELS = (2, 4, 8, 16)
@@ -80,22 +80,37 @@ def pair_table(pulses: int, device: str) -> torch.Tensor:
     return torch.where(rows >= 1 << 31, rows - (1 << 32), rows).to(torch.int32).contiguous().to(device)
 
 
+CUDA_MAX_ROWS = 4
+"""Input rows one launch multiplies (16-bit inputs of at most :data:`CUDA_ROWS_MAX_IN_FEATURES`; each
+vector is decoded once for all of them)."""
+CUDA_ROWS_MAX_IN_FEATURES = 16384
+"""Widest input the several-row kernel takes (32 warps of two vectors a lane: x's registers times the rows)."""
+
+
 def split_gemv_cuda(rt: SplitRuntime, x: torch.Tensor) -> torch.Tensor:
-    """``x @ Q'^T`` ``[1, out]`` in ``x``'s dtype (float32 sums rounded once: what the layer casts the
-    other kernels' float32 results to, without a cast kernel) for ``x: [1, in]`` (fp16, bf16 or fp32, on
-    the layer's CUDA device) of a layer :func:`~pvq.kernels.split_lean.lean_supported` takes (rows wider than
-    :data:`CUDA_MAX_IN_FEATURES` run the Triton kernel)."""
+    """``x @ Q'^T`` ``[B, out]`` in ``x``'s dtype (float32 sums rounded once: what the layer casts the
+    other kernels' float32 results to, without a cast kernel) for ``x: [B, in]``, B <= :data:`CUDA_MAX_ROWS`
+    (fp16, bf16 or fp32, on the layer's CUDA device) of a layer :func:`~pvq.kernels.split_lean.lean_supported`
+    takes. Several rows of fp16/bf16 are decoded once and multiplied by each; what the kernel does not take
+    (rows wider than :data:`CUDA_MAX_IN_FEATURES`, or than :data:`CUDA_ROWS_MAX_IN_FEATURES` with several rows;
+    several float32 rows) runs the Triton kernel (one row) or its whole-layer decode and one matmul."""
     if not lean_supported(rt) or rt.num_levels not in CUDA_LEVELS:
         raise ValueError(f"the CUDA split kernel takes D = 8 layers with N(8, K) < 2^22 and L in 2, 4, 8, 16; "
                          f"got D={rt.dim}, K={rt.pulses}, L={rt.num_levels} (use split_matmul)")
-    if x.dim() != 2 or tuple(x.shape) != (1, rt.in_features) or not x.is_cuda:
-        raise ValueError(f"split_gemv_cuda takes x [1, {rt.in_features}] on CUDA, got {tuple(x.shape)} on {x.device}")
+    if x.dim() != 2 or not 1 <= x.shape[0] <= CUDA_MAX_ROWS or x.shape[1] != rt.in_features or not x.is_cuda:
+        raise ValueError(f"split_gemv_cuda takes x [B <= {CUDA_MAX_ROWS}, {rt.in_features}] on CUDA, got "
+                         f"{tuple(x.shape)} on {x.device}")
+    rows = x.shape[0]
     fits = rt.in_features <= CUDA_MAX_IN_FEATURES and rt.words.numel() < 1 << 27  # 32-bit bit addresses
+    if rows > 1:
+        fits = fits and x.dtype != torch.float32 and rt.in_features <= CUDA_ROWS_MAX_IN_FEATURES
     ext = _extension() if fits else None
     if ext is None:
-        from .triton_split import split_matmul
+        from .triton_split import split_decode, split_matmul
 
-        return split_matmul(rt, x).to(x.dtype)
+        if rows == 1:
+            return split_matmul(rt, x).to(x.dtype)
+        return x @ split_decode(rt).to(x.dtype).T
     dev = str(rt.words.device)
     leaves, _ = shared_leaves(rt.pulses, dev)
     return ext.split8_gemv(

@@ -158,3 +158,42 @@ def test_packed_tables_hold_the_lean_tables():
         packed = pair_table(pulses, "cpu").to(torch.int64) & 0xFFFFFFFF
         assert torch.equal(packed[:, 0], pair[:, 0] & 0xFFFFFFFF)  # S_8(K, j)
         assert torch.equal(packed[:, 3], pair[:, 1] >> 32)  # the leaf offsets
+
+
+def test_refuses_more_rows_than_one_launch_takes():
+    q = layer(make_codec("pvq", 3.0, 8, group_size=4), 3, 32, seed=0)
+    with pytest.raises(ValueError, match="B <= 4"):
+        split_gemv_cuda(split_runtime(q, "cpu"), torch.zeros(5, 32))
+
+
+# several input rows: one vector a lane (rows in two steps), two (inputs past 8192 and 11008), rows not a
+# multiple of the warp, the widest input the several-row kernel takes
+ROWS = [(3.0, 16, 300, 4096), (3.0, 3, 37, 4104), (2.0, 4, 67, 11008), (3.0, 8, 5, 16384), (2.5, 5, 1, 1000)]
+
+
+@needs_cuda
+@pytest.mark.parametrize("bits, group, out_f, in_f", ROWS)
+@pytest.mark.parametrize("batch", [2, 3, 4])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_several_rows_match_the_reference(bits, group, out_f, in_f, batch, dtype):
+    rt = random_code_runtime(bits, group, out_f, in_f, seed=out_f + in_f)
+    x = torch.randn(batch, in_f, generator=torch.Generator().manual_seed(in_f + batch)).to("cuda", dtype)
+    ref = x.float() @ split_decode_reference(rt).T
+    got = split_gemv_cuda(rt, x)
+    assert got.shape == (batch, out_f) and got.dtype == dtype
+    tol = {torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
+    torch.testing.assert_close(got.float(), ref, rtol=tol, atol=tol * ref.abs().max().item())
+    # each row as the one-row kernel computes it (the same decode, the same sums)
+    one = torch.cat([split_gemv_cuda(rt, x[r:r + 1]) for r in range(batch)])
+    torch.testing.assert_close(got.float(), one.float(), rtol=tol, atol=tol * ref.abs().max().item())
+
+
+@needs_cuda
+def test_several_rows_the_kernel_does_not_take_run_the_decode():
+    rt = random_code_runtime(3.0, 16, 40, 20480, seed=3)  # wider than 16384
+    for x in (torch.randn(3, 20480, device="cuda", dtype=torch.float16),
+              torch.randn(2, 20480, device="cuda")):  # float32, several rows
+        ref = x.float() @ split_decode_reference(rt).T
+        got = split_gemv_cuda(rt, x)
+        assert got.shape == ref.shape
+        torch.testing.assert_close(got.float(), ref, rtol=1e-2, atol=1e-2 * ref.abs().max().item())

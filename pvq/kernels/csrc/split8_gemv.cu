@@ -126,63 +126,69 @@ __device__ __forceinline__ void leaf_halves(unsigned biased, __half2& c01, __hal
   c23 = __hsub2(u32_as_half2(__byte_perm(biased, 0x64646464u, 0x5342)), bias);
 }
 
-// The same in half2 arithmetic for 16-bit inputs (xh: x / 16 as four half2; the leaf words biased by
-// 128): |y . x| / 16 <= K max|x| / 16 < 65504 for K <= 16, so no partial sum overflows; the squared
-// norm |y|^2 <= 256 is exact in half, its inverse square root from the special-function unit.
-template <int L>
-__device__ __forceinline__ float vector_dot(unsigned code, const __half2* xh, float scale, const Tables& tb, int shift) {
+// The same in half2 arithmetic for 16-bit inputs, for B input rows at once (xh[b]: row b's x / 16 as
+// four half2; the leaf words biased by 128; the vector decoded once): |y . x| / 16 <= K max|x| / 16 <
+// 65504 for K <= 16, so no partial sum overflows; the squared norm |y|^2 <= 256 is exact in half, its
+// inverse square root from the special-function unit. Adds each row's y . x * mult to acc[b].
+template <int L, int B>
+__device__ __forceinline__ void vector_dots(unsigned code, const __half2 (*xh)[4], float scale, const Tables& tb,
+                                            int shift, float* acc) {
   constexpr int kLog2L = L == 2 ? 1 : (L == 4 ? 2 : (L == 8 ? 3 : 4));
   const int gain = static_cast<int>(code & (L - 1));
   const int2 w = split_leaves(static_cast<int>(code >> kLog2L), tb, shift);
   __half2 a01, a23, b01, b23;
   leaf_halves(static_cast<unsigned>(w.x), a01, a23);
   leaf_halves(static_cast<unsigned>(w.y), b01, b23);
-  __half2 d = __hmul2(a01, xh[0]);
-  d = __hfma2(a23, xh[1], d);
-  d = __hfma2(b01, xh[2], d);
-  d = __hfma2(b23, xh[3], d);
   __half2 n = __hmul2(a01, a01);
   n = __hfma2(a23, a23, n);
   n = __hfma2(b01, b01, n);
   n = __hfma2(b23, b23, n);
   const float mult = tb.levels[gain] * scale * rsqrt_approx(__half2float(__hadd(__low2half(n), __high2half(n))));
-  return __half2float(__hadd(__low2half(d), __high2half(d))) * mult;
-}
-
-// Sums of RU rows' per-lane values over the warp in 5 + RU - 1 shuffles (not 5 RU): each step hands
-// half of the rows still held to the partner lane. Afterwards lane l holds the sum of row
-// (l >> (5 - log2 RU)), complete in the lanes whose low 5 - log2 RU bits are zero.
-template <int RU>
-__device__ __forceinline__ float reduce_rows(float (&a)[RU], int lane) {
-  static_assert(RU == 1 || RU == 2 || RU == 4, "rows a step: 1, 2 or 4");
-  float k;
-  if constexpr (RU == 4) {
-    const bool up = lane & 16;
-    const float k0 = (up ? a[2] : a[0]) + __shfl_xor_sync(0xFFFFFFFFu, up ? a[0] : a[2], 16);
-    const float k1 = (up ? a[3] : a[1]) + __shfl_xor_sync(0xFFFFFFFFu, up ? a[1] : a[3], 16);
-    const bool up8 = lane & 8;
-    k = (up8 ? k1 : k0) + __shfl_xor_sync(0xFFFFFFFFu, up8 ? k0 : k1, 8);
-  } else if constexpr (RU == 2) {
-    const bool up = lane & 16;
-    k = (up ? a[1] : a[0]) + __shfl_xor_sync(0xFFFFFFFFu, up ? a[0] : a[1], 16);
-  } else {
-    k = a[0];
-  }
 #pragma unroll
-  for (int o = 16 / RU; o > 0; o >>= 1) k += __shfl_xor_sync(0xFFFFFFFFu, k, o);  // the lanes of one row
-  return k;
+  for (int r = 0; r < B; ++r) {
+    __half2 d = __hmul2(a01, xh[r][0]);
+    d = __hfma2(a23, xh[r][1], d);
+    d = __hfma2(b01, xh[r][2], d);
+    d = __hfma2(b23, xh[r][3], d);
+    acc[r] += __half2float(__hadd(__low2half(d), __high2half(d))) * mult;
+  }
 }
 
-template <typename T, int L, int NV, int RU>
+// Sums of R rows' per-lane values over the warp in 5 + R - 1 shuffles (not 5 R): each step hands
+// half of the rows still held to the partner lane. Afterwards lane l holds the sum of row
+// (l >> (5 - log2 R)), complete in the lanes whose low 5 - log2 R bits are zero.
+template <int R>
+__device__ __forceinline__ float reduce_rows(float (&a)[R], int lane) {
+  static_assert(R == 1 || R == 2 || R == 4 || R == 8 || R == 16, "rows a step: 1, 2, 4, 8 or 16");
+  float k[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) k[r] = a[r];
+#pragma unroll
+  for (int n = R, o = 16; n > 1; n >>= 1, o >>= 1) {  // keep the half of the rows this lane's bit o names
+    const bool up = lane & o;
+#pragma unroll
+    for (int r = 0; r < n / 2; ++r) {
+      const float keep = up ? k[r + n / 2] : k[r], give = up ? k[r] : k[r + n / 2];
+      k[r] = keep + __shfl_xor_sync(0xFFFFFFFFu, give, o);
+    }
+  }
+  float sum = k[0];
+#pragma unroll
+  for (int o = 16 / R; o > 0; o >>= 1) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, o);  // the lanes of one row
+  return sum;
+}
+
+template <typename T, int L, int NV, int RU, int B>
 __global__ void __launch_bounds__(1024, 1)
 split8_gemv_kernel(const unsigned* __restrict__ words, unsigned n_words, const __half* __restrict__ scales,
                    const float* __restrict__ levels, const unsigned* __restrict__ buckets, int n_buckets,
                    const int4* __restrict__ pair, const int* __restrict__ leaves, int n_leaves,
                    const float* __restrict__ inv_norms, int n_norms, const T* __restrict__ x, T* __restrict__ y,
                    int out_features, int vpr, int code_bits, int K, int group, int group_log2, int shift,
-                   int warps_per_group, int rows_per_block) {
+                   int warps_per_group, int rows_per_block, int batch) {
   // 16-bit inputs: products and sums in half2 (x / 16, exact), the vector's sum then float32
   constexpr bool kHalf = !std::is_same<T, float>::value;
+  static_assert(kHalf || B == 1, "float32 inputs: one row");
   extern __shared__ int smem[];
   int* s_leaves = smem;
   int4* s_split = reinterpret_cast<int4*>(s_leaves + ((n_leaves + 3) & ~3));  // [K + 1]
@@ -190,7 +196,7 @@ split8_gemv_kernel(const unsigned* __restrict__ words, unsigned n_words, const _
   unsigned* s_buckets = reinterpret_cast<unsigned*>(s_leaf_a + ((K + 4) & ~3));
   float* s_inv = reinterpret_cast<float*>(s_buckets + n_buckets);
   float* s_levels = s_inv + n_norms;
-  float* s_partial = s_levels + L;  // [warps_per_group][rows_per_block]
+  float* s_partial = s_levels + L;  // [warps_per_group][rows_per_block][B]
   // the leaf table (48 KB at 3 bits) in 16-byte copies: the block's prologue, once per SM; biased by
   // 128 for the half2 arithmetic
   const int n4 = n_leaves >> 2;
@@ -225,18 +231,21 @@ split8_gemv_kernel(const unsigned* __restrict__ words, unsigned n_words, const _
   int v[NV];
   int g[NV];
   using XReg = std::conditional_t<kHalf, __half2, float>;
-  XReg xv[NV][kHalf ? 4 : 8];
+  XReg xv[NV][B][kHalf ? 4 : 8];
 #pragma unroll
   for (int i = 0; i < NV; ++i) {
     const int vi = (slice * NV + i) * 32 + lane;
     v[i] = min(vi, vpr - 1);
     g[i] = group_log2 >= 0 ? (v[i] >> group_log2) : v[i] / group;
-    float xf[8];
-    load8<T>(x, v[i], vi < vpr, xf);
 #pragma unroll
-    for (int t = 0; t < (kHalf ? 4 : 8); ++t) {
-      if constexpr (kHalf) xv[i][t] = __floats2half2_rn(xf[2 * t] * 0.0625f, xf[2 * t + 1] * 0.0625f);
-      else xv[i][t] = xf[t];
+    for (int r = 0; r < B; ++r) {
+      float xf[8];
+      load8<T>(x + static_cast<size_t>(min(r, batch - 1)) * vpr * 8, v[i], vi < vpr && r < batch, xf);
+#pragma unroll
+      for (int t = 0; t < (kHalf ? 4 : 8); ++t) {
+        if constexpr (kHalf) xv[i][r][t] = __floats2half2_rn(xf[2 * t] * 0.0625f, xf[2 * t + 1] * 0.0625f);
+        else xv[i][r][t] = xf[t];
+      }
     }
   }
   const Tables tb{reinterpret_cast<const char*>(smem), s_buckets,
@@ -286,50 +295,66 @@ split8_gemv_kernel(const unsigned* __restrict__ words, unsigned n_words, const _
       }
     const int next = first + RU * stride;
     if (next < rows) fetch(next);  // the next step's code words, in flight while this step decodes
-    float acc[RU];
+    float acc[RU * B];  // row u, input row r at u B + r
+#pragma unroll
+    for (int k = 0; k < RU * B; ++k) acc[k] = 0.f;
 #pragma unroll
     for (int u = 0; u < RU; ++u) {
-      acc[u] = 0.f;
 #pragma unroll
-      for (int i = 0; i < NV; ++i) acc[u] += vector_dot<L>(code[u][i], xv[i], scale[u][i], tb, shift);
+      for (int i = 0; i < NV; ++i) {
+        if constexpr (kHalf) vector_dots<L, B>(code[u][i], xv[i], scale[u][i], tb, shift, acc + u * B);
+        else acc[u] += vector_dot<L>(code[u][i], xv[i][0], scale[u][i], tb, shift);
+      }
     }
-    const float sum = reduce_rows<RU>(acc, lane);
-    constexpr int kRowLanes = 32 / RU;  // lanes 0, 32 / RU, ... hold rows 0, 1, ... of the step
-    const int local = first + (lane / kRowLanes) * stride;
-    if (lane % kRowLanes == 0 && local < rows) s_partial[slice * rows_per_block + local] = sum;
+    const float sum = reduce_rows<RU * B>(acc, lane);
+    constexpr int kRowLanes = 32 / (RU * B);  // lanes 0, 32 / (RU B), ... hold sums 0, 1, ... of the step
+    const int k = lane / kRowLanes;
+    const int local = first + (k / B) * stride;
+    if (lane % kRowLanes == 0 && local < rows) s_partial[(slice * rows_per_block + local) * B + k % B] = sum;
     first = next;
   }
   __syncthreads();
-  for (int t = threadIdx.x; t < rows; t += blockDim.x) {
+  for (int t = threadIdx.x; t < rows * B; t += blockDim.x) {
     float sum = 0.f;
-    for (int s = 0; s < warps_per_group; ++s) sum += s_partial[s * rows_per_block + t];
-    y[row0 + t] = pvq::from_float<T>(kHalf ? sum * 16.f : sum);
+    for (int s = 0; s < warps_per_group; ++s) sum += s_partial[s * rows_per_block * B + t];
+    const int r = t % B;
+    if (r < batch) y[static_cast<size_t>(r) * out_features + row0 + t / B] = pvq::from_float<T>(kHalf ? sum * 16.f : sum);
   }
 }
 
 int ceil_div(long long a, long long b) { return static_cast<int>((a + b - 1) / b); }
 
+constexpr int kMaxRows = 4;  // input rows one launch decodes for (fewer are padded with zeros)
+
 #ifdef PVQ_KERNEL_ONLY
 // every instantiation the launcher makes, for --resource-usage
-#define PVQ_INSTANTIATE(T, L, NV, RU) template __global__ void split8_gemv_kernel<T, L, NV, RU>(         \
+#define PVQ_INSTANTIATE(T, L, NV, RU, B) template __global__ void split8_gemv_kernel<T, L, NV, RU, B>(   \
     const unsigned*, unsigned, const __half*, const float*, const unsigned*, int, const int4*, const int*, int, \
-    const float*, int, const T*, T*, int, int, int, int, int, int, int, int, int);
-PVQ_INSTANTIATE(__half, 8, 1, 4)
-PVQ_INSTANTIATE(__half, 8, 2, 2)
-PVQ_INSTANTIATE(__half, 8, 3, 1)
-PVQ_INSTANTIATE(__half, 8, 4, 1)
-PVQ_INSTANTIATE(float, 16, 3, 1)
+    const float*, int, const T*, T*, int, int, int, int, int, int, int, int, int, int);
+PVQ_INSTANTIATE(__half, 8, 1, 4, 1)
+PVQ_INSTANTIATE(__half, 8, 2, 2, 1)
+PVQ_INSTANTIATE(__half, 8, 3, 1, 1)
+PVQ_INSTANTIATE(__half, 8, 4, 1, 1)
+PVQ_INSTANTIATE(__half, 4, 1, 2, 4)
+PVQ_INSTANTIATE(__half, 4, 2, 1, 4)
+PVQ_INSTANTIATE(float, 16, 3, 1, 1)
 #endif
 
 }  // namespace
 
 #ifndef PVQ_KERNEL_ONLY
 
-// y [1, out] (x's dtype, rounded once from the float32 sums) = x [1, in] @ Q'^T. Tables as in the header comment; all tensors on one CUDA device.
+// y [B, out] (x's dtype, rounded once from the float32 sums) = x [B, in] @ Q'^T, B = 1, or 2 to 4 rows of
+// 16-bit inputs of at most 16384 (decoded once, multiplied by each row). Tables as in the header
+// comment; all tensors on one CUDA device.
 torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tensor levels, torch::Tensor buckets,
                           torch::Tensor pair, torch::Tensor leaves, torch::Tensor inv_norms, torch::Tensor x,
                           int64_t out_features, int64_t code_bits, int64_t K, int64_t group, int64_t shift) {
-  TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.size(0) == 1 && x.is_contiguous(), "x must be [1, in] contiguous on CUDA");
+  TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= kMaxRows && x.is_contiguous(),
+              "x must be [B <= ", kMaxRows, ", in] contiguous on CUDA");
+  const int batch = static_cast<int>(x.size(0));
+  TORCH_CHECK(batch == 1 || (x.scalar_type() != torch::kFloat32 && x.size(1) <= 16384),
+              "several rows: fp16 or bf16 inputs of at most 16384, got ", x.scalar_type(), " [", batch, ", ", x.size(1), "]");
   TORCH_CHECK(x.size(1) % 8 == 0, "in_features must be a multiple of 8");
   TORCH_CHECK(words.numel() < (1LL << 27), "codes of at most 2^32 bits (bit addresses are 32-bit)");
   TORCH_CHECK(buckets.scalar_type() == torch::kInt32 && pair.scalar_type() == torch::kInt32 && pair.size(-1) == 4,
@@ -338,7 +363,7 @@ torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tens
   TORCH_CHECK(vpr % group == 0, "vectors per row must be a multiple of the group size");
   TORCH_CHECK(vpr <= 32 * 32 * 4, "in_features above 32768 are not taken by this kernel, got ", x.size(1));
   const c10::cuda::CUDAGuard guard(x.device());
-  auto y = torch::empty({1, out_features}, x.options());
+  auto y = torch::empty({batch, out_features}, x.options());
   const int n_leaves = static_cast<int>(leaves.numel());
   const int n_buckets = static_cast<int>(buckets.numel());
   const int n_norms = static_cast<int>(inv_norms.numel());
@@ -347,8 +372,9 @@ torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tens
   if ((group & (group - 1)) == 0) { group_log2 = 0; while ((1LL << group_log2) < group) ++group_log2; }
   // a row is covered by S warps of NV vectors a lane (NV as small as 16 warps allow, up to 3; past
   // 12288 inputs up to 32 warps of up to 4); G = 32 / S row groups
+  // (several rows: up to 32 warps of one or two vectors, x's registers times the rows)
   int NV = ceil_div(vpr, 32 * 16);
-  if (NV > 3) NV = ceil_div(vpr, 32 * 32);
+  if (NV > 3 || batch > 1) NV = ceil_div(vpr, 32 * 32);
   const int S = ceil_div(vpr, 32 * NV);
   const int G = std::max(1, 32 / S);
   const int threads = 32 * S * G;
@@ -356,11 +382,11 @@ torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tens
   const int grid = std::max(1, std::min(sms, ceil_div(out_features, G)));
   const int rows_per_block = ceil_div(out_features, grid);
   const size_t smem = sizeof(int) * (((n_leaves + 3) & ~3) + 4 * (K + 1) + ((K + 4) & ~3) + n_buckets + n_norms + L) +
-                      sizeof(float) * static_cast<size_t>(S) * rows_per_block;
+                      sizeof(float) * static_cast<size_t>(S) * rows_per_block * (batch > 1 ? kMaxRows : 1);
   auto stream = at::cuda::getCurrentCUDAStream();
-#define PVQ_LAUNCH(T, TL, LL, NVV, RUU)                                                                          \
+#define PVQ_LAUNCH(T, TL, LL, NVV, RUU, BB)                                                                      \
   do {                                                                                                           \
-    auto kern = split8_gemv_kernel<T, LL, NVV, RUU>;                                                             \
+    auto kern = split8_gemv_kernel<T, LL, NVV, RUU, BB>;                                                         \
     C10_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem))); \
     kern<<<grid, threads, smem, stream>>>(                                                                       \
         reinterpret_cast<const unsigned*>(words.data_ptr<int32_t>()), static_cast<unsigned>(words.numel()),                            \
@@ -369,16 +395,24 @@ torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tens
         reinterpret_cast<const int4*>(pair.data_ptr<int32_t>()), leaves.data_ptr<int32_t>(), n_leaves,           \
         inv_norms.data_ptr<float>(), n_norms, reinterpret_cast<const T*>(x.data_ptr<TL>()),                      \
         reinterpret_cast<T*>(y.data_ptr<TL>()), static_cast<int>(out_features), vpr, static_cast<int>(code_bits),                  \
-        static_cast<int>(K), static_cast<int>(group), group_log2, static_cast<int>(shift), S, rows_per_block);  \
+        static_cast<int>(K), static_cast<int>(group), group_log2, static_cast<int>(shift), S, rows_per_block,   \
+        batch);                                                                                                  \
     C10_CUDA_KERNEL_LAUNCH_CHECK();                                                                              \
   } while (0)
-  // rows decoded per step: four with one vector a lane, fewer as the registers of x grow
+  // rows decoded per step: four with one vector a lane, fewer as the registers of x grow; several
+  // input rows: kMaxRows (rows past x's are zeros, not written), never instantiated for float32
 #define PVQ_BY_NV(T, TL, LL)                                                                                     \
-  switch (NV) {                                                                                                  \
-    case 1: PVQ_LAUNCH(T, TL, LL, 1, 4); break;                                                                  \
-    case 2: PVQ_LAUNCH(T, TL, LL, 2, 2); break;                                                                  \
-    case 3: PVQ_LAUNCH(T, TL, LL, 3, 1); break;                                                                  \
-    default: PVQ_LAUNCH(T, TL, LL, 4, 1); break;                                                                 \
+  if (batch > 1) {                                                                                               \
+    constexpr int kB = std::is_same<T, float>::value ? 1 : kMaxRows;                                             \
+    if (NV == 1) PVQ_LAUNCH(T, TL, LL, 1, 2, kB);                                                                \
+    else PVQ_LAUNCH(T, TL, LL, 2, 1, kB);                                                                        \
+  } else {                                                                                                       \
+    switch (NV) {                                                                                                \
+      case 1: PVQ_LAUNCH(T, TL, LL, 1, 4, 1); break;                                                             \
+      case 2: PVQ_LAUNCH(T, TL, LL, 2, 2, 1); break;                                                             \
+      case 3: PVQ_LAUNCH(T, TL, LL, 3, 1, 1); break;                                                             \
+      default: PVQ_LAUNCH(T, TL, LL, 4, 1, 1); break;                                                            \
+    }                                                                                                            \
   }
 #define PVQ_BY_LEVELS(T, TL)                                                                                     \
   switch (L) {                                                                                                   \
@@ -392,5 +426,5 @@ torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tens
   return y;
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("split8_gemv", &split8_gemv, "one-row split PVQ product, D = 8"); }
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("split8_gemv", &split8_gemv, "split PVQ product of 1 to 4 rows, D = 8"); }
 #endif
