@@ -1,6 +1,7 @@
-"""End to end on one GPU: batch-1 generation speed and GPU memory of a 7B-shaped Llama, fp16 against pvq.
+"""End to end on one GPU: generation speed (batch 1, or ``--batch`` sequences) and GPU memory of a
+7B-shaped Llama, fp16 against pvq.
 
-    python benchmarks/generate.py [--layers 32] [--bits 2,3,4] [--dim 8] [--new-tokens 64] [--json FILE]
+    python benchmarks/generate.py [--layers 32] [--bits 2,3,4] [--dim 8] [--new-tokens 64] [--batch 1] [--json FILE]
     python benchmarks/generate.py --checkpoint DIR [--backends dense,triton] [--new-tokens 64]
 
 A random-initialised Llama of LLaMA-2-7B's shapes (hidden 4096, MLP 11008, 32
@@ -12,7 +13,7 @@ linear layer of the blocks is replaced by a pvq ``QuantizedLinear`` holding
 random valid codes (uniform shape indices and gains; the speed of the kernels
 does not depend on which points are stored) at each ``--bits`` with vectors of
 ``--dim`` (split index order), run by the ``triton`` backend, and the same is
-measured. Per row: tokens per second, the ratio to fp16, GPU memory
+measured. Per row: tokens per second (generated tokens of all ``--batch`` sequences), the ratio to fp16, GPU memory
 (``torch.cuda.max_memory_allocated`` during generation, and the bytes of every
 tensor the model holds after it), and the layer bits per weight.
 
@@ -84,8 +85,8 @@ def quantize_blocks(model, bits: float, dim: int) -> float:
     return stored / weights
 
 
-def measure(model, new_tokens: int) -> dict:
-    ids = torch.randint(0, model.config.vocab_size, (1, 16), device="cuda")
+def measure(model, new_tokens: int, batch: int = 1) -> dict:
+    ids = torch.randint(0, model.config.vocab_size, (batch, 16), device="cuda")
     kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
     with torch.no_grad():
         model.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False)  # warm-up (kernel compilation)
@@ -95,19 +96,20 @@ def measure(model, new_tokens: int) -> dict:
         model.generate(ids, **kw)
         torch.cuda.synchronize()
         s = time.perf_counter() - t0
-    return {"tokens_per_s": new_tokens / s, "peak_bytes": torch.cuda.max_memory_allocated(),
+    return {"tokens_per_s": batch * new_tokens / s, "peak_bytes": torch.cuda.max_memory_allocated(),
             "model_bytes": model_memory_bytes(model)}
 
 
-def measure_graph(model, new_tokens: int) -> float | None:
-    """Tokens per second of batch-1 greedy decoding with one decode step captured in a CUDA graph
+def measure_graph(model, new_tokens: int, batch: int = 1) -> float | None:
+    """Tokens per second (all sequences) of greedy decoding of ``batch`` sequences with one decode step
+    captured in a CUDA graph
     (static KV cache; host work and launch gaps out of the way); None if the capture fails."""
     try:
         from transformers import StaticCache
 
         prompt = 16
         cache = StaticCache(config=model.config, max_cache_len=prompt + new_tokens + 8)
-        ids = torch.randint(0, model.config.vocab_size, (1, prompt), device="cuda")
+        ids = torch.randint(0, model.config.vocab_size, (batch, prompt), device="cuda")
         with torch.no_grad():
             out = model(input_ids=ids, past_key_values=cache, use_cache=True,
                         cache_position=torch.arange(prompt, device="cuda"))
@@ -129,7 +131,7 @@ def measure_graph(model, new_tokens: int) -> float | None:
                 tok.copy_(logits[:, -1:].argmax(-1))
                 pos += 1
             torch.cuda.synchronize()
-            return new_tokens / (time.perf_counter() - t0)
+            return batch * new_tokens / (time.perf_counter() - t0)
     except Exception as e:  # noqa: BLE001 - report and go on with the eager numbers
         print(f"# CUDA graph capture failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
         return None
@@ -174,13 +176,13 @@ def main_checkpoint(a) -> None:
     rows = []
     for name in a.backends.split(","):
         set_backend(model, name)
-        r = measure(model, a.new_tokens)
+        r = measure(model, a.new_tokens, a.batch)
         if a.profile:  # before the graph: a failed capture leaves the CUDA generator unusable
             r["profile"] = profile_step(model)
-        r["graph_tokens_per_s"] = measure_graph(model, a.new_tokens)
+        r["graph_tokens_per_s"] = measure_graph(model, a.new_tokens, a.batch)
         rows.append({"backend": name, **r})
         print({k: v for k, v in rows[-1].items() if k != "profile"}, flush=True)
-    print(f"\n{torch.cuda.get_device_name()}, {a.checkpoint}, {a.new_tokens} new tokens, batch 1\n")
+    print(f"\n{torch.cuda.get_device_name()}, {a.checkpoint}, {a.new_tokens} new tokens, batch {a.batch}\n")
     print("| backend | tokens/s eager | tokens/s CUDA graph | peak GPU memory MB | model tensors MB |")
     print("|---|---|---|---|---|")
     for r in rows:
@@ -198,6 +200,7 @@ def main() -> None:
     p.add_argument("--bits", default="4,3,2")
     p.add_argument("--dim", type=int, default=8)
     p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--batch", type=int, default=1, help="sequences generated together")
     p.add_argument("--json", default=None)
     p.add_argument("--profile", action="store_true", help="GPU time of one decode step by kernel, per row")
     p.add_argument("--checkpoint", default=None, help="a pvq checkpoint to measure instead of the 7B shapes")
@@ -210,22 +213,22 @@ def main() -> None:
 
     rows = []
     model = llama_7b(a.layers)
-    base = measure(model, a.new_tokens)
-    base["graph_tokens_per_s"] = measure_graph(model, a.new_tokens)
+    base = measure(model, a.new_tokens, a.batch)
+    base["graph_tokens_per_s"] = measure_graph(model, a.new_tokens, a.batch)
     if a.profile:
         base["profile"] = profile_step(model)
     rows.append({"method": "fp16", "bits": 16.0, **base, "x_fp16": 1.0, "memory_frac": 1.0})
     print({k: v for k, v in rows[-1].items() if k != "profile"}, flush=True)
     for bits in (float(b) for b in a.bits.split(",")):
         bpw = quantize_blocks(model, bits, a.dim)
-        r = measure(model, a.new_tokens)
-        r["graph_tokens_per_s"] = measure_graph(model, a.new_tokens)
+        r = measure(model, a.new_tokens, a.batch)
+        r["graph_tokens_per_s"] = measure_graph(model, a.new_tokens, a.batch)
         if a.profile:
             r["profile"] = profile_step(model)
         rows.append({"method": f"pvq D={a.dim}", "bits": bpw, **r, "x_fp16": r["tokens_per_s"] / base["tokens_per_s"],
                      "memory_frac": r["peak_bytes"] / base["peak_bytes"]})
         print({k: v for k, v in rows[-1].items() if k != "profile"}, flush=True)
-    print(f"\n{torch.cuda.get_device_name()}, {a.layers} blocks, {a.new_tokens} new tokens, batch 1, eager\n")
+    print(f"\n{torch.cuda.get_device_name()}, {a.layers} blocks, {a.new_tokens} new tokens, batch {a.batch}, eager\n")
     print("| method | bits/weight (blocks) | tokens/s eager | x fp16 | tokens/s CUDA graph | x fp16 | "
           "peak GPU memory GB | model tensors GB | x fp16 memory |")
     print("|---|---|---|---|---|---|---|---|---|")
