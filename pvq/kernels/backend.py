@@ -9,7 +9,7 @@ the input dtype then one matmul for more), and the output is rotated back.
 The layer keeps only its stored tensors (read in place) plus small tables.
 
 Which kernels run a layer is one table, :data:`KERNEL_FAMILIES`, first match
-wins: up to four input rows of D = 8 split-order layers at up to 3 bits through the CUDA
+wins: up to eight input rows of D = 8 split-order layers at up to 3 bits through the CUDA
 kernel with its tables in shared memory, where nvcc and ninja compile it
 (:mod:`pvq.kernels.cuda_split`); PVQ layers in the split index order (D = 4, 8, 16,
 codes up to 62 bits: the Triton fast path), PVQ layers in Fischer's order (codes up to 56 bits, decoded
@@ -73,10 +73,10 @@ def _module(name: str):
 
 
 KERNEL_FAMILIES = (
-    # up to 4 rows of D = 8 layers at <= 3 bits with the decode tables in shared memory (CUDA, compiled on first
+    # up to 8 rows of D = 8 layers at <= 3 bits with the decode tables in shared memory (CUDA, compiled on first
     # use; several rows of fp16/bf16 are decoded once for all)
     KernelFamily("pvq-split-cuda", cuda_split_supports, split_runtime, "cuda_split.split_gemv_cuda",
-                 "triton_split.split_decode", fused_max_rows=4),
+                 "triton_split.split_decode", fused_max_rows=8),
     # fused only for one row: at 4 and 16 rows decode + cuBLAS is faster on an H100 (docs/kernels.md)
     KernelFamily("pvq-split", split_runtime_supports, split_runtime, "triton_split.split_matmul",
                  "triton_split.split_decode", fused_max_rows=1),

@@ -80,9 +80,10 @@ def pair_table(pulses: int, device: str) -> torch.Tensor:
     return torch.where(rows >= 1 << 31, rows - (1 << 32), rows).to(torch.int32).contiguous().to(device)
 
 
-CUDA_MAX_ROWS = 4
-"""Input rows one launch multiplies (16-bit inputs of at most :data:`CUDA_ROWS_MAX_IN_FEATURES`; each
-vector is decoded once for all of them)."""
+CUDA_MAX_ROWS = 8
+"""Input rows the kernel multiplies (16-bit inputs of at most :data:`CUDA_ROWS_MAX_IN_FEATURES`; each
+vector is decoded once for up to four rows, or up to eight of at most 8192 inputs: wider ones are two
+launches of four)."""
 CUDA_ROWS_MAX_IN_FEATURES = 16384
 """Widest input the several-row kernel takes (32 warps of two vectors a lane: x's registers times the rows)."""
 
@@ -111,6 +112,12 @@ def split_gemv_cuda(rt: SplitRuntime, x: torch.Tensor) -> torch.Tensor:
         if rows == 1:
             return split_matmul(rt, x).to(x.dtype)
         return x @ split_decode(rt).to(x.dtype).T
+    if rows > 4 and rt.in_features > 8192:  # eight rows of x do not fit the registers of two vectors a lane
+        return torch.cat([_launch(ext, rt, x[:4]), _launch(ext, rt, x[4:])])
+    return _launch(ext, rt, x)
+
+
+def _launch(ext, rt: SplitRuntime, x: torch.Tensor) -> torch.Tensor:
     dev = str(rt.words.device)
     leaves, _ = shared_leaves(rt.pulses, dev)
     return ext.split8_gemv(

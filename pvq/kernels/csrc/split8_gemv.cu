@@ -324,7 +324,7 @@ split8_gemv_kernel(const unsigned* __restrict__ words, unsigned n_words, const _
 
 int ceil_div(long long a, long long b) { return static_cast<int>((a + b - 1) / b); }
 
-constexpr int kMaxRows = 4;  // input rows one launch decodes for (fewer are padded with zeros)
+constexpr int kMaxRows = 8;  // input rows one launch decodes for: 4 or 8 (fewer are padded with zeros)
 
 #ifdef PVQ_KERNEL_ONLY
 // every instantiation the launcher makes, for --resource-usage
@@ -337,6 +337,7 @@ PVQ_INSTANTIATE(__half, 8, 3, 1, 1)
 PVQ_INSTANTIATE(__half, 8, 4, 1, 1)
 PVQ_INSTANTIATE(__half, 4, 1, 2, 4)
 PVQ_INSTANTIATE(__half, 4, 2, 1, 4)
+PVQ_INSTANTIATE(__half, 4, 1, 1, 8)
 PVQ_INSTANTIATE(float, 16, 3, 1, 1)
 #endif
 
@@ -345,7 +346,7 @@ PVQ_INSTANTIATE(float, 16, 3, 1, 1)
 #ifndef PVQ_KERNEL_ONLY
 
 // y [B, out] (x's dtype, rounded once from the float32 sums) = x [B, in] @ Q'^T, B = 1, or 2 to 4 rows of
-// 16-bit inputs of at most 16384 (decoded once, multiplied by each row). Tables as in the header
+// 16-bit inputs of at most 16384, or 5 to 8 of at most 8192 (decoded once, multiplied by each row). Tables as in the header
 // comment; all tensors on one CUDA device.
 torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tensor levels, torch::Tensor buckets,
                           torch::Tensor pair, torch::Tensor leaves, torch::Tensor inv_norms, torch::Tensor x,
@@ -353,8 +354,10 @@ torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tens
   TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= kMaxRows && x.is_contiguous(),
               "x must be [B <= ", kMaxRows, ", in] contiguous on CUDA");
   const int batch = static_cast<int>(x.size(0));
-  TORCH_CHECK(batch == 1 || (x.scalar_type() != torch::kFloat32 && x.size(1) <= 16384),
-              "several rows: fp16 or bf16 inputs of at most 16384, got ", x.scalar_type(), " [", batch, ", ", x.size(1), "]");
+  TORCH_CHECK(batch == 1 || (x.scalar_type() != torch::kFloat32 && x.size(1) <= (batch > 4 ? 8192 : 16384)),
+              "several rows: fp16 or bf16 inputs of at most 16384 (8192 for 5 to 8 rows), got ", x.scalar_type(),
+              " [", batch, ", ", x.size(1), "]");
+  const int rows_b = batch == 1 ? 1 : (batch > 4 ? 8 : 4);  // the kernel's B
   TORCH_CHECK(x.size(1) % 8 == 0, "in_features must be a multiple of 8");
   TORCH_CHECK(words.numel() < (1LL << 27), "codes of at most 2^32 bits (bit addresses are 32-bit)");
   TORCH_CHECK(buckets.scalar_type() == torch::kInt32 && pair.scalar_type() == torch::kInt32 && pair.size(-1) == 4,
@@ -382,7 +385,7 @@ torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tens
   const int grid = std::max(1, std::min(sms, ceil_div(out_features, G)));
   const int rows_per_block = ceil_div(out_features, grid);
   const size_t smem = sizeof(int) * (((n_leaves + 3) & ~3) + 4 * (K + 1) + ((K + 4) & ~3) + n_buckets + n_norms + L) +
-                      sizeof(float) * static_cast<size_t>(S) * rows_per_block * (batch > 1 ? kMaxRows : 1);
+                      sizeof(float) * static_cast<size_t>(S) * rows_per_block * rows_b;
   auto stream = at::cuda::getCurrentCUDAStream();
 #define PVQ_LAUNCH(T, TL, LL, NVV, RUU, BB)                                                                      \
   do {                                                                                                           \
@@ -400,12 +403,15 @@ torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tens
     C10_CUDA_KERNEL_LAUNCH_CHECK();                                                                              \
   } while (0)
   // rows decoded per step: four with one vector a lane, fewer as the registers of x grow; several
-  // input rows: kMaxRows (rows past x's are zeros, not written), never instantiated for float32
+  // input rows: 4 or 8 (rows past x's are zeros, not written; 8 rows: one vector a lane), never
+  // instantiated for float32
 #define PVQ_BY_NV(T, TL, LL)                                                                                     \
   if (batch > 1) {                                                                                               \
-    constexpr int kB = std::is_same<T, float>::value ? 1 : kMaxRows;                                             \
-    if (NV == 1) PVQ_LAUNCH(T, TL, LL, 1, 2, kB);                                                                \
-    else PVQ_LAUNCH(T, TL, LL, 2, 1, kB);                                                                        \
+    constexpr int kB4 = std::is_same<T, float>::value ? 1 : 4;                                                   \
+    constexpr int kB8 = std::is_same<T, float>::value ? 1 : 8;                                                   \
+    if (rows_b == 8) PVQ_LAUNCH(T, TL, LL, 1, 1, kB8);                                                           \
+    else if (NV == 1) PVQ_LAUNCH(T, TL, LL, 1, 2, kB4);                                                          \
+    else PVQ_LAUNCH(T, TL, LL, 2, 1, kB4);                                                                       \
   } else {                                                                                                       \
     switch (NV) {                                                                                                \
       case 1: PVQ_LAUNCH(T, TL, LL, 1, 4, 1); break;                                                             \
@@ -426,5 +432,5 @@ torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tens
   return y;
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("split8_gemv", &split8_gemv, "split PVQ product of 1 to 4 rows, D = 8"); }
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("split8_gemv", &split8_gemv, "split PVQ product of 1 to 8 rows, D = 8"); }
 #endif
