@@ -1,5 +1,5 @@
 """pvq.eval"""
 
-from .perplexity import PerplexityResult, perplexity, perplexity_reference
+from .perplexity import PerplexityResult, perplexity, perplexity_reference, perplexity_stepwise
 
-__all__ = ["PerplexityResult", "perplexity", "perplexity_reference"]
+__all__ = ["PerplexityResult", "perplexity", "perplexity_reference", "perplexity_stepwise"]

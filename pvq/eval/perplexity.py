@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from pvq.errors import EvalError
 
-__all__ = ["PerplexityError", "PerplexityResult", "check_windows", "perplexity", "perplexity_reference", "windows"]
+__all__ = ["PerplexityError", "PerplexityResult", "check_windows", "perplexity", "perplexity_reference",
+           "perplexity_stepwise", "windows"]
 
 
 class PerplexityError(EvalError):
@@ -177,3 +178,26 @@ def perplexity_reference(model, ids: torch.Tensor, context: int = 512, stride: i
         if end == n:
             break
     return math.exp(nll_sum / n_tokens)
+
+
+@torch.no_grad()
+def perplexity_stepwise(model, ids: torch.Tensor, rows: int = 1, device: torch.device | str | None = None
+                        ) -> PerplexityResult:
+    """Perplexity scored as generation runs: ``ids`` cut into ``rows`` equal sequences decoded side by
+    side one token a step through the KV cache, so every linear layer sees ``rows`` input rows a call
+    (the path of ``model.generate``, not the 512-token windows of :func:`perplexity`). Each sequence's
+    tokens but its first are scored. ``context``/``stride`` of the result: the sequence length, 1."""
+    ids = ids.reshape(-1).long()
+    n = ids.numel() // rows if rows >= 1 else 0
+    if n < 2:
+        raise PerplexityError(f"perplexity_stepwise needs at least 2 tokens a row: {ids.numel()} tokens, rows={rows}")
+    t0 = time.perf_counter()
+    dev = torch.device(device) if device is not None else _model_device(model)
+    x = ids[: n * rows].view(rows, n).to(dev)
+    past, total = None, 0.0
+    for t in range(n - 1):
+        out = model(input_ids=x[:, t : t + 1], past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        total += float(F.cross_entropy(out.logits[:, -1].float(), x[:, t + 1], reduction="sum").double())
+    count = rows * (n - 1)
+    return PerplexityResult(math.exp(total / count), count, time.perf_counter() - t0, total / count, n, 1)

@@ -1,11 +1,13 @@
-"""The one-row split-PVQ product as a CUDA kernel with its decode tables in shared memory (optional).
+"""The split-PVQ product of one to eight input rows as a CUDA kernel with its decode tables in shared
+memory (optional).
 
 :func:`split_gemv_cuda` computes what :func:`~pvq.kernels.triton_split_lean.split_gemv_lean`
 computes (D = 8, N(8, K) < 2^22: 1.5 to 3 bits), but reads the P(4, k) leaves, the split
 table, the buckets, the inverse norms and the gain levels from shared memory (the Triton kernels
 gather them through L1, one sector per thread: Nsight on an H100 counts two thirds of the sectors
 excessive; Triton 3.6 has no indexed shared-memory gather), keeps each warp's slice of the input in
-registers for the whole kernel, and converts no integer to float through the quarter-rate unit. Source:
+registers for the whole kernel, multiplies 16-bit inputs in half2 (float32 inputs in float32, bit for
+bit the reference), and decodes each vector once for up to eight input rows. Source:
 ``pvq/kernels/csrc/split8_gemv.cu``, compiled on first use by
 :mod:`pvq.kernels.cuda_build` (needs nvcc and ninja).
 Plain reference: :func:`~pvq.kernels.split_runtime.split_decode_reference` (the same float32
@@ -23,8 +25,8 @@ from .cuda_build import CSRC, cuda_build_available, load_cuda_extension
 from .split_lean import bucket_shift, lean_codec_supported, lean_supported, lean_tables
 from .split_runtime import SplitRuntime, shared_leaves, split_runtime_supports
 
-__all__ = ["CUDA_LEVELS", "CUDA_MAX_IN_FEATURES", "CUDA_MAX_ROWS", "CUDA_ROWS_MAX_IN_FEATURES", "cuda_split_supports", "division_magic", "pair_table",
-           "split_gemv_cuda"]
+__all__ = ["CUDA_LEVELS", "CUDA_MAX_IN_FEATURES", "CUDA_MAX_ROWS", "CUDA_ROWS_MAX_IN_FEATURES", "cuda_split_supports",
+           "division_magic", "pair_table", "split_gemv_cuda"]
 
 CUDA_LEVELS = (2, 4, 8, 16)
 """Gain level counts the kernel is instantiated for (``L`` is a template parameter)."""

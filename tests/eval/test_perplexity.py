@@ -79,3 +79,26 @@ def test_text_with_tokenizer_and_errors():
         perplexity(UniformLM(8), torch.tensor([1]))
     with pytest.raises(PerplexityError, match="1-D integer"):
         perplexity(UniformLM(8), torch.rand(10))
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_stepwise_scores_what_one_full_forward_scores(rows):
+    from pvq.eval import perplexity_stepwise
+
+    model = tiny_llama()
+    ids = torch.randint(0, 128, (3 * 20 + 2,), generator=torch.Generator().manual_seed(5))
+    r = perplexity_stepwise(model, ids, rows=rows)
+    n = ids.numel() // rows
+    x = ids[: n * rows].view(rows, n)
+    with torch.no_grad():
+        logits = model(input_ids=x).logits
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 128), x[:, 1:].reshape(-1))
+    assert r.tokens == rows * (n - 1) and (r.context, r.stride) == (n, 1)
+    assert r.nll == pytest.approx(float(nll), rel=1e-5)
+
+
+def test_stepwise_refuses_rows_too_short():
+    from pvq.eval import perplexity_stepwise
+
+    with pytest.raises(PerplexityError, match="at least 2 tokens a row"):
+        perplexity_stepwise(tiny_llama(), torch.arange(5), rows=3)
