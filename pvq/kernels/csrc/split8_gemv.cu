@@ -1,5 +1,5 @@
-// One-row product y = x @ Q'^T of a split-order PVQ layer, D = 8, N(8, K) < 2^22, codes <= 32 bits,
-// with every decode table in shared memory and the input in registers.
+// Product y = x @ Q'^T of a split-order PVQ layer for one to eight input rows, D = 8, N(8, K) < 2^22,
+// codes <= 32 bits, with every decode table in shared memory and the input in registers.
 //
 // Why CUDA: on an H100 the Triton kernels are bound by their table gathers through L1 (Nsight: two
 // thirds of the 24 M sectors a 11008 x 4096 product reads are "excessive", one sector per thread
@@ -11,20 +11,22 @@
 // x in the loop); for each row of its group it decodes its NV vectors (consecutive codes across
 // lanes: coalesced), sums x . y * mult, reduces over the warp and leaves the partial in shared
 // memory; the block adds the S partials of each row at the end (no atomics, no zeroing). RU rows are
-// decoded per step with their code words loaded one step ahead.
+// decoded per step with their code words loaded one step ahead. Several input rows (B = 4 or 8,
+// session 7): each vector is decoded once and multiplied by every row's registers; the RU x B sums of
+// a step are reduced over the warp together.
 //
-// Arithmetic (session 7): 16-bit inputs multiply in half2 - x / 16 in registers, a leaf table of
-// exact fp16 coordinates, the vector's eight products and its squared norm in eight HFMA2, its sum
-// then float32 (rows summed in float32; the 16 back at the end); float32 inputs convert int8 leaf
-// coordinates without I2F (the bits 0x4B000000 | (c + 128) minus 2^23 + 128) and sum in float32.
-// The split's division is one multiply-high (M = ceil(2^31 / d) on 2 rest), and every table is
-// addressed in bytes (the block lays the pair table out as such): bucket -> split entry -> the two
-// leaf addresses in five integer instructions. Tables (pvq/kernels/cuda_split.py, from
-// pvq/kernels/split_lean.py): buckets uint32 {S_8(K, j0 + 1) << 5 | j0} by index >> shift; pair int4
-// {S_8(K, j), d = N(4, K - j), M, leaf_off[j] | leaf_off[K - j] << 16}; leaves int32 (4 x int8) or
-// int32 [T, 2] (2 x half2), P(4, k) for k <= K; inverse norms float [K^2 + 1]; gain levels float [L].
-// The weights are y * ((level * scale) * inverse_norm[|y|^2]) in float32, as the reference
-// (pvq/kernels/split_runtime.py); the half2 path multiplies by (level * inverse_norm) * scale.
+// Arithmetic (session 7): 16-bit inputs multiply in half2 - x / 16 in registers, the int8 leaves
+// (stored biased by 128) made exact half2 by a byte permute, the vector's products and its squared
+// norm in HFMA2, its sum then float32 (rows summed in float32; the 16 back at the end), 1 / |y| from
+// the special-function unit; float32 inputs convert int8 leaf coordinates without I2F (the bits
+// 0x4B000000 | (c + 128) minus 2^23 + 128) and sum in float32, bit for bit the reference. The split's
+// division is one multiply-high (M = ceil(2^31 / d) on 2 rest), and the tables are addressed in bytes
+// (the block lays the pair table out as such): bucket -> split entry -> the two leaf addresses in
+// five integer instructions. Tables (pvq/kernels/cuda_split.py, from pvq/kernels/split_lean.py):
+// buckets uint32 {S_8(K, j0 + 1) << 5 | j0} by index >> shift; pair int4 {S_8(K, j), d = N(4, K - j),
+// M, leaf_off[j] | leaf_off[K - j] << 16}; leaves int32 (4 x int8, P(4, k) for k <= K); inverse norms
+// float [K^2 + 1] (float32 path); gain levels float [L]. The weights are
+// y * ((level * scale) * inverse_norm[|y|^2]) in float32, as the reference (pvq/kernels/split_runtime.py).
 
 #include "dtype.cuh"
 #include <cstring>
