@@ -188,7 +188,9 @@ def perplexity_stepwise(model, ids: torch.Tensor, rows: int = 1, device: torch.d
     (the path of ``model.generate``, not the 512-token windows of :func:`perplexity`). Each sequence's
     tokens but its first are scored. ``context``/``stride`` of the result: the sequence length, 1."""
     ids = ids.reshape(-1).long()
-    n = ids.numel() // rows if rows >= 1 else 0
+    if rows < 1:
+        raise PerplexityError(f"perplexity_stepwise needs rows >= 1, got {rows}")
+    n = ids.numel() // rows
     if n < 2:
         raise PerplexityError(f"perplexity_stepwise needs at least 2 tokens a row: {ids.numel()} tokens, rows={rows}")
     t0 = time.perf_counter()

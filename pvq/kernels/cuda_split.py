@@ -25,8 +25,8 @@ from .cuda_build import CSRC, cuda_build_available, load_cuda_extension
 from .split_lean import bucket_shift, lean_codec_supported, lean_supported, lean_tables
 from .split_runtime import SplitRuntime, shared_leaves, split_runtime_supports
 
-__all__ = ["CUDA_LEVELS", "CUDA_MAX_IN_FEATURES", "CUDA_MAX_ROWS", "CUDA_ROWS_MAX_IN_FEATURES", "cuda_split_supports",
-           "division_magic", "pair_table", "split_gemv_cuda"]
+__all__ = ["CUDA_EIGHT_ROWS_MAX_IN_FEATURES", "CUDA_LAUNCH_ROWS", "CUDA_LEVELS", "CUDA_MAX_IN_FEATURES", "CUDA_MAX_ROWS",
+           "CUDA_ROWS_MAX_IN_FEATURES", "cuda_split_supports", "division_magic", "pair_table", "split_gemv_cuda"]
 
 CUDA_LEVELS = (2, 4, 8, 16)
 """Gain level counts the kernel is instantiated for (``L`` is a template parameter)."""
@@ -84,10 +84,14 @@ def pair_table(pulses: int, device: str) -> torch.Tensor:
 
 CUDA_MAX_ROWS = 8
 """Input rows the kernel multiplies (16-bit inputs of at most :data:`CUDA_ROWS_MAX_IN_FEATURES`; each
-vector is decoded once for up to four rows, or up to eight of at most 8192 inputs: wider ones are two
-launches of four)."""
+vector is decoded once for up to :data:`CUDA_LAUNCH_ROWS` rows, or up to eight of at most
+:data:`CUDA_EIGHT_ROWS_MAX_IN_FEATURES` inputs: wider ones take two launches)."""
 CUDA_ROWS_MAX_IN_FEATURES = 16384
 """Widest input the several-row kernel takes (32 warps of two vectors a lane: x's registers times the rows)."""
+CUDA_LAUNCH_ROWS = 4
+"""Rows one launch takes where eight do not fit the registers (inputs past :data:`CUDA_EIGHT_ROWS_MAX_IN_FEATURES`)."""
+CUDA_EIGHT_ROWS_MAX_IN_FEATURES = 8192
+"""Widest input of an eight-row launch (one vector a lane: 32 registers of x)."""
 
 
 def split_gemv_cuda(rt: SplitRuntime, x: torch.Tensor) -> torch.Tensor:
@@ -114,8 +118,8 @@ def split_gemv_cuda(rt: SplitRuntime, x: torch.Tensor) -> torch.Tensor:
         if rows == 1:
             return split_matmul(rt, x).to(x.dtype)
         return x @ split_decode(rt).to(x.dtype).T
-    if rows > 4 and rt.in_features > 8192:  # eight rows of x do not fit the registers of two vectors a lane
-        return torch.cat([_launch(ext, rt, x[:4]), _launch(ext, rt, x[4:])])
+    if rows > CUDA_LAUNCH_ROWS and rt.in_features > CUDA_EIGHT_ROWS_MAX_IN_FEATURES:
+        return torch.cat([_launch(ext, rt, x[:CUDA_LAUNCH_ROWS]), _launch(ext, rt, x[CUDA_LAUNCH_ROWS:])])
     return _launch(ext, rt, x)
 
 

@@ -102,3 +102,10 @@ def test_stepwise_refuses_rows_too_short():
 
     with pytest.raises(PerplexityError, match="at least 2 tokens a row"):
         perplexity_stepwise(tiny_llama(), torch.arange(5), rows=3)
+
+
+def test_stepwise_refuses_no_rows():
+    from pvq.eval import perplexity_stepwise
+
+    with pytest.raises(PerplexityError, match="rows >= 1"):
+        perplexity_stepwise(tiny_llama(), torch.arange(50), rows=0)

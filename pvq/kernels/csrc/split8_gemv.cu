@@ -102,10 +102,17 @@ __device__ __forceinline__ int2 split_leaves(int r, const Tables& tb, int shift)
   return {at<int>(tb, qa * 4 + tb.leaf_a[j]), at<int>(tb, qa * e.z + (r * 4 + e.w))};
 }
 
+// log2 of the gain level count (a code is index * L + gain)
+template <int L>
+__device__ __forceinline__ constexpr int log2_levels() {
+  static_assert(L == 2 || L == 4 || L == 8 || L == 16, "gain levels: 2, 4, 8 or 16");
+  return L == 2 ? 1 : (L == 4 ? 2 : (L == 8 ? 3 : 4));
+}
+
 // y . x of one vector's code in float32: the multiplier times the dot product of its point with x
 template <int L>
 __device__ __forceinline__ float vector_dot(unsigned code, const float* xv, float scale, const Tables& tb, int shift) {
-  constexpr int kLog2L = L == 2 ? 1 : (L == 4 ? 2 : (L == 8 ? 3 : 4));
+  constexpr int kLog2L = log2_levels<L>();
   const int gain = static_cast<int>(code & (L - 1));
   const int2 w = split_leaves(static_cast<int>(code >> kLog2L), tb, shift);
   const int n2 = __dp4a(w.y, w.y, __dp4a(w.x, w.x, 0));
@@ -135,7 +142,7 @@ __device__ __forceinline__ void leaf_halves(unsigned biased, __half2& c01, __hal
 template <int L, int B>
 __device__ __forceinline__ void vector_dots(unsigned code, const __half2 (*xh)[4], float scale, const Tables& tb,
                                             int shift, float* acc) {
-  constexpr int kLog2L = L == 2 ? 1 : (L == 4 ? 2 : (L == 8 ? 3 : 4));
+  constexpr int kLog2L = log2_levels<L>();
   const int gain = static_cast<int>(code & (L - 1));
   const int2 w = split_leaves(static_cast<int>(code >> kLog2L), tb, shift);
   __half2 a01, a23, b01, b23;
@@ -348,8 +355,8 @@ PVQ_INSTANTIATE(float, 16, 3, 1, 1)
 #ifndef PVQ_KERNEL_ONLY
 
 // y [B, out] (x's dtype, rounded once from the float32 sums) = x [B, in] @ Q'^T, B = 1, or 2 to 4 rows of
-// 16-bit inputs of at most 16384, or 5 to 8 of at most 8192 (decoded once, multiplied by each row). Tables as in the header
-// comment; all tensors on one CUDA device.
+// 16-bit inputs of at most 16384, or 5 to 8 of at most 8192 (decoded once, multiplied by each row; the
+// limits pvq/kernels/cuda_split.py routes by). Tables as in the header comment; all tensors on one device.
 torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tensor levels, torch::Tensor buckets,
                           torch::Tensor pair, torch::Tensor leaves, torch::Tensor inv_norms, torch::Tensor x,
                           int64_t out_features, int64_t code_bits, int64_t K, int64_t group, int64_t shift) {
