@@ -145,7 +145,9 @@ def _config_flags(p: argparse.ArgumentParser) -> None:
             continue
         kind = {"float": float, "float | None": float, "int": int, "int | None": int}.get(f.type, str)
         default = f.default if f.default is not dataclasses.MISSING else None
-        p.add_argument(f"--{flag}", dest=f"config_{f.name}", type=kind, default=default, metavar=kind.__name__.upper(),
+        choices = f.metadata.get("choices")
+        p.add_argument(f"--{flag}", dest=f"config_{f.name}", type=kind, default=default, choices=choices,
+                       metavar=None if choices else kind.__name__.upper(),
                        help=f"{help_} (default: {default})" if default is not None else help_)
     seen: dict[str, tuple] = {}
     for m in METHODS.values():

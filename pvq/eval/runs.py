@@ -29,7 +29,8 @@ from ..models import (
 )
 from ..models import bits_per_activation, set_backend
 from ..models.checkpoint import prepare_output
-from ..models.format import block_rate
+from ..models.format import block_rate, online_rotations_per_block
+from ..models.rotation_plan import model_rotation
 from ..models.reference import CALIB_TEXT, HELDOUT_TEXT, resolve_model
 from .perplexity import check_windows, perplexity
 
@@ -260,6 +261,9 @@ def run_quantize(req: QuantizeRequest, log: Log = _quiet, progress: bool = True)
         "activation": None if req.config.activation_quant() is None else req.config.activation_quant().to_dict(),
         "seconds": report.seconds,
         "proxy_loss": report.proxy_loss,
+        "rotation_plan": _rotation_plan_name(model),
+        "online_rotations_per_block": online_rotations_per_block(model),
+        "notes": list(report.notes),
         "output": None,
     }
     if req.output:
@@ -321,6 +325,8 @@ def run_eval(
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "backends": sorted({m.backend for m in model.modules() if isinstance(m, QuantizedLinear)} - {None}),
         "memory_bytes": model_memory_bytes(model),
+        "rotation_plan": _rotation_plan_name(model),
+        "online_rotations_per_block": online_rotations_per_block(model),
     }
     if prepared is not None:
         from .zeroshot import evaluate_zeroshot
@@ -329,6 +335,13 @@ def run_eval(
         out["zeroshot"] = evaluate_zeroshot(model, tokenizer, limit=limit, num_fewshot=num_fewshot,
                                             batch_size=batch_size, prepared=prepared)
     return out
+
+
+def _rotation_plan_name(model) -> str:
+    """``fused`` for a folded model, else ``layer`` when any quantized linear rotates, else ``none``."""
+    if model_rotation(model) is not None:
+        return "fused"
+    return "layer" if any(isinstance(m, QuantizedLinear) and m.rotation is not None for m in model.modules()) else "none"
 
 
 # ---------------------------------------------------------------- demo

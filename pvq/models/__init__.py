@@ -10,10 +10,11 @@ from .checkpoint import load_quantized, save_quantized
 from .devices import resolve_device
 from .driver import LayerStats, QuantizeReport, quantize_model
 from .experts import QuantizedExperts
-from .format import quantization_config_dict, quantized_modules, read_quantization_config
+from .format import online_rotations_per_block, quantization_config_dict, quantized_modules, read_quantization_config
 from .lora import BlockHook, LoraRecovery
 from .methods import METHODS, MethodSpec, QuantizeConfig, decoder_layers, get_method, register_method
 from .plan import LayerPlan, QuantizePlan
+from .rotation_plan import ROTATION_PLANS, fold_rotations
 from .activations import ActivationQuant, ActQuantLinear
 from .qlinear import QuantizedLinear, bits_per_activation, set_activation_quant, set_backend
 from .structure import FAMILY_RULES, decoder_blocks
@@ -38,13 +39,16 @@ __all__ = [
     "QuantizeReport",
     "QuantizedExperts",
     "QuantizedLinear",
+    "ROTATION_PLANS",
     "calibration_batches",
     "check_calibration",
     "decoder_blocks",
     "decoder_layers",
+    "fold_rotations",
     "get_method",
     "load_quantized",
     "load_text",
+    "online_rotations_per_block",
     "quantization_config_dict",
     "quantize_model",
     "quantized_modules",

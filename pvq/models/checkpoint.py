@@ -29,6 +29,7 @@ from .format import (
     integrity_record,
     quantization_config_dict,
     read_quantization_config,
+    install_model_rotation,
     replace_linears,
     safetensors_files,
     verify_checkpoint,
@@ -365,6 +366,7 @@ def _load_direct(path: Path, qdict: dict, dtype) -> nn.Module:
         )
     if hasattr(model, "tie_weights"):
         model.tie_weights()
+    install_model_rotation(model, qdict)
     model.is_quantized = True
     return model
 

@@ -2,6 +2,9 @@
 
 :func:`quantize_model` walks the decoder blocks (``model.model.layers``) in order:
 
+0. under the ``fused`` rotation plan, rewrite the model first (norms folded, the residual
+   stream and the heads rotated in the weights: :func:`pvq.models.rotation_plan.fold_rotations`);
+   its layers then quantize with the plan's own rotations (none, or down_proj's input side);
 1. capture the inputs of every block once: the decoder blocks are replaced by
    recorders for one pass over the calibration ids (batched), which keeps the
    first block's hidden states and the keyword arguments each block is called
@@ -49,6 +52,7 @@ from .format import block_rate
 from .methods import QuantizeConfig, decoder_layers
 from .plan import LayerPlan, QuantizePlan
 from .qlinear import QuantizedLinear, set_activation_quant
+from .rotation_plan import fold_rotations
 from .structure import linear_weight
 
 __all__ = ["LayerStats", "QuantizeReport", "quantize_model"]
@@ -212,7 +216,8 @@ def quantize_model(
         if not blocks or any(not isinstance(b, int) or not 0 <= b < plan.num_blocks for b in blocks):
             raise QuantizeError(f"blocks must be a non-empty list of block indices in [0, {plan.num_blocks}), got {blocks!r}")
         chosen = set(blocks)
-        plan = QuantizePlan(config, [p for p in plan.layers if p.block in chosen], plan.num_blocks, path=plan.path)
+        plan = QuantizePlan(config, [p for p in plan.layers if p.block in chosen], plan.num_blocks, path=plan.path,
+                            rotation=plan.rotation)
     calib_ids = check_calibration(calib_ids, model)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise QuantizeError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -225,6 +230,8 @@ def quantize_model(
         say(note)
     was_training = model.training
     model.eval()
+    if plan.rotation == "fused":  # rewrite the model (exactly) before anything sees its activations
+        fold_rotations(model, config.seed)
     layers = decoder_layers(model)
     stats: list[LayerStats] = []
     bar = _progress_bar(sum(p.count for p in plan.layers), progress, f"quantize {config.method} {config.bits:g} bits")

@@ -12,13 +12,16 @@ never pickle) whose ``config.json`` holds a ``quantization_config``::
      "kept": {name: bits}  (block weights left unquantized, counted at these bits),
      "config": QuantizeConfig.to_dict(),
      "modules": {name: {"codec": codec config, "in_features", "out_features",
-                        "bias", "rotation": {"out_seed", "in_seed"} | null,
+                        "bias", "rotation": {"out_seed", "in_seed"} | null (a seed null: that side absent),
                         "layout": "stored",
                         "tensors": {key: {"shape", "dtype"}}, "bits_per_weight",
                         "activation": {"method", "bits", "dim", "rotate", "clip",
                                        "gain_bits", "bits_per_activation"}  (only when set)}},
      "bits_per_activation": measured | null,
-     "pvq_version": ..., "format_version": 3}
+     "rotation": {"plan": "fused", "hidden_size", "head_dim", "stream_seed", "head_seed",
+                  "ends": "folded" | "online"} | null  (the model-level rotation plan),
+     "online_rotations_per_block": ...,
+     "pvq_version": ..., "format_version": 4}
 
 plus ``"integrity": {"algorithm": "sha256", "tensors": {name: {"dtype",
 "shape", "sha256"}}, "modules": {name: sha256 of the entry's canonical JSON}}``,
@@ -32,7 +35,12 @@ expert stacks: ``{stack name: {"num_experts", "out_features", "in_features",
 the integrity record's ``experts``), ``quantized_fraction`` and ``kept``, and
 the rate over every block weight; optional
 ``activation`` per layer (the layer quantizes its input; a version-2 reader would ignore it
-silently) and a top-level ``bits_per_activation``.
+silently) and a top-level ``bits_per_activation``; 4 - ``rotation`` (the fused plan: the
+residual stream's and the heads' randomized Hadamards folded into the stored tensors, and
+whether the ends of a tied model rotate online; digested in the integrity record's
+``rotation``; loaders install its online ends), one-sided layer rotations (a seed null) and
+``online_rotations_per_block``. Versions 1-3 carry no ``rotation``: their layers rotate as
+their seeds say.
 A quantized layer's tensors are ``<module>.packed_<key>`` (uint8 codes, any
 fitted data such as a K-means codebook), ``<module>.scales`` (fp16) and
 ``<module>.bias``.
@@ -54,6 +62,7 @@ from pvq.errors import CheckpointError, QuantizeError
 from .experts import QuantizedExperts, replace_experts
 from .methods import QuantizeConfig
 from .qlinear import QuantizedLinear, buffer_name
+from .rotation_plan import install_stream_rotation, model_rotation, stream_rotations
 from .structure import decoder_blocks, is_linear, is_weight, linear_sizes
 
 __all__ = [
@@ -61,6 +70,8 @@ __all__ = [
     "QUANT_METHOD",
     "INTEGRITY_KEY",
     "check_tensors",
+    "install_model_rotation",
+    "online_rotations_per_block",
     "integrity_record",
     "quantization_config_dict",
     "quantized_modules",
@@ -72,8 +83,8 @@ __all__ = [
 ]
 
 QUANT_METHOD = "pvq"
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 
 
 def quantized_modules(model: nn.Module) -> dict[str, QuantizedLinear]:
@@ -125,6 +136,8 @@ def quantization_config_dict(model: nn.Module, quant_config) -> dict:
         "config": config.to_dict(),
         "modules": {n: m.layer_config() for n, m in mods.items()},
         "experts": expert_entries(model),
+        "rotation": None if model_rotation(model) is None else model_rotation(model).to_dict(),
+        "online_rotations_per_block": online_rotations_per_block(model),
         "pvq_version": __version__,
         "format_version": FORMAT_VERSION,
     }
@@ -309,7 +322,25 @@ def integrity_record(path: str | Path, qdict: dict) -> dict:
         "tensors": {k: {kk: v[kk] for kk in ("dtype", "shape", "sha256")} for k, v in tensor_digests(path).items()},
         "modules": {name: _entry_digest(entry) for name, entry in qdict["modules"].items()},
         **({"experts": {n: _entry_digest(e) for n, e in qdict["experts"].items()}} if qdict.get("experts") else {}),
+        **({"rotation": _entry_digest(qdict["rotation"])} if qdict.get("rotation") else {}),
     }
+
+
+def online_rotations_per_block(model: nn.Module) -> float:
+    """Online rotations of activations per decoder block per token: every quantized linear's
+    present sides (experts decode into dense weights: none online), plus the model's stream
+    rotations (the online ends of a tied fused model) spread over the blocks."""
+    _, blocks = decoder_blocks(model)
+    decoded = {id(m) for e in model.modules() if isinstance(e, QuantizedExperts) for m in e.modules()}
+    count = sum(m.rotation.online_rotations for m in model.modules()
+                if isinstance(m, QuantizedLinear) and m.rotation is not None and id(m) not in decoded)
+    return (count + stream_rotations(model)) / max(len(blocks), 1)
+
+
+def install_model_rotation(model: nn.Module, qdict: dict) -> None:
+    """What a loaded model runs besides its tensors under the checkpoint's rotation plan (format 4:
+    the online ends of a tied ``fused`` model); older formats have none. Both loaders call this."""
+    install_stream_rotation(model, qdict.get("rotation"))
 
 
 def verify_checkpoint(path: str | Path, qdict: dict | None = None) -> None:
@@ -349,6 +380,9 @@ def verify_checkpoint(path: str | Path, qdict: dict | None = None) -> None:
     for name in sorted(set(want_exp) & set(have_exp)):
         if _entry_digest(have_exp[name]) != want_exp[name]:
             problems.append(f"the config entry of experts {name} was edited")
+    want_rot, have_rot = record.get("rotation"), qdict.get("rotation")
+    if (want_rot is None) != (have_rot is None) or (have_rot is not None and _entry_digest(have_rot) != want_rot):
+        problems.append("the rotation record (quantization_config.rotation) was edited, added or removed")
     want, have = record.get("tensors", {}), tensor_digests(path)
     for name in sorted(set(want) - set(have)):
         problems.append(f"tensor {name} is missing")

@@ -30,7 +30,8 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from pvq.errors import CheckpointError, QuantizeError
 
-from .format import FORMAT_VERSION, QUANT_METHOD, READABLE_VERSIONS, replace_linears, verify_checkpoint
+from .format import (FORMAT_VERSION, QUANT_METHOD, READABLE_VERSIONS, install_model_rotation, replace_linears,
+                     verify_checkpoint)
 from .qlinear import QuantizedLinear
 
 __all__ = ["PvqConfig", "PvqHfQuantizer", "register"]
@@ -108,6 +109,7 @@ class PvqHfQuantizer(HfQuantizer):
         ]
         if unloaded:
             raise QuantizeError(f"the checkpoint lacks the stored tensors of {unloaded[:8]}; it is incomplete")
+        install_model_rotation(model, self.quantization_config.to_dict())
         return model
 
     def is_serializable(self, *args, **kwargs):

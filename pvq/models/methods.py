@@ -42,6 +42,7 @@ from pvq.errors import CodecError, QuantizeError
 from pvq.solvers import SolverConfig
 
 from .activations import ActivationQuant
+from .rotation_plan import DEFAULT_ROTATION_PLAN, ROTATION_PLANS
 from .structure import decoder_layers
 
 __all__ = [
@@ -185,7 +186,13 @@ class QuantizeConfig:
     seed: int = field(default=0, metadata=_help("seed of the rotations and of any fit"))
     n_samples: int = field(default=64, metadata=_help("calibration windows", flag="samples"))
     seq_len: int = field(default=256, metadata=_help("tokens per calibration window"))
-    rotate: bool | None = field(default=None, metadata=_help("randomized Hadamard coherence processing"))
+    rotate: bool | None = field(default=None, metadata=_help(
+        "randomized Hadamard coherence processing (--no-rotate is --rotation none)"))
+    rotation: str | None = field(default=None, metadata={**_help(
+        "rotation plan: fused (QuaRot-style: norms folded, the residual stream and heads rotated in the "
+        "weights, one online Hadamard per block, on down_proj's input), layer (each linear its own U W V^T: "
+        "two online rotations per linear) or none (default: fused for methods that rotate, falling back to "
+        "layer for families it cannot fold; none for the others)"), "choices": ROTATION_PLANS})
     error_feedback: bool | None = field(default=None, metadata=_help("GPTQ/LDLQ error feedback over column blocks"))
     hessian_gain: bool | None = field(default=None, metadata=_help("Hessian-optimal gains (codecs that have them)"))
     sequential: bool = field(default=True, metadata=_help(
@@ -238,6 +245,13 @@ class QuantizeConfig:
             v = getattr(self, name)
             if v is not None and not isinstance(v, bool):
                 raise QuantizeError(f"{name} must be True, False or None, got {v!r}")
+        if self.rotation is not None and self.rotation not in ROTATION_PLANS:
+            raise QuantizeError(f"rotation must be one of {', '.join(ROTATION_PLANS)} (or None), got {self.rotation!r}")
+        if self.rotate is not None and self.rotation is not None and self.rotate != (self.rotation != "none"):
+            raise QuantizeError(
+                f"rotate={self.rotate} contradicts rotation={self.rotation!r}: --no-rotate means --rotation none; "
+                "give one of the two"
+            )
         if not isinstance(self.sequential, bool):
             raise QuantizeError(f"sequential must be True or False, got {self.sequential!r}")
         if not _is_int(self.lora_steps) or self.lora_steps < 0:
@@ -288,8 +302,18 @@ class QuantizeConfig:
         return METHODS[self.method]
 
     @property
+    def rotation_plan(self) -> str:
+        """The run's rotation plan (:data:`~pvq.models.rotation_plan.ROTATION_PLANS`): ``rotation``
+        when given, else from ``rotate`` (or the method's default): ``none``, or the default plan
+        :data:`~pvq.models.rotation_plan.DEFAULT_ROTATION_PLAN` for methods that rotate."""
+        if self.rotation is not None:
+            return self.rotation
+        rotate = self.spec.rotate if self.rotate is None else self.rotate
+        return DEFAULT_ROTATION_PLAN if rotate else "none"
+
+    @property
     def use_rotation(self) -> bool:
-        return self.spec.rotate if self.rotate is None else self.rotate
+        return self.rotation_plan != "none"
 
     @property
     def use_error_feedback(self) -> bool:
@@ -368,6 +392,7 @@ class QuantizeConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["options"] = dict(self.options)
+        d["rotation"] = self.rotation_plan  # resolved: a later default never changes what a saved run did
         return d
 
     @classmethod
@@ -381,6 +406,12 @@ class QuantizeConfig:
                 value = d.pop(old)
                 if value != default:
                     options[new] = value
+        if "rotation" not in d:  # written before rotation plans (format <= 3): per-layer rotations
+            rotate = d.get("rotate")
+            rotate = METHODS[d.get("method", "pvq")].rotate if rotate is None and d.get("method", "pvq") in METHODS \
+                else rotate
+            d["rotation"] = "layer" if rotate else "none"
+            d["rotate"] = None
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:

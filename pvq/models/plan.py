@@ -20,6 +20,7 @@ from pvq.errors import QuantizeError
 from pvq.transforms import LayerRotation
 
 from .activations import activation_plan_notes
+from .rotation_plan import FOLD_RULES, fused_unsupported_reason
 from .structure import ExpertStack, block_linears, decoder_blocks, expert_stacks, family_rule, linear_sizes
 
 __all__ = ["LayerPlan", "QuantizePlan", "build_plan", "pick_dims", "pick_group", "rotation_seed"]
@@ -49,6 +50,7 @@ def build_plan(config, model: torch.nn.Module) -> QuantizePlan:
         raise QuantizeError("the model's decoder blocks hold no linear layers or expert weights to quantize")
     in_sizes = sorted({u[3] for u in units})
     dims = pick_dims(config, in_sizes)
+    rotation, rotation_notes = _rotation_plan(config, model)
     plans: list[LayerPlan] = []
     codecs: dict[tuple[int, int], VectorCodec] = {}
     for block, name, out, inp, stack in units:
@@ -57,17 +59,41 @@ def build_plan(config, model: torch.nn.Module) -> QuantizePlan:
         if (dim, g) not in codecs:
             codecs[(dim, g)] = config.make_codec(dim, g)
         count = 1 if stack is None else stack.num_experts
-        rots = [None] * count
-        if config.use_rotation:
-            rots = [LayerRotation(out, inp, rotation_seed(config.seed, _unit(name, stack, e), "out"),
-                                  rotation_seed(config.seed, _unit(name, stack, e), "in")) for e in range(count)]
+        rots = [_layer_rotation(rotation, model, config.seed, name, out, inp, _unit(name, stack, e))
+                for e in range(count)]
         plans.append(LayerPlan(block, name, out, inp, dim, g, codecs[(dim, g)], rots[0], stack,
                                rots if stack is not None else None))
-    out = QuantizePlan(config, plans, len(layers), path=path)
+    out = QuantizePlan(config, plans, len(layers), path=path, rotation=rotation)
+    out.notes.extend(rotation_notes)
     act = config.activation_quant()
     if act is not None:
         out.notes.extend(activation_plan_notes(act, plans))
     return out
+
+def _rotation_plan(config, model: torch.nn.Module) -> tuple[str, list[str]]:
+    """The run's effective rotation plan and its note: ``fused`` falls back to ``layer`` for the
+    whole model where it cannot fold the family (never a mix)."""
+    plan = config.rotation_plan
+    if plan == "fused":
+        reason = fused_unsupported_reason(model)
+        if reason is not None:
+            return "layer", [f"rotation plan: layer for the whole model (fused cannot fold it: {reason})"]
+        return plan, [f"rotation plan: fused (norms folded, residual stream and heads rotated in the weights; "
+                      f"one online rotation per block, on {FOLD_RULES[model.config.model_type].online_input}'s input)"]
+    return plan, []
+
+
+def _layer_rotation(plan: str, model, seed: int, name: str, out: int, inp: int, unit: str) -> LayerRotation | None:
+    """A layer's own rotation under ``plan``: both sides (``layer``), none (``none``; ``fused`` layers
+    whose input the stream rotation covers), or the input side alone (``fused``: down_proj)."""
+    if plan == "none":
+        return None
+    if plan == "layer":
+        return LayerRotation(out, inp, rotation_seed(seed, unit, "out"), rotation_seed(seed, unit, "in"))
+    if name.endswith("." + FOLD_RULES[model.config.model_type].online_input):
+        return LayerRotation(out, inp, None, rotation_seed(seed, unit, "in"))
+    return None
+
 
 def pick_dims(config, in_sizes: list[int]) -> dict[int, int]:
     """D per input size: ``config.dim`` (which must divide every size) or the method's default
@@ -161,6 +187,7 @@ class QuantizePlan:
     num_blocks: int
     notes: list[str] = field(default_factory=list)
     path: str = "model.layers"  # dotted path of the decoder block list
+    rotation: str = "layer"  # the effective rotation plan (fused falls back to layer where it cannot fold)
 
     def __post_init__(self):
         groups = {(p.dim, p.group_size) for p in self.layers}

@@ -29,6 +29,8 @@ dropped by :meth:`clear_cache`.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -38,6 +40,7 @@ from pvq.transforms import LayerRotation
 
 from .activations import ActivationQuant, ActQuantLinear
 from .backends import BACKENDS, select_backend
+from .rotation_plan import FOLD_RULES, model_rotation
 from .structure import linear_sizes
 
 __all__ = [
@@ -292,7 +295,7 @@ class QuantizedLinear(nn.Module):
         if act is not None:
             if not isinstance(act, ActivationQuant):
                 raise QuantizeError(f"act must be an ActivationQuant or None, got {type(act).__name__}")
-            if act.rotate and self.rotation is None:
+            if act.rotate and (self.rotation is None or self.rotation.v is None):
                 raise QuantizeError(
                     "activation rotation uses the weights' randomized Hadamard, and this layer's weights are not "
                     "rotated: quantize with --rotate (rotate=True) or pass --no-act-rotate (act rotate=False)"
@@ -399,25 +402,37 @@ def set_activation_quant(model: nn.Module, act: ActivationQuant | None, *, seed:
     from .plan import rotation_seed as _seed
 
     layers = decoder_layers(model)
+    fused = model_rotation(model)
+    online = FOLD_RULES[model.config.model_type].online_input if fused is not None else None
     quantized, plain_linears = [], []
     for i, block in enumerate(layers):
         for name, mod in block.named_modules():
             if isinstance(mod, QuantizedLinear):
-                quantized.append(mod)
+                quantized.append((name, mod))
             elif isinstance(mod, nn.Linear) and plain:
                 plain_linears.append((block, name, f"model.layers.{i}.{name}", mod))
+    def layer_act(mod, name):
+        """Under the fused plan only the layer that keeps an online input rotation rotates its
+        activations: the others read the rotated stream (or heads) already."""
+        if fused is None or act is None or not act.rotate:
+            return act
+        keeps = mod.rotation is not None and mod.rotation.v is not None if isinstance(mod, QuantizedLinear) \
+            else name.endswith(online)
+        return act if keeps else dataclasses.replace(act, rotate=False)
+
     if act is not None:
-        for mod in quantized:
-            if act.rotate and mod.rotation is None:
-                mod.set_activation_quant(act)  # raises the explanatory error
-            act.resolve(mod.in_features, mod.codec.dim if mod.codec.dim > 1 else None)
-    for mod in quantized:
-        mod.set_activation_quant(act)
+        for name, mod in quantized:
+            a = layer_act(mod, name)
+            if a.rotate and (mod.rotation is None or mod.rotation.v is None):
+                mod.set_activation_quant(a)  # raises the explanatory error
+            a.resolve(mod.in_features, mod.codec.dim if mod.codec.dim > 1 else None)
+    for name, mod in quantized:
+        mod.set_activation_quant(layer_act(mod, name))
     if act is not None:
         for block, name, full, mod in plain_linears:
             parent, _, child = name.rpartition(".")
             setattr(block.get_submodule(parent) if parent else block, child,
-                    ActQuantLinear(mod, act, seed=_seed(seed, full, "act")))
+                    ActQuantLinear(mod, layer_act(mod, name), seed=_seed(seed, full, "act")))
     return len(quantized) + (len(plain_linears) if act is not None else 0)
 
 

@@ -1,0 +1,186 @@
+"""Rotation plans: the fused rewrite is exact, layers get the plan's rotations, checkpoints keep it."""
+
+import pytest
+import torch
+
+from pvq.errors import QuantizeError
+from pvq.models import QuantizeConfig, load_quantized, quantize_model, save_quantized
+from pvq.models.qlinear import QuantizedLinear, set_activation_quant
+from pvq.models.rotation_plan import (
+    FOLD_RULES,
+    StreamRotation,
+    fold_rotations,
+    fused_unsupported_reason,
+    model_rotation,
+)
+from pvq.models.format import online_rotations_per_block
+from pvq.transforms import LayerRotation
+from tiny_models import DENSE_FAMILIES, FAMILY_CONFIGS, MOE_FAMILIES, X, calib, family_available, quantized, tiny
+
+FUSED_FAMILIES = [f for f in FAMILY_CONFIGS if FAMILY_CONFIGS[f][0] in FOLD_RULES]
+
+
+def _perturbed(family: str, **extra):
+    """A tiny model whose norms and biases are not at their initial values (so folding them matters)."""
+    m = tiny(family, **extra)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "norm" in n or n.endswith("bias"):
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
+    return m
+
+
+@pytest.mark.parametrize("family", FUSED_FAMILIES)
+@pytest.mark.parametrize("tied", [False, True])
+def test_fold_keeps_the_function(family, tied):
+    if not family_available(family):
+        pytest.skip(f"transformers lacks {family}")
+    m = _perturbed(family, tie_word_embeddings=tied)
+    with torch.no_grad():
+        ref = m(X).logits.double()
+        before = {n: p.clone() for n, p in m.named_parameters()}
+        rec = fold_rotations(m, seed=5)
+        out = m(X).logits.double()
+    assert rec.ends == ("online" if tied else "folded")
+    assert (out - ref).abs().max().item() < 2e-5 * max(1.0, ref.abs().max().item())
+    changed = [n for n, p in m.named_parameters() if not torch.equal(p, before[n])]
+    assert any("o_proj" in n for n in changed) and any("down_proj" in n for n in changed)
+    assert (model_rotation(m) is rec) and (("embed" in " ".join(changed)) != tied)
+
+
+def test_fold_refuses_twice_and_unfoldable_families():
+    m = tiny("llama")
+    fold_rotations(m)
+    with pytest.raises(QuantizeError, match="already"):
+        fold_rotations(m)
+    for family in ("phi", "gpt2", "olmo2", "mixtral"):
+        if family_available(family):
+            assert fused_unsupported_reason(tiny(family)) is not None
+            with pytest.raises(QuantizeError, match="--rotation layer"):
+                fold_rotations(tiny(family))
+
+
+def test_layer_rotation_one_sided():
+    r = LayerRotation(12, 16, None, 7)
+    assert r.u is None and r.online_rotations == 1
+    w = torch.randn(12, 16, dtype=torch.float64)
+    x = torch.randn(3, 16, dtype=torch.float64)
+    assert torch.allclose(r.rotate_input(x) @ r.rotate_weight(w).T, x @ w.T, atol=1e-12)
+    assert torch.allclose(r.unrotate_weight(r.rotate_weight(w)), w, atol=1e-12)
+    assert LayerRotation.from_seeds(12, 16, r.seeds()) == r
+    with pytest.raises(Exception, match="at least one side"):
+        LayerRotation(12, 16, None, None)
+
+
+def test_config_rotation_plan_resolution():
+    assert QuantizeConfig("pvq").rotation_plan == "fused"
+    assert QuantizeConfig("pvq", rotate=False).rotation_plan == "none"
+    assert QuantizeConfig("gptq").rotation_plan == "none"
+    assert QuantizeConfig("gptq", rotation="fused").use_rotation
+    with pytest.raises(QuantizeError, match="contradicts"):
+        QuantizeConfig("pvq", rotate=False, rotation="fused")
+    with pytest.raises(QuantizeError, match="one of"):
+        QuantizeConfig("pvq", rotation="both")
+    # a config written before rotation plans (format <= 3) read its rotations per layer
+    old = QuantizeConfig("pvq").to_dict()
+    del old["rotation"]
+    assert QuantizeConfig.from_dict(old).rotation_plan == "layer"
+    assert QuantizeConfig.from_dict({**old, "method": "rtn"}).rotation_plan == "none"
+
+
+def _quantize(model, plan, bits=4.0, **kw):
+    cfg = QuantizeConfig("pvq", bits=bits, dim=8, rotation=plan, n_samples=4, seq_len=16, **kw)
+    return quantize_model(model, calib(4, 16), cfg, device="cpu", progress=False, log=None)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_fused_plan_quantizes_saves_and_loads(tmp_path, tied):
+    model = tiny("llama", tie_word_embeddings=tied)
+    report = _quantize(model, "fused")
+    assert any("rotation plan: fused" in n for n in report.notes)
+    layers = quantized(model)
+    for name, q in layers.items():
+        if name.endswith("mlp.down_proj"):
+            assert q.rotation is not None and q.rotation.u is None and q.rotation.v is not None
+        else:
+            assert q.rotation is None
+    assert online_rotations_per_block(model) == 1 + (1 if tied else 0)  # 2 stream rotations over 2 blocks
+    with torch.no_grad():
+        want = model(X).logits
+    save_quantized(model, tmp_path / "ckpt", report)
+    for via in ("transformers", "direct"):
+        loaded = load_quantized(tmp_path / "ckpt", via=via)
+        assert model_rotation(loaded) == model_rotation(model)
+        with torch.no_grad():
+            assert torch.equal(loaded(X).logits, want), via
+    from transformers import AutoModelForCausalLM
+
+    import pvq  # noqa: F401  (the quantizer is registered)
+
+    plain = AutoModelForCausalLM.from_pretrained(str(tmp_path / "ckpt"))
+    with torch.no_grad():
+        assert torch.equal(plain(X).logits, want)
+
+
+def test_fused_checkpoint_rotation_record_is_checked(tmp_path):
+    import json
+
+    from pvq.errors import CheckpointError
+
+    model = tiny("llama", tie_word_embeddings=True)
+    save_quantized(model, tmp_path / "c", _quantize(model, "fused"))
+    cfg = json.loads((tmp_path / "c" / "config.json").read_text())
+    q = cfg["quantization_config"]
+    assert q["format_version"] == 4 and q["rotation"]["ends"] == "online"
+    assert q["online_rotations_per_block"] == 2
+    q["rotation"]["stream_seed"] += 1
+    (tmp_path / "c" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="rotation record"):
+        load_quantized(tmp_path / "c", via="direct")
+
+
+def test_fallback_family_runs_layer_plan_whole():
+    model = tiny("phi") if family_available("phi") else pytest.skip("no phi")
+    report = _quantize(model, "fused", bits=3.0)
+    assert any("rotation plan: layer for the whole model" in n for n in report.notes)
+    assert all(q.rotation is not None and q.rotation.online_rotations == 2 for q in quantized(model).values())
+    assert model_rotation(model) is None
+
+
+def test_activation_quant_under_fused_rotates_only_down_proj_inputs():
+    from pvq.models.activations import ActivationQuant
+
+    model = tiny("llama")
+    _quantize(model, "fused")
+    set_activation_quant(model, ActivationQuant("rtn", 8.0, None, True, 1.0, None))
+    acts = {n: q.act_quant for n, q in quantized(model).items()}
+    assert all(a is not None for a in acts.values())
+    assert {n for n, a in acts.items() if a.rotate} == {n for n in acts if n.endswith("down_proj")}
+    with torch.no_grad():
+        assert torch.isfinite(model(X).logits).all()
+
+
+def test_fused_plan_quality_close_to_layer():
+    """On a tiny model at 4 bits, both plans reconstruct the logits to a similar error."""
+    base = tiny("llama", tie_word_embeddings=False)
+    with torch.no_grad():
+        ref = base(X).logits
+    errs = {}
+    for plan in ("fused", "layer"):
+        m = tiny("llama", tie_word_embeddings=False)
+        _quantize(m, plan)
+        with torch.no_grad():
+            errs[plan] = ((m(X).logits - ref).norm() / ref.norm()).item()
+    assert errs["fused"] < 0.2 and errs["layer"] < 0.2
+    assert errs["fused"] < 2 * errs["layer"] + 0.02, errs
+
+
+def test_stream_rotation_record_round_trip():
+    rec = StreamRotation("fused", 64, 16, 1, 2, "online")
+    assert StreamRotation.from_dict(rec.to_dict()) == rec
+    with pytest.raises(QuantizeError):
+        StreamRotation.from_dict({**rec.to_dict(), "ends": "sideways"})
+
+
+assert set(DENSE_FAMILIES) | set(MOE_FAMILIES) == set(FAMILY_CONFIGS)
