@@ -1,8 +1,10 @@
 """Weight + activation quantization on the reference model: PVQ against QuaRot-style RTN baselines.
 
 Perplexity for weight bits {16, 4, 3} x activation bits {16, 8, ~6, ~4}, every configuration
-under the same randomized Hadamard rotations (each layer's own ``V`` on its input, ``U`` on
-its output; QuaRot's recipe of rotating both operands before round to nearest):
+under the same rotation plan (``--rotation layer``: each layer's own ``V`` on its input, ``U``
+on its output; ``--rotation fused``: the residual stream and heads rotated in the weights, one
+online Hadamard on down_proj's input, which is QuaRot's own recipe; both rotate the operands
+before round to nearest):
 
 * ``pvq/pvq``   - PVQ weights (LDLQ, Hessian gains), PVQ activations (pyramid points per
   vector of D = the weights' D, so the product runs on integer points: backend ``act-int``);
@@ -17,6 +19,7 @@ averaged over the decoder linears. Weights are quantized once per (method, bits)
 unquantized activations; the activation settings are then put on the same quantized model.
 
     python benchmarks/act_table.py                       # writes docs/act_quant.json and .md
+    python benchmarks/act_table.py --rotation fused --out docs/act_quant_fused   # under the fused plan
     python benchmarks/act_table.py --eval-tokens 2048 --weights pvq:4 --acts 4   # a quick look
 """
 
@@ -39,6 +42,7 @@ from pvq.models import (
     QuantizedLinear,
     bits_per_activation,
     calibration_batches,
+    fold_rotations,
     load_text,
     quantize_model,
     set_activation_quant,
@@ -75,6 +79,7 @@ def main(argv=None) -> int:
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--rotation", default="layer", choices=("layer", "fused"), help="rotation plan (default layer)")
     p.add_argument("--out", default="docs/act_quant", help="writes OUT.json and OUT.md ('' for none)")
     args = p.parse_args(argv)
     acts = [float(a) for a in args.acts.split(",") if a.strip()]
@@ -114,12 +119,14 @@ def main(argv=None) -> int:
     for method in ("pvq", "rtn"):
         for bits in acts:
             m = fresh()
+            if args.rotation == "fused":
+                fold_rotations(m, args.seed)
             set_activation_quant(m, act_setting(method, bits), seed=args.seed, plain=True)
             evaluate(m, "none", None, 16.0, act_setting(method, bits))
             del m
     for w_method, w_bits in args.weights:
         m = fresh()
-        cfg = QuantizeConfig(method=w_method, bits=w_bits, rotate=True, n_samples=args.samples,
+        cfg = QuantizeConfig(method=w_method, bits=w_bits, rotation=args.rotation, n_samples=args.samples,
                              seq_len=args.seq_len, seed=args.seed)
         rep = quantize_model(m, calib, cfg, device=args.device, progress=False, log=None)
         print(f"quantized {w_method} {w_bits:g}: {rep.bits_per_weight:.3f} b/w in {rep.seconds:.0f}s",
@@ -136,7 +143,7 @@ def main(argv=None) -> int:
     out = {
         "model": "reference", "eval_tokens": int(ids.numel()), "context": args.context,
         "calibration": {"samples": args.samples, "seq_len": args.seq_len, "seed": args.seed},
-        "act_clip": args.act_clip, "device": args.device, "torch": torch.__version__,
+        "act_clip": args.act_clip, "rotation": args.rotation, "device": args.device, "torch": torch.__version__,
         "machine": platform.machine(), "command": "python benchmarks/act_table.py " + " ".join(sys.argv[1:]),
         "rows": rows,
     }
@@ -162,7 +169,8 @@ def markdown(out: dict, acts: list[float]) -> str:
     lines = [
         f"Held-out perplexity of the reference model ({out['eval_tokens']} tokens, context {out['context']}; "
         f"unquantized: {base:.3f}). Each cell: perplexity (change against unquantized), then measured "
-        "bits per weight / bits per activation (everything counted). Same rotations everywhere.",
+        f"bits per weight / bits per activation (everything counted). Rotation plan {out.get('rotation', 'layer')} "
+        "everywhere.",
         "",
         "| weights | activations | " + " | ".join(LABELS[c] for c in cols) + " |",
         "|---|---|" + "---|" * len(cols),

@@ -7,6 +7,7 @@ from transformers import AutoModelForCausalLM
 
 import pvq  # noqa: F401  (registers the transformers quantizer)
 import pvq.kernels  # noqa: F401  (registers the integer backends)
+from pvq.models.format import FORMAT_VERSION
 from pvq.models.activations import input_points
 from pvq.models import (
     ActivationQuant,
@@ -127,7 +128,7 @@ def test_checkpoint_round_trip_through_from_pretrained(pvq_a4, tmp_path):
     want = m(X).logits
     path = save_quantized(m, tmp_path / "a4", cfg)
     qdict = read_quantization_config(path)
-    assert qdict["format_version"] == 3
+    assert qdict["format_version"] == FORMAT_VERSION
     entry = qdict["modules"]["model.layers.0.mlp.down_proj"]["activation"]
     assert entry["method"] == "pvq" and entry["dim"] == 16 and entry["rotate"] is True
     assert 3.8 < qdict["bits_per_activation"] <= 4.0

@@ -89,13 +89,16 @@ def test_pvq_switches_change_the_result_and_not_sequential_runs():
     base = tiny("llama")
     ids = calib()
     r_base = quantize_model(base, ids, QuantizeConfig(**PVQ), progress=False, log=None)
-    for change in ({"rotate": False}, {"hessian_gain": False}, {"sequential": False}, {"options": {"gain_quantizer": "quantile"}}):
+    for change in ({"rotate": False}, {"rotation": "layer"}, {"hessian_gain": False}, {"sequential": False},
+                   {"options": {"gain_quantizer": "quantile"}}):
         model = tiny("llama")
         r = quantize_model(model, ids, QuantizeConfig(**PVQ, **change), progress=False, log=None)
         assert r.proxy_loss != r_base.proxy_loss, change
         assert all(0 < s.relative_error < 0.3 for s in r.layers), change
-        rotated = {m.rotation is not None for m in quantized(model).values()}
-        assert rotated == {change.get("rotate", True)}, change
+        plan = QuantizeConfig(**PVQ, **change).rotation_plan
+        rotated = {n: m.rotation is not None for n, m in quantized(model).items()}
+        # layer: every linear; fused: down_proj's input alone; none: no linear
+        assert rotated == {n: plan == "layer" or (plan == "fused" and n.endswith("down_proj")) for n in rotated}, change
 
 
 @pytest.mark.parametrize("method", ["gptq", "rtn"])
@@ -128,7 +131,8 @@ def test_gptq_without_feedback_is_rtn():
 
 def test_e8_quantizes():
     model = tiny("mistral")
-    report = quantize_model(model, calib(), QuantizeConfig(method="e8", bits=2), progress=False, log=None)
+    report = quantize_model(model, calib(), QuantizeConfig(method="e8", bits=2, rotation="layer"), progress=False,
+                            log=None)
     assert len(quantized(model)) == 14
     assert 1.8 < report.bits_per_weight < 2.6
     assert all(m.rotation is not None for m in quantized(model).values())

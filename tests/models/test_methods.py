@@ -113,9 +113,13 @@ def test_default_dim_and_group_adapt_per_layer():
     assert any("in=64: D=32, in=176: D=16" in n for n in plan.notes)
     assert any("group size per layer" in n for n in plan.notes)
     assert len(plan.layers) == 14 and plan.layers[0].name == "model.layers.0.self_attn.q_proj"
-    rot = plan.layers[0].rotation
-    assert rot is not None and rot != plan.layers[1].rotation  # distinct seeds per layer
+    layer_plan = QuantizeConfig(method="pvq", bits=3, rotation="layer").plan(model)
+    rot = layer_plan.layers[0].rotation
+    assert rot is not None and rot != layer_plan.layers[1].rotation  # distinct seeds per layer
     assert QuantizeConfig(method="pvq", bits=3, rotate=False).plan(model).layers[0].rotation is None
+    fused = QuantizeConfig(method="pvq", bits=3, rotation="fused").plan(model)
+    assert {p.name.rpartition(".")[2] for p in fused.layers if p.rotation is not None} == {"down_proj"}
+    assert all(p.rotation.u is None for p in fused.layers if p.rotation is not None)
 
 
 def test_bad_input_fails_before_any_work(monkeypatch):

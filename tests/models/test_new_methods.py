@@ -21,7 +21,8 @@ def test_method_quantizes_saves_and_reloads(method, bits, options, rate, max_rel
     report = quantize_model(model, calib(), QuantizeConfig(method=method, bits=bits, options=options),
                             progress=False, log=None)
     q = quantized(model)
-    assert len(q) == 14 and all(m.codec.name == method and m.rotation is not None for m in q.values())
+    assert len(q) == 14 and all(m.codec.name == method for m in q.values())
+    assert all(m.rotation is not None for n, m in q.items() if n.endswith("down_proj"))  # any rotating plan
     assert rate[0] <= report.bits_per_weight <= rate[1]  # measured from the stored bytes
     assert all(s.relative_error < max_rel for s in report.layers)
     path = save_quantized(model, tmp_path / method, report)
