@@ -42,7 +42,7 @@ from pvq.errors import CodecError, QuantizeError
 from pvq.solvers import SolverConfig
 
 from .activations import ActivationQuant
-from .rotation_plan import DEFAULT_ROTATION_PLAN, ROTATION_PLANS
+from .rotation_plan import ROTATION_PLANS, default_rotation_plan
 from .structure import decoder_layers
 
 __all__ = [
@@ -304,12 +304,13 @@ class QuantizeConfig:
     @property
     def rotation_plan(self) -> str:
         """The run's rotation plan (:data:`~pvq.models.rotation_plan.ROTATION_PLANS`): ``rotation``
-        when given, else from ``rotate`` (or the method's default): ``none``, or the default plan
-        :data:`~pvq.models.rotation_plan.DEFAULT_ROTATION_PLAN` for methods that rotate."""
+        when given, else from ``rotate`` (or the method's default): ``none``, or for methods that
+        rotate :func:`~pvq.models.rotation_plan.default_rotation_plan` of the rate (``fused`` from
+        3 bits per weight, ``layer`` below)."""
         if self.rotation is not None:
             return self.rotation
         rotate = self.spec.rotate if self.rotate is None else self.rotate
-        return DEFAULT_ROTATION_PLAN if rotate else "none"
+        return default_rotation_plan(self.bits) if rotate else "none"
 
     @property
     def use_rotation(self) -> bool:

@@ -59,8 +59,8 @@ def build_plan(config, model: torch.nn.Module) -> QuantizePlan:
         if (dim, g) not in codecs:
             codecs[(dim, g)] = config.make_codec(dim, g)
         count = 1 if stack is None else stack.num_experts
-        rots = [_layer_rotation(rotation, model, config.seed, name, out, inp, _unit(name, stack, e))
-                for e in range(count)]
+        rots = [_layer_rotation(rotation, model, config.seed, name, out, inp, _unit(name, stack, e),
+                                config.act_bits is not None) for e in range(count)]
         plans.append(LayerPlan(block, name, out, inp, dim, g, codecs[(dim, g)], rots[0], stack,
                                rots if stack is not None else None))
     out = QuantizePlan(config, plans, len(layers), path=path, rotation=rotation)
@@ -78,19 +78,25 @@ def _rotation_plan(config, model: torch.nn.Module) -> tuple[str, list[str]]:
         reason = fused_unsupported_reason(model)
         if reason is not None:
             return "layer", [f"rotation plan: layer for the whole model (fused cannot fold it: {reason})"]
+        rule = FOLD_RULES[model.config.model_type]
+        online = (rule.online_input, *(rule.act_online_inputs if config.act_bits is not None else ()))
         return plan, [f"rotation plan: fused (norms folded, residual stream and heads rotated in the weights; "
-                      f"one online rotation per block, on {FOLD_RULES[model.config.model_type].online_input}'s input)"]
+                      f"online rotations per block on the inputs of {', '.join(online)})"]
     return plan, []
 
 
-def _layer_rotation(plan: str, model, seed: int, name: str, out: int, inp: int, unit: str) -> LayerRotation | None:
+def _layer_rotation(plan: str, model, seed: int, name: str, out: int, inp: int, unit: str,
+                    act: bool) -> LayerRotation | None:
     """A layer's own rotation under ``plan``: both sides (``layer``), none (``none``; ``fused`` layers
-    whose input the stream rotation covers), or the input side alone (``fused``: down_proj)."""
+    whose input the stream rotation covers), or the input side alone (``fused``: down_proj, and
+    o_proj when activations are quantized)."""
     if plan == "none":
         return None
     if plan == "layer":
         return LayerRotation(out, inp, rotation_seed(seed, unit, "out"), rotation_seed(seed, unit, "in"))
-    if name.endswith("." + FOLD_RULES[model.config.model_type].online_input):
+    rule = FOLD_RULES[model.config.model_type]
+    online = (rule.online_input, *(rule.act_online_inputs if act else ()))
+    if any(name.endswith("." + n) for n in online):
         return LayerRotation(out, inp, None, rotation_seed(seed, unit, "in"))
     return None
 

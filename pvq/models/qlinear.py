@@ -403,7 +403,7 @@ def set_activation_quant(model: nn.Module, act: ActivationQuant | None, *, seed:
 
     layers = decoder_layers(model)
     fused = model_rotation(model)
-    online = FOLD_RULES[model.config.model_type].online_input if fused is not None else None
+    rule = FOLD_RULES[model.config.model_type] if fused is not None else None
     quantized, plain_linears = [], []
     for i, block in enumerate(layers):
         for name, mod in block.named_modules():
@@ -412,12 +412,12 @@ def set_activation_quant(model: nn.Module, act: ActivationQuant | None, *, seed:
             elif isinstance(mod, nn.Linear) and plain:
                 plain_linears.append((block, name, f"model.layers.{i}.{name}", mod))
     def layer_act(mod, name):
-        """Under the fused plan only the layer that keeps an online input rotation rotates its
-        activations: the others read the rotated stream (or heads) already."""
+        """Under the fused plan only the layers that keep an online input rotation (down_proj; o_proj
+        when quantized for activations) rotate their activations: the others read the rotated stream."""
         if fused is None or act is None or not act.rotate:
             return act
         keeps = mod.rotation is not None and mod.rotation.v is not None if isinstance(mod, QuantizedLinear) \
-            else name.endswith(online)
+            else any(name.endswith(n) for n in (rule.online_input, *rule.act_online_inputs))
         return act if keeps else dataclasses.replace(act, rotate=False)
 
     if act is not None:

@@ -23,7 +23,8 @@
   - down_proj's input (after the gated activation) cannot be folded: it keeps one online
     randomized Hadamard, a one-sided :class:`~pvq.transforms.LayerRotation` (input side only).
 
-  One online rotation per block instead of fourteen. Families whose norms or blocks do not fit
+  One online rotation per block instead of fourteen; with quantized activations two: o_proj's
+  input keeps one too (the per-head ``H`` mixes only within heads; QuaRot does the same). Families whose norms or blocks do not fit
   this (LayerNorm with mean subtraction or bias, post-norms, parallel blocks, expert stacks)
   fall back to ``layer`` for the whole model, with one line in the plan notes: never a mix.
 
@@ -46,11 +47,12 @@ from pvq.transforms import RandomizedHadamard
 from .structure import decoder_blocks
 
 __all__ = [
-    "DEFAULT_ROTATION_PLAN",
+    "FUSED_DEFAULT_MIN_BITS",
     "FOLD_RULES",
     "ROTATION_PLANS",
     "FoldRule",
     "StreamRotation",
+    "default_rotation_plan",
     "fold_rotations",
     "fused_unsupported_reason",
     "install_stream_rotation",
@@ -59,10 +61,18 @@ __all__ = [
 ]
 
 ROTATION_PLANS = ("fused", "layer", "none")
-DEFAULT_ROTATION_PLAN = "fused"
-"""The plan of methods that rotate, when a run names none (see the README: at 3 and 4 bits
-``fused`` is within the noise of ``layer`` on the reference model, with 1 online rotation per
-block instead of 14)."""
+FUSED_DEFAULT_MIN_BITS = 3.0
+"""Methods that rotate default to ``fused`` at this many bits per weight and more, to ``layer``
+below (:func:`default_rotation_plan`)."""
+
+
+def default_rotation_plan(bits: float) -> str:
+    """The plan of a method that rotates when a run names none: ``fused`` from
+    :data:`FUSED_DEFAULT_MIN_BITS` up, ``layer`` below. Measured on the reference model
+    (``benchmarks/rotation_plans.py``, docs/rotation_plans.md): pvq at 3 and 4 bits is
+    -1.2% / +0.2% in perplexity under ``fused`` against ``layer`` with 1 online rotation per
+    block instead of 14; at 2 bits ``fused`` costs +4.8%."""
+    return "fused" if bits >= FUSED_DEFAULT_MIN_BITS else "layer"
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,9 @@ class FoldRule:
     norm_offset: the norm multiplies by ``norm_offset + weight`` (Gemma: 1, others 0).
     value: the module whose last ``kv_heads * head_dim`` output rows are the values.
     online_input: the linear whose input keeps an online rotation (after the gated activation).
+    act_online_inputs: linears that also keep an online input rotation when activations are
+        quantized: o_proj, whose input the per-head ``H`` rotates only within heads (QuaRot rotates
+        it online across heads too).
     final_norm: the final norm, relative to the base model (``model.model``).
     """
 
@@ -83,6 +96,7 @@ class FoldRule:
     mlp_writer: str = "mlp.down_proj"
     value: str = "self_attn.v_proj"
     online_input: str = "mlp.down_proj"
+    act_online_inputs: tuple[str, ...] = ("self_attn.o_proj",)
     final_norm: str = "norm"
     norm_offset: float = 0.0
 

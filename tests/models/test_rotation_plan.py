@@ -74,7 +74,8 @@ def test_layer_rotation_one_sided():
 
 
 def test_config_rotation_plan_resolution():
-    assert QuantizeConfig("pvq").rotation_plan == "fused"
+    assert QuantizeConfig("pvq").rotation_plan == "fused"  # 3 bits
+    assert QuantizeConfig("pvq", bits=2).rotation_plan == "layer"  # fused costs more there (README)
     assert QuantizeConfig("pvq", rotate=False).rotation_plan == "none"
     assert QuantizeConfig("gptq").rotation_plan == "none"
     assert QuantizeConfig("gptq", rotation="fused").use_rotation
@@ -148,17 +149,27 @@ def test_fallback_family_runs_layer_plan_whole():
     assert model_rotation(model) is None
 
 
-def test_activation_quant_under_fused_rotates_only_down_proj_inputs():
-    from pvq.models.activations import ActivationQuant
-
+def test_activation_quant_under_fused_rotates_only_down_and_o_proj_inputs():
     model = tiny("llama")
-    _quantize(model, "fused")
-    set_activation_quant(model, ActivationQuant("rtn", 8.0, None, True, 1.0, None))
-    acts = {n: q.act_quant for n, q in quantized(model).items()}
+    _quantize(model, "fused", act_bits=8.0, act_method="rtn")
+    layers = quantized(model)
+    acts = {n: q.act_quant for n, q in layers.items()}
     assert all(a is not None for a in acts.values())
-    assert {n for n, a in acts.items() if a.rotate} == {n for n in acts if n.endswith("down_proj")}
+    online = {n for n in acts if n.endswith(("down_proj", "o_proj"))}
+    assert {n for n, a in acts.items() if a.rotate} == online
+    assert {n for n, q in layers.items() if q.rotation is not None} == online
+    assert online_rotations_per_block(model) == 2
     with torch.no_grad():
         assert torch.isfinite(model(X).logits).all()
+    # W16 rows: plain linears of a folded model rotate the same inputs
+    plain = tiny("llama")
+    fold_rotations(plain)
+    from pvq.models.activations import ActivationQuant, ActQuantLinear
+
+    set_activation_quant(plain, ActivationQuant("rtn", 8.0, None, True, 1.0, None), plain=True)
+    rotating = {n for n, m in plain.named_modules() if isinstance(m, ActQuantLinear) and m.rotation is not None}
+    assert rotating == {n for n, m in plain.named_modules() if isinstance(m, ActQuantLinear)
+                        and n.endswith(("down_proj", "o_proj"))} and rotating
 
 
 def test_fused_plan_quality_close_to_layer():
