@@ -191,8 +191,9 @@ class QuantizeConfig:
     rotation: str | None = field(default=None, metadata={**_help(
         "rotation plan: fused (QuaRot-style: norms folded, the residual stream and heads rotated in the "
         "weights, one online Hadamard per block, on down_proj's input), layer (each linear its own U W V^T: "
-        "two online rotations per linear) or none (default: fused for methods that rotate, falling back to "
-        "layer for families it cannot fold; none for the others)"), "choices": ROTATION_PLANS})
+        "two online rotations per linear) or none (default: for methods that rotate, fused from 3 bits per "
+        "weight and layer below, fused falling back to layer for families it cannot fold; none for the "
+        "others)"), "choices": ROTATION_PLANS})
     error_feedback: bool | None = field(default=None, metadata=_help("GPTQ/LDLQ error feedback over column blocks"))
     hessian_gain: bool | None = field(default=None, metadata=_help("Hessian-optimal gains (codecs that have them)"))
     sequential: bool = field(default=True, metadata=_help(
