@@ -88,7 +88,7 @@ class QuantizedLinear(nn.Module):
     tensors: ``{stored key: (shape, dtype)}`` of the stored tensors (codec keys
         and ``"scale"``); buffers are created empty with these shapes.
     bias: whether the layer has a bias (a float parameter of ``bias_dtype``).
-    rotation: ``{"out_seed": int, "in_seed": int}`` or None (no rotation).
+    rotation: ``{"out_seed": int | None, "in_seed": int | None}`` or None (no rotation; a seed None: that side absent).
     layout: how the stored codes are laid out (:data:`LAYOUT_STORED`).
     act_quant: how the layer quantizes its input (:class:`~pvq.models.activations.ActivationQuant`,
         or its dict), None: not at all.
@@ -295,7 +295,7 @@ class QuantizedLinear(nn.Module):
         if act is not None:
             if not isinstance(act, ActivationQuant):
                 raise QuantizeError(f"act must be an ActivationQuant or None, got {type(act).__name__}")
-            if act.rotate and (self.rotation is None or self.rotation.v is None):
+            if act.rotate and (self.rotation is None or self.rotation.in_seed is None):
                 raise QuantizeError(
                     "activation rotation uses the weights' randomized Hadamard, and this layer's weights are not "
                     "rotated: quantize with --rotate (rotate=True) or pass --no-act-rotate (act rotate=False)"
@@ -416,14 +416,14 @@ def set_activation_quant(model: nn.Module, act: ActivationQuant | None, *, seed:
         when quantized for activations) rotate their activations: the others read the rotated stream."""
         if fused is None or act is None or not act.rotate:
             return act
-        keeps = mod.rotation is not None and mod.rotation.v is not None if isinstance(mod, QuantizedLinear) \
+        keeps = mod.rotation is not None and mod.rotation.in_seed is not None if isinstance(mod, QuantizedLinear) \
             else any(name.endswith(n) for n in (rule.online_input, *rule.act_online_inputs))
         return act if keeps else dataclasses.replace(act, rotate=False)
 
     if act is not None:
         for name, mod in quantized:
             a = layer_act(mod, name)
-            if a.rotate and (mod.rotation is None or mod.rotation.v is None):
+            if a.rotate and (mod.rotation is None or mod.rotation.in_seed is None):
                 mod.set_activation_quant(a)  # raises the explanatory error
             a.resolve(mod.in_features, mod.codec.dim if mod.codec.dim > 1 else None)
     for name, mod in quantized:
