@@ -126,9 +126,13 @@ def main(argv=None) -> int:
             del m
     for w_method, w_bits in args.weights:
         m = fresh()
+        # under fused, o_proj keeps an online input rotation only when the run quantizes activations:
+        # the weights are quantized for that plan (act_bits set), then the A16 row switches them off
+        act_kw = {"act_bits": acts[0], "act_method": "rtn"} if args.rotation == "fused" and acts else {}
         cfg = QuantizeConfig(method=w_method, bits=w_bits, rotation=args.rotation, n_samples=args.samples,
-                             seq_len=args.seq_len, seed=args.seed)
+                             seq_len=args.seq_len, seed=args.seed, **act_kw)
         rep = quantize_model(m, calib, cfg, device=args.device, progress=False, log=None)
+        set_activation_quant(m, None)
         print(f"quantized {w_method} {w_bits:g}: {rep.bits_per_weight:.3f} b/w in {rep.seconds:.0f}s",
               file=sys.stderr, flush=True)
         bpw = rep.bits_per_weight
