@@ -29,6 +29,9 @@ from ..models import (
 )
 from ..models import bits_per_activation, set_backend
 from ..models.checkpoint import prepare_output
+from ..models.offload import PLACEMENTS
+from ..models.resume import WorkDir, model_fingerprint, run_identity
+from ..models.streaming import BlockStore, open_streamed, peak_memory, streamable, write_streamed
 from ..models.format import block_rate
 from ..models.reference import CALIB_TEXT, HELDOUT_TEXT, resolve_model
 from .perplexity import check_windows, perplexity
@@ -220,12 +223,25 @@ class QuantizeRequest:
     output: str | None = None
     overwrite: bool = False
     device: str | None = None
+    stream: bool = False  # read one decoder block at a time from a safetensors directory
+    resume: bool = True  # with an output: keep finished blocks beside it and continue an interrupted run
+    activations: str = "auto"  # where calibration activations live: auto, device, cpu, disk
 
     def check(self, log: Log = _quiet) -> tuple[torch.device, str]:
         """Everything that can be checked before loading the model: device, output path
         (probed, leftovers of interrupted runs cleaned), calibration text, context length.
         Returns (device, calibration text)."""
         device = resolve_device(self.device)
+        if self.stream:
+            if self.output is None:
+                raise QuantizeError("--stream needs --output (finished blocks are kept beside it)")
+            if not streamable(resolve_model(self.model)):
+                raise QuantizeError(f"--stream reads a local directory of safetensors weights; "
+                                    f"{resolve_model(self.model)!r} is not one (drop --stream)")
+            if self.config.lora_steps:
+                raise QuantizeError("--stream cannot run LoRA recovery (it tunes the whole model); drop --lora-steps")
+        if self.activations not in PLACEMENTS:
+            raise QuantizeError(f"--activations must be one of {', '.join(PLACEMENTS)}, got {self.activations!r}")
         if self.output is not None:
             prepare_output(self.output, self.overwrite, log)
         text = load_text(self.calib if self.calib else CALIB_TEXT)
@@ -242,11 +258,28 @@ def run_quantize(req: QuantizeRequest, log: Log = _quiet, progress: bool = True)
     """
     device, text = req.check(log)
     source_dtype = config_dtype(model_config(req.model))
-    model, tokenizer = load_model(req.model)
-    check_finite_weights(model)
+    source = None
+    if req.stream:  # a skeleton on meta; blocks are read from the shards one at a time
+        model, tokenizer, source = open_streamed(resolve_model(req.model))
+    else:
+        model, tokenizer = load_model(req.model)
+        check_finite_weights(model)
     req.config.plan(model)  # method, dims, groups and rates against this model, before any work
     calib = calibration_batches(text, tokenizer, req.config.n_samples, req.config.seq_len, req.config.seed)
-    report = quantize_model(model, calib, req.config, device=device, progress=progress, log=log)
+    work = None
+    if req.output and not req.config.lora_steps:  # resumable: finished blocks beside the output
+        ident = run_identity(req.config, model_fingerprint(resolve_model(req.model)), calib, device, 8)
+        work = WorkDir(req.output, ident, resume=req.resume, log=log)
+    elif req.output:
+        log("resume is off: LoRA recovery tunes blocks after they are quantized")
+    store = BlockStore(work, source)
+    try:
+        report = quantize_model(model, calib, req.config, device=device, progress=progress, log=log, io=store,
+                                activations=req.activations, scratch=None if work is None else work.path)
+    except BaseException:
+        if work is not None:
+            work.close()
+        raise
     if source_dtype is not None:  # weights left unquantized are saved (and counted) in the source dtype
         report.recount_kept(source_dtype.itemsize * 8)
     summary = {
@@ -261,10 +294,25 @@ def run_quantize(req: QuantizeRequest, log: Log = _quiet, progress: bool = True)
         "seconds": report.seconds,
         "proxy_loss": report.proxy_loss,
         "output": None,
+        "resumed_blocks": list(store.resumed),
+        "streamed": bool(req.stream),
+        "resident_peak_bytes": store.resident_peak if req.stream else None,
+        **peak_memory(device),
     }
     if req.output:
-        save_quantized(model, req.output, report, tokenizer=tokenizer, overwrite=req.overwrite, dtype=source_dtype,
-                       log=log)
+        try:
+            if req.stream:
+                write_streamed(model, store, req.output, report, tokenizer=tokenizer, overwrite=req.overwrite,
+                               dtype=source_dtype, log=log)
+            else:
+                save_quantized(model, req.output, report, tokenizer=tokenizer, overwrite=req.overwrite,
+                               dtype=source_dtype, log=log)
+        except BaseException:
+            if work is not None:
+                work.close()
+            raise
+        if work is not None:
+            work.remove()
         summary["output"] = str(req.output)
     return model, tokenizer, summary
 

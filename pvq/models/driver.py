@@ -47,6 +47,7 @@ from .lora import BlockHook, LoraRecovery
 from .experts import HOLDER_SUFFIX, QuantizedExperts, collect_expert_hessians, install_experts
 from .format import block_rate
 from .methods import QuantizeConfig, decoder_layers
+from .offload import InputPlacer
 from .plan import LayerPlan, QuantizePlan
 from .qlinear import QuantizedLinear, set_activation_quant
 from .structure import linear_weight
@@ -183,6 +184,9 @@ def quantize_model(
     batch_size: int = 8,
     blocks: list[int] | None = None,
     hooks: list[BlockHook] | None = None,
+    io=None,
+    activations: str = "device",
+    scratch=None,
 ) -> QuantizeReport:
     """Quantize every ``nn.Linear`` of ``model``'s decoder blocks in place.
 
@@ -199,6 +203,13 @@ def quantize_model(
         others are run as they are (quantized or not) to feed the next ones.
     hooks: called after each block (default: LoRA recovery when
         ``config.lora_steps > 0``); a hook's notes go into the report.
+    io: block storage (:class:`pvq.models.streaming.BlockStore`: resumed and streamed runs).
+        ``io.load_block(model, i)`` makes block ``i`` ready before it runs and returns its
+        layer stats when it was finished by an earlier run (then it is only run, not
+        quantized); ``io.block_done(model, i, stats)`` follows the block's hooks.
+    activations: where the calibration activations live between blocks: ``device``,
+        ``cpu``, ``disk`` or ``auto`` (:class:`pvq.models.offload.InputPlacer`); scratch:
+        the directory of the disk file (None: a temporary one).
 
     Bad input (config, model structure, calibration ids, device) raises
     :class:`QuantizeError` before any work; an error during the work leaves
@@ -228,16 +239,28 @@ def quantize_model(
     layers = decoder_layers(model)
     stats: list[LayerStats] = []
     bar = _progress_bar(sum(p.count for p in plan.layers), progress, f"quantize {config.method} {config.bits:g} bits")
+    placer = InputPlacer(activations, device, int(calib_ids.shape[0]), scratch)
     try:
-        batches = capture_block_inputs(model, calib_ids, device, batch_size)
+        batches = capture_block_inputs(model, calib_ids, device, batch_size, place=placer)
+        if placer.where != "device":
+            notes.append(placer.note)
+            say(placer.note)
         last = max(p.block for p in plan.layers)
         for i, block in enumerate(layers):
             if i > last:
                 break
+            done = io.load_block(model, i) if io is not None else None  # [io hook] resumed/streamed blocks
+            block = layers[i]
             home = module_device(block)
             block.to(device)
-            if plan.by_block(i):
-                stats.extend(_quantize_block(block, i, batches, plan, config, device, say, bar))
+            block_stats = []
+            if plan.by_block(i) and done is not None:
+                block_stats = done
+                if bar is not None:
+                    bar.update(len(done))
+            elif plan.by_block(i):
+                block_stats = _quantize_block(block, i, batches, plan, config, device, say, bar)
+            stats.extend(block_stats)
             for b in batches:
                 b.hidden = run_block(block, b, i)
             home = home if home is not None else device
@@ -251,10 +274,13 @@ def quantize_model(
                 if note:
                     notes.append(note)
                     say(note)
+            if io is not None:  # [io hook] keep the finished block (work directory), free a streamed one
+                io.block_done(model, i, block_stats)
         act = config.activation_quant()
         if act is not None:  # weights were fitted on unquantized activations; inference quantizes them
             set_activation_quant(model, act)
     finally:
+        placer.close()
         if bar is not None:
             bar.close()
         model.train(was_training)
