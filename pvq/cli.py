@@ -175,6 +175,7 @@ def _quantize_arguments(p: argparse.ArgumentParser) -> None:
                    help="discard the finished blocks of an interrupted run on --output and start over")
     p.add_argument("--activations", default="auto", choices=("auto", "device", "cpu", "disk"),
                    help="where calibration activations live between blocks (default: auto, the device when they fit)")
+    p.add_argument("--batch-size", type=int, default=8, help="calibration samples per forward pass (default: 8)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -202,10 +203,12 @@ def _quantize(args: argparse.Namespace) -> int:
     req = QuantizeRequest(
         model=args.model, config=_quantize_config(args), calib=args.calib, output=args.output,
         overwrite=args.overwrite, device=args.device, stream=args.stream, resume=args.resume,
-        activations=args.activations,
+        activations=args.activations, batch_size=args.batch_size,
     )
     log = (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
     _, _, summary = run_quantize(req, log=log, progress=not args.json)
+    if summary.get("rank", 0) != 0:  # another rank of a distributed run: rank 0 reports
+        return 0
     if args.json:
         print(json.dumps(summary))
     else:

@@ -7,7 +7,7 @@ path) before the long work starts, and returns plain dicts for ``--json``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +29,7 @@ from ..models import (
 )
 from ..models import bits_per_activation, set_backend
 from ..models.checkpoint import prepare_output
+from ..models.distributed import init_from_env
 from ..models.offload import PLACEMENTS
 from ..models.resume import WorkDir, model_fingerprint, run_identity
 from ..models.streaming import BlockStore, open_streamed, peak_memory, streamable, write_streamed
@@ -226,6 +227,7 @@ class QuantizeRequest:
     stream: bool = False  # read one decoder block at a time from a safetensors directory
     resume: bool = True  # with an output: keep finished blocks beside it and continue an interrupted run
     activations: str = "auto"  # where calibration activations live: auto, device, cpu, disk
+    batch_size: int = 8  # calibration samples per forward pass
 
     def check(self, log: Log = _quiet) -> tuple[torch.device, str]:
         """Everything that can be checked before loading the model: device, output path
@@ -256,7 +258,15 @@ def run_quantize(req: QuantizeRequest, log: Log = _quiet, progress: bool = True)
     output path, calibration text, context), else before any quantization work
     (non-finite weights, the plan against the model's layers).
     """
-    device, text = req.check(log)
+    parallel = init_from_env(resolve_device(req.device))  # under torchrun: this rank, on its device
+    if parallel is not None:
+        req = replace(req, device=str(parallel.device))
+        if not parallel.is_main:
+            log, progress = _quiet, False
+    if parallel is None or parallel.is_main:
+        device, text = req.check(log)
+    else:  # the output path is rank 0's to check and clean
+        device, text = replace(req, output=None).check()
     source_dtype = config_dtype(model_config(req.model))
     source = None
     if req.stream:  # a skeleton on meta; blocks are read from the shards one at a time
@@ -266,16 +276,24 @@ def run_quantize(req: QuantizeRequest, log: Log = _quiet, progress: bool = True)
         check_finite_weights(model)
     req.config.plan(model)  # method, dims, groups and rates against this model, before any work
     calib = calibration_batches(text, tokenizer, req.config.n_samples, req.config.seq_len, req.config.seed)
-    work = None
+    work, main = None, parallel is None or parallel.is_main
     if req.output and not req.config.lora_steps:  # resumable: finished blocks beside the output
-        ident = run_identity(req.config, model_fingerprint(resolve_model(req.model)), calib, device, 8)
-        work = WorkDir(req.output, ident, resume=req.resume, log=log)
+        ident = run_identity(req.config, model_fingerprint(resolve_model(req.model)), calib, device, req.batch_size)
+        if parallel is not None:
+            ident["world_size"] = parallel.world
+        if main:
+            work = WorkDir(req.output, ident, resume=req.resume, log=log)
+        if parallel is not None:
+            parallel.barrier()  # rank 0 has made (or refused) the work directory
+        if not main:
+            work = WorkDir(req.output, ident, reader=True)
     elif req.output:
         log("resume is off: LoRA recovery tunes blocks after they are quantized")
-    store = BlockStore(work, source)
+    store = BlockStore(work, source, write=main)
     try:
         report = quantize_model(model, calib, req.config, device=device, progress=progress, log=log, io=store,
-                                activations=req.activations, scratch=None if work is None else work.path)
+                                activations=req.activations, scratch=None if work is None else work.path,
+                                parallel=parallel, batch_size=req.batch_size)
     except BaseException:
         if work is not None:
             work.close()
@@ -298,8 +316,13 @@ def run_quantize(req: QuantizeRequest, log: Log = _quiet, progress: bool = True)
         "streamed": bool(req.stream),
         "resident_peak_bytes": store.resident_peak if req.stream else None,
         **peak_memory(device),
+        "rank": 0 if parallel is None else parallel.rank,
+        "world_size": 1 if parallel is None else parallel.world,
     }
-    if req.output:
+    if req.output and not main:
+        parallel.barrier()  # rank 0 writes the checkpoint
+        summary["output"] = str(req.output)
+    elif req.output:
         try:
             if req.stream:
                 write_streamed(model, store, req.output, report, tokenizer=tokenizer, overwrite=req.overwrite,
@@ -314,6 +337,8 @@ def run_quantize(req: QuantizeRequest, log: Log = _quiet, progress: bool = True)
         if work is not None:
             work.remove()
         summary["output"] = str(req.output)
+        if parallel is not None:
+            parallel.barrier()
     return model, tokenizer, summary
 
 

@@ -187,6 +187,7 @@ def quantize_model(
     io=None,
     activations: str = "device",
     scratch=None,
+    parallel=None,
 ) -> QuantizeReport:
     """Quantize every ``nn.Linear`` of ``model``'s decoder blocks in place.
 
@@ -210,6 +211,9 @@ def quantize_model(
     activations: where the calibration activations live between blocks: ``device``,
         ``cpu``, ``disk`` or ``auto`` (:class:`pvq.models.offload.InputPlacer`); scratch:
         the directory of the disk file (None: a temporary one).
+    parallel: this rank of a distributed run (:class:`pvq.models.distributed.Parallel`): it
+        captures and runs its share of the calibration batches; Hessians are summed over the
+        ranks and the linears of a stage are solved on different ranks.
 
     Bad input (config, model structure, calibration ids, device) raises
     :class:`QuantizeError` before any work; an error during the work leaves
@@ -239,9 +243,15 @@ def quantize_model(
     layers = decoder_layers(model)
     stats: list[LayerStats] = []
     bar = _progress_bar(sum(p.count for p in plan.layers), progress, f"quantize {config.method} {config.bits:g} bits")
-    placer = InputPlacer(activations, device, int(calib_ids.shape[0]), scratch)
+    local_ids = calib_ids
+    if parallel is not None:  # [parallel hook] this rank's contiguous run of whole batches
+        if any(p.experts is not None for p in plan.layers) or hooks:
+            raise QuantizeError("distributed runs do not split expert stacks or run block hooks (LoRA) yet; "
+                                "run this model in one process")
+        local_ids = calib_ids[parallel.local_samples(int(calib_ids.shape[0]), batch_size)]
+    placer = InputPlacer(activations, device, int(local_ids.shape[0]), scratch)
     try:
-        batches = capture_block_inputs(model, calib_ids, device, batch_size, place=placer)
+        batches = capture_block_inputs(model, local_ids, device, batch_size, place=placer)
         if placer.where != "device":
             notes.append(placer.note)
             say(placer.note)
@@ -259,7 +269,7 @@ def quantize_model(
                 if bar is not None:
                     bar.update(len(done))
             elif plan.by_block(i):
-                block_stats = _quantize_block(block, i, batches, plan, config, device, say, bar)
+                block_stats = _quantize_block(block, i, batches, plan, config, device, say, bar, parallel)
             stats.extend(block_stats)
             for b in batches:
                 b.hidden = run_block(block, b, i)
@@ -298,7 +308,7 @@ def quantize_model(
     return report
 
 
-def _quantize_block(block, i, batches, plan: QuantizePlan, config, device, say, bar) -> list[LayerStats]:
+def _quantize_block(block, i, batches, plan: QuantizePlan, config, device, say, bar, parallel=None) -> list[LayerStats]:
     prefix = f"{plan.path}.{i}."
     layer_plans = {p.name[len(prefix):]: p for p in plan.by_block(i) if p.experts is None}
     expert_plans: dict[str, list[LayerPlan]] = {}
@@ -315,11 +325,18 @@ def _quantize_block(block, i, batches, plan: QuantizePlan, config, device, say, 
                 out.extend(_quantize_experts(block, i, owner, sub, batches, config, device, say, bar))
             continue
         accs = collect_hessians(block, batches, i, stage, device)
+        if parallel is not None:  # [parallel hook] the ranks' Hessian sums added in rank order
+            parallel.reduce(accs)
         mods = block_linears(block, stage)
+
+        def solve(n):
+            return _quantize_linear(mods[n], accs.pop(n).hessian(), layer_plans[n], config, device)
+
+        # [parallel hook] each rank solves its share of the stage; every result is broadcast
+        results = parallel.run_stage(stage, solve) if parallel is not None else None
         for n in stage:
             p = layer_plans[n]
-            q, loss, rel, secs = _quantize_linear(mods[n], accs[n].hessian(), p, config, device)
-            del accs[n]
+            q, loss, rel, secs = results[n] if results is not None else solve(n)
             _set_submodule(block, n, q)
             s = LayerStats(p.name, i, p.out_features, p.in_features, p.codec.describe(), loss, rel, secs,
                            q.stored_bits(), q.num_weights, p.dim)

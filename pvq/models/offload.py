@@ -18,6 +18,7 @@ through a file and back is exact, so the placement never changes a result.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -131,7 +132,7 @@ class InputPlacer:
                 directory = Path(self._tmpdir.name)
             else:
                 directory = Path(self.scratch)
-            path = directory / "activations.bin"
+            path = directory / f"activations-{os.getpid()}.bin"  # one per process (ranks share the directory)
             total = (h[0].numel()) * self.num_samples
             path.unlink(missing_ok=True)
             self._file = torch.from_file(str(path), shared=True, size=total, dtype=h.dtype)

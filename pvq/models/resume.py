@@ -121,11 +121,16 @@ class WorkDir:
     starts over; True (default) reuses one of the same arguments and refuses one of others.
     """
 
-    def __init__(self, out_dir: str | Path, identity: dict, resume: bool = True, log=None):
+    def __init__(self, out_dir: str | Path, identity: dict, resume: bool = True, log=None, reader: bool = False):
         out_dir = Path(out_dir)
         self.identity = identity
         self.digest = _digest(identity)
         self.path = out_dir.parent / f".{out_dir.name}.{_WORK}-{self.digest}"
+        self._lock_fd = None
+        if reader:  # another rank of a distributed run: rank 0 made (and locks) the directory
+            if not (self.path / _IDENTITY).is_file() or json.loads((self.path / _IDENTITY).read_text()) != identity:
+                raise CheckpointError(f"{self.path} is not this run's work directory (made by rank 0)")
+            return
         say = log or (lambda s: None)
         for other in sorted(out_dir.parent.glob(f".{out_dir.name}.{_WORK}-*")):
             if other == self.path and resume:
@@ -224,15 +229,14 @@ class WorkDir:
 
     def remove(self) -> None:
         """Delete the work directory (after the checkpoint is in place)."""
-        os.close(self._lock_fd)
+        self.close()
         shutil.rmtree(self.path, ignore_errors=True)
 
     def close(self) -> None:
         """Release the lock and keep the work (an interrupted or failed run)."""
-        try:
+        if self._lock_fd is not None:
             os.close(self._lock_fd)
-        except OSError:
-            pass
+            self._lock_fd = None
 
 
 def _block(model: nn.Module, i: int) -> tuple[str, nn.Module]:

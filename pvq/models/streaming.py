@@ -207,12 +207,14 @@ class BlockStore:
     work: the run's :class:`~pvq.models.resume.WorkDir` (None: nothing is kept; only with an
         in-memory model). source: the :class:`ShardSource` of a streamed skeleton (None: the model
         is in memory). dtype: the dtype blocks are loaded in (the in-memory path's, float32).
+        write: whether this process writes finished blocks (False on the other ranks of a distributed run).
     """
 
-    def __init__(self, work=None, source: ShardSource | None = None, dtype: torch.dtype = torch.float32):
+    def __init__(self, work=None, source: ShardSource | None = None, dtype: torch.dtype = torch.float32,
+                 write: bool = True):
         if source is not None and work is None:
             raise QuantizeError("a streamed run needs an output path (its blocks are kept beside it)")
-        self.work, self.source, self.dtype = work, source, dtype
+        self.work, self.source, self.dtype, self.write = work, source, dtype, write
         self.resident_peak = 0
         self.resumed: list[int] = []
         self._released = False
@@ -239,7 +241,7 @@ class BlockStore:
         """Keep block ``i`` (unless it was loaded finished) and, when streaming, free its tensors."""
         path, blocks = decoder_blocks(model)
         self.resident_peak = max(self.resident_peak, resident_bytes(model))
-        if self.work is not None and i not in self.resumed:
+        if self.work is not None and self.write and i not in self.resumed:
             self.work.save_block(model, i, stats)
         if self.source is not None:
             for m in blocks[i].modules():
