@@ -229,7 +229,7 @@ class QuantizeRequest:
     activations: str = "auto"  # where calibration activations live: auto, device, cpu, disk
     batch_size: int = 8  # calibration samples per forward pass
 
-    def check(self, log: Log = _quiet) -> tuple[torch.device, str]:
+    def check(self, log: Log = _quiet, probe_output: bool = True) -> tuple[torch.device, str]:
         """Everything that can be checked before loading the model: device, output path
         (probed, leftovers of interrupted runs cleaned), calibration text, context length.
         Returns (device, calibration text)."""
@@ -244,7 +244,7 @@ class QuantizeRequest:
                 raise QuantizeError("--stream cannot run LoRA recovery (it tunes the whole model); drop --lora-steps")
         if self.activations not in PLACEMENTS:
             raise QuantizeError(f"--activations must be one of {', '.join(PLACEMENTS)}, got {self.activations!r}")
-        if self.output is not None:
+        if self.output is not None and probe_output:  # (False: another rank of a distributed run; rank 0 probes)
             prepare_output(self.output, self.overwrite, log)
         text = load_text(self.calib if self.calib else CALIB_TEXT)
         check_context(self.config.seq_len, model_config(self.model), "--seq-len")
@@ -266,7 +266,7 @@ def run_quantize(req: QuantizeRequest, log: Log = _quiet, progress: bool = True)
     if parallel is None or parallel.is_main:
         device, text = req.check(log)
     else:  # the output path is rank 0's to check and clean
-        device, text = replace(req, output=None).check()
+        device, text = req.check(probe_output=False)
     source_dtype = config_dtype(model_config(req.model))
     source = None
     if req.stream:  # a skeleton on meta; blocks are read from the shards one at a time
