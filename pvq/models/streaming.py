@@ -59,7 +59,7 @@ def streamable(path: str | Path) -> bool:
 
 
 class ShardSource:
-    """Tensors of a safetensors model directory, read one at a time (memory-mapped files)."""
+    """Tensors of a safetensors model directory, read one at a time."""
 
     def __init__(self, path: str | Path):
         from safetensors import safe_open
@@ -75,20 +75,20 @@ class ShardSource:
                                 "model directories (save the model with save_pretrained, safe_serialization=True)")
         self.weight_map: dict[str, str] = dict(weight_map)
         self.tied: set[str] = set()  # keys of tensors tied to an earlier key (set by open_streamed)
-        self._open: dict[str, object] = {}
 
     def __contains__(self, name: str) -> bool:
         return name in self.weight_map
 
     def get(self, name: str) -> torch.Tensor:
+        """One tensor, copied out of its file; the file is unmapped again (its pages would otherwise
+        count in the process's resident memory for the rest of the run)."""
         from safetensors import safe_open
 
         file = self.weight_map[name]
-        if file not in self._open:
-            if not (self.path / file).is_file():
-                raise QuantizeError(f"shard {file} of {str(self.path)!r} is missing (named by {INDEX})")
-            self._open[file] = safe_open(str(self.path / file), "pt", device="cpu")
-        return self._open[file].get_tensor(name)
+        if not (self.path / file).is_file():
+            raise QuantizeError(f"shard {file} of {str(self.path)!r} is missing (named by {INDEX})")
+        with safe_open(str(self.path / file), "pt", device="cpu") as f:
+            return f.get_tensor(name).clone()
 
 
 @contextmanager
