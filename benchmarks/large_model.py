@@ -17,6 +17,7 @@ hidden 8192, MLP 28672, GQA 64/8, vocabulary 128256), ``tiny`` (4 blocks, hidden
     python benchmarks/large_model.py --shape tiny --windows 4 --seq-len 64 --device cpu   # here, seconds
     python benchmarks/large_model.py --shape 7b --blocks 2 --windows 128 --seq-len 2048    # one H200
     python benchmarks/large_model.py --shape 70b --blocks 1 --windows 128 --seq-len 2048 --methods pvq,gptq
+    python benchmarks/large_model.py --shape 7b --blocks 1 --methods pvq --profile   # where the time goes
 """
 
 from __future__ import annotations
@@ -122,9 +123,20 @@ def run_one(args) -> dict:
     store = TimedStore(work, source)
     store.t, store.secs, store.solver = {}, {}, {}
     t = time.perf_counter()
+    profiler = None
+    if args.profile:  # torch.profiler over the whole quantization (use with --blocks 1)
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        profiler = profile(activities=acts)
+        profiler.__enter__()
     report = quantize_model(model, calib, config, device=device, progress=False, log=None, io=store,
                             batch_size=args.batch_size, activations=args.activations, scratch=work.path)
     phases["quantize"] = time.perf_counter() - t
+    if profiler is not None:
+        profiler.__exit__(None, None, None)
+        key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(profiler.key_averages().table(sort_by=key, row_limit=25), flush=True)
     phases["capture"] = phases["quantize"] - sum(store.secs.values())
     t = time.perf_counter()
     write_streamed(model, store, out, report, overwrite=True, dtype=torch.bfloat16)
@@ -156,6 +168,8 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dir", default="/tmp/pvq-large-model", help="where the model and checkpoints are written")
     p.add_argument("--keep", action="store_true", help="keep the written model")
+    p.add_argument("--profile", action="store_true", help="print torch.profiler's top operators of each method's run "
+                   "(slows it down; use with --blocks 1)")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one method in this process
     args = p.parse_args()
     if args.one:

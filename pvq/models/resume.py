@@ -151,6 +151,8 @@ class WorkDir:
             say(f"discarded the unfinished run in {other.name} (--no-resume)")
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock_fd = self._lock(self.path)
+        for stale in [*self.path.glob("activations-*.bin"), *self.path.glob("*.partial")]:
+            stale.unlink()  # an interrupted run's activation file or half-written block file
         ident = self.path / _IDENTITY
         if ident.is_file():
             if json.loads(ident.read_text()) != identity:  # a digest collision or an edited record
