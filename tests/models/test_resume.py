@@ -170,3 +170,34 @@ def test_two_processes_under_torchrun_equal_one(model_dir, uninterrupted, tmp_pa
     ref = uninterrupted[False]
     assert tensors(out) == tensors(ref)
     assert (out / "config.json").read_bytes() == (ref / "config.json").read_bytes()
+
+
+def test_streamed_equals_in_memory_gpt2(tiny_model, tmp_path, capsys):
+    """Tied embeddings (the LM head is stored once) and transformers' Conv1D linears, blocks at transformer.h."""
+    src = tmp_path / "gpt2"
+    tiny_model("gpt2", vocab_size=8192).to(torch.bfloat16).save_pretrained(src, max_shard_size="200KB")
+    AutoTokenizer.from_pretrained(REFERENCE_DIR).save_pretrained(src)
+    outs = [tmp_path / "memory", tmp_path / "streamed"]
+    for out, extra in zip(outs, ([], ["--stream"])):
+        run(capsys, args_of(src, out, "--method", "gptq", *extra))
+    ta, tb = tensors(outs[0]), tensors(outs[1])
+    assert ta.keys() == tb.keys() and "lm_head.weight" not in ta and all(ta[k] == tb[k] for k in ta)
+    assert (outs[0] / "config.json").read_bytes() == (outs[1] / "config.json").read_bytes()
+
+
+def test_stream_refuses_checkpoints_that_transformers_converts(tiny_model, tmp_path):
+    """Mixtral is saved under its legacy per-expert names; the skeleton's names are not in the shards."""
+    from pvq.errors import QuantizeError
+    from pvq.models.streaming import open_streamed
+
+    src = tmp_path / "mixtral"
+    tiny_model("mixtral").save_pretrained(src)
+    with pytest.raises(QuantizeError, match="quantize it without --stream"):
+        open_streamed(src)
+
+
+def test_stream_needs_an_output_and_a_safetensors_directory(tmp_path, capsys):
+    assert main(["quantize", str(tmp_path), "--stream", "--output", str(tmp_path / "o")]) == 2
+    assert "is not one (drop --stream)" in capsys.readouterr().err
+    assert main(["quantize", "--stream"]) == 2
+    assert "--stream needs --output" in capsys.readouterr().err
