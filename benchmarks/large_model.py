@@ -130,8 +130,11 @@ def run_one(args) -> dict:
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         profiler = profile(activities=acts)
         profiler.__enter__()
-    report = quantize_model(model, calib, config, device=device, progress=False, log=None, io=store,
-                            batch_size=args.batch_size, activations=args.activations, scratch=work.path)
+    try:
+        report = quantize_model(model, calib, config, device=device, progress=False, log=None, io=store,
+                                batch_size=args.batch_size, activations=args.activations, scratch=work.path)
+    finally:
+        store.close()
     phases["quantize"] = time.perf_counter() - t
     if profiler is not None:
         profiler.__exit__(None, None, None)

@@ -298,6 +298,8 @@ def run_quantize(req: QuantizeRequest, log: Log = _quiet, progress: bool = True)
         if work is not None:
             work.close()
         raise
+    finally:
+        store.close()
     if source_dtype is not None:  # weights left unquantized are saved (and counted) in the source dtype
         report.recount_kept(source_dtype.itemsize * 8)
     summary = {

@@ -22,9 +22,11 @@ and the integrity record equal those of the in-memory path, byte for byte (the
 shard files are laid out differently). It writes to a temporary directory
 beside the output and swaps it into place atomically, like ``save_quantized``.
 
-Peak memory: ``resident_peak`` counts the bytes of the model's tensors that
-are not on ``meta`` at their highest (one block, or the embeddings during the
-capture); the process peak (:func:`peak_memory`) adds the activations, the
+While block ``i`` is quantized, block ``i + 1``'s tensors are read in a
+thread (the same bytes; the reading overlaps the solver). Peak memory:
+``resident_peak`` counts the bytes of the model's tensors that are not on
+``meta`` plus the block read ahead, at their highest (two blocks, or the
+embeddings during the capture); the process peak (:func:`peak_memory`) adds the activations, the
 solver's work and torch itself.
 """
 
@@ -161,22 +163,35 @@ def _capture_modules(model: nn.Module) -> dict[str, nn.Module]:
     return out
 
 
-def _load(model: nn.Module, modules: dict[str, nn.Module], source: ShardSource, dtype: torch.dtype) -> None:
-    """Load the meta tensors of ``modules`` (full name -> module) from ``source``, as ``dtype``."""
+def _read(names: list[str], source: ShardSource, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The tensors ``names`` (full names) from ``source``, floats as ``dtype``; non-finite ones refused."""
+    out = {}
+    for full in names:
+        if full not in source:
+            raise QuantizeError(f"tensor {full} is not in {str(source.path)!r}")
+        v = source.get(full)
+        out[full] = v.to(dtype) if v.is_floating_point() else v
+        if v.is_floating_point() and not torch.isfinite(out[full]).all():
+            raise QuantizeError(f"the model's tensor {full} holds non-finite values (NaN or inf); fix or "
+                                "re-download the checkpoint before quantizing it")
+    return out
+
+
+def _meta_names(modules: dict[str, nn.Module]) -> list[str]:
+    return [f"{prefix}.{k}" for prefix, mod in modules.items()
+            for k, t in mod.state_dict(keep_vars=True).items() if t.device.type == "meta"]
+
+
+def _assign(modules: dict[str, nn.Module], tensors: dict[str, torch.Tensor]) -> None:
     for prefix, mod in modules.items():
-        state = {}
-        for k, t in mod.state_dict(keep_vars=True).items():
-            if t.device.type == "meta":
-                full = f"{prefix}.{k}"
-                if full not in source:
-                    raise QuantizeError(f"tensor {full} is not in {str(source.path)!r}")
-                v = source.get(full)
-                state[k] = v.to(dtype) if v.is_floating_point() else v
-                if v.is_floating_point() and not torch.isfinite(state[k]).all():
-                    raise QuantizeError(f"the model's tensor {full} holds non-finite values (NaN or inf); fix or "
-                                        "re-download the checkpoint before quantizing it")
+        state = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
         if state:
             mod.load_state_dict(state, strict=False, assign=True)
+
+
+def _load(model: nn.Module, modules: dict[str, nn.Module], source: ShardSource, dtype: torch.dtype) -> None:
+    """Load the meta tensors of ``modules`` (full name -> module) from ``source``, as ``dtype``."""
+    _assign(modules, _read(_meta_names(modules), source, dtype))
 
 
 def resident_bytes(model: nn.Module) -> int:
@@ -218,6 +233,9 @@ class BlockStore:
         self.resident_peak = 0
         self.resumed: list[int] = []
         self._released = False
+        self._pool = None
+        self._next = None  # (block index, future of its tensors): read while the block before is quantized
+        self._ahead_bytes = 0
 
     def load_block(self, model: nn.Module, i: int):
         """Make block ``i`` ready to run; returns its layer stats when it was finished before, else None."""
@@ -233,14 +251,49 @@ class BlockStore:
         else:
             stats = None
             if self.source is not None:
-                _load(model, {f"{path}.{i}": blocks[i]}, self.source, self.dtype)
-        self.resident_peak = max(self.resident_peak, resident_bytes(model))
+                mods = {f"{path}.{i}": blocks[i]}
+                if self._next is not None and self._next[0] == i:
+                    tensors = self._next[1].result()
+                else:
+                    tensors = _read(_meta_names(mods), self.source, self.dtype)
+                self._next = None
+                _assign(mods, tensors)
+                del tensors
+        if self.source is not None:
+            self._prefetch(model, i + 1)
+        self.resident_peak = max(self.resident_peak, resident_bytes(model) + self._pending())
         return stats
+
+    def _pending(self) -> int:
+        return self._ahead_bytes if self._next is not None else 0
+
+    def _prefetch(self, model: nn.Module, i: int) -> None:
+        """Start reading block ``i``'s tensors in a thread (one block ahead; the I/O and the float32
+        conversion overlap the quantization of the block before). The bytes are the same."""
+        path, blocks = decoder_blocks(model)
+        if i >= len(blocks) or (self.work is not None and self.work.is_finished(i)):
+            return
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pvq-prefetch")
+        mods = {f"{path}.{i}": blocks[i]}
+        names = _meta_names(mods)
+        size = self.dtype.itemsize
+        self._ahead_bytes = sum(t.numel() * (size if t.is_floating_point() else t.element_size())
+                                for t in blocks[i].state_dict(keep_vars=True).values() if t.device.type == "meta")
+        self._next = (i, self._pool.submit(_read, names, self.source, self.dtype))
+
+    def close(self) -> None:
+        """Stop the prefetching thread (a block read ahead is dropped)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool, self._next = None, None
 
     def block_done(self, model: nn.Module, i: int, stats) -> None:
         """Keep block ``i`` (unless it was loaded finished) and, when streaming, free its tensors."""
         path, blocks = decoder_blocks(model)
-        self.resident_peak = max(self.resident_peak, resident_bytes(model))
+        self.resident_peak = max(self.resident_peak, resident_bytes(model) + self._pending())
         if self.work is not None and self.write and i not in self.resumed:
             self.work.save_block(model, i, stats)
         if self.source is not None:

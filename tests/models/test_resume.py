@@ -99,14 +99,14 @@ def test_streamed_equals_in_memory(model_dir, uninterrupted, capsys):
     assert all(ta[k] == tb[k] for k in ta)  # every tensor, byte for byte (bf16 kept weights, codes, scales)
     assert (a / "config.json").read_bytes() == (b / "config.json").read_bytes()  # integrity record included
     assert len(list(b.glob("*.safetensors"))) == 3 + 3  # one shard per block, one per outside tensor
-    # at most the embeddings (during the capture) or one float32 block and the rotary tables were in memory
+    # at most the embeddings (during the capture) or two float32 blocks (one read ahead) and the rotary tables
     model = LlamaForCausalLM.from_pretrained(model_dir)
     block = sum(p.numel() * 4 for p in model.model.layers[0].parameters())
     capture = sum(t.numel() * 4 for t in [*model.model.embed_tokens.parameters(), *model.model.norm.parameters()])
     buffers = sum(t.numel() * t.element_size() for t in model.buffers())
     whole = sum(p.numel() * 4 for p in model.parameters())
     peak = uninterrupted[True, "summary"]["resident_peak_bytes"]
-    assert capture <= peak <= max(capture, block) + buffers < whole / 2
+    assert capture <= peak <= max(capture, 2 * block) + buffers < whole / 2
     assert uninterrupted[True, "summary"]["peak_cpu_bytes"] > 0
 
 
@@ -127,6 +127,7 @@ def kill_during(tmp_path, n: int, argv) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
+@pytest.mark.slow  # two processes each (the killed one, then the resumed run in this one)
 @pytest.mark.parametrize("stream", [False, True], ids=["in-memory", "streamed"])
 def test_killed_run_resumes_to_the_same_bytes(model_dir, uninterrupted, tmp_path, capsys, stream):
     out = tmp_path / "ck"
@@ -154,6 +155,7 @@ def test_no_resume_discards_the_work(model_dir, tmp_path, capsys):
     assert not any(p.name.startswith(".ck.") for p in tmp_path.iterdir())
 
 
+@pytest.mark.slow  # three processes: torchrun and two ranks
 def test_two_processes_under_torchrun_equal_one(model_dir, uninterrupted, tmp_path):
     """Calibration batches split over 2 gloo ranks, Hessians added in rank order, linears solved on both
     ranks and broadcast; streamed. The same tensors and config.json as the one-process run (the float64
