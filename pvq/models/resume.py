@@ -146,8 +146,9 @@ class WorkDir:
                     f"({'; '.join(diff[:4]) or 'unreadable record'}); run again with the same arguments to resume "
                     "it, or pass --no-resume to discard it and start over"
                 )
-            self._lock(other)  # refuses a directory that a live run holds
+            fd = self._lock(other)  # refuses a directory that a live run holds
             shutil.rmtree(other)
+            os.close(fd)
             say(f"discarded the unfinished run in {other.name} (--no-resume)")
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock_fd = self._lock(self.path)
