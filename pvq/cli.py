@@ -171,6 +171,13 @@ def _quantize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", default=None, help="checkpoint directory to write (atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output directory")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--stream", action="store_true",
+                   help="read one decoder block at a time from a local safetensors directory (models larger than memory)")
+    p.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="discard the finished blocks of an interrupted run on --output and start over")
+    p.add_argument("--activations", default="auto", choices=("auto", "device", "cpu", "disk"),
+                   help="where calibration activations live between blocks (default: auto, the device when they fit)")
+    p.add_argument("--batch-size", type=int, default=8, help="calibration samples per forward pass (default: 8)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -197,10 +204,13 @@ def _quantize(args: argparse.Namespace) -> int:
 
     req = QuantizeRequest(
         model=args.model, config=_quantize_config(args), calib=args.calib, output=args.output,
-        overwrite=args.overwrite, device=args.device,
+        overwrite=args.overwrite, device=args.device, stream=args.stream, resume=args.resume,
+        activations=args.activations, batch_size=args.batch_size,
     )
     log = (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
     _, _, summary = run_quantize(req, log=log, progress=not args.json)
+    if summary.get("rank", 0) != 0:  # another rank of a distributed run: rank 0 reports
+        return 0
     if args.json:
         print(json.dumps(summary))
     else:

@@ -7,7 +7,7 @@ path) before the long work starts, and returns plain dicts for ``--json``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +29,10 @@ from ..models import (
 )
 from ..models import bits_per_activation, set_backend
 from ..models.checkpoint import prepare_output
+from ..models.distributed import init_from_env
+from ..models.offload import PLACEMENTS
+from ..models.resume import WorkDir, model_fingerprint, run_identity
+from ..models.streaming import BlockStore, open_streamed, peak_memory, streamable, write_streamed
 from ..models.format import block_rate, online_rotations_per_block
 from ..models.rotation_plan import model_rotation
 from ..models.reference import CALIB_TEXT, HELDOUT_TEXT, resolve_model
@@ -221,13 +225,34 @@ class QuantizeRequest:
     output: str | None = None
     overwrite: bool = False
     device: str | None = None
+    stream: bool = False  # read one decoder block at a time from a safetensors directory
+    resume: bool = True  # with an output: keep finished blocks beside it and continue an interrupted run
+    activations: str = "auto"  # where calibration activations live: auto, device, cpu, disk
+    batch_size: int = 8  # calibration samples per forward pass
 
-    def check(self, log: Log = _quiet) -> tuple[torch.device, str]:
+    def check(self, log: Log = _quiet, probe_output: bool = True) -> tuple[torch.device, str]:
         """Everything that can be checked before loading the model: device, output path
         (probed, leftovers of interrupted runs cleaned), calibration text, context length.
         Returns (device, calibration text)."""
         device = resolve_device(self.device)
-        if self.output is not None:
+        if self.stream:
+            if self.output is None:
+                raise QuantizeError("--stream needs --output (finished blocks are kept beside it)")
+            if not streamable(resolve_model(self.model)):
+                raise QuantizeError(f"--stream reads a local directory of safetensors weights; "
+                                    f"{resolve_model(self.model)!r} is not one (drop --stream)")
+            if self.config.lora_steps:
+                raise QuantizeError("--stream cannot run LoRA recovery (it tunes the whole model); drop --lora-steps")
+            if self.config.rotation_plan == "fused":  # the fold rewrites the whole model before block 0
+                if self.config.rotation == "fused":
+                    raise QuantizeError("--stream cannot fold rotations into the model yet (it reads one block at a "
+                                        "time): use --rotation layer, or drop --stream")
+                self.config = self.config.replace(rotation="layer")
+                log("--stream: rotation plan layer (the default fused plan rewrites the whole model before "
+                    "quantizing, which a streamed run cannot do yet)")
+        if self.activations not in PLACEMENTS:
+            raise QuantizeError(f"--activations must be one of {', '.join(PLACEMENTS)}, got {self.activations!r}")
+        if self.output is not None and probe_output:  # (False: another rank of a distributed run; rank 0 probes)
             prepare_output(self.output, self.overwrite, log)
         text = load_text(self.calib if self.calib else CALIB_TEXT)
         check_context(self.config.seq_len, model_config(self.model), "--seq-len")
@@ -241,13 +266,48 @@ def run_quantize(req: QuantizeRequest, log: Log = _quiet, progress: bool = True)
     output path, calibration text, context), else before any quantization work
     (non-finite weights, the plan against the model's layers).
     """
-    device, text = req.check(log)
+    parallel = init_from_env(resolve_device(req.device))  # under torchrun: this rank, on its device
+    if parallel is not None:
+        req = replace(req, device=str(parallel.device))
+        if not parallel.is_main:
+            log, progress = _quiet, False
+    if parallel is None or parallel.is_main:
+        device, text = req.check(log)
+    else:  # the output path is rank 0's to check and clean
+        device, text = req.check(probe_output=False)
     source_dtype = config_dtype(model_config(req.model))
-    model, tokenizer = load_model(req.model)
-    check_finite_weights(model)
+    source = None
+    if req.stream:  # a skeleton on meta; blocks are read from the shards one at a time
+        model, tokenizer, source = open_streamed(resolve_model(req.model))
+    else:
+        model, tokenizer = load_model(req.model)
+        check_finite_weights(model)
     req.config.plan(model)  # method, dims, groups and rates against this model, before any work
     calib = calibration_batches(text, tokenizer, req.config.n_samples, req.config.seq_len, req.config.seed)
-    report = quantize_model(model, calib, req.config, device=device, progress=progress, log=log)
+    work, main = None, parallel is None or parallel.is_main
+    if req.output and not req.config.lora_steps:  # resumable: finished blocks beside the output
+        ident = run_identity(req.config, model_fingerprint(resolve_model(req.model)), calib, device, req.batch_size)
+        if parallel is not None:
+            ident["world_size"] = parallel.world
+        if main:
+            work = WorkDir(req.output, ident, resume=req.resume, log=log)
+        if parallel is not None:
+            parallel.barrier()  # rank 0 has made (or refused) the work directory
+        if not main:
+            work = WorkDir(req.output, ident, reader=True)
+    elif req.output:
+        log("resume is off: LoRA recovery tunes blocks after they are quantized")
+    store = BlockStore(work, source, write=main)
+    try:
+        report = quantize_model(model, calib, req.config, device=device, progress=progress, log=log, io=store,
+                                activations=req.activations, scratch=None if work is None else work.path,
+                                parallel=parallel, batch_size=req.batch_size)
+    except BaseException:
+        if work is not None:
+            work.close()
+        raise
+    finally:
+        store.close()
     if source_dtype is not None:  # weights left unquantized are saved (and counted) in the source dtype
         report.recount_kept(source_dtype.itemsize * 8)
     summary = {
@@ -265,11 +325,33 @@ def run_quantize(req: QuantizeRequest, log: Log = _quiet, progress: bool = True)
         "online_rotations_per_block": online_rotations_per_block(model),
         "notes": list(report.notes),
         "output": None,
+        "resumed_blocks": list(store.resumed),
+        "streamed": bool(req.stream),
+        "resident_peak_bytes": store.resident_peak if req.stream else None,
+        **peak_memory(device),
+        "rank": 0 if parallel is None else parallel.rank,
+        "world_size": 1 if parallel is None else parallel.world,
     }
-    if req.output:
-        save_quantized(model, req.output, report, tokenizer=tokenizer, overwrite=req.overwrite, dtype=source_dtype,
-                       log=log)
+    if req.output and not main:
+        parallel.barrier()  # rank 0 writes the checkpoint
         summary["output"] = str(req.output)
+    elif req.output:
+        try:
+            if req.stream:
+                write_streamed(model, store, req.output, report, tokenizer=tokenizer, overwrite=req.overwrite,
+                               dtype=source_dtype, log=log)
+            else:
+                save_quantized(model, req.output, report, tokenizer=tokenizer, overwrite=req.overwrite,
+                               dtype=source_dtype, log=log)
+        except BaseException:
+            if work is not None:
+                work.close()
+            raise
+        if work is not None:
+            work.remove()
+        summary["output"] = str(req.output)
+        if parallel is not None:
+            parallel.barrier()
     return model, tokenizer, summary
 
 

@@ -36,13 +36,16 @@ class BlockInputs:
 
 
 @torch.no_grad()
-def capture_block_inputs(model: nn.Module, calib_ids: torch.Tensor, device: torch.device, batch_size: int) -> list[BlockInputs]:
+def capture_block_inputs(
+    model: nn.Module, calib_ids: torch.Tensor, device: torch.device, batch_size: int, place=None
+) -> list[BlockInputs]:
     """Inputs of block 0 and the keyword arguments of every block, per batch.
 
     Runs the whole model (``model(input_ids=...)``) with the blocks replaced by
     recorders; the modules beside the block list on its path (embeddings,
     rotary tables) are moved to ``device`` for the pass; the forward stops
-    after the last block.
+    after the last block. ``place`` (optional) is called on each captured batch and returns what
+    to keep (:class:`pvq.models.offload.InputPlacer`: the hidden states on CPU or disk).
     """
     path, layers = decoder_blocks(model)
     moved = []
@@ -89,7 +92,9 @@ def capture_block_inputs(model: nn.Module, calib_ids: torch.Tensor, device: torc
                     "a forward pass; this model family is not supported by the layer-by-layer driver"
                 )
             kwargs = [_dedupe(k, record["kwargs"][0]) for k in record["kwargs"]]
-            batches.append(BlockInputs(record["hidden"], record["args"], kwargs))
+            batch = BlockInputs(record["hidden"], record["args"], kwargs)
+            record.clear()
+            batches.append(batch if place is None else place(batch))
     finally:
         for layer, fwd in zip(layers, saved):
             if fwd is None:

@@ -50,6 +50,7 @@ from .lora import BlockHook, LoraRecovery
 from .experts import HOLDER_SUFFIX, QuantizedExperts, collect_expert_hessians, install_experts
 from .format import block_rate
 from .methods import QuantizeConfig, decoder_layers
+from .offload import InputPlacer
 from .plan import LayerPlan, QuantizePlan
 from .qlinear import QuantizedLinear, set_activation_quant
 from .rotation_plan import fold_rotations
@@ -187,6 +188,10 @@ def quantize_model(
     batch_size: int = 8,
     blocks: list[int] | None = None,
     hooks: list[BlockHook] | None = None,
+    io=None,
+    activations: str = "device",
+    scratch=None,
+    parallel=None,
 ) -> QuantizeReport:
     """Quantize every ``nn.Linear`` of ``model``'s decoder blocks in place.
 
@@ -203,6 +208,16 @@ def quantize_model(
         others are run as they are (quantized or not) to feed the next ones.
     hooks: called after each block (default: LoRA recovery when
         ``config.lora_steps > 0``); a hook's notes go into the report.
+    io: block storage (:class:`pvq.models.streaming.BlockStore`: resumed and streamed runs).
+        ``io.load_block(model, i)`` makes block ``i`` ready before it runs and returns its
+        layer stats when it was finished by an earlier run (then it is only run, not
+        quantized); ``io.block_done(model, i, stats)`` follows the block's hooks.
+    activations: where the calibration activations live between blocks: ``device``,
+        ``cpu``, ``disk`` or ``auto`` (:class:`pvq.models.offload.InputPlacer`); scratch:
+        the directory of the disk file (None: a temporary one).
+    parallel: this rank of a distributed run (:class:`pvq.models.distributed.Parallel`): it
+        captures and runs its share of the calibration batches; Hessians are summed over the
+        ranks and the linears of a stage are solved on different ranks.
 
     Bad input (config, model structure, calibration ids, device) raises
     :class:`QuantizeError` before any work; an error during the work leaves
@@ -235,16 +250,34 @@ def quantize_model(
     layers = decoder_layers(model)
     stats: list[LayerStats] = []
     bar = _progress_bar(sum(p.count for p in plan.layers), progress, f"quantize {config.method} {config.bits:g} bits")
+    local_ids = calib_ids
+    if parallel is not None:  # [parallel hook] this rank's contiguous run of whole batches
+        if any(p.experts is not None for p in plan.layers) or hooks:
+            raise QuantizeError("distributed runs do not split expert stacks or run block hooks (LoRA) yet; "
+                                "run this model in one process")
+        local_ids = calib_ids[parallel.local_samples(int(calib_ids.shape[0]), batch_size)]
+    placer = InputPlacer(activations, device, int(local_ids.shape[0]), scratch)
     try:
-        batches = capture_block_inputs(model, calib_ids, device, batch_size)
+        batches = capture_block_inputs(model, local_ids, device, batch_size, place=placer)
+        if placer.where != "device":
+            notes.append(placer.note)
+            say(placer.note)
         last = max(p.block for p in plan.layers)
         for i, block in enumerate(layers):
             if i > last:
                 break
+            done = io.load_block(model, i) if io is not None else None  # [io hook] resumed/streamed blocks
+            block = layers[i]
             home = module_device(block)
             block.to(device)
-            if plan.by_block(i):
-                stats.extend(_quantize_block(block, i, batches, plan, config, device, say, bar))
+            block_stats = []
+            if plan.by_block(i) and done is not None:
+                block_stats = done
+                if bar is not None:
+                    bar.update(len(done))
+            elif plan.by_block(i):
+                block_stats = _quantize_block(block, i, batches, plan, config, device, say, bar, parallel)
+            stats.extend(block_stats)
             for b in batches:
                 b.hidden = run_block(block, b, i)
             home = home if home is not None else device
@@ -258,10 +291,13 @@ def quantize_model(
                 if note:
                     notes.append(note)
                     say(note)
+            if io is not None:  # [io hook] keep the finished block (work directory), free a streamed one
+                io.block_done(model, i, block_stats)
         act = config.activation_quant()
         if act is not None:  # weights were fitted on unquantized activations; inference quantizes them
             set_activation_quant(model, act)
     finally:
+        placer.close()
         if bar is not None:
             bar.close()
         model.train(was_training)
@@ -279,7 +315,7 @@ def quantize_model(
     return report
 
 
-def _quantize_block(block, i, batches, plan: QuantizePlan, config, device, say, bar) -> list[LayerStats]:
+def _quantize_block(block, i, batches, plan: QuantizePlan, config, device, say, bar, parallel=None) -> list[LayerStats]:
     prefix = f"{plan.path}.{i}."
     layer_plans = {p.name[len(prefix):]: p for p in plan.by_block(i) if p.experts is None}
     expert_plans: dict[str, list[LayerPlan]] = {}
@@ -296,11 +332,18 @@ def _quantize_block(block, i, batches, plan: QuantizePlan, config, device, say, 
                 out.extend(_quantize_experts(block, i, owner, sub, batches, config, device, say, bar))
             continue
         accs = collect_hessians(block, batches, i, stage, device)
+        if parallel is not None:  # [parallel hook] the ranks' Hessian sums added in rank order
+            parallel.reduce(accs)
         mods = block_linears(block, stage)
+
+        def solve(n):
+            return _quantize_linear(mods[n], accs.pop(n).hessian(), layer_plans[n], config, device)
+
+        # [parallel hook] each rank solves its share of the stage; every result is broadcast
+        results = parallel.run_stage(stage, solve) if parallel is not None else None
         for n in stage:
             p = layer_plans[n]
-            q, loss, rel, secs = _quantize_linear(mods[n], accs[n].hessian(), p, config, device)
-            del accs[n]
+            q, loss, rel, secs = results[n] if results is not None else solve(n)
             _set_submodule(block, n, q)
             s = LayerStats(p.name, i, p.out_features, p.in_features, p.codec.describe(), loss, rel, secs,
                            q.stored_bits(), q.num_weights, p.dim)

@@ -88,7 +88,10 @@ def logits(path):
 
 
 def leftovers(out):
-    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}."))
+    """Temporary and displaced directories beside ``out`` (the work directory of a resumable run,
+    ``.<name>.work-<digest>``, is kept on purpose until the checkpoint is in place: test_resume.py)."""
+    return sorted(p.name for p in out.parent.iterdir()
+                  if p.name.startswith(f".{out.name}.") and not p.name.startswith(f".{out.name}.work-"))
 
 
 @pytest.fixture(scope="module")
@@ -125,5 +128,5 @@ def test_killed_run_leaves_nothing_or_a_complete_checkpoint(model_dir, old_check
         assert [n.split("-")[0] for n in leftovers(out)] == [".ck.tmp"]  # half-written, never at the path
     # the next run on the path cleans (or repairs) the leftovers and writes the new checkpoint
     assert main(quantize_args(model_dir, out, 3, "--overwrite")) == 0
-    assert leftovers(out) == []
+    assert leftovers(out) == [] and not any(out.parent.glob(f".{out.name}.work-*"))
     assert out.is_dir() and not torch.equal(logits(out), old_checkpoint[1])

@@ -1,0 +1,226 @@
+"""Time and peak memory to quantize a 7B- or 70B-shaped Llama streamed from safetensors shards.
+
+Writes a random-weight Llama (bf16, one shard per decoder block plus the embeddings, norm and LM head)
+of the chosen shape and block count, then quantizes it once per method, each in its own process (so
+its peak memory is its own), through the streamed path of ``pvq quantize --stream``
+(:func:`pvq.models.streaming.open_streamed`, the driver with a :class:`BlockStore`,
+:func:`write_streamed`), with random calibration token ids (the timing does not depend on them).
+Prints each phase with its time, seconds per block (the solver's share and the rest: Hessian
+collection and the block's forwards), and, when fewer blocks than the real model's were written,
+the time extrapolated to the full depth (capture + depth x mean seconds per block + write scaled),
+marked as extrapolated.
+
+Shapes: ``7b`` (32 blocks, hidden 4096, MLP 11008, 32 heads, vocabulary 32000), ``70b`` (80 blocks,
+hidden 8192, MLP 28672, GQA 64/8, vocabulary 128256), ``tiny`` (4 blocks, hidden 256, MLP 688, GQA
+4/2, vocabulary 8192: the CPU check of this script).
+
+    python benchmarks/large_model.py --shape tiny --windows 4 --seq-len 64 --device cpu   # here, seconds
+    python benchmarks/large_model.py --shape 7b --blocks 2 --windows 128 --seq-len 2048    # one H200
+    python benchmarks/large_model.py --shape 70b --blocks 1 --windows 128 --seq-len 2048 --methods pvq,gptq
+    python benchmarks/large_model.py --shape 7b --blocks 1 --methods pvq --profile   # where the time goes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+SHAPES = {
+    "tiny": dict(num_hidden_layers=4, hidden_size=256, intermediate_size=688, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=8192),
+    "7b": dict(num_hidden_layers=32, hidden_size=4096, intermediate_size=11008, num_attention_heads=32,
+               num_key_value_heads=32, vocab_size=32000),
+    "70b": dict(num_hidden_layers=80, hidden_size=8192, intermediate_size=28672, num_attention_heads=64,
+                num_key_value_heads=8, vocab_size=128256),
+}
+
+
+def block_tensors(cfg: dict) -> dict[str, tuple[int, ...]]:
+    h, m = cfg["hidden_size"], cfg["intermediate_size"]
+    kv = h // cfg["num_attention_heads"] * cfg["num_key_value_heads"]
+    return {"self_attn.q_proj.weight": (h, h), "self_attn.k_proj.weight": (kv, h), "self_attn.v_proj.weight": (kv, h),
+            "self_attn.o_proj.weight": (h, h), "mlp.gate_proj.weight": (m, h), "mlp.up_proj.weight": (m, h),
+            "mlp.down_proj.weight": (h, m), "input_layernorm.weight": (h,), "post_attention_layernorm.weight": (h,)}
+
+
+def write_model(path: Path, shape: str, blocks: int, max_len: int, device: torch.device) -> float:
+    """Random bf16 weights as safetensors shards (+ config.json); returns the bytes written."""
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig
+
+    cfg = dict(SHAPES[shape])
+    full_depth = cfg["num_hidden_layers"]
+    cfg["num_hidden_layers"] = blocks
+    h, v = cfg["hidden_size"], cfg["vocab_size"]
+    path.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def rand(shape_):
+        if len(shape_) == 1:
+            return torch.ones(shape_, dtype=torch.bfloat16)
+        return (torch.randn(shape_, generator=gen, device=device) * 0.02).to(torch.bfloat16).cpu()
+
+    groups = [{f"model.layers.{i}.{k}": s for k, s in block_tensors(cfg).items()} for i in range(blocks)]
+    groups += [{"model.embed_tokens.weight": (v, h)}, {"model.norm.weight": (h,), "lm_head.weight": (v, h)}]
+    weight_map, total = {}, 0
+    for k, group in enumerate(groups):
+        file = f"model-{k + 1:05d}-of-{len(groups):05d}.safetensors"
+        tensors = {n: rand(s) for n, s in group.items()}
+        save_file(tensors, str(path / file), metadata={"format": "pt"})
+        for n, t in tensors.items():
+            weight_map[n] = file
+            total += t.numel() * 2
+        del tensors
+    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
+                                                                   "weight_map": weight_map}))
+    LlamaConfig(**cfg, max_position_embeddings=max(max_len, 4096), tie_word_embeddings=False,
+                dtype="bfloat16").save_pretrained(path)
+    (path / "full_depth.txt").write_text(str(full_depth))
+    from pvq.models.reference import REFERENCE_DIR
+
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):  # any tokenizer will do
+        if (REFERENCE_DIR / f).is_file():
+            shutil.copy(REFERENCE_DIR / f, path / f)
+    return total
+
+
+def run_one(args) -> dict:
+    """Quantize the written model with one method (in this process); returns the measurements."""
+    from pvq.models import QuantizeConfig, quantize_model
+    from pvq.models.resume import WorkDir, model_fingerprint, run_identity
+    from pvq.models.streaming import BlockStore, open_streamed, peak_memory, write_streamed
+
+    class TimedStore(BlockStore):
+        def load_block(self, model, i):
+            self.t[i] = time.perf_counter()
+            return super().load_block(model, i)
+
+        def block_done(self, model, i, stats):
+            self.secs[i] = time.perf_counter() - self.t[i]
+            self.solver[i] = sum(s.seconds for s in stats)
+            print(f"  block {i}: {self.secs[i]:.1f} s (solver {self.solver[i]:.1f} s, Hessians and forwards "
+                  f"{self.secs[i] - self.solver[i]:.1f} s)", flush=True)
+            super().block_done(model, i, stats)
+
+    device = torch.device(args.device)
+    src, out = Path(args.dir) / "model", Path(args.dir) / f"out-{args.one}"
+    phases = {}
+    t = time.perf_counter()
+    model, _, source = open_streamed(src)
+    phases["open"] = time.perf_counter() - t
+    vocab = model.config.vocab_size
+    calib = torch.randint(0, vocab, (args.windows, args.seq_len), generator=torch.Generator().manual_seed(0))
+    config = QuantizeConfig(method=args.one, bits=args.bits, n_samples=args.windows, seq_len=args.seq_len)
+    work = WorkDir(out, run_identity(config, model_fingerprint(src), calib, device, args.batch_size), resume=False)
+    store = TimedStore(work, source)
+    store.t, store.secs, store.solver = {}, {}, {}
+    t = time.perf_counter()
+    profiler = None
+    if args.profile:  # torch.profiler over the whole quantization (use with --blocks 1)
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        profiler = profile(activities=acts)
+        profiler.__enter__()
+    try:
+        report = quantize_model(model, calib, config, device=device, progress=False, log=None, io=store,
+                                batch_size=args.batch_size, activations=args.activations, scratch=work.path)
+    finally:
+        store.close()
+    phases["quantize"] = time.perf_counter() - t
+    if profiler is not None:
+        profiler.__exit__(None, None, None)
+        key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(profiler.key_averages().table(sort_by=key, row_limit=25), flush=True)
+    phases["capture"] = phases["quantize"] - sum(store.secs.values())
+    t = time.perf_counter()
+    write_streamed(model, store, out, report, overwrite=True, dtype=torch.bfloat16)
+    work.remove()
+    phases["write"] = time.perf_counter() - t
+    blocks = len(store.secs)
+    full = int((src / "full_depth.txt").read_text())
+    per_block = sum(store.secs.values()) / blocks
+    size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+    shutil.rmtree(out, ignore_errors=True)
+    return {"method": args.one, "bits_per_weight": report.bits_per_weight, "blocks": blocks, "full_depth": full,
+            "phases": phases, "seconds_per_block": per_block,
+            "solver_seconds_per_block": sum(store.solver.values()) / blocks,
+            "extrapolated_seconds": phases["open"] + phases["capture"] + full * per_block
+            + phases["write"] * full / blocks,
+            "resident_peak_bytes": store.resident_peak, "checkpoint_bytes": size, **peak_memory(device)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shape", choices=list(SHAPES), default="7b")
+    p.add_argument("--blocks", type=int, default=None, help="decoder blocks to write (default: the shape's depth)")
+    p.add_argument("--windows", type=int, default=128, help="calibration windows")
+    p.add_argument("--seq-len", type=int, default=2048, help="tokens per window")
+    p.add_argument("--bits", type=float, default=3.0)
+    p.add_argument("--methods", default="pvq,gptq,e8")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--activations", default="auto", choices=("auto", "device", "cpu", "disk"))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dir", default="/tmp/pvq-large-model", help="where the model and checkpoints are written")
+    p.add_argument("--keep", action="store_true", help="keep the written model")
+    p.add_argument("--profile", action="store_true", help="print torch.profiler's top operators of each method's run "
+                   "(slows it down; use with --blocks 1)")
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one method in this process
+    args = p.parse_args()
+    if args.one:
+        print("RESULT " + json.dumps(run_one(args)), flush=True)
+        return
+    blocks = args.blocks or SHAPES[args.shape]["num_hidden_layers"]
+    root = Path(args.dir)
+    shutil.rmtree(root, ignore_errors=True)
+    t = time.perf_counter()
+    size = write_model(root / "model", args.shape, blocks, args.seq_len, torch.device(args.device))
+    print(f"{args.shape}-shaped Llama, {blocks} blocks, {size / 2**30:.2f} GiB bf16 written in "
+          f"{time.perf_counter() - t:.1f} s; {args.windows} windows x {args.seq_len} tokens, {args.bits:g} bits, "
+          f"device {args.device}", flush=True)
+    rows = []
+    for method in args.methods.split(","):
+        print(f"{method}:", flush=True)
+        t = time.perf_counter()
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--one", method]
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        lines = proc.stdout.splitlines()
+        for line in lines:
+            if not line.startswith("RESULT "):
+                print(line)
+        if proc.returncode != 0:
+            print(f"  {method} failed (exit {proc.returncode})")
+            continue
+        r = json.loads(next(line for line in lines if line.startswith("RESULT "))[7:])
+        r["process_seconds"] = time.perf_counter() - t
+        rows.append(r)
+        ph = r["phases"]
+        print(f"  phases: open {ph['open']:.1f} s, plan and capture {ph['capture']:.1f} s, blocks {r['blocks']} x "
+              f"{r['seconds_per_block']:.1f} s (solver {r['solver_seconds_per_block']:.1f} s), write {ph['write']:.1f} s; "
+              f"process {r['process_seconds']:.1f} s; {r['bits_per_weight']:.3f} bits/weight; peak GPU "
+              f"{r['peak_gpu_bytes'] / 2**30:.2f} GiB, peak CPU {r['peak_cpu_bytes'] / 2**30:.2f} GiB", flush=True)
+    print()
+    print("| method | bits/w | s/block | solver s/block | blocks run | full depth | time for full depth | "
+          "peak GPU GiB | peak CPU GiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        extra = "" if r["blocks"] == r["full_depth"] else " (extrapolated)"
+        print(f"| {r['method']} | {r['bits_per_weight']:.3f} | {r['seconds_per_block']:.1f} | "
+              f"{r['solver_seconds_per_block']:.1f} | {r['blocks']} | {r['full_depth']} | "
+              f"{r['extrapolated_seconds'] / 60:.1f} min{extra} | {r['peak_gpu_bytes'] / 2**30:.2f} | "
+              f"{r['peak_cpu_bytes'] / 2**30:.2f} |")
+    print("JSON " + json.dumps(rows))
+    if not args.keep:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

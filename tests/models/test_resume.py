@@ -1,0 +1,205 @@
+"""Resumable, streamed and distributed ``pvq quantize``: a real run killed with SIGKILL in the middle of a
+block is started again with the same arguments, continues at the first unfinished block and writes the
+same checkpoint bytes as an uninterrupted run; a streamed run (one block at a time from safetensors
+shards) writes the same tensors and config.json as the in-memory run; other arguments are refused;
+two processes under torchrun (gloo, CPU) write the same tensors as one."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from pvq.cli import main
+from pvq.models.reference import CALIB_TEXT, REFERENCE_DIR
+
+# Runs pvq's CLI and pauses (the test then sends SIGKILL) inside the n-th call of the solver.
+RUNNER = textwrap.dedent('''
+    import sys, time
+    import pvq.cli, pvq.models.driver as dr
+    n, args = int(sys.argv[1]), sys.argv[2:]
+    solve, calls = dr.quantize_linear, [0]
+    def quantize_linear(*a, **k):
+        calls[0] += 1
+        if calls[0] == n:
+            print("PAUSE", flush=True)
+            time.sleep(600)
+        return solve(*a, **k)
+    dr.quantize_linear = quantize_linear
+    sys.exit(pvq.cli.main(args))
+''')
+LAYERS_PER_BLOCK = 7
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A bf16 Llama of 3 blocks saved as several safetensors shards (with an index)."""
+    path = tmp_path_factory.mktemp("src")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=8192, hidden_size=64, intermediate_size=176, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(path, max_shard_size="300KB")
+    AutoTokenizer.from_pretrained(REFERENCE_DIR).save_pretrained(path)
+    assert len(list(path.glob("*.safetensors"))) > 1
+    return path
+
+
+def args_of(model_dir, out, *extra, bits=3):
+    return ["quantize", str(model_dir), "--bits", str(bits), "--dim", "8", "--samples", "4", "--seq-len", "16",
+            "--calib", str(CALIB_TEXT), "--output", str(out), "--batch-size", "2", "--json", *extra]
+
+
+def run(capsys, argv) -> dict:
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def files(path: Path) -> dict[str, bytes]:
+    """Every file of a checkpoint but the report (which holds timings)."""
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir()) if p.name != "quantize_report.json"}
+
+
+def tensors(path: Path) -> dict[str, bytes]:
+    out = {}
+    for f in sorted(path.glob("*.safetensors")):
+        out.update({k: (str(v.dtype), tuple(v.shape), v.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+                    for k, v in load_file(str(f)).items()})
+    return out
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(model_dir, tmp_path_factory):
+    """Checkpoints of uninterrupted runs, in memory and streamed."""
+    import contextlib
+    import io
+
+    outs = {}
+    for stream in (False, True):
+        out = tmp_path_factory.mktemp("ref") / "ck"
+        text = io.StringIO()
+        with contextlib.redirect_stdout(text):
+            assert main(args_of(model_dir, out, *(["--stream"] if stream else []))) == 0
+        outs[stream] = out
+        outs[stream, "summary"] = json.loads(text.getvalue().strip().splitlines()[-1])
+    return outs
+
+
+def test_streamed_equals_in_memory(model_dir, uninterrupted, capsys):
+    capsys.readouterr()
+    a, b = uninterrupted[False], uninterrupted[True]
+    ta, tb = tensors(a), tensors(b)
+    assert ta.keys() == tb.keys() and "lm_head.weight" in ta
+    assert all(ta[k] == tb[k] for k in ta)  # every tensor, byte for byte (bf16 kept weights, codes, scales)
+    assert (a / "config.json").read_bytes() == (b / "config.json").read_bytes()  # integrity record included
+    assert len(list(b.glob("*.safetensors"))) == 3 + 3  # one shard per block, one per outside tensor
+    # at most the embeddings (during the capture) or two float32 blocks (one read ahead) and the rotary tables
+    model = LlamaForCausalLM.from_pretrained(model_dir)
+    block = sum(p.numel() * 4 for p in model.model.layers[0].parameters())
+    capture = sum(t.numel() * 4 for t in [*model.model.embed_tokens.parameters(), *model.model.norm.parameters()])
+    buffers = sum(t.numel() * t.element_size() for t in model.buffers())
+    whole = sum(p.numel() * 4 for p in model.parameters())
+    peak = uninterrupted[True, "summary"]["resident_peak_bytes"]
+    assert capture <= peak <= max(capture, 2 * block) + buffers < whole / 2
+    assert uninterrupted[True, "summary"]["peak_cpu_bytes"] > 0
+
+
+def kill_during(tmp_path, n: int, argv) -> None:
+    script = tmp_path / "runner.py"
+    script.write_text(RUNNER)
+    proc = subprocess.Popen([sys.executable, str(script), str(n), *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("PAUSE"):
+                break
+        else:
+            pytest.fail(f"the run ended before the solver's call {n} (exit {proc.wait()})")
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.mark.slow  # two processes each (the killed one, then the resumed run in this one)
+@pytest.mark.parametrize("stream", [False, True], ids=["in-memory", "streamed"])
+def test_killed_run_resumes_to_the_same_bytes(model_dir, uninterrupted, tmp_path, capsys, stream):
+    out = tmp_path / "ck"
+    extra = ["--stream"] if stream else []
+    kill_during(tmp_path, LAYERS_PER_BLOCK + 3, args_of(model_dir, out, *extra))  # inside block 1
+    assert not out.exists()
+    work = [p.name for p in tmp_path.iterdir() if p.name.startswith(".ck.work-")]
+    assert len(work) == 1 and sorted(p.name for p in (tmp_path / work[0]).glob("block-*")) == [
+        "block-00000.json", "block-00000.safetensors"]
+    # other arguments: refused, naming the difference; the work is kept
+    assert main(args_of(model_dir, out, *extra, bits=4)) == 2
+    assert "config.bits: 3.0 -> 4.0" in capsys.readouterr().err
+    # the same arguments: block 0 is loaded, blocks 1 and 2 quantized; the same bytes
+    summary = run(capsys, args_of(model_dir, out, *extra))
+    assert summary["resumed_blocks"] == [0]
+    assert files(out) == files(uninterrupted[stream])
+    assert not any(p.name.startswith(".ck.") for p in tmp_path.iterdir())  # the work directory is gone
+
+
+def test_no_resume_discards_the_work(model_dir, tmp_path, capsys):
+    out = tmp_path / "ck"
+    kill_during(tmp_path, 2, args_of(model_dir, out))
+    summary = run(capsys, args_of(model_dir, out, "--no-resume", bits=4))
+    assert summary["resumed_blocks"] == [] and out.is_dir()
+    assert not any(p.name.startswith(".ck.") for p in tmp_path.iterdir())
+
+
+@pytest.mark.slow  # three processes: torchrun and two ranks
+def test_two_processes_under_torchrun_equal_one(model_dir, uninterrupted, tmp_path):
+    """Calibration batches split over 2 gloo ranks, Hessians added in rank order, linears solved on both
+    ranks and broadcast; streamed. The same tensors and config.json as the one-process run (the float64
+    Hessian sums associate differently, which here changes no code: see pvq/models/distributed.py)."""
+    out = tmp_path / "ck"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--master-port", str(29500 + os.getpid() % 1000), "-m", "pvq",
+                           *args_of(model_dir, out, "--stream", "--device", "cpu")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summaries = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(summaries) == 1 and summaries[0]["world_size"] == 2  # rank 0 reports
+    ref = uninterrupted[False]
+    assert tensors(out) == tensors(ref)
+    assert (out / "config.json").read_bytes() == (ref / "config.json").read_bytes()
+
+
+def test_streamed_equals_in_memory_gpt2(tiny_model, tmp_path, capsys):
+    """Tied embeddings (the LM head is stored once) and transformers' Conv1D linears, blocks at transformer.h."""
+    src = tmp_path / "gpt2"
+    tiny_model("gpt2", vocab_size=8192).to(torch.bfloat16).save_pretrained(src, max_shard_size="200KB")
+    AutoTokenizer.from_pretrained(REFERENCE_DIR).save_pretrained(src)
+    outs = [tmp_path / "memory", tmp_path / "streamed"]
+    for out, extra in zip(outs, ([], ["--stream"])):
+        run(capsys, args_of(src, out, "--method", "gptq", *extra))
+    ta, tb = tensors(outs[0]), tensors(outs[1])
+    assert ta.keys() == tb.keys() and "lm_head.weight" not in ta and all(ta[k] == tb[k] for k in ta)
+    assert (outs[0] / "config.json").read_bytes() == (outs[1] / "config.json").read_bytes()
+
+
+def test_stream_refuses_checkpoints_that_transformers_converts(tiny_model, tmp_path):
+    """Mixtral is saved under its legacy per-expert names; the skeleton's names are not in the shards."""
+    from pvq.errors import QuantizeError
+    from pvq.models.streaming import open_streamed
+
+    src = tmp_path / "mixtral"
+    tiny_model("mixtral").save_pretrained(src)
+    with pytest.raises(QuantizeError, match="quantize it without --stream"):
+        open_streamed(src)
+
+
+def test_stream_needs_an_output_and_a_safetensors_directory(tmp_path, capsys):
+    assert main(["quantize", str(tmp_path), "--stream", "--output", str(tmp_path / "o")]) == 2
+    assert "is not one (drop --stream)" in capsys.readouterr().err
+    assert main(["quantize", "--stream"]) == 2
+    assert "--stream needs --output" in capsys.readouterr().err
