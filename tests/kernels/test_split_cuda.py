@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pvq.codecs import make_codec
-from pvq.kernels import cuda_split, kernel_family
+from pvq.kernels import cuda_leaf, cuda_split, kernel_family
 from pvq.kernels.cuda_build import cuda_build_available
 from pvq.kernels.cuda_split import split_gemv_cuda
 from pvq.kernels.split_runtime import split_decode_reference, split_runtime
@@ -29,6 +29,7 @@ def test_source_ships_with_the_package():
 
 def test_family_is_chosen_only_where_the_kernel_compiles(monkeypatch):
     three, four = make_codec("pvq", 3.0, 8, group_size=16), make_codec("pvq", 4.0, 8, group_size=16)
+    monkeypatch.setattr(cuda_leaf, "cuda_build_available", lambda: False)  # the leaf-pair family comes first
     monkeypatch.setattr(cuda_split, "cuda_build_available", lambda: False)
     assert kernel_family(three).name == "pvq-split"
     monkeypatch.setattr(cuda_split, "cuda_build_available", lambda: True)
