@@ -75,10 +75,10 @@ def _module(name: str):
 
 
 KERNEL_FAMILIES = (
-    # up to 8 rows of D = 8 layers at <= 3.3 bits in the leaf-pair layout (transcoded at load: no division, no
-    # search; CUDA, compiled on first use): docs/kernels.md, session 8
+    # up to 16 rows (launches of up to 8) of D = 8 layers at <= 3.3 bits in the leaf-pair layout (transcoded at
+    # load: no division, no search; CUDA, compiled on first use): docs/kernels.md, session 8
     KernelFamily("pvq-leaf-cuda", cuda_leaf_supports, leaf_runtime, "cuda_leaf.leaf_gemv_cuda", "cuda_leaf.leaf_decode",
-                 fused_max_rows=8),
+                 fused_max_rows=16),
     # up to 8 rows of D = 8 layers at <= 3 bits with the decode tables in shared memory (CUDA, compiled on first
     # use; several rows of fp16/bf16 are decoded once for all)
     KernelFamily("pvq-split-cuda", cuda_split_supports, split_runtime, "cuda_split.split_gemv_cuda",

@@ -19,15 +19,17 @@ import torch
 from .cuda_build import CSRC, cuda_build_available, load_cuda_extension
 from .leaf_layout import LeafRuntime, leaf_decode_reference, leaf_layout_supports
 
-__all__ = ["LEAF_EIGHT_ROWS_MAX_IN_FEATURES", "LEAF_LAUNCH_ROWS", "LEAF_MAX_IN_FEATURES", "LEAF_MAX_ROWS",
+__all__ = ["LEAF_EIGHT_ROWS_MAX_IN_FEATURES", "LEAF_KERNEL_ROWS", "LEAF_LAUNCH_ROWS", "LEAF_MAX_IN_FEATURES", "LEAF_MAX_ROWS",
            "LEAF_ROWS_MAX_IN_FEATURES", "cuda_leaf_supports", "leaf_decode", "leaf_gemv_cuda"]
 
 _SOURCE = os.path.join(CSRC, "leaf8_gemv.cu")
 _LEVELS = (2, 4, 8, 16)
 _DECODE_CHUNK = 1 << 24  # weights decoded at a time (int64 temporaries)
 
-LEAF_MAX_ROWS = 8
-"""Input rows one call multiplies (more: the whole-layer decode and one matmul)."""
+LEAF_MAX_ROWS = 16
+"""Input rows one call multiplies (in launches of at most eight; more: the whole-layer decode and one matmul)."""
+LEAF_KERNEL_ROWS = 8
+"""Input rows one launch multiplies."""
 LEAF_MAX_IN_FEATURES = 32768
 """Widest input of one row (32 warps of four vectors a lane)."""
 LEAF_ROWS_MAX_IN_FEATURES = 16384
@@ -62,8 +64,9 @@ def leaf_decode(rt: LeafRuntime) -> torch.Tensor:
 
 
 def leaf_gemv_cuda(rt: LeafRuntime, x: torch.Tensor) -> torch.Tensor:
-    """``x @ Q'^T`` ``[B, out]`` in ``x``'s dtype for ``x: [B <= 8, in]`` on the layer's CUDA device (fp16,
-    bf16, or one row of fp32). Several 16-bit rows are decoded once for all; what the kernel does not take
+    """``x @ Q'^T`` ``[B, out]`` in ``x``'s dtype for ``x: [B <= 16, in]`` on the layer's CUDA device (fp16,
+    bf16, or one row of fp32). Several 16-bit rows are decoded once for up to eight (four for inputs past
+    8192) and multiplied by each, in as many launches as that takes; what the kernel does not take
     (wider inputs, several fp32 rows, no compiler) runs the whole-layer decode and one matmul."""
     if x.dim() != 2 or not 1 <= x.shape[0] <= LEAF_MAX_ROWS or x.shape[1] != rt.in_features or not x.is_cuda:
         raise ValueError(f"leaf_gemv_cuda takes x [B <= {LEAF_MAX_ROWS}, {rt.in_features}] on CUDA, got "
@@ -77,9 +80,10 @@ def leaf_gemv_cuda(rt: LeafRuntime, x: torch.Tensor) -> torch.Tensor:
     ext = _extension() if fits else None
     if ext is None:
         return (x.float() @ leaf_decode(rt).T).to(x.dtype)
-    if rows > LEAF_LAUNCH_ROWS and rt.in_features > LEAF_EIGHT_ROWS_MAX_IN_FEATURES:
-        return torch.cat([_launch(ext, rt, x[:LEAF_LAUNCH_ROWS]), _launch(ext, rt, x[LEAF_LAUNCH_ROWS:])])
-    return _launch(ext, rt, x)
+    step = LEAF_KERNEL_ROWS if rt.in_features <= LEAF_EIGHT_ROWS_MAX_IN_FEATURES else LEAF_LAUNCH_ROWS
+    if rows <= step:
+        return _launch(ext, rt, x)
+    return torch.cat([_launch(ext, rt, x[r:r + step]) for r in range(0, rows, step)])
 
 
 def _launch(ext, rt: LeafRuntime, x: torch.Tensor) -> torch.Tensor:
