@@ -6,13 +6,14 @@ split-order CUDA product (docs/kernels.md, session 8).
 
 Phases, each printed with its time: (1) compile both CUDA products; (2) check the leaf-pair product
 against its float32 reference on random valid codes of awkward sizes (1 to 16 rows, fp16 / bf16 / one
-fp32 row; the transcoded decode equal bit for bit to the split-order reference); (3) per shape and rate:
+fp32 row; the transcoded decodes equal bit for bit to the split-order reference), both layouts; (3) per shape and rate:
 random valid codes (no quantization: the kernels' speed does not depend on the weights), the
 transcoded layout and its memory against the stored bytes, then microseconds replayed from CUDA graphs
 (``triton.testing.do_bench_cudagraph``, median) for fp16 cuBLAS, torch's int4 kernel (group 128, bf16,
 as benchmarks/kernels.py), the split-order CUDA product (what the backend ran before: up to 8 rows
-fused, 16 through its whole-layer decode and cuBLAS) and the leaf-pair product (16 rows: two launches
-of 8); at 8 rows also the leaf-pair product as two launches of 4. A final table.
+fused, 16 through its whole-layer decode and cuBLAS), the leaf-pair product (``leaf``; 16 rows: two
+launches of 8; at 8 rows also as two launches of 4) and the row-interleaved leaf-pair product (``rows``: a
+lane an output row). A final table.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pvq.codecs import make_codec, quantize_grouped  # noqa: E402
 from pvq.codecs.pyramid_counts import pyramid_count  # noqa: E402
 from pvq.kernels import cuda_leaf, cuda_split  # noqa: E402
 from pvq.kernels.leaf_layout import _pack_rows, leaf_decode_reference, leaf_runtime_from_split  # noqa: E402
+from pvq.kernels.leaf_rows import leaf_rows_decode_reference, leaf_rows_from_split  # noqa: E402
 from pvq.kernels.split_runtime import split_decode_reference, split_runtime  # noqa: E402
 from pvq.models import QuantizedLinear  # noqa: E402
 
@@ -83,6 +85,10 @@ CHECKS = [(3.0, 16, 300, 4096), (3.0, 3, 37, 4104), (2.0, 4, 67, 8800), (2.5, 5,
           (3.0, 8, 5, 25600), (3.0, 16, 2003, 256), (2.0, 16, 129, 11008)]
 
 
+ROW_CHECKS = [(3.0, 300, 4096), (3.0, 37, 4224), (2.0, 67, 8832), (2.5, 1, 13056), (1.5, 5, 128),
+              (3.0, 2003, 256), (3.0, 5, 16384), (2.0, 129, 11008)]
+
+
 def check(device) -> int:
     """Leaf-pair product against the reference; returns the number of failures (printed)."""
     fails = 0
@@ -113,6 +119,29 @@ def check(device) -> int:
                           f"of the largest output (tolerance {tol})", flush=True)
         print(f"  {bits} bits G={group} {out_f}x{in_f}: decode == split reference: {same}; rows 1..16 x dtypes: "
               f"worst error {worst:.2f} of its tolerance", flush=True)
+    for bits, out_f, in_f in ROW_CHECKS:  # the row-interleaved layout (groups of 16 vectors)
+        srt = random_split_runtime(bits, 16, out_f, in_f, seed=out_f + in_f, device=device)
+        rt = leaf_rows_from_split(srt)
+        w = leaf_rows_decode_reference(rt)
+        same = torch.equal(w, split_decode_reference(srt))
+        fails += not same
+        worst = 0.0
+        for batch in (1, 2, 3, 4, 5, 8, 11, 16):
+            for dtype in (torch.float16, torch.bfloat16):
+                x = torch.randn(batch, in_f, device=device, generator=torch.Generator(device).manual_seed(batch))
+                x = x.to(dtype)
+                ref = x.float() @ w.T
+                got = cuda_leaf.leaf_rows_gemv_cuda(rt, x).float()
+                tol = {torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
+                err = ((got - ref).abs().max() / ref.abs().max().clamp(min=1e-30)).item()
+                ok = got.shape == ref.shape and torch.allclose(got, ref, rtol=tol, atol=tol * ref.abs().max().item())
+                worst = max(worst, err / tol)
+                if not ok:
+                    fails += 1
+                    print(f"  FAIL rows-layout {bits} bits {out_f}x{in_f} rows={batch} {dtype}: max err {err:.3g}",
+                          flush=True)
+        print(f"  rows-layout {bits} bits {out_f}x{in_f}: decode == split reference: {same}; rows 1..16 x dtypes: "
+              f"worst error {worst:.2f} of its tolerance", flush=True)
     return fails
 
 
@@ -130,24 +159,27 @@ def timings(shapes, batches, bit_list, device) -> list[tuple]:
             t = time.perf_counter()
             srt = random_split_runtime(bits, 16, out_f, in_f, seed=1, device=device)
             rt = leaf_runtime_from_split(srt)
+            rrt = leaf_rows_from_split(srt)
             torch.cuda.synchronize()
-            sb, lb = stored_bytes(srt), rt.code_bytes()
+            sb, lb, rb = stored_bytes(srt), rt.code_bytes(), rrt.code_bytes()
             phase(f"{out_f}x{in_f} {bits} bits: random codes + transcode {time.perf_counter() - t:.2f} s; codes "
                   f"stored {sb / 1e6:.2f} MB ({8 * sb / (out_f * in_f):.3f} b/w), leaf layout {lb / 1e6:.2f} MB "
-                  f"({8 * lb / (out_f * in_f):.3f} b/w, {lb / sb:.3f}x stored)")
-            rts[bits] = (srt, rt)
+                  f"({8 * lb / (out_f * in_f):.3f} b/w, {lb / sb:.3f}x stored), row-interleaved {rb / 1e6:.2f} MB "
+                  f"({8 * rb / (out_f * in_f):.3f} b/w, {rb / sb:.3f}x stored)")
+            rts[bits] = (srt, rt, rrt)
         for batch in batches:
             x = torch.randn(batch, in_f, device=device).half()
             row = {"fp16": bench(lambda: x @ w.T)}
             if int4 is not None:
                 xb = x.bfloat16()
                 row["int4"] = bench(lambda: int4[0](xb))
-            for bits, (srt, rt) in rts.items():
+            for bits, (srt, rt, rrt) in rts.items():
                 if batch <= cuda_split.CUDA_MAX_ROWS:
                     row[f"split{bits:g}"] = bench(lambda: cuda_split.split_gemv_cuda(srt, x))
                 else:
                     row[f"split{bits:g}"] = bench(lambda: x @ split_decode(srt).to(x.dtype).T)
                 row[f"leaf{bits:g}"] = bench(lambda: cuda_leaf.leaf_gemv_cuda(rt, x))
+                row[f"rows{bits:g}"] = bench(lambda: cuda_leaf.leaf_rows_gemv_cuda(rrt, x))
                 if batch == 8:
                     ext = cuda_leaf._extension()
                     row[f"leaf{bits:g}-2x4"] = bench(lambda: torch.cat([cuda_leaf._launch(ext, rt, x[:4]),
@@ -160,14 +192,14 @@ def timings(shapes, batches, bit_list, device) -> list[tuple]:
 
 
 def print_table(table, bit_list) -> None:
-    cols = ["fp16", "int4"] + [f"{m}{b:g}" for b in bit_list for m in ("split", "leaf")]
+    cols = ["fp16", "int4"] + [f"{m}{b:g}" for b in bit_list for m in ("split", "leaf", "rows")]
     print("\n| shape | batch | " + " | ".join(f"{c} us" for c in cols) + " | " +
-          " | ".join(f"leaf{b:g} x fp16 | leaf{b:g} x int4" for b in bit_list) + " |")
+          " | ".join(f"best{b:g} x fp16 | best{b:g} x int4" for b in bit_list) + " |")
     print("|---|---|" + "---|" * (len(cols) + 2 * len(bit_list)))
     for shape, batch, row in table:
         cells = [f"{row[c]:.1f}" if c in row else "-" for c in cols]
         for b in bit_list:
-            leaf = row[f"leaf{b:g}"]
+            leaf = min(row[f"leaf{b:g}"], row[f"rows{b:g}"])
             cells += [f"{row['fp16'] / leaf:.2f}", f"{row['int4'] / leaf:.2f}" if "int4" in row else "-"]
         print(f"| {shape} | {batch} | " + " | ".join(cells) + " |")
     extra = [(s, b, r) for s, b, r in table if any(k.endswith("-2x4") for k in r)]
@@ -182,6 +214,7 @@ def cpu_dry_run() -> None:
         srt = random_split_runtime(bits, 16, 5, 256, seed=0, device=dev)
         rt = leaf_runtime_from_split(srt)
         same = torch.equal(leaf_decode_reference(rt), split_decode_reference(srt))
+        same = same and torch.equal(leaf_rows_decode_reference(leaf_rows_from_split(srt)), split_decode_reference(srt))
         phase(f"cpu {bits} bits 5x256: decode == split reference: {same}; leaf layout {rt.code_bytes()} B against "
               f"{stored_bytes(srt)} B stored")
         assert same
@@ -201,10 +234,11 @@ def main() -> None:
     dev = torch.device("cuda")
     phase(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
     t = time.perf_counter()
-    with ThreadPoolExecutor(2) as pool:  # two nvcc processes at once (each about a minute)
-        built = list(pool.map(lambda f: f() is not None, (cuda_split._extension, cuda_leaf._extension)))
-    assert all(built), f"a CUDA product did not compile (split8_gemv.cu, leaf8_gemv.cu: {built})"
-    phase(f"split8_gemv.cu and leaf8_gemv.cu built in {time.perf_counter() - t:.1f} s")
+    with ThreadPoolExecutor(3) as pool:  # three nvcc processes at once (each about a minute)
+        built = list(pool.map(lambda f: f() is not None,
+                              (cuda_split._extension, cuda_leaf._extension, cuda_leaf._rows_extension)))
+    assert all(built), f"a CUDA product did not compile (split8_gemv.cu, leaf8_gemv.cu, leafrow8_gemv.cu: {built})"
+    phase(f"split8_gemv.cu, leaf8_gemv.cu and leafrow8_gemv.cu built in {time.perf_counter() - t:.1f} s")
     if not a.skip_check:
         fails = check(dev)
         phase(f"checks done: {fails} failures")

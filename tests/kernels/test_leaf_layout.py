@@ -119,7 +119,8 @@ def test_family_is_chosen_only_where_the_kernel_compiles(monkeypatch):
     assert kernel_family(three).name == "pvq-split"
     for module in (cuda_leaf, cuda_split):
         monkeypatch.setattr(module, "cuda_build_available", lambda: True)
-    assert kernel_family(three).name == "pvq-leaf-cuda"
+    assert kernel_family(three).name == "pvq-leaf-rows-cuda"
+    assert kernel_family(make_codec("pvq", 3.0, 8, group_size=8)).name == "pvq-leaf-cuda"  # groups of 16 only
     assert kernel_family(make_codec("pvq", 4.0, 8, group_size=16)).name == "pvq-split"
 
 
