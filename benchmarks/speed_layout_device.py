@@ -38,6 +38,7 @@ from pvq.kernels.split_runtime import split_decode_reference, split_runtime  # n
 from pvq.models import QuantizedLinear  # noqa: E402
 
 T0 = time.perf_counter()
+ROWS_BUILT = True  # leafrow8_gemv.cu compiled (else its checks and columns are left out)
 
 
 def phase(msg: str) -> None:
@@ -119,7 +120,7 @@ def check(device) -> int:
                           f"of the largest output (tolerance {tol})", flush=True)
         print(f"  {bits} bits G={group} {out_f}x{in_f}: decode == split reference: {same}; rows 1..16 x dtypes: "
               f"worst error {worst:.2f} of its tolerance", flush=True)
-    for bits, out_f, in_f in ROW_CHECKS:  # the row-interleaved layout (groups of 16 vectors)
+    for bits, out_f, in_f in ROW_CHECKS if ROWS_BUILT else []:  # the row-interleaved layout (groups of 16 vectors)
         srt = random_split_runtime(bits, 16, out_f, in_f, seed=out_f + in_f, device=device)
         rt = leaf_rows_from_split(srt)
         w = leaf_rows_decode_reference(rt)
@@ -179,7 +180,8 @@ def timings(shapes, batches, bit_list, device) -> list[tuple]:
                 else:
                     row[f"split{bits:g}"] = bench(lambda: x @ split_decode(srt).to(x.dtype).T)
                 row[f"leaf{bits:g}"] = bench(lambda: cuda_leaf.leaf_gemv_cuda(rt, x))
-                row[f"rows{bits:g}"] = bench(lambda: cuda_leaf.leaf_rows_gemv_cuda(rrt, x))
+                if ROWS_BUILT:
+                    row[f"rows{bits:g}"] = bench(lambda: cuda_leaf.leaf_rows_gemv_cuda(rrt, x))
                 if batch == 8:
                     ext = cuda_leaf._extension()
                     row[f"leaf{bits:g}-2x4"] = bench(lambda: torch.cat([cuda_leaf._launch(ext, rt, x[:4]),
@@ -199,7 +201,7 @@ def print_table(table, bit_list) -> None:
     for shape, batch, row in table:
         cells = [f"{row[c]:.1f}" if c in row else "-" for c in cols]
         for b in bit_list:
-            leaf = min(row[f"leaf{b:g}"], row[f"rows{b:g}"])
+            leaf = min(row[f"leaf{b:g}"], row.get(f"rows{b:g}", float("inf")))
             cells += [f"{row['fp16'] / leaf:.2f}", f"{row['int4'] / leaf:.2f}" if "int4" in row else "-"]
         print(f"| {shape} | {batch} | " + " | ".join(cells) + " |")
     extra = [(s, b, r) for s, b, r in table if any(k.endswith("-2x4") for k in r)]
@@ -237,8 +239,10 @@ def main() -> None:
     with ThreadPoolExecutor(3) as pool:  # three nvcc processes at once (each about a minute)
         built = list(pool.map(lambda f: f() is not None,
                               (cuda_split._extension, cuda_leaf._extension, cuda_leaf._rows_extension)))
-    assert all(built), f"a CUDA product did not compile (split8_gemv.cu, leaf8_gemv.cu, leafrow8_gemv.cu: {built})"
-    phase(f"split8_gemv.cu, leaf8_gemv.cu and leafrow8_gemv.cu built in {time.perf_counter() - t:.1f} s")
+    phase(f"split8_gemv.cu, leaf8_gemv.cu, leafrow8_gemv.cu built: {built} in {time.perf_counter() - t:.1f} s")
+    assert built[0] and built[1], "split8_gemv.cu or leaf8_gemv.cu did not compile"
+    global ROWS_BUILT
+    ROWS_BUILT = built[2]
     if not a.skip_check:
         fails = check(dev)
         phase(f"checks done: {fails} failures")
