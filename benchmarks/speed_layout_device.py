@@ -125,7 +125,10 @@ def check(device) -> int:
         rt = leaf_rows_from_split(srt)
         w = leaf_rows_decode_reference(rt)
         same = torch.equal(w, split_decode_reference(srt))
-        fails += not same
+        cuda_decode = torch.equal(cuda_leaf.leaf_rows_decode(rt), w)  # the whole-layer decode kernel, bit for bit
+        if not cuda_decode:
+            print(f"  FAIL rows-layout {bits} bits {out_f}x{in_f}: the CUDA whole-layer decode differs", flush=True)
+        fails += (not same) + (not cuda_decode)
         worst = 0.0
         for batch in (1, 2, 3, 4, 5, 8, 11, 16):
             for dtype in (torch.float16, torch.bfloat16):
@@ -182,6 +185,8 @@ def timings(shapes, batches, bit_list, device) -> list[tuple]:
                 row[f"leaf{bits:g}"] = bench(lambda: cuda_leaf.leaf_gemv_cuda(rt, x))
                 if ROWS_BUILT:
                     row[f"rows{bits:g}"] = bench(lambda: cuda_leaf.leaf_rows_gemv_cuda(rrt, x))
+                    if batch == batches[-1]:  # what the backend runs above 16 rows: decode + cuBLAS
+                        row[f"rows{bits:g}-decode"] = bench(lambda: cuda_leaf.leaf_rows_decode(rrt))
                 if batch == 8:
                     ext = cuda_leaf._extension()
                     row[f"leaf{bits:g}-2x4"] = bench(lambda: torch.cat([cuda_leaf._launch(ext, rt, x[:4]),
@@ -204,9 +209,10 @@ def print_table(table, bit_list) -> None:
             leaf = min(row[f"leaf{b:g}"], row.get(f"rows{b:g}", float("inf")))
             cells += [f"{row['fp16'] / leaf:.2f}", f"{row['int4'] / leaf:.2f}" if "int4" in row else "-"]
         print(f"| {shape} | {batch} | " + " | ".join(cells) + " |")
-    extra = [(s, b, r) for s, b, r in table if any(k.endswith("-2x4") for k in r)]
+    extra = [(s, b, r) for s, b, r in table if any(k.endswith(("-2x4", "-decode")) for k in r)]
     for shape, batch, row in extra:
-        print(f"# {shape} batch {batch}: " + ", ".join(f"{k} {v:.1f} us" for k, v in row.items() if "leaf" in k))
+        print(f"# {shape} batch {batch}: " + ", ".join(f"{k} {v:.1f} us" for k, v in row.items()
+                                                     if k.endswith(("-2x4", "-decode"))))
 
 
 def cpu_dry_run() -> None:

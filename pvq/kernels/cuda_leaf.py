@@ -119,7 +119,12 @@ def _rows_extension():
 
 
 def leaf_rows_decode(rt: LeafRowsRuntime) -> torch.Tensor:
-    """``Q'`` float32 ``[out, in]`` on the layer's device (the reference, in chunks of row groups)."""
+    """``Q'`` float32 ``[out, in]`` on the layer's device: the CUDA decode (a thread a vector, the reference's
+    operations) where it compiles, else the reference in chunks of row groups."""
+    ext = _rows_extension() if rt.words.is_cuda else None
+    if ext is not None:
+        return ext.leafrow8_decode(rt.words, rt.row_scales, rt.levels, rt.leaves, rt.inverse_norms, rt.out_features,
+                                   rt.in_features, rt.field_bits, rt.leaf_bits, rt.gain_bits)
     out = torch.empty(rt.out_features, rt.in_features, dtype=torch.float32, device=rt.words.device)
     step = max(32, _DECODE_CHUNK // rt.in_features // 32 * 32)
     for r0 in range(0, rt.out_features, step):

@@ -100,3 +100,10 @@ def test_float32_inputs_run_the_decode():
     rt = leaf_rows_from_split(code_runtime(3.0, 16, 40, 256, seed=4, device="cuda"))
     x = torch.randn(2, 256, device="cuda")
     torch.testing.assert_close(cuda_leaf.leaf_rows_gemv_cuda(rt, x), x @ leaf_rows_decode_reference(rt).T)
+
+
+@needs_cuda
+@pytest.mark.parametrize("bits, out_f, in_f", [(3.0, 37, 4224), (2.0, 67, 256), (1.5, 5, 128), (2.5, 33, 384)])
+def test_cuda_decode_is_bit_exact(bits, out_f, in_f):
+    rt = leaf_rows_from_split(code_runtime(bits, 16, out_f, in_f, seed=out_f, device="cuda"))
+    assert torch.equal(cuda_leaf.leaf_rows_decode(rt), leaf_rows_decode_reference(rt))

@@ -172,6 +172,42 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
   }
 }
 
+// Whole-layer decode Q' float32 [out, in] (what the backend multiplies by cuBLAS above 16 input rows): a thread a
+// vector, its field read with run-time offsets, the leaves gathered through L1, the reference's float32 operations
+// y * ((level * scale) * inverse_norm[|y|^2]) (bit for bit).
+__global__ void leafrow8_decode_kernel(const unsigned* __restrict__ words, const __half* __restrict__ scales,
+                                       const float* __restrict__ levels, const int* __restrict__ leaves,
+                                       const float* __restrict__ inv_norms, float* __restrict__ out, int out_features,
+                                       int vpr, int field_bits, int leaf_bits, int gain_bits) {
+  const long long v = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (v >= static_cast<long long>(out_features) * vpr) return;
+  const int row = static_cast<int>(v / vpr), col = static_cast<int>(v % vpr);
+  const int steps = vpr / kStep, w2 = field_bits / 2, lane = row % kRows;
+  const long long item = static_cast<long long>(row / kRows) * steps + col / kStep;
+  const int bit = (col % kStep) * field_bits;
+  const long long q = (item * w2 + (bit >> 5)) * kRows + lane;
+  const unsigned lo = words[q], hi = (bit & 31) + field_bits > 32 ? words[q + kRows] : 0u;
+  const unsigned f = __funnelshift_r(lo, hi, bit & 31);
+  const unsigned mask = (1u << leaf_bits) - 1u;
+  const int wa = __ldg(leaves + ((f >> gain_bits) & mask));
+  const int wb = __ldg(leaves + ((f >> (gain_bits + leaf_bits)) & mask));
+  const int n2 = __dp4a(wb, wb, __dp4a(wa, wa, 0));
+  const float scale = __half2float(scales[item * kRows + lane]);
+  const float mult = (levels[f & ((1u << gain_bits) - 1u)] * scale) * inv_norms[n2];
+  float4 a, b;
+  a.x = static_cast<float>(static_cast<signed char>(wa & 0xFF)) * mult;
+  a.y = static_cast<float>(static_cast<signed char>((wa >> 8) & 0xFF)) * mult;
+  a.z = static_cast<float>(static_cast<signed char>((wa >> 16) & 0xFF)) * mult;
+  a.w = static_cast<float>(static_cast<signed char>((wa >> 24) & 0xFF)) * mult;
+  b.x = static_cast<float>(static_cast<signed char>(wb & 0xFF)) * mult;
+  b.y = static_cast<float>(static_cast<signed char>((wb >> 8) & 0xFF)) * mult;
+  b.z = static_cast<float>(static_cast<signed char>((wb >> 16) & 0xFF)) * mult;
+  b.w = static_cast<float>(static_cast<signed char>((wb >> 24) & 0xFF)) * mult;
+  float4* o = reinterpret_cast<float4*>(out + v * 8);
+  o[0] = a;
+  o[1] = b;
+}
+
 [[maybe_unused]] int ceil_div(long long a, long long b) { return static_cast<int>((a + b - 1) / b); }
 
 #ifdef PVQ_KERNEL_ONLY
@@ -245,7 +281,27 @@ torch::Tensor leafrow8_gemv(torch::Tensor words, torch::Tensor scales, torch::Te
   return y;
 }
 
+// Q' float32 [out, in] of the layout (the reference's operations)
+torch::Tensor leafrow8_decode(torch::Tensor words, torch::Tensor scales, torch::Tensor levels, torch::Tensor leaves,
+                              torch::Tensor inv_norms, int64_t out_features, int64_t in_features, int64_t field_bits,
+                              int64_t leaf_bits, int64_t gain_bits) {
+  TORCH_CHECK(words.is_cuda() && in_features % (8 * kStep) == 0, "words on CUDA; in_features a multiple of 128");
+  const c10::cuda::CUDAGuard guard(words.device());
+  auto out = torch::empty({out_features, in_features}, words.options().dtype(torch::kFloat32));
+  const long long n = out_features * in_features / 8;
+  if (n == 0) return out;
+  leafrow8_decode_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, at::cuda::getCurrentCUDAStream()>>>(
+      reinterpret_cast<const unsigned*>(words.data_ptr<int32_t>()),
+      reinterpret_cast<const __half*>(scales.data_ptr<at::Half>()), levels.data_ptr<float>(),
+      leaves.data_ptr<int32_t>(), inv_norms.data_ptr<float>(), out.data_ptr<float>(), static_cast<int>(out_features),
+      static_cast<int>(in_features / 8), static_cast<int>(field_bits), static_cast<int>(leaf_bits),
+      static_cast<int>(gain_bits));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("leafrow8_gemv", &leafrow8_gemv, "row-interleaved leaf-pair PVQ product of 1 to 8 rows, D = 8");
+  m.def("leafrow8_decode", &leafrow8_decode, "row-interleaved leaf-pair PVQ layer decoded to float32, D = 8");
 }
 #endif
