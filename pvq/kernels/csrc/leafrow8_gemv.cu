@@ -81,23 +81,6 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
   float* s_levels = reinterpret_cast<float*>(s_leaf + 4 * ((n_leaves + 3) & ~3));
   float* s_part = s_levels + 16;  // [kWarps][kRows][B]
 
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int rg0 = blockIdx.x * groups_per_block;
-  const int rg1 = min(row_groups, rg0 + groups_per_block);
-  const bool works = warp < steps;
-  unsigned wn[W2] = {};
-  __half sn = __float2half(0.f);
-  auto load = [&](int rg, int s) {
-    const size_t item = static_cast<size_t>(rg) * steps + s;
-    const unsigned* p = words + item * W2 * kRows + lane;
-#pragma unroll
-    for (int w = 0; w < W2; ++w) wn[w] = __ldg(p + w * kRows);
-    sn = scales[item * kRows + lane];
-  };
-  // the first step's words in flight during the prologue (eight rows: after it, fewer live registers there)
-  constexpr bool kEarly = B < 8;
-  if (kEarly && works && rg0 < rg1) load(rg0, warp);
-
   const int n4 = n_leaves >> 2;
 #pragma unroll 4
   for (int i = threadIdx.x; i < n4; i += blockDim.x) {
@@ -117,9 +100,22 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
     for (int t = 0; t < 4; ++t) h[t] = __floats2half2_rn(xf[2 * t] * 0.0625f, xf[2 * t + 1] * 0.0625f);
     memcpy(&s_x[i], h, sizeof(uint4));
   }
-  if (!kEarly && works && rg0 < rg1) load(rg0, warp);
   __syncthreads();
 
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int rg0 = blockIdx.x * groups_per_block;
+  const int rg1 = min(row_groups, rg0 + groups_per_block);
+  const bool works = warp < steps;
+  unsigned wn[W2] = {};
+  __half sn = __float2half(0.f);
+  auto load = [&](int rg, int s) {
+    const size_t item = static_cast<size_t>(rg) * steps + s;
+    const unsigned* p = words + item * W2 * kRows + lane;
+#pragma unroll
+    for (int w = 0; w < W2; ++w) wn[w] = __ldg(p + w * kRows);
+    sn = scales[item * kRows + lane];
+  };
+  if (works && rg0 < rg1) load(rg0, warp);
   for (int rg = rg0; rg < rg1; ++rg) {
     float acc[B];
 #pragma unroll
