@@ -72,7 +72,6 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
   using Fd = Fields<LG, F>;
   constexpr int W2 = Fd::W2;
   constexpr int L = 1 << LG;
-  constexpr bool kScaleEach = B >= 8;
   // shared: x / 16 as [vector][row] uint4 (four half2), the leaves (biased), the levels, the partial sums
   extern __shared__ uint4 smem4[];
   const int vpr = steps * kStep;
@@ -145,9 +144,7 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
         n = __hfma2(a23, a23, n);
         n = __hfma2(b01, b01, n);
         n = __hfma2(b23, b23, n);
-        // eight rows: the scale in each vector's multiplier, the sums straight into acc (fewer live registers)
-        const float mult = (kScaleEach ? level * scale : level) *
-                           rsqrt_approx(__half2float(__hadd(__low2half(n), __high2half(n))));
+        const float mult = level * rsqrt_approx(__half2float(__hadd(__low2half(n), __high2half(n))));
 #pragma unroll
         for (int r = 0; r < B; ++r) {
           const uint4 xv = xs[j * B + r];
@@ -155,15 +152,12 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
           d = __hfma2(a23, u32_as_half2(xv.y), d);
           d = __hfma2(b01, u32_as_half2(xv.z), d);
           d = __hfma2(b23, u32_as_half2(xv.w), d);
-          float& sum = kScaleEach ? acc[r] : part[r];
-          sum = fmaf(__half2float(__hadd(__low2half(d), __high2half(d))), mult, sum);
+          part[r] = fmaf(__half2float(__hadd(__low2half(d), __high2half(d))), mult, part[r]);
         }
       };
       unrolled(one, std::make_integer_sequence<int, kStep>{});
-      if constexpr (!kScaleEach) {
 #pragma unroll
-        for (int r = 0; r < B; ++r) acc[r] = fmaf(part[r], scale, acc[r]);
-      }
+      for (int r = 0; r < B; ++r) acc[r] = fmaf(part[r], scale, acc[r]);
     }
 #pragma unroll
     for (int r = 0; r < B; ++r) s_part[(warp * kRows + lane) * B + r] = acc[r];
