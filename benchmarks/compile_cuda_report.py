@@ -69,7 +69,10 @@ def report(source: str, arch: int) -> None:
             usage.setdefault(name, {})["regs"] = int(m.group(1))
     parts = re.split(r"\n\s*Function : (\S+)", sass)
     for name, body in zip(parts[1::2], parts[2::2]):
-        args = re.search(r"kernelI(.*?)EEEv", name).group(1)
+        m = re.search(r"kernelI(.*?)EEEv", name)
+        if m is None:  # a kernel without instances (the whole-layer decode)
+            continue
+        args = m.group(1)
         dtype = "float" if args.startswith("f") else ("bf16" if "bfloat16" in args else "half")
         nums = [int(v) for v in re.findall(r"Li(\d+)E?", args)]
         loops = main_loops(body)
