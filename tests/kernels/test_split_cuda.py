@@ -198,3 +198,15 @@ def test_several_rows_the_kernel_does_not_take_run_the_decode():
         got = split_gemv_cuda(rt, x)
         assert got.shape == ref.shape
         torch.testing.assert_close(got.float(), ref, rtol=1e-2, atol=1e-2 * ref.abs().max().item())
+
+
+def test_eight_rows_of_tall_layers_take_two_launches(monkeypatch):
+    """28672 x 8192 at eight rows needed about 275 KB of shared memory for the partial sums (an H200 refused the
+    launch): the launcher's arithmetic routes it to two launches of four; 11008 x 4096 stays one launch."""
+    import types
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: types.SimpleNamespace(multi_processor_count=132))
+    rt = split_runtime(layer(make_codec("pvq", 3.0, 8, group_size=16), 3, 128, seed=0), "cpu")
+    x = torch.zeros(1, 1)
+    assert not cuda_split._eight_rows_fit(dataclasses.replace(rt, out_features=28672, in_features=8192), x)
+    assert cuda_split._eight_rows_fit(dataclasses.replace(rt, out_features=11008, in_features=4096), x)
