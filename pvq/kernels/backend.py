@@ -30,7 +30,10 @@ import torch
 from pvq.models.backends import Backend, register_backend
 
 from .availability import triton_runs_on
+from .cuda_leaf import cuda_leaf_rows_supports, cuda_leaf_supports
 from .cuda_split import cuda_split_supports
+from .leaf_layout import leaf_runtime
+from .leaf_rows import leaf_rows_runtime
 from .runtime import pyramid_runtime, pyramid_supports, table_runtime, table_supports
 from .split_runtime import split_runtime, split_runtime_supports
 
@@ -73,6 +76,14 @@ def _module(name: str):
 
 
 KERNEL_FAMILIES = (
+    # up to 16 rows of fp16/bf16 (launches of up to 8) of D = 8 layers with 16-vector scale groups at 1.5 to 3 bits
+    # in the row-interleaved leaf-pair layout: a lane a row, compile-time field shifts (docs/kernels.md, session 8)
+    KernelFamily("pvq-leaf-rows-cuda", cuda_leaf_rows_supports, leaf_rows_runtime, "cuda_leaf.leaf_rows_gemv_cuda",
+                 "cuda_leaf.leaf_rows_decode", fused_max_rows=16),
+    # up to 16 rows (launches of up to 8) of D = 8 layers at <= 3.3 bits in the leaf-pair layout (transcoded at
+    # load: no division, no search; CUDA, compiled on first use): docs/kernels.md, session 8
+    KernelFamily("pvq-leaf-cuda", cuda_leaf_supports, leaf_runtime, "cuda_leaf.leaf_gemv_cuda", "cuda_leaf.leaf_decode",
+                 fused_max_rows=16),
     # up to 8 rows of D = 8 layers at <= 3 bits with the decode tables in shared memory (CUDA, compiled on first
     # use; several rows of fp16/bf16 are decoded once for all)
     KernelFamily("pvq-split-cuda", cuda_split_supports, split_runtime, "cuda_split.split_gemv_cuda",

@@ -118,9 +118,29 @@ def split_gemv_cuda(rt: SplitRuntime, x: torch.Tensor) -> torch.Tensor:
         if rows == 1:
             return split_matmul(rt, x).to(x.dtype)
         return x @ split_decode(rt).to(x.dtype).T
-    if rows > CUDA_LAUNCH_ROWS and rt.in_features > CUDA_EIGHT_ROWS_MAX_IN_FEATURES:
+    if rows > CUDA_LAUNCH_ROWS and (rt.in_features > CUDA_EIGHT_ROWS_MAX_IN_FEATURES or not _eight_rows_fit(rt, x)):
         return torch.cat([_launch(ext, rt, x[:CUDA_LAUNCH_ROWS]), _launch(ext, rt, x[CUDA_LAUNCH_ROWS:])])
     return _launch(ext, rt, x)
+
+
+_SHARED_LIMIT = 227 * 1024  # dynamic shared memory a block may take on sm_80 / sm_90
+
+
+def _eight_rows_fit(rt: SplitRuntime, x: torch.Tensor) -> bool:
+    """Whether an eight-row launch's shared memory fits: the kernel's partial sums grow with the rows a block
+    owns (28672 x 8192 at eight rows needed about 275 KB and the launch failed with "invalid argument" on an
+    H200, docs/kernels.md session 8). The launcher's layout (split8_gemv.cu): one vector a lane, S warps a row,
+    32 / S row groups, a block per SM."""
+    vpr = rt.in_features // 8
+    warps = -(-vpr // 32)
+    groups = max(1, 32 // warps)
+    sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+    grid = max(1, min(sms, -(-rt.out_features // groups)))
+    rows_per_block = -(-rt.out_features // grid)
+    leaves, _ = shared_leaves(rt.pulses, str(rt.words.device))
+    tables = 4 * (leaves.numel() + 8 * (rt.pulses + 2)) + 4 * (_buckets32(rt.pulses, str(rt.words.device)).numel()
+                                                               + rt.inverse_norms.numel() + rt.num_levels + 4)
+    return tables + 4 * warps * rows_per_block * CUDA_MAX_ROWS <= _SHARED_LIMIT
 
 
 def _launch(ext, rt: SplitRuntime, x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pvq.codecs import make_codec
-from pvq.kernels import cuda_split, kernel_family
+from pvq.kernels import cuda_leaf, cuda_split, kernel_family
 from pvq.kernels.cuda_build import cuda_build_available
 from pvq.kernels.cuda_split import split_gemv_cuda
 from pvq.kernels.split_runtime import split_decode_reference, split_runtime
@@ -29,6 +29,7 @@ def test_source_ships_with_the_package():
 
 def test_family_is_chosen_only_where_the_kernel_compiles(monkeypatch):
     three, four = make_codec("pvq", 3.0, 8, group_size=16), make_codec("pvq", 4.0, 8, group_size=16)
+    monkeypatch.setattr(cuda_leaf, "cuda_build_available", lambda: False)  # the leaf-pair family comes first
     monkeypatch.setattr(cuda_split, "cuda_build_available", lambda: False)
     assert kernel_family(three).name == "pvq-split"
     monkeypatch.setattr(cuda_split, "cuda_build_available", lambda: True)
@@ -197,3 +198,15 @@ def test_several_rows_the_kernel_does_not_take_run_the_decode():
         got = split_gemv_cuda(rt, x)
         assert got.shape == ref.shape
         torch.testing.assert_close(got.float(), ref, rtol=1e-2, atol=1e-2 * ref.abs().max().item())
+
+
+def test_eight_rows_of_tall_layers_take_two_launches(monkeypatch):
+    """28672 x 8192 at eight rows needed about 275 KB of shared memory for the partial sums (an H200 refused the
+    launch): the launcher's arithmetic routes it to two launches of four; 11008 x 4096 stays one launch."""
+    import types
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: types.SimpleNamespace(multi_processor_count=132))
+    rt = split_runtime(layer(make_codec("pvq", 3.0, 8, group_size=16), 3, 128, seed=0), "cpu")
+    x = torch.zeros(1, 1)
+    assert not cuda_split._eight_rows_fit(dataclasses.replace(rt, out_features=28672, in_features=8192), x)
+    assert cuda_split._eight_rows_fit(dataclasses.replace(rt, out_features=11008, in_features=4096), x)

@@ -1,0 +1,263 @@
+"""The leaf-pair layout's CUDA product on one GPU: build, check, time against fp16, torch int4 and the
+split-order CUDA product (docs/kernels.md, session 8).
+
+    python benchmarks/speed_layout_device.py [--shapes 11008x4096,...] [--batches 1,2,4,8,16] [--bits 2,3]
+    python benchmarks/speed_layout_device.py --cpu   # the layout phases on a tiny layer, no kernels (CI machines)
+
+Phases, each printed with its time: (1) compile both CUDA products; (2) check the leaf-pair product
+against its float32 reference on random valid codes of awkward sizes (1 to 16 rows, fp16 / bf16 / one
+fp32 row; the transcoded decodes equal bit for bit to the split-order reference), both layouts; (3) per shape and rate:
+random valid codes (no quantization: the kernels' speed does not depend on the weights), the
+transcoded layout and its memory against the stored bytes, then microseconds replayed from CUDA graphs
+(``triton.testing.do_bench_cudagraph``, median) for fp16 cuBLAS, torch's int4 kernel (group 128, bf16,
+as benchmarks/kernels.py), the split-order CUDA product (what the backend ran before: up to 8 rows
+fused, 16 through its whole-layer decode and cuBLAS), the leaf-pair product (``leaf``; 16 rows: two
+launches of 8; at 8 rows also as two launches of 4) and the row-interleaved leaf-pair product (``rows``: a
+lane an output row). A final table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from pvq.codecs import make_codec, quantize_grouped  # noqa: E402
+from pvq.codecs.pyramid_counts import pyramid_count  # noqa: E402
+from pvq.kernels import cuda_leaf, cuda_split  # noqa: E402
+from pvq.kernels.leaf_layout import _pack_rows, leaf_decode_reference, leaf_runtime_from_split  # noqa: E402
+from pvq.kernels.leaf_rows import leaf_rows_decode_reference, leaf_rows_from_split  # noqa: E402
+from pvq.kernels.split_runtime import split_decode_reference, split_runtime  # noqa: E402
+from pvq.models import QuantizedLinear  # noqa: E402
+
+T0 = time.perf_counter()
+ROWS_BUILT = True  # leafrow8_gemv.cu compiled (else its checks and columns are left out)
+
+
+def phase(msg: str) -> None:
+    print(f"[{time.perf_counter() - T0:7.1f} s] {msg}", flush=True)
+
+
+def tiny_layer(bits: float, group: int, device) -> QuantizedLinear:
+    """A one-row layer of the codec (its runtime is the template the random layouts are made from)."""
+    codec = make_codec("pvq", bits, 8, group_size=group)
+    w = torch.randn(1, 8 * group, device=device) * 0.02
+    stored = quantize_grouped(codec, w.reshape(-1, 8)).stored.tensors
+    q = QuantizedLinear(8 * group, 1, {"name": codec.name, **codec.config()},
+                        {k: (tuple(v.shape), v.dtype) for k, v in stored.items()}, device=device)
+    for k, v in stored.items():
+        getattr(q, "scales" if k == "scale" else f"packed_{k}").copy_(v)
+    return q
+
+
+def random_split_runtime(bits: float, group: int, out_f: int, in_f: int, seed: int, device):
+    """A split-order runtime of ``[out_f, in_f]`` with uniformly random valid codes and scales in [0.5, 1.5)
+    (the stored layout of such a layer: a bitstream of ``code_bits`` per vector)."""
+    rt = split_runtime(tiny_layer(bits, group, device), device)
+    g = torch.Generator(device=device).manual_seed(seed)
+    n = out_f * in_f // 8
+    codes = torch.randint(0, pyramid_count(8, rt.pulses) * rt.num_levels, (n,), generator=g, device=device)
+    words = torch.zeros((n * rt.code_bits + 31) // 32 + 1, dtype=torch.int64, device=device)
+    _pack_rows(codes, n, rt.code_bits, words.numel(), 0, words)
+    words = torch.where(words >= 1 << 31, words - (1 << 32), words).to(torch.int32)[: (n * rt.code_bits + 31) // 32]
+    scales = (torch.rand(n // group, generator=g, device=device) + 0.5).half()
+    return dataclasses.replace(rt, out_features=out_f, in_features=in_f, words=words, scales=scales)
+
+
+def stored_bytes(srt) -> int:
+    """Bytes of the stored codes and scales (what the checkpoint holds for the layer)."""
+    return (srt.num_vectors * srt.code_bits + 7) // 8 + srt.scales.numel() * 2
+
+
+def bench(fn) -> float:
+    import triton.testing
+
+    return float(triton.testing.do_bench_cudagraph(fn, rep=60, return_mode="median")) * 1000.0
+
+
+CHECKS = [(3.0, 16, 300, 4096), (3.0, 3, 37, 4104), (2.0, 4, 67, 8800), (2.5, 5, 1, 13000), (1.5, 5, 5, 40),
+          (3.0, 8, 5, 25600), (3.0, 16, 2003, 256), (2.0, 16, 129, 11008)]
+
+
+ROW_CHECKS = [(3.0, 300, 4096), (3.0, 37, 4224), (2.0, 67, 8832), (2.5, 1, 13056), (1.5, 5, 128),
+              (3.0, 2003, 256), (3.0, 5, 16384), (2.0, 129, 11008)]
+
+
+def check(device) -> int:
+    """Leaf-pair product against the reference; returns the number of failures (printed)."""
+    fails = 0
+    for bits, group, out_f, in_f in CHECKS:
+        srt = random_split_runtime(bits, group, out_f, in_f, seed=out_f + in_f, device=device)
+        rt = leaf_runtime_from_split(srt)
+        w = leaf_decode_reference(rt)
+        same = torch.equal(w, split_decode_reference(srt))
+        fails += not same
+        worst = 0.0
+        for batch in (1, 2, 3, 4, 5, 8, 11, 16):
+            for dtype in (torch.float16, torch.bfloat16, torch.float32):
+                if dtype == torch.float32 and batch > 1:
+                    continue
+                if batch > 1 and in_f > cuda_leaf.LEAF_ROWS_MAX_IN_FEATURES:
+                    continue
+                x = torch.randn(batch, in_f, device=device, generator=torch.Generator(device).manual_seed(batch))
+                x = x.to(dtype)
+                ref = x.float() @ w.T
+                got = cuda_leaf.leaf_gemv_cuda(rt, x).float()
+                tol = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
+                err = ((got - ref).abs().max() / ref.abs().max().clamp(min=1e-30)).item()
+                ok = got.shape == ref.shape and torch.allclose(got, ref, rtol=tol, atol=tol * ref.abs().max().item())
+                worst = max(worst, err / tol)
+                if not ok:
+                    fails += 1
+                    print(f"  FAIL {bits} bits G={group} {out_f}x{in_f} rows={batch} {dtype}: max err {err:.3g} "
+                          f"of the largest output (tolerance {tol})", flush=True)
+        print(f"  {bits} bits G={group} {out_f}x{in_f}: decode == split reference: {same}; rows 1..16 x dtypes: "
+              f"worst error {worst:.2f} of its tolerance", flush=True)
+    for bits, out_f, in_f in ROW_CHECKS if ROWS_BUILT else []:  # the row-interleaved layout (groups of 16 vectors)
+        srt = random_split_runtime(bits, 16, out_f, in_f, seed=out_f + in_f, device=device)
+        rt = leaf_rows_from_split(srt)
+        w = leaf_rows_decode_reference(rt)
+        same = torch.equal(w, split_decode_reference(srt))
+        cuda_decode = torch.equal(cuda_leaf.leaf_rows_decode(rt), w)  # the whole-layer decode kernel, bit for bit
+        if not cuda_decode:
+            print(f"  FAIL rows-layout {bits} bits {out_f}x{in_f}: the CUDA whole-layer decode differs", flush=True)
+        fails += (not same) + (not cuda_decode)
+        worst = 0.0
+        for batch in (1, 2, 3, 4, 5, 8, 11, 16):
+            for dtype in (torch.float16, torch.bfloat16):
+                x = torch.randn(batch, in_f, device=device, generator=torch.Generator(device).manual_seed(batch))
+                x = x.to(dtype)
+                ref = x.float() @ w.T
+                got = cuda_leaf.leaf_rows_gemv_cuda(rt, x).float()
+                tol = {torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
+                err = ((got - ref).abs().max() / ref.abs().max().clamp(min=1e-30)).item()
+                ok = got.shape == ref.shape and torch.allclose(got, ref, rtol=tol, atol=tol * ref.abs().max().item())
+                worst = max(worst, err / tol)
+                if not ok:
+                    fails += 1
+                    print(f"  FAIL rows-layout {bits} bits {out_f}x{in_f} rows={batch} {dtype}: max err {err:.3g}",
+                          flush=True)
+        print(f"  rows-layout {bits} bits {out_f}x{in_f}: decode == split reference: {same}; rows 1..16 x dtypes: "
+              f"worst error {worst:.2f} of its tolerance", flush=True)
+    return fails
+
+
+def timings(shapes, batches, bit_list, device) -> list[tuple]:
+    from kernels import int4_setup
+
+    from pvq.kernels.triton_split import split_decode
+
+    table = []
+    for out_f, in_f in shapes:
+        w = (torch.randn(out_f, in_f, device=device) * 0.02).half()
+        int4 = int4_setup(w)
+        rts = {}
+        for bits in bit_list:
+            t = time.perf_counter()
+            srt = random_split_runtime(bits, 16, out_f, in_f, seed=1, device=device)
+            rt = leaf_runtime_from_split(srt)
+            rrt = leaf_rows_from_split(srt)
+            torch.cuda.synchronize()
+            sb, lb, rb = stored_bytes(srt), rt.code_bytes(), rrt.code_bytes()
+            phase(f"{out_f}x{in_f} {bits} bits: random codes + transcode {time.perf_counter() - t:.2f} s; codes "
+                  f"stored {sb / 1e6:.2f} MB ({8 * sb / (out_f * in_f):.3f} b/w), leaf layout {lb / 1e6:.2f} MB "
+                  f"({8 * lb / (out_f * in_f):.3f} b/w, {lb / sb:.3f}x stored), row-interleaved {rb / 1e6:.2f} MB "
+                  f"({8 * rb / (out_f * in_f):.3f} b/w, {rb / sb:.3f}x stored)")
+            rts[bits] = (srt, rt, rrt)
+        for batch in batches:
+            x = torch.randn(batch, in_f, device=device).half()
+            row = {"fp16": bench(lambda: x @ w.T)}
+            if int4 is not None:
+                xb = x.bfloat16()
+                row["int4"] = bench(lambda: int4[0](xb))
+            for bits, (srt, rt, rrt) in rts.items():
+                if batch <= cuda_split.CUDA_MAX_ROWS:
+                    row[f"split{bits:g}"] = bench(lambda: cuda_split.split_gemv_cuda(srt, x))
+                else:
+                    row[f"split{bits:g}"] = bench(lambda: x @ split_decode(srt).to(x.dtype).T)
+                row[f"leaf{bits:g}"] = bench(lambda: cuda_leaf.leaf_gemv_cuda(rt, x))
+                if ROWS_BUILT:
+                    row[f"rows{bits:g}"] = bench(lambda: cuda_leaf.leaf_rows_gemv_cuda(rrt, x))
+                    if batch == batches[-1]:  # what the backend runs above 16 rows: decode + cuBLAS
+                        row[f"rows{bits:g}-decode"] = bench(lambda: cuda_leaf.leaf_rows_decode(rrt))
+                if batch == 8:
+                    ext = cuda_leaf._extension()
+                    row[f"leaf{bits:g}-2x4"] = bench(lambda: torch.cat([cuda_leaf._launch(ext, rt, x[:4]),
+                                                                        cuda_leaf._launch(ext, rt, x[4:])]))
+            phase(f"{out_f}x{in_f} batch {batch}: " + ", ".join(f"{k} {v:.1f} us" for k, v in row.items()))
+            table.append((f"{out_f}x{in_f}", batch, row))
+        del rts, w
+        torch.cuda.empty_cache()
+    return table
+
+
+def print_table(table, bit_list) -> None:
+    cols = ["fp16", "int4"] + [f"{m}{b:g}" for b in bit_list for m in ("split", "leaf", "rows")]
+    print("\n| shape | batch | " + " | ".join(f"{c} us" for c in cols) + " | " +
+          " | ".join(f"best{b:g} x fp16 | best{b:g} x int4" for b in bit_list) + " |")
+    print("|---|---|" + "---|" * (len(cols) + 2 * len(bit_list)))
+    for shape, batch, row in table:
+        cells = [f"{row[c]:.1f}" if c in row else "-" for c in cols]
+        for b in bit_list:
+            leaf = min(row[f"leaf{b:g}"], row.get(f"rows{b:g}", float("inf")))
+            cells += [f"{row['fp16'] / leaf:.2f}", f"{row['int4'] / leaf:.2f}" if "int4" in row else "-"]
+        print(f"| {shape} | {batch} | " + " | ".join(cells) + " |")
+    extra = [(s, b, r) for s, b, r in table if any(k.endswith(("-2x4", "-decode")) for k in r)]
+    for shape, batch, row in extra:
+        print(f"# {shape} batch {batch}: " + ", ".join(f"{k} {v:.1f} us" for k, v in row.items()
+                                                     if k.endswith(("-2x4", "-decode"))))
+
+
+def cpu_dry_run() -> None:
+    """The layout phases on a tiny layer on the CPU (no kernels): random codes, transcoding, references."""
+    dev = torch.device("cpu")
+    for bits in (2.0, 3.0):
+        srt = random_split_runtime(bits, 16, 5, 256, seed=0, device=dev)
+        rt = leaf_runtime_from_split(srt)
+        same = torch.equal(leaf_decode_reference(rt), split_decode_reference(srt))
+        same = same and torch.equal(leaf_rows_decode_reference(leaf_rows_from_split(srt)), split_decode_reference(srt))
+        phase(f"cpu {bits} bits 5x256: decode == split reference: {same}; leaf layout {rt.code_bytes()} B against "
+              f"{stored_bytes(srt)} B stored")
+        assert same
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default="11008x4096,4096x4096,4096x11008,28672x8192")
+    p.add_argument("--batches", default="1,2,4,8,16")
+    p.add_argument("--bits", default="2,3")
+    p.add_argument("--skip-check", action="store_true")
+    p.add_argument("--cpu", action="store_true", help="the layout phases on a tiny layer on the CPU (no kernels)")
+    a = p.parse_args()
+    if a.cpu:
+        cpu_dry_run()
+        return
+    dev = torch.device("cuda")
+    phase(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
+    t = time.perf_counter()
+    with ThreadPoolExecutor(3) as pool:  # three nvcc processes at once (each about a minute)
+        built = list(pool.map(lambda f: f() is not None,
+                              (cuda_split._extension, cuda_leaf._extension, cuda_leaf._rows_extension)))
+    phase(f"split8_gemv.cu, leaf8_gemv.cu, leafrow8_gemv.cu built: {built} in {time.perf_counter() - t:.1f} s")
+    assert built[0] and built[1], "split8_gemv.cu or leaf8_gemv.cu did not compile"
+    global ROWS_BUILT
+    ROWS_BUILT = built[2]
+    if not a.skip_check:
+        fails = check(dev)
+        phase(f"checks done: {fails} failures")
+    shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
+    bit_list = [float(b) for b in a.bits.split(",")]
+    table = timings(shapes, [int(b) for b in a.batches.split(",")], bit_list, dev)
+    print_table(table, bit_list)
+    phase("done")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,307 @@
+// Product y = x @ Q'^T of a D = 8 PVQ layer in the row-interleaved leaf-pair layout (pvq/kernels/leaf_rows.py)
+// for one to eight rows of fp16 / bf16 input: lane l of a warp owns output row 32 rg + l.
+//
+// Layout: per row group rg (32 rows) and step s (16 vectors, one scale group) the 16 fields of F bits of a row
+// fill W2 = F / 2 words, stored word-major across the group's 32 rows (a warp's load of one word is 128
+// contiguous bytes), scales likewise. A field is gain | ga << LG | gb << (LG + A), ga and gb the rows of the two
+// halves in the table of the points of P(4, k <= K) (4 x int8 a word, biased by 128 in shared memory).
+//
+// Why: the vector-per-lane kernels (leaf8_gemv.cu, split8_gemv.cu) spend about a third of their instructions on
+// run-time word addresses and shifts, per-vector scale loads and the per-row reduction over the warp. Here F is a
+// template constant, so a step's 16 fields come from W2 coalesced loads with constant shifts; x / 16 sits in
+// shared memory as half2 (one broadcast 16-byte read per vector and input row); each lane's sum is its row's, so
+// no shuffles; the scale multiplies a step's sum once. One block of 32 warps per SM, persistent over a contiguous
+// range of row groups; the 32 warps split a row group's steps (warp w: steps w, w + 32, ...), the next step's
+// words loaded while this one decodes; the partial sums of a row group meet in shared memory, summed in warp order
+// (deterministic).
+//
+// Arithmetic as split8_gemv.cu (session 7): leaves made exact half2 by a byte permute, the vector's products and
+// squared norm in HFMA2, its sum then float32, 1 / |y| from the special-function unit; the weights are
+// y * level * scale / |y| (float32 sums, the 16 of x / 16 back at the end).
+
+#include "gemv8_common.cuh"
+#include <type_traits>
+#include <utility>
+#ifndef PVQ_KERNEL_ONLY
+#include <torch/extension.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#endif
+
+namespace {
+
+using namespace pvq8;
+
+constexpr int kRows = 32;   // output rows a warp owns
+constexpr int kStep = 16;   // vectors a step
+constexpr int kWarps = 32;  // warps a block
+
+template <int LG, int F>
+struct Fields {
+  static constexpr int A = (F - LG - (LG & 1)) / 2;  // leaf-row bits (F = LG + 2 A, rounded up to even)
+  static constexpr int W2 = F / 2;                   // words a step of 16 fields
+  static constexpr unsigned kMask4 = ((1u << A) - 1u) << 2;
+  static_assert(LG + 2 * A <= F && F <= 32 && F % 2 == 0, "fields of LG + 2 A bits, padded to an even F <= 32");
+
+  // field j (0..15) of a step's words, the bits above F left for the masks
+  template <int J>
+  static __device__ __forceinline__ unsigned field(const unsigned (&w)[W2]) {
+    constexpr int bit = J * F, q = bit >> 5, s = bit & 31;
+    if constexpr (s + F <= 32) return w[q] >> s;
+    else return __funnelshift_r(w[q], w[q + 1], s);
+  }
+  static __device__ __forceinline__ int a_byte(unsigned f) {
+    if constexpr (LG >= 2) return static_cast<int>((f >> (LG - 2)) & kMask4);
+    else return static_cast<int>((f << (2 - LG)) & kMask4);
+  }
+  static __device__ __forceinline__ int b_byte(unsigned f) { return static_cast<int>((f >> (LG + A - 2)) & kMask4); }
+};
+
+// fn(integral_constant<int, J>) for J = 0, 1, ... (compile-time field positions)
+template <typename Fn, int... J>
+__device__ __forceinline__ void unrolled(Fn& fn, std::integer_sequence<int, J...>) {
+  (fn(std::integral_constant<int, J>{}), ...);
+}
+
+template <typename T, int LG, int F, int B>
+__global__ void __launch_bounds__(kWarps * 32, 1)
+leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restrict__ scales,
+                     const float* __restrict__ levels, const int* __restrict__ leaves, int n_leaves,
+                     const T* __restrict__ x, T* __restrict__ y, int out_features, int steps, int row_groups,
+                     int groups_per_block, int batch) {
+  using Fd = Fields<LG, F>;
+  constexpr int W2 = Fd::W2;
+  constexpr int L = 1 << LG;
+  // shared: x / 16 as [vector][row] uint4 (four half2), the leaves (biased), the levels, the partial sums
+  extern __shared__ uint4 smem4[];
+  const int vpr = steps * kStep;
+  uint4* s_x = smem4;
+  char* s_leaf = reinterpret_cast<char*>(s_x + static_cast<size_t>(vpr) * B);
+  float* s_levels = reinterpret_cast<float*>(s_leaf + 4 * ((n_leaves + 3) & ~3));
+  float* s_part = s_levels + 16;  // [kWarps][kRows][B]
+
+  const int n4 = n_leaves >> 2;
+#pragma unroll 4
+  for (int i = threadIdx.x; i < n4; i += blockDim.x) {
+    int4 w = __ldg(reinterpret_cast<const int4*>(leaves) + i);
+    w.x ^= 0x80808080, w.y ^= 0x80808080, w.z ^= 0x80808080, w.w ^= 0x80808080;
+    reinterpret_cast<int4*>(s_leaf)[i] = w;
+  }
+  for (int i = (n4 << 2) + threadIdx.x; i < n_leaves; i += blockDim.x)
+    reinterpret_cast<int*>(s_leaf)[i] = leaves[i] ^ 0x80808080;
+  for (int i = threadIdx.x; i < L; i += blockDim.x) s_levels[i] = levels[i];
+  for (int i = threadIdx.x; i < vpr * B; i += blockDim.x) {
+    const int v = i / B, r = i % B;
+    float xf[8];
+    load8<T>(x + static_cast<size_t>(min(r, batch - 1)) * vpr * 8, v, r < batch, xf);
+    __half2 h[4];
+#pragma unroll
+    for (int t = 0; t < 4; ++t) h[t] = __floats2half2_rn(xf[2 * t] * 0.0625f, xf[2 * t + 1] * 0.0625f);
+    memcpy(&s_x[i], h, sizeof(uint4));
+  }
+  __syncthreads();
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int rg0 = blockIdx.x * groups_per_block;
+  const int rg1 = min(row_groups, rg0 + groups_per_block);
+  const bool works = warp < steps;
+  unsigned wn[W2] = {};
+  __half sn = __float2half(0.f);
+  auto load = [&](int rg, int s) {
+    const size_t item = static_cast<size_t>(rg) * steps + s;
+    const unsigned* p = words + item * W2 * kRows + lane;
+#pragma unroll
+    for (int w = 0; w < W2; ++w) wn[w] = __ldg(p + w * kRows);
+    sn = scales[item * kRows + lane];
+  };
+  if (works && rg0 < rg1) load(rg0, warp);
+  for (int rg = rg0; rg < rg1; ++rg) {
+    float acc[B];
+#pragma unroll
+    for (int r = 0; r < B; ++r) acc[r] = 0.f;
+    for (int s = warp; works && s < steps; s += kWarps) {
+      unsigned w[W2];
+#pragma unroll
+      for (int k = 0; k < W2; ++k) w[k] = wn[k];
+      const float scale = __half2float(sn);
+      const int ns = s + kWarps < steps ? s + kWarps : warp;
+      const int nrg = s + kWarps < steps ? rg : rg + 1;
+      if (nrg < rg1) load(nrg, ns);  // the next step's words, in flight while this one decodes
+      const uint4* xs = s_x + static_cast<size_t>(s) * kStep * B;
+      float part[B];
+#pragma unroll
+      for (int r = 0; r < B; ++r) part[r] = 0.f;
+      auto one = [&](auto jc) {
+        constexpr int j = decltype(jc)::value;
+        const unsigned f = Fd::template field<j>(w);
+        const unsigned wa = *reinterpret_cast<const unsigned*>(s_leaf + Fd::a_byte(f));
+        const unsigned wb = *reinterpret_cast<const unsigned*>(s_leaf + Fd::b_byte(f));
+        const float level = s_levels[f & (L - 1u)];
+        __half2 a01, a23, b01, b23;
+        leaf_halves(wa, a01, a23);
+        leaf_halves(wb, b01, b23);
+        __half2 n = __hmul2(a01, a01);
+        n = __hfma2(a23, a23, n);
+        n = __hfma2(b01, b01, n);
+        n = __hfma2(b23, b23, n);
+        const float mult = level * rsqrt_approx(__half2float(__hadd(__low2half(n), __high2half(n))));
+#pragma unroll
+        for (int r = 0; r < B; ++r) {
+          const uint4 xv = xs[j * B + r];
+          __half2 d = __hmul2(a01, u32_as_half2(xv.x));
+          d = __hfma2(a23, u32_as_half2(xv.y), d);
+          d = __hfma2(b01, u32_as_half2(xv.z), d);
+          d = __hfma2(b23, u32_as_half2(xv.w), d);
+          part[r] = fmaf(__half2float(__hadd(__low2half(d), __high2half(d))), mult, part[r]);
+        }
+      };
+      unrolled(one, std::make_integer_sequence<int, kStep>{});
+#pragma unroll
+      for (int r = 0; r < B; ++r) acc[r] = fmaf(part[r], scale, acc[r]);
+    }
+#pragma unroll
+    for (int r = 0; r < B; ++r) s_part[(warp * kRows + lane) * B + r] = acc[r];
+    __syncthreads();
+    for (int t = threadIdx.x; t < kRows * B; t += blockDim.x) {
+      float sum = 0.f;
+      for (int k = 0; k < kWarps; ++k) sum += s_part[k * kRows * B + t];
+      const int row = rg * kRows + t / B, r = t % B;
+      if (row < out_features && r < batch) y[static_cast<size_t>(r) * out_features + row] = pvq::from_float<T>(sum * 16.f);
+    }
+    __syncthreads();
+  }
+}
+
+// Whole-layer decode Q' float32 [out, in] (what the backend multiplies by cuBLAS above 16 input rows): a thread a
+// vector, its field read with run-time offsets, the leaves gathered through L1, the reference's float32 operations
+// y * ((level * scale) * inverse_norm[|y|^2]) (bit for bit).
+__global__ void leafrow8_decode_kernel(const unsigned* __restrict__ words, const __half* __restrict__ scales,
+                                       const float* __restrict__ levels, const int* __restrict__ leaves,
+                                       const float* __restrict__ inv_norms, float* __restrict__ out, int out_features,
+                                       int vpr, int field_bits, int leaf_bits, int gain_bits) {
+  const long long v = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (v >= static_cast<long long>(out_features) * vpr) return;
+  const int row = static_cast<int>(v / vpr), col = static_cast<int>(v % vpr);
+  const int steps = vpr / kStep, w2 = field_bits / 2, lane = row % kRows;
+  const long long item = static_cast<long long>(row / kRows) * steps + col / kStep;
+  const int bit = (col % kStep) * field_bits;
+  const long long q = (item * w2 + (bit >> 5)) * kRows + lane;
+  const unsigned lo = words[q], hi = (bit & 31) + field_bits > 32 ? words[q + kRows] : 0u;
+  const unsigned f = __funnelshift_r(lo, hi, bit & 31);
+  const unsigned mask = (1u << leaf_bits) - 1u;
+  const int wa = __ldg(leaves + ((f >> gain_bits) & mask));
+  const int wb = __ldg(leaves + ((f >> (gain_bits + leaf_bits)) & mask));
+  const int n2 = __dp4a(wb, wb, __dp4a(wa, wa, 0));
+  const float scale = __half2float(scales[item * kRows + lane]);
+  const float mult = (levels[f & ((1u << gain_bits) - 1u)] * scale) * inv_norms[n2];
+  float4 a, b;
+  a.x = static_cast<float>(static_cast<signed char>(wa & 0xFF)) * mult;
+  a.y = static_cast<float>(static_cast<signed char>((wa >> 8) & 0xFF)) * mult;
+  a.z = static_cast<float>(static_cast<signed char>((wa >> 16) & 0xFF)) * mult;
+  a.w = static_cast<float>(static_cast<signed char>((wa >> 24) & 0xFF)) * mult;
+  b.x = static_cast<float>(static_cast<signed char>(wb & 0xFF)) * mult;
+  b.y = static_cast<float>(static_cast<signed char>((wb >> 8) & 0xFF)) * mult;
+  b.z = static_cast<float>(static_cast<signed char>((wb >> 16) & 0xFF)) * mult;
+  b.w = static_cast<float>(static_cast<signed char>((wb >> 24) & 0xFF)) * mult;
+  float4* o = reinterpret_cast<float4*>(out + v * 8);
+  o[0] = a;
+  o[1] = b;
+}
+
+[[maybe_unused]] int ceil_div(long long a, long long b) { return static_cast<int>((a + b - 1) / b); }
+
+#ifdef PVQ_KERNEL_ONLY
+#define PVQ_INSTANTIATE(T, LG, F, B) template __global__ void leafrow8_gemv_kernel<T, LG, F, B>(                 \
+    const unsigned*, const __half*, const float*, const int*, int, const T*, T*, int, int, int, int, int);
+PVQ_INSTANTIATE(__half, 2, 30, 1)
+PVQ_INSTANTIATE(__half, 1, 22, 1)
+PVQ_INSTANTIATE(__half, 2, 30, 4)
+PVQ_INSTANTIATE(__half, 2, 30, 8)
+PVQ_INSTANTIATE(__nv_bfloat16, 2, 30, 1)
+#endif
+
+}  // namespace
+
+#ifndef PVQ_KERNEL_ONLY
+
+// y [B, out] (x's dtype) = x [B, in] @ Q'^T for 1, 2 to 4 or 5 to 8 rows of fp16 / bf16 (in launches of 1, 4 or 8
+// rows: pvq/kernels/cuda_leaf.py routes by the shared-memory sizes).
+torch::Tensor leafrow8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tensor levels, torch::Tensor leaves,
+                            torch::Tensor x, int64_t out_features, int64_t field_bits, int64_t gain_bits) {
+  TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= 8 && x.is_contiguous() &&
+              x.scalar_type() != torch::kFloat32, "x must be [B <= 8, in] fp16 or bf16, contiguous on CUDA");
+  const int batch = static_cast<int>(x.size(0));
+  const int rows_b = batch == 1 ? 1 : (batch > 4 ? 8 : 4);
+  TORCH_CHECK(x.size(1) % (8 * kStep) == 0, "in_features must be a multiple of 128");
+  const int steps = static_cast<int>(x.size(1) / (8 * kStep));
+  const int row_groups = ceil_div(out_features, kRows);
+  TORCH_CHECK(words.numel() == static_cast<int64_t>(row_groups) * steps * (field_bits / 2) * kRows &&
+              scales.numel() == static_cast<int64_t>(row_groups) * steps * kRows, "words / scales of another shape");
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto y = torch::empty({batch, out_features}, x.options());
+  const int n_leaves = static_cast<int>(leaves.numel());
+  const int L = static_cast<int>(levels.numel());
+  TORCH_CHECK(L == (1 << gain_bits) && L <= 16, "gain levels: 2^gain_bits <= 16");
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int grid = std::max(1, std::min(sms, row_groups));
+  const int groups_per_block = ceil_div(row_groups, grid);
+  const size_t smem = sizeof(uint4) * static_cast<size_t>(steps) * kStep * rows_b + 4 * ((n_leaves + 3) & ~3) +
+                      sizeof(float) * (16 + static_cast<size_t>(kWarps) * kRows * rows_b);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  bool launched = false;
+#define PVQ_LAUNCH(T, TL, LGG, FF, BB)                                                                           \
+  do {                                                                                                           \
+    auto kern = leafrow8_gemv_kernel<T, LGG, FF, BB>;                                                            \
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem))); \
+    kern<<<grid, kWarps * 32, smem, stream>>>(                                                                   \
+        reinterpret_cast<const unsigned*>(words.data_ptr<int32_t>()),                                           \
+        reinterpret_cast<const __half*>(scales.data_ptr<at::Half>()), levels.data_ptr<float>(),                  \
+        leaves.data_ptr<int32_t>(), n_leaves, reinterpret_cast<const T*>(x.data_ptr<TL>()),                      \
+        reinterpret_cast<T*>(y.data_ptr<TL>()), static_cast<int>(out_features), steps, row_groups,              \
+        groups_per_block, batch);                                                                                \
+    C10_CUDA_KERNEL_LAUNCH_CHECK();                                                                              \
+    launched = true;                                                                                             \
+  } while (0)
+#define PVQ_BY_ROWS(T, TL, LGG, FF)                                                                              \
+  if (rows_b == 1) PVQ_LAUNCH(T, TL, LGG, FF, 1);                                                                \
+  else if (rows_b == 4) PVQ_LAUNCH(T, TL, LGG, FF, 4);                                                           \
+  else PVQ_LAUNCH(T, TL, LGG, FF, 8);
+#define PVQ_BY_FIELDS(T, TL)                                                                                     \
+  if (gain_bits == 2 && field_bits == 30) { PVQ_BY_ROWS(T, TL, 2, 30) }                                          \
+  else if (gain_bits == 1 && field_bits == 22) { PVQ_BY_ROWS(T, TL, 1, 22) }                                     \
+  else if (gain_bits == 1 && field_bits == 26) { PVQ_BY_ROWS(T, TL, 1, 26) }                                     \
+  else if (gain_bits == 1 && field_bits == 18) { PVQ_BY_ROWS(T, TL, 1, 18) }
+  if (x.scalar_type() == torch::kHalf) {
+    PVQ_BY_FIELDS(__half, at::Half)
+  } else {
+    TORCH_CHECK(x.scalar_type() == torch::kBFloat16, "x must be float16 or bfloat16");
+    PVQ_BY_FIELDS(__nv_bfloat16, at::BFloat16)
+  }
+  TORCH_CHECK(launched, "no instance for fields of ", field_bits, " bits with ", gain_bits, " gain bits");
+  return y;
+}
+
+// Q' float32 [out, in] of the layout (the reference's operations)
+torch::Tensor leafrow8_decode(torch::Tensor words, torch::Tensor scales, torch::Tensor levels, torch::Tensor leaves,
+                              torch::Tensor inv_norms, int64_t out_features, int64_t in_features, int64_t field_bits,
+                              int64_t leaf_bits, int64_t gain_bits) {
+  TORCH_CHECK(words.is_cuda() && in_features % (8 * kStep) == 0, "words on CUDA; in_features a multiple of 128");
+  const c10::cuda::CUDAGuard guard(words.device());
+  auto out = torch::empty({out_features, in_features}, words.options().dtype(torch::kFloat32));
+  const long long n = out_features * in_features / 8;
+  if (n == 0) return out;
+  leafrow8_decode_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, at::cuda::getCurrentCUDAStream()>>>(
+      reinterpret_cast<const unsigned*>(words.data_ptr<int32_t>()),
+      reinterpret_cast<const __half*>(scales.data_ptr<at::Half>()), levels.data_ptr<float>(),
+      leaves.data_ptr<int32_t>(), inv_norms.data_ptr<float>(), out.data_ptr<float>(), static_cast<int>(out_features),
+      static_cast<int>(in_features / 8), static_cast<int>(field_bits), static_cast<int>(leaf_bits),
+      static_cast<int>(gain_bits));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("leafrow8_gemv", &leafrow8_gemv, "row-interleaved leaf-pair PVQ product of 1 to 8 rows, D = 8");
+  m.def("leafrow8_decode", &leafrow8_decode, "row-interleaved leaf-pair PVQ layer decoded to float32, D = 8");
+}
+#endif

@@ -1,0 +1,159 @@
+"""The product of one to eight input rows of D = 8 PVQ layers in the leaf-pair layout, as a CUDA kernel
+(optional: nvcc and ninja).
+
+:func:`leaf_gemv_cuda` computes ``x @ Q'^T`` from a :class:`~pvq.kernels.leaf_layout.LeafRuntime` (the
+codes transcoded at load: per vector the two P(4, k) leaf rows and the gain as bit fields, no division
+and no search), with the leaf table in shared memory and each warp's slice of x in registers, as the
+split-order kernel (:mod:`pvq.kernels.cuda_split`) does. Source: ``pvq/kernels/csrc/leaf8_gemv.cu``.
+Plain reference: :func:`~pvq.kernels.leaf_layout.leaf_decode_reference` (the same float32 weights). CI
+has no GPU: the kernel's tests run on CUDA machines only; the layout's are exact on the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+import torch
+
+from .cuda_build import CSRC, cuda_build_available, load_cuda_extension
+from .leaf_layout import LeafRuntime, leaf_decode_reference, leaf_layout_supports
+from .leaf_rows import LeafRowsRuntime, leaf_rows_decode_reference, leaf_rows_supports
+
+__all__ = ["LEAF_ROWS_SHARED_BYTES", "cuda_leaf_rows_supports", "leaf_rows_decode", "leaf_rows_gemv_cuda",
+           "LEAF_EIGHT_ROWS_MAX_IN_FEATURES", "LEAF_KERNEL_ROWS", "LEAF_LAUNCH_ROWS", "LEAF_MAX_IN_FEATURES", "LEAF_MAX_ROWS",
+           "LEAF_ROWS_MAX_IN_FEATURES", "cuda_leaf_supports", "leaf_decode", "leaf_gemv_cuda"]
+
+_SOURCE = os.path.join(CSRC, "leaf8_gemv.cu")
+_ROWS_SOURCE = os.path.join(CSRC, "leafrow8_gemv.cu")
+_ROWS_FIELDS = ((2, 30), (1, 22), (1, 26), (1, 18))  # (gain bits, F) the row-interleaved kernel is built for
+_LEVELS = (2, 4, 8, 16)
+_DECODE_CHUNK = 1 << 24  # weights decoded at a time (int64 temporaries)
+
+LEAF_MAX_ROWS = 16
+"""Input rows one call multiplies (in launches of at most eight; more: the whole-layer decode and one matmul)."""
+LEAF_KERNEL_ROWS = 8
+"""Input rows one launch multiplies."""
+LEAF_MAX_IN_FEATURES = 32768
+"""Widest input of one row (32 warps of four vectors a lane)."""
+LEAF_ROWS_MAX_IN_FEATURES = 16384
+"""Widest input of two to four rows (32 warps of two vectors a lane)."""
+LEAF_LAUNCH_ROWS = 4
+"""Rows a launch takes where eight do not fit its registers."""
+LEAF_EIGHT_ROWS_MAX_IN_FEATURES = 8192
+"""Widest input of an eight-row launch (one vector a lane)."""
+
+
+def cuda_leaf_supports(codec) -> bool:
+    """Whether this machine compiles the kernel and the codec's codes transcode to the leaf-pair layout."""
+    return leaf_layout_supports(codec) and codec.gain.num_levels in _LEVELS and cuda_build_available()
+
+
+@lru_cache(maxsize=None)
+def _extension():
+    """The compiled module, or None (with a warning, once per process) where the build fails."""
+    return load_cuda_extension("pvq_leaf8_gemv", _SOURCE,
+                               "leaf-pair layers multiply through their PyTorch decode instead")
+
+
+def leaf_decode(rt: LeafRuntime) -> torch.Tensor:
+    """``Q'`` float32 ``[out, in]`` on the layer's device, the reference's operations in chunks of rows
+    (what the backend runs above :data:`LEAF_MAX_ROWS` input rows, then one matmul)."""
+    out = torch.empty(rt.out_features, rt.in_features, dtype=torch.float32, device=rt.words.device)
+    step = max(1, _DECODE_CHUNK // rt.in_features)
+    for r0 in range(0, rt.out_features, step):
+        r1 = min(rt.out_features, r0 + step)
+        out[r0:r1] = leaf_decode_reference(rt, (r0, r1))
+    return out
+
+
+def leaf_gemv_cuda(rt: LeafRuntime, x: torch.Tensor) -> torch.Tensor:
+    """``x @ Q'^T`` ``[B, out]`` in ``x``'s dtype for ``x: [B <= 16, in]`` on the layer's CUDA device (fp16,
+    bf16, or one row of fp32). Several 16-bit rows are decoded once for up to eight (four for inputs past
+    8192) and multiplied by each, in as many launches as that takes; what the kernel does not take
+    (wider inputs, several fp32 rows, no compiler) runs the whole-layer decode and one matmul."""
+    if x.dim() != 2 or not 1 <= x.shape[0] <= LEAF_MAX_ROWS or x.shape[1] != rt.in_features or not x.is_cuda:
+        raise ValueError(f"leaf_gemv_cuda takes x [B <= {LEAF_MAX_ROWS}, {rt.in_features}] on CUDA, got "
+                         f"{tuple(x.shape)} on {x.device}")
+    if rt.num_levels not in _LEVELS:
+        raise ValueError(f"the leaf-pair kernel takes L in {_LEVELS}, got {rt.num_levels}")
+    rows = x.shape[0]
+    fits = rt.in_features <= LEAF_MAX_IN_FEATURES and rt.words.numel() < 1 << 31
+    if rows > 1:
+        fits = fits and x.dtype != torch.float32 and rt.in_features <= LEAF_ROWS_MAX_IN_FEATURES
+    ext = _extension() if fits else None
+    if ext is None:
+        return (x.float() @ leaf_decode(rt).T).to(x.dtype)
+    step = LEAF_KERNEL_ROWS if rt.in_features <= LEAF_EIGHT_ROWS_MAX_IN_FEATURES else LEAF_LAUNCH_ROWS
+    if rows <= step:
+        return _launch(ext, rt, x)
+    return torch.cat([_launch(ext, rt, x[r:r + step]) for r in range(0, rows, step)])
+
+
+def _launch(ext, rt: LeafRuntime, x: torch.Tensor) -> torch.Tensor:
+    return ext.leaf8_gemv(rt.words, rt.row_words, rt.scales, rt.levels, rt.leaves, rt.inverse_norms,
+                          x.contiguous(), rt.out_features, rt.field_bits, rt.leaf_bits, rt.group_size)
+
+
+# ---------------------------------------------------------------- the row-interleaved layout (leafrow8_gemv.cu)
+
+LEAF_ROWS_SHARED_BYTES = 220 * 1024
+"""Shared memory a launch of the row-interleaved kernel may take (x / 16 of its rows, the leaves, the partial
+sums; the device allows 227 KB): inputs too wide for eight rows take launches of four, then one."""
+
+
+def cuda_leaf_rows_supports(codec) -> bool:
+    """Whether this machine compiles the row-interleaved kernel and the codec's layers take its layout."""
+    from .leaf_rows import even_field_bits
+
+    if not leaf_rows_supports(codec) or codec.gain.num_levels not in _LEVELS:
+        return False
+    width, _, lg = even_field_bits(codec.pulses, codec.gain.num_levels)
+    return (lg, width) in _ROWS_FIELDS and cuda_build_available()
+
+
+@lru_cache(maxsize=None)
+def _rows_extension():
+    return load_cuda_extension("pvq_leafrow8_gemv", _ROWS_SOURCE,
+                               "row-interleaved leaf layers multiply through their PyTorch decode instead")
+
+
+def leaf_rows_decode(rt: LeafRowsRuntime) -> torch.Tensor:
+    """``Q'`` float32 ``[out, in]`` on the layer's device: the CUDA decode (a thread a vector, the reference's
+    operations) where it compiles, else the reference in chunks of row groups."""
+    ext = _rows_extension() if rt.words.is_cuda else None
+    if ext is not None:
+        return ext.leafrow8_decode(rt.words, rt.row_scales, rt.levels, rt.leaves, rt.inverse_norms, rt.out_features,
+                                   rt.in_features, rt.field_bits, rt.leaf_bits, rt.gain_bits)
+    out = torch.empty(rt.out_features, rt.in_features, dtype=torch.float32, device=rt.words.device)
+    step = max(32, _DECODE_CHUNK // rt.in_features // 32 * 32)
+    for r0 in range(0, rt.out_features, step):
+        r1 = min(rt.out_features, r0 + step)
+        out[r0:r1] = leaf_rows_decode_reference(rt, (r0, r1))
+    return out
+
+
+def _rows_launch_rows(rt: LeafRowsRuntime) -> int:
+    """The most input rows (8, 4 or 1) whose x / 16 fits one launch's shared memory beside the leaves."""
+    leaves = 4 * rt.leaves.numel() + 4 * 16
+    for rows in (8, 4, 1):
+        if rt.in_features * 2 * rows + leaves + 4 * 32 * 32 * rows <= LEAF_ROWS_SHARED_BYTES:
+            return rows
+    return 0
+
+
+def leaf_rows_gemv_cuda(rt: LeafRowsRuntime, x: torch.Tensor) -> torch.Tensor:
+    """``x @ Q'^T`` ``[B, out]`` in ``x``'s dtype for ``x: [B <= 16, in]`` (fp16 / bf16; on the layer's CUDA
+    device): launches of up to eight rows, each vector decoded once a launch. float32 inputs, inputs too wide
+    for shared memory or no compiler: the whole-layer decode and one matmul."""
+    if x.dim() != 2 or not 1 <= x.shape[0] <= LEAF_MAX_ROWS or x.shape[1] != rt.in_features or not x.is_cuda:
+        raise ValueError(f"leaf_rows_gemv_cuda takes x [B <= {LEAF_MAX_ROWS}, {rt.in_features}] on CUDA, got "
+                         f"{tuple(x.shape)} on {x.device}")
+    step = _rows_launch_rows(rt)
+    ext = _rows_extension() if x.dtype != torch.float32 and step else None
+    if ext is None:
+        return (x.float() @ leaf_rows_decode(rt).T).to(x.dtype)
+    x = x.contiguous()
+    parts = [ext.leafrow8_gemv(rt.words, rt.row_scales, rt.levels, rt.leaves, x[r:r + step], rt.out_features,
+                               rt.field_bits, rt.gain_bits) for r in range(0, x.shape[0], step)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)

@@ -1,0 +1,144 @@
+"""The leaf-pair layout interleaved by rows: one lane of a warp per output row, fields read without shifts
+known only at run time (D = 8, 16-vector scale groups).
+
+:mod:`pvq.kernels.leaf_layout` keeps per vector the two P(4, k) leaf rows and the gain as one field; its
+kernel gives each lane one vector of a row and reduces every row over the warp (shuffles per row) and reads
+each field with run-time word offsets and shifts. Here the same fields (padded to an even width F) are
+laid out so that **lane l of a warp owns output row 32 rg + l**: per row group rg (32 rows, the last padded
+with zero fields) and step s (16 vectors: one scale group), the 16 fields of each row fill ``W2 = F / 2``
+int32 words, stored word-major across the 32 rows (``words[((rg S + s) W2 + w) 32 + lane]``: a warp's
+load of word w is 128 contiguous bytes), and the scales likewise (``scales[(rg S + s) 32 + lane]``). A
+lane decodes its row's 16 vectors with compile-time shifts, multiplies them by x read from shared memory
+(one broadcast), and needs no reduction over the warp. Sizes: F = 30 at 3 bits (31 bits a vector with the
+scale, 1.29x the stored 24), F = 22 at 2 bits (23 against 16: 1.44x).
+
+The decoded weight is bit for bit :func:`~pvq.kernels.split_runtime.split_decode_reference`'s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pvq.errors import QuantizeError
+
+from .leaf_layout import _CHUNK, _codes, _fields, _leaf_coords, leaf_field_bits, leaf_layout_supports
+from .runtime import PvqLayerRuntime
+from .split_runtime import SplitRuntime, inverse_norms, shared_leaves, split_runtime
+
+__all__ = ["ROW_GROUP", "STEP_VECTORS", "LeafRowsRuntime", "leaf_rows_decode_reference", "leaf_rows_from_split",
+           "leaf_rows_runtime", "leaf_rows_supports"]
+
+ROW_GROUP = 32
+"""Output rows a warp owns (one a lane)."""
+STEP_VECTORS = 16
+"""Vectors a lane decodes per step (one scale group)."""
+
+
+def even_field_bits(pulses: int, num_levels: int) -> tuple[int, int, int]:
+    """(F, A, LG): the leaf-pair field padded to an even width (16 fields fill F / 2 words)."""
+    width, a_bits, lg = leaf_field_bits(pulses, num_levels)
+    return width + (width & 1), a_bits, lg
+
+
+def leaf_rows_supports(codec) -> bool:
+    """Whether a codec's layers take this layout: the leaf-pair layout's codecs with scale groups of 16
+    vectors and even fields of at most 32 bits."""
+    if not leaf_layout_supports(codec) or codec.group_size != STEP_VECTORS:
+        return False
+    return even_field_bits(codec.pulses, codec.gain.num_levels)[0] <= 32
+
+
+@dataclass
+class LeafRowsRuntime(PvqLayerRuntime):
+    """A D = 8 PVQ layer in the row-interleaved leaf-pair layout (module docstring); one device."""
+
+    words: torch.Tensor  # int32 [RG * S * W2 * 32]
+    row_scales: torch.Tensor  # fp16 [RG * S * 32]
+    steps: int  # S = in / 128
+    field_bits: int  # F (even)
+    leaf_bits: int  # A
+    gain_bits: int  # LG
+    leaves: torch.Tensor  # int32 [T]
+    inverse_norms: torch.Tensor  # float32 [K^2 + 1]
+
+    @property
+    def row_groups(self) -> int:
+        return -(-self.out_features // ROW_GROUP)
+
+    def code_bytes(self) -> int:
+        """Device bytes of the codes and scales (padded rows included)."""
+        return self.words.numel() * 4 + self.row_scales.numel() * 2
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.levels, self.counts, self.inverse_norms))
+
+
+def leaf_rows_from_split(srt: SplitRuntime) -> LeafRowsRuntime:
+    """Transcodes a D = 8 :class:`SplitRuntime` with 16-vector scale groups into this layout (its device)."""
+    width, a_bits, lg = even_field_bits(srt.pulses, srt.num_levels)
+    vpr = srt.in_features // 8
+    if srt.dim != 8 or srt.group_size != STEP_VECTORS or width > 32 or vpr % STEP_VECTORS:
+        raise QuantizeError(f"the row-interleaved leaf layout takes D = 8, groups of {STEP_VECTORS} vectors and "
+                            f"fields of at most 32 bits; got D={srt.dim}, G={srt.group_size}, F={width}")
+    steps, w2 = vpr // STEP_VECTORS, width // 2
+    rg = -(-srt.out_features // ROW_GROUP)
+    dev = srt.words.device
+    out = torch.zeros(rg * steps * w2 * ROW_GROUP, dtype=torch.int64, device=dev)
+    rows_chunk = max(ROW_GROUP, _CHUNK // max(vpr, 1) // ROW_GROUP * ROW_GROUP)
+    for r0 in range(0, srt.out_features, rows_chunk):
+        r1 = min(srt.out_features, r0 + rows_chunk)
+        f = _fields(_codes(srt.words, srt.code_bits, r0 * vpr, (r1 - r0) * vpr), srt.pulses, srt.num_levels,
+                    a_bits, lg)
+        v = torch.arange(f.numel(), dtype=torch.int64, device=dev)
+        row, col = v // vpr + r0, v % vpr
+        bit = (col % STEP_VECTORS) * width
+        base = ((row // ROW_GROUP) * steps + col // STEP_VECTORS) * w2
+        q = (base + (bit >> 5)) * ROW_GROUP + row % ROW_GROUP
+        s = bit & 31
+        out.index_add_(0, q, (f << s) & 0xFFFFFFFF)
+        spill = s + width > 32
+        out.index_add_(0, q[spill] + ROW_GROUP, f[spill] >> (32 - s[spill]))
+    words = torch.where(out >= 1 << 31, out - (1 << 32), out).to(torch.int32)
+    sc = torch.zeros(rg * ROW_GROUP, steps, dtype=torch.float16, device=dev)
+    sc[: srt.out_features] = srt.scales.reshape(srt.out_features, steps)
+    row_scales = sc.reshape(rg, ROW_GROUP, steps).transpose(1, 2).contiguous().reshape(-1)
+    leaves, _ = shared_leaves(srt.pulses, str(dev))
+    return LeafRowsRuntime(
+        out_features=srt.out_features, in_features=srt.in_features, dim=8, pulses=srt.pulses,
+        group_size=srt.group_size, num_levels=srt.num_levels, code_bits=srt.code_bits, scales=srt.scales,
+        levels=srt.levels, counts=srt.counts, words=words, row_scales=row_scales, steps=steps, field_bits=width,
+        leaf_bits=a_bits, gain_bits=lg, leaves=leaves, inverse_norms=inverse_norms(srt.pulses).to(dev))
+
+
+def leaf_rows_runtime(layer, device: torch.device | str | None = None) -> LeafRowsRuntime:
+    """The :class:`LeafRowsRuntime` of a split-order D = 8 PVQ layer with 16-vector scale groups."""
+    if not leaf_rows_supports(layer.codec):
+        raise QuantizeError(f"{layer.codec.describe()} does not transcode to the row-interleaved leaf layout "
+                            f"(split order, D = 8, groups of {STEP_VECTORS} vectors, fields of <= 32 bits)")
+    return leaf_rows_from_split(split_runtime(layer, device))
+
+
+def leaf_rows_decode_reference(rt: LeafRowsRuntime, rows: tuple[int, int] | None = None) -> torch.Tensor:
+    """``Q'`` float32 ``[out, in]`` (or its rows ``r0 .. r1``), every field read as the kernel reads it (a lane's
+    words of a step, a compile-time shift): ``y * ((level * scale) * inverse_norms[|y|^2])`` (the split
+    reference's operations)."""
+    vpr, w2, width = rt.in_features // 8, rt.field_bits // 2, rt.field_bits
+    dev = rt.words.device
+    r0, r1 = rows if rows is not None else (0, rt.out_features)
+    v = torch.arange(r0 * vpr, r1 * vpr, dtype=torch.int64, device=dev)
+    row, col = v // vpr, v % vpr
+    bit = (col % STEP_VECTORS) * width
+    step = (row // ROW_GROUP) * rt.steps + col // STEP_VECTORS
+    q = (step * w2 + (bit >> 5)) * ROW_GROUP + row % ROW_GROUP
+    words = rt.words.to(torch.int64) & 0xFFFFFFFF
+    hi = torch.where(bit % 32 + width > 32, words[(q + ROW_GROUP).clamp(max=words.numel() - 1)], 0)
+    f = ((words[q] | (hi << 32)) >> (bit & 31)) & ((1 << width) - 1)
+    mask = (1 << rt.leaf_bits) - 1
+    ga, gb = (f >> rt.gain_bits) & mask, (f >> (rt.gain_bits + rt.leaf_bits)) & mask
+    y = torch.cat([_leaf_coords(rt.leaves[ga]), _leaf_coords(rt.leaves[gb])], 1)
+    gain = f & ((1 << rt.gain_bits) - 1)
+    scale = rt.row_scales.to(torch.float32)[step * ROW_GROUP + row % ROW_GROUP]
+    mult = (rt.levels[gain] * scale) * rt.inverse_norms[(y * y).sum(1)]
+    return (y.to(torch.float32) * mult.unsqueeze(1)).reshape(r1 - r0, rt.in_features)

@@ -1,0 +1,109 @@
+"""The row-interleaved leaf-pair layout (a lane a row) and its CUDA product: the transcoding exactly on the CPU
+(every code of small K, random codes of every supported rate and shape, the reader of the kernel's words), the
+kernel against the reference on CUDA machines with nvcc and ninja.
+"""
+
+from importlib.resources import files
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pvq.codecs import make_codec
+from pvq.codecs.pyramid_counts import pyramid_count
+from pvq.kernels import cuda_leaf
+from pvq.kernels.cuda_build import cuda_build_available
+from pvq.kernels.leaf_rows import (
+    even_field_bits,
+    leaf_rows_decode_reference,
+    leaf_rows_from_split,
+    leaf_rows_runtime,
+    leaf_rows_supports,
+)
+from pvq.kernels.split_runtime import split_decode_reference, split_runtime
+from quantized_layers import random_layer as layer
+from test_leaf_layout import code_runtime
+
+needs_cuda = pytest.mark.skipif(not cuda_build_available(), reason="needs a CUDA device, nvcc and ninja")
+
+
+@pytest.mark.parametrize("bits", [1.5, 2.0])
+def test_every_code_of_small_pulse_counts_decodes_as_the_split_reference(bits):
+    codec = make_codec("pvq", bits, 8, group_size=16)
+    total = pyramid_count(8, codec.pulses) * codec.gain.num_levels
+    srt = code_runtime(bits, 16, -(-total // 32), 256, codes=torch.arange(total))
+    rt = leaf_rows_from_split(srt)
+    assert torch.equal(leaf_rows_decode_reference(rt), split_decode_reference(srt))
+
+
+@settings(max_examples=20, deadline=None)
+@given(bits=st.sampled_from([1.5, 2.0, 2.5, 3.0]), out_f=st.integers(1, 70), steps=st.integers(1, 3),
+       seed=st.integers(0, 2**16))
+def test_random_codes_decode_bit_for_bit_as_the_split_reference(bits, out_f, steps, seed):
+    srt = code_runtime(bits, 16, out_f, 128 * steps, seed=seed)
+    rt = leaf_rows_from_split(srt)
+    ref = split_decode_reference(srt)
+    assert torch.equal(leaf_rows_decode_reference(rt), ref)
+    groups = -(-out_f // 32)
+    assert rt.words.numel() == groups * steps * (rt.field_bits // 2) * 32 and rt.row_scales.numel() == groups * steps * 32
+    if out_f > 32:  # row chunks (whole row groups) read as the whole
+        assert torch.equal(leaf_rows_decode_reference(rt, (32, out_f)), ref[32:])
+
+
+def test_field_widths_and_what_the_layout_takes():
+    assert [even_field_bits(*k) for k in ((11, 4), (5, 2), (8, 2), (3, 2))] == [(30, 14, 2), (22, 10, 1), (26, 12, 1),
+                                                                                 (18, 8, 1)]
+    assert leaf_rows_supports(make_codec("pvq", 3.0, 8, group_size=16))
+    assert not leaf_rows_supports(make_codec("pvq", 3.0, 8, group_size=8))
+    srt = code_runtime(3.0, 16, 64, 4096, seed=1)
+    stored = srt.words.numel() * 4 + srt.scales.numel() * 2
+    assert leaf_rows_from_split(srt).code_bytes() / stored <= 1.3
+
+
+def test_quantized_layer_transcodes_from_its_stored_codes():
+    q = layer(make_codec("pvq", 3.0, 8, group_size=16), 5, 256, seed=3)
+    assert torch.equal(leaf_rows_decode_reference(leaf_rows_runtime(q, "cpu")),
+                       split_decode_reference(split_runtime(q, "cpu")))
+
+
+def test_source_ships_with_the_package():
+    assert (files("pvq.kernels") / "csrc" / "leafrow8_gemv.cu").is_file()
+
+
+def test_refuses_inputs_off_the_gpu():
+    rt = leaf_rows_from_split(code_runtime(3.0, 16, 3, 128))
+    with pytest.raises(ValueError, match="on CUDA"):
+        cuda_leaf.leaf_rows_gemv_cuda(rt, torch.zeros(1, 128))
+
+
+SHAPES = [(3.0, 300, 4096), (3.0, 37, 4224), (2.0, 67, 8832), (2.5, 1, 13056), (1.5, 5, 128), (3.0, 2003, 256),
+          (3.0, 5, 16384)]
+
+
+@needs_cuda
+@pytest.mark.parametrize("bits, out_f, in_f", SHAPES)
+@pytest.mark.parametrize("batch", [1, 2, 4, 5, 8, 16])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_product_matches_the_reference(bits, out_f, in_f, batch, dtype):
+    rt = leaf_rows_from_split(code_runtime(bits, 16, out_f, in_f, seed=out_f + in_f, device="cuda"))
+    x = torch.randn(batch, in_f, generator=torch.Generator().manual_seed(in_f + batch)).to("cuda", dtype)
+    ref = x.float() @ leaf_rows_decode_reference(rt).T
+    got = cuda_leaf.leaf_rows_gemv_cuda(rt, x)
+    assert got.shape == (batch, out_f) and got.dtype == dtype
+    tol = {torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
+    torch.testing.assert_close(got.float(), ref, rtol=tol, atol=tol * ref.abs().max().item())
+
+
+@needs_cuda
+def test_float32_inputs_run_the_decode():
+    rt = leaf_rows_from_split(code_runtime(3.0, 16, 40, 256, seed=4, device="cuda"))
+    x = torch.randn(2, 256, device="cuda")
+    torch.testing.assert_close(cuda_leaf.leaf_rows_gemv_cuda(rt, x), x @ leaf_rows_decode_reference(rt).T)
+
+
+@needs_cuda
+@pytest.mark.parametrize("bits, out_f, in_f", [(3.0, 37, 4224), (2.0, 67, 256), (1.5, 5, 128), (2.5, 33, 384)])
+def test_cuda_decode_is_bit_exact(bits, out_f, in_f):
+    rt = leaf_rows_from_split(code_runtime(bits, 16, out_f, in_f, seed=out_f, device="cuda"))
+    assert torch.equal(cuda_leaf.leaf_rows_decode(rt), leaf_rows_decode_reference(rt))
