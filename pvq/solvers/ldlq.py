@@ -110,9 +110,11 @@ class LayerResult:
 
 
 def proxy_loss(w: torch.Tensor, q: torch.Tensor, h: torch.Tensor) -> float:
-    """``tr((W - Q) H (W - Q)^T)`` in float64."""
+    """``tr((W - Q) H (W - Q)^T)`` in float64: row sums, then their exactly rounded total
+    (``math.fsum``), so the figure does not depend on the thread count (a whole-tensor
+    ``sum`` splits across threads)."""
     e = w.double() - q.double()
-    return float(((e @ h.double().to(e.device)) * e).sum())
+    return math.fsum(((e @ h.double().to(e.device)) * e).sum(1).tolist())
 
 
 # ------------------------------------------------------------------ checks

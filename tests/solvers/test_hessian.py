@@ -65,3 +65,32 @@ def test_not_positive_definite_says_what_to_do():
         damp(torch.zeros(3, 4))
     with pytest.raises(SolverError, match="NaN"):
         damp(torch.full((2, 2), float("inf")))
+
+
+@pytest.mark.parametrize("inputs", [16, 64, 384])
+def test_accumulator_same_bits_for_any_thread_count(inputs):
+    """A batch of many tokens gives the same float64 sum with 1, 2 and 4 threads (a single
+    ``x^T x`` over 4,096 tokens does not: the BLAS splits the tokens across threads)."""
+    x = torch.randn(2, 2048, inputs, generator=torch.Generator().manual_seed(inputs))
+    before = torch.get_num_threads()
+    sums = []
+    try:
+        for threads in (1, 2, 4):
+            torch.set_num_threads(threads)
+            acc = HessianAccumulator(inputs)
+            acc.add(x)
+            sums.append(acc.sum)
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(s, sums[0]) for s in sums[1:])
+
+
+def test_accumulator_chunked_batch_is_the_mean():
+    """A batch longer than a chunk still gives E[x x^T] over all of its tokens."""
+    from pvq.solvers.hessian import HESSIAN_CHUNK_TOKENS as c
+
+    x = torch.randn(2 * c + 37, 24, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    acc = HessianAccumulator(24)
+    acc.add(x)
+    assert acc.tokens == len(x)
+    torch.testing.assert_close(acc.hessian(), x.T @ x / len(x), rtol=1e-12, atol=1e-12)
