@@ -18,7 +18,6 @@ from pvq.kernels.split_runtime import (
     split_runtime,
     split_runtime_supports,
 )
-from pvq.kernels.split_lean import lean_supported
 from quantized_layers import random_layer as layer
 
 triton_split = pytest.importorskip("pvq.kernels.triton_split", reason="Triton is not installed")
@@ -57,10 +56,8 @@ def test_split_matmul_matches_the_reference(dim, bits, group, out_f, in_f, batch
     x = torch.randn(batch, in_f, generator=torch.Generator().manual_seed(batch)).to(DEVICE)
     ref = split_matmul_reference(rt, x)
     for split_k in (1, 3):
-        lean_too = batch == 1 and lean_supported(rt)
-        for lean in (False, True) if lean_too else (False,):  # the general kernel, and the lean one where it runs
-            got = triton_split.split_matmul(rt, x, block_o=16, nv=2, split_k=split_k, lean=lean)
-            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+        got = triton_split.split_matmul(rt, x, block_o=16, nv=2, split_k=split_k)
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_code_reader_handles_every_bit_offset():
