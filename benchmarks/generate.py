@@ -3,7 +3,8 @@ int4 kernel and pvq, every row through one harness (a static KV cache and a CUDA
 :mod:`pvq.eval.decoding`, what ``pvq generate --device cuda`` runs).
 
     python benchmarks/generate.py [--layers 32] [--methods fp16,int4,pvq4,pvq3,pvq2,e8-2] [--batch 1]
-                                  [--new-tokens 64] [--rotation layer|fused] [--eager] [--json FILE]
+                                  [--new-tokens 64] [--rotation layer|fused|layer,fused] [--eager] [--profile]
+                                  [--json FILE]
     python benchmarks/generate.py --device cpu --layers 2 --hidden 256 --intermediate 688 --vocab 512
     python benchmarks/generate.py --checkpoint DIR [--backends dense,triton]
 
@@ -25,8 +26,11 @@ A random-initialised Llama of LLaMA-2-7B's shapes (hidden 4096, MLP 11008, 32 he
 ``--rotation layer`` (default): every pvq linear rotates its input and output (two online
 randomized Hadamards). ``--rotation fused``: the plan that folds rotations into the model
 (QuaRot-style): only down_proj keeps an online rotation of its input; the folding itself is
-exact and costs nothing at run time, so random weights measure its speed. Needs a LayerRotation
-with one side (the rotation-plan change); without it down_proj keeps both sides, and the run says so.
+exact and costs nothing at run time, so random weights measure its speed (a LayerRotation with
+its output side None; where a checkout lacks that form, down_proj keeps both sides and the run says
+so). ``--rotation layer,fused``: a row per plan for each pvq method (the codes coded once).
+``--profile``: after each row, one eager decode step's GPU time by kernel, and the online rotations'
+(Hadamard kernels') share of it.
 
 Per row: tokens per second (all sequences; decode steps only, the prefill apart), ratio to fp16,
 peak GPU memory during generation, bytes of every tensor the model holds, bits per weight of the
@@ -204,8 +208,9 @@ def one_sided_rotations() -> bool:
         return False
 
 
-def to_quantized(model, method: str, dim: int, plan: str, device) -> float:
-    """Every block linear as a QuantizedLinear of ``method`` (ordinary constructor); bits per weight."""
+def to_quantized(model, method: str, dim: int, plan: str, device, coded: dict) -> float:
+    """Every block linear as a QuantizedLinear of ``method`` (ordinary constructor) with the rotations of
+    ``plan``; bits per weight. ``coded``: the coded weights per method, filled on first use."""
     from pvq.codecs import codec_to_config
     from pvq.models import QuantizedLinear
     from pvq.models.qlinear import buffer_name
@@ -214,8 +219,10 @@ def to_quantized(model, method: str, dim: int, plan: str, device) -> float:
         model.to(torch.float16)  # back from the int4 row's bf16 (before any codec tensor is installed)
     linears = block_linears(model)
     shapes = {(m.out_features, m.in_features) for _, _, m, _ in linears}
-    with phase(f"{method}: coding one random weight per shape {sorted(shapes)} on {device.type}"):
-        codec, stored = coded_shapes(method, shapes, dim, device)
+    if method not in coded:
+        with phase(f"{method}: coding one random weight per shape {sorted(shapes)} on {device.type}"):
+            coded[method] = coded_shapes(method, shapes, dim, device)
+    codec, stored = coded[method]
     one_sided = one_sided_rotations()
     if plan == "fused" and not one_sided:
         say("rotation fused: this checkout's LayerRotation has no one-sided form; down_proj keeps both sides")
@@ -324,11 +331,13 @@ def profile_step(model, batch: int, device, steps: int = 3, top: int = 10) -> li
             rows.append({"kernel": ev.key[:90], "us_per_step": us / steps, "calls_per_step": ev.count / steps})
     rows.sort(key=lambda r: -r["us_per_step"])
     total = sum(r["us_per_step"] for r in rows)
-    say(f"GPU time per eager decode step: {total:.0f} us (kernels: {len(rows)})")
+    rot = sum(r["us_per_step"] for r in rows if "hadamard" in r["kernel"].lower())
+    say(f"GPU time per eager decode step: {total:.0f} us (kernels: {len(rows)}), of it online rotations "
+        f"(Hadamard kernels): {rot:.0f} us")
     for r in rows[:top]:
         print(f"#   {r['us_per_step']:8.1f} us  {100 * r['us_per_step'] / total:5.1f}%  x{r['calls_per_step']:.0f}  "
               f"{r['kernel']}", flush=True)
-    return [{"total_us": total}] + rows[:top]
+    return [{"total_us": total, "rotation_us": rot}] + rows[:top]
 
 
 def table(rows: list[dict], title: str) -> None:
@@ -378,7 +387,8 @@ def main() -> None:
                    help=f"fp16 first, then any of int4, {', '.join(SETTINGS)} (in this order of work)")
     p.add_argument("--bits", default=None, help="shorthand: pvq rows at these bits, e.g. 3,2 (fp16 and int4 kept)")
     p.add_argument("--dim", type=int, default=8)
-    p.add_argument("--rotation", default="layer", choices=("layer", "fused"), help="online rotations of pvq layers")
+    p.add_argument("--rotation", default="layer", help="online rotations of the pvq layers: layer, fused, or both "
+                   "(layer,fused: a row per plan and method)")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--batch", type=int, default=1, help="sequences generated together")
     p.add_argument("--eager", action="store_true", help="also time eager steps over the static cache")
@@ -393,6 +403,9 @@ def main() -> None:
     bad = [m for m in methods if m not in ("fp16", "int4", *SETTINGS)]
     if bad or methods[0] != "fp16":
         p.error(f"--methods: fp16 first, then int4, {', '.join(SETTINGS)}; got {a.methods}")
+    plans = a.rotation.split(",")
+    if any(pl not in ("layer", "fused") for pl in plans):
+        p.error(f"--rotation takes layer, fused or layer,fused; got {a.rotation}")
     if a.profile and device.type != "cuda":
         p.error("--profile needs CUDA")
     say(f"device {torch.cuda.get_device_name(device) if device.type == 'cuda' else device}, torch {torch.__version__}")
@@ -405,8 +418,10 @@ def main() -> None:
     rows = []
     with phase(f"building a random Llama ({a.layers} blocks, hidden {a.hidden}, MLP {a.intermediate}) on {device.type}"):
         model = llama(a, device)
-    for method in methods:
-        with phase(f"row {method}"):
+    coded: dict = {}
+    for method, plan in [(m, p) for m in methods for p in (plans if m in SETTINGS else ("",))]:
+        label = f"{method} ({plan})" if plan else method
+        with phase(f"row {label}"):
             if method == "fp16":  # float32 off CUDA (CPU smoke runs)
                 bits = 16.0 if device.type == "cuda" else 32.0
             elif method == "int4":
@@ -414,16 +429,16 @@ def main() -> None:
                 with phase("int4: packing every block linear"):
                     bits = to_int4(model)
             else:
-                bits = to_quantized(model, method, a.dim, a.rotation, device)
+                bits = to_quantized(model, method, a.dim, plan, device, coded)
             r = measure(model, a, device)
-        rows.append({"method": method if method in ("fp16", "int4") else f"{method} ({a.rotation})", "bits": bits, **r})
+        rows.append({"method": label, "bits": bits, **r})
         print({k: v for k, v in rows[-1].items() if k != "profile"}, flush=True)
         if a.json:
             with open(a.json, "w") as f:
                 json.dump({"device": str(device), "layers": a.layers, "batch": a.batch, "rows": rows}, f, indent=1)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     table(rows, f"{name}, {a.layers} blocks, {a.new_tokens} new tokens, batch {a.batch}, static cache + "
-                f"{'CUDA graph' if device.type == 'cuda' else 'eager steps'}, rotation {a.rotation}")
+                f"{'CUDA graph' if device.type == 'cuda' else 'eager steps'}")
     say("done")
 
 

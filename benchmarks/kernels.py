@@ -59,8 +59,17 @@ def copy_bandwidth(device) -> float:
     return 2 * a.numel() / (us * 1e-6)
 
 
-def quantized_layer(name: str, out_f: int, in_f: int, device, seed: int = 0) -> QuantizedLinear:
-    """A QuantizedLinear of random Gaussian weights coded on ``device`` (rows in chunks)."""
+LAYER_ROTATIONS = {  # --rotation: the online rotations a layer of shape (out, in) keeps under a rotation plan
+    "layer": lambda out_f, in_f: {"out_seed": 1, "in_seed": 2},  # both sides (U and V)
+    # fused (folded into the model): only down_proj, the one linear reading more inputs than it writes in a
+    # Llama block, keeps an input-side rotation; q/k/v/o and gate/up keep none
+    "fused": lambda out_f, in_f: {"out_seed": None, "in_seed": 2} if in_f > out_f else None,
+}
+
+
+def quantized_layer(name: str, out_f: int, in_f: int, device, seed: int = 0, rotation: str = "layer") -> QuantizedLinear:
+    """A QuantizedLinear of random Gaussian weights coded on ``device`` (rows in chunks), with the online
+    rotations of ``rotation`` (:data:`LAYER_ROTATIONS`)."""
     codec_name, bits, dim, group, options = SETTINGS[name]
     codec = make_codec(codec_name, bits, dim, group_size=group, **options)
     g = torch.Generator(device=device).manual_seed(seed)
@@ -75,7 +84,7 @@ def quantized_layer(name: str, out_f: int, in_f: int, device, seed: int = 0) -> 
     lin = torch.nn.Linear(in_f, out_f, bias=False, device="meta")
     q = QuantizedLinear(in_f, out_f, {"name": codec.name, **codec.config()},
                         {k: (tuple(v.shape), v.dtype) for k, v in stored.items()}, device=device,
-                        rotation={"out_seed": 1, "in_seed": 2})
+                        rotation=LAYER_ROTATIONS[rotation](out_f, in_f))
     for k, v in stored.items():
         getattr(q, "scales" if k == "scale" else f"packed_{k}").copy_(v)
     del lin
@@ -143,7 +152,7 @@ def _one_row_variants(rt, x) -> list:
     return out
 
 
-def run(shapes, batches, methods, out_json=None, graphs: bool = False) -> list[dict]:
+def run(shapes, batches, methods, out_json=None, graphs: bool = False, rotation: str = "layer") -> list[dict]:
     dev = torch.device("cuda")
 
     def timed(fn):
@@ -163,7 +172,7 @@ def run(shapes, batches, methods, out_json=None, graphs: bool = False) -> list[d
 
     for out_f, in_f in shapes:
         w = (torch.randn(out_f, in_f, device=dev) * 0.02).half()
-        layers = {name: quantized_layer(name, out_f, in_f, dev) for name in methods}
+        layers = {name: quantized_layer(name, out_f, in_f, dev, rotation=rotation) for name in methods}
         kern = {n: kernels_of(q) for n, q in layers.items()}
         int4 = int4_setup(w)
         gl = {b: gemlite_setup(w, b) for b in (4, 2)}
@@ -196,7 +205,7 @@ def run(shapes, batches, methods, out_json=None, graphs: bool = False) -> list[d
                 with torch.no_grad():
                     layer = timed(lambda: q(x))  # the whole layer through the triton backend
                 stored = q.stored_bits() / 8
-                emit({**base, "method": name, "bits": q.bits_per_weight(), "us": us, "x_fp16": fp16 / us,
+                emit({**base, "method": name, "rotation": rotation, "bits": q.bits_per_weight(), "us": us, "x_fp16": fp16 / us,
                       "us_layer": layer, "x_fp16_layer": fp16 / layer, "floor_frac": (stored / bw * 1e6) / us})
                 if batch == 1 and mm.__name__ in ("split_matmul", "split_gemv_cuda") and lean_supported(rt):
                     for tag, fn in _one_row_variants(rt, x):  # every one-row kernel of the layer, side by side
@@ -257,6 +266,9 @@ def main() -> None:
     p.add_argument("--json", default=None)
     p.add_argument("--sweep", action="store_true", help="tile sizes of the split-order matmul on the first shape")
     p.add_argument("--graphs", action="store_true", help="time each call replayed from a CUDA graph")
+    p.add_argument("--rotation", default="layer", choices=tuple(LAYER_ROTATIONS),
+                   help="online rotations of the pvq layers (us_layer): layer (both sides) or fused (down_proj-shaped "
+                        "layers, in > out, keep the input side; others none)")
     a = p.parse_args()
     shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
     methods = a.methods.split(",")
@@ -264,7 +276,7 @@ def main() -> None:
     if a.sweep:
         sweep(shapes[0], [m for m in methods if SETTINGS[m][0] == "pvq" and not SETTINGS[m][4]], batches)
     else:
-        run(shapes, batches, methods, a.json, a.graphs)
+        run(shapes, batches, methods, a.json, a.graphs, a.rotation)
 
 
 if __name__ == "__main__":

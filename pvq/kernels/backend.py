@@ -150,6 +150,8 @@ def _rotate(layer, x: torch.Tensor, inverse: bool) -> torch.Tensor:
     if layer.rotation is None:
         return x
     rh = layer.rotation.u if inverse else layer.rotation.v
+    if rh is None:  # a one-sided rotation (the fused plan keeps only the input side)
+        return x
     rows = x.numel() // x.shape[-1]
     for kernel in ROTATION_KERNELS:
         if (x.is_cuda or not kernel.cuda_only) and _kernel(kernel.preferred)(rh, rows):

@@ -4,7 +4,9 @@ A :class:`LayerRotation` is described by the layer's sizes and two seeds
 (that is all a checkpoint stores); the randomized Hadamard transforms are
 rebuilt from them on first use. It applies the rotations to the weight and
 Hessian offline and to activations online, so a layer can run in rotated
-coordinates: ``y = U^T (W' (V x))``.
+coordinates: ``y = U^T (W' (V x))``. Either side may be absent (its seed
+None, the identity): under the ``fused`` rotation plan a layer keeps only the
+input side ``V`` (``W' = W V^T``, one online rotation of its input).
 """
 
 from __future__ import annotations
@@ -22,46 +24,59 @@ __all__ = ["LayerRotation"]
 
 @dataclass(frozen=True)
 class LayerRotation:
-    """``U`` (size ``out_features``, seed ``out_seed``) and ``V`` (``in_features``, ``in_seed``)."""
+    """``U`` (size ``out_features``, seed ``out_seed``) and ``V`` (``in_features``, ``in_seed``);
+    a side whose seed is None is the identity (at least one side is present)."""
 
     out_features: int
     in_features: int
-    out_seed: int
-    in_seed: int
+    out_seed: int | None
+    in_seed: int | None
     _transforms: list = field(default_factory=list, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         for name in ("out_features", "in_features", "out_seed", "in_seed"):
             v = getattr(self, name)
+            if v is None and name.endswith("seed"):
+                continue
             if not isinstance(v, int) or isinstance(v, bool) or (name.endswith("features") and v < 1):
                 raise TransformError(f"LayerRotation.{name} must be a {'positive ' if 'features' in name else ''}integer, got {v!r}")
+        if self.out_seed is None and self.in_seed is None:
+            raise TransformError("LayerRotation needs at least one side (out_seed or in_seed); use None for no rotation")
 
     @classmethod
     def from_seeds(cls, out_features: int, in_features: int, seeds: dict | None) -> LayerRotation | None:
-        """From a checkpoint's ``{"out_seed", "in_seed"}`` (None: no rotation)."""
+        """From a checkpoint's ``{"out_seed", "in_seed"}`` (None: no rotation; a seed None: that side absent)."""
         if seeds is None:
             return None
         try:
-            return cls(int(out_features), int(in_features), int(seeds["out_seed"]), int(seeds["in_seed"]))
+            return cls(int(out_features), int(in_features), *(None if seeds[k] is None else int(seeds[k])
+                                                               for k in ("out_seed", "in_seed")))
         except (KeyError, TypeError) as e:
-            raise TransformError(f"rotation must be {{'out_seed': int, 'in_seed': int}}, got {seeds!r}") from e
+            raise TransformError(f"rotation must be {{'out_seed': int | None, 'in_seed': int | None}}, got {seeds!r}") from e
 
-    def seeds(self) -> dict[str, int]:
+    def seeds(self) -> dict[str, int | None]:
         return {"out_seed": self.out_seed, "in_seed": self.in_seed}
 
     @property
-    def u(self) -> RandomizedHadamard:
+    def u(self) -> RandomizedHadamard | None:
+        """The output side (None: identity)."""
         return self._pair()[0]
 
     @property
-    def v(self) -> RandomizedHadamard:
+    def v(self) -> RandomizedHadamard | None:
+        """The input side (None: identity)."""
         return self._pair()[1]
 
-    def _pair(self) -> tuple[RandomizedHadamard, RandomizedHadamard]:
+    @property
+    def online_rotations(self) -> int:
+        """Rotations of activations per forward: one per present side."""
+        return (self.out_seed is not None) + (self.in_seed is not None)
+
+    def _pair(self) -> tuple[RandomizedHadamard | None, RandomizedHadamard | None]:
         if not self._transforms:
             self._transforms.extend([
-                RandomizedHadamard(self.out_features, self.out_seed),
-                RandomizedHadamard(self.in_features, self.in_seed),
+                None if self.out_seed is None else RandomizedHadamard(self.out_features, self.out_seed),
+                None if self.in_seed is None else RandomizedHadamard(self.in_features, self.in_seed),
             ])
         return self._transforms[0], self._transforms[1]
 
@@ -76,14 +91,16 @@ class LayerRotation:
 
     def rotate_hessian(self, h: torch.Tensor) -> torch.Tensor:
         """``V H V^T`` for a symmetric ``h: [in, in]`` (the Hessian of the rotated inputs ``V x``)."""
+        if self.v is None:
+            return h
         a = self.v.forward(h)  # H V^T
         return self.v.forward(a.T.contiguous()).T.contiguous()  # V (H V^T)
 
     # -- online
     def rotate_input(self, x: torch.Tensor) -> torch.Tensor:
         """``V x`` for activations ``x: [..., in]``."""
-        return self.v.forward(x)
+        return x if self.v is None else self.v.forward(x)
 
     def unrotate_output(self, y: torch.Tensor) -> torch.Tensor:
         """``U^T y'`` for rotated outputs ``y': [..., out]``."""
-        return self.u.inverse(y)
+        return y if self.u is None else self.u.inverse(y)
