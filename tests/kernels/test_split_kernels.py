@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pvq.codecs import make_codec
+from pvq.codecs.bigint import to_int64
 from pvq.codecs.pyramid_split import split_unrank
 from pvq.kernels import kernel_family
 from pvq.kernels.split_runtime import (
@@ -42,8 +43,15 @@ def test_split_decode_is_bit_exact(dim, bits, group, out_f, in_f):
     assert kernel_family(q.codec).name == "pvq-split"
     rt = split_runtime(q, DEVICE)
     cpu = split_runtime(q, "cpu")
-    # the reference reads the codec's own codes and points, on the kernels' device too (exact integers)
+    # the codes as Python integers from the stored bytes (no tensor shifts): what every reader must give
+    width, n = q.codec.code_bits, rt.num_vectors
+    stream = int.from_bytes(bytes(q.packed_codes.tolist()), "little")
+    truth = [(stream >> (i * width)) & ((1 << width) - 1) for i in range(n)]
+    for runtime in (cpu, rt):
+        assert split_codes_reference(runtime).cpu().tolist() == truth, f"codes read on {runtime.words.device}"
     codes = q.codes()
+    assert (to_int64(codes["index"]) * q.codec.gain.num_levels + codes["gain"]).tolist() == truth  # the codec's unpack
+    # the reference reads the codec's own codes and points, on the kernels' device too (exact integers)
     for runtime in (cpu, rt):
         points, gain = split_points_reference(runtime)
         assert torch.equal(gain.cpu(), codes["gain"])
