@@ -364,12 +364,16 @@ def main_checkpoint(a, device) -> None:
 
     with phase(f"loading {a.checkpoint}"):
         model = load_quantized(a.checkpoint, device=str(device), dtype=torch.float16).eval()
+    from pvq.models import QuantizedLinear
+
+    qs = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
+    bits = sum(q.stored_bits() for q in qs) / max(1, sum(q.in_features * q.out_features for q in qs))
     rows = []
     for name in a.backends.split(","):
         set_backend(model, name)
         with phase(f"backend {name}"):
             r = measure(model, a, device)
-        rows.append({"method": name, "bits": 0.0, **r})
+        rows.append({"method": name, "bits": bits, **r})
     table(rows, f"{a.checkpoint}, {a.new_tokens} new tokens, batch {a.batch}")
     if a.json:
         with open(a.json, "w") as f:
