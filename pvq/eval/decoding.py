@@ -160,7 +160,8 @@ class StaticDecoder:
         except Exception as e:  # noqa: BLE001 - any op that cannot be captured: run the same step eagerly
             self._graph, self._logits = None, None
             self.mode = f"static (graph capture failed: {type(e).__name__}: {str(e).splitlines()[0][:160]})"
-            torch.cuda.synchronize(self.device)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
         self.cache.reset()
         self.pos = 0
         self.setup_seconds += time.perf_counter() - t0

@@ -53,6 +53,21 @@ def test_tiny_model_rows_equal_the_eager_path(tiny_model, family):
     assert torch.equal(again.tokens, run.tokens)
 
 
+def test_a_failed_capture_falls_back_to_eager_steps_and_says_why(tiny_model, monkeypatch):
+    model = tiny_model("llama", seed=3).eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 6), generator=torch.Generator().manual_seed(4))
+    dec = StaticDecoder(model, batch=2, max_len=20)
+    dec.want_graph = True  # as on a CUDA device; the capture's first CUDA call fails here
+
+    def refuse(*_, **__):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(torch.cuda, "Stream", refuse)
+    run = decode(dec, ids, 8)
+    assert run.mode == "static (graph capture failed: RuntimeError: operation not permitted when stream is capturing)"
+    assert not dec.captured and torch.equal(run.tokens, _eager(model, ids, 8))
+
+
 def test_end_of_sequence_stops_rows_as_generate_does(tiny_model):
     model = tiny_model("llama", seed=3).eval()
     ids = torch.randint(0, model.config.vocab_size, (1, 5), generator=torch.Generator().manual_seed(2))
