@@ -341,10 +341,12 @@ def profile_step(model, batch: int, device, steps: int = 3, top: int = 10) -> li
 
 
 def table(rows: list[dict], title: str) -> None:
-    base = rows[0]
+    """The rows as markdown; ratios against the fp16 row (else the first row, named in the header)."""
+    base = next((r for r in rows if r["method"] == "fp16"), rows[0])
+    ref = "fp16" if base["method"] == "fp16" else base["method"]
     print(f"\n{title}\n")
-    print("| method | bits/weight (blocks) | tokens/s | x fp16 | peak GPU memory GB | model tensors GB | "
-          "x fp16 memory | mode | setup s |")
+    print(f"| method | bits/weight (blocks) | tokens/s | x {ref} | peak GPU memory GB | model tensors GB | "
+          f"x {ref} memory | mode | setup s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         peak = f"{r['peak_bytes'] / 1e9:.2f}" if r.get("peak_bytes") else "-"
@@ -388,7 +390,8 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=32)
     p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--methods", default="fp16,int4,pvq4,pvq3,pvq2,e8-2",
-                   help=f"fp16 first, then any of int4, {', '.join(SETTINGS)} (in this order of work)")
+                   help=f"any of fp16 (first where named: the rows replace the model's linears in turn), int4, "
+                        f"{', '.join(SETTINGS)}; ratios are against fp16, else the first row")
     p.add_argument("--bits", default=None, help="shorthand: pvq rows at these bits, e.g. 3,2 (fp16 and int4 kept)")
     p.add_argument("--dim", type=int, default=8)
     p.add_argument("--rotation", default="layer", help="online rotations of the pvq layers: layer, fused, or both "
@@ -405,8 +408,8 @@ def main() -> None:
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     methods = a.methods.split(",") if a.bits is None else ["fp16", "int4"] + [f"pvq{b}" for b in a.bits.split(",")]
     bad = [m for m in methods if m not in ("fp16", "int4", *SETTINGS)]
-    if bad or methods[0] != "fp16":
-        p.error(f"--methods: fp16 first, then int4, {', '.join(SETTINGS)}; got {a.methods}")
+    if bad or not methods or "fp16" in methods[1:]:
+        p.error(f"--methods: any of fp16 (first, where named), int4, {', '.join(SETTINGS)}; got {a.methods}")
     plans = a.rotation.split(",")
     if any(pl not in ("layer", "fused") for pl in plans):
         p.error(f"--rotation takes layer, fused or layer,fused; got {a.rotation}")
