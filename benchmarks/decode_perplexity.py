@@ -1,5 +1,5 @@
 """Perplexity of a pvq checkpoint through the decode path: tokens fed one a step through the KV cache,
-as ``model.generate`` runs (every linear layer sees ``rows`` input rows a call: the one-row and several-row
+as ``pvq generate`` runs (on CUDA a static cache and the decode step replayed from a CUDA graph; every linear layer sees ``rows`` input rows a call: the one-row and several-row
 products, not the whole-layer decode the 512-token windows of ``pvq eval`` take), per backend.
 
     python benchmarks/decode_perplexity.py CHECKPOINT [--backends dense,triton] [--rows 1,4]

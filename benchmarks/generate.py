@@ -1,246 +1,456 @@
-"""End to end on one GPU: generation speed (batch 1, or ``--batch`` sequences) and GPU memory of a
-7B-shaped Llama, fp16 against pvq.
+"""End to end on one GPU: tokens per second and GPU memory of a 7B-shaped Llama, fp16 against torch's
+int4 kernel and pvq, every row through one harness (a static KV cache and a CUDA-graph decode step:
+:mod:`pvq.eval.decoding`, what ``pvq generate --device cuda`` runs).
 
-    python benchmarks/generate.py [--layers 32] [--bits 2,3,4] [--dim 8] [--new-tokens 64] [--batch 1] [--json FILE]
-    python benchmarks/generate.py --checkpoint DIR [--backends dense,triton] [--new-tokens 64]
+    python benchmarks/generate.py [--layers 32] [--methods fp16,int4,pvq4,pvq3,pvq2,e8-2] [--batch 1]
+                                  [--new-tokens 64] [--rotation layer|fused|layer,fused] [--eager] [--profile]
+                                  [--json FILE]
+    python benchmarks/generate.py --device cpu --layers 2 --hidden 256 --intermediate 688 --vocab 512
+    python benchmarks/generate.py --checkpoint DIR [--backends dense,triton]
 
-A random-initialised Llama of LLaMA-2-7B's shapes (hidden 4096, MLP 11008, 32
-heads, vocabulary 32000; ``--layers`` blocks) in fp16 generates ``--new-tokens``
-tokens greedily after a 16-token prompt (``model.generate``, eager PyTorch;
-one warm-up generation first), and again with one decode step captured in a
-CUDA graph over a static KV cache (replays: launch gaps and host work gone). Then every
-linear layer of the blocks is replaced by a pvq ``QuantizedLinear`` holding
-random valid codes (uniform shape indices and gains; the speed of the kernels
-does not depend on which points are stored) at each ``--bits`` with vectors of
-``--dim`` (split index order), run by the ``triton`` backend, and the same is
-measured. Per row: tokens per second (generated tokens of all ``--batch`` sequences), the ratio to fp16, GPU memory
-(``torch.cuda.max_memory_allocated`` during generation, and the bytes of every
-tensor the model holds after it), and the layer bits per weight.
+A random-initialised Llama of LLaMA-2-7B's shapes (hidden 4096, MLP 11008, 32 heads, vocabulary
+32000; ``--layers`` blocks; smaller with ``--hidden/--intermediate/--heads/--vocab``) generates
+``--new-tokens`` tokens greedily after a 16-token prompt for ``--batch`` sequences, once per method:
 
-``--profile``: after each row, the GPU time of one eager decode step by kernel
-(``torch.profiler``), the ten largest: where a token's time goes.
+* ``fp16``: the model as built;
+* ``int4``: every block linear as torch's weight-only int4 kernel (``aten._weight_int4pack_mm``,
+  tinygemm, group 128, asymmetric; the model in bf16, which that kernel takes; on CPU its
+  dequantized reference);
+* ``pvqB`` (B = 2, 3, 4 bits, D = ``--dim``, split index order) and ``e8-2``: every block linear a
+  :class:`~pvq.models.QuantizedLinear` built by its ordinary constructor (codec config, stored
+  tensors, rotation seeds: what a checkpoint's loader builds), run by the backend the device
+  picks (``triton`` on CUDA). Its codes are real: one random Gaussian weight per distinct shape
+  coded by the codec on the device, copied into every block (the kernels' speed does not
+  depend on which points are stored; coding 224 layers would take minutes).
 
-``--checkpoint DIR``: a real pvq checkpoint (e.g. the reference model quantized by
-``pvq quantize``) instead of the random 7B shapes, measured the same way through each
-of ``--backends`` (fp16 row: the same checkpoint through the dense backend's cache is
-not fp16 weights, so the ratio is against the first backend named).
+``--rotation layer`` (default): every pvq linear rotates its input and output (two online
+randomized Hadamards). ``--rotation fused``: the plan that folds rotations into the model
+(QuaRot-style): only down_proj keeps an online rotation of its input; the folding itself is
+exact and costs nothing at run time, so random weights measure its speed (a LayerRotation with
+its output side None; where a checkout lacks that form, down_proj keeps both sides and the run says
+so). ``--rotation layer,fused``: a row per plan for each pvq method (the codes coded once).
+``--profile``: after each row, one eager decode step's GPU time by kernel, and the online rotations'
+(Hadamard kernels') share of it.
+
+Per row: tokens per second (all sequences; decode steps only, the prefill apart), ratio to fp16,
+peak GPU memory during generation, bytes of every tensor the model holds, bits per weight of the
+block linears, the decoder's mode (``cuda-graph``, or why it fell back to eager steps) and setup
+seconds (warm-up: kernel builds and compilation, graph capture). Every phase prints its time as it
+ends (flushed). On CUDA the kernels' CUDA sources are compiled first, in a phase of their own (nvcc,
+minutes on a fresh machine; cached after).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import sys
 import time
 
 import torch
 
-from pvq.codecs import make_codec, codec_to_config
-from pvq.codecs.packing import pack_bits
-from pvq.eval.runs import model_memory_bytes
-from pvq.models import QuantizedLinear
-from pvq.models.qlinear import buffer_name
+T0 = time.perf_counter()
 
 
-def llama_7b(layers: int):
+def say(msg: str) -> None:
+    print(f"[{time.perf_counter() - T0:7.1f} s] {msg}", flush=True)
+
+
+@contextlib.contextmanager
+def phase(name: str):
+    say(f"{name} ...")
+    t = time.perf_counter()
+    yield
+    say(f"{name}: {time.perf_counter() - t:.1f} s")
+
+
+# ---------------------------------------------------------------- models
+
+
+def llama(a, device):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=layers, num_attention_heads=32,
-                      num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096)
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(cfg).half().eval()
+    cfg = LlamaConfig(hidden_size=a.hidden, intermediate_size=a.intermediate, num_hidden_layers=a.layers,
+                      num_attention_heads=a.heads, num_key_value_heads=a.heads, vocab_size=a.vocab,
+                      max_position_embeddings=4096)
+    with torch.device(device):
+        model = LlamaForCausalLM(cfg).to(torch.float16 if device.type == "cuda" else torch.float32).eval()
     return model
 
 
-def random_quantized(lin_in: int, lin_out: int, bits: float, dim: int, seed: int) -> QuantizedLinear:
-    """A QuantizedLinear ``[out, in]`` on the GPU with random valid split-order PVQ codes."""
-    codec = make_codec("pvq", bits, dim, group_size=16)
-    n = lin_out * lin_in // dim
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    index = torch.randint(0, codec.num_shapes, (n,), generator=g, device="cuda", dtype=torch.int64)
-    gain = torch.randint(0, codec.gain.num_levels, (n,), generator=g, device="cuda", dtype=torch.int64)
-    codes = pack_bits(index * codec.gain.num_levels + gain, codec.code_bits)
-    scales = (0.02 * (dim * codec.group_size) ** 0.5 * (1 + 0.1 * torch.rand(n // codec.group_size, generator=g,
-                                                                             device="cuda"))).half()
-    stored = {"codes": codes, "scale": scales}
-    q = QuantizedLinear(lin_in, lin_out, codec_to_config(codec), {k: (tuple(v.shape), v.dtype) for k, v in stored.items()},
-                        rotation={"out_seed": seed, "in_seed": seed + 1}, device="cuda")
-    for k, v in stored.items():
-        getattr(q, buffer_name(k)).copy_(v)
-    return q
+def block_linears(model):
+    """(parent module, attribute, module, qualified name) of every linear inside the decoder blocks (plain,
+    int4 or quantized)."""
+    from pvq.models import QuantizedLinear
 
-
-def quantize_blocks(model, bits: float, dim: int) -> float:
-    """Replace every block linear (or the previous QuantizedLinear) by a random-code one; bits per weight."""
-    stored = weights = 0
+    out = []
     for i, block in enumerate(model.model.layers):
         for name, mod in list(block.named_modules()):
-            if isinstance(mod, (torch.nn.Linear, QuantizedLinear)):
-                parent = block.get_submodule(name.rsplit(".", 1)[0]) if "." in name else block
-                q = random_quantized(mod.in_features, mod.out_features, bits, dim, seed=1000 * i + len(name))
-                setattr(parent, name.rsplit(".", 1)[-1], q)
-                del mod
-                stored += q.stored_bits()
-                weights += q.in_features * q.out_features
-        torch.cuda.empty_cache()
+            if isinstance(mod, (torch.nn.Linear, Int4Linear, QuantizedLinear)):
+                parent, _, attr = name.rpartition(".")
+                out.append((block.get_submodule(parent) if parent else block, attr, mod, f"layers.{i}.{name}"))
+    return out
+
+
+class Int4Linear(torch.nn.Module):
+    """Weight-only int4 (group 128, asymmetric, tinygemm's layout): ``aten._weight_int4pack_mm`` on CUDA
+    (bf16 inputs), the dequantized weight on other devices (the reference it is checked against)."""
+
+    GROUP = 128
+
+    def __init__(self, w: torch.Tensor):
+        super().__init__()
+        out_f, in_f = w.shape
+        self.in_features, self.out_features = in_f, out_f
+        wg = w.float().reshape(out_f, in_f // self.GROUP, self.GROUP)
+        lo, hi = wg.amin(-1, keepdim=True), wg.amax(-1, keepdim=True)
+        scale = ((hi - lo) / 15).clamp(min=1e-6)
+        q = ((wg - lo) / scale).round().clamp(0, 15).to(torch.int32).reshape(out_f, in_f)
+        zero = lo + 8 * scale  # tinygemm: w = (q - 8) * scale + zero
+        self.register_buffer("scales_zeros", torch.cat([scale, zero], -1).reshape(out_f, in_f // self.GROUP, 2)
+                             .transpose(0, 1).contiguous().bfloat16())
+        if w.is_cuda:
+            packed = (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8)
+            self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack(packed, 8))
+        else:
+            self.register_buffer("packed", q.to(torch.uint8))
+
+    def dequantized(self) -> torch.Tensor:
+        """``[out, in]`` float32 of a CPU layer: ``(q - 8) * scale + zero``."""
+        sz = self.scales_zeros.float().transpose(0, 1)  # [out, groups, 2]
+        q = self.packed.float().reshape(self.out_features, -1, self.GROUP)
+        return ((q - 8) * sz[..., :1] + sz[..., 1:]).reshape(self.out_features, self.in_features)
+
+    def forward(self, x):
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        if x.is_cuda:
+            y = torch.ops.aten._weight_int4pack_mm(x2.bfloat16(), self.packed, self.GROUP, self.scales_zeros)
+        else:
+            y = x2.float() @ self.dequantized().T
+        return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
+
+
+def to_int4(model) -> float:
+    """Every block linear as :class:`Int4Linear` (the model turned bf16 on CUDA); bits per weight."""
+    if next(model.parameters()).is_cuda:
+        model.to(torch.bfloat16)
+    stored = weights = 0
+    for parent, attr, mod, _ in block_linears(model):
+        q = Int4Linear(mod.weight.data)
+        setattr(parent, attr, q)
+        stored += 8 * (mod.weight.numel() // 2 + q.scales_zeros.numel() * q.scales_zeros.element_size())
+        weights += mod.weight.numel()
+        del mod
     return stored / weights
 
 
-def measure(model, new_tokens: int, batch: int = 1) -> dict:
-    ids = torch.randint(0, model.config.vocab_size, (batch, 16), device="cuda")
-    kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-    with torch.no_grad():
-        model.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False)  # warm-up (kernel compilation)
+def check_int4(device) -> None:
+    """The CUDA int4 kernel against its dequantized reference on one layer (catches a layout mistake)."""
+    if device.type != "cuda":
+        return
+    w = torch.randn(256, 512, device=device) * 0.02
+    lay = Int4Linear(w)
+    x = torch.randn(3, 512, device=device, dtype=torch.bfloat16)
+    ref = Int4Linear(w.cpu())
+    want = x.float().cpu() @ ref.dequantized().T
+    got = lay(x).float().cpu()
+    err = float((got - want).norm() / want.norm())
+    say(f"int4 kernel against its dequantized reference: relative error {err:.2e}")
+    if err > 2e-2:
+        raise SystemExit(f"the int4 kernel disagrees with its reference ({err:.2e}): layout mistake")
+
+
+SETTINGS = {  # method: (codec, bits, vectors per scale, codec options)
+    "pvq2": ("pvq", 2.0, 16, {}), "pvq3": ("pvq", 3.0, 16, {}), "pvq4": ("pvq", 4.0, 16, {}),
+    "e8-2": ("e8", 2.0, 32, {}),
+}
+
+
+def coded_shapes(method: str, shapes, dim: int, device) -> dict:
+    """One set of stored tensors per shape ``(out, in)``: a random Gaussian weight coded by the codec."""
+    from pvq.codecs import make_codec, quantize_grouped
+
+    name, bits, group, options = SETTINGS[method]
+    codec = make_codec(name, bits, dim if name == "pvq" else 8, group_size=group, **options)
+    out = {}
+    for out_f, in_f in sorted(shapes):
+        g = torch.Generator(device=device).manual_seed(out_f * 7 + in_f)
+        parts: dict[str, list] = {}
+        rows = max(8, (1 << 21) // in_f // 8 * 8)  # whole bytes of codes per chunk (8 vectors of any width)
+        for r0 in range(0, out_f, rows):
+            w = torch.randn(min(rows, out_f - r0), in_f, generator=g, device=device) * 0.02
+            for k, t in quantize_grouped(codec, w.reshape(-1, codec.dim)).stored.tensors.items():
+                parts.setdefault(k, []).append(t)
+        out[(out_f, in_f)] = {k: torch.cat(v) for k, v in parts.items()}
+    return codec, out
+
+
+def rotation_seeds(plan: str, name: str, seed: int, one_sided: bool) -> dict | None:
+    """The rotation seeds a layer gets under a plan (``layer``: both sides; ``fused``: only down_proj's
+    input side, where LayerRotation takes one side, else both)."""
+    if plan == "layer":
+        return {"out_seed": seed, "in_seed": seed + 1}
+    if not name.endswith("down_proj"):
+        return None
+    return {"out_seed": None, "in_seed": seed + 1} if one_sided else {"out_seed": seed, "in_seed": seed + 1}
+
+
+def one_sided_rotations() -> bool:
+    from pvq.transforms import LayerRotation
+
+    try:
+        LayerRotation.from_seeds(8, 8, {"out_seed": None, "in_seed": 1})
+        return True
+    except Exception:  # noqa: BLE001 - the rotation-plan change is not in this checkout
+        return False
+
+
+def to_quantized(model, method: str, dim: int, plan: str, device, coded: dict) -> float:
+    """Every block linear as a QuantizedLinear of ``method`` (ordinary constructor) with the rotations of
+    ``plan``; bits per weight. ``coded``: the coded weights per method, filled on first use."""
+    from pvq.codecs import codec_to_config
+    from pvq.models import QuantizedLinear
+    from pvq.models.qlinear import buffer_name
+
+    if device.type == "cuda":
+        model.to(torch.float16)  # back from the int4 row's bf16 (before any codec tensor is installed)
+    linears = block_linears(model)
+    shapes = {(m.out_features, m.in_features) for _, _, m, _ in linears}
+    if method not in coded:
+        with phase(f"{method}: coding one random weight per shape {sorted(shapes)} on {device.type}"):
+            coded[method] = coded_shapes(method, shapes, dim, device)
+    codec, stored = coded[method]
+    one_sided = one_sided_rotations()
+    if plan == "fused" and not one_sided:
+        say("rotation fused: this checkout's LayerRotation has no one-sided form; down_proj keeps both sides")
+    bits = weights = 0
+    with phase(f"{method}: {len(linears)} QuantizedLinear layers ({codec.describe()}, rotation {plan})"):
+        for i, (parent, attr, mod, name) in enumerate(linears):
+            tensors = stored[(mod.out_features, mod.in_features)]
+            q = QuantizedLinear(mod.in_features, mod.out_features, codec_to_config(codec),
+                                {k: (tuple(v.shape), v.dtype) for k, v in tensors.items()},
+                                rotation=rotation_seeds(plan, name, 1000 * i, one_sided), device=device)
+            for k, v in tensors.items():
+                getattr(q, buffer_name(k)).copy_(v)
+            setattr(parent, attr, q)
+            bits += q.stored_bits()
+            weights += q.in_features * q.out_features
+            del mod
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return bits / weights
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def build_cuda_kernels() -> None:
+    """Compile the kernels' CUDA sources now, in a phase of their own (``torch.utils.cpp_extension``:
+    nvcc, cached per machine), and say where a lock left by an interrupted build would make it wait."""
+    import importlib
+    import pkgutil
+
+    import pvq.kernels as K
+    from pvq.kernels.cuda_build import cuda_build_available
+
+    if not cuda_build_available():
+        say("no nvcc/ninja here: the CUDA kernels are skipped (Triton kernels run instead)")
+        return
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
+    for where, dirs, files in os.walk(root):
+        if "lock" in files and os.path.basename(where).startswith("pvq_"):
+            age = time.time() - os.path.getmtime(os.path.join(where, "lock"))
+            say(f"WARNING: {where}/lock ({age / 60:.0f} min old): a build that was interrupted leaves it, and the "
+                "next build waits on it for ever; remove it if no other build runs")
+    for info in pkgutil.iter_modules(K.__path__):
+        if not info.name.startswith("cuda_") or info.name == "cuda_build":
+            continue
+        build = getattr(importlib.import_module(f"pvq.kernels.{info.name}"), "_extension", None)
+        if build is None:
+            continue
+        with phase(f"compiling the CUDA kernel of pvq.kernels.{info.name} (nvcc on first use; cached after)"):
+            ok = build() is not None
+        if not ok:
+            say(f"pvq.kernels.{info.name}: build failed (see the warning); its layers run the Triton kernels")
+
+
+def measure(model, a, device) -> dict:
+    from pvq.eval.decoding import StaticDecoder, decode
+    from pvq.eval.runs import model_memory_bytes
+
+    prompt = 16
+    ids = torch.randint(0, model.config.vocab_size, (a.batch, prompt), device=device,
+                        generator=torch.Generator(device=device).manual_seed(0))
+    dec = StaticDecoder(model, a.batch, prompt + a.new_tokens + 8)
+    if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        model.generate(ids, **kw)
-        torch.cuda.synchronize()
-        s = time.perf_counter() - t0
-    return {"tokens_per_s": batch * new_tokens / s, "peak_bytes": torch.cuda.max_memory_allocated(),
-            "model_bytes": model_memory_bytes(model)}
+    with phase(f"warm-up and capture (mode wanted: {'cuda-graph' if dec.want_graph else 'static'})"):
+        dec.capture(ids)
+    run = decode(dec, ids, a.new_tokens)
+    say(f"decoded {a.batch} x {run.tokens.shape[1]} tokens in {run.seconds:.2f} s ({run.mode})")
+    r = {"tokens_per_s": run.tokens_per_second, "mode": run.mode, "setup_s": dec.setup_seconds,
+         "prefill_s": run.prefill_seconds, "model_bytes": model_memory_bytes(model),
+         "peak_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
+         "first_tokens": run.tokens[0, :8].tolist()}
+    if a.eager:
+        eager = decode(StaticDecoder(model, a.batch, prompt + a.new_tokens + 8, graph=False), ids, a.new_tokens)
+        r["eager_tokens_per_s"] = eager.tokens_per_second
+        say(f"eager steps over the static cache: {eager.tokens_per_second:.1f} tokens/s")
+    if a.profile:
+        r["profile"] = profile_step(model, a.batch, device)
+    del dec
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return r
 
 
-def measure_graph(model, new_tokens: int, batch: int = 1) -> float | None:
-    """Tokens per second (all sequences) of greedy decoding of ``batch`` sequences with one decode step
-    captured in a CUDA graph
-    (static KV cache; host work and launch gaps out of the way); None if the capture fails."""
-    try:
-        from transformers import StaticCache
-
-        prompt = 16
-        cache = StaticCache(config=model.config, max_cache_len=prompt + new_tokens + 8)
-        ids = torch.randint(0, model.config.vocab_size, (batch, prompt), device="cuda")
-        with torch.no_grad():
-            out = model(input_ids=ids, past_key_values=cache, use_cache=True,
-                        cache_position=torch.arange(prompt, device="cuda"))
-            tok = out.logits[:, -1:].argmax(-1)
-            pos = torch.tensor([prompt], device="cuda")
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    model(input_ids=tok, past_key_values=cache, cache_position=pos, use_cache=True)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                logits = model(input_ids=tok, past_key_values=cache, cache_position=pos, use_cache=True).logits
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            for _ in range(new_tokens):
-                graph.replay()
-                tok.copy_(logits[:, -1:].argmax(-1))
-                pos += 1
-            torch.cuda.synchronize()
-            return batch * new_tokens / (time.perf_counter() - t0)
-    except Exception as e:  # noqa: BLE001 - report and go on with the eager numbers
-        print(f"# CUDA graph capture failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
-        return None
-
-
-def profile_step(model, steps: int = 3, top: int = 10) -> list[dict]:
+def profile_step(model, batch: int, device, steps: int = 3, top: int = 10) -> list[dict]:
     """GPU microseconds per eager decode step by kernel name (largest first), from ``torch.profiler``."""
     from torch.profiler import ProfilerActivity, profile
 
-    ids = torch.randint(0, model.config.vocab_size, (1, 16), device="cuda")
-    with torch.no_grad():
-        out = model(input_ids=ids, use_cache=True)
-        cache, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        model(input_ids=tok, past_key_values=cache, use_cache=True)  # warm-up of the decode shapes
+    from pvq.eval.decoding import StaticDecoder
+
+    dec = StaticDecoder(model, batch, 32, graph=False)
+    tok = dec.prefill(torch.zeros(batch, 8, dtype=torch.long, device=device)).argmax(-1)
+    dec.step(tok)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            tok = dec.step(tok).argmax(-1)
         torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(steps):
-                tok = model(input_ids=tok, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
-            torch.cuda.synchronize()
     rows = []
     for ev in prof.key_averages():
-        us = getattr(ev, "self_device_time_total", None)
-        if us is None:
-            us = getattr(ev, "self_cuda_time_total", 0)
+        us = getattr(ev, "self_device_time_total", None) or getattr(ev, "self_cuda_time_total", 0)
         if us > 0:
             rows.append({"kernel": ev.key[:90], "us_per_step": us / steps, "calls_per_step": ev.count / steps})
     rows.sort(key=lambda r: -r["us_per_step"])
     total = sum(r["us_per_step"] for r in rows)
-    print(f"# GPU time per decode step: {total:.0f} us (kernels: {len(rows)})")
+    rot = sum(r["us_per_step"] for r in rows if "hadamard" in r["kernel"].lower())
+    say(f"GPU time per eager decode step: {total:.0f} us (kernels: {len(rows)}), of it online rotations "
+        f"(Hadamard kernels): {rot:.0f} us")
     for r in rows[:top]:
         print(f"#   {r['us_per_step']:8.1f} us  {100 * r['us_per_step'] / total:5.1f}%  x{r['calls_per_step']:.0f}  "
-              f"{r['kernel']}")
-    return [{"total_us": total}] + rows[:top]
+              f"{r['kernel']}", flush=True)
+    return [{"total_us": total, "rotation_us": rot}] + rows[:top]
 
 
-def main_checkpoint(a) -> None:
+def table(rows: list[dict], title: str) -> None:
+    """The rows as markdown; ratios against the fp16 row (else the first row, named in the header)."""
+    base = next((r for r in rows if r["method"] == "fp16"), rows[0])
+    ref = "fp16" if base["method"] == "fp16" else base["method"]
+    print(f"\n{title}\n")
+    print(f"| method | bits/weight (blocks) | tokens/s | x {ref} | peak GPU memory GB | model tensors GB | "
+          f"x {ref} memory | mode | setup s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        peak = f"{r['peak_bytes'] / 1e9:.2f}" if r.get("peak_bytes") else "-"
+        mem = r["model_bytes"] / base["model_bytes"]
+        print(f"| {r['method']} | {r['bits']:.3f} | {r['tokens_per_s']:.1f} | {r['tokens_per_s'] / base['tokens_per_s']:.2f} "
+              f"| {peak} | {r['model_bytes'] / 1e9:.2f} | {mem:.2f} | {r['mode'][:60]} | {r['setup_s']:.1f} |")
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def main_checkpoint(a, device) -> None:
     """Tokens/s of a real checkpoint through each backend (``--checkpoint``)."""
     from pvq.models import load_quantized
     from pvq.models.qlinear import set_backend
 
-    model = load_quantized(a.checkpoint, device="cuda", dtype=torch.float16).eval()
+    with phase(f"loading {a.checkpoint}"):
+        model = load_quantized(a.checkpoint, device=str(device), dtype=torch.float16).eval()
+    from pvq.models import QuantizedLinear
+
+    qs = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
+    bits = sum(q.stored_bits() for q in qs) / max(1, sum(q.in_features * q.out_features for q in qs))
     rows = []
     for name in a.backends.split(","):
         set_backend(model, name)
-        r = measure(model, a.new_tokens, a.batch)
-        if a.profile:  # before the graph: a failed capture leaves the CUDA generator unusable
-            r["profile"] = profile_step(model)
-        r["graph_tokens_per_s"] = measure_graph(model, a.new_tokens, a.batch)
-        rows.append({"backend": name, **r})
-        print({k: v for k, v in rows[-1].items() if k != "profile"}, flush=True)
-    print(f"\n{torch.cuda.get_device_name()}, {a.checkpoint}, {a.new_tokens} new tokens, batch {a.batch}\n")
-    print("| backend | tokens/s eager | tokens/s CUDA graph | peak GPU memory MB | model tensors MB |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        g = r["graph_tokens_per_s"]
-        print(f"| {r['backend']} | {r['tokens_per_s']:.1f} | {f'{g:.1f}' if g else '-'} | "
-              f"{r['peak_bytes'] / 1e6:.1f} | {r['model_bytes'] / 1e6:.1f} |")
+        with phase(f"backend {name}"):
+            r = measure(model, a, device)
+        rows.append({"method": name, "bits": bits, **r})
+    table(rows, f"{a.checkpoint}, {a.new_tokens} new tokens, batch {a.batch}")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "checkpoint": a.checkpoint, "rows": rows}, f, indent=1)
+            json.dump({"checkpoint": a.checkpoint, "rows": rows}, f, indent=1)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layers", type=int, default=32)
-    p.add_argument("--bits", default="4,3,2")
+    p.add_argument("--hidden", type=int, default=4096)
+    p.add_argument("--intermediate", type=int, default=11008)
+    p.add_argument("--heads", type=int, default=32)
+    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--methods", default="fp16,int4,pvq4,pvq3,pvq2,e8-2",
+                   help=f"any of fp16 (first where named: the rows replace the model's linears in turn), int4, "
+                        f"{', '.join(SETTINGS)}; ratios are against fp16, else the first row")
+    p.add_argument("--bits", default=None, help="shorthand: pvq rows at these bits, e.g. 3,2 (fp16 and int4 kept)")
     p.add_argument("--dim", type=int, default=8)
+    p.add_argument("--rotation", default="layer", help="online rotations of the pvq layers: layer, fused, or both "
+                   "(layer,fused: a row per plan and method)")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--batch", type=int, default=1, help="sequences generated together")
+    p.add_argument("--eager", action="store_true", help="also time eager steps over the static cache")
+    p.add_argument("--profile", action="store_true", help="GPU time of one eager decode step by kernel, per row")
+    p.add_argument("--device", default=None, help="default: cuda where available")
     p.add_argument("--json", default=None)
-    p.add_argument("--profile", action="store_true", help="GPU time of one decode step by kernel, per row")
     p.add_argument("--checkpoint", default=None, help="a pvq checkpoint to measure instead of the 7B shapes")
     p.add_argument("--backends", default="dense,triton", help="with --checkpoint: backends to compare")
     a = p.parse_args()
-    import pvq.kernels  # noqa: F401  (the triton backend)
-
+    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    methods = a.methods.split(",") if a.bits is None else ["fp16", "int4"] + [f"pvq{b}" for b in a.bits.split(",")]
+    bad = [m for m in methods if m not in ("fp16", "int4", *SETTINGS)]
+    if bad or not methods or "fp16" in methods[1:]:
+        p.error(f"--methods: any of fp16 (first, where named), int4, {', '.join(SETTINGS)}; got {a.methods}")
+    plans = a.rotation.split(",")
+    if any(pl not in ("layer", "fused") for pl in plans):
+        p.error(f"--rotation takes layer, fused or layer,fused; got {a.rotation}")
+    if a.profile and device.type != "cuda":
+        p.error("--profile needs CUDA")
+    say(f"device {torch.cuda.get_device_name(device) if device.type == 'cuda' else device}, torch {torch.__version__}")
+    with phase("importing pvq and its kernels"):
+        import pvq.kernels  # noqa: F401  (registers the triton backend)
+    if device.type == "cuda":
+        build_cuda_kernels()
     if a.checkpoint:
-        return main_checkpoint(a)
-
+        return main_checkpoint(a, device)
     rows = []
-    model = llama_7b(a.layers)
-    base = measure(model, a.new_tokens, a.batch)
-    base["graph_tokens_per_s"] = measure_graph(model, a.new_tokens, a.batch)
-    if a.profile:
-        base["profile"] = profile_step(model)
-    rows.append({"method": "fp16", "bits": 16.0, **base, "x_fp16": 1.0, "memory_frac": 1.0})
-    print({k: v for k, v in rows[-1].items() if k != "profile"}, flush=True)
-    for bits in (float(b) for b in a.bits.split(",")):
-        bpw = quantize_blocks(model, bits, a.dim)
-        r = measure(model, a.new_tokens, a.batch)
-        r["graph_tokens_per_s"] = measure_graph(model, a.new_tokens, a.batch)
-        if a.profile:
-            r["profile"] = profile_step(model)
-        rows.append({"method": f"pvq D={a.dim}", "bits": bpw, **r, "x_fp16": r["tokens_per_s"] / base["tokens_per_s"],
-                     "memory_frac": r["peak_bytes"] / base["peak_bytes"]})
+    with phase(f"building a random Llama ({a.layers} blocks, hidden {a.hidden}, MLP {a.intermediate}) on {device.type}"):
+        model = llama(a, device)
+    coded: dict = {}
+    for method, plan in [(m, p) for m in methods for p in (plans if m in SETTINGS else ("",))]:
+        label = f"{method} ({plan})" if plan else method
+        with phase(f"row {label}"):
+            if method == "fp16":  # float32 off CUDA (CPU smoke runs)
+                bits = 16.0 if device.type == "cuda" else 32.0
+            elif method == "int4":
+                try:
+                    check_int4(device)
+                except (RuntimeError, AttributeError, NotImplementedError) as e:  # a torch without the kernel
+                    say(f"int4 row skipped: {type(e).__name__}: {str(e)[:200]}")
+                    continue
+                with phase("int4: packing every block linear"):
+                    bits = to_int4(model)
+            else:
+                bits = to_quantized(model, method, a.dim, plan, device, coded)
+            r = measure(model, a, device)
+        rows.append({"method": label, "bits": bits, **r})
         print({k: v for k, v in rows[-1].items() if k != "profile"}, flush=True)
-    print(f"\n{torch.cuda.get_device_name()}, {a.layers} blocks, {a.new_tokens} new tokens, batch {a.batch}, eager\n")
-    print("| method | bits/weight (blocks) | tokens/s eager | x fp16 | tokens/s CUDA graph | x fp16 | "
-          "peak GPU memory GB | model tensors GB | x fp16 memory |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    g0 = rows[0]["graph_tokens_per_s"]
-    for r in rows:
-        g = r["graph_tokens_per_s"]
-        graph = f"{g:.1f} | {g / g0:.2f}" if g and g0 else "- | -"
-        print(f"| {r['method']} | {r['bits']:.3f} | {r['tokens_per_s']:.1f} | {r['x_fp16']:.2f} | {graph} | "
-              f"{r['peak_bytes'] / 1e9:.2f} | {r['model_bytes'] / 1e9:.2f} | {r['memory_frac']:.2f} |")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "layers": a.layers, "rows": rows}, f, indent=1)
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump({"device": str(device), "layers": a.layers, "batch": a.batch, "rows": rows}, f, indent=1)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    table(rows, f"{name}, {a.layers} blocks, {a.new_tokens} new tokens, batch {a.batch}, static cache + "
+                f"{'CUDA graph' if device.type == 'cuda' else 'eager steps'}")
+    say("done")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Batch 1-16 matmul of quantized layers on one GPU, against what a user would pick instead.
 
     python benchmarks/kernels.py [--shapes 4096x4096,11008x4096,...] [--batches 1,4,16] [--json FILE] [--graphs]
-    python benchmarks/kernels.py --sweep [--lean] --shapes 11008x4096 --methods pvq3-d8 --batches 1
+    python benchmarks/kernels.py --sweep --shapes 11008x4096 --methods pvq3-d8 --batches 1
 
 Per shape (out x in) and batch: microseconds (median of triton.testing.do_bench,
 L2 flushed between runs) of fp16 cuBLAS (``x @ W.T``), torch's int4 kernel
@@ -9,8 +9,8 @@ L2 flushed between runs) of fp16 cuBLAS (``x @ W.T``), torch's int4 kernel
 (``gemlite.helper.A16Wn``, group 128, if importable), and pvq's Triton kernels (fused decode-matmul in rotated
 coordinates) at about 2, 3
 and 4 bits and e8 at 2 bits: the fused kernel alone (``us``; above the family's fused row limit the
-whole-layer decode then cuBLAS; at batch 1 ``-lean`` rows time the lean
-one-row variant for D = 8 at 2 and 3 bits beside it) and the whole
+whole-layer decode then cuBLAS; at batch 1 the Triton and CUDA one-row kernels of D = 8 layers at up
+to 3 bits side by side) and the whole
 layer through the ``triton`` backend (``us_layer``: input rotation, the kernel
 or, above the family's fused row limit, decode + cuBLAS, output rotation).
 Each as a ratio to fp16 and as a fraction of the memory floor: (bytes the kernel must read / measured device copy throughput,
@@ -59,8 +59,17 @@ def copy_bandwidth(device) -> float:
     return 2 * a.numel() / (us * 1e-6)
 
 
-def quantized_layer(name: str, out_f: int, in_f: int, device, seed: int = 0) -> QuantizedLinear:
-    """A QuantizedLinear of random Gaussian weights coded on ``device`` (rows in chunks)."""
+LAYER_ROTATIONS = {  # --rotation: the online rotations a layer of shape (out, in) keeps under a rotation plan
+    "layer": lambda out_f, in_f: {"out_seed": 1, "in_seed": 2},  # both sides (U and V)
+    # fused (folded into the model): only down_proj, the one linear reading more inputs than it writes in a
+    # Llama block, keeps an input-side rotation; q/k/v/o and gate/up keep none
+    "fused": lambda out_f, in_f: {"out_seed": None, "in_seed": 2} if in_f > out_f else None,
+}
+
+
+def quantized_layer(name: str, out_f: int, in_f: int, device, seed: int = 0, rotation: str = "layer") -> QuantizedLinear:
+    """A QuantizedLinear of random Gaussian weights coded on ``device`` (rows in chunks), with the online
+    rotations of ``rotation`` (:data:`LAYER_ROTATIONS`)."""
     codec_name, bits, dim, group, options = SETTINGS[name]
     codec = make_codec(codec_name, bits, dim, group_size=group, **options)
     g = torch.Generator(device=device).manual_seed(seed)
@@ -75,7 +84,7 @@ def quantized_layer(name: str, out_f: int, in_f: int, device, seed: int = 0) -> 
     lin = torch.nn.Linear(in_f, out_f, bias=False, device="meta")
     q = QuantizedLinear(in_f, out_f, {"name": codec.name, **codec.config()},
                         {k: (tuple(v.shape), v.dtype) for k, v in stored.items()}, device=device,
-                        rotation={"out_seed": 1, "in_seed": 2})
+                        rotation=LAYER_ROTATIONS[rotation](out_f, in_f))
     for k, v in stored.items():
         getattr(q, "scales" if k == "scale" else f"packed_{k}").copy_(v)
     del lin
@@ -132,21 +141,18 @@ def kernels_of(q: QuantizedLinear):
 
 
 def _one_row_variants(rt, x) -> list:
-    """(tag, call) of the one-row kernels of a D = 8 split layer: the general Triton kernel, the lean
-    Triton kernel (bucket table or compares), the CUDA kernel."""
+    """(tag, call) of the one-row kernels of a D = 8 split layer: the Triton kernel, the CUDA kernel."""
     from pvq.kernels import triton_split as TS
-    from pvq.kernels import triton_split_lean as TSL
     from pvq.kernels.cuda_build import cuda_build_available
     from pvq.kernels.cuda_split import split_gemv_cuda
 
-    out = [("triton", lambda: TS.split_matmul(rt, x)), ("lean", lambda: TS.split_matmul(rt, x, lean=True)),
-           ("lean-compares", lambda: TSL.split_gemv_lean(rt, x, buckets=False))]
+    out = [("triton", lambda: TS.split_matmul(rt, x))]
     if cuda_build_available():
         out += [("cuda", lambda: split_gemv_cuda(rt, x))]
     return out
 
 
-def run(shapes, batches, methods, out_json=None, graphs: bool = False) -> list[dict]:
+def run(shapes, batches, methods, out_json=None, graphs: bool = False, rotation: str = "layer") -> list[dict]:
     dev = torch.device("cuda")
 
     def timed(fn):
@@ -166,7 +172,7 @@ def run(shapes, batches, methods, out_json=None, graphs: bool = False) -> list[d
 
     for out_f, in_f in shapes:
         w = (torch.randn(out_f, in_f, device=dev) * 0.02).half()
-        layers = {name: quantized_layer(name, out_f, in_f, dev) for name in methods}
+        layers = {name: quantized_layer(name, out_f, in_f, dev, rotation=rotation) for name in methods}
         kern = {n: kernels_of(q) for n, q in layers.items()}
         int4 = int4_setup(w)
         gl = {b: gemlite_setup(w, b) for b in (4, 2)}
@@ -199,7 +205,7 @@ def run(shapes, batches, methods, out_json=None, graphs: bool = False) -> list[d
                 with torch.no_grad():
                     layer = timed(lambda: q(x))  # the whole layer through the triton backend
                 stored = q.stored_bits() / 8
-                emit({**base, "method": name, "bits": q.bits_per_weight(), "us": us, "x_fp16": fp16 / us,
+                emit({**base, "method": name, "rotation": rotation, "bits": q.bits_per_weight(), "us": us, "x_fp16": fp16 / us,
                       "us_layer": layer, "x_fp16_layer": fp16 / layer, "floor_frac": (stored / bw * 1e6) / us})
                 if batch == 1 and mm.__name__ in ("split_matmul", "split_gemv_cuda") and lean_supported(rt):
                     for tag, fn in _one_row_variants(rt, x):  # every one-row kernel of the layer, side by side
@@ -224,9 +230,8 @@ def run(shapes, batches, methods, out_json=None, graphs: bool = False) -> list[d
     return rows
 
 
-def sweep(shape, methods, batches, lean: bool = False) -> None:
-    """Tile sizes and input splits of the split-order matmul (``lean``: the one-row lean kernel), per
-    method and batch (microseconds)."""
+def sweep(shape, methods, batches) -> None:
+    """Tile sizes and input splits of the split-order matmul, per method and batch (microseconds)."""
     from pvq.kernels import triton_split as TS
 
     dev = torch.device("cuda")
@@ -238,12 +243,11 @@ def sweep(shape, methods, batches, lean: bool = False) -> None:
             x = torch.randn(batch, in_f, device=dev).half()
             best = None
             for block_o in (16, 32, 64):
-                for weights in ((64, 128, 256) if lean else (64, 128)):
+                for weights in (64, 128):
                     nv = max(1, weights // rt.dim)
                     for split_k in (1, 4, 8, 16):
                         try:
-                            us = bench(lambda: TS.split_matmul(rt, x, block_o=block_o, nv=nv, split_k=split_k,
-                                                               lean=lean))
+                            us = bench(lambda: TS.split_matmul(rt, x, block_o=block_o, nv=nv, split_k=split_k))
                         except Exception as e:  # noqa: BLE001 - a tile the compiler refuses
                             print(f"# {name} b{batch} {block_o}/{nv}/{split_k}: {type(e).__name__}")
                             continue
@@ -262,15 +266,17 @@ def main() -> None:
     p.add_argument("--json", default=None)
     p.add_argument("--sweep", action="store_true", help="tile sizes of the split-order matmul on the first shape")
     p.add_argument("--graphs", action="store_true", help="time each call replayed from a CUDA graph")
-    p.add_argument("--lean", action="store_true", help="with --sweep: the one-row lean kernel (D = 8, <= 3 bits)")
+    p.add_argument("--rotation", default="layer", choices=tuple(LAYER_ROTATIONS),
+                   help="online rotations of the pvq layers (us_layer): layer (both sides) or fused (down_proj-shaped "
+                        "layers, in > out, keep the input side; others none)")
     a = p.parse_args()
     shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
     methods = a.methods.split(",")
     batches = [int(b) for b in a.batches.split(",")]
     if a.sweep:
-        sweep(shapes[0], [m for m in methods if SETTINGS[m][0] == "pvq" and not SETTINGS[m][4]], batches, a.lean)
+        sweep(shapes[0], [m for m in methods if SETTINGS[m][0] == "pvq" and not SETTINGS[m][4]], batches)
     else:
-        run(shapes, batches, methods, a.json, a.graphs)
+        run(shapes, batches, methods, a.json, a.graphs, a.rotation)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 
     ncu --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats \\
         --section MemoryWorkloadAnalysis -k regex:split_ --launch-skip 2 --launch-count 2 \\
-        python benchmarks/profile_split.py [--shape 11008x4096] [--method pvq3-d8] [--lean] [--cuda]
+        python benchmarks/profile_split.py [--shape 11008x4096] [--method pvq3-d8] [--cuda]
 
-Runs the fused batch-1 matmul (``--lean``: also the lean one-row variant; ``--cuda``: also the CUDA
+Runs the fused batch-1 matmul (``--cuda``: also the CUDA
 kernel, ``-k regex:split`` catches ``split8_gemv_kernel``) and the whole-layer decode
 three times each (the first launches compile).
 """
@@ -23,7 +23,6 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", default="11008x4096")
     p.add_argument("--method", default="pvq3-d8")
-    p.add_argument("--lean", action="store_true", help="also the lean one-row kernel (D = 8, <= 3 bits)")
     p.add_argument("--cuda", action="store_true", help="also the CUDA one-row kernel (pvq/kernels/cuda_split.py)")
     a = p.parse_args()
     out_f, in_f = (int(v) for v in a.shape.split("x"))
@@ -32,8 +31,6 @@ def main() -> None:
     x = torch.randn(1, in_f, device="cuda").half()
     for _ in range(3):
         TS.split_matmul(rt, x)
-    for _ in range(3 if a.lean else 0):
-        TS.split_matmul(rt, x, lean=True)
     if a.cuda:
         from pvq.kernels.cuda_split import split_gemv_cuda
 

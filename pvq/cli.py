@@ -343,6 +343,8 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--device", default=None)
     p.add_argument("--backend", default=None, help="runtime backend of the quantized layers (see pvq eval --help)")
+    p.add_argument("--decode", default="auto", help="auto (default: static KV cache and a CUDA-graph step on CUDA, "
+                   "model.generate elsewhere), eager (model.generate) or static (static cache; graph on CUDA)")
     p.add_argument("--json", action="store_true")
 
 
@@ -352,7 +354,7 @@ def _generate(args: argparse.Namespace) -> int:
     from .eval.generate import GenerateConfig, run_generate
 
     cfg = GenerateConfig(max_new_tokens=args.max_new_tokens, sample=args.sample, temperature=args.temperature,
-                         top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+                         top_p=args.top_p, top_k=args.top_k, seed=args.seed, decode=args.decode)
     out = run_generate(args.model, args.prompt, cfg, device=args.device, backend=args.backend)
     if args.json:
         print(json.dumps(out))
@@ -360,7 +362,7 @@ def _generate(args: argparse.Namespace) -> int:
     print(out["prompt"] + out["completion"])
     how = "greedy" if out["greedy"] else f"sampled, seed {out['seed']}"
     print(f"[{out['new_tokens']} new tokens in {out['seconds']:.2f} s: {out['tokens_per_second']:.1f} tokens/s, "
-          f"{how}, prompt {out['prompt_tokens']} tokens]", file=sys.stderr)
+          f"{how}, prompt {out['prompt_tokens']} tokens, {out.get('mode', out['decode'])}]", file=sys.stderr)
     return 0
 
 

@@ -1,4 +1,10 @@
-"""A quick look at what a (quantized) model writes: greedy or seeded sampling, with tokens per second."""
+"""A quick look at what a (quantized) model writes: greedy or seeded sampling, with tokens per second.
+
+Two paths, one result: ``model.generate`` (``decode="eager"``: a growing cache, one Python-driven
+forward per token) and :mod:`pvq.eval.decoding` (``decode="static"``: a static KV cache, the decode
+step replayed from a CUDA graph on CUDA devices). ``decode="auto"`` takes the static path on CUDA
+and the eager one elsewhere. Greedy tokens are the same either way.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,9 @@ class GenerateError(EvalError):
     """Bad generation request: empty prompt, bad length or sampling setting."""
 
 
+DECODE_PATHS = ("auto", "eager", "static")
+
+
 @dataclass
 class GenerateConfig:
     max_new_tokens: int = 64
@@ -22,8 +31,11 @@ class GenerateConfig:
     top_p: float = 1.0
     top_k: int = 0
     seed: int = 0
+    decode: str = "auto"  # "auto" (static on CUDA, eager elsewhere), "eager" (model.generate) or "static"
 
     def check(self) -> None:
+        if self.decode not in DECODE_PATHS:
+            raise GenerateError(f"--decode must be one of {', '.join(DECODE_PATHS)}, got {self.decode!r}")
         if self.max_new_tokens < 1:
             raise GenerateError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
         if not self.sample and (self.temperature != 1.0 or self.top_p != 1.0 or self.top_k != 0):
@@ -60,16 +72,21 @@ def generate(model, tokenizer, prompt: str, cfg: GenerateConfig | None = None, d
     else:  # the model's generation_config may ask for sampling; greedy means greedy
         kwargs.update(temperature=None, top_p=None, top_k=None)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    path = cfg.decode if cfg.decode != "auto" else ("static" if dev.type == "cuda" else "eager")
     torch.manual_seed(cfg.seed)
-    t = time.perf_counter()
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=ids.to(dev), attention_mask=enc["attention_mask"].to(dev), pad_token_id=pad, **kwargs
-        )
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    seconds = time.perf_counter() - t
-    new = out[0, ids.shape[1]:].tolist()
+    extra = {}
+    if path == "static":
+        new, seconds, extra = _static(model, ids.to(dev), cfg, pad)
+    else:
+        t = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids.to(dev), attention_mask=enc["attention_mask"].to(dev), pad_token_id=pad, **kwargs
+            )
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        seconds = time.perf_counter() - t
+        new = out[0, ids.shape[1]:].tolist()
     return {
         "prompt": prompt,
         "completion": tokenizer.decode(new, skip_special_tokens=True),
@@ -79,7 +96,27 @@ def generate(model, tokenizer, prompt: str, cfg: GenerateConfig | None = None, d
         "tokens_per_second": len(new) / seconds if seconds > 0 else float("inf"),
         "greedy": not cfg.sample,
         "seed": cfg.seed if cfg.sample else None,
+        "decode": path,
+        **extra,
     }
+
+
+def _static(model, ids: torch.Tensor, cfg: GenerateConfig, pad: int) -> tuple[list[int], float, dict]:
+    """(new tokens, seconds of prefill and decode, details) through the static cache and graph path."""
+    from .decoding import StaticDecoder, decode, greedy, sampler
+
+    gen = model.generation_config
+    eos = gen.eos_token_id if gen is not None else None
+    select = sampler(cfg.temperature, cfg.top_k, cfg.top_p) if cfg.sample else greedy
+    dec = StaticDecoder(model, batch=1, max_len=ids.shape[1] + cfg.max_new_tokens)
+    run = decode(dec, ids, cfg.max_new_tokens, select, eos=eos, pad=pad)
+    tokens = run.tokens[0].tolist()
+    if eos is not None:  # as generate: stop after the first end-of-sequence token
+        ends = {eos} if isinstance(eos, int) else set(eos)
+        cut = next((i + 1 for i, t in enumerate(tokens) if t in ends), len(tokens))
+        tokens = tokens[:cut]
+    return tokens, run.seconds, {"mode": run.mode, "setup_seconds": run.setup_seconds,
+                                 "decode_tokens_per_second": run.tokens_per_second}
 
 
 def run_generate(model_or_dir: str | None, prompt: str, cfg: GenerateConfig | None = None,
@@ -98,4 +135,4 @@ def run_generate(model_or_dir: str | None, prompt: str, cfg: GenerateConfig | No
     return out
 
 
-__all__ = ["GenerateConfig", "GenerateError", "generate", "run_generate"]
+__all__ = ["DECODE_PATHS", "GenerateConfig", "GenerateError", "generate", "run_generate"]

@@ -181,11 +181,13 @@ def perplexity_reference(model, ids: torch.Tensor, context: int = 512, stride: i
 
 
 @torch.no_grad()
-def perplexity_stepwise(model, ids: torch.Tensor, rows: int = 1, device: torch.device | str | None = None
-                        ) -> PerplexityResult:
+def perplexity_stepwise(model, ids: torch.Tensor, rows: int = 1, device: torch.device | str | None = None,
+                        static: bool | None = None) -> PerplexityResult:
     """Perplexity scored as generation runs: ``ids`` cut into ``rows`` equal sequences decoded side by
     side one token a step through the KV cache, so every linear layer sees ``rows`` input rows a call
-    (the path of ``model.generate``, not the 512-token windows of :func:`perplexity`). Each sequence's
+    (the path of generation, not the 512-token windows of :func:`perplexity`). ``static`` (default: on
+    CUDA): the path ``pvq generate`` takes there, a static cache and the decode step replayed from a
+    CUDA graph (:mod:`pvq.eval.decoding`); else ``model.generate``'s growing cache. Each sequence's
     tokens but its first are scored. ``context``/``stride`` of the result: the sequence length, 1."""
     ids = ids.reshape(-1).long()
     if rows < 1:
@@ -196,10 +198,24 @@ def perplexity_stepwise(model, ids: torch.Tensor, rows: int = 1, device: torch.d
     t0 = time.perf_counter()
     dev = torch.device(device) if device is not None else _model_device(model)
     x = ids[: n * rows].view(rows, n).to(dev)
-    past, total = None, 0.0
-    for t in range(n - 1):
-        out = model(input_ids=x[:, t : t + 1], past_key_values=past, use_cache=True)
-        past = out.past_key_values
-        total += float(F.cross_entropy(out.logits[:, -1].float(), x[:, t + 1], reduction="sum").double())
+    total = 0.0
+
+    def score(logits: torch.Tensor, t: int) -> float:
+        return float(F.cross_entropy(logits.float(), x[:, t + 1], reduction="sum").double())
+
+    if dev.type == "cuda" if static is None else static:
+        from .decoding import StaticDecoder
+
+        dec = StaticDecoder(model, rows, n)
+        dec.capture(x[:, :1])
+        total += score(dec.prefill(x[:, :1]), 0)
+        for t in range(1, n - 1):
+            total += score(dec.step(x[:, t]), t)
+    else:
+        past = None
+        for t in range(n - 1):
+            out = model(input_ids=x[:, t : t + 1], past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            total += score(out.logits[:, -1], t)
     count = rows * (n - 1)
     return PerplexityResult(math.exp(total / count), count, time.perf_counter() - t0, total / count, n, 1)

@@ -1,8 +1,8 @@
 """The split-PVQ product of one to eight input rows as a CUDA kernel with its decode tables in shared
 memory (optional).
 
-:func:`split_gemv_cuda` computes what :func:`~pvq.kernels.triton_split_lean.split_gemv_lean`
-computes (D = 8, N(8, K) < 2^22: 1.5 to 3 bits), but reads the P(4, k) leaves, the split
+:func:`split_gemv_cuda` computes what :func:`~pvq.kernels.triton_split.split_matmul`
+computes for D = 8, N(8, K) < 2^22 (1.5 to 3 bits), but reads the P(4, k) leaves, the split
 table, the buckets, the inverse norms and the gain levels from shared memory (the Triton kernels
 gather them through L1, one sector per thread: Nsight on an H100 counts two thirds of the sectors
 excessive; Triton 3.6 has no indexed shared-memory gather), keeps each warp's slice of the input in

@@ -1,12 +1,12 @@
-"""Tables of the one-row D = 8 split kernels (the lean Triton kernel and the CUDA kernel), and which
-layers they take.
+"""Tables of the CUDA split kernel for D = 8 (:mod:`pvq.kernels.cuda_split`), and which layers they take.
+(They were first written for a lean one-row Triton kernel, measured no faster than the general one on
+an H100 and removed: history keeps it.)
 
 The general split kernels (:mod:`pvq.kernels.triton_split`) read about ten
 small tables per vector (offsets, counts, float64 reciprocals, leaf offsets,
 leaves, inverse norms, gain levels, scales). For D = 8 with N(8, K) < 2^22
-(1.5 to 3 bits) the same decode needs only these (on an H100 fewer loads did
-not make the Triton kernel faster, the leaf gathers' L1 sectors bound it; the
-CUDA kernel reads the same tables from shared memory: docs/kernels.md):
+(1.5 to 3 bits) the same decode needs only these (the CUDA kernel reads them
+from shared memory: docs/kernels.md):
 
 * ``pair_table`` int64 ``[K + 1, 2]``: for the pulses j of the first half,
   (offset ``S_8(K, j)`` | divisor ``N(4, K - j)`` << 32, float32
@@ -46,11 +46,11 @@ from .split_runtime import SplitRuntime, shared_leaves
 __all__ = ["LEAN_MAX_COUNT", "bucket_shift", "lean_codec_supported", "lean_supported", "lean_tables"]
 
 LEAN_MAX_COUNT = 1 << 22
-"""Largest N(8, K) whose split the lean kernel divides in float32."""
+"""Largest N(8, K) whose split these tables take (the bucket and pair fields fit 32 bits)."""
 
 
 def lean_supported(rt: SplitRuntime) -> bool:
-    """Whether the lean one-row kernel decodes this layer (host-side sizes only: no device sync; cached,
+    """Whether these tables (and the CUDA kernel) decode this layer (host-side sizes only: no device sync; cached,
     since it is asked on every call)."""
     return _lean_supported(rt.dim, rt.pulses, rt.code_bits)
 

@@ -25,7 +25,6 @@ import triton.language as tl
 
 from .split_runtime import SplitRuntime
 from .triton_kernels import _row_block, _store_rows, input_split
-from .triton_split_lean import split_gemv_lean
 
 __all__ = ["split_decode", "split_matmul", "split_matmul_config"]
 
@@ -275,15 +274,11 @@ def split_matmul_config(rt: SplitRuntime, batch: int, sms: int = 132) -> dict:
 
 
 def split_matmul(rt: SplitRuntime, x: torch.Tensor, block_o: int | None = None, nv: int | None = None,
-                 split_k: int | None = None, lean: bool = False) -> torch.Tensor:
+                 split_k: int | None = None) -> torch.Tensor:
     """``x @ Q'^T`` float32 ``[B, out]`` for ``x: [B, in]``, B <= 16, decoding in registers
-    (``nv >= 4`` vectors per step: ``tl.dot`` needs 16 columns per leaf). ``lean=True``: one row of a
-    D = 8 layer at 2 or 3 bits through :mod:`pvq.kernels.triton_split_lean` (fewer loads and
-    instructions, but not faster on an H100 at 3 bits: docs/kernels.md; so not the default)."""
+    (``nv >= 4`` vectors per step: ``tl.dot`` needs 16 columns per leaf)."""
     if x.dim() != 2 or x.shape[1] != rt.in_features or x.shape[0] > 16:
         raise ValueError(f"split_matmul takes x [B <= 16, {rt.in_features}], got {tuple(x.shape)}")
-    if lean:
-        return split_gemv_lean(rt, x, block_o=block_o, nv=nv, split_k=split_k)
     cfg = split_matmul_config(rt, x.shape[0])
     block_o = block_o or cfg["block_o"]
     nv = max(4, nv or cfg["nv"])

@@ -81,13 +81,13 @@ def test_text_with_tokenizer_and_errors():
         perplexity(UniformLM(8), torch.rand(10))
 
 
-@pytest.mark.parametrize("rows", [1, 3])
-def test_stepwise_scores_what_one_full_forward_scores(rows):
+@pytest.mark.parametrize("rows, static", [(1, False), (3, False), (1, True), (3, True)])
+def test_stepwise_scores_what_one_full_forward_scores(rows, static):
     from pvq.eval import perplexity_stepwise
 
     model = tiny_llama()
     ids = torch.randint(0, 128, (3 * 20 + 2,), generator=torch.Generator().manual_seed(5))
-    r = perplexity_stepwise(model, ids, rows=rows)
+    r = perplexity_stepwise(model, ids, rows=rows, static=static)
     n = ids.numel() // rows
     x = ids[: n * rows].view(rows, n)
     with torch.no_grad():

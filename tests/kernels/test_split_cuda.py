@@ -4,6 +4,7 @@ inputs, its product against the float32 reference on awkward sizes, in fp32, fp1
 """
 
 import dataclasses
+from functools import lru_cache
 from importlib.resources import files
 
 import pytest
@@ -84,9 +85,11 @@ def test_product_matches_the_reference(bits, group, out_f, in_f, dtype):
     torch.testing.assert_close(got.float(), ref, rtol=tol, atol=tol * ref.abs().max().item())
 
 
+@lru_cache(maxsize=None)
 def random_code_runtime(bits: float, group: int, out_f: int, in_f: int, seed: int):
     """A split runtime of ``[out_f, in_f]`` with uniformly random valid codes and scales (the layout of
-    a quantized layer of that shape, without quantizing millions of weights)."""
+    a quantized layer of that shape, without quantizing millions of weights); built once per process
+    (the several-row tests share them: packing on the CPU is most of their time)."""
     from pvq.codecs.packing import pack_bits
     from pvq.codecs.pyramid_counts import pyramid_count
 

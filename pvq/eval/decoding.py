@@ -1,0 +1,227 @@
+"""Decoding with a static KV cache and one decode step replayed from a CUDA graph.
+
+What gpt-fast and transformers' ``StaticCache`` do: the KV cache is allocated once for the
+whole sequence, so a decode step (one token per row at position ``pos``) has the same shapes
+and the same tensors every time. On CUDA that step, every layer's kernels included, is
+captured once in a CUDA graph and replayed per token: no Python, no launch gaps. Where the
+capture fails (an op that syncs with the host, a backend that allocates per call), the
+same static-cache step runs eagerly and :attr:`StaticDecoder.mode` says why.
+
+    dec = StaticDecoder(model, batch=1, max_len=prompt + new_tokens)
+    run = decode(dec, ids [B, P], new_tokens, select)   # DecodeRun: tokens [B, n], seconds, mode
+
+:func:`decode` feeds the prompt once (prefill), then the chosen token of every row each step
+(``select(logits [B, V] float32) -> [B]``: :func:`greedy`, or :func:`sampler` with
+transformers' temperature / top-k / top-p warpers in ``generate``'s order), and stops when
+every row has produced an end-of-sequence token (finished rows continue with ``pad``, as
+``model.generate`` does). Greedy tokens equal ``model.generate``'s (tests/eval/test_decoding.py).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..errors import EvalError
+
+__all__ = ["DecodeRun", "StaticDecoder", "decode", "greedy", "sampler"]
+
+
+class DecodeError(EvalError):
+    """A decode request the static cache cannot hold (prompt plus new tokens past its length)."""
+
+
+def greedy(logits: torch.Tensor) -> torch.Tensor:
+    """The likeliest token of each row ``[B, V] -> [B]``."""
+    return logits.argmax(-1)
+
+
+def sampler(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+            generator: torch.Generator | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Seeded sampling ``[B, V] -> [B]`` through transformers' warpers (temperature, top-k, top-p: the
+    order ``model.generate`` applies them), one ``torch.multinomial`` draw per step."""
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    warpers = []
+    if temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(temperature))
+    if top_k:
+        warpers.append(TopKLogitsWarper(top_k))
+    if top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p))
+
+    def select(logits: torch.Tensor) -> torch.Tensor:
+        for w in warpers:
+            logits = w(None, logits)
+        return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(1)
+
+    return select
+
+
+class StaticDecoder:
+    """A model with a static KV cache of ``max_len`` positions for ``batch`` rows and, after
+    :meth:`capture`, its decode step (one token per row) in a CUDA graph (``graph``: default on CUDA).
+
+    ``prefill(ids [B, P])`` (the cache restarts at position 0) and ``step(tokens [B])`` return float32
+    logits ``[B, V]`` of the last position. :attr:`mode`: ``"cuda-graph"``, ``"static"`` (eager steps
+    over the static cache) or ``"static (graph capture failed: ...)"``; :attr:`setup_seconds`: warm-up
+    (kernel builds, runtime layouts) and capture.
+    """
+
+    def __init__(self, model, batch: int, max_len: int, graph: bool | None = None, warmup: int = 2) -> None:
+        from transformers import StaticCache
+
+        self.model, self.batch, self.max_len = model, batch, max_len
+        self.device = next(model.parameters()).device
+        self.want_graph = self.device.type == "cuda" if graph is None else graph
+        if self.want_graph and self.device.type != "cuda":
+            raise DecodeError(f"CUDA graphs need a CUDA device; the model is on {self.device}")
+        self.warmup = warmup
+        self.mode = "static"
+        self.setup_seconds = 0.0
+        self._graph = None
+        self._logits = None
+        self.cache = StaticCache(config=model.config, max_cache_len=max_len)
+        # transformers renamed ``past_key_values`` to ``cache`` (5.2x); both take the same object
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self.pos = 0
+        self._tok = torch.zeros(batch, 1, dtype=torch.long, device=self.device)
+        self._cpos = torch.zeros(1, dtype=torch.long, device=self.device)
+
+    @property
+    def captured(self) -> bool:
+        return self._graph is not None
+
+    def _forward(self, ids: torch.Tensor, cache_position: torch.Tensor) -> torch.Tensor:
+        # positions given both ways: older transformers place keys by cache_position, newer by the cache's
+        # own length and rotate by position_ids
+        return self.model(input_ids=ids, position_ids=cache_position.unsqueeze(0).expand(ids.shape[0], -1),
+                          cache_position=cache_position, use_cache=True,
+                          **{self._cache_kw: self.cache}).logits[:, -1]
+
+    @torch.no_grad()
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, V]`` float32 after the prompt ``ids [B, P]``, from position 0 of a cleared cache."""
+        if ids.shape[0] != self.batch or ids.shape[1] >= self.max_len:
+            raise DecodeError(f"prompt of {tuple(ids.shape)} does not fit the cache of {self.batch} rows x "
+                              f"{self.max_len} positions")
+        self.cache.reset()  # in place: a captured graph keeps reading the same tensors
+        p = ids.shape[1]
+        logits = self._forward(ids.to(self.device), torch.arange(p, device=self.device))
+        self.pos = p
+        return logits.float()
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, V]`` float32 after feeding ``tokens [B]`` at the next position."""
+        if self.pos >= self.max_len:
+            raise DecodeError(f"the static cache holds {self.max_len} positions; all are used")
+        self._tok.copy_(tokens.reshape(self.batch, 1))
+        self._cpos.fill_(self.pos)
+        if self._graph is not None:
+            self._graph.replay()
+            logits = self._logits
+        else:
+            logits = self._forward(self._tok, self._cpos)
+        self.pos += 1
+        return logits.float()
+
+    @torch.no_grad()
+    def capture(self, ids: torch.Tensor) -> None:
+        """Warm up and capture the decode step after the prompt ``ids [B, P]`` (where ``graph``), then clear
+        the cache. A failed capture leaves eager steps over the same cache (:attr:`mode` says why)."""
+        if not self.want_graph or self._graph is not None:
+            return
+        t0 = time.perf_counter()
+        self.prefill(ids)
+        self._tok.zero_()
+        self._cpos.fill_(self.pos)
+        try:
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(self.warmup):
+                    self._forward(self._tok, self._cpos)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._logits = self._forward(self._tok, self._cpos)
+            torch.cuda.synchronize(self.device)
+            self._graph, self.mode = graph, "cuda-graph"
+        except Exception as e:  # noqa: BLE001 - any op that cannot be captured: run the same step eagerly
+            self._graph, self._logits = None, None
+            self.mode = f"static (graph capture failed: {type(e).__name__}: {str(e).splitlines()[0][:160]})"
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        self.cache.reset()
+        self.pos = 0
+        self.setup_seconds += time.perf_counter() - t0
+
+
+@dataclass
+class DecodeRun:
+    """Tokens ``[B, n]`` (n <= new_tokens: all rows ended), prefill and decode seconds (after setup),
+    the decoder's mode and setup seconds (warm-up, kernel builds, capture)."""
+
+    tokens: torch.Tensor
+    prefill_seconds: float
+    decode_seconds: float
+    mode: str
+    setup_seconds: float
+
+    @property
+    def seconds(self) -> float:
+        return self.prefill_seconds + self.decode_seconds
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Generated tokens of all rows per second of decode steps (the prefill excluded)."""
+        steps = max(self.tokens.shape[1] - 1, 0)
+        return self.tokens.shape[0] * steps / self.decode_seconds if self.decode_seconds > 0 else float("inf")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def decode(dec: StaticDecoder, ids: torch.Tensor, new_tokens: int,
+           select: Callable[[torch.Tensor], torch.Tensor] = greedy, eos: int | list[int] | None = None,
+           pad: int = 0, warm: bool = True) -> DecodeRun:
+    """Generate up to ``new_tokens`` tokens per row after ``ids [B, P]`` (see the module docstring).
+    ``warm``: capture the graph (where the decoder wants one) before the clock starts."""
+    if new_tokens < 1:
+        raise DecodeError(f"new_tokens must be at least 1, got {new_tokens}")
+    if ids.shape[1] + new_tokens > dec.max_len:
+        raise DecodeError(f"prompt ({ids.shape[1]}) plus {new_tokens} new tokens exceed the cache's {dec.max_len}")
+    device = dec.device
+    if warm and dec.want_graph and not dec.captured and dec.mode == "static":
+        dec.capture(ids)
+    eos_ids = torch.tensor([] if eos is None else [eos] if isinstance(eos, int) else list(eos), device=device)
+    _sync(device)
+    t0 = time.perf_counter()
+    tok = select(dec.prefill(ids))
+    _sync(device)
+    t1 = time.perf_counter()
+    out = [tok]
+    done = torch.isin(tok, eos_ids)
+    for _ in range(new_tokens - 1):
+        if eos_ids.numel() and bool(done.all()):
+            break
+        tok = select(dec.step(tok))
+        tok = torch.where(done, torch.full_like(tok, pad), tok)
+        done = done | torch.isin(tok, eos_ids)
+        out.append(tok)
+    _sync(device)
+    t2 = time.perf_counter()
+    return DecodeRun(torch.stack(out, 1), t1 - t0, t2 - t1, dec.mode, dec.setup_seconds)

@@ -1,0 +1,96 @@
+"""The static-cache decode path (pvq.eval.decoding) against model.generate: the same greedy tokens on the
+reference model (through ``pvq generate --decode static``) and on tiny random models, batch rows included.
+The CUDA-graph capture runs on CUDA machines only; here its refusal off CUDA is checked."""
+
+import pytest
+import torch
+
+from pvq.eval import runs
+from pvq.eval.decoding import DecodeError, StaticDecoder, decode, greedy, sampler
+from pvq.eval.generate import GenerateConfig, GenerateError, generate
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return runs.load_model(None)
+
+
+def _eager(model, ids, n):
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                             do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=0)
+    return out[:, ids.shape[1]:]
+
+
+def test_reference_model_greedy_tokens_equal_the_eager_path(reference):
+    model, tokenizer = reference
+    prompt = "import os\nimport "
+    eager = generate(model, tokenizer, prompt, GenerateConfig(max_new_tokens=24, decode="eager"))
+    static = generate(model, tokenizer, prompt, GenerateConfig(max_new_tokens=24, decode="static"))
+    assert static["completion"] == eager["completion"] and static["new_tokens"] == eager["new_tokens"]
+    assert static["decode"] == "static" and static["mode"] == "static" and static["tokens_per_second"] > 0
+    assert generate(model, tokenizer, prompt, GenerateConfig(max_new_tokens=4))["decode"] == "eager"  # auto on CPU
+
+
+def test_reference_model_sampling_equals_the_eager_path(reference):
+    model, tokenizer = reference
+    for cfg in (dict(temperature=1.3), dict(top_k=20, top_p=0.9, temperature=0.8)):
+        a = generate(model, tokenizer, "def ", GenerateConfig(max_new_tokens=16, sample=True, seed=5, decode="eager", **cfg))
+        b = generate(model, tokenizer, "def ", GenerateConfig(max_new_tokens=16, sample=True, seed=5, decode="static",
+                                                               **cfg))
+        assert a["completion"] == b["completion"]
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_tiny_model_rows_equal_the_eager_path(tiny_model, family):
+    model = tiny_model(family, seed=3).eval()
+    ids = torch.randint(0, model.config.vocab_size, (3, 7), generator=torch.Generator().manual_seed(1))
+    dec = StaticDecoder(model, batch=3, max_len=7 + 20)
+    run = decode(dec, ids, 20)
+    assert run.mode == "static" and run.tokens.shape == (3, 20)
+    assert torch.equal(run.tokens, _eager(model, ids, 20))
+    again = decode(dec, ids, 20)  # the same cache again: positions restart, stale keys are masked
+    assert torch.equal(again.tokens, run.tokens)
+
+
+def test_a_failed_capture_falls_back_to_eager_steps_and_says_why(tiny_model, monkeypatch):
+    model = tiny_model("llama", seed=3).eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 6), generator=torch.Generator().manual_seed(4))
+    dec = StaticDecoder(model, batch=2, max_len=20)
+    dec.want_graph = True  # as on a CUDA device; the capture's first CUDA call fails here
+
+    def refuse(*_, **__):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(torch.cuda, "Stream", refuse)
+    run = decode(dec, ids, 8)
+    assert run.mode == "static (graph capture failed: RuntimeError: operation not permitted when stream is capturing)"
+    assert not dec.captured and torch.equal(run.tokens, _eager(model, ids, 8))
+
+
+def test_end_of_sequence_stops_rows_as_generate_does(tiny_model):
+    model = tiny_model("llama", seed=3).eval()
+    ids = torch.randint(0, model.config.vocab_size, (1, 5), generator=torch.Generator().manual_seed(2))
+    free = decode(StaticDecoder(model, 1, 30), ids, 12).tokens[0]
+    eos = int(free[4])  # pretend the fifth token ends the sequence
+    run = decode(StaticDecoder(model, 1, 30), ids, 12, eos=eos)
+    first = next(i for i, t in enumerate(free.tolist()) if t == eos)
+    assert run.tokens[0].tolist() == free[: first + 1].tolist()
+
+
+def test_bad_requests():
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(DecodeError, match="CUDA"):
+        StaticDecoder(model, 1, 8, graph=True)
+    with pytest.raises(GenerateError, match="--decode"):
+        GenerateConfig(decode="fast").check()
+    assert greedy(torch.tensor([[0.0, 2.0, 1.0]])).tolist() == [1]
+    g = torch.Generator().manual_seed(0)
+    assert sampler(top_k=1, generator=g)(torch.tensor([[0.0, 2.0, 1.0]])).tolist() == [1]
+
+
+def test_decode_refuses_more_tokens_than_the_cache_holds(tiny_model):
+    model = tiny_model("llama", seed=3).eval()
+    dec = StaticDecoder(model, 1, 10)
+    with pytest.raises(DecodeError, match="exceed"):
+        decode(dec, torch.zeros(1, 6, dtype=torch.long), 5)
