@@ -220,12 +220,15 @@ class QuantizeRequest:
     output: str | None = None
     overwrite: bool = False
     device: str | None = None
+    allocate: object | None = None  # a pvq.models.allocation.AllocateConfig: per-layer rates averaging config.bits
 
     def check(self, log: Log = _quiet) -> tuple[torch.device, str]:
         """Everything that can be checked before loading the model: device, output path
         (probed, leftovers of interrupted runs cleaned), calibration text, context length.
         Returns (device, calibration text)."""
         device = resolve_device(self.device)
+        if self.allocate is not None:
+            self.allocate.ladder(self.config.bits)  # the target inside --min-bits .. --max-bits
         if self.output is not None:
             prepare_output(self.output, self.overwrite, log)
         text = load_text(self.calib if self.calib else CALIB_TEXT)
@@ -246,7 +249,8 @@ def run_quantize(req: QuantizeRequest, log: Log = _quiet, progress: bool = True)
     check_finite_weights(model)
     req.config.plan(model)  # method, dims, groups and rates against this model, before any work
     calib = calibration_batches(text, tokenizer, req.config.n_samples, req.config.seq_len, req.config.seed)
-    report = quantize_model(model, calib, req.config, device=device, progress=progress, log=log)
+    report = quantize_model(model, calib, req.config, device=device, progress=progress, log=log,
+                            allocation=req.allocate)
     if source_dtype is not None:  # weights left unquantized are saved (and counted) in the source dtype
         report.recount_kept(source_dtype.itemsize * 8)
     summary = {
@@ -262,6 +266,8 @@ def run_quantize(req: QuantizeRequest, log: Log = _quiet, progress: bool = True)
         "proxy_loss": report.proxy_loss,
         "output": None,
     }
+    if report.allocation is not None:
+        summary["allocation"] = report.allocation
     if req.output:
         save_quantized(model, req.output, report, tokenizer=tokenizer, overwrite=req.overwrite, dtype=source_dtype,
                        log=log)
@@ -322,6 +328,12 @@ def run_eval(
         "backends": sorted({m.backend for m in model.modules() if isinstance(m, QuantizedLinear)} - {None}),
         "memory_bytes": model_memory_bytes(model),
     }
+    if is_pvq_checkpoint(resolve_model(model_or_dir)):  # --allocate's plan, when the checkpoint has one
+        from ..models import read_quantization_config
+
+        alloc = read_quantization_config(resolve_model(model_or_dir)).get("allocation")
+        if alloc is not None:
+            out["allocation"] = alloc
     if prepared is not None:
         from .zeroshot import evaluate_zeroshot
 

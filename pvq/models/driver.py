@@ -94,6 +94,7 @@ class QuantizeReport:
     seq_len: int
     notes: list[str] = field(default_factory=list)
     kept: dict[str, dict] = field(default_factory=dict)  # block weights left unquantized: {name: {numel, bits}}
+    allocation: dict | None = None  # --allocate: each layer's rate and why (pvq.models.allocation)
 
     @property
     def quantized_bits(self) -> int:
@@ -146,6 +147,7 @@ class QuantizeReport:
             "seq_len": self.seq_len,
             "notes": list(self.notes),
             "layers": [{**asdict(s), "bits_per_weight": s.bits_per_weight} for s in self.layers],
+            **({"allocation": self.allocation} if self.allocation is not None else {}),
         }
 
 
@@ -183,6 +185,7 @@ def quantize_model(
     batch_size: int = 8,
     blocks: list[int] | None = None,
     hooks: list[BlockHook] | None = None,
+    allocation=None,
 ) -> QuantizeReport:
     """Quantize every ``nn.Linear`` of ``model``'s decoder blocks in place.
 
@@ -199,6 +202,9 @@ def quantize_model(
         others are run as they are (quantized or not) to feed the next ones.
     hooks: called after each block (default: LoRA recovery when
         ``config.lora_steps > 0``); a hook's notes go into the report.
+    allocation: a :class:`pvq.models.allocation.AllocateConfig`: before the work, measure every
+        layer at candidate rates and give each its own codec so that the quantized weights
+        average ``config.bits`` (the record goes into ``report.allocation``).
 
     Bad input (config, model structure, calibration ids, device) raises
     :class:`QuantizeError` before any work; an error during the work leaves
@@ -225,6 +231,9 @@ def quantize_model(
         say(note)
     was_training = model.training
     model.eval()
+    record = None
+    if allocation is not None:  # per-layer rates chosen by measurement: a new plan, then the same work
+        plan, record = allocation.apply(model, calib_ids, plan, device, batch_size, say)
     layers = decoder_layers(model)
     stats: list[LayerStats] = []
     bar = _progress_bar(sum(p.count for p in plan.layers), progress, f"quantize {config.method} {config.bits:g} bits")
@@ -260,7 +269,7 @@ def quantize_model(
         model.train(was_training)
     report = QuantizeReport(
         config, stats, time.perf_counter() - t0, str(device), int(calib_ids.shape[0]), int(calib_ids.shape[1]),
-        notes, kept=block_rate(model)["kept"],
+        notes, kept=block_rate(model)["kept"], allocation=record,
     )
     if report.kept:
         say(f"left unquantized (counted at their dtype's bits): {', '.join(report.kept)}")

@@ -18,7 +18,8 @@ never pickle) whose ``config.json`` holds a ``quantization_config``::
                         "activation": {"method", "bits", "dim", "rotate", "clip",
                                        "gain_bits", "bits_per_activation"}  (only when set)}},
      "bits_per_activation": measured | null,
-     "pvq_version": ..., "format_version": 3}
+     "pvq_version": ..., "format_version": 3,
+     "allocation": {...}  (optional: --allocate's per-layer rates and why; readers ignore it)}
 
 plus ``"integrity": {"algorithm": "sha256", "tensors": {name: {"dtype",
 "shape", "sha256"}}, "modules": {name: sha256 of the entry's canonical JSON}}``,
@@ -127,6 +128,7 @@ def quantization_config_dict(model: nn.Module, quant_config) -> dict:
         "experts": expert_entries(model),
         "pvq_version": __version__,
         "format_version": FORMAT_VERSION,
+        **({"allocation": alloc} if (alloc := getattr(quant_config, "allocation", None)) is not None else {}),
     }
 
 
