@@ -56,6 +56,7 @@ class Candidate:
     codec: VectorCodec
     stored_bits: int
     distortion: float
+    proxy: float | None = None  # the solver's proxy loss of the whole layer (block metric only; benchmarks)
 
 
 @dataclass(frozen=True)
@@ -203,8 +204,9 @@ def _why(p: LayerPlan, cands: list[Candidate], j: int, lam: float, target: float
 
 @torch.no_grad()
 def measure(model, calib_ids, plan: QuantizePlan, cands: dict, alloc: AllocateConfig, device: torch.device,
-            batch_size: int, say) -> dict[str, list[Candidate]]:
-    """Every layer's candidates measured block by block on copies of the blocks (the model is not changed)."""
+            batch_size: int, say, keep: dict | None = None) -> dict[str, list[Candidate]]:
+    """Every layer's candidates measured block by block on copies of the blocks (the model is not changed).
+    ``keep``: when given, receives ``{(name, rate): dequantized weight [out, in]}`` of whole-layer solves."""
     config = plan.config
     _, blocks = decoder_blocks(model)
     batches = capture_block_inputs(model, calib_ids, device, batch_size)
@@ -224,7 +226,7 @@ def measure(model, calib_ids, plan: QuantizePlan, cands: dict, alloc: AllocateCo
                 for n in stage:
                     p = mine[n]
                     out[p.name] = _measure_layer(blk, i, mods[n], accs.pop(n).hessian(), p, cands[p.name], alloc,
-                                                 config, batches, device)
+                                                 config, batches, device, keep)
             say(f"allocate: block {i} measured in {time.perf_counter() - t:.1f} s")
         for b in batches:
             b.hidden = run_block(blk, b, i)
@@ -232,7 +234,8 @@ def measure(model, calib_ids, plan: QuantizePlan, cands: dict, alloc: AllocateCo
     return out
 
 
-def _measure_layer(blk, i, mod, h, p: LayerPlan, cands, alloc: AllocateConfig, config, batches, device) -> list[Candidate]:
+def _measure_layer(blk, i, mod, h, p: LayerPlan, cands, alloc: AllocateConfig, config, batches, device,
+                   keep: dict | None = None) -> list[Candidate]:
     """Measure one layer's candidates, then leave it quantized at the target in the block copy."""
     solver = config.solver_config()
     weight = linear_weight(mod)
@@ -277,7 +280,9 @@ def _measure_layer(blk, i, mod, h, p: LayerPlan, cands, alloc: AllocateConfig, c
             weight.copy_(dq.to(weight.dtype))
             err = sum(float((run_block(blk, b, i) - r).double().pow(2).sum()) for b, r in zip(batches, ref))
             weight.copy_(original)
-            result.append(Candidate(rate, codec, res.stored_bits, err / tokens))
+            result.append(Candidate(rate, codec, res.stored_bits, err / tokens, float(res.proxy_loss)))
+            if keep is not None:
+                keep[(p.name, rate)] = dq.float().cpu()
     key = _key(p.codec)
     if key not in dense:
         _, dense[key] = solve_all(p.codec)
