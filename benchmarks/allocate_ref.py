@@ -34,9 +34,11 @@ def main() -> None:
     ap.add_argument("--step", type=float, default=0.25)
     ap.add_argument("--eval-tokens", type=int, default=None, help="default: the demo's 32768")
     ap.add_argument("--plot", default=None, help="draw docs figures from --out into this prefix and stop")
+    ap.add_argument("--demo-json", default="docs/demo_cpu.json",
+                    help="with --plot: add this demo run's uniform rows (same settings) of the plotted methods")
     args = ap.parse_args()
     if args.plot:
-        plot(args.out, args.plot)
+        plot(args.out, args.plot, args.demo_json)
         return
     demo = DemoConfig(plot=None, zeroshot_limit=0)
     model0, tok = load_model(None)
@@ -70,7 +72,7 @@ def main() -> None:
         del model
 
 
-def plot(path: str, prefix: str) -> None:
+def plot(path: str, prefix: str, demo_json: str | None = None) -> None:
     """``<prefix>_ppl.png``: perplexity against measured bits (uniform and allocated per method);
     ``<prefix>_layers.png``: each allocated run's rate by layer type (rows) and depth (x)."""
     import matplotlib
@@ -79,6 +81,9 @@ def plot(path: str, prefix: str) -> None:
     import matplotlib.pyplot as plt
 
     rows = [json.loads(line) for line in open(path) if line.strip()]
+    if demo_json:
+        methods = {r["method"] for r in rows}
+        rows += [{**r, "mode": "uniform"} for r in json.load(open(demo_json))["results"] if r["method"] in methods]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for method in dict.fromkeys(r["method"] for r in rows):
         for mode, style in (("uniform", "o--"), ("allocated", "s-")):
