@@ -161,7 +161,8 @@ class AllocateConfig:
             c = points[p.name][j]
             layers.append(replace(p, codec=c.codec))
             record_layers[p.name] = _why(p, points[p.name], j, a.lam, config.bits)
-        new = QuantizePlan(config, layers, plan.num_blocks, notes=list(plan.notes), path=plan.path)
+        new = QuantizePlan(config, layers, plan.num_blocks, path=plan.path)
+        new.notes = list(plan.notes)  # not the notes __post_init__ derived again
         record = {
             "target_bits": config.bits, **self.to_dict(), "ladder": self.ladder(config.bits),
             "budget_bits": budget, "predicted_bits": a.bits, "predicted_bits_per_weight": a.bits / weights,
