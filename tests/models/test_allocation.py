@@ -1,8 +1,6 @@
 """--allocate on a tiny Llama: measured rate at the target, bounds, the plan stored, reloaded and shown."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -93,6 +91,10 @@ def test_bad_settings_fail_before_work():
             AllocateConfig().candidates(QuantizeConfig(**CFG), QuantizeConfig(**CFG).plan(tiny("qwen2_moe")))
 
 
-def test_cli_refuses_bounds_without_allocate():
-    r = subprocess.run([sys.executable, "-m", "pvq", "quantize", "--min-bits", "2"], capture_output=True, text=True)
-    assert r.returncode == 2 and "add --allocate" in r.stderr
+def test_cli_refuses_bounds_without_allocate(capsys):
+    from pvq.cli import main
+
+    assert main(["quantize", "--min-bits", "2"]) == 2
+    assert "add --allocate" in capsys.readouterr().err
+    assert main(["quantize", "--allocate", "--bits", "2", "--min-bits", "2.5"]) == 2  # before the model loads
+    assert "outside --min-bits" in capsys.readouterr().err
