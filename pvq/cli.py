@@ -179,6 +179,30 @@ def _quantize_arguments(p: argparse.ArgumentParser) -> None:
                    help="where calibration activations live between blocks (default: auto, the device when they fit)")
     p.add_argument("--batch-size", type=int, default=8, help="calibration samples per forward pass (default: 8)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    a = p.add_argument_group("per-layer rates (--allocate)")
+    a.add_argument("--allocate", action="store_true",
+                   help="--bits is the average over the quantized weights (measured from stored bytes); each "
+                        "layer gets its own rate, chosen by measuring its error at candidate rates")
+    a.add_argument("--allocate-metric", default="proxy", choices=("proxy", "block"),
+                   help="distortion measured per layer and rate: proxy (the solver's Hessian-weighted error, "
+                        "default) or block (the block's output error, EXL2's way; slower)")
+    a.add_argument("--min-bits", type=float, default=None, help="lowest rate of any layer (default: target - 1)")
+    a.add_argument("--max-bits", type=float, default=None, help="highest rate of any layer (default: target + 1)")
+    a.add_argument("--allocate-step", type=float, default=0.25, help="spacing of the candidate rates (default 0.25)")
+    a.add_argument("--allocate-rows", type=float, default=0.125,
+                   help="fraction of each layer's output rows the proxy metric solves per candidate (default 0.125)")
+
+
+def _allocate_config(args: argparse.Namespace):
+    """The :class:`~pvq.models.allocation.AllocateConfig` of the parsed flags, or None without --allocate."""
+    if not args.allocate:
+        given = [f for f in ("min_bits", "max_bits") if getattr(args, f) is not None]
+        if given:
+            raise PvqError(f"--{given[0].replace('_', '-')} bounds per-layer rates: add --allocate")
+        return None
+    from .models.allocation import AllocateConfig
+
+    return AllocateConfig(args.allocate_metric, args.min_bits, args.max_bits, args.allocate_step, args.allocate_rows)
 
 
 def _quantize_config(args: argparse.Namespace):
@@ -206,6 +230,7 @@ def _quantize(args: argparse.Namespace) -> int:
         model=args.model, config=_quantize_config(args), calib=args.calib, output=args.output,
         overwrite=args.overwrite, device=args.device, stream=args.stream, resume=args.resume,
         activations=args.activations, batch_size=args.batch_size,
+        allocate=_allocate_config(args),
     )
     log = (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
     _, _, summary = run_quantize(req, log=log, progress=not args.json)

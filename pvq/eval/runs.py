@@ -229,6 +229,7 @@ class QuantizeRequest:
     resume: bool = True  # with an output: keep finished blocks beside it and continue an interrupted run
     activations: str = "auto"  # where calibration activations live: auto, device, cpu, disk
     batch_size: int = 8  # calibration samples per forward pass
+    allocate: object | None = None  # a pvq.models.allocation.AllocateConfig: per-layer rates averaging config.bits
 
     def check(self, log: Log = _quiet, probe_output: bool = True) -> tuple[torch.device, str]:
         """Everything that can be checked before loading the model: device, output path
@@ -252,6 +253,8 @@ class QuantizeRequest:
                     "quantizing, which a streamed run cannot do yet)")
         if self.activations not in PLACEMENTS:
             raise QuantizeError(f"--activations must be one of {', '.join(PLACEMENTS)}, got {self.activations!r}")
+        if self.allocate is not None:
+            self.allocate.ladder(self.config.bits)  # the target inside --min-bits .. --max-bits
         if self.output is not None and probe_output:  # (False: another rank of a distributed run; rank 0 probes)
             prepare_output(self.output, self.overwrite, log)
         text = load_text(self.calib if self.calib else CALIB_TEXT)
@@ -301,7 +304,7 @@ def run_quantize(req: QuantizeRequest, log: Log = _quiet, progress: bool = True)
     try:
         report = quantize_model(model, calib, req.config, device=device, progress=progress, log=log, io=store,
                                 activations=req.activations, scratch=None if work is None else work.path,
-                                parallel=parallel, batch_size=req.batch_size)
+                                parallel=parallel, batch_size=req.batch_size, allocation=req.allocate)
     except BaseException:
         if work is not None:
             work.close()
@@ -332,6 +335,8 @@ def run_quantize(req: QuantizeRequest, log: Log = _quiet, progress: bool = True)
         "rank": 0 if parallel is None else parallel.rank,
         "world_size": 1 if parallel is None else parallel.world,
     }
+    if report.allocation is not None:
+        summary["allocation"] = report.allocation
     if req.output and not main:
         parallel.barrier()  # rank 0 writes the checkpoint
         summary["output"] = str(req.output)
@@ -410,6 +415,12 @@ def run_eval(
         "rotation_plan": _rotation_plan_name(model),
         "online_rotations_per_block": online_rotations_per_block(model),
     }
+    if is_pvq_checkpoint(resolve_model(model_or_dir)):  # --allocate's plan, when the checkpoint has one
+        from ..models import read_quantization_config
+
+        alloc = read_quantization_config(resolve_model(model_or_dir)).get("allocation")
+        if alloc is not None:
+            out["allocation"] = alloc
     if prepared is not None:
         from .zeroshot import evaluate_zeroshot
 

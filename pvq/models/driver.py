@@ -99,6 +99,7 @@ class QuantizeReport:
     seq_len: int
     notes: list[str] = field(default_factory=list)
     kept: dict[str, dict] = field(default_factory=dict)  # block weights left unquantized: {name: {numel, bits}}
+    allocation: dict | None = None  # --allocate: each layer's rate and why (pvq.models.allocation)
 
     @property
     def quantized_bits(self) -> int:
@@ -151,6 +152,7 @@ class QuantizeReport:
             "seq_len": self.seq_len,
             "notes": list(self.notes),
             "layers": [{**asdict(s), "bits_per_weight": s.bits_per_weight} for s in self.layers],
+            **({"allocation": self.allocation} if self.allocation is not None else {}),
         }
 
 
@@ -192,6 +194,7 @@ def quantize_model(
     activations: str = "device",
     scratch=None,
     parallel=None,
+    allocation=None,
 ) -> QuantizeReport:
     """Quantize every ``nn.Linear`` of ``model``'s decoder blocks in place.
 
@@ -218,6 +221,9 @@ def quantize_model(
     parallel: this rank of a distributed run (:class:`pvq.models.distributed.Parallel`): it
         captures and runs its share of the calibration batches; Hessians are summed over the
         ranks and the linears of a stage are solved on different ranks.
+    allocation: a :class:`pvq.models.allocation.AllocateConfig`: before the work, measure every
+        layer at candidate rates and give each its own codec so that the quantized weights
+        average ``config.bits`` (the record goes into ``report.allocation``).
 
     Bad input (config, model structure, calibration ids, device) raises
     :class:`QuantizeError` before any work; an error during the work leaves
@@ -247,6 +253,9 @@ def quantize_model(
     model.eval()
     if plan.rotation == "fused":  # rewrite the model (exactly) before anything sees its activations
         fold_rotations(model, config.seed)
+    record = None
+    if allocation is not None:  # per-layer rates chosen by measurement: a new plan, then the same work
+        plan, record = allocation.apply(model, calib_ids, plan, device, batch_size, say)
     layers = decoder_layers(model)
     stats: list[LayerStats] = []
     bar = _progress_bar(sum(p.count for p in plan.layers), progress, f"quantize {config.method} {config.bits:g} bits")
@@ -303,7 +312,7 @@ def quantize_model(
         model.train(was_training)
     report = QuantizeReport(
         config, stats, time.perf_counter() - t0, str(device), int(calib_ids.shape[0]), int(calib_ids.shape[1]),
-        notes, kept=block_rate(model)["kept"],
+        notes, kept=block_rate(model)["kept"], allocation=record,
     )
     if report.kept:
         say(f"left unquantized (counted at their dtype's bits): {', '.join(report.kept)}")

@@ -21,7 +21,8 @@ never pickle) whose ``config.json`` holds a ``quantization_config``::
      "rotation": {"plan": "fused", "hidden_size", "head_dim", "stream_seed", "head_seed",
                   "ends": "folded" | "online"} | null  (the model-level rotation plan),
      "online_rotations_per_block": ...,
-     "pvq_version": ..., "format_version": 4}
+     "pvq_version": ..., "format_version": 4,
+     "allocation": {...}  (optional: --allocate's per-layer rates and why; readers ignore it)}
 
 plus ``"integrity": {"algorithm": "sha256", "tensors": {name: {"dtype",
 "shape", "sha256"}}, "modules": {name: sha256 of the entry's canonical JSON}}``,
@@ -140,6 +141,7 @@ def quantization_config_dict(model: nn.Module, quant_config) -> dict:
         "online_rotations_per_block": online_rotations_per_block(model),
         "pvq_version": __version__,
         "format_version": FORMAT_VERSION,
+        **({"allocation": alloc} if (alloc := getattr(quant_config, "allocation", None)) is not None else {}),
     }
 
 

@@ -1,0 +1,291 @@
+"""Per-layer rates under a size budget (``pvq quantize --bits R --allocate``), chosen by measurement.
+
+:meth:`AllocateConfig.apply` runs before the driver's quantization pass:
+
+1. candidates: for every layer, the method's codec at each rate of a ladder between ``min_bits``
+   and ``max_bits`` (``step`` apart, the target included), duplicates (same codec config) dropped;
+2. measurement, block by block like the driver (a copy of each block; the layers are measured on
+   the inputs of the blocks before, quantized at the target rate, and the block's earlier stages
+   are quantized at the target before a later stage's Hessian is collected): per layer and
+   candidate the stored bits (from the stored tensors) and a distortion,
+
+   * ``proxy`` (default): the solver's Hessian-weighted error ``tr((W - Q) H (W - Q)^T)`` on a
+     seeded fraction ``rows`` of the (rotated) output rows, scaled to the layer (rows are solved
+     independently, so the estimate is unbiased; ``rows=1`` measures the whole layer);
+   * ``block``: EXL2's way, the squared error of the block's output over the calibration tokens
+     with only this layer at the candidate (earlier layers of the block at the target);
+3. allocation over those points (:func:`pvq.solvers.allocate.allocate`: Lagrangian on each
+   layer's lower convex hull, then a fill), with the budget ``R`` x the quantized weights;
+4. a new plan (each layer's codec at its chosen rate) and a record of why, which the report,
+   the checkpoint (``quantization_config["allocation"]``) and ``pvq eval --json`` carry.
+
+The driver then quantizes with that plan as in a uniform run. Expert stacks (MoE) are refused.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+import zlib
+from dataclasses import asdict, dataclass, replace
+
+import torch
+
+from pvq.codecs import VectorCodec, codec_to_config
+from pvq.errors import PvqError, QuantizeError
+from pvq.solvers import quantize_linear
+from pvq.solvers.allocate import RatePoint, allocate, lower_hull
+
+from .capture import block_linears, capture_block_inputs, collect_hessians, linear_stages, run_block
+from .plan import LayerPlan, QuantizePlan
+from .structure import decoder_blocks, linear_weight
+
+__all__ = ["METRICS", "AllocateConfig", "Candidate"]
+
+METRICS = ("proxy", "block")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One measured setting of one layer: the ladder rate asked for, the codec it built, the
+    layer's stored bits at it (measured; scaled from the measured rows for ``rows < 1``) and the distortion."""
+
+    rate: float
+    codec: VectorCodec
+    stored_bits: int
+    distortion: float
+    proxy: float | None = None  # the solver's proxy loss of the whole layer (block metric only; benchmarks)
+
+
+@dataclass(frozen=True)
+class AllocateConfig:
+    """How ``--allocate`` measures and allocates (validated at construction; the target is the run's ``bits``).
+
+    metric: ``proxy`` (the solver's Hessian-weighted error) or ``block`` (the block's output error).
+    min_bits / max_bits: per-layer bounds of the candidate ladder (default: target - 1, target + 1).
+    step: spacing of the candidate ladder in bits per weight.
+    rows: fraction of each layer's output rows the proxy metric solves per candidate (1: all).
+    """
+
+    metric: str = "proxy"
+    min_bits: float | None = None
+    max_bits: float | None = None
+    step: float = 0.25
+    rows: float = 0.125
+
+    def __post_init__(self):
+        if self.metric not in METRICS:
+            raise QuantizeError(f"allocation metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+        for name in ("min_bits", "max_bits"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 16):
+                raise QuantizeError(f"--{name.replace('_', '-')} must be a rate in (0, 16) bits per weight, got {v!r}")
+        if self.min_bits is not None and self.max_bits is not None and self.min_bits > self.max_bits:
+            raise QuantizeError(f"--min-bits {self.min_bits} is above --max-bits {self.max_bits}")
+        if isinstance(self.step, bool) or not isinstance(self.step, (int, float)) or not 0.01 <= self.step <= 8:
+            raise QuantizeError(f"--allocate-step must be in [0.01, 8] bits, got {self.step!r}")
+        if isinstance(self.rows, bool) or not isinstance(self.rows, (int, float)) or not 0 < self.rows <= 1:
+            raise QuantizeError(f"--allocate-rows must be a fraction in (0, 1], got {self.rows!r}")
+
+    def bounds(self, target: float) -> tuple[float, float]:
+        lo = self.min_bits if self.min_bits is not None else max(target - 1.0, min(1.0, target))
+        hi = self.max_bits if self.max_bits is not None else min(target + 1.0, 15.0)
+        if not lo <= target <= hi:
+            raise QuantizeError(f"the target of {target:g} bits per weight is outside --min-bits {lo:g} .. "
+                                f"--max-bits {hi:g}; move the bounds around the target")
+        return lo, hi
+
+    def ladder(self, target: float) -> list[float]:
+        """The candidate rates: from ``min_bits`` to ``max_bits`` every ``step``, the target and both ends included."""
+        lo, hi = self.bounds(target)
+        n = int(math.floor((hi - lo) / self.step + 1e-9))
+        return sorted({round(lo + k * self.step, 6) for k in range(n + 1)} | {round(target, 6), round(hi, 6)})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    # ------------------------------------------------------------ the work
+
+    def candidates(self, config, plan: QuantizePlan) -> dict[str, list[tuple[float, VectorCodec]]]:
+        """Per layer, ``(rate, codec)`` of every ladder rate whose codec can be built, one per codec
+        config (the lowest rate that builds it), the plan's target codec always among them."""
+        if any(p.experts is not None for p in plan.layers):
+            raise QuantizeError("--allocate does not handle expert stacks (MoE) yet; quantize this model without it")
+        ladder = self.ladder(config.bits)
+        built: dict[tuple, list[tuple[float, VectorCodec]]] = {}
+        out = {}
+        for p in plan.layers:
+            key = (p.dim, p.group_size)
+            if key not in built:
+                seen, cands = {_key(p.codec)}, [(config.bits, p.codec)]
+                for r in ladder:
+                    try:
+                        codec = config.replace(bits=r).make_codec(p.dim, p.group_size)
+                    except QuantizeError:
+                        continue  # a rate this codec cannot reach at this D and G
+                    if _key(codec) not in seen:
+                        seen.add(_key(codec))
+                        cands.append((r, codec))
+                built[key] = sorted(cands, key=lambda c: c[0])
+            out[p.name] = built[key]
+        return out
+
+    @torch.no_grad()
+    def apply(self, model, calib_ids: torch.Tensor, plan: QuantizePlan, device: torch.device,
+              batch_size: int = 8, say=print) -> tuple[QuantizePlan, dict]:
+        """Measure every layer's candidates, allocate the budget, return (new plan, record)."""
+        config = plan.config
+        t0 = time.perf_counter()
+        cands = self.candidates(config, plan)
+        weights = sum(p.out_features * p.in_features for p in plan.layers)
+        budget = int(math.floor(config.bits * weights))
+        cheapest = sum(min(c.nominal_bits_per_weight() for _, c in cands[p.name]) * p.out_features * p.in_features
+                       for p in plan.layers)
+        if cheapest > budget * 1.001:
+            raise QuantizeError(f"the target of {config.bits:g} bits per weight is below what the cheapest candidates "
+                                f"reach ({cheapest / weights:.3f}); raise --bits or lower --min-bits")
+        say(f"allocate: measuring {sum(len(v) for v in cands.values())} candidates of {len(plan.layers)} layers "
+            f"({self.metric} metric, rates {min(c[0] for v in cands.values() for c in v):g}.."
+            f"{max(c[0] for v in cands.values() for c in v):g})")
+        points = measure(model, calib_ids, plan, cands, self, device, batch_size, say)
+        seconds = time.perf_counter() - t0
+        names = [p.name for p in plan.layers]
+        try:
+            a = allocate([[RatePoint(c.stored_bits, c.distortion) for c in points[n]] for n in names], budget)
+        except PvqError as e:
+            raise QuantizeError(f"allocation: {e}") from e
+        layers, record_layers = [], {}
+        for p, j in zip(plan.layers, a.choice):
+            c = points[p.name][j]
+            layers.append(replace(p, codec=c.codec))
+            record_layers[p.name] = _why(p, points[p.name], j, a.lam, config.bits)
+        new = QuantizePlan(config, layers, plan.num_blocks, path=plan.path, rotation=plan.rotation)
+        new.notes = list(plan.notes)  # not the notes __post_init__ derived again
+        record = {
+            "target_bits": config.bits, **self.to_dict(), "ladder": self.ladder(config.bits),
+            "budget_bits": budget, "predicted_bits": a.bits, "predicted_bits_per_weight": a.bits / weights,
+            "distortion": a.distortion, "lambda": a.lam, "measure_seconds": seconds, "layers": record_layers,
+        }
+        say(f"allocate: {a.bits / weights:.4f} bits per weight predicted for a target of {config.bits:g} "
+            f"(measured in {seconds:.1f} s); per layer:")
+        for n, r in record_layers.items():
+            say(f"  {n:<40} {r['bits_per_weight']:.3f} b/w  {r['why']}")
+        return new, record
+
+
+def _key(codec: VectorCodec) -> str:
+    return json.dumps(codec_to_config(codec), sort_keys=True, default=str)
+
+
+def _why(p: LayerPlan, cands: list[Candidate], j: int, lam: float, target: float) -> dict:
+    """The chosen point of one layer and the reason, in the hull's terms."""
+    w = p.out_features * p.in_features
+    pts = [RatePoint(c.stored_bits, c.distortion) for c in cands]
+    hull = lower_hull(pts)
+    c = cands[j]
+    uniform = next(x for x in cands if x.rate == target) if any(x.rate == target for x in cands) else None
+    if j not in hull:
+        why = "fill: the best single move that fit the bits left after the hull sweep"
+    else:
+        k = hull.index(j)
+        into = None if k == 0 else (pts[hull[k - 1]].distortion - pts[j].distortion) / (pts[j].bits - pts[hull[k - 1]].bits)
+        up = None if k == len(hull) - 1 else (pts[j].distortion - pts[hull[k + 1]].distortion) / (pts[hull[k + 1]].bits - pts[j].bits)
+        parts = []
+        parts.append("lowest candidate" if into is None else f"the step into it saves {into * w:.3g} per b/w")
+        parts.append("highest candidate" if up is None else f"the next step saves {up * w:.3g} per b/w")
+        why = "; ".join(parts) + f" (lambda {lam * w:.3g})"
+    return {
+        "rate": c.rate, "bits_per_weight": c.stored_bits / w, "distortion": c.distortion,
+        "uniform_distortion": None if uniform is None else uniform.distortion, "codec": c.codec.describe(),
+        "candidates": [[x.stored_bits / w, x.distortion] for x in cands], "why": why,
+    }
+
+
+@torch.no_grad()
+def measure(model, calib_ids, plan: QuantizePlan, cands: dict, alloc: AllocateConfig, device: torch.device,
+            batch_size: int, say, keep: dict | None = None) -> dict[str, list[Candidate]]:
+    """Every layer's candidates measured block by block on copies of the blocks (the model is not changed).
+    ``keep``: when given, receives ``{(name, rate): dequantized weight [out, in]}`` of whole-layer solves."""
+    config = plan.config
+    _, blocks = decoder_blocks(model)
+    batches = capture_block_inputs(model, calib_ids, device, batch_size)
+    out: dict[str, list[Candidate]] = {}
+    last = max(p.block for p in plan.layers)
+    for i, block in enumerate(blocks):
+        if i > last:
+            break
+        blk = copy.deepcopy(block).to(device)
+        prefix = f"{plan.path}.{i}."
+        mine = {p.name[len(prefix):]: p for p in plan.by_block(i)}
+        if mine:
+            t = time.perf_counter()
+            for stage in linear_stages(blk, batches[0], i, list(mine), config.sequential):
+                accs = collect_hessians(blk, batches, i, stage, device)
+                mods = block_linears(blk, stage)
+                for n in stage:
+                    p = mine[n]
+                    out[p.name] = _measure_layer(blk, i, mods[n], accs.pop(n).hessian(), p, cands[p.name], alloc,
+                                                 config, batches, device, keep)
+            say(f"allocate: block {i} measured in {time.perf_counter() - t:.1f} s")
+        for b in batches:
+            b.hidden = run_block(blk, b, i)
+        del blk
+    return out
+
+
+def _measure_layer(blk, i, mod, h, p: LayerPlan, cands, alloc: AllocateConfig, config, batches, device,
+                   keep: dict | None = None) -> list[Candidate]:
+    """Measure one layer's candidates, then leave it quantized at the target in the block copy."""
+    solver = config.solver_config()
+    weight = linear_weight(mod)
+    original = weight.detach().clone()
+    w = original.to(device=device, dtype=torch.float64)
+    wr, hr = (w, h) if p.rotation is None else (p.rotation.rotate_weight(w), p.rotation.rotate_hessian(h.to(device)))
+    out_f = p.out_features
+    dense = {}  # codec key -> dequantized weight [out, in] (whole-layer solves)
+
+    def solve_all(codec):
+        try:
+            res = quantize_linear(wr, hr, codec, None, solver)
+        except PvqError as e:
+            raise QuantizeError(f"{p.name}: {e}") from e
+        q = res.rotated_weight.to(torch.float64)
+        return res, (q if p.rotation is None else p.rotation.unrotate_weight(q))
+
+    result = []
+    if alloc.metric == "proxy":
+        n = out_f if alloc.rows >= 1 else min(out_f, max(16, math.ceil(alloc.rows * out_f)))
+        g = torch.Generator().manual_seed(zlib.crc32(p.name.encode()) & 0x7FFFFFFF)
+        idx = torch.sort(torch.randperm(out_f, generator=g)[:n]).values.to(wr.device)
+        sub = wr.index_select(0, idx)
+        for rate, codec in cands:
+            if n == out_f:
+                res, dq = solve_all(codec)
+                dense[_key(codec)] = dq
+            else:
+                try:
+                    res = quantize_linear(sub, hr, codec, None, solver)
+                except PvqError as e:
+                    raise QuantizeError(f"{p.name}: {e}") from e
+            data = sum(t.numel() * t.element_size() * 8 for t in res.codec.data_tensors().values())
+            bits = int(round((res.stored_bits - data) * out_f / n)) + data
+            result.append(Candidate(rate, codec, bits, float(res.proxy_loss) * out_f / n))
+    else:  # block: the block's output error with this layer at each candidate
+        ref = [run_block(blk, b, i) for b in batches]
+        tokens = sum(r.shape[0] * r.shape[1] for r in ref)
+        for rate, codec in cands:
+            res, dq = solve_all(codec)
+            dense[_key(codec)] = dq
+            weight.copy_(dq.to(weight.dtype))
+            err = sum(float((run_block(blk, b, i) - r).double().pow(2).sum()) for b, r in zip(batches, ref))
+            weight.copy_(original)
+            result.append(Candidate(rate, codec, res.stored_bits, err / tokens, float(res.proxy_loss)))
+            if keep is not None:
+                keep[(p.name, rate)] = dq.float().cpu()
+    key = _key(p.codec)
+    if key not in dense:
+        _, dense[key] = solve_all(p.codec)
+    weight.copy_(dense[key].to(weight.dtype))  # later stages and blocks see this layer at the target
+    return result

@@ -1,0 +1,100 @@
+"""--allocate on a tiny Llama: measured rate at the target, bounds, the plan stored, reloaded and shown."""
+
+import json
+
+import pytest
+import torch
+from tiny_models import calib, char_tokenizer, quantized, tiny
+from transformers import AutoModelForCausalLM
+
+from pvq.eval.runs import run_eval
+from pvq.models import QuantizeConfig, load_quantized, quantize_model, read_quantization_config, save_quantized
+from pvq.models.allocation import AllocateConfig
+from pvq.errors import QuantizeError
+
+CFG = dict(method="pvq", bits=2.5, dim=16, n_samples=4, seq_len=32)
+
+
+@pytest.fixture(scope="module")
+def allocated():
+    model = tiny("llama")
+    lines = []
+    report = quantize_model(model, calib(4, 32), QuantizeConfig(**CFG), progress=False, log=lines.append,
+                            allocation=AllocateConfig(rows=0.5))
+    return model, report, lines
+
+
+def test_allocated_rate_meets_the_target_from_stored_bytes(allocated):
+    model, report, lines = allocated
+    q = quantized(model)
+    bits = sum(m.stored_bits() for m in q.values()) / sum(m.num_weights for m in q.values())
+    assert bits == report.bits_per_weight
+    assert 2.49 <= bits <= 2.5  # never above the budget, within 0.01 below it
+    rec = report.allocation
+    assert rec["predicted_bits"] == sum(m.stored_bits() for m in q.values())  # rows scaled exactly for pvq
+    rates = {round(m.stored_bits() / m.num_weights, 3) for m in q.values()}
+    assert len(rates) > 1  # layers differ
+    assert set(rec["layers"]) == set(q)
+    for name, r in rec["layers"].items():
+        assert r["bits_per_weight"] == pytest.approx(q[name].stored_bits() / q[name].num_weights)
+        assert r["why"] and len(r["candidates"]) > 3
+    assert any(line.startswith("allocate:") for line in lines)
+    # allocation lowers the summed measured distortion against the uniform run's candidates
+    assert rec["distortion"] < sum(r["uniform_distortion"] for r in rec["layers"].values())
+
+
+def test_plan_is_stored_and_both_loaders_rebuild_per_layer_codecs(allocated, tmp_path):
+    model, report, _ = allocated
+    save_quantized(model, tmp_path / "ck", report, tokenizer=char_tokenizer())
+    qdict = read_quantization_config(tmp_path / "ck")
+    assert qdict["allocation"]["target_bits"] == 2.5 and qdict["format_version"] == 3
+    assert len({json.dumps(m["codec"], sort_keys=True) for m in qdict["modules"].values()}) > 1
+    x = calib(2, 16, seed=7)
+    with torch.no_grad():
+        ref = model(input_ids=x).logits
+        for loaded in (AutoModelForCausalLM.from_pretrained(tmp_path / "ck"), load_quantized(tmp_path / "ck", via="direct")):
+            assert torch.equal(loaded(input_ids=x).logits, ref)
+    data = tmp_path / "t.txt"
+    data.write_text("the quick brown fox jumps over the lazy dog\n" * 20)
+    out = run_eval(str(tmp_path / "ck"), data=str(data), context=32, stride=32, max_tokens=96)
+    assert out["allocation"]["layers"].keys() == qdict["allocation"]["layers"].keys()
+    assert out["bits_per_weight"] == pytest.approx(report.bits_per_weight)
+
+
+def test_bounds_and_block_metric():
+    model = tiny("llama")
+    alloc = AllocateConfig(metric="block", min_bits=2.25, max_bits=2.75, step=0.25)
+    report = quantize_model(model, calib(4, 32), QuantizeConfig(**CFG), progress=False, log=None, allocation=alloc)
+    rec = report.allocation
+    assert rec["ladder"] == [2.25, 2.5, 2.75] and rec["metric"] == "block"
+    for s in report.layers:
+        assert 2.0 < s.bits_per_weight <= 2.75
+    assert report.bits_per_weight <= 2.5 and report.bits_per_weight > 2.45
+
+
+def test_bad_settings_fail_before_work():
+    with pytest.raises(QuantizeError, match="metric"):
+        AllocateConfig(metric="mse")
+    with pytest.raises(QuantizeError, match="above --max-bits"):
+        AllocateConfig(min_bits=3, max_bits=2)
+    with pytest.raises(QuantizeError, match="allocate-rows"):
+        AllocateConfig(rows=0)
+    with pytest.raises(QuantizeError, match="outside --min-bits"):
+        AllocateConfig(min_bits=3.0).ladder(2.0)
+    assert AllocateConfig(step=0.5).ladder(2.0) == [1.0, 1.5, 2.0, 2.5, 3.0]
+    model = tiny("llama")
+    with pytest.raises(QuantizeError, match="cannot reach 1.5"):  # the target's own codec must exist
+        quantize_model(model, calib(4, 32), QuantizeConfig(method="e8", bits=1.5, n_samples=4, seq_len=32),
+                       progress=False, log=None, allocation=AllocateConfig(min_bits=1.0))
+    if "qwen2_moe" in __import__("tiny_models").FAMILIES:
+        with pytest.raises(QuantizeError, match="expert stacks"):
+            AllocateConfig().candidates(QuantizeConfig(**CFG), QuantizeConfig(**CFG).plan(tiny("qwen2_moe")))
+
+
+def test_cli_refuses_bounds_without_allocate(capsys):
+    from pvq.cli import main
+
+    assert main(["quantize", "--min-bits", "2"]) == 2
+    assert "add --allocate" in capsys.readouterr().err
+    assert main(["quantize", "--allocate", "--bits", "2", "--min-bits", "2.5"]) == 2  # before the model loads
+    assert "outside --min-bits" in capsys.readouterr().err
