@@ -43,14 +43,20 @@ class SolverConfig:
     hessian_gain: use the codec's Hessian-optimal encoding where it has one.
     damp: diagonal damping of ``H``, relative to its mean diagonal (also used
         for the OBS importances of fitted codecs).
+    static_groups: group scales and zero points from the original weights before
+        the column sweep (else from the error-updated weights as the sweep reaches them).
+    act_order: sweep vectors by decreasing Hessian diagonal (GPTQ ``desc_act``), with
+        static groups so the stored layout stays group-contiguous.
     """
 
     error_feedback: bool = True
     hessian_gain: bool = True
     damp: float = 0.01
+    static_groups: bool = False
+    act_order: bool = False
 
     def __post_init__(self):
-        for name in ("error_feedback", "hessian_gain"):
+        for name in ("error_feedback", "hessian_gain", "static_groups", "act_order"):
             if not isinstance(getattr(self, name), bool):
                 raise SolverError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if isinstance(self.damp, bool) or not isinstance(self.damp, (int, float)) or not (
@@ -114,7 +120,7 @@ def quantize_linear(
         codec = _fit(codec, w, h, config.damp)
     res = quantize_layer(
         w.float(), h, codec, error_feedback=config.error_feedback, damp_rel=config.damp,
-        hessian_gain=config.hessian_gain,
+        hessian_gain=config.hessian_gain, static_groups=config.static_groups, act_order=config.act_order,
     )
     return LinearResult(res.codec, res.stored().tensors, res.weight, res.proxy_loss, res.relative_error,
                         time.perf_counter() - t0)
