@@ -135,6 +135,19 @@ register_method(MethodSpec(
     group_option="group_weights", max_vector_bits=8,  # 2 bits: D=4 (256 centroids); 3, 4 bits: D=2
 ))
 register_method(MethodSpec(
+    "gptvq", "gptvq",
+    "GPTVQ: Hessian-weighted EM codebook (8-bit, stored) + GPTQ-style LDLQ assignment + codebook update",
+    rotate=False, error_feedback=True, hessian_gain=False, default_dim=4, default_group_size=32,
+    group_option="group_weights", max_vector_bits=8,  # 2 bits: D=4 (256 centroids); 3, 4 bits: D=2
+))
+register_method(MethodSpec(
+    "aqlm", "aqlm",
+    "AQLM: M additive codebooks of 2^B vectors of 8 (2x8 at 2 bits), beam search on the Hessian block, "
+    "codebooks updated on the output error, alternating",
+    rotate=False, error_feedback=True, hessian_gain=True, default_dim=8, default_group_size=16,
+    group_option="group_weights",
+))
+register_method(MethodSpec(
     "e8", "e8", "randomized Hadamard + E8 lattice codebook + block-LDLQ (QuIP#-style)",
     rotate=True, error_feedback=True, hessian_gain=False, default_dim=8, default_group_size=32,
 ))
