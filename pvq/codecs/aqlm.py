@@ -30,45 +30,44 @@ from .packing import pack_bits, unpack_bits
 MAX_CODEBOOK_BITS = 16
 
 
-def beam_search(u: torch.Tensor, books: torch.Tensor, metric: torch.Tensor | None, beam: int,
+def beam_search(u: torch.Tensor, books, metric: torch.Tensor | None, beam: int,
                 chunk: int = 2048) -> torch.Tensor:
-    """Codes ``[n, M]`` of ``u: [n, D]`` in the additive codebooks ``books: [M, K, D]``
-    minimizing ``(u - sum_m C_m[i_m]) A (u - ...)^T`` (``A = metric`` or the identity).
+    """Codes ``[n, M]`` of ``u: [n, D]`` in the additive codebooks ``books`` (``[M, K, D]``,
+    or a list of M ``[K_m, D]`` of any sizes) minimizing
+    ``(u - sum_m C_m[i_m]) A (u - ...)^T`` (``A = metric`` or the identity).
 
     Beam search over the codebooks in order (``beam`` best partial sums kept), then one
     coordinate-descent pass (each code re-picked with the others fixed; never worse)."""
-    m_books, k, d = books.shape
+    books = list(books)
+    m_books, d = len(books), books[0].shape[1]
     a = torch.eye(d, dtype=u.dtype, device=u.device) if metric is None else metric.to(u)
-    ca = books @ a  # [M, K, D]
-    cac = (ca * books).sum(-1)  # [M, K]
+    ca = [b @ a for b in books]  # [K_m, D]
+    cac = [(c * b).sum(-1) for c, b in zip(ca, books)]  # [K_m]
     out = torch.empty(u.shape[0], m_books, dtype=torch.int64, device=u.device)
     for s in range(0, u.shape[0], chunk):
         uc = u[s : s + chunk]
         n = uc.shape[0]
         part = torch.zeros(n, 1, d, dtype=u.dtype, device=u.device)
-        score = torch.zeros(n, 1, dtype=u.dtype, device=u.device)
         codes = torch.zeros(n, 1, 0, dtype=torch.int64, device=u.device)
         for m in range(m_books):
+            k = books[m].shape[0]
             r = uc.unsqueeze(1) - part  # [n, b, D]
             rr = ((r @ a) * r).sum(-1)  # [n, b]
             cand = rr.unsqueeze(2) - 2.0 * (r @ ca[m].T) + cac[m]  # [n, b, K]
             width = min(beam, cand.shape[1] * k) if m < m_books - 1 else 1
-            best, idx = cand.reshape(n, -1).topk(width, dim=1, largest=False)
+            _, idx = cand.reshape(n, -1).topk(width, dim=1, largest=False)
             src, code = idx // k, idx % k
             part = torch.gather(part, 1, src.unsqueeze(2).expand(-1, -1, d)) + books[m][code]
             codes = torch.cat([torch.gather(codes, 1, src.unsqueeze(2).expand(-1, -1, codes.shape[2])),
                                code.unsqueeze(2)], dim=2)
-            score = best
         c = codes[:, 0, :]
         total = part[:, 0, :]
         for m in range(m_books):  # coordinate descent: re-pick code m with the others fixed
             r = uc - (total - books[m][c[:, m]])
-            cand = -2.0 * (r @ ca[m].T) + cac[m]
-            new = cand.argmin(dim=1)
+            new = (-2.0 * (r @ ca[m].T) + cac[m]).argmin(dim=1)
             total = total - books[m][c[:, m]] + books[m][new]
             c[:, m] = new
         out[s : s + n] = c
-        del score
     return out
 
 

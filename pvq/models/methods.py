@@ -122,6 +122,7 @@ register_method(MethodSpec(
     "gptq", "uniform", "GPTQ: uniform scalar grid per group of 128 weights with error feedback",
     rotate=False, error_feedback=True, hessian_gain=False, default_dim=1, default_group_size=128,
     group_option="group_weights",
+    static_groups=True,  # group scale/zero from the original weights: 16.568 -> 15.971 at 2 bits (gptq_peer.py)
 ))
 register_method(MethodSpec(
     "rtn", "uniform", "round to nearest on a uniform grid per group of 128 weights",
@@ -146,6 +147,12 @@ register_method(MethodSpec(
     "codebooks updated on the output error, alternating",
     rotate=False, error_feedback=True, hessian_gain=True, default_dim=8, default_group_size=16,
     group_option="group_weights",
+))
+register_method(MethodSpec(
+    "vptq", "vptq",
+    "VPTQ: large Hessian-weighted K-means codebook of D=6 vectors + residual codebook + LDLQ assignment",
+    rotate=False, error_feedback=True, hessian_gain=False, default_dim=6, default_group_size=16,
+    group_option="group_weights", max_vector_bits=12,  # 2 bits: D=6 (2^9 + 2^3 centroids); 3, 4 bits: D=3
 ))
 register_method(MethodSpec(
     "e8", "e8", "randomized Hadamard + E8 lattice codebook + block-LDLQ (QuIP#-style)",

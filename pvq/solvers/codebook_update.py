@@ -53,9 +53,10 @@ def update_codebooks(
         return ((e @ hf) * e).sum()
 
     def grad(data):
-        params = {k: v.detach().clone().requires_grad_(True) for k, v in data.items()}
-        loss = loss_of(recon(params))
-        g = torch.autograd.grad(loss, list(params.values()))
+        with torch.enable_grad():  # the driver quantizes under no_grad
+            params = {k: v.detach().clone().requires_grad_(True) for k, v in data.items()}
+            loss = loss_of(recon(params))
+            g = torch.autograd.grad(loss, list(params.values()))
         return {k: gi.detach() for k, gi in zip(params, g)}, float(loss.detach())
 
     def dot(a, b):

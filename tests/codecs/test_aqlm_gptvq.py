@@ -96,3 +96,23 @@ def test_round_codebook_8_bits_is_exact_on_its_grid():
     assert q.dtype == torch.int8 and int(q.abs().max()) == 127
     assert torch.equal(round_codebook(values, 8)[2], values)  # idempotent
     assert GPTVQCodec(1, 2, 2, codebook=c).codebook.equal(values)
+
+
+def test_vptq_main_and_residual_codebooks_round_trip():
+    from pvq.codecs.vptq import VPTQCodec
+
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(3072, 6, generator=g)
+    codec = make_codec("vptq", 2, 6, group_weights=96)
+    assert (codec.index_bits, codec.residual_bits) == (9, 3)
+    res = quantize_grouped(codec, x)
+    t = res.stored.tensors
+    assert set(t) == {"index", "residual", "codebook", "residual_codebook", "scale"}
+    back = res.codec.with_data(t)
+    s = t["scale"].float().repeat_interleave(codec.group_size)
+    assert torch.equal(back.decode(back.unpack(t, x.shape[0]), s), res.xhat)
+    assert res.stored.bits_per_weight() == pytest.approx(2 + 16 / 96 + (512 + 8) * 6 * 16 / x.numel())
+    plain = quantize_grouped(VPTQCodec(9, 0, 6, group_weights=96), x)  # the residual stage lowers the error
+    assert (res.xhat - x).pow(2).mean() < 0.9 * (plain.xhat - x).pow(2).mean()
+    with pytest.raises(CodecError, match="main codebook"):
+        make_codec("vptq", 4, 8, residual_bits=1)
