@@ -41,7 +41,7 @@ class VPTQCodec(VectorCodec):
         index_bits: int,
         residual_bits: int = 0,
         dim: int = 8,
-        group_weights: int = 128,
+        group_weights: int = 96,
         *,
         codebook: torch.Tensor | None = None,
         residual: torch.Tensor | None = None,
