@@ -203,11 +203,11 @@ class AQLMCodec(VectorCodec):
 
 
 @register_codec(
-    "aqlm", "AQLM: M additive fp16 codebooks of 2^B vectors (beam-searched codes, codebooks updated on H)", 8,
+    "aqlm", "M additive fp16 codebooks of 2^B vectors (beam-searched codes, codebooks updated on H)", 8,
     options=(
-        CodecOption("codebook_bits", int, 8, "AQLM: B, bits per code (2x8: B=8; 1x16: B=16); M follows from the rate"),
-        CodecOption("num_codebooks", int, None, "AQLM: M additive codebooks (default: bits * D / B)"),
-        CodecOption("beam", int, 4, "AQLM: beam width of the code search"),
+        CodecOption("codebook_bits", int, 8, "B, bits per code (2x8: B=8; 1x16: B=16); M follows from the rate"),
+        CodecOption("num_codebooks", int, None, "M additive codebooks (default: bits * D / B)"),
+        CodecOption("beam", int, 4, "beam width of the code search"),
         CodecOption("update_rounds", int, 2, "codebook updates after assignment (codes reassigned between them)"),
     ),
 )

@@ -127,13 +127,17 @@ class GPTVQCodec(KMeansCodec):
     "gptvq", "GPTVQ: Hessian-weighted K-means codebook (8-bit, stored), updated after LDLQ assignment", 2,
     dims=(1, 2, 4, 8),
     options=(
-        CodecOption("codebook_bits", int, 8, "GPTVQ codebook entries: 8 (int8 + fp16 scale, the paper's) or 16 (fp16)",
+        CodecOption("codebook_precision", int, 8,
+                    "bits of each stored codebook entry: 8 (int8 + one fp16 scale, the paper's) or 16 (fp16)",
                     CODEBOOK_BITS),
         CodecOption("update_rounds", int, 2, "codebook updates after assignment (codes reassigned between them)"),
         CodecOption("em_weighting", str, "hessian", "EM (K-means) importances: hessian (diag H), obs or none",
                     WEIGHTINGS),
     ),
 )
-def gptvq_from_rate(bits: float, dim: int, em_weighting: str = "hessian", **options) -> GPTVQCodec:
-    """``gptvq`` with ``2^round(bits * dim)`` centroids."""
+def gptvq_from_rate(bits: float, dim: int, em_weighting: str = "hessian", codebook_precision: int | None = None,
+                    **options) -> GPTVQCodec:
+    """``gptvq`` with ``2^round(bits * dim)`` centroids (``codebook_precision``: the entries' bits)."""
+    if codebook_precision is not None:
+        options["codebook_bits"] = codebook_precision
     return GPTVQCodec(index_bits_for(bits, dim), dim, weighting=em_weighting, **options)

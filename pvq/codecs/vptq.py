@@ -159,7 +159,7 @@ class VPTQCodec(VectorCodec):
     "vptq", "VPTQ: large Hessian-weighted K-means codebook of long vectors + residual codebook (fp16, stored)", 6,
     options=(
         CodecOption("residual_bits", int, None,
-                    "VPTQ: bits of the residual codebook's index (default: a quarter of the vector's bits)"),
+                    "bits of the residual codebook's index (default: a quarter of the vector's bits)"),
     ),
 )
 def vptq_from_rate(bits: float, dim: int, residual_bits: int | None = None, **options) -> VPTQCodec:

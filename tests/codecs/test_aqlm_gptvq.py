@@ -86,7 +86,7 @@ def test_gptvq_codebook_is_stored_in_8_bits_and_counted():
     s = t["scale"].float().repeat_interleave(codec.group_size)
     assert torch.equal(back.decode(back.unpack(t, 2048), s), res.xhat)
     assert res.stored.bits_per_weight() == pytest.approx(3 + 16 / 128 + (64 * 2 * 8 + 16) / x.numel())
-    fp16 = quantize_grouped(make_codec("gptvq", 3, 2, group_weights=128, codebook_bits=16), x)
+    fp16 = quantize_grouped(make_codec("gptvq", 3, 2, group_weights=128, codebook_precision=16), x)
     assert fp16.stored.tensors["codebook"].dtype == torch.float16
 
 
