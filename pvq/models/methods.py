@@ -74,6 +74,8 @@ class MethodSpec:
         (vectors per scale) or ``"group_weights"`` (weights per scale).
     max_vector_bits: when set, the default D is lowered until ``bits * D`` is at
         most this (codebooks: a K-means codebook of 2^(bits D) centroids must stay small).
+    static_groups / act_order: defaults of the solver switches of the same names
+        (:class:`~pvq.solvers.SolverConfig`).
     """
 
     name: str
@@ -86,6 +88,8 @@ class MethodSpec:
     default_group_size: int
     group_option: str = "group_size"
     max_vector_bits: int | None = None
+    static_groups: bool = False
+    act_order: bool = False
 
     @property
     def options(self):
@@ -119,6 +123,7 @@ register_method(MethodSpec(
     "gptq", "uniform", "GPTQ: uniform scalar grid per group of 128 weights with error feedback",
     rotate=False, error_feedback=True, hessian_gain=False, default_dim=1, default_group_size=128,
     group_option="group_weights",
+    static_groups=True,  # group scale/zero from the original weights: 16.568 -> 15.971 at 2 bits (gptq_peer.py)
 ))
 register_method(MethodSpec(
     "rtn", "uniform", "round to nearest on a uniform grid per group of 128 weights",
@@ -130,6 +135,25 @@ register_method(MethodSpec(
     "LLM-Codebook: one Hessian-weighted K-means codebook per layer (stored, counted) + block-LDLQ assignment",
     rotate=False, error_feedback=True, hessian_gain=False, default_dim=4, default_group_size=32,
     group_option="group_weights", max_vector_bits=8,  # 2 bits: D=4 (256 centroids); 3, 4 bits: D=2
+))
+register_method(MethodSpec(
+    "gptvq", "gptvq",
+    "GPTVQ: Hessian-weighted EM codebook (8-bit, stored) + GPTQ-style LDLQ assignment + codebook update",
+    rotate=False, error_feedback=True, hessian_gain=False, default_dim=4, default_group_size=32,
+    group_option="group_weights", max_vector_bits=8,  # 2 bits: D=4 (256 centroids); 3, 4 bits: D=2
+))
+register_method(MethodSpec(
+    "aqlm", "aqlm",
+    "AQLM: M additive codebooks of 2^B vectors of 8 (2x8 at 2 bits), beam search on the Hessian block, "
+    "codebooks updated on the output error, alternating",
+    rotate=False, error_feedback=True, hessian_gain=True, default_dim=8, default_group_size=16,
+    group_option="group_weights",
+))
+register_method(MethodSpec(
+    "vptq", "vptq",
+    "VPTQ: large Hessian-weighted K-means codebook of D=6 vectors + residual codebook + LDLQ assignment",
+    rotate=False, error_feedback=True, hessian_gain=False, default_dim=6, default_group_size=16,
+    group_option="group_weights", max_vector_bits=12,  # 2 bits: D=6 (2^9 + 2^3 centroids); 3, 4 bits: D=3
 ))
 register_method(MethodSpec(
     "e8", "e8", "randomized Hadamard + E8 lattice codebook + block-LDLQ (QuIP#-style)",
@@ -196,6 +220,10 @@ class QuantizeConfig:
         "others)"), "choices": ROTATION_PLANS})
     error_feedback: bool | None = field(default=None, metadata=_help("GPTQ/LDLQ error feedback over column blocks"))
     hessian_gain: bool | None = field(default=None, metadata=_help("Hessian-optimal gains (codecs that have them)"))
+    static_groups: bool | None = field(default=None, metadata=_help(
+        "group scales and zero points from the original weights before the column sweep (default: the method's)"))
+    act_order: bool | None = field(default=None, metadata=_help(
+        "sweep columns by decreasing Hessian diagonal (GPTQ desc_act), static groups (default: the method's)"))
     sequential: bool = field(default=True, metadata=_help(
         "quantize a block's linears stage by stage (q/k/v, o, gate/up, down)"))
     lora_steps: int = field(default=0, metadata=_help(
@@ -242,7 +270,7 @@ class QuantizeConfig:
             raise QuantizeError(f"n_samples must be an integer >= 1, got {self.n_samples!r}")
         if not _is_int(self.seq_len) or self.seq_len < 2:
             raise QuantizeError(f"seq_len must be an integer >= 2, got {self.seq_len!r}")
-        for name in ("rotate", "error_feedback", "hessian_gain"):
+        for name in ("rotate", "error_feedback", "hessian_gain", "static_groups", "act_order"):
             v = getattr(self, name)
             if v is not None and not isinstance(v, bool):
                 raise QuantizeError(f"{name} must be True, False or None, got {v!r}")
@@ -252,6 +280,11 @@ class QuantizeConfig:
             raise QuantizeError(
                 f"rotate={self.rotate} contradicts rotation={self.rotation!r}: --no-rotate means --rotation none; "
                 "give one of the two"
+            )
+        if self.act_order and not self.use_error_feedback:
+            raise QuantizeError(
+                "act_order orders the error feedback's column sweep; with error_feedback off it changes nothing: "
+                "drop act_order or turn error_feedback on"
             )
         if not isinstance(self.sequential, bool):
             raise QuantizeError(f"sequential must be True or False, got {self.sequential!r}")
@@ -325,6 +358,14 @@ class QuantizeConfig:
     def use_hessian_gain(self) -> bool:
         return self.spec.hessian_gain if self.hessian_gain is None else self.hessian_gain
 
+    @property
+    def use_static_groups(self) -> bool:
+        return self.spec.static_groups if self.static_groups is None else self.static_groups
+
+    @property
+    def use_act_order(self) -> bool:
+        return self.spec.act_order if self.act_order is None else self.act_order
+
     def activation_quant(self) -> ActivationQuant | None:
         """The activation setting of this run (None: activations not quantized)."""
         if self.act_bits is None:
@@ -334,7 +375,8 @@ class QuantizeConfig:
 
     def solver_config(self) -> SolverConfig:
         """The solver settings of this run."""
-        return SolverConfig(self.use_error_feedback, self.use_hessian_gain, self.damp)
+        return SolverConfig(self.use_error_feedback, self.use_hessian_gain, self.damp,
+                            static_groups=self.use_static_groups, act_order=self.use_act_order)
 
     def option(self, name: str):
         """The effective value of a codec option (the codec's default when unset)."""

@@ -56,7 +56,7 @@ from pvq.errors import SolverError
 
 from .hessian import damp, dead_inputs, inverse_cholesky_upper
 
-__all__ = ["LayerResult", "quantize_layer", "quantize_layer_reference", "proxy_loss"]
+__all__ = ["LayerResult", "act_order_permutation", "quantize_layer", "quantize_layer_reference", "proxy_loss"]
 
 Progress = Callable[[int, int], None]
 """``progress(columns_done, columns_total)``, called after every block."""
@@ -194,12 +194,18 @@ def _effective_blocks(
     return [s[j : j + d, j : j + d].float() for j in range(0, c1 - c0, d)]
 
 
-def _quantize_block(codec, lay: _Layout, w_blk, scales, zeros, c0, hook_blocks):
-    """Quantize block columns [c0, c0 + block_dim): returns (q_blk [out, bd] float32, codes)."""
+def _quantize_block(codec, lay: _Layout, w_blk, scales, zeros, c0, hook_blocks, col_group=None):
+    """Quantize block columns [c0, c0 + block_dim): returns (q_blk [out, bd] float32, codes).
+
+    col_group: group index of every column slot ``[in]`` (act-order: the slot's original
+    column's group); None: slot ``c`` is in group ``c // (D * G)``."""
     d, out = lay.dim, lay.out
     k = w_blk.shape[1] // d
     gcols = lay.group_cols
-    gidx = torch.tensor([(c0 + j * d) // gcols for j in range(k)], device=scales.device)
+    if col_group is None:
+        gidx = torch.tensor([(c0 + j * d) // gcols for j in range(k)], device=scales.device)
+    else:
+        gidx = col_group[c0 : c0 + k * d : d].to(scales.device)
     sv = scales[:, gidx]  # [out, k]
     zv = None if zeros is None else zeros[:, gidx]
     x = w_blk.float()
@@ -243,19 +249,72 @@ def _group_params(codec, lay: _Layout, w: torch.Tensor, c0: int, c1: int, scales
             zeros[:, gs // gc] = codec.group_zero_points(grp)
 
 
+def _static_group_params(codec, lay: _Layout, w: torch.Tensor, scales, zeros) -> None:
+    """Set every group's scale (and zero point) from ``w`` before the sweep (static groups)."""
+    _group_params(codec, lay, w, 0, lay.inp, scales, zeros)
+
+
+def act_order_permutation(h: torch.Tensor, dim: int) -> torch.Tensor:
+    """Column order of act-order: whole vectors of ``dim`` columns by decreasing Hessian
+    diagonal (summed over the vector), ties in column order. ``[in]`` int64 column indices."""
+    diag = torch.diagonal(h).double().reshape(-1, dim).sum(dim=1)
+    order = torch.argsort(-diag, stable=True)
+    cols = (order.unsqueeze(1) * dim + torch.arange(dim, device=order.device)).reshape(-1)
+    return cols
+
+
+def _permuted(lay: _Layout, wk, hd, perm):
+    """``W`` and the damped ``H`` with columns in ``perm`` order, and each slot's group."""
+    col_group = (perm // lay.group_cols).to(torch.int64)
+    return wk[:, perm].contiguous(), hd[perm][:, perm].contiguous(), col_group
+
+
+def _unpermute(lay: _Layout, q, codes: list[Codes], perm) -> tuple[torch.Tensor, list[Codes]]:
+    """Undo the act-order permutation of ``q`` and of the codes (one merged block, row-major)."""
+    inv = torch.argsort(perm)
+    out, nvec = lay.out, lay.inp // lay.dim
+    vperm = perm[:: lay.dim] // lay.dim  # slot -> original vector
+    vinv = torch.argsort(vperm)
+    merged: Codes = {}
+    for key in codes[0]:
+        parts = [c[key].reshape(out, -1, *c[key].shape[1:]) for c in codes]
+        cat = torch.cat(parts, dim=1)[:, vinv.to(parts[0].device)]
+        merged[key] = cat.reshape(out * nvec, *cat.shape[2:])
+    return q[:, inv.to(q.device)].contiguous(), [merged]
+
+
 # ------------------------------------------------------------------ driver
 
 
-def _prepare(w, h, codec, block_dim, group_size, error_feedback, damp_rel, work_dtype, hessian_gain):
+@dataclass
+class _Work:
+    """The state of one solve: weights being updated (in sweep order), factors, group parameters."""
+
+    lay: _Layout
+    hd: torch.Tensor
+    wk: torch.Tensor
+    u: torch.Tensor | None
+    hook: bool
+    scales: torch.Tensor
+    zeros: torch.Tensor | None
+    static: bool  # group parameters set before the sweep
+    perm: torch.Tensor | None  # act-order column order (slot -> original column), or None
+    col_group: torch.Tensor | None  # group of every column slot, or None (slot order = column order)
+
+
+def _prepare(w, h, codec, block_dim, group_size, error_feedback, damp_rel, work_dtype, hessian_gain,
+             static_groups=False, act_order=False) -> _Work:
     lay = _check(w, h, codec, block_dim, group_size)
     if work_dtype not in (torch.float32, torch.float64):
         raise SolverError(f"work_dtype must be torch.float32 or torch.float64, got {work_dtype}")
+    for name, v in (("static_groups", static_groups), ("act_order", act_order)):
+        if not isinstance(v, bool):
+            raise SolverError(f"{name} must be True or False, got {v!r}")
     hd = damp(h, damp_rel)
     wk = w.to(work_dtype).clone()
     u = None
     if error_feedback:
         wk[:, dead_inputs(h.to(torch.float64)).to(wk.device)] = 0.0
-        u = inverse_cholesky_upper(hd).to(wk.device)
     hook = bool(hessian_gain) and callable(getattr(codec, "encode_hessian", None))
     n_groups = lay.inp // lay.group_cols
     scales = torch.zeros(lay.out, n_groups, dtype=torch.float32, device=wk.device)
@@ -263,7 +322,16 @@ def _prepare(w, h, codec, block_dim, group_size, error_feedback, damp_rel, work_
     zeros = None
     if codec.group_zero_points(probe) is not None:
         zeros = torch.zeros(lay.out, n_groups, dtype=torch.int64, device=wk.device)
-    return lay, hd.to(wk.device), wk, u, hook, scales, zeros
+    static = static_groups or act_order  # act-order keeps groups contiguous: their parameters come first
+    if static:
+        _static_group_params(codec, lay, wk, scales, zeros)
+    perm = col_group = None
+    if act_order:
+        perm = act_order_permutation(h, lay.dim).to(wk.device)
+        wk, hd, col_group = _permuted(lay, wk, hd.to(wk.device), perm)
+    if error_feedback:
+        u = inverse_cholesky_upper(hd).to(wk.device)
+    return _Work(lay, hd.to(wk.device), wk, u, hook, scales, zeros, static, perm, col_group)
 
 
 def _finish(w, h, q, codes, scales, zeros, codec, lay, t0) -> LayerResult:
@@ -298,6 +366,8 @@ def quantize_layer(
     lazy_columns: int = 128,
     work_dtype: torch.dtype = torch.float32,
     hessian_gain: bool = True,
+    static_groups: bool = False,
+    act_order: bool = False,
 ) -> LayerResult:
     """Quantize ``w: [out, in]`` with ``codec`` under the proxy loss of ``h: [in, in]``.
 
@@ -312,14 +382,19 @@ def quantize_layer(
         groups and blocks); does not change the result beyond float rounding.
     work_dtype: dtype of the weight updates (float32; float64 for references).
     hessian_gain: use the codec's ``encode_hessian`` where it has one.
+    static_groups: every group's scale and zero point from the original weights
+        before the sweep (llm-compressor's and GPTQ's ``static_groups``); off: from
+        the error-updated weights when the sweep reaches the group.
+    act_order: sweep whole vectors by decreasing Hessian diagonal (GPTQ's
+        ``desc_act``) with static groups, so the stored layout stays group-contiguous.
 
     With error feedback, input columns with ``h_ii == 0`` (never active) are
     zeroed before quantization, as GPTQ does.
     """
     t0 = time.perf_counter()
-    lay, hd, wk, u, hook, scales, zeros = _prepare(
-        w, h, codec, block_dim, group_size, error_feedback, damp_rel, work_dtype, hessian_gain
-    )
+    wo = _prepare(w, h, codec, block_dim, group_size, error_feedback, damp_rel, work_dtype, hessian_gain,
+                  static_groups, act_order)
+    lay, hd, wk, u, hook, scales, zeros = wo.lay, wo.hd, wo.wk, wo.u, wo.hook, wo.scales, wo.zeros
     if not isinstance(lazy_columns, int) or lazy_columns < 1:
         raise SolverError(f"lazy_columns must be a positive integer, got {lazy_columns!r}")
     bd = lay.block_dim
@@ -335,11 +410,12 @@ def quantize_layer(
             err = torch.empty(lay.out, b - a, dtype=work_dtype, device=wk.device)
         for c0 in range(a, b, bd):
             c1 = c0 + bd
-            _group_params(codec, lay, wk, c0, c1, scales, zeros)
+            if not wo.static:
+                _group_params(codec, lay, wk, c0, c1, scales, zeros)
             hb = None
             if hook:
                 hb = _effective_blocks(u, hd, c0, c1, lay.dim, error_feedback)
-            qb, cb = _quantize_block(codec, lay, wk[:, c0:c1], scales, zeros, c0, hb)
+            qb, cb = _quantize_block(codec, lay, wk[:, c0:c1], scales, zeros, c0, hb, wo.col_group)
             q[:, c0:c1] = qb
             codes.append(cb)
             if uw is not None:
@@ -353,6 +429,8 @@ def quantize_layer(
                 progress(c1, lay.inp)
         if uw is not None and b < lay.inp:
             wk[:, b:] -= err @ uw[a:b, b:]
+    if wo.perm is not None:
+        q, codes = _unpermute(lay, q, codes, wo.perm)
     return _finish(w, h, q, codes, scales, zeros, codec, lay, t0)
 
 
@@ -367,21 +445,24 @@ def quantize_layer_reference(
     damp_rel: float = 0.01,
     work_dtype: torch.dtype = torch.float32,
     hessian_gain: bool = True,
+    static_groups: bool = False,
+    act_order: bool = False,
 ) -> LayerResult:
     """Plain reference of :func:`quantize_layer`: every block's error update is applied
     to all later columns at once (no lazy chunks)."""
     t0 = time.perf_counter()
-    lay, hd, wk, u, hook, scales, zeros = _prepare(
-        w, h, codec, block_dim, group_size, error_feedback, damp_rel, work_dtype, hessian_gain
-    )
+    wo = _prepare(w, h, codec, block_dim, group_size, error_feedback, damp_rel, work_dtype, hessian_gain,
+                  static_groups, act_order)
+    lay, hd, wk, u, hook, scales, zeros = wo.lay, wo.hd, wo.wk, wo.u, wo.hook, wo.scales, wo.zeros
     uw = u.to(work_dtype) if u is not None else None
     q = torch.empty(lay.out, lay.inp, dtype=torch.float32, device=wk.device)
     codes: list[Codes] = []
     for c0 in range(0, lay.inp, lay.block_dim):
         c1 = c0 + lay.block_dim
-        _group_params(codec, lay, wk, c0, c1, scales, zeros)
+        if not wo.static:
+            _group_params(codec, lay, wk, c0, c1, scales, zeros)
         hb = _effective_blocks(u, hd, c0, c1, lay.dim, error_feedback) if hook else None
-        qb, cb = _quantize_block(codec, lay, wk[:, c0:c1], scales, zeros, c0, hb)
+        qb, cb = _quantize_block(codec, lay, wk[:, c0:c1], scales, zeros, c0, hb, wo.col_group)
         q[:, c0:c1] = qb
         codes.append(cb)
         if uw is not None:
@@ -389,4 +470,6 @@ def quantize_layer_reference(
                 uw[c0:c1, c0:c1], wk[:, c0:c1] - qb.to(work_dtype), upper=True, left=False
             )
             wk[:, c1:] -= e @ uw[c0:c1, c1:]
+    if wo.perm is not None:
+        q, codes = _unpermute(lay, q, codes, wo.perm)
     return _finish(w, h, q, codes, scales, zeros, codec, lay, t0)

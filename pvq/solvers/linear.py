@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -28,8 +28,9 @@ from pvq.codecs.base import VectorCodec
 from pvq.errors import SolverError
 from pvq.transforms import LayerRotation
 
+from .codebook_update import can_update, update_codebooks
 from .importance import importance
-from .ldlq import quantize_layer
+from .ldlq import LayerResult, proxy_loss, quantize_layer
 
 __all__ = ["LinearResult", "SolverConfig", "quantize_linear"]
 
@@ -43,14 +44,20 @@ class SolverConfig:
     hessian_gain: use the codec's Hessian-optimal encoding where it has one.
     damp: diagonal damping of ``H``, relative to its mean diagonal (also used
         for the OBS importances of fitted codecs).
+    static_groups: group scales and zero points from the original weights before
+        the column sweep (else from the error-updated weights as the sweep reaches them).
+    act_order: sweep vectors by decreasing Hessian diagonal (GPTQ ``desc_act``), with
+        static groups so the stored layout stays group-contiguous.
     """
 
     error_feedback: bool = True
     hessian_gain: bool = True
     damp: float = 0.01
+    static_groups: bool = False
+    act_order: bool = False
 
     def __post_init__(self):
-        for name in ("error_feedback", "hessian_gain"):
+        for name in ("error_feedback", "hessian_gain", "static_groups", "act_order"):
             if not isinstance(getattr(self, name), bool):
                 raise SolverError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if isinstance(self.damp, bool) or not isinstance(self.damp, (int, float)) or not (
@@ -112,12 +119,39 @@ def quantize_linear(
         h = rotation.rotate_hessian(h)
     if codec.needs_fit:
         codec = _fit(codec, w, h, config.damp)
-    res = quantize_layer(
-        w.float(), h, codec, error_feedback=config.error_feedback, damp_rel=config.damp,
-        hessian_gain=config.hessian_gain,
-    )
+    def assign(c):
+        return quantize_layer(
+            w.float(), h, c, error_feedback=config.error_feedback, damp_rel=config.damp,
+            hessian_gain=config.hessian_gain, static_groups=config.static_groups, act_order=config.act_order,
+        )
+
+    res = assign(codec)
+    rounds = int(getattr(codec, "update_rounds", 0) or 0)
+    if rounds and can_update(res.codec):
+        res = _alternate(res, w.float(), h, rounds, assign)
     return LinearResult(res.codec, res.stored().tensors, res.weight, res.proxy_loss, res.relative_error,
                         time.perf_counter() - t0)
+
+
+def _alternate(res: LayerResult, w: torch.Tensor, h: torch.Tensor, rounds: int, assign) -> LayerResult:
+    """Codebook update after assignment, up to ``rounds`` times, the codes reassigned (block LDLQ
+    with the updated codebook) between updates while that lowers the proxy loss (GPTVQ's update;
+    AQLM's alternation of codes and codebooks). Ends on an update."""
+    for r in range(rounds):
+        new = update_codebooks(res.codec, w, h, res.merged_codes(), res.per_vector_scales())
+        if new is res.codec:
+            break
+        q = new.decode(res.merged_codes(), res.per_vector_scales()).reshape(w.shape).float()
+        loss = proxy_loss(w, q, h)
+        ref = res.proxy_loss / res.relative_error if res.relative_error > 0 else 0.0
+        res = replace(res, weight=q, codec=new, proxy_loss=loss, relative_error=loss / ref if ref > 0 else 0.0)
+        if r == rounds - 1:
+            break
+        again = assign(new)
+        if again.proxy_loss >= res.proxy_loss:
+            break
+        res = again
+    return res
 
 
 def _fit(codec: VectorCodec, w: torch.Tensor, h: torch.Tensor, damp_rel: float) -> VectorCodec:
