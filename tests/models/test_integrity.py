@@ -20,7 +20,7 @@ LAYER = "model.layers.0.self_attn.q_proj"
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     model = tiny("llama")
-    report = quantize_model(model, calib(), QuantizeConfig(method="pvq", bits=3, dim=16), progress=False, log=None)
+    report = quantize_model(model, calib(), QuantizeConfig(method="pvq", bits=3, dim=16, rotation="layer"), progress=False, log=None)
     return save_quantized(model, tmp_path_factory.mktemp("integrity") / "ck", report)
 
 
