@@ -140,6 +140,12 @@ register_method(MethodSpec(
     rotate=True, error_feedback=True, hessian_gain=False, default_dim=8, default_group_size=32,
 ))
 register_method(MethodSpec(
+    "ecsq", "ecsq",
+    "entropy-coded uniform scalar quantizer (ANS, coded rate met per layer) + entropy-constrained rounding + GPTQ",
+    rotate=False, error_feedback=True, hessian_gain=False, default_dim=1, default_group_size=256,
+    group_option="group_weights",
+))
+register_method(MethodSpec(
     "trellis", "trellis",
     "randomized Hadamard + QTIP-style bitshift trellis (tail-biting Viterbi) + block-LDLQ",
     rotate=True, error_feedback=True, hessian_gain=False, default_dim=256, default_group_size=1,
