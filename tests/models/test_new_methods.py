@@ -15,13 +15,15 @@ from tiny_models import X, calib, quantized, tiny
     # D per layer: sequences of 64 weights on the 64-column layers (the fp16 scale costs 0.25 bits per
     # weight, k = round(1.75) = 2: 2.25 b/w), of 16 on the 176-column ones (k = 1: 2.0 b/w); measured 2.189
     ("trellis", 2, {"state_bits": 8, "code": "3inst"}, (2.15, 2.25), 0.42),
+    ("ecsq", 3, {}, (2.9, 3.01), 0.2),  # the coded rate (stream, symbol model and scales), met per layer
 ])
 def test_method_quantizes_saves_and_reloads(method, bits, options, rate, max_rel, tmp_path):
     model = tiny("llama")
     report = quantize_model(model, calib(), QuantizeConfig(method=method, bits=bits, options=options),
                             progress=False, log=None)
     q = quantized(model)
-    assert len(q) == 14 and all(m.codec.name == method and m.rotation is not None for m in q.values())
+    rotated = method != "ecsq"
+    assert len(q) == 14 and all(m.codec.name == method and (m.rotation is not None) == rotated for m in q.values())
     assert rate[0] <= report.bits_per_weight <= rate[1]  # measured from the stored bytes
     assert all(s.relative_error < max_rel for s in report.layers)
     path = save_quantized(model, tmp_path / method, report)
