@@ -3,7 +3,7 @@
 Importing this package registers every codec family in :data:`CODECS`.
 """
 
-from . import activation, ecsq, gain, kmeans, lattice, packing, pyramid, scalar, trellis, voronoi  # noqa: F401  (registration)
+from . import activation, coded, ecsq, gain, kmeans, lattice, packing, pyramid, scalar, trellis, voronoi  # noqa: F401  (registration)
 from .base import (
     CODEC_CLASSES,
     CODECS,

@@ -15,6 +15,7 @@ decoded into garbage. Methods:
 * ``ans-planes`` - the bytes of an ``element_size``-byte dtype split into byte
   planes (all first bytes, then all second bytes, ...), each plane an ``ans``
   stream (fp16 scales: the high bytes are far from uniform);
+* ``fields`` - named ``symbols`` frames (:func:`encode_fields`, a codec's code tensors);
 * ``symbols`` - an integer array ``[n, c]`` (codec codes): one ``ans`` stream
   of all values when they span fewer than 2^16 values, else one stream per
   column and byte digit (PVQ's 32-bit index limbs).
@@ -38,16 +39,18 @@ __all__ = [
     "ans_decode",
     "ans_encode",
     "decode",
+    "decode_fields",
     "decode_symbols",
     "encode_bytes",
+    "encode_fields",
     "encode_symbols",
     "entropy_bits",
     "frame",
 ]
 
 MAGIC = b"PQ"
-RAW, ZSTD, ANS, ANS_PLANES, SYMBOLS = 0, 1, 2, 3, 4
-METHOD_NAMES = {RAW: "raw", ZSTD: "zstd", ANS: "ans", ANS_PLANES: "ans-planes", SYMBOLS: "symbols"}
+RAW, ZSTD, ANS, ANS_PLANES, SYMBOLS, FIELDS = 0, 1, 2, 3, 4, 5
+METHOD_NAMES = {RAW: "raw", ZSTD: "zstd", ANS: "ans", ANS_PLANES: "ans-planes", SYMBOLS: "symbols", FIELDS: "fields"}
 _HEAD = struct.Struct("<2sBQ")
 _CRC = struct.Struct("<I")
 _FREQ_MAX = 65535
@@ -269,9 +272,36 @@ def decode_symbols(payload: bytes) -> np.ndarray:
     return out.reshape(shape)
 
 
-def decode(blob: bytes) -> bytes | np.ndarray:
-    """Decode any frame: bytes for raw / zstd / ans-planes, an int64 array for symbols."""
+def encode_fields(fields: dict[str, np.ndarray]) -> bytes:
+    """One frame of named integer arrays, each a ``symbols`` frame."""
+    parts = []
+    for name, values in fields.items():
+        parts += [name.encode(), encode_symbols(values)]
+    return frame(FIELDS, _container(parts))
+
+
+def decode_fields(blob: bytes) -> dict[str, np.ndarray]:
+    """Inverse of :func:`encode_fields`."""
     method, payload = unframe(blob)
+    if method != FIELDS:
+        raise CodedStreamError(f"expected a fields stream, got {METHOD_NAMES[method]} (corrupt)")
+    parts = _uncontainer(payload)
+    if len(parts) % 2:
+        raise CodedStreamError("fields stream is corrupt (odd number of parts)")
+    out = {}
+    for i in range(0, len(parts), 2):
+        values = decode(parts[i + 1])
+        if not isinstance(values, np.ndarray):
+            raise CodedStreamError("fields stream is corrupt (a field is not a symbol stream)")
+        out[parts[i].decode("utf-8", "replace")] = values
+    return out
+
+
+def decode(blob: bytes) -> bytes | np.ndarray:
+    """Decode any frame but ``fields``: bytes for raw / zstd / ans-planes, an int64 array for symbols."""
+    method, payload = unframe(blob)
+    if method == FIELDS:
+        raise CodedStreamError("a fields stream decodes with decode_fields")
     if method == RAW:
         return payload
     if method == ZSTD:
