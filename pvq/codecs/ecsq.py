@@ -101,6 +101,7 @@ class EcsqCodec(VectorCodec):
     """
 
     name: ClassVar[str] = "ecsq"
+    entropy_coded: ClassVar[bool] = True  # its stored stream is coded: loaders decode it once to check it
 
     def __init__(self, bits: float, dim: int = 1, group_weights: int = 256, *, delta: float | None = None,
                  ecr_lambda: float = LAMBDA_HIGH_RATE, dead_zone: float = 0.0) -> None:

@@ -8,7 +8,7 @@ so a corrupt or truncated stream is refused (:class:`CodedStreamError`), never
 decoded into garbage. Methods:
 
 * ``raw`` - the bytes as they are;
-* ``zstd`` - `zstandard` at level 19 (the floor any stream is compared with);
+* ``zstd`` - `zstandard` at level 12 (the floor any stream is compared with);
 * ``ans`` - integer symbols through `constriction`'s ANS coder with a static
   (per-stream) categorical model whose frequencies are stored in the payload
   (16 bits per symbol of the alphabet, counted in the rate);
@@ -179,7 +179,7 @@ def ans_decode(payload: bytes) -> np.ndarray:
 def _zstd(data: bytes) -> bytes:
     import zstandard
 
-    return zstandard.ZstdCompressor(level=19).compress(data)
+    return zstandard.ZstdCompressor(level=12).compress(data)
 
 
 def _unzstd(payload: bytes) -> bytes:

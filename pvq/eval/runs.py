@@ -29,6 +29,7 @@ from ..models import (
 )
 from ..models import bits_per_activation, set_backend
 from ..models.checkpoint import prepare_output
+from ..models.coding import decode_entropy_coded, entropy_code_model
 from ..models.format import block_rate
 from ..models.reference import CALIB_TEXT, HELDOUT_TEXT, resolve_model
 from .perplexity import check_windows, perplexity
@@ -266,7 +267,25 @@ def run_quantize(req: QuantizeRequest, log: Log = _quiet, progress: bool = True)
         save_quantized(model, req.output, report, tokenizer=tokenizer, overwrite=req.overwrite, dtype=source_dtype,
                        log=log)
         summary["output"] = str(req.output)
+        summary["stored_bits_per_weight"] = model.config.quantization_config["stored_bits_per_weight"]
+    else:
+        summary["stored_bits_per_weight"] = stored_bits_per_weight(
+            model, req.config.entropy_code, source_dtype.itemsize * 8 if source_dtype else None)
     return model, tokenizer, summary
+
+
+def stored_bits_per_weight(model, entropy_code: bool, kept_bits: int | None = None) -> float:
+    """Bits per block weight as they would be stored: with ``entropy_code`` every quantized layer is
+    coded (and decoded back) to measure it; entropy-coded codecs (ecsq) count as stored anyway."""
+    if entropy_code:
+        entropy_code_model(model)
+        try:
+            rate = block_rate(model, kept_bits)
+        finally:
+            decode_entropy_coded(model)
+    else:
+        rate = block_rate(model, kept_bits)
+    return rate["coded_bits"] / rate["num_weights"]
 
 
 # ---------------------------------------------------------------- eval
@@ -313,6 +332,7 @@ def run_eval(
         "model": resolve_model(model_or_dir),
         "perplexity": res.perplexity,
         "bits_per_weight": linear_weight_bits(model, stored),
+        "stored_bits_per_weight": stored_bits_per_weight(model, False, stored),
         "bits_per_activation": bits_per_activation(model, stored or next(model.parameters()).element_size() * 8),
         "tokens": res.tokens,
         "context": context,

@@ -32,12 +32,15 @@ def _swap(m: QuantizedLinear, codec, tensors: dict) -> None:
 
 
 def entropy_code_model(model: nn.Module) -> int:
-    """Code every (not yet coded) quantized layer of ``model`` in place; returns how many."""
+    """Code every (not yet coded) quantized layer of ``model`` in place, except layers that coding
+    would not make smaller (they stay as they are); returns how many were coded."""
     count = 0
     for m in model.modules():
         if isinstance(m, QuantizedLinear) and not isinstance(m.codec, EntropyCodedCodec):
             device = m._buffer_device()
             codec, blobs = entropy_code(m.codec, {k: v.cpu() for k, v in m.stored_tensors().items()}, m.num_vectors)
+            if sum(b.numel() * 8 for b in blobs.values()) >= m.stored_bits():
+                continue
             _swap(m, codec, {k: v.to(device) for k, v in blobs.items()})
             count += 1
     return count

@@ -31,6 +31,7 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 from pvq.errors import CheckpointError, QuantizeError
 
 from .format import FORMAT_VERSION, QUANT_METHOD, READABLE_VERSIONS, replace_linears, verify_checkpoint
+from .coding import decode_entropy_coded
 from .qlinear import QuantizedLinear
 
 __all__ = ["PvqConfig", "PvqHfQuantizer", "register"]
@@ -108,6 +109,7 @@ class PvqHfQuantizer(HfQuantizer):
         ]
         if unloaded:
             raise QuantizeError(f"the checkpoint lacks the stored tensors of {unloaded[:8]}; it is incomplete")
+        decode_entropy_coded(model, getattr(model.config, "_name_or_path", None) or "the checkpoint")
         return model
 
     def is_serializable(self, *args, **kwargs):

@@ -211,6 +211,9 @@ class QuantizeConfig:
     act_clip: float = field(default=1.0, metadata=_help("rtn activations: clipping ratio of the per-token max"))
     act_gain_bits: int | None = field(default=None, metadata=_help(
         "pvq activations: gain bits per vector, 0 for fp16 gains (default: the best split for the rate)"))
+    entropy_code: bool = field(default=False, metadata=_help(
+        "save every layer's stored streams entropy coded (ANS with a static per-layer model, zstd as the floor; "
+        "decoded at load)"))
     options: dict = field(default_factory=dict, metadata=_help("the codec's options"))
 
     def __post_init__(self):
@@ -246,6 +249,8 @@ class QuantizeConfig:
                 raise QuantizeError(f"{name} must be True, False or None, got {v!r}")
         if not isinstance(self.sequential, bool):
             raise QuantizeError(f"sequential must be True or False, got {self.sequential!r}")
+        if not isinstance(self.entropy_code, bool):
+            raise QuantizeError(f"entropy_code must be True or False, got {self.entropy_code!r}")
         if not _is_int(self.lora_steps) or self.lora_steps < 0:
             raise QuantizeError(f"lora_steps must be an integer >= 0, got {self.lora_steps!r}")
         if spec.codec not in CODECS:
