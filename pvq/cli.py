@@ -104,6 +104,8 @@ def _rd(args: argparse.Namespace) -> int:
                 ("bound", "D(R)", ".5f"),
                 ("snr_db", "SNR dB", ".2f"),
                 ("shannon_gap_db", "gap dB", ".2f"),
+                ("entropy_bits_per_weight", "H b/w", ".4f"),
+                ("coded_bits_per_weight", "coded b/w", ".4f"),
                 ("seconds", "time s", ".2f"),
                 ("setting", "setting", None),
             ],

@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 
 from ..codecs import CODECS, CodecError, make_codec, quantize_grouped
+from ..codecs.coded import code_report
 
 SOURCES: dict[str, Callable[[int, torch.Generator], torch.Tensor]] = {
     "gaussian": lambda n, gen: torch.randn(n, generator=gen, dtype=torch.float64).float(),
@@ -84,6 +85,8 @@ class RDResult:
     samples: int
     seconds: float
     setting: str
+    entropy_bits_per_weight: float | None = None  # empirical order-0 entropy of the stored symbols
+    coded_bits_per_weight: float | None = None  # what lossless coding of the stored streams achieved
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -161,6 +164,7 @@ def run_rd(config: RDConfig, progress: Callable[[str], None] | None = None) -> l
         mse = float((res.xhat - x).double().pow(2).mean())
         rate = res.stored.bits_per_weight()
         var = float(x.double().pow(2).mean())
+        coding = code_report(res.codec, res.stored.tensors, x.shape[0])
         results.append(
             RDResult(
                 codec=name,
@@ -173,6 +177,8 @@ def run_rd(config: RDConfig, progress: Callable[[str], None] | None = None) -> l
                 samples=n,
                 seconds=seconds,
                 setting=codec.describe(),
+                entropy_bits_per_weight=sum(s["entropy_bits"] for s in coding["streams"].values()) / x.numel(),
+                coded_bits_per_weight=min(coding["coded_bits"], coding["fixed_bits"]) / x.numel(),
             )
         )
         if progress:
