@@ -102,6 +102,7 @@ class RDConfig:
     bits: tuple[float, ...] = (2.0, 3.0, 4.0)
     samples: int = 1 << 17
     seed: int = 0
+    options: tuple[tuple[str, object], ...] = ()  # (name, value) passed to every codec's factory
 
     def __post_init__(self):
         if self.source not in SOURCES:
@@ -141,7 +142,9 @@ def run_rd(config: RDConfig, progress: Callable[[str], None] | None = None) -> l
     built, refused = [], []
     for name, dim, bits in settings:
         try:
-            built.append((name, dim, bits, make_codec(name, bits, dim)))
+            built.append((name, dim, bits, make_codec(name, bits, dim, **dict(config.options))))
+        except TypeError as err:
+            raise CodecError(f"codec {name!r} takes no option among {[k for k, _ in config.options]}: {err}") from err
         except CodecError as err:
             refused.append(f"{name} D={dim} at {bits} bits: {err}")
             if progress:
