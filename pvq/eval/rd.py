@@ -179,7 +179,7 @@ def run_rd(config: RDConfig, progress: Callable[[str], None] | None = None) -> l
                 shannon_gap_db=10 * math.log10(mse / shannon_mse(rate)) if mse > 0 else -math.inf,
                 samples=n,
                 seconds=seconds,
-                setting=codec.describe(),
+                setting=res.codec.describe(),  # the fitted codec (ecsq: its chosen step)
                 entropy_bits_per_weight=sum(s["entropy_bits"] for s in coding["streams"].values()) / x.numel(),
                 coded_bits_per_weight=min(coding["coded_bits"], coding["fixed_bits"]) / x.numel(),
             )
