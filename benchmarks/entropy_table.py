@@ -66,30 +66,29 @@ def main(argv=None) -> int:
     if args.runs:
         runs = [(r.split(":")[0], float(r.split(":")[1])) for r in args.runs.split(",")]
     for method, bits in runs:
-        if True:
-            model, _ = load_model(None)
-            model.load_state_dict(state)
-            t = time.perf_counter()
-            report = quantize_model(model, calib, QuantizeConfig(method=method, bits=bits, n_samples=args.samples),
-                                    progress=False, log=None)
-            qs = time.perf_counter() - t
-            s = streams(model)
-            kept = report.stored_bits - report.quantized_bits
-            stored = (kept + s["coded_bits"]) / report.num_weights
-            ppl = perplexity(model, ids, context=512, stride=512).perplexity
-            row = {"method": method, "bits": bits, "bits_per_weight": report.bits_per_weight,
-                   "stored_bits_per_weight": stored, "perplexity": ppl, "quantize_seconds": qs,
-                   "num_weights": report.num_weights, **{k: s[k] for k in ("fixed_bits", "coded_bits")},
-                   "streams": {k: {kk: vv / report.num_weights for kk, vv in v.items()} for k, v in s["streams"].items()}}
-            rows.append(row)
-            print(f"| {method} | {bits:g} | {report.bits_per_weight:.3f} | {stored:.3f} | {ppl:.3f} | {qs:.0f} |",
-                  flush=True)
-            print("    streams (bits/weight: entropy, coded alone): " + ", ".join(
-                f"{k} {v['entropy_bits']:.3f} / {v['coded_bits']:.3f}" for k, v in row["streams"].items()),
-                file=sys.stderr, flush=True)
-            if args.json:
-                with open(args.json, "w") as f:
-                    json.dump({"rows": rows, "eval_tokens": args.eval_tokens, "torch": torch.__version__}, f, indent=1)
+        model, _ = load_model(None)
+        model.load_state_dict(state)
+        t = time.perf_counter()
+        report = quantize_model(model, calib, QuantizeConfig(method=method, bits=bits, n_samples=args.samples),
+                                progress=False, log=None)
+        qs = time.perf_counter() - t
+        s = streams(model)
+        kept = report.stored_bits - report.quantized_bits
+        stored = (kept + s["coded_bits"]) / report.num_weights
+        ppl = perplexity(model, ids, context=512, stride=512).perplexity
+        row = {"method": method, "bits": bits, "bits_per_weight": report.bits_per_weight,
+               "stored_bits_per_weight": stored, "perplexity": ppl, "quantize_seconds": qs,
+               "num_weights": report.num_weights, **{k: s[k] for k in ("fixed_bits", "coded_bits")},
+               "streams": {k: {kk: vv / report.num_weights for kk, vv in v.items()} for k, v in s["streams"].items()}}
+        rows.append(row)
+        print(f"| {method} | {bits:g} | {report.bits_per_weight:.3f} | {stored:.3f} | {ppl:.3f} | {qs:.0f} |",
+              flush=True)
+        print("    streams (bits/weight: entropy, coded alone): " + ", ".join(
+            f"{k} {v['entropy_bits']:.3f} / {v['coded_bits']:.3f}" for k, v in row["streams"].items()),
+            file=sys.stderr, flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"rows": rows, "eval_tokens": args.eval_tokens, "torch": torch.__version__}, f, indent=1)
     return 0
 
 
