@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from .codecs import CODECS
+from .codecs import CODECS, CodecError
 from .errors import PvqError
 
 
@@ -66,9 +66,22 @@ def _rd_arguments(p: argparse.ArgumentParser) -> None:
         help="target bits per weight: a list 2,3,4 or a range start:stop:step such as 2:4:0.05",
     )
     p.add_argument("--samples", type=int, default=1 << 17, help="number of i.i.d. samples (default 131072)")
+    p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                   help="a keyword for every codec's factory, e.g. group_weights=65536 (repeatable)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--plot", metavar="FILE.png", default=None, help="write MSE (dB) against rate with the bound")
+
+
+def _option(text: str) -> tuple[str, object]:
+    """``NAME=VALUE`` -> (name, value), the value read as JSON where it parses (numbers, true/false)."""
+    name, eq, value = text.partition("=")
+    if not eq or not name:
+        raise CodecError(f"--option takes NAME=VALUE, got {text!r}")
+    try:
+        return name, json.loads(value)
+    except ValueError:
+        return name, value
 
 
 @command("rd", "rate-distortion bench of the codecs on a synthetic source", _rd_arguments)
@@ -83,6 +96,7 @@ def _rd(args: argparse.Namespace) -> int:
         bits=tuple(args.bits),
         samples=args.samples,
         seed=args.seed,
+        options=tuple(_option(o) for o in args.option),
     )
     results = run_rd(config, progress=log_to_stderr)
     if args.plot:
@@ -104,6 +118,8 @@ def _rd(args: argparse.Namespace) -> int:
                 ("bound", "D(R)", ".5f"),
                 ("snr_db", "SNR dB", ".2f"),
                 ("shannon_gap_db", "gap dB", ".2f"),
+                ("entropy_bits_per_weight", "H b/w", ".4f"),
+                ("coded_bits_per_weight", "coded b/w", ".4f"),
                 ("seconds", "time s", ".2f"),
                 ("setting", "setting", None),
             ],

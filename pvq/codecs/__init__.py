@@ -3,7 +3,7 @@
 Importing this package registers every codec family in :data:`CODECS`.
 """
 
-from . import activation, aqlm, gain, gptvq, kmeans, lattice, packing, pyramid, scalar, trellis, voronoi, vptq  # noqa: F401  (registration)
+from . import activation, aqlm, coded, ecsq, gain, gptvq, kmeans, lattice, packing, pyramid, scalar, trellis, voronoi, vptq  # noqa: F401  (registration)
 from .base import (
     CODEC_CLASSES,
     CODECS,

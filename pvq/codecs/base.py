@@ -260,6 +260,8 @@ def quantize_grouped(codec: VectorCodec, x: torch.Tensor) -> GroupedResult:
     per_vector = scales.repeat_interleave(g)
     if codec.needs_fit:
         codec = codec.fit(x, per_vector)
+        scales = codec.group_scales(groups)  # a fit may set what the scales depend on (ecsq's step)
+        per_vector = scales.repeat_interleave(g)
     zeros = codec.group_zero_points(groups)
     codes, xhat = codec.encode_decode(x, per_vector, None if zeros is None else zeros.repeat_interleave(g))
     return GroupedResult(xhat=xhat, codes=codes, stored=Stored(codec.store(codes, scales), num_weights=n * d),

@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 
 from ..codecs import CODECS, CodecError, make_codec, quantize_grouped
+from ..codecs.coded import code_report
 
 SOURCES: dict[str, Callable[[int, torch.Generator], torch.Tensor]] = {
     "gaussian": lambda n, gen: torch.randn(n, generator=gen, dtype=torch.float64).float(),
@@ -84,6 +85,8 @@ class RDResult:
     samples: int
     seconds: float
     setting: str
+    entropy_bits_per_weight: float | None = None  # empirical order-0 entropy of the stored symbols
+    coded_bits_per_weight: float | None = None  # what lossless coding of the stored streams achieved
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -99,6 +102,7 @@ class RDConfig:
     bits: tuple[float, ...] = (2.0, 3.0, 4.0)
     samples: int = 1 << 17
     seed: int = 0
+    options: tuple[tuple[str, object], ...] = ()  # (name, value) passed to every codec's factory
 
     def __post_init__(self):
         if self.source not in SOURCES:
@@ -138,7 +142,9 @@ def run_rd(config: RDConfig, progress: Callable[[str], None] | None = None) -> l
     built, refused = [], []
     for name, dim, bits in settings:
         try:
-            built.append((name, dim, bits, make_codec(name, bits, dim)))
+            built.append((name, dim, bits, make_codec(name, bits, dim, **dict(config.options))))
+        except TypeError as err:
+            raise CodecError(f"codec {name!r} takes no option among {[k for k, _ in config.options]}: {err}") from err
         except CodecError as err:
             refused.append(f"{name} D={dim} at {bits} bits: {err}")
             if progress:
@@ -161,6 +167,7 @@ def run_rd(config: RDConfig, progress: Callable[[str], None] | None = None) -> l
         mse = float((res.xhat - x).double().pow(2).mean())
         rate = res.stored.bits_per_weight()
         var = float(x.double().pow(2).mean())
+        coding = code_report(res.codec, res.stored.tensors, x.shape[0])
         results.append(
             RDResult(
                 codec=name,
@@ -172,7 +179,9 @@ def run_rd(config: RDConfig, progress: Callable[[str], None] | None = None) -> l
                 shannon_gap_db=10 * math.log10(mse / shannon_mse(rate)) if mse > 0 else -math.inf,
                 samples=n,
                 seconds=seconds,
-                setting=codec.describe(),
+                setting=res.codec.describe(),  # the fitted codec (ecsq: its chosen step)
+                entropy_bits_per_weight=sum(s["entropy_bits"] for s in coding["streams"].values()) / x.numel(),
+                coded_bits_per_weight=min(coding["coded_bits"], coding["fixed_bits"]) / x.numel(),
             )
         )
         if progress:

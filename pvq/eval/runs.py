@@ -35,6 +35,7 @@ from ..models.resume import WorkDir, model_fingerprint, run_identity
 from ..models.streaming import BlockStore, open_streamed, peak_memory, streamable, write_streamed
 from ..models.format import block_rate, online_rotations_per_block
 from ..models.rotation_plan import model_rotation
+from ..models.coding import decode_entropy_coded, entropy_code_model
 from ..models.reference import CALIB_TEXT, HELDOUT_TEXT, resolve_model
 from .perplexity import check_windows, perplexity
 
@@ -244,6 +245,9 @@ class QuantizeRequest:
                                     f"{resolve_model(self.model)!r} is not one (drop --stream)")
             if self.config.lora_steps:
                 raise QuantizeError("--stream cannot run LoRA recovery (it tunes the whole model); drop --lora-steps")
+            if self.config.entropy_code:
+                raise QuantizeError("--stream writes blocks as they finish and cannot entropy-code them yet: drop "
+                                    "--entropy-code or --stream")
             if self.config.rotation_plan == "fused":  # the fold rewrites the whole model before block 0
                 if self.config.rotation == "fused":
                     raise QuantizeError("--stream cannot fold rotations into the model yet (it reads one block at a "
@@ -357,7 +361,26 @@ def run_quantize(req: QuantizeRequest, log: Log = _quiet, progress: bool = True)
         summary["output"] = str(req.output)
         if parallel is not None:
             parallel.barrier()
+        summary["stored_bits_per_weight"] = (getattr(model.config, "quantization_config", None) or {}).get(
+            "stored_bits_per_weight", summary["bits_per_weight"])
+    else:
+        summary["stored_bits_per_weight"] = stored_bits_per_weight(
+            model, req.config.entropy_code, source_dtype.itemsize * 8 if source_dtype else None)
     return model, tokenizer, summary
+
+
+def stored_bits_per_weight(model, entropy_code: bool, kept_bits: int | None = None) -> float:
+    """Bits per block weight as they would be stored: with ``entropy_code`` every quantized layer is
+    coded (and decoded back) to measure it; entropy-coded codecs (ecsq) count as stored anyway."""
+    if entropy_code:
+        entropy_code_model(model)
+        try:
+            rate = block_rate(model, kept_bits)
+        finally:
+            decode_entropy_coded(model)
+    else:
+        rate = block_rate(model, kept_bits)
+    return rate["coded_bits"] / rate["num_weights"]
 
 
 # ---------------------------------------------------------------- eval
@@ -404,6 +427,7 @@ def run_eval(
         "model": resolve_model(model_or_dir),
         "perplexity": res.perplexity,
         "bits_per_weight": linear_weight_bits(model, stored),
+        "stored_bits_per_weight": stored_bits_per_weight(model, False, stored),
         "bits_per_activation": bits_per_activation(model, stored or next(model.parameters()).element_size() * 8),
         "tokens": res.tokens,
         "context": context,

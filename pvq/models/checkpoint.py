@@ -34,6 +34,7 @@ from .format import (
     safetensors_files,
     verify_checkpoint,
 )
+from .coding import decode_entropy_coded, entropy_code_model
 from .experts import QuantizedExperts
 from .hf_quantizer import register
 from .qlinear import QuantizedLinear
@@ -161,6 +162,9 @@ def save_quantized(
         raise QuantizeError("save_quantized needs a transformers PreTrainedModel (with .config and .save_pretrained)")
     if dtype is not None:
         cast_unquantized(model, dtype)
+    coded = getattr(getattr(quant_config, "config", quant_config), "entropy_code", False)
+    if coded:
+        entropy_code_model(model)  # the layers' streams as coded (decoded back below)
     qdict = quantization_config_dict(model, quant_config)  # kept weights counted in the dtype they are saved in
     tmp = _sibling(out_dir, _TMP)
     tmp.mkdir()
@@ -181,6 +185,9 @@ def save_quantized(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if coded:
+            decode_entropy_coded(model)
     return out_dir
 
 
@@ -368,6 +375,7 @@ def _load_direct(path: Path, qdict: dict, dtype) -> nn.Module:
         model.tie_weights()
     install_model_rotation(model, qdict)
     model.is_quantized = True
+    decode_entropy_coded(model, str(path))  # coded layers back to their codec's layout (the quantizer's hook does it)
     return model
 
 

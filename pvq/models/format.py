@@ -60,6 +60,7 @@ from torch import nn
 
 from pvq.errors import CheckpointError, QuantizeError
 
+from .coding import layer_bits
 from .experts import QuantizedExperts, replace_experts
 from .methods import QuantizeConfig
 from .qlinear import QuantizedLinear, buffer_name
@@ -96,21 +97,23 @@ def block_rate(model: nn.Module, kept_bits: int | None = None) -> dict:
     """Bits of every weight of the decoder blocks: quantized ones (:class:`QuantizedLinear`) from
     their stored tensors, the others (``kept``: ``{name: {"numel", "bits"}}``) at ``kept_bits``
     or their dtype's width. Returns ``stored_bits``, ``num_weights``, ``quantized_bits``,
-    ``quantized_weights``, ``kept``."""
+    ``quantized_weights``, ``kept`` and ``coded_bits`` (``stored_bits`` with each entropy-coded
+    layer at its coded size; ``stored_bits`` counts the fixed-rate codes)."""
     path, blocks = decoder_blocks(model)
-    qbits = qweights = 0
+    qbits = qweights = coded = 0
     kept: dict[str, dict] = {}
     for i, block in enumerate(blocks):
         for m in block.modules():
             if isinstance(m, QuantizedLinear):
-                qbits, qweights = qbits + m.stored_bits(), qweights + m.num_weights
+                fixed, stored = layer_bits(m)
+                qbits, qweights, coded = qbits + fixed, qweights + m.num_weights, coded + stored
         for n, p in block.named_parameters():
             if is_weight(n, p):
                 kept[f"{path}.{i}.{n}"] = {"numel": p.numel(), "bits": kept_bits or p.element_size() * 8}
     bits = qbits + sum(k["numel"] * k["bits"] for k in kept.values())
     weights = qweights + sum(k["numel"] for k in kept.values())
     return {"stored_bits": bits, "num_weights": weights, "quantized_bits": qbits, "quantized_weights": qweights,
-            "kept": kept}
+            "kept": kept, "coded_bits": bits - qbits + coded}
 
 
 def quantization_config_dict(model: nn.Module, quant_config) -> dict:
@@ -130,6 +133,7 @@ def quantization_config_dict(model: nn.Module, quant_config) -> dict:
         "bits": config.bits,
         "bits_per_weight": rate["stored_bits"] / rate["num_weights"],
         "stored_bits": rate["stored_bits"],
+        "stored_bits_per_weight": rate["coded_bits"] / rate["num_weights"],  # entropy-coded layers as coded
         "num_weights": rate["num_weights"],
         "quantized_fraction": rate["quantized_weights"] / rate["num_weights"],
         "kept": {n: k["bits"] for n, k in rate["kept"].items()},

@@ -32,6 +32,7 @@ from pvq.errors import CheckpointError, QuantizeError
 
 from .format import (FORMAT_VERSION, QUANT_METHOD, READABLE_VERSIONS, install_model_rotation, replace_linears,
                      verify_checkpoint)
+from .coding import decode_entropy_coded
 from .qlinear import QuantizedLinear
 
 __all__ = ["PvqConfig", "PvqHfQuantizer", "register"]
@@ -109,6 +110,7 @@ class PvqHfQuantizer(HfQuantizer):
         ]
         if unloaded:
             raise QuantizeError(f"the checkpoint lacks the stored tensors of {unloaded[:8]}; it is incomplete")
+        decode_entropy_coded(model, getattr(model.config, "_name_or_path", None) or "the checkpoint")
         install_model_rotation(model, self.quantization_config.to_dict())
         return model
 

@@ -165,6 +165,12 @@ register_method(MethodSpec(
     rotate=True, error_feedback=True, hessian_gain=False, default_dim=8, default_group_size=32,
 ))
 register_method(MethodSpec(
+    "ecsq", "ecsq",
+    "entropy-coded uniform scalar quantizer (ANS, coded rate met per layer) + entropy-constrained rounding + GPTQ",
+    rotate=False, error_feedback=True, hessian_gain=False, default_dim=1, default_group_size=256,
+    group_option="group_weights",
+))
+register_method(MethodSpec(
     "trellis", "trellis",
     "randomized Hadamard + QTIP-style bitshift trellis (tail-biting Viterbi) + block-LDLQ",
     rotate=True, error_feedback=True, hessian_gain=False, default_dim=256, default_group_size=1,
@@ -241,6 +247,9 @@ class QuantizeConfig:
     act_clip: float = field(default=1.0, metadata=_help("rtn activations: clipping ratio of the per-token max"))
     act_gain_bits: int | None = field(default=None, metadata=_help(
         "pvq activations: gain bits per vector, 0 for fp16 gains (default: the best split for the rate)"))
+    entropy_code: bool = field(default=False, metadata=_help(
+        "save every layer's stored streams entropy coded (ANS with a static per-layer model, zstd as the floor; "
+        "decoded at load)"))
     options: dict = field(default_factory=dict, metadata=_help("the codec's options"))
 
     def __post_init__(self):
@@ -288,6 +297,8 @@ class QuantizeConfig:
             )
         if not isinstance(self.sequential, bool):
             raise QuantizeError(f"sequential must be True or False, got {self.sequential!r}")
+        if not isinstance(self.entropy_code, bool):
+            raise QuantizeError(f"entropy_code must be True or False, got {self.entropy_code!r}")
         if not _is_int(self.lora_steps) or self.lora_steps < 0:
             raise QuantizeError(f"lora_steps must be an integer >= 0, got {self.lora_steps!r}")
         if spec.codec not in CODECS:

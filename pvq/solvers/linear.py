@@ -117,8 +117,21 @@ def quantize_linear(
             )
         w = rotation.rotate_weight(w)
         h = rotation.rotate_hessian(h)
+    res = _solve(w, h, codec, config)
+    if getattr(codec, "target_bits", None) is not None:  # a coded rate: meet it per layer
+        res = _meet_rate(w, h, res, config)
+    return LinearResult(res.codec, res.stored().tensors, res.weight, res.proxy_loss, res.relative_error,
+                        time.perf_counter() - t0)
+
+
+RATE_PASSES = 4
+"""Solves per layer at most, beyond the first, for codecs whose rate is only known after coding."""
+
+
+def _solve(w: torch.Tensor, h: torch.Tensor, codec: VectorCodec, config: SolverConfig):
     if codec.needs_fit:
         codec = _fit(codec, w, h, config.damp)
+
     def assign(c):
         return quantize_layer(
             w.float(), h, c, error_feedback=config.error_feedback, damp_rel=config.damp,
@@ -129,8 +142,31 @@ def quantize_linear(
     rounds = int(getattr(codec, "update_rounds", 0) or 0)
     if rounds and can_update(res.codec):
         res = _alternate(res, w.float(), h, rounds, assign)
-    return LinearResult(res.codec, res.stored().tensors, res.weight, res.proxy_loss, res.relative_error,
-                        time.perf_counter() - t0)
+    return res
+
+
+def _meet_rate(w: torch.Tensor, h: torch.Tensor, res, config: SolverConfig):
+    """Re-solve with ``codec.retarget(measured rate)`` (an entropy-coded codec's step) until it
+    says the measured rate is close enough to ``codec.target_bits``; the result kept is the one
+    of highest rate at or below the target (else the lowest rate)."""
+    target = res.codec.target_bits
+
+    def rate(r) -> float:
+        return r.stored().bits_per_weight()
+
+    best, best_rate = res, rate(res)
+    current, current_rate = res, best_rate
+    for _ in range(RATE_PASSES):
+        nxt = current.codec.retarget(current_rate)
+        if nxt is None:
+            break
+        current = _solve(w, h, nxt, config)
+        current_rate = rate(current)
+        under, best_under = current_rate <= target + 1e-9, best_rate <= target + 1e-9
+        if (under and (not best_under or current_rate > best_rate)) or (not under and not best_under
+                                                                         and current_rate < best_rate):
+            best, best_rate = current, current_rate
+    return best
 
 
 def _alternate(res: LayerResult, w: torch.Tensor, h: torch.Tensor, rounds: int, assign) -> LayerResult:

@@ -4,7 +4,7 @@ import torch
 from pvq.codecs import CODECS, CodecError, codec_from_config, codec_to_config, make_codec, quantize_grouped
 
 SETTINGS = [("uniform", 3, 1), ("nf4", 4, 1), ("lloydmax", 2, 1), ("kmeans", 2, 4), ("pvq", 3, 32), ("e8", 2, 8),
-            ("lattice", 3, 8), ("trellis", 2, 32), ("aqlm", 2, 8), ("gptvq", 2, 2), ("vptq", 2, 6)]  # fmt: skip
+            ("lattice", 3, 8), ("trellis", 2, 32), ("aqlm", 2, 8), ("gptvq", 2, 2), ("vptq", 2, 6), ("ecsq", 3, 1)]  # fmt: skip
 
 
 @pytest.mark.parametrize("name,bits,dim", SETTINGS)

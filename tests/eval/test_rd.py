@@ -48,3 +48,20 @@ def test_rd_unreachable_rate_is_an_error(capsys):
         run_rd(RDConfig(codecs=("pvq",), bits=(0.05,), samples=4096))
     assert main(["rd", "--codec", "pvq", "--bits", "0.05", "--samples", "4096"]) == 2
     assert "raise the rate" in capsys.readouterr().err
+
+
+def test_rd_reports_symbol_entropy_and_coded_rate(capsys):
+    assert main(["rd", "--codec", "ecsq,uniform", "--bits", "3", "--samples", "65536", "--json",
+                 "--option", "group_weights=128"]) == 0
+    rows = {r["codec"]: r for r in json.loads(capsys.readouterr().out)["results"]}
+    for r in rows.values():
+        assert r["entropy_bits_per_weight"] <= r["coded_bits_per_weight"] <= r["bits_per_weight"] + 1e-9
+    # uniform's fixed 3-bit codes of a Gaussian have about 2.6 bits of entropy: coding gains
+    assert rows["uniform"]["coded_bits_per_weight"] < rows["uniform"]["bits_per_weight"] - 0.3
+    # ecsq's stream is coded already: only its fp16 scales (0.125 bits per weight here) gain a little
+    assert rows["ecsq"]["bits_per_weight"] - 0.06 < rows["ecsq"]["coded_bits_per_weight"]
+
+
+def test_rd_option_a_codec_lacks_is_an_error():
+    with pytest.raises(CodecError, match="takes no option"):
+        run_rd(RDConfig(codecs=("pvq",), bits=(2.0,), samples=8192, options=(("group_weights", 64),)))

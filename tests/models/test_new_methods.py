@@ -15,6 +15,7 @@ from tiny_models import X, calib, quantized, tiny
     # D per layer: sequences of 64 weights on the 64-column layers (the fp16 scale costs 0.25 bits per
     # weight, k = round(1.75) = 2: 2.25 b/w), of 16 on the 176-column ones (k = 1: 2.0 b/w); measured 2.189
     ("trellis", 2, {"state_bits": 8, "code": "3inst"}, (2.15, 2.25), 0.42),
+    ("ecsq", 3, {}, (2.9, 3.01), 0.2),  # the coded rate (stream, symbol model and scales), met per layer
 ])
 def test_method_quantizes_saves_and_reloads(method, bits, options, rate, max_rel, tmp_path):
     model = tiny("llama")
@@ -22,7 +23,8 @@ def test_method_quantizes_saves_and_reloads(method, bits, options, rate, max_rel
                             progress=False, log=None)
     q = quantized(model)
     assert len(q) == 14 and all(m.codec.name == method for m in q.values())
-    assert all(m.rotation is not None for n, m in q.items() if n.endswith("down_proj"))  # any rotating plan
+    # any rotating plan rotates down_proj's input; ecsq does not rotate
+    assert all((m.rotation is not None) == (method != "ecsq") for n, m in q.items() if n.endswith("down_proj"))
     assert rate[0] <= report.bits_per_weight <= rate[1]  # measured from the stored bytes
     assert all(s.relative_error < max_rel for s in report.layers)
     path = save_quantized(model, tmp_path / method, report)
