@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 from pvq.eval.runs import run_eval
 from pvq.models import QuantizeConfig, load_quantized, quantize_model, read_quantization_config, save_quantized
 from pvq.models.allocation import AllocateConfig
+from pvq.models.format import FORMAT_VERSION
 from pvq.errors import QuantizeError
 
 CFG = dict(method="pvq", bits=2.5, dim=16, n_samples=4, seq_len=32)
@@ -47,7 +48,7 @@ def test_plan_is_stored_and_both_loaders_rebuild_per_layer_codecs(allocated, tmp
     model, report, _ = allocated
     save_quantized(model, tmp_path / "ck", report, tokenizer=char_tokenizer())
     qdict = read_quantization_config(tmp_path / "ck")
-    assert qdict["allocation"]["target_bits"] == 2.5 and qdict["format_version"] == 3
+    assert qdict["allocation"]["target_bits"] == 2.5 and qdict["format_version"] == FORMAT_VERSION
     assert len({json.dumps(m["codec"], sort_keys=True) for m in qdict["modules"].values()}) > 1
     x = calib(2, 16, seed=7)
     with torch.no_grad():

@@ -81,19 +81,22 @@ def uninterrupted(model_dir, tmp_path_factory):
     import io
 
     outs = {}
-    for stream in (False, True):
+    # False: in memory (the default rotation plan at 3 bits, fused); True: streamed, which runs the layer
+    # plan (the fold needs the whole model); "layer": in memory under the plan a streamed run has
+    for key, extra in ((False, []), (True, ["--stream"]), ("layer", ["--rotation", "layer"])):
         out = tmp_path_factory.mktemp("ref") / "ck"
         text = io.StringIO()
         with contextlib.redirect_stdout(text):
-            assert main(args_of(model_dir, out, *(["--stream"] if stream else []))) == 0
-        outs[stream] = out
-        outs[stream, "summary"] = json.loads(text.getvalue().strip().splitlines()[-1])
+            assert main(args_of(model_dir, out, *extra)) == 0
+        outs[key] = out
+        outs[key, "summary"] = json.loads(text.getvalue().strip().splitlines()[-1])
     return outs
 
 
 def test_streamed_equals_in_memory(model_dir, uninterrupted, capsys):
     capsys.readouterr()
-    a, b = uninterrupted[False], uninterrupted[True]
+    a, b = uninterrupted["layer"], uninterrupted[True]
+    assert uninterrupted[True, "summary"]["rotation_plan"] == "layer"
     ta, tb = tensors(a), tensors(b)
     assert ta.keys() == tb.keys() and "lm_head.weight" in ta
     assert all(ta[k] == tb[k] for k in ta)  # every tensor, byte for byte (bf16 kept weights, codes, scales)
@@ -169,7 +172,7 @@ def test_two_processes_under_torchrun_equal_one(model_dir, uninterrupted, tmp_pa
     assert proc.returncode == 0, proc.stderr[-2000:]
     summaries = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(summaries) == 1 and summaries[0]["world_size"] == 2  # rank 0 reports
-    ref = uninterrupted[False]
+    ref = uninterrupted["layer"]  # streamed: the layer rotation plan
     assert tensors(out) == tensors(ref)
     assert (out / "config.json").read_bytes() == (ref / "config.json").read_bytes()
 
