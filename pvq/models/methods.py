@@ -42,7 +42,7 @@ from pvq.errors import CodecError, QuantizeError
 from pvq.solvers import SolverConfig
 
 from .activations import ActivationQuant
-from .rotation_plan import ROTATION_PLANS, default_rotation_plan
+from .rotation_plan import FUSED_DEFAULT_MIN_BITS, ROTATION_PLANS, default_rotation_plan
 from .structure import decoder_layers
 
 __all__ = [
@@ -76,6 +76,9 @@ class MethodSpec:
         most this (codebooks: a K-means codebook of 2^(bits D) centroids must stay small).
     static_groups / act_order: defaults of the solver switches of the same names
         (:class:`~pvq.solvers.SolverConfig`).
+    fused_from_bits: a method that rotates runs the ``fused`` rotation plan by default from this
+        many bits per weight, ``layer`` below (None: ``layer`` at every rate); set where the
+        measurements support it (docs/rotation_plans.md).
     """
 
     name: str
@@ -90,6 +93,7 @@ class MethodSpec:
     max_vector_bits: int | None = None
     static_groups: bool = False
     act_order: bool = False
+    fused_from_bits: float | None = None
 
     @property
     def options(self):
@@ -118,6 +122,7 @@ def get_method(name: str) -> MethodSpec:
 register_method(MethodSpec(
     "pvq", "pvq", "randomized Hadamard + PVQ shapes and Beta-law gains + block-LDLQ + Hessian-optimal gains",
     rotate=True, error_feedback=True, hessian_gain=True, default_dim=32, default_group_size=16,
+    fused_from_bits=FUSED_DEFAULT_MIN_BITS,  # pvq: -1.2% / +0.2% at 3 / 4 bits, +4.8% at 2 (H200)
 ))
 register_method(MethodSpec(
     "gptq", "uniform", "GPTQ: uniform scalar grid per group of 128 weights with error feedback",
@@ -221,9 +226,9 @@ class QuantizeConfig:
     rotation: str | None = field(default=None, metadata={**_help(
         "rotation plan: fused (QuaRot-style: norms folded, the residual stream and heads rotated in the "
         "weights, one online Hadamard per block, on down_proj's input), layer (each linear its own U W V^T: "
-        "two online rotations per linear) or none (default: for methods that rotate, fused from 3 bits per "
-        "weight and layer below, fused falling back to layer for families it cannot fold; none for the "
-        "others)"), "choices": ROTATION_PLANS})
+        "two online rotations per linear) or none (default: pvq fused from 3 bits per weight and layer "
+        "below, the other rotating methods layer, fused falling back to layer for families it cannot fold; "
+        "none for methods that do not rotate)"), "choices": ROTATION_PLANS})
     error_feedback: bool | None = field(default=None, metadata=_help("GPTQ/LDLQ error feedback over column blocks"))
     hessian_gain: bool | None = field(default=None, metadata=_help("Hessian-optimal gains (codecs that have them)"))
     static_groups: bool | None = field(default=None, metadata=_help(
@@ -350,12 +355,13 @@ class QuantizeConfig:
     def rotation_plan(self) -> str:
         """The run's rotation plan (:data:`~pvq.models.rotation_plan.ROTATION_PLANS`): ``rotation``
         when given, else from ``rotate`` (or the method's default): ``none``, or for methods that
-        rotate :func:`~pvq.models.rotation_plan.default_rotation_plan` of the rate (``fused`` from
-        3 bits per weight, ``layer`` below)."""
+        rotate :func:`~pvq.models.rotation_plan.default_rotation_plan` of the rate and the method's
+        ``fused_from_bits`` (pvq: ``fused`` from 3 bits per weight, ``layer`` below; the other
+        rotating methods: ``layer``)."""
         if self.rotation is not None:
             return self.rotation
         rotate = self.spec.rotate if self.rotate is None else self.rotate
-        return default_rotation_plan(self.bits) if rotate else "none"
+        return default_rotation_plan(self.bits, self.spec.fused_from_bits) if rotate else "none"
 
     @property
     def use_rotation(self) -> bool:

@@ -62,17 +62,17 @@ __all__ = [
 
 ROTATION_PLANS = ("fused", "layer", "none")
 FUSED_DEFAULT_MIN_BITS = 3.0
-"""Methods that rotate default to ``fused`` at this many bits per weight and more, to ``layer``
-below (:func:`default_rotation_plan`)."""
+"""pvq defaults to ``fused`` at this many bits per weight and more, to ``layer`` below
+(:func:`default_rotation_plan`, ``MethodSpec.fused_from_bits``)."""
 
 
-def default_rotation_plan(bits: float) -> str:
-    """The plan of a method that rotates when a run names none: ``fused`` from
-    :data:`FUSED_DEFAULT_MIN_BITS` up, ``layer`` below. Measured on the reference model
-    (``benchmarks/rotation_plans.py``, docs/rotation_plans.md): pvq at 3 and 4 bits is
-    -1.2% / +0.2% in perplexity under ``fused`` against ``layer`` with 1 online rotation per
-    block instead of 14; at 2 bits ``fused`` costs +4.8%."""
-    return "fused" if bits >= FUSED_DEFAULT_MIN_BITS else "layer"
+def default_rotation_plan(bits: float, fused_from_bits: float | None = FUSED_DEFAULT_MIN_BITS) -> str:
+    """The plan of a method that rotates when a run names none: ``fused`` from ``fused_from_bits``
+    up (the method's own threshold; None: never), ``layer`` below. Measured on the reference model
+    (``benchmarks/rotation_plans.py``, docs/rotation_plans.md): pvq at 3 and 4 bits is -1.2% /
+    +0.2% in perplexity under ``fused`` against ``layer`` with 1 online rotation per block instead
+    of 14, +4.8% at 2 bits; e8 pays +2.5% at 3 bits, so it keeps ``layer``."""
+    return "fused" if fused_from_bits is not None and bits >= fused_from_bits else "layer"
 
 
 @dataclass(frozen=True)

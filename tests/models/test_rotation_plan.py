@@ -76,6 +76,7 @@ def test_layer_rotation_one_sided():
 def test_config_rotation_plan_resolution():
     assert QuantizeConfig("pvq").rotation_plan == "fused"  # 3 bits
     assert QuantizeConfig("pvq", bits=2).rotation_plan == "layer"  # fused costs more there (README)
+    assert QuantizeConfig("e8", bits=3).rotation_plan == "layer"  # e8 pays +2.5% under fused at 3 bits
     assert QuantizeConfig("pvq", rotate=False).rotation_plan == "none"
     assert QuantizeConfig("gptq").rotation_plan == "none"
     assert QuantizeConfig("gptq", rotation="fused").use_rotation
