@@ -118,7 +118,10 @@ def run_one(args) -> dict:
     phases["open"] = time.perf_counter() - t
     vocab = model.config.vocab_size
     calib = torch.randint(0, vocab, (args.windows, args.seq_len), generator=torch.Generator().manual_seed(0))
-    config = QuantizeConfig(method=args.one, bits=args.bits, n_samples=args.windows, seq_len=args.seq_len)
+    # the streamed path reads one block at a time, so it cannot fold rotations into the model: layer plan
+    # (what ``pvq quantize --stream`` chooses too)
+    config = QuantizeConfig(method=args.one, bits=args.bits, n_samples=args.windows, seq_len=args.seq_len,
+                            rotation="layer" if QuantizeConfig(method=args.one, bits=args.bits).use_rotation else "none")
     work = WorkDir(out, run_identity(config, model_fingerprint(src), calib, device, args.batch_size), resume=False)
     store = TimedStore(work, source)
     store.t, store.secs, store.solver = {}, {}, {}

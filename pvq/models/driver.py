@@ -249,6 +249,10 @@ def quantize_model(
     notes = list(plan.notes)
     for note in plan.notes:
         say(note)
+    if plan.rotation == "fused" and any(t.is_meta for t in model.parameters()):
+        raise QuantizeError("the fused rotation plan rewrites the whole model before any block runs, and this model's "
+                            "weights are not all in memory (a streamed skeleton on the meta device): quantize it "
+                            "with rotation='layer' (pvq quantize --stream --rotation layer)")
     was_training = model.training
     model.eval()
     if plan.rotation == "fused":  # rewrite the model (exactly) before anything sees its activations

@@ -206,3 +206,18 @@ def test_stream_needs_an_output_and_a_safetensors_directory(tmp_path, capsys):
     assert "is not one (drop --stream)" in capsys.readouterr().err
     assert main(["quantize", "--stream"]) == 2
     assert "--stream needs --output" in capsys.readouterr().err
+
+
+def test_driver_refuses_the_fused_plan_on_a_streamed_skeleton(model_dir):
+    """The fused plan rewrites every weight before block 0 runs; a skeleton on the meta device has none
+    in memory, so the driver refuses before any work (the CLI's --stream picks the layer plan itself)."""
+    from pvq.errors import QuantizeError
+    from pvq.models.driver import quantize_model
+    from pvq.models.methods import QuantizeConfig
+    from pvq.models.streaming import open_streamed
+
+    model, _, _ = open_streamed(model_dir)
+    config = QuantizeConfig(method="pvq", bits=3, n_samples=2, seq_len=8)
+    assert config.rotation_plan == "fused"
+    with pytest.raises(QuantizeError, match="rotation='layer'"):
+        quantize_model(model, torch.zeros(2, 8, dtype=torch.long), config, device="cpu")
