@@ -282,7 +282,11 @@ def build_cuda_kernels() -> None:
 def measure(model, a, device) -> dict:
     from pvq.eval.decoding import StaticDecoder, decode
     from pvq.eval.runs import model_memory_bytes
+    from pvq.models import keep_stored_on_host
 
+    # as pvq's loader does: once a layer's runtime layout is on the GPU, the stored codes it does not
+    # read move to host memory
+    keep_stored_on_host(model)
     prompt = 16
     ids = torch.randint(0, model.config.vocab_size, (a.batch, prompt), device=device,
                         generator=torch.Generator(device=device).manual_seed(0))
@@ -295,7 +299,7 @@ def measure(model, a, device) -> dict:
     run = decode(dec, ids, a.new_tokens)
     say(f"decoded {a.batch} x {run.tokens.shape[1]} tokens in {run.seconds:.2f} s ({run.mode})")
     r = {"tokens_per_s": run.tokens_per_second, "mode": run.mode, "setup_s": dec.setup_seconds,
-         "prefill_s": run.prefill_seconds, "model_bytes": model_memory_bytes(model),
+         "prefill_s": run.prefill_seconds, "model_bytes": model_memory_bytes(model, device),
          "peak_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
          "first_tokens": run.tokens[0, :8].tolist()}
     if a.eager:

@@ -27,7 +27,7 @@ from ..models import (
     save_quantized,
     tokenize_text,
 )
-from ..models import bits_per_activation, set_backend
+from ..models import bits_per_activation, keep_stored_on_host, runtime_tensor_list, set_backend
 from ..models.checkpoint import prepare_output
 from ..models.distributed import init_from_env
 from ..models.offload import PLACEMENTS
@@ -150,6 +150,8 @@ def load_model(name_or_path: str | None, dtype: torch.dtype = torch.float32, bac
     model.eval()
     if backend is not None:
         set_backend(model, backend)
+    # on an accelerator, stored codes that the runtime layout does not read wait in host memory
+    keep_stored_on_host(model)
     return model, tokenizer
 
 
@@ -163,37 +165,22 @@ def eval_token_ids(text: str, tokenizer, max_tokens: int | None) -> torch.Tensor
     return ids
 
 
-def model_memory_bytes(model) -> int:
+def model_memory_bytes(model, device: torch.device | str | None = None) -> int:
     """Bytes of every tensor the model holds: parameters, buffers and the runtime tensors of its
-    quantized layers (dense caches, kernel tables), each storage counted once."""
+    quantized layers (dense caches, kernel tables), each storage counted once; with ``device``,
+    only those on that device's type (``"cuda"``: what the model holds on the GPU)."""
+    kind = None if device is None else torch.device(device).type
     seen, total = set(), 0
-
-    def add(t):
-        nonlocal total
-        if isinstance(t, torch.Tensor) and t.numel():
+    tensors = list(model.parameters()) + list(model.buffers())
+    for m in model.modules():
+        if isinstance(m, QuantizedLinear):
+            tensors += runtime_tensor_list(m.runtime_tensors())
+    for t in tensors:
+        if t.numel() and (kind is None or t.device.type == kind):
             key = (t.untyped_storage().data_ptr(), t.device)
             if key not in seen:
                 seen.add(key)
                 total += t.untyped_storage().nbytes()
-
-    def walk(v):  # a runtime value: a tensor, a container of them, or a kernel runtime object holding them
-        if isinstance(v, torch.Tensor):
-            add(v)
-        elif isinstance(v, (list, tuple)):
-            for u in v:
-                walk(u)
-        elif isinstance(v, dict):
-            for u in v.values():
-                walk(u)
-        elif hasattr(v, "__dict__"):
-            for u in vars(v).values():
-                walk(u)
-
-    for t in list(model.parameters()) + list(model.buffers()):
-        add(t)
-    for m in model.modules():
-        if isinstance(m, QuantizedLinear):
-            walk(m.runtime_tensors())
     return total
 
 
@@ -435,7 +422,7 @@ def run_eval(
         "seconds": res.seconds,
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "backends": sorted({m.backend for m in model.modules() if isinstance(m, QuantizedLinear)} - {None}),
-        "memory_bytes": model_memory_bytes(model),
+        "memory_bytes": model_memory_bytes(model, dev),
         "rotation_plan": _rotation_plan_name(model),
         "online_rotations_per_block": online_rotations_per_block(model),
     }

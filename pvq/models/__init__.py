@@ -16,7 +16,14 @@ from .methods import METHODS, MethodSpec, QuantizeConfig, decoder_layers, get_me
 from .plan import LayerPlan, QuantizePlan
 from .rotation_plan import ROTATION_PLANS, fold_rotations
 from .activations import ActivationQuant, ActQuantLinear
-from .qlinear import QuantizedLinear, bits_per_activation, set_activation_quant, set_backend
+from .qlinear import (
+    QuantizedLinear,
+    bits_per_activation,
+    keep_stored_on_host,
+    runtime_tensor_list,
+    set_activation_quant,
+    set_backend,
+)
 from .structure import FAMILY_RULES, decoder_blocks
 
 __all__ = [
@@ -46,6 +53,7 @@ __all__ = [
     "decoder_layers",
     "fold_rotations",
     "get_method",
+    "keep_stored_on_host",
     "load_quantized",
     "load_text",
     "online_rotations_per_block",
@@ -56,6 +64,7 @@ __all__ = [
     "register_backend",
     "register_method",
     "resolve_device",
+    "runtime_tensor_list",
     "save_quantized",
     "select_backend",
     "set_activation_quant",

@@ -50,6 +50,8 @@ __all__ = [
     "buffer_name",
     "dtype_from_name",
     "dtype_name",
+    "keep_stored_on_host",
+    "runtime_tensor_list",
     "set_activation_quant",
     "set_backend",
 ]
@@ -137,6 +139,9 @@ class QuantizedLinear(nn.Module):
             self.register_parameter("bias", None)
         self.backend_name: str | None = None  # None: chosen per device by priority
         self._runtime: tuple[str, dict[str, torch.Tensor]] | None = None
+        # True: once a runtime is prepared on an accelerator, the stored tensors it does not read move to
+        # host memory (see :func:`keep_stored_on_host`)
+        self.stored_on_host = False
         self.act_quant: ActivationQuant | None = None
         self.act_quantizer = None
         if act_quant is not None:
@@ -354,9 +359,35 @@ class QuantizedLinear(nn.Module):
                 return backend, runtime
         backend = select_backend(self, x.device, self.backend_name)
         self._runtime = None  # free the old runtime before building the new one
+        if len({t.device for t in self.stored_tensors().values()}) > 1:  # some moved to the host earlier
+            for key, t in self.stored_tensors().items():
+                self._buffers[buffer_name(key)] = t.to(x.device)
         runtime = backend.prepare(self, x.device, dtype)
         self._runtime = (backend.name, runtime)
+        if self.stored_on_host and x.device.type != "cpu":
+            self.move_stored_to_host()
         return backend, runtime
+
+    def stored_keys_unread_by_runtime(self) -> list[str]:
+        """Stored keys whose tensors share no storage with the prepared runtime's tensors (all of
+        them before the first forward): the ones a runtime layout transcoded at load leaves unused."""
+        read = {t.untyped_storage().data_ptr() for t in runtime_tensor_list(self._runtime[1] if self._runtime else {})}
+        return [k for k, t in self.stored_tensors().items() if t.untyped_storage().data_ptr() not in read]
+
+    @torch.no_grad()
+    def move_stored_to_host(self) -> int:
+        """Move the stored tensors that the prepared runtime does not read to host memory; returns
+        the accelerator bytes freed. Decoding runs from the runtime; a later rebuild (another device
+        or dtype) reads the host copies. ``model.to(device)`` brings them back."""
+        if self._runtime is None:
+            return 0
+        freed = 0
+        for key in self.stored_keys_unread_by_runtime():
+            t = self.stored_tensors()[key]
+            if t.device.type != "cpu":
+                freed += t.untyped_storage().nbytes()
+                self._buffers[buffer_name(key)] = t.cpu()
+        return freed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not x.is_floating_point():
@@ -385,6 +416,34 @@ def set_backend(model: nn.Module, name: str | None) -> int:
     for m in layers:
         m.set_backend(name)
     return len(layers)
+
+
+def runtime_tensor_list(value) -> list[torch.Tensor]:
+    """Every tensor inside a runtime value: a tensor, a list/tuple/dict of them, or a kernel runtime
+    object holding them as attributes."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in runtime_tensor_list(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in runtime_tensor_list(v)]
+    if hasattr(value, "__dict__"):
+        return [t for v in vars(value).values() for t in runtime_tensor_list(v)]
+    return []
+
+
+def keep_stored_on_host(model: nn.Module, on: bool = True) -> int:
+    """Make every :class:`QuantizedLinear` of ``model`` move the stored tensors its runtime does not
+    read to host memory once the runtime is prepared on an accelerator (on the next forward, or now
+    for runtimes already prepared). A runtime layout transcoded at load (the CUDA rows and leaf
+    layouts) otherwise sits on the GPU beside the stored codes. Returns the accelerator bytes freed now."""
+    freed = 0
+    for m in model.modules():
+        if isinstance(m, QuantizedLinear):
+            m.stored_on_host = bool(on)
+            if on and m._runtime is not None and m._buffer_device().type != "cpu":
+                freed += m.move_stored_to_host()
+    return freed
 
 
 def set_activation_quant(model: nn.Module, act: ActivationQuant | None, *, seed: int = 0,

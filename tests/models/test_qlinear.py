@@ -144,3 +144,39 @@ def test_uniform_zero_points_are_group_parameters_of_the_solver(symmetric):
     assert fb.proxy_loss < res.proxy_loss
     assert torch.equal(codec.decode(codec.unpack(fb.stored().tensors, w.numel()), fb.per_vector_scales())
                        .reshape(w.shape), fb.weight)
+
+
+def test_stored_tensors_a_runtime_does_not_read_are_found_and_stay_on_the_host_device():
+    """keep_stored_on_host: the dense runtime reads no stored tensor (all are movable); a runtime that
+    views a stored tensor keeps it; on the CPU nothing moves and the output is unchanged."""
+    from pvq.eval.runs import model_memory_bytes
+    from pvq.models import keep_stored_on_host, runtime_tensor_list
+
+    lin, h = layer()
+    q, _ = quantize(lin, h, make_codec("pvq", 3.0, 16, group_size=11), (1, 2))
+    keys = set(q.stored_keys)
+    q.clear_cache()
+    assert set(q.stored_keys_unread_by_runtime()) == keys  # no runtime yet
+    x = torch.randn(3, 176)
+    y = q(x)
+    assert set(q.stored_keys_unread_by_runtime()) == keys  # the dense weight is its own storage
+    codes = q.stored_tensors()["codes"]
+
+    class Runtime:  # a kernel runtime object holding a view of the stored codes
+        def __init__(self):
+            self.words = codes.view(-1)[1:]
+            self.more = {"scales": [torch.ones(2)]}
+
+    q._runtime = ("dense", {"weight": q.dequantize(), "rt": Runtime()})
+    assert set(q.stored_keys_unread_by_runtime()) == keys - {"codes"}
+    assert len(runtime_tensor_list(q.runtime_tensors())) == 3
+    q.clear_cache()
+    model = torch.nn.Sequential(q)
+    assert keep_stored_on_host(model) == 0 and q.stored_on_host
+    assert torch.equal(q(x), y) and q.move_stored_to_host() == 0  # on the CPU nothing moves
+    assert all(t.device.type == "cpu" for t in q.stored_tensors().values())
+    total = model_memory_bytes(model)
+    assert total == model_memory_bytes(model, "cpu") > sum(t.nbytes for t in q.stored_tensors().values())
+    assert model_memory_bytes(model, "cuda") == 0
+    keep_stored_on_host(model, False)
+    assert not q.stored_on_host
