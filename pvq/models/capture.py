@@ -177,13 +177,33 @@ def linear_stages(
 def collect_hessians(
     block: nn.Module, batches: list[BlockInputs], i: int, names: list[str], device: torch.device
 ) -> dict[str, HessianAccumulator]:
+    """``{name: accumulator}`` of ``E[x x^T]`` over the inputs of the named linears of block ``i``.
+
+    Linears that read the same input tensor (q/k/v; gate/up) share one accumulator, the same
+    object under each name: the sum is accumulated once, and equals, bit for bit, what separate
+    accumulators of the same tensor would hold.
+    """
     mods = block_linears(block, names)
-    accs = {n: HessianAccumulator(linear_sizes(mods[n])[0], device=device) for n in names}
+    accs: dict[str, HessianAccumulator] = {}
+    leader: dict[str, str] = {}  # name -> the name whose accumulator it reads (itself when it adds)
+    seen: list[tuple[torch.Tensor, str]] = []  # the inputs added in this batch, by identity
     pending: set[str] = set()
+    first = [True]
 
     def hook(n):
         def fn(m, inp, out):
-            accs[n].add(inp[0].detach())
+            x = inp[0]
+            owner = next((k for t, k in seen if t is x), None) or n
+            if first[0]:
+                leader.setdefault(n, owner)
+            if leader[n] != owner:
+                raise QuantizeError(f"block {i}: {n} shared its input with {leader[n]} on the first calibration "
+                                    f"batch and not on a later one; its Hessian cannot be collected")
+            if owner == n and not any(t is x for t, _ in seen):
+                if n not in accs:
+                    accs[n] = HessianAccumulator(linear_sizes(m)[0], device=device)
+                accs[n].add(x.detach())
+                seen.append((x, n))
             pending.discard(n)
             if not pending:
                 raise StopForward
@@ -194,11 +214,14 @@ def collect_hessians(
     try:
         for b in batches:
             pending.update(names)
+            seen.clear()
             try:
                 run_block(block, b, i)
             except StopForward:
                 pass
+            first[0] = False
     finally:
         for h in hooks:
             h.remove()
-    return accs
+        seen.clear()
+    return {n: accs[leader[n]] for n in names}

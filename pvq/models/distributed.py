@@ -83,8 +83,12 @@ class Parallel:
 
     def reduce(self, accs: dict) -> None:
         """Sum the Hessian accumulators over the ranks, in rank order, in place (names in order)."""
+        reduced: set[int] = set()
         for name in accs:  # dict order: the stage's order, the same on every rank
             a = accs[name]
+            if id(a) in reduced:  # linears that share an input share one accumulator
+                continue
+            reduced.add(id(a))
             parts = [torch.empty_like(a.sum) for _ in range(self.world)]
             dist.all_gather(parts, a.sum.contiguous())
             tokens = [None] * self.world

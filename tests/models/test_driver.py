@@ -42,6 +42,35 @@ def test_stages_group_linears_by_shared_input():
         assert linear_stages(block, b, 0, names, sequential=False) == [sum(stages, [])]
 
 
+def test_linears_that_share_an_input_share_one_hessian_bit_for_bit():
+    """q/k/v and gate/up read one tensor each: one accumulator under each name, holding exactly the
+    sum a separate accumulator of that layer's own inputs holds; o and down have their own."""
+    from pvq.models.capture import collect_hessians
+    from pvq.solvers import HessianAccumulator
+
+    model = tiny("llama")
+    block = model.model.layers[0]
+    names = [n for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad():
+        batches = capture_block_inputs(model, calib(5, 16), torch.device("cpu"), 2)
+        accs = collect_hessians(block, batches, 0, names, torch.device("cpu"))
+        own = {n: HessianAccumulator(block.get_submodule(n).in_features) for n in names}
+        hooks = [block.get_submodule(n).register_forward_hook(lambda m, inp, out, n=n: own[n].add(inp[0]))
+                 for n in names]
+        for b in batches:
+            run_block(block, b, 0)
+        for h in hooks:
+            h.remove()
+    assert list(accs) == names
+    groups = {}
+    for n in names:
+        groups.setdefault(id(accs[n]), []).append(n)
+        assert accs[n].tokens == own[n].tokens == 5 * 16 and torch.equal(accs[n].sum, own[n].sum)
+    assert sorted(groups.values()) == sorted([
+        ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
+        ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]])
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_pvq_quantizes_every_family(family):
     model = tiny(family)
