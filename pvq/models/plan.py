@@ -103,7 +103,8 @@ def _layer_rotation(plan: str, model, seed: int, name: str, out: int, inp: int, 
 
 def pick_dims(config, in_sizes: list[int]) -> dict[int, int]:
     """D per input size: ``config.dim`` (which must divide every size) or the method's default
-    where it divides, else the largest allowed divisor below it."""
+    where it divides, else the largest allowed power of two below it, else the largest allowed
+    divisor below it."""
     cspec = CODECS[config.spec.codec]
 
     def allowed(n: int) -> list[int]:
@@ -122,8 +123,9 @@ def pick_dims(config, in_sizes: list[int]) -> dict[int, int]:
     out = {}
     for n in in_sizes:
         fit = sorted((d for d in allowed(n) if d <= want), reverse=True)
-        pow2 = [d for d in fit if d & (d - 1) == 0]  # powers of two first (the kernels' tuned sizes)
-        fit = pow2 + [d for d in fit if d not in pow2]
+        # the method's own D first where it divides (VPTQ's 6), then powers of two (the kernels' tuned sizes)
+        pow2 = [d for d in fit if d & (d - 1) == 0 and d != want]
+        fit = [d for d in fit if d == want] + pow2 + [d for d in fit if d not in pow2 and d != want]
         if not fit:
             raise QuantizeError(
                 f"codec {config.spec.codec!r} needs D in {cspec.dims}, and none divides the input size {n} "

@@ -36,3 +36,16 @@ def test_method_quantizes_saves_and_reloads(method, bits, extra, keys, tmp_path)
 def test_act_order_needs_error_feedback():
     with pytest.raises(QuantizeError, match="act_order"):
         QuantizeConfig(method="rtn", act_order=True)
+
+
+@pytest.mark.parametrize("method, bits, dims", [
+    ("vptq", 2, {384: 6, 1032: 6}),  # the method's D where it divides, before any power of two
+    ("vptq", 3, {384: 3, 1032: 3}),  # max_vector_bits halves 6 to 3 at 3 and 4 bits
+    ("vptq", 4, {384: 3, 1032: 3}),
+    ("pvq", 3, {384: 32, 1032: 8}),  # 1032 = 8 x 129: the largest power of two below 32, not 24 or 12
+    ("gptvq", 2, {384: 4, 1032: 4}),
+])
+def test_layer_plan_dims_on_the_reference_model_sizes(method, bits, dims):
+    from pvq.models.plan import pick_dims
+
+    assert pick_dims(QuantizeConfig(method=method, bits=bits), list(dims)) == dims
