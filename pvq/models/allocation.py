@@ -14,6 +14,11 @@
      independently, so the estimate is unbiased; ``rows=1`` measures the whole layer);
    * ``block``: EXL2's way, the squared error of the block's output over the calibration tokens
      with only this layer at the candidate (earlier layers of the block at the target);
+   * ``fisher``: the proxy times the layer's output sensitivity ``f = E ||dL/dy||^2 / out`` (the
+     mean squared gradient of the calibration loss with respect to the layer's output, from one
+     backward pass of the unquantized model): to second order the loss grows by
+     ``f / 2 x tokens x proxy`` when the Fisher of the output is taken as ``f`` times the identity,
+     so layers whose outputs the loss is more sensitive to get more bits;
 3. allocation over those points (:func:`pvq.solvers.allocate.allocate`: Lagrangian on each
    layer's lower convex hull, then a fill), with the budget ``R`` x the quantized weights;
 4. a new plan (each layer's codec at its chosen rate) and a record of why, which the report,
@@ -44,7 +49,7 @@ from .structure import decoder_blocks, linear_weight
 
 __all__ = ["METRICS", "AllocateConfig", "Candidate"]
 
-METRICS = ("proxy", "block")
+METRICS = ("proxy", "block", "fisher")
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,8 @@ class Candidate:
 class AllocateConfig:
     """How ``--allocate`` measures and allocates (validated at construction; the target is the run's ``bits``).
 
-    metric: ``proxy`` (the solver's Hessian-weighted error) or ``block`` (the block's output error).
+    metric: ``proxy`` (the solver's Hessian-weighted error), ``block`` (the block's output error) or
+        ``fisher`` (the proxy weighted by the loss's sensitivity to the layer's output).
     min_bits / max_bits: per-layer bounds of the candidate ladder (default: target - 1, target + 1).
     step: spacing of the candidate ladder in bits per weight.
     rows: fraction of each layer's output rows the proxy metric solves per candidate (1: all).
@@ -149,7 +155,12 @@ class AllocateConfig:
         say(f"allocate: measuring {sum(len(v) for v in cands.values())} candidates of {len(plan.layers)} layers "
             f"({self.metric} metric, rates {min(c[0] for v in cands.values() for c in v):g}.."
             f"{max(c[0] for v in cands.values() for c in v):g})")
-        points = measure(model, calib_ids, plan, cands, self, device, batch_size, say)
+        sensitivity = None
+        if self.metric == "fisher":
+            t = time.perf_counter()
+            sensitivity = output_sensitivity(model, calib_ids, [p.name for p in plan.layers], device, batch_size)
+            say(f"allocate: output sensitivities of {len(sensitivity)} layers in {time.perf_counter() - t:.1f} s")
+        points = measure(model, calib_ids, plan, cands, self, device, batch_size, say, sensitivity=sensitivity)
         seconds = time.perf_counter() - t0
         names = [p.name for p in plan.layers]
         try:
@@ -204,10 +215,56 @@ def _why(p: LayerPlan, cands: list[Candidate], j: int, lam: float, target: float
 
 
 @torch.no_grad()
+def output_sensitivity(model, calib_ids: torch.Tensor, names: list[str], device: torch.device,
+                       batch_size: int = 8) -> dict[str, float]:
+    """``{name: E ||dL/dy||^2 / out}`` per named linear: the mean over calibration tokens of the squared
+    gradient of the next-token loss (summed over tokens) with respect to the layer's output ``y``,
+    per output feature, from backward passes of ``model`` as it is (the model is not changed)."""
+    mods = {n: model.get_submodule(n) for n in names}
+    sums = dict.fromkeys(names, 0.0)
+    tokens = 0
+    handles = []
+
+    def watch(n):
+        def fwd(m, inp, out):
+            if out.requires_grad:
+                out.register_hook(lambda g: sums.__setitem__(n, sums[n] + float(g.double().pow(2).sum())))
+        return fwd
+
+    def leaf(m, inp, out):  # the embedding output as a leaf that needs a gradient: the whole graph below it
+        return out.detach().requires_grad_(True)
+
+    was = [(prm, prm.requires_grad) for prm in model.parameters()]
+    was_device = {n: t.device for n, t in model.named_parameters()}
+    model.to(device)
+    try:
+        for prm, _ in was:
+            prm.requires_grad_(False)
+        handles = [mods[n].register_forward_hook(watch(n)) for n in names]
+        handles.append(model.get_input_embeddings().register_forward_hook(leaf))
+        with torch.enable_grad():
+            for start in range(0, calib_ids.shape[0], batch_size):
+                ids = calib_ids[start:start + batch_size].to(device)
+                loss = model(input_ids=ids, labels=ids).loss * (ids.shape[0] * (ids.shape[1] - 1))
+                loss.backward()
+                tokens += ids.shape[0] * ids.shape[1]
+    finally:
+        for h in handles:
+            h.remove()
+        for prm, rg in was:
+            prm.requires_grad_(rg)
+        if len(set(was_device.values())) == 1:
+            model.to(next(iter(was_device.values())))
+    out_features = {n: linear_weight(m).shape[0] for n, m in mods.items()}
+    return {n: sums[n] / tokens / out_features[n] for n in names}
+
+
 def measure(model, calib_ids, plan: QuantizePlan, cands: dict, alloc: AllocateConfig, device: torch.device,
-            batch_size: int, say, keep: dict | None = None) -> dict[str, list[Candidate]]:
+            batch_size: int, say, keep: dict | None = None,
+            sensitivity: dict[str, float] | None = None) -> dict[str, list[Candidate]]:
     """Every layer's candidates measured block by block on copies of the blocks (the model is not changed).
-    ``keep``: when given, receives ``{(name, rate): dequantized weight [out, in]}`` of whole-layer solves."""
+    ``keep``: when given, receives ``{(name, rate): dequantized weight [out, in]}`` of whole-layer solves.
+    ``sensitivity`` (the ``fisher`` metric): per layer name, the factor its proxy is weighted by."""
     config = plan.config
     _, blocks = decoder_blocks(model)
     batches = capture_block_inputs(model, calib_ids, device, batch_size)
@@ -228,6 +285,9 @@ def measure(model, calib_ids, plan: QuantizePlan, cands: dict, alloc: AllocateCo
                     p = mine[n]
                     out[p.name] = _measure_layer(blk, i, mods[n], accs.pop(n).hessian(), p, cands[p.name], alloc,
                                                  config, batches, device, keep)
+                    if sensitivity is not None:
+                        out[p.name] = [replace(c, distortion=c.distortion * sensitivity[p.name])
+                                       for c in out[p.name]]
             say(f"allocate: block {i} measured in {time.perf_counter() - t:.1f} s")
         for b in batches:
             b.hidden = run_block(blk, b, i)
@@ -255,7 +315,7 @@ def _measure_layer(blk, i, mod, h, p: LayerPlan, cands, alloc: AllocateConfig, c
         return res, (q if p.rotation is None else p.rotation.unrotate_weight(q))
 
     result = []
-    if alloc.metric == "proxy":
+    if alloc.metric in ("proxy", "fisher"):
         n = out_f if alloc.rows >= 1 else min(out_f, max(16, math.ceil(alloc.rows * out_f)))
         g = torch.Generator().manual_seed(zlib.crc32(p.name.encode()) & 0x7FFFFFFF)
         idx = torch.sort(torch.randperm(out_f, generator=g)[:n]).values.to(wr.device)

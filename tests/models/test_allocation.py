@@ -73,6 +73,46 @@ def test_bounds_and_block_metric():
     assert report.bits_per_weight <= 2.5 and report.bits_per_weight > 2.45
 
 
+def test_output_sensitivity_is_the_mean_squared_output_gradient():
+    """One linear checked against autograd by hand; the model is left as it was."""
+    from pvq.models.allocation import output_sensitivity
+
+    model = tiny("llama")
+    ids = calib(3, 16)
+    names = ["model.layers.0.mlp.down_proj", "model.layers.1.self_attn.q_proj"]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    grads = {n: p.requires_grad for n, p in model.named_parameters()}
+    got = output_sensitivity(model, ids, names, torch.device("cpu"), batch_size=2)
+    assert all(torch.equal(p, before[n]) and p.requires_grad == grads[n] for n, p in model.named_parameters())
+    outs = {}
+    hooks = [model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: outs.__setitem__(n, o)) for n in names]
+    total = dict.fromkeys(names, 0.0)
+    for start in (0, 2):
+        x = ids[start:start + 2]
+        with torch.enable_grad():
+            loss = model(input_ids=x, labels=x).loss * (x.shape[0] * (x.shape[1] - 1))
+            g = torch.autograd.grad(loss, [outs[n] for n in names])
+        for n, gn in zip(names, g):
+            total[n] += float(gn.double().pow(2).sum())
+    for h in hooks:
+        h.remove()
+    for n in names:
+        want = total[n] / (3 * 16) / model.get_submodule(n).weight.shape[0]
+        assert want > 0 and got[n] == pytest.approx(want, rel=1e-6)
+
+
+def test_fisher_metric_weights_the_proxy_per_layer():
+    model = tiny("llama")
+    alloc = AllocateConfig(metric="fisher", rows=0.5)
+    report = quantize_model(model, calib(4, 32), QuantizeConfig(**CFG), progress=False, log=None, allocation=alloc)
+    rec = report.allocation
+    assert rec["metric"] == "fisher" and 2.45 < report.bits_per_weight <= 2.5
+    proxy = quantize_model(tiny("llama"), calib(4, 32), QuantizeConfig(**CFG), progress=False, log=None,
+                           allocation=AllocateConfig(rows=0.5)).allocation
+    ratios = {n: rec["layers"][n]["uniform_distortion"] / proxy["layers"][n]["uniform_distortion"] for n in rec["layers"]}
+    assert len({round(r, 6) for r in ratios.values()}) > 1  # a factor of its own per layer
+
+
 def test_bad_settings_fail_before_work():
     with pytest.raises(QuantizeError, match="metric"):
         AllocateConfig(metric="mse")
