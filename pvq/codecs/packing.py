@@ -51,10 +51,46 @@ def pack_bits(values: torch.Tensor, width: int) -> torch.Tensor:
     if v.numel() and width < 64 and (int(v.min()) < 0 or int(v.max()) >= (1 << width)):
         raise CodecError(f"values must lie in [0, 2^{width}) to pack in {width} bits")
     n = v.numel()
+    if _chunk_shape(width) is not None:
+        return _pack_chunks(v, width, packed_nbytes(n, width))
     # bit matrix [n, width], little-endian within each field
     shifts = torch.arange(width, dtype=torch.int64, device=v.device)
     bits = ((v.unsqueeze(1) >> shifts) & 1).to(torch.uint8).reshape(-1)
     return _bits_to_bytes(bits, packed_nbytes(n, width))
+
+
+def _chunk_shape(width: int) -> tuple[int, int] | None:
+    """(values, bytes) of the smallest whole-byte run of ``width``-bit fields when it fits one int64
+    word (lcm(width, 8) <= 64 bits: widths 1-8, 10, 12, 16, 20, 24, 32, 40, 48, 56, 64), else None."""
+    g = math.gcd(width, 8)
+    return (8 // g, width // g) if width * 8 // g <= 64 else None
+
+
+def _pack_chunks(v: torch.Tensor, width: int, nbytes: int) -> torch.Tensor:
+    """:func:`pack_bits` a whole-byte run at a time: each run's fields summed into one int64 word
+    (disjoint bits: the sum is their OR, wrapping through the sign bit at 64), split into bytes."""
+    per, nb = _chunk_shape(width)
+    pad = (-v.numel()) % per
+    if pad:
+        v = torch.cat([v, v.new_zeros(pad)])
+    shifts = torch.arange(per, dtype=torch.int64, device=v.device) * width
+    words = (v.view(-1, per) << shifts).sum(dim=1)
+    byte_shifts = torch.arange(nb, dtype=torch.int64, device=v.device) * 8
+    return ((words.unsqueeze(1) >> byte_shifts) & 0xFF).to(torch.uint8).reshape(-1)[:nbytes]
+
+
+def _unpack_chunks(data: torch.Tensor, width: int, count: int) -> torch.Tensor:
+    """:func:`unpack_bits` a whole-byte run at a time (the inverse of :func:`_pack_chunks`)."""
+    per, nb = _chunk_shape(width)
+    runs = -(-count // per)
+    b = data.reshape(-1).to(torch.int64)
+    if b.numel() < runs * nb:
+        b = torch.cat([b, b.new_zeros(runs * nb - b.numel())])
+    byte_shifts = torch.arange(nb, dtype=torch.int64, device=data.device) * 8
+    words = (b[: runs * nb].view(runs, nb) << byte_shifts).sum(dim=1)
+    shifts = torch.arange(per, dtype=torch.int64, device=data.device) * width
+    mask = -1 if width == 64 else (1 << width) - 1
+    return ((words.unsqueeze(1) >> shifts) & mask).reshape(-1)[:count]
 
 
 def unpack_bits(data: torch.Tensor, width: int, count: int) -> torch.Tensor:
@@ -63,6 +99,8 @@ def unpack_bits(data: torch.Tensor, width: int, count: int) -> torch.Tensor:
     need = packed_nbytes(count, width)
     if data.dtype != torch.uint8 or data.numel() < need:
         raise CodecError(f"need a uint8 tensor of at least {need} bytes, got {data.numel()} {data.dtype}")
+    if _chunk_shape(width) is not None:
+        return _unpack_chunks(data.reshape(-1)[:need], width, count)
     bits = _bytes_to_bits(data.reshape(-1)[:need])[: count * width].view(count, width).to(torch.int64)
     shifts = torch.arange(width, dtype=torch.int64, device=data.device)
     return (bits << shifts).sum(dim=1)
