@@ -92,3 +92,10 @@ def test_bigint_arithmetic_matches_python_ints():
     assert cmp == [(a > b) - (a < b) for a, b in zip(values, values[::-1])]
     # normalize resolves borrows: (a + b) - b == a
     assert bigint.to_ints(bigint.normalize(bigint.normalize(limbs + other) - other)) == values
+
+
+def test_64_bit_fields_take_any_int64():
+    values = [-1, 5, 1 << 62, -(1 << 63), 123456789]
+    packed = pack_bits(torch.tensor(values, dtype=torch.int64), 64)
+    assert bytes(packed.tolist()) == pack_bits_reference([v % (1 << 64) for v in values], 64)
+    assert unpack_bits(packed, 64, len(values)).tolist() == values
