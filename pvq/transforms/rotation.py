@@ -93,8 +93,10 @@ class LayerRotation:
         """``V H V^T`` for a symmetric ``h: [in, in]`` (the Hessian of the rotated inputs ``V x``)."""
         if self.v is None:
             return h
-        a = self.v.forward(h)  # H V^T
-        return self.v.forward(a.T.contiguous()).T.contiguous()  # V (H V^T)
+        a = self.v.forward(h).T.contiguous()  # (H V^T)^T = V H; H V^T freed here
+        b = self.v.forward(a)  # V H V^T
+        del a  # at most two [in, in] products alive beside h
+        return b.T.contiguous()
 
     # -- online
     def rotate_input(self, x: torch.Tensor) -> torch.Tensor:
