@@ -1,4 +1,5 @@
-"""Which distortion predicts held-out perplexity: the solver's proxy loss or the block output error?
+"""Which distortion predicts held-out perplexity: the solver's proxy loss, the block output error, or
+the proxy weighted by the loss's sensitivity to the layer's output (``fisher``)?
 
     python benchmarks/allocate_metrics.py --blocks 0,2,5,7 --rates 1.5,2.0,2.5 --eval-tokens 4096
 
@@ -23,7 +24,7 @@ import torch
 from pvq.eval.perplexity import perplexity
 from pvq.eval.runs import DemoConfig, eval_token_ids, load_model
 from pvq.models import QuantizeConfig, QuantizePlan, calibration_batches, load_text
-from pvq.models.allocation import AllocateConfig, measure
+from pvq.models.allocation import AllocateConfig, measure, output_sensitivity
 from pvq.models.reference import CALIB_TEXT, HELDOUT_TEXT
 from pvq.models.structure import linear_weight
 
@@ -57,6 +58,8 @@ def main() -> None:
     keep: dict = {}
     points = measure(model, calib, plan, alloc.candidates(cfg, plan), alloc, torch.device("cpu"), 8, print, keep)
     print(f"measured in {time.perf_counter() - t:.0f} s", flush=True)
+    with torch.enable_grad():
+        sens = output_sensitivity(model, calib, [p.name for p in plan.layers], torch.device("cpu"), 8)
     base = math.log(perplexity(model, ids, context=demo.context, stride=demo.context).perplexity)
     rows = []
     for p in plan.layers:
@@ -67,10 +70,11 @@ def main() -> None:
             nll = math.log(perplexity(model, ids, context=demo.context, stride=demo.context).perplexity)
             w.copy_(original)
             rows.append({"layer": p.name, "rate": c.rate, "bits_per_weight": c.stored_bits / (p.out_features * p.in_features),
-                         "proxy": c.proxy, "block": c.distortion, "delta_nll": nll - base})
+                         "proxy": c.proxy, "block": c.distortion, "fisher": c.proxy * sens[p.name],
+                         "delta_nll": nll - base})
             print(json.dumps(rows[-1]), flush=True)
     out = {"base_nll": base, "eval_tokens": int(ids.numel()), "points": rows, "spearman": {}}
-    for metric in ("proxy", "block"):
+    for metric in ("proxy", "block", "fisher"):
         s = {"all": spearman([r[metric] for r in rows], [r["delta_nll"] for r in rows])}
         for rate in rates:
             rs = [r for r in rows if r["rate"] == rate]
