@@ -29,7 +29,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", required=False, default="")
     ap.add_argument("--out", default="docs/allocate_ref.jsonl")
-    ap.add_argument("--metric", default="proxy")
+    ap.add_argument("--metric", default="fisher")
     ap.add_argument("--rows", type=float, default=0.125)
     ap.add_argument("--step", type=float, default=0.25)
     ap.add_argument("--eval-tokens", type=int, default=None, help="default: the demo's 32768")

@@ -199,10 +199,11 @@ def _quantize_arguments(p: argparse.ArgumentParser) -> None:
     a.add_argument("--allocate", action="store_true",
                    help="--bits is the average over the quantized weights (measured from stored bytes); each "
                         "layer gets its own rate, chosen by measuring its error at candidate rates")
-    a.add_argument("--allocate-metric", default="proxy", choices=("proxy", "block", "fisher"),
-                   help="distortion measured per layer and rate: proxy (the solver's Hessian-weighted error, "
-                        "default), block (the block's output error, EXL2's way; slower) or fisher (the proxy "
-                        "weighted by the loss's sensitivity to the layer's output: one backward pass more)")
+    a.add_argument("--allocate-metric", default="fisher", choices=("proxy", "block", "fisher"),
+                   help="distortion measured per layer and rate: fisher (default: the solver's Hessian-weighted "
+                        "error weighted by the loss's sensitivity to the layer's output; one backward pass of the "
+                        "whole model on the device), proxy (the unweighted error; for models whose backward pass "
+                        "does not fit) or block (the block's output error, EXL2's way; slower)")
     a.add_argument("--min-bits", type=float, default=None, help="lowest rate of any layer (default: target - 1)")
     a.add_argument("--max-bits", type=float, default=None, help="highest rate of any layer (default: target + 1)")
     a.add_argument("--allocate-step", type=float, default=0.25, help="spacing of the candidate rates (default 0.25)")

@@ -108,7 +108,8 @@ def test_fisher_metric_weights_the_proxy_per_layer():
     rec = report.allocation
     assert rec["metric"] == "fisher" and 2.45 < report.bits_per_weight <= 2.5
     proxy = quantize_model(tiny("llama"), calib(4, 32), QuantizeConfig(**CFG), progress=False, log=None,
-                           allocation=AllocateConfig(rows=0.5)).allocation
+                           allocation=AllocateConfig(metric="proxy", rows=0.5)).allocation
+    assert AllocateConfig().metric == "fisher"  # the default
     ratios = {n: rec["layers"][n]["uniform_distortion"] / proxy["layers"][n]["uniform_distortion"] for n in rec["layers"]}
     assert len({round(r, 6) for r in ratios.values()}) > 1  # a factor of its own per layer
 
