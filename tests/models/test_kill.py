@@ -3,8 +3,6 @@ nothing, the complete old checkpoint or the complete new one - never something t
 the next run on the path cleans or repairs what was left (and says so)."""
 
 import os
-import signal
-import subprocess
 import sys
 import textwrap
 
@@ -15,6 +13,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from pvq.models import load_quantized
 from pvq.models.checkpoint import clean_leftovers
 from pvq.models.reference import CALIB_TEXT, REFERENCE_DIR
+from processes import kill_at_pause
 
 X = torch.randint(0, 8192, (1, 32), generator=torch.Generator().manual_seed(3))
 
@@ -66,20 +65,7 @@ def quantize_args(model_dir, out, bits, *extra):
 
 
 def run_and_kill(tmp_path, point, args):
-    script = tmp_path / "runner.py"
-    script.write_text(RUNNER)
-    proc = subprocess.Popen([sys.executable, str(script), point, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
-    try:
-        for line in proc.stdout:
-            if line.startswith("PAUSE"):
-                break
-        else:
-            pytest.fail(f"the run ended before reaching {point!r} (exit {proc.wait()})")
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    kill_at_pause(tmp_path, RUNNER, [point, *args], repr(point))
 
 
 def logits(path):

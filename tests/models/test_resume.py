@@ -6,7 +6,6 @@ two processes under torchrun (gloo, CPU) write the same tensors as one."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -19,6 +18,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from pvq.cli import main
 from pvq.models.reference import CALIB_TEXT, REFERENCE_DIR
+from processes import kill_at_pause
 
 # Runs pvq's CLI and pauses (the test then sends SIGKILL) inside the n-th call of the solver.
 RUNNER = textwrap.dedent('''
@@ -114,20 +114,7 @@ def test_streamed_equals_in_memory(model_dir, uninterrupted, capsys):
 
 
 def kill_during(tmp_path, n: int, argv) -> None:
-    script = tmp_path / "runner.py"
-    script.write_text(RUNNER)
-    proc = subprocess.Popen([sys.executable, str(script), str(n), *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
-    try:
-        for line in proc.stdout:
-            if line.startswith("PAUSE"):
-                break
-        else:
-            pytest.fail(f"the run ended before the solver's call {n} (exit {proc.wait()})")
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    kill_at_pause(tmp_path, RUNNER, [str(n), *argv], f"the solver's call {n}")
 
 
 @pytest.mark.slow  # two processes each (the killed one, then the resumed run in this one)
