@@ -14,13 +14,12 @@ OUT.md with ``--out``.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
-from pathlib import Path
 
 import torch
+from _report import write_report
 
 from pvq.eval.perplexity import perplexity
 from pvq.eval.runs import eval_token_ids, load_model
@@ -88,10 +87,7 @@ def main(argv=None) -> int:
            "rows": rows}
     md = markdown(out, plans)
     print(md)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out + ".json").write_text(json.dumps(out, indent=2) + "\n")
-        Path(args.out + ".md").write_text(md)
+    write_report(args.out, out, md)
     return 0
 
 
