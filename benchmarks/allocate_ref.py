@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--metric", default="fisher")
     ap.add_argument("--rows", type=float, default=0.125)
     ap.add_argument("--step", type=float, default=0.25)
+    ap.add_argument("--min-bits", type=float, default=None, help="lowest candidate rate (default: target - 1)")
+    ap.add_argument("--max-bits", type=float, default=None, help="highest candidate rate (default: target + 1)")
     ap.add_argument("--eval-tokens", type=int, default=None, help="default: the demo's 32768")
     ap.add_argument("--plot", default=None, help="draw docs figures from --out into this prefix and stop")
     ap.add_argument("--demo-json", default="docs/demo_cpu.json",
@@ -52,7 +54,7 @@ def main() -> None:
         model, _ = load_model(None)
         model.load_state_dict(state)
         cfg = QuantizeConfig(method=method, bits=bits, n_samples=demo.n_samples, seq_len=demo.seq_len, seed=demo.seed)
-        alloc = AllocateConfig(args.metric, step=args.step, rows=args.rows) if mode == "a" else None
+        alloc = AllocateConfig(args.metric, args.min_bits, args.max_bits, step=args.step, rows=args.rows) if mode == "a" else None
         t = time.perf_counter()
         report = quantize_model(model, calib, cfg, progress=False, log=None, allocation=alloc)
         qs = time.perf_counter() - t
@@ -84,14 +86,18 @@ def plot(path: str, prefix: str, demo_json: str | None = None) -> None:
     if demo_json:
         methods = {r["method"] for r in rows}
         rows += [{**r, "mode": "uniform"} for r in json.load(open(demo_json))["results"] if r["method"] in methods]
+    def series(r):  # allocated runs apart by metric
+        metric = (r.get("allocation") or {}).get("metric")
+        return r["mode"] if metric is None else f"{r['mode']} ({metric})"
+
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    styles = {"uniform": "o--"}
     for method in dict.fromkeys(r["method"] for r in rows):
-        for mode, style in (("uniform", "o--"), ("allocated", "s-")):
-            rs = sorted((r for r in rows if r["method"] == method and r["mode"] == mode),
+        for mode in dict.fromkeys(series(r) for r in rows if r["method"] == method):
+            rs = sorted((r for r in rows if r["method"] == method and series(r) == mode),
                         key=lambda r: r["bits_per_weight"])
-            if rs:
-                ax.plot([r["bits_per_weight"] for r in rs], [r["perplexity"] for r in rs], style,
-                        label=f"{method} {mode}")
+            ax.plot([r["bits_per_weight"] for r in rs], [r["perplexity"] for r in rs], styles.get(mode, "s-"),
+                    label=f"{method} {mode}")
     ax.set_yscale("log")
     ax.set_xlabel("bits per weight (measured from stored tensors)")
     ax.set_ylabel("held-out perplexity (log scale)")
@@ -110,7 +116,7 @@ def plot(path: str, prefix: str, demo_json: str | None = None) -> None:
             pts = sorted((int(n.split(".")[2]), b) for n, b in r["layers"].items() if n.endswith(k))
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=k)
         ax.axhline(r["target_bits"], color="k", linestyle="--", linewidth=0.8)
-        ax.set_title(f"{r['method']} allocated, target {r['target_bits']:.3f}: {r['bits_per_weight']:.3f} b/w, "
+        ax.set_title(f"{r['method']} {series(r)}, target {r['target_bits']:.3f}: {r['bits_per_weight']:.3f} b/w, "
                      f"ppl {r['perplexity']:.3f}", fontsize=9)
         ax.set_ylabel("b/w")
     axes[-1, 0].set_xlabel("block")
