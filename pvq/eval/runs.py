@@ -276,7 +276,8 @@ def run_quantize(req: QuantizeRequest, log: Log = _quiet, progress: bool = True)
     else:
         model, tokenizer = load_model(req.model)
         check_finite_weights(model)
-    req.config.plan(model)  # method, dims, groups and rates against this model, before any work
+    # method, dims, groups and rates against this model, before any work
+    req.config.plan(model) if req.allocate is None else req.allocate.base_plan(req.config, model)
     calib = calibration_batches(text, tokenizer, req.config.n_samples, req.config.seq_len, req.config.seed)
     work, main = None, parallel is None or parallel.is_main
     if req.output and not req.config.lora_steps:  # resumable: finished blocks beside the output

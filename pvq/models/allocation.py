@@ -115,6 +115,31 @@ class AllocateConfig:
 
     # ------------------------------------------------------------ the work
 
+    def base_plan(self, config, model) -> QuantizePlan:
+        """The plan the measurement starts from (its codecs quantize the layers that later stages and
+        blocks see): the uniform plan at the target, or, for a method with no codec at the target (a
+        coarse ladder: e8 at 2.5 bits), the uniform plan at the highest ladder rate below the target
+        that builds, under the target's rotation plan; ``base_bits`` says which. Raises the target's
+        :class:`QuantizeError` when no rate builds."""
+        try:
+            plan = config.plan(model)
+            plan.base_bits = config.bits
+            return plan
+        except QuantizeError as err:
+            first = err
+        pinned = config.replace(rotation=config.rotation_plan)
+        for r in sorted((r for r in self.ladder(config.bits) if r < config.bits), reverse=True):
+            try:
+                lower = pinned.replace(bits=r).plan(model)
+            except QuantizeError:
+                continue
+            plan = QuantizePlan(config, lower.layers, lower.num_blocks, path=lower.path, rotation=lower.rotation)
+            plan.notes = list(lower.notes) + [f"allocation: no {config.method} codec at {config.bits:g} bits per "
+                                              f"weight; the measurement starts from the plan at {r:g}"]
+            plan.base_bits = r
+            return plan
+        raise first
+
     def candidates(self, config, plan: QuantizePlan) -> dict[str, list[tuple[float, VectorCodec]]]:
         """Per layer, ``(rate, codec)`` of every ladder rate whose codec can be built, one per codec
         config (the lowest rate that builds it), the plan's target codec always among them."""
@@ -126,7 +151,7 @@ class AllocateConfig:
         for p in plan.layers:
             key = (p.dim, p.group_size)
             if key not in built:
-                seen, cands = {_key(p.codec)}, [(config.bits, p.codec)]
+                seen, cands = {_key(p.codec)}, [(getattr(plan, "base_bits", config.bits), p.codec)]
                 for r in ladder:
                     try:
                         codec = config.replace(bits=r).make_codec(p.dim, p.group_size)

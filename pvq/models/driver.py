@@ -232,7 +232,7 @@ def quantize_model(
     t0 = time.perf_counter()
     if not isinstance(config, QuantizeConfig):
         raise QuantizeError(f"config must be a QuantizeConfig, got {type(config).__name__}")
-    plan = config.plan(model)
+    plan = config.plan(model) if allocation is None else allocation.base_plan(config, model)
     if blocks is not None:
         if not blocks or any(not isinstance(b, int) or not 0 <= b < plan.num_blocks for b in blocks):
             raise QuantizeError(f"blocks must be a non-empty list of block indices in [0, {plan.num_blocks}), got {blocks!r}")

@@ -140,3 +140,18 @@ def test_cli_refuses_bounds_without_allocate(capsys):
     assert "add --allocate" in capsys.readouterr().err
     assert main(["quantize", "--allocate", "--bits", "2", "--min-bits", "2.5"]) == 2  # before the model loads
     assert "outside --min-bits" in capsys.readouterr().err
+
+
+def test_a_coarse_ladder_is_allocated_between_its_rungs():
+    """e8 has no codec at 2.5 bits: the uniform plan is refused, the allocated run starts from the
+    plan at the highest ladder rate below (2.25 fails too, 2.0 builds) and mixes rungs to the budget."""
+    model = tiny("llama")
+    cfg = QuantizeConfig(method="e8", bits=2.5, n_samples=4, seq_len=32)
+    with pytest.raises(QuantizeError, match="2.5"):
+        cfg.plan(model)
+    lines = []
+    report = quantize_model(model, calib(4, 32), cfg, progress=False, log=lines.append,
+                            allocation=AllocateConfig(metric="proxy", rows=0.5))
+    assert 2.2 < report.bits_per_weight <= 2.5
+    assert len({round(s.bits_per_weight, 3) for s in report.layers}) > 1
+    assert any("starts from the plan at 2" in line for line in lines)
