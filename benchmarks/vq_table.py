@@ -62,6 +62,7 @@ def main() -> None:
     p.add_argument("--rd-samples", type=int, default=1 << 15)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="vq_table.jsonl")
+    p.add_argument("--device", default="cpu", help="where quantization and evaluation run (cuda: the trellis row)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     rows = args.rows.split(",")
@@ -77,7 +78,7 @@ def main() -> None:
     state = {k: v.clone() for k, v in model0.state_dict().items()}
     calib = calibration_batches(load_text(CALIB_TEXT), tok, args.samples, args.seq_len, 0)
     ids = eval_token_ids(load_text(HELDOUT_TEXT), tok, args.eval_tokens)
-    base = perplexity(model0, ids, context=512, stride=512).perplexity
+    base = perplexity(model0, ids, context=512, stride=512, device=args.device).perplexity
     print(f"fp32 perplexity {base:.3f} on {ids.numel()} tokens", flush=True)
     with open(args.out, "a") as f:
         f.write(json.dumps({"row": "fp32", "perplexity": base, "eval_tokens": int(ids.numel())}) + "\n")
@@ -89,14 +90,15 @@ def main() -> None:
             model, _ = load_model(None)
             model.load_state_dict(state)
             t0 = time.perf_counter()
-            report = quantize_model(model, calib, cfg, progress=False, log=None)
+            report = quantize_model(model, calib, cfg, device=args.device, progress=False, log=None)
             secs = time.perf_counter() - t0
-            ppl = perplexity(model, ids, context=512, stride=512).perplexity
+            ppl = perplexity(model, ids, context=512, stride=512, device=args.device).perplexity
             d2 = QuantizeConfig(method=method, bits=2.0, **over).default_dim()
             if (method, d2) not in mse_cache:
                 mse_cache[(method, d2)] = rd_mse(method, d2, args.rd_samples)
             settings = sorted({s.codec for s in report.layers})
-            row = {"row": r, "method": method, "target_bits": bits, "bits_per_weight": report.bits_per_weight,
+            row = {"row": r, "method": method, "device": args.device, "target_bits": bits,
+                   "bits_per_weight": report.bits_per_weight,
                    "perplexity": ppl, "quantize_seconds": secs, "rd_gaussian_mse_2bit": mse_cache[(method, d2)],
                    "rd_dim": d2, "settings": settings}
             print(json.dumps(row), flush=True)
