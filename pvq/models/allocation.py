@@ -119,12 +119,10 @@ class AllocateConfig:
         """The plan the measurement starts from (its codecs quantize the layers that later stages and
         blocks see): the uniform plan at the target, or, for a method with no codec at the target (a
         coarse ladder: e8 at 2.5 bits), the uniform plan at the highest ladder rate below the target
-        that builds, under the target's rotation plan; ``base_bits`` says which. Raises the target's
+        that builds, under the target's rotation plan (its ``base_bits``). Raises the target's
         :class:`QuantizeError` when no rate builds."""
         try:
-            plan = config.plan(model)
-            plan.base_bits = config.bits
-            return plan
+            return config.plan(model)
         except QuantizeError as err:
             first = err
         pinned = config.replace(rotation=config.rotation_plan)
@@ -133,10 +131,10 @@ class AllocateConfig:
                 lower = pinned.replace(bits=r).plan(model)
             except QuantizeError:
                 continue
-            plan = QuantizePlan(config, lower.layers, lower.num_blocks, path=lower.path, rotation=lower.rotation)
+            plan = QuantizePlan(config, lower.layers, lower.num_blocks, path=lower.path, rotation=lower.rotation,
+                                base_bits=r)
             plan.notes = list(lower.notes) + [f"allocation: no {config.method} codec at {config.bits:g} bits per "
                                               f"weight; the measurement starts from the plan at {r:g}"]
-            plan.base_bits = r
             return plan
         raise first
 
@@ -151,7 +149,7 @@ class AllocateConfig:
         for p in plan.layers:
             key = (p.dim, p.group_size)
             if key not in built:
-                seen, cands = {_key(p.codec)}, [(getattr(plan, "base_bits", config.bits), p.codec)]
+                seen, cands = {_key(p.codec)}, [(config.bits if plan.base_bits is None else plan.base_bits, p.codec)]
                 for r in ladder:
                     try:
                         codec = config.replace(bits=r).make_codec(p.dim, p.group_size)

@@ -136,6 +136,21 @@ def prepare_output(out_dir: str | Path, overwrite: bool = False, log=None) -> Pa
 # ---------------------------------------------------------------- save
 
 
+def finish_checkpoint(tmp: Path, out_dir: Path, qdict: dict, tokenizer=None, report=None) -> None:
+    """The end every checkpoint write shares: the tokenizer and the quantize report (when ``report``
+    is a :class:`~pvq.models.driver.QuantizeReport`) into ``tmp``, the integrity record (also put into
+    ``qdict``, which the model's config holds), a check of what was written, a sync, and the atomic
+    swap of ``tmp`` into ``out_dir``."""
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    if hasattr(report, "to_dict") and hasattr(report, "layers"):
+        (tmp / "quantize_report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    _write_integrity(tmp, qdict)
+    verify_checkpoint(tmp)
+    _fsync_tree(tmp)
+    _swap_into_place(tmp, out_dir)
+
+
 def save_quantized(
     model: nn.Module, out_dir: str | Path, quant_config, tokenizer=None, *, overwrite: bool = False,
     dtype: torch.dtype | None = None, log=None,
@@ -173,15 +188,7 @@ def save_quantized(
         model.save_pretrained(tmp, **_in_memory_names(model))
         if any(tmp.glob("*.bin")) or not (any(tmp.glob("*.safetensors"))):
             raise QuantizeError("save_pretrained did not write safetensors; refusing a pickle checkpoint")
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        report = quant_config if hasattr(quant_config, "to_dict") and hasattr(quant_config, "layers") else None
-        if report is not None:
-            (tmp / "quantize_report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-        _write_integrity(tmp, qdict)  # also puts the record into qdict (the model's config holds qdict)
-        verify_checkpoint(tmp)
-        _fsync_tree(tmp)
-        _swap_into_place(tmp, out_dir)
+        finish_checkpoint(tmp, out_dir, qdict, tokenizer, quant_config)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -238,7 +238,7 @@ def quantize_model(
             raise QuantizeError(f"blocks must be a non-empty list of block indices in [0, {plan.num_blocks}), got {blocks!r}")
         chosen = set(blocks)
         plan = QuantizePlan(config, [p for p in plan.layers if p.block in chosen], plan.num_blocks, path=plan.path,
-                            rotation=plan.rotation)
+                            rotation=plan.rotation, base_bits=plan.base_bits)
     calib_ids = check_calibration(calib_ids, model)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise QuantizeError(f"batch_size must be a positive integer, got {batch_size!r}")

@@ -196,6 +196,7 @@ class QuantizePlan:
     notes: list[str] = field(default_factory=list)
     path: str = "model.layers"  # dotted path of the decoder block list
     rotation: str = "layer"  # the effective rotation plan (fused falls back to layer where it cannot fold)
+    base_bits: float | None = None  # the rate its codecs were built at when not config.bits (allocation's base plan)
 
     def __post_init__(self):
         groups = {(p.dim, p.group_size) for p in self.layers}

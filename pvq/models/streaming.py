@@ -42,9 +42,9 @@ from torch import nn
 
 from pvq.errors import QuantizeError
 
-from .checkpoint import _fsync_tree, _sibling, _swap_into_place, _write_integrity, cast_unquantized, prepare_output
+from .checkpoint import _sibling, cast_unquantized, finish_checkpoint, prepare_output
 from .experts import QuantizedExperts
-from .format import quantization_config_dict, verify_checkpoint
+from .format import quantization_config_dict
 from .qlinear import QuantizedLinear, buffer_name
 from .structure import decoder_blocks
 
@@ -359,14 +359,7 @@ def write_streamed(model: nn.Module, store: BlockStore, out_dir, report, tokeniz
         model.config.save_pretrained(tmp)
         if getattr(model, "generation_config", None) is not None and model.can_generate():
             model.generation_config.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        if hasattr(report, "to_dict") and hasattr(report, "layers"):
-            (tmp / "quantize_report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-        _write_integrity(tmp, qdict)
-        verify_checkpoint(tmp)
-        _fsync_tree(tmp)
-        _swap_into_place(tmp, out_dir)
+        finish_checkpoint(tmp, out_dir, qdict, tokenizer, report)
     except BaseException:
         import shutil
 
