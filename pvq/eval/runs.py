@@ -235,6 +235,9 @@ class QuantizeRequest:
             if self.config.entropy_code:
                 raise QuantizeError("--stream writes blocks as they finish and cannot entropy-code them yet: drop "
                                     "--entropy-code or --stream")
+            if self.allocate is not None:  # its measurement pass copies whole blocks of the model in memory
+                raise QuantizeError("--stream cannot measure per-layer rates yet (--allocate copies blocks that a "
+                                    "streamed run holds on the meta device): drop --allocate or --stream")
             if self.config.rotation_plan == "fused":  # the fold rewrites the whole model before block 0
                 if self.config.rotation == "fused":
                     raise QuantizeError("--stream cannot fold rotations into the model yet (it reads one block at a "

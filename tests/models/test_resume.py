@@ -208,3 +208,11 @@ def test_driver_refuses_the_fused_plan_on_a_streamed_skeleton(model_dir):
     assert config.rotation_plan == "fused"
     with pytest.raises(QuantizeError, match="rotation='layer'"):
         quantize_model(model, torch.zeros(2, 8, dtype=torch.long), config, device="cpu")
+
+
+def test_stream_refuses_allocate_before_any_work(model_dir, tmp_path, capsys):
+    assert main(["quantize", str(model_dir), "--stream", "--allocate", "--bits", "2.5",
+                 "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "drop --allocate or --stream" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
