@@ -2,7 +2,7 @@
 against the model before any work (:func:`build_plan`, called by ``QuantizeConfig.plan``).
 
 D is chosen per input size: the config's ``dim`` (which must divide every layer) or the method's
-default where it divides, else the largest allowed divisor below it (powers of two first), named in
+default where it divides, else the largest allowed divisor below it (powers of two down to a quarter of it first), named in
 the plan's notes. Rotation seeds come from the run's seed and each weight's full name
 (:func:`rotation_seed`), so a plan is reproducible and a checkpoint's seeds can be checked.
 """
@@ -33,8 +33,8 @@ def build_plan(config, model: torch.nn.Module) -> QuantizePlan:
     a D or G that does not divide a layer (listing the values that do), a
     rate that no codec setting reaches. Without ``dim``, D is chosen per
     layer: the method's default where it divides the layer's input size,
-    else the largest allowed power-of-two divisor below it (any divisor when
-    none is), named in the plan's notes.
+    else the largest allowed power-of-two divisor below it down to a quarter
+    of it (else the largest divisor), named in the plan's notes.
     """
     path, layers = decoder_blocks(model)
     rule = family_rule(model)
@@ -103,8 +103,8 @@ def _layer_rotation(plan: str, model, seed: int, name: str, out: int, inp: int, 
 
 def pick_dims(config, in_sizes: list[int]) -> dict[int, int]:
     """D per input size: ``config.dim`` (which must divide every size) or the method's default
-    where it divides, else the largest allowed power of two below it, else the largest allowed
-    divisor below it."""
+    where it divides, else the largest allowed power of two below it and at least a quarter of it,
+    else the largest allowed divisor below it."""
     cspec = CODECS[config.spec.codec]
 
     def allowed(n: int) -> list[int]:
@@ -123,8 +123,10 @@ def pick_dims(config, in_sizes: list[int]) -> dict[int, int]:
     out = {}
     for n in in_sizes:
         fit = sorted((d for d in allowed(n) if d <= want), reverse=True)
-        # the method's own D first where it divides (VPTQ's 6), then powers of two (the kernels' tuned sizes)
-        pow2 = [d for d in fit if d & (d - 1) == 0 and d != want]
+        # the method's own D first where it divides (VPTQ's 6), then powers of two down to a quarter of it
+        # (the kernels' tuned sizes: PVQ's 8 for 1032 inputs), then the largest divisor (a trellis tile of
+        # 172 for 1032 inputs, not 8)
+        pow2 = [d for d in fit if d & (d - 1) == 0 and d != want and 4 * d >= want]
         fit = [d for d in fit if d == want] + pow2 + [d for d in fit if d not in pow2 and d != want]
         if not fit:
             raise QuantizeError(

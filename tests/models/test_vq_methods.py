@@ -44,6 +44,10 @@ def test_act_order_needs_error_feedback():
     ("vptq", 4, {384: 3, 1032: 3}),
     ("pvq", 3, {384: 32, 1032: 8}),  # 1032 = 8 x 129: the largest power of two below 32, not 24 or 12
     ("gptvq", 2, {384: 4, 1032: 4}),
+    # a trellis tile of 8 (a power of two far below 256) fell to k = 2 at 4 bits (perplexity 19.3 on
+    # an H200, session 10): the largest divisor instead
+    ("trellis", 4, {384: 128, 1032: 172}),
+    ("trellis", 2, {384: 128, 1032: 172}),
 ])
 def test_layer_plan_dims_on_the_reference_model_sizes(method, bits, dims):
     from pvq.models.plan import pick_dims
