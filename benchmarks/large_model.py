@@ -17,7 +17,11 @@ hidden 8192, MLP 28672, GQA 64/8, vocabulary 128256), ``tiny`` (4 blocks, hidden
     python benchmarks/large_model.py --shape tiny --windows 4 --seq-len 64 --device cpu   # here, seconds
     python benchmarks/large_model.py --shape 7b --blocks 2 --windows 128 --seq-len 2048    # one H200
     python benchmarks/large_model.py --shape 70b --blocks 1 --windows 128 --seq-len 2048 --methods pvq,gptq
+    python benchmarks/large_model.py --shape 7b --blocks 2 --methods pvq --calib-dtype float32,bfloat16
     python benchmarks/large_model.py --shape 7b --blocks 1 --methods pvq --profile   # where the time goes
+
+(``--profile`` over a whole 7B block ran past 150 s on an H200 under the profiler; the solve of one
+layer is profiled by ``benchmarks/solver_profile.py``.)
 """
 
 from __future__ import annotations
@@ -114,7 +118,8 @@ def run_one(args) -> dict:
     src, out = Path(args.dir) / "model", Path(args.dir) / f"out-{args.one}"
     phases = {}
     t = time.perf_counter()
-    model, _, source = open_streamed(src)
+    dtype = getattr(torch, args.one_dtype)
+    model, _, source = open_streamed(src, dtype=dtype)
     phases["open"] = time.perf_counter() - t
     vocab = model.config.vocab_size
     calib = torch.randint(0, vocab, (args.windows, args.seq_len), generator=torch.Generator().manual_seed(0))
@@ -123,7 +128,7 @@ def run_one(args) -> dict:
     config = QuantizeConfig(method=args.one, bits=args.bits, n_samples=args.windows, seq_len=args.seq_len,
                             rotation="layer" if QuantizeConfig(method=args.one, bits=args.bits).use_rotation else "none")
     work = WorkDir(out, run_identity(config, model_fingerprint(src), calib, device, args.batch_size), resume=False)
-    store = TimedStore(work, source)
+    store = TimedStore(work, source, dtype=dtype)
     store.t, store.secs, store.solver = {}, {}, {}
     t = time.perf_counter()
     profiler = None
@@ -153,7 +158,8 @@ def run_one(args) -> dict:
     per_block = sum(store.secs.values()) / blocks
     size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
     shutil.rmtree(out, ignore_errors=True)
-    return {"method": args.one, "bits_per_weight": report.bits_per_weight, "blocks": blocks, "full_depth": full,
+    return {"method": args.one, "calib_dtype": args.one_dtype, "bits_per_weight": report.bits_per_weight,
+            "blocks": blocks, "full_depth": full,
             "phases": phases, "seconds_per_block": per_block,
             "solver_seconds_per_block": sum(store.solver.values()) / blocks,
             "extrapolated_seconds": phases["open"] + phases["capture"] + full * per_block
@@ -176,7 +182,11 @@ def main() -> None:
     p.add_argument("--keep", action="store_true", help="keep the written model")
     p.add_argument("--profile", action="store_true", help="print torch.profiler's top operators of each method's run "
                    "(slows it down; use with --blocks 1)")
+    p.add_argument("--calib-dtype", default="float32",
+                   help="comma list of dtypes the blocks are loaded and calibrated in (float32, bfloat16: "
+                        "`pvq quantize --calib-dtype`); each method runs once per dtype")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one method in this process
+    p.add_argument("--one-dtype", default="float32", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
         print("RESULT " + json.dumps(run_one(args)), flush=True)
@@ -190,10 +200,10 @@ def main() -> None:
           f"{time.perf_counter() - t:.1f} s; {args.windows} windows x {args.seq_len} tokens, {args.bits:g} bits, "
           f"device {args.device}", flush=True)
     rows = []
-    for method in args.methods.split(","):
-        print(f"{method}:", flush=True)
+    for method, dtype in [(m, d) for m in args.methods.split(",") for d in args.calib_dtype.split(",")]:
+        print(f"{method}, calibration in {dtype}:", flush=True)
         t = time.perf_counter()
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--one", method]
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--one", method, "--one-dtype", dtype]
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         lines = proc.stdout.splitlines()
         for line in lines:
@@ -211,12 +221,12 @@ def main() -> None:
               f"process {r['process_seconds']:.1f} s; {r['bits_per_weight']:.3f} bits/weight; peak GPU "
               f"{r['peak_gpu_bytes'] / 2**30:.2f} GiB, peak CPU {r['peak_cpu_bytes'] / 2**30:.2f} GiB", flush=True)
     print()
-    print("| method | bits/w | s/block | solver s/block | blocks run | full depth | time for full depth | "
+    print("| method | calibration dtype | bits/w | s/block | solver s/block | blocks run | full depth | time for full depth | "
           "peak GPU GiB | peak CPU GiB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         extra = "" if r["blocks"] == r["full_depth"] else " (extrapolated)"
-        print(f"| {r['method']} | {r['bits_per_weight']:.3f} | {r['seconds_per_block']:.1f} | "
+        print(f"| {r['method']} | {r['calib_dtype']} | {r['bits_per_weight']:.3f} | {r['seconds_per_block']:.1f} | "
               f"{r['solver_seconds_per_block']:.1f} | {r['blocks']} | {r['full_depth']} | "
               f"{r['extrapolated_seconds'] / 60:.1f} min{extra} | {r['peak_gpu_bytes'] / 2**30:.2f} | "
               f"{r['peak_cpu_bytes'] / 2**30:.2f} |")

@@ -39,6 +39,9 @@ from ..models.coding import decode_entropy_coded, entropy_code_model
 from ..models.reference import CALIB_TEXT, HELDOUT_TEXT, resolve_model
 from .perplexity import check_windows, perplexity
 
+CALIB_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""Dtypes a quantize run can load and calibrate the model in (``--calib-dtype``; also ``source``)."""
+
 Log = Callable[[str], None]
 
 
@@ -218,12 +221,22 @@ class QuantizeRequest:
     activations: str = "auto"  # where calibration activations live: auto, device, cpu, disk
     batch_size: int = 8  # calibration samples per forward pass
     allocate: object | None = None  # a pvq.models.allocation.AllocateConfig: per-layer rates averaging config.bits
+    calib_dtype: str = "float32"  # the dtype the model is loaded and calibrated in: float32, bfloat16, float16, source
+
+    def compute_dtype(self, source: torch.dtype | None) -> torch.dtype:
+        """The torch dtype of ``calib_dtype`` (``source``: the checkpoint's own dtype, float32 when it names none)."""
+        if self.calib_dtype == "source":
+            return source or torch.float32
+        return CALIB_DTYPES[self.calib_dtype]
 
     def check(self, log: Log = _quiet, probe_output: bool = True) -> tuple[torch.device, str]:
         """Everything that can be checked before loading the model: device, output path
         (probed, leftovers of interrupted runs cleaned), calibration text, context length.
         Returns (device, calibration text)."""
         device = resolve_device(self.device)
+        if self.calib_dtype not in (*CALIB_DTYPES, "source"):
+            raise QuantizeError(f"--calib-dtype must be one of {', '.join((*CALIB_DTYPES, 'source'))}, "
+                                f"got {self.calib_dtype!r}")
         if self.stream:
             if self.output is None:
                 raise QuantizeError("--stream needs --output (finished blocks are kept beside it)")
@@ -273,11 +286,12 @@ def run_quantize(req: QuantizeRequest, log: Log = _quiet, progress: bool = True)
     else:  # the output path is rank 0's to check and clean
         device, text = req.check(probe_output=False)
     source_dtype = config_dtype(model_config(req.model))
+    dtype = req.compute_dtype(source_dtype)  # forwards, captured activations; Hessians and solves stay float64
     source = None
     if req.stream:  # a skeleton on meta; blocks are read from the shards one at a time
-        model, tokenizer, source = open_streamed(resolve_model(req.model))
+        model, tokenizer, source = open_streamed(resolve_model(req.model), dtype=dtype)
     else:
-        model, tokenizer = load_model(req.model)
+        model, tokenizer = load_model(req.model, dtype=dtype)
         check_finite_weights(model)
     # method, dims, groups and rates against this model, before any work
     req.config.plan(model) if req.allocate is None else req.allocate.base_plan(req.config, model)
@@ -287,6 +301,8 @@ def run_quantize(req: QuantizeRequest, log: Log = _quiet, progress: bool = True)
         ident = run_identity(req.config, model_fingerprint(resolve_model(req.model)), calib, device, req.batch_size)
         if parallel is not None:
             ident["world_size"] = parallel.world
+        if dtype != torch.float32:  # (float32 runs keep the identity of runs made before the option)
+            ident["calib_dtype"] = str(dtype).removeprefix("torch.")
         if main:
             work = WorkDir(req.output, ident, resume=req.resume, log=log)
         if parallel is not None:
@@ -295,7 +311,7 @@ def run_quantize(req: QuantizeRequest, log: Log = _quiet, progress: bool = True)
             work = WorkDir(req.output, ident, reader=True)
     elif req.output:
         log("resume is off: LoRA recovery tunes blocks after they are quantized")
-    store = BlockStore(work, source, write=main)
+    store = BlockStore(work, source, dtype=dtype, write=main)
     try:
         report = quantize_model(model, calib, req.config, device=device, progress=progress, log=log, io=store,
                                 activations=req.activations, scratch=None if work is None else work.path,
@@ -325,6 +341,7 @@ def run_quantize(req: QuantizeRequest, log: Log = _quiet, progress: bool = True)
         "output": None,
         "resumed_blocks": list(store.resumed),
         "streamed": bool(req.stream),
+        "calib_dtype": str(dtype).removeprefix("torch."),
         "resident_peak_bytes": store.resident_peak if req.stream else None,
         **peak_memory(device),
         "rank": 0 if parallel is None else parallel.rank,

@@ -216,3 +216,23 @@ def test_stream_refuses_allocate_before_any_work(model_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "drop --allocate or --stream" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow  # three runs of the CLI, one of them killed in a process of its own
+def test_calib_dtype_source_streams_like_memory_and_resumes_only_with_the_same_dtype(model_dir, tmp_path, capsys):
+    """``--calib-dtype source`` loads and calibrates the bf16 model in bf16: in memory and streamed give the
+    same tensors, the summary says so, and a killed bf16 run is not resumed by a float32 one."""
+    capsys.readouterr()
+    extra = ["--calib-dtype", "source", "--rotation", "layer"]
+    mem = run(capsys, args_of(model_dir, tmp_path / "mem", *extra))
+    streamed = run(capsys, args_of(model_dir, tmp_path / "str", *extra, "--stream"))
+    assert mem["calib_dtype"] == streamed["calib_dtype"] == "bfloat16"
+    assert tensors(tmp_path / "mem") == tensors(tmp_path / "str")
+    f32 = run(capsys, args_of(model_dir, tmp_path / "f32", "--rotation", "layer"))
+    assert f32["calib_dtype"] == "float32" and f32["bits_per_weight"] == mem["bits_per_weight"]
+    a, b = tensors(tmp_path / "mem"), tensors(tmp_path / "f32")
+    assert a.keys() == b.keys() and any(a[k] != b[k] for k in a)  # bf16 activations: other Hessians, other codes
+    out = tmp_path / "ck"
+    kill_during(tmp_path, LAYERS_PER_BLOCK + 3, args_of(model_dir, out, *extra))
+    assert main(args_of(model_dir, out, "--rotation", "layer")) == 2
+    assert 'calib_dtype: "bfloat16" -> null' in capsys.readouterr().err
