@@ -36,6 +36,7 @@ ROWS = {
     "lattice": ("lattice", {}),
     "codebook": ("codebook", {}),
     "aqlm": ("aqlm", {}),
+    "aqlm-ft": ("aqlm", {"finetune_steps": 100}),  # AQLM's block fine-tuning of codebooks and scales
     "gptvq": ("gptvq", {}),
     "vptq": ("vptq", {}),
 }

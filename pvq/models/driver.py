@@ -15,8 +15,10 @@
    calibration samples, quantize each linear with
    :func:`pvq.solvers.quantize_linear` (rotation, codec fit, block LDLQ; the
    driver never knows which codec it runs), replace it by a
-   :class:`QuantizedLinear`, run the quantized block to get the next block's
-   inputs, and move it back;
+   :class:`QuantizedLinear`; with ``config.finetune_steps``, tune the block's codebooks
+   and scales (codes fixed) towards its outputs before quantization
+   (:class:`pvq.models.finetune.BlockFinetune`, AQLM's fine-tuning); run the quantized
+   block to get the next block's inputs, and move it back;
 3. after each block, the block hooks run (LoRA recovery after a chunk of
    blocks, :class:`pvq.models.lora.LoraRecovery`, when ``lora_steps > 0``).
    With ``config.sequential`` the linears are taken stage by stage (linears
@@ -42,10 +44,12 @@ from torch import nn
 
 from pvq.errors import PvqError, QuantizeError
 from pvq.solvers import quantize_linear
+from pvq.solvers.codebook_update import can_update
 
 from .calibration import check_calibration
 from .capture import block_linears, capture_block_inputs, collect_hessians, linear_stages, module_device, run_block
 from .devices import resolve_device
+from .finetune import BlockFinetune
 from .lora import BlockHook, LoraRecovery
 from .experts import HOLDER_SUFFIX, QuantizedExperts, collect_expert_hessians, install_experts
 from .format import block_rate
@@ -245,6 +249,7 @@ def quantize_model(
     device = resolve_device(device)
     if hooks is None:
         hooks = [LoraRecovery(config.lora_steps, seed=config.seed, device=device)] if config.lora_steps else []
+    tuner = _finetuner(config, plan)
     say = log or (lambda s: None)
     notes = list(plan.notes)
     for note in plan.notes:
@@ -265,9 +270,9 @@ def quantize_model(
     bar = _progress_bar(sum(p.count for p in plan.layers), progress, f"quantize {config.method} {config.bits:g} bits")
     local_ids = calib_ids
     if parallel is not None:  # [parallel hook] this rank's contiguous run of whole batches
-        if any(p.experts is not None for p in plan.layers) or hooks:
-            raise QuantizeError("distributed runs do not split expert stacks or run block hooks (LoRA) yet; "
-                                "run this model in one process")
+        if any(p.experts is not None for p in plan.layers) or hooks or tuner is not None:
+            raise QuantizeError("distributed runs do not split expert stacks or run block hooks (LoRA, "
+                                "fine-tuning) yet; run this model in one process")
         local_ids = calib_ids[parallel.local_samples(int(calib_ids.shape[0]), batch_size)]
     placer = InputPlacer(activations, device, int(local_ids.shape[0]), scratch)
     try:
@@ -289,7 +294,14 @@ def quantize_model(
                 if bar is not None:
                     bar.update(len(done))
             elif plan.by_block(i):
+                targets = tuner.targets(block, batches, i) if tuner is not None else None  # unquantized outputs
                 block_stats = _quantize_block(block, i, batches, plan, config, device, say, bar, parallel)
+                if tuner is not None:  # codebooks and scales towards those outputs, before propagating
+                    note = tuner.tune(block, batches, targets, i)
+                    del targets
+                    if note:
+                        notes.append(note)
+                        say(note)
             stats.extend(block_stats)
             for b in batches:
                 b.hidden = run_block(block, b, i)
@@ -326,6 +338,19 @@ def quantize_model(
         f"{report.bits_per_weight:.4f} bits per block weight (measured from stored tensors)"
     )
     return report
+
+
+def _finetuner(config: QuantizeConfig, plan: QuantizePlan) -> BlockFinetune | None:
+    """The block fine-tuning step of ``config`` (None when off); refused before any work when no
+    layer of the plan has codebooks to tune."""
+    if not config.finetune_steps:
+        return None
+    if not any(can_update(p.codec) for p in plan.layers):
+        raise QuantizeError(f"--finetune-steps tunes codebooks and scales with the codes fixed; method "
+                            f"{config.method!r} has no codebook to tune: use aqlm or gptvq, or drop --finetune-steps")
+    if config.act_bits is not None:
+        raise QuantizeError("--finetune-steps tunes weights on unquantized activations; drop --act-bits or it")
+    return BlockFinetune(config.finetune_steps, config.finetune_lr)
 
 
 def _quantize_block(block, i, batches, plan: QuantizePlan, config, device, say, bar, parallel=None) -> list[LayerStats]:

@@ -239,6 +239,11 @@ class QuantizeConfig:
         "quantize a block's linears stage by stage (q/k/v, o, gate/up, down)"))
     lora_steps: int = field(default=0, metadata=_help(
         "LoRA recovery steps on the not yet compressed layers after each chunk of blocks"))
+    finetune_steps: int = field(default=0, metadata=_help(
+        "after each block: Adam steps tuning its codebooks and fp16 scales (codes fixed) towards the block's "
+        "unquantized outputs on the calibration inputs (AQLM's fine-tuning; codebook methods: aqlm, gptvq)"))
+    finetune_lr: float = field(default=1e-3, metadata=_help(
+        "--finetune-steps: Adam's learning rate, relative to each tuned tensor's RMS"))
     act_bits: float | None = field(default=None, metadata=_help(
         "quantize every quantized linear's input online at about this many bits per activation, gains and "
         "scales counted (default: activations not quantized)"))
@@ -306,6 +311,13 @@ class QuantizeConfig:
             raise QuantizeError(f"entropy_code must be True or False, got {self.entropy_code!r}")
         if not _is_int(self.lora_steps) or self.lora_steps < 0:
             raise QuantizeError(f"lora_steps must be an integer >= 0, got {self.lora_steps!r}")
+        if not _is_int(self.finetune_steps) or self.finetune_steps < 0:
+            raise QuantizeError(f"finetune_steps must be an integer >= 0, got {self.finetune_steps!r}")
+        if isinstance(self.finetune_lr, bool) or not isinstance(self.finetune_lr, (int, float)) or not (
+            math.isfinite(self.finetune_lr) and self.finetune_lr > 0
+        ):
+            raise QuantizeError(f"finetune_lr must be a finite number > 0, got {self.finetune_lr!r}")
+        object.__setattr__(self, "finetune_lr", float(self.finetune_lr))
         if spec.codec not in CODECS:
             raise QuantizeError(
                 f"method {self.method!r} needs codec {spec.codec!r}, which is not registered in this "
