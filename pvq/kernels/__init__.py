@@ -28,6 +28,7 @@ from .runtime import (
     table_matmul_reference,
     table_runtime,
 )
+from .search import register_search_kernels
 from .split_runtime import (
     SplitRuntime,
     split_decode_reference,
@@ -37,7 +38,10 @@ from .split_runtime import (
     split_runtime_supports,
 )
 
+register_search_kernels()  # the solver's greedy fill on CUDA tensors through Triton, where it runs
+
 __all__ = [
+    "register_search_kernels",
     "ACT_KERNELS",
     "ActKernel",
     "ActProjector",
