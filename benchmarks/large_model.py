@@ -98,6 +98,7 @@ def write_model(path: Path, shape: str, blocks: int, max_len: int, device: torch
 
 def run_one(args) -> dict:
     """Quantize the written model with one method (in this process); returns the measurements."""
+    import pvq.kernels  # noqa: F401  (registers the solver's CUDA greedy fill, as `pvq quantize` does)
     from pvq.models import QuantizeConfig, quantize_model
     from pvq.models.resume import WorkDir, model_fingerprint, run_identity
     from pvq.models.streaming import BlockStore, open_streamed, peak_memory, write_streamed
