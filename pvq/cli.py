@@ -211,6 +211,9 @@ def _quantize_arguments(p: argparse.ArgumentParser) -> None:
     a.add_argument("--min-bits", type=float, default=None, help="lowest rate of any layer (default: target - 1)")
     a.add_argument("--max-bits", type=float, default=None, help="highest rate of any layer (default: target + 1)")
     a.add_argument("--allocate-step", type=float, default=0.25, help="spacing of the candidate rates (default 0.25)")
+    a.add_argument("--allocate-count-embeddings", action="store_true",
+                   help="the budget also covers the input embedding and the LM head, kept at the checkpoint's "
+                        "dtype: --bits is the average over them and the quantized weights (the whole model's size)")
     a.add_argument("--allocate-rows", type=float, default=0.125,
                    help="fraction of each layer's output rows the proxy metric solves per candidate (default 0.125)")
 
@@ -221,10 +224,13 @@ def _allocate_config(args: argparse.Namespace):
         given = [f for f in ("min_bits", "max_bits") if getattr(args, f) is not None]
         if given:
             raise PvqError(f"--{given[0].replace('_', '-')} bounds per-layer rates: add --allocate")
+        if args.allocate_count_embeddings:
+            raise PvqError("--allocate-count-embeddings sets what the --allocate budget covers: add --allocate")
         return None
     from .models.allocation import AllocateConfig
 
-    return AllocateConfig(args.allocate_metric, args.min_bits, args.max_bits, args.allocate_step, args.allocate_rows)
+    return AllocateConfig(args.allocate_metric, args.min_bits, args.max_bits, args.allocate_step, args.allocate_rows,
+                          count_embeddings=args.allocate_count_embeddings)
 
 
 def _quantize_config(args: argparse.Namespace):

@@ -293,6 +293,8 @@ def run_quantize(req: QuantizeRequest, log: Log = _quiet, progress: bool = True)
     else:
         model, tokenizer = load_model(req.model, dtype=dtype)
         check_finite_weights(model)
+    if req.allocate is not None and req.allocate.count_embeddings and source_dtype is not None:
+        req = replace(req, allocate=replace(req.allocate, kept_bits=source_dtype.itemsize * 8))  # as saved
     # method, dims, groups and rates against this model, before any work
     req.config.plan(model) if req.allocate is None else req.allocate.base_plan(req.config, model)
     calib = calibration_batches(text, tokenizer, req.config.n_samples, req.config.seq_len, req.config.seed)

@@ -74,6 +74,11 @@ class AllocateConfig:
     min_bits / max_bits: per-layer bounds of the candidate ladder (default: target - 1, target + 1).
     step: spacing of the candidate ladder in bits per weight.
     rows: fraction of each layer's output rows the proxy metric solves per candidate (1: all).
+    count_embeddings: the budget is the target times the quantized weights plus the input embedding
+        and the LM head (tied: once), and those two, kept at the model's dtype, spend their bits from
+        it ("fits in N GB" for the whole model); off: the budget covers the quantized weights alone.
+    kept_bits: bits per weight of those kept tensors as saved (``pvq quantize`` sets the source
+        checkpoint's dtype); None: the dtype the model's config names, else the tensors' own.
     """
 
     metric: str = "fisher"
@@ -81,6 +86,8 @@ class AllocateConfig:
     max_bits: float | None = None
     step: float = 0.25
     rows: float = 0.125
+    count_embeddings: bool = False
+    kept_bits: int | None = None
 
     def __post_init__(self):
         if self.metric not in METRICS:
@@ -95,8 +102,18 @@ class AllocateConfig:
             raise QuantizeError(f"--allocate-step must be in [0.01, 8] bits, got {self.step!r}")
         if isinstance(self.rows, bool) or not isinstance(self.rows, (int, float)) or not 0 < self.rows <= 1:
             raise QuantizeError(f"--allocate-rows must be a fraction in (0, 1], got {self.rows!r}")
+        if not isinstance(self.count_embeddings, bool):
+            raise QuantizeError(f"count_embeddings must be True or False, got {self.count_embeddings!r}")
+        if self.kept_bits is not None and (isinstance(self.kept_bits, bool) or self.kept_bits not in (8, 16, 32)):
+            raise QuantizeError(f"kept_bits must be 8, 16 or 32, got {self.kept_bits!r}")
 
     def bounds(self, target: float) -> tuple[float, float]:
+        if self.count_embeddings:  # the target covers the kept embeddings too: the layers' average is lower
+            lo = self.min_bits if self.min_bits is not None else min(1.0, target)
+            hi = self.max_bits if self.max_bits is not None else min(target + 1.0, 15.0)
+            if lo > hi:
+                raise QuantizeError(f"--min-bits {lo:g} is above --max-bits {hi:g}")
+            return lo, hi
         lo = self.min_bits if self.min_bits is not None else max(target - 1.0, min(1.0, target))
         hi = self.max_bits if self.max_bits is not None else min(target + 1.0, 15.0)
         if not lo <= target <= hi:
@@ -108,7 +125,8 @@ class AllocateConfig:
         """The candidate rates: from ``min_bits`` to ``max_bits`` every ``step``, the target and both ends included."""
         lo, hi = self.bounds(target)
         n = int(math.floor((hi - lo) / self.step + 1e-9))
-        return sorted({round(lo + k * self.step, 6) for k in range(n + 1)} | {round(target, 6), round(hi, 6)})
+        inside = {round(target, 6)} if lo <= target <= hi else set()
+        return sorted({round(lo + k * self.step, 6) for k in range(n + 1)} | inside | {round(hi, 6)})
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -170,12 +188,16 @@ class AllocateConfig:
         t0 = time.perf_counter()
         cands = self.candidates(config, plan)
         weights = sum(p.out_features * p.in_features for p in plan.layers)
-        budget = int(math.floor(config.bits * weights))
+        outside_weights, outside_bits = embedding_bits(model, self.kept_bits) if self.count_embeddings else (0, 0)
+        budget = int(math.floor(config.bits * (weights + outside_weights))) - outside_bits
         cheapest = sum(min(c.nominal_bits_per_weight() for _, c in cands[p.name]) * p.out_features * p.in_features
                        for p in plan.layers)
         if cheapest > budget * 1.001:
-            raise QuantizeError(f"the target of {config.bits:g} bits per weight is below what the cheapest candidates "
-                                f"reach ({cheapest / weights:.3f}); raise --bits or lower --min-bits")
+            kept = (f" after the kept embeddings and LM head ({outside_weights:,} weights, {outside_bits:,} bits) "
+                    f"take their share" if self.count_embeddings else "")
+            raise QuantizeError(f"the target of {config.bits:g} bits per weight leaves the quantized layers "
+                                f"{max(budget, 0) / weights:.3f} bits per weight{kept}, below what the cheapest "
+                                f"candidates reach ({cheapest / weights:.3f}); raise --bits or lower --min-bits")
         say(f"allocate: measuring {sum(len(v) for v in cands.values())} candidates of {len(plan.layers)} layers "
             f"({self.metric} metric, rates {min(c[0] for v in cands.values() for c in v):g}.."
             f"{max(c[0] for v in cands.values() for c in v):g})")
@@ -201,13 +223,35 @@ class AllocateConfig:
         record = {
             "target_bits": config.bits, **self.to_dict(), "ladder": self.ladder(config.bits),
             "budget_bits": budget, "predicted_bits": a.bits, "predicted_bits_per_weight": a.bits / weights,
+            "embedding_weights": outside_weights, "embedding_bits": outside_bits,
+            "predicted_overall_bits_per_weight": (a.bits + outside_bits) / (weights + outside_weights),
             "distortion": a.distortion, "lambda": a.lam, "measure_seconds": seconds, "layers": record_layers,
         }
-        say(f"allocate: {a.bits / weights:.4f} bits per weight predicted for a target of {config.bits:g} "
+        overall = (f"; {(a.bits + outside_bits) / (weights + outside_weights):.4f} with the embeddings and LM head"
+                   if self.count_embeddings else "")
+        say(f"allocate: {a.bits / weights:.4f} bits per weight predicted for a target of {config.bits:g}{overall} "
             f"(measured in {seconds:.1f} s); per layer:")
         for n, r in record_layers.items():
             say(f"  {n:<40} {r['bits_per_weight']:.3f} b/w  {r['why']}")
         return new, record
+
+
+def embedding_bits(model, bits_per_weight: int | None = None) -> tuple[int, int]:
+    """(weights, bits) of the input embedding and the LM head (one tensor when tied), at
+    ``bits_per_weight``, else the dtype the model's config names, else their own."""
+    seen, n, bits = set(), 0, 0
+    named = getattr(model.config, "dtype", None) or getattr(model.config, "torch_dtype", None)
+    if isinstance(named, str):
+        named = getattr(torch, named, None)
+    for mod in (model.get_input_embeddings(), model.get_output_embeddings()):
+        w = getattr(mod, "weight", None)
+        if w is None or id(w) in seen:
+            continue
+        seen.add(id(w))
+        each = bits_per_weight or 8 * (named.itemsize if isinstance(named, torch.dtype) else w.element_size())
+        n += w.numel()
+        bits += w.numel() * each
+    return n, bits
 
 
 def _key(codec: VectorCodec) -> str:

@@ -155,3 +155,29 @@ def test_a_coarse_ladder_is_allocated_between_its_rungs():
     assert 2.2 < report.bits_per_weight <= 2.5
     assert len({round(s.bits_per_weight, 3) for s in report.layers}) > 1
     assert any("starts from the plan at 2" in line for line in lines)
+
+
+def test_counting_the_embeddings_spends_their_bits_from_the_budget(capsys):
+    from pvq.cli import main
+    from pvq.models.allocation import embedding_bits
+
+    model = tiny("llama")
+    emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    n, bits = embedding_bits(model, 16)
+    assert n == emb.numel() + (0 if head is emb else head.numel()) and bits == 16 * n
+    assert embedding_bits(model)[1] == 8 * sum(t.numel() * t.element_size() for t in {id(emb): emb, id(head): head}.values())
+    weights = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)) - (
+        0 if head is None else head.numel())
+    target = (2.5 * weights + bits) / (weights + n)  # the whole model at this average leaves 2.5 to the layers
+    alloc = AllocateConfig(rows=0.5, count_embeddings=True, kept_bits=16, min_bits=2.0, max_bits=3.0)
+    report = quantize_model(model, calib(4, 32), QuantizeConfig(**{**CFG, "bits": target}), progress=False,
+                            log=None, allocation=alloc)
+    rec = report.allocation
+    assert rec["embedding_weights"] == n and rec["embedding_bits"] == bits
+    assert 2.45 < report.bits_per_weight <= 2.5  # the layers' share, measured from stored bytes
+    assert target - 0.01 < rec["predicted_overall_bits_per_weight"] <= target
+    with pytest.raises(QuantizeError, match="kept embeddings and LM head"):  # nothing left for the layers
+        quantize_model(tiny("llama"), calib(4, 32), QuantizeConfig(**{**CFG, "bits": 2.0}), progress=False,
+                       log=None, allocation=AllocateConfig(count_embeddings=True, kept_bits=16))
+    assert main(["quantize", "--allocate-count-embeddings"]) == 2
+    assert "add --allocate" in capsys.readouterr().err
