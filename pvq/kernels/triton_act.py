@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_search import greedy_fill_rows
+
 __all__ = ["act_project", "token_norms"]
 
 
@@ -75,16 +77,7 @@ def _act_project(x_ptr, norm_ptr, th_ptr, lv_ptr, pts_ptr, g_ptr, NV, J,
     xy = tl.sum(a * yd, axis=1)
     yy = tl.sum(yd * yd, axis=1)
     left = K - tl.sum(y, axis=1)
-    while tl.max(left, axis=0) > 0:
-        t = xy[:, None] + a
-        score = tl.where(mc[None, :], t * t / (yy[:, None] + 2.0 * yd + 1.0), -1.0)
-        best = tl.max(score, axis=1)
-        first = tl.min(tl.where(score == best[:, None], cols[None, :], BLOCK_D), axis=1)
-        hit = (cols[None, :] == first[:, None]) & (left > 0)[:, None]
-        xy += tl.sum(tl.where(hit, a, 0.0), axis=1)
-        yy += tl.sum(tl.where(hit, 2.0 * yd + 1.0, 0.0), axis=1)
-        yd += hit.to(tl.float64)
-        left -= (left > 0).to(tl.int32)
+    yd, yy = greedy_fill_rows(a, yd, xy, yy, left, mc, cols, BLOCK_D)
 
     ys = tl.where(x < 0, -yd, yd)
     tl.store(pts_ptr + offs, ys.to(pts_ptr.dtype.element_ty), mask=mv[:, None] & mc[None, :])

@@ -16,7 +16,25 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["greedy_fill_triton"]
+__all__ = ["greedy_fill_rows", "greedy_fill_triton"]
+
+
+@triton.jit
+def greedy_fill_rows(a, yd, xy, yy, left, mc, cols, BLOCK_D: tl.constexpr):
+    """The fill on a tile in registers: ``a``, ``yd`` ``[rows, BLOCK_D]`` float64 (|x|, points so far),
+    ``xy``, ``yy`` ``[rows]`` float64, ``left`` ``[rows]`` pulses to add, ``mc`` the real columns.
+    Returns the points ``yd`` (float64) and their energies ``yy``. Shared with the activation projection (``triton_act.py``)."""
+    while tl.max(left, axis=0) > 0:
+        t = xy[:, None] + a
+        score = tl.where(mc[None, :], t * t / (yy[:, None] + 2.0 * yd + 1.0), -1.0)
+        best = tl.max(score, axis=1)
+        first = tl.min(tl.where(score == best[:, None], cols[None, :], BLOCK_D), axis=1)
+        hit = (cols[None, :] == first[:, None]) & (left > 0)[:, None]
+        xy += tl.sum(tl.where(hit, a, 0.0), axis=1)  # one term and zeros: exact, as the loop's gather
+        yy += tl.sum(tl.where(hit, 2.0 * yd + 1.0, 0.0), axis=1)
+        yd += hit.to(tl.float64)
+        left -= (left > 0).to(left.dtype)
+    return yd, yy
 
 
 @triton.jit
@@ -33,16 +51,7 @@ def _greedy_fill_kernel(ax_ptr, y_ptr, xy_ptr, yy_ptr, left_ptr, N,
     xy = tl.load(xy_ptr + rn, mask=mn, other=0.0)
     yy = tl.load(yy_ptr + rn, mask=mn, other=1.0)
     left = tl.load(left_ptr + rn, mask=mn, other=0)
-    while tl.max(left, axis=0) > 0:
-        t = xy[:, None] + a
-        score = tl.where(mc[None, :], t * t / (yy[:, None] + 2.0 * yd + 1.0), -1.0)
-        best = tl.max(score, axis=1)
-        first = tl.min(tl.where(score == best[:, None], cols[None, :], BLOCK_D), axis=1)
-        hit = (cols[None, :] == first[:, None]) & (left > 0)[:, None]
-        xy += tl.sum(tl.where(hit, a, 0.0), axis=1)  # one term and zeros: exact, as the loop's gather
-        yy += tl.sum(tl.where(hit, 2.0 * yd + 1.0, 0.0), axis=1)
-        yd += hit.to(tl.float64)
-        left -= (left > 0).to(left.dtype)
+    yd, yy = greedy_fill_rows(a, yd, xy, yy, left, mc, cols, BLOCK_D)
     tl.store(y_ptr + offs, yd.to(tl.int64), mask=mask)
 
 
