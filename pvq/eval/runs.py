@@ -324,6 +324,9 @@ def run_quantize(req: QuantizeRequest, log: Log = _quiet, progress: bool = True)
         raise
     finally:
         store.close()
+    if dtype != torch.float32:  # the Hessians came from these activations: the checkpoint's report says so
+        report.notes.append(f"calibration: model loaded and calibration forwards run in "
+                            f"{str(dtype).removeprefix('torch.')} (--calib-dtype {req.calib_dtype})")
     if source_dtype is not None:  # weights left unquantized are saved (and counted) in the source dtype
         report.recount_kept(source_dtype.itemsize * 8)
     summary = {

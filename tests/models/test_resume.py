@@ -227,6 +227,8 @@ def test_calib_dtype_source_streams_like_memory_and_resumes_only_with_the_same_d
     mem = run(capsys, args_of(model_dir, tmp_path / "mem", *extra))
     streamed = run(capsys, args_of(model_dir, tmp_path / "str", *extra, "--stream"))
     assert mem["calib_dtype"] == streamed["calib_dtype"] == "bfloat16"
+    report = json.loads((tmp_path / "mem" / "quantize_report.json").read_text())
+    assert any("calibration forwards run in bfloat16" in n for n in report["notes"])
     assert tensors(tmp_path / "mem") == tensors(tmp_path / "str")
     f32 = run(capsys, args_of(model_dir, tmp_path / "f32", "--rotation", "layer"))
     assert f32["calib_dtype"] == "float32" and f32["bits_per_weight"] == mem["bits_per_weight"]
