@@ -48,7 +48,9 @@ class _Tuned:
         self.layer = layer
         self.codec = layer.fitted_codec()
         self.codes = layer.codes()
-        self.data = {k: v.detach().float().clone().requires_grad_(True) for k, v in self.codec.trainable_data().items()}
+        device = layer.scales.device if SCALE_KEY in layer.stored_keys else self.codes_device()
+        self.data = {k: v.detach().float().to(device).clone().requires_grad_(True)
+                     for k, v in self.codec.trainable_data().items()}
         self.has_scale = SCALE_KEY in layer.stored_keys
         self.scale = layer.scales.detach().float().clone().requires_grad_(self.has_scale) if self.has_scale else None
 
@@ -68,6 +70,9 @@ class _Tuned:
 
     def scale_device(self) -> torch.device:
         return next(iter(self.data.values())).device
+
+    def codes_device(self) -> torch.device:
+        return next(iter(self.codes.values())).device
 
     def rounded(self) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         """What would be stored: the codec's data as it stores it, scales fp16-exact (positive)."""
