@@ -251,13 +251,6 @@ class QuantizeRequest:
             if self.allocate is not None:  # its measurement pass copies whole blocks of the model in memory
                 raise QuantizeError("--stream cannot measure per-layer rates yet (--allocate copies blocks that a "
                                     "streamed run holds on the meta device): drop --allocate or --stream")
-            if self.config.rotation_plan == "fused":  # the fold rewrites the whole model before block 0
-                if self.config.rotation == "fused":
-                    raise QuantizeError("--stream cannot fold rotations into the model yet (it reads one block at a "
-                                        "time): use --rotation layer, or drop --stream")
-                self.config = self.config.replace(rotation="layer")
-                log("--stream: rotation plan layer (the default fused plan rewrites the whole model before "
-                    "quantizing, which a streamed run cannot do yet)")
         if self.activations not in PLACEMENTS:
             raise QuantizeError(f"--activations must be one of {', '.join(PLACEMENTS)}, got {self.activations!r}")
         if self.allocate is not None:

@@ -57,7 +57,7 @@ from .methods import QuantizeConfig, decoder_layers
 from .offload import InputPlacer
 from .plan import LayerPlan, QuantizePlan
 from .qlinear import QuantizedLinear, set_activation_quant
-from .rotation_plan import fold_rotations
+from .rotation_plan import fold_block, fold_rotations
 from .structure import linear_weight
 
 __all__ = ["LayerStats", "QuantizeReport", "quantize_model"]
@@ -254,14 +254,16 @@ def quantize_model(
     notes = list(plan.notes)
     for note in plan.notes:
         say(note)
-    if plan.rotation == "fused" and any(t.is_meta for t in model.parameters()):
-        raise QuantizeError("the fused rotation plan rewrites the whole model before any block runs, and this model's "
-                            "weights are not all in memory (a streamed skeleton on the meta device): quantize it "
-                            "with rotation='layer' (pvq quantize --stream --rotation layer)")
+    # a streamed skeleton (blocks on the meta device, read by ``io``): its blocks are folded as they are read
+    streamed_fold = plan.rotation == "fused" and any(t.is_meta for t in model.parameters())
+    if streamed_fold and io is None:
+        raise QuantizeError("this model's weights are not all in memory (a skeleton on the meta device) and no block "
+                            "reader was given: the fused rotation plan needs a streamed run's io (BlockStore), or "
+                            "rotation='layer'")
     was_training = model.training
     model.eval()
     if plan.rotation == "fused":  # rewrite the model (exactly) before anything sees its activations
-        fold_rotations(model, config.seed)
+        fold_rotations(model, config.seed, streamed=streamed_fold)
     record = None
     if allocation is not None:  # per-layer rates chosen by measurement: a new plan, then the same work
         plan, record = allocation.apply(model, calib_ids, plan, device, batch_size, say)
@@ -285,6 +287,8 @@ def quantize_model(
             if i > last:
                 break
             done = io.load_block(model, i) if io is not None else None  # [io hook] resumed/streamed blocks
+            if streamed_fold and done is None:  # just read from the source: fold it as the in-memory model was
+                fold_block(model, i)
             block = layers[i]
             home = module_device(block)
             block.to(device)

@@ -47,6 +47,8 @@ from pvq.transforms import RandomizedHadamard
 from .structure import decoder_blocks
 
 __all__ = [
+    "fold_block",
+    "folded_ends",
     "FUSED_DEFAULT_MIN_BITS",
     "FOLD_RULES",
     "ROTATION_PLANS",
@@ -197,61 +199,121 @@ def _set(param: torch.Tensor, value: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def fold_rotations(model: nn.Module, seed: int = 0) -> StreamRotation:
+def fold_rotations(model: nn.Module, seed: int = 0, streamed: bool = False) -> StreamRotation:
     """Rewrite ``model`` in place under the ``fused`` plan (see the module docstring); the
     rewritten model computes the same function to float rounding (float64 arithmetic, results
     in each tensor's dtype). Raises :class:`QuantizeError` for a family it cannot fold
-    (:func:`fused_unsupported_reason`); call before any quantization."""
+    (:func:`fused_unsupported_reason`); call before any quantization.
+
+    ``streamed``: the model is a skeleton whose blocks, LM head and final norm are read later
+    (``pvq quantize --stream``): only the embedding is folded here (with folded ends); each block is
+    folded by :func:`fold_block` when it is read, and :func:`folded_ends` gives the head and the
+    final norm when the checkpoint is written. The same operations on the same tensors: the same
+    bits as the in-memory fold."""
     reason = fused_unsupported_reason(model)
     if reason is not None:
         raise QuantizeError(f"the fused rotation plan cannot rewrite this model: {reason}; use --rotation layer")
     if model_rotation(model) is not None:
         raise QuantizeError("this model was already rewritten by the fused rotation plan; folding twice is not supported")
     cfg = model.config
-    rule = FOLD_RULES[cfg.model_type]
     heads, kv, head_dim = _head_geometry(cfg)
-    hidden = int(cfg.hidden_size)
-    rec = StreamRotation("fused", hidden, head_dim, _seed(seed, "stream"), _seed(seed, "head"),
+    rec = StreamRotation("fused", int(cfg.hidden_size), head_dim, _seed(seed, "stream"), _seed(seed, "head"),
                          "online" if _tied(model) else "folded")
-    q = RandomizedHadamard(hidden, rec.stream_seed)
-    h = RandomizedHadamard(head_dim, rec.head_seed)
-    _, blocks = decoder_blocks(model)
-    for block in blocks:
-        for norm_name, readers in ((rule.attn_norm, rule.attn_readers), (rule.mlp_norm, rule.mlp_readers)):
-            norm = block.get_submodule(norm_name)
-            g = norm.weight.double() + rule.norm_offset
-            for r in readers:
-                lin = block.get_submodule(r)
-                _set(lin.weight, _rows(q, lin.weight.double() * g))
-            norm.weight.fill_(1.0 - rule.norm_offset)
-        for w in (rule.attn_writer, rule.mlp_writer):
-            lin = block.get_submodule(w)
-            _set(lin.weight, _cols(q, lin.weight.double()))
-            if lin.bias is not None:
-                _set(lin.bias, q.forward(lin.bias.double()))
-        value = block.get_submodule(rule.value)
-        rows = kv * head_dim
-        wv = value.weight.double()
-        tail = wv[-rows:].reshape(kv, head_dim, -1)
-        wv[-rows:] = h.forward(tail.transpose(1, 2).contiguous()).transpose(1, 2).reshape(rows, -1)
-        _set(value.weight, wv)
-        if value.bias is not None:
-            bv = value.bias.double()
-            bv[-rows:] = h.forward(bv[-rows:].reshape(kv, head_dim)).reshape(rows)
-            _set(value.bias, bv)
-        out = block.get_submodule(rule.attn_writer)
-        wo = out.weight.double()
-        _set(out.weight, h.forward(wo.reshape(wo.shape[0], heads, head_dim)).reshape(wo.shape))
-    base = getattr(model, "base_model", model)
-    final = getattr(base, rule.final_norm)
+    q = RandomizedHadamard(rec.hidden_size, rec.stream_seed)
+    if not streamed:
+        _, blocks = decoder_blocks(model)
+        for block in blocks:
+            _fold_block(block, model.config, rec)
     if rec.ends == "folded":
         emb = model.get_input_embeddings()
-        _set(emb.weight, _rows(q, emb.weight.double()))
-        head = model.get_output_embeddings()
-        _set(head.weight, _rows(q, head.weight.double() * (final.weight.double() + rule.norm_offset)))
-        final.weight.fill_(1.0 - rule.norm_offset)
+        _set(emb.weight, _fold_embedding(q, emb.weight))
+        if not streamed:
+            rule = FOLD_RULES[cfg.model_type]
+            final = getattr(getattr(model, "base_model", model), rule.final_norm)
+            head = model.get_output_embeddings()
+            _set(head.weight, _fold_head(q, head.weight, final.weight, rule.norm_offset))
+            final.weight.fill_(1.0 - rule.norm_offset)
     install_stream_rotation(model, rec)
     return rec
+
+
+@torch.no_grad()
+def fold_block(model: nn.Module, i: int) -> None:
+    """Fold block ``i`` of a model whose fused plan was begun by ``fold_rotations(..., streamed=True)``
+    (its tensors just read)."""
+    rec = model_rotation(model)
+    if rec is None:
+        raise QuantizeError("fold_block needs a model begun by fold_rotations(model, seed, streamed=True)")
+    _, blocks = decoder_blocks(model)
+    _fold_block(blocks[i], model.config, rec)
+
+
+def _fold_block(block: nn.Module, cfg, rec: StreamRotation) -> None:
+    """Norms into their readers, the stream rotation into readers and writers, the head rotation into
+    v_proj's rows and o_proj's columns, in place."""
+    rule = FOLD_RULES[cfg.model_type]
+    heads, kv, head_dim = _head_geometry(cfg)
+    q = RandomizedHadamard(rec.hidden_size, rec.stream_seed)
+    h = RandomizedHadamard(head_dim, rec.head_seed)
+    for norm_name, readers in ((rule.attn_norm, rule.attn_readers), (rule.mlp_norm, rule.mlp_readers)):
+        norm = block.get_submodule(norm_name)
+        g = norm.weight.double() + rule.norm_offset
+        for r in readers:
+            lin = block.get_submodule(r)
+            _set(lin.weight, _rows(q, lin.weight.double() * g))
+        norm.weight.fill_(1.0 - rule.norm_offset)
+    for w in (rule.attn_writer, rule.mlp_writer):
+        lin = block.get_submodule(w)
+        _set(lin.weight, _cols(q, lin.weight.double()))
+        if lin.bias is not None:
+            _set(lin.bias, q.forward(lin.bias.double()))
+    value = block.get_submodule(rule.value)
+    rows = kv * head_dim
+    wv = value.weight.double()
+    tail = wv[-rows:].reshape(kv, head_dim, -1)
+    wv[-rows:] = h.forward(tail.transpose(1, 2).contiguous()).transpose(1, 2).reshape(rows, -1)
+    _set(value.weight, wv)
+    if value.bias is not None:
+        bv = value.bias.double()
+        bv[-rows:] = h.forward(bv[-rows:].reshape(kv, head_dim)).reshape(rows)
+        _set(value.bias, bv)
+    out = block.get_submodule(rule.attn_writer)
+    wo = out.weight.double()
+    _set(out.weight, h.forward(wo.reshape(wo.shape[0], heads, head_dim)).reshape(wo.shape))
+
+
+def _fold_embedding(q: RandomizedHadamard, weight: torch.Tensor) -> torch.Tensor:
+    return _rows(q, weight.double())
+
+
+def _fold_head(q: RandomizedHadamard, weight: torch.Tensor, final: torch.Tensor, offset: float) -> torch.Tensor:
+    return _rows(q, weight.double() * (final.double() + offset))
+
+
+@torch.no_grad()
+def folded_ends(model: nn.Module, read) -> dict[str, torch.Tensor]:
+    """The folded outside tensors of a streamed fused model, by full name: the input embedding, the
+    LM head and the final norm's weight (folded ends; ``{}`` for online ends or no fused plan).
+    ``read(name)`` returns a source tensor in the dtype the model holds its weights in; the results
+    come in that dtype, as :func:`fold_rotations` leaves them in memory."""
+    rec = model_rotation(model)
+    if rec is None or rec.ends != "folded":
+        return {}
+    rule = FOLD_RULES[model.config.model_type]
+    q = RandomizedHadamard(rec.hidden_size, rec.stream_seed)
+    base = getattr(model, "base_model", model)
+    final_mod = getattr(base, rule.final_norm)
+    names = {id(m): n for n, m in model.named_modules()}
+    emb_name = names[id(model.get_input_embeddings())] + ".weight"
+    head_name = names[id(model.get_output_embeddings())] + ".weight"
+    final_name = names[id(final_mod)] + ".weight"
+    final = read(final_name)
+    dtype = final.dtype
+    return {
+        emb_name: _fold_embedding(q, read(emb_name)).to(dtype),
+        head_name: _fold_head(q, read(head_name), final, rule.norm_offset).to(dtype),
+        final_name: torch.full_like(final, 1.0 - rule.norm_offset),
+    }
 
 
 def stream_rotations(model: nn.Module) -> int:
@@ -267,8 +329,12 @@ def model_rotation(model: nn.Module) -> StreamRotation | None:
 
 
 def _tied(model: nn.Module) -> bool:
+    """Whether the LM head shares the input embedding (by identity, or by the config for a streamed
+    skeleton, whose loading by assignment does not keep the sharing)."""
     emb, head = model.get_input_embeddings(), model.get_output_embeddings()
-    return head is not None and emb is not None and head.weight is emb.weight
+    if head is None or emb is None:
+        return False
+    return head.weight is emb.weight or (head.weight.is_meta and bool(getattr(model.config, "tie_word_embeddings", False)))
 
 
 class _StreamHook:

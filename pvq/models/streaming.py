@@ -46,6 +46,7 @@ from .checkpoint import _sibling, cast_unquantized, finish_checkpoint, prepare_o
 from .experts import QuantizedExperts
 from .format import quantization_config_dict
 from .qlinear import QuantizedLinear, buffer_name
+from .rotation_plan import folded_ends
 from .structure import decoder_blocks
 
 __all__ = ["BlockStore", "ShardSource", "open_streamed", "peak_memory", "streamable", "write_streamed"]
@@ -327,6 +328,9 @@ def write_streamed(model: nn.Module, store: BlockStore, out_dir, report, tokeniz
     tied = store.source.tied
     skeleton = model.state_dict(keep_vars=True)
     outside = [k for k in skeleton if not k.startswith(path + ".") and k not in tied]
+    # under the fused plan with folded ends: the embedding, LM head and final norm as the in-memory fold
+    # leaves them (from the source, in the dtype blocks were read in)
+    folded = folded_ends(model, lambda n: store.source.get(n).to(store.dtype))
     groups: list[list[str] | int] = [*range(len(blocks)), *[[k] for k in outside]]
 
     def cast(name: str, t: torch.Tensor) -> torch.Tensor:
@@ -343,7 +347,8 @@ def write_streamed(model: nn.Module, store: BlockStore, out_dir, report, tokeniz
             if isinstance(group, int):
                 tensors = load_file(str(store.work.tensor_file(group)))
             else:
-                tensors = {n: (store.source.get(n) if n in store.source else skeleton[n].detach()) for n in group}
+                tensors = {n: (folded[n] if n in folded else store.source.get(n) if n in store.source
+                               else skeleton[n].detach()) for n in group}
             tensors = {n: cast(n, t).contiguous() for n, t in tensors.items()}
             save_file(tensors, str(tmp / file), metadata={"format": "pt"})
             for n, t in tensors.items():

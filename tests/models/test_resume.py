@@ -81,9 +81,10 @@ def uninterrupted(model_dir, tmp_path_factory):
     import io
 
     outs = {}
-    # False: in memory (the default rotation plan at 3 bits, fused); True: streamed, which runs the layer
-    # plan (the fold needs the whole model); "layer": in memory under the plan a streamed run has
-    for key, extra in ((False, []), (True, ["--stream"]), ("layer", ["--rotation", "layer"])):
+    # False: in memory (the default rotation plan at 3 bits, fused); True: streamed (fused: blocks folded as
+    # they are read, the ends at the write); "layer" / "layer-stream": the layer plan in memory / streamed
+    for key, extra in ((False, []), (True, ["--stream"]), ("layer", ["--rotation", "layer"]),
+                       ("layer-stream", ["--rotation", "layer", "--stream"])):
         out = tmp_path_factory.mktemp("ref") / "ck"
         text = io.StringIO()
         with contextlib.redirect_stdout(text):
@@ -93,15 +94,23 @@ def uninterrupted(model_dir, tmp_path_factory):
     return outs
 
 
-def test_streamed_equals_in_memory(model_dir, uninterrupted, capsys):
+@pytest.mark.parametrize("plan", ["fused", "layer"])
+def test_streamed_equals_in_memory(model_dir, uninterrupted, capsys, plan):
     capsys.readouterr()
-    a, b = uninterrupted["layer"], uninterrupted[True]
-    assert uninterrupted[True, "summary"]["rotation_plan"] == "layer"
+    mem, st = (False, True) if plan == "fused" else ("layer", "layer-stream")
+    a, b = uninterrupted[mem], uninterrupted[st]
+    assert uninterrupted[st, "summary"]["rotation_plan"] == plan == uninterrupted[mem, "summary"]["rotation_plan"]
     ta, tb = tensors(a), tensors(b)
     assert ta.keys() == tb.keys() and "lm_head.weight" in ta
     assert all(ta[k] == tb[k] for k in ta)  # every tensor, byte for byte (bf16 kept weights, codes, scales)
     assert (a / "config.json").read_bytes() == (b / "config.json").read_bytes()  # integrity record included
     assert len(list(b.glob("*.safetensors"))) == 3 + 3  # one shard per block, one per outside tensor
+    if plan == "fused":  # the folded ends: the embedding and head rotated, the final norm ones
+        src = {k: v for f in sorted(model_dir.glob("*.safetensors")) for k, v in load_file(str(f)).items()}
+        out = {k: v for f in sorted(b.glob("*.safetensors")) for k, v in load_file(str(f)).items()}
+        assert not torch.equal(out["model.embed_tokens.weight"], src["model.embed_tokens.weight"])
+        assert not torch.equal(out["lm_head.weight"], src["lm_head.weight"])
+        assert out["model.norm.weight"].float().unique().tolist() == [1.0]
     # at most the embeddings (during the capture) or two float32 blocks (one read ahead) and the rotary tables
     model = LlamaForCausalLM.from_pretrained(model_dir)
     block = sum(p.numel() * 4 for p in model.model.layers[0].parameters())
@@ -159,7 +168,7 @@ def test_two_processes_under_torchrun_equal_one(model_dir, uninterrupted, tmp_pa
     assert proc.returncode == 0, proc.stderr[-2000:]
     summaries = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(summaries) == 1 and summaries[0]["world_size"] == 2  # rank 0 reports
-    ref = uninterrupted["layer"]  # streamed: the layer rotation plan
+    ref = uninterrupted[True]  # streamed, the fused plan
     assert tensors(out) == tensors(ref)
     assert (out / "config.json").read_bytes() == (ref / "config.json").read_bytes()
 
@@ -195,9 +204,9 @@ def test_stream_needs_an_output_and_a_safetensors_directory(tmp_path, capsys):
     assert "--stream needs --output" in capsys.readouterr().err
 
 
-def test_driver_refuses_the_fused_plan_on_a_streamed_skeleton(model_dir):
-    """The fused plan rewrites every weight before block 0 runs; a skeleton on the meta device has none
-    in memory, so the driver refuses before any work (the CLI's --stream picks the layer plan itself)."""
+def test_driver_refuses_the_fused_plan_on_a_skeleton_without_a_block_reader(model_dir):
+    """Under the fused plan a streamed skeleton's blocks are folded as its ``io`` reads them; without an
+    ``io`` nothing would read them, so the driver refuses before any work."""
     from pvq.errors import QuantizeError
     from pvq.models.driver import quantize_model
     from pvq.models.methods import QuantizeConfig
@@ -206,7 +215,7 @@ def test_driver_refuses_the_fused_plan_on_a_streamed_skeleton(model_dir):
     model, _, _ = open_streamed(model_dir)
     config = QuantizeConfig(method="pvq", bits=3, n_samples=2, seq_len=8)
     assert config.rotation_plan == "fused"
-    with pytest.raises(QuantizeError, match="rotation='layer'"):
+    with pytest.raises(QuantizeError, match="no block reader was given"):
         quantize_model(model, torch.zeros(2, 8, dtype=torch.long), config, device="cpu")
 
 
@@ -238,3 +247,23 @@ def test_calib_dtype_source_streams_like_memory_and_resumes_only_with_the_same_d
     kill_during(tmp_path, LAYERS_PER_BLOCK + 3, args_of(model_dir, out, *extra))
     assert main(args_of(model_dir, out, "--rotation", "layer")) == 2
     assert 'calib_dtype: "bfloat16" -> null' in capsys.readouterr().err
+
+
+def test_streamed_fused_equals_in_memory_with_tied_embeddings(tmp_path, capsys):
+    """Tied embeddings: the fused plan keeps the ends online (the stream rotated after the embedding and
+    back before the final norm at run time); a streamed skeleton, whose loading breaks the sharing, must
+    see the tie from the config and write what the in-memory run writes."""
+    src = tmp_path / "tied"
+    torch.manual_seed(1)
+    config = LlamaConfig(vocab_size=8192, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=True)
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(src, max_shard_size="300KB")
+    AutoTokenizer.from_pretrained(REFERENCE_DIR).save_pretrained(src)
+    capsys.readouterr()
+    mem = run(capsys, args_of(src, tmp_path / "mem"))
+    streamed = run(capsys, args_of(src, tmp_path / "str", "--stream"))
+    assert mem["rotation_plan"] == streamed["rotation_plan"] == "fused"
+    assert tensors(tmp_path / "mem") == tensors(tmp_path / "str")
+    assert (tmp_path / "mem" / "config.json").read_bytes() == (tmp_path / "str" / "config.json").read_bytes()
+    assert '"ends": "online"' in (tmp_path / "str" / "config.json").read_text()
