@@ -124,10 +124,10 @@ def run_one(args) -> dict:
     phases["open"] = time.perf_counter() - t
     vocab = model.config.vocab_size
     calib = torch.randint(0, vocab, (args.windows, args.seq_len), generator=torch.Generator().manual_seed(0))
-    # the streamed path reads one block at a time, so it cannot fold rotations into the model: layer plan
-    # (what ``pvq quantize --stream`` chooses too)
+    # the method's rotation plan unless --rotation says (streamed runs fold blocks as they are read since
+    # session 10; the figures of sessions 9 and 10 in docs/large_models.md ran the layer plan)
     config = QuantizeConfig(method=args.one, bits=args.bits, n_samples=args.windows, seq_len=args.seq_len,
-                            rotation="layer" if QuantizeConfig(method=args.one, bits=args.bits).use_rotation else "none")
+                            rotation=args.rotation)
     work = WorkDir(out, run_identity(config, model_fingerprint(src), calib, device, args.batch_size), resume=False)
     store = TimedStore(work, source, dtype=dtype)
     store.t, store.secs, store.solver = {}, {}, {}
@@ -183,6 +183,8 @@ def main() -> None:
     p.add_argument("--keep", action="store_true", help="keep the written model")
     p.add_argument("--profile", action="store_true", help="print torch.profiler's top operators of each method's run "
                    "(slows it down; use with --blocks 1)")
+    p.add_argument("--rotation", default=None, choices=("fused", "layer", "none"),
+                   help="rotation plan (default: the method's, as `pvq quantize --stream`)")
     p.add_argument("--calib-dtype", default="float32",
                    help="comma list of dtypes the blocks are loaded and calibrated in (float32, bfloat16: "
                         "`pvq quantize --calib-dtype`); each method runs once per dtype")

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -226,12 +227,12 @@ def fold_rotations(model: nn.Module, seed: int = 0, streamed: bool = False) -> S
             _fold_block(block, model.config, rec)
     if rec.ends == "folded":
         emb = model.get_input_embeddings()
-        _set(emb.weight, _fold_embedding(q, emb.weight))
+        _fold_embedding(q, emb.weight, emb.weight)
         if not streamed:
             rule = FOLD_RULES[cfg.model_type]
             final = getattr(getattr(model, "base_model", model), rule.final_norm)
             head = model.get_output_embeddings()
-            _set(head.weight, _fold_head(q, head.weight, final.weight, rule.norm_offset))
+            _fold_head(q, head.weight, final.weight, rule.norm_offset, head.weight)
             final.weight.fill_(1.0 - rule.norm_offset)
     install_stream_rotation(model, rec)
     return rec
@@ -282,20 +283,37 @@ def _fold_block(block: nn.Module, cfg, rec: StreamRotation) -> None:
     _set(out.weight, h.forward(wo.reshape(wo.shape[0], heads, head_dim)).reshape(wo.shape))
 
 
-def _fold_embedding(q: RandomizedHadamard, weight: torch.Tensor) -> torch.Tensor:
-    return _rows(q, weight.double())
+FOLD_ROWS = 8192
+"""Rows of the embedding and the LM head folded at a time, in memory and streamed alike (a streamed
+run folds a 7B model's 32,000 x 4096 head without holding it in float64 at once)."""
 
 
-def _fold_head(q: RandomizedHadamard, weight: torch.Tensor, final: torch.Tensor, offset: float) -> torch.Tensor:
-    return _rows(q, weight.double() * (final.double() + offset))
+def _fold_rows(q: RandomizedHadamard, weight: torch.Tensor, out: torch.Tensor,
+               gain: torch.Tensor | None = None) -> torch.Tensor:
+    """``out[r] = T (weight[r] * gain)`` row block by row block (float64, then ``out``'s dtype); ``out`` may
+    be ``weight`` itself."""
+    g = None if gain is None else gain.double()
+    for s in range(0, weight.shape[0], FOLD_ROWS):
+        w = weight[s : s + FOLD_ROWS].double()
+        out[s : s + FOLD_ROWS] = _rows(q, w if g is None else w * g).to(out.dtype)
+    return out
 
 
-@torch.no_grad()
-def folded_ends(model: nn.Module, read) -> dict[str, torch.Tensor]:
-    """The folded outside tensors of a streamed fused model, by full name: the input embedding, the
-    LM head and the final norm's weight (folded ends; ``{}`` for online ends or no fused plan).
-    ``read(name)`` returns a source tensor in the dtype the model holds its weights in; the results
-    come in that dtype, as :func:`fold_rotations` leaves them in memory."""
+def _fold_embedding(q: RandomizedHadamard, weight: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    return _fold_rows(q, weight, out)
+
+
+def _fold_head(q: RandomizedHadamard, weight: torch.Tensor, final: torch.Tensor, offset: float,
+               out: torch.Tensor) -> torch.Tensor:
+    return _fold_rows(q, weight, out, final.double() + offset)
+
+
+def folded_ends(model: nn.Module, read) -> dict[str, Callable[[], torch.Tensor]]:
+    """The folded outside tensors of a streamed fused model, by full name, each computed when called
+    (one at a time: a large head is never held twice): the input embedding, the LM head and the final
+    norm's weight (folded ends; ``{}`` for online ends or no fused plan). ``read(name)`` returns a
+    source tensor in the dtype the model holds its weights in; the results come in that dtype, as
+    :func:`fold_rotations` leaves them in memory."""
     rec = model_rotation(model)
     if rec is None or rec.ends != "folded":
         return {}
@@ -307,13 +325,19 @@ def folded_ends(model: nn.Module, read) -> dict[str, torch.Tensor]:
     emb_name = names[id(model.get_input_embeddings())] + ".weight"
     head_name = names[id(model.get_output_embeddings())] + ".weight"
     final_name = names[id(final_mod)] + ".weight"
-    final = read(final_name)
-    dtype = final.dtype
-    return {
-        emb_name: _fold_embedding(q, read(emb_name)).to(dtype),
-        head_name: _fold_head(q, read(head_name), final, rule.norm_offset).to(dtype),
-        final_name: torch.full_like(final, 1.0 - rule.norm_offset),
-    }
+
+    @torch.no_grad()
+    def embedding() -> torch.Tensor:
+        w = read(emb_name)  # (never written: it may be the source's own tensor)
+        return _fold_embedding(q, w, torch.empty_like(w))
+
+    @torch.no_grad()
+    def head() -> torch.Tensor:
+        w = read(head_name)
+        return _fold_head(q, w, read(final_name), rule.norm_offset, torch.empty_like(w))
+
+    return {emb_name: embedding, head_name: head,
+            final_name: lambda: torch.full_like(read(final_name), 1.0 - rule.norm_offset)}
 
 
 def stream_rotations(model: nn.Module) -> int:

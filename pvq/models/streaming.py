@@ -347,7 +347,7 @@ def write_streamed(model: nn.Module, store: BlockStore, out_dir, report, tokeniz
             if isinstance(group, int):
                 tensors = load_file(str(store.work.tensor_file(group)))
             else:
-                tensors = {n: (folded[n] if n in folded else store.source.get(n) if n in store.source
+                tensors = {n: (folded[n]() if n in folded else store.source.get(n) if n in store.source
                                else skeleton[n].detach()) for n in group}
             tensors = {n: cast(n, t).contiguous() for n, t in tensors.items()}
             save_file(tensors, str(tmp / file), metadata={"format": "pt"})
