@@ -283,7 +283,7 @@ def _fold_block(block: nn.Module, cfg, rec: StreamRotation) -> None:
     _set(out.weight, h.forward(wo.reshape(wo.shape[0], heads, head_dim)).reshape(wo.shape))
 
 
-FOLD_ROWS = 8192
+FOLD_ROWS = 2048
 """Rows of the embedding and the LM head folded at a time, in memory and streamed alike (a streamed
 run folds a 7B model's 32,000 x 4096 head without holding it in float64 at once)."""
 
