@@ -263,7 +263,7 @@ def quantize_model(
     was_training = model.training
     model.eval()
     if plan.rotation == "fused":  # rewrite the model (exactly) before anything sees its activations
-        fold_rotations(model, config.seed, streamed=streamed_fold)
+        fold_rotations(model, config.seed, streamed=streamed_fold, device=device)
     record = None
     if allocation is not None:  # per-layer rates chosen by measurement: a new plan, then the same work
         plan, record = allocation.apply(model, calib_ids, plan, device, batch_size, say)
@@ -287,11 +287,11 @@ def quantize_model(
             if i > last:
                 break
             done = io.load_block(model, i) if io is not None else None  # [io hook] resumed/streamed blocks
-            if streamed_fold and done is None:  # just read from the source: fold it as the in-memory model was
-                fold_block(model, i)
             block = layers[i]
             home = module_device(block)
             block.to(device)
+            if streamed_fold and done is None:  # just read from the source: fold it (on the device, as the
+                fold_block(model, i)  # in-memory fold does each block)
             block_stats = []
             if plan.by_block(i) and done is not None:
                 block_stats = done

@@ -200,7 +200,8 @@ def _set(param: torch.Tensor, value: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def fold_rotations(model: nn.Module, seed: int = 0, streamed: bool = False) -> StreamRotation:
+def fold_rotations(model: nn.Module, seed: int = 0, streamed: bool = False,
+                   device: torch.device | str | None = None) -> StreamRotation:
     """Rewrite ``model`` in place under the ``fused`` plan (see the module docstring); the
     rewritten model computes the same function to float rounding (float64 arithmetic, results
     in each tensor's dtype). Raises :class:`QuantizeError` for a family it cannot fold
@@ -210,7 +211,9 @@ def fold_rotations(model: nn.Module, seed: int = 0, streamed: bool = False) -> S
     (``pvq quantize --stream``): only the embedding is folded here (with folded ends); each block is
     folded by :func:`fold_block` when it is read, and :func:`folded_ends` gives the head and the
     final norm when the checkpoint is written. The same operations on the same tensors: the same
-    bits as the in-memory fold."""
+    bits as the in-memory fold. ``device``: where the blocks are folded (each moved there and back;
+    the driver passes its own, as it folds a streamed block after moving it there); the embedding and
+    the head are folded where they are (on the CPU in both paths)."""
     reason = fused_unsupported_reason(model)
     if reason is not None:
         raise QuantizeError(f"the fused rotation plan cannot rewrite this model: {reason}; use --rotation layer")
@@ -224,7 +227,12 @@ def fold_rotations(model: nn.Module, seed: int = 0, streamed: bool = False) -> S
     if not streamed:
         _, blocks = decoder_blocks(model)
         for block in blocks:
+            home = next((t.device for t in block.parameters()), None)
+            if device is not None and home is not None:
+                block.to(device)
             _fold_block(block, model.config, rec)
+            if device is not None and home is not None:
+                block.to(home)
     if rec.ends == "folded":
         emb = model.get_input_embeddings()
         _fold_embedding(q, emb.weight, emb.weight)
