@@ -29,6 +29,7 @@ from ..models import (
 )
 from ..models import bits_per_activation, keep_stored_on_host, runtime_tensor_list, set_backend
 from ..models.checkpoint import prepare_output
+from ..models.qlinear import dtype_name
 from ..models.distributed import init_from_env
 from ..models.offload import PLACEMENTS
 from ..models.resume import WorkDir, model_fingerprint, run_identity
@@ -297,7 +298,7 @@ def run_quantize(req: QuantizeRequest, log: Log = _quiet, progress: bool = True)
         if parallel is not None:
             ident["world_size"] = parallel.world
         if dtype != torch.float32:  # (float32 runs keep the identity of runs made before the option)
-            ident["calib_dtype"] = str(dtype).removeprefix("torch.")
+            ident["calib_dtype"] = dtype_name(dtype)
         if main:
             work = WorkDir(req.output, ident, resume=req.resume, log=log)
         if parallel is not None:
@@ -319,7 +320,7 @@ def run_quantize(req: QuantizeRequest, log: Log = _quiet, progress: bool = True)
         store.close()
     if dtype != torch.float32:  # the Hessians came from these activations: the checkpoint's report says so
         report.notes.append(f"calibration: model loaded and calibration forwards run in "
-                            f"{str(dtype).removeprefix('torch.')} (--calib-dtype {req.calib_dtype})")
+                            f"{dtype_name(dtype)} (--calib-dtype {req.calib_dtype})")
     if source_dtype is not None:  # weights left unquantized are saved (and counted) in the source dtype
         report.recount_kept(source_dtype.itemsize * 8)
     summary = {
@@ -339,7 +340,7 @@ def run_quantize(req: QuantizeRequest, log: Log = _quiet, progress: bool = True)
         "output": None,
         "resumed_blocks": list(store.resumed),
         "streamed": bool(req.stream),
-        "calib_dtype": str(dtype).removeprefix("torch."),
+        "calib_dtype": dtype_name(dtype),
         "resident_peak_bytes": store.resident_peak if req.stream else None,
         **peak_memory(device),
         "rank": 0 if parallel is None else parallel.rank,
@@ -439,7 +440,7 @@ def run_eval(
         "context": context,
         "stride": stride,
         "seconds": res.seconds,
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "dtype": dtype_name(next(model.parameters()).dtype),
         "backends": sorted({m.backend for m in model.modules() if isinstance(m, QuantizedLinear)} - {None}),
         "memory_bytes": model_memory_bytes(model, dev),
         "rotation_plan": _rotation_plan_name(model),

@@ -220,16 +220,16 @@ class AllocateConfig:
             record_layers[p.name] = _why(p, points[p.name], j, a.lam, config.bits)
         new = QuantizePlan(config, layers, plan.num_blocks, path=plan.path, rotation=plan.rotation)
         new.notes = list(plan.notes)  # not the notes __post_init__ derived again
+        overall = (a.bits + outside_bits) / (weights + outside_weights)
         record = {
             "target_bits": config.bits, **self.to_dict(), "ladder": self.ladder(config.bits),
             "budget_bits": budget, "predicted_bits": a.bits, "predicted_bits_per_weight": a.bits / weights,
             "embedding_weights": outside_weights, "embedding_bits": outside_bits,
-            "predicted_overall_bits_per_weight": (a.bits + outside_bits) / (weights + outside_weights),
+            "predicted_overall_bits_per_weight": overall,
             "distortion": a.distortion, "lambda": a.lam, "measure_seconds": seconds, "layers": record_layers,
         }
-        overall = (f"; {(a.bits + outside_bits) / (weights + outside_weights):.4f} with the embeddings and LM head"
-                   if self.count_embeddings else "")
-        say(f"allocate: {a.bits / weights:.4f} bits per weight predicted for a target of {config.bits:g}{overall} "
+        with_emb = f"; {overall:.4f} with the embeddings and LM head" if self.count_embeddings else ""
+        say(f"allocate: {a.bits / weights:.4f} bits per weight predicted for a target of {config.bits:g}{with_emb} "
             f"(measured in {seconds:.1f} s); per layer:")
         for n, r in record_layers.items():
             say(f"  {n:<40} {r['bits_per_weight']:.3f} b/w  {r['why']}")

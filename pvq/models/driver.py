@@ -352,8 +352,6 @@ def _finetuner(config: QuantizeConfig, plan: QuantizePlan) -> BlockFinetune | No
     if not any(can_update(p.codec) for p in plan.layers):
         raise QuantizeError(f"--finetune-steps tunes codebooks and scales with the codes fixed; method "
                             f"{config.method!r} has no codebook to tune: use aqlm or gptvq, or drop --finetune-steps")
-    if config.act_bits is not None:
-        raise QuantizeError("--finetune-steps tunes weights on unquantized activations; drop --act-bits or it")
     return BlockFinetune(config.finetune_steps, config.finetune_lr)
 
 

@@ -48,36 +48,27 @@ class _Tuned:
         self.layer = layer
         self.codec = layer.fitted_codec()
         self.codes = layer.codes()
-        device = layer.scales.device if SCALE_KEY in layer.stored_keys else self.codes_device()
+        device = next(iter(self.codes.values())).device  # where the layer's stored tensors are
         self.data = {k: v.detach().float().to(device).clone().requires_grad_(True)
                      for k, v in self.codec.trainable_data().items()}
         self.has_scale = SCALE_KEY in layer.stored_keys
-        self.scale = layer.scales.detach().float().clone().requires_grad_(self.has_scale) if self.has_scale else None
+        self.scale = layer.scales.detach().float().clone().requires_grad_(True) if self.has_scale else None
 
     def params(self) -> list[torch.Tensor]:
         return [*self.data.values(), *([self.scale] if self.has_scale else [])]
 
     def weight(self, dtype: torch.dtype) -> torch.Tensor:
-        """``U^T Q' V`` from the trainable copies, differentiable, ``[out, in]`` in ``dtype``."""
+        """``U^T Q' V`` from the trainable copies, differentiable, ``[out, in]`` in ``dtype`` (as the
+        layer's dense path unrotates its decoded weight)."""
         layer = self.layer
-        g = self.codec.group_size
-        scale = (self.scale.repeat_interleave(g) if self.has_scale
-                 else torch.ones(layer.num_vectors, device=self.scale_device()))
+        scale = self.scale.repeat_interleave(self.codec.group_size) if self.has_scale else layer.per_vector_scales()
         q = self.codec.decode_trainable(self.data, self.codes, scale).reshape(layer.out_features, layer.in_features)
-        if layer.rotation is not None:
-            q = layer.rotation.unrotate_weight(q.double())
-        return q.to(dtype)
-
-    def scale_device(self) -> torch.device:
-        return next(iter(self.data.values())).device
-
-    def codes_device(self) -> torch.device:
-        return next(iter(self.codes.values())).device
+        return layer.unrotate_weight(q, dtype)
 
     def rounded(self) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         """What would be stored: the codec's data as it stores it, scales fp16-exact (positive)."""
         codec = self.codec.with_trainable({k: v.detach() for k, v in self.data.items()})
-        stored = {k: v for k, v in codec.data_tensors().items()}
+        stored = dict(codec.data_tensors())
         scale = None
         if self.has_scale:
             old = self.layer.scales

@@ -318,6 +318,9 @@ class QuantizeConfig:
         ):
             raise QuantizeError(f"finetune_lr must be a finite number > 0, got {self.finetune_lr!r}")
         object.__setattr__(self, "finetune_lr", float(self.finetune_lr))
+        if self.finetune_steps and self.act_bits is not None:
+            raise QuantizeError("finetune_steps tunes the weights on unquantized activations and act_bits quantizes "
+                                "them: drop one of --finetune-steps and --act-bits")
         if spec.codec not in CODECS:
             raise QuantizeError(
                 f"method {self.method!r} needs codec {spec.codec!r}, which is not registered in this "

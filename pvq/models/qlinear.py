@@ -276,9 +276,10 @@ class QuantizedLinear(nn.Module):
     @torch.no_grad()
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``U^T Q' V``: the quantized weight in the layer's own coordinates, ``[out, in]``."""
-        return self._unrotate(self.rotated_weight(), dtype)
+        return self.unrotate_weight(self.rotated_weight(), dtype)
 
-    def _unrotate(self, q: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def unrotate_weight(self, q: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``U^T Q' V`` of a rotated-coordinates weight ``q [out, in]``, in ``dtype`` (differentiable)."""
         if self.rotation is not None:
             q = self.rotation.unrotate_weight(q.double()).float()
         return q.to(dtype)
@@ -340,7 +341,7 @@ class QuantizedLinear(nn.Module):
         if tuple(rotated.shape) != (self.out_features, self.in_features):
             raise QuantizeError(f"seed_cache needs [{self.out_features}, {self.in_features}], got {tuple(rotated.shape)}")
         if select_backend(self, rotated.device, self.backend_name).name == "dense":
-            self._runtime = ("dense", {"weight": self._unrotate(rotated.float(), dtype)})
+            self._runtime = ("dense", {"weight": self.unrotate_weight(rotated.float(), dtype)})
 
     def clear_cache(self) -> None:
         """Drop the runtime tensors (rebuilt on the next forward)."""

@@ -220,7 +220,7 @@ def fold_rotations(model: nn.Module, seed: int = 0, streamed: bool = False,
     if model_rotation(model) is not None:
         raise QuantizeError("this model was already rewritten by the fused rotation plan; folding twice is not supported")
     cfg = model.config
-    heads, kv, head_dim = _head_geometry(cfg)
+    _, _, head_dim = _head_geometry(cfg)
     rec = StreamRotation("fused", int(cfg.hidden_size), head_dim, _seed(seed, "stream"), _seed(seed, "head"),
                          "online" if _tied(model) else "folded")
     q = RandomizedHadamard(rec.hidden_size, rec.stream_seed)
@@ -235,7 +235,7 @@ def fold_rotations(model: nn.Module, seed: int = 0, streamed: bool = False,
                 block.to(home)
     if rec.ends == "folded":
         emb = model.get_input_embeddings()
-        _fold_embedding(q, emb.weight, emb.weight)
+        _fold_rows(q, emb.weight, emb.weight)
         if not streamed:
             rule = FOLD_RULES[cfg.model_type]
             final = getattr(getattr(model, "base_model", model), rule.final_norm)
@@ -307,10 +307,6 @@ def _fold_rows(q: RandomizedHadamard, weight: torch.Tensor, out: torch.Tensor,
     return out
 
 
-def _fold_embedding(q: RandomizedHadamard, weight: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    return _fold_rows(q, weight, out)
-
-
 def _fold_head(q: RandomizedHadamard, weight: torch.Tensor, final: torch.Tensor, offset: float,
                out: torch.Tensor) -> torch.Tensor:
     return _fold_rows(q, weight, out, final.double() + offset)
@@ -337,7 +333,7 @@ def folded_ends(model: nn.Module, read) -> dict[str, Callable[[], torch.Tensor]]
     @torch.no_grad()
     def embedding() -> torch.Tensor:
         w = read(emb_name)  # (never written: it may be the source's own tensor)
-        return _fold_embedding(q, w, torch.empty_like(w))
+        return _fold_rows(q, w, torch.empty_like(w))
 
     @torch.no_grad()
     def head() -> torch.Tensor:

@@ -52,5 +52,7 @@ def test_refused_before_any_work_without_a_codebook():
         run("pvq", 5)
     with pytest.raises(QuantizeError, match="finetune_steps must be an integer >= 0"):
         QuantizeConfig(method="aqlm", bits=2, finetune_steps=-1)
+    with pytest.raises(QuantizeError, match="drop one of --finetune-steps and --act-bits"):
+        QuantizeConfig(method="aqlm", bits=2, finetune_steps=3, act_bits=8)
     with pytest.raises(QuantizeError, match="finetune_lr must be a finite number > 0"):
         QuantizeConfig(method="aqlm", bits=2, finetune_steps=3, finetune_lr=0)
