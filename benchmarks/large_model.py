@@ -7,8 +7,9 @@ its peak memory is its own), through the streamed path of ``pvq quantize --strea
 :func:`write_streamed`), with random calibration token ids (the timing does not depend on them).
 Prints each phase with its time, seconds per block (the solver's share and the rest: Hessian
 collection and the block's forwards), and, when fewer blocks than the real model's were written,
-the time extrapolated to the full depth (capture + depth x mean seconds per block + write scaled),
-marked as extrapolated.
+the time extrapolated to the full depth (open + capture + depth x mean seconds per block + the write
+scaled by the bytes a full-depth checkpoint would hold: the written blocks' bytes times depth / blocks,
+plus the rest: embeddings, norms and head, written once), marked as extrapolated.
 
 Shapes: ``7b`` (32 blocks, hidden 4096, MLP 11008, 32 heads, vocabulary 32000), ``70b`` (80 blocks,
 hidden 8192, MLP 28672, GQA 64/8, vocabulary 128256), ``tiny`` (4 blocks, hidden 256, MLP 688, GQA
@@ -158,14 +159,40 @@ def run_one(args) -> dict:
     full = int((src / "full_depth.txt").read_text())
     per_block = sum(store.secs.values()) / blocks
     size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+    in_blocks = _block_bytes(out)
+    full_size = size - in_blocks + in_blocks * full / blocks
     shutil.rmtree(out, ignore_errors=True)
     return {"method": args.one, "calib_dtype": args.one_dtype, "bits_per_weight": report.bits_per_weight,
             "blocks": blocks, "full_depth": full,
             "phases": phases, "seconds_per_block": per_block,
             "solver_seconds_per_block": sum(store.solver.values()) / blocks,
             "extrapolated_seconds": phases["open"] + phases["capture"] + full * per_block
-            + phases["write"] * full / blocks,
-            "resident_peak_bytes": store.resident_peak, "checkpoint_bytes": size, **peak_memory(device)}
+            + phases["write"] * full_size / size,
+            "resident_peak_bytes": store.resident_peak, "checkpoint_bytes": size,
+            "full_depth_checkpoint_bytes": int(full_size), **peak_memory(device)}
+
+
+def _block_bytes(out: Path) -> int:
+    """Bytes of the decoder blocks' tensors (names with ``.layers.<i>.``) in the checkpoint at ``out``."""
+    import re
+
+    from safetensors import safe_open
+
+    total = 0
+    for f in out.glob("*.safetensors"):
+        with safe_open(str(f), framework="pt") as st:
+            for name in st.keys():
+                if re.search(r"\.layers\.\d+\.", name):
+                    sl = st.get_slice(name)
+                    numel = 1
+                    for d in sl.get_shape():
+                        numel *= d
+                    total += numel * _DTYPE_BYTES[sl.get_dtype()]
+    return total
+
+
+_DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2,
+                "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
 
 def main() -> None:

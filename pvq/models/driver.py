@@ -161,12 +161,15 @@ class QuantizeReport:
 
 
 def _quantize_linear(
-    linear: nn.Linear, h: torch.Tensor, plan: LayerPlan, config: QuantizeConfig, device: torch.device
+    linear: nn.Linear, hessian: Callable[[], torch.Tensor], plan: LayerPlan, config: QuantizeConfig,
+    device: torch.device,
 ) -> tuple[QuantizedLinear, float, float, float]:
-    """Quantize one linear under its Hessian; returns (module, proxy loss, relative error, seconds)."""
+    """Quantize one linear under the Hessian ``hessian()`` returns; returns (module, proxy loss, relative
+    error, seconds). The Hessian goes to the solver as a temporary (no name here holds it), so the solver
+    can free it once it has rotated it: one ``[in, in]`` float64 matrix fewer at the solve's peak."""
     w = linear_weight(linear).detach().to(device=device, dtype=torch.float64)
     try:
-        res = quantize_linear(w, h.to(device), plan.codec, plan.rotation, config.solver_config())
+        res = quantize_linear(w, hessian().to(device), plan.codec, plan.rotation, config.solver_config())
     except PvqError as e:
         raise QuantizeError(f"{plan.name}: {e}") from e
     q = QuantizedLinear.from_stored(linear, res.codec, res.stored, plan.rotation)
@@ -377,7 +380,9 @@ def _quantize_block(block, i, batches, plan: QuantizePlan, config, device, say, 
         mods = block_linears(block, stage)
 
         def solve(n):
-            return _quantize_linear(mods[n], accs.pop(n).hessian(), layer_plans[n], config, device)
+            acc = accs.pop(n)
+            shared = any(a is acc for a in accs.values())  # q/k/v, gate/up: the last reader takes the sum
+            return _quantize_linear(mods[n], acc.hessian if shared else acc.take, layer_plans[n], config, device)
 
         # [parallel hook] each rank solves its share of the stage; every result is broadcast
         results = parallel.run_stage(stage, solve) if parallel is not None else None

@@ -63,22 +63,39 @@ class HessianAccumulator:
                 f"Hessian of a layer with {self.in_features} inputs got activations of shape "
                 f"{tuple(x.shape)}; the last dim must be {self.in_features}"
             )
-        x = x.reshape(-1, self.in_features).to(device=self.sum.device, dtype=torch.float64)
+        if self.sum is None:
+            raise SolverError("this accumulator's Hessian was taken (take()); start a new one")
+        x = x.reshape(-1, self.in_features)
         if not torch.isfinite(x).all():
             raise SolverError(
                 "calibration activations hold NaN or inf; check the model in float32 "
                 "or use other calibration data"
             )
         for start in range(0, x.shape[0], HESSIAN_CHUNK_TOKENS):
-            part = x[start : start + HESSIAN_CHUNK_TOKENS]
+            # converted a chunk at a time: no float64 copy of the whole batch (a 70B down_proj's
+            # batch of 16k tokens would be 3.5 GiB); the same values, added in the same order
+            part = x[start : start + HESSIAN_CHUNK_TOKENS].to(device=self.sum.device, dtype=torch.float64)
             self.sum.addmm_(part.T, part)
         self.tokens += x.shape[0]
 
     def hessian(self) -> torch.Tensor:
         """``E[x x^T]``: float64 ``[in, in]``."""
+        self._check_taken()
+        return self.sum / self.tokens
+
+    def take(self) -> torch.Tensor:
+        """``E[x x^T]`` (float64 ``[in, in]``, equal to :meth:`hessian`'s) computed in the sum's own
+        memory, which the accumulator gives up: no second ``[in, in]`` matrix. Use it once, when no
+        other layer reads this accumulator."""
+        self._check_taken()
+        h, self.sum = self.sum, None
+        return h.div_(self.tokens)
+
+    def _check_taken(self) -> None:
+        if self.sum is None:
+            raise SolverError("this accumulator's Hessian was taken (take()); start a new one")
         if self.tokens == 0:
             raise SolverError("no calibration tokens were added; call add() with activations first")
-        return self.sum / self.tokens
 
     def __repr__(self) -> str:
         return f"HessianAccumulator(in_features={self.in_features}, tokens={self.tokens})"
@@ -117,15 +134,19 @@ def inverse_cholesky_upper(h: torch.Tensor) -> torch.Tensor:
     """Upper-triangular ``U`` (float64) with ``h^-1 = U^T U``.
 
     Raises :class:`SolverError` if ``h`` is not positive definite (after the
-    caller's damping).
+    caller's damping). ``h`` is let go once factored: a caller that passes a
+    temporary (``inverse_cholesky_upper(damp(h))``) has it freed before the
+    inverse is formed, one ``[in, in]`` float64 matrix fewer at the peak.
     """
     _check_square(h)
     h = h.to(torch.float64)
     low, info = torch.linalg.cholesky_ex(h)
+    n = h.shape[0]
+    del h
     if int(info) != 0:
         raise SolverError(
             f"the damped Hessian is not positive definite (Cholesky failed at column "
-            f"{int(info) - 1} of {h.shape[0]}); raise the damping (damp_rel) or collect more "
+            f"{int(info) - 1} of {n}); raise the damping (damp_rel) or collect more "
             "calibration tokens (at least as many as the layer has inputs)"
         )
     hinv = torch.cholesky_inverse(low)

@@ -263,12 +263,6 @@ def act_order_permutation(h: torch.Tensor, dim: int) -> torch.Tensor:
     return cols
 
 
-def _permuted(lay: _Layout, wk, hd, perm):
-    """``W`` and the damped ``H`` with columns in ``perm`` order, and each slot's group."""
-    col_group = (perm // lay.group_cols).to(torch.int64)
-    return wk[:, perm].contiguous(), hd[perm][:, perm].contiguous(), col_group
-
-
 def _unpermute(lay: _Layout, q, codes: list[Codes], perm) -> tuple[torch.Tensor, list[Codes]]:
     """Undo the act-order permutation of ``q`` and of the codes (one merged block, row-major)."""
     inv = torch.argsort(perm)
@@ -291,7 +285,7 @@ class _Work:
     """The state of one solve: weights being updated (in sweep order), factors, group parameters."""
 
     lay: _Layout
-    hd: torch.Tensor
+    hd: torch.Tensor | None  # the damped Hessian; None with error feedback (U is all the sweep reads)
     wk: torch.Tensor
     u: torch.Tensor | None
     hook: bool
@@ -310,9 +304,8 @@ def _prepare(w, h, codec, block_dim, group_size, error_feedback, damp_rel, work_
     for name, v in (("static_groups", static_groups), ("act_order", act_order)):
         if not isinstance(v, bool):
             raise SolverError(f"{name} must be True or False, got {v!r}")
-    hd = damp(h, damp_rel)
     wk = w.to(work_dtype).clone()
-    u = None
+    u = hd = None
     if error_feedback:
         wk[:, dead_inputs(h.to(torch.float64)).to(wk.device)] = 0.0
     hook = bool(hessian_gain) and callable(getattr(codec, "encode_hessian", None))
@@ -328,10 +321,22 @@ def _prepare(w, h, codec, block_dim, group_size, error_feedback, damp_rel, work_
     perm = col_group = None
     if act_order:
         perm = act_order_permutation(h, lay.dim).to(wk.device)
-        wk, hd, col_group = _permuted(lay, wk, hd.to(wk.device), perm)
+        col_group = (perm // lay.group_cols).to(torch.int64)
+        wk = wk[:, perm].contiguous()
     if error_feedback:
-        u = inverse_cholesky_upper(hd).to(wk.device)
-    return _Work(lay, hd.to(wk.device), wk, u, hook, scales, zeros, static, perm, col_group)
+        # the damped Hessian goes in as a temporary that only the factorization holds, so it is freed
+        # before the inverse is formed: [in, in] float64 matrices alive at the peak here are h, the
+        # factor and the inverse (down_proj of a 70B: 6.1 GiB each)
+        u = inverse_cholesky_upper(_damped(h, damp_rel, perm, wk.device)).to(wk.device)
+    else:
+        hd = _damped(h, damp_rel, perm, wk.device).to(wk.device)
+    return _Work(lay, hd, wk, u, hook, scales, zeros, static, perm, col_group)
+
+
+def _damped(h: torch.Tensor, damp_rel: float, perm: torch.Tensor | None, device) -> torch.Tensor:
+    """The damped ``h``; with ``perm`` (act-order), on ``device`` with rows and columns in that order."""
+    hd = damp(h, damp_rel)
+    return hd if perm is None else hd.to(device)[perm][:, perm].contiguous()
 
 
 def _finish(w, h, q, codes, scales, zeros, codec, lay, t0) -> LayerResult:

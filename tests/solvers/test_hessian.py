@@ -94,3 +94,60 @@ def test_accumulator_chunked_batch_is_the_mean():
     acc.add(x)
     assert acc.tokens == len(x)
     torch.testing.assert_close(acc.hessian(), x.T @ x / len(x), rtol=1e-12, atol=1e-12)
+
+
+def test_take_equals_hessian_bit_for_bit_and_is_used_once():
+    g = torch.Generator().manual_seed(3)
+    a, b = HessianAccumulator(24), HessianAccumulator(24)
+    for _ in range(3):
+        x = torch.randn(700, 24, generator=g).to(torch.bfloat16)  # more than one 512-token chunk
+        a.add(x)
+        b.add(x)
+    h = a.hessian()
+    taken = b.take()
+    assert torch.equal(h, taken)
+    with pytest.raises(SolverError, match="taken"):
+        b.hessian()
+    with pytest.raises(SolverError, match="taken"):
+        b.add(x)
+
+
+def _live_square_float64(n: int) -> int:
+    """Distinct storages of live float64 [n, n] tensors."""
+    import gc
+    import warnings
+
+    seen = set()
+    with warnings.catch_warnings():  # some objects gc finds warn when their type is asked for
+        warnings.simplefilter("ignore")
+        objs = [o for o in gc.get_objects() if isinstance(o, torch.Tensor)]
+    for o in objs:
+        if o.dtype == torch.float64 and tuple(o.shape) == (n, n):
+            seen.add(o.untyped_storage().data_ptr())
+    return len(seen)
+
+
+def test_solve_holds_few_hessian_sized_matrices(monkeypatch):
+    """The solve of a rotated layer, its Hessian handed over as the driver does it (a temporary):
+    when the inverse is formed, only the rotated Hessian and the Cholesky factor are alive (before
+    session 11: also the unrotated Hessian and the damped copy)."""
+    from pvq.codecs.scalar import UniformCodec
+    from pvq.solvers.linear import SolverConfig, quantize_linear
+    from pvq.transforms.rotation import LayerRotation
+
+    n = 96
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(32, n, generator=g, dtype=torch.float64)
+    acc = HessianAccumulator(n)
+    acc.add(torch.randn(400, n, generator=g))
+    counts = []
+    real = torch.cholesky_inverse
+
+    def counting(low, *args, **kw):
+        counts.append(_live_square_float64(n))
+        return real(low, *args, **kw)
+
+    monkeypatch.setattr(torch, "cholesky_inverse", counting)
+    rot = LayerRotation(32, n, 1, 2)
+    quantize_linear(w, acc.take(), UniformCodec(3, 1, 32), rot, SolverConfig())
+    assert counts == [2]
