@@ -110,7 +110,7 @@ class LayerRotation:
         for i in range(0, n, rows_per_chunk):
             m[i : i + rows_per_chunk] = self.v.forward(h[i : i + rows_per_chunk])  # H V^T
         out = torch.empty_like(h)
-        for i in range(0, n, rows_per_chunk):  # rows of V (H V^T)^T... written as columns of their transpose
+        for i in range(0, n, rows_per_chunk):  # rows i.. of (H V^T)^T V^T, stored as columns i.. of its transpose
             out[:, i : i + rows_per_chunk] = self.v.forward(m[:, i : i + rows_per_chunk].T.contiguous()).T
         return out
 
