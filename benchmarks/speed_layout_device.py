@@ -109,10 +109,8 @@ def check(device) -> int:
                 x = torch.randn(batch, in_f, device=device, generator=torch.Generator(device).manual_seed(batch))
                 x = x.to(dtype)
                 ref = x.float() @ w.T
-                got = cuda_leaf.leaf_gemv_cuda(rt, x).float()
                 tol = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
-                err = ((got - ref).abs().max() / ref.abs().max().clamp(min=1e-30)).item()
-                ok = got.shape == ref.shape and torch.allclose(got, ref, rtol=tol, atol=tol * ref.abs().max().item())
+                err, ok = _compare(cuda_leaf.leaf_gemv_cuda(rt, x).float(), ref, tol)
                 worst = max(worst, err / tol)
                 if not ok:
                     fails += 1
@@ -138,8 +136,7 @@ def check(device) -> int:
                 tol = {torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
                 for name, got in (("whole", cuda_leaf.leaf_rows_gemv_cuda(rt, x).float()),  # 3 blocks: cut row groups
                                   ("stream-K", cuda_leaf.leaf_rows_gemv_cuda(with_arrivals(rt), x, max_blocks=3).float())):
-                    err = ((got - ref).abs().max() / ref.abs().max().clamp(min=1e-30)).item()
-                    ok = got.shape == ref.shape and torch.allclose(got, ref, rtol=tol, atol=tol * ref.abs().max().item())
+                    err, ok = _compare(got, ref, tol)
                     worst = max(worst, err / tol)
                     if not ok:
                         fails += 1
@@ -148,6 +145,12 @@ def check(device) -> int:
         print(f"  rows-layout {bits} bits {out_f}x{in_f}: decode == split reference: {same}; rows 1..16 x dtypes: "
               f"worst error {worst:.2f} of its tolerance", flush=True)
     return fails
+
+
+def _compare(got: torch.Tensor, ref: torch.Tensor, tol: float) -> tuple[float, bool]:
+    """(largest error / largest output, whether ``got`` is within ``tol`` of ``ref`` elementwise)."""
+    err = ((got - ref).abs().max() / ref.abs().max().clamp(min=1e-30)).item()
+    return err, got.shape == ref.shape and torch.allclose(got, ref, rtol=tol, atol=tol * ref.abs().max().item())
 
 
 def timings(shapes, batches, bit_list, device) -> list[tuple]:
