@@ -309,7 +309,7 @@ class PyramidCodec(VectorCodec):
             raise CodecError(f"index_order must be one of {sorted(INDEX_ORDERS)}, got {index_order!r}")
         if index_order == "split" and not split_supported(dim, pulses):
             raise CodecError(
-                f"index_order='split' needs D = 4 * 2^m (4, 8, 16, 32) and N(D, K) < 2^62; D={dim}, K={pulses} "
+                f"index_order='split' needs D = 4 * 2^m (4, 8, 16, 32), N(D, K) < 2^62 and A(D, K) < 2^63; D={dim}, K={pulses} "
                 "has no split order (use index_order='fischer', or a smaller D or rate)"
             )
         self.dim = dim

@@ -54,16 +54,18 @@ _LIMIT = 1 << 62
 
 
 def split_supported(dim: int, pulses: int) -> bool:
-    """Whether P(dim, pulses) has a split order here: dim = 4 * 2^m and N(dim, pulses) < 2^62."""
+    """Whether P(dim, pulses) has a split order here: dim = 4 * 2^m, N(dim, pulses) < 2^62 and the
+    cumulative counts A(dim, pulses) = sum_{k <= pulses} N(dim, k) < 2^63 (the int64 tables of the
+    vectorized rank; D = 16, K = 53 has N < 2^62 but A of 64 bits)."""
     if dim < SPLIT_LEAF or dim % SPLIT_LEAF or (dim // SPLIT_LEAF) & (dim // SPLIT_LEAF - 1):
         return False
-    return _count_table(dim, pulses)[dim][pulses] < _LIMIT
+    return _count_table(dim, pulses)[dim][pulses] < _LIMIT and _cumulative_table(dim, pulses)[dim][pulses] < 1 << 63
 
 
 def _check(dim: int, pulses: int) -> None:
     if not split_supported(dim, pulses):
         raise CodecError(
-            f"the split index order needs D = 4 * 2^m (4, 8, 16, 32) and N(D, K) < 2^62; "
+            f"the split index order needs D = 4 * 2^m (4, 8, 16, 32), N(D, K) < 2^62 and A(D, K) < 2^63; "
             f"got D={dim}, K={pulses} (use index_order='fischer')"
         )
 

@@ -45,8 +45,8 @@ from pvq.solvers import quantize_linear
 from pvq.solvers.allocate import RatePoint, allocate, lower_hull
 
 from .capture import block_linears, capture_block_inputs, collect_hessians, linear_stages, run_block
-from .plan import LayerPlan, QuantizePlan
-from .structure import decoder_blocks, linear_weight
+from .plan import LayerPlan, QuantizePlan, head_plan
+from .structure import decoder_blocks, head_input_norm, linear_sizes, linear_weight
 
 __all__ = ["METRICS", "AllocateConfig", "Candidate"]
 
@@ -75,8 +75,9 @@ class AllocateConfig:
     step: spacing of the candidate ladder in bits per weight.
     rows: fraction of each layer's output rows the proxy metric solves per candidate (1: all).
     count_embeddings: the budget is the target times the quantized weights plus the input embedding
-        and the LM head (tied: once), and those two, kept at the model's dtype, spend their bits from
-        it ("fits in N GB" for the whole model); off: the budget covers the quantized weights alone.
+        and the LM head (tied: once), and those two spend their bits from it ("fits in N GB" for the
+        whole model): kept at the model's dtype, or the head, with ``quantize_head``, at its codec's
+        rate; off: the budget covers the quantized block weights alone.
     kept_bits: bits per weight of those kept tensors as saved (``pvq quantize`` sets the source
         checkpoint's dtype); None: the dtype the model's config names, else the tensors' own.
     """
@@ -188,12 +189,19 @@ class AllocateConfig:
         t0 = time.perf_counter()
         cands = self.candidates(config, plan)
         weights = sum(p.out_features * p.in_features for p in plan.layers)
-        outside_weights, outside_bits = embedding_bits(model, self.kept_bits) if self.count_embeddings else (0, 0)
+        head_rate = None
+        if self.count_embeddings and config.quantize_head:  # the head at its codec's rate (quantized after the blocks)
+            name, head, _ = head_input_norm(model)
+            inp, out = linear_sizes(head)
+            head_rate = head_plan(config, plan, model, name, out, inp).codec.nominal_bits_per_weight()
+        outside_weights, outside_bits = (embedding_bits(model, self.kept_bits, head_rate) if self.count_embeddings
+                                         else (0, 0))
         budget = int(math.floor(config.bits * (weights + outside_weights))) - outside_bits
         cheapest = sum(min(c.nominal_bits_per_weight() for _, c in cands[p.name]) * p.out_features * p.in_features
                        for p in plan.layers)
         if cheapest > budget * 1.001:
-            kept = (f" after the kept embeddings and LM head ({outside_weights:,} weights, {outside_bits:,} bits) "
+            what = "embedding and quantized LM head" if head_rate is not None else "kept embeddings and LM head"
+            kept = (f" after the {what} ({outside_weights:,} weights, {outside_bits:,} bits) "
                     f"take their share" if self.count_embeddings else "")
             raise QuantizeError(f"the target of {config.bits:g} bits per weight leaves the quantized layers "
                                 f"{max(budget, 0) / weights:.3f} bits per weight{kept}, below what the cheapest "
@@ -236,21 +244,23 @@ class AllocateConfig:
         return new, record
 
 
-def embedding_bits(model, bits_per_weight: int | None = None) -> tuple[int, int]:
-    """(weights, bits) of the input embedding and the LM head (one tensor when tied), at
-    ``bits_per_weight``, else the dtype the model's config names, else their own."""
+def embedding_bits(model, bits_per_weight: int | None = None, head_bits_per_weight: float | None = None
+                   ) -> tuple[int, int]:
+    """(weights, bits) of the input embedding and the LM head (one tensor when tied), kept at
+    ``bits_per_weight``, else the dtype the model's config names, else their own; an (untied) head to be
+    quantized (``head_bits_per_weight``: its codec's rate) at that rate."""
     seen, n, bits = set(), 0, 0
     named = getattr(model.config, "dtype", None) or getattr(model.config, "torch_dtype", None)
     if isinstance(named, str):
         named = getattr(torch, named, None)
-    for mod in (model.get_input_embeddings(), model.get_output_embeddings()):
+    for mod, quantized in ((model.get_input_embeddings(), None), (model.get_output_embeddings(), head_bits_per_weight)):
         w = getattr(mod, "weight", None)
         if w is None or id(w) in seen:
             continue
         seen.add(id(w))
         each = bits_per_weight or 8 * (named.itemsize if isinstance(named, torch.dtype) else w.element_size())
         n += w.numel()
-        bits += w.numel() * each
+        bits += math.ceil(w.numel() * quantized) if quantized is not None else w.numel() * each
     return n, bits
 
 

@@ -24,7 +24,9 @@
    With ``config.sequential`` the linears are taken stage by stage (linears
    that read the same input: q/k/v, o, gate/up, down), so each stage's
    Hessian sees the earlier stages already quantized.
-4. with activation settings (``config.act_bits``), every quantized linear gets its
+4. with ``config.quantize_head``, the LM head is quantized last, under ``E[x x^T]`` of the final
+   norm of the last block's outputs (untied heads; refused before any work otherwise);
+5. with activation settings (``config.act_bits``), every quantized linear gets its
    :class:`~pvq.models.activations.ActivationQuant` at the end: weights are fitted on
    unquantized activations (as QuaRot's GPTQ does), inputs are quantized at inference.
 
@@ -43,7 +45,7 @@ import torch
 from torch import nn
 
 from pvq.errors import PvqError, QuantizeError
-from pvq.solvers import quantize_linear
+from pvq.solvers import HessianAccumulator, quantize_linear
 from pvq.solvers.codebook_update import can_update
 
 from .calibration import check_calibration
@@ -55,10 +57,10 @@ from .experts import HOLDER_SUFFIX, QuantizedExperts, collect_expert_hessians, i
 from .format import block_rate
 from .methods import QuantizeConfig, decoder_layers
 from .offload import InputPlacer
-from .plan import LayerPlan, QuantizePlan
+from .plan import LayerPlan, QuantizePlan, head_plan
 from .qlinear import QuantizedLinear, set_activation_quant
 from .rotation_plan import fold_block, fold_rotations
-from .structure import linear_weight
+from .structure import head_input_norm, linear_sizes, linear_weight
 
 __all__ = ["LayerStats", "QuantizeReport", "quantize_model"]
 
@@ -104,6 +106,7 @@ class QuantizeReport:
     notes: list[str] = field(default_factory=list)
     kept: dict[str, dict] = field(default_factory=dict)  # block weights left unquantized: {name: {numel, bits}}
     allocation: dict | None = None  # --allocate: each layer's rate and why (pvq.models.allocation)
+    head: LayerStats | None = None  # --quantize-head: the LM head (not a block weight: not in bits_per_weight)
 
     @property
     def quantized_bits(self) -> int:
@@ -157,6 +160,8 @@ class QuantizeReport:
             "notes": list(self.notes),
             "layers": [{**asdict(s), "bits_per_weight": s.bits_per_weight} for s in self.layers],
             **({"allocation": self.allocation} if self.allocation is not None else {}),
+            **({"head": {**asdict(self.head), "bits_per_weight": self.head.bits_per_weight}}
+               if self.head is not None else {}),
         }
 
 
@@ -253,6 +258,8 @@ def quantize_model(
     if hooks is None:
         hooks = [LoraRecovery(config.lora_steps, seed=config.seed, device=device)] if config.lora_steps else []
     tuner = _finetuner(config, plan)
+    if config.quantize_head:
+        _check_head(model, plan, blocks, parallel)
     say = log or (lambda s: None)
     notes = list(plan.notes)
     for note in plan.notes:
@@ -325,6 +332,7 @@ def quantize_model(
                     say(note)
             if io is not None:  # [io hook] keep the finished block (work directory), free a streamed one
                 io.block_done(model, i, block_stats)
+        head = _quantize_head(model, batches, plan, config, device, say) if config.quantize_head else None
         act = config.activation_quant()
         if act is not None:  # weights were fitted on unquantized activations; inference quantizes them
             set_activation_quant(model, act)
@@ -335,7 +343,7 @@ def quantize_model(
         model.train(was_training)
     report = QuantizeReport(
         config, stats, time.perf_counter() - t0, str(device), int(calib_ids.shape[0]), int(calib_ids.shape[1]),
-        notes, kept=block_rate(model)["kept"], allocation=record,
+        notes, kept=block_rate(model)["kept"], allocation=record, head=head,
     )
     if report.kept:
         say(f"left unquantized (counted at their dtype's bits): {', '.join(report.kept)}")
@@ -345,6 +353,50 @@ def quantize_model(
         f"{report.bits_per_weight:.4f} bits per block weight (measured from stored tensors)"
     )
     return report
+
+
+def _check_head(model: nn.Module, plan: QuantizePlan, blocks, parallel) -> None:
+    """Refuse ``quantize_head`` before any work where it cannot run (says what to change)."""
+    head_name, head, _ = head_input_norm(model)
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    tied = emb is not None and getattr(emb, "weight", None) is not None and emb.weight is linear_weight(head)
+    if tied or getattr(getattr(model, "config", None), "tie_word_embeddings", False):
+        raise QuantizeError(f"{head_name} shares its weight with the input embedding (tie_word_embeddings): "
+                            "quantizing it needs a quantized embedding lookup, which pvq does not build yet; "
+                            "drop --quantize-head")
+    if any(t.is_meta for t in head.parameters()):
+        raise QuantizeError("--quantize-head needs the LM head in memory; a streamed run never loads it: drop "
+                            "--quantize-head or --stream")
+    if parallel is not None:
+        raise QuantizeError("distributed runs do not quantize the LM head yet: drop --quantize-head or run one process")
+    if blocks is not None and plan.num_blocks - 1 not in blocks:
+        raise QuantizeError("--quantize-head reads the last block's outputs: include the last block in the run")
+
+
+@torch.no_grad()
+def _quantize_head(model: nn.Module, batches, plan: QuantizePlan, config: QuantizeConfig, device, say) -> LayerStats:
+    """Quantize the LM head in place under ``E[x x^T]`` of its inputs: the final norm of the last (quantized)
+    block's outputs on the calibration batches. Returns its stats."""
+    name, head, norm = head_input_norm(model)
+    inp, out = linear_sizes(head)
+    acc = HessianAccumulator(inp, device=device)
+    home = module_device(norm)
+    norm.to(device)
+    for b in batches:
+        acc.add(norm(b.hidden.to(device)))
+    norm.to(home if home is not None else device)
+    p = head_plan(config, plan, model, name, out, inp)
+    head_home = module_device(head)
+    q, loss, rel, secs = _quantize_linear(head, acc.take, p, config, device)
+    if head_home is not None and head_home != device:  # where the head was (a cache from elsewhere could differ)
+        q.to(head_home)
+        q.clear_cache()
+    _set_submodule(model, name, q)
+    st = LayerStats(name, plan.num_blocks, out, inp, p.codec.describe(), loss, rel, secs, q.stored_bits(),
+                    q.num_weights, p.dim)
+    say(f"{name:<40} [{out}x{inp}] D={p.dim} rel.err {rel:.5f}  proxy {loss:.4g}  {st.bits_per_weight:.3f} b/w  "
+        f"{secs:.2f}s (the LM head)")
+    return st
 
 
 def _finetuner(config: QuantizeConfig, plan: QuantizePlan) -> BlockFinetune | None:

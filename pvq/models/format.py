@@ -72,6 +72,7 @@ __all__ = [
     "QUANT_METHOD",
     "INTEGRITY_KEY",
     "check_tensors",
+    "head_bits_per_weight",
     "install_model_rotation",
     "online_rotations_per_block",
     "integrity_record",
@@ -114,6 +115,15 @@ def block_rate(model: nn.Module, kept_bits: int | None = None) -> dict:
     weights = qweights + sum(k["numel"] for k in kept.values())
     return {"stored_bits": bits, "num_weights": weights, "quantized_bits": qbits, "quantized_weights": qweights,
             "kept": kept, "coded_bits": bits - qbits + coded}
+
+
+def head_bits_per_weight(model: nn.Module) -> float | None:
+    """Stored bits per weight of a quantized LM head (``--quantize-head``; fixed-rate codes), None when the
+    head is not a :class:`QuantizedLinear`. Not part of the block rate."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, QuantizedLinear):
+        return None
+    return layer_bits(head)[0] / head.num_weights
 
 
 def quantization_config_dict(model: nn.Module, quant_config) -> dict:

@@ -131,6 +131,8 @@ def _skip_parent_init(model, names) -> None:
     A parent without parameters or buffers of its own has nothing to initialize itself.
     """
     for name in names:
+        if "." not in name:  # a top-level module (the LM head): its parent is the model itself
+            continue
         parent = model.get_submodule(name.rpartition(".")[0])
         if next(parent.parameters(recurse=False), None) is None and next(parent.buffers(recurse=False), None) is None:
             parent._is_hf_initialized = True

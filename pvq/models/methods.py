@@ -260,6 +260,9 @@ class QuantizeConfig:
     entropy_code: bool = field(default=False, metadata=_help(
         "save every layer's stored streams entropy coded (ANS with a static per-layer model, zstd as the floor; "
         "decoded at load)"))
+    quantize_head: bool = field(default=False, metadata=_help(
+        "also quantize the LM head with the method's codec at --bits, under the Hessian of its input (the final "
+        "norm's output after the quantized blocks); models whose head is not tied to the input embedding"))
     options: dict = field(default_factory=dict, metadata=_help("the codec's options"))
 
     def __post_init__(self):
@@ -318,6 +321,11 @@ class QuantizeConfig:
         ):
             raise QuantizeError(f"finetune_lr must be a finite number > 0, got {self.finetune_lr!r}")
         object.__setattr__(self, "finetune_lr", float(self.finetune_lr))
+        if not isinstance(self.quantize_head, bool):
+            raise QuantizeError(f"quantize_head must be True or False, got {self.quantize_head!r}")
+        if self.quantize_head and self.act_bits is not None:
+            raise QuantizeError("quantize_head with act_bits: the LM head's input would not be quantized like the "
+                                "blocks' linears'; drop one of --quantize-head and --act-bits")
         if self.finetune_steps and self.act_bits is not None:
             raise QuantizeError("finetune_steps tunes the weights on unquantized activations and act_bits quantizes "
                                 "them: drop one of --finetune-steps and --act-bits")

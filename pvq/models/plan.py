@@ -23,7 +23,7 @@ from .activations import activation_plan_notes
 from .rotation_plan import FOLD_RULES, fused_unsupported_reason
 from .structure import ExpertStack, block_linears, decoder_blocks, expert_stacks, family_rule, linear_sizes
 
-__all__ = ["LayerPlan", "QuantizePlan", "build_plan", "pick_dims", "pick_group", "rotation_seed"]
+__all__ = ["LayerPlan", "QuantizePlan", "build_plan", "head_plan", "pick_dims", "pick_group", "rotation_seed"]
 
 
 def build_plan(config, model: torch.nn.Module) -> QuantizePlan:
@@ -69,6 +69,17 @@ def build_plan(config, model: torch.nn.Module) -> QuantizePlan:
     if act is not None:
         out.notes.extend(activation_plan_notes(act, plans))
     return out
+
+def head_plan(config, plan: QuantizePlan, model: torch.nn.Module, name: str, out: int, inp: int) -> LayerPlan:
+    """The :class:`LayerPlan` of the LM head ``name`` ``[out, inp]`` (``config.quantize_head``): D and G as
+    a block linear with ``inp`` inputs would get them, the codec at ``config.bits``, and the rotation of the
+    run's plan (``fused``: none, its input is the rotated stream; ``layer``: both sides; block index: after
+    the last block)."""
+    dim = pick_dims(config, [inp])[inp]
+    g = pick_group(config, inp, dim, name)
+    rot = _layer_rotation(plan.rotation, model, config.seed, name, out, inp, name, False)
+    return LayerPlan(plan.num_blocks, name, out, inp, dim, g, config.make_codec(dim, g), rot)
+
 
 def _rotation_plan(config, model: torch.nn.Module) -> tuple[str, list[str]]:
     """The run's effective rotation plan and its note: ``fused`` falls back to ``layer`` for the

@@ -28,6 +28,8 @@ from torch import nn
 from pvq.errors import QuantizeError
 
 __all__ = [
+    "FINAL_NORMS",
+    "head_input_norm",
     "FAMILY_RULES",
     "LINEAR_KINDS",
     "ExpertStack",
@@ -154,6 +156,34 @@ def decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
             f"blocks, found {where}; add the family's path to pvq.models.structure.FAMILY_RULES"
         )
     return found[0]
+
+
+FINAL_NORMS = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "norm_f", "decoder.final_layer_norm")
+"""Where a base model keeps the norm between its last block and the LM head (first found wins)."""
+
+
+def head_input_norm(model: nn.Module) -> tuple[str, nn.Module, nn.Module]:
+    """``(LM head's name, LM head, final norm)``: the head reads ``norm(last block's output)``.
+
+    Raises :class:`QuantizeError` for a model without a linear output embedding, a family whose final
+    norm is not among :data:`FINAL_NORMS`, or one with a projection between the norm and the head.
+    """
+    name = type(model).__name__
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None or not is_linear(head):
+        raise QuantizeError(f"{name} has no linear LM head (get_output_embeddings) to quantize")
+    head_name = next(n for n, m in model.named_modules() if m is head)
+    base = getattr(model, "base_model", None) or model
+    if getattr(base, "project_out", None) is not None or getattr(getattr(base, "decoder", None), "project_out", None) is not None:
+        raise QuantizeError(f"{name} projects the hidden states before its LM head (project_out); quantizing "
+                            "the head is not supported for it: leave the head unquantized")
+    for n in FINAL_NORMS:
+        try:
+            return head_name, head, base.get_submodule(n)
+        except AttributeError:
+            continue
+    raise QuantizeError(f"cannot find the final norm of {name} (looked for {', '.join(FINAL_NORMS)} on its base model); "
+                        "leave the head unquantized or add the name to pvq.models.structure.FINAL_NORMS")
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

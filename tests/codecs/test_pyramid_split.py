@@ -63,6 +63,28 @@ def test_supported_dimensions():
     assert split_supported(8, 11) and split_supported(16, 23) and split_supported(32, 20)
     assert not split_supported(6, 3) and not split_supported(12, 3) and not split_supported(2, 3)
     assert not split_supported(32, 44)  # N(32, 44) > 2^62
+    assert not split_supported(16, 53)  # N(16, 53) < 2^62, but the cumulative A(16, 53) needs 64 bits
+
+
+def test_every_supported_split_order_has_int64_tables():
+    """Where the split order is supported, the vectorized rank's int64 tables hold every count (session 11:
+    D = 16, K = 53, chosen by pvq at 4.25 bits, overflowed them), and the rank runs there."""
+    from pvq.codecs.pyramid_counts import _cumulative_table
+    from pvq.codecs.pyramid_split import split_offsets
+
+    for dim in (4, 8, 16, 32):
+        for k in range(1, 90):
+            if not split_supported(dim, k):
+                continue
+            assert _cumulative_table(dim, k)[dim][k] < 1 << 63
+            n = dim
+            while n > 4:
+                assert max(max(r) for r in split_offsets(n, k)) < 1 << 63
+                n //= 2
+    codec = pvq_from_rate(4.25, 16)  # K = 53: the Fischer order, which encodes
+    assert codec.index_order == "fischer"
+    x = torch.randn(32, 16, generator=torch.Generator().manual_seed(0))
+    codec.encode(x, torch.ones(32))
 
 
 @pytest.mark.parametrize("dim,bits", [(8, 3), (16, 2)])
