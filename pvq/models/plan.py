@@ -72,12 +72,15 @@ def build_plan(config, model: torch.nn.Module) -> QuantizePlan:
 
 def head_plan(config, plan: QuantizePlan, model: torch.nn.Module, name: str, out: int, inp: int) -> LayerPlan:
     """The :class:`LayerPlan` of the LM head ``name`` ``[out, inp]`` (``config.quantize_head``): D and G as
-    a block linear with ``inp`` inputs would get them, the codec at ``config.bits``, and the rotation of the
-    run's plan (``fused``: none, its input is the rotated stream; ``layer``: both sides; block index: after
-    the last block)."""
+    a block linear with ``inp`` inputs would get them, the codec at ``config.bits``, and the input side of
+    the run's rotation plan (``fused``: none, its input is the rotated stream; ``layer``: the input side
+    only: an output-side rotation would mix the vocabulary's rows, and a vocabulary of prime size would
+    need a dense one; block index: after the last block)."""
     dim = pick_dims(config, [inp])[inp]
     g = pick_group(config, inp, dim, name)
     rot = _layer_rotation(plan.rotation, model, config.seed, name, out, inp, name, False)
+    if rot is not None and rot.out_seed is not None:
+        rot = LayerRotation(out, inp, None, rot.in_seed)
     return LayerPlan(plan.num_blocks, name, out, inp, dim, g, config.make_codec(dim, g), rot)
 
 

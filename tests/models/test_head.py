@@ -43,6 +43,8 @@ def test_head_is_quantized_after_the_blocks_which_stay_the_same(plan):
         err = ((m(X).logits - ref).norm() / ref.norm()).item()
     assert err < 0.3
     assert "head" in report.to_dict() and report.to_dict()["head"]["name"] == "lm_head"
+    rot = m.lm_head.rotation  # the layer plan rotates the head's input only (no mixing of vocabulary rows)
+    assert rot is None if plan == "fused" else (rot.out_seed is None and rot.in_seed is not None)
 
 
 @pytest.mark.parametrize("via", ["direct", "transformers"])
