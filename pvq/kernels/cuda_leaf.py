@@ -161,4 +161,3 @@ def leaf_rows_gemv_cuda(rt: LeafRowsRuntime, x: torch.Tensor, *, max_blocks: int
                                rt.field_bits, rt.gain_bits, arrivals, max_blocks)
              for r in range(0, x.shape[0], step)]
     return parts[0] if len(parts) == 1 else torch.cat(parts)
-

@@ -46,7 +46,7 @@ from pvq.solvers.allocate import RatePoint, allocate, lower_hull
 
 from .capture import block_linears, capture_block_inputs, collect_hessians, linear_stages, run_block
 from .plan import LayerPlan, QuantizePlan, head_plan
-from .structure import decoder_blocks, head_input_norm, linear_sizes, linear_weight
+from .structure import decoder_blocks, linear_weight
 
 __all__ = ["METRICS", "AllocateConfig", "Candidate"]
 
@@ -191,9 +191,7 @@ class AllocateConfig:
         weights = sum(p.out_features * p.in_features for p in plan.layers)
         head_rate = None
         if self.count_embeddings and config.quantize_head:  # the head at its codec's rate (quantized after the blocks)
-            name, head, _ = head_input_norm(model)
-            inp, out = linear_sizes(head)
-            head_rate = head_plan(config, plan, model, name, out, inp).codec.nominal_bits_per_weight()
+            head_rate = head_plan(config, plan, model).codec.nominal_bits_per_weight()
         outside_weights, outside_bits = (embedding_bits(model, self.kept_bits, head_rate) if self.count_embeddings
                                          else (0, 0))
         budget = int(math.floor(config.bits * (weights + outside_weights))) - outside_bits

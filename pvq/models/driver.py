@@ -60,7 +60,7 @@ from .offload import InputPlacer
 from .plan import LayerPlan, QuantizePlan, head_plan
 from .qlinear import QuantizedLinear, set_activation_quant
 from .rotation_plan import fold_block, fold_rotations
-from .structure import head_input_norm, linear_sizes, linear_weight
+from .structure import head_input_norm, linear_weight
 
 __all__ = ["LayerStats", "QuantizeReport", "quantize_model"]
 
@@ -378,23 +378,22 @@ def _quantize_head(model: nn.Module, batches, plan: QuantizePlan, config: Quanti
     """Quantize the LM head in place under ``E[x x^T]`` of its inputs: the final norm of the last (quantized)
     block's outputs on the calibration batches. Returns its stats."""
     name, head, norm = head_input_norm(model)
-    inp, out = linear_sizes(head)
-    acc = HessianAccumulator(inp, device=device)
+    p = head_plan(config, plan, model)
+    acc = HessianAccumulator(p.in_features, device=device)
     home = module_device(norm)
     norm.to(device)
     for b in batches:
         acc.add(norm(b.hidden.to(device)))
     norm.to(home if home is not None else device)
-    p = head_plan(config, plan, model, name, out, inp)
     head_home = module_device(head)
     q, loss, rel, secs = _quantize_linear(head, acc.take, p, config, device)
     if head_home is not None and head_home != device:  # where the head was (a cache from elsewhere could differ)
         q.to(head_home)
         q.clear_cache()
     _set_submodule(model, name, q)
-    st = LayerStats(name, plan.num_blocks, out, inp, p.codec.describe(), loss, rel, secs, q.stored_bits(),
-                    q.num_weights, p.dim)
-    say(f"{name:<40} [{out}x{inp}] D={p.dim} rel.err {rel:.5f}  proxy {loss:.4g}  {st.bits_per_weight:.3f} b/w  "
+    st = LayerStats(name, p.block, p.out_features, p.in_features, p.codec.describe(), loss, rel, secs,
+                    q.stored_bits(), q.num_weights, p.dim)
+    say(f"{name:<40} [{p.out_features}x{p.in_features}] D={p.dim} rel.err {rel:.5f}  proxy {loss:.4g}  {st.bits_per_weight:.3f} b/w  "
         f"{secs:.2f}s (the LM head)")
     return st
 

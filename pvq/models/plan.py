@@ -21,7 +21,8 @@ from pvq.transforms import LayerRotation
 
 from .activations import activation_plan_notes
 from .rotation_plan import FOLD_RULES, fused_unsupported_reason
-from .structure import ExpertStack, block_linears, decoder_blocks, expert_stacks, family_rule, linear_sizes
+from .structure import (ExpertStack, block_linears, decoder_blocks, expert_stacks, family_rule, head_input_norm,
+                        linear_sizes)
 
 __all__ = ["LayerPlan", "QuantizePlan", "build_plan", "head_plan", "pick_dims", "pick_group", "rotation_seed"]
 
@@ -70,17 +71,18 @@ def build_plan(config, model: torch.nn.Module) -> QuantizePlan:
         out.notes.extend(activation_plan_notes(act, plans))
     return out
 
-def head_plan(config, plan: QuantizePlan, model: torch.nn.Module, name: str, out: int, inp: int) -> LayerPlan:
-    """The :class:`LayerPlan` of the LM head ``name`` ``[out, inp]`` (``config.quantize_head``): D and G as
-    a block linear with ``inp`` inputs would get them, the codec at ``config.bits``, and the input side of
-    the run's rotation plan (``fused``: none, its input is the rotated stream; ``layer``: the input side
-    only: an output-side rotation would mix the vocabulary's rows, and a vocabulary of prime size would
-    need a dense one; block index: after the last block)."""
+
+def head_plan(config, plan: QuantizePlan, model: torch.nn.Module) -> LayerPlan:
+    """The :class:`LayerPlan` of the model's LM head (``config.quantize_head``): D and G as a block linear
+    with as many inputs would get them, the codec at ``config.bits``, block index after the last block, and
+    under the ``layer`` plan a rotation of its input side only (an output side would mix the vocabulary's
+    rows, and a vocabulary of prime size would need a dense one; ``fused``: none, its input is the rotated
+    stream)."""
+    name, head, _ = head_input_norm(model)
+    inp, out = linear_sizes(head)
     dim = pick_dims(config, [inp])[inp]
     g = pick_group(config, inp, dim, name)
-    rot = _layer_rotation(plan.rotation, model, config.seed, name, out, inp, name, False)
-    if rot is not None and rot.out_seed is not None:
-        rot = LayerRotation(out, inp, None, rot.in_seed)
+    rot = LayerRotation(out, inp, None, rotation_seed(config.seed, name, "in")) if plan.rotation == "layer" else None
     return LayerPlan(plan.num_blocks, name, out, inp, dim, g, config.make_codec(dim, g), rot)
 
 

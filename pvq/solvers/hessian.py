@@ -63,8 +63,7 @@ class HessianAccumulator:
                 f"Hessian of a layer with {self.in_features} inputs got activations of shape "
                 f"{tuple(x.shape)}; the last dim must be {self.in_features}"
             )
-        if self.sum is None:
-            raise SolverError("this accumulator's Hessian was taken (take()); start a new one")
+        self._check_not_taken()
         x = x.reshape(-1, self.in_features)
         if not torch.isfinite(x).all():
             raise SolverError(
@@ -80,20 +79,23 @@ class HessianAccumulator:
 
     def hessian(self) -> torch.Tensor:
         """``E[x x^T]``: float64 ``[in, in]``."""
-        self._check_taken()
+        self._check_readable()
         return self.sum / self.tokens
 
     def take(self) -> torch.Tensor:
         """``E[x x^T]`` (float64 ``[in, in]``, equal to :meth:`hessian`'s) computed in the sum's own
         memory, which the accumulator gives up: no second ``[in, in]`` matrix. Use it once, when no
         other layer reads this accumulator."""
-        self._check_taken()
+        self._check_readable()
         h, self.sum = self.sum, None
         return h.div_(self.tokens)
 
-    def _check_taken(self) -> None:
+    def _check_not_taken(self) -> None:
         if self.sum is None:
             raise SolverError("this accumulator's Hessian was taken (take()); start a new one")
+
+    def _check_readable(self) -> None:
+        self._check_not_taken()
         if self.tokens == 0:
             raise SolverError("no calibration tokens were added; call add() with activations first")
 
