@@ -33,7 +33,7 @@ from pvq.codecs import make_codec, quantize_grouped  # noqa: E402
 from pvq.codecs.pyramid_counts import pyramid_count  # noqa: E402
 from pvq.kernels import cuda_leaf, cuda_split  # noqa: E402
 from pvq.kernels.leaf_layout import _pack_rows, leaf_decode_reference, leaf_runtime_from_split  # noqa: E402
-from pvq.kernels.leaf_rows import leaf_rows_decode_reference, leaf_rows_from_split, with_arrivals  # noqa: E402
+from pvq.kernels.leaf_rows import leaf_rows_decode_reference, leaf_rows_from_split  # noqa: E402
 from pvq.kernels.split_runtime import split_decode_reference, split_runtime  # noqa: E402
 from pvq.models import QuantizedLinear  # noqa: E402
 
@@ -134,14 +134,12 @@ def check(device) -> int:
                 x = x.to(dtype)
                 ref = x.float() @ w.T
                 tol = {torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
-                for name, got in (("whole", cuda_leaf.leaf_rows_gemv_cuda(rt, x).float()),  # 3 blocks: cut row groups
-                                  ("stream-K", cuda_leaf.leaf_rows_gemv_cuda(with_arrivals(rt), x, max_blocks=3).float())):
-                    err, ok = _compare(got, ref, tol)
-                    worst = max(worst, err / tol)
-                    if not ok:
-                        fails += 1
-                        print(f"  FAIL rows-layout ({name}) {bits} bits {out_f}x{in_f} rows={batch} {dtype}: max err "
-                              f"{err:.3g}", flush=True)
+                err, ok = _compare(cuda_leaf.leaf_rows_gemv_cuda(rt, x).float(), ref, tol)
+                worst = max(worst, err / tol)
+                if not ok:
+                    fails += 1
+                    print(f"  FAIL rows-layout {bits} bits {out_f}x{in_f} rows={batch} {dtype}: max err {err:.3g}",
+                          flush=True)
         print(f"  rows-layout {bits} bits {out_f}x{in_f}: decode == split reference: {same}; rows 1..16 x dtypes: "
               f"worst error {worst:.2f} of its tolerance", flush=True)
     return fails
@@ -189,8 +187,6 @@ def timings(shapes, batches, bit_list, device) -> list[tuple]:
                 row[f"leaf{bits:g}"] = bench(lambda: cuda_leaf.leaf_gemv_cuda(rt, x))
                 if ROWS_BUILT:
                     row[f"rows{bits:g}"] = bench(lambda: cuda_leaf.leaf_rows_gemv_cuda(rrt, x))
-                    brt = with_arrivals(rrt)  # the stream-K schedule (session 11)
-                    row[f"rows{bits:g}-sk"] = bench(lambda: cuda_leaf.leaf_rows_gemv_cuda(brt, x))
                     if batch == batches[-1]:  # what the backend runs above 16 rows: decode + cuBLAS
                         row[f"rows{bits:g}-decode"] = bench(lambda: cuda_leaf.leaf_rows_decode(rrt))
                 if batch == 8:
@@ -205,15 +201,14 @@ def timings(shapes, batches, bit_list, device) -> list[tuple]:
 
 
 def print_table(table, bit_list) -> None:
-    cols = ["fp16", "int4"] + [f"{m}{b:g}{t}" for b in bit_list for m, t in
-                               (("split", ""), ("leaf", ""), ("rows", ""), ("rows", "-sk"))]
+    cols = ["fp16", "int4"] + [f"{m}{b:g}" for b in bit_list for m in ("split", "leaf", "rows")]
     print("\n| shape | batch | " + " | ".join(f"{c} us" for c in cols) + " | " +
           " | ".join(f"best{b:g} x fp16 | best{b:g} x int4" for b in bit_list) + " |")
     print("|---|---|" + "---|" * (len(cols) + 2 * len(bit_list)))
     for shape, batch, row in table:
         cells = [f"{row[c]:.1f}" if c in row else "-" for c in cols]
         for b in bit_list:
-            leaf = min(row[f"leaf{b:g}"], row.get(f"rows{b:g}", float("inf")), row.get(f"rows{b:g}-sk", float("inf")))
+            leaf = min(row[f"leaf{b:g}"], row.get(f"rows{b:g}", float("inf")))
             cells += [f"{row['fp16'] / leaf:.2f}", f"{row['int4'] / leaf:.2f}" if "int4" in row else "-"]
         print(f"| {shape} | {batch} | " + " | ".join(cells) + " |")
     extra = [(s, b, r) for s, b, r in table if any(k.endswith(("-2x4", "-decode")) for k in r)]

@@ -142,12 +142,10 @@ def _rows_launch_rows(rt: LeafRowsRuntime) -> int:
     return 0
 
 
-def leaf_rows_gemv_cuda(rt: LeafRowsRuntime, x: torch.Tensor, *, max_blocks: int = 0) -> torch.Tensor:
+def leaf_rows_gemv_cuda(rt: LeafRowsRuntime, x: torch.Tensor) -> torch.Tensor:
     """``x @ Q'^T`` ``[B, out]`` in ``x``'s dtype for ``x: [B <= 16, in]`` (fp16 / bf16; on the layer's CUDA
-    device): launches of up to eight rows, each vector decoded once a launch; the stream-K schedule when ``rt``
-    has arrival counts (:func:`~pvq.kernels.leaf_rows.with_arrivals`). ``max_blocks > 0`` caps the grid (one
-    block per SM otherwise). float32 inputs, inputs too wide for shared memory or no compiler: the whole-layer
-    decode and one matmul."""
+    device): launches of up to eight rows, each vector decoded once a launch. float32 inputs, inputs too wide
+    for shared memory or no compiler: the whole-layer decode and one matmul."""
     if x.dim() != 2 or not 1 <= x.shape[0] <= LEAF_MAX_ROWS or x.shape[1] != rt.in_features or not x.is_cuda:
         raise ValueError(f"leaf_rows_gemv_cuda takes x [B <= {LEAF_MAX_ROWS}, {rt.in_features}] on CUDA, got "
                          f"{tuple(x.shape)} on {x.device}")
@@ -156,8 +154,6 @@ def leaf_rows_gemv_cuda(rt: LeafRowsRuntime, x: torch.Tensor, *, max_blocks: int
     if ext is None:
         return (x.float() @ leaf_rows_decode(rt).T).to(x.dtype)
     x = x.contiguous()
-    arrivals = rt.arrivals if rt.arrivals is not None else rt.words.new_empty(0)  # empty: whole row groups
     parts = [ext.leafrow8_gemv(rt.words, rt.row_scales, rt.levels, rt.leaves, x[r:r + step], rt.out_features,
-                               rt.field_bits, rt.gain_bits, arrivals, max_blocks)
-             for r in range(0, x.shape[0], step)]
+                               rt.field_bits, rt.gain_bits) for r in range(0, x.shape[0], step)]
     return parts[0] if len(parts) == 1 else torch.cat(parts)

@@ -28,7 +28,7 @@ from .runtime import PvqLayerRuntime
 from .split_runtime import SplitRuntime, inverse_norms, shared_leaves, split_runtime
 
 __all__ = ["ROW_GROUP", "STEP_VECTORS", "LeafRowsRuntime", "leaf_rows_decode_reference", "leaf_rows_from_split",
-           "leaf_rows_runtime", "leaf_rows_schedule", "leaf_rows_supports", "with_arrivals"]
+           "leaf_rows_runtime", "leaf_rows_supports"]
 
 ROW_GROUP = 32
 """Output rows a warp owns (one a lane)."""
@@ -62,7 +62,6 @@ class LeafRowsRuntime(PvqLayerRuntime):
     gain_bits: int  # LG
     leaves: torch.Tensor  # int32 [T]
     inverse_norms: torch.Tensor  # float32 [K^2 + 1]
-    arrivals: torch.Tensor | None = None  # int32 [RG] zeros: the product's stream-K schedule (None: whole row groups)
 
     @property
     def row_groups(self) -> int:
@@ -113,44 +112,12 @@ def leaf_rows_from_split(srt: SplitRuntime) -> LeafRowsRuntime:
         leaf_bits=a_bits, gain_bits=lg, leaves=leaves, inverse_norms=inverse_norms(srt.pulses).to(dev))
 
 
-def leaf_rows_runtime(layer, device: torch.device | str | None = None, *, balanced: bool = False) -> LeafRowsRuntime:
-    """The :class:`LeafRowsRuntime` of a split-order D = 8 PVQ layer with 16-vector scale groups; ``balanced``
-    gives it the arrival counts of the product's stream-K schedule (:func:`leaf_rows_schedule`)."""
+def leaf_rows_runtime(layer, device: torch.device | str | None = None) -> LeafRowsRuntime:
+    """The :class:`LeafRowsRuntime` of a split-order D = 8 PVQ layer with 16-vector scale groups."""
     if not leaf_rows_supports(layer.codec):
         raise QuantizeError(f"{layer.codec.describe()} does not transcode to the row-interleaved leaf layout "
                             f"(split order, D = 8, groups of {STEP_VECTORS} vectors, fields of <= 32 bits)")
-    rt = leaf_rows_from_split(split_runtime(layer, device))
-    return with_arrivals(rt) if balanced else rt
-
-
-def with_arrivals(rt: LeafRowsRuntime) -> LeafRowsRuntime:
-    """``rt`` with zeroed arrival counts (int32 [row groups], its device): its products take the stream-K
-    schedule. The kernel leaves the counts at zero after each launch; one launch at a time per runtime."""
-    from dataclasses import replace
-
-    return replace(rt, arrivals=torch.zeros(rt.row_groups, dtype=torch.int32, device=rt.words.device))
-
-
-def leaf_rows_schedule(row_groups: int, steps: int, blocks: int, balanced: bool) -> list[list[tuple[int, int, int]]]:
-    """The work of each block of the row-interleaved product (``csrc/leafrow8_gemv.cu``, the same arithmetic):
-    per block, ``(row group, first step, end step)`` in order. Units ``u = rg * steps + s``; a block takes
-    ``[b U, (b + 1) U)``: ``U = ceil(row_groups / blocks) * steps`` (whole row groups), or, ``balanced``
-    and when the row groups do not divide evenly, ``U = ceil(row_groups * steps / blocks)`` (stream-K: at
-    least a row group's steps, so a row group is cut between at most two blocks)."""
-    for name, v in (("row_groups", row_groups), ("steps", steps), ("blocks", blocks)):
-        if not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    blocks = min(blocks, row_groups)
-    total = row_groups * steps
-    per = -(-row_groups // blocks) * steps
-    if balanced and row_groups % blocks:
-        per = -(-total // blocks)
-    out = []
-    for b in range(blocks):
-        u0, u1 = b * per, min(total, (b + 1) * per)
-        out.append([(rg, max(u0 - rg * steps, 0), min(u1 - rg * steps, steps))
-                    for rg in range(u0 // steps, (u1 - 1) // steps + 1)] if u0 < u1 else [])
-    return out
+    return leaf_rows_from_split(split_runtime(layer, device))
 
 
 def leaf_rows_decode_reference(rt: LeafRowsRuntime, rows: tuple[int, int] | None = None) -> torch.Tensor:

@@ -182,3 +182,15 @@ def test_decode_is_bit_exact_through_one_hot_inputs():
     eye = torch.eye(24, device="cuda")
     got = torch.cat([cuda_leaf.leaf_gemv_cuda(rt, eye[i:i + 1]) for i in range(24)])
     assert torch.equal(got.T, leaf_decode_reference(rt))
+
+
+@needs_cuda
+def test_blocks_whose_row_sums_overflow_shared_memory_take_fewer_rows():
+    # 28672 rows of 8192 at 8 input rows: one block an SM would keep 218 rows' partial sums (223 KB) beside
+    # the leaf table, past the 227 KB a block may have; the launcher then spreads the rows over more blocks
+    rt = leaf_runtime_from_split(code_runtime(3.0, 8, 28672, 8192, seed=5, device="cuda"))
+    x = torch.randn(8, 8192, generator=torch.Generator().manual_seed(8)).to("cuda", torch.float16)
+    w = leaf_decode_reference(rt)
+    ref = x.float() @ w.T
+    got = cuda_leaf.leaf_gemv_cuda(rt, x)
+    torch.testing.assert_close(got.float(), ref, rtol=1e-3, atol=product_atol(x, w, ref, 1e-3))

@@ -19,9 +19,7 @@ from pvq.kernels.leaf_rows import (
     leaf_rows_decode_reference,
     leaf_rows_from_split,
     leaf_rows_runtime,
-    leaf_rows_schedule,
     leaf_rows_supports,
-    with_arrivals,
 )
 from pvq.kernels.split_runtime import split_decode_reference, split_runtime
 from quantized_layers import random_layer as layer
@@ -111,61 +109,3 @@ def test_float32_inputs_run_the_decode():
 def test_cuda_decode_is_bit_exact(bits, out_f, in_f):
     rt = leaf_rows_from_split(code_runtime(bits, 16, out_f, in_f, seed=out_f, device="cuda"))
     assert torch.equal(cuda_leaf.leaf_rows_decode(rt), leaf_rows_decode_reference(rt))
-
-
-# ---------------------------------------------------------------- the product's schedule (stream-K, session 11)
-
-
-def _check_schedule(row_groups, steps, blocks, balanced):
-    sched = leaf_rows_schedule(row_groups, steps, blocks, balanced)
-    seen = torch.zeros(row_groups, steps, dtype=torch.int64)
-    owners: dict[int, list[int]] = {}
-    for b, items in enumerate(sched):
-        for rg, sa, sb in items:
-            assert 0 <= sa < sb <= steps
-            seen[rg, sa:sb] += 1
-            owners.setdefault(rg, []).append(b)
-    assert torch.equal(seen, torch.ones_like(seen))  # every (row group, step) once
-    cut = {rg: bs for rg, bs in owners.items() if len(bs) > 1}
-    assert all(len(bs) == 2 and bs[1] == bs[0] + 1 for bs in cut.values())  # at most two neighbouring blocks
-    units = [sum(sb - sa for _, sa, sb in items) for items in sched]
-    g = min(blocks, row_groups)
-    if balanced and row_groups % g:
-        assert max(units) == -(-row_groups * steps // g)  # the busiest block: the mean, rounded up
-    else:
-        assert not cut and max(units) == -(-row_groups // g) * steps
-    return sched, cut
-
-
-@pytest.mark.parametrize("balanced", [False, True])
-def test_schedule_covers_every_step_once_and_cuts_a_row_group_at_most_once(balanced):
-    for row_groups in range(1, 40):
-        for steps in (1, 2, 3, 16, 31, 32, 33, 86):
-            for blocks in (1, 2, 3, 5, 7, 13, 132):
-                _check_schedule(row_groups, steps, blocks, balanced)
-
-
-def test_schedule_of_the_headline_shape():
-    """11008x4096 on 132 SMs: whole row groups give the busiest block 3 of 344 (96 steps against 83.4 on
-    average); stream-K gives every block 84 or fewer."""
-    _, cut = _check_schedule(344, 32, 132, False)
-    sched, cut = _check_schedule(344, 32, 132, True)
-    assert max(sum(sb - sa for _, sa, sb in items) for items in sched) == 84 and len(cut) > 0
-    with pytest.raises(ValueError, match="steps"):
-        leaf_rows_schedule(4, 0, 2, True)
-
-
-@needs_cuda
-@pytest.mark.parametrize("bits, out_f, in_f, blocks", [(3.0, 300, 4096, 3), (3.0, 2003, 11008, 5), (2.0, 129, 512, 4),
-                                                       (1.5, 97, 256, 3)])  # each has a cut row group
-@pytest.mark.parametrize("batch", [1, 4, 8])
-def test_stream_k_product_matches_the_reference(bits, out_f, in_f, blocks, batch):
-    rt = with_arrivals(leaf_rows_from_split(code_runtime(bits, 16, out_f, in_f, seed=out_f, device="cuda")))
-    x = torch.randn(batch, in_f, generator=torch.Generator().manual_seed(in_f + batch)).to("cuda", torch.float16)
-    w = leaf_rows_decode_reference(rt)
-    ref = x.float() @ w.T
-    first = cuda_leaf.leaf_rows_gemv_cuda(rt, x, max_blocks=blocks)
-    again = cuda_leaf.leaf_rows_gemv_cuda(rt, x, max_blocks=blocks)
-    assert torch.equal(first, again)  # deterministic, and the arrival counts were left at zero
-    assert int(rt.arrivals.abs().sum()) == 0
-    torch.testing.assert_close(first.float(), ref, rtol=1e-3, atol=product_atol(x, w, ref, 1e-3))

@@ -18,6 +18,7 @@
 // (level * scale) * inverse_norm[|y|^2].
 
 #include "gemv8_common.cuh"
+#include <algorithm>
 #include <type_traits>
 #ifndef PVQ_KERNEL_ONLY  // nvcc -DPVQ_KERNEL_ONLY -arch=sm_90 --resource-usage: the kernels alone, without torch
 #include <torch/extension.h>
@@ -270,11 +271,17 @@ torch::Tensor leaf8_gemv(torch::Tensor words, int64_t row_words, torch::Tensor s
   const int S = ceil_div(vpr, 32 * NV);
   const int G = std::max(1, 32 / S);
   const int threads = 32 * S * G;
-  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int grid = std::max(1, std::min(sms, ceil_div(out_features, G)));
+  const auto* props = at::cuda::getCurrentDeviceProperties();
+  const int sms = props->multiProcessorCount;
+  // one block an SM, unless its rows' partial sums would not fit in shared memory (e.g. 28672 rows of 8192
+  // at 8 input rows: 218 rows a block need 223 KB besides the tables); then more blocks of fewer rows
+  const size_t table_bytes = sizeof(int) * (kLevelSlots + ((n_leaves + 3) & ~3) + n_norms);
+  const size_t row_bytes = sizeof(float) * static_cast<size_t>(S) * rows_b;
+  TORCH_CHECK(props->sharedMemPerBlockOptin >= table_bytes + row_bytes * G, "the leaf tables do not fit in shared memory");
+  const int rows_cap = static_cast<int>((props->sharedMemPerBlockOptin - table_bytes) / row_bytes);
+  const int grid = std::max({1, std::min(sms, ceil_div(out_features, G)), ceil_div(out_features, rows_cap)});
   const int rows_per_block = ceil_div(out_features, grid);
-  const size_t smem = sizeof(int) * (kLevelSlots + ((n_leaves + 3) & ~3) + n_norms) +
-                      sizeof(float) * static_cast<size_t>(S) * rows_per_block * rows_b;
+  const size_t smem = table_bytes + row_bytes * rows_per_block;
   auto stream = at::cuda::getCurrentCUDAStream();
 #define PVQ_LAUNCH(T, TL, LGG, NVV, RUU, BB)                                                                     \
   do {                                                                                                           \

@@ -68,7 +68,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1)
 leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restrict__ scales,
                      const float* __restrict__ levels, const int* __restrict__ leaves, int n_leaves,
                      const T* __restrict__ x, T* __restrict__ y, int out_features, int steps, int row_groups,
-                     int units_per_block, int batch, float* __restrict__ partials, int* __restrict__ arrivals) {
+                     int groups_per_block, int batch) {
   using Fd = Fields<LG, F>;
   constexpr int W2 = Fd::W2;
   constexpr int L = 1 << LG;
@@ -79,13 +79,6 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
   char* s_leaf = reinterpret_cast<char*>(s_x + static_cast<size_t>(vpr) * B);
   float* s_levels = reinterpret_cast<float*>(s_leaf + 4 * ((n_leaves + 3) & ~3));
   float* s_part = s_levels + 16;  // [kWarps][kRows][B]
-  __shared__ int s_arrived;
-
-  // this block's units (row group rg, step s) = rg * steps + s in [u0, u1): whole row groups when
-  // units_per_block is a multiple of steps, else (stream-K) a row group may be cut between two blocks
-  const int u0 = blockIdx.x * units_per_block;
-  const int u1 = min(row_groups * steps, u0 + units_per_block);
-  if (u0 >= u1) return;  // the whole block: no barrier is left waiting
 
   const int n4 = n_leaves >> 2;
 #pragma unroll 4
@@ -109,12 +102,9 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
   __syncthreads();
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int rg0 = u0 / steps, rg1 = (u1 - 1) / steps + 1;
-  // the steps [sa, sb) of row group rg that are this block's
-  auto span = [&](int rg, int& sa, int& sb) {
-    sa = max(u0 - rg * steps, 0);
-    sb = min(u1 - rg * steps, steps);
-  };
+  const int rg0 = blockIdx.x * groups_per_block;
+  const int rg1 = min(row_groups, rg0 + groups_per_block);
+  const bool works = warp < steps;
   unsigned wn[W2] = {};
   __half sn = __float2half(0.f);
   auto load = [&](int rg, int s) {
@@ -124,30 +114,19 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
     for (int w = 0; w < W2; ++w) wn[w] = __ldg(p + w * kRows);
     sn = scales[item * kRows + lane];
   };
-  for (int rg = rg0; rg < rg1; ++rg) {  // this warp's first step (warp w takes steps sa + w, sa + w + 32, ... of each)
-    int sa, sb;
-    span(rg, sa, sb);
-    if (sa + warp < sb) {
-      load(rg, sa + warp);
-      break;
-    }
-  }
+  if (works && rg0 < rg1) load(rg0, warp);
   for (int rg = rg0; rg < rg1; ++rg) {
-    int sa, sb;
-    span(rg, sa, sb);
     float acc[B];
 #pragma unroll
     for (int r = 0; r < B; ++r) acc[r] = 0.f;
-    for (int s = sa + warp; s < sb; s += kWarps) {
+    for (int s = warp; works && s < steps; s += kWarps) {
       unsigned w[W2];
 #pragma unroll
       for (int k = 0; k < W2; ++k) w[k] = wn[k];
       const float scale = __half2float(sn);
-      // the next step's words, in flight while this one decodes: the next of this row group, else this warp's first
-      // of the next (which starts at step 0: only a block's first row group can start inside)
-      int nrg = rg, ns = s + kWarps;
-      if (ns >= sb) nrg = rg + 1, ns = warp;
-      if (nrg < rg1 && ns < min(u1 - nrg * steps, steps)) load(nrg, ns);
+      const int ns = s + kWarps < steps ? s + kWarps : warp;
+      const int nrg = s + kWarps < steps ? rg : rg + 1;
+      if (nrg < rg1) load(nrg, ns);  // the next step's words, in flight while this one decodes
       const uint4* xs = s_x + static_cast<size_t>(s) * kStep * B;
       float part[B];
 #pragma unroll
@@ -183,37 +162,11 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
 #pragma unroll
     for (int r = 0; r < B; ++r) s_part[(warp * kRows + lane) * B + r] = acc[r];
     __syncthreads();
-    if (sa == 0 && sb == steps) {  // the whole row group here: its outputs
-      for (int t = threadIdx.x; t < kRows * B; t += blockDim.x) {
-        float sum = 0.f;
-        for (int k = 0; k < kWarps; ++k) sum += s_part[k * kRows * B + t];
-        const int row = rg * kRows + t / B, r = t % B;
-        if (row < out_features && r < batch) y[static_cast<size_t>(r) * out_features + row] = pvq::from_float<T>(sum * 16.f);
-      }
-    } else {
-      // cut between two blocks (at most two: a block's range is at least a row group's steps): each writes its
-      // block sum to its slot (0: the block with the row group's first step), the second to arrive adds slot 0
-      // and slot 1 in that order (deterministic) and resets the row group's arrival count for the next launch
-      float* slots = partials + static_cast<size_t>(rg) * 2 * kRows * B;
-      float* mine = slots + (sa == 0 ? 0 : kRows * B);
-      for (int t = threadIdx.x; t < kRows * B; t += blockDim.x) {
-        float sum = 0.f;
-        for (int k = 0; k < kWarps; ++k) sum += s_part[k * kRows * B + t];
-        mine[t] = sum;
-      }
-      __threadfence();
-      __syncthreads();
-      if (threadIdx.x == 0) s_arrived = atomicAdd(arrivals + rg, 1);
-      __syncthreads();
-      if (s_arrived == 1) {
-        __threadfence();
-        for (int t = threadIdx.x; t < kRows * B; t += blockDim.x) {
-          const float sum = __ldcg(slots + t) + __ldcg(slots + kRows * B + t);
-          const int row = rg * kRows + t / B, r = t % B;
-          if (row < out_features && r < batch) y[static_cast<size_t>(r) * out_features + row] = pvq::from_float<T>(sum * 16.f);
-        }
-        if (threadIdx.x == 0) arrivals[rg] = 0;
-      }
+    for (int t = threadIdx.x; t < kRows * B; t += blockDim.x) {
+      float sum = 0.f;
+      for (int k = 0; k < kWarps; ++k) sum += s_part[k * kRows * B + t];
+      const int row = rg * kRows + t / B, r = t % B;
+      if (row < out_features && r < batch) y[static_cast<size_t>(r) * out_features + row] = pvq::from_float<T>(sum * 16.f);
     }
     __syncthreads();
   }
@@ -259,7 +212,7 @@ __global__ void leafrow8_decode_kernel(const unsigned* __restrict__ words, const
 
 #ifdef PVQ_KERNEL_ONLY
 #define PVQ_INSTANTIATE(T, LG, F, B) template __global__ void leafrow8_gemv_kernel<T, LG, F, B>(                 \
-    const unsigned*, const __half*, const float*, const int*, int, const T*, T*, int, int, int, int, int, float*, int*);
+    const unsigned*, const __half*, const float*, const int*, int, const T*, T*, int, int, int, int, int);
 PVQ_INSTANTIATE(__half, 2, 30, 1)
 PVQ_INSTANTIATE(__half, 1, 22, 1)
 PVQ_INSTANTIATE(__half, 2, 30, 4)
@@ -272,14 +225,9 @@ PVQ_INSTANTIATE(__nv_bfloat16, 2, 30, 1)
 #ifndef PVQ_KERNEL_ONLY
 
 // y [B, out] (x's dtype) = x [B, in] @ Q'^T for 1, 2 to 4 or 5 to 8 rows of fp16 / bf16 (in launches of 1, 4 or 8
-// rows: pvq/kernels/cuda_leaf.py routes by the shared-memory sizes). arrivals: empty (each block takes whole row
-// groups, a contiguous run of ceil(row groups / blocks)), or int32 [row groups] zeros on the device, kept by the
-// caller between launches (stream-K: each block takes an equal run of steps, a row group cut between two blocks is
-// finished by the second; the kernel leaves the counts at zero again). One launch at a time per arrivals tensor.
-// max_blocks > 0 caps the grid (tests make cuts on small layers with it); else one block per SM.
+// rows: pvq/kernels/cuda_leaf.py routes by the shared-memory sizes).
 torch::Tensor leafrow8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tensor levels, torch::Tensor leaves,
-                            torch::Tensor x, int64_t out_features, int64_t field_bits, int64_t gain_bits,
-                            torch::Tensor arrivals, int64_t max_blocks) {
+                            torch::Tensor x, int64_t out_features, int64_t field_bits, int64_t gain_bits) {
   TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= 8 && x.is_contiguous() &&
               x.scalar_type() != torch::kFloat32, "x must be [B <= 8, in] fp16 or bf16, contiguous on CUDA");
   const int batch = static_cast<int>(x.size(0));
@@ -295,20 +243,8 @@ torch::Tensor leafrow8_gemv(torch::Tensor words, torch::Tensor scales, torch::Te
   const int L = static_cast<int>(levels.numel());
   TORCH_CHECK(L == (1 << gain_bits) && L <= 16, "gain levels: 2^gain_bits <= 16");
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  int grid = std::max(1, std::min(sms, row_groups));
-  if (max_blocks > 0) grid = std::min(grid, static_cast<int>(max_blocks));
-  int units_per_block = ceil_div(row_groups, grid) * steps;
-  float* partials = nullptr;
-  int* arrival_counts = nullptr;
-  torch::Tensor partial_sums;
-  if (arrivals.numel() > 0 && row_groups % grid != 0) {  // stream-K: a run of at least a row group's steps a block
-    TORCH_CHECK(arrivals.is_cuda() && arrivals.scalar_type() == torch::kInt32 && arrivals.numel() == row_groups &&
-                arrivals.device() == x.device(), "arrivals must be int32 [", row_groups, "] on x's device");
-    units_per_block = ceil_div(static_cast<long long>(row_groups) * steps, grid);
-    partial_sums = torch::empty({static_cast<int64_t>(row_groups) * 2 * kRows * rows_b}, x.options().dtype(torch::kFloat32));
-    partials = partial_sums.data_ptr<float>();
-    arrival_counts = arrivals.data_ptr<int32_t>();
-  }
+  const int grid = std::max(1, std::min(sms, row_groups));
+  const int groups_per_block = ceil_div(row_groups, grid);
   const size_t smem = sizeof(uint4) * static_cast<size_t>(steps) * kStep * rows_b + 4 * ((n_leaves + 3) & ~3) +
                       sizeof(float) * (16 + static_cast<size_t>(kWarps) * kRows * rows_b);
   auto stream = at::cuda::getCurrentCUDAStream();
@@ -322,7 +258,7 @@ torch::Tensor leafrow8_gemv(torch::Tensor words, torch::Tensor scales, torch::Te
         reinterpret_cast<const __half*>(scales.data_ptr<at::Half>()), levels.data_ptr<float>(),                  \
         leaves.data_ptr<int32_t>(), n_leaves, reinterpret_cast<const T*>(x.data_ptr<TL>()),                      \
         reinterpret_cast<T*>(y.data_ptr<TL>()), static_cast<int>(out_features), steps, row_groups,              \
-        units_per_block, batch, partials, arrival_counts);                                                       \
+        groups_per_block, batch);                                                                                \
     C10_CUDA_KERNEL_LAUNCH_CHECK();                                                                              \
     launched = true;                                                                                             \
   } while (0)
