@@ -2,7 +2,8 @@
 
     python benchmarks/hadamard.py [--sizes 4096,11008,8192,28672] [--rows 1,16]
 
-Microseconds (median of ``triton.testing.do_bench``) of ``RandomizedHadamard.forward`` (PyTorch: sign
+Microseconds (median of ``triton.testing.do_bench_cudagraph``: launches replayed in a CUDA graph, as a
+decode step runs them) of ``RandomizedHadamard.forward`` (PyTorch: sign
 multiply, radix-64 FWHT matmuls, the dense factor, casts) and of ``hadamard_rotate`` where it takes the
 size, and of the CUDA kernel (``hadamard_rotate_cuda``, where nvcc and ninja compile it), for fp16 rows.
 """
@@ -18,6 +19,11 @@ from pvq.kernels import cuda_hadamard
 from pvq.kernels.cuda_build import cuda_build_available
 from pvq.kernels.triton_hadamard import hadamard_rotate, supported
 from pvq.transforms import RandomizedHadamard
+
+
+def _us(fn) -> float:
+    """Median microseconds of ``fn`` replayed in a CUDA graph."""
+    return triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median") * 1000
 
 
 def main() -> None:
@@ -36,19 +42,17 @@ def main() -> None:
         rh = RandomizedHadamard(n, seed=0)
         for rows in (int(v) for v in a.rows.split(",")):
             x = torch.randn(rows, n, device="cuda").half()
-            torch_us = triton.testing.do_bench(lambda: rh.forward(x), return_mode="median") * 1000
+            torch_us = _us(lambda: rh.forward(x))
             kern = cuda = "-"
             if with_cuda and cuda_hadamard.supported(rh):
-                us = triton.testing.do_bench(lambda: cuda_hadamard.hadamard_rotate_cuda(rh, x), return_mode="median")
-                cuda = f"{us * 1000:.1f}"
+                cuda = f"{_us(lambda: cuda_hadamard.hadamard_rotate_cuda(rh, x)):.1f}"
             cells = ["-"] * len(variants)
             if supported(rh):
-                kern = f"{triton.testing.do_bench(lambda: hadamard_rotate(rh, x), return_mode='median') * 1000:.1f}"
+                kern = f"{_us(lambda: hadamard_rotate(rh, x)):.1f}"
                 xf = x.float()
                 ref = rh.forward(xf)
                 for i, (prec, w) in enumerate(variants):
-                    us = triton.testing.do_bench(lambda: hadamard_rotate(rh, x, precision=prec, num_warps=w),
-                                                 return_mode="median") * 1000
+                    us = _us(lambda: hadamard_rotate(rh, x, precision=prec, num_warps=w))
                     err = float((hadamard_rotate(rh, xf, precision=prec, num_warps=w) - ref).abs().max())
                     cells[i] = f"{us:.1f} [{err:.1e}]"
             tail = "".join(f" {c} |" for c in cells)

@@ -137,7 +137,7 @@ def _rows_launch_rows(rt: LeafRowsRuntime) -> int:
     """The most input rows (8, 4 or 1) whose x / 16 fits one launch's shared memory beside the leaves."""
     leaves = 4 * rt.leaves.numel() + 4 * 16
     for rows in (8, 4, 1):
-        if rt.in_features * 2 * rows + leaves + 4 * 32 * 32 * rows <= LEAF_ROWS_SHARED_BYTES:
+        if rt.in_features * 2 * rows + leaves + 4 * 32 * (32 * rows + (rows == 1)) <= LEAF_ROWS_SHARED_BYTES:
             return rows
     return 0
 

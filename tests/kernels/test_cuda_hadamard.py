@@ -14,15 +14,28 @@ needs_cuda = pytest.mark.skipif(not cuda_build_available(), reason="needs a CUDA
 
 
 def test_sizes_and_refusals():
-    assert [n for n in (8, 16, 4096, 11008, 16384, 32768) if cuda_hadamard.supported(RandomizedHadamard(n, seed=0))] \
-        == [16, 4096, 16384]  # powers of two from 16 to 16384; 11008 = 344 x 32 has a dense factor
+    # powers of two from 16 to 16384, and a dense factor of order <= 4096 times a power of two <= 16384
+    # (11008 = 344 x 32, 12 = 12 x 1, 24 = 12 x 2)
+    assert [n for n in (8, 12, 16, 24, 4096, 11008, 16384, 32768)
+            if cuda_hadamard.supported(RandomizedHadamard(n, seed=0))] == [12, 16, 24, 4096, 11008, 16384]
     rh = RandomizedHadamard(64, seed=0)
     with pytest.raises(ValueError, match="CUDA tensors"):
         hadamard_rotate_cuda(rh, torch.zeros(2, 64))
     with pytest.raises(ValueError, match="n = 64"):
         hadamard_rotate_cuda(rh, torch.zeros(2, 32))
-    with pytest.raises(ValueError, match="n = 11008"):
-        hadamard_rotate_cuda(RandomizedHadamard(11008, seed=0), torch.zeros(1, 11008))
+    with pytest.raises(ValueError, match="n = 32768"):
+        hadamard_rotate_cuda(RandomizedHadamard(32768, seed=0), torch.zeros(1, 32768))
+
+
+def test_dense_factors_are_preferred_up_to_a_number_of_rows(monkeypatch):
+    monkeypatch.setattr(cuda_hadamard, "cuda_build_available", lambda: True)
+    monkeypatch.setattr(cuda_hadamard, "_extension", lambda: object())
+    small, large = RandomizedHadamard(14336, seed=0), RandomizedHadamard(11008, seed=0)  # 28 x 512, 344 x 32
+    pow2 = RandomizedHadamard(4096, seed=0)
+    limit = cuda_hadamard.DENSE_MAX_ROWS
+    assert cuda_hadamard.preferred(small, limit) and not cuda_hadamard.preferred(small, limit + 1)
+    assert not cuda_hadamard.preferred(large, 1)  # measured slower than the Triton kernel (session 12)
+    assert cuda_hadamard.supported(large) and cuda_hadamard.preferred(pow2, 100 * limit)
 
 
 def test_the_backend_asks_the_cuda_kernel_first_and_only_for_cuda_tensors(monkeypatch):
@@ -60,6 +73,32 @@ def test_kernel_equals_the_transform(n, rows, inverse):
 def test_low_precision_rows_round_trip(dtype):
     rh = RandomizedHadamard(4096, seed=3)
     x = torch.randn(2, 3, 4096).cuda().to(dtype)
+    y = hadamard_rotate_cuda(rh, x)
+    assert y.shape == x.shape and y.dtype == dtype
+    torch.testing.assert_close(y.float(), rh.forward(x.float()), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(hadamard_rotate_cuda(rh, y, inverse=True).float(), x.float(), rtol=3e-2, atol=3e-2)
+
+
+# dense factors: Hadamards of orders 344 x 32 (11008), 28 x 512 (14336, Llama-3's MLP), 12 x 1 (no butterflies),
+# a random orthogonal 513 x 8 (4104: the odd part), 12 x 16384 (one block an outer row, 16 outputs a thread);
+# one, several and more rows than the backend sends
+@needs_cuda
+@pytest.mark.parametrize("n", [11008, 14336, 12, 4104, 12 * 16384])
+@pytest.mark.parametrize("rows", [1, 3, 70])
+@pytest.mark.parametrize("inverse", [False, True])
+def test_dense_kernel_equals_the_transform(n, rows, inverse):
+    rh = RandomizedHadamard(n, seed=n)
+    assert rh.dense_order > 1
+    x = torch.randn(rows, n, generator=torch.Generator().manual_seed(rows)).cuda()
+    ref = rh.inverse(x) if inverse else rh.forward(x)
+    torch.testing.assert_close(hadamard_rotate_cuda(rh, x, inverse=inverse), ref, rtol=1e-4, atol=1e-4)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_dense_low_precision_rows_round_trip(dtype):
+    rh = RandomizedHadamard(11008, seed=3)
+    x = torch.randn(2, 3, 11008).cuda().to(dtype)
     y = hadamard_rotate_cuda(rh, x)
     assert y.shape == x.shape and y.dtype == dtype
     torch.testing.assert_close(y.float(), rh.forward(x.float()), rtol=2e-2, atol=2e-2)

@@ -13,6 +13,7 @@
 // regrouping reads and writes spread over the banks). One block a row.
 
 #include "dtype.cuh"
+#include <algorithm>
 #ifndef PVQ_KERNEL_ONLY
 #include <torch/extension.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -88,6 +89,76 @@ __global__ void hadamard_rows_kernel(const T* __restrict__ x, T* __restrict__ ou
   }
 }
 
+
+// The transform of rows whose length n = h p has a dense factor F [h, h] (n = 11008 = 344 x 32 in a 7B
+// MLP): forward (F (x) H_p)(s x), inverse s (F^T (x) H_p) y, x viewed as [h, p] (outer k, inner j).
+// The dense and the Walsh parts act on different indices and commute, so a block takes I outer rows i of
+// one row's output and forms u[i, :] = sum_k G[i, k] v[k, :] (G = F or F^T, v = s x or y read through L1),
+// each output's sum cut into `parts` runs of k summed by different threads (so a thread does about h /
+// parts multiply-adds, not h: session 12's first version, a thread an output, took 28.8 us a row of 11008
+// against the Triton kernel's 11.3), the runs added in a fixed order; then the butterflies over p on the
+// block's I rows in shared memory, the scale (and the signs of the inverse). Blocks: rows x ceil(h / I).
+template <typename T>
+__global__ void hadamard_dense_kernel(const T* __restrict__ x, T* __restrict__ out, const float* __restrict__ signs,
+                                      const float* __restrict__ factor, int h, int log2p, int outer_per_block,
+                                      int blocks_per_row, int parts, float scale, bool inverse) {
+  extern __shared__ float u[];  // [I p] the outputs, then [parts][I p] the runs' sums where parts > 1
+  const int p = 1 << log2p;
+  const long long row = blockIdx.x / blocks_per_row;
+  const int i0 = (blockIdx.x % blocks_per_row) * outer_per_block;
+  const int count = min(outer_per_block, h - i0) << log2p;  // outputs of this block
+  const int stride = outer_per_block << log2p;
+  const long long n = static_cast<long long>(h) << log2p;
+  const T* xr = x + row * n;
+  const int run = (h + parts - 1) / parts;
+  for (int t = threadIdx.x; t < stride * parts; t += blockDim.x) {
+    const int e = t % stride, part = t / stride;
+    if (e >= count) continue;
+    const int j = e & (p - 1);
+    const float* g = factor + static_cast<long long>(i0 + (e >> log2p)) * h;
+    const int k1 = min(h, (part + 1) * run);
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    int k = part * run;
+    for (; k + 4 <= k1; k += 4) {
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int idx = ((k + q) << log2p) + j;
+        const float a = to_float(xr[idx]);
+        acc[q] = fmaf(__ldg(g + k + q), inverse ? a : a * __ldg(signs + idx), acc[q]);
+      }
+    }
+    for (; k < k1; ++k) {
+      const int idx = (k << log2p) + j;
+      const float a = to_float(xr[idx]);
+      acc[0] = fmaf(__ldg(g + k), inverse ? a : a * __ldg(signs + idx), acc[0]);
+    }
+    u[(parts > 1 ? stride * (1 + part) : 0) + e] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+  }
+  if (parts > 1) {
+    __syncthreads();
+    for (int e = threadIdx.x; e < count; e += blockDim.x) {
+      float sum = 0.f;
+      for (int q = 0; q < parts; ++q) sum += u[stride * (1 + q) + e];
+      u[e] = sum;
+    }
+  }
+  __syncthreads();
+  for (int len = 1; len < p; len <<= 1) {  // butterflies over the inner index, every row of the block
+    for (int b = threadIdx.x; 2 * b < count; b += blockDim.x) {
+      const int lo = ((b & ~(len - 1)) << 1) | (b & (len - 1));  // pairs (lo, lo + len) within p-aligned rows
+      const float a = u[lo], c = u[lo + len];
+      u[lo] = a + c;
+      u[lo + len] = a - c;
+    }
+    __syncthreads();
+  }
+  T* yr = out + row * n + (static_cast<long long>(i0) << log2p);
+  for (int e = threadIdx.x; e < count; e += blockDim.x) {
+    const float a = u[e] * scale;
+    yr[e] = from_float<T>(inverse ? a * signs[(i0 << log2p) + e] : a);
+  }
+}
+
 }  // namespace
 
 #ifndef PVQ_KERNEL_ONLY
@@ -117,5 +188,48 @@ torch::Tensor hadamard_rows(torch::Tensor x, torch::Tensor signs, int64_t log2p,
   return out;
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("hadamard_rows", &hadamard_rows, "randomized Hadamard of rows"); }
+// out [B, h p] (x's dtype) = the transform of each row of x with the dense factor G float32 [h, h] (F for the
+// forward, F^T for the inverse); signs float32 [h p]; scale = 1 / sqrt(p).
+torch::Tensor hadamard_dense_rows(torch::Tensor x, torch::Tensor signs, torch::Tensor factor, int64_t log2p,
+                                  double scale, bool inverse) {
+  TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous(), "x must be [B, n] contiguous on CUDA");
+  TORCH_CHECK(factor.scalar_type() == torch::kFloat32 && factor.dim() == 2 && factor.size(0) == factor.size(1) &&
+              factor.is_contiguous(), "factor float32 [h, h]");
+  const int h = static_cast<int>(factor.size(0));
+  TORCH_CHECK(log2p >= 0 && log2p <= 14 && x.size(1) == (static_cast<int64_t>(h) << log2p),
+              "rows of n = h 2^log2p, 2^log2p <= 16384");
+  TORCH_CHECK(signs.scalar_type() == torch::kFloat32 && signs.numel() == x.size(1), "signs float32 [n]");
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto out = torch::empty_like(x);
+  if (x.size(0) == 0) return out;
+  const int p = 1 << log2p;
+  // a warp's worth of outputs a block (p < 32: several outer rows), each sum cut into up to 8 runs of at least
+  // 16 multiply-adds, so 11008 = 344 x 32 runs as 344 blocks of 256 threads of 43 multiply-adds each
+  const int outer_per_block = std::max(1, std::min(h, 32 / p));
+  const int stride = outer_per_block * p;
+  const int parts = std::max(1, std::min({8, 256 / stride, h / 16}));
+  const int blocks_per_row = (h + outer_per_block - 1) / outer_per_block;
+  TORCH_CHECK(x.size(0) * blocks_per_row < (1LL << 31), "too many rows for one launch");
+  const int threads = std::min(1024, std::max(32, stride * parts));
+  const size_t smem = sizeof(float) * static_cast<size_t>(stride) * (parts > 1 ? parts + 1 : 1);
+  auto stream = at::cuda::getCurrentCUDAStream();
+#define PVQ_HADAMARD_DENSE(T, TL)                                                                                 \
+  do {                                                                                                            \
+    auto kern = hadamard_dense_kernel<T>;                                                                         \
+    if (smem > 48 * 1024)                                                                                         \
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem))); \
+    kern<<<static_cast<unsigned>(x.size(0) * blocks_per_row), threads, smem, stream>>>(                            \
+        reinterpret_cast<const T*>(x.data_ptr<TL>()), reinterpret_cast<T*>(out.data_ptr<TL>()),                   \
+        signs.data_ptr<float>(), factor.data_ptr<float>(), h, static_cast<int>(log2p), outer_per_block,           \
+        blocks_per_row, parts, static_cast<float>(scale), inverse);                                               \
+    C10_CUDA_KERNEL_LAUNCH_CHECK();                                                                               \
+  } while (0)
+  PVQ_BY_DTYPE(x, PVQ_HADAMARD_DENSE);
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("hadamard_rows", &hadamard_rows, "randomized Hadamard of rows");
+  m.def("hadamard_dense_rows", &hadamard_dense_rows, "randomized Hadamard with a dense factor, of rows");
+}
 #endif

@@ -12,8 +12,13 @@
 // shared memory as half2 (one broadcast 16-byte read per vector and input row); each lane's sum is its row's, so
 // no shuffles; the scale multiplies a step's sum once. One block of 32 warps per SM, persistent over a contiguous
 // range of row groups; the 32 warps split a row group's steps (warp w: steps w, w + 32, ...), the next step's
-// words loaded while this one decodes; the partial sums of a row group meet in shared memory, summed in warp order
-// (deterministic).
+// words loaded while this one decodes; the partial sums of a row group meet in shared memory, summed in a fixed
+// order (deterministic). One input row: each output summed over the 32 warps by one warp's shuffles, from two
+// partial-sum buffers where they fit, so a row group's sums are read while the warps go on to the next one (one
+// barrier a row group; session 12: the sums had been one thread's 32 dependent shared-memory reads a row behind a
+// second barrier, on the critical path of every row group: 11008x4096 at 3 bits 14.9 -> 13.7 us on an H200).
+// Several input rows keep that thread-a-sum reduction: the shuffles measured slower there (4 rows: 22.2 -> 24.0 us,
+// 8 rows: 36.9 -> 44.0 us on 11008x4096; the 8-row loop spilled 98 bytes against 28).
 //
 // Arithmetic as split8_gemv.cu (session 7): leaves made exact half2 by a byte permute, the vector's products and
 // squared norm in HFMA2, its sum then float32, 1 / |y| from the special-function unit; the weights are
@@ -35,6 +40,7 @@ using namespace pvq8;
 constexpr int kRows = 32;   // output rows a warp owns
 constexpr int kStep = 16;   // vectors a step
 constexpr int kWarps = 32;  // warps a block
+static_assert(kWarps == kRows, "one input row: warp t sums row t of a group");
 
 template <int LG, int F>
 struct Fields {
@@ -68,7 +74,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1)
 leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restrict__ scales,
                      const float* __restrict__ levels, const int* __restrict__ leaves, int n_leaves,
                      const T* __restrict__ x, T* __restrict__ y, int out_features, int steps, int row_groups,
-                     int groups_per_block, int batch) {
+                     int groups_per_block, int batch, int part_buffers) {
   using Fd = Fields<LG, F>;
   constexpr int W2 = Fd::W2;
   constexpr int L = 1 << LG;
@@ -78,7 +84,9 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
   uint4* s_x = smem4;
   char* s_leaf = reinterpret_cast<char*>(s_x + static_cast<size_t>(vpr) * B);
   float* s_levels = reinterpret_cast<float*>(s_leaf + 4 * ((n_leaves + 3) & ~3));
-  float* s_part = s_levels + 16;  // [kWarps][kRows][B]
+  // one row: [part_buffers][kWarps][kRows + 1] (padded: the readers' stride is odd); several: [kWarps][kRows][B]
+  constexpr int kPart = kRows + 1;
+  float* s_part = s_levels + 16;
 
   const int n4 = n_leaves >> 2;
 #pragma unroll 4
@@ -159,16 +167,29 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
 #pragma unroll
       for (int r = 0; r < B; ++r) acc[r] = fmaf(part[r], scale, acc[r]);
     }
+    if constexpr (B == 1) {
+      float* part = s_part + (part_buffers == 2 ? ((rg - rg0) & 1) * kWarps * kPart : 0);
+      part[warp * kPart + lane] = acc[0];
+      __syncthreads();
+      // row t of the group: warp t sums lane k = warp k's partial
+      float sum = part[lane * kPart + warp];
 #pragma unroll
-    for (int r = 0; r < B; ++r) s_part[(warp * kRows + lane) * B + r] = acc[r];
-    __syncthreads();
-    for (int t = threadIdx.x; t < kRows * B; t += blockDim.x) {
-      float sum = 0.f;
-      for (int k = 0; k < kWarps; ++k) sum += s_part[k * kRows * B + t];
-      const int row = rg * kRows + t / B, r = t % B;
-      if (row < out_features && r < batch) y[static_cast<size_t>(r) * out_features + row] = pvq::from_float<T>(sum * 16.f);
+      for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, o);
+      const int row = rg * kRows + warp;
+      if (lane == 0 && row < out_features) y[row] = pvq::from_float<T>(sum * 16.f);
+      if (part_buffers == 1) __syncthreads();  // the next group's sums go where these were read
+    } else {
+#pragma unroll
+      for (int r = 0; r < B; ++r) s_part[(warp * kRows + lane) * B + r] = acc[r];
+      __syncthreads();
+      for (int t = threadIdx.x; t < kRows * B; t += blockDim.x) {
+        float sum = 0.f;
+        for (int k = 0; k < kWarps; ++k) sum += s_part[k * kRows * B + t];
+        const int row = rg * kRows + t / B, r = t % B;
+        if (row < out_features && r < batch) y[static_cast<size_t>(r) * out_features + row] = pvq::from_float<T>(sum * 16.f);
+      }
+      __syncthreads();
     }
-    __syncthreads();
   }
 }
 
@@ -212,7 +233,7 @@ __global__ void leafrow8_decode_kernel(const unsigned* __restrict__ words, const
 
 #ifdef PVQ_KERNEL_ONLY
 #define PVQ_INSTANTIATE(T, LG, F, B) template __global__ void leafrow8_gemv_kernel<T, LG, F, B>(                 \
-    const unsigned*, const __half*, const float*, const int*, int, const T*, T*, int, int, int, int, int);
+    const unsigned*, const __half*, const float*, const int*, int, const T*, T*, int, int, int, int, int, int);
 PVQ_INSTANTIATE(__half, 2, 30, 1)
 PVQ_INSTANTIATE(__half, 1, 22, 1)
 PVQ_INSTANTIATE(__half, 2, 30, 4)
@@ -242,11 +263,17 @@ torch::Tensor leafrow8_gemv(torch::Tensor words, torch::Tensor scales, torch::Te
   const int n_leaves = static_cast<int>(leaves.numel());
   const int L = static_cast<int>(levels.numel());
   TORCH_CHECK(L == (1 << gain_bits) && L <= 16, "gain levels: 2^gain_bits <= 16");
-  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const auto* props = at::cuda::getCurrentDeviceProperties();
+  const int sms = props->multiProcessorCount;
   const int grid = std::max(1, std::min(sms, row_groups));
   const int groups_per_block = ceil_div(row_groups, grid);
-  const size_t smem = sizeof(uint4) * static_cast<size_t>(steps) * kStep * rows_b + 4 * ((n_leaves + 3) & ~3) +
-                      sizeof(float) * (16 + static_cast<size_t>(kWarps) * kRows * rows_b);
+  // partial sums: one row, (kRows + 1) a warp, two buffers where they fit; several rows, kRows B a warp, one
+  const size_t part_bytes = sizeof(float) * static_cast<size_t>(kWarps) * (rows_b == 1 ? kRows + 1 : kRows * rows_b);
+  const size_t base = sizeof(uint4) * static_cast<size_t>(steps) * kStep * rows_b + 4 * ((n_leaves + 3) & ~3) +
+                      sizeof(float) * 16;
+  const int part_buffers =
+      rows_b == 1 && groups_per_block > 1 && base + 2 * part_bytes <= props->sharedMemPerBlockOptin ? 2 : 1;
+  const size_t smem = base + part_buffers * part_bytes;
   auto stream = at::cuda::getCurrentCUDAStream();
   bool launched = false;
 #define PVQ_LAUNCH(T, TL, LGG, FF, BB)                                                                           \
@@ -258,7 +285,7 @@ torch::Tensor leafrow8_gemv(torch::Tensor words, torch::Tensor scales, torch::Te
         reinterpret_cast<const __half*>(scales.data_ptr<at::Half>()), levels.data_ptr<float>(),                  \
         leaves.data_ptr<int32_t>(), n_leaves, reinterpret_cast<const T*>(x.data_ptr<TL>()),                      \
         reinterpret_cast<T*>(y.data_ptr<TL>()), static_cast<int>(out_features), steps, row_groups,              \
-        groups_per_block, batch);                                                                                \
+        groups_per_block, batch, part_buffers);                                                                  \
     C10_CUDA_KERNEL_LAUNCH_CHECK();                                                                              \
     launched = true;                                                                                             \
   } while (0)
