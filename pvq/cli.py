@@ -213,7 +213,8 @@ def _quantize_arguments(p: argparse.ArgumentParser) -> None:
     a.add_argument("--allocate-step", type=float, default=0.25, help="spacing of the candidate rates (default 0.25)")
     a.add_argument("--allocate-count-embeddings", action="store_true",
                    help="the budget also covers the input embedding and the LM head, kept at the checkpoint's "
-                        "dtype (the head at its codec's rate with --quantize-head): --bits is the average over "
+                        "dtype (each at its codec's rate with --quantize-head / --quantize-embedding): --bits is "
+                        "the average over "
                         "them and the quantized weights (the whole model's size)")
     a.add_argument("--allocate-rows", type=float, default=0.125,
                    help="fraction of each layer's output rows the proxy metric solves per candidate (default 0.125)")

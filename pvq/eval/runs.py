@@ -34,7 +34,7 @@ from ..models.distributed import init_from_env
 from ..models.offload import PLACEMENTS
 from ..models.resume import WorkDir, model_fingerprint, run_identity
 from ..models.streaming import BlockStore, open_streamed, peak_memory, streamable, write_streamed
-from ..models.format import block_rate, head_bits_per_weight, online_rotations_per_block
+from ..models.format import block_rate, embedding_bits_per_weight, head_bits_per_weight, online_rotations_per_block
 from ..models.rotation_plan import model_rotation
 from ..models.coding import decode_entropy_coded, entropy_code_model
 from ..models.reference import CALIB_TEXT, HELDOUT_TEXT, resolve_model
@@ -252,6 +252,9 @@ class QuantizeRequest:
             if self.config.quantize_head:
                 raise QuantizeError("--stream never loads the LM head into memory, so it cannot quantize it yet: "
                                     "drop --quantize-head or --stream")
+            if self.config.quantize_embedding:
+                raise QuantizeError("--stream never loads the input embedding into memory, so it cannot quantize it "
+                                    "yet: drop --quantize-embedding or --stream")
             if self.allocate is not None:  # its measurement pass copies whole blocks of the model in memory
                 raise QuantizeError("--stream cannot measure per-layer rates yet (--allocate copies blocks that a "
                                     "streamed run holds on the meta device): drop --allocate or --stream")
@@ -332,6 +335,7 @@ def run_quantize(req: QuantizeRequest, log: Log = _quiet, progress: bool = True)
         "target_bits": req.config.bits,
         "bits_per_weight": report.bits_per_weight,
         "lm_head_bits_per_weight": None if report.head is None else report.head.bits_per_weight,
+        "embedding_bits_per_weight": None if report.embedding is None else report.embedding.bits_per_weight,
         "quantized_fraction": report.quantized_fraction,
         "kept": sorted(report.kept),
         "bits_per_activation": bits_per_activation(model, source_dtype.itemsize * 8 if source_dtype else 16),
@@ -439,6 +443,7 @@ def run_eval(
         "perplexity": res.perplexity,
         "bits_per_weight": linear_weight_bits(model, stored),
         "lm_head_bits_per_weight": head_bits_per_weight(model),
+        "embedding_bits_per_weight": embedding_bits_per_weight(model),
         "stored_bits_per_weight": stored_bits_per_weight(model, False, stored),
         "bits_per_activation": bits_per_activation(model, stored or next(model.parameters()).element_size() * 8),
         "tokens": res.tokens,

@@ -17,6 +17,7 @@ from .plan import LayerPlan, QuantizePlan
 from .rotation_plan import ROTATION_PLANS, fold_rotations
 from .activations import ActivationQuant, ActQuantLinear
 from .qlinear import (
+    QuantizedEmbedding,
     QuantizedLinear,
     bits_per_activation,
     keep_stored_on_host,
@@ -42,6 +43,7 @@ __all__ = [
     "MethodSpec",
     "QuantizeConfig",
     "QuantizeError",
+    "QuantizedEmbedding",
     "QuantizePlan",
     "QuantizeReport",
     "QuantizedExperts",

@@ -45,7 +45,9 @@ from pvq.solvers import quantize_linear
 from pvq.solvers.allocate import RatePoint, allocate, lower_hull
 
 from .capture import block_linears, capture_block_inputs, collect_hessians, linear_stages, run_block
+from .format import embedding_bits_per_weight
 from .plan import LayerPlan, QuantizePlan, head_plan
+from .qlinear import QuantizedLinear
 from .structure import decoder_blocks, linear_weight
 
 __all__ = ["METRICS", "AllocateConfig", "Candidate"]
@@ -189,16 +191,20 @@ class AllocateConfig:
         t0 = time.perf_counter()
         cands = self.candidates(config, plan)
         weights = sum(p.out_features * p.in_features for p in plan.layers)
-        head_rate = None
+        head_rate = emb_rate = None
         if self.count_embeddings and config.quantize_head:  # the head at its codec's rate (quantized after the blocks)
             head_rate = head_plan(config, plan, model).codec.nominal_bits_per_weight()
-        outside_weights, outside_bits = (embedding_bits(model, self.kept_bits, head_rate) if self.count_embeddings
-                                         else (0, 0))
+        if self.count_embeddings and config.quantize_embedding:  # already quantized: its stored rate
+            emb_rate = embedding_bits_per_weight(model)
+        outside_weights, outside_bits = (embedding_bits(model, self.kept_bits, head_rate, emb_rate)
+                                         if self.count_embeddings else (0, 0))
         budget = int(math.floor(config.bits * (weights + outside_weights))) - outside_bits
         cheapest = sum(min(c.nominal_bits_per_weight() for _, c in cands[p.name]) * p.out_features * p.in_features
                        for p in plan.layers)
         if cheapest > budget * 1.001:
-            what = "embedding and quantized LM head" if head_rate is not None else "kept embeddings and LM head"
+            what = ("quantized embedding and LM head" if head_rate is not None and emb_rate is not None else
+                    "embedding and quantized LM head" if head_rate is not None else
+                    "quantized embedding and kept LM head" if emb_rate is not None else "kept embeddings and LM head")
             kept = (f" after the {what} ({outside_weights:,} weights, {outside_bits:,} bits) "
                     f"take their share" if self.count_embeddings else "")
             raise QuantizeError(f"the target of {config.bits:g} bits per weight leaves the quantized layers "
@@ -242,16 +248,22 @@ class AllocateConfig:
         return new, record
 
 
-def embedding_bits(model, bits_per_weight: int | None = None, head_bits_per_weight: float | None = None
-                   ) -> tuple[int, int]:
+def embedding_bits(model, bits_per_weight: int | None = None, head_bits_per_weight: float | None = None,
+                   embedding_bits_per_weight: float | None = None) -> tuple[int, int]:
     """(weights, bits) of the input embedding and the LM head (one tensor when tied), kept at
     ``bits_per_weight``, else the dtype the model's config names, else their own; an (untied) head to be
-    quantized (``head_bits_per_weight``: its codec's rate) at that rate."""
+    quantized (``head_bits_per_weight``: its codec's rate) and a quantized embedding
+    (``embedding_bits_per_weight``: its stored rate) at those rates."""
     seen, n, bits = set(), 0, 0
     named = getattr(model.config, "dtype", None) or getattr(model.config, "torch_dtype", None)
     if isinstance(named, str):
         named = getattr(torch, named, None)
-    for mod, quantized in ((model.get_input_embeddings(), None), (model.get_output_embeddings(), head_bits_per_weight)):
+    for mod, quantized in ((model.get_input_embeddings(), embedding_bits_per_weight),
+                           (model.get_output_embeddings(), head_bits_per_weight)):
+        if isinstance(mod, QuantizedLinear) and quantized is not None:  # no weight tensor: its table's size
+            n += mod.num_weights
+            bits += math.ceil(mod.num_weights * quantized)
+            continue
         w = getattr(mod, "weight", None)
         if w is None or id(w) in seen:
             continue

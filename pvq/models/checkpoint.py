@@ -37,7 +37,7 @@ from .format import (
 from .coding import decode_entropy_coded, entropy_code_model
 from .experts import QuantizedExperts
 from .hf_quantizer import register
-from .qlinear import QuantizedLinear
+from .qlinear import QuantizedEmbedding, QuantizedLinear
 
 __all__ = ["cast_unquantized", "clean_leftovers", "load_quantized", "prepare_output", "save_quantized"]
 
@@ -216,6 +216,8 @@ def cast_unquantized(model: nn.Module, dtype: torch.dtype) -> None:
         if isinstance(module, QuantizedExperts):
             module.clear_cache()  # its experts are QuantizedLinears: their bias (none) and caches below
             continue
+        if isinstance(module, QuantizedEmbedding):
+            module.table_dtype = dtype  # its lookups come out in the model's dtype
         if isinstance(module, QuantizedLinear):
             if module.bias is not None:
                 module.bias.data = module.bias.data.to(dtype)

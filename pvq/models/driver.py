@@ -5,6 +5,9 @@
 0. under the ``fused`` rotation plan, rewrite the model first (norms folded, the residual
    stream and the heads rotated in the weights: :func:`pvq.models.rotation_plan.fold_rotations`);
    its layers then quantize with the plan's own rotations (none, or down_proj's input side);
+0. with ``config.quantize_embedding``, the input embedding's table is quantized first (identity
+   Hessian: each row's own error), so the blocks are calibrated on its quantized output; a head tied
+   to it (``quantize_head`` too) is untied before the rotation plan folds anything;
 1. capture the inputs of every block once: the decoder blocks are replaced by
    recorders for one pass over the calibration ids (batched), which keeps the
    first block's hidden states and the keyword arguments each block is called
@@ -25,7 +28,8 @@
    that read the same input: q/k/v, o, gate/up, down), so each stage's
    Hessian sees the earlier stages already quantized.
 4. with ``config.quantize_head``, the LM head is quantized last, under ``E[x x^T]`` of the final
-   norm of the last block's outputs (untied heads; refused before any work otherwise);
+   norm of the last block's outputs (a tied head only with ``quantize_embedding``: refused before
+   any work otherwise);
 5. with activation settings (``config.act_bits``), every quantized linear gets its
    :class:`~pvq.models.activations.ActivationQuant` at the end: weights are fitted on
    unquantized activations (as QuaRot's GPTQ does), inputs are quantized at inference.
@@ -57,10 +61,10 @@ from .experts import HOLDER_SUFFIX, QuantizedExperts, collect_expert_hessians, i
 from .format import block_rate
 from .methods import QuantizeConfig, decoder_layers
 from .offload import InputPlacer
-from .plan import LayerPlan, QuantizePlan, head_plan
-from .qlinear import QuantizedLinear, set_activation_quant
+from .plan import LayerPlan, QuantizePlan, embedding_plan, head_plan
+from .qlinear import QuantizedEmbedding, QuantizedLinear, set_activation_quant
 from .rotation_plan import fold_block, fold_rotations
-from .structure import head_input_norm, linear_weight
+from .structure import head_input_norm, head_is_tied, input_embedding, linear_weight, untie_head
 
 __all__ = ["LayerStats", "QuantizeReport", "quantize_model"]
 
@@ -107,6 +111,7 @@ class QuantizeReport:
     kept: dict[str, dict] = field(default_factory=dict)  # block weights left unquantized: {name: {numel, bits}}
     allocation: dict | None = None  # --allocate: each layer's rate and why (pvq.models.allocation)
     head: LayerStats | None = None  # --quantize-head: the LM head (not a block weight: not in bits_per_weight)
+    embedding: LayerStats | None = None  # --quantize-embedding: the input embedding (not in bits_per_weight)
 
     @property
     def quantized_bits(self) -> int:
@@ -162,12 +167,14 @@ class QuantizeReport:
             **({"allocation": self.allocation} if self.allocation is not None else {}),
             **({"head": {**asdict(self.head), "bits_per_weight": self.head.bits_per_weight}}
                if self.head is not None else {}),
+            **({"embedding": {**asdict(self.embedding), "bits_per_weight": self.embedding.bits_per_weight}}
+               if self.embedding is not None else {}),
         }
 
 
 def _quantize_linear(
     linear: nn.Linear, hessian: Callable[[], torch.Tensor], plan: LayerPlan, config: QuantizeConfig,
-    device: torch.device,
+    device: torch.device, module: type[QuantizedLinear] = QuantizedLinear,
 ) -> tuple[QuantizedLinear, float, float, float]:
     """Quantize one linear under the Hessian ``hessian()`` returns; returns (module, proxy loss, relative
     error, seconds). The Hessian goes to the solver as a temporary (no name here holds it), so the solver
@@ -177,7 +184,7 @@ def _quantize_linear(
         res = quantize_linear(w, hessian().to(device), plan.codec, plan.rotation, config.solver_config())
     except PvqError as e:
         raise QuantizeError(f"{plan.name}: {e}") from e
-    q = QuantizedLinear.from_stored(linear, res.codec, res.stored, plan.rotation)
+    q = module.from_stored(linear, res.codec, res.stored, plan.rotation)
     q.seed_cache(res.rotated_weight, linear.weight.dtype)  # == decode(stored codes), bit for bit
     return q, res.proxy_loss, res.relative_error, res.seconds
 
@@ -258,8 +265,8 @@ def quantize_model(
     if hooks is None:
         hooks = [LoraRecovery(config.lora_steps, seed=config.seed, device=device)] if config.lora_steps else []
     tuner = _finetuner(config, plan)
-    if config.quantize_head:
-        _check_head(model, plan, blocks, parallel)
+    if config.quantize_head or config.quantize_embedding:
+        _check_head_and_embedding(model, config, plan, blocks, parallel)
     say = log or (lambda s: None)
     notes = list(plan.notes)
     for note in plan.notes:
@@ -272,8 +279,14 @@ def quantize_model(
                             "rotation='layer'")
     was_training = model.training
     model.eval()
+    if config.quantize_head and config.quantize_embedding and head_is_tied(model):
+        untie_head(model)  # two tables, folded and quantized apart (checked above)
+        note = "the LM head was tied to the input embedding: untied, the two quantized apart"
+        notes.append(note)
+        say(note)
     if plan.rotation == "fused":  # rewrite the model (exactly) before anything sees its activations
         fold_rotations(model, config.seed, streamed=streamed_fold, device=device)
+    embedding = _quantize_embedding(model, plan, config, device, say) if config.quantize_embedding else None
     record = None
     if allocation is not None:  # per-layer rates chosen by measurement: a new plan, then the same work
         plan, record = allocation.apply(model, calib_ids, plan, device, batch_size, say)
@@ -343,7 +356,7 @@ def quantize_model(
         model.train(was_training)
     report = QuantizeReport(
         config, stats, time.perf_counter() - t0, str(device), int(calib_ids.shape[0]), int(calib_ids.shape[1]),
-        notes, kept=block_rate(model)["kept"], allocation=record, head=head,
+        notes, kept=block_rate(model)["kept"], allocation=record, head=head, embedding=embedding,
     )
     if report.kept:
         say(f"left unquantized (counted at their dtype's bits): {', '.join(report.kept)}")
@@ -355,15 +368,32 @@ def quantize_model(
     return report
 
 
-def _check_head(model: nn.Module, plan: QuantizePlan, blocks, parallel) -> None:
+def _check_head_and_embedding(model: nn.Module, config: QuantizeConfig, plan: QuantizePlan, blocks, parallel) -> None:
+    """Refuse ``quantize_head`` / ``quantize_embedding`` before any work where they cannot run (says what to
+    change). A tied head needs both: quantizing one table of a tied pair would store the other beside it."""
+    tied = head_is_tied(model)
+    if config.quantize_embedding:
+        name, emb = input_embedding(model)
+        if tied and not config.quantize_head:
+            raise QuantizeError(f"{name} is tied to the LM head (tie_word_embeddings): quantizing the embedding "
+                                "alone would store the head's table beside it; add --quantize-head (the two are "
+                                "untied and quantized apart) or drop --quantize-embedding")
+        if emb.weight.is_meta:
+            raise QuantizeError("--quantize-embedding needs the input embedding in memory: drop it or --stream")
+        if parallel is not None:
+            raise QuantizeError("distributed runs do not quantize the input embedding yet: drop --quantize-embedding "
+                                "or run one process")
+    if config.quantize_head:
+        _check_head(model, plan, blocks, parallel, tied and not config.quantize_embedding)
+
+
+def _check_head(model: nn.Module, plan: QuantizePlan, blocks, parallel, tied: bool) -> None:
     """Refuse ``quantize_head`` before any work where it cannot run (says what to change)."""
     head_name, head, _ = head_input_norm(model)
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    tied = emb is not None and getattr(emb, "weight", None) is not None and emb.weight is linear_weight(head)
-    if tied or getattr(getattr(model, "config", None), "tie_word_embeddings", False):
+    if tied:
         raise QuantizeError(f"{head_name} shares its weight with the input embedding (tie_word_embeddings): "
-                            "quantizing it needs a quantized embedding lookup, which pvq does not build yet; "
-                            "drop --quantize-head")
+                            "quantizing the head alone would store the embedding's table beside it; add "
+                            "--quantize-embedding (the two are untied and quantized apart) or drop --quantize-head")
     if any(t.is_meta for t in head.parameters()):
         raise QuantizeError("--quantize-head needs the LM head in memory; a streamed run never loads it: drop "
                             "--quantize-head or --stream")
@@ -371,6 +401,32 @@ def _check_head(model: nn.Module, plan: QuantizePlan, blocks, parallel) -> None:
         raise QuantizeError("distributed runs do not quantize the LM head yet: drop --quantize-head or run one process")
     if blocks is not None and plan.num_blocks - 1 not in blocks:
         raise QuantizeError("--quantize-head reads the last block's outputs: include the last block in the run")
+
+
+@torch.no_grad()
+def _quantize_embedding(model: nn.Module, plan: QuantizePlan, config: QuantizeConfig, device, say) -> LayerStats:
+    """Quantize the input embedding in place, before the blocks (they are calibrated on its output): its table
+    ``[vocab, hidden]`` as a layer's weight under the identity Hessian (each row's own squared error: a
+    lookup's error does not mix rows, and no calibration input weights the hidden dimensions). Returns its
+    stats."""
+    name, emb = input_embedding(model)
+    p = embedding_plan(config, plan, model)
+    table = nn.Linear(p.in_features, p.out_features, bias=False, device="meta")
+    table.weight = emb.weight  # the same tensor, read as a linear's [out, in] weight
+    home = emb.weight.device
+    q, loss, rel, secs = _quantize_linear(
+        table, lambda: torch.eye(p.in_features, dtype=torch.float64, device=device), p, config, device,
+        module=QuantizedEmbedding)
+    q.table_dtype = emb.weight.dtype
+    if home != device:
+        q.to(home)
+        q.clear_cache()
+    _set_submodule(model, name, q)
+    st = LayerStats(name, p.block, p.out_features, p.in_features, p.codec.describe(), loss, rel, secs,
+                    q.stored_bits(), q.num_weights, p.dim)
+    say(f"{name:<40} [{p.out_features}x{p.in_features}] D={p.dim} rel.err {rel:.5f}  {st.bits_per_weight:.3f} b/w  "
+        f"{secs:.2f}s (the input embedding)")
+    return st
 
 
 @torch.no_grad()

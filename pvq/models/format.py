@@ -63,7 +63,7 @@ from pvq.errors import CheckpointError, QuantizeError
 from .coding import layer_bits
 from .experts import QuantizedExperts, replace_experts
 from .methods import QuantizeConfig
-from .qlinear import QuantizedLinear, buffer_name
+from .qlinear import MODULE_KINDS, QuantizedEmbedding, QuantizedLinear, buffer_name
 from .rotation_plan import install_stream_rotation, model_rotation, stream_rotations
 from .structure import decoder_blocks, is_linear, is_weight, linear_sizes
 
@@ -72,6 +72,7 @@ __all__ = [
     "QUANT_METHOD",
     "INTEGRITY_KEY",
     "check_tensors",
+    "embedding_bits_per_weight",
     "head_bits_per_weight",
     "install_model_rotation",
     "online_rotations_per_block",
@@ -115,6 +116,15 @@ def block_rate(model: nn.Module, kept_bits: int | None = None) -> dict:
     weights = qweights + sum(k["numel"] for k in kept.values())
     return {"stored_bits": bits, "num_weights": weights, "quantized_bits": qbits, "quantized_weights": qweights,
             "kept": kept, "coded_bits": bits - qbits + coded}
+
+
+def embedding_bits_per_weight(model: nn.Module) -> float | None:
+    """Stored bits per weight of a quantized input embedding (``--quantize-embedding``; fixed-rate codes),
+    None when it is not a :class:`QuantizedEmbedding`. Not part of the block rate."""
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if not isinstance(emb, QuantizedEmbedding):
+        return None
+    return layer_bits(emb)[0] / emb.num_weights
 
 
 def head_bits_per_weight(model: nn.Module) -> float | None:
@@ -253,8 +263,10 @@ def read_quantization_config(path: str | Path) -> dict:
 
 def replace_linears(model: nn.Module, qdict: dict) -> None:
     """Swap each linear (``nn.Linear``, ``Conv1D``) named in ``qdict["modules"]`` for an empty :class:`QuantizedLinear`
-    (on the linear's device, bias in its dtype), after installing the empty
-    :class:`QuantizedExperts` of ``qdict["experts"]`` (format 3) in place of their 3-D parameters."""
+    (on the linear's device, bias in its dtype), and an input embedding whose entry's ``kind`` is
+    ``embedding`` for an empty :class:`QuantizedEmbedding` (its table in the embedding's dtype), after
+    installing the empty :class:`QuantizedExperts` of ``qdict["experts"]`` (format 3) in place of their 3-D
+    parameters."""
     replace_experts(model, qdict.get("experts") or {}, qdict["modules"])
     for name, cfg in qdict["modules"].items():
         try:
@@ -263,15 +275,25 @@ def replace_linears(model: nn.Module, qdict: dict) -> None:
             raise CheckpointError(f"quantized module {name!r} of the checkpoint is not in the model") from e
         if isinstance(old, QuantizedLinear):
             continue
-        if not is_linear(old):
+        kind = cfg.get("kind", "linear")
+        if kind not in MODULE_KINDS:
+            raise CheckpointError(f"module {name!r} is of kind {kind!r}, which this pvq does not know "
+                                  f"({', '.join(MODULE_KINDS)}); upgrade pvq")
+        if kind == "embedding":
+            if type(old) is not nn.Embedding:
+                raise CheckpointError(f"module {name!r} is {type(old).__name__}, expected the nn.Embedding the "
+                                      "checkpoint quantized")
+            inp, out = old.embedding_dim, old.num_embeddings
+        elif not is_linear(old):
             raise CheckpointError(f"module {name!r} is {type(old).__name__}, expected a linear layer to replace")
-        inp, out = linear_sizes(old)
+        else:
+            inp, out = linear_sizes(old)
         if (inp, out) != (cfg["in_features"], cfg["out_features"]):
             raise CheckpointError(
                 f"module {name!r} is [{out}x{inp}] in the model, "
                 f"[{cfg['out_features']}x{cfg['in_features']}] in the quantization_config"
             )
-        q = QuantizedLinear.from_layer_config(cfg, bias_dtype=old.weight.dtype, device=old.weight.device)
+        q = MODULE_KINDS[kind].from_layer_config(cfg, bias_dtype=old.weight.dtype, device=old.weight.device)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, q)
 

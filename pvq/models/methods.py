@@ -262,7 +262,12 @@ class QuantizeConfig:
         "decoded at load)"))
     quantize_head: bool = field(default=False, metadata=_help(
         "also quantize the LM head with the method's codec at --bits, under the Hessian of its input (the final "
-        "norm's output after the quantized blocks); models whose head is not tied to the input embedding"))
+        "norm's output after the quantized blocks); a head tied to the input embedding also needs "
+        "--quantize-embedding (the two are untied and quantized apart)"))
+    quantize_embedding: bool = field(default=False, metadata=_help(
+        "also quantize the input embedding table with the method's codec at --bits (before the blocks, so they "
+        "are calibrated on its output; decoded once at load: the checkpoint shrinks, a loaded model's memory "
+        "does not); a tied head also needs --quantize-head"))
     options: dict = field(default_factory=dict, metadata=_help("the codec's options"))
 
     def __post_init__(self):
@@ -323,6 +328,8 @@ class QuantizeConfig:
         object.__setattr__(self, "finetune_lr", float(self.finetune_lr))
         if not isinstance(self.quantize_head, bool):
             raise QuantizeError(f"quantize_head must be True or False, got {self.quantize_head!r}")
+        if not isinstance(self.quantize_embedding, bool):
+            raise QuantizeError(f"quantize_embedding must be True or False, got {self.quantize_embedding!r}")
         if self.quantize_head and self.act_bits is not None:
             raise QuantizeError("quantize_head with act_bits: the LM head's input would not be quantized like the "
                                 "blocks' linears'; drop one of --quantize-head and --act-bits")

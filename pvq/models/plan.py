@@ -21,10 +21,11 @@ from pvq.transforms import LayerRotation
 
 from .activations import activation_plan_notes
 from .rotation_plan import FOLD_RULES, fused_unsupported_reason
-from .structure import (ExpertStack, block_linears, decoder_blocks, expert_stacks, family_rule, head_input_norm,
+from .structure import (ExpertStack, block_linears, decoder_blocks, expert_stacks, family_rule, head_input_norm, input_embedding,
                         linear_sizes)
 
-__all__ = ["LayerPlan", "QuantizePlan", "build_plan", "head_plan", "pick_dims", "pick_group", "rotation_seed"]
+__all__ = ["LayerPlan", "QuantizePlan", "build_plan", "embedding_plan", "head_plan", "pick_dims", "pick_group",
+           "rotation_seed"]
 
 
 def build_plan(config, model: torch.nn.Module) -> QuantizePlan:
@@ -84,6 +85,21 @@ def head_plan(config, plan: QuantizePlan, model: torch.nn.Module) -> LayerPlan:
     g = pick_group(config, inp, dim, name)
     rot = LayerRotation(out, inp, None, rotation_seed(config.seed, name, "in")) if plan.rotation == "layer" else None
     return LayerPlan(plan.num_blocks, name, out, inp, dim, g, config.make_codec(dim, g), rot)
+
+
+def embedding_plan(config, plan: QuantizePlan, model: torch.nn.Module) -> LayerPlan:
+    """The :class:`LayerPlan` of the model's input embedding (``config.quantize_embedding``): its table
+    ``[vocab, hidden]`` as a layer's weight (vectors of D along the hidden size), D and G as a block linear
+    with as many inputs would get them, the codec at ``config.bits``, block index -1 (before the blocks),
+    and under either plan a rotation of its own input side (undone when the table is decoded, so a lookup
+    costs nothing more; under ``fused`` an untied table is already in the rotated stream's coordinates, a
+    second rotation spreads its rows' outliers again)."""
+    name, emb = input_embedding(model)
+    inp, out = emb.embedding_dim, emb.num_embeddings
+    dim = pick_dims(config, [inp])[inp]
+    g = pick_group(config, inp, dim, name)
+    rot = LayerRotation(out, inp, None, rotation_seed(config.seed, name, "in"))
+    return LayerPlan(-1, name, out, inp, dim, g, config.make_codec(dim, g), rot)
 
 
 def _rotation_plan(config, model: torch.nn.Module) -> tuple[str, list[str]]:

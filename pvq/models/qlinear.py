@@ -45,6 +45,8 @@ from .structure import linear_sizes
 
 __all__ = [
     "LAYOUT_STORED",
+    "MODULE_KINDS",
+    "QuantizedEmbedding",
     "QuantizedLinear",
     "bits_per_activation",
     "buffer_name",
@@ -404,6 +406,81 @@ class QuantizedLinear(nn.Module):
             f"codec={self.codec.describe()}, {rot}, {self.bits_per_weight():.3f} bits/weight"
             + ("" if self.act_quantizer is None else f", act={self.act_quantizer.describe()}")
         )
+
+
+class QuantizedEmbedding(QuantizedLinear):
+    """An input embedding ``[num_embeddings, embedding_dim]`` stored as codec codes: the table is a
+    :class:`QuantizedLinear` weight ``[out = num_embeddings, in = embedding_dim]`` (vectors of D along the
+    embedding, rotated on their input side like a layer's) whose rows are looked up instead of multiplied.
+
+    ``forward(ids)`` returns ``table[ids]`` in :attr:`table_dtype`; the table is decoded (and un-rotated)
+    once per device and dtype and kept, so the GPU holds the dense table like ``nn.Embedding`` does: what
+    shrinks is the checkpoint, not the memory of a loaded model. ``table_dtype`` is the replaced
+    embedding's dtype (set at quantization, by the loaders from the model they build, and by
+    :func:`~pvq.models.checkpoint.cast_unquantized`).
+    """
+
+    kind = "embedding"
+
+    def __init__(self, *args, table_dtype: torch.dtype = torch.float32, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.bias is not None:
+            raise QuantizeError("a quantized embedding has no bias")
+        self.table_dtype = table_dtype
+        self._table: tuple[torch.device, torch.dtype, torch.Tensor] | None = None
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.out_features
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.in_features
+
+    @classmethod
+    def from_layer_config(cls, cfg: dict, bias_dtype: torch.dtype = torch.float32,
+                          device: torch.device | str | None = None) -> QuantizedEmbedding:
+        """Empty module from :meth:`layer_config`; ``bias_dtype``: the replaced embedding's dtype."""
+        q = super().from_layer_config(cfg, bias_dtype, device)
+        q.table_dtype = bias_dtype
+        return q
+
+    def layer_config(self) -> dict:
+        return {**super().layer_config(), "kind": self.kind}
+
+    def seed_cache(self, rotated: torch.Tensor, dtype: torch.dtype) -> None:
+        """Keep the table decoded from ``Q'`` already at hand (it must equal :meth:`rotated_weight`)."""
+        if tuple(rotated.shape) != (self.out_features, self.in_features):
+            raise QuantizeError(f"seed_cache needs [{self.out_features}, {self.in_features}], got {tuple(rotated.shape)}")
+        self._table = (rotated.device, dtype, self.unrotate_weight(rotated.float(), dtype))
+
+    def clear_cache(self) -> None:
+        super().clear_cache()
+        self._table = None
+
+    def table(self, device: torch.device | None = None) -> torch.Tensor:
+        """The decoded table ``[num_embeddings, embedding_dim]`` in :attr:`table_dtype` on ``device`` (default:
+        the stored tensors' device), decoded on first use and kept."""
+        device = torch.device(device) if device is not None else self._buffer_device()
+        if self._table is None or self._table[0] != device or self._table[1] != self.table_dtype:
+            self._table = None  # free the old copy before decoding the new one
+            self._table = (device, self.table_dtype, self.dequantize(self.table_dtype).to(device))
+        return self._table[2]
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.is_floating_point():
+            raise QuantizeError(f"a quantized embedding looks up integer token ids, got {ids.dtype}")
+        return nn.functional.embedding(ids, self.table(ids.device))
+
+    def extra_repr(self) -> str:
+        rot = "rotated" if self.rotation is not None else "no rotation"
+        return (f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}, "
+                f"codec={self.codec.describe()}, {rot}, {self.bits_per_weight():.3f} bits/weight, "
+                f"table {dtype_name(self.table_dtype)}")
+
+
+MODULE_KINDS: dict[str, type[QuantizedLinear]] = {"linear": QuantizedLinear, "embedding": QuantizedEmbedding}
+"""Quantized module classes by the ``kind`` of their checkpoint entry (absent: ``linear``)."""
 
 
 def set_backend(model: nn.Module, name: str | None) -> int:

@@ -30,6 +30,9 @@ from pvq.errors import QuantizeError
 __all__ = [
     "FINAL_NORMS",
     "head_input_norm",
+    "head_is_tied",
+    "input_embedding",
+    "untie_head",
     "FAMILY_RULES",
     "LINEAR_KINDS",
     "ExpertStack",
@@ -184,6 +187,42 @@ def head_input_norm(model: nn.Module) -> tuple[str, nn.Module, nn.Module]:
             continue
     raise QuantizeError(f"cannot find the final norm of {name} (looked for {', '.join(FINAL_NORMS)} on its base model); "
                         "leave the head unquantized or add the name to pvq.models.structure.FINAL_NORMS")
+
+
+def input_embedding(model: nn.Module) -> tuple[str, nn.Embedding]:
+    """``(name, module)`` of the model's input embedding, a plain ``nn.Embedding`` (what a quantized
+    lookup replaces). Raises :class:`QuantizeError` for a model without one or with a subclass whose
+    forward does more than look rows up (Gemma's scaled embedding)."""
+    name = type(model).__name__
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if emb is None:
+        raise QuantizeError(f"{name} has no input embedding (get_input_embeddings) to quantize")
+    if type(emb) is not nn.Embedding:
+        raise QuantizeError(f"{name}'s input embedding is {type(emb).__name__}, not a plain nn.Embedding (its "
+                            "forward may scale or project the rows): leave it unquantized")
+    return next(n for n, m in model.named_modules() if m is emb), emb
+
+
+def head_is_tied(model: nn.Module) -> bool:
+    """Whether the LM head shares its weight with the input embedding (or the config says they are tied)."""
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    shared = (emb is not None and head is not None and getattr(emb, "weight", None) is not None
+              and getattr(head, "weight", None) is emb.weight)
+    return shared or bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
+
+
+def untie_head(model: nn.Module) -> None:
+    """Give a tied LM head its own copy of the shared weight (same values) and mark the config untied, so
+    the head and the input embedding can be rewritten (folded, quantized) apart and are saved apart."""
+    head = model.get_output_embeddings()
+    emb = model.get_input_embeddings()
+    if head.weight is emb.weight:
+        head.weight = nn.Parameter(emb.weight.detach().clone(), requires_grad=emb.weight.requires_grad)
+    model.config.tie_word_embeddings = False
+    text = getattr(model.config, "get_text_config", None)
+    if callable(text) and text() is not model.config:
+        text().tie_word_embeddings = False
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
