@@ -41,14 +41,13 @@ import torch
 
 from pvq.codecs import VectorCodec, codec_to_config
 from pvq.errors import PvqError, QuantizeError
-from pvq.solvers import quantize_linear
+from pvq.solvers import HessianAccumulator, quantize_linear
 from pvq.solvers.allocate import RatePoint, allocate, lower_hull
 
 from .capture import block_linears, capture_block_inputs, collect_hessians, linear_stages, run_block
-from .format import embedding_bits_per_weight
-from .plan import LayerPlan, QuantizePlan, head_plan
+from .plan import LayerPlan, QuantizePlan, embedding_plan, head_plan
 from .qlinear import QuantizedLinear
-from .structure import decoder_blocks, linear_weight
+from .structure import decoder_blocks, head_input_norm, linear_weight
 
 __all__ = ["METRICS", "AllocateConfig", "Candidate"]
 
@@ -159,15 +158,31 @@ class AllocateConfig:
             return plan
         raise first
 
-    def candidates(self, config, plan: QuantizePlan) -> dict[str, list[tuple[float, VectorCodec]]]:
-        """Per layer, ``(rate, codec)`` of every ladder rate whose codec can be built, one per codec
-        config (the lowest rate that builds it), the plan's target codec always among them."""
+    def check(self, config) -> None:
+        """Refuse a run this allocation cannot measure (before any work): the ``block`` metric with tables to size."""
+        if self.count_embeddings and (config.quantize_embedding or config.quantize_head) and self.metric == "block":
+            raise QuantizeError("--allocate-metric block measures a block's output error, which the input embedding "
+                                "and the LM head do not have: use fisher or proxy with --quantize-embedding / "
+                                "--quantize-head and --allocate-count-embeddings")
+
+    def tables(self, config, plan: QuantizePlan, model) -> list[LayerPlan]:
+        """The plans of the tables the allocation sizes with the layers: with ``count_embeddings``, the input
+        embedding (``quantize_embedding``) and the LM head (``quantize_head``); else none (they take
+        ``config.bits``)."""
+        if not self.count_embeddings:
+            return []
+        out = [embedding_plan(config, plan, model)] if config.quantize_embedding else []
+        return out + ([head_plan(config, plan, model)] if config.quantize_head else [])
+
+    def candidates(self, config, plan: QuantizePlan, extra: list[LayerPlan] = ()) -> dict[str, list[tuple[float, VectorCodec]]]:
+        """Per layer (and per table of ``extra``), ``(rate, codec)`` of every ladder rate whose codec can be
+        built, one per codec config (the lowest rate that builds it), the plan's target codec always among them."""
         if any(p.experts is not None for p in plan.layers):
             raise QuantizeError("--allocate does not handle expert stacks (MoE) yet; quantize this model without it")
         ladder = self.ladder(config.bits)
         built: dict[tuple, list[tuple[float, VectorCodec]]] = {}
         out = {}
-        for p in plan.layers:
+        for p in [*plan.layers, *extra]:
             key = (p.dim, p.group_size)
             if key not in built:
                 seen, cands = {_key(p.codec)}, [(config.bits if plan.base_bits is None else plan.base_bits, p.codec)]
@@ -189,48 +204,49 @@ class AllocateConfig:
         """Measure every layer's candidates, allocate the budget, return (new plan, record)."""
         config = plan.config
         t0 = time.perf_counter()
-        cands = self.candidates(config, plan)
-        weights = sum(p.out_features * p.in_features for p in plan.layers)
-        head_rate = emb_rate = None
-        if self.count_embeddings and config.quantize_head:  # the head at its codec's rate (quantized after the blocks)
-            head_rate = head_plan(config, plan, model).codec.nominal_bits_per_weight()
-        if self.count_embeddings and config.quantize_embedding:  # already quantized: its stored rate
-            emb_rate = embedding_bits_per_weight(model)
-        outside_weights, outside_bits = (embedding_bits(model, self.kept_bits, head_rate, emb_rate)
+        self.check(config)
+        tables = self.tables(config, plan, model)
+        cands = self.candidates(config, plan, tables)
+        sized = [*plan.layers, *tables]  # what the allocation sizes
+        weights = sum(p.out_features * p.in_features for p in sized)
+        leave_out = {p.name for p in tables}
+        outside_weights, outside_bits = (embedding_bits(model, self.kept_bits, leave_out=leave_out)
                                          if self.count_embeddings else (0, 0))
         budget = int(math.floor(config.bits * (weights + outside_weights))) - outside_bits
         cheapest = sum(min(c.nominal_bits_per_weight() for _, c in cands[p.name]) * p.out_features * p.in_features
-                       for p in plan.layers)
+                       for p in sized)
         if cheapest > budget * 1.001:
-            what = ("quantized embedding and LM head" if head_rate is not None and emb_rate is not None else
-                    "embedding and quantized LM head" if head_rate is not None else
-                    "quantized embedding and kept LM head" if emb_rate is not None else "kept embeddings and LM head")
-            kept = (f" after the {what} ({outside_weights:,} weights, {outside_bits:,} bits) "
-                    f"take their share" if self.count_embeddings else "")
+            kept = (f" after the kept embeddings and LM head ({outside_weights:,} weights, {outside_bits:,} bits) "
+                    f"take their share" if outside_weights else "")
             raise QuantizeError(f"the target of {config.bits:g} bits per weight leaves the quantized layers "
                                 f"{max(budget, 0) / weights:.3f} bits per weight{kept}, below what the cheapest "
                                 f"candidates reach ({cheapest / weights:.3f}); raise --bits or lower --min-bits")
-        say(f"allocate: measuring {sum(len(v) for v in cands.values())} candidates of {len(plan.layers)} layers "
+        say(f"allocate: measuring {sum(len(v) for v in cands.values())} candidates of {len(sized)} layers "
             f"({self.metric} metric, rates {min(c[0] for v in cands.values() for c in v):g}.."
             f"{max(c[0] for v in cands.values() for c in v):g})")
         sensitivity = None
         if self.metric == "fisher":
             t = time.perf_counter()
-            sensitivity = output_sensitivity(model, calib_ids, [p.name for p in plan.layers], device, batch_size)
+            sensitivity = output_sensitivity(model, calib_ids, [p.name for p in sized], device, batch_size)
             say(f"allocate: output sensitivities of {len(sensitivity)} layers in {time.perf_counter() - t:.1f} s")
-        points = measure(model, calib_ids, plan, cands, self, device, batch_size, say, sensitivity=sensitivity)
+        points = measure(model, calib_ids, plan, cands, self, device, batch_size, say, sensitivity=sensitivity,
+                         tables=tables)
         seconds = time.perf_counter() - t0
-        names = [p.name for p in plan.layers]
+        names = [p.name for p in sized]
         try:
             a = allocate([[RatePoint(c.stored_bits, c.distortion) for c in points[n]] for n in names], budget)
         except PvqError as e:
             raise QuantizeError(f"allocation: {e}") from e
-        layers, record_layers = [], {}
-        for p, j in zip(plan.layers, a.choice):
+        layers, record_layers, table_codecs = [], {}, {}
+        for p, j in zip(sized, a.choice):
             c = points[p.name][j]
-            layers.append(replace(p, codec=c.codec))
+            if p.name in leave_out:
+                table_codecs[p.name] = c.codec
+            else:
+                layers.append(replace(p, codec=c.codec))
             record_layers[p.name] = _why(p, points[p.name], j, a.lam, config.bits)
-        new = QuantizePlan(config, layers, plan.num_blocks, path=plan.path, rotation=plan.rotation)
+        new = QuantizePlan(config, layers, plan.num_blocks, path=plan.path, rotation=plan.rotation,
+                           table_codecs=table_codecs)
         new.notes = list(plan.notes)  # not the notes __post_init__ derived again
         overall = (a.bits + outside_bits) / (weights + outside_weights)
         record = {
@@ -249,17 +265,22 @@ class AllocateConfig:
 
 
 def embedding_bits(model, bits_per_weight: int | None = None, head_bits_per_weight: float | None = None,
-                   embedding_bits_per_weight: float | None = None) -> tuple[int, int]:
+                   embedding_bits_per_weight: float | None = None, leave_out: set[str] = frozenset()
+                   ) -> tuple[int, int]:
     """(weights, bits) of the input embedding and the LM head (one tensor when tied), kept at
     ``bits_per_weight``, else the dtype the model's config names, else their own; an (untied) head to be
     quantized (``head_bits_per_weight``: its codec's rate) and a quantized embedding
-    (``embedding_bits_per_weight``: its stored rate) at those rates."""
+    (``embedding_bits_per_weight``: its stored rate) at those rates; the modules named in ``leave_out``
+    (sized by the allocation itself) not at all."""
     seen, n, bits = set(), 0, 0
     named = getattr(model.config, "dtype", None) or getattr(model.config, "torch_dtype", None)
     if isinstance(named, str):
         named = getattr(torch, named, None)
+    names = {id(m): n for n, m in model.named_modules()}
     for mod, quantized in ((model.get_input_embeddings(), embedding_bits_per_weight),
                            (model.get_output_embeddings(), head_bits_per_weight)):
+        if names.get(id(mod)) in leave_out:
+            continue
         if isinstance(mod, QuantizedLinear) and quantized is not None:  # no weight tensor: its table's size
             n += mod.num_weights
             bits += math.ceil(mod.num_weights * quantized)
@@ -305,9 +326,9 @@ def _why(p: LayerPlan, cands: list[Candidate], j: int, lam: float, target: float
 @torch.no_grad()
 def output_sensitivity(model, calib_ids: torch.Tensor, names: list[str], device: torch.device,
                        batch_size: int = 8) -> dict[str, float]:
-    """``{name: E ||dL/dy||^2 / out}`` per named linear: the mean over calibration tokens of the squared
-    gradient of the next-token loss (summed over tokens) with respect to the layer's output ``y``,
-    per output feature, from backward passes of ``model`` as it is (the model is not changed)."""
+    """``{name: E ||dL/dy||^2 / out}`` per named linear (or the input embedding): the mean over calibration
+    tokens of the squared gradient of the next-token loss (summed over tokens) with respect to the layer's
+    output ``y``, per output feature, from backward passes of ``model`` as it is (the model is not changed)."""
     if any(t.is_meta for t in model.parameters()):
         raise QuantizeError("the fisher allocation metric runs a backward pass of the whole model, and this model's "
                             "weights are not all in memory (a streamed skeleton); use --allocate-metric proxy")
@@ -322,8 +343,14 @@ def output_sensitivity(model, calib_ids: torch.Tensor, names: list[str], device:
                 out.register_hook(lambda g: sums.__setitem__(n, sums[n] + float(g.double().pow(2).sum())))
         return fwd
 
+    emb = model.get_input_embeddings()
+    emb_name = next((n for n in names if mods[n] is emb), None)
+
     def leaf(m, inp, out):  # the embedding output as a leaf that needs a gradient: the whole graph below it
-        return out.detach().requires_grad_(True)
+        out = out.detach().requires_grad_(True)
+        if emb_name is not None:
+            out.register_hook(lambda g: sums.__setitem__(emb_name, sums[emb_name] + float(g.double().pow(2).sum())))
+        return out
 
     was = [(prm, prm.requires_grad) for prm in model.parameters()]
     was_device = {n: t.device for n, t in model.named_parameters()}
@@ -331,7 +358,7 @@ def output_sensitivity(model, calib_ids: torch.Tensor, names: list[str], device:
     try:
         for prm, _ in was:
             prm.requires_grad_(False)
-        handles = [mods[n].register_forward_hook(watch(n)) for n in names]
+        handles = [mods[n].register_forward_hook(watch(n)) for n in names if n != emb_name]
         handles.append(model.get_input_embeddings().register_forward_hook(leaf))
         with torch.enable_grad():
             for start in range(0, calib_ids.shape[0], batch_size):
@@ -350,21 +377,40 @@ def output_sensitivity(model, calib_ids: torch.Tensor, names: list[str], device:
             prm.requires_grad_(rg)
         if len(set(was_device.values())) == 1:
             model.to(next(iter(was_device.values())))
-    out_features = {n: linear_weight(m).shape[0] for n, m in mods.items()}
+    out_features = {n: m.embedding_dim if m is emb else linear_weight(m).shape[0] for n, m in mods.items()}
     return {n: sums[n] / tokens / out_features[n] for n in names}
 
 
 def measure(model, calib_ids, plan: QuantizePlan, cands: dict, alloc: AllocateConfig, device: torch.device,
             batch_size: int, say, keep: dict | None = None,
-            sensitivity: dict[str, float] | None = None) -> dict[str, list[Candidate]]:
+            sensitivity: dict[str, float] | None = None, tables: list[LayerPlan] = ()) -> dict[str, list[Candidate]]:
     """Every layer's candidates measured block by block on copies of the blocks (the model is not changed).
     ``keep``: when given, receives ``{(name, rate): dequantized weight [out, in]}`` of whole-layer solves.
-    ``sensitivity`` (the ``fisher`` metric): per layer name, the factor its proxy is weighted by."""
+    ``sensitivity`` (the ``fisher`` metric): per layer name, the factor its proxy is weighted by.
+    ``tables``: plans of the input embedding (block -1: its rows' squared error per token, the identity
+    Hessian's proxy over the vocabulary) and the LM head (after the last block: the proxy under the final
+    norm's outputs), measured with the proxy metric."""
     config = plan.config
     _, blocks = decoder_blocks(model)
-    batches = capture_block_inputs(model, calib_ids, device, batch_size)
     out: dict[str, list[Candidate]] = {}
+
+    def weigh(name):
+        if sensitivity is not None:
+            out[name] = [replace(c, distortion=c.distortion * sensitivity[name]) for c in out[name]]
+
+    table_alloc = replace(alloc, metric="proxy")
+    for p in (t for t in tables if t.block < 0):  # the input embedding: rows as a layer's under H = I
+        emb = model.get_submodule(p.name)
+        lin = torch.nn.Linear(p.in_features, p.out_features, bias=False, device="meta")
+        lin.weight = emb.weight
+        eye = torch.eye(p.in_features, dtype=torch.float64, device=device)
+        out[p.name] = [replace(c, distortion=c.distortion / p.out_features)  # a token's row, on average
+                       for c in _measure_layer(None, -1, lin, eye, p, cands[p.name], table_alloc, config, [], device)]
+        weigh(p.name)
+    batches = capture_block_inputs(model, calib_ids, device, batch_size)
     last = max(p.block for p in plan.layers)
+    if any(t.block >= 0 for t in tables):  # the head reads the last block's output
+        last = plan.num_blocks - 1
     for i, block in enumerate(blocks):
         if i > last:
             break
@@ -380,13 +426,21 @@ def measure(model, calib_ids, plan: QuantizePlan, cands: dict, alloc: AllocateCo
                     p = mine[n]
                     out[p.name] = _measure_layer(blk, i, mods[n], accs.pop(n).hessian(), p, cands[p.name], alloc,
                                                  config, batches, device, keep)
-                    if sensitivity is not None:
-                        out[p.name] = [replace(c, distortion=c.distortion * sensitivity[p.name])
-                                       for c in out[p.name]]
+                    weigh(p.name)
             say(f"allocate: block {i} measured in {time.perf_counter() - t:.1f} s")
         for b in batches:
             b.hidden = run_block(blk, b, i)
         del blk
+    for p in (t for t in tables if t.block >= 0):  # the LM head under E[x x^T] of the final norm's outputs
+        _, head, norm = head_input_norm(model)
+        acc = HessianAccumulator(p.in_features, device=device)
+        home = next(norm.parameters()).device if next(norm.parameters(), None) is not None else device
+        norm.to(device)
+        for b in batches:
+            acc.add(norm(b.hidden.to(device)))
+        norm.to(home)
+        out[p.name] = _measure_layer(None, -1, head, acc.hessian(), p, cands[p.name], table_alloc, config, [], device)
+        weigh(p.name)
     return out
 
 

@@ -5,8 +5,9 @@
 0. under the ``fused`` rotation plan, rewrite the model first (norms folded, the residual
    stream and the heads rotated in the weights: :func:`pvq.models.rotation_plan.fold_rotations`);
    its layers then quantize with the plan's own rotations (none, or down_proj's input side);
-0. with ``config.quantize_embedding``, the input embedding's table is quantized first (identity
-   Hessian: each row's own error), so the blocks are calibrated on its quantized output; a head tied
+0. with ``config.quantize_embedding``, the input embedding's table is quantized before the blocks
+   (after an allocation's measurement, which may choose its rate; identity Hessian: each row's own
+   error), so the blocks are calibrated on its quantized output; a head tied
    to it (``quantize_head`` too) is untied before the rotation plan folds anything;
 1. capture the inputs of every block once: the decoder blocks are replaced by
    recorders for one pass over the calibration ids (batched), which keeps the
@@ -267,6 +268,8 @@ def quantize_model(
     tuner = _finetuner(config, plan)
     if config.quantize_head or config.quantize_embedding:
         _check_head_and_embedding(model, config, plan, blocks, parallel)
+    if allocation is not None:
+        allocation.check(config)
     say = log or (lambda s: None)
     notes = list(plan.notes)
     for note in plan.notes:
@@ -286,10 +289,10 @@ def quantize_model(
         say(note)
     if plan.rotation == "fused":  # rewrite the model (exactly) before anything sees its activations
         fold_rotations(model, config.seed, streamed=streamed_fold, device=device)
-    embedding = _quantize_embedding(model, plan, config, device, say) if config.quantize_embedding else None
     record = None
     if allocation is not None:  # per-layer rates chosen by measurement: a new plan, then the same work
         plan, record = allocation.apply(model, calib_ids, plan, device, batch_size, say)
+    embedding = _quantize_embedding(model, plan, config, device, say) if config.quantize_embedding else None
     layers = decoder_layers(model)
     stats: list[LayerStats] = []
     bar = _progress_bar(sum(p.count for p in plan.layers), progress, f"quantize {config.method} {config.bits:g} bits")

@@ -75,7 +75,8 @@ def build_plan(config, model: torch.nn.Module) -> QuantizePlan:
 
 def head_plan(config, plan: QuantizePlan, model: torch.nn.Module) -> LayerPlan:
     """The :class:`LayerPlan` of the model's LM head (``config.quantize_head``): D and G as a block linear
-    with as many inputs would get them, the codec at ``config.bits``, block index after the last block, and
+    with as many inputs would get them, the codec at ``config.bits`` (or the allocation's), block index after
+    the last block, and
     under the ``layer`` plan a rotation of its input side only (an output side would mix the vocabulary's
     rows, and a vocabulary of prime size would need a dense one; ``fused``: none, its input is the rotated
     stream)."""
@@ -84,13 +85,14 @@ def head_plan(config, plan: QuantizePlan, model: torch.nn.Module) -> LayerPlan:
     dim = pick_dims(config, [inp])[inp]
     g = pick_group(config, inp, dim, name)
     rot = LayerRotation(out, inp, None, rotation_seed(config.seed, name, "in")) if plan.rotation == "layer" else None
-    return LayerPlan(plan.num_blocks, name, out, inp, dim, g, config.make_codec(dim, g), rot)
+    codec = plan.table_codecs.get(name) or config.make_codec(dim, g)
+    return LayerPlan(plan.num_blocks, name, out, inp, dim, g, codec, rot)
 
 
 def embedding_plan(config, plan: QuantizePlan, model: torch.nn.Module) -> LayerPlan:
     """The :class:`LayerPlan` of the model's input embedding (``config.quantize_embedding``): its table
     ``[vocab, hidden]`` as a layer's weight (vectors of D along the hidden size), D and G as a block linear
-    with as many inputs would get them, the codec at ``config.bits``, block index -1 (before the blocks),
+    with as many inputs would get them, the codec at ``config.bits`` (or the allocation's), block index -1,
     and under either plan a rotation of its own input side (undone when the table is decoded, so a lookup
     costs nothing more; under ``fused`` an untied table is already in the rotated stream's coordinates, a
     second rotation spreads its rows' outliers again)."""
@@ -99,7 +101,8 @@ def embedding_plan(config, plan: QuantizePlan, model: torch.nn.Module) -> LayerP
     dim = pick_dims(config, [inp])[inp]
     g = pick_group(config, inp, dim, name)
     rot = LayerRotation(out, inp, None, rotation_seed(config.seed, name, "in"))
-    return LayerPlan(-1, name, out, inp, dim, g, config.make_codec(dim, g), rot)
+    codec = plan.table_codecs.get(name) or config.make_codec(dim, g)
+    return LayerPlan(-1, name, out, inp, dim, g, codec, rot)
 
 
 def _rotation_plan(config, model: torch.nn.Module) -> tuple[str, list[str]]:
@@ -231,6 +234,8 @@ class QuantizePlan:
     path: str = "model.layers"  # dotted path of the decoder block list
     rotation: str = "layer"  # the effective rotation plan (fused falls back to layer where it cannot fold)
     base_bits: float | None = None  # the rate its codecs were built at when not config.bits (allocation's base plan)
+    # codecs the allocation chose for the input embedding / LM head by module name (else config.bits)
+    table_codecs: dict[str, VectorCodec] = field(default_factory=dict)
 
     def __post_init__(self):
         groups = {(p.dim, p.group_size) for p in self.layers}

@@ -131,3 +131,23 @@ def test_allocation_budget_counts_a_quantized_embedding_at_its_rate():
     n, bits = embedding_bits(m, 16, None, rate)
     assert n == emb.num_weights + head.weight.numel()
     assert bits == int(-(-emb.num_weights * rate // 1)) + 16 * head.weight.numel()
+
+
+def test_the_allocation_sizes_the_tables_with_the_layers():
+    from pvq.models.allocation import AllocateConfig
+
+    alloc = AllocateConfig(metric="fisher", count_embeddings=True, rows=0.5)
+    m, report = _run(bits=2.5, allocation=alloc)
+    rec = report.allocation
+    assert {"model.embed_tokens", "lm_head"} <= set(rec["layers"]) and rec["embedding_weights"] == 0
+    assert report.embedding.bits_per_weight == pytest.approx(rec["layers"]["model.embed_tokens"]["bits_per_weight"])
+    assert report.head.bits_per_weight == pytest.approx(rec["layers"]["lm_head"]["bits_per_weight"])
+    weights = report.num_weights + report.embedding.num_weights + report.head.num_weights
+    bits = report.stored_bits + report.embedding.stored_bits + report.head.stored_bits
+    assert 2.4 < bits / weights <= 2.5  # the whole model's measured rate, within the budget
+    fresh = tiny("llama", tie_word_embeddings=True)
+    cfg = QuantizeConfig(method="pvq", bits=3, quantize_head=True, quantize_embedding=True, n_samples=8, seq_len=32)
+    with pytest.raises(QuantizeError, match="use fisher or proxy"):
+        quantize_model(fresh, calib(), cfg, progress=False, log=None,
+                       allocation=AllocateConfig(metric="block", count_embeddings=True))
+    assert head_is_tied(fresh) and not quantized(fresh)  # before any work
