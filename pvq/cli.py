@@ -216,6 +216,10 @@ def _quantize_arguments(p: argparse.ArgumentParser) -> None:
                         "dtype (each at its codec's rate with --quantize-head / --quantize-embedding): --bits is "
                         "the average over "
                         "them and the quantized weights (the whole model's size)")
+    a.add_argument("--allocate-tables", action="store_true",
+                   help="with --allocate-count-embeddings: the allocation also chooses the rates of the tables "
+                        "quantized by --quantize-embedding / --quantize-head (else they take --bits); measured worse "
+                        "than --bits for them on the reference model (README)")
     a.add_argument("--allocate-rows", type=float, default=0.125,
                    help="fraction of each layer's output rows the proxy metric solves per candidate (default 0.125)")
 
@@ -226,13 +230,14 @@ def _allocate_config(args: argparse.Namespace):
         given = [f for f in ("min_bits", "max_bits") if getattr(args, f) is not None]
         if given:
             raise PvqError(f"--{given[0].replace('_', '-')} bounds per-layer rates: add --allocate")
-        if args.allocate_count_embeddings:
-            raise PvqError("--allocate-count-embeddings sets what the --allocate budget covers: add --allocate")
+        if args.allocate_count_embeddings or args.allocate_tables:
+            raise PvqError("--allocate-count-embeddings / --allocate-tables set what the --allocate budget covers: "
+                           "add --allocate")
         return None
     from .models.allocation import AllocateConfig
 
     return AllocateConfig(args.allocate_metric, args.min_bits, args.max_bits, args.allocate_step, args.allocate_rows,
-                          count_embeddings=args.allocate_count_embeddings)
+                          count_embeddings=args.allocate_count_embeddings, size_tables=args.allocate_tables)
 
 
 def _quantize_config(args: argparse.Namespace):

@@ -136,7 +136,7 @@ def test_allocation_budget_counts_a_quantized_embedding_at_its_rate():
 def test_the_allocation_sizes_the_tables_with_the_layers():
     from pvq.models.allocation import AllocateConfig
 
-    alloc = AllocateConfig(metric="fisher", count_embeddings=True, rows=0.5)
+    alloc = AllocateConfig(metric="fisher", count_embeddings=True, rows=0.5, size_tables=True)
     m, report = _run(bits=2.5, allocation=alloc)
     rec = report.allocation
     assert {"model.embed_tokens", "lm_head"} <= set(rec["layers"]) and rec["embedding_weights"] == 0
@@ -149,5 +149,11 @@ def test_the_allocation_sizes_the_tables_with_the_layers():
     cfg = QuantizeConfig(method="pvq", bits=3, quantize_head=True, quantize_embedding=True, n_samples=8, seq_len=32)
     with pytest.raises(QuantizeError, match="use fisher or proxy"):
         quantize_model(fresh, calib(), cfg, progress=False, log=None,
-                       allocation=AllocateConfig(metric="block", count_embeddings=True))
+                       allocation=AllocateConfig(metric="block", count_embeddings=True, size_tables=True))
     assert head_is_tied(fresh) and not quantized(fresh)  # before any work
+    with pytest.raises(QuantizeError, match="needs count_embeddings"):
+        AllocateConfig(size_tables=True)
+    m, report = _run(bits=2.5, allocation=AllocateConfig(metric="proxy", count_embeddings=True, rows=0.5))
+    assert "lm_head" not in report.allocation["layers"]  # off: the tables take --bits, counted at its rate
+    assert report.embedding.bits_per_weight == pytest.approx(report.head.bits_per_weight)
+    assert report.allocation["embedding_weights"] == report.embedding.num_weights + report.head.num_weights
