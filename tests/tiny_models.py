@@ -96,6 +96,36 @@ def calib(n: int = 8, length: int = 32, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, 128, (n, length), generator=torch.Generator().manual_seed(seed))
 
 
+def quantize_tables(tied: bool, plan: str = "fused", bits: float = 3.0, head: bool = True, embedding: bool = False,
+                    **kw):
+    """(tiny Llama, its :class:`QuantizeReport`): pvq at ``bits`` under the rotation ``plan`` with the LM head
+    (``head``) and the input embedding (``embedding``) quantized too; ``kw`` goes to ``quantize_model``."""
+    from pvq.models import QuantizeConfig, quantize_model
+
+    m = tiny("llama", tie_word_embeddings=tied)
+    cfg = QuantizeConfig(method="pvq", bits=bits, quantize_head=head, quantize_embedding=embedding, rotation=plan,
+                         n_samples=8, seq_len=32)
+    return m, quantize_model(m, calib(), cfg, progress=False, log=None, **kw)
+
+
+def tiny_logits(x: torch.Tensor, family: str = "llama", **extra) -> torch.Tensor:
+    """Logits on ``x`` of the unquantized ``tiny(family, **extra)``."""
+    with torch.no_grad():
+        return tiny(family, **extra)(x).logits
+
+
+def saved_and_loaded(model, report, path, via: str, x: torch.Tensor):
+    """(model's logits on ``x``, the model saved to ``path`` and loaded back ``via`` a loader, its logits)."""
+    from pvq.models.checkpoint import load_quantized, save_quantized
+
+    with torch.no_grad():
+        want = model(x).logits
+    save_quantized(model, path, report)
+    loaded = load_quantized(path, via=via)
+    with torch.no_grad():
+        return want, loaded, loaded(x).logits
+
+
 def quantized(model) -> dict[str, QuantizedLinear]:
     """The model's quantized layers by name."""
     return {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLinear)}

@@ -412,7 +412,7 @@ def _quantize_embedding(model: nn.Module, plan: QuantizePlan, config: QuantizeCo
     ``[vocab, hidden]`` as a layer's weight under the identity Hessian (each row's own squared error: a
     lookup's error does not mix rows, and no calibration input weights the hidden dimensions). Returns its
     stats."""
-    name, emb = input_embedding(model)
+    _, emb = input_embedding(model)
     p = embedding_plan(config, plan, model)
     table = nn.Linear(p.in_features, p.out_features, bias=False, device="meta")
     table.weight = emb.weight  # the same tensor, read as a linear's [out, in] weight
@@ -421,14 +421,22 @@ def _quantize_embedding(model: nn.Module, plan: QuantizePlan, config: QuantizeCo
         table, lambda: torch.eye(p.in_features, dtype=torch.float64, device=device), p, config, device,
         module=QuantizedEmbedding)
     q.table_dtype = emb.weight.dtype
-    if home != device:
+    return _install_table(model, q, p, home, device, (loss, rel, secs), "the input embedding", say)
+
+
+def _install_table(model: nn.Module, q: QuantizedLinear, p: LayerPlan, home, device, measured: tuple,
+                   what: str, say) -> LayerStats:
+    """Put a quantized table (the input embedding, the LM head) where its module was (on its device) and
+    return its stats; ``measured``: (proxy loss, relative error, seconds)."""
+    loss, rel, secs = measured
+    if home is not None and home != device:  # where it was (a cache from elsewhere could differ)
         q.to(home)
         q.clear_cache()
-    _set_submodule(model, name, q)
-    st = LayerStats(name, p.block, p.out_features, p.in_features, p.codec.describe(), loss, rel, secs,
+    _set_submodule(model, p.name, q)
+    st = LayerStats(p.name, p.block, p.out_features, p.in_features, p.codec.describe(), loss, rel, secs,
                     q.stored_bits(), q.num_weights, p.dim)
-    say(f"{name:<40} [{p.out_features}x{p.in_features}] D={p.dim} rel.err {rel:.5f}  {st.bits_per_weight:.3f} b/w  "
-        f"{secs:.2f}s (the input embedding)")
+    say(f"{p.name:<40} [{p.out_features}x{p.in_features}] D={p.dim} rel.err {rel:.5f}  proxy {loss:.4g}  "
+        f"{st.bits_per_weight:.3f} b/w  {secs:.2f}s ({what})")
     return st
 
 
@@ -436,7 +444,7 @@ def _quantize_embedding(model: nn.Module, plan: QuantizePlan, config: QuantizeCo
 def _quantize_head(model: nn.Module, batches, plan: QuantizePlan, config: QuantizeConfig, device, say) -> LayerStats:
     """Quantize the LM head in place under ``E[x x^T]`` of its inputs: the final norm of the last (quantized)
     block's outputs on the calibration batches. Returns its stats."""
-    name, head, norm = head_input_norm(model)
+    _, head, norm = head_input_norm(model)
     p = head_plan(config, plan, model)
     acc = HessianAccumulator(p.in_features, device=device)
     home = module_device(norm)
@@ -446,15 +454,7 @@ def _quantize_head(model: nn.Module, batches, plan: QuantizePlan, config: Quanti
     norm.to(home if home is not None else device)
     head_home = module_device(head)
     q, loss, rel, secs = _quantize_linear(head, acc.take, p, config, device)
-    if head_home is not None and head_home != device:  # where the head was (a cache from elsewhere could differ)
-        q.to(head_home)
-        q.clear_cache()
-    _set_submodule(model, name, q)
-    st = LayerStats(name, p.block, p.out_features, p.in_features, p.codec.describe(), loss, rel, secs,
-                    q.stored_bits(), q.num_weights, p.dim)
-    say(f"{name:<40} [{p.out_features}x{p.in_features}] D={p.dim} rel.err {rel:.5f}  proxy {loss:.4g}  {st.bits_per_weight:.3f} b/w  "
-        f"{secs:.2f}s (the LM head)")
-    return st
+    return _install_table(model, q, p, head_home, device, (loss, rel, secs), "the LM head", say)
 
 
 def _finetuner(config: QuantizeConfig, plan: QuantizePlan) -> BlockFinetune | None:

@@ -70,9 +70,10 @@ def test_kernel_equals_the_transform(n, rows, inverse):
 
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_low_precision_rows_round_trip(dtype):
-    rh = RandomizedHadamard(4096, seed=3)
-    x = torch.randn(2, 3, 4096).cuda().to(dtype)
+@pytest.mark.parametrize("n", [4096, 11008])  # no dense factor; one of 344
+def test_low_precision_rows_round_trip(dtype, n):
+    rh = RandomizedHadamard(n, seed=3)
+    x = torch.randn(2, 3, n).cuda().to(dtype)
     y = hadamard_rotate_cuda(rh, x)
     assert y.shape == x.shape and y.dtype == dtype
     torch.testing.assert_close(y.float(), rh.forward(x.float()), rtol=2e-2, atol=2e-2)
@@ -92,14 +93,3 @@ def test_dense_kernel_equals_the_transform(n, rows, inverse):
     x = torch.randn(rows, n, generator=torch.Generator().manual_seed(rows)).cuda()
     ref = rh.inverse(x) if inverse else rh.forward(x)
     torch.testing.assert_close(hadamard_rotate_cuda(rh, x, inverse=inverse), ref, rtol=1e-4, atol=1e-4)
-
-
-@needs_cuda
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_dense_low_precision_rows_round_trip(dtype):
-    rh = RandomizedHadamard(11008, seed=3)
-    x = torch.randn(2, 3, 11008).cuda().to(dtype)
-    y = hadamard_rotate_cuda(rh, x)
-    assert y.shape == x.shape and y.dtype == dtype
-    torch.testing.assert_close(y.float(), rh.forward(x.float()), rtol=2e-2, atol=2e-2)
-    torch.testing.assert_close(hadamard_rotate_cuda(rh, y, inverse=True).float(), x.float(), rtol=3e-2, atol=3e-2)

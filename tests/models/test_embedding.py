@@ -10,27 +10,22 @@ from torch import nn
 from pvq.errors import CheckpointError, QuantizeError
 from pvq.models import QuantizeConfig, quantize_model
 from pvq.models.allocation import embedding_bits
-from pvq.models.checkpoint import cast_unquantized, load_quantized, save_quantized
+from pvq.models.checkpoint import cast_unquantized
 from pvq.models.format import embedding_bits_per_weight, quantization_config_dict, replace_linears
 from pvq.models.qlinear import MODULE_KINDS, QuantizedEmbedding, QuantizedLinear
 from pvq.models.structure import head_is_tied, input_embedding
-from tiny_models import calib, quantized, tiny
+from tiny_models import calib, quantize_tables, quantized, saved_and_loaded, tiny, tiny_logits
 
 X = calib(2, 16, seed=5)
 
 
 def _run(plan="fused", tied=True, head=True, bits=3.0, **kw):
-    m = tiny("llama", tie_word_embeddings=tied)
-    cfg = QuantizeConfig(method="pvq", bits=bits, quantize_head=head, quantize_embedding=True, rotation=plan,
-                         n_samples=8, seq_len=32)
-    return m, quantize_model(m, calib(), cfg, progress=False, log=None, **kw)
+    return quantize_tables(tied, plan, bits, head, embedding=True, **kw)
 
 
 @pytest.mark.parametrize("plan", ["fused", "layer"])
 def test_a_tied_pair_is_untied_and_both_quantized(plan):
-    base = tiny("llama", tie_word_embeddings=True)
-    with torch.no_grad():
-        ref = base(X).logits
+    ref = tiny_logits(X, tie_word_embeddings=True)
     m, report = _run(plan)
     emb = m.get_input_embeddings()
     assert isinstance(emb, QuantizedEmbedding) and isinstance(m.lm_head, QuantizedLinear)
@@ -69,14 +64,10 @@ def test_an_untied_model_quantizes_its_embedding_alone():
 @pytest.mark.parametrize("via", ["direct", "transformers"])
 def test_saved_embedding_loads_to_the_same_logits(tmp_path, via):
     m, report = _run(bits=3.0)
-    with torch.no_grad():
-        want = m(X).logits
-    save_quantized(m, tmp_path / "q", report)
-    loaded = load_quantized(tmp_path / "q", via=via)
+    want, loaded, got = saved_and_loaded(m, report, tmp_path / "q", via, X)
     assert isinstance(loaded.get_input_embeddings(), QuantizedEmbedding) and not loaded.config.tie_word_embeddings
     assert quantization_config_dict(loaded, report)["modules"]["model.embed_tokens"]["kind"] == "embedding"
-    with torch.no_grad():
-        assert torch.equal(loaded(X).logits, want)
+    assert torch.equal(got, want)
 
 
 def test_the_model_dtype_reaches_the_lookups():

@@ -8,25 +8,20 @@ import torch
 from pvq.errors import QuantizeError
 from pvq.models import QuantizeConfig, quantize_model
 from pvq.models.allocation import AllocateConfig, embedding_bits
-from pvq.models.checkpoint import load_quantized, save_quantized
 from pvq.models.format import head_bits_per_weight
 from pvq.models.qlinear import QuantizedLinear
-from tiny_models import calib, quantized, tiny
+from tiny_models import calib, quantize_tables, quantized, saved_and_loaded, tiny, tiny_logits
 
 X = calib(2, 16, seed=5)
 
 
 def _run(plan="fused", head=True, bits=4.0, **kw):
-    m = tiny("llama", tie_word_embeddings=False)
-    cfg = QuantizeConfig(method="pvq", bits=bits, quantize_head=head, rotation=plan, n_samples=8, seq_len=32)
-    return m, quantize_model(m, calib(), cfg, progress=False, log=None, **kw)
+    return quantize_tables(False, plan, bits, head, **kw)
 
 
 @pytest.mark.parametrize("plan", ["fused", "layer"])
 def test_head_is_quantized_after_the_blocks_which_stay_the_same(plan):
-    base = tiny("llama", tie_word_embeddings=False)
-    with torch.no_grad():
-        ref = base(X).logits
+    ref = tiny_logits(X, tie_word_embeddings=False)
     m, report = _run(plan)
     plain, plain_report = _run(plan, head=False)
     assert isinstance(m.lm_head, QuantizedLinear) and not isinstance(plain.lm_head, QuantizedLinear)
@@ -50,13 +45,8 @@ def test_head_is_quantized_after_the_blocks_which_stay_the_same(plan):
 @pytest.mark.parametrize("via", ["direct", "transformers"])
 def test_saved_head_loads_to_the_same_logits(tmp_path, via):
     m, report = _run(bits=3.0)
-    with torch.no_grad():
-        want = m(X).logits
-    save_quantized(m, tmp_path / "q", report)
-    loaded = load_quantized(tmp_path / "q", via=via)
-    assert isinstance(loaded.lm_head, QuantizedLinear)
-    with torch.no_grad():
-        assert torch.equal(loaded(X).logits, want)
+    want, loaded, got = saved_and_loaded(m, report, tmp_path / "q", via, X)
+    assert isinstance(loaded.lm_head, QuantizedLinear) and torch.equal(got, want)
 
 
 def test_refused_before_any_work():
