@@ -413,21 +413,39 @@ class QuantizedEmbedding(QuantizedLinear):
     :class:`QuantizedLinear` weight ``[out = num_embeddings, in = embedding_dim]`` (vectors of D along the
     embedding, rotated on their input side like a layer's) whose rows are looked up instead of multiplied.
 
-    ``forward(ids)`` returns ``table[ids]`` in :attr:`table_dtype`; the table is decoded (and un-rotated)
-    once per device and dtype and kept, so the GPU holds the dense table like ``nn.Embedding`` does: what
-    shrinks is the checkpoint, not the memory of a loaded model. ``table_dtype`` is the replaced
-    embedding's dtype (set at quantization, by the loaders from the model they build, and by
-    :func:`~pvq.models.checkpoint.cast_unquantized`).
+    ``forward(ids)`` returns ``table[ids]`` in :attr:`table_dtype`, by :attr:`lookup`:
+
+    * ``table`` (default): the whole table decoded once per device and dtype and kept (``nn.Embedding``'s
+      memory; no decode per call; a CUDA-graph step captures it like ``nn.Embedding``);
+    * ``rows``: the rows of the distinct ids in a call are decoded and un-rotated, from the layer's codes
+      unpacked once and kept in the smallest integer dtypes that hold them (3-bit PVQ at D = 32: 6.75
+      bits per weight, its split index in int64 parts, against the table's 16), so a loaded model stays
+      smaller; each call synchronizes with the device (the distinct ids), so it is for eager use.
+
+    The two agree to float rounding (the un-rotation's transforms run on other batch shapes).
+    ``table_dtype`` is the replaced embedding's dtype (set at quantization, by the loaders from the model
+    they build, and by :func:`~pvq.models.checkpoint.cast_unquantized`).
     """
 
     kind = "embedding"
+    LOOKUPS = ("rows", "table")
 
-    def __init__(self, *args, table_dtype: torch.dtype = torch.float32, **kwargs):
+    def __init__(self, *args, table_dtype: torch.dtype = torch.float32, lookup: str = "table", **kwargs):
         super().__init__(*args, **kwargs)
         if self.bias is not None:
             raise QuantizeError("a quantized embedding has no bias")
         self.table_dtype = table_dtype
         self._table: tuple[torch.device, torch.dtype, torch.Tensor] | None = None
+        self._row_codes: tuple[torch.device, dict[str, torch.Tensor], torch.Tensor] | None = None
+        self.lookup = "table"
+        self.set_lookup(lookup)
+
+    def set_lookup(self, lookup: str) -> None:
+        """Decode the rows a call needs (``rows``) or keep the whole decoded table (``table``)."""
+        if lookup not in self.LOOKUPS:
+            raise QuantizeError(f"lookup must be one of {', '.join(self.LOOKUPS)}, got {lookup!r}")
+        self.lookup = lookup
+        self.clear_cache()
 
     @property
     def num_embeddings(self) -> int:
@@ -449,14 +467,47 @@ class QuantizedEmbedding(QuantizedLinear):
         return {**super().layer_config(), "kind": self.kind}
 
     def seed_cache(self, rotated: torch.Tensor, dtype: torch.dtype) -> None:
-        """Keep the table decoded from ``Q'`` already at hand (it must equal :meth:`rotated_weight`)."""
+        """``table`` lookups: keep the table decoded from ``Q'`` already at hand (it must equal
+        :meth:`rotated_weight`); ``rows`` lookups decode from the codes."""
         if tuple(rotated.shape) != (self.out_features, self.in_features):
             raise QuantizeError(f"seed_cache needs [{self.out_features}, {self.in_features}], got {tuple(rotated.shape)}")
-        self._table = (rotated.device, dtype, self.unrotate_weight(rotated.float(), dtype))
+        if self.lookup == "table":
+            self._table = (rotated.device, dtype, self.unrotate_weight(rotated.float(), dtype))
 
     def clear_cache(self) -> None:
         super().clear_cache()
         self._table = None
+        self._row_codes = None
+
+    def cached_bytes(self) -> int:
+        """Bytes this module keeps beside its stored tensors for lookups (the table, or the unpacked codes)."""
+        if self._table is not None:
+            return self._table[2].numel() * self._table[2].element_size()
+        if self._row_codes is not None:
+            return sum(t.numel() * t.element_size() for t in (*self._row_codes[1].values(), self._row_codes[2]))
+        return 0
+
+    def _codes_on(self, device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """(the codes unpacked once, each integer tensor in the smallest dtype that holds it; the per-group
+        scales, float32) on ``device``."""
+        if self._row_codes is None or self._row_codes[0] != device:
+            self._row_codes = None
+            codes = {k: _narrowest(v).to(device) for k, v in self.codes().items()}
+            groups = (self.scales.float() if SCALE_KEY in self.stored_keys
+                      else torch.ones(self.num_vectors // self.codec.group_size)).to(device)
+            self._row_codes = (device, codes, groups)
+        return self._row_codes[1], self._row_codes[2]
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """The table's rows ``ids`` (int ``[k]``), ``[k, embedding_dim]`` in :attr:`table_dtype`, decoded from
+        the codes."""
+        codes, groups = self._codes_on(ids.device)
+        per_row = self.in_features // self.codec.dim
+        vec = (ids[:, None] * per_row + torch.arange(per_row, device=ids.device)).reshape(-1)
+        picked = {k: v.index_select(0, vec).long() if not v.is_floating_point() else v.index_select(0, vec)
+                  for k, v in codes.items()}
+        q = self.fitted_codec().decode(picked, groups.index_select(0, vec // self.codec.group_size))
+        return self.unrotate_weight(q.float().reshape(len(ids), self.in_features), self.table_dtype)
 
     def table(self, device: torch.device | None = None) -> torch.Tensor:
         """The decoded table ``[num_embeddings, embedding_dim]`` in :attr:`table_dtype` on ``device`` (default:
@@ -470,13 +521,30 @@ class QuantizedEmbedding(QuantizedLinear):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if ids.is_floating_point():
             raise QuantizeError(f"a quantized embedding looks up integer token ids, got {ids.dtype}")
-        return nn.functional.embedding(ids, self.table(ids.device))
+        if self.lookup == "table":
+            return nn.functional.embedding(ids, self.table(ids.device))
+        distinct, where = torch.unique(ids.reshape(-1), return_inverse=True)
+        if distinct.numel() and (int(distinct[0]) < 0 or int(distinct[-1]) >= self.num_embeddings):
+            raise QuantizeError(f"token ids must be in [0, {self.num_embeddings}), got {int(distinct[0])}.."
+                                f"{int(distinct[-1])}")
+        return self.rows(distinct)[where].reshape(*ids.shape, self.in_features)
 
     def extra_repr(self) -> str:
         rot = "rotated" if self.rotation is not None else "no rotation"
         return (f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}, "
                 f"codec={self.codec.describe()}, {rot}, {self.bits_per_weight():.3f} bits/weight, "
-                f"table {dtype_name(self.table_dtype)}")
+                f"{self.lookup} lookups in {dtype_name(self.table_dtype)}")
+
+
+def _narrowest(t: torch.Tensor) -> torch.Tensor:
+    """An integer tensor in the smallest signed dtype that holds its values (others unchanged)."""
+    if t.is_floating_point() or t.dtype == torch.bool or t.numel() == 0:
+        return t
+    lo, hi = int(t.min()), int(t.max())
+    for dt in (torch.int8, torch.int16, torch.int32):
+        if torch.iinfo(dt).min <= lo and hi <= torch.iinfo(dt).max:
+            return t.to(dt)
+    return t
 
 
 MODULE_KINDS: dict[str, type[QuantizedLinear]] = {"linear": QuantizedLinear, "embedding": QuantizedEmbedding}

@@ -148,3 +148,22 @@ def test_the_allocation_sizes_the_tables_with_the_layers():
     assert "lm_head" not in report.allocation["layers"]  # off: the tables take --bits, counted at its rate
     assert report.embedding.bits_per_weight == pytest.approx(report.head.bits_per_weight)
     assert report.allocation["embedding_weights"] == report.embedding.num_weights + report.head.num_weights
+
+
+def test_row_lookups_equal_the_table_and_keep_less():
+    m, _ = _run("layer")
+    emb = m.get_input_embeddings()
+    ids = torch.tensor([[0, 5, 127, 5], [3, 3, 64, 0]])
+    emb.set_lookup("table")
+    want, table_bytes = emb(ids), emb.cached_bytes()
+    emb.set_lookup("rows")
+    assert emb.cached_bytes() == 0
+    torch.testing.assert_close(emb(ids), want, rtol=1e-6, atol=1e-7)
+    assert 0 < emb.cached_bytes() < table_bytes / 4  # unpacked codes in narrow dtypes against a float32 table
+    with torch.no_grad():
+        logits = m(X).logits
+    emb.set_lookup("table")
+    with torch.no_grad():
+        torch.testing.assert_close(m(X).logits, logits, rtol=1e-5, atol=1e-5)
+    with pytest.raises(QuantizeError, match="lookup must be one of"):
+        emb.set_lookup("gather")
