@@ -43,6 +43,25 @@ def test_quantize_save_eval_round_trip(tiny_model_dir, tmp_path, capsys):
     assert rc == 2 and "--overwrite" in capsys.readouterr().err
 
 
+def test_quantize_the_tied_tables_from_the_cli(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "q"
+    rc = main(["quantize", str(tiny_model_dir), "--method", "pvq", "--bits", "3", "--quantize-head",
+               "--quantize-embedding", "--calib", str(CALIB_TEXT), "--samples", "4", "--seq-len", "32",
+               "--output", str(out), "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert 2.5 < summary["embedding_bits_per_weight"] <= 3.0 and 2.5 < summary["lm_head_bits_per_weight"] <= 3.0
+    assert main(["eval", str(out), "--eval-tokens", "300", "--context", "128", "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["embedding_bits_per_weight"] == pytest.approx(summary["embedding_bits_per_weight"])
+    assert ev["lm_head_bits_per_weight"] == pytest.approx(summary["lm_head_bits_per_weight"])
+    assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is False
+    # one table of a tied pair alone: refused before the model is quantized
+    rc = main(["quantize", str(tiny_model_dir), "--bits", "3", "--quantize-embedding", "--calib", str(CALIB_TEXT),
+               "--samples", "4", "--seq-len", "32", "--output", str(tmp_path / "r")])
+    assert rc == 2 and "add --quantize-head" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
 def test_eval_of_plain_model_reports_stored_dtype(tiny_model_dir, capsys):
     assert main(["eval", str(tiny_model_dir), "--eval-tokens", "300", "--context", "128", "--json"]) == 0
     ev = json.loads(capsys.readouterr().out)
