@@ -4,11 +4,10 @@
 
 0. under the ``fused`` rotation plan, rewrite the model first (norms folded, the residual
    stream and the heads rotated in the weights: :func:`pvq.models.rotation_plan.fold_rotations`);
-   its layers then quantize with the plan's own rotations (none, or down_proj's input side);
-0. with ``config.quantize_embedding``, the input embedding's table is quantized before the blocks
-   (after an allocation's measurement, which may choose its rate; identity Hessian: each row's own
-   error), so the blocks are calibrated on its quantized output; a head tied
-   to it (``quantize_head`` too) is untied before the rotation plan folds anything;
+   its layers then quantize with the plan's own rotations (none, or down_proj's input side); a head
+   tied to the input embedding is untied first when both are to be quantized; then, with
+   ``config.quantize_embedding``, the input embedding's table is quantized (after an allocation's
+   measurement; identity Hessian: each row's own error), so the blocks are calibrated on its output;
 1. capture the inputs of every block once: the decoder blocks are replaced by
    recorders for one pass over the calibration ids (batched), which keeps the
    first block's hidden states and the keyword arguments each block is called
