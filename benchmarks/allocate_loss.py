@@ -25,12 +25,11 @@ from dataclasses import replace
 import torch
 
 from pvq.eval.perplexity import perplexity
-from pvq.eval.runs import DemoConfig, eval_token_ids, load_model
-from pvq.models import QuantizeConfig, QuantizePlan, calibration_batches, load_text, quantize_model
+from pvq.models import QuantizeConfig, QuantizePlan, quantize_model
 from pvq.models.allocation import AllocateConfig, measure
-from pvq.models.reference import CALIB_TEXT, HELDOUT_TEXT
 from pvq.models.structure import linear_weight
 from pvq.solvers.allocate import RatePoint, allocate
+from _reference import reference_inputs
 
 
 def mean_loss(model, ids: torch.Tensor, batch: int = 8) -> float:
@@ -102,10 +101,7 @@ def main() -> None:
     ap.add_argument("--loss-windows", type=int, default=16)
     ap.add_argument("--out", default="docs/bench/allocate_loss_cpu.jsonl")
     args = ap.parse_args()
-    demo = DemoConfig(plot=None, zeroshot_limit=0)
-    model, tok = load_model(None)
-    calib = calibration_batches(load_text(CALIB_TEXT), tok, demo.n_samples, demo.seq_len, demo.seed)
-    ids = eval_token_ids(load_text(HELDOUT_TEXT), tok, demo.eval_tokens)
+    demo, model, _, calib, ids = reference_inputs()
     cfg = QuantizeConfig(method="pvq", bits=args.bits, n_samples=demo.n_samples, seq_len=demo.seq_len, seed=demo.seed)
     alloc = LossAllocation(args.loss_windows)
     t = time.perf_counter()

@@ -21,10 +21,10 @@ import time
 import torch
 
 from pvq.eval.perplexity import perplexity
-from pvq.eval.runs import DemoConfig, eval_token_ids, load_model
-from pvq.models import QuantizeConfig, calibration_batches, load_text, quantize_model
+from pvq.eval.runs import load_model
+from pvq.models import QuantizeConfig, quantize_model
 from pvq.models.allocation import AllocateConfig
-from pvq.models.reference import CALIB_TEXT, HELDOUT_TEXT
+from _reference import reference_inputs
 
 LABELS = {"kept": "tied, kept (fp16)", "quantized": "both quantized (untied)",
           "allocated": "both quantized, allocated with the layers"}
@@ -38,10 +38,7 @@ def main() -> None:
     ap.add_argument("--allocate", action="store_true", help="also the whole model allocated at the same measured rate")
     ap.add_argument("--only-allocated", action="store_true", help="skip the kept-table runs")
     args = ap.parse_args()
-    demo = DemoConfig(plot=None, zeroshot_limit=0)
-    model, tok = load_model(None)
-    calib = calibration_batches(load_text(CALIB_TEXT), tok, demo.n_samples, demo.seq_len, demo.seed)
-    ids = eval_token_ids(load_text(HELDOUT_TEXT), tok, demo.eval_tokens)
+    demo, model, _, calib, ids = reference_inputs()
     base = perplexity(model, ids, context=demo.context, stride=demo.context).perplexity
     table = model.get_input_embeddings().weight.numel()
     print(f"reference model (tied), unquantized: perplexity {base:.3f}; its table {table:,} weights", flush=True)

@@ -19,9 +19,9 @@ import time
 import torch
 
 from pvq.eval.perplexity import perplexity
-from pvq.eval.runs import DemoConfig, eval_token_ids, load_model
-from pvq.models import QuantizeConfig, calibration_batches, load_text, quantize_model
-from pvq.models.reference import CALIB_TEXT, HELDOUT_TEXT
+from pvq.eval.runs import load_model
+from pvq.models import QuantizeConfig, quantize_model
+from _reference import reference_inputs
 
 
 def untied(model):
@@ -38,10 +38,7 @@ def main() -> None:
     ap.add_argument("--method", default="pvq")
     ap.add_argument("--out", default="docs/bench/head_ref_cpu.jsonl")
     args = ap.parse_args()
-    demo = DemoConfig(plot=None, zeroshot_limit=0)
-    model, tok = load_model(None)
-    calib = calibration_batches(load_text(CALIB_TEXT), tok, demo.n_samples, demo.seq_len, demo.seed)
-    ids = eval_token_ids(load_text(HELDOUT_TEXT), tok, demo.eval_tokens)
+    demo, model, _, calib, ids = reference_inputs()
     state = {k: v.clone() for k, v in untied(model).state_dict().items()}
     base = perplexity(model, ids, context=demo.context, stride=demo.context).perplexity
     print(f"untied reference, unquantized: perplexity {base:.3f}", flush=True)

@@ -41,13 +41,14 @@ import torch
 
 from pvq.codecs import VectorCodec, codec_to_config
 from pvq.errors import PvqError, QuantizeError
-from pvq.solvers import HessianAccumulator, quantize_linear
+from pvq.solvers import quantize_linear
 from pvq.solvers.allocate import RatePoint, allocate, lower_hull
 
-from .capture import block_linears, capture_block_inputs, collect_hessians, linear_stages, run_block
+from .capture import (block_linears, capture_block_inputs, collect_hessians, linear_stages, norm_output_hessian,
+                      run_block)
 from .plan import LayerPlan, QuantizePlan, embedding_plan, head_plan
 from .qlinear import QuantizedLinear
-from .structure import decoder_blocks, head_input_norm, linear_weight
+from .structure import decoder_blocks, embedding_as_linear, head_input_norm, linear_weight
 
 __all__ = ["METRICS", "AllocateConfig", "Candidate"]
 
@@ -417,9 +418,7 @@ def measure(model, calib_ids, plan: QuantizePlan, cands: dict, alloc: AllocateCo
 
     table_alloc = replace(alloc, metric="proxy")
     for p in (t for t in tables if t.block < 0):  # the input embedding: rows as a layer's under H = I
-        emb = model.get_submodule(p.name)
-        lin = torch.nn.Linear(p.in_features, p.out_features, bias=False, device="meta")
-        lin.weight = emb.weight
+        lin = embedding_as_linear(model.get_submodule(p.name))
         eye = torch.eye(p.in_features, dtype=torch.float64, device=device)
         out[p.name] = [replace(c, distortion=c.distortion / p.out_features)  # a token's row, on average
                        for c in _measure_layer(None, -1, lin, eye, p, cands[p.name], table_alloc, config, [], device)]
@@ -450,13 +449,8 @@ def measure(model, calib_ids, plan: QuantizePlan, cands: dict, alloc: AllocateCo
         del blk
     for p in (t for t in tables if t.block >= 0):  # the LM head under E[x x^T] of the final norm's outputs
         _, head, norm = head_input_norm(model)
-        acc = HessianAccumulator(p.in_features, device=device)
-        home = next(norm.parameters()).device if next(norm.parameters(), None) is not None else device
-        norm.to(device)
-        for b in batches:
-            acc.add(norm(b.hidden.to(device)))
-        norm.to(home)
-        out[p.name] = _measure_layer(None, -1, head, acc.hessian(), p, cands[p.name], table_alloc, config, [], device)
+        h = norm_output_hessian(norm, batches, p.in_features, device).hessian()
+        out[p.name] = _measure_layer(None, -1, head, h, p, cands[p.name], table_alloc, config, [], device)
         weigh(p.name)
     return out
 

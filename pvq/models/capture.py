@@ -174,6 +174,20 @@ def linear_stages(
 
 
 @torch.no_grad()
+@torch.no_grad()
+def norm_output_hessian(norm: nn.Module, batches: list[BlockInputs], in_features: int,
+                        device: torch.device) -> HessianAccumulator:
+    """``E[x x^T]`` of ``norm(hidden)`` over the batches (the LM head's input: the final norm of the last
+    block's outputs), ``norm`` run on ``device`` and put back where it was."""
+    acc = HessianAccumulator(in_features, device=device)
+    home = module_device(norm)
+    norm.to(device)
+    for b in batches:
+        acc.add(norm(b.hidden.to(device)))
+    norm.to(home if home is not None else device)
+    return acc
+
+
 def collect_hessians(
     block: nn.Module, batches: list[BlockInputs], i: int, names: list[str], device: torch.device
 ) -> dict[str, HessianAccumulator]:

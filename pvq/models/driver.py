@@ -49,11 +49,12 @@ import torch
 from torch import nn
 
 from pvq.errors import PvqError, QuantizeError
-from pvq.solvers import HessianAccumulator, quantize_linear
+from pvq.solvers import quantize_linear
 from pvq.solvers.codebook_update import can_update
 
 from .calibration import check_calibration
-from .capture import block_linears, capture_block_inputs, collect_hessians, linear_stages, module_device, run_block
+from .capture import (block_linears, capture_block_inputs, collect_hessians, linear_stages, module_device,
+                      norm_output_hessian, run_block)
 from .devices import resolve_device
 from .finetune import BlockFinetune
 from .lora import BlockHook, LoraRecovery
@@ -64,7 +65,7 @@ from .offload import InputPlacer
 from .plan import LayerPlan, QuantizePlan, embedding_plan, head_plan
 from .qlinear import QuantizedEmbedding, QuantizedLinear, set_activation_quant
 from .rotation_plan import fold_block, fold_rotations
-from .structure import head_input_norm, head_is_tied, input_embedding, linear_weight, untie_head
+from .structure import embedding_as_linear, head_input_norm, head_is_tied, input_embedding, linear_weight, untie_head
 
 __all__ = ["LayerStats", "QuantizeReport", "quantize_model"]
 
@@ -413,8 +414,7 @@ def _quantize_embedding(model: nn.Module, plan: QuantizePlan, config: QuantizeCo
     stats."""
     _, emb = input_embedding(model)
     p = embedding_plan(config, plan, model)
-    table = nn.Linear(p.in_features, p.out_features, bias=False, device="meta")
-    table.weight = emb.weight  # the same tensor, read as a linear's [out, in] weight
+    table = embedding_as_linear(emb)
     home = emb.weight.device
     q, loss, rel, secs = _quantize_linear(
         table, lambda: torch.eye(p.in_features, dtype=torch.float64, device=device), p, config, device,
@@ -445,12 +445,7 @@ def _quantize_head(model: nn.Module, batches, plan: QuantizePlan, config: Quanti
     block's outputs on the calibration batches. Returns its stats."""
     _, head, norm = head_input_norm(model)
     p = head_plan(config, plan, model)
-    acc = HessianAccumulator(p.in_features, device=device)
-    home = module_device(norm)
-    norm.to(device)
-    for b in batches:
-        acc.add(norm(b.hidden.to(device)))
-    norm.to(home if home is not None else device)
+    acc = norm_output_hessian(norm, batches, p.in_features, device)
     head_home = module_device(head)
     q, loss, rel, secs = _quantize_linear(head, acc.take, p, config, device)
     return _install_table(model, q, p, head_home, device, (loss, rel, secs), "the LM head", say)

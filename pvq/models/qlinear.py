@@ -342,6 +342,10 @@ class QuantizedLinear(nn.Module):
         :meth:`rotated_weight`, e.g. the solver's reconstruction), skipping one decode."""
         if tuple(rotated.shape) != (self.out_features, self.in_features):
             raise QuantizeError(f"seed_cache needs [{self.out_features}, {self.in_features}], got {tuple(rotated.shape)}")
+        self._seed(rotated, dtype)
+
+    def _seed(self, rotated: torch.Tensor, dtype: torch.dtype) -> None:
+        """What :meth:`seed_cache` keeps of a checked ``Q'``: the dense backend's weight, where it runs."""
         if select_backend(self, rotated.device, self.backend_name).name == "dense":
             self._runtime = ("dense", {"weight": self.unrotate_weight(rotated.float(), dtype)})
 
@@ -466,11 +470,8 @@ class QuantizedEmbedding(QuantizedLinear):
     def layer_config(self) -> dict:
         return {**super().layer_config(), "kind": self.kind}
 
-    def seed_cache(self, rotated: torch.Tensor, dtype: torch.dtype) -> None:
-        """``table`` lookups: keep the table decoded from ``Q'`` already at hand (it must equal
-        :meth:`rotated_weight`); ``rows`` lookups decode from the codes."""
-        if tuple(rotated.shape) != (self.out_features, self.in_features):
-            raise QuantizeError(f"seed_cache needs [{self.out_features}, {self.in_features}], got {tuple(rotated.shape)}")
+    def _seed(self, rotated: torch.Tensor, dtype: torch.dtype) -> None:
+        """``table`` lookups keep the table decoded from ``Q'``; ``rows`` lookups decode from the codes."""
         if self.lookup == "table":
             self._table = (rotated.device, dtype, self.unrotate_weight(rotated.float(), dtype))
 

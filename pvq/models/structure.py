@@ -30,6 +30,7 @@ from pvq.errors import QuantizeError
 __all__ = [
     "FINAL_NORMS",
     "head_input_norm",
+    "embedding_as_linear",
     "head_is_tied",
     "input_embedding",
     "untie_head",
@@ -201,6 +202,14 @@ def input_embedding(model: nn.Module) -> tuple[str, nn.Embedding]:
         raise QuantizeError(f"{name}'s input embedding is {type(emb).__name__}, not a plain nn.Embedding (its "
                             "forward may scale or project the rows): leave it unquantized")
     return next(n for n, m in model.named_modules() if m is emb), emb
+
+
+def embedding_as_linear(emb: nn.Embedding) -> nn.Linear:
+    """A bias-free ``nn.Linear`` (its own storage on the meta device) whose weight is ``emb``'s table itself,
+    read as ``[out = num_embeddings, in = embedding_dim]``: what the solver quantizes in its place."""
+    lin = nn.Linear(emb.embedding_dim, emb.num_embeddings, bias=False, device="meta")
+    lin.weight = emb.weight
+    return lin
 
 
 def head_is_tied(model: nn.Module) -> bool:
