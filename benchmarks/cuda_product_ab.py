@@ -22,7 +22,7 @@ import tempfile
 
 import torch
 
-from kernels import bench, quantized_layer  # benchmarks/kernels.py
+from kernel_speed import bench, quantized_layer  # benchmarks/kernel_speed.py
 from pvq.kernels import cuda_split as new
 from pvq.kernels.split_runtime import split_decode_reference, split_runtime
 

@@ -267,16 +267,25 @@ def build_cuda_kernels() -> None:
             age = time.time() - os.path.getmtime(os.path.join(where, "lock"))
             say(f"WARNING: {where}/lock ({age / 60:.0f} min old): a build that was interrupted leaves it, and the "
                 "next build waits on it for ever; remove it if no other build runs")
+    builds = []
     for info in pkgutil.iter_modules(K.__path__):
         if not info.name.startswith("cuda_") or info.name == "cuda_build":
             continue
         build = getattr(importlib.import_module(f"pvq.kernels.{info.name}"), "_extension", None)
-        if build is None:
-            continue
-        with phase(f"compiling the CUDA kernel of pvq.kernels.{info.name} (nvcc on first use; cached after)"):
-            ok = build() is not None
+        if build is not None:
+            builds.append((info.name, build))
+        rows_build = getattr(importlib.import_module(f"pvq.kernels.{info.name}"), "_rows_extension", None)
+        if rows_build is not None:
+            builds.append((f"{info.name} (rows)", rows_build))
+    from concurrent.futures import ThreadPoolExecutor
+
+    with phase(f"compiling the CUDA kernels of {', '.join(n for n, _ in builds)} side by side (nvcc on first use; "
+               "cached after)"):
+        with ThreadPoolExecutor(len(builds)) as pool:
+            built = list(pool.map(lambda b: b[1]() is not None, builds))
+    for (name, _), ok in zip(builds, built):
         if not ok:
-            say(f"pvq.kernels.{info.name}: build failed (see the warning); its layers run the Triton kernels")
+            say(f"pvq.kernels.{name}: build failed (see the warning); its layers run the Triton kernels")
 
 
 def measure(model, a, device) -> dict:
@@ -408,6 +417,9 @@ def main() -> None:
     p.add_argument("--json", default=None)
     p.add_argument("--checkpoint", default=None, help="a pvq checkpoint to measure instead of the 7B shapes")
     p.add_argument("--backends", default="dense,triton", help="with --checkpoint: backends to compare")
+    p.add_argument("--dense-rotation-max-order", type=int, default=None,
+                   help="an experiment: the CUDA rotation kernel preferred for dense factors up to this order "
+                        "(default: the package's DENSE_PREFERRED_MAX_ORDER; 344 puts 11008 on it)")
     a = p.parse_args()
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     methods = a.methods.split(",") if a.bits is None else ["fp16", "int4"] + [f"pvq{b}" for b in a.bits.split(",")]
@@ -424,6 +436,11 @@ def main() -> None:
         import pvq.kernels  # noqa: F401  (registers the triton backend)
     if device.type == "cuda":
         build_cuda_kernels()
+    if a.dense_rotation_max_order is not None:  # this process only: the threshold the backend's choice reads
+        from pvq.kernels import cuda_hadamard
+
+        cuda_hadamard.DENSE_PREFERRED_MAX_ORDER = a.dense_rotation_max_order
+        say(f"the CUDA rotation kernel preferred for dense factors up to order {a.dense_rotation_max_order}")
     if a.checkpoint:
         return main_checkpoint(a, device)
     rows = []

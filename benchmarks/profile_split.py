@@ -15,7 +15,7 @@ import argparse
 
 import torch
 
-from kernels import kernels_of, quantized_layer  # benchmarks/kernels.py
+from kernel_speed import kernels_of, quantized_layer  # benchmarks/kernel_speed.py
 from pvq.kernels import triton_split as TS
 
 

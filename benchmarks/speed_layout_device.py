@@ -10,7 +10,7 @@ fp32 row; the transcoded decodes equal bit for bit to the split-order reference)
 random valid codes (no quantization: the kernels' speed does not depend on the weights), the
 transcoded layout and its memory against the stored bytes, then microseconds replayed from CUDA graphs
 (``triton.testing.do_bench_cudagraph``, median) for fp16 cuBLAS, torch's int4 kernel (group 128, bf16,
-as benchmarks/kernels.py), the split-order CUDA product (what the backend ran before: up to 8 rows
+as benchmarks/kernel_speed.py), the split-order CUDA product (what the backend ran before: up to 8 rows
 fused, 16 through its whole-layer decode and cuBLAS), the leaf-pair product (``leaf``; 16 rows: two
 launches of 8; at 8 rows also as two launches of 4) and the row-interleaved leaf-pair product (``rows``: a
 lane an output row). A final table.
@@ -134,12 +134,13 @@ def check(device) -> int:
                 x = x.to(dtype)
                 ref = x.float() @ w.T
                 tol = {torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
-                err, ok = _compare(cuda_leaf.leaf_rows_gemv_cuda(rt, x).float(), ref, tol)
-                worst = max(worst, err / tol)
-                if not ok:
-                    fails += 1
-                    print(f"  FAIL rows-layout {bits} bits {out_f}x{in_f} rows={batch} {dtype}: max err {err:.3g}",
-                          flush=True)
+                for tc in (True, False) if batch > 1 else (True,):
+                    err, ok = _compare(cuda_leaf.leaf_rows_gemv_cuda(rt, x, tensor_cores=tc).float(), ref, tol)
+                    worst = max(worst, err / tol)
+                    if not ok:
+                        fails += 1
+                        print(f"  FAIL rows-layout {bits} bits {out_f}x{in_f} rows={batch} {dtype} tensor cores "
+                              f"{tc}: max err {err:.3g}", flush=True)
         print(f"  rows-layout {bits} bits {out_f}x{in_f}: decode == split reference: {same}; rows 1..16 x dtypes: "
               f"worst error {worst:.2f} of its tolerance", flush=True)
     return fails
@@ -152,7 +153,7 @@ def _compare(got: torch.Tensor, ref: torch.Tensor, tol: float) -> tuple[float, b
 
 
 def timings(shapes, batches, bit_list, device) -> list[tuple]:
-    from kernels import int4_setup
+    from kernel_speed import int4_setup
 
     from pvq.kernels.triton_split import split_decode
 
@@ -187,6 +188,9 @@ def timings(shapes, batches, bit_list, device) -> list[tuple]:
                 row[f"leaf{bits:g}"] = bench(lambda: cuda_leaf.leaf_gemv_cuda(rt, x))
                 if ROWS_BUILT:
                     row[f"rows{bits:g}"] = bench(lambda: cuda_leaf.leaf_rows_gemv_cuda(rrt, x))
+                    if batch > 1:  # the multiply-add kernel the tensor-core one replaces at several rows
+                        row[f"rows{bits:g}-fma"] = bench(
+                            lambda: cuda_leaf.leaf_rows_gemv_cuda(rrt, x, tensor_cores=False))
                     if batch == batches[-1]:  # what the backend runs above 16 rows: decode + cuBLAS
                         row[f"rows{bits:g}-decode"] = bench(lambda: cuda_leaf.leaf_rows_decode(rrt))
                 if batch == 8:
@@ -211,10 +215,10 @@ def print_table(table, bit_list) -> None:
             leaf = min(row[f"leaf{b:g}"], row.get(f"rows{b:g}", float("inf")))
             cells += [f"{row['fp16'] / leaf:.2f}", f"{row['int4'] / leaf:.2f}" if "int4" in row else "-"]
         print(f"| {shape} | {batch} | " + " | ".join(cells) + " |")
-    extra = [(s, b, r) for s, b, r in table if any(k.endswith(("-2x4", "-decode")) for k in r)]
+    extra = [(s, b, r) for s, b, r in table if any(k.endswith(("-2x4", "-decode", "-fma")) for k in r)]
     for shape, batch, row in extra:
         print(f"# {shape} batch {batch}: " + ", ".join(f"{k} {v:.1f} us" for k, v in row.items()
-                                                     if k.endswith(("-2x4", "-decode"))))
+                                                     if k.endswith(("-2x4", "-decode", "-fma"))))
 
 
 def cpu_dry_run() -> None:

@@ -22,7 +22,7 @@ from .leaf_rows import LeafRowsRuntime, leaf_rows_decode_reference, leaf_rows_su
 
 __all__ = ["LEAF_ROWS_SHARED_BYTES", "cuda_leaf_rows_supports", "leaf_rows_decode", "leaf_rows_gemv_cuda",
            "LEAF_EIGHT_ROWS_MAX_IN_FEATURES", "LEAF_KERNEL_ROWS", "LEAF_LAUNCH_ROWS", "LEAF_MAX_IN_FEATURES", "LEAF_MAX_ROWS",
-           "LEAF_ROWS_MAX_IN_FEATURES", "cuda_leaf_supports", "leaf_decode", "leaf_gemv_cuda"]
+           "LEAF_ROWS_MAX_IN_FEATURES", "MMA_STAGE_BYTES", "cuda_leaf_supports", "leaf_decode", "leaf_gemv_cuda"]
 
 _SOURCE = os.path.join(CSRC, "leaf8_gemv.cu")
 _ROWS_SOURCE = os.path.join(CSRC, "leafrow8_gemv.cu")
@@ -142,18 +142,38 @@ def _rows_launch_rows(rt: LeafRowsRuntime) -> int:
     return 0
 
 
-def leaf_rows_gemv_cuda(rt: LeafRowsRuntime, x: torch.Tensor) -> torch.Tensor:
+MMA_STAGE_BYTES = 32 * 1024
+"""Shared memory of the tensor-core launch's per-warp stages (two decoded vectors of 32 rows a warp)."""
+
+
+def _mma_launch_rows(rt: LeafRowsRuntime) -> int:
+    """The most input rows (<= 16) whose x / 16 fits one tensor-core launch beside the leaves and the stages."""
+    free = LEAF_ROWS_SHARED_BYTES - 4 * rt.leaves.numel() - 4 * 16 - MMA_STAGE_BYTES
+    return max(0, min(LEAF_MAX_ROWS, free // (2 * rt.in_features)))
+
+
+def leaf_rows_gemv_cuda(rt: LeafRowsRuntime, x: torch.Tensor, tensor_cores: bool = True) -> torch.Tensor:
     """``x @ Q'^T`` ``[B, out]`` in ``x``'s dtype for ``x: [B <= 16, in]`` (fp16 / bf16; on the layer's CUDA
-    device): launches of up to eight rows, each vector decoded once a launch. float32 inputs, inputs too wide
-    for shared memory or no compiler: the whole-layer decode and one matmul."""
+    device). One row: the multiply-add kernel. Two to sixteen: on tensor cores (``tensor_cores``; each vector
+    decoded once a launch, as many rows a launch as shared memory holds, split evenly), else launches of up to
+    eight rows of the multiply-add kernel. float32 inputs, inputs too wide for shared memory or no compiler: the
+    whole-layer decode and one matmul."""
     if x.dim() != 2 or not 1 <= x.shape[0] <= LEAF_MAX_ROWS or x.shape[1] != rt.in_features or not x.is_cuda:
         raise ValueError(f"leaf_rows_gemv_cuda takes x [B <= {LEAF_MAX_ROWS}, {rt.in_features}] on CUDA, got "
                          f"{tuple(x.shape)} on {x.device}")
-    step = _rows_launch_rows(rt)
+    rows = x.shape[0]
+    mma = tensor_cores and rows > 1 and _mma_launch_rows(rt) > 0
+    step = _mma_launch_rows(rt) if mma else _rows_launch_rows(rt)
     ext = _rows_extension() if x.dtype != torch.float32 and step else None
     if ext is None:
         return (x.float() @ leaf_rows_decode(rt).T).to(x.dtype)
     x = x.contiguous()
-    parts = [ext.leafrow8_gemv(rt.words, rt.row_scales, rt.levels, rt.leaves, x[r:r + step], rt.out_features,
-                               rt.field_bits, rt.gain_bits) for r in range(0, x.shape[0], step)]
+    if mma:
+        launches = -(-rows // step)
+        step = -(-rows // launches)  # even launches: 11 rows of at most 8 a launch go as 6 + 5
+        run = ext.leafrow8_gemv_mma
+    else:
+        run = ext.leafrow8_gemv
+    parts = [run(rt.words, rt.row_scales, rt.levels, rt.leaves, x[r:r + step], rt.out_features, rt.field_bits,
+                 rt.gain_bits) for r in range(0, rows, step)]
     return parts[0] if len(parts) == 1 else torch.cat(parts)

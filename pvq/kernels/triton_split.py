@@ -266,7 +266,7 @@ def _split_matmul_kernel(words_ptr, n_words, scales_ptr, levels_ptr, counts_ptr,
 def split_matmul_config(rt: SplitRuntime, batch: int, sms: int = 132) -> dict:
     """Tile sizes and the split of the input dimension for a layer and batch: 16 rows x 128 weights per
     step, the input split until about 16 programs per SM (the best of 24 settings for 11008x4096 at
-    3 bits on an H100, batch 1 and 16: ``benchmarks/kernels.py --sweep``)."""
+    3 bits on an H100, batch 1 and 16: ``benchmarks/kernel_speed.py --sweep``)."""
     block_o = 16
     nv = max(4, 128 // rt.dim)
     split = input_split(triton.cdiv(rt.out_features, block_o), rt.in_features // rt.dim, nv, sms)

@@ -83,14 +83,17 @@ SHAPES = [(3.0, 300, 4096), (3.0, 37, 4224), (2.0, 67, 8832), (2.5, 1, 13056), (
 
 @needs_cuda
 @pytest.mark.parametrize("bits, out_f, in_f", SHAPES)
-@pytest.mark.parametrize("batch", [1, 2, 4, 5, 8, 16])
+@pytest.mark.parametrize("batch", [1, 2, 3, 4, 5, 8, 11, 16])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_product_matches_the_reference(bits, out_f, in_f, batch, dtype):
+@pytest.mark.parametrize("tensor_cores", [True, False])
+def test_product_matches_the_reference(bits, out_f, in_f, batch, dtype, tensor_cores):
+    if batch == 1 and not tensor_cores:
+        pytest.skip("one row has one kernel")
     rt = leaf_rows_from_split(code_runtime(bits, 16, out_f, in_f, seed=out_f + in_f, device="cuda"))
     x = torch.randn(batch, in_f, generator=torch.Generator().manual_seed(in_f + batch)).to("cuda", dtype)
     w = leaf_rows_decode_reference(rt)
     ref = x.float() @ w.T
-    got = cuda_leaf.leaf_rows_gemv_cuda(rt, x)
+    got = cuda_leaf.leaf_rows_gemv_cuda(rt, x, tensor_cores=tensor_cores)
     assert got.shape == (batch, out_f) and got.dtype == dtype
     tol = {torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
     # (2.5 bits, 1 x 13056, one fp16 row: the output is -2.0, its terms' scale 10.2; the H200 was 0.0072 off)
@@ -109,3 +112,13 @@ def test_float32_inputs_run_the_decode():
 def test_cuda_decode_is_bit_exact(bits, out_f, in_f):
     rt = leaf_rows_from_split(code_runtime(bits, 16, out_f, in_f, seed=out_f, device="cuda"))
     assert torch.equal(cuda_leaf.leaf_rows_decode(rt), leaf_rows_decode_reference(rt))
+
+
+@needs_cuda
+@pytest.mark.parametrize("batch", [3, 16])
+def test_tensor_core_rows_are_deterministic(batch):
+    """The row group's warp partials are folded and summed in a fixed order: the same call, the same bits."""
+    rt = leaf_rows_from_split(code_runtime(3.0, 16, 300, 4096, seed=5, device="cuda"))
+    x = torch.randn(batch, 4096, generator=torch.Generator().manual_seed(batch)).to("cuda", torch.float16)
+    first = cuda_leaf.leaf_rows_gemv_cuda(rt, x)
+    assert all(torch.equal(first, cuda_leaf.leaf_rows_gemv_cuda(rt, x)) for _ in range(5))

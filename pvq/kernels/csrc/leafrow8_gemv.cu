@@ -193,6 +193,199 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
   }
 }
 
+// Two to sixteen input rows on tensor cores (session 13). The layout and the decode are the one-row kernel's
+// (lane l decodes row 32 rg + l), but each decoded vector becomes eight fp16 weights y * (level * scale / |y|)
+// (the scale folded in per vector) that are multiplied by mma.sync m16n8k16 (fp32 accumulation) instead of by
+// 8 B half2 multiply-adds: the multiply costs two tensor-core instructions a vector for any B <= 16, so the time
+// stays the decode's. A warp's lanes store two vectors each (columns k 0..15 of 32 rows) to a 1 KB stage, read
+// back by two ldmatrix.x4 as the B operands of four n8 tiles (rows 0..7, ..., 24..31); the A operand is x / 16
+// (input rows g and g + 8, from the shared [vector][row] copy). Lane l then holds, per n tile q, outputs
+// (row 8 q + 2 (l % 4) + e, input rows l / 4 and l / 4 + 8). A row group's 32 warp partials are folded pairwise
+// in shared memory (fixed order: deterministic) until they fit the stage, then summed by 1024 / (32 NC) threads an
+// output and a shuffle.
+constexpr int kStageBytes = kWarps * 2 * kRows * 16;  // 32 KB: a warp's two vectors x 32 rows of 16 bytes
+
+__device__ __forceinline__ void mma_16816(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* p) {
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+__device__ __forceinline__ unsigned half2_as_u32(__half2 h) {
+  unsigned u;
+  memcpy(&u, &h, sizeof(u));
+  return u;
+}
+
+template <typename T, int LG, int F, int BM>
+__global__ void __launch_bounds__(kWarps * 32, 1)
+leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict__ scales,
+                    const float* __restrict__ levels, const int* __restrict__ leaves, int n_leaves,
+                    const T* __restrict__ x, T* __restrict__ y, int out_features, int steps, int row_groups,
+                    int groups_per_block, int batch) {
+  static_assert(BM == 8 || BM == 16, "input rows a launch: up to 8 or up to 16");
+  using Fd = Fields<LG, F>;
+  constexpr int W2 = Fd::W2;
+  constexpr int L = 1 << LG;
+  constexpr int NC = BM == 16 ? 16 : 8;  // accumulator values a lane keeps per row group (4 n tiles)
+  constexpr int kFit = kStageBytes / (32 * NC * 4);  // warps whose partials fit the stage at once
+  extern __shared__ uint4 smem4[];
+  const int vpr = steps * kStep;
+  uint4* s_x = smem4;  // [vector][batch] x / 16 as 8 halves
+  uint4* s_stage = s_x + static_cast<size_t>(vpr) * batch;  // [warp][2 vectors][32 rows], then the partial sums
+  char* s_leaf = reinterpret_cast<char*>(s_stage + kStageBytes / 16);
+  float* s_levels = reinterpret_cast<float*>(s_leaf + 4 * ((n_leaves + 3) & ~3));
+
+  const int n4 = n_leaves >> 2;
+#pragma unroll 4
+  for (int i = threadIdx.x; i < n4; i += blockDim.x) {
+    int4 w = __ldg(reinterpret_cast<const int4*>(leaves) + i);
+    w.x ^= 0x80808080, w.y ^= 0x80808080, w.z ^= 0x80808080, w.w ^= 0x80808080;
+    reinterpret_cast<int4*>(s_leaf)[i] = w;
+  }
+  for (int i = (n4 << 2) + threadIdx.x; i < n_leaves; i += blockDim.x)
+    reinterpret_cast<int*>(s_leaf)[i] = leaves[i] ^ 0x80808080;
+  for (int i = threadIdx.x; i < L; i += blockDim.x) s_levels[i] = levels[i];
+  for (int i = threadIdx.x; i < vpr * batch; i += blockDim.x) {
+    const int v = i / batch, r = i % batch;
+    float xf[8];
+    load8<T>(x + static_cast<size_t>(r) * vpr * 8, v, true, xf);
+    __half2 h[4];
+#pragma unroll
+    for (int t = 0; t < 4; ++t) h[t] = __floats2half2_rn(xf[2 * t] * 0.0625f, xf[2 * t + 1] * 0.0625f);
+    memcpy(&s_x[i], h, sizeof(uint4));
+  }
+  __syncthreads();
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, c = lane & 3;
+  const bool row_lo = g < batch, row_hi = BM == 16 && g + 8 < batch;
+  uint4* stage = s_stage + warp * 2 * kRows;
+  // ldmatrix addresses: lanes 8 m .. 8 m + 7 give the rows of matrix m = (n tile q, vector e): q = m / 2, e = m % 2
+  const int lm = lane >> 3, lr = lane & 7;
+  const uint4* ld0 = stage + (lm & 1) * kRows + (lm >> 1) * 8 + lr;       // n tiles 0, 1
+  const uint4* ld1 = ld0 + 16;                                             // n tiles 2, 3
+  const int rg0 = blockIdx.x * groups_per_block;
+  const int rg1 = min(row_groups, rg0 + groups_per_block);
+  const bool works = warp < steps;
+  unsigned wn[W2] = {};
+  __half sn = __float2half(0.f);
+  auto load = [&](int rg, int s) {
+    const size_t item = static_cast<size_t>(rg) * steps + s;
+    const unsigned* p = words + item * W2 * kRows + lane;
+#pragma unroll
+    for (int w = 0; w < W2; ++w) wn[w] = __ldg(p + w * kRows);
+    sn = scales[item * kRows + lane];
+  };
+  if (works && rg0 < rg1) load(rg0, warp);
+  float* buf = reinterpret_cast<float*>(s_stage);
+  for (int rg = rg0; rg < rg1; ++rg) {
+    float acc[4][4];
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[q][e] = 0.f;
+    for (int s = warp; works && s < steps; s += kWarps) {
+      unsigned w[W2];
+#pragma unroll
+      for (int k = 0; k < W2; ++k) w[k] = wn[k];
+      const float scale = __half2float(sn);
+      const int ns = s + kWarps < steps ? s + kWarps : warp;
+      const int nrg = s + kWarps < steps ? rg : rg + 1;
+      if (nrg < rg1) load(nrg, ns);
+      const uint4* xs = s_x + static_cast<size_t>(s) * kStep * batch;
+      // vector j of this lane's row as eight fp16 weights (x 16 of the true ones' scale: x is / 16)
+      auto weights = [&](auto jc) {
+        constexpr int j = decltype(jc)::value;
+        const unsigned f = Fd::template field<j>(w);
+        const unsigned wa = *reinterpret_cast<const unsigned*>(s_leaf + Fd::a_byte(f));
+        const unsigned wb = *reinterpret_cast<const unsigned*>(s_leaf + Fd::b_byte(f));
+        const float level = s_levels[f & (L - 1u)];
+        __half2 a01, a23, b01, b23;
+        leaf_halves(wa, a01, a23);
+        leaf_halves(wb, b01, b23);
+        __half2 n = __hmul2(a01, a01);
+        n = __hfma2(a23, a23, n);
+        n = __hfma2(b01, b01, n);
+        n = __hfma2(b23, b23, n);
+        const float mult = level * scale * rsqrt_approx(__half2float(__hadd(__low2half(n), __high2half(n))));
+        const __half2 m2 = __float2half2_rn(mult);
+        uint4 v;
+        v.x = half2_as_u32(__hmul2(a01, m2));
+        v.y = half2_as_u32(__hmul2(a23, m2));
+        v.z = half2_as_u32(__hmul2(b01, m2));
+        v.w = half2_as_u32(__hmul2(b23, m2));
+        stage[(j & 1) * kRows + lane] = v;
+      };
+      auto tile = [&](auto tc) {  // inputs 16 t .. 16 t + 15 of the step: vectors 2 t, 2 t + 1
+        constexpr int t = decltype(tc)::value;
+        weights(std::integral_constant<int, 2 * t>{});
+        weights(std::integral_constant<int, 2 * t + 1>{});
+        __syncwarp();
+        unsigned b01[4], b23[4];
+        ldmatrix_x4(b01, ld0);
+        ldmatrix_x4(b23, ld1);
+        const unsigned* x0 = reinterpret_cast<const unsigned*>(xs + (2 * t) * batch);
+        const unsigned* x1 = reinterpret_cast<const unsigned*>(xs + (2 * t + 1) * batch);
+        unsigned a[4];
+        a[0] = row_lo ? x0[4 * g + c] : 0u;
+        a[1] = row_hi ? x0[4 * (g + 8) + c] : 0u;
+        a[2] = row_lo ? x1[4 * g + c] : 0u;
+        a[3] = row_hi ? x1[4 * (g + 8) + c] : 0u;
+        mma_16816(acc[0], a, b01[0], b01[1]);
+        mma_16816(acc[1], a, b01[2], b01[3]);
+        mma_16816(acc[2], a, b23[0], b23[1]);
+        mma_16816(acc[3], a, b23[2], b23[3]);
+        __syncwarp();  // the stage is rewritten by the next tile
+      };
+      unrolled(tile, std::make_integer_sequence<int, kStep / 2>{});
+    }
+    // fold the upper half of the live warps onto the lower until their partials fit the stage
+    int live = kWarps;
+    for (; live > kFit; live >>= 1) {
+      const int half = live >> 1;
+      __syncthreads();
+      if (warp >= half && warp < live) {
+#pragma unroll
+        for (int i = 0; i < NC; ++i) buf[((warp - half) * NC + i) * 32 + lane] = acc[i / (NC / 4)][i % (NC / 4)];
+      }
+      __syncthreads();
+      if (warp < half) {
+#pragma unroll
+        for (int i = 0; i < NC; ++i) acc[i / (NC / 4)][i % (NC / 4)] += buf[(warp * NC + i) * 32 + lane];
+      }
+    }
+    __syncthreads();
+    if (warp < live) {
+#pragma unroll
+      for (int i = 0; i < NC; ++i) buf[(warp * NC + i) * 32 + lane] = acc[i / (NC / 4)][i % (NC / 4)];
+    }
+    __syncthreads();
+    {
+      // output o = (value i, lane l) of the accumulators, summed over the live warps by P threads in fixed order
+      constexpr int P = kWarps * 32 / (32 * NC);
+      const int o = threadIdx.x / P, part = threadIdx.x % P;
+      float sum = 0.f;
+      for (int k = part; k < live; k += P) sum += buf[k * NC * 32 + o];
+#pragma unroll
+      for (int d = 1; d < P; d <<= 1) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, d);
+      const int i = o / 32, l = o % 32, q = i / (NC / 4), e = i % (NC / 4);
+      const int row = rg * kRows + 8 * q + 2 * (l & 3) + (e & 1), r = (l >> 2) + 8 * (e >> 1);
+      if (part == 0 && row < out_features && r < batch)
+        y[static_cast<size_t>(r) * out_features + row] = pvq::from_float<T>(sum * 16.f);
+    }
+    __syncthreads();  // the stage is the next row group's again
+  }
+}
+
 // Whole-layer decode Q' float32 [out, in] (what the backend multiplies by cuBLAS above 16 input rows): a thread a
 // vector, its field read with run-time offsets, the leaves gathered through L1, the reference's float32 operations
 // y * ((level * scale) * inverse_norm[|y|^2]) (bit for bit).
@@ -239,6 +432,11 @@ PVQ_INSTANTIATE(__half, 1, 22, 1)
 PVQ_INSTANTIATE(__half, 2, 30, 4)
 PVQ_INSTANTIATE(__half, 2, 30, 8)
 PVQ_INSTANTIATE(__nv_bfloat16, 2, 30, 1)
+#define PVQ_INSTANTIATE_MMA(T, LG, F, BM) template __global__ void leafrow8_mma_kernel<T, LG, F, BM>(            \
+    const unsigned*, const __half*, const float*, const int*, int, const T*, T*, int, int, int, int, int);
+PVQ_INSTANTIATE_MMA(__half, 2, 30, 8)
+PVQ_INSTANTIATE_MMA(__half, 2, 30, 16)
+PVQ_INSTANTIATE_MMA(__half, 1, 22, 8)
 #endif
 
 }  // namespace
@@ -308,6 +506,62 @@ torch::Tensor leafrow8_gemv(torch::Tensor words, torch::Tensor scales, torch::Te
   return y;
 }
 
+// y [B, out] = x [B <= 16, in] @ Q'^T on tensor cores (leafrow8_mma_kernel), one launch; the caller splits
+// rows that do not fit shared memory (pvq/kernels/cuda_leaf.py)
+torch::Tensor leafrow8_gemv_mma(torch::Tensor words, torch::Tensor scales, torch::Tensor levels, torch::Tensor leaves,
+                                torch::Tensor x, int64_t out_features, int64_t field_bits, int64_t gain_bits) {
+  TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= 16 && x.is_contiguous() &&
+              x.scalar_type() != torch::kFloat32, "x must be [B <= 16, in] fp16 or bf16, contiguous on CUDA");
+  const int batch = static_cast<int>(x.size(0));
+  TORCH_CHECK(x.size(1) % (8 * kStep) == 0, "in_features must be a multiple of 128");
+  const int steps = static_cast<int>(x.size(1) / (8 * kStep));
+  const int row_groups = ceil_div(out_features, kRows);
+  TORCH_CHECK(words.numel() == static_cast<int64_t>(row_groups) * steps * (field_bits / 2) * kRows &&
+              scales.numel() == static_cast<int64_t>(row_groups) * steps * kRows, "words / scales of another shape");
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto y = torch::empty({batch, out_features}, x.options());
+  const int n_leaves = static_cast<int>(leaves.numel());
+  TORCH_CHECK(levels.numel() == (1 << gain_bits) && levels.numel() <= 16, "gain levels: 2^gain_bits <= 16");
+  const auto* props = at::cuda::getCurrentDeviceProperties();
+  const int grid = std::max(1, std::min(props->multiProcessorCount, row_groups));
+  const int groups_per_block = ceil_div(row_groups, grid);
+  const size_t smem = sizeof(uint4) * static_cast<size_t>(steps) * kStep * batch + kStageBytes +
+                      4 * ((n_leaves + 3) & ~3) + sizeof(float) * 16;
+  TORCH_CHECK(smem <= props->sharedMemPerBlockOptin, "x of ", batch, " rows of ", x.size(1),
+              " inputs does not fit shared memory beside the leaves: take fewer rows a launch");
+  auto stream = at::cuda::getCurrentCUDAStream();
+  bool launched = false;
+#define PVQ_MMA_LAUNCH(T, TL, LGG, FF, BB)                                                                       \
+  do {                                                                                                           \
+    auto kern = leafrow8_mma_kernel<T, LGG, FF, BB>;                                                             \
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem))); \
+    kern<<<grid, kWarps * 32, smem, stream>>>(                                                                   \
+        reinterpret_cast<const unsigned*>(words.data_ptr<int32_t>()),                                           \
+        reinterpret_cast<const __half*>(scales.data_ptr<at::Half>()), levels.data_ptr<float>(),                  \
+        leaves.data_ptr<int32_t>(), n_leaves, reinterpret_cast<const T*>(x.data_ptr<TL>()),                      \
+        reinterpret_cast<T*>(y.data_ptr<TL>()), static_cast<int>(out_features), steps, row_groups,              \
+        groups_per_block, batch);                                                                                \
+    C10_CUDA_KERNEL_LAUNCH_CHECK();                                                                              \
+    launched = true;                                                                                             \
+  } while (0)
+#define PVQ_MMA_BY_ROWS(T, TL, LGG, FF)                                                                          \
+  if (batch <= 8) PVQ_MMA_LAUNCH(T, TL, LGG, FF, 8);                                                             \
+  else PVQ_MMA_LAUNCH(T, TL, LGG, FF, 16);
+#define PVQ_MMA_BY_FIELDS(T, TL)                                                                                 \
+  if (gain_bits == 2 && field_bits == 30) { PVQ_MMA_BY_ROWS(T, TL, 2, 30) }                                      \
+  else if (gain_bits == 1 && field_bits == 22) { PVQ_MMA_BY_ROWS(T, TL, 1, 22) }                                 \
+  else if (gain_bits == 1 && field_bits == 26) { PVQ_MMA_BY_ROWS(T, TL, 1, 26) }                                 \
+  else if (gain_bits == 1 && field_bits == 18) { PVQ_MMA_BY_ROWS(T, TL, 1, 18) }
+  if (x.scalar_type() == torch::kHalf) {
+    PVQ_MMA_BY_FIELDS(__half, at::Half)
+  } else {
+    TORCH_CHECK(x.scalar_type() == torch::kBFloat16, "x must be float16 or bfloat16");
+    PVQ_MMA_BY_FIELDS(__nv_bfloat16, at::BFloat16)
+  }
+  TORCH_CHECK(launched, "no instance for fields of ", field_bits, " bits with ", gain_bits, " gain bits");
+  return y;
+}
+
 // Q' float32 [out, in] of the layout (the reference's operations)
 torch::Tensor leafrow8_decode(torch::Tensor words, torch::Tensor scales, torch::Tensor levels, torch::Tensor leaves,
                               torch::Tensor inv_norms, int64_t out_features, int64_t in_features, int64_t field_bits,
@@ -329,6 +583,7 @@ torch::Tensor leafrow8_decode(torch::Tensor words, torch::Tensor scales, torch::
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("leafrow8_gemv", &leafrow8_gemv, "row-interleaved leaf-pair PVQ product of 1 to 8 rows, D = 8");
+  m.def("leafrow8_gemv_mma", &leafrow8_gemv_mma, "the same product of 1 to 16 rows on tensor cores (mma.sync)");
   m.def("leafrow8_decode", &leafrow8_decode, "row-interleaved leaf-pair PVQ layer decoded to float32, D = 8");
 }
 #endif

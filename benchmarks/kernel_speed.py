@@ -1,7 +1,7 @@
 """Batch 1-16 matmul of quantized layers on one GPU, against what a user would pick instead.
 
-    python benchmarks/kernels.py [--shapes 4096x4096,11008x4096,...] [--batches 1,4,16] [--json FILE] [--graphs]
-    python benchmarks/kernels.py --sweep --shapes 11008x4096 --methods pvq3-d8 --batches 1
+    python benchmarks/kernel_speed.py [--shapes 4096x4096,11008x4096,...] [--batches 1,4,16] [--json FILE] [--graphs]
+    python benchmarks/kernel_speed.py --sweep --shapes 11008x4096 --methods pvq3-d8 --batches 1
 
 Per shape (out x in) and batch: microseconds (median of triton.testing.do_bench,
 L2 flushed between runs) of fp16 cuBLAS (``x @ W.T``), torch's int4 kernel
