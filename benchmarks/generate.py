@@ -420,6 +420,9 @@ def main() -> None:
     p.add_argument("--dense-rotation-max-order", type=int, default=None,
                    help="an experiment: the CUDA rotation kernel preferred for dense factors up to this order "
                         "(default: the package's DENSE_PREFERRED_MAX_ORDER; 344 puts 11008 on it)")
+    p.add_argument("--mma-min-rows", type=int, default=None,
+                   help="an experiment: input rows from which the row layout multiplies on tensor cores (default: "
+                        "the package's MMA_MIN_ROWS)")
     a = p.parse_args()
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     methods = a.methods.split(",") if a.bits is None else ["fp16", "int4"] + [f"pvq{b}" for b in a.bits.split(",")]
@@ -441,6 +444,11 @@ def main() -> None:
 
         cuda_hadamard.DENSE_PREFERRED_MAX_ORDER = a.dense_rotation_max_order
         say(f"the CUDA rotation kernel preferred for dense factors up to order {a.dense_rotation_max_order}")
+    if a.mma_min_rows is not None:  # this process only
+        from pvq.kernels import cuda_leaf
+
+        cuda_leaf.MMA_MIN_ROWS = a.mma_min_rows
+        say(f"tensor cores from {a.mma_min_rows} input rows")
     if a.checkpoint:
         return main_checkpoint(a, device)
     rows = []

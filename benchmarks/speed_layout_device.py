@@ -39,6 +39,8 @@ from pvq.models import QuantizedLinear  # noqa: E402
 
 T0 = time.perf_counter()
 ROWS_BUILT = True  # leafrow8_gemv.cu compiled (else its checks and columns are left out)
+LAYOUTS = ("split", "leaf", "rows")  # the layouts timed (--layouts)
+PREFILL: tuple = ()  # prefill rows timed (--prefill): fp16, int4 and the rows layout's decode + cuBLAS
 
 
 def phase(msg: str) -> None:
@@ -181,24 +183,38 @@ def timings(shapes, batches, bit_list, device) -> list[tuple]:
                 xb = x.bfloat16()
                 row["int4"] = bench(lambda: int4[0](xb))
             for bits, (srt, rt, rrt) in rts.items():
-                if batch <= cuda_split.CUDA_MAX_ROWS:
+                if "split" in LAYOUTS and batch <= cuda_split.CUDA_MAX_ROWS:
                     row[f"split{bits:g}"] = bench(lambda: cuda_split.split_gemv_cuda(srt, x))
-                else:
+                elif "split" in LAYOUTS:
                     row[f"split{bits:g}"] = bench(lambda: x @ split_decode(srt).to(x.dtype).T)
-                row[f"leaf{bits:g}"] = bench(lambda: cuda_leaf.leaf_gemv_cuda(rt, x))
+                if "leaf" in LAYOUTS:
+                    row[f"leaf{bits:g}"] = bench(lambda: cuda_leaf.leaf_gemv_cuda(rt, x))
                 if ROWS_BUILT:
                     row[f"rows{bits:g}"] = bench(lambda: cuda_leaf.leaf_rows_gemv_cuda(rrt, x))
-                    if batch > 1:  # the multiply-add kernel the tensor-core one replaces at several rows
+                    if batch > 1:  # both several-row kernels, whichever the default picks
                         row[f"rows{bits:g}-fma"] = bench(
                             lambda: cuda_leaf.leaf_rows_gemv_cuda(rrt, x, tensor_cores=False))
+                        row[f"rows{bits:g}-mma"] = bench(
+                            lambda: cuda_leaf.leaf_rows_gemv_cuda(rrt, x, tensor_cores=True))
                     if batch == batches[-1]:  # what the backend runs above 16 rows: decode + cuBLAS
                         row[f"rows{bits:g}-decode"] = bench(lambda: cuda_leaf.leaf_rows_decode(rrt))
-                if batch == 8:
+                if batch == 8 and "leaf" in LAYOUTS:
                     ext = cuda_leaf._extension()
                     row[f"leaf{bits:g}-2x4"] = bench(lambda: torch.cat([cuda_leaf._launch(ext, rt, x[:4]),
                                                                         cuda_leaf._launch(ext, rt, x[4:])]))
             phase(f"{out_f}x{in_f} batch {batch}: " + ", ".join(f"{k} {v:.1f} us" for k, v in row.items()))
             table.append((f"{out_f}x{in_f}", batch, row))
+        for rows in PREFILL:  # prefill: pvq decodes once to fp16 and multiplies by cuBLAS
+            x = torch.randn(rows, in_f, device=device).half()
+            row = {"fp16": bench(lambda: x @ w.T)}
+            if int4 is not None:
+                xb = x.bfloat16()
+                row["int4"] = bench(lambda: int4[0](xb))
+            for bits, (srt, rt, rrt) in rts.items():
+                if ROWS_BUILT:
+                    row[f"rows{bits:g}"] = bench(lambda: x @ cuda_leaf.leaf_rows_decode(rrt, torch.float16).T)
+            phase(f"{out_f}x{in_f} prefill {rows} rows: " + ", ".join(f"{k} {v:.1f} us" for k, v in row.items()))
+            table.append((f"{out_f}x{in_f}", rows, row))
         del rts, w
         torch.cuda.empty_cache()
     return table
@@ -212,13 +228,13 @@ def print_table(table, bit_list) -> None:
     for shape, batch, row in table:
         cells = [f"{row[c]:.1f}" if c in row else "-" for c in cols]
         for b in bit_list:
-            leaf = min(row[f"leaf{b:g}"], row.get(f"rows{b:g}", float("inf")))
+            leaf = min(row.get(f"leaf{b:g}", float("inf")), row.get(f"rows{b:g}", float("inf")))
             cells += [f"{row['fp16'] / leaf:.2f}", f"{row['int4'] / leaf:.2f}" if "int4" in row else "-"]
         print(f"| {shape} | {batch} | " + " | ".join(cells) + " |")
-    extra = [(s, b, r) for s, b, r in table if any(k.endswith(("-2x4", "-decode", "-fma")) for k in r)]
+    extra = [(s, b, r) for s, b, r in table if any(k.endswith(("-2x4", "-decode", "-fma", "-mma")) for k in r)]
     for shape, batch, row in extra:
         print(f"# {shape} batch {batch}: " + ", ".join(f"{k} {v:.1f} us" for k, v in row.items()
-                                                     if k.endswith(("-2x4", "-decode", "-fma"))))
+                                                     if k.endswith(("-2x4", "-decode", "-fma", "-mma"))))
 
 
 def cpu_dry_run() -> None:
@@ -240,6 +256,8 @@ def main() -> None:
     p.add_argument("--batches", default="1,2,4,8,16")
     p.add_argument("--bits", default="2,3")
     p.add_argument("--skip-check", action="store_true")
+    p.add_argument("--layouts", default="split,leaf,rows", help="the layouts timed (rows: the row-interleaved one)")
+    p.add_argument("--prefill", default="", help="prefill rows to time as well, e.g. 512,2048")
     p.add_argument("--cpu", action="store_true", help="the layout phases on a tiny layer on the CPU (no kernels)")
     a = p.parse_args()
     if a.cpu:
@@ -253,8 +271,10 @@ def main() -> None:
                               (cuda_split._extension, cuda_leaf._extension, cuda_leaf._rows_extension)))
     phase(f"split8_gemv.cu, leaf8_gemv.cu, leafrow8_gemv.cu built: {built} in {time.perf_counter() - t:.1f} s")
     assert built[0] and built[1], "split8_gemv.cu or leaf8_gemv.cu did not compile"
-    global ROWS_BUILT
+    global ROWS_BUILT, LAYOUTS, PREFILL
     ROWS_BUILT = built[2]
+    LAYOUTS = tuple(a.layouts.split(","))
+    PREFILL = tuple(int(r) for r in a.prefill.split(",") if r)
     if not a.skip_check:
         fails = check(dev)
         phase(f"checks done: {fails} failures")

@@ -55,7 +55,7 @@ class KernelFamily:
     supports: Callable  # codec -> bool
     runtime: Callable  # (layer, device) -> runtime layout
     matmul: str  # (runtime, x [B <= 16, in]) -> [B, out] float32 or x's dtype
-    decode: str  # (runtime) -> Q' [out, in]
+    decode: str  # (runtime, dtype) -> Q' [out, in] in dtype
     fused_max_rows: int = FUSED_MAX_ROWS  # input rows up to which the fused matmul runs; above, decode then one matmul
 
     def kernels(self) -> tuple[Callable, Callable]:
@@ -131,7 +131,7 @@ class TritonBackend(Backend):
         if xr.shape[0] <= family.fused_max_rows:
             y = matmul(rt, xr)
         else:
-            y = xr.to(x.dtype) @ decode(rt).to(x.dtype).T
+            y = xr.to(x.dtype) @ decode(rt, x.dtype).T  # decoded straight to x's dtype
         y = _rotate(layer, y.to(x.dtype), inverse=True)
         if layer.bias is not None:
             y = y + layer.bias.to(y.dtype)

@@ -22,7 +22,7 @@ from .leaf_rows import LeafRowsRuntime, leaf_rows_decode_reference, leaf_rows_su
 
 __all__ = ["LEAF_ROWS_SHARED_BYTES", "cuda_leaf_rows_supports", "leaf_rows_decode", "leaf_rows_gemv_cuda",
            "LEAF_EIGHT_ROWS_MAX_IN_FEATURES", "LEAF_KERNEL_ROWS", "LEAF_LAUNCH_ROWS", "LEAF_MAX_IN_FEATURES", "LEAF_MAX_ROWS",
-           "LEAF_ROWS_MAX_IN_FEATURES", "MMA_STAGE_BYTES", "cuda_leaf_supports", "leaf_decode", "leaf_gemv_cuda"]
+           "LEAF_ROWS_MAX_IN_FEATURES", "MMA_MIN_ROWS", "MMA_STAGE_BYTES", "cuda_leaf_supports", "leaf_decode", "leaf_gemv_cuda"]
 
 _SOURCE = os.path.join(CSRC, "leaf8_gemv.cu")
 _ROWS_SOURCE = os.path.join(CSRC, "leafrow8_gemv.cu")
@@ -56,10 +56,10 @@ def _extension():
                                "leaf-pair layers multiply through their PyTorch decode instead")
 
 
-def leaf_decode(rt: LeafRuntime) -> torch.Tensor:
-    """``Q'`` float32 ``[out, in]`` on the layer's device, the reference's operations in chunks of rows
-    (what the backend runs above :data:`LEAF_MAX_ROWS` input rows, then one matmul)."""
-    out = torch.empty(rt.out_features, rt.in_features, dtype=torch.float32, device=rt.words.device)
+def leaf_decode(rt: LeafRuntime, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``Q'`` ``[out, in]`` in ``dtype`` on the layer's device, the reference's float32 operations in chunks of
+    rows (what the backend runs above :data:`LEAF_MAX_ROWS` input rows, then one matmul)."""
+    out = torch.empty(rt.out_features, rt.in_features, dtype=dtype, device=rt.words.device)
     step = max(1, _DECODE_CHUNK // rt.in_features)
     for r0 in range(0, rt.out_features, step):
         r1 = min(rt.out_features, r0 + step)
@@ -118,14 +118,16 @@ def _rows_extension():
                                "row-interleaved leaf layers multiply through their PyTorch decode instead")
 
 
-def leaf_rows_decode(rt: LeafRowsRuntime) -> torch.Tensor:
-    """``Q'`` float32 ``[out, in]`` on the layer's device: the CUDA decode (a thread a vector, the reference's
-    operations) where it compiles, else the reference in chunks of row groups."""
+def leaf_rows_decode(rt: LeafRowsRuntime, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``Q'`` ``[out, in]`` in ``dtype`` on the layer's device: the CUDA decode (a thread a vector, the reference's
+    float32 operations, rounded to ``dtype`` once) where it compiles, else the reference in chunks of row groups.
+    A 16-bit ``dtype`` writes half the bytes that the float32 decode and a conversion would."""
     ext = _rows_extension() if rt.words.is_cuda else None
+    out = torch.empty(rt.out_features, rt.in_features, dtype=dtype, device=rt.words.device)
     if ext is not None:
-        return ext.leafrow8_decode(rt.words, rt.row_scales, rt.levels, rt.leaves, rt.inverse_norms, rt.out_features,
-                                   rt.in_features, rt.field_bits, rt.leaf_bits, rt.gain_bits)
-    out = torch.empty(rt.out_features, rt.in_features, dtype=torch.float32, device=rt.words.device)
+        ext.leafrow8_decode(rt.words, rt.row_scales, rt.levels, rt.leaves, rt.inverse_norms, rt.out_features,
+                            rt.in_features, rt.field_bits, rt.leaf_bits, rt.gain_bits, out)
+        return out
     step = max(32, _DECODE_CHUNK // rt.in_features // 32 * 32)
     for r0 in range(0, rt.out_features, step):
         r1 = min(rt.out_features, r0 + step)
@@ -152,16 +154,23 @@ def _mma_launch_rows(rt: LeafRowsRuntime) -> int:
     return max(0, min(LEAF_MAX_ROWS, free // (2 * rt.in_features)))
 
 
-def leaf_rows_gemv_cuda(rt: LeafRowsRuntime, x: torch.Tensor, tensor_cores: bool = True) -> torch.Tensor:
+MMA_MIN_ROWS = 5
+"""Input rows from which the tensor-core kernel multiplies (fewer: the multiply-add kernel). Measured on an
+H200 (session 13, docs/bench/speed_layout_s13_h200.txt)."""
+
+
+def leaf_rows_gemv_cuda(rt: LeafRowsRuntime, x: torch.Tensor, tensor_cores: bool | None = None) -> torch.Tensor:
     """``x @ Q'^T`` ``[B, out]`` in ``x``'s dtype for ``x: [B <= 16, in]`` (fp16 / bf16; on the layer's CUDA
-    device). One row: the multiply-add kernel. Two to sixteen: on tensor cores (``tensor_cores``; each vector
-    decoded once a launch, as many rows a launch as shared memory holds, split evenly), else launches of up to
-    eight rows of the multiply-add kernel. float32 inputs, inputs too wide for shared memory or no compiler: the
-    whole-layer decode and one matmul."""
+    device). One row: the multiply-add kernel. Two to sixteen: on tensor cores where ``tensor_cores`` (default:
+    from :data:`MMA_MIN_ROWS` rows; each vector decoded once a launch, as many rows a launch as shared memory
+    holds, split evenly), else launches of up to eight rows of the multiply-add kernel. float32 inputs, inputs
+    too wide for shared memory or no compiler: the whole-layer decode and one matmul."""
     if x.dim() != 2 or not 1 <= x.shape[0] <= LEAF_MAX_ROWS or x.shape[1] != rt.in_features or not x.is_cuda:
         raise ValueError(f"leaf_rows_gemv_cuda takes x [B <= {LEAF_MAX_ROWS}, {rt.in_features}] on CUDA, got "
                          f"{tuple(x.shape)} on {x.device}")
     rows = x.shape[0]
+    if tensor_cores is None:
+        tensor_cores = rows >= MMA_MIN_ROWS
     mma = tensor_cores and rows > 1 and _mma_launch_rows(rt) > 0
     step = _mma_launch_rows(rt) if mma else _rows_launch_rows(rt)
     ext = _rows_extension() if x.dtype != torch.float32 and step else None

@@ -99,8 +99,8 @@ def _steps(pulses: int) -> int:
     return max(1, (pulses + 1).bit_length())
 
 
-def pyramid_decode(rt: PyramidRuntime, block: int = 128) -> torch.Tensor:
-    """``Q'`` float32 ``[out, in]`` of a :class:`PyramidRuntime` (bit-identical to the reference)."""
+def pyramid_decode(rt: PyramidRuntime, dtype: torch.dtype = torch.float32, block: int = 128) -> torch.Tensor:
+    """``Q'`` ``[out, in]`` of a :class:`PyramidRuntime` in ``dtype`` (float32: bit-identical to the reference)."""
     n = rt.out_features * rt.in_features // rt.dim
     out = torch.empty(n * rt.dim, dtype=torch.float32, device=rt.codes.device)
     _pvq_decode_kernel[(triton.cdiv(n, block),)](
@@ -108,7 +108,7 @@ def pyramid_decode(rt: PyramidRuntime, block: int = 128) -> torch.Tensor:
         D=rt.dim, K=rt.pulses, G=rt.group_size, L=rt.num_levels, CODE_BITS=rt.code_bits,
         STEPS=_steps(rt.pulses), BLOCK=block,
     )
-    return out.view(rt.out_features, rt.in_features)
+    return out.view(rt.out_features, rt.in_features).to(dtype)
 
 
 def input_split(row_blocks: int, steps: int, per_step: int, sms: int = 132, per_sm: int = 16) -> int:
@@ -233,8 +233,8 @@ def _table_args(rt: TableRuntime):
     return rt.codes[0], rt.tables[0], c1, t1, g1, offs
 
 
-def table_decode(rt: TableRuntime, block: int = 256) -> torch.Tensor:
-    """``Q'`` float32 ``[out, in]`` of a :class:`TableRuntime` (bit-identical to the reference)."""
+def table_decode(rt: TableRuntime, dtype: torch.dtype = torch.float32, block: int = 256) -> torch.Tensor:
+    """``Q'`` ``[out, in]`` of a :class:`TableRuntime` in ``dtype`` (float32: bit-identical to the reference)."""
     n = rt.codes[0].shape[0]
     out = torch.empty(n * 8, dtype=torch.float32, device=rt.scales.device)
     c0, t0, c1, t1, g1, offs = _table_args(rt)
@@ -242,7 +242,7 @@ def table_decode(rt: TableRuntime, block: int = 256) -> torch.Tensor:
         c0, t0, c1, t1, g1, rt.scales, out, n, G=rt.group_size, STAGES=len(rt.codes),
         MASK0=offs[0], MASK1=offs[1], BLOCK=block,
     )
-    return out.view(rt.out_features, rt.in_features)
+    return out.view(rt.out_features, rt.in_features).to(dtype)
 
 
 @triton.jit

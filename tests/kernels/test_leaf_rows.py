@@ -111,7 +111,15 @@ def test_float32_inputs_run_the_decode():
 @pytest.mark.parametrize("bits, out_f, in_f", [(3.0, 37, 4224), (2.0, 67, 256), (1.5, 5, 128), (2.5, 33, 384)])
 def test_cuda_decode_is_bit_exact(bits, out_f, in_f):
     rt = leaf_rows_from_split(code_runtime(bits, 16, out_f, in_f, seed=out_f, device="cuda"))
-    assert torch.equal(cuda_leaf.leaf_rows_decode(rt), leaf_rows_decode_reference(rt))
+    ref = leaf_rows_decode_reference(rt)
+    assert torch.equal(cuda_leaf.leaf_rows_decode(rt), ref)
+    for dtype in (torch.float16, torch.bfloat16):  # the float32 weights rounded once
+        assert torch.equal(cuda_leaf.leaf_rows_decode(rt, dtype), ref.to(dtype))
+
+
+def test_reference_decode_takes_a_dtype():
+    rt = leaf_rows_from_split(code_runtime(2.0, 16, 40, 256, seed=2))
+    assert torch.equal(cuda_leaf.leaf_rows_decode(rt, torch.bfloat16), leaf_rows_decode_reference(rt).bfloat16())
 
 
 @needs_cuda

@@ -98,11 +98,7 @@ __global__ void hadamard_rows_kernel(const T* __restrict__ x, T* __restrict__ ou
 // parts multiply-adds, not h: session 12's first version, a thread an output, took 28.8 us a row of 11008
 // against the Triton kernel's 11.3), the runs added in a fixed order; then the butterflies over p on the
 // block's I rows in shared memory, the scale (and the signs of the inverse). Blocks: rows x ceil(h / I).
-// R > 1 (large factors, p >= 32): each thread sums R outer rows of one inner index j at once, so a block of
-// I = R rows reads each x[k, j] once for R outputs (the factor's entries a warp reads are one address); the
-// first version read the whole row once per outer row (344 blocks of 66 KB from L2 at 11008), and measured
-// slower than the Triton kernel inside a 7B step. Session 12: written and compiled, not yet run on a GPU.
-template <typename T, int R>
+template <typename T>
 __global__ void hadamard_dense_kernel(const T* __restrict__ x, T* __restrict__ out, const float* __restrict__ signs,
                                       const float* __restrict__ factor, int h, int log2p, int outer_per_block,
                                       int blocks_per_row, int parts, float scale, bool inverse) {
@@ -115,28 +111,7 @@ __global__ void hadamard_dense_kernel(const T* __restrict__ x, T* __restrict__ o
   const long long n = static_cast<long long>(h) << log2p;
   const T* xr = x + row * n;
   const int run = (h + parts - 1) / parts;
-  if constexpr (R > 1) {  // a thread: R outer rows (i0 .. i0 + R - 1, outer_per_block == R) of inner index j
-    for (int t = threadIdx.x; t < p * parts; t += blockDim.x) {
-      const int j = t & (p - 1), part = t >> log2p;
-      const int rows = min(R, h - i0);
-      const int k1 = min(h, (part + 1) * run);
-      float acc[R];
-#pragma unroll
-      for (int r = 0; r < R; ++r) acc[r] = 0.f;
-      for (int k = part * run; k < k1; ++k) {
-        const int idx = (k << log2p) + j;
-        const float raw = to_float(xr[idx]);
-        const float a = inverse ? raw : raw * __ldg(signs + idx);
-#pragma unroll
-        for (int r = 0; r < R; ++r)
-          if (r < rows) acc[r] = fmaf(__ldg(factor + static_cast<long long>(i0 + r) * h + k), a, acc[r]);
-      }
-#pragma unroll
-      for (int r = 0; r < R; ++r)
-        if (r < rows) u[(parts > 1 ? stride * (1 + part) : 0) + (r << log2p) + j] = acc[r];
-    }
-  }
-  for (int t = threadIdx.x; R == 1 && t < stride * parts; t += blockDim.x) {
+  for (int t = threadIdx.x; t < stride * parts; t += blockDim.x) {
     const int e = t % stride, part = t / stride;
     if (e >= count) continue;
     const int j = e & (p - 1);
@@ -229,22 +204,18 @@ torch::Tensor hadamard_dense_rows(torch::Tensor x, torch::Tensor signs, torch::T
   if (x.size(0) == 0) return out;
   const int p = 1 << log2p;
   // a warp's worth of outputs a block (p < 32: several outer rows), each sum cut into up to 8 runs of at least
-  // 16 multiply-adds, so 14336 = 28 x 512 runs as 28 blocks of 512 threads; a large factor (h > 64, 32 <= p
-  // <= 512) takes 8 outer rows a block and a thread (kBlockedRows), 11008 = 344 x 32 as 43 blocks of 256
-  // threads of 43 x 8 multiply-adds each
-  constexpr int kBlockedRows = 8;
-  const bool blocked = h > 64 && p >= 32 && p <= 512;
-  const int outer_per_block = blocked ? kBlockedRows : std::max(1, std::min(h, 32 / p));
+  // 16 multiply-adds, so 11008 = 344 x 32 runs as 344 blocks of 256 threads of 43 multiply-adds each
+  const int outer_per_block = std::max(1, std::min(h, 32 / p));
   const int stride = outer_per_block * p;
-  const int parts = std::max(1, std::min({8, 256 / (blocked ? p : stride), h / 16}));
+  const int parts = std::max(1, std::min({8, 256 / stride, h / 16}));
   const int blocks_per_row = (h + outer_per_block - 1) / outer_per_block;
   TORCH_CHECK(x.size(0) * blocks_per_row < (1LL << 31), "too many rows for one launch");
-  const int threads = std::min(1024, std::max(32, (blocked ? p : stride) * parts));
+  const int threads = std::min(1024, std::max(32, stride * parts));
   const size_t smem = sizeof(float) * static_cast<size_t>(stride) * (parts > 1 ? parts + 1 : 1);
   auto stream = at::cuda::getCurrentCUDAStream();
 #define PVQ_HADAMARD_DENSE(T, TL)                                                                                 \
   do {                                                                                                            \
-    auto kern = blocked ? hadamard_dense_kernel<T, kBlockedRows> : hadamard_dense_kernel<T, 1>;                   \
+    auto kern = hadamard_dense_kernel<T>;                                                                         \
     if (smem > 48 * 1024)                                                                                         \
       C10_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem))); \
     kern<<<static_cast<unsigned>(x.size(0) * blocks_per_row), threads, smem, stream>>>(                            \

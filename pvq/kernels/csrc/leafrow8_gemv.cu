@@ -69,6 +69,33 @@ __device__ __forceinline__ void unrolled(Fn& fn, std::integer_sequence<int, J...
   (fn(std::integral_constant<int, J>{}), ...);
 }
 
+__device__ __forceinline__ unsigned half2_as_u32(__half2 h) {
+  unsigned u;
+  memcpy(&u, &h, sizeof(u));
+  return u;
+}
+
+// x[8 v .. 8 v + 7] / 16 as four half2 from one 16-byte load (rows of x 16-byte aligned: the launcher's check);
+// the same halves as float(x) * 0.0625 rounded to half (scaling by 2^-4 is exact before the rounding)
+template <typename T>
+__device__ __forceinline__ uint4 load8_sixteenth(const T* __restrict__ row, int v) {
+  const uint4 raw = __ldg(reinterpret_cast<const uint4*>(row) + v);
+  const unsigned in[4] = {raw.x, raw.y, raw.z, raw.w};
+  unsigned out[4];
+#pragma unroll
+  for (int t = 0; t < 4; ++t) {
+    if constexpr (std::is_same_v<T, __half>) {
+      out[t] = half2_as_u32(__hmul2(u32_as_half2(in[t]), __float2half2_rn(0.0625f)));
+    } else {
+      __nv_bfloat162 b;
+      memcpy(&b, &in[t], sizeof(b));
+      const float2 f = __bfloat1622float2(b);
+      out[t] = half2_as_u32(__floats2half2_rn(f.x * 0.0625f, f.y * 0.0625f));
+    }
+  }
+  return make_uint4(out[0], out[1], out[2], out[3]);
+}
+
 template <typename T, int LG, int F, int B>
 __global__ void __launch_bounds__(kWarps * 32, 1)
 leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restrict__ scales,
@@ -98,14 +125,10 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
   for (int i = (n4 << 2) + threadIdx.x; i < n_leaves; i += blockDim.x)
     reinterpret_cast<int*>(s_leaf)[i] = leaves[i] ^ 0x80808080;
   for (int i = threadIdx.x; i < L; i += blockDim.x) s_levels[i] = levels[i];
+#pragma unroll 4
   for (int i = threadIdx.x; i < vpr * B; i += blockDim.x) {
     const int v = i / B, r = i % B;
-    float xf[8];
-    load8<T>(x + static_cast<size_t>(min(r, batch - 1)) * vpr * 8, v, r < batch, xf);
-    __half2 h[4];
-#pragma unroll
-    for (int t = 0; t < 4; ++t) h[t] = __floats2half2_rn(xf[2 * t] * 0.0625f, xf[2 * t + 1] * 0.0625f);
-    memcpy(&s_x[i], h, sizeof(uint4));
+    s_x[i] = r < batch ? load8_sixteenth<T>(x + static_cast<size_t>(r) * vpr * 8, v) : make_uint4(0u, 0u, 0u, 0u);
   }
   __syncthreads();
 
@@ -196,13 +219,13 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
 // Two to sixteen input rows on tensor cores (session 13). The layout and the decode are the one-row kernel's
 // (lane l decodes row 32 rg + l), but each decoded vector becomes eight fp16 weights y * (level * scale / |y|)
 // (the scale folded in per vector) that are multiplied by mma.sync m16n8k16 (fp32 accumulation) instead of by
-// 8 B half2 multiply-adds: the multiply costs two tensor-core instructions a vector for any B <= 16, so the time
-// stays the decode's. A warp's lanes store two vectors each (columns k 0..15 of 32 rows) to a 1 KB stage, read
-// back by two ldmatrix.x4 as the B operands of four n8 tiles (rows 0..7, ..., 24..31); the A operand is x / 16
-// (input rows g and g + 8, from the shared [vector][row] copy). Lane l then holds, per n tile q, outputs
-// (row 8 q + 2 (l % 4) + e, input rows l / 4 and l / 4 + 8). A row group's 32 warp partials are folded pairwise
-// in shared memory (fixed order: deterministic) until they fit the stage, then summed by 1024 / (32 NC) threads an
-// output and a shuffle.
+// 8 B half2 multiply-adds: two (up to 8 rows) or four (up to 16) tensor-core instructions a k16 tile of the
+// warp's 32 rows, whatever the rows. A warp's lanes store two vectors each (k 0..15 of 32 rows) to a 1 KB stage,
+// read back by two ldmatrix.x4 as the A operands of the two m16 tiles (rows 0..15, 16..31); the B operand is x / 16
+// (input row 8 nt + l / 4, from the shared [vector][row] copy). Lane l then holds, per m tile and n tile,
+// outputs (row 16 mt + l / 4 (+ 8), input row 8 nt + 2 (l % 4) (+ 1)). A row group's 32 warp partials are folded
+// pairwise in shared memory (fixed order: deterministic) until they fit the stage, then summed by
+// 1024 / (32 NC) threads an output and a shuffle.
 constexpr int kStageBytes = kWarps * 2 * kRows * 16;  // 32 KB: a warp's two vectors x 32 rows of 16 bytes
 
 __device__ __forceinline__ void mma_16816(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
@@ -219,12 +242,6 @@ __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* p) {
                : "r"(addr));
 }
 
-__device__ __forceinline__ unsigned half2_as_u32(__half2 h) {
-  unsigned u;
-  memcpy(&u, &h, sizeof(u));
-  return u;
-}
-
 template <typename T, int LG, int F, int BM>
 __global__ void __launch_bounds__(kWarps * 32, 1)
 leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict__ scales,
@@ -235,7 +252,8 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
   using Fd = Fields<LG, F>;
   constexpr int W2 = Fd::W2;
   constexpr int L = 1 << LG;
-  constexpr int NC = BM == 16 ? 16 : 8;  // accumulator values a lane keeps per row group (4 n tiles)
+  constexpr int NT = BM / 8;   // n8 tiles of input rows
+  constexpr int NC = 8 * NT;   // accumulator values a lane keeps per row group: 2 m tiles x NT x 4
   constexpr int kFit = kStageBytes / (32 * NC * 4);  // warps whose partials fit the stage at once
   extern __shared__ uint4 smem4[];
   const int vpr = steps * kStep;
@@ -254,25 +272,21 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
   for (int i = (n4 << 2) + threadIdx.x; i < n_leaves; i += blockDim.x)
     reinterpret_cast<int*>(s_leaf)[i] = leaves[i] ^ 0x80808080;
   for (int i = threadIdx.x; i < L; i += blockDim.x) s_levels[i] = levels[i];
+#pragma unroll 4
   for (int i = threadIdx.x; i < vpr * batch; i += blockDim.x) {
     const int v = i / batch, r = i % batch;
-    float xf[8];
-    load8<T>(x + static_cast<size_t>(r) * vpr * 8, v, true, xf);
-    __half2 h[4];
-#pragma unroll
-    for (int t = 0; t < 4; ++t) h[t] = __floats2half2_rn(xf[2 * t] * 0.0625f, xf[2 * t + 1] * 0.0625f);
-    memcpy(&s_x[i], h, sizeof(uint4));
+    s_x[i] = load8_sixteenth<T>(x + static_cast<size_t>(r) * vpr * 8, v);
   }
   __syncthreads();
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, c = lane & 3;
-  const bool row_lo = g < batch, row_hi = BM == 16 && g + 8 < batch;
   uint4* stage = s_stage + warp * 2 * kRows;
-  // ldmatrix addresses: lanes 8 m .. 8 m + 7 give the rows of matrix m = (n tile q, vector e): q = m / 2, e = m % 2
+  // ldmatrix addresses: lanes 8 m .. 8 m + 7 give the rows of matrix m = (rows 8 (m % 2) .., vector m / 2): the
+  // fragments a0 .. a3 of an m16 x k16 tile
   const int lm = lane >> 3, lr = lane & 7;
-  const uint4* ld0 = stage + (lm & 1) * kRows + (lm >> 1) * 8 + lr;       // n tiles 0, 1
-  const uint4* ld1 = ld0 + 16;                                             // n tiles 2, 3
+  const uint4* ld0 = stage + (lm >> 1) * kRows + (lm & 1) * 8 + lr;  // m tile 0: rows 0..15
+  const uint4* ld1 = ld0 + 16;                                        // m tile 1: rows 16..31
   const int rg0 = blockIdx.x * groups_per_block;
   const int rg1 = min(row_groups, rg0 + groups_per_block);
   const bool works = warp < steps;
@@ -288,11 +302,9 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
   if (works && rg0 < rg1) load(rg0, warp);
   float* buf = reinterpret_cast<float*>(s_stage);
   for (int rg = rg0; rg < rg1; ++rg) {
-    float acc[4][4];
+    float acc[2][NT][4];
 #pragma unroll
-    for (int q = 0; q < 4; ++q)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[q][e] = 0.f;
+    for (int i = 0; i < NC; ++i) acc[i / (4 * NT)][(i / 4) % NT][i % 4] = 0.f;
     for (int s = warp; works && s < steps; s += kWarps) {
       unsigned w[W2];
 #pragma unroll
@@ -330,20 +342,18 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
         weights(std::integral_constant<int, 2 * t>{});
         weights(std::integral_constant<int, 2 * t + 1>{});
         __syncwarp();
-        unsigned b01[4], b23[4];
-        ldmatrix_x4(b01, ld0);
-        ldmatrix_x4(b23, ld1);
+        unsigned a0[4], a1[4];
+        ldmatrix_x4(a0, ld0);
+        ldmatrix_x4(a1, ld1);
         const unsigned* x0 = reinterpret_cast<const unsigned*>(xs + (2 * t) * batch);
         const unsigned* x1 = reinterpret_cast<const unsigned*>(xs + (2 * t + 1) * batch);
-        unsigned a[4];
-        a[0] = row_lo ? x0[4 * g + c] : 0u;
-        a[1] = row_hi ? x0[4 * (g + 8) + c] : 0u;
-        a[2] = row_lo ? x1[4 * g + c] : 0u;
-        a[3] = row_hi ? x1[4 * (g + 8) + c] : 0u;
-        mma_16816(acc[0], a, b01[0], b01[1]);
-        mma_16816(acc[1], a, b01[2], b01[3]);
-        mma_16816(acc[2], a, b23[0], b23[1]);
-        mma_16816(acc[3], a, b23[2], b23[3]);
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          const int r = 8 * nt + g;
+          const unsigned b0 = r < batch ? x0[4 * r + c] : 0u, b1 = r < batch ? x1[4 * r + c] : 0u;
+          mma_16816(acc[0][nt], a0, b0, b1);
+          mma_16816(acc[1][nt], a1, b0, b1);
+        }
         __syncwarp();  // the stage is rewritten by the next tile
       };
       unrolled(tile, std::make_integer_sequence<int, kStep / 2>{});
@@ -355,18 +365,18 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
       __syncthreads();
       if (warp >= half && warp < live) {
 #pragma unroll
-        for (int i = 0; i < NC; ++i) buf[((warp - half) * NC + i) * 32 + lane] = acc[i / (NC / 4)][i % (NC / 4)];
+        for (int i = 0; i < NC; ++i) buf[((warp - half) * NC + i) * 32 + lane] = acc[i / (4 * NT)][(i / 4) % NT][i % 4];
       }
       __syncthreads();
       if (warp < half) {
 #pragma unroll
-        for (int i = 0; i < NC; ++i) acc[i / (NC / 4)][i % (NC / 4)] += buf[(warp * NC + i) * 32 + lane];
+        for (int i = 0; i < NC; ++i) acc[i / (4 * NT)][(i / 4) % NT][i % 4] += buf[(warp * NC + i) * 32 + lane];
       }
     }
     __syncthreads();
     if (warp < live) {
 #pragma unroll
-      for (int i = 0; i < NC; ++i) buf[(warp * NC + i) * 32 + lane] = acc[i / (NC / 4)][i % (NC / 4)];
+      for (int i = 0; i < NC; ++i) buf[(warp * NC + i) * 32 + lane] = acc[i / (4 * NT)][(i / 4) % NT][i % 4];
     }
     __syncthreads();
     {
@@ -377,8 +387,8 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
       for (int k = part; k < live; k += P) sum += buf[k * NC * 32 + o];
 #pragma unroll
       for (int d = 1; d < P; d <<= 1) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, d);
-      const int i = o / 32, l = o % 32, q = i / (NC / 4), e = i % (NC / 4);
-      const int row = rg * kRows + 8 * q + 2 * (l & 3) + (e & 1), r = (l >> 2) + 8 * (e >> 1);
+      const int i = o / 32, l = o % 32, mt = i / (4 * NT), nt = (i / 4) % NT, e = i % 4;
+      const int row = rg * kRows + 16 * mt + (l >> 2) + 8 * (e >> 1), r = 8 * nt + 2 * (l & 3) + (e & 1);
       if (part == 0 && row < out_features && r < batch)
         y[static_cast<size_t>(r) * out_features + row] = pvq::from_float<T>(sum * 16.f);
     }
@@ -386,12 +396,14 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
   }
 }
 
-// Whole-layer decode Q' float32 [out, in] (what the backend multiplies by cuBLAS above 16 input rows): a thread a
-// vector, its field read with run-time offsets, the leaves gathered through L1, the reference's float32 operations
-// y * ((level * scale) * inverse_norm[|y|^2]) (bit for bit).
+// Whole-layer decode Q' [out, in] (what the backend multiplies by cuBLAS above 16 input rows) in float32, fp16 or
+// bf16: a thread a vector, its field read with run-time offsets, the leaves gathered through L1, the reference's
+// float32 operations y * ((level * scale) * inverse_norm[|y|^2]) (bit for bit in float32; 16-bit outputs are those
+// floats rounded to nearest, as the float32 decode converted afterwards).
+template <typename OutT>
 __global__ void leafrow8_decode_kernel(const unsigned* __restrict__ words, const __half* __restrict__ scales,
                                        const float* __restrict__ levels, const int* __restrict__ leaves,
-                                       const float* __restrict__ inv_norms, float* __restrict__ out, int out_features,
+                                       const float* __restrict__ inv_norms, OutT* __restrict__ out, int out_features,
                                        int vpr, int field_bits, int leaf_bits, int gain_bits) {
   const long long v = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (v >= static_cast<long long>(out_features) * vpr) return;
@@ -408,18 +420,24 @@ __global__ void leafrow8_decode_kernel(const unsigned* __restrict__ words, const
   const int n2 = __dp4a(wb, wb, __dp4a(wa, wa, 0));
   const float scale = __half2float(scales[item * kRows + lane]);
   const float mult = (levels[f & ((1u << gain_bits) - 1u)] * scale) * inv_norms[n2];
-  float4 a, b;
-  a.x = static_cast<float>(static_cast<signed char>(wa & 0xFF)) * mult;
-  a.y = static_cast<float>(static_cast<signed char>((wa >> 8) & 0xFF)) * mult;
-  a.z = static_cast<float>(static_cast<signed char>((wa >> 16) & 0xFF)) * mult;
-  a.w = static_cast<float>(static_cast<signed char>((wa >> 24) & 0xFF)) * mult;
-  b.x = static_cast<float>(static_cast<signed char>(wb & 0xFF)) * mult;
-  b.y = static_cast<float>(static_cast<signed char>((wb >> 8) & 0xFF)) * mult;
-  b.z = static_cast<float>(static_cast<signed char>((wb >> 16) & 0xFF)) * mult;
-  b.w = static_cast<float>(static_cast<signed char>((wb >> 24) & 0xFF)) * mult;
-  float4* o = reinterpret_cast<float4*>(out + v * 8);
-  o[0] = a;
-  o[1] = b;
+  float a[8];
+#pragma unroll
+  for (int t = 0; t < 4; ++t) {
+    a[t] = static_cast<float>(static_cast<signed char>((wa >> (8 * t)) & 0xFF)) * mult;
+    a[4 + t] = static_cast<float>(static_cast<signed char>((wb >> (8 * t)) & 0xFF)) * mult;
+  }
+  if constexpr (std::is_same_v<OutT, float>) {
+    float4* o = reinterpret_cast<float4*>(out + v * 8);
+    o[0] = make_float4(a[0], a[1], a[2], a[3]);
+    o[1] = make_float4(a[4], a[5], a[6], a[7]);
+  } else {
+    OutT h[8];
+#pragma unroll
+    for (int t = 0; t < 8; ++t) h[t] = pvq::from_float<OutT>(a[t]);
+    uint4 packed;
+    memcpy(&packed, h, sizeof(packed));
+    *reinterpret_cast<uint4*>(out + v * 8) = packed;
+  }
 }
 
 [[maybe_unused]] int ceil_div(long long a, long long b) { return static_cast<int>((a + b - 1) / b); }
@@ -449,6 +467,7 @@ torch::Tensor leafrow8_gemv(torch::Tensor words, torch::Tensor scales, torch::Te
                             torch::Tensor x, int64_t out_features, int64_t field_bits, int64_t gain_bits) {
   TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= 8 && x.is_contiguous() &&
               x.scalar_type() != torch::kFloat32, "x must be [B <= 8, in] fp16 or bf16, contiguous on CUDA");
+  if (reinterpret_cast<uintptr_t>(x.data_ptr()) % 16) x = x.clone();  // the kernel reads x in 16-byte words
   const int batch = static_cast<int>(x.size(0));
   const int rows_b = batch == 1 ? 1 : (batch > 4 ? 8 : 4);
   TORCH_CHECK(x.size(1) % (8 * kStep) == 0, "in_features must be a multiple of 128");
@@ -512,6 +531,7 @@ torch::Tensor leafrow8_gemv_mma(torch::Tensor words, torch::Tensor scales, torch
                                 torch::Tensor x, int64_t out_features, int64_t field_bits, int64_t gain_bits) {
   TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= 16 && x.is_contiguous() &&
               x.scalar_type() != torch::kFloat32, "x must be [B <= 16, in] fp16 or bf16, contiguous on CUDA");
+  if (reinterpret_cast<uintptr_t>(x.data_ptr()) % 16) x = x.clone();  // the kernel reads x in 16-byte words
   const int batch = static_cast<int>(x.size(0));
   TORCH_CHECK(x.size(1) % (8 * kStep) == 0, "in_features must be a multiple of 128");
   const int steps = static_cast<int>(x.size(1) / (8 * kStep));
@@ -562,28 +582,30 @@ torch::Tensor leafrow8_gemv_mma(torch::Tensor words, torch::Tensor scales, torch
   return y;
 }
 
-// Q' float32 [out, in] of the layout (the reference's operations)
-torch::Tensor leafrow8_decode(torch::Tensor words, torch::Tensor scales, torch::Tensor levels, torch::Tensor leaves,
-                              torch::Tensor inv_norms, int64_t out_features, int64_t in_features, int64_t field_bits,
-                              int64_t leaf_bits, int64_t gain_bits) {
+// Q' [out, in] of the layout into ``out`` (float32, fp16 or bf16; the reference's operations)
+void leafrow8_decode(torch::Tensor words, torch::Tensor scales, torch::Tensor levels, torch::Tensor leaves,
+                     torch::Tensor inv_norms, int64_t out_features, int64_t in_features, int64_t field_bits,
+                     int64_t leaf_bits, int64_t gain_bits, torch::Tensor out) {
   TORCH_CHECK(words.is_cuda() && in_features % (8 * kStep) == 0, "words on CUDA; in_features a multiple of 128");
+  TORCH_CHECK(out.is_cuda() && out.is_contiguous() && out.numel() == out_features * in_features &&
+              reinterpret_cast<uintptr_t>(out.data_ptr()) % 16 == 0, "out: [out, in] contiguous, 16-byte aligned");
   const c10::cuda::CUDAGuard guard(words.device());
-  auto out = torch::empty({out_features, in_features}, words.options().dtype(torch::kFloat32));
   const long long n = out_features * in_features / 8;
-  if (n == 0) return out;
-  leafrow8_decode_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, at::cuda::getCurrentCUDAStream()>>>(
-      reinterpret_cast<const unsigned*>(words.data_ptr<int32_t>()),
-      reinterpret_cast<const __half*>(scales.data_ptr<at::Half>()), levels.data_ptr<float>(),
-      leaves.data_ptr<int32_t>(), inv_norms.data_ptr<float>(), out.data_ptr<float>(), static_cast<int>(out_features),
-      static_cast<int>(in_features / 8), static_cast<int>(field_bits), static_cast<int>(leaf_bits),
-      static_cast<int>(gain_bits));
+  if (n == 0) return;
+#define PVQ_DECODE(OT, TL)                                                                                        \
+  leafrow8_decode_kernel<OT><<<static_cast<unsigned>((n + 255) / 256), 256, 0, at::cuda::getCurrentCUDAStream()>>>( \
+      reinterpret_cast<const unsigned*>(words.data_ptr<int32_t>()),                                              \
+      reinterpret_cast<const __half*>(scales.data_ptr<at::Half>()), levels.data_ptr<float>(),                     \
+      leaves.data_ptr<int32_t>(), inv_norms.data_ptr<float>(), reinterpret_cast<OT*>(out.data_ptr<TL>()),         \
+      static_cast<int>(out_features), static_cast<int>(in_features / 8), static_cast<int>(field_bits),           \
+      static_cast<int>(leaf_bits), static_cast<int>(gain_bits))
+  PVQ_BY_DTYPE(out, PVQ_DECODE);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return out;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("leafrow8_gemv", &leafrow8_gemv, "row-interleaved leaf-pair PVQ product of 1 to 8 rows, D = 8");
   m.def("leafrow8_gemv_mma", &leafrow8_gemv_mma, "the same product of 1 to 16 rows on tensor cores (mma.sync)");
-  m.def("leafrow8_decode", &leafrow8_decode, "row-interleaved leaf-pair PVQ layer decoded to float32, D = 8");
+  m.def("leafrow8_decode", &leafrow8_decode, "row-interleaved leaf-pair PVQ layer decoded into out (float32, fp16 or bf16), D = 8");
 }
 #endif
