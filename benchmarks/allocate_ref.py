@@ -35,6 +35,8 @@ def main() -> None:
     ap.add_argument("--min-bits", type=float, default=None, help="lowest candidate rate (default: target - 1)")
     ap.add_argument("--max-bits", type=float, default=None, help="highest candidate rate (default: target + 1)")
     ap.add_argument("--eval-tokens", type=int, default=None, help="default: the demo's 32768")
+    ap.add_argument("--calib", default=None, help="calibration text file for every run (default: the demo's "
+                    "calib.txt, a subset of the reference model's training text)")
     ap.add_argument("--plot", default=None, help="draw docs figures from --out into this prefix and stop")
     ap.add_argument("--demo-json", default="docs/demo_cpu.json",
                     help="with --plot: add this demo run's uniform rows (same settings) of the plotted methods")
@@ -45,7 +47,7 @@ def main() -> None:
     demo = DemoConfig(plot=None, zeroshot_limit=0)
     model0, tok = load_model(None)
     state = {k: v.clone() for k, v in model0.state_dict().items()}
-    calib = calibration_batches(load_text(CALIB_TEXT), tok, demo.n_samples, demo.seq_len, demo.seed)
+    calib = calibration_batches(load_text(args.calib or CALIB_TEXT), tok, demo.n_samples, demo.seq_len, demo.seed)
     ids = eval_token_ids(load_text(HELDOUT_TEXT), tok, args.eval_tokens or demo.eval_tokens)
     measured: dict[tuple[str, float], float] = {}
     for spec in [s for s in args.runs.split(",") if s]:
@@ -62,6 +64,7 @@ def main() -> None:
         if mode == "u":
             measured[(method, float(target))] = report.bits_per_weight
         row = {"method": method, "mode": "allocated" if mode == "a" else "uniform", "target_bits": bits,
+               "calib": args.calib or "calib.txt",
                "bits_per_weight": report.bits_per_weight, "perplexity": ppl, "quantize_seconds": qs,
                "layers": {s.name: s.bits_per_weight for s in report.layers}}
         if report.allocation is not None:
