@@ -37,6 +37,7 @@ def test_pyramid_decode_is_bit_exact(dim, bits, group, out_f, in_f):
     assert torch.equal(points, _codec_points(q))
     ref = pyramid_decode_reference(rt)
     assert torch.equal(triton_kernels.pyramid_decode(rt, block=32), ref)
+    assert torch.equal(triton_kernels.pyramid_decode(rt, torch.float16, block=32), ref.half())  # the backend's prefill
     torch.testing.assert_close(ref.cpu(), q.rotated_weight(), rtol=0, atol=1e-6)
 
 
@@ -63,6 +64,7 @@ def test_e8_decode_is_bit_exact_and_matmul_matches(bits):
     ref = table_decode_reference(rt)
     assert torch.equal(ref.cpu(), q.rotated_weight())
     assert torch.equal(triton_kernels.table_decode(rt, block=32), ref)
+    assert torch.equal(triton_kernels.table_decode(rt, torch.bfloat16, block=32), ref.bfloat16())
     for batch in (1, 5):
         x = torch.randn(batch, 96, generator=torch.Generator().manual_seed(batch)).to(DEVICE)
         torch.testing.assert_close(triton_kernels.table_matmul(rt, x, block_o=8, nv=4),
