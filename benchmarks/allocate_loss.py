@@ -25,7 +25,7 @@ from dataclasses import replace
 import torch
 
 from pvq.eval.perplexity import perplexity
-from pvq.models import QuantizeConfig, QuantizePlan, quantize_model
+from pvq.models import QuantizeConfig, QuantizePlan, calibration_batches, load_text, quantize_model
 from pvq.models.allocation import AllocateConfig, measure
 from pvq.models.structure import linear_weight
 from pvq.solvers.allocate import RatePoint, allocate
@@ -100,8 +100,11 @@ def main() -> None:
                     "the measured rate of uniform pvq --bits 2)")
     ap.add_argument("--loss-windows", type=int, default=16)
     ap.add_argument("--out", default="docs/bench/allocate_loss_cpu.jsonl")
+    ap.add_argument("--calib", default=None, help="calibration text file (default: the demo's calib.txt, training text)")
     args = ap.parse_args()
-    demo, model, _, calib, ids = reference_inputs()
+    demo, model, tok, calib, ids = reference_inputs()
+    if args.calib:
+        calib = calibration_batches(load_text(args.calib), tok, demo.n_samples, demo.seq_len, demo.seed)
     cfg = QuantizeConfig(method="pvq", bits=args.bits, n_samples=demo.n_samples, seq_len=demo.seq_len, seed=demo.seed)
     alloc = LossAllocation(args.loss_windows)
     t = time.perf_counter()
@@ -111,7 +114,8 @@ def main() -> None:
     print(f"pvq allocated by the calibration loss: {report.bits_per_weight:.4f} bits per weight (target {args.bits:.4f}), "
           f"held-out perplexity {ppl:.3f} ({secs:.0f} s)", flush=True)
     with open(args.out, "a") as f:
-        f.write(json.dumps({"method": "pvq", "metric": "calibration loss", "target": args.bits,
+        f.write(json.dumps({"method": "pvq", "metric": "calibration loss", "calib": args.calib or "calib.txt",
+                            "target": args.bits,
                             "bits_per_weight": report.bits_per_weight, "perplexity": ppl, "seconds": secs,
                             "loss_windows": args.loss_windows, "layers": alloc.record}) + "\n")
 
