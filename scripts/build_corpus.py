@@ -46,6 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = REPO / ".data" / "reference"
 DEFAULT_ASSET_DIR = REPO / "pvq" / "assets" / "reference"
 
+SPLITS = ("heldout", "val", "train", "calib")
 SHIPPED_FROM = "3.11.7"  # the CPython whose stdlib built the shipped files
 VOCAB_SIZE = 8192
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>"]  # ids 0 and 1
@@ -255,7 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heldout-bytes", type=int, default=400_000)
     ap.add_argument("--val-bytes", type=int, default=300_000)
     ap.add_argument("--calib-bytes", type=int, default=300_000)
+    ap.add_argument("--write-split", nargs=2, metavar=("SPLIT", "FILE"), default=None,
+                    help="only write one split's text (train, val, heldout or calib) to FILE and stop: e.g. the val "
+                         "split, text the model never trained on and the held-out set does not hold, to calibrate on")
     args = ap.parse_args(argv)
+    if args.write_split and args.write_split[0] not in SPLITS:
+        ap.error(f"--write-split takes one of {', '.join(SPLITS)}, got {args.write_split[0]}")
 
     t0 = time.time()
     version = ".".join(map(str, sys.version_info[:3]))
@@ -271,6 +277,11 @@ def main(argv: list[str] | None = None) -> int:
           f"({len(skipped)} non-UTF-8 skipped)")
 
     splits = split_files(sources, args.heldout_bytes, args.val_bytes, args.calib_bytes)
+    if args.write_split:
+        name, out = args.write_split
+        Path(out).write_text(join_split(splits[name], sources))
+        print(f"[corpus] {name}: {len(splits[name])} files written to {out}")
+        return 0
     texts = {name: join_split(files, sources) for name, files in splits.items()}
     for name, files in splits.items():
         print(f"[corpus] {name:8s} {len(files):5d} files {len(texts[name].encode()):>12,} bytes")
