@@ -4,7 +4,7 @@ int4 kernel and pvq, every row through one harness (a static KV cache and a CUDA
 
     python benchmarks/generate.py [--layers 32] [--methods fp16,int4,pvq4,pvq3,pvq2,e8-2] [--batch 1]
                                   [--new-tokens 64] [--rotation layer|fused|layer,fused] [--eager] [--profile]
-                                  [--json FILE]
+                                  [--json FILE] [--dense-rotation-max-order N] [--mma-min-rows N]
     python benchmarks/generate.py --device cpu --layers 2 --hidden 256 --intermediate 688 --vocab 512
     python benchmarks/generate.py --checkpoint DIR [--backends dense,triton]
 
@@ -36,8 +36,9 @@ Per row: tokens per second (all sequences; decode steps only, the prefill apart)
 peak GPU memory during generation, bytes of every tensor the model holds, bits per weight of the
 block linears, the decoder's mode (``cuda-graph``, or why it fell back to eager steps) and setup
 seconds (warm-up: kernel builds and compilation, graph capture). Every phase prints its time as it
-ends (flushed). On CUDA the kernels' CUDA sources are compiled first, in a phase of their own (nvcc,
-minutes on a fresh machine; cached after).
+ends (flushed). On CUDA the kernels' CUDA sources are compiled first, side by side in a phase of their own
+(nvcc, about 100 s on a fresh H200 machine; cached after). ``--dense-rotation-max-order`` and
+``--mma-min-rows`` are experiments: they move the package's thresholds for this process only.
 """
 
 from __future__ import annotations

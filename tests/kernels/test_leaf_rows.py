@@ -128,5 +128,5 @@ def test_tensor_core_rows_are_deterministic(batch):
     """The row group's warp partials are folded and summed in a fixed order: the same call, the same bits."""
     rt = leaf_rows_from_split(code_runtime(3.0, 16, 300, 4096, seed=5, device="cuda"))
     x = torch.randn(batch, 4096, generator=torch.Generator().manual_seed(batch)).to("cuda", torch.float16)
-    first = cuda_leaf.leaf_rows_gemv_cuda(rt, x)
-    assert all(torch.equal(first, cuda_leaf.leaf_rows_gemv_cuda(rt, x)) for _ in range(5))
+    first = cuda_leaf.leaf_rows_gemv_cuda(rt, x, tensor_cores=True)
+    assert all(torch.equal(first, cuda_leaf.leaf_rows_gemv_cuda(rt, x, tensor_cores=True)) for _ in range(5))
