@@ -1,5 +1,6 @@
 // Product y = x @ Q'^T of a D = 8 PVQ layer in the row-interleaved leaf-pair layout (pvq/kernels/leaf_rows.py)
-// for one to eight rows of fp16 / bf16 input: lane l of a warp owns output row 32 rg + l.
+// for one to eight rows of fp16 / bf16 input by half2 multiply-adds (leafrow8_gemv_kernel), up to sixteen on
+// tensor cores (leafrow8_mma_kernel, below), and the whole-layer decode: lane l of a warp owns output row 32 rg + l.
 //
 // Layout: per row group rg (32 rows) and step s (16 vectors, one scale group) the 16 fields of F bits of a row
 // fill W2 = F / 2 words, stored word-major across the group's 32 rows (a warp's load of one word is 128
