@@ -154,6 +154,15 @@ def _compare(got: torch.Tensor, ref: torch.Tensor, tol: float) -> tuple[float, b
     return err, got.shape == ref.shape and torch.allclose(got, ref, rtol=tol, atol=tol * ref.abs().max().item())
 
 
+def baselines(x: torch.Tensor, w: torch.Tensor, int4) -> dict[str, float]:
+    """Microseconds of what a user would run instead: fp16 ``x @ w.T`` (cuBLAS) and torch's int4 kernel (bf16)."""
+    row = {"fp16": bench(lambda: x @ w.T)}
+    if int4 is not None:
+        xb = x.bfloat16()
+        row["int4"] = bench(lambda: int4[0](xb))
+    return row
+
+
 def timings(shapes, batches, bit_list, device) -> list[tuple]:
     from kernel_speed import int4_setup
 
@@ -178,10 +187,7 @@ def timings(shapes, batches, bit_list, device) -> list[tuple]:
             rts[bits] = (srt, rt, rrt)
         for batch in batches:
             x = torch.randn(batch, in_f, device=device).half()
-            row = {"fp16": bench(lambda: x @ w.T)}
-            if int4 is not None:
-                xb = x.bfloat16()
-                row["int4"] = bench(lambda: int4[0](xb))
+            row = baselines(x, w, int4)
             for bits, (srt, rt, rrt) in rts.items():
                 if "split" in LAYOUTS and batch <= cuda_split.CUDA_MAX_ROWS:
                     row[f"split{bits:g}"] = bench(lambda: cuda_split.split_gemv_cuda(srt, x))
@@ -206,10 +212,7 @@ def timings(shapes, batches, bit_list, device) -> list[tuple]:
             table.append((f"{out_f}x{in_f}", batch, row))
         for rows in PREFILL:  # prefill: pvq decodes once to fp16 and multiplies by cuBLAS
             x = torch.randn(rows, in_f, device=device).half()
-            row = {"fp16": bench(lambda: x @ w.T)}
-            if int4 is not None:
-                xb = x.bfloat16()
-                row["int4"] = bench(lambda: int4[0](xb))
+            row = baselines(x, w, int4)
             for bits, (srt, rt, rrt) in rts.items():
                 if ROWS_BUILT:
                     row[f"rows{bits:g}"] = bench(lambda: x @ cuda_leaf.leaf_rows_decode(rrt, torch.float16).T)
