@@ -25,7 +25,7 @@ from dataclasses import replace
 import torch
 
 from pvq.eval.perplexity import perplexity
-from pvq.models import QuantizeConfig, QuantizePlan, calibration_batches, load_text, quantize_model
+from pvq.models import QuantizeConfig, QuantizePlan, quantize_model
 from pvq.models.allocation import AllocateConfig, measure
 from pvq.models.structure import linear_weight
 from pvq.solvers.allocate import RatePoint, allocate
@@ -102,9 +102,7 @@ def main() -> None:
     ap.add_argument("--out", default="docs/bench/allocate_loss_cpu.jsonl")
     ap.add_argument("--calib", default=None, help="calibration text file (default: the demo's calib.txt, training text)")
     args = ap.parse_args()
-    demo, model, tok, calib, ids = reference_inputs()
-    if args.calib:
-        calib = calibration_batches(load_text(args.calib), tok, demo.n_samples, demo.seq_len, demo.seed)
+    demo, model, _, calib, ids = reference_inputs(calib_text=args.calib)
     cfg = QuantizeConfig(method="pvq", bits=args.bits, n_samples=demo.n_samples, seq_len=demo.seq_len, seed=demo.seed)
     alloc = LossAllocation(args.loss_windows)
     t = time.perf_counter()

@@ -19,10 +19,10 @@ import time
 import torch
 
 from pvq.eval.perplexity import perplexity
-from pvq.eval.runs import DemoConfig, eval_token_ids, load_model
-from pvq.models import QuantizeConfig, calibration_batches, load_text, quantize_model
+from pvq.eval.runs import load_model
+from pvq.models import QuantizeConfig, quantize_model
 from pvq.models.allocation import AllocateConfig
-from pvq.models.reference import CALIB_TEXT, HELDOUT_TEXT
+from _reference import reference_inputs
 
 
 def main() -> None:
@@ -44,11 +44,8 @@ def main() -> None:
     if args.plot:
         plot(args.out, args.plot, args.demo_json)
         return
-    demo = DemoConfig(plot=None, zeroshot_limit=0)
-    model0, tok = load_model(None)
+    demo, model0, _, calib, ids = reference_inputs(args.eval_tokens, args.calib)
     state = {k: v.clone() for k, v in model0.state_dict().items()}
-    calib = calibration_batches(load_text(args.calib or CALIB_TEXT), tok, demo.n_samples, demo.seq_len, demo.seed)
-    ids = eval_token_ids(load_text(HELDOUT_TEXT), tok, args.eval_tokens or demo.eval_tokens)
     measured: dict[tuple[str, float], float] = {}
     for spec in [s for s in args.runs.split(",") if s]:
         method, mode, target = spec.split(":")

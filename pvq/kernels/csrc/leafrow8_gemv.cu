@@ -97,6 +97,33 @@ __device__ __forceinline__ uint4 load8_sixteenth(const T* __restrict__ row, int 
   return make_uint4(out[0], out[1], out[2], out[3]);
 }
 
+// Lane ``lane``'s W2 words and scale of step s of row group rg (a warp's load of one word is 128 contiguous bytes)
+template <int W2>
+__device__ __forceinline__ void load_step(const unsigned* __restrict__ words, const __half* __restrict__ scales, int rg,
+                                          int s, int steps, int lane, unsigned (&wn)[W2], __half& sn) {
+  const size_t item = static_cast<size_t>(rg) * steps + s;
+  const unsigned* p = words + item * W2 * kRows + lane;
+#pragma unroll
+  for (int w = 0; w < W2; ++w) wn[w] = __ldg(p + w * kRows);
+  sn = scales[item * kRows + lane];
+}
+
+// The block's shared copies of the leaf table (int8 coordinates biased by 128) and the L gain levels
+template <int L>
+__device__ __forceinline__ void stage_tables(const int* __restrict__ leaves, int n_leaves,
+                                             const float* __restrict__ levels, char* s_leaf, float* s_levels) {
+  const int n4 = n_leaves >> 2;
+#pragma unroll 4
+  for (int i = threadIdx.x; i < n4; i += blockDim.x) {
+    int4 w = __ldg(reinterpret_cast<const int4*>(leaves) + i);
+    w.x ^= 0x80808080, w.y ^= 0x80808080, w.z ^= 0x80808080, w.w ^= 0x80808080;
+    reinterpret_cast<int4*>(s_leaf)[i] = w;
+  }
+  for (int i = (n4 << 2) + threadIdx.x; i < n_leaves; i += blockDim.x)
+    reinterpret_cast<int*>(s_leaf)[i] = leaves[i] ^ 0x80808080;
+  for (int i = threadIdx.x; i < L; i += blockDim.x) s_levels[i] = levels[i];
+}
+
 // The gain levels (2 or 4) in registers, chosen by selects on the ALUs instead of a shared-memory read on the L1
 // pipe the leaf gathers are bound by (session 13: the tensor-core kernel with either, the one-row kernel with 2)
 template <int L>
@@ -136,16 +163,7 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
   constexpr int kPart = kRows + 1;
   float* s_part = s_levels + 16;
 
-  const int n4 = n_leaves >> 2;
-#pragma unroll 4
-  for (int i = threadIdx.x; i < n4; i += blockDim.x) {
-    int4 w = __ldg(reinterpret_cast<const int4*>(leaves) + i);
-    w.x ^= 0x80808080, w.y ^= 0x80808080, w.z ^= 0x80808080, w.w ^= 0x80808080;
-    reinterpret_cast<int4*>(s_leaf)[i] = w;
-  }
-  for (int i = (n4 << 2) + threadIdx.x; i < n_leaves; i += blockDim.x)
-    reinterpret_cast<int*>(s_leaf)[i] = leaves[i] ^ 0x80808080;
-  for (int i = threadIdx.x; i < L; i += blockDim.x) s_levels[i] = levels[i];
+  stage_tables<L>(leaves, n_leaves, levels, s_leaf, s_levels);
 #pragma unroll 4
   for (int i = threadIdx.x; i < vpr * B; i += blockDim.x) {
     const int v = i / B, r = i % B;
@@ -166,13 +184,7 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
   const bool works = warp < steps;
   unsigned wn[W2] = {};
   __half sn = __float2half(0.f);
-  auto load = [&](int rg, int s) {
-    const size_t item = static_cast<size_t>(rg) * steps + s;
-    const unsigned* p = words + item * W2 * kRows + lane;
-#pragma unroll
-    for (int w = 0; w < W2; ++w) wn[w] = __ldg(p + w * kRows);
-    sn = scales[item * kRows + lane];
-  };
+  auto load = [&](int rg, int s) { load_step<W2>(words, scales, rg, s, steps, lane, wn, sn); };
   if (works && rg0 < rg1) load(rg0, warp);
   for (int rg = rg0; rg < rg1; ++rg) {
     float acc[B];
@@ -197,13 +209,7 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
         const unsigned wb = *reinterpret_cast<const unsigned*>(s_leaf + Fd::b_byte(f));
         const float level = level_of(f);
         __half2 a01, a23, b01, b23;
-        leaf_halves(wa, a01, a23);
-        leaf_halves(wb, b01, b23);
-        __half2 n = __hmul2(a01, a01);
-        n = __hfma2(a23, a23, n);
-        n = __hfma2(b01, b01, n);
-        n = __hfma2(b23, b23, n);
-        const float mult = level * rsqrt_approx(__half2float(__hadd(__low2half(n), __high2half(n))));
+        const float mult = level * leaf_pair(wa, wb, a01, a23, b01, b23);
 #pragma unroll
         for (int r = 0; r < B; ++r) {
           const uint4 xv = xs[j * B + r];
@@ -290,16 +296,7 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
   char* s_leaf = reinterpret_cast<char*>(s_stage + kStageBytes / 16);
   float* s_levels = reinterpret_cast<float*>(s_leaf + 4 * ((n_leaves + 3) & ~3));
 
-  const int n4 = n_leaves >> 2;
-#pragma unroll 4
-  for (int i = threadIdx.x; i < n4; i += blockDim.x) {
-    int4 w = __ldg(reinterpret_cast<const int4*>(leaves) + i);
-    w.x ^= 0x80808080, w.y ^= 0x80808080, w.z ^= 0x80808080, w.w ^= 0x80808080;
-    reinterpret_cast<int4*>(s_leaf)[i] = w;
-  }
-  for (int i = (n4 << 2) + threadIdx.x; i < n_leaves; i += blockDim.x)
-    reinterpret_cast<int*>(s_leaf)[i] = leaves[i] ^ 0x80808080;
-  for (int i = threadIdx.x; i < L; i += blockDim.x) s_levels[i] = levels[i];
+  stage_tables<L>(leaves, n_leaves, levels, s_leaf, s_levels);
 #pragma unroll 4
   for (int i = threadIdx.x; i < vpr * batch; i += blockDim.x) {
     const int v = i / batch, r = i % batch;
@@ -321,13 +318,7 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
   const bool works = warp < steps;
   unsigned wn[W2] = {};
   __half sn = __float2half(0.f);
-  auto load = [&](int rg, int s) {
-    const size_t item = static_cast<size_t>(rg) * steps + s;
-    const unsigned* p = words + item * W2 * kRows + lane;
-#pragma unroll
-    for (int w = 0; w < W2; ++w) wn[w] = __ldg(p + w * kRows);
-    sn = scales[item * kRows + lane];
-  };
+  auto load = [&](int rg, int s) { load_step<W2>(words, scales, rg, s, steps, lane, wn, sn); };
   if (works && rg0 < rg1) load(rg0, warp);
   float* buf = reinterpret_cast<float*>(s_stage);
   for (int rg = rg0; rg < rg1; ++rg) {
@@ -351,13 +342,7 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
         const unsigned wb = *reinterpret_cast<const unsigned*>(s_leaf + Fd::b_byte(f));
         const float level = level_of(f);
         __half2 a01, a23, b01, b23;
-        leaf_halves(wa, a01, a23);
-        leaf_halves(wb, b01, b23);
-        __half2 n = __hmul2(a01, a01);
-        n = __hfma2(a23, a23, n);
-        n = __hfma2(b01, b01, n);
-        n = __hfma2(b23, b23, n);
-        const float mult = level * scale * rsqrt_approx(__half2float(__hadd(__low2half(n), __high2half(n))));
+        const float mult = level * scale * leaf_pair(wa, wb, a01, a23, b01, b23);
         const __half2 m2 = __float2half2_rn(mult);
         uint4 v;
         v.x = half2_as_u32(__hmul2(a01, m2));
@@ -490,66 +475,102 @@ PVQ_INSTANTIATE_MMA(__half, 1, 22, 8)
 
 #ifndef PVQ_KERNEL_ONLY
 
+// What both products check and derive from their arguments (x made 16-byte aligned: the kernels read it in 16-byte
+// words; the grid: one block an SM, each over a contiguous range of row groups).
+struct RowsLaunch {
+  torch::Tensor x;
+  int batch, steps, row_groups, n_leaves, grid, groups_per_block;
+  const cudaDeviceProp* props;
+};
+
+RowsLaunch rows_launch(const torch::Tensor& words, const torch::Tensor& scales, const torch::Tensor& levels,
+                       const torch::Tensor& leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
+                       int64_t gain_bits, int max_rows) {
+  TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= max_rows && x.is_contiguous() &&
+              x.scalar_type() != torch::kFloat32, "x must be [B <= ", max_rows, ", in] fp16 or bf16, contiguous on CUDA");
+  if (reinterpret_cast<uintptr_t>(x.data_ptr()) % 16) x = x.clone();
+  TORCH_CHECK(x.size(1) % (8 * kStep) == 0, "in_features must be a multiple of 128");
+  RowsLaunch l;
+  l.x = x;
+  l.batch = static_cast<int>(x.size(0));
+  l.steps = static_cast<int>(x.size(1) / (8 * kStep));
+  l.row_groups = ceil_div(out_features, kRows);
+  TORCH_CHECK(words.numel() == static_cast<int64_t>(l.row_groups) * l.steps * (field_bits / 2) * kRows &&
+              scales.numel() == static_cast<int64_t>(l.row_groups) * l.steps * kRows, "words / scales of another shape");
+  TORCH_CHECK(levels.numel() == (1 << gain_bits) && levels.numel() <= 16, "gain levels: 2^gain_bits <= 16");
+  l.n_leaves = static_cast<int>(leaves.numel());
+  l.props = at::cuda::getCurrentDeviceProperties();
+  l.grid = std::max(1, std::min(l.props->multiProcessorCount, l.row_groups));
+  l.groups_per_block = ceil_div(l.row_groups, l.grid);
+  return l;
+}
+
+template <typename T>
+struct Tag {
+  using type = T;
+};
+template <int V>
+using Int = std::integral_constant<int, V>;
+
+// fn(Tag<T>, Tag<TL>, Int<LG>, Int<F>) for x's dtype (T the device type, TL torch's) and the field format, over the
+// instances the kernels are built for; false where the format has none
+template <typename Fn>
+bool by_dtype_and_fields(const torch::Tensor& x, int64_t field_bits, int64_t gain_bits, Fn&& fn) {
+  auto fields = [&](auto t, auto tl) {
+    if (gain_bits == 2 && field_bits == 30) fn(t, tl, Int<2>{}, Int<30>{});
+    else if (gain_bits == 1 && field_bits == 22) fn(t, tl, Int<1>{}, Int<22>{});
+    else if (gain_bits == 1 && field_bits == 26) fn(t, tl, Int<1>{}, Int<26>{});
+    else if (gain_bits == 1 && field_bits == 18) fn(t, tl, Int<1>{}, Int<18>{});
+    else return false;
+    return true;
+  };
+  if (x.scalar_type() == torch::kHalf) return fields(Tag<__half>{}, Tag<at::Half>{});
+  TORCH_CHECK(x.scalar_type() == torch::kBFloat16, "x must be float16 or bfloat16");
+  return fields(Tag<__nv_bfloat16>{}, Tag<at::BFloat16>{});
+}
+
+// kern<<<grid, 1024, smem>>>(codes, x, y, shapes..., extra...) with the dynamic shared memory it asks for
+template <typename T, typename TL, typename Kernel, typename... Extra>
+void launch_rows(Kernel kern, const RowsLaunch& l, size_t smem, const torch::Tensor& words, const torch::Tensor& scales,
+                 const torch::Tensor& levels, const torch::Tensor& leaves, torch::Tensor& y, int64_t out_features,
+                 Extra... extra) {
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  kern<<<l.grid, kWarps * 32, smem, at::cuda::getCurrentCUDAStream()>>>(
+      reinterpret_cast<const unsigned*>(words.data_ptr<int32_t>()),
+      reinterpret_cast<const __half*>(scales.data_ptr<at::Half>()), levels.data_ptr<float>(),
+      leaves.data_ptr<int32_t>(), l.n_leaves, reinterpret_cast<const T*>(l.x.data_ptr<TL>()),
+      reinterpret_cast<T*>(y.data_ptr<TL>()), static_cast<int>(out_features), l.steps, l.row_groups,
+      l.groups_per_block, l.batch, extra...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 // y [B, out] (x's dtype) = x [B, in] @ Q'^T for 1, 2 to 4 or 5 to 8 rows of fp16 / bf16 (in launches of 1, 4 or 8
 // rows: pvq/kernels/cuda_leaf.py routes by the shared-memory sizes).
 torch::Tensor leafrow8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tensor levels, torch::Tensor leaves,
                             torch::Tensor x, int64_t out_features, int64_t field_bits, int64_t gain_bits) {
-  TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= 8 && x.is_contiguous() &&
-              x.scalar_type() != torch::kFloat32, "x must be [B <= 8, in] fp16 or bf16, contiguous on CUDA");
-  if (reinterpret_cast<uintptr_t>(x.data_ptr()) % 16) x = x.clone();  // the kernel reads x in 16-byte words
-  const int batch = static_cast<int>(x.size(0));
-  const int rows_b = batch == 1 ? 1 : (batch > 4 ? 8 : 4);
-  TORCH_CHECK(x.size(1) % (8 * kStep) == 0, "in_features must be a multiple of 128");
-  const int steps = static_cast<int>(x.size(1) / (8 * kStep));
-  const int row_groups = ceil_div(out_features, kRows);
-  TORCH_CHECK(words.numel() == static_cast<int64_t>(row_groups) * steps * (field_bits / 2) * kRows &&
-              scales.numel() == static_cast<int64_t>(row_groups) * steps * kRows, "words / scales of another shape");
-  const c10::cuda::CUDAGuard guard(x.device());
-  auto y = torch::empty({batch, out_features}, x.options());
-  const int n_leaves = static_cast<int>(leaves.numel());
-  const int L = static_cast<int>(levels.numel());
-  TORCH_CHECK(L == (1 << gain_bits) && L <= 16, "gain levels: 2^gain_bits <= 16");
-  const auto* props = at::cuda::getCurrentDeviceProperties();
-  const int sms = props->multiProcessorCount;
-  const int grid = std::max(1, std::min(sms, row_groups));
-  const int groups_per_block = ceil_div(row_groups, grid);
+  TORCH_CHECK(x.is_cuda(), "x must be on CUDA");
+  const c10::cuda::CUDAGuard guard(x.device());  // before the device's properties are read
+  const RowsLaunch l = rows_launch(words, scales, levels, leaves, x, out_features, field_bits, gain_bits, 8);
+  const int rows_b = l.batch == 1 ? 1 : (l.batch > 4 ? 8 : 4);
+  auto y = torch::empty({l.batch, out_features}, l.x.options());
   // partial sums: one row, (kRows + 1) a warp, two buffers where they fit; several rows, kRows B a warp, one
   const size_t part_bytes = sizeof(float) * static_cast<size_t>(kWarps) * (rows_b == 1 ? kRows + 1 : kRows * rows_b);
-  const size_t base = sizeof(uint4) * static_cast<size_t>(steps) * kStep * rows_b + 4 * ((n_leaves + 3) & ~3) +
+  const size_t base = sizeof(uint4) * static_cast<size_t>(l.steps) * kStep * rows_b + 4 * ((l.n_leaves + 3) & ~3) +
                       sizeof(float) * 16;
   const int part_buffers =
-      rows_b == 1 && groups_per_block > 1 && base + 2 * part_bytes <= props->sharedMemPerBlockOptin ? 2 : 1;
+      rows_b == 1 && l.groups_per_block > 1 && base + 2 * part_bytes <= l.props->sharedMemPerBlockOptin ? 2 : 1;
   const size_t smem = base + part_buffers * part_bytes;
-  auto stream = at::cuda::getCurrentCUDAStream();
-  bool launched = false;
-#define PVQ_LAUNCH(T, TL, LGG, FF, BB)                                                                           \
-  do {                                                                                                           \
-    auto kern = leafrow8_gemv_kernel<T, LGG, FF, BB>;                                                            \
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem))); \
-    kern<<<grid, kWarps * 32, smem, stream>>>(                                                                   \
-        reinterpret_cast<const unsigned*>(words.data_ptr<int32_t>()),                                           \
-        reinterpret_cast<const __half*>(scales.data_ptr<at::Half>()), levels.data_ptr<float>(),                  \
-        leaves.data_ptr<int32_t>(), n_leaves, reinterpret_cast<const T*>(x.data_ptr<TL>()),                      \
-        reinterpret_cast<T*>(y.data_ptr<TL>()), static_cast<int>(out_features), steps, row_groups,              \
-        groups_per_block, batch, part_buffers);                                                                  \
-    C10_CUDA_KERNEL_LAUNCH_CHECK();                                                                              \
-    launched = true;                                                                                             \
-  } while (0)
-#define PVQ_BY_ROWS(T, TL, LGG, FF)                                                                              \
-  if (rows_b == 1) PVQ_LAUNCH(T, TL, LGG, FF, 1);                                                                \
-  else if (rows_b == 4) PVQ_LAUNCH(T, TL, LGG, FF, 4);                                                           \
-  else PVQ_LAUNCH(T, TL, LGG, FF, 8);
-#define PVQ_BY_FIELDS(T, TL)                                                                                     \
-  if (gain_bits == 2 && field_bits == 30) { PVQ_BY_ROWS(T, TL, 2, 30) }                                          \
-  else if (gain_bits == 1 && field_bits == 22) { PVQ_BY_ROWS(T, TL, 1, 22) }                                     \
-  else if (gain_bits == 1 && field_bits == 26) { PVQ_BY_ROWS(T, TL, 1, 26) }                                     \
-  else if (gain_bits == 1 && field_bits == 18) { PVQ_BY_ROWS(T, TL, 1, 18) }
-  if (x.scalar_type() == torch::kHalf) {
-    PVQ_BY_FIELDS(__half, at::Half)
-  } else {
-    TORCH_CHECK(x.scalar_type() == torch::kBFloat16, "x must be float16 or bfloat16");
-    PVQ_BY_FIELDS(__nv_bfloat16, at::BFloat16)
-  }
+  const bool launched = by_dtype_and_fields(l.x, field_bits, gain_bits, [&](auto t, auto tl, auto lg, auto ff) {
+    using T = typename decltype(t)::type;
+    using TL = typename decltype(tl)::type;
+    auto go = [&](auto bb) {
+      launch_rows<T, TL>(leafrow8_gemv_kernel<T, decltype(lg)::value, decltype(ff)::value, decltype(bb)::value>, l,
+                         smem, words, scales, levels, leaves, y, out_features, part_buffers);
+    };
+    if (rows_b == 1) go(Int<1>{});
+    else if (rows_b == 4) go(Int<4>{});
+    else go(Int<8>{});
+  });
   TORCH_CHECK(launched, "no instance for fields of ", field_bits, " bits with ", gain_bits, " gain bits");
   return y;
 }
@@ -558,55 +579,24 @@ torch::Tensor leafrow8_gemv(torch::Tensor words, torch::Tensor scales, torch::Te
 // rows that do not fit shared memory (pvq/kernels/cuda_leaf.py)
 torch::Tensor leafrow8_gemv_mma(torch::Tensor words, torch::Tensor scales, torch::Tensor levels, torch::Tensor leaves,
                                 torch::Tensor x, int64_t out_features, int64_t field_bits, int64_t gain_bits) {
-  TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= 16 && x.is_contiguous() &&
-              x.scalar_type() != torch::kFloat32, "x must be [B <= 16, in] fp16 or bf16, contiguous on CUDA");
-  if (reinterpret_cast<uintptr_t>(x.data_ptr()) % 16) x = x.clone();  // the kernel reads x in 16-byte words
-  const int batch = static_cast<int>(x.size(0));
-  TORCH_CHECK(x.size(1) % (8 * kStep) == 0, "in_features must be a multiple of 128");
-  const int steps = static_cast<int>(x.size(1) / (8 * kStep));
-  const int row_groups = ceil_div(out_features, kRows);
-  TORCH_CHECK(words.numel() == static_cast<int64_t>(row_groups) * steps * (field_bits / 2) * kRows &&
-              scales.numel() == static_cast<int64_t>(row_groups) * steps * kRows, "words / scales of another shape");
-  const c10::cuda::CUDAGuard guard(x.device());
-  auto y = torch::empty({batch, out_features}, x.options());
-  const int n_leaves = static_cast<int>(leaves.numel());
-  TORCH_CHECK(levels.numel() == (1 << gain_bits) && levels.numel() <= 16, "gain levels: 2^gain_bits <= 16");
-  const auto* props = at::cuda::getCurrentDeviceProperties();
-  const int grid = std::max(1, std::min(props->multiProcessorCount, row_groups));
-  const int groups_per_block = ceil_div(row_groups, grid);
-  const size_t smem = sizeof(uint4) * static_cast<size_t>(steps) * kStep * batch + kStageBytes +
-                      4 * ((n_leaves + 3) & ~3) + sizeof(float) * 16;
-  TORCH_CHECK(smem <= props->sharedMemPerBlockOptin, "x of ", batch, " rows of ", x.size(1),
+  TORCH_CHECK(x.is_cuda(), "x must be on CUDA");
+  const c10::cuda::CUDAGuard guard(x.device());  // before the device's properties are read
+  const RowsLaunch l = rows_launch(words, scales, levels, leaves, x, out_features, field_bits, gain_bits, 16);
+  auto y = torch::empty({l.batch, out_features}, l.x.options());
+  const size_t smem = sizeof(uint4) * static_cast<size_t>(l.steps) * kStep * l.batch + kStageBytes +
+                      4 * ((l.n_leaves + 3) & ~3) + sizeof(float) * 16;
+  TORCH_CHECK(smem <= l.props->sharedMemPerBlockOptin, "x of ", l.batch, " rows of ", l.x.size(1),
               " inputs does not fit shared memory beside the leaves: take fewer rows a launch");
-  auto stream = at::cuda::getCurrentCUDAStream();
-  bool launched = false;
-#define PVQ_MMA_LAUNCH(T, TL, LGG, FF, BB)                                                                       \
-  do {                                                                                                           \
-    auto kern = leafrow8_mma_kernel<T, LGG, FF, BB>;                                                             \
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem))); \
-    kern<<<grid, kWarps * 32, smem, stream>>>(                                                                   \
-        reinterpret_cast<const unsigned*>(words.data_ptr<int32_t>()),                                           \
-        reinterpret_cast<const __half*>(scales.data_ptr<at::Half>()), levels.data_ptr<float>(),                  \
-        leaves.data_ptr<int32_t>(), n_leaves, reinterpret_cast<const T*>(x.data_ptr<TL>()),                      \
-        reinterpret_cast<T*>(y.data_ptr<TL>()), static_cast<int>(out_features), steps, row_groups,              \
-        groups_per_block, batch);                                                                                \
-    C10_CUDA_KERNEL_LAUNCH_CHECK();                                                                              \
-    launched = true;                                                                                             \
-  } while (0)
-#define PVQ_MMA_BY_ROWS(T, TL, LGG, FF)                                                                          \
-  if (batch <= 8) PVQ_MMA_LAUNCH(T, TL, LGG, FF, 8);                                                             \
-  else PVQ_MMA_LAUNCH(T, TL, LGG, FF, 16);
-#define PVQ_MMA_BY_FIELDS(T, TL)                                                                                 \
-  if (gain_bits == 2 && field_bits == 30) { PVQ_MMA_BY_ROWS(T, TL, 2, 30) }                                      \
-  else if (gain_bits == 1 && field_bits == 22) { PVQ_MMA_BY_ROWS(T, TL, 1, 22) }                                 \
-  else if (gain_bits == 1 && field_bits == 26) { PVQ_MMA_BY_ROWS(T, TL, 1, 26) }                                 \
-  else if (gain_bits == 1 && field_bits == 18) { PVQ_MMA_BY_ROWS(T, TL, 1, 18) }
-  if (x.scalar_type() == torch::kHalf) {
-    PVQ_MMA_BY_FIELDS(__half, at::Half)
-  } else {
-    TORCH_CHECK(x.scalar_type() == torch::kBFloat16, "x must be float16 or bfloat16");
-    PVQ_MMA_BY_FIELDS(__nv_bfloat16, at::BFloat16)
-  }
+  const bool launched = by_dtype_and_fields(l.x, field_bits, gain_bits, [&](auto t, auto tl, auto lg, auto ff) {
+    using T = typename decltype(t)::type;
+    using TL = typename decltype(tl)::type;
+    auto go = [&](auto bb) {
+      launch_rows<T, TL>(leafrow8_mma_kernel<T, decltype(lg)::value, decltype(ff)::value, decltype(bb)::value>, l,
+                         smem, words, scales, levels, leaves, y, out_features);
+    };
+    if (l.batch <= 8) go(Int<8>{});
+    else go(Int<16>{});
+  });
   TORCH_CHECK(launched, "no instance for fields of ", field_bits, " bits with ", gain_bits, " gain bits");
   return y;
 }
