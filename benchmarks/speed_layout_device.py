@@ -14,16 +14,23 @@ as benchmarks/kernel_speed.py), the split-order CUDA product (what the backend r
 fused, 16 through its whole-layer decode and cuBLAS), the leaf-pair product (``leaf``; 16 rows: two
 launches of 8; at 8 rows also as two launches of 4) and the row-interleaved leaf-pair product (``rows``: a
 lane an output row). A final table.
+
+    python benchmarks/speed_layout_device.py --rows-variant wf:PVQ_WORDS_FIRST=1 --rows-variant head:@old.cu
+
+times the row products a second (third) time through leafrow8_gemv.cu built with those defines, or another
+version of the source, in the same run (columns ``rows3-wf`` ...): how an experiment is kept or reverted.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import faulthandler
 import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import torch
 
@@ -202,6 +209,19 @@ def timings(shapes, batches, bit_list, device) -> list[tuple]:
                             lambda: cuda_leaf.leaf_rows_gemv_cuda(rrt, x, tensor_cores=False))
                         row[f"rows{bits:g}-mma"] = bench(
                             lambda: cuda_leaf.leaf_rows_gemv_cuda(rrt, x, tensor_cores=True))
+                    if batch >= 8 and in_f > cuda_leaf.MMA_CHUNK_IN_FEATURES:  # x whole, the rows in two launches
+                        ext, h = cuda_leaf._rows_extension(), batch // 2
+                        row[f"rows{bits:g}-mma-2launch"] = bench(lambda: torch.cat([
+                            ext.leafrow8_gemv_mma(rrt.words, rrt.row_scales, rrt.levels, rrt.leaves, part,
+                                                  rrt.out_features, rrt.field_bits, rrt.gain_bits)
+                            for part in (x[:h], x[h:])]))
+                    for name, ext in VARIANTS.items():  # the same calls through an experiment's build
+                        with variant_extension(ext):
+                            try:  # once outside the graph capture: a refusal raised inside it breaks the process
+                                cuda_leaf.leaf_rows_gemv_cuda(rrt, x)
+                                row[f"rows{bits:g}-{name}"] = bench(lambda: cuda_leaf.leaf_rows_gemv_cuda(rrt, x))
+                            except RuntimeError as e:  # e.g. an older source refusing what this routing asks
+                                phase(f"variant {name}, {bits:g} bits, batch {batch}: {str(e).splitlines()[0]}")
                     if batch == batches[-1]:  # what the backend runs above 16 rows: decode + cuBLAS
                         row[f"rows{bits:g}-decode"] = bench(lambda: cuda_leaf.leaf_rows_decode(rrt))
                 if batch == 8 and "leaf" in LAYOUTS:
@@ -223,6 +243,36 @@ def timings(shapes, batches, bit_list, device) -> list[tuple]:
     return table
 
 
+VARIANTS: dict = {}
+"""Experiments' builds of leafrow8_gemv.cu by name (``--rows-variant NAME:DEFINE[+DEFINE]``)."""
+
+
+@contextmanager
+def variant_extension(ext):
+    """The package's row products run through ``ext`` (an experiment's build) inside the block."""
+    saved = cuda_leaf._rows_extension
+    cuda_leaf._rows_extension = lambda: ext
+    try:
+        yield
+    finally:
+        cuda_leaf._rows_extension = saved
+
+
+def build_variant(spec: str):
+    """``NAME:DEFINE[+DEFINE]`` -> (name, leafrow8_gemv.cu compiled with those defines); ``NAME:@FILE``: another
+    version of that source (e.g. ``git show HEAD~1:pvq/kernels/csrc/leafrow8_gemv.cu``; same functions)."""
+    from pvq.kernels.cuda_build import load_cuda_extension
+
+    name, _, what = spec.partition(":")
+    if not name.isidentifier() or not what:
+        raise SystemExit(f"--rows-variant takes NAME:DEFINE[+DEFINE] (e.g. wf:PVQ_WORDS_FIRST=1) or NAME:@FILE, got "
+                         f"{spec!r}")
+    source, defines = (os.path.abspath(what[1:]), ()) if what.startswith("@") else (cuda_leaf._ROWS_SOURCE,
+                                                                                    tuple(what.split("+")))
+    ext = load_cuda_extension(f"pvq_leafrow8_gemv_{name}", source, "the variant is not timed", defines)
+    return name, ext
+
+
 def print_table(table, bit_list) -> None:
     cols = ["fp16", "int4"] + [f"{m}{b:g}" for b in bit_list for m in ("split", "leaf", "rows")]
     print("\n| shape | batch | " + " | ".join(f"{c} us" for c in cols) + " | " +
@@ -234,10 +284,9 @@ def print_table(table, bit_list) -> None:
             leaf = min(row.get(f"leaf{b:g}", float("inf")), row.get(f"rows{b:g}", float("inf")))
             cells += [f"{row['fp16'] / leaf:.2f}", f"{row['int4'] / leaf:.2f}" if "int4" in row else "-"]
         print(f"| {shape} | {batch} | " + " | ".join(cells) + " |")
-    extra = [(s, b, r) for s, b, r in table if any(k.endswith(("-2x4", "-decode", "-fma", "-mma")) for k in r)]
+    extra = [(s, b, r) for s, b, r in table if any("-" in k for k in r)]
     for shape, batch, row in extra:
-        print(f"# {shape} batch {batch}: " + ", ".join(f"{k} {v:.1f} us" for k, v in row.items()
-                                                     if k.endswith(("-2x4", "-decode", "-fma", "-mma"))))
+        print(f"# {shape} batch {batch}: " + ", ".join(f"{k} {v:.1f} us" for k, v in row.items() if "-" in k))
 
 
 def cpu_dry_run() -> None:
@@ -262,17 +311,23 @@ def main() -> None:
     p.add_argument("--layouts", default="split,leaf,rows", help="the layouts timed (rows: the row-interleaved one)")
     p.add_argument("--prefill", default="", help="prefill rows to time as well, e.g. 512,2048")
     p.add_argument("--cpu", action="store_true", help="the layout phases on a tiny layer on the CPU (no kernels)")
+    p.add_argument("--rows-variant", action="append", default=[],
+                   help="NAME:DEFINE[+DEFINE]: also time the row products built with these defines (an experiment)")
     a = p.parse_args()
+    faulthandler.enable()  # a crash in a launch prints where it happened
     if a.cpu:
         cpu_dry_run()
         return
     dev = torch.device("cuda")
     phase(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
     t = time.perf_counter()
-    with ThreadPoolExecutor(3) as pool:  # three nvcc processes at once (each about a minute)
+    with ThreadPoolExecutor(3 + len(a.rows_variant)) as pool:  # nvcc processes side by side (each about a minute)
+        variants = pool.map(build_variant, a.rows_variant)
         built = list(pool.map(lambda f: f() is not None,
                               (cuda_split._extension, cuda_leaf._extension, cuda_leaf._rows_extension)))
-    phase(f"split8_gemv.cu, leaf8_gemv.cu, leafrow8_gemv.cu built: {built} in {time.perf_counter() - t:.1f} s")
+        VARIANTS.update((name, ext) for name, ext in variants if ext is not None)
+    phase(f"split8_gemv.cu, leaf8_gemv.cu, leafrow8_gemv.cu built: {built}, variants {sorted(VARIANTS)} in "
+          f"{time.perf_counter() - t:.1f} s")
     assert built[0] and built[1], "split8_gemv.cu or leaf8_gemv.cu did not compile"
     global ROWS_BUILT, LAYOUTS, PREFILL
     ROWS_BUILT = built[2]

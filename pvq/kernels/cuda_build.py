@@ -28,13 +28,15 @@ def cuda_build_available() -> bool:
     return CUDA_HOME is not None
 
 
-def load_cuda_extension(name: str, path: str, instead: str):
+def load_cuda_extension(name: str, path: str, instead: str, defines: tuple[str, ...] = ()):
     """The module compiled from the CUDA source ``path`` (in :data:`CSRC`), or None (with a warning
-    naming what runs ``instead``) where the build fails. Callers cache it (one build per process)."""
+    naming what runs ``instead``) where the build fails. Callers cache it (one build per process).
+    ``defines`` (``"NAME=VALUE"``) build an experiment's variant; give it its own ``name``."""
     from torch.utils.cpp_extension import load
 
+    flags = ["-O3"] + [f"-D{d}" for d in defines]
     try:
-        return load(name=name, sources=[path], extra_cuda_cflags=["-O3"], extra_include_paths=[CSRC], verbose=False)
+        return load(name=name, sources=[path], extra_cuda_cflags=flags, extra_include_paths=[CSRC], verbose=False)
     except Exception as e:  # noqa: BLE001 - a compiler, toolkit or driver problem of this machine
         warnings.warn(f"compiling {path} failed ({type(e).__name__}: {str(e)[:300]}); {instead}", RuntimeWarning,
                       stacklevel=3)

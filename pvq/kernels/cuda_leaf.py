@@ -22,7 +22,7 @@ from .leaf_rows import LeafRowsRuntime, leaf_rows_decode_reference, leaf_rows_su
 
 __all__ = ["LEAF_ROWS_SHARED_BYTES", "cuda_leaf_rows_supports", "leaf_rows_decode", "leaf_rows_gemv_cuda",
            "LEAF_EIGHT_ROWS_MAX_IN_FEATURES", "LEAF_KERNEL_ROWS", "LEAF_LAUNCH_ROWS", "LEAF_MAX_IN_FEATURES", "LEAF_MAX_ROWS",
-           "LEAF_ROWS_MAX_IN_FEATURES", "MMA_MIN_ROWS", "MMA_STAGE_BYTES", "cuda_leaf_supports", "leaf_decode", "leaf_gemv_cuda"]
+           "LEAF_ROWS_MAX_IN_FEATURES", "MMA_CHUNK_IN_FEATURES", "MMA_MIN_ROWS", "MMA_STAGE_BYTES", "cuda_leaf_supports", "leaf_decode", "leaf_gemv_cuda"]
 
 _SOURCE = os.path.join(CSRC, "leaf8_gemv.cu")
 _ROWS_SOURCE = os.path.join(CSRC, "leafrow8_gemv.cu")
@@ -148,10 +148,16 @@ MMA_STAGE_BYTES = 32 * 1024
 """Shared memory of the tensor-core launch's per-warp stages (two decoded vectors of 32 rows a warp)."""
 
 
+MMA_CHUNK_IN_FEATURES = 32 * 16 * 8
+"""Inputs of the smallest chunk of x the tensor-core kernel stages at a time (32 steps of 16 vectors: each warp
+keeps its steps); wider inputs whose x does not fit shared memory whole go in chunks (one launch)."""
+
+
 def _mma_launch_rows(rt: LeafRowsRuntime) -> int:
-    """The most input rows (<= 16) whose x / 16 fits one tensor-core launch beside the leaves and the stages."""
+    """The most input rows (<= 16) whose x / 16, whole or in chunks of :data:`MMA_CHUNK_IN_FEATURES` inputs, fits
+    one tensor-core launch beside the leaves and the stages."""
     free = LEAF_ROWS_SHARED_BYTES - 4 * rt.leaves.numel() - 4 * 16 - MMA_STAGE_BYTES
-    return max(0, min(LEAF_MAX_ROWS, free // (2 * rt.in_features)))
+    return max(0, min(LEAF_MAX_ROWS, free // (2 * min(rt.in_features, MMA_CHUNK_IN_FEATURES))))
 
 
 MMA_MIN_ROWS = 5
@@ -162,8 +168,8 @@ H200 (session 13, docs/bench/speed_layout_s13_h200.txt)."""
 def leaf_rows_gemv_cuda(rt: LeafRowsRuntime, x: torch.Tensor, tensor_cores: bool | None = None) -> torch.Tensor:
     """``x @ Q'^T`` ``[B, out]`` in ``x``'s dtype for ``x: [B <= 16, in]`` (fp16 / bf16; on the layer's CUDA
     device). One row: the multiply-add kernel. Two to sixteen: on tensor cores where ``tensor_cores`` (default:
-    from :data:`MMA_MIN_ROWS` rows; each vector decoded once a launch, as many rows a launch as shared memory
-    holds, split evenly), else launches of up to eight rows of the multiply-add kernel. float32 inputs, inputs
+    from :data:`MMA_MIN_ROWS` rows; each vector decoded once a launch, x staged whole or in chunks of steps, as
+    many rows a launch as shared memory holds, split evenly), else launches of up to eight rows of the multiply-add kernel. float32 inputs, inputs
     too wide for shared memory or no compiler: the whole-layer decode and one matmul."""
     if x.dim() != 2 or not 1 <= x.shape[0] <= LEAF_MAX_ROWS or x.shape[1] != rt.in_features or not x.is_cuda:
         raise ValueError(f"leaf_rows_gemv_cuda takes x [B <= {LEAF_MAX_ROWS}, {rt.in_features}] on CUDA, got "

@@ -101,6 +101,41 @@ def test_product_matches_the_reference(bits, out_f, in_f, batch, dtype, tensor_c
 
 
 @needs_cuda
+@pytest.mark.parametrize("batch", [9, 16])
+def test_tensor_cores_stage_wide_inputs_in_chunks_over_several_row_groups(batch):
+    """x of 16 rows of 6272 inputs (196 KB) does not fit beside the stages and the leaves: the kernel stages it in
+    chunks of 32 steps (32 + 17), again for each of a block's two row groups (4250 rows: 133 row groups)."""
+    rt = leaf_rows_from_split(code_runtime(2.0, 16, 4250, 6272, seed=3, device="cuda"))
+    assert cuda_leaf._mma_launch_rows(rt) >= batch  # one launch
+    x = torch.randn(batch, 6272, generator=torch.Generator().manual_seed(batch)).to("cuda", torch.float16)
+    w = leaf_rows_decode_reference(rt)
+    ref = x.float() @ w.T
+    got = cuda_leaf.leaf_rows_gemv_cuda(rt, x, tensor_cores=True)
+    torch.testing.assert_close(got.float(), ref, rtol=1e-3, atol=product_atol(x, w, ref, 1e-3))
+
+
+@needs_cuda
+def test_the_kernels_refuse_what_they_do_not_take_with_an_error():
+    """The extension's own checks raise (a Python error, the process goes on): 17 rows, a float32 x."""
+    rt = leaf_rows_from_split(code_runtime(3.0, 16, 40, 256, seed=6, device="cuda"))
+    ext = cuda_leaf._rows_extension()
+    args = (rt.words, rt.row_scales, rt.levels, rt.leaves)
+    with pytest.raises(RuntimeError, match="B <= 16"):
+        ext.leafrow8_gemv_mma(*args, torch.zeros(17, 256, device="cuda", dtype=torch.float16), 40, rt.field_bits,
+                              rt.gain_bits)
+    with pytest.raises(RuntimeError, match="fp16 or bf16"):
+        ext.leafrow8_gemv(*args, torch.zeros(1, 256, device="cuda"), 40, rt.field_bits, rt.gain_bits)
+
+
+def test_tensor_core_launch_rows_count_chunks_of_x():
+    """Rows a tensor-core launch takes: x whole where it fits, else chunks of 4096 inputs (16 rows at 3 bits,
+    whatever the width)."""
+    for in_f, rows in ((4096, 16), (11008, 16), (16384, 16)):
+        rt = leaf_rows_from_split(code_runtime(3.0, 16, 32, in_f, seed=1))
+        assert cuda_leaf._mma_launch_rows(rt) == rows
+
+
+@needs_cuda
 def test_float32_inputs_run_the_decode():
     rt = leaf_rows_from_split(code_runtime(3.0, 16, 40, 256, seed=4, device="cuda"))
     x = torch.randn(2, 256, device="cuda")

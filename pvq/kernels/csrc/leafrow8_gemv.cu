@@ -27,6 +27,7 @@
 
 #include "gemv8_common.cuh"
 #include <type_traits>
+
 #include <utility>
 #ifndef PVQ_KERNEL_ONLY
 #include <torch/extension.h>
@@ -163,6 +164,13 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
   constexpr int kPart = kRows + 1;
   float* s_part = s_levels + 16;
 
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int rg0 = blockIdx.x * groups_per_block;
+  const int rg1 = min(row_groups, rg0 + groups_per_block);
+  const bool works = warp < steps;
+  unsigned wn[W2] = {};
+  __half sn = __float2half(0.f);
+  auto load = [&](int rg, int s) { load_step<W2>(words, scales, rg, s, steps, lane, wn, sn); };
   stage_tables<L>(leaves, n_leaves, levels, s_leaf, s_levels);
 #pragma unroll 4
   for (int i = threadIdx.x; i < vpr * B; i += blockDim.x) {
@@ -170,8 +178,8 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
     s_x[i] = r < batch ? load8_sixteenth<T>(x + static_cast<size_t>(r) * vpr * 8, v) : make_uint4(0u, 0u, 0u, 0u);
   }
   __syncthreads();
+  if (works && rg0 < rg1) load(rg0, warp);  // (loaded before the tables' copy instead: slower, session 14)
 
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   // 2 levels in registers (one select: 2 bits 13.1 -> 12.4 us on 11008x4096); 4 from shared memory (three selects
   // measured slower there: 13.6 -> 14.0 us; session 13)
   const LevelRegs<L == 2 ? 2 : 4> level_regs(levels);
@@ -179,13 +187,6 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
     if constexpr (L == 2) return level_regs(f);
     else return s_levels[f & (L - 1u)];
   };
-  const int rg0 = blockIdx.x * groups_per_block;
-  const int rg1 = min(row_groups, rg0 + groups_per_block);
-  const bool works = warp < steps;
-  unsigned wn[W2] = {};
-  __half sn = __float2half(0.f);
-  auto load = [&](int rg, int s) { load_step<W2>(words, scales, rg, s, steps, lane, wn, sn); };
-  if (works && rg0 < rg1) load(rg0, warp);
   for (int rg = rg0; rg < rg1; ++rg) {
     float acc[B];
 #pragma unroll
@@ -276,12 +277,12 @@ __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* p) {
                : "r"(addr));
 }
 
-template <typename T, int LG, int F, int BM>
+template <typename T, int LG, int F, int BM, bool CHUNKS>
 __global__ void __launch_bounds__(kWarps * 32, 1)
 leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict__ scales,
                     const float* __restrict__ levels, const int* __restrict__ leaves, int n_leaves,
                     const T* __restrict__ x, T* __restrict__ y, int out_features, int steps, int row_groups,
-                    int groups_per_block, int batch) {
+                    int groups_per_block, int batch, int x_steps) {
   static_assert(BM == 8 || BM == 16, "input rows a launch: up to 8 or up to 16");
   using Fd = Fields<LG, F>;
   constexpr int W2 = Fd::W2;
@@ -291,20 +292,37 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
   constexpr int kFit = kStageBytes / (32 * NC * 4);  // warps whose partials fit the stage at once
   extern __shared__ uint4 smem4[];
   const int vpr = steps * kStep;
-  uint4* s_x = smem4;  // [vector][batch] x / 16 as 8 halves
-  uint4* s_stage = s_x + static_cast<size_t>(vpr) * batch;  // [warp][2 vectors][32 rows], then the partial sums
+  uint4* s_x = smem4;  // [vector][batch] x / 16 as 8 halves, steps c0 .. c0 + x_steps - 1
+  uint4* s_stage = s_x + static_cast<size_t>(x_steps) * kStep * batch;  // [warp][2 vectors][32 rows], partial sums
   char* s_leaf = reinterpret_cast<char*>(s_stage + kStageBytes / 16);
   float* s_levels = reinterpret_cast<float*>(s_leaf + 4 * ((n_leaves + 3) & ~3));
-
-  stage_tables<L>(leaves, n_leaves, levels, s_leaf, s_levels);
+  // x / 16 of steps c0 .. c0 + x_steps - 1 into shared memory (all of x where it fits: x_steps == steps, copied
+  // once; else chunks of a multiple of 32 steps, copied for each row group: each warp keeps its steps)
+  // (CHUNKS: instances that may stage x in chunks; at 16 rows the chunk loop's registers cost spills, so 16 rows
+  // of x that fits whole take an instance without it: 11008x4096 at 3 bits 33.3 against 31.6 us; session 14)
+  if constexpr (!CHUNKS) x_steps = steps;
+  const bool chunked = CHUNKS && x_steps < steps;
+  auto stage_x = [&](int c0) {
+    const int n = (min(steps, c0 + x_steps) - c0) * kStep * batch;
 #pragma unroll 4
-  for (int i = threadIdx.x; i < vpr * batch; i += blockDim.x) {
-    const int v = i / batch, r = i % batch;
-    s_x[i] = load8_sixteenth<T>(x + static_cast<size_t>(r) * vpr * 8, v);
-  }
-  __syncthreads();
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+      const int v = c0 * kStep + i / batch, r = i % batch;
+      s_x[i] = load8_sixteenth<T>(x + static_cast<size_t>(r) * vpr * 8, v);
+    }
+  };
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int rg0 = blockIdx.x * groups_per_block;
+  const int rg1 = min(row_groups, rg0 + groups_per_block);
+  const bool works = warp < steps;
+  unsigned wn[W2] = {};
+  __half sn = __float2half(0.f);
+  auto load = [&](int rg, int s) { load_step<W2>(words, scales, rg, s, steps, lane, wn, sn); };
+  stage_tables<L>(leaves, n_leaves, levels, s_leaf, s_levels);
+  if (!chunked) stage_x(0);
+  __syncthreads();
+  if (works && rg0 < rg1) load(rg0, warp);  // (loaded before the tables' copy instead: slower, session 14)
+
   const int g = lane >> 2, c = lane & 3;
   uint4* stage = s_stage + warp * 2 * kRows;
   // ldmatrix addresses: lanes 8 m .. 8 m + 7 give the rows of matrix m = (rows 8 (m % 2) .., vector m / 2): the
@@ -313,64 +331,66 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
   const uint4* ld0 = stage + (lm >> 1) * kRows + (lm & 1) * 8 + lr;  // m tile 0: rows 0..15
   const uint4* ld1 = ld0 + 16;                                        // m tile 1: rows 16..31
   const LevelRegs<L> level_of(levels);
-  const int rg0 = blockIdx.x * groups_per_block;
-  const int rg1 = min(row_groups, rg0 + groups_per_block);
-  const bool works = warp < steps;
-  unsigned wn[W2] = {};
-  __half sn = __float2half(0.f);
-  auto load = [&](int rg, int s) { load_step<W2>(words, scales, rg, s, steps, lane, wn, sn); };
-  if (works && rg0 < rg1) load(rg0, warp);
   float* buf = reinterpret_cast<float*>(s_stage);
   for (int rg = rg0; rg < rg1; ++rg) {
     float acc[2][NT][4];
 #pragma unroll
     for (int i = 0; i < NC; ++i) acc[i / (4 * NT)][(i / 4) % NT][i % 4] = 0.f;
-    for (int s = warp; works && s < steps; s += kWarps) {
-      unsigned w[W2];
+    for (int c0 = 0; c0 < steps; c0 += x_steps) {
+      if (chunked) {  // every warp is past the previous chunk (and row group's fold) before x is rewritten
+        __syncthreads();
+        stage_x(c0);
+        __syncthreads();
+      }
+      const int s_end = min(steps, c0 + x_steps);
+      const uint4* x_chunk = s_x - static_cast<ptrdiff_t>(c0) * kStep * batch;  // x_chunk[s * 16 B]: step s
+      for (int s = c0 + warp; works && s < s_end; s += kWarps) {
+        unsigned w[W2];
 #pragma unroll
-      for (int k = 0; k < W2; ++k) w[k] = wn[k];
-      const float scale = __half2float(sn);
-      const int ns = s + kWarps < steps ? s + kWarps : warp;
-      const int nrg = s + kWarps < steps ? rg : rg + 1;
-      if (nrg < rg1) load(nrg, ns);
-      const uint4* xs = s_x + static_cast<size_t>(s) * kStep * batch;
-      // vector j of this lane's row as eight fp16 weights (x 16 of the true ones' scale: x is / 16)
-      auto weights = [&](auto jc) {
-        constexpr int j = decltype(jc)::value;
-        const unsigned f = Fd::template field<j>(w);
-        const unsigned wa = *reinterpret_cast<const unsigned*>(s_leaf + Fd::a_byte(f));
-        const unsigned wb = *reinterpret_cast<const unsigned*>(s_leaf + Fd::b_byte(f));
-        const float level = level_of(f);
-        __half2 a01, a23, b01, b23;
-        const float mult = level * scale * leaf_pair(wa, wb, a01, a23, b01, b23);
-        const __half2 m2 = __float2half2_rn(mult);
-        uint4 v;
-        v.x = half2_as_u32(__hmul2(a01, m2));
-        v.y = half2_as_u32(__hmul2(a23, m2));
-        v.z = half2_as_u32(__hmul2(b01, m2));
-        v.w = half2_as_u32(__hmul2(b23, m2));
-        stage[(j & 1) * kRows + lane] = v;
-      };
-      auto tile = [&](auto tc) {  // inputs 16 t .. 16 t + 15 of the step: vectors 2 t, 2 t + 1
-        constexpr int t = decltype(tc)::value;
-        weights(std::integral_constant<int, 2 * t>{});
-        weights(std::integral_constant<int, 2 * t + 1>{});
-        __syncwarp();
-        unsigned a0[4], a1[4];
-        ldmatrix_x4(a0, ld0);
-        ldmatrix_x4(a1, ld1);
-        const unsigned* x0 = reinterpret_cast<const unsigned*>(xs + (2 * t) * batch);
-        const unsigned* x1 = reinterpret_cast<const unsigned*>(xs + (2 * t + 1) * batch);
+        for (int k = 0; k < W2; ++k) w[k] = wn[k];
+        const float scale = __half2float(sn);
+        const int ns = s + kWarps < steps ? s + kWarps : warp;
+        const int nrg = s + kWarps < steps ? rg : rg + 1;
+        if (nrg < rg1) load(nrg, ns);
+        const uint4* xs = x_chunk + static_cast<size_t>(s) * kStep * batch;
+        // vector j of this lane's row as eight fp16 weights (x 16 of the true ones' scale: x is / 16)
+        auto weights = [&](auto jc) {
+          constexpr int j = decltype(jc)::value;
+          const unsigned f = Fd::template field<j>(w);
+          const unsigned wa = *reinterpret_cast<const unsigned*>(s_leaf + Fd::a_byte(f));
+          const unsigned wb = *reinterpret_cast<const unsigned*>(s_leaf + Fd::b_byte(f));
+          const float level = level_of(f);
+          __half2 a01, a23, b01, b23;
+          const float mult = level * scale * leaf_pair(wa, wb, a01, a23, b01, b23);
+          const __half2 m2 = __float2half2_rn(mult);
+          uint4 v;
+          v.x = half2_as_u32(__hmul2(a01, m2));
+          v.y = half2_as_u32(__hmul2(a23, m2));
+          v.z = half2_as_u32(__hmul2(b01, m2));
+          v.w = half2_as_u32(__hmul2(b23, m2));
+          stage[(j & 1) * kRows + lane] = v;
+        };
+        auto tile = [&](auto tc) {  // inputs 16 t .. 16 t + 15 of the step: vectors 2 t, 2 t + 1
+          constexpr int t = decltype(tc)::value;
+          weights(std::integral_constant<int, 2 * t>{});
+          weights(std::integral_constant<int, 2 * t + 1>{});
+          __syncwarp();
+          unsigned a0[4], a1[4];
+          ldmatrix_x4(a0, ld0);
+          ldmatrix_x4(a1, ld1);
+          const unsigned* x0 = reinterpret_cast<const unsigned*>(xs + (2 * t) * batch);
+          const unsigned* x1 = reinterpret_cast<const unsigned*>(xs + (2 * t + 1) * batch);
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-          const int r = 8 * nt + g;
-          const unsigned b0 = r < batch ? x0[4 * r + c] : 0u, b1 = r < batch ? x1[4 * r + c] : 0u;
-          mma_16816(acc[0][nt], a0, b0, b1);
-          mma_16816(acc[1][nt], a1, b0, b1);
-        }
-        __syncwarp();  // the stage is rewritten by the next tile
-      };
-      unrolled(tile, std::make_integer_sequence<int, kStep / 2>{});
+          for (int nt = 0; nt < NT; ++nt) {
+            const int r = 8 * nt + g;
+            const unsigned b0 = r < batch ? x0[4 * r + c] : 0u, b1 = r < batch ? x1[4 * r + c] : 0u;
+            mma_16816(acc[0][nt], a0, b0, b1);
+            mma_16816(acc[1][nt], a1, b0, b1);
+          }
+          __syncwarp();  // the stage is rewritten by the next tile
+        };
+        unrolled(tile, std::make_integer_sequence<int, kStep / 2>{});
+      }
     }
     // fold the upper half of the live warps onto the lower until their partials fit the stage
     int live = kWarps;
@@ -464,11 +484,12 @@ PVQ_INSTANTIATE(__half, 1, 22, 1)
 PVQ_INSTANTIATE(__half, 2, 30, 4)
 PVQ_INSTANTIATE(__half, 2, 30, 8)
 PVQ_INSTANTIATE(__nv_bfloat16, 2, 30, 1)
-#define PVQ_INSTANTIATE_MMA(T, LG, F, BM) template __global__ void leafrow8_mma_kernel<T, LG, F, BM>(            \
-    const unsigned*, const __half*, const float*, const int*, int, const T*, T*, int, int, int, int, int);
-PVQ_INSTANTIATE_MMA(__half, 2, 30, 8)
-PVQ_INSTANTIATE_MMA(__half, 2, 30, 16)
-PVQ_INSTANTIATE_MMA(__half, 1, 22, 8)
+#define PVQ_INSTANTIATE_MMA(T, LG, F, BM, C) template __global__ void leafrow8_mma_kernel<T, LG, F, BM, C>(      \
+    const unsigned*, const __half*, const float*, const int*, int, const T*, T*, int, int, int, int, int, int);
+PVQ_INSTANTIATE_MMA(__half, 2, 30, 8, true)
+PVQ_INSTANTIATE_MMA(__half, 2, 30, 16, false)
+PVQ_INSTANTIATE_MMA(__half, 2, 30, 16, true)
+PVQ_INSTANTIATE_MMA(__half, 1, 22, 8, true)
 #endif
 
 }  // namespace
@@ -575,27 +596,35 @@ torch::Tensor leafrow8_gemv(torch::Tensor words, torch::Tensor scales, torch::Te
   return y;
 }
 
-// y [B, out] = x [B <= 16, in] @ Q'^T on tensor cores (leafrow8_mma_kernel), one launch; the caller splits
-// rows that do not fit shared memory (pvq/kernels/cuda_leaf.py)
+// y [B, out] = x [B <= 16, in] @ Q'^T on tensor cores (leafrow8_mma_kernel), one launch (x staged in chunks of
+// steps where all of it does not fit shared memory; the caller splits rows whose 32 steps do not fit:
+// pvq/kernels/cuda_leaf.py)
 torch::Tensor leafrow8_gemv_mma(torch::Tensor words, torch::Tensor scales, torch::Tensor levels, torch::Tensor leaves,
                                 torch::Tensor x, int64_t out_features, int64_t field_bits, int64_t gain_bits) {
   TORCH_CHECK(x.is_cuda(), "x must be on CUDA");
   const c10::cuda::CUDAGuard guard(x.device());  // before the device's properties are read
   const RowsLaunch l = rows_launch(words, scales, levels, leaves, x, out_features, field_bits, gain_bits, 16);
   auto y = torch::empty({l.batch, out_features}, l.x.options());
-  const size_t smem = sizeof(uint4) * static_cast<size_t>(l.steps) * kStep * l.batch + kStageBytes +
-                      4 * ((l.n_leaves + 3) & ~3) + sizeof(float) * 16;
-  TORCH_CHECK(smem <= l.props->sharedMemPerBlockOptin, "x of ", l.batch, " rows of ", l.x.size(1),
-              " inputs does not fit shared memory beside the leaves: take fewer rows a launch");
+  // x / 16 in shared memory: all of it where it fits beside the stages and the leaves, else the most steps
+  // (a multiple of 32: each warp keeps its steps) that fit, copied a chunk at a time
+  const size_t fixed = kStageBytes + 4 * ((l.n_leaves + 3) & ~3) + sizeof(float) * 16;
+  const size_t step_bytes = sizeof(uint4) * kStep * l.batch;
+  const size_t room = l.props->sharedMemPerBlockOptin > fixed ? l.props->sharedMemPerBlockOptin - fixed : 0;
+  const int x_steps = room >= step_bytes * l.steps ? l.steps : static_cast<int>(room / step_bytes) / kWarps * kWarps;
+  TORCH_CHECK(x_steps > 0, "x / 16 of 32 steps of ", l.batch, " rows (", step_bytes * kWarps,
+              " bytes) does not fit shared memory beside the leaves: take fewer rows a launch");
+  const size_t smem = fixed + step_bytes * x_steps;
   const bool launched = by_dtype_and_fields(l.x, field_bits, gain_bits, [&](auto t, auto tl, auto lg, auto ff) {
     using T = typename decltype(t)::type;
     using TL = typename decltype(tl)::type;
-    auto go = [&](auto bb) {
-      launch_rows<T, TL>(leafrow8_mma_kernel<T, decltype(lg)::value, decltype(ff)::value, decltype(bb)::value>, l,
-                         smem, words, scales, levels, leaves, y, out_features);
+    auto go = [&](auto bb, auto chunks) {
+      launch_rows<T, TL>(leafrow8_mma_kernel<T, decltype(lg)::value, decltype(ff)::value, decltype(bb)::value,
+                                             decltype(chunks)::value>,
+                         l, smem, words, scales, levels, leaves, y, out_features, x_steps);
     };
-    if (l.batch <= 8) go(Int<8>{});
-    else go(Int<16>{});
+    if (l.batch <= 8) go(Int<8>{}, std::true_type{});
+    else if (x_steps < l.steps) go(Int<16>{}, std::true_type{});
+    else go(Int<16>{}, std::false_type{});
   });
   TORCH_CHECK(launched, "no instance for fields of ", field_bits, " bits with ", gain_bits, " gain bits");
   return y;
