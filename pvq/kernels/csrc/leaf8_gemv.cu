@@ -24,6 +24,7 @@
 #include <torch/extension.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#include "bind_errors.cuh"
 #endif
 
 namespace {
@@ -323,5 +324,7 @@ torch::Tensor leaf8_gemv(torch::Tensor words, int64_t row_words, torch::Tensor s
   return y;
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("leaf8_gemv", &leaf8_gemv, "leaf-pair PVQ product of 1 to 8 rows, D = 8"); }
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("leaf8_gemv", pvq::errors_as_runtime_error(&leaf8_gemv), "leaf-pair PVQ product of 1 to 8 rows, D = 8");
+}
 #endif

@@ -35,6 +35,7 @@
 #include <torch/extension.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#include "bind_errors.cuh"
 #endif
 
 namespace {
@@ -441,5 +442,7 @@ torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tens
   return y;
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("split8_gemv", &split8_gemv, "split PVQ product of 1 to 8 rows, D = 8"); }
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("split8_gemv", pvq::errors_as_runtime_error(&split8_gemv), "split PVQ product of 1 to 8 rows, D = 8");
+}
 #endif
