@@ -23,7 +23,7 @@ template <> __device__ __forceinline__ float from_float<float>(float v) { return
     } else if ((x).scalar_type() == torch::kBFloat16) {                                                     \
       CASE(__nv_bfloat16, at::BFloat16);                                                                    \
     } else {                                                                                                \
-      TORCH_CHECK((x).scalar_type() == torch::kFloat32, "x must be float16, bfloat16 or float32");         \
+      PVQ_CHECK((x).scalar_type() == torch::kFloat32, "x must be float16, bfloat16 or float32");         \
       CASE(float, float);                                                                                   \
     }                                                                                                       \
   } while (0)

@@ -165,9 +165,9 @@ __global__ void hadamard_dense_kernel(const T* __restrict__ x, T* __restrict__ o
 #ifndef PVQ_KERNEL_ONLY
 // out [B, p] (x's dtype) = the transform of each row of x [B, p]; signs float32 [p].
 torch::Tensor hadamard_rows(torch::Tensor x, torch::Tensor signs, int64_t log2p, double scale, bool inverse) {
-  TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous(), "x must be [B, p] contiguous on CUDA");
-  TORCH_CHECK(log2p >= 4 && log2p <= 14 && x.size(1) == (1LL << log2p), "rows of p = 2^log2p, 16 <= p <= 16384");
-  TORCH_CHECK(signs.scalar_type() == torch::kFloat32 && signs.numel() == x.size(1), "signs float32 [p]");
+  PVQ_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous(), "x must be [B, p] contiguous on CUDA");
+  PVQ_CHECK(log2p >= 4 && log2p <= 14 && x.size(1) == (1LL << log2p), "rows of p = 2^log2p, 16 <= p <= 16384");
+  PVQ_CHECK(signs.scalar_type() == torch::kFloat32 && signs.numel() == x.size(1), "signs float32 [p]");
   const c10::cuda::CUDAGuard guard(x.device());
   auto out = torch::empty_like(x);
   if (x.size(0) == 0) return out;
@@ -179,11 +179,11 @@ torch::Tensor hadamard_rows(torch::Tensor x, torch::Tensor signs, int64_t log2p,
   do {                                                                                                            \
     auto kern = hadamard_rows_kernel<T>;                                                                          \
     if (smem > 48 * 1024)                                                                                         \
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem))); \
+      PVQ_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem))); \
     kern<<<static_cast<unsigned>(x.size(0)), threads, smem, stream>>>(                                            \
         reinterpret_cast<const T*>(x.data_ptr<TL>()), reinterpret_cast<T*>(out.data_ptr<TL>()),                   \
         signs.data_ptr<float>(), static_cast<int>(log2p), static_cast<float>(scale), inverse);                    \
-    C10_CUDA_KERNEL_LAUNCH_CHECK();                                                                               \
+    PVQ_LAUNCH_CHECK();                                                                               \
   } while (0)
   PVQ_BY_DTYPE(x, PVQ_HADAMARD);
   return out;
@@ -193,13 +193,13 @@ torch::Tensor hadamard_rows(torch::Tensor x, torch::Tensor signs, int64_t log2p,
 // forward, F^T for the inverse); signs float32 [h p]; scale = 1 / sqrt(p).
 torch::Tensor hadamard_dense_rows(torch::Tensor x, torch::Tensor signs, torch::Tensor factor, int64_t log2p,
                                   double scale, bool inverse) {
-  TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous(), "x must be [B, n] contiguous on CUDA");
-  TORCH_CHECK(factor.scalar_type() == torch::kFloat32 && factor.dim() == 2 && factor.size(0) == factor.size(1) &&
+  PVQ_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous(), "x must be [B, n] contiguous on CUDA");
+  PVQ_CHECK(factor.scalar_type() == torch::kFloat32 && factor.dim() == 2 && factor.size(0) == factor.size(1) &&
               factor.is_contiguous(), "factor float32 [h, h]");
   const int h = static_cast<int>(factor.size(0));
-  TORCH_CHECK(log2p >= 0 && log2p <= 14 && x.size(1) == (static_cast<int64_t>(h) << log2p),
+  PVQ_CHECK(log2p >= 0 && log2p <= 14 && x.size(1) == (static_cast<int64_t>(h) << log2p),
               "rows of n = h 2^log2p, 2^log2p <= 16384");
-  TORCH_CHECK(signs.scalar_type() == torch::kFloat32 && signs.numel() == x.size(1), "signs float32 [n]");
+  PVQ_CHECK(signs.scalar_type() == torch::kFloat32 && signs.numel() == x.size(1), "signs float32 [n]");
   const c10::cuda::CUDAGuard guard(x.device());
   auto out = torch::empty_like(x);
   if (x.size(0) == 0) return out;
@@ -210,7 +210,7 @@ torch::Tensor hadamard_dense_rows(torch::Tensor x, torch::Tensor signs, torch::T
   const int stride = outer_per_block * p;
   const int parts = std::max(1, std::min({8, 256 / stride, h / 16}));
   const int blocks_per_row = (h + outer_per_block - 1) / outer_per_block;
-  TORCH_CHECK(x.size(0) * blocks_per_row < (1LL << 31), "too many rows for one launch");
+  PVQ_CHECK(x.size(0) * blocks_per_row < (1LL << 31), "too many rows for one launch");
   const int threads = std::min(1024, std::max(32, stride * parts));
   const size_t smem = sizeof(float) * static_cast<size_t>(stride) * (parts > 1 ? parts + 1 : 1);
   auto stream = at::cuda::getCurrentCUDAStream();
@@ -218,12 +218,12 @@ torch::Tensor hadamard_dense_rows(torch::Tensor x, torch::Tensor signs, torch::T
   do {                                                                                                            \
     auto kern = hadamard_dense_kernel<T>;                                                                         \
     if (smem > 48 * 1024)                                                                                         \
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem))); \
+      PVQ_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem))); \
     kern<<<static_cast<unsigned>(x.size(0) * blocks_per_row), threads, smem, stream>>>(                            \
         reinterpret_cast<const T*>(x.data_ptr<TL>()), reinterpret_cast<T*>(out.data_ptr<TL>()),                   \
         signs.data_ptr<float>(), factor.data_ptr<float>(), h, static_cast<int>(log2p), outer_per_block,           \
         blocks_per_row, parts, static_cast<float>(scale), inverse);                                               \
-    C10_CUDA_KERNEL_LAUNCH_CHECK();                                                                               \
+    PVQ_LAUNCH_CHECK();                                                                               \
   } while (0)
   PVQ_BY_DTYPE(x, PVQ_HADAMARD_DENSE);
   return out;

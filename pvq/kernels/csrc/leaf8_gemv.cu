@@ -247,18 +247,18 @@ PVQ_INSTANTIATE(float, 2, 3, 1, 1)
 torch::Tensor leaf8_gemv(torch::Tensor words, int64_t row_words, torch::Tensor scales, torch::Tensor levels,
                          torch::Tensor leaves, torch::Tensor inv_norms, torch::Tensor x, int64_t out_features,
                          int64_t field_bits, int64_t leaf_bits, int64_t group) {
-  TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= kMaxRows && x.is_contiguous(),
+  PVQ_CHECK(x.is_cuda() && x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= kMaxRows && x.is_contiguous(),
               "x must be [B <= ", kMaxRows, ", in] contiguous on CUDA");
   const int batch = static_cast<int>(x.size(0));
-  TORCH_CHECK(batch == 1 || (x.scalar_type() != torch::kFloat32 && x.size(1) <= (batch > 4 ? 8192 : 16384)),
+  PVQ_CHECK(batch == 1 || (x.scalar_type() != torch::kFloat32 && x.size(1) <= (batch > 4 ? 8192 : 16384)),
               "several rows: fp16 or bf16 inputs of at most 16384 (8192 for 5 to 8 rows)");
   const int rows_b = batch == 1 ? 1 : (batch > 4 ? 8 : 4);
-  TORCH_CHECK(x.size(1) % 8 == 0, "in_features must be a multiple of 8");
-  TORCH_CHECK(field_bits >= 2 && field_bits <= 32 && leaf_bits >= 2, "fields of 2 to 32 bits");
+  PVQ_CHECK(x.size(1) % 8 == 0, "in_features must be a multiple of 8");
+  PVQ_CHECK(field_bits >= 2 && field_bits <= 32 && leaf_bits >= 2, "fields of 2 to 32 bits");
   const int vpr = static_cast<int>(x.size(1) / 8);
-  TORCH_CHECK(vpr % group == 0, "vectors per row must be a multiple of the group size");
-  TORCH_CHECK(vpr <= 32 * 32 * 4, "in_features above 32768 are not taken by this kernel");
-  TORCH_CHECK(row_words * 32 >= static_cast<int64_t>(vpr) * field_bits &&
+  PVQ_CHECK(vpr % group == 0, "vectors per row must be a multiple of the group size");
+  PVQ_CHECK(vpr <= 32 * 32 * 4, "in_features above 32768 are not taken by this kernel");
+  PVQ_CHECK(row_words * 32 >= static_cast<int64_t>(vpr) * field_bits &&
               words.numel() == out_features * row_words + 1, "words: [out * row_words + 1]");
   const c10::cuda::CUDAGuard guard(x.device());
   auto y = torch::empty({batch, out_features}, x.options());
@@ -278,7 +278,7 @@ torch::Tensor leaf8_gemv(torch::Tensor words, int64_t row_words, torch::Tensor s
   // at 8 input rows: 218 rows a block need 223 KB besides the tables); then more blocks of fewer rows
   const size_t table_bytes = sizeof(int) * (kLevelSlots + ((n_leaves + 3) & ~3) + n_norms);
   const size_t row_bytes = sizeof(float) * static_cast<size_t>(S) * rows_b;
-  TORCH_CHECK(props->sharedMemPerBlockOptin >= table_bytes + row_bytes * G, "the leaf tables do not fit in shared memory");
+  PVQ_CHECK(props->sharedMemPerBlockOptin >= table_bytes + row_bytes * G, "the leaf tables do not fit in shared memory");
   const int rows_cap = static_cast<int>((props->sharedMemPerBlockOptin - table_bytes) / row_bytes);
   const int grid = std::max({1, std::min(sms, ceil_div(out_features, G)), ceil_div(out_features, rows_cap)});
   const int rows_per_block = ceil_div(out_features, grid);
@@ -287,7 +287,7 @@ torch::Tensor leaf8_gemv(torch::Tensor words, int64_t row_words, torch::Tensor s
 #define PVQ_LAUNCH(T, TL, LGG, NVV, RUU, BB)                                                                     \
   do {                                                                                                           \
     auto kern = leaf8_gemv_kernel<T, LGG, NVV, RUU, BB>;                                                         \
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem))); \
+    PVQ_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem))); \
     kern<<<grid, threads, smem, stream>>>(                                                                       \
         reinterpret_cast<const unsigned*>(words.data_ptr<int32_t>()), static_cast<int>(row_words),              \
         reinterpret_cast<const __half*>(scales.data_ptr<at::Half>()), levels.data_ptr<float>(),                  \
@@ -295,7 +295,7 @@ torch::Tensor leaf8_gemv(torch::Tensor words, int64_t row_words, torch::Tensor s
         reinterpret_cast<const T*>(x.data_ptr<TL>()), reinterpret_cast<T*>(y.data_ptr<TL>()),                    \
         static_cast<int>(out_features), vpr, static_cast<int>(field_bits), static_cast<int>(leaf_bits),          \
         static_cast<int>(group), group_log2, S, rows_per_block, batch);                                          \
-    C10_CUDA_KERNEL_LAUNCH_CHECK();                                                                              \
+    PVQ_LAUNCH_CHECK();                                                                              \
   } while (0)
 #define PVQ_BY_NV(T, TL, LGG)                                                                                    \
   if (batch > 1) {                                                                                               \
@@ -318,7 +318,7 @@ torch::Tensor leaf8_gemv(torch::Tensor words, int64_t row_words, torch::Tensor s
     case 4: PVQ_BY_NV(T, TL, 2); break;                                                                          \
     case 8: PVQ_BY_NV(T, TL, 3); break;                                                                          \
     case 16: PVQ_BY_NV(T, TL, 4); break;                                                                         \
-    default: TORCH_CHECK(false, "gain levels L must be 2, 4, 8 or 16, got ", L);                                 \
+    default: PVQ_CHECK(false, "gain levels L must be 2, 4, 8 or 16, got ", L);                                 \
   }
   PVQ_BY_DTYPE(x, PVQ_BY_LEVELS);
   return y;

@@ -508,18 +508,18 @@ struct RowsLaunch {
 RowsLaunch rows_launch(const torch::Tensor& words, const torch::Tensor& scales, const torch::Tensor& levels,
                        const torch::Tensor& leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
                        int64_t gain_bits, int max_rows) {
-  TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= max_rows && x.is_contiguous() &&
+  PVQ_CHECK(x.is_cuda() && x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= max_rows && x.is_contiguous() &&
               x.scalar_type() != torch::kFloat32, "x must be [B <= ", max_rows, ", in] fp16 or bf16, contiguous on CUDA");
   if (reinterpret_cast<uintptr_t>(x.data_ptr()) % 16) x = x.clone();
-  TORCH_CHECK(x.size(1) % (8 * kStep) == 0, "in_features must be a multiple of 128");
+  PVQ_CHECK(x.size(1) % (8 * kStep) == 0, "in_features must be a multiple of 128");
   RowsLaunch l;
   l.x = x;
   l.batch = static_cast<int>(x.size(0));
   l.steps = static_cast<int>(x.size(1) / (8 * kStep));
   l.row_groups = ceil_div(out_features, kRows);
-  TORCH_CHECK(words.numel() == static_cast<int64_t>(l.row_groups) * l.steps * (field_bits / 2) * kRows &&
+  PVQ_CHECK(words.numel() == static_cast<int64_t>(l.row_groups) * l.steps * (field_bits / 2) * kRows &&
               scales.numel() == static_cast<int64_t>(l.row_groups) * l.steps * kRows, "words / scales of another shape");
-  TORCH_CHECK(levels.numel() == (1 << gain_bits) && levels.numel() <= 16, "gain levels: 2^gain_bits <= 16");
+  PVQ_CHECK(levels.numel() == (1 << gain_bits) && levels.numel() <= 16, "gain levels: 2^gain_bits <= 16");
   l.n_leaves = static_cast<int>(leaves.numel());
   l.props = at::cuda::getCurrentDeviceProperties();
   l.grid = std::max(1, std::min(l.props->multiProcessorCount, l.row_groups));
@@ -547,7 +547,7 @@ bool by_dtype_and_fields(const torch::Tensor& x, int64_t field_bits, int64_t gai
     return true;
   };
   if (x.scalar_type() == torch::kHalf) return fields(Tag<__half>{}, Tag<at::Half>{});
-  TORCH_CHECK(x.scalar_type() == torch::kBFloat16, "x must be float16 or bfloat16");
+  PVQ_CHECK(x.scalar_type() == torch::kBFloat16, "x must be float16 or bfloat16");
   return fields(Tag<__nv_bfloat16>{}, Tag<at::BFloat16>{});
 }
 
@@ -556,21 +556,21 @@ template <typename T, typename TL, typename Kernel, typename... Extra>
 void launch_rows(Kernel kern, const RowsLaunch& l, size_t smem, const torch::Tensor& words, const torch::Tensor& scales,
                  const torch::Tensor& levels, const torch::Tensor& leaves, torch::Tensor& y, int64_t out_features,
                  Extra... extra) {
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  PVQ_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   kern<<<l.grid, kWarps * 32, smem, at::cuda::getCurrentCUDAStream()>>>(
       reinterpret_cast<const unsigned*>(words.data_ptr<int32_t>()),
       reinterpret_cast<const __half*>(scales.data_ptr<at::Half>()), levels.data_ptr<float>(),
       leaves.data_ptr<int32_t>(), l.n_leaves, reinterpret_cast<const T*>(l.x.data_ptr<TL>()),
       reinterpret_cast<T*>(y.data_ptr<TL>()), static_cast<int>(out_features), l.steps, l.row_groups,
       l.groups_per_block, l.batch, extra...);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  PVQ_LAUNCH_CHECK();
 }
 
 // y [B, out] (x's dtype) = x [B, in] @ Q'^T for 1, 2 to 4 or 5 to 8 rows of fp16 / bf16 (in launches of 1, 4 or 8
 // rows: pvq/kernels/cuda_leaf.py routes by the shared-memory sizes).
 torch::Tensor leafrow8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tensor levels, torch::Tensor leaves,
                             torch::Tensor x, int64_t out_features, int64_t field_bits, int64_t gain_bits) {
-  TORCH_CHECK(x.is_cuda(), "x must be on CUDA");
+  PVQ_CHECK(x.is_cuda(), "x must be on CUDA");
   const c10::cuda::CUDAGuard guard(x.device());  // before the device's properties are read
   const RowsLaunch l = rows_launch(words, scales, levels, leaves, x, out_features, field_bits, gain_bits, 8);
   const int rows_b = l.batch == 1 ? 1 : (l.batch > 4 ? 8 : 4);
@@ -593,7 +593,7 @@ torch::Tensor leafrow8_gemv(torch::Tensor words, torch::Tensor scales, torch::Te
     else if (rows_b == 4) go(Int<4>{});
     else go(Int<8>{});
   });
-  TORCH_CHECK(launched, "no instance for fields of ", field_bits, " bits with ", gain_bits, " gain bits");
+  PVQ_CHECK(launched, "no instance for fields of ", field_bits, " bits with ", gain_bits, " gain bits");
   return y;
 }
 
@@ -602,7 +602,7 @@ torch::Tensor leafrow8_gemv(torch::Tensor words, torch::Tensor scales, torch::Te
 // pvq/kernels/cuda_leaf.py)
 torch::Tensor leafrow8_gemv_mma(torch::Tensor words, torch::Tensor scales, torch::Tensor levels, torch::Tensor leaves,
                                 torch::Tensor x, int64_t out_features, int64_t field_bits, int64_t gain_bits) {
-  TORCH_CHECK(x.is_cuda(), "x must be on CUDA");
+  PVQ_CHECK(x.is_cuda(), "x must be on CUDA");
   const c10::cuda::CUDAGuard guard(x.device());  // before the device's properties are read
   const RowsLaunch l = rows_launch(words, scales, levels, leaves, x, out_features, field_bits, gain_bits, 16);
   auto y = torch::empty({l.batch, out_features}, l.x.options());
@@ -612,7 +612,7 @@ torch::Tensor leafrow8_gemv_mma(torch::Tensor words, torch::Tensor scales, torch
   const size_t step_bytes = sizeof(uint4) * kStep * l.batch;
   const size_t room = l.props->sharedMemPerBlockOptin > fixed ? l.props->sharedMemPerBlockOptin - fixed : 0;
   const int x_steps = room >= step_bytes * l.steps ? l.steps : static_cast<int>(room / step_bytes) / kWarps * kWarps;
-  TORCH_CHECK(x_steps > 0, "x / 16 of 32 steps of ", l.batch, " rows (", step_bytes * kWarps,
+  PVQ_CHECK(x_steps > 0, "x / 16 of 32 steps of ", l.batch, " rows (", step_bytes * kWarps,
               " bytes) does not fit shared memory beside the leaves: take fewer rows a launch");
   const size_t smem = fixed + step_bytes * x_steps;
   const bool launched = by_dtype_and_fields(l.x, field_bits, gain_bits, [&](auto t, auto tl, auto lg, auto ff) {
@@ -627,7 +627,7 @@ torch::Tensor leafrow8_gemv_mma(torch::Tensor words, torch::Tensor scales, torch
     else if (x_steps < l.steps) go(Int<16>{}, std::true_type{});
     else go(Int<16>{}, std::false_type{});
   });
-  TORCH_CHECK(launched, "no instance for fields of ", field_bits, " bits with ", gain_bits, " gain bits");
+  PVQ_CHECK(launched, "no instance for fields of ", field_bits, " bits with ", gain_bits, " gain bits");
   return y;
 }
 
@@ -635,8 +635,8 @@ torch::Tensor leafrow8_gemv_mma(torch::Tensor words, torch::Tensor scales, torch
 void leafrow8_decode(torch::Tensor words, torch::Tensor scales, torch::Tensor levels, torch::Tensor leaves,
                      torch::Tensor inv_norms, int64_t out_features, int64_t in_features, int64_t field_bits,
                      int64_t leaf_bits, int64_t gain_bits, torch::Tensor out) {
-  TORCH_CHECK(words.is_cuda() && in_features % (8 * kStep) == 0, "words on CUDA; in_features a multiple of 128");
-  TORCH_CHECK(out.is_cuda() && out.is_contiguous() && out.numel() == out_features * in_features &&
+  PVQ_CHECK(words.is_cuda() && in_features % (8 * kStep) == 0, "words on CUDA; in_features a multiple of 128");
+  PVQ_CHECK(out.is_cuda() && out.is_contiguous() && out.numel() == out_features * in_features &&
               reinterpret_cast<uintptr_t>(out.data_ptr()) % 16 == 0, "out: [out, in] contiguous, 16-byte aligned");
   const c10::cuda::CUDAGuard guard(words.device());
   const long long n = out_features * in_features / 8;
@@ -649,7 +649,7 @@ void leafrow8_decode(torch::Tensor words, torch::Tensor scales, torch::Tensor le
       static_cast<int>(out_features), static_cast<int>(in_features / 8), static_cast<int>(field_bits),           \
       static_cast<int>(leaf_bits), static_cast<int>(gain_bits))
   PVQ_BY_DTYPE(out, PVQ_DECODE);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  PVQ_LAUNCH_CHECK();
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -361,20 +361,20 @@ PVQ_INSTANTIATE(float, 16, 3, 1, 1)
 torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tensor levels, torch::Tensor buckets,
                           torch::Tensor pair, torch::Tensor leaves, torch::Tensor inv_norms, torch::Tensor x,
                           int64_t out_features, int64_t code_bits, int64_t K, int64_t group, int64_t shift) {
-  TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= kMaxRows && x.is_contiguous(),
+  PVQ_CHECK(x.is_cuda() && x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= kMaxRows && x.is_contiguous(),
               "x must be [B <= ", kMaxRows, ", in] contiguous on CUDA");
   const int batch = static_cast<int>(x.size(0));
-  TORCH_CHECK(batch == 1 || (x.scalar_type() != torch::kFloat32 && x.size(1) <= (batch > 4 ? 8192 : 16384)),
+  PVQ_CHECK(batch == 1 || (x.scalar_type() != torch::kFloat32 && x.size(1) <= (batch > 4 ? 8192 : 16384)),
               "several rows: fp16 or bf16 inputs of at most 16384 (8192 for 5 to 8 rows), got ", x.scalar_type(),
               " [", batch, ", ", x.size(1), "]");
   const int rows_b = batch == 1 ? 1 : (batch > 4 ? 8 : 4);  // the kernel's B
-  TORCH_CHECK(x.size(1) % 8 == 0, "in_features must be a multiple of 8");
-  TORCH_CHECK(words.numel() < (1LL << 27), "codes of at most 2^32 bits (bit addresses are 32-bit)");
-  TORCH_CHECK(buckets.scalar_type() == torch::kInt32 && pair.scalar_type() == torch::kInt32 && pair.size(-1) == 4,
+  PVQ_CHECK(x.size(1) % 8 == 0, "in_features must be a multiple of 8");
+  PVQ_CHECK(words.numel() < (1LL << 27), "codes of at most 2^32 bits (bit addresses are 32-bit)");
+  PVQ_CHECK(buckets.scalar_type() == torch::kInt32 && pair.scalar_type() == torch::kInt32 && pair.size(-1) == 4,
               "buckets int32 (S << 5 | j0) and pair int32 [K + 1, 4] (pvq/kernels/cuda_split.py)");
   const int vpr = static_cast<int>(x.size(1) / 8);
-  TORCH_CHECK(vpr % group == 0, "vectors per row must be a multiple of the group size");
-  TORCH_CHECK(vpr <= 32 * 32 * 4, "in_features above 32768 are not taken by this kernel, got ", x.size(1));
+  PVQ_CHECK(vpr % group == 0, "vectors per row must be a multiple of the group size");
+  PVQ_CHECK(vpr <= 32 * 32 * 4, "in_features above 32768 are not taken by this kernel, got ", x.size(1));
   const c10::cuda::CUDAGuard guard(x.device());
   auto y = torch::empty({batch, out_features}, x.options());
   const int n_leaves = static_cast<int>(leaves.numel());
@@ -400,7 +400,7 @@ torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tens
 #define PVQ_LAUNCH(T, TL, LL, NVV, RUU, BB)                                                                      \
   do {                                                                                                           \
     auto kern = split8_gemv_kernel<T, LL, NVV, RUU, BB>;                                                         \
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem))); \
+    PVQ_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem))); \
     kern<<<grid, threads, smem, stream>>>(                                                                       \
         reinterpret_cast<const unsigned*>(words.data_ptr<int32_t>()), static_cast<unsigned>(words.numel()),                            \
         reinterpret_cast<const __half*>(scales.data_ptr<at::Half>()), levels.data_ptr<float>(),                  \
@@ -410,7 +410,7 @@ torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tens
         reinterpret_cast<T*>(y.data_ptr<TL>()), static_cast<int>(out_features), vpr, static_cast<int>(code_bits),                  \
         static_cast<int>(K), static_cast<int>(group), group_log2, static_cast<int>(shift), S, rows_per_block,   \
         batch);                                                                                                  \
-    C10_CUDA_KERNEL_LAUNCH_CHECK();                                                                              \
+    PVQ_LAUNCH_CHECK();                                                                              \
   } while (0)
   // rows decoded per step: four with one vector a lane, fewer as the registers of x grow; several
   // input rows: 4 or 8 (rows past x's are zeros, not written; 8 rows: one vector a lane), never
@@ -436,7 +436,7 @@ torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tens
     case 4: PVQ_BY_NV(T, TL, 4); break;                                                                          \
     case 8: PVQ_BY_NV(T, TL, 8); break;                                                                          \
     case 16: PVQ_BY_NV(T, TL, 16); break;                                                                        \
-    default: TORCH_CHECK(false, "gain levels L must be 2, 4, 8 or 16, got ", L);                                 \
+    default: PVQ_CHECK(false, "gain levels L must be 2, 4, 8 or 16, got ", L);                                 \
   }
   PVQ_BY_DTYPE(x, PVQ_BY_LEVELS);
   return y;
