@@ -325,6 +325,6 @@ torch::Tensor leaf8_gemv(torch::Tensor words, int64_t row_words, torch::Tensor s
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("leaf8_gemv", pvq::errors_as_runtime_error(&leaf8_gemv), "leaf-pair PVQ product of 1 to 8 rows, D = 8");
+  m.def("leaf8_gemv", &leaf8_gemv, "leaf-pair PVQ product of 1 to 8 rows, D = 8");
 }
 #endif

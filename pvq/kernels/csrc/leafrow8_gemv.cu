@@ -653,11 +653,11 @@ void leafrow8_decode(torch::Tensor words, torch::Tensor scales, torch::Tensor le
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("leafrow8_gemv", pvq::errors_as_runtime_error(&leafrow8_gemv),
+  m.def("leafrow8_gemv", &leafrow8_gemv,
         "row-interleaved leaf-pair PVQ product of 1 to 8 rows, D = 8");
-  m.def("leafrow8_gemv_mma", pvq::errors_as_runtime_error(&leafrow8_gemv_mma),
+  m.def("leafrow8_gemv_mma", &leafrow8_gemv_mma,
         "the same product of 1 to 16 rows on tensor cores (mma.sync)");
-  m.def("leafrow8_decode", pvq::errors_as_runtime_error(&leafrow8_decode),
+  m.def("leafrow8_decode", &leafrow8_decode,
         "row-interleaved leaf-pair PVQ layer decoded into out (float32, fp16 or bf16), D = 8");
 }
 #endif
