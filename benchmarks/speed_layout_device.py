@@ -18,7 +18,9 @@ lane an output row). A final table.
     python benchmarks/speed_layout_device.py --rows-variant wf:PVQ_WORDS_FIRST=1 --rows-variant head:@old.cu
 
 times the row products a second (third) time through leafrow8_gemv.cu built with those defines, or another
-version of the source, in the same run (columns ``rows3-wf`` ...): how an experiment is kept or reverted.
+version of the source, in the same run (columns ``rows3-wf`` ...), each first compared with the package's
+product (a variant off it by more than VARIANT_TOLERANCE is reported, not timed): how an experiment is kept or
+reverted.
 """
 
 from __future__ import annotations
@@ -215,13 +217,20 @@ def timings(shapes, batches, bit_list, device) -> list[tuple]:
                             ext.leafrow8_gemv_mma(rrt.words, rrt.row_scales, rrt.levels, rrt.leaves, part,
                                                   rrt.out_features, rrt.field_bits, rrt.gain_bits)
                             for part in (x[:h], x[h:])]))
+                    expected = cuda_leaf.leaf_rows_gemv_cuda(rrt, x).float() if VARIANTS else None
                     for name, ext in VARIANTS.items():  # the same calls through an experiment's build
                         with variant_extension(ext):
                             try:  # once outside the graph capture: a refusal raised inside it breaks the process
-                                cuda_leaf.leaf_rows_gemv_cuda(rrt, x)
-                                row[f"rows{bits:g}-{name}"] = bench(lambda: cuda_leaf.leaf_rows_gemv_cuda(rrt, x))
+                                got = cuda_leaf.leaf_rows_gemv_cuda(rrt, x).float()
                             except RuntimeError as e:  # e.g. an older source refusing what this routing asks
                                 phase(f"variant {name}, {bits:g} bits, batch {batch}: {str(e).splitlines()[0]}")
+                                continue
+                            err = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-30))
+                            if not err <= VARIANT_TOLERANCE:  # a variant that computes something else is not timed
+                                phase(f"variant {name}, {bits:g} bits, batch {batch}: off the package's product "
+                                      f"by {err:.2e} of its largest output: not timed")
+                                continue
+                            row[f"rows{bits:g}-{name}"] = bench(lambda: cuda_leaf.leaf_rows_gemv_cuda(rrt, x))
                     if batch == batches[-1]:  # what the backend runs above 16 rows: decode + cuBLAS
                         row[f"rows{bits:g}-decode"] = bench(lambda: cuda_leaf.leaf_rows_decode(rrt))
                 if batch == 8 and "leaf" in LAYOUTS:
@@ -245,6 +254,9 @@ def timings(shapes, batches, bit_list, device) -> list[tuple]:
 
 VARIANTS: dict = {}
 """Experiments' builds of leafrow8_gemv.cu by name (``--rows-variant NAME:DEFINE[+DEFINE]``)."""
+VARIANT_TOLERANCE = 1e-2
+"""Largest difference from the package's product, relative to its largest output, of a variant that is timed
+(fp16 weights and fp32 sums summed in another order differ by about 1e-3)."""
 
 
 @contextmanager
