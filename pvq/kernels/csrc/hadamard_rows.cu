@@ -195,10 +195,10 @@ torch::Tensor hadamard_dense_rows(torch::Tensor x, torch::Tensor signs, torch::T
                                   double scale, bool inverse) {
   PVQ_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous(), "x must be [B, n] contiguous on CUDA");
   PVQ_CHECK(factor.scalar_type() == torch::kFloat32 && factor.dim() == 2 && factor.size(0) == factor.size(1) &&
-              factor.is_contiguous(), "factor float32 [h, h]");
+            factor.is_contiguous(), "factor float32 [h, h]");
   const int h = static_cast<int>(factor.size(0));
   PVQ_CHECK(log2p >= 0 && log2p <= 14 && x.size(1) == (static_cast<int64_t>(h) << log2p),
-              "rows of n = h 2^log2p, 2^log2p <= 16384");
+            "rows of n = h 2^log2p, 2^log2p <= 16384");
   PVQ_CHECK(signs.scalar_type() == torch::kFloat32 && signs.numel() == x.size(1), "signs float32 [n]");
   const c10::cuda::CUDAGuard guard(x.device());
   auto out = torch::empty_like(x);

@@ -248,10 +248,10 @@ torch::Tensor leaf8_gemv(torch::Tensor words, int64_t row_words, torch::Tensor s
                          torch::Tensor leaves, torch::Tensor inv_norms, torch::Tensor x, int64_t out_features,
                          int64_t field_bits, int64_t leaf_bits, int64_t group) {
   PVQ_CHECK(x.is_cuda() && x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= kMaxRows && x.is_contiguous(),
-              "x must be [B <= ", kMaxRows, ", in] contiguous on CUDA");
+            "x must be [B <= ", kMaxRows, ", in] contiguous on CUDA");
   const int batch = static_cast<int>(x.size(0));
   PVQ_CHECK(batch == 1 || (x.scalar_type() != torch::kFloat32 && x.size(1) <= (batch > 4 ? 8192 : 16384)),
-              "several rows: fp16 or bf16 inputs of at most 16384 (8192 for 5 to 8 rows)");
+            "several rows: fp16 or bf16 inputs of at most 16384 (8192 for 5 to 8 rows)");
   const int rows_b = batch == 1 ? 1 : (batch > 4 ? 8 : 4);
   PVQ_CHECK(x.size(1) % 8 == 0, "in_features must be a multiple of 8");
   PVQ_CHECK(field_bits >= 2 && field_bits <= 32 && leaf_bits >= 2, "fields of 2 to 32 bits");
@@ -259,7 +259,7 @@ torch::Tensor leaf8_gemv(torch::Tensor words, int64_t row_words, torch::Tensor s
   PVQ_CHECK(vpr % group == 0, "vectors per row must be a multiple of the group size");
   PVQ_CHECK(vpr <= 32 * 32 * 4, "in_features above 32768 are not taken by this kernel");
   PVQ_CHECK(row_words * 32 >= static_cast<int64_t>(vpr) * field_bits &&
-              words.numel() == out_features * row_words + 1, "words: [out * row_words + 1]");
+            words.numel() == out_features * row_words + 1, "words: [out * row_words + 1]");
   const c10::cuda::CUDAGuard guard(x.device());
   auto y = torch::empty({batch, out_features}, x.options());
   const int n_leaves = static_cast<int>(leaves.numel());

@@ -509,7 +509,7 @@ RowsLaunch rows_launch(const torch::Tensor& words, const torch::Tensor& scales, 
                        const torch::Tensor& leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
                        int64_t gain_bits, int max_rows) {
   PVQ_CHECK(x.is_cuda() && x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= max_rows && x.is_contiguous() &&
-              x.scalar_type() != torch::kFloat32, "x must be [B <= ", max_rows, ", in] fp16 or bf16, contiguous on CUDA");
+            x.scalar_type() != torch::kFloat32, "x must be [B <= ", max_rows, ", in] fp16 or bf16, contiguous on CUDA");
   if (reinterpret_cast<uintptr_t>(x.data_ptr()) % 16) x = x.clone();
   PVQ_CHECK(x.size(1) % (8 * kStep) == 0, "in_features must be a multiple of 128");
   RowsLaunch l;
@@ -518,7 +518,7 @@ RowsLaunch rows_launch(const torch::Tensor& words, const torch::Tensor& scales, 
   l.steps = static_cast<int>(x.size(1) / (8 * kStep));
   l.row_groups = ceil_div(out_features, kRows);
   PVQ_CHECK(words.numel() == static_cast<int64_t>(l.row_groups) * l.steps * (field_bits / 2) * kRows &&
-              scales.numel() == static_cast<int64_t>(l.row_groups) * l.steps * kRows, "words / scales of another shape");
+            scales.numel() == static_cast<int64_t>(l.row_groups) * l.steps * kRows, "words / scales of another shape");
   PVQ_CHECK(levels.numel() == (1 << gain_bits) && levels.numel() <= 16, "gain levels: 2^gain_bits <= 16");
   l.n_leaves = static_cast<int>(leaves.numel());
   l.props = at::cuda::getCurrentDeviceProperties();
@@ -613,7 +613,7 @@ torch::Tensor leafrow8_gemv_mma(torch::Tensor words, torch::Tensor scales, torch
   const size_t room = l.props->sharedMemPerBlockOptin > fixed ? l.props->sharedMemPerBlockOptin - fixed : 0;
   const int x_steps = room >= step_bytes * l.steps ? l.steps : static_cast<int>(room / step_bytes) / kWarps * kWarps;
   PVQ_CHECK(x_steps > 0, "x / 16 of 32 steps of ", l.batch, " rows (", step_bytes * kWarps,
-              " bytes) does not fit shared memory beside the leaves: take fewer rows a launch");
+            " bytes) does not fit shared memory beside the leaves: take fewer rows a launch");
   const size_t smem = fixed + step_bytes * x_steps;
   const bool launched = by_dtype_and_fields(l.x, field_bits, gain_bits, [&](auto t, auto tl, auto lg, auto ff) {
     using T = typename decltype(t)::type;
@@ -637,7 +637,7 @@ void leafrow8_decode(torch::Tensor words, torch::Tensor scales, torch::Tensor le
                      int64_t leaf_bits, int64_t gain_bits, torch::Tensor out) {
   PVQ_CHECK(words.is_cuda() && in_features % (8 * kStep) == 0, "words on CUDA; in_features a multiple of 128");
   PVQ_CHECK(out.is_cuda() && out.is_contiguous() && out.numel() == out_features * in_features &&
-              reinterpret_cast<uintptr_t>(out.data_ptr()) % 16 == 0, "out: [out, in] contiguous, 16-byte aligned");
+            reinterpret_cast<uintptr_t>(out.data_ptr()) % 16 == 0, "out: [out, in] contiguous, 16-byte aligned");
   const c10::cuda::CUDAGuard guard(words.device());
   const long long n = out_features * in_features / 8;
   if (n == 0) return;

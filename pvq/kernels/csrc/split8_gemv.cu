@@ -362,16 +362,16 @@ torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tens
                           torch::Tensor pair, torch::Tensor leaves, torch::Tensor inv_norms, torch::Tensor x,
                           int64_t out_features, int64_t code_bits, int64_t K, int64_t group, int64_t shift) {
   PVQ_CHECK(x.is_cuda() && x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= kMaxRows && x.is_contiguous(),
-              "x must be [B <= ", kMaxRows, ", in] contiguous on CUDA");
+            "x must be [B <= ", kMaxRows, ", in] contiguous on CUDA");
   const int batch = static_cast<int>(x.size(0));
   PVQ_CHECK(batch == 1 || (x.scalar_type() != torch::kFloat32 && x.size(1) <= (batch > 4 ? 8192 : 16384)),
-              "several rows: fp16 or bf16 inputs of at most 16384 (8192 for 5 to 8 rows), got ", x.scalar_type(),
-              " [", batch, ", ", x.size(1), "]");
+            "several rows: fp16 or bf16 inputs of at most 16384 (8192 for 5 to 8 rows), got ", x.scalar_type(),
+            " [", batch, ", ", x.size(1), "]");
   const int rows_b = batch == 1 ? 1 : (batch > 4 ? 8 : 4);  // the kernel's B
   PVQ_CHECK(x.size(1) % 8 == 0, "in_features must be a multiple of 8");
   PVQ_CHECK(words.numel() < (1LL << 27), "codes of at most 2^32 bits (bit addresses are 32-bit)");
   PVQ_CHECK(buckets.scalar_type() == torch::kInt32 && pair.scalar_type() == torch::kInt32 && pair.size(-1) == 4,
-              "buckets int32 (S << 5 | j0) and pair int32 [K + 1, 4] (pvq/kernels/cuda_split.py)");
+            "buckets int32 (S << 5 | j0) and pair int32 [K + 1, 4] (pvq/kernels/cuda_split.py)");
   const int vpr = static_cast<int>(x.size(1) / 8);
   PVQ_CHECK(vpr % group == 0, "vectors per row must be a multiple of the group size");
   PVQ_CHECK(vpr <= 32 * 32 * 4, "in_features above 32768 are not taken by this kernel, got ", x.size(1));
