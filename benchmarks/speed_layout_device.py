@@ -15,10 +15,10 @@ fused, 16 through its whole-layer decode and cuBLAS), the leaf-pair product (``l
 launches of 8; at 8 rows also as two launches of 4) and the row-interleaved leaf-pair product (``rows``: a
 lane an output row). A final table.
 
-    python benchmarks/speed_layout_device.py --rows-variant wf:PVQ_WORDS_FIRST=1 --rows-variant head:@old.cu
+    python benchmarks/speed_layout_device.py --rows-variant head:@old.cu --rows-variant x:SOME_MACRO=1
 
 times the row products a second (third) time through leafrow8_gemv.cu built with those defines, or another
-version of the source, in the same run (columns ``rows3-wf`` ...), each first compared with the package's
+version of the source, in the same run (columns ``rows3-head`` ...), each first compared with the package's
 product (a variant off it by more than VARIANT_TOLERANCE is reported, not timed): how an experiment is kept or
 reverted.
 """
@@ -277,7 +277,7 @@ def build_variant(spec: str):
 
     name, _, what = spec.partition(":")
     if not name.isidentifier() or not what:
-        raise SystemExit(f"--rows-variant takes NAME:DEFINE[+DEFINE] (e.g. wf:PVQ_WORDS_FIRST=1) or NAME:@FILE, got "
+        raise SystemExit(f"--rows-variant takes NAME:DEFINE[+DEFINE] (e.g. x:SOME_MACRO=1) or NAME:@FILE, got "
                          f"{spec!r}")
     source, defines = (os.path.abspath(what[1:]), ()) if what.startswith("@") else (cuda_leaf._ROWS_SOURCE,
                                                                                     tuple(what.split("+")))

@@ -183,7 +183,7 @@ torch::Tensor hadamard_rows(torch::Tensor x, torch::Tensor signs, int64_t log2p,
     kern<<<static_cast<unsigned>(x.size(0)), threads, smem, stream>>>(                                            \
         reinterpret_cast<const T*>(x.data_ptr<TL>()), reinterpret_cast<T*>(out.data_ptr<TL>()),                   \
         signs.data_ptr<float>(), static_cast<int>(log2p), static_cast<float>(scale), inverse);                    \
-    PVQ_LAUNCH_CHECK();                                                                               \
+    PVQ_LAUNCH_CHECK();                                                                                           \
   } while (0)
   PVQ_BY_DTYPE(x, PVQ_HADAMARD);
   return out;
@@ -223,7 +223,7 @@ torch::Tensor hadamard_dense_rows(torch::Tensor x, torch::Tensor signs, torch::T
         reinterpret_cast<const T*>(x.data_ptr<TL>()), reinterpret_cast<T*>(out.data_ptr<TL>()),                   \
         signs.data_ptr<float>(), factor.data_ptr<float>(), h, static_cast<int>(log2p), outer_per_block,           \
         blocks_per_row, parts, static_cast<float>(scale), inverse);                                               \
-    PVQ_LAUNCH_CHECK();                                                                               \
+    PVQ_LAUNCH_CHECK();                                                                                           \
   } while (0)
   PVQ_BY_DTYPE(x, PVQ_HADAMARD_DENSE);
   return out;

@@ -295,7 +295,7 @@ torch::Tensor leaf8_gemv(torch::Tensor words, int64_t row_words, torch::Tensor s
         reinterpret_cast<const T*>(x.data_ptr<TL>()), reinterpret_cast<T*>(y.data_ptr<TL>()),                    \
         static_cast<int>(out_features), vpr, static_cast<int>(field_bits), static_cast<int>(leaf_bits),          \
         static_cast<int>(group), group_log2, S, rows_per_block, batch);                                          \
-    PVQ_LAUNCH_CHECK();                                                                              \
+    PVQ_LAUNCH_CHECK();                                                                                          \
   } while (0)
 #define PVQ_BY_NV(T, TL, LGG)                                                                                    \
   if (batch > 1) {                                                                                               \

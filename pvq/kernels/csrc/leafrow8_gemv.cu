@@ -165,13 +165,6 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
   constexpr int kPart = kRows + 1;
   float* s_part = s_levels + 16;
 
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int rg0 = blockIdx.x * groups_per_block;
-  const int rg1 = min(row_groups, rg0 + groups_per_block);
-  const bool works = warp < steps;
-  unsigned wn[W2] = {};
-  __half sn = __float2half(0.f);
-  auto load = [&](int rg, int s) { load_step<W2>(words, scales, rg, s, steps, lane, wn, sn); };
   stage_tables<L>(leaves, n_leaves, levels, s_leaf, s_levels);
 #pragma unroll 4
   for (int i = threadIdx.x; i < vpr * B; i += blockDim.x) {
@@ -179,8 +172,8 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
     s_x[i] = r < batch ? load8_sixteenth<T>(x + static_cast<size_t>(r) * vpr * 8, v) : make_uint4(0u, 0u, 0u, 0u);
   }
   __syncthreads();
-  if (works && rg0 < rg1) load(rg0, warp);  // (loaded before the tables' copy instead: slower, session 14)
 
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   // 2 levels in registers (one select: 2 bits 13.1 -> 12.4 us on 11008x4096); 4 from shared memory (three selects
   // measured slower there: 13.6 -> 14.0 us; session 13)
   const LevelRegs<L == 2 ? 2 : 4> level_regs(levels);
@@ -188,6 +181,13 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
     if constexpr (L == 2) return level_regs(f);
     else return s_levels[f & (L - 1u)];
   };
+  const int rg0 = blockIdx.x * groups_per_block;
+  const int rg1 = min(row_groups, rg0 + groups_per_block);
+  const bool works = warp < steps;
+  unsigned wn[W2] = {};
+  __half sn = __float2half(0.f);
+  auto load = [&](int rg, int s) { load_step<W2>(words, scales, rg, s, steps, lane, wn, sn); };
+  if (works && rg0 < rg1) load(rg0, warp);  // (loaded before the tables' copy instead: slower, session 14)
   for (int rg = rg0; rg < rg1; ++rg) {
     float acc[B];
 #pragma unroll

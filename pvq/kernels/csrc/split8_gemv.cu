@@ -410,7 +410,7 @@ torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tens
         reinterpret_cast<T*>(y.data_ptr<TL>()), static_cast<int>(out_features), vpr, static_cast<int>(code_bits),                  \
         static_cast<int>(K), static_cast<int>(group), group_log2, static_cast<int>(shift), S, rows_per_block,   \
         batch);                                                                                                  \
-    PVQ_LAUNCH_CHECK();                                                                              \
+    PVQ_LAUNCH_CHECK();                                                                                          \
   } while (0)
   // rows decoded per step: four with one vector a lane, fewer as the registers of x grow; several
   // input rows: 4 or 8 (rows past x's are zeros, not written; 8 rows: one vector a lane), never
