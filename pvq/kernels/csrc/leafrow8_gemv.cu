@@ -64,6 +64,11 @@ struct Fields {
     else return static_cast<int>((f << (2 - LG)) & kMask4);
   }
   static __device__ __forceinline__ int b_byte(unsigned f) { return static_cast<int>((f >> (LG + A - 2)) & kMask4); }
+  // field f's two leaf words from the shared table (int8 coordinates biased by 128)
+  static __device__ __forceinline__ void leaf_words(unsigned f, const char* s_leaf, unsigned& wa, unsigned& wb) {
+    wa = *reinterpret_cast<const unsigned*>(s_leaf + a_byte(f));
+    wb = *reinterpret_cast<const unsigned*>(s_leaf + b_byte(f));
+  }
 };
 
 // fn(integral_constant<int, J>) for J = 0, 1, ... (compile-time field positions)
@@ -207,8 +212,8 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
       auto one = [&](auto jc) {
         constexpr int j = decltype(jc)::value;
         const unsigned f = Fd::template field<j>(w);
-        const unsigned wa = *reinterpret_cast<const unsigned*>(s_leaf + Fd::a_byte(f));
-        const unsigned wb = *reinterpret_cast<const unsigned*>(s_leaf + Fd::b_byte(f));
+        unsigned wa, wb;
+        Fd::leaf_words(f, s_leaf, wa, wb);
         const float level = level_of(f);
         __half2 a01, a23, b01, b23;
         const float mult = level * leaf_pair(wa, wb, a01, a23, b01, b23);
@@ -358,8 +363,8 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
         auto weights = [&](auto jc) {
           constexpr int j = decltype(jc)::value;
           const unsigned f = Fd::template field<j>(w);
-          const unsigned wa = *reinterpret_cast<const unsigned*>(s_leaf + Fd::a_byte(f));
-          const unsigned wb = *reinterpret_cast<const unsigned*>(s_leaf + Fd::b_byte(f));
+          unsigned wa, wb;
+          Fd::leaf_words(f, s_leaf, wa, wb);
           const float level = level_of(f);
           __half2 a01, a23, b01, b23;
           const float mult = level * scale * leaf_pair(wa, wb, a01, a23, b01, b23);
