@@ -270,19 +270,27 @@ def variant_extension(ext):
         cuda_leaf._rows_extension = saved
 
 
+def parse_variant(spec: str) -> tuple[str, str, tuple[str, ...]]:
+    """``NAME:DEFINE[+DEFINE]`` -> (name, leafrow8_gemv.cu, defines); ``NAME:@FILE`` -> (name, FILE, ()): another
+    version of that source (e.g. ``git show HEAD~1:pvq/kernels/csrc/leafrow8_gemv.cu``; same functions).
+    Raises ValueError saying what to write instead."""
+    name, _, what = spec.partition(":")
+    if not name.isidentifier() or not what or what == "@":
+        raise ValueError(f"--rows-variant takes NAME:DEFINE[+DEFINE] (e.g. x:SOME_MACRO=1) or NAME:@FILE, got {spec!r}")
+    if what.startswith("@"):
+        source = os.path.abspath(what[1:])
+        if not os.path.isfile(source):
+            raise ValueError(f"--rows-variant {spec!r}: no file {source}")
+        return name, source, ()
+    return name, cuda_leaf._ROWS_SOURCE, tuple(what.split("+"))
+
+
 def build_variant(spec: str):
-    """``NAME:DEFINE[+DEFINE]`` -> (name, leafrow8_gemv.cu compiled with those defines); ``NAME:@FILE``: another
-    version of that source (e.g. ``git show HEAD~1:pvq/kernels/csrc/leafrow8_gemv.cu``; same functions)."""
+    """(name, the extension built from :func:`parse_variant`'s source and defines, or None where it fails)."""
     from pvq.kernels.cuda_build import load_cuda_extension
 
-    name, _, what = spec.partition(":")
-    if not name.isidentifier() or not what:
-        raise SystemExit(f"--rows-variant takes NAME:DEFINE[+DEFINE] (e.g. x:SOME_MACRO=1) or NAME:@FILE, got "
-                         f"{spec!r}")
-    source, defines = (os.path.abspath(what[1:]), ()) if what.startswith("@") else (cuda_leaf._ROWS_SOURCE,
-                                                                                    tuple(what.split("+")))
-    ext = load_cuda_extension(f"pvq_leafrow8_gemv_{name}", source, "the variant is not timed", defines)
-    return name, ext
+    name, source, defines = parse_variant(spec)
+    return name, load_cuda_extension(f"pvq_leafrow8_gemv_{name}", source, "the variant is not timed", defines)
 
 
 def print_table(table, bit_list) -> None:
@@ -327,6 +335,11 @@ def main() -> None:
                    help="NAME:DEFINE[+DEFINE]: also time the row products built with these defines (an experiment)")
     a = p.parse_args()
     faulthandler.enable()  # a crash in a launch prints where it happened
+    for spec in a.rows_variant:  # before any build: a malformed spec exits 2 with what to write
+        try:
+            parse_variant(spec)
+        except ValueError as e:
+            p.error(str(e))
     if a.cpu:
         cpu_dry_run()
         return

@@ -188,3 +188,16 @@ def test_tensor_core_rows_are_deterministic(batch):
     x = torch.randn(batch, 4096, generator=torch.Generator().manual_seed(batch)).to("cuda", torch.float16)
     first = cuda_leaf.leaf_rows_gemv_cuda(rt, x, tensor_cores=True)
     assert all(torch.equal(first, cuda_leaf.leaf_rows_gemv_cuda(rt, x, tensor_cores=True)) for _ in range(5))
+
+
+@pytest.mark.parametrize("spec, says", [("bad", "NAME:DEFINE"), ("x:@/no/such/file.cu", "no file")])
+def test_speed_benchmark_refuses_a_malformed_variant_before_building(spec, says):
+    """benchmarks/speed_layout_device.py --rows-variant: exit 2 with one line naming what to write, no build."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    run = subprocess.run([sys.executable, "benchmarks/speed_layout_device.py", "--rows-variant", spec], cwd=root,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and says in run.stderr.strip().splitlines()[-1], run.stderr[-500:]
