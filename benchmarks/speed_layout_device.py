@@ -145,13 +145,14 @@ def check(device) -> int:
                 x = x.to(dtype)
                 ref = x.float() @ w.T
                 tol = {torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
-                for tc in (True, False) if batch > 1 else (True,):
-                    err, ok = _compare(cuda_leaf.leaf_rows_gemv_cuda(rt, x, tensor_cores=tc).float(), ref, tol)
+                for tc, xg in ((True, True), (True, False), (False, None)) if batch > 1 else ((True, None),):
+                    got = cuda_leaf.leaf_rows_gemv_cuda(rt, x, tensor_cores=tc, x_from_global=xg).float()
+                    err, ok = _compare(got, ref, tol)
                     worst = max(worst, err / tol)
                     if not ok:
                         fails += 1
                         print(f"  FAIL rows-layout {bits} bits {out_f}x{in_f} rows={batch} {dtype} tensor cores "
-                              f"{tc}: max err {err:.3g}", flush=True)
+                              f"{tc}, x from global memory {xg}: max err {err:.3g}", flush=True)
         print(f"  rows-layout {bits} bits {out_f}x{in_f}: decode == split reference: {same}; rows 1..16 x dtypes: "
               f"worst error {worst:.2f} of its tolerance", flush=True)
     return fails
@@ -206,17 +207,12 @@ def timings(shapes, batches, bit_list, device) -> list[tuple]:
                     row[f"leaf{bits:g}"] = bench(lambda: cuda_leaf.leaf_gemv_cuda(rt, x))
                 if ROWS_BUILT:
                     row[f"rows{bits:g}"] = bench(lambda: cuda_leaf.leaf_rows_gemv_cuda(rrt, x))
-                    if batch > 1:  # both several-row kernels, whichever the default picks
+                    if batch > 1:  # both several-row kernels, and both sources of x, whichever the default picks
                         row[f"rows{bits:g}-fma"] = bench(
                             lambda: cuda_leaf.leaf_rows_gemv_cuda(rrt, x, tensor_cores=False))
-                        row[f"rows{bits:g}-mma"] = bench(
-                            lambda: cuda_leaf.leaf_rows_gemv_cuda(rrt, x, tensor_cores=True))
-                    if batch >= 8 and in_f > cuda_leaf.MMA_CHUNK_IN_FEATURES:  # x whole, the rows in two launches
-                        ext, h = cuda_leaf._rows_extension(), batch // 2
-                        row[f"rows{bits:g}-mma-2launch"] = bench(lambda: torch.cat([
-                            ext.leafrow8_gemv_mma(rrt.words, rrt.row_scales, rrt.levels, rrt.leaves, part,
-                                                  rrt.out_features, rrt.field_bits, rrt.gain_bits)
-                            for part in (x[:h], x[h:])]))
+                        for xg, src in ((False, "shared"), (True, "global")):
+                            row[f"rows{bits:g}-mma-{src}"] = bench(
+                                lambda: cuda_leaf.leaf_rows_gemv_cuda(rrt, x, tensor_cores=True, x_from_global=xg))
                     expected = cuda_leaf.leaf_rows_gemv_cuda(rrt, x).float() if VARIANTS else None
                     for name, ext in VARIANTS.items():  # the same calls through an experiment's build
                         with variant_extension(ext):

@@ -22,7 +22,8 @@ from .leaf_rows import LeafRowsRuntime, leaf_rows_decode_reference, leaf_rows_su
 
 __all__ = ["LEAF_ROWS_SHARED_BYTES", "cuda_leaf_rows_supports", "leaf_rows_decode", "leaf_rows_gemv_cuda",
            "LEAF_EIGHT_ROWS_MAX_IN_FEATURES", "LEAF_KERNEL_ROWS", "LEAF_LAUNCH_ROWS", "LEAF_MAX_IN_FEATURES", "LEAF_MAX_ROWS",
-           "LEAF_ROWS_MAX_IN_FEATURES", "MMA_CHUNK_IN_FEATURES", "MMA_MIN_ROWS", "MMA_STAGE_BYTES", "cuda_leaf_supports", "leaf_decode", "leaf_gemv_cuda"]
+           "LEAF_ROWS_MAX_IN_FEATURES", "MMA_CHUNK_IN_FEATURES", "MMA_GLOBAL_X_MAX_ROW_GROUPS_A_BLOCK", "MMA_MIN_ROWS",
+           "mma_reads_x_from_global", "MMA_STAGE_BYTES", "cuda_leaf_supports", "leaf_decode", "leaf_gemv_cuda"]
 
 _SOURCE = os.path.join(CSRC, "leaf8_gemv.cu")
 _ROWS_SOURCE = os.path.join(CSRC, "leafrow8_gemv.cu")
@@ -153,11 +154,35 @@ MMA_CHUNK_IN_FEATURES = 32 * 16 * 8
 keeps its steps); wider inputs whose x does not fit shared memory whole go in chunks (one launch)."""
 
 
-def _mma_launch_rows(rt: LeafRowsRuntime) -> int:
-    """The most input rows (<= 16) whose x / 16, whole or in chunks of :data:`MMA_CHUNK_IN_FEATURES` inputs, fits
-    one tensor-core launch beside the leaves and the stages."""
+def _mma_launch_rows(rt: LeafRowsRuntime, x_from_global: bool = False) -> int:
+    """The most input rows (<= 16) one tensor-core launch takes: x / 16, whole or in chunks of
+    :data:`MMA_CHUNK_IN_FEATURES` inputs, beside the leaves and the stages in shared memory; with x read from
+    global memory, 16 where the leaves and the stages fit."""
     free = LEAF_ROWS_SHARED_BYTES - 4 * rt.leaves.numel() - 4 * 16 - MMA_STAGE_BYTES
+    if x_from_global:
+        return LEAF_MAX_ROWS if free >= 0 else 0
     return max(0, min(LEAF_MAX_ROWS, free // (2 * min(rt.in_features, MMA_CHUNK_IN_FEATURES))))
+
+
+MMA_GLOBAL_X_MAX_ROW_GROUPS_A_BLOCK = 1
+"""Row groups (32 output rows) a block of the tensor-core kernel may take for it to read x from global memory rather
+than stage it in shared memory (one block an SM). One: each block then reads x once, and skips the copy and its
+barrier; with three row groups a block the staged copy was faster (H200, session 15:
+docs/bench/speed_layout_s15_h200.txt)."""
+
+
+def mma_reads_x_from_global(row_groups: int, multiprocessors: int) -> bool:
+    """Whether the tensor-core kernel reads x from global memory for a layer of ``row_groups`` row groups on a
+    device of ``multiprocessors`` SMs (its grid: one block an SM, each over a contiguous range of row groups)."""
+    if row_groups < 1 or multiprocessors < 1:
+        raise ValueError(f"row groups and multiprocessors must be positive, got {row_groups}, {multiprocessors}")
+    groups_a_block = -(-row_groups // min(multiprocessors, row_groups))
+    return groups_a_block <= MMA_GLOBAL_X_MAX_ROW_GROUPS_A_BLOCK
+
+
+@lru_cache(maxsize=None)
+def _multiprocessors(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
 MMA_MIN_ROWS = 5
@@ -165,20 +190,25 @@ MMA_MIN_ROWS = 5
 H200 (session 13, docs/bench/speed_layout_s13_h200.txt)."""
 
 
-def leaf_rows_gemv_cuda(rt: LeafRowsRuntime, x: torch.Tensor, tensor_cores: bool | None = None) -> torch.Tensor:
+def leaf_rows_gemv_cuda(rt: LeafRowsRuntime, x: torch.Tensor, tensor_cores: bool | None = None,
+                        x_from_global: bool | None = None) -> torch.Tensor:
     """``x @ Q'^T`` ``[B, out]`` in ``x``'s dtype for ``x: [B <= 16, in]`` (fp16 / bf16; on the layer's CUDA
     device). One row: the multiply-add kernel. Two to sixteen: on tensor cores where ``tensor_cores`` (default:
-    from :data:`MMA_MIN_ROWS` rows; each vector decoded once a launch, x staged whole or in chunks of steps, as
-    many rows a launch as shared memory holds, split evenly), else launches of up to eight rows of the multiply-add kernel. float32 inputs, inputs
-    too wide for shared memory or no compiler: the whole-layer decode and one matmul."""
+    from :data:`MMA_MIN_ROWS` rows; each vector decoded once a launch; x read from global memory where
+    ``x_from_global`` (default: :func:`mma_reads_x_from_global`), else staged whole or in chunks of steps, as many
+    rows a launch as shared memory holds, split evenly), else launches of up to eight rows of the multiply-add
+    kernel. float32 inputs, inputs too wide for shared memory or no compiler: the whole-layer decode and one
+    matmul."""
     if x.dim() != 2 or not 1 <= x.shape[0] <= LEAF_MAX_ROWS or x.shape[1] != rt.in_features or not x.is_cuda:
         raise ValueError(f"leaf_rows_gemv_cuda takes x [B <= {LEAF_MAX_ROWS}, {rt.in_features}] on CUDA, got "
                          f"{tuple(x.shape)} on {x.device}")
     rows = x.shape[0]
     if tensor_cores is None:
         tensor_cores = rows >= MMA_MIN_ROWS
-    mma = tensor_cores and rows > 1 and _mma_launch_rows(rt) > 0
-    step = _mma_launch_rows(rt) if mma else _rows_launch_rows(rt)
+    if x_from_global is None:
+        x_from_global = mma_reads_x_from_global(-(-rt.out_features // 32), _multiprocessors(x.device.index or 0))
+    mma = tensor_cores and rows > 1 and _mma_launch_rows(rt, x_from_global) > 0
+    step = _mma_launch_rows(rt, x_from_global) if mma else _rows_launch_rows(rt)
     ext = _rows_extension() if x.dtype != torch.float32 and step else None
     if ext is None:
         return (x.float() @ leaf_rows_decode(rt).T).to(x.dtype)
@@ -186,7 +216,8 @@ def leaf_rows_gemv_cuda(rt: LeafRowsRuntime, x: torch.Tensor, tensor_cores: bool
     if mma:
         launches = -(-rows // step)
         step = -(-rows // launches)  # even launches: 11 rows of at most 8 a launch go as 6 + 5
-        run = ext.leafrow8_gemv_mma
+        def run(*args):
+            return ext.leafrow8_gemv_mma(*args, x_from_global)
     else:
         run = ext.leafrow8_gemv
     parts = [run(rt.words, rt.row_scales, rt.levels, rt.leaves, x[r:r + step], rt.out_features, rt.field_bits,

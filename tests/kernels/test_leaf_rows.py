@@ -86,15 +86,15 @@ SHAPES = [(3.0, 300, 4096), (3.0, 37, 4224), (2.0, 67, 8832), (2.5, 1, 13056), (
 @pytest.mark.parametrize("bits, out_f, in_f", SHAPES)
 @pytest.mark.parametrize("batch", [1, 2, 3, 4, 5, 8, 11, 16])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("tensor_cores", [True, False])
-def test_product_matches_the_reference(bits, out_f, in_f, batch, dtype, tensor_cores):
-    if batch == 1 and not tensor_cores:
+@pytest.mark.parametrize("tensor_cores, x_from_global", [(True, True), (True, False), (False, None)])
+def test_product_matches_the_reference(bits, out_f, in_f, batch, dtype, tensor_cores, x_from_global):
+    if batch == 1 and not (tensor_cores and x_from_global):
         pytest.skip("one row has one kernel")
     rt = leaf_rows_from_split(code_runtime(bits, 16, out_f, in_f, seed=out_f + in_f, device="cuda"))
     x = torch.randn(batch, in_f, generator=torch.Generator().manual_seed(in_f + batch)).to("cuda", dtype)
     w = leaf_rows_decode_reference(rt)
     ref = x.float() @ w.T
-    got = cuda_leaf.leaf_rows_gemv_cuda(rt, x, tensor_cores=tensor_cores)
+    got = cuda_leaf.leaf_rows_gemv_cuda(rt, x, tensor_cores=tensor_cores, x_from_global=x_from_global)
     assert got.shape == (batch, out_f) and got.dtype == dtype
     tol = {torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
     # (2.5 bits, 1 x 13056, one fp16 row: the output is -2.0, its terms' scale 10.2; the H200 was 0.0072 off)
@@ -103,21 +103,23 @@ def test_product_matches_the_reference(bits, out_f, in_f, batch, dtype, tensor_c
 
 @needs_cuda
 @pytest.mark.parametrize("batch", [9, 16])
-def test_tensor_cores_stage_wide_inputs_in_chunks_over_several_row_groups(batch):
+@pytest.mark.parametrize("x_from_global", [False, True])
+def test_tensor_cores_stage_wide_inputs_in_chunks_over_several_row_groups(batch, x_from_global):
     """x of 16 rows of 6272 inputs (196 KB) does not fit beside the stages and the leaves: the kernel stages it in
-    chunks of 32 steps (32 + 17), again for each of a block's two row groups (4250 rows: 133 row groups)."""
+    chunks of 32 steps (32 + 17), again for each of a block's two row groups (4250 rows: 133 row groups); or reads
+    it from global memory in each row group."""
     rt = leaf_rows_from_split(code_runtime(2.0, 16, 4250, 6272, seed=3, device="cuda"))
-    assert cuda_leaf._mma_launch_rows(rt) >= batch  # one launch
+    assert cuda_leaf._mma_launch_rows(rt, x_from_global) >= batch  # one launch
     x = torch.randn(batch, 6272, generator=torch.Generator().manual_seed(batch)).to("cuda", torch.float16)
     w = leaf_rows_decode_reference(rt)
     ref = x.float() @ w.T
-    got = cuda_leaf.leaf_rows_gemv_cuda(rt, x, tensor_cores=True)
+    got = cuda_leaf.leaf_rows_gemv_cuda(rt, x, tensor_cores=True, x_from_global=x_from_global)
     torch.testing.assert_close(got.float(), ref, rtol=1e-3, atol=product_atol(x, w, ref, 1e-3))
 
 
 REFUSALS = """
 import sys, torch
-sys.path.insert(0, "tests/kernels")
+sys.path[:0] = ["tests", "tests/kernels"]
 from test_leaf_layout import code_runtime
 from pvq.kernels import cuda_leaf
 from pvq.kernels.leaf_rows import leaf_rows_from_split
@@ -126,7 +128,10 @@ ext = cuda_leaf._rows_extension()
 args = (rt.words, rt.row_scales, rt.levels, rt.leaves)
 for x in (torch.zeros(17, 256, device="cuda", dtype=torch.float16), torch.zeros(1, 256, device="cuda")):
     try:
-        (ext.leafrow8_gemv_mma if x.shape[0] > 1 else ext.leafrow8_gemv)(*args, x, 40, rt.field_bits, rt.gain_bits)
+        if x.shape[0] > 1:
+            ext.leafrow8_gemv_mma(*args, x, 40, rt.field_bits, rt.gain_bits, True)
+        else:
+            ext.leafrow8_gemv(*args, x, 40, rt.field_bits, rt.gain_bits)
         print("no error")
     except RuntimeError as e:
         print("RuntimeError:", str(e).splitlines()[0])
@@ -156,6 +161,18 @@ def test_tensor_core_launch_rows_count_chunks_of_x():
     for in_f, rows in ((4096, 16), (11008, 16), (16384, 16)):
         rt = leaf_rows_from_split(code_runtime(3.0, 16, 32, in_f, seed=1))
         assert cuda_leaf._mma_launch_rows(rt) == rows
+        assert cuda_leaf._mma_launch_rows(rt, x_from_global=True) == 16  # no x in shared memory
+
+
+def test_tensor_cores_read_x_from_global_memory_where_a_block_has_one_row_group():
+    """One block an SM over contiguous row groups: x from global memory at one row group a block (4096 rows on
+    132 SMs: 128 groups), staged in shared memory from two (133 groups) and three (11008 rows: 344 groups)."""
+    assert cuda_leaf.MMA_GLOBAL_X_MAX_ROW_GROUPS_A_BLOCK == 1
+    assert [cuda_leaf.mma_reads_x_from_global(g, 132) for g in (1, 32, 128, 132, 133, 264, 344)] == [
+        True, True, True, True, False, False, False]
+    assert cuda_leaf.mma_reads_x_from_global(344, 344) and not cuda_leaf.mma_reads_x_from_global(345, 344)
+    with pytest.raises(ValueError, match="positive"):
+        cuda_leaf.mma_reads_x_from_global(0, 132)
 
 
 @needs_cuda
@@ -182,12 +199,16 @@ def test_reference_decode_takes_a_dtype():
 
 @needs_cuda
 @pytest.mark.parametrize("batch", [3, 16])
-def test_tensor_core_rows_are_deterministic(batch):
-    """The row group's warp partials are folded and summed in a fixed order: the same call, the same bits."""
+@pytest.mark.parametrize("x_from_global", [False, True])
+def test_tensor_core_rows_are_deterministic(batch, x_from_global):
+    """The row group's warp partials are folded and summed in a fixed order: the same call, the same bits; and x
+    read from global memory gives the bits of x staged in shared memory (the same x / 16, the same order)."""
     rt = leaf_rows_from_split(code_runtime(3.0, 16, 300, 4096, seed=5, device="cuda"))
     x = torch.randn(batch, 4096, generator=torch.Generator().manual_seed(batch)).to("cuda", torch.float16)
-    first = cuda_leaf.leaf_rows_gemv_cuda(rt, x, tensor_cores=True)
-    assert all(torch.equal(first, cuda_leaf.leaf_rows_gemv_cuda(rt, x, tensor_cores=True)) for _ in range(5))
+    first = cuda_leaf.leaf_rows_gemv_cuda(rt, x, tensor_cores=True, x_from_global=x_from_global)
+    assert all(torch.equal(first, cuda_leaf.leaf_rows_gemv_cuda(rt, x, tensor_cores=True, x_from_global=x_from_global))
+               for _ in range(5))
+    assert torch.equal(first, cuda_leaf.leaf_rows_gemv_cuda(rt, x, tensor_cores=True, x_from_global=not x_from_global))
 
 
 @pytest.mark.parametrize("spec, says", [("bad", "NAME:DEFINE"), ("x:@/no/such/file.cu", "no file")])

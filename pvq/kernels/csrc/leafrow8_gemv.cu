@@ -104,6 +104,19 @@ __device__ __forceinline__ uint4 load8_sixteenth(const T* __restrict__ row, int 
   return make_uint4(out[0], out[1], out[2], out[3]);
 }
 
+// Two x values (one 32-bit word of fp16 or bf16) as the half2 x / 16 of load8_sixteenth
+template <typename T>
+__device__ __forceinline__ unsigned sixteenth_pair(unsigned raw) {
+  if constexpr (std::is_same_v<T, __half>) {
+    return half2_as_u32(__hmul2(u32_as_half2(raw), __float2half2_rn(0.0625f)));
+  } else {
+    __nv_bfloat162 b;
+    memcpy(&b, &raw, sizeof(b));
+    const float2 f = __bfloat1622float2(b);
+    return half2_as_u32(__floats2half2_rn(f.x * 0.0625f, f.y * 0.0625f));
+  }
+}
+
 // Lane ``lane``'s W2 words and scale of step s of row group rg (a warp's load of one word is 128 contiguous bytes)
 template <int W2>
 __device__ __forceinline__ void load_step(const unsigned* __restrict__ words, const __half* __restrict__ scales, int rg,
@@ -267,6 +280,13 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
 // outputs (row 16 mt + l / 4 (+ 8), input row 8 nt + 2 (l % 4) (+ 1)). A row group's 32 warp partials are folded
 // pairwise in shared memory (fixed order: deterministic) until they fit the stage, then summed by
 // 1024 / (32 NC) threads an output and a shuffle.
+// Where the B operands come from (XFrom): x / 16 staged whole in shared memory, or in chunks of steps, or read
+// straight from x in global memory (through L1) and scaled to x / 16 in registers. Staged x pays its copy once a
+// block and its reads on the L1 pipe the decode is bound by; direct reads pay no copy and no barrier but go to
+// L1 again in every row group: faster where a block has one row group (session 15: 4096x11008 at 8 rows 26.5 ->
+// 23.1 us, at 16 39.7 -> 31.9; 4096x4096 11.9 -> 11.2, 17.6 -> 15.3), slower with three (11008x4096 at 8 rows
+// 25.2 -> 28.4, at 16 30.5 -> 39.0). pvq/kernels/cuda_leaf.py chooses by the row groups a block takes.
+enum class XFrom { kShared, kSharedChunks, kGlobal };
 constexpr int kStageBytes = kWarps * 2 * kRows * 16;  // 32 KB: a warp's two vectors x 32 rows of 16 bytes
 
 __device__ __forceinline__ void mma_16816(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
@@ -283,7 +303,7 @@ __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* p) {
                : "r"(addr));
 }
 
-template <typename T, int LG, int F, int BM, bool CHUNKS>
+template <typename T, int LG, int F, int BM, XFrom XF>
 __global__ void __launch_bounds__(kWarps * 32, 1)
 leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict__ scales,
                     const float* __restrict__ levels, const int* __restrict__ leaves, int n_leaves,
@@ -298,16 +318,18 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
   constexpr int kFit = kStageBytes / (32 * NC * 4);  // warps whose partials fit the stage at once
   extern __shared__ uint4 smem4[];
   const int vpr = steps * kStep;
-  uint4* s_x = smem4;  // [vector][batch] x / 16 as 8 halves, steps c0 .. c0 + x_steps - 1
-  uint4* s_stage = s_x + static_cast<size_t>(x_steps) * kStep * batch;  // [warp][2 vectors][32 rows], partial sums
+  constexpr bool kGlobalX = XF == XFrom::kGlobal;
+  uint4* s_x = smem4;  // [vector][batch] x / 16 as 8 halves, steps c0 .. c0 + x_steps - 1 (none: kGlobal)
+  // [warp][2 vectors][32 rows], partial sums
+  uint4* s_stage = kGlobalX ? smem4 : s_x + static_cast<size_t>(x_steps) * kStep * batch;
   char* s_leaf = reinterpret_cast<char*>(s_stage + kStageBytes / 16);
   float* s_levels = reinterpret_cast<float*>(s_leaf + 4 * ((n_leaves + 3) & ~3));
   // x / 16 of steps c0 .. c0 + x_steps - 1 into shared memory (all of x where it fits: x_steps == steps, copied
   // once; else chunks of a multiple of 32 steps, copied for each row group: each warp keeps its steps)
-  // (CHUNKS: instances that may stage x in chunks; at 16 rows the chunk loop's registers cost spills, so 16 rows
-  // of x that fits whole take an instance without it: 11008x4096 at 3 bits 33.3 against 31.6 us; session 14)
-  if constexpr (!CHUNKS) x_steps = steps;
-  const bool chunked = CHUNKS && x_steps < steps;
+  // (kSharedChunks: instances that may stage x in chunks; at 16 rows the chunk loop's registers cost spills, so 16
+  // rows of x that fits whole take an instance without it: 11008x4096 at 3 bits 33.3 against 31.6 us; session 14)
+  if constexpr (XF != XFrom::kSharedChunks) x_steps = steps;
+  const bool chunked = XF == XFrom::kSharedChunks && x_steps < steps;
   auto stage_x = [&](int c0) {
     const int n = (min(steps, c0 + x_steps) - c0) * kStep * batch;
 #pragma unroll 4
@@ -325,7 +347,7 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
   __half sn = __float2half(0.f);
   auto load = [&](int rg, int s) { load_step<W2>(words, scales, rg, s, steps, lane, wn, sn); };
   stage_tables<L>(leaves, n_leaves, levels, s_leaf, s_levels);
-  if (!chunked) stage_x(0);
+  if (!kGlobalX && !chunked) stage_x(0);
   __syncthreads();
   if (works && rg0 < rg1) load(rg0, warp);  // (loaded before the tables' copy instead: slower, session 14)
 
@@ -358,7 +380,7 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
         const int ns = s + kWarps < steps ? s + kWarps : warp;
         const int nrg = s + kWarps < steps ? rg : rg + 1;
         if (nrg < rg1) load(nrg, ns);
-        const uint4* xs = x_chunk + static_cast<size_t>(s) * kStep * batch;
+        const uint4* xs = x_chunk + static_cast<size_t>(s) * kStep * batch;  // (kGlobal: unused)
         // vector j of this lane's row as eight fp16 weights (x 16 of the true ones' scale: x is / 16)
         auto weights = [&](auto jc) {
           constexpr int j = decltype(jc)::value;
@@ -378,18 +400,40 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
         };
         auto tile = [&](auto tc) {  // inputs 16 t .. 16 t + 15 of the step: vectors 2 t, 2 t + 1
           constexpr int t = decltype(tc)::value;
+          // kGlobal: the B operands' raw x words (input row 8 nt + g, inputs 16 t + 2 c, + 1 and 16 t + 8 + 2 c, + 1
+          // of the step), loaded before the decode that hides their latency (16 rows: after it; registers)
+          unsigned raw0[NT], raw1[NT];
+          auto load_b = [&]() {
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+              const int r = 8 * nt + g;
+              const unsigned* xr =
+                  reinterpret_cast<const unsigned*>(x + (static_cast<size_t>(r) * vpr + s * kStep + 2 * t) * 8) + c;
+              raw0[nt] = r < batch ? __ldg(xr) : 0u;
+              raw1[nt] = r < batch ? __ldg(xr + 4) : 0u;
+            }
+          };
+          if constexpr (kGlobalX && NT == 1) load_b();
           weights(std::integral_constant<int, 2 * t>{});
           weights(std::integral_constant<int, 2 * t + 1>{});
+          if constexpr (kGlobalX && NT == 2) load_b();
           __syncwarp();
           unsigned a0[4], a1[4];
           ldmatrix_x4(a0, ld0);
           ldmatrix_x4(a1, ld1);
-          const unsigned* x0 = reinterpret_cast<const unsigned*>(xs + (2 * t) * batch);
-          const unsigned* x1 = reinterpret_cast<const unsigned*>(xs + (2 * t + 1) * batch);
 #pragma unroll
           for (int nt = 0; nt < NT; ++nt) {
-            const int r = 8 * nt + g;
-            const unsigned b0 = r < batch ? x0[4 * r + c] : 0u, b1 = r < batch ? x1[4 * r + c] : 0u;
+            unsigned b0, b1;
+            if constexpr (kGlobalX) {
+              b0 = sixteenth_pair<T>(raw0[nt]);
+              b1 = sixteenth_pair<T>(raw1[nt]);
+            } else {
+              const unsigned* x0 = reinterpret_cast<const unsigned*>(xs + (2 * t) * batch);
+              const unsigned* x1 = reinterpret_cast<const unsigned*>(xs + (2 * t + 1) * batch);
+              const int r = 8 * nt + g;
+              b0 = r < batch ? x0[4 * r + c] : 0u;
+              b1 = r < batch ? x1[4 * r + c] : 0u;
+            }
             mma_16816(acc[0][nt], a0, b0, b1);
             mma_16816(acc[1][nt], a1, b0, b1);
           }
@@ -490,12 +534,14 @@ PVQ_INSTANTIATE(__half, 1, 22, 1)
 PVQ_INSTANTIATE(__half, 2, 30, 4)
 PVQ_INSTANTIATE(__half, 2, 30, 8)
 PVQ_INSTANTIATE(__nv_bfloat16, 2, 30, 1)
-#define PVQ_INSTANTIATE_MMA(T, LG, F, BM, C) template __global__ void leafrow8_mma_kernel<T, LG, F, BM, C>(      \
+#define PVQ_INSTANTIATE_MMA(T, LG, F, BM, X) template __global__ void leafrow8_mma_kernel<T, LG, F, BM, XFrom::X>( \
     const unsigned*, const __half*, const float*, const int*, int, const T*, T*, int, int, int, int, int, int);
-PVQ_INSTANTIATE_MMA(__half, 2, 30, 8, true)
-PVQ_INSTANTIATE_MMA(__half, 2, 30, 16, false)
-PVQ_INSTANTIATE_MMA(__half, 2, 30, 16, true)
-PVQ_INSTANTIATE_MMA(__half, 1, 22, 8, true)
+PVQ_INSTANTIATE_MMA(__half, 2, 30, 8, kSharedChunks)
+PVQ_INSTANTIATE_MMA(__half, 2, 30, 8, kGlobal)
+PVQ_INSTANTIATE_MMA(__half, 2, 30, 16, kShared)
+PVQ_INSTANTIATE_MMA(__half, 2, 30, 16, kSharedChunks)
+PVQ_INSTANTIATE_MMA(__half, 2, 30, 16, kGlobal)
+PVQ_INSTANTIATE_MMA(__half, 1, 22, 8, kSharedChunks)
 #endif
 
 }  // namespace
@@ -602,11 +648,12 @@ torch::Tensor leafrow8_gemv(torch::Tensor words, torch::Tensor scales, torch::Te
   return y;
 }
 
-// y [B, out] = x [B <= 16, in] @ Q'^T on tensor cores (leafrow8_mma_kernel), one launch (x staged in chunks of
-// steps where all of it does not fit shared memory; the caller splits rows whose 32 steps do not fit:
-// pvq/kernels/cuda_leaf.py)
+// y [B, out] = x [B <= 16, in] @ Q'^T on tensor cores (leafrow8_mma_kernel), one launch: x read from global memory
+// where x_from_global, else staged in shared memory (in chunks of steps where all of it does not fit; the caller
+// splits rows whose 32 steps do not fit: pvq/kernels/cuda_leaf.py, which also chooses x's source)
 torch::Tensor leafrow8_gemv_mma(torch::Tensor words, torch::Tensor scales, torch::Tensor levels, torch::Tensor leaves,
-                                torch::Tensor x, int64_t out_features, int64_t field_bits, int64_t gain_bits) {
+                                torch::Tensor x, int64_t out_features, int64_t field_bits, int64_t gain_bits,
+                                bool x_from_global) {
   PVQ_CHECK(x.is_cuda(), "x must be on CUDA");
   const c10::cuda::CUDAGuard guard(x.device());  // before the device's properties are read
   const RowsLaunch l = rows_launch(words, scales, levels, leaves, x, out_features, field_bits, gain_bits, 16);
@@ -616,21 +663,27 @@ torch::Tensor leafrow8_gemv_mma(torch::Tensor words, torch::Tensor scales, torch
   const size_t fixed = kStageBytes + 4 * ((l.n_leaves + 3) & ~3) + sizeof(float) * 16;
   const size_t step_bytes = sizeof(uint4) * kStep * l.batch;
   const size_t room = l.props->sharedMemPerBlockOptin > fixed ? l.props->sharedMemPerBlockOptin - fixed : 0;
-  const int x_steps = room >= step_bytes * l.steps ? l.steps : static_cast<int>(room / step_bytes) / kWarps * kWarps;
+  const int x_steps = x_from_global || room >= step_bytes * l.steps
+                          ? l.steps : static_cast<int>(room / step_bytes) / kWarps * kWarps;
   PVQ_CHECK(x_steps > 0, "x / 16 of 32 steps of ", l.batch, " rows (", step_bytes * kWarps,
             " bytes) does not fit shared memory beside the leaves: take fewer rows a launch");
-  const size_t smem = fixed + step_bytes * x_steps;
+  const size_t smem = fixed + (x_from_global ? 0 : step_bytes * x_steps);
   const bool launched = by_dtype_and_fields(l.x, field_bits, gain_bits, [&](auto t, auto tl, auto lg, auto ff) {
     using T = typename decltype(t)::type;
     using TL = typename decltype(tl)::type;
-    auto go = [&](auto bb, auto chunks) {
+    auto go = [&](auto bb, auto xf) {
       launch_rows<T, TL>(leafrow8_mma_kernel<T, decltype(lg)::value, decltype(ff)::value, decltype(bb)::value,
-                                             decltype(chunks)::value>,
+                                             decltype(xf)::value>,
                          l, smem, words, scales, levels, leaves, y, out_features, x_steps);
     };
-    if (l.batch <= 8) go(Int<8>{}, std::true_type{});
-    else if (x_steps < l.steps) go(Int<16>{}, std::true_type{});
-    else go(Int<16>{}, std::false_type{});
+    using XK = std::integral_constant<XFrom, XFrom::kGlobal>;
+    using XC = std::integral_constant<XFrom, XFrom::kSharedChunks>;
+    using XS = std::integral_constant<XFrom, XFrom::kShared>;
+    if (x_from_global && l.batch <= 8) go(Int<8>{}, XK{});
+    else if (x_from_global) go(Int<16>{}, XK{});
+    else if (l.batch <= 8) go(Int<8>{}, XC{});
+    else if (x_steps < l.steps) go(Int<16>{}, XC{});
+    else go(Int<16>{}, XS{});
   });
   PVQ_CHECK(launched, "no instance for fields of ", field_bits, " bits with ", gain_bits, " gain bits");
   return y;
