@@ -282,11 +282,14 @@ def parse_variant(spec: str) -> tuple[str, str, tuple[str, ...]]:
 
 
 def build_variant(spec: str):
-    """(name, the extension built from :func:`parse_variant`'s source and defines, or None where it fails)."""
-    from pvq.kernels.cuda_build import load_cuda_extension
+    """(name, the extension built from :func:`parse_variant`'s source and defines, or None where it fails). A
+    variant file is a version of ``leafrow8_gemv.cu`` (its host entry points those of ``csrc/host_api.h``), bound by
+    the package's ``leafrow8_gemv_bind.cpp``."""
+    from pvq.kernels.cuda_build import bindings_of, load_cuda_extension
 
     name, source, defines = parse_variant(spec)
-    return name, load_cuda_extension(f"pvq_leafrow8_gemv_{name}", source, "the variant is not timed", defines)
+    return name, load_cuda_extension(f"pvq_leafrow8_gemv_{name}", source, "the variant is not timed", defines,
+                                     bindings=bindings_of(cuda_leaf._ROWS_SOURCE))
 
 
 def print_table(table, bit_list) -> None:

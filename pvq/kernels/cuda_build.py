@@ -13,7 +13,7 @@ import warnings
 
 import torch
 
-__all__ = ["CSRC", "cuda_build_available", "load_cuda_extension"]
+__all__ = ["CSRC", "bindings_of", "cuda_build_available", "load_cuda_extension"]
 
 CSRC = os.path.join(os.path.dirname(__file__), "csrc")
 """Where the CUDA sources (and their shared header ``dtype.cuh``) live."""
@@ -28,15 +28,25 @@ def cuda_build_available() -> bool:
     return CUDA_HOME is not None
 
 
-def load_cuda_extension(name: str, path: str, instead: str, defines: tuple[str, ...] = ()):
-    """The module compiled from the CUDA source ``path`` (in :data:`CSRC`), or None (with a warning
-    naming what runs ``instead``) where the build fails. Callers cache it (one build per process).
-    ``defines`` (``"NAME=VALUE"``) build an experiment's variant; give it its own ``name``."""
+def bindings_of(path: str) -> str:
+    """The C++ file that binds the CUDA source ``path`` (``x.cu``: ``x_bind.cpp`` in :data:`CSRC`)."""
+    return os.path.join(CSRC, os.path.basename(path)[: -len(".cu")] + "_bind.cpp")
+
+
+def load_cuda_extension(name: str, path: str, instead: str, defines: tuple[str, ...] = (),
+                        bindings: str | None = None):
+    """The module compiled from the CUDA source ``path`` and its Python bindings (``bindings``, default
+    :func:`bindings_of`; C++ built by the C++ compiler, which raises the host code's failed checks:
+    ``csrc/host_status.h``), or None (with a warning naming what runs ``instead``) where the build fails.
+    Callers cache it (one build per process). ``defines`` (``"NAME=VALUE"``) build an experiment's variant;
+    give it its own ``name``."""
     from torch.utils.cpp_extension import load
 
     flags = ["-O3"] + [f"-D{d}" for d in defines]
+    sources = [path, bindings or bindings_of(path)]
     try:
-        return load(name=name, sources=[path], extra_cuda_cflags=flags, extra_include_paths=[CSRC], verbose=False)
+        return load(name=name, sources=sources, extra_cflags=["-O3"], extra_cuda_cflags=flags,
+                    extra_include_paths=[CSRC], verbose=False)
     except Exception as e:  # noqa: BLE001 - a compiler, toolkit or driver problem of this machine
         warnings.warn(f"compiling {path} failed ({type(e).__name__}: {str(e)[:300]}); {instead}", RuntimeWarning,
                       stacklevel=3)

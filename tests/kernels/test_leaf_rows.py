@@ -69,7 +69,8 @@ def test_quantized_layer_transcodes_from_its_stored_codes():
 
 def test_source_ships_with_the_package():
     assert (files("pvq.kernels") / "csrc" / "leafrow8_gemv.cu").is_file()
-    assert (files("pvq.kernels") / "csrc" / "bind_errors.cuh").is_file()
+    for name in ("host_status.h", "host_api.h", "leafrow8_gemv_bind.cpp"):
+        assert (files("pvq.kernels") / "csrc" / name).is_file()
 
 
 def test_refuses_inputs_off_the_gpu():
@@ -124,9 +125,12 @@ from test_leaf_layout import code_runtime
 from pvq.kernels import cuda_leaf
 from pvq.kernels.leaf_rows import leaf_rows_from_split
 rt = leaf_rows_from_split(code_runtime(3.0, 16, 40, 256, seed=6, device="cuda"))
+print("layer coded", file=sys.stderr, flush=True)
 ext = cuda_leaf._rows_extension()
+print("extension loaded", file=sys.stderr, flush=True)
 args = (rt.words, rt.row_scales, rt.levels, rt.leaves)
 for x in (torch.zeros(17, 256, device="cuda", dtype=torch.float16), torch.zeros(1, 256, device="cuda")):
+    print("calling with x", tuple(x.shape), x.dtype, file=sys.stderr, flush=True)
     try:
         if x.shape[0] > 1:
             ext.leafrow8_gemv_mma(*args, x, 40, rt.field_bits, rt.gain_bits, True)
@@ -134,23 +138,25 @@ for x in (torch.zeros(17, 256, device="cuda", dtype=torch.float16), torch.zeros(
             ext.leafrow8_gemv(*args, x, 40, rt.field_bits, rt.gain_bits)
         print("no error")
     except RuntimeError as e:
-        print("RuntimeError:", str(e).splitlines()[0])
+        print("RuntimeError:", str(e).splitlines()[0], flush=True)
+print("done", file=sys.stderr, flush=True)
 """
 
 
 @needs_cuda
 def test_the_kernels_refuse_what_they_do_not_take_with_an_error():
     """The extension's own checks raise RuntimeError and the process goes on: 17 rows, a float32 x. Run in a
-    child process: on the H200 machine a TORCH_CHECK failing in an extension killed the process (bind_errors.cuh)."""
+    child process: on the H200 machine a failed check of an extension killed the process (csrc/host_status.h)."""
     import os
     import subprocess
     import sys
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    run = subprocess.run([sys.executable, "-c", REFUSALS], cwd=root, env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert run.returncode == 0, f"the refusals killed the process (rc {run.returncode}): {run.stderr[-2000:]}"
+    run = subprocess.run([sys.executable, "-X", "faulthandler", "-c", REFUSALS], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=600)
+    trace = run.stderr.split("\nExtension modules:")[0][-3000:]  # faulthandler's traceback, not its module list
+    assert run.returncode == 0, f"the refusals killed the process (rc {run.returncode}): {trace}"
     lines = run.stdout.splitlines()
     assert len(lines) == 2 and "B <= 16" in lines[0] and "fp16 or bf16" in lines[1], run.stdout
 

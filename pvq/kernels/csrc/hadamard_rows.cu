@@ -18,7 +18,7 @@
 #include <torch/extension.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
-#include "bind_errors.cuh"
+#include "host_api.h"
 #endif
 
 namespace {
@@ -163,14 +163,17 @@ __global__ void hadamard_dense_kernel(const T* __restrict__ x, T* __restrict__ o
 }  // namespace
 
 #ifndef PVQ_KERNEL_ONLY
+namespace pvq {
+
 // out [B, p] (x's dtype) = the transform of each row of x [B, p]; signs float32 [p].
-torch::Tensor hadamard_rows(torch::Tensor x, torch::Tensor signs, int64_t log2p, double scale, bool inverse) {
+Status hadamard_rows(torch::Tensor& out, torch::Tensor x, torch::Tensor signs, int64_t log2p, double scale,
+                     bool inverse) {
   PVQ_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous(), "x must be [B, p] contiguous on CUDA");
   PVQ_CHECK(log2p >= 4 && log2p <= 14 && x.size(1) == (1LL << log2p), "rows of p = 2^log2p, 16 <= p <= 16384");
   PVQ_CHECK(signs.scalar_type() == torch::kFloat32 && signs.numel() == x.size(1), "signs float32 [p]");
   const c10::cuda::CUDAGuard guard(x.device());
-  auto out = torch::empty_like(x);
-  if (x.size(0) == 0) return out;
+  out = torch::empty_like(x);
+  if (x.size(0) == 0) return {};
   const int p = static_cast<int>(x.size(1));
   const int threads = p / 16;
   const size_t smem = sizeof(float) * (p + p / 32);
@@ -186,13 +189,13 @@ torch::Tensor hadamard_rows(torch::Tensor x, torch::Tensor signs, int64_t log2p,
     PVQ_LAUNCH_CHECK();                                                                                           \
   } while (0)
   PVQ_BY_DTYPE(x, PVQ_HADAMARD);
-  return out;
+  return {};
 }
 
 // out [B, h p] (x's dtype) = the transform of each row of x with the dense factor G float32 [h, h] (F for the
 // forward, F^T for the inverse); signs float32 [h p]; scale = 1 / sqrt(p).
-torch::Tensor hadamard_dense_rows(torch::Tensor x, torch::Tensor signs, torch::Tensor factor, int64_t log2p,
-                                  double scale, bool inverse) {
+Status hadamard_dense_rows(torch::Tensor& out, torch::Tensor x, torch::Tensor signs, torch::Tensor factor,
+                           int64_t log2p, double scale, bool inverse) {
   PVQ_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous(), "x must be [B, n] contiguous on CUDA");
   PVQ_CHECK(factor.scalar_type() == torch::kFloat32 && factor.dim() == 2 && factor.size(0) == factor.size(1) &&
             factor.is_contiguous(), "factor float32 [h, h]");
@@ -201,8 +204,8 @@ torch::Tensor hadamard_dense_rows(torch::Tensor x, torch::Tensor signs, torch::T
             "rows of n = h 2^log2p, 2^log2p <= 16384");
   PVQ_CHECK(signs.scalar_type() == torch::kFloat32 && signs.numel() == x.size(1), "signs float32 [n]");
   const c10::cuda::CUDAGuard guard(x.device());
-  auto out = torch::empty_like(x);
-  if (x.size(0) == 0) return out;
+  out = torch::empty_like(x);
+  if (x.size(0) == 0) return {};
   const int p = 1 << log2p;
   // a warp's worth of outputs a block (p < 32: several outer rows), each sum cut into up to 8 runs of at least
   // 16 multiply-adds, so 11008 = 344 x 32 runs as 344 blocks of 256 threads of 43 multiply-adds each
@@ -226,12 +229,8 @@ torch::Tensor hadamard_dense_rows(torch::Tensor x, torch::Tensor signs, torch::T
     PVQ_LAUNCH_CHECK();                                                                                           \
   } while (0)
   PVQ_BY_DTYPE(x, PVQ_HADAMARD_DENSE);
-  return out;
+  return {};
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("hadamard_rows", &hadamard_rows, "randomized Hadamard of rows");
-  m.def("hadamard_dense_rows", &hadamard_dense_rows,
-        "randomized Hadamard with a dense factor, of rows");
-}
+}  // namespace pvq
 #endif

@@ -24,7 +24,7 @@
 #include <torch/extension.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
-#include "bind_errors.cuh"
+#include "host_api.h"
 #endif
 
 namespace {
@@ -244,9 +244,11 @@ PVQ_INSTANTIATE(float, 2, 3, 1, 1)
 
 // y [B, out] (x's dtype) = x [B, in] @ Q'^T for B = 1 (any dtype), 2 to 4 rows of 16-bit inputs of at most
 // 16384, 5 to 8 of at most 8192 (the limits pvq/kernels/cuda_leaf.py routes by).
-torch::Tensor leaf8_gemv(torch::Tensor words, int64_t row_words, torch::Tensor scales, torch::Tensor levels,
-                         torch::Tensor leaves, torch::Tensor inv_norms, torch::Tensor x, int64_t out_features,
-                         int64_t field_bits, int64_t leaf_bits, int64_t group) {
+namespace pvq {
+
+Status leaf8_gemv(torch::Tensor& y, torch::Tensor words, int64_t row_words, torch::Tensor scales,
+                  torch::Tensor levels, torch::Tensor leaves, torch::Tensor inv_norms, torch::Tensor x,
+                  int64_t out_features, int64_t field_bits, int64_t leaf_bits, int64_t group) {
   PVQ_CHECK(x.is_cuda() && x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= kMaxRows && x.is_contiguous(),
             "x must be [B <= ", kMaxRows, ", in] contiguous on CUDA");
   const int batch = static_cast<int>(x.size(0));
@@ -261,7 +263,7 @@ torch::Tensor leaf8_gemv(torch::Tensor words, int64_t row_words, torch::Tensor s
   PVQ_CHECK(row_words * 32 >= static_cast<int64_t>(vpr) * field_bits &&
             words.numel() == out_features * row_words + 1, "words: [out * row_words + 1]");
   const c10::cuda::CUDAGuard guard(x.device());
-  auto y = torch::empty({batch, out_features}, x.options());
+  y = torch::empty({batch, out_features}, x.options());
   const int n_leaves = static_cast<int>(leaves.numel());
   const int n_norms = static_cast<int>(inv_norms.numel());
   const int L = static_cast<int>(levels.numel());
@@ -321,10 +323,8 @@ torch::Tensor leaf8_gemv(torch::Tensor words, int64_t row_words, torch::Tensor s
     default: PVQ_CHECK(false, "gain levels L must be 2, 4, 8 or 16, got ", L);                                 \
   }
   PVQ_BY_DTYPE(x, PVQ_BY_LEVELS);
-  return y;
+  return {};
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("leaf8_gemv", &leaf8_gemv, "leaf-pair PVQ product of 1 to 8 rows, D = 8");
-}
+}  // namespace pvq
 #endif

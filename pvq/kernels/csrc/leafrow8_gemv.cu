@@ -33,7 +33,7 @@
 #include <torch/extension.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
-#include "bind_errors.cuh"
+#include "host_api.h"
 #endif
 
 namespace {
@@ -547,6 +547,7 @@ PVQ_INSTANTIATE_MMA(__half, 1, 22, 8, kSharedChunks)
 }  // namespace
 
 #ifndef PVQ_KERNEL_ONLY
+namespace pvq {
 
 // What both products check and derive from their arguments (x made 16-byte aligned: the kernels read it in 16-byte
 // words; the grid: one block an SM, each over a contiguous range of row groups).
@@ -556,14 +557,13 @@ struct RowsLaunch {
   const cudaDeviceProp* props;
 };
 
-RowsLaunch rows_launch(const torch::Tensor& words, const torch::Tensor& scales, const torch::Tensor& levels,
-                       const torch::Tensor& leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
-                       int64_t gain_bits, int max_rows) {
+Status rows_launch(RowsLaunch& l, const torch::Tensor& words, const torch::Tensor& scales, const torch::Tensor& levels,
+                   const torch::Tensor& leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
+                   int64_t gain_bits, int max_rows) {
   PVQ_CHECK(x.is_cuda() && x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= max_rows && x.is_contiguous() &&
             x.scalar_type() != torch::kFloat32, "x must be [B <= ", max_rows, ", in] fp16 or bf16, contiguous on CUDA");
   if (reinterpret_cast<uintptr_t>(x.data_ptr()) % 16) x = x.clone();
   PVQ_CHECK(x.size(1) % (8 * kStep) == 0, "in_features must be a multiple of 128");
-  RowsLaunch l;
   l.x = x;
   l.batch = static_cast<int>(x.size(0));
   l.steps = static_cast<int>(x.size(1) / (8 * kStep));
@@ -575,7 +575,7 @@ RowsLaunch rows_launch(const torch::Tensor& words, const torch::Tensor& scales, 
   l.props = at::cuda::getCurrentDeviceProperties();
   l.grid = std::max(1, std::min(l.props->multiProcessorCount, l.row_groups));
   l.groups_per_block = ceil_div(l.row_groups, l.grid);
-  return l;
+  return {};
 }
 
 template <typename T>
@@ -585,17 +585,16 @@ struct Tag {
 template <int V>
 using Int = std::integral_constant<int, V>;
 
-// fn(Tag<T>, Tag<TL>, Int<LG>, Int<F>) for x's dtype (T the device type, TL torch's) and the field format, over the
-// instances the kernels are built for; false where the format has none
+// fn(Tag<T>, Tag<TL>, Int<LG>, Int<F>) -> Status for x's dtype (T the device type, TL torch's) and the field format,
+// over the instances the kernels are built for; a failed status where the format has none
 template <typename Fn>
-bool by_dtype_and_fields(const torch::Tensor& x, int64_t field_bits, int64_t gain_bits, Fn&& fn) {
-  auto fields = [&](auto t, auto tl) {
-    if (gain_bits == 2 && field_bits == 30) fn(t, tl, Int<2>{}, Int<30>{});
-    else if (gain_bits == 1 && field_bits == 22) fn(t, tl, Int<1>{}, Int<22>{});
-    else if (gain_bits == 1 && field_bits == 26) fn(t, tl, Int<1>{}, Int<26>{});
-    else if (gain_bits == 1 && field_bits == 18) fn(t, tl, Int<1>{}, Int<18>{});
-    else return false;
-    return true;
+Status by_dtype_and_fields(const torch::Tensor& x, int64_t field_bits, int64_t gain_bits, Fn&& fn) {
+  auto fields = [&](auto t, auto tl) -> Status {
+    if (gain_bits == 2 && field_bits == 30) return fn(t, tl, Int<2>{}, Int<30>{});
+    if (gain_bits == 1 && field_bits == 22) return fn(t, tl, Int<1>{}, Int<22>{});
+    if (gain_bits == 1 && field_bits == 26) return fn(t, tl, Int<1>{}, Int<26>{});
+    if (gain_bits == 1 && field_bits == 18) return fn(t, tl, Int<1>{}, Int<18>{});
+    return message("no instance for fields of ", field_bits, " bits with ", gain_bits, " gain bits");
   };
   if (x.scalar_type() == torch::kHalf) return fields(Tag<__half>{}, Tag<at::Half>{});
   PVQ_CHECK(x.scalar_type() == torch::kBFloat16, "x must be float16 or bfloat16");
@@ -604,7 +603,7 @@ bool by_dtype_and_fields(const torch::Tensor& x, int64_t field_bits, int64_t gai
 
 // kern<<<grid, 1024, smem>>>(codes, x, y, shapes..., extra...) with the dynamic shared memory it asks for
 template <typename T, typename TL, typename Kernel, typename... Extra>
-void launch_rows(Kernel kern, const RowsLaunch& l, size_t smem, const torch::Tensor& words, const torch::Tensor& scales,
+Status launch_rows(Kernel kern, const RowsLaunch& l, size_t smem, const torch::Tensor& words, const torch::Tensor& scales,
                  const torch::Tensor& levels, const torch::Tensor& leaves, torch::Tensor& y, int64_t out_features,
                  Extra... extra) {
   PVQ_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
@@ -615,17 +614,20 @@ void launch_rows(Kernel kern, const RowsLaunch& l, size_t smem, const torch::Ten
       reinterpret_cast<T*>(y.data_ptr<TL>()), static_cast<int>(out_features), l.steps, l.row_groups,
       l.groups_per_block, l.batch, extra...);
   PVQ_LAUNCH_CHECK();
+  return {};
 }
 
 // y [B, out] (x's dtype) = x [B, in] @ Q'^T for 1, 2 to 4 or 5 to 8 rows of fp16 / bf16 (in launches of 1, 4 or 8
 // rows: pvq/kernels/cuda_leaf.py routes by the shared-memory sizes).
-torch::Tensor leafrow8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tensor levels, torch::Tensor leaves,
-                            torch::Tensor x, int64_t out_features, int64_t field_bits, int64_t gain_bits) {
+Status leafrow8_gemv(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
+                     torch::Tensor leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
+                     int64_t gain_bits) {
   PVQ_CHECK(x.is_cuda(), "x must be on CUDA");
   const c10::cuda::CUDAGuard guard(x.device());  // before the device's properties are read
-  const RowsLaunch l = rows_launch(words, scales, levels, leaves, x, out_features, field_bits, gain_bits, 8);
+  RowsLaunch l;
+  PVQ_TRY(rows_launch(l, words, scales, levels, leaves, x, out_features, field_bits, gain_bits, 8));
   const int rows_b = l.batch == 1 ? 1 : (l.batch > 4 ? 8 : 4);
-  auto y = torch::empty({l.batch, out_features}, l.x.options());
+  y = torch::empty({l.batch, out_features}, l.x.options());
   // partial sums: one row, (kRows + 1) a warp, two buffers where they fit; several rows, kRows B a warp, one
   const size_t part_bytes = sizeof(float) * static_cast<size_t>(kWarps) * (rows_b == 1 ? kRows + 1 : kRows * rows_b);
   const size_t base = sizeof(uint4) * static_cast<size_t>(l.steps) * kStep * rows_b + 4 * ((l.n_leaves + 3) & ~3) +
@@ -633,31 +635,31 @@ torch::Tensor leafrow8_gemv(torch::Tensor words, torch::Tensor scales, torch::Te
   const int part_buffers =
       rows_b == 1 && l.groups_per_block > 1 && base + 2 * part_bytes <= l.props->sharedMemPerBlockOptin ? 2 : 1;
   const size_t smem = base + part_buffers * part_bytes;
-  const bool launched = by_dtype_and_fields(l.x, field_bits, gain_bits, [&](auto t, auto tl, auto lg, auto ff) {
+  return by_dtype_and_fields(l.x, field_bits, gain_bits, [&](auto t, auto tl, auto lg, auto ff) -> Status {
     using T = typename decltype(t)::type;
     using TL = typename decltype(tl)::type;
     auto go = [&](auto bb) {
-      launch_rows<T, TL>(leafrow8_gemv_kernel<T, decltype(lg)::value, decltype(ff)::value, decltype(bb)::value>, l,
-                         smem, words, scales, levels, leaves, y, out_features, part_buffers);
+      return launch_rows<T, TL>(
+          leafrow8_gemv_kernel<T, decltype(lg)::value, decltype(ff)::value, decltype(bb)::value>, l, smem, words,
+          scales, levels, leaves, y, out_features, part_buffers);
     };
-    if (rows_b == 1) go(Int<1>{});
-    else if (rows_b == 4) go(Int<4>{});
-    else go(Int<8>{});
+    if (rows_b == 1) return go(Int<1>{});
+    if (rows_b == 4) return go(Int<4>{});
+    return go(Int<8>{});
   });
-  PVQ_CHECK(launched, "no instance for fields of ", field_bits, " bits with ", gain_bits, " gain bits");
-  return y;
 }
 
 // y [B, out] = x [B <= 16, in] @ Q'^T on tensor cores (leafrow8_mma_kernel), one launch: x read from global memory
 // where x_from_global, else staged in shared memory (in chunks of steps where all of it does not fit; the caller
 // splits rows whose 32 steps do not fit: pvq/kernels/cuda_leaf.py, which also chooses x's source)
-torch::Tensor leafrow8_gemv_mma(torch::Tensor words, torch::Tensor scales, torch::Tensor levels, torch::Tensor leaves,
-                                torch::Tensor x, int64_t out_features, int64_t field_bits, int64_t gain_bits,
-                                bool x_from_global) {
+Status leafrow8_gemv_mma(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
+                         torch::Tensor leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
+                         int64_t gain_bits, bool x_from_global) {
   PVQ_CHECK(x.is_cuda(), "x must be on CUDA");
   const c10::cuda::CUDAGuard guard(x.device());  // before the device's properties are read
-  const RowsLaunch l = rows_launch(words, scales, levels, leaves, x, out_features, field_bits, gain_bits, 16);
-  auto y = torch::empty({l.batch, out_features}, l.x.options());
+  RowsLaunch l;
+  PVQ_TRY(rows_launch(l, words, scales, levels, leaves, x, out_features, field_bits, gain_bits, 16));
+  y = torch::empty({l.batch, out_features}, l.x.options());
   // x / 16 in shared memory: all of it where it fits beside the stages and the leaves, else the most steps
   // (a multiple of 32: each warp keeps its steps) that fit, copied a chunk at a time
   const size_t fixed = kStageBytes + 4 * ((l.n_leaves + 3) & ~3) + sizeof(float) * 16;
@@ -668,37 +670,33 @@ torch::Tensor leafrow8_gemv_mma(torch::Tensor words, torch::Tensor scales, torch
   PVQ_CHECK(x_steps > 0, "x / 16 of 32 steps of ", l.batch, " rows (", step_bytes * kWarps,
             " bytes) does not fit shared memory beside the leaves: take fewer rows a launch");
   const size_t smem = fixed + (x_from_global ? 0 : step_bytes * x_steps);
-  const bool launched = by_dtype_and_fields(l.x, field_bits, gain_bits, [&](auto t, auto tl, auto lg, auto ff) {
+  return by_dtype_and_fields(l.x, field_bits, gain_bits, [&](auto t, auto tl, auto lg, auto ff) -> Status {
     using T = typename decltype(t)::type;
     using TL = typename decltype(tl)::type;
     auto go = [&](auto bb, auto xf) {
-      launch_rows<T, TL>(leafrow8_mma_kernel<T, decltype(lg)::value, decltype(ff)::value, decltype(bb)::value,
-                                             decltype(xf)::value>,
-                         l, smem, words, scales, levels, leaves, y, out_features, x_steps);
+      return launch_rows<T, TL>(leafrow8_mma_kernel<T, decltype(lg)::value, decltype(ff)::value,
+                                                    decltype(bb)::value, decltype(xf)::value>,
+                                l, smem, words, scales, levels, leaves, y, out_features, x_steps);
     };
     using XK = std::integral_constant<XFrom, XFrom::kGlobal>;
     using XC = std::integral_constant<XFrom, XFrom::kSharedChunks>;
     using XS = std::integral_constant<XFrom, XFrom::kShared>;
-    if (x_from_global && l.batch <= 8) go(Int<8>{}, XK{});
-    else if (x_from_global) go(Int<16>{}, XK{});
-    else if (l.batch <= 8) go(Int<8>{}, XC{});
-    else if (x_steps < l.steps) go(Int<16>{}, XC{});
-    else go(Int<16>{}, XS{});
+    if (x_from_global) return l.batch <= 8 ? go(Int<8>{}, XK{}) : go(Int<16>{}, XK{});
+    if (l.batch <= 8) return go(Int<8>{}, XC{});
+    return x_steps < l.steps ? go(Int<16>{}, XC{}) : go(Int<16>{}, XS{});
   });
-  PVQ_CHECK(launched, "no instance for fields of ", field_bits, " bits with ", gain_bits, " gain bits");
-  return y;
 }
 
 // Q' [out, in] of the layout into ``out`` (float32, fp16 or bf16; the reference's operations)
-void leafrow8_decode(torch::Tensor words, torch::Tensor scales, torch::Tensor levels, torch::Tensor leaves,
-                     torch::Tensor inv_norms, int64_t out_features, int64_t in_features, int64_t field_bits,
-                     int64_t leaf_bits, int64_t gain_bits, torch::Tensor out) {
+Status leafrow8_decode(torch::Tensor words, torch::Tensor scales, torch::Tensor levels, torch::Tensor leaves,
+                       torch::Tensor inv_norms, int64_t out_features, int64_t in_features, int64_t field_bits,
+                       int64_t leaf_bits, int64_t gain_bits, torch::Tensor out) {
   PVQ_CHECK(words.is_cuda() && in_features % (8 * kStep) == 0, "words on CUDA; in_features a multiple of 128");
   PVQ_CHECK(out.is_cuda() && out.is_contiguous() && out.numel() == out_features * in_features &&
             reinterpret_cast<uintptr_t>(out.data_ptr()) % 16 == 0, "out: [out, in] contiguous, 16-byte aligned");
   const c10::cuda::CUDAGuard guard(words.device());
   const long long n = out_features * in_features / 8;
-  if (n == 0) return;
+  if (n == 0) return {};
 #define PVQ_DECODE(OT, TL)                                                                                        \
   leafrow8_decode_kernel<OT><<<static_cast<unsigned>((n + 255) / 256), 256, 0, at::cuda::getCurrentCUDAStream()>>>( \
       reinterpret_cast<const unsigned*>(words.data_ptr<int32_t>()),                                              \
@@ -708,14 +706,8 @@ void leafrow8_decode(torch::Tensor words, torch::Tensor scales, torch::Tensor le
       static_cast<int>(leaf_bits), static_cast<int>(gain_bits))
   PVQ_BY_DTYPE(out, PVQ_DECODE);
   PVQ_LAUNCH_CHECK();
+  return {};
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("leafrow8_gemv", &leafrow8_gemv,
-        "row-interleaved leaf-pair PVQ product of 1 to 8 rows, D = 8");
-  m.def("leafrow8_gemv_mma", &leafrow8_gemv_mma,
-        "the same product of 1 to 16 rows on tensor cores (mma.sync)");
-  m.def("leafrow8_decode", &leafrow8_decode,
-        "row-interleaved leaf-pair PVQ layer decoded into out (float32, fp16 or bf16), D = 8");
-}
+}  // namespace pvq
 #endif

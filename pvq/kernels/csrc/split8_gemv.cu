@@ -35,7 +35,7 @@
 #include <torch/extension.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
-#include "bind_errors.cuh"
+#include "host_api.h"
 #endif
 
 namespace {
@@ -358,9 +358,11 @@ PVQ_INSTANTIATE(float, 16, 3, 1, 1)
 // y [B, out] (x's dtype, rounded once from the float32 sums) = x [B, in] @ Q'^T, B = 1, or 2 to 4 rows of
 // 16-bit inputs of at most 16384, or 5 to 8 of at most 8192 (decoded once, multiplied by each row; the
 // limits pvq/kernels/cuda_split.py routes by). Tables as in the header comment; all tensors on one device.
-torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tensor levels, torch::Tensor buckets,
-                          torch::Tensor pair, torch::Tensor leaves, torch::Tensor inv_norms, torch::Tensor x,
-                          int64_t out_features, int64_t code_bits, int64_t K, int64_t group, int64_t shift) {
+namespace pvq {
+
+Status split8_gemv(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
+                   torch::Tensor buckets, torch::Tensor pair, torch::Tensor leaves, torch::Tensor inv_norms,
+                   torch::Tensor x, int64_t out_features, int64_t code_bits, int64_t K, int64_t group, int64_t shift) {
   PVQ_CHECK(x.is_cuda() && x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= kMaxRows && x.is_contiguous(),
             "x must be [B <= ", kMaxRows, ", in] contiguous on CUDA");
   const int batch = static_cast<int>(x.size(0));
@@ -376,7 +378,7 @@ torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tens
   PVQ_CHECK(vpr % group == 0, "vectors per row must be a multiple of the group size");
   PVQ_CHECK(vpr <= 32 * 32 * 4, "in_features above 32768 are not taken by this kernel, got ", x.size(1));
   const c10::cuda::CUDAGuard guard(x.device());
-  auto y = torch::empty({batch, out_features}, x.options());
+  y = torch::empty({batch, out_features}, x.options());
   const int n_leaves = static_cast<int>(leaves.numel());
   const int n_buckets = static_cast<int>(buckets.numel());
   const int n_norms = static_cast<int>(inv_norms.numel());
@@ -439,10 +441,8 @@ torch::Tensor split8_gemv(torch::Tensor words, torch::Tensor scales, torch::Tens
     default: PVQ_CHECK(false, "gain levels L must be 2, 4, 8 or 16, got ", L);                                 \
   }
   PVQ_BY_DTYPE(x, PVQ_BY_LEVELS);
-  return y;
+  return {};
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("split8_gemv", &split8_gemv, "split PVQ product of 1 to 8 rows, D = 8");
-}
+}  // namespace pvq
 #endif

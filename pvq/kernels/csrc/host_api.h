@@ -1,0 +1,40 @@
+// The host entry points of the CUDA extensions (defined in the .cu files, bound in the *_bind.cpp files): each
+// writes its result into an argument (the first; the decode: out) and returns a pvq::Status (host_status.h), never
+// throwing.
+#pragma once
+#include <torch/types.h>
+#include "host_status.h"
+
+namespace pvq {
+
+// hadamard_rows.cu: out [B, p] (x's dtype) = the transform of each row of x [B, p]; signs float32 [p]
+Status hadamard_rows(torch::Tensor& out, torch::Tensor x, torch::Tensor signs, int64_t log2p, double scale,
+                     bool inverse);
+// ... out [B, h p] with the dense factor float32 [h, h]; signs float32 [h p]; scale = 1 / sqrt(p)
+Status hadamard_dense_rows(torch::Tensor& out, torch::Tensor x, torch::Tensor signs, torch::Tensor factor,
+                           int64_t log2p, double scale, bool inverse);
+
+// split8_gemv.cu: y [B, out] = x [B <= 8, in] @ Q'^T of a split-order D = 8 layer
+Status split8_gemv(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
+                   torch::Tensor buckets, torch::Tensor pair, torch::Tensor leaves, torch::Tensor inv_norms,
+                   torch::Tensor x, int64_t out_features, int64_t code_bits, int64_t K, int64_t group, int64_t shift);
+
+// leaf8_gemv.cu: y [B, out] = x [B <= 8, in] @ Q'^T of a leaf-pair D = 8 layer
+Status leaf8_gemv(torch::Tensor& y, torch::Tensor words, int64_t row_words, torch::Tensor scales,
+                  torch::Tensor levels, torch::Tensor leaves, torch::Tensor inv_norms, torch::Tensor x,
+                  int64_t out_features, int64_t field_bits, int64_t leaf_bits, int64_t group);
+
+// leafrow8_gemv.cu: y [B, out] = x [B, in] @ Q'^T of a row-interleaved leaf-pair D = 8 layer, 1 to 8 rows by
+// multiply-adds, 1 to 16 on tensor cores (x read from global memory or staged in shared memory); the whole-layer
+// decode into out [out, in]
+Status leafrow8_gemv(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
+                     torch::Tensor leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
+                     int64_t gain_bits);
+Status leafrow8_gemv_mma(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
+                         torch::Tensor leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
+                         int64_t gain_bits, bool x_from_global);
+Status leafrow8_decode(torch::Tensor words, torch::Tensor scales, torch::Tensor levels, torch::Tensor leaves,
+                       torch::Tensor inv_norms, int64_t out_features, int64_t in_features, int64_t field_bits,
+                       int64_t leaf_bits, int64_t gain_bits, torch::Tensor out);
+
+}  // namespace pvq

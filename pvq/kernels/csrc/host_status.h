@@ -1,0 +1,46 @@
+// How the extensions' host code reports a failed check: as a value. The host functions of the .cu files return a
+// pvq::Status (empty: done; else the message that says what to change) and never throw; the bindings
+// (*_bind.cpp, built by the C++ compiler; bind_status.h) raise a failed one as RuntimeError.
+//
+// Why: on the H200 machine (torch 2.11 + CUDA 13, pybind11 3.1, gcc 13) a failed check of an extension killed the
+// process with a segmentation fault: a TORCH_CHECK (c10::Error) thrown in a .cu or a .cpp (session 14, load_inline
+// probes), and a std::runtime_error thrown in a .cu (session 14) or in a .cpp bound by a plain pybind11 m.def
+// (session 15; tests/kernels/test_leaf_rows.py, the refusals). The one form seen to arrive as RuntimeError: a
+// std::runtime_error thrown in a function bound through torch::wrap_pybind_function (session 14, load_inline's
+// bindings), which converts it to a Python error inside the call. bind_status.h binds that way (compiled; not yet
+// run on a GPU at the end of session 15).
+#pragma once
+#include <sstream>
+#include <string>
+
+namespace pvq {
+
+using Status = std::string;  // empty: done
+
+template <typename... A>
+std::string message(const A&... parts) {
+  std::ostringstream out;
+  (out << ... << parts);
+  return out.str();
+}
+
+}  // namespace pvq
+
+// In a function returning pvq::Status: return the message where cond is false
+#define PVQ_CHECK(cond, ...)                                                                         \
+  do {                                                                                               \
+    if (!(cond)) return pvq::message(__VA_ARGS__);                                                   \
+  } while (0)
+// ... where a CUDA runtime call failed (.cu files)
+#define PVQ_CUDA_CHECK(expr)                                                                         \
+  do {                                                                                               \
+    const cudaError_t pvq_err_ = (expr);                                                             \
+    if (pvq_err_ != cudaSuccess) return pvq::message("CUDA error: ", cudaGetErrorString(pvq_err_));  \
+  } while (0)
+#define PVQ_LAUNCH_CHECK() PVQ_CUDA_CHECK(cudaGetLastError())
+// ... where a call returning pvq::Status failed
+#define PVQ_TRY(expr)                                                                                \
+  do {                                                                                               \
+    pvq::Status pvq_status_ = (expr);                                                                \
+    if (!pvq_status_.empty()) return pvq_status_;                                                    \
+  } while (0)
