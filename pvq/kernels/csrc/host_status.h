@@ -7,8 +7,9 @@
 // probes), and a std::runtime_error thrown in a .cu (session 14) or in a .cpp bound by a plain pybind11 m.def
 // (session 15; tests/kernels/test_leaf_rows.py, the refusals). The one form seen to arrive as RuntimeError: a
 // std::runtime_error thrown in a function bound through torch::wrap_pybind_function (session 14, load_inline's
-// bindings), which converts it to a Python error inside the call. bind_status.h binds that way (compiled; not yet
-// run on a GPU at the end of session 15).
+// bindings), which converts it to a Python error inside the call, so pybind11's dispatcher never walks its list of
+// registered exception translators (shared with torch's own modules; a crash in that walk is the failure of
+// pybind/pybind11#286). bind_status.h binds that way (compiled; not yet run on a GPU at the end of session 15).
 #pragma once
 #include <sstream>
 #include <string>
