@@ -69,6 +69,14 @@ struct Fields {
     wa = *reinterpret_cast<const unsigned*>(s_leaf + a_byte(f));
     wb = *reinterpret_cast<const unsigned*>(s_leaf + b_byte(f));
   }
+  // ... from the spread table (stage_spread_leaves: leaf i at bytes 128 i + 4 l for lane l), s_lane = s_leaf + 4 lane
+  static constexpr unsigned kMask128 = ((1u << A) - 1u) << 7;
+  static __device__ __forceinline__ void spread_leaf_words(unsigned f, const char* s_lane, unsigned& wa,
+                                                           unsigned& wb) {
+    static_assert(LG <= 7 && LG + A >= 7, "leaf rows shifted to 128-byte strides");
+    wa = *reinterpret_cast<const unsigned*>(s_lane + ((f << (7 - LG)) & kMask128));
+    wb = *reinterpret_cast<const unsigned*>(s_lane + ((f >> (LG + A - 7)) & kMask128));
+  }
 };
 
 // fn(integral_constant<int, J>) for J = 0, 1, ... (compile-time field positions)
@@ -144,6 +152,16 @@ __device__ __forceinline__ void stage_tables(const int* __restrict__ leaves, int
   for (int i = threadIdx.x; i < L; i += blockDim.x) s_levels[i] = levels[i];
 }
 
+// The leaf table spread over the banks (an experiment, built with -DPVQ_SPREAD_LEAVES; session 15): 32 copies
+// interleaved word by word, leaf i's copy for lane l at word 32 i + l, so that a warp's gather of 32 rows' leaves
+// reads each lane's own bank, one shared-memory wavefront instead of the 2.9 (2 bits) to 3.5 (3 bits) that random
+// leaf indices cost (benchmarks/leaf_bank_conflicts.py). 128 bytes a leaf: 2 bits (681 leaves) take 85 KB.
+__device__ __forceinline__ void stage_spread_leaves(const int* __restrict__ leaves, int n_leaves, char* s_leaf) {
+#pragma unroll 4
+  for (int i = threadIdx.x; i < n_leaves * 32; i += blockDim.x)
+    reinterpret_cast<int*>(s_leaf)[i] = __ldg(leaves + (i >> 5)) ^ 0x80808080;
+}
+
 // The gain levels (2 or 4) in registers, chosen by selects on the ALUs instead of a shared-memory read on the L1
 // pipe the leaf gathers are bound by (session 13: the tensor-core kernel with either, the one-row kernel with 2)
 template <int L>
@@ -164,7 +182,7 @@ struct LevelRegs {
   }
 };
 
-template <typename T, int LG, int F, int B>
+template <typename T, int LG, int F, int B, bool SPREAD = false>
 __global__ void __launch_bounds__(kWarps * 32, 1)
 leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restrict__ scales,
                      const float* __restrict__ levels, const int* __restrict__ leaves, int n_leaves,
@@ -178,12 +196,17 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
   const int vpr = steps * kStep;
   uint4* s_x = smem4;
   char* s_leaf = reinterpret_cast<char*>(s_x + static_cast<size_t>(vpr) * B);
-  float* s_levels = reinterpret_cast<float*>(s_leaf + 4 * ((n_leaves + 3) & ~3));
+  float* s_levels = reinterpret_cast<float*>(s_leaf + (SPREAD ? 128 * n_leaves : 4 * ((n_leaves + 3) & ~3)));
   // one row: [part_buffers][kWarps][kRows + 1] (padded: the readers' stride is odd); several: [kWarps][kRows][B]
   constexpr int kPart = kRows + 1;
   float* s_part = s_levels + 16;
 
-  stage_tables<L>(leaves, n_leaves, levels, s_leaf, s_levels);
+  if constexpr (SPREAD) {
+    stage_spread_leaves(leaves, n_leaves, s_leaf);
+    stage_tables<L>(leaves, 0, levels, s_leaf, s_levels);
+  } else {
+    stage_tables<L>(leaves, n_leaves, levels, s_leaf, s_levels);
+  }
 #pragma unroll 4
   for (int i = threadIdx.x; i < vpr * B; i += blockDim.x) {
     const int v = i / B, r = i % B;
@@ -226,7 +249,8 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
         constexpr int j = decltype(jc)::value;
         const unsigned f = Fd::template field<j>(w);
         unsigned wa, wb;
-        Fd::leaf_words(f, s_leaf, wa, wb);
+        if constexpr (SPREAD) Fd::spread_leaf_words(f, s_leaf + 4 * lane, wa, wb);
+        else Fd::leaf_words(f, s_leaf, wa, wb);
         const float level = level_of(f);
         __half2 a01, a23, b01, b23;
         const float mult = level * leaf_pair(wa, wb, a01, a23, b01, b23);
@@ -534,6 +558,10 @@ PVQ_INSTANTIATE(__half, 1, 22, 1)
 PVQ_INSTANTIATE(__half, 2, 30, 4)
 PVQ_INSTANTIATE(__half, 2, 30, 8)
 PVQ_INSTANTIATE(__nv_bfloat16, 2, 30, 1)
+#ifdef PVQ_SPREAD_LEAVES
+template __global__ void leafrow8_gemv_kernel<__half, 1, 22, 1, true>(const unsigned*, const __half*, const float*,
+    const int*, int, const __half*, __half*, int, int, int, int, int, int);
+#endif
 #define PVQ_INSTANTIATE_MMA(T, LG, F, BM, X) template __global__ void leafrow8_mma_kernel<T, LG, F, BM, XFrom::X>( \
     const unsigned*, const __half*, const float*, const int*, int, const T*, T*, int, int, int, int, int, int);
 PVQ_INSTANTIATE_MMA(__half, 2, 30, 8, kSharedChunks)
@@ -630,22 +658,31 @@ Status leafrow8_gemv(torch::Tensor& y, torch::Tensor words, torch::Tensor scales
   y = torch::empty({l.batch, out_features}, l.x.options());
   // partial sums: one row, (kRows + 1) a warp, two buffers where they fit; several rows, kRows B a warp, one
   const size_t part_bytes = sizeof(float) * static_cast<size_t>(kWarps) * (rows_b == 1 ? kRows + 1 : kRows * rows_b);
-  const size_t base = sizeof(uint4) * static_cast<size_t>(l.steps) * kStep * rows_b + 4 * ((l.n_leaves + 3) & ~3) +
-                      sizeof(float) * 16;
-  const int part_buffers =
-      rows_b == 1 && l.groups_per_block > 1 && base + 2 * part_bytes <= l.props->sharedMemPerBlockOptin ? 2 : 1;
+  const size_t x_bytes = sizeof(uint4) * static_cast<size_t>(l.steps) * kStep * rows_b + sizeof(float) * 16;
+  const size_t optin = l.props->sharedMemPerBlockOptin;
+#ifdef PVQ_SPREAD_LEAVES
+  // (the experiment: one row through the spread table where it fits beside x and two partial-sum buffers)
+  const bool spread = rows_b == 1 && x_bytes + 128 * static_cast<size_t>(l.n_leaves) + 2 * part_bytes <= optin;
+#else
+  constexpr bool spread = false;
+#endif
+  const size_t base = x_bytes + (spread ? 128 * static_cast<size_t>(l.n_leaves) : 4 * ((l.n_leaves + 3) & ~3));
+  const int part_buffers = rows_b == 1 && l.groups_per_block > 1 && base + 2 * part_bytes <= optin ? 2 : 1;
   const size_t smem = base + part_buffers * part_bytes;
   return by_dtype_and_fields(l.x, field_bits, gain_bits, [&](auto t, auto tl, auto lg, auto ff) -> Status {
     using T = typename decltype(t)::type;
     using TL = typename decltype(tl)::type;
-    auto go = [&](auto bb) {
+    auto go = [&](auto bb, auto sp) {
       return launch_rows<T, TL>(
-          leafrow8_gemv_kernel<T, decltype(lg)::value, decltype(ff)::value, decltype(bb)::value>, l, smem, words,
-          scales, levels, leaves, y, out_features, part_buffers);
+          leafrow8_gemv_kernel<T, decltype(lg)::value, decltype(ff)::value, decltype(bb)::value, decltype(sp)::value>,
+          l, smem, words, scales, levels, leaves, y, out_features, part_buffers);
     };
-    if (rows_b == 1) return go(Int<1>{});
-    if (rows_b == 4) return go(Int<4>{});
-    return go(Int<8>{});
+#ifdef PVQ_SPREAD_LEAVES
+    if (spread) return go(Int<1>{}, std::true_type{});
+#endif
+    if (rows_b == 1) return go(Int<1>{}, std::false_type{});
+    if (rows_b == 4) return go(Int<4>{}, std::false_type{});
+    return go(Int<8>{}, std::false_type{});
   });
 }
 
