@@ -8,7 +8,7 @@ group) costs as many shared-memory wavefronts as the most distinct words any of 
 its leaf index mod 32; lanes reading the same word share it). Printed per rate: the mean wavefronts of the a and
 b gathers, of uniform random leaf indices, and of the same codes with the leaves renumbered at load so that the
 most used ones are dealt over the banks (rank r -> bank r mod 32), with the share of gathers the 32 most used
-leaves serve. Session 15: 3.46 wavefronts a gather at 3 bits, as uniform random indices; renumbering changes
+leaves serve, and the a gather with 2, 4, 8 or 32 copies of the table (32: each lane reads its own bank). Session 15: 3.46 wavefronts a gather at 3 bits, as uniform random indices; renumbering changes
 nothing (the 32 most used leaves serve 4% of the gathers).
 """
 
@@ -39,9 +39,14 @@ def fields(rt) -> torch.Tensor:
     return torch.stack(out, 1)
 
 
-def mean_wavefronts(index: torch.Tensor) -> float:
-    """Mean over gathers (rows of ``index`` [n, 32]: one word index a lane) of the most distinct words in a bank."""
-    bank = index % BANKS
+def mean_wavefronts(index: torch.Tensor, copies: int = 1) -> float:
+    """Mean over gathers (rows of ``index`` [n, 32]: one leaf index a lane) of the most distinct words in a bank,
+    with ``copies`` copies of the table (lanes dealt over them in blocks of 32 / copies, each copy in its own
+    32 / copies banks: leaf i of copy c in bank c 32 / copies + i mod (32 / copies); 32: a bank a lane)."""
+    per = BANKS // copies
+    copy = torch.arange(BANKS).expand_as(index) // per
+    bank = copy * per + index % per
+    index = index * copies + copy  # a word: (leaf, copy)
     worst = torch.zeros(index.shape[0], dtype=torch.int64)
     for b in range(BANKS):
         words = torch.where(bank == b, index, torch.full_like(index, -1)).sort(1).values
@@ -67,7 +72,8 @@ def measure(bits: float, out_f: int, in_f: int, seed: int) -> dict:
     uniform = torch.randint(0, n, ga.shape, generator=torch.Generator().manual_seed(seed))
     return {"bits": bits, "leaves": n, "a": mean_wavefronts(ga), "b": mean_wavefronts(gb),
             "uniform": mean_wavefronts(uniform), "dealt_a": mean_wavefronts(dealt[ga]),
-            "dealt_b": mean_wavefronts(dealt[gb]), "top32": (used[order[:32]].sum() / used.sum()).item()}
+            "dealt_b": mean_wavefronts(dealt[gb]), "top32": (used[order[:32]].sum() / used.sum()).item(),
+            "copies": {c: mean_wavefronts(ga, c) for c in (2, 4, 8, 32)}}
 
 
 def main() -> None:
@@ -77,12 +83,14 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
     out_f, in_f = (int(v) for v in a.shape.split("x"))
-    print("| bits | leaves | a gather | b gather | uniform indices | renumbered a | renumbered b | top-32 share |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| bits | leaves | a gather | b gather | uniform indices | renumbered a | renumbered b | top-32 share | "
+          "a gather, 2 / 4 / 8 / 32 copies |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for bits in (float(b) for b in a.bits.split(",")):
         r = measure(bits, out_f, in_f, a.seed)
         print(f"| {r['bits']:g} | {r['leaves']} | {r['a']:.3f} | {r['b']:.3f} | {r['uniform']:.3f} | "
-              f"{r['dealt_a']:.3f} | {r['dealt_b']:.3f} | {r['top32']:.3f} |", flush=True)
+              f"{r['dealt_a']:.3f} | {r['dealt_b']:.3f} | {r['top32']:.3f} | "
+              f"{' / '.join(f'{v:.3f}' for v in r['copies'].values())} |", flush=True)
 
 
 if __name__ == "__main__":
