@@ -228,3 +228,25 @@ def test_speed_benchmark_refuses_a_malformed_variant_before_building(spec, says)
     run = subprocess.run([sys.executable, "benchmarks/speed_layout_device.py", "--rows-variant", spec], cwd=root,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and says in run.stderr.strip().splitlines()[-1], run.stderr[-500:]
+
+
+def test_bank_conflict_count_of_the_benchmark():
+    """benchmarks/leaf_bank_conflicts.py: a gather costs the most distinct words a bank holds (lanes reading one
+    word share it); a copy of the table a lane puts every lane in its own bank."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks",
+                        "leaf_bank_conflicts.py")
+    spec = importlib.util.spec_from_file_location("leaf_bank_conflicts", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    same_word = torch.full((1, 32), 7)
+    one_bank = torch.arange(32).unsqueeze(0) * 32  # 32 words of bank 0
+    two_per_bank = (torch.arange(32) % 16 + 32 * (torch.arange(32) // 16)).unsqueeze(0)  # banks 0..15, twice
+    assert bench.mean_wavefronts(same_word) == 1.0
+    assert bench.mean_wavefronts(one_bank) == 32.0
+    assert bench.mean_wavefronts(two_per_bank) == 2.0
+    assert bench.mean_wavefronts(torch.cat([same_word, one_bank])) == 16.5
+    assert bench.mean_wavefronts(one_bank, copies=32) == 1.0
+    assert bench.mean_wavefronts(one_bank, copies=2) == 16.0  # each half of the lanes in its own 16 banks
