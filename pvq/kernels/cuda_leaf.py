@@ -206,7 +206,8 @@ def leaf_rows_gemv_cuda(rt: LeafRowsRuntime, x: torch.Tensor, tensor_cores: bool
     if tensor_cores is None:
         tensor_cores = rows >= MMA_MIN_ROWS
     if x_from_global is None:
-        x_from_global = mma_reads_x_from_global(-(-rt.out_features // 32), _multiprocessors(x.device.index or 0))
+        device = x.device.index if x.device.index is not None else torch.cuda.current_device()
+        x_from_global = mma_reads_x_from_global(-(-rt.out_features // 32), _multiprocessors(device))
     mma = tensor_cores and rows > 1 and _mma_launch_rows(rt, x_from_global) > 0
     step = _mma_launch_rows(rt, x_from_global) if mma else _rows_launch_rows(rt)
     ext = _rows_extension() if x.dtype != torch.float32 and step else None
