@@ -1,5 +1,5 @@
-// Pieces of the D = 8 PVQ products (leaf8_gemv.cu): x in registers, int8 leaf words as exact half2 or
-// float, the warp reductions of several rows at once.
+// Pieces of the D = 8 PVQ products (leaf8_gemv.cu, leafrow8_gemv.cu): x in registers, int8 leaf words as exact
+// half2 or float, a leaf pair's coordinates and inverse norm, the warp reductions of several rows at once.
 #pragma once
 #include "dtype.cuh"
 #include <cstring>

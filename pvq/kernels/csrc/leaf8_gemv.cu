@@ -61,6 +61,8 @@ __device__ __forceinline__ void leaf_dots(unsigned f, const __half2 (*xh)[4], fl
                                           float* acc) {
   unsigned wa, wb;
   leaf_words<LG>(f, tb, wa, wb);
+  // (gemv8_common.cuh's leaf_pair computes the same; called here it reschedules 8 of this file's 10 kernel
+  // instances, one with other opcodes: kept as it is until a GPU times the difference; sessions 13 and 15)
   __half2 a01, a23, b01, b23;
   leaf_halves(wa, a01, a23);
   leaf_halves(wb, b01, b23);

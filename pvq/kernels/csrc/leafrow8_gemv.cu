@@ -576,6 +576,7 @@ PVQ_INSTANTIATE_MMA(__half, 1, 22, 8, kSharedChunks)
 
 #ifndef PVQ_KERNEL_ONLY
 namespace pvq {
+namespace {  // the products' shared host steps (entry points below, declared in host_api.h)
 
 // What both products check and derive from their arguments (x made 16-byte aligned: the kernels read it in 16-byte
 // words; the grid: one block an SM, each over a contiguous range of row groups).
@@ -644,6 +645,8 @@ Status launch_rows(Kernel kern, const RowsLaunch& l, size_t smem, const torch::T
   PVQ_LAUNCH_CHECK();
   return {};
 }
+
+}  // namespace
 
 // y [B, out] (x's dtype) = x [B, in] @ Q'^T for 1, 2 to 4 or 5 to 8 rows of fp16 / bf16 (in launches of 1, 4 or 8
 // rows: pvq/kernels/cuda_leaf.py routes by the shared-memory sizes).
