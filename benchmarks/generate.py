@@ -3,9 +3,9 @@ int4 kernel and pvq, every row through one harness (a static KV cache and a CUDA
 :mod:`pvq.eval.decoding`, what ``pvq generate --device cuda`` runs).
 
     python benchmarks/generate.py [--layers 32] [--methods fp16,int4,pvq4,pvq3,pvq2,e8-2] [--batch 1]
-                                  [--new-tokens 64] [--rotation layer|fused|layer,fused] [--eager] [--profile]
+                                  [--new-tokens 64] [--rotation layer|fused|fused:B|layer,fused] [--eager] [--profile]
                                   [--json FILE] [--dense-rotation-max-order N] [--mma-min-rows N]
-    python benchmarks/generate.py --device cpu --layers 2 --hidden 256 --intermediate 688 --vocab 512
+    python benchmarks/generate.py --device cpu --layers 2 --hidden 256 --intermediate 768 --vocab 512
     python benchmarks/generate.py --checkpoint DIR [--backends dense,triton]
 
 A random-initialised Llama of LLaMA-2-7B's shapes (hidden 4096, MLP 11008, 32 heads, vocabulary
@@ -28,7 +28,9 @@ randomized Hadamards). ``--rotation fused``: the plan that folds rotations into 
 (QuaRot-style): only down_proj keeps an online rotation of its input; the folding itself is
 exact and costs nothing at run time, so random weights measure its speed (a LayerRotation with
 its output side None; where a checkout lacks that form, down_proj keeps both sides and the run says
-so). ``--rotation layer,fused``: a row per plan for each pvq method (the codes coded once).
+so). ``--rotation fused:256``: ``fused`` with down_proj's rotation block-diagonal in chunks of 256 inputs
+(``pvq quantize --rotation-block 256``; 11008 = 43 x 256, no dense factor online). ``--rotation
+layer,fused,fused:256``: a row per plan for each pvq method (the codes coded once).
 ``--profile``: after each row, one eager decode step's GPU time by kernel, and the online rotations'
 (Hadamard kernels') share of it.
 
@@ -191,11 +193,14 @@ def coded_shapes(method: str, shapes, dim: int, device) -> dict:
 
 def rotation_seeds(plan: str, name: str, seed: int, one_sided: bool) -> dict | None:
     """The rotation seeds a layer gets under a plan (``layer``: both sides; ``fused``: only down_proj's
-    input side, where LayerRotation takes one side, else both)."""
+    input side, where LayerRotation takes one side, else both; ``fused:B``: that side in chunks of B)."""
     if plan == "layer":
         return {"out_seed": seed, "in_seed": seed + 1}
     if not name.endswith("down_proj"):
         return None
+    plan, _, block = plan.partition(":")
+    if block:
+        return {"out_seed": None, "in_seed": seed + 1, "in_block": int(block)}
     return {"out_seed": None, "in_seed": seed + 1} if one_sided else {"out_seed": seed, "in_seed": seed + 1}
 
 
@@ -225,7 +230,7 @@ def to_quantized(model, method: str, dim: int, plan: str, device, coded: dict) -
             coded[method] = coded_shapes(method, shapes, dim, device)
     codec, stored = coded[method]
     one_sided = one_sided_rotations()
-    if plan == "fused" and not one_sided:
+    if plan.startswith("fused") and not one_sided:
         say("rotation fused: this checkout's LayerRotation has no one-sided form; down_proj keeps both sides")
     bits = weights = 0
     with phase(f"{method}: {len(linears)} QuantizedLinear layers ({codec.describe()}, rotation {plan})"):
@@ -408,7 +413,8 @@ def main() -> None:
                         f"{', '.join(SETTINGS)}; ratios are against fp16, else the first row")
     p.add_argument("--bits", default=None, help="shorthand: pvq rows at these bits, e.g. 3,2 (fp16 and int4 kept)")
     p.add_argument("--dim", type=int, default=8)
-    p.add_argument("--rotation", default="layer", help="online rotations of the pvq layers: layer, fused, or both "
+    p.add_argument("--rotation", default="layer", help="online rotations of the pvq layers: layer, fused, fused:B "
+                   "(down_proj's in chunks of B inputs), or several "
                    "(layer,fused: a row per plan and method)")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--batch", type=int, default=1, help="sequences generated together")
@@ -431,8 +437,14 @@ def main() -> None:
     if bad or not methods or "fp16" in methods[1:]:
         p.error(f"--methods: any of fp16 (first, where named), int4, {', '.join(SETTINGS)}; got {a.methods}")
     plans = a.rotation.split(",")
-    if any(pl not in ("layer", "fused") for pl in plans):
-        p.error(f"--rotation takes layer, fused or layer,fused; got {a.rotation}")
+    def plan_ok(pl: str) -> bool:
+        kind, _, block = pl.partition(":")
+        return kind in ("layer", "fused") and (not block or (kind == "fused" and block.isdigit()
+                                                             and a.intermediate % int(block) == 0))
+
+    if not all(map(plan_ok, plans)):
+        p.error(f"--rotation takes layer, fused or fused:B (B dividing --intermediate {a.intermediate}), comma "
+                f"separated; got {a.rotation}")
     if a.profile and device.type != "cuda":
         p.error("--profile needs CUDA")
     say(f"device {torch.cuda.get_device_name(device) if device.type == 'cuda' else device}, torch {torch.__version__}")

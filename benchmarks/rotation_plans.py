@@ -6,6 +6,10 @@ the stored tensors; ``online`` is the online rotations per block the plan leaves
 
     python benchmarks/rotation_plans.py --device cuda                     # the README table
     python benchmarks/rotation_plans.py --methods pvq --bits 3 --eval-tokens 4096   # a quick look
+    python benchmarks/rotation_plans.py --methods pvq --plans fused,fused:344,fused:24,layer   # chunked online rotations
+
+A plan ``fused:B`` is ``fused`` with ``--rotation-block B`` (the online rotations block-diagonal, in chunks
+of B inputs).
 
 Prints one line per cell as it goes (with seconds), then a markdown table; writes OUT.json and
 OUT.md with ``--out``.
@@ -51,8 +55,8 @@ def main(argv=None) -> int:
     labels = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in labels if m not in METHODS]
     plans = [x.strip() for x in args.plans.split(",") if x.strip()]
-    if bad or any(x not in PLANS for x in plans):
-        p.error(f"methods among {list(METHODS)}, plans among {list(PLANS)}")
+    if bad or any(parse_plan(x) is None for x in plans):
+        p.error(f"methods among {list(METHODS)}, plans among {list(PLANS)} or fused:B (B inputs a chunk)")
     bits = [float(b) for b in args.bits.split(",")]
     t0 = time.perf_counter()
     base, tok = load_model(None)
@@ -68,15 +72,16 @@ def main(argv=None) -> int:
             for plan in plans:
                 m, _ = load_model(None)
                 m.load_state_dict(state)
-                cfg = QuantizeConfig(method=method, bits=b, rotation=plan, n_samples=args.samples,
-                                     seq_len=args.seq_len, seed=args.seed, **kw)
+                rotation, block = parse_plan(plan)
+                cfg = QuantizeConfig(method=method, bits=b, rotation=rotation, rotation_block=block,
+                                     n_samples=args.samples, seq_len=args.seq_len, seed=args.seed, **kw)
                 rep = quantize_model(m, calib, cfg, device=args.device, progress=False, log=None)
                 ppl = perplexity(m, ids, context=args.context, stride=args.context, device=args.device).perplexity
                 row = {"method": label, "bits": b, "plan": plan, "bits_per_weight": rep.bits_per_weight,
                        "perplexity": ppl, "online_rotations_per_block": online_rotations_per_block(m),
                        "quantize_seconds": rep.seconds, "notes": [n for n in rep.notes if "rotation plan" in n]}
                 rows.append(row)
-                print(f"[{time.perf_counter() - t0:6.1f}s] {label:8s} {b:g} bits {plan:5s}: ppl {ppl:.4f} "
+                print(f"[{time.perf_counter() - t0:6.1f}s] {label:8s} {b:g} bits {plan:9s}: ppl {ppl:.4f} "
                       f"({rep.bits_per_weight:.3f} b/w, {row['online_rotations_per_block']:g} online/block, "
                       f"quantized in {rep.seconds:.1f}s)", flush=True)
                 del m
@@ -89,6 +94,14 @@ def main(argv=None) -> int:
     print(md)
     write_report(args.out, out, md)
     return 0
+
+
+def parse_plan(text: str) -> tuple[str, int | None] | None:
+    """``"fused"`` -> ("fused", None); ``"fused:256"`` -> ("fused", 256); None when malformed."""
+    plan, _, block = text.partition(":")
+    if plan not in PLANS or (block and (plan != "fused" or not block.isdigit())):
+        return None
+    return plan, int(block) if block else None
 
 
 def markdown(out: dict, plans: list[str]) -> str:

@@ -160,13 +160,14 @@ def _rotate(layer, x: torch.Tensor, inverse: bool) -> torch.Tensor:
     and number of rows, else the layer's PyTorch transform."""
     if layer.rotation is None:
         return x
-    rh = layer.rotation.u if inverse else layer.rotation.v
-    if rh is None:  # a one-sided rotation (the fused plan keeps only the input side)
+    transform = layer.rotation.u if inverse else layer.rotation.v
+    if transform is None:  # a one-sided rotation (the fused plan keeps only the input side)
         return x
-    rows = x.numel() // x.shape[-1]
+    rh = transform.chunk  # a block-diagonal transform: its chunks are rows of their own
+    rows = x.numel() // rh.n
     for kernel in ROTATION_KERNELS:
         if (x.is_cuda or not kernel.cuda_only) and _kernel(kernel.preferred)(rh, rows):
-            return _kernel(kernel.rotate)(rh, x, inverse=inverse)
+            return _kernel(kernel.rotate)(rh, x.reshape(rows, rh.n), inverse=inverse).reshape(x.shape)
     return layer.unrotate_output(x) if inverse else layer.rotate_input(x)
 
 

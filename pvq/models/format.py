@@ -12,7 +12,8 @@ never pickle) whose ``config.json`` holds a ``quantization_config``::
      "kept": {name: bits}  (block weights left unquantized, counted at these bits),
      "config": QuantizeConfig.to_dict(),
      "modules": {name: {"codec": codec config, "in_features", "out_features",
-                        "bias", "rotation": {"out_seed", "in_seed"} | null (a seed null: that side absent),
+                        "bias", "rotation": {"out_seed", "in_seed"[, "in_block"]} | null (a seed null: that side
+                                    absent; in_block: the input side block-diagonal in chunks of that many inputs),
                         "layout": "stored",
                         "tensors": {key: {"shape", "dtype"}}, "bits_per_weight",
                         "activation": {"method", "bits", "dim", "rotate", "clip",
@@ -21,7 +22,7 @@ never pickle) whose ``config.json`` holds a ``quantization_config``::
      "rotation": {"plan": "fused", "hidden_size", "head_dim", "stream_seed", "head_seed",
                   "ends": "folded" | "online"} | null  (the model-level rotation plan),
      "online_rotations_per_block": ...,
-     "pvq_version": ..., "format_version": 4,
+     "pvq_version": ..., "format_version": 5,
      "allocation": {...}  (optional: --allocate's per-layer rates and why; readers ignore it)}
 
 plus ``"integrity": {"algorithm": "sha256", "tensors": {name: {"dtype",
@@ -41,7 +42,8 @@ residual stream's and the heads' randomized Hadamards folded into the stored ten
 whether the ends of a tied model rotate online; digested in the integrity record's
 ``rotation``; loaders install its online ends), one-sided layer rotations (a seed null) and
 ``online_rotations_per_block``. Versions 1-3 carry no ``rotation``: their layers rotate as
-their seeds say.
+their seeds say; 5 - ``in_block`` in a layer's ``rotation`` (``--rotation-block``: the input side
+block-diagonal; a version-4 reader would ignore it silently and rotate the whole input).
 A quantized layer's tensors are ``<module>.packed_<key>`` (uint8 codes, any
 fitted data such as a K-means codebook), ``<module>.scales`` (fp16) and
 ``<module>.bias``.
@@ -87,8 +89,8 @@ __all__ = [
 ]
 
 QUANT_METHOD = "pvq"
-FORMAT_VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)
+FORMAT_VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 
 
 def quantized_modules(model: nn.Module) -> dict[str, QuantizedLinear]:

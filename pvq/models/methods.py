@@ -229,6 +229,10 @@ class QuantizeConfig:
         "two online rotations per linear) or none (default: pvq fused from 3 bits per weight and layer "
         "below, the other rotating methods layer, fused falling back to layer for families it cannot fold; "
         "none for methods that do not rotate)"), "choices": ROTATION_PLANS})
+    rotation_block: int | None = field(default=None, metadata=_help(
+        "fused plan: its online rotations (down_proj's input) act on consecutive chunks of this many inputs, "
+        "the same randomized Hadamard of that order on each (block-diagonal; it must divide those inputs: "
+        "11008 = 43 x 256 then needs no dense factor online); default: one rotation of the whole input"))
     error_feedback: bool | None = field(default=None, metadata=_help("GPTQ/LDLQ error feedback over column blocks"))
     hessian_gain: bool | None = field(default=None, metadata=_help("Hessian-optimal gains (codecs that have them)"))
     static_groups: bool | None = field(default=None, metadata=_help(
@@ -308,6 +312,14 @@ class QuantizeConfig:
                 f"rotate={self.rotate} contradicts rotation={self.rotation!r}: --no-rotate means --rotation none; "
                 "give one of the two"
             )
+        if self.rotation_block is not None:
+            if not _is_int(self.rotation_block) or self.rotation_block < 2:
+                raise QuantizeError(f"rotation_block must be an integer >= 2 (inputs a chunk) or None, got "
+                                    f"{self.rotation_block!r}")
+            if self.rotation_plan != "fused":
+                raise QuantizeError(
+                    f"rotation_block sets the chunks of the fused plan's online rotations, and this run's plan is "
+                    f"{self.rotation_plan!r}: add --rotation fused or drop --rotation-block")
         if self.act_order and not self.use_error_feedback:
             raise QuantizeError(
                 "act_order orders the error feedback's column sweep; with error_feedback off it changes nothing: "

@@ -17,7 +17,7 @@ import torch
 
 from pvq.codecs import CODECS, VectorCodec
 from pvq.errors import QuantizeError
-from pvq.transforms import LayerRotation
+from pvq.transforms import LayerRotation, has_hadamard
 
 from .activations import activation_plan_notes
 from .rotation_plan import FOLD_RULES, fused_unsupported_reason
@@ -62,7 +62,7 @@ def build_plan(config, model: torch.nn.Module) -> QuantizePlan:
             codecs[(dim, g)] = config.make_codec(dim, g)
         count = 1 if stack is None else stack.num_experts
         rots = [_layer_rotation(rotation, model, config.seed, name, out, inp, _unit(name, stack, e),
-                                config.act_bits is not None) for e in range(count)]
+                                config.act_bits is not None, config.rotation_block) for e in range(count)]
         plans.append(LayerPlan(block, name, out, inp, dim, g, codecs[(dim, g)], rots[0], stack,
                                rots if stack is not None else None))
     out = QuantizePlan(config, plans, len(layers), path=path, rotation=rotation)
@@ -112,19 +112,23 @@ def _rotation_plan(config, model: torch.nn.Module) -> tuple[str, list[str]]:
     if plan == "fused":
         reason = fused_unsupported_reason(model)
         if reason is not None:
+            if config.rotation_block is not None:
+                raise QuantizeError(f"rotation_block chunks the fused plan's online rotations, and the fused plan "
+                                    f"cannot fold this model ({reason}): drop --rotation-block")
             return "layer", [f"rotation plan: layer for the whole model (fused cannot fold it: {reason})"]
         rule = FOLD_RULES[model.config.model_type]
         online = (rule.online_input, *(rule.act_online_inputs if config.act_bits is not None else ()))
+        chunks = "" if config.rotation_block is None else f", in chunks of {config.rotation_block} inputs"
         return plan, [f"rotation plan: fused (norms folded, residual stream and heads rotated in the weights; "
-                      f"online rotations per block on the inputs of {', '.join(online)})"]
+                      f"online rotations per block on the inputs of {', '.join(online)}{chunks})"]
     return plan, []
 
 
 def _layer_rotation(plan: str, model, seed: int, name: str, out: int, inp: int, unit: str,
-                    act: bool) -> LayerRotation | None:
+                    act: bool, block: int | None = None) -> LayerRotation | None:
     """A layer's own rotation under ``plan``: both sides (``layer``), none (``none``; ``fused`` layers
     whose input the stream rotation covers), or the input side alone (``fused``: down_proj, and
-    o_proj when activations are quantized)."""
+    o_proj when activations are quantized; block-diagonal in chunks of ``block`` inputs where given)."""
     if plan == "none":
         return None
     if plan == "layer":
@@ -132,7 +136,11 @@ def _layer_rotation(plan: str, model, seed: int, name: str, out: int, inp: int, 
     rule = FOLD_RULES[model.config.model_type]
     online = (rule.online_input, *(rule.act_online_inputs if act else ()))
     if any(name.endswith("." + n) for n in online):
-        return LayerRotation(out, inp, None, rotation_seed(seed, unit, "in"))
+        if block is not None and inp % block:
+            fits = [b for b in range(2, inp + 1) if inp % b == 0 and has_hadamard(b)]
+            raise QuantizeError(f"rotation_block {block} does not divide the {inp} inputs of {name}; chunk sizes "
+                                f"that divide it and have a Hadamard matrix: {', '.join(map(str, fits))}")
+        return LayerRotation(out, inp, None, rotation_seed(seed, unit, "in"), block)
     return None
 
 

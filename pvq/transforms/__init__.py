@@ -1,6 +1,7 @@
 """Orthogonal rotations that make weights and activations incoherent (Hadamard family)."""
 
 from .hadamard import (
+    BlockHadamard,
     RandomizedHadamard,
     fwht,
     fwht_reference,
@@ -13,6 +14,7 @@ from .hadamard import (
 from .rotation import LayerRotation
 
 __all__ = [
+    "BlockHadamard",
     "LayerRotation",
     "RandomizedHadamard",
     "fwht",

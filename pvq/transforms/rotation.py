@@ -6,7 +6,9 @@ rebuilt from them on first use. It applies the rotations to the weight and
 Hessian offline and to activations online, so a layer can run in rotated
 coordinates: ``y = U^T (W' (V x))``. Either side may be absent (its seed
 None, the identity): under the ``fused`` rotation plan a layer keeps only the
-input side ``V`` (``W' = W V^T``, one online rotation of its input).
+input side ``V`` (``W' = W V^T``, one online rotation of its input), and that
+side may be block-diagonal (``in_block``: a :class:`~pvq.transforms.BlockHadamard`,
+the same randomized Hadamard on each chunk of ``in_block`` inputs).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 
 from pvq.errors import TransformError
 
-from .hadamard import RandomizedHadamard, rotate_weight, unrotate_weight
+from .hadamard import BlockHadamard, RandomizedHadamard, rotate_weight, unrotate_weight
 
 __all__ = ["LayerRotation"]
 
@@ -25,12 +27,15 @@ __all__ = ["LayerRotation"]
 @dataclass(frozen=True)
 class LayerRotation:
     """``U`` (size ``out_features``, seed ``out_seed``) and ``V`` (``in_features``, ``in_seed``);
-    a side whose seed is None is the identity (at least one side is present)."""
+    a side whose seed is None is the identity (at least one side is present). ``in_block``: ``V``
+    is block-diagonal, the randomized Hadamard of order ``in_block`` on each chunk of that many
+    inputs (None: one transform of all ``in_features``)."""
 
     out_features: int
     in_features: int
     out_seed: int | None
     in_seed: int | None
+    in_block: int | None = None
     _transforms: list = field(default_factory=list, init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -42,20 +47,37 @@ class LayerRotation:
                 raise TransformError(f"LayerRotation.{name} must be a {'positive ' if 'features' in name else ''}integer, got {v!r}")
         if self.out_seed is None and self.in_seed is None:
             raise TransformError("LayerRotation needs at least one side (out_seed or in_seed); use None for no rotation")
+        if self.in_block is not None:
+            b = self.in_block
+            if not isinstance(b, int) or isinstance(b, bool) or b < 1 or self.in_features % b:
+                raise TransformError(
+                    f"LayerRotation.in_block must be a positive integer dividing in_features={self.in_features}, "
+                    f"got {b!r}")
+            if self.in_seed is None:
+                raise TransformError("LayerRotation.in_block needs the input side (in_seed); drop in_block or give in_seed")
 
     @classmethod
     def from_seeds(cls, out_features: int, in_features: int, seeds: dict | None) -> LayerRotation | None:
-        """From a checkpoint's ``{"out_seed", "in_seed"}`` (None: no rotation; a seed None: that side absent)."""
+        """From a checkpoint's ``{"out_seed", "in_seed"}`` and, where the input side is block-diagonal,
+        ``"in_block"`` (None: no rotation; a seed None: that side absent)."""
         if seeds is None:
             return None
         try:
+            block = seeds.get("in_block")
             return cls(int(out_features), int(in_features), *(None if seeds[k] is None else int(seeds[k])
-                                                               for k in ("out_seed", "in_seed")))
-        except (KeyError, TypeError) as e:
-            raise TransformError(f"rotation must be {{'out_seed': int | None, 'in_seed': int | None}}, got {seeds!r}") from e
+                                                               for k in ("out_seed", "in_seed")),
+                       None if block is None else int(block))
+        except (KeyError, TypeError, AttributeError) as e:
+            raise TransformError(f"rotation must be {{'out_seed': int | None, 'in_seed': int | None"
+                                 f"[, 'in_block': int]}}, got {seeds!r}") from e
 
     def seeds(self) -> dict[str, int | None]:
-        return {"out_seed": self.out_seed, "in_seed": self.in_seed}
+        """What a checkpoint stores (``in_block`` only where set, so whole-input rotations keep the
+        older form)."""
+        out = {"out_seed": self.out_seed, "in_seed": self.in_seed}
+        if self.in_block is not None:
+            out["in_block"] = self.in_block
+        return out
 
     @property
     def u(self) -> RandomizedHadamard | None:
@@ -63,8 +85,8 @@ class LayerRotation:
         return self._pair()[0]
 
     @property
-    def v(self) -> RandomizedHadamard | None:
-        """The input side (None: identity)."""
+    def v(self) -> RandomizedHadamard | BlockHadamard | None:
+        """The input side (None: identity; a :class:`BlockHadamard` where ``in_block`` is set)."""
         return self._pair()[1]
 
     @property
@@ -72,11 +94,16 @@ class LayerRotation:
         """Rotations of activations per forward: one per present side."""
         return (self.out_seed is not None) + (self.in_seed is not None)
 
-    def _pair(self) -> tuple[RandomizedHadamard | None, RandomizedHadamard | None]:
+    def _pair(self) -> tuple[RandomizedHadamard | None, RandomizedHadamard | BlockHadamard | None]:
         if not self._transforms:
+            if self.in_seed is None:
+                v = None
+            elif self.in_block is None:
+                v = RandomizedHadamard(self.in_features, self.in_seed)
+            else:
+                v = BlockHadamard(self.in_features, self.in_block, self.in_seed)
             self._transforms.extend([
-                None if self.out_seed is None else RandomizedHadamard(self.out_features, self.out_seed),
-                None if self.in_seed is None else RandomizedHadamard(self.in_features, self.in_seed),
+                None if self.out_seed is None else RandomizedHadamard(self.out_features, self.out_seed), v,
             ])
         return self._transforms[0], self._transforms[1]
 

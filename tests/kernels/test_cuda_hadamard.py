@@ -55,6 +55,29 @@ def test_the_backend_asks_the_cuda_kernel_first_and_only_for_cuda_tensors(monkey
     assert asked == []  # a CPU tensor never reaches the CUDA kernel's check
 
 
+def test_the_backend_rotates_a_block_diagonal_input_as_rows_of_its_chunk(monkeypatch):
+    """A fused-plan input rotated in chunks of 256 (``--rotation-block``): the kernels see rows of 256
+    (here the Triton kernel, on the CPU through its interpreter), and the result is the transform's."""
+    from pvq.kernels import triton_hadamard
+    from pvq.transforms import LayerRotation
+
+    seen = []
+    real = triton_hadamard.hadamard_rotate
+    monkeypatch.setattr(triton_hadamard, "hadamard_rotate",
+                        lambda rh, x, inverse=False: seen.append((rh.n, tuple(x.shape))) or real(rh, x, inverse))
+
+    class Layer:  # what _rotate reads of a QuantizedLinear
+        rotation = LayerRotation(8, 1024, None, 3, 256)
+
+        def rotate_input(self, x):
+            return self.rotation.rotate_input(x)
+
+    x = torch.randn(2, 3, 1024)
+    torch.testing.assert_close(backend._rotate(Layer(), x, inverse=False), Layer.rotation.rotate_input(x),
+                               rtol=1e-5, atol=1e-5)
+    assert seen == [(256, (24, 256))]  # 2 x 3 rows of four chunks
+
+
 # every power of two it takes (one to four radix-16 passes, the first of one to four steps); one and
 # several rows
 @needs_cuda

@@ -134,7 +134,7 @@ def test_fused_checkpoint_rotation_record_is_checked(tmp_path):
     save_quantized(model, tmp_path / "c", _quantize(model, "fused"))
     cfg = json.loads((tmp_path / "c" / "config.json").read_text())
     q = cfg["quantization_config"]
-    assert q["format_version"] == 4 and q["rotation"]["ends"] == "online"
+    assert q["format_version"] == 5 and q["rotation"]["ends"] == "online"
     assert q["online_rotations_per_block"] == 2
     q["rotation"]["stream_seed"] += 1
     (tmp_path / "c" / "config.json").write_text(json.dumps(cfg))
@@ -193,6 +193,68 @@ def test_stream_rotation_record_round_trip():
     assert StreamRotation.from_dict(rec.to_dict()) == rec
     with pytest.raises(QuantizeError):
         StreamRotation.from_dict({**rec.to_dict(), "ends": "sideways"})
+
+
+
+def test_layer_rotation_in_blocks():
+    from pvq.errors import TransformError
+    from pvq.transforms import BlockHadamard
+
+    r = LayerRotation(12, 48, None, 7, 16)
+    assert isinstance(r.v, BlockHadamard) and r.v.block == 16 and r.online_rotations == 1
+    w = torch.randn(12, 48, dtype=torch.float64)
+    x = torch.randn(3, 48, dtype=torch.float64)
+    assert torch.allclose(r.rotate_input(x) @ r.rotate_weight(w).T, x @ w.T, atol=1e-12)
+    assert torch.allclose(r.unrotate_weight(r.rotate_weight(w)), w, atol=1e-12)
+    h = x.T @ x
+    assert torch.allclose(r.rotate_hessian(h, rows_per_chunk=5), r.v.matrix() @ h @ r.v.matrix().T, atol=1e-12)
+    assert r.seeds() == {"out_seed": None, "in_seed": 7, "in_block": 16}
+    assert LayerRotation.from_seeds(12, 48, r.seeds()) == r
+    assert "in_block" not in LayerRotation(12, 48, None, 7).seeds()  # whole-input rotations keep the older form
+    assert LayerRotation.from_seeds(12, 48, {"out_seed": None, "in_seed": 7}).in_block is None
+    with pytest.raises(TransformError, match="dividing in_features=48"):
+        LayerRotation(12, 48, None, 7, 20)
+    with pytest.raises(TransformError, match="needs the input side"):
+        LayerRotation(12, 48, 3, None, 16)
+
+
+def test_config_rotation_block():
+    cfg = QuantizeConfig("pvq", bits=3, rotation_block=16)
+    assert cfg.rotation_plan == "fused" and QuantizeConfig.from_dict(cfg.to_dict()).rotation_block == 16
+    old = QuantizeConfig("pvq").to_dict()
+    del old["rotation_block"]  # written before chunked rotations
+    assert QuantizeConfig.from_dict(old).rotation_block is None
+    with pytest.raises(QuantizeError, match="add --rotation fused"):
+        QuantizeConfig("pvq", bits=2, rotation_block=16)  # the layer plan at 2 bits
+    with pytest.raises(QuantizeError, match="integer >= 2"):
+        QuantizeConfig("pvq", rotation_block=1)
+
+
+def test_fused_plan_in_blocks_quantizes_saves_and_loads(tmp_path):
+    base = tiny("llama", tie_word_embeddings=False)
+    with torch.no_grad():
+        ref = base(X).logits
+    model = tiny("llama", tie_word_embeddings=False)
+    report = _quantize(model, "fused", rotation_block=16)  # intermediate 176 = 11 x 16
+    assert any("in chunks of 16 inputs" in n for n in report.notes)
+    downs = {n: q for n, q in quantized(model).items() if n.endswith("mlp.down_proj")}
+    assert downs and all(q.rotation.in_block == 16 and q.rotation.v.block == 16 for q in downs.values())
+    with torch.no_grad():
+        want = model(X).logits
+    assert ((want - ref).norm() / ref.norm()).item() < 0.2
+    save_quantized(model, tmp_path / "ckpt", report)
+    for via in ("transformers", "direct"):
+        loaded = load_quantized(tmp_path / "ckpt", via=via)
+        assert all(quantized(loaded)[n].rotation == q.rotation for n, q in downs.items())
+        with torch.no_grad():
+            assert torch.equal(loaded(X).logits, want), via
+
+
+def test_rotation_block_that_does_not_divide_is_refused_before_any_work():
+    model = tiny("llama")
+    cfg = QuantizeConfig("pvq", bits=4.0, dim=8, rotation="fused", rotation_block=32, n_samples=4, seq_len=16)
+    with pytest.raises(QuantizeError, match=r"does not divide the 176 inputs of .*down_proj.*: 2, 4, 8, 16, 44, 88, 176$"):
+        cfg.plan(model)
 
 
 assert set(DENSE_FAMILIES) | set(MOE_FAMILIES) == set(FAMILY_CONFIGS)

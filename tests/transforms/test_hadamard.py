@@ -180,3 +180,45 @@ def test_rotate_weight_spreads_spike_and_inverts(out_f, in_f):
     x = torch.randn(in_f, 3, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(r @ v.forward(x.T).T, u.forward((w @ x).T).T, rtol=0, atol=1e-4)
     torch.testing.assert_close(rotate_weight(w, None, None), w)
+
+
+# ------------------------------------------------------------------ block-diagonal
+
+
+@pytest.mark.parametrize("n,block", [(48, 16), (48, 48), (1032, 24), (176, 44), (6, 1)])
+def test_block_hadamard_is_the_block_diagonal_of_its_chunk(n, block):
+    from pvq.transforms import BlockHadamard
+
+    t = BlockHadamard(n, block, seed=5)
+    chunk = RandomizedHadamard(block, seed=5)
+    m = t.matrix()
+    assert m.shape == (n, n)
+    for i in range(0, n, block):  # the same chunk transform on the diagonal, zeros elsewhere
+        torch.testing.assert_close(m[i:i + block, i:i + block], chunk.matrix(), rtol=0, atol=0)
+        m[i:i + block, i:i + block] = 0
+    assert not m.any()
+    torch.testing.assert_close(t.matrix() @ t.matrix().T, torch.eye(n, dtype=torch.float64), rtol=0, atol=1e-12)
+    g = torch.Generator().manual_seed(n + block)
+    x = torch.randn(2, 3, n, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(t.forward(x), x @ t.matrix().T, rtol=0, atol=1e-12)
+    torch.testing.assert_close(t.inverse(t.forward(x)), x, rtol=0, atol=1e-12)
+    assert t.chunk.n == block and t.forward(x).dtype == x.dtype
+
+
+def test_block_hadamard_whole_block_equals_the_plain_transform():
+    from pvq.transforms import BlockHadamard
+
+    x = torch.randn(4, 344, dtype=torch.float64)
+    assert torch.equal(BlockHadamard(344, 344, seed=2).forward(x), RandomizedHadamard(344, seed=2).forward(x))
+    assert RandomizedHadamard(344, seed=2).chunk.n == 344  # a plain transform is its own chunk
+
+
+def test_block_hadamard_refuses_bad_sizes():
+    from pvq.transforms import BlockHadamard
+
+    with pytest.raises(TransformError, match="does not divide"):
+        BlockHadamard(48, 20)
+    with pytest.raises(TransformError, match="positive integer"):
+        BlockHadamard(48, 0)
+    with pytest.raises(TransformError, match="last dim"):
+        BlockHadamard(48, 16).forward(torch.randn(3, 32))
