@@ -343,6 +343,7 @@ def run_quantize(req: QuantizeRequest, log: Log = _quiet, progress: bool = True)
         "seconds": report.seconds,
         "proxy_loss": report.proxy_loss,
         "rotation_plan": _rotation_plan_name(model),
+        "rotation_blocks": _rotation_blocks(model),
         "online_rotations_per_block": online_rotations_per_block(model),
         "notes": list(report.notes),
         "output": None,
@@ -454,6 +455,7 @@ def run_eval(
         "backends": sorted({m.backend for m in model.modules() if isinstance(m, QuantizedLinear)} - {None}),
         "memory_bytes": model_memory_bytes(model, dev),
         "rotation_plan": _rotation_plan_name(model),
+        "rotation_blocks": _rotation_blocks(model),
         "online_rotations_per_block": online_rotations_per_block(model),
     }
     if is_pvq_checkpoint(resolve_model(model_or_dir)):  # --allocate's plan, when the checkpoint has one
@@ -469,6 +471,13 @@ def run_eval(
         out["zeroshot"] = evaluate_zeroshot(model, tokenizer, limit=limit, num_fewshot=num_fewshot,
                                             batch_size=batch_size, prepared=prepared)
     return out
+
+
+def _rotation_blocks(model) -> list[int]:
+    """The chunk sizes of the block-diagonal online rotations (``--rotation-block``); empty when every
+    online rotation takes a layer's whole input."""
+    return sorted({m.rotation.in_block for m in model.modules() if isinstance(m, QuantizedLinear)
+                   and m.rotation is not None and m.rotation.in_block is not None})
 
 
 def _rotation_plan_name(model) -> str:

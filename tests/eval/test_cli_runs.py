@@ -43,6 +43,23 @@ def test_quantize_save_eval_round_trip(tiny_model_dir, tmp_path, capsys):
     assert rc == 2 and "--overwrite" in capsys.readouterr().err
 
 
+def test_quantize_with_chunked_online_rotations_from_the_cli(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "q"
+    rc = main(["quantize", str(tiny_model_dir), "--method", "pvq", "--bits", "3", "--dim", "8", "--rotation-block",
+               "16", "--calib", str(CALIB_TEXT), "--samples", "4", "--seq-len", "32", "--output", str(out), "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["rotation_plan"] == "fused" and summary["rotation_blocks"] == [16]  # intermediate 176 = 11 x 16
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["format_version"] == 5
+    assert main(["eval", str(out), "--eval-tokens", "300", "--context", "128", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rotation_blocks"] == [16]
+    # a chunk that does not divide down_proj's input: refused before the model is quantized
+    rc = main(["quantize", str(tiny_model_dir), "--bits", "3", "--rotation-block", "32", "--calib", str(CALIB_TEXT),
+               "--samples", "4", "--seq-len", "32", "--output", str(tmp_path / "r"), "--json"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "does not divide the 176 inputs" in err and not (tmp_path / "r").exists()
+
+
 def test_quantize_the_tied_tables_from_the_cli(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "q"
     rc = main(["quantize", str(tiny_model_dir), "--method", "pvq", "--bits", "3", "--quantize-head",
