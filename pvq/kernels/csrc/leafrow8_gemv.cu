@@ -136,20 +136,45 @@ __device__ __forceinline__ void load_step(const unsigned* __restrict__ words, co
   sn = scales[item * kRows + lane];
 }
 
-// The block's shared copies of the leaf table (int8 coordinates biased by 128) and the L gain levels
+// The block's shared copies of the leaf table (int8 coordinates biased by 128) and the L gain levels (the table
+// complete once finish_tables has run and the block has passed a barrier)
 template <int L>
 __device__ __forceinline__ void stage_tables(const int* __restrict__ leaves, int n_leaves,
                                              const float* __restrict__ levels, char* s_leaf, float* s_levels) {
   const int n4 = n_leaves >> 2;
+#ifdef PVQ_ASYNC_TABLES
+  for (int i = threadIdx.x; i < n4; i += blockDim.x) {  // in flight while the block stages x; biased by finish_tables
+    const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(s_leaf + 16 * i));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(leaves + 4 * i) : "memory");
+  }
+#else
 #pragma unroll 4
   for (int i = threadIdx.x; i < n4; i += blockDim.x) {
     int4 w = __ldg(reinterpret_cast<const int4*>(leaves) + i);
     w.x ^= 0x80808080, w.y ^= 0x80808080, w.z ^= 0x80808080, w.w ^= 0x80808080;
     reinterpret_cast<int4*>(s_leaf)[i] = w;
   }
+#endif
   for (int i = (n4 << 2) + threadIdx.x; i < n_leaves; i += blockDim.x)
     reinterpret_cast<int*>(s_leaf)[i] = leaves[i] ^ 0x80808080;
   for (int i = threadIdx.x; i < L; i += blockDim.x) s_levels[i] = levels[i];
+}
+
+// Before the barrier that publishes the tables: with -DPVQ_ASYNC_TABLES (an experiment, session 16), this thread's
+// asynchronous copies of stage_tables have arrived and it biases them in place; nothing otherwise. Why: the
+// package's copy runs its loads one L2 round trip after another (each 16-byte load's store and loop test before
+// the next load, in SASS: three round trips for the 3-bit table of 12 K leaves over 1024 threads, then x's), where
+// cp.async issues all of a thread's copies at once and they travel while x is staged.
+__device__ __forceinline__ void finish_tables([[maybe_unused]] int n_leaves, [[maybe_unused]] char* s_leaf) {
+#ifdef PVQ_ASYNC_TABLES
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+  const int n4 = n_leaves >> 2;
+  for (int i = threadIdx.x; i < n4; i += blockDim.x) {
+    int4 w = reinterpret_cast<int4*>(s_leaf)[i];
+    w.x ^= 0x80808080, w.y ^= 0x80808080, w.z ^= 0x80808080, w.w ^= 0x80808080;
+    reinterpret_cast<int4*>(s_leaf)[i] = w;
+  }
+#endif
 }
 
 // The leaf table spread over the banks (an experiment, built with -DPVQ_SPREAD_LEAVES; session 15): 32 copies
@@ -212,6 +237,7 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
     const int v = i / B, r = i % B;
     s_x[i] = r < batch ? load8_sixteenth<T>(x + static_cast<size_t>(r) * vpr * 8, v) : make_uint4(0u, 0u, 0u, 0u);
   }
+  finish_tables(SPREAD ? 0 : n_leaves, s_leaf);
   __syncthreads();
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -372,6 +398,7 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
   auto load = [&](int rg, int s) { load_step<W2>(words, scales, rg, s, steps, lane, wn, sn); };
   stage_tables<L>(leaves, n_leaves, levels, s_leaf, s_levels);
   if (!kGlobalX && !chunked) stage_x(0);
+  finish_tables(n_leaves, s_leaf);
   __syncthreads();
   if (works && rg0 < rg1) load(rg0, warp);  // (loaded before the tables' copy instead: slower, session 14)
 
