@@ -177,6 +177,27 @@ __device__ __forceinline__ void finish_tables([[maybe_unused]] int n_leaves, [[m
 #endif
 }
 
+// dst[i] = item(i) for i < n over the block's threads, K items a thread at a time: a batch's loads all issued
+// before its first store (one L2 round trip a batch, where a loop of load-store pairs waits one a pair). For x
+// with -DPVQ_BATCHED_X (an experiment, session 16: in SASS the package's x loops wait a round trip per 16 bytes,
+// eight of them a thread for 16 rows of 4096 inputs staged by the tensor-core kernel)
+template <int K, typename Item>
+__device__ __forceinline__ void stage_batched(uint4* dst, int n, Item&& item) {
+  for (int base = threadIdx.x; base < n; base += K * blockDim.x) {
+    uint4 v[K];
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int i = base + k * blockDim.x;
+      if (i < n) v[k] = item(i);
+    }
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int i = base + k * blockDim.x;
+      if (i < n) dst[i] = v[k];
+    }
+  }
+}
+
 // The leaf table spread over the banks (an experiment, built with -DPVQ_SPREAD_LEAVES; session 15): 32 copies
 // interleaved word by word, leaf i's copy for lane l at word 32 i + l, so that a warp's gather of 32 rows' leaves
 // reads each lane's own bank, one shared-memory wavefront instead of the 2.9 (2 bits) to 3.5 (3 bits) that random
@@ -232,11 +253,18 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
   } else {
     stage_tables<L>(leaves, n_leaves, levels, s_leaf, s_levels);
   }
+#ifdef PVQ_BATCHED_X
+  stage_batched<4>(s_x, vpr * B, [&](int i) {
+    const int v = i / B, r = i % B;
+    return r < batch ? load8_sixteenth<T>(x + static_cast<size_t>(r) * vpr * 8, v) : make_uint4(0u, 0u, 0u, 0u);
+  });
+#else
 #pragma unroll 4
   for (int i = threadIdx.x; i < vpr * B; i += blockDim.x) {
     const int v = i / B, r = i % B;
     s_x[i] = r < batch ? load8_sixteenth<T>(x + static_cast<size_t>(r) * vpr * 8, v) : make_uint4(0u, 0u, 0u, 0u);
   }
+#endif
   finish_tables(SPREAD ? 0 : n_leaves, s_leaf);
   __syncthreads();
 
@@ -388,6 +416,16 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
       s_x[i] = load8_sixteenth<T>(x + static_cast<size_t>(r) * vpr * 8, v);
     }
   };
+#ifdef PVQ_BATCHED_X
+  // the whole of x, before the row groups' loop (in the chunks' loop the batch's registers spilled)
+  auto stage_x_whole = [&]() {
+    stage_batched<4>(s_x, steps * kStep * batch, [&](int i) {
+      return load8_sixteenth<T>(x + static_cast<size_t>(i % batch) * vpr * 8, i / batch);
+    });
+  };
+#else
+  auto stage_x_whole = [&]() { stage_x(0); };
+#endif
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int rg0 = blockIdx.x * groups_per_block;
@@ -397,7 +435,7 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
   __half sn = __float2half(0.f);
   auto load = [&](int rg, int s) { load_step<W2>(words, scales, rg, s, steps, lane, wn, sn); };
   stage_tables<L>(leaves, n_leaves, levels, s_leaf, s_levels);
-  if (!kGlobalX && !chunked) stage_x(0);
+  if (!kGlobalX && !chunked) stage_x_whole();
   finish_tables(n_leaves, s_leaf);
   __syncthreads();
   if (works && rg0 < rg1) load(rg0, warp);  // (loaded before the tables' copy instead: slower, session 14)
