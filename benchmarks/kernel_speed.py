@@ -64,6 +64,8 @@ LAYER_ROTATIONS = {  # --rotation: the online rotations a layer of shape (out, i
     # fused (folded into the model): only down_proj, the one linear reading more inputs than it writes in a
     # Llama block, keeps an input-side rotation; q/k/v/o and gate/up keep none
     "fused": lambda out_f, in_f: {"out_seed": None, "in_seed": 2} if in_f > out_f else None,
+    # ... that rotation block-diagonal in chunks of 256 inputs (pvq quantize --rotation-block 256)
+    "fused:256": lambda out_f, in_f: {"out_seed": None, "in_seed": 2, "in_block": 256} if in_f > out_f else None,
 }
 
 
@@ -267,8 +269,8 @@ def main() -> None:
     p.add_argument("--sweep", action="store_true", help="tile sizes of the split-order matmul on the first shape")
     p.add_argument("--graphs", action="store_true", help="time each call replayed from a CUDA graph")
     p.add_argument("--rotation", default="layer", choices=tuple(LAYER_ROTATIONS),
-                   help="online rotations of the pvq layers (us_layer): layer (both sides) or fused (down_proj-shaped "
-                        "layers, in > out, keep the input side; others none)")
+                   help="online rotations of the pvq layers (us_layer): layer (both sides), fused (down_proj-shaped "
+                        "layers, in > out, keep the input side; others none) or fused:256 (that side in chunks of 256)")
     a = p.parse_args()
     shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
     methods = a.methods.split(",")
