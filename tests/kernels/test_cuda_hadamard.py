@@ -78,6 +78,26 @@ def test_the_backend_rotates_a_block_diagonal_input_as_rows_of_its_chunk(monkeyp
     assert seen == [(256, (24, 256))]  # 2 x 3 rows of four chunks
 
 
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_a_block_diagonal_rotation_on_cuda_equals_the_transform(dtype):
+    """down_proj's input of a 7B model in chunks of 256 (``--rotation-block 256``): 43 rows of the power-of-two
+    kernel a token, through the backend as a layer runs it."""
+    from pvq.transforms import LayerRotation
+
+    class Layer:
+        rotation = LayerRotation(4096, 11008, None, 5, 256)
+
+        def rotate_input(self, x):
+            return self.rotation.rotate_input(x)
+
+    assert cuda_hadamard.preferred(Layer.rotation.v.chunk, 43)
+    x = torch.randn(3, 11008, generator=torch.Generator().manual_seed(1)).cuda().to(dtype)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(backend._rotate(Layer(), x, inverse=False).float(),
+                               Layer.rotation.rotate_input(x.float()), rtol=tol, atol=tol)
+
+
 # every power of two it takes (one to four radix-16 passes, the first of one to four steps); one and
 # several rows
 @needs_cuda
