@@ -143,10 +143,20 @@ __device__ __forceinline__ void stage_tables(const int* __restrict__ leaves, int
                                              const float* __restrict__ levels, char* s_leaf, float* s_levels) {
   const int n4 = n_leaves >> 2;
 #ifdef PVQ_ASYNC_TABLES
-  for (int i = threadIdx.x; i < n4; i += blockDim.x) {  // in flight while the block stages x; biased by finish_tables
-    const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(s_leaf + 16 * i));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(leaves + 4 * i) : "memory");
-  }
+  // every copy in flight while the block stages x (the leaves biased by finish_tables)
+  auto copy_async = [](void* dst, const void* src, auto bytes) {
+    const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+    if constexpr (decltype(bytes)::value == 16)
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
+    else
+      asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(d), "l"(src) : "memory");
+  };
+  using Bytes16 = std::integral_constant<int, 16>;
+  using Bytes4 = std::integral_constant<int, 4>;
+  for (int i = threadIdx.x; i < n4; i += blockDim.x) copy_async(s_leaf + 16 * i, leaves + 4 * i, Bytes16{});
+  for (int i = (n4 << 2) + threadIdx.x; i < n_leaves; i += blockDim.x)
+    copy_async(s_leaf + 4 * i, leaves + i, Bytes4{});
+  for (int i = threadIdx.x; i < L; i += blockDim.x) copy_async(s_levels + i, levels + i, Bytes4{});
 #else
 #pragma unroll 4
   for (int i = threadIdx.x; i < n4; i += blockDim.x) {
@@ -154,17 +164,18 @@ __device__ __forceinline__ void stage_tables(const int* __restrict__ leaves, int
     w.x ^= 0x80808080, w.y ^= 0x80808080, w.z ^= 0x80808080, w.w ^= 0x80808080;
     reinterpret_cast<int4*>(s_leaf)[i] = w;
   }
-#endif
   for (int i = (n4 << 2) + threadIdx.x; i < n_leaves; i += blockDim.x)
     reinterpret_cast<int*>(s_leaf)[i] = leaves[i] ^ 0x80808080;
   for (int i = threadIdx.x; i < L; i += blockDim.x) s_levels[i] = levels[i];
+#endif
 }
 
 // Before the barrier that publishes the tables: with -DPVQ_ASYNC_TABLES (an experiment, session 16), this thread's
-// asynchronous copies of stage_tables have arrived and it biases them in place; nothing otherwise. Why: the
-// package's copy runs its loads one L2 round trip after another (each 16-byte load's store and loop test before
-// the next load, in SASS: three round trips for the 3-bit table of 12 K leaves over 1024 threads, then x's), where
-// cp.async issues all of a thread's copies at once and they travel while x is staged.
+// asynchronous copies of stage_tables have arrived and it biases its leaves in place; nothing otherwise. Why: the
+// package's copy runs its loads one L2 round trip after another (each load's store and loop test before the next
+// load, in SASS: thread 0 waits three round trips for its words of the 3-bit table of 11969 leaves, one for the
+// table's tail, one for the levels, then x's), where cp.async issues all of a thread's copies at once and they
+// travel while x is staged.
 __device__ __forceinline__ void finish_tables([[maybe_unused]] int n_leaves, [[maybe_unused]] char* s_leaf) {
 #ifdef PVQ_ASYNC_TABLES
   asm volatile("cp.async.wait_all;\n" ::: "memory");
@@ -174,6 +185,7 @@ __device__ __forceinline__ void finish_tables([[maybe_unused]] int n_leaves, [[m
     w.x ^= 0x80808080, w.y ^= 0x80808080, w.z ^= 0x80808080, w.w ^= 0x80808080;
     reinterpret_cast<int4*>(s_leaf)[i] = w;
   }
+  for (int i = (n4 << 2) + threadIdx.x; i < n_leaves; i += blockDim.x) reinterpret_cast<int*>(s_leaf)[i] ^= 0x80808080;
 #endif
 }
 
