@@ -230,7 +230,8 @@ class QuantizeConfig:
         "below, the other rotating methods layer, fused falling back to layer for families it cannot fold; "
         "none for methods that do not rotate)"), "choices": ROTATION_PLANS})
     rotation_block: int | None = field(default=None, metadata=_help(
-        "fused plan: its online rotations (down_proj's input) act on consecutive chunks of this many inputs, "
+        "fused plan: its online rotations (down_proj's input; with --act-bits o_proj's too) act on consecutive "
+        "chunks of this many inputs, "
         "the same randomized Hadamard of that order on each (block-diagonal; it must divide those inputs: "
         "11008 = 43 x 256 then needs no dense factor online); default: one rotation of the whole input"))
     error_feedback: bool | None = field(default=None, metadata=_help("GPTQ/LDLQ error feedback over column blocks"))
