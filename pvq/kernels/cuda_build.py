@@ -13,7 +13,7 @@ import warnings
 
 import torch
 
-__all__ = ["CSRC", "bindings_of", "cuda_build_available", "load_cuda_extension"]
+__all__ = ["CSRC", "StatusExtension", "bindings_of", "cuda_build_available", "load_cuda_extension"]
 
 CSRC = os.path.join(os.path.dirname(__file__), "csrc")
 """Where the CUDA sources (and their shared header ``dtype.cuh``) live."""
@@ -33,20 +33,43 @@ def bindings_of(path: str) -> str:
     return os.path.join(CSRC, os.path.basename(path)[: -len(".cu")] + "_bind.cpp")
 
 
+class StatusExtension:
+    """A compiled extension whose functions return ``(result, message)`` (``csrc/bind_status.h``), seen as one
+    whose functions return ``result`` and raise ``RuntimeError(message)`` when the message is not empty: no C++
+    exception leaves the extension (one that did killed the H200 machine's processes, ``csrc/host_status.h``)."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __getattr__(self, name: str):
+        fn = getattr(self.module, name)
+
+        def call(*args):
+            result, message = fn(*args)
+            if message:
+                raise RuntimeError(message)
+            return result
+
+        call.__name__ = call.__qualname__ = name
+        call.__doc__ = fn.__doc__
+        setattr(self, name, call)  # looked up once
+        return call
+
+
 def load_cuda_extension(name: str, path: str, instead: str, defines: tuple[str, ...] = (),
-                        bindings: str | None = None):
+                        bindings: str | None = None) -> StatusExtension | None:
     """The module compiled from the CUDA source ``path`` and its Python bindings (``bindings``, default
-    :func:`bindings_of`; C++ built by the C++ compiler, which raises the host code's failed checks:
-    ``csrc/host_status.h``), or None (with a warning naming what runs ``instead``) where the build fails.
-    Callers cache it (one build per process). ``defines`` (``"NAME=VALUE"``) build an experiment's variant;
-    give it its own ``name``."""
+    :func:`bindings_of`; C++ built by the C++ compiler, returning the host code's failed checks as values:
+    ``csrc/bind_status.h``) as a :class:`StatusExtension`, or None (with a warning naming what runs ``instead``)
+    where the build fails. Callers cache it (one build per process). ``defines`` (``"NAME=VALUE"``) build an
+    experiment's variant; give it its own ``name``."""
     from torch.utils.cpp_extension import load
 
     flags = ["-O3"] + [f"-D{d}" for d in defines]
     sources = [path, bindings or bindings_of(path)]
     try:
-        return load(name=name, sources=sources, extra_cflags=["-O3"], extra_cuda_cflags=flags,
-                    extra_include_paths=[CSRC], verbose=False)
+        return StatusExtension(load(name=name, sources=sources, extra_cflags=["-O3"], extra_cuda_cflags=flags,
+                                    extra_include_paths=[CSRC], verbose=False))
     except Exception as e:  # noqa: BLE001 - a compiler, toolkit or driver problem of this machine
         warnings.warn(f"compiling {path} failed ({type(e).__name__}: {str(e)[:300]}); {instead}", RuntimeWarning,
                       stacklevel=3)

@@ -1,6 +1,7 @@
 """The CUDA sources' host code never throws: each ``.cu`` of ``pvq/kernels/csrc`` reports a failed check as a
-``pvq::Status`` and its ``*_bind.cpp`` (built by the C++ compiler) raises it (``csrc/host_status.h``: an exception
-thrown in code that nvcc compiled killed the process on the H200 machine). Checked on the sources, on the CPU."""
+``pvq::Status`` and its ``*_bind.cpp`` (built by the C++ compiler) returns it beside the result for Python to raise
+(``csrc/bind_status.h``, ``cuda_build.StatusExtension``; ``csrc/host_status.h``: an exception thrown out of an extension
+killed the process on the H200 machine). Checked on the sources, on the CPU."""
 
 import os
 import re

@@ -1,5 +1,5 @@
-// Python bindings of hadamard_rows.cu, built by the C++ compiler: a failed check raises RuntimeError here, never in
-// code that nvcc compiled (host_status.h says why)
+// Python bindings of hadamard_rows.cu, built by the C++ compiler: a failed check comes back as a value (bind_status.h;
+// Python raises it), never as an exception (host_status.h says why)
 #include "bind_status.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -1,6 +1,7 @@
 // How the extensions' host code reports a failed check: as a value. The host functions of the .cu files return a
 // pvq::Status (empty: done; else the message that says what to change) and never throw; the bindings
-// (*_bind.cpp, built by the C++ compiler; bind_status.h) raise a failed one as RuntimeError.
+// (*_bind.cpp, built by the C++ compiler; bind_status.h) return it beside the result, and Python raises a failed
+// one as RuntimeError (pvq/kernels/cuda_build.py, StatusExtension).
 //
 // Why: on the H200 machine (torch 2.11 + CUDA 13, pybind11 3.1, gcc 13) a failed check of an extension killed the
 // process with a segmentation fault: a TORCH_CHECK (c10::Error) thrown in a .cu or a .cpp (session 14, load_inline
@@ -9,7 +10,10 @@
 // std::runtime_error thrown in a function bound through torch::wrap_pybind_function (session 14, load_inline's
 // bindings), which converts it to a Python error inside the call, so pybind11's dispatcher never walks its list of
 // registered exception translators (shared with torch's own modules; a crash in that walk is the failure of
-// pybind/pybind11#286). bind_status.h binds that way (compiled; not yet run on a GPU at the end of session 15).
+// pybind/pybind11#286). Session 15 bound that way (compiled, never run on a GPU). Session 16 went further: no
+// exception leaves a bound function at all (bind_status.h catches anything thrown inside and returns its message),
+// so an error takes the path of a result, the one every passing GPU test takes (tested on the CPU:
+// tests/kernels/test_bind_status.py; not yet run on a GPU).
 #pragma once
 #include <sstream>
 #include <string>

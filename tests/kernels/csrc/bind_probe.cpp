@@ -1,5 +1,7 @@
 // A CPU extension bound like the CUDA kernels' (bind_status.h), for tests/kernels/test_bind_status.py: host
-// functions that report a failed check as a pvq::Status, bound through pvq::returning_tensor / returning_none.
+// functions that report a failed check as a pvq::Status (and one that throws), bound through pvq::returning_tensor /
+// returning_none.
+#include <stdexcept>
 #include "bind_status.h"
 
 namespace {
@@ -7,6 +9,7 @@ namespace {
 pvq::Status scaled(torch::Tensor& y, torch::Tensor x, int64_t factor) {
   PVQ_CHECK(factor >= 0, "factor must be >= 0, got ", factor);
   PVQ_TRY(factor == 7 ? pvq::message("seven refused by a nested call") : pvq::Status{});
+  if (factor == 9) throw std::runtime_error("nine thrown");  // what a torch call inside may do: caught in bind_status.h
   y = x * factor;
   return {};
 }
