@@ -27,8 +27,7 @@ A random-initialised Llama of LLaMA-2-7B's shapes (hidden 4096, MLP 11008, 32 he
 randomized Hadamards). ``--rotation fused``: the plan that folds rotations into the model
 (QuaRot-style): only down_proj keeps an online rotation of its input; the folding itself is
 exact and costs nothing at run time, so random weights measure its speed (a LayerRotation with
-its output side None; where a checkout lacks that form, down_proj keeps both sides and the run says
-so). ``--rotation fused:256``: ``fused`` with down_proj's rotation block-diagonal in chunks of 256 inputs
+its output side None). ``--rotation fused:256``: ``fused`` with down_proj's rotation block-diagonal in chunks of 256 inputs
 (``pvq quantize --rotation-block 256``; 11008 = 43 x 256, no dense factor online). ``--rotation
 layer,fused,fused:256``: a row per plan for each pvq method (the codes coded once).
 ``--profile``: after each row, one eager decode step's GPU time by kernel, and the online rotations'
@@ -53,6 +52,7 @@ import sys
 import time
 
 import torch
+from _plans import online_rotation_seeds, parse_plan
 
 T0 = time.perf_counter()
 
@@ -191,29 +191,6 @@ def coded_shapes(method: str, shapes, dim: int, device) -> dict:
     return codec, out
 
 
-def rotation_seeds(plan: str, name: str, seed: int, one_sided: bool) -> dict | None:
-    """The rotation seeds a layer gets under a plan (``layer``: both sides; ``fused``: only down_proj's
-    input side, where LayerRotation takes one side, else both; ``fused:B``: that side in chunks of B)."""
-    if plan == "layer":
-        return {"out_seed": seed, "in_seed": seed + 1}
-    if not name.endswith("down_proj"):
-        return None
-    plan, _, block = plan.partition(":")
-    if block:
-        return {"out_seed": None, "in_seed": seed + 1, "in_block": int(block)}
-    return {"out_seed": None, "in_seed": seed + 1} if one_sided else {"out_seed": seed, "in_seed": seed + 1}
-
-
-def one_sided_rotations() -> bool:
-    from pvq.transforms import LayerRotation
-
-    try:
-        LayerRotation.from_seeds(8, 8, {"out_seed": None, "in_seed": 1})
-        return True
-    except Exception:  # noqa: BLE001 - the rotation-plan change is not in this checkout
-        return False
-
-
 def to_quantized(model, method: str, dim: int, plan: str, device, coded: dict) -> float:
     """Every block linear as a QuantizedLinear of ``method`` (ordinary constructor) with the rotations of
     ``plan``; bits per weight. ``coded``: the coded weights per method, filled on first use."""
@@ -229,16 +206,14 @@ def to_quantized(model, method: str, dim: int, plan: str, device, coded: dict) -
         with phase(f"{method}: coding one random weight per shape {sorted(shapes)} on {device.type}"):
             coded[method] = coded_shapes(method, shapes, dim, device)
     codec, stored = coded[method]
-    one_sided = one_sided_rotations()
-    if plan.startswith("fused") and not one_sided:
-        say("rotation fused: this checkout's LayerRotation has no one-sided form; down_proj keeps both sides")
     bits = weights = 0
     with phase(f"{method}: {len(linears)} QuantizedLinear layers ({codec.describe()}, rotation {plan})"):
         for i, (parent, attr, mod, name) in enumerate(linears):
             tensors = stored[(mod.out_features, mod.in_features)]
             q = QuantizedLinear(mod.in_features, mod.out_features, codec_to_config(codec),
                                 {k: (tuple(v.shape), v.dtype) for k, v in tensors.items()},
-                                rotation=rotation_seeds(plan, name, 1000 * i, one_sided), device=device)
+                                rotation=online_rotation_seeds(plan, name.endswith("down_proj"), 1000 * i),
+                                device=device)
             for k, v in tensors.items():
                 getattr(q, buffer_name(k)).copy_(v)
             setattr(parent, attr, q)
@@ -438,9 +413,8 @@ def main() -> None:
         p.error(f"--methods: any of fp16 (first, where named), int4, {', '.join(SETTINGS)}; got {a.methods}")
     plans = a.rotation.split(",")
     def plan_ok(pl: str) -> bool:
-        kind, _, block = pl.partition(":")
-        return kind in ("layer", "fused") and (not block or (kind == "fused" and block.isdigit()
-                                                             and a.intermediate % int(block) == 0))
+        parsed = parse_plan(pl, ("layer", "fused"))
+        return parsed is not None and (parsed[1] is None or a.intermediate % parsed[1] == 0)
 
     if not all(map(plan_ok, plans)):
         p.error(f"--rotation takes layer, fused or fused:B (B dividing --intermediate {a.intermediate}), comma "

@@ -26,6 +26,7 @@ import json
 import time
 
 import torch
+from _plans import online_rotation_seeds, parse_plan
 
 from pvq.codecs import make_codec, quantize_grouped
 from pvq.kernels import kernel_family
@@ -59,19 +60,16 @@ def copy_bandwidth(device) -> float:
     return 2 * a.numel() / (us * 1e-6)
 
 
-LAYER_ROTATIONS = {  # --rotation: the online rotations a layer of shape (out, in) keeps under a rotation plan
-    "layer": lambda out_f, in_f: {"out_seed": 1, "in_seed": 2},  # both sides (U and V)
-    # fused (folded into the model): only down_proj, the one linear reading more inputs than it writes in a
-    # Llama block, keeps an input-side rotation; q/k/v/o and gate/up keep none
-    "fused": lambda out_f, in_f: {"out_seed": None, "in_seed": 2} if in_f > out_f else None,
-    # ... that rotation block-diagonal in chunks of 256 inputs (pvq quantize --rotation-block 256)
-    "fused:256": lambda out_f, in_f: {"out_seed": None, "in_seed": 2, "in_block": 256} if in_f > out_f else None,
-}
+def layer_rotation(plan: str, out_f: int, in_f: int) -> dict | None:
+    """--rotation: the online rotations a layer of shape (out, in) keeps under a rotation plan (``_plans``): both
+    sides under ``layer``; under ``fused`` (folded into the model) only down_proj, the one linear reading more inputs
+    than it writes in a Llama block, keeps an input-side rotation (in chunks under ``fused:B``), the others none."""
+    return online_rotation_seeds(plan, in_f > out_f, 1)
 
 
 def quantized_layer(name: str, out_f: int, in_f: int, device, seed: int = 0, rotation: str = "layer") -> QuantizedLinear:
     """A QuantizedLinear of random Gaussian weights coded on ``device`` (rows in chunks), with the online
-    rotations of ``rotation`` (:data:`LAYER_ROTATIONS`)."""
+    rotations of ``rotation`` (:func:`layer_rotation`)."""
     codec_name, bits, dim, group, options = SETTINGS[name]
     codec = make_codec(codec_name, bits, dim, group_size=group, **options)
     g = torch.Generator(device=device).manual_seed(seed)
@@ -86,7 +84,7 @@ def quantized_layer(name: str, out_f: int, in_f: int, device, seed: int = 0, rot
     lin = torch.nn.Linear(in_f, out_f, bias=False, device="meta")
     q = QuantizedLinear(in_f, out_f, {"name": codec.name, **codec.config()},
                         {k: (tuple(v.shape), v.dtype) for k, v in stored.items()}, device=device,
-                        rotation=LAYER_ROTATIONS[rotation](out_f, in_f))
+                        rotation=layer_rotation(rotation, out_f, in_f))
     for k, v in stored.items():
         getattr(q, "scales" if k == "scale" else f"packed_{k}").copy_(v)
     del lin
@@ -268,10 +266,12 @@ def main() -> None:
     p.add_argument("--json", default=None)
     p.add_argument("--sweep", action="store_true", help="tile sizes of the split-order matmul on the first shape")
     p.add_argument("--graphs", action="store_true", help="time each call replayed from a CUDA graph")
-    p.add_argument("--rotation", default="layer", choices=tuple(LAYER_ROTATIONS),
+    p.add_argument("--rotation", default="layer",
                    help="online rotations of the pvq layers (us_layer): layer (both sides), fused (down_proj-shaped "
-                        "layers, in > out, keep the input side; others none) or fused:256 (that side in chunks of 256)")
+                        "layers, in > out, keep the input side; others none) or fused:B (that side in chunks of B)")
     a = p.parse_args()
+    if parse_plan(a.rotation, ("layer", "fused")) is None:
+        p.error(f"--rotation takes layer, fused or fused:B; got {a.rotation}")
     shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
     methods = a.methods.split(",")
     batches = [int(b) for b in a.batches.split(",")]

@@ -23,6 +23,7 @@ import sys
 import time
 
 import torch
+from _plans import PLANS, parse_plan
 from _report import write_report
 
 from pvq.eval.perplexity import perplexity
@@ -36,7 +37,6 @@ METHODS = {  # label -> (method, QuantizeConfig keyword arguments)
     "gptq": ("gptq", {}),
     "e8": ("e8", {}),
 }
-PLANS = ("fused", "layer", "none")
 
 
 def main(argv=None) -> int:
@@ -94,14 +94,6 @@ def main(argv=None) -> int:
     print(md)
     write_report(args.out, out, md)
     return 0
-
-
-def parse_plan(text: str) -> tuple[str, int | None] | None:
-    """``"fused"`` -> ("fused", None); ``"fused:256"`` -> ("fused", 256); None when malformed."""
-    plan, _, block = text.partition(":")
-    if plan not in PLANS or (block and (plan != "fused" or not block.isdigit())):
-        return None
-    return plan, int(block) if block else None
 
 
 def markdown(out: dict, plans: list[str]) -> str:

@@ -136,6 +136,24 @@ __device__ __forceinline__ void load_step(const unsigned* __restrict__ words, co
   sn = scales[item * kRows + lane];
 }
 
+// Four table words' int8 coordinates biased by 128 (the form the shared table holds)
+__device__ __forceinline__ int4 biased(int4 w) {
+  w.x ^= 0x80808080, w.y ^= 0x80808080, w.z ^= 0x80808080, w.w ^= 0x80808080;
+  return w;
+}
+
+#ifdef PVQ_ASYNC_TABLES
+// cp.async copies of 16 and 4 bytes from global to shared memory (arrived after cp.async.wait_all)
+__device__ __forceinline__ void copy_async16(void* dst, const void* src) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
+}
+__device__ __forceinline__ void copy_async4(void* dst, const void* src) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(d), "l"(src) : "memory");
+}
+#endif
+
 // The block's shared copies of the leaf table (int8 coordinates biased by 128) and the L gain levels (the table
 // complete once finish_tables has run and the block has passed a barrier)
 template <int L>
@@ -144,26 +162,13 @@ __device__ __forceinline__ void stage_tables(const int* __restrict__ leaves, int
   const int n4 = n_leaves >> 2;
 #ifdef PVQ_ASYNC_TABLES
   // every copy in flight while the block stages x (the leaves biased by finish_tables)
-  auto copy_async = [](void* dst, const void* src, auto bytes) {
-    const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-    if constexpr (decltype(bytes)::value == 16)
-      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
-    else
-      asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(d), "l"(src) : "memory");
-  };
-  using Bytes16 = std::integral_constant<int, 16>;
-  using Bytes4 = std::integral_constant<int, 4>;
-  for (int i = threadIdx.x; i < n4; i += blockDim.x) copy_async(s_leaf + 16 * i, leaves + 4 * i, Bytes16{});
-  for (int i = (n4 << 2) + threadIdx.x; i < n_leaves; i += blockDim.x)
-    copy_async(s_leaf + 4 * i, leaves + i, Bytes4{});
-  for (int i = threadIdx.x; i < L; i += blockDim.x) copy_async(s_levels + i, levels + i, Bytes4{});
+  for (int i = threadIdx.x; i < n4; i += blockDim.x) copy_async16(s_leaf + 16 * i, leaves + 4 * i);
+  for (int i = (n4 << 2) + threadIdx.x; i < n_leaves; i += blockDim.x) copy_async4(s_leaf + 4 * i, leaves + i);
+  for (int i = threadIdx.x; i < L; i += blockDim.x) copy_async4(s_levels + i, levels + i);
 #else
 #pragma unroll 4
-  for (int i = threadIdx.x; i < n4; i += blockDim.x) {
-    int4 w = __ldg(reinterpret_cast<const int4*>(leaves) + i);
-    w.x ^= 0x80808080, w.y ^= 0x80808080, w.z ^= 0x80808080, w.w ^= 0x80808080;
-    reinterpret_cast<int4*>(s_leaf)[i] = w;
-  }
+  for (int i = threadIdx.x; i < n4; i += blockDim.x)
+    reinterpret_cast<int4*>(s_leaf)[i] = biased(__ldg(reinterpret_cast<const int4*>(leaves) + i));
   for (int i = (n4 << 2) + threadIdx.x; i < n_leaves; i += blockDim.x)
     reinterpret_cast<int*>(s_leaf)[i] = leaves[i] ^ 0x80808080;
   for (int i = threadIdx.x; i < L; i += blockDim.x) s_levels[i] = levels[i];
@@ -180,11 +185,8 @@ __device__ __forceinline__ void finish_tables([[maybe_unused]] int n_leaves, [[m
 #ifdef PVQ_ASYNC_TABLES
   asm volatile("cp.async.wait_all;\n" ::: "memory");
   const int n4 = n_leaves >> 2;
-  for (int i = threadIdx.x; i < n4; i += blockDim.x) {
-    int4 w = reinterpret_cast<int4*>(s_leaf)[i];
-    w.x ^= 0x80808080, w.y ^= 0x80808080, w.z ^= 0x80808080, w.w ^= 0x80808080;
-    reinterpret_cast<int4*>(s_leaf)[i] = w;
-  }
+  for (int i = threadIdx.x; i < n4; i += blockDim.x)
+    reinterpret_cast<int4*>(s_leaf)[i] = biased(reinterpret_cast<int4*>(s_leaf)[i]);
   for (int i = (n4 << 2) + threadIdx.x; i < n_leaves; i += blockDim.x) reinterpret_cast<int*>(s_leaf)[i] ^= 0x80808080;
 #endif
 }
