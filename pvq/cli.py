@@ -405,6 +405,9 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default=None, help="runtime backend of the quantized layers (see pvq eval --help)")
     p.add_argument("--decode", default="auto", help="auto (default: static KV cache and a CUDA-graph step on CUDA, "
                    "model.generate elsewhere), eager (model.generate) or static (static cache; graph on CUDA)")
+    p.add_argument("--merge-projections", action="store_true",
+                   help="run each block's q/k/v and gate/up linears as one product each where they read one input "
+                        "the same way (the fused plan's layers; plain linears): fewer, larger kernels, same outputs")
     p.add_argument("--json", action="store_true")
 
 
@@ -415,7 +418,8 @@ def _generate(args: argparse.Namespace) -> int:
 
     cfg = GenerateConfig(max_new_tokens=args.max_new_tokens, sample=args.sample, temperature=args.temperature,
                          top_p=args.top_p, top_k=args.top_k, seed=args.seed, decode=args.decode)
-    out = run_generate(args.model, args.prompt, cfg, device=args.device, backend=args.backend)
+    out = run_generate(args.model, args.prompt, cfg, device=args.device, backend=args.backend,
+                       merge=args.merge_projections)
     if args.json:
         print(json.dumps(out))
         return 0
@@ -423,6 +427,8 @@ def _generate(args: argparse.Namespace) -> int:
     how = "greedy" if out["greedy"] else f"sampled, seed {out['seed']}"
     print(f"[{out['new_tokens']} new tokens in {out['seconds']:.2f} s: {out['tokens_per_second']:.1f} tokens/s, "
           f"{how}, prompt {out['prompt_tokens']} tokens, {out.get('mode', out['decode'])}]", file=sys.stderr)
+    if "merged" in out:
+        print(f"[{out['merged']}]", file=sys.stderr)
     return 0
 
 

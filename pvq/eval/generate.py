@@ -120,8 +120,11 @@ def _static(model, ids: torch.Tensor, cfg: GenerateConfig, pad: int) -> tuple[li
 
 
 def run_generate(model_or_dir: str | None, prompt: str, cfg: GenerateConfig | None = None,
-                 device: str | None = None, backend: str | None = None) -> dict:
-    """Load a model or pvq checkpoint (with its quantized modules) and continue ``prompt``."""
+                 device: str | None = None, backend: str | None = None, merge: bool = False) -> dict:
+    """Load a model or pvq checkpoint (with its quantized modules) and continue ``prompt``. ``merge``: run
+    each block's q/k/v and gate/up as one product each where they can
+    (:func:`~pvq.models.merging.merge_shared_input_linears`; what it did is in ``"merged"``)."""
+    from ..models.merging import merge_shared_input_linears
     from ..models.reference import resolve_model
     from .runs import load_model
 
@@ -130,8 +133,11 @@ def run_generate(model_or_dir: str | None, prompt: str, cfg: GenerateConfig | No
     if not prompt:
         raise GenerateError("--prompt is empty; give the text to continue")
     model, tokenizer = load_model(model_or_dir, backend=backend)
+    merged = merge_shared_input_linears(model).describe() if merge else None
     out = generate(model, tokenizer, prompt, cfg, device=device)
     out["model"] = resolve_model(model_or_dir)
+    if merged is not None:
+        out["merged"] = merged
     return out
 
 

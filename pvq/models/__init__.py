@@ -12,6 +12,7 @@ from .driver import LayerStats, QuantizeReport, quantize_model
 from .experts import QuantizedExperts
 from .format import online_rotations_per_block, quantization_config_dict, quantized_modules, read_quantization_config
 from .lora import BlockHook, LoraRecovery
+from .merging import MergeReport, has_merged_linears, merge_shared_input_linears
 from .methods import METHODS, MethodSpec, QuantizeConfig, decoder_layers, get_method, register_method
 from .plan import LayerPlan, QuantizePlan
 from .rotation_plan import ROTATION_PLANS, fold_rotations
@@ -40,6 +41,7 @@ __all__ = [
     "LayerPlan",
     "LayerStats",
     "LoraRecovery",
+    "MergeReport",
     "MethodSpec",
     "QuantizeConfig",
     "QuantizeError",
@@ -55,9 +57,11 @@ __all__ = [
     "decoder_layers",
     "fold_rotations",
     "get_method",
+    "has_merged_linears",
     "keep_stored_on_host",
     "load_quantized",
     "load_text",
+    "merge_shared_input_linears",
     "online_rotations_per_block",
     "quantization_config_dict",
     "quantize_model",

@@ -37,6 +37,7 @@ from .format import (
 from .coding import decode_entropy_coded, entropy_code_model
 from .experts import QuantizedExperts
 from .hf_quantizer import register
+from .merging import has_merged_linears
 from .qlinear import QuantizedEmbedding, QuantizedLinear
 
 __all__ = ["cast_unquantized", "clean_leftovers", "load_quantized", "prepare_output", "save_quantized"]
@@ -170,6 +171,9 @@ def save_quantized(
     on the path repairs if interrupted): ``out_dir`` always holds nothing, the
     complete previous checkpoint, or the complete new one.
     """
+    if has_merged_linears(model):
+        raise QuantizeError("this model's q/k/v or gate/up linears were merged for decoding speed "
+                            "(merge_shared_input_linears), a form checkpoints do not store; save before merging")
     out_dir = prepare_output(out_dir, overwrite, log)
     quantization_config_dict(model, quant_config)  # checks before anything changes
     config = getattr(model, "config", None)
