@@ -3,7 +3,8 @@ int4 kernel and pvq, every row through one harness (a static KV cache and a CUDA
 :mod:`pvq.eval.decoding`, what ``pvq generate --device cuda`` runs).
 
     python benchmarks/generate.py [--layers 32] [--methods fp16,int4,pvq4,pvq3,pvq2,e8-2] [--batch 1]
-                                  [--new-tokens 64] [--rotation layer|fused|fused:B|layer,fused] [--eager] [--profile]
+                                  [--new-tokens 64] [--rotation layer|fused|fused:B|layer,fused] [--merge no,yes]
+                                  [--eager] [--profile]
                                   [--json FILE] [--dense-rotation-max-order N] [--mma-min-rows N]
     python benchmarks/generate.py --device cpu --layers 2 --hidden 256 --intermediate 768 --vocab 512
     python benchmarks/generate.py --checkpoint DIR [--backends dense,triton]
@@ -30,7 +31,10 @@ exact and costs nothing at run time, so random weights measure its speed (a Laye
 its output side None). ``--rotation fused:256``: ``fused`` with down_proj's rotation block-diagonal in chunks of 256 inputs
 (``pvq quantize --rotation-block 256``; 11008 = 43 x 256, no dense factor online). ``--rotation
 layer,fused,fused:256``: a row per plan for each pvq method (the codes coded once).
-``--profile``: after each row, one eager decode step's GPU time by kernel, and the online rotations'
+``--merge no,yes``: each row also with every block's q/k/v and gate/up linears run as one product each
+(:func:`pvq.models.merge_shared_input_linears`, ``pvq generate --merge-projections``; fp16 and int4 stacked
+the same way, so all methods get the same fewer, larger products; pvq layers merge under ``fused`` only,
+where q/k/v and gate/up share their input's rotation). ``--profile``: after each row, one eager decode step's GPU time by kernel, and the online rotations'
 (Hadamard kernels') share of it.
 
 Per row: tokens per second (all sequences; decode steps only, the prefill apart), ratio to fp16,
@@ -81,6 +85,37 @@ def llama(a, device):
     with torch.device(device):
         model = LlamaForCausalLM(cfg).to(torch.float16 if device.type == "cuda" else torch.float32).eval()
     return model
+
+
+def fresh_llama(old, a, device):
+    """A new random model of the run's shapes (seeded), the old one freed first."""
+    del old
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    torch.manual_seed(0)
+    with phase(f"building a random Llama ({a.layers} blocks, hidden {a.hidden}, MLP {a.intermediate}) on {device.type}"):
+        return llama(a, device)
+
+
+def needs_fresh_model(model, method: str) -> bool:
+    """Whether a row of ``method`` needs a new model: none yet, one with merged linears, or (fp16 and int4,
+    which read the fp16 weights) one whose linears are not plain any more."""
+    from pvq.models import has_merged_linears
+
+    if model is None or has_merged_linears(model):
+        return True
+    return method in ("fp16", "int4") and not all(isinstance(m, torch.nn.Linear) for _, _, m, _ in block_linears(model))
+
+
+def merge(model) -> int:
+    """Each block's q/k/v and gate/up as one product each, where they can run as one (pvq's own merge);
+    returns the number of merged products."""
+    from pvq.models import merge_shared_input_linears
+
+    with phase("merging each block's q/k/v and gate/up linears"):
+        report = merge_shared_input_linears(model)
+    say(report.describe())
+    return report.groups
 
 
 def block_linears(model):
@@ -393,6 +428,9 @@ def main() -> None:
                    "(layer,fused: a row per plan and method)")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--batch", type=int, default=1, help="sequences generated together")
+    p.add_argument("--merge", default="no", help="no, yes or no,yes: run each block's q/k/v and gate/up linears as one "
+                   "product each (every method: fp16 and int4 stacked, pvq's merged codes; pvq generate "
+                   "--merge-projections), a row per setting")
     p.add_argument("--eager", action="store_true", help="also time eager steps over the static cache")
     p.add_argument("--profile", action="store_true", help="GPU time of one eager decode step by kernel, per row")
     p.add_argument("--device", default=None, help="default: cuda where available")
@@ -419,6 +457,9 @@ def main() -> None:
     if not all(map(plan_ok, plans)):
         p.error(f"--rotation takes layer, fused or fused:B (B dividing --intermediate {a.intermediate}), comma "
                 f"separated; got {a.rotation}")
+    merges = [{"no": False, "yes": True}.get(g) for g in a.merge.split(",")]
+    if None in merges:
+        p.error(f"--merge takes no, yes or no,yes; got {a.merge}")
     if a.profile and device.type != "cuda":
         p.error("--profile needs CUDA")
     say(f"device {torch.cuda.get_device_name(device) if device.type == 'cuda' else device}, torch {torch.__version__}")
@@ -439,25 +480,38 @@ def main() -> None:
     if a.checkpoint:
         return main_checkpoint(a, device)
     rows = []
-    with phase(f"building a random Llama ({a.layers} blocks, hidden {a.hidden}, MLP {a.intermediate}) on {device.type}"):
-        model = llama(a, device)
+    model = None
     coded: dict = {}
-    for method, plan in [(m, p) for m in methods for p in (plans if m in SETTINGS else ("",))]:
-        label = f"{method} ({plan})" if plan else method
+    for method, plan, merged in [(m, p, g) for m in methods for p in (plans if m in SETTINGS else ("",))
+                                 for g in merges]:
+        label = (f"{method} ({plan})" if plan else method) + (" merged" if merged else "")
+        products = 0
         with phase(f"row {label}"):
+            if needs_fresh_model(model, method):
+                model = fresh_llama(model, a, device)
             if method == "fp16":  # float32 off CUDA (CPU smoke runs)
                 bits = 16.0 if device.type == "cuda" else 32.0
+                if merged:
+                    products = merge(model)
             elif method == "int4":
                 try:
                     check_int4(device)
                 except (RuntimeError, AttributeError, NotImplementedError) as e:  # a torch without the kernel
                     say(f"int4 row skipped: {type(e).__name__}: {str(e)[:200]}")
                     continue
+                if merged:  # the stacked fp16 weights packed as one int4 layer each
+                    products = merge(model)
                 with phase("int4: packing every block linear"):
                     bits = to_int4(model)
             else:
                 bits = to_quantized(model, method, a.dim, plan, device, coded)
+                if merged:
+                    products = merge(model)
             r = measure(model, a, device)
+            r["merged_products"] = products
+            if merged:  # the unmerged row of the same method and plan ran just before, on the same weights
+                same = rows and rows[-1]["first_tokens"] == r["first_tokens"]
+                say(f"{products} merged products; first tokens {'equal to' if same else 'NOT equal to'} the unmerged row's")
         rows.append({"method": label, "bits": bits, **r})
         print({k: v for k, v in rows[-1].items() if k != "profile"}, flush=True)
         if a.json:
