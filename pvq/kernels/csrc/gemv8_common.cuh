@@ -1,4 +1,4 @@
-// Pieces of the D = 8 PVQ products (leaf8_gemv.cu, leafrow8_gemv.cu): x in registers, int8 leaf words as exact
+// Pieces of the D = 8 PVQ products (split8_gemv.cu, leaf8_gemv.cu, leafrow8_gemv.cu): x in registers, int8 leaf words as exact
 // half2 or float, a leaf pair's coordinates and inverse norm, the warp reductions of several rows at once.
 #pragma once
 #include "dtype.cuh"

@@ -24,6 +24,7 @@
 #include <torch/extension.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#include "gemv8_host.h"
 #include "host_api.h"
 #endif
 
@@ -220,10 +221,6 @@ leaf8_gemv_kernel(const unsigned* __restrict__ words, int row_words, const __hal
   }
 }
 
-[[maybe_unused]] int ceil_div(long long a, long long b) { return static_cast<int>((a + b - 1) / b); }
-
-[[maybe_unused]] constexpr int kMaxRows = 8;
-
 #ifdef PVQ_KERNEL_ONLY
 #define PVQ_INSTANTIATE(T, LG, NV, RU, B) template __global__ void leaf8_gemv_kernel<T, LG, NV, RU, B>(        \
     const unsigned*, int, const __half*, const float*, const int*, int, const float*, int, const T*, T*, int, int, \
@@ -251,13 +248,9 @@ namespace pvq {
 Status leaf8_gemv(torch::Tensor& y, torch::Tensor words, int64_t row_words, torch::Tensor scales,
                   torch::Tensor levels, torch::Tensor leaves, torch::Tensor inv_norms, torch::Tensor x,
                   int64_t out_features, int64_t field_bits, int64_t leaf_bits, int64_t group) {
-  PVQ_CHECK(x.is_cuda() && x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= kMaxRows && x.is_contiguous(),
-            "x must be [B <= ", kMaxRows, ", in] contiguous on CUDA");
+  PVQ_TRY(gemv8::check_x(x));
   const int batch = static_cast<int>(x.size(0));
-  PVQ_CHECK(batch == 1 || (x.scalar_type() != torch::kFloat32 && x.size(1) <= (batch > 4 ? 8192 : 16384)),
-            "several rows: fp16 or bf16 inputs of at most 16384 (8192 for 5 to 8 rows)");
-  const int rows_b = batch == 1 ? 1 : (batch > 4 ? 8 : 4);
-  PVQ_CHECK(x.size(1) % 8 == 0, "in_features must be a multiple of 8");
+  const int rows_b = gemv8::kernel_rows(batch);
   PVQ_CHECK(field_bits >= 2 && field_bits <= 32 && leaf_bits >= 2, "fields of 2 to 32 bits");
   const int vpr = static_cast<int>(x.size(1) / 8);
   PVQ_CHECK(vpr % group == 0, "vectors per row must be a multiple of the group size");
@@ -269,13 +262,9 @@ Status leaf8_gemv(torch::Tensor& y, torch::Tensor words, int64_t row_words, torc
   const int n_leaves = static_cast<int>(leaves.numel());
   const int n_norms = static_cast<int>(inv_norms.numel());
   const int L = static_cast<int>(levels.numel());
-  int group_log2 = -1;
-  if ((group & (group - 1)) == 0) { group_log2 = 0; while ((1LL << group_log2) < group) ++group_log2; }
-  int NV = ceil_div(vpr, 32 * 16);
-  if (NV > 3 || batch > 1) NV = ceil_div(vpr, 32 * 32);
-  const int S = ceil_div(vpr, 32 * NV);
-  const int G = std::max(1, 32 / S);
-  const int threads = 32 * S * G;
+  const int group_log2 = gemv8::group_log2(group);
+  const gemv8::WarpPlan plan = gemv8::warp_plan(vpr, batch);
+  const int S = plan.warps, G = plan.groups, threads = plan.threads;
   const auto* props = at::cuda::getCurrentDeviceProperties();
   const int sms = props->multiProcessorCount;
   // one block an SM, unless its rows' partial sums would not fit in shared memory (e.g. 28672 rows of 8192
@@ -284,8 +273,8 @@ Status leaf8_gemv(torch::Tensor& y, torch::Tensor words, int64_t row_words, torc
   const size_t row_bytes = sizeof(float) * static_cast<size_t>(S) * rows_b;
   PVQ_CHECK(props->sharedMemPerBlockOptin >= table_bytes + row_bytes * G, "the leaf tables do not fit in shared memory");
   const int rows_cap = static_cast<int>((props->sharedMemPerBlockOptin - table_bytes) / row_bytes);
-  const int grid = std::max({1, std::min(sms, ceil_div(out_features, G)), ceil_div(out_features, rows_cap)});
-  const int rows_per_block = ceil_div(out_features, grid);
+  const int grid = std::max({1, std::min(sms, gemv8::ceil_div(out_features, G)), gemv8::ceil_div(out_features, rows_cap)});
+  const int rows_per_block = gemv8::ceil_div(out_features, grid);
   const size_t smem = table_bytes + row_bytes * rows_per_block;
   auto stream = at::cuda::getCurrentCUDAStream();
 #define PVQ_LAUNCH(T, TL, LGG, NVV, RUU, BB)                                                                     \
@@ -301,27 +290,12 @@ Status leaf8_gemv(torch::Tensor& y, torch::Tensor words, int64_t row_words, torc
         static_cast<int>(group), group_log2, S, rows_per_block, batch);                                          \
     PVQ_LAUNCH_CHECK();                                                                                          \
   } while (0)
-#define PVQ_BY_NV(T, TL, LGG)                                                                                    \
-  if (batch > 1) {                                                                                               \
-    constexpr int kB4 = std::is_same<T, float>::value ? 1 : 4;                                                   \
-    constexpr int kB8 = std::is_same<T, float>::value ? 1 : 8;                                                   \
-    if (rows_b == 8) PVQ_LAUNCH(T, TL, LGG, 1, 1, kB8);                                                          \
-    else if (NV == 1) PVQ_LAUNCH(T, TL, LGG, 1, 2, kB4);                                                         \
-    else PVQ_LAUNCH(T, TL, LGG, 2, 1, kB4);                                                                      \
-  } else {                                                                                                       \
-    switch (NV) {                                                                                                \
-      case 1: PVQ_LAUNCH(T, TL, LGG, 1, 4, 1); break;                                                            \
-      case 2: PVQ_LAUNCH(T, TL, LGG, 2, 2, 1); break;                                                            \
-      case 3: PVQ_LAUNCH(T, TL, LGG, 3, 1, 1); break;                                                            \
-      default: PVQ_LAUNCH(T, TL, LGG, 4, 1, 1); break;                                                           \
-    }                                                                                                            \
-  }
 #define PVQ_BY_LEVELS(T, TL)                                                                                     \
   switch (L) {                                                                                                   \
-    case 2: PVQ_BY_NV(T, TL, 1); break;                                                                          \
-    case 4: PVQ_BY_NV(T, TL, 2); break;                                                                          \
-    case 8: PVQ_BY_NV(T, TL, 3); break;                                                                          \
-    case 16: PVQ_BY_NV(T, TL, 4); break;                                                                         \
+    case 2: PVQ_GEMV8_BY_NV(PVQ_LAUNCH, T, TL, 1, plan.nv, rows_b, batch); break;                                 \
+    case 4: PVQ_GEMV8_BY_NV(PVQ_LAUNCH, T, TL, 2, plan.nv, rows_b, batch); break;                                 \
+    case 8: PVQ_GEMV8_BY_NV(PVQ_LAUNCH, T, TL, 3, plan.nv, rows_b, batch); break;                                 \
+    case 16: PVQ_GEMV8_BY_NV(PVQ_LAUNCH, T, TL, 4, plan.nv, rows_b, batch); break;                                \
     default: PVQ_CHECK(false, "gain levels L must be 2, 4, 8 or 16, got ", L);                                 \
   }
   PVQ_BY_DTYPE(x, PVQ_BY_LEVELS);

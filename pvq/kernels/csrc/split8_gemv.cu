@@ -28,47 +28,19 @@
 // float [K^2 + 1] (float32 path); gain levels float [L]. The weights are
 // y * ((level * scale) * inverse_norm[|y|^2]) in float32, as the reference (pvq/kernels/split_runtime.py).
 
-#include "dtype.cuh"
-#include <cstring>
+#include "gemv8_common.cuh"
 #include <type_traits>
 #ifndef PVQ_KERNEL_ONLY  // nvcc -DPVQ_KERNEL_ONLY -arch=sm_90 --resource-usage: the kernels alone, without torch
 #include <torch/extension.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#include "gemv8_host.h"
 #include "host_api.h"
 #endif
 
 namespace {
 
-using pvq::to_float;
-
-constexpr float kTwo23 = 8388608.f;
-
-// x[8 v .. 8 v + 7] as floats (zeros when the vector is past the row)
-template <typename T>
-__device__ __forceinline__ void load8(const T* __restrict__ x, int v, bool valid, float* out) {
-#pragma unroll
-  for (int t = 0; t < 8; ++t) out[t] = valid ? to_float(x[8 * v + t]) : 0.f;
-}
-
-// sum_t c_t x_t over the four int8 coordinates of a leaf word, without I2F: each byte, biased by 128,
-// becomes the mantissa of 2^23 + c + 128
-__device__ __forceinline__ float leaf_dot(int w, const float* x4) {
-  const unsigned biased = static_cast<unsigned>(w) ^ 0x80808080u;
-  float s = 0.f;
-#pragma unroll
-  for (int t = 0; t < 4; ++t) {
-    const float c = __int_as_float(__byte_perm(biased, 0x4B000000u, t | (4 << 4) | (4 << 8) | (7 << 12))) - (kTwo23 + 128.f);
-    s = fmaf(c, x4[t], s);
-  }
-  return s;
-}
-
-__device__ __forceinline__ __half2 u32_as_half2(unsigned w) {
-  __half2 h;
-  memcpy(&h, &w, sizeof(h));
-  return h;
-}
+using namespace pvq8;  // load8, leaf_dot, leaf_halves, rsqrt_approx, reduce_rows (gemv8_common.cuh)
 
 // Decode tables in shared memory, addressed in bytes from its start (the leaf table is first). The
 // kernel is bound by shared-memory wavefronts (a warp's random 4-byte gather over 32 banks takes
@@ -121,21 +93,6 @@ __device__ __forceinline__ float vector_dot(unsigned code, const float* xv, floa
   return (leaf_dot(w.x, xv) + leaf_dot(w.y, xv + 4)) * mult;
 }
 
-// 1 / sqrt(v) from the special-function unit alone (v = |y|^2 >= 1: no range fix-ups)
-__device__ __forceinline__ float rsqrt_approx(float v) {
-  float r;
-  asm("rsqrt.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v));
-  return r;
-}
-
-// Four int8 coordinates (biased by 128) as two exact half2: the bytes under 0x64 are the halves
-// 1024 + c + 128, less 1152.
-__device__ __forceinline__ void leaf_halves(unsigned biased, __half2& c01, __half2& c23) {
-  const __half2 bias = u32_as_half2(0x64806480u);  // (1152, 1152)
-  c01 = __hsub2(u32_as_half2(__byte_perm(biased, 0x64646464u, 0x5140)), bias);
-  c23 = __hsub2(u32_as_half2(__byte_perm(biased, 0x64646464u, 0x5342)), bias);
-}
-
 // The same in half2 arithmetic for 16-bit inputs, for B input rows at once (xh[b]: row b's x / 16 as
 // four half2; the leaf words biased by 128; the vector decoded once): |y . x| / 16 <= K max|x| / 16 <
 // 65504 for K <= 16, so no partial sum overflows; the squared norm |y|^2 <= 256 is exact in half, its
@@ -162,30 +119,6 @@ __device__ __forceinline__ void vector_dots(unsigned code, const __half2 (*xh)[4
     d = __hfma2(b23, xh[r][3], d);
     acc[r] += __half2float(__hadd(__low2half(d), __high2half(d))) * mult;
   }
-}
-
-// Sums of R rows' per-lane values over the warp in 5 + R - 1 shuffles (not 5 R): each step hands
-// half of the rows still held to the partner lane. Afterwards lane l holds the sum of row
-// (l >> (5 - log2 R)), complete in the lanes whose low 5 - log2 R bits are zero.
-template <int R>
-__device__ __forceinline__ float reduce_rows(float (&a)[R], int lane) {
-  static_assert(R == 1 || R == 2 || R == 4 || R == 8 || R == 16, "rows a step: 1, 2, 4, 8 or 16");
-  float k[R];
-#pragma unroll
-  for (int r = 0; r < R; ++r) k[r] = a[r];
-#pragma unroll
-  for (int n = R, o = 16; n > 1; n >>= 1, o >>= 1) {  // keep the half of the rows this lane's bit o names
-    const bool up = lane & o;
-#pragma unroll
-    for (int r = 0; r < n / 2; ++r) {
-      const float keep = up ? k[r + n / 2] : k[r], give = up ? k[r] : k[r + n / 2];
-      k[r] = keep + __shfl_xor_sync(0xFFFFFFFFu, give, o);
-    }
-  }
-  float sum = k[0];
-#pragma unroll
-  for (int o = 16 / R; o > 0; o >>= 1) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, o);  // the lanes of one row
-  return sum;
 }
 
 template <typename T, int L, int NV, int RU, int B>
@@ -332,10 +265,6 @@ split8_gemv_kernel(const unsigned* __restrict__ words, unsigned n_words, const _
   }
 }
 
-int ceil_div(long long a, long long b) { return static_cast<int>((a + b - 1) / b); }
-
-constexpr int kMaxRows = 8;  // input rows one launch decodes for: 4 or 8 (fewer are padded with zeros)
-
 #ifdef PVQ_KERNEL_ONLY
 // every instantiation the launcher makes, for --resource-usage
 #define PVQ_INSTANTIATE(T, L, NV, RU, B) template __global__ void split8_gemv_kernel<T, L, NV, RU, B>(   \
@@ -363,14 +292,9 @@ namespace pvq {
 Status split8_gemv(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
                    torch::Tensor buckets, torch::Tensor pair, torch::Tensor leaves, torch::Tensor inv_norms,
                    torch::Tensor x, int64_t out_features, int64_t code_bits, int64_t K, int64_t group, int64_t shift) {
-  PVQ_CHECK(x.is_cuda() && x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= kMaxRows && x.is_contiguous(),
-            "x must be [B <= ", kMaxRows, ", in] contiguous on CUDA");
+  PVQ_TRY(gemv8::check_x(x));
   const int batch = static_cast<int>(x.size(0));
-  PVQ_CHECK(batch == 1 || (x.scalar_type() != torch::kFloat32 && x.size(1) <= (batch > 4 ? 8192 : 16384)),
-            "several rows: fp16 or bf16 inputs of at most 16384 (8192 for 5 to 8 rows), got ", x.scalar_type(),
-            " [", batch, ", ", x.size(1), "]");
-  const int rows_b = batch == 1 ? 1 : (batch > 4 ? 8 : 4);  // the kernel's B
-  PVQ_CHECK(x.size(1) % 8 == 0, "in_features must be a multiple of 8");
+  const int rows_b = gemv8::kernel_rows(batch);  // the kernel's B
   PVQ_CHECK(words.numel() < (1LL << 27), "codes of at most 2^32 bits (bit addresses are 32-bit)");
   PVQ_CHECK(buckets.scalar_type() == torch::kInt32 && pair.scalar_type() == torch::kInt32 && pair.size(-1) == 4,
             "buckets int32 (S << 5 | j0) and pair int32 [K + 1, 4] (pvq/kernels/cuda_split.py)");
@@ -383,19 +307,12 @@ Status split8_gemv(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, 
   const int n_buckets = static_cast<int>(buckets.numel());
   const int n_norms = static_cast<int>(inv_norms.numel());
   const int L = static_cast<int>(levels.numel());
-  int group_log2 = -1;
-  if ((group & (group - 1)) == 0) { group_log2 = 0; while ((1LL << group_log2) < group) ++group_log2; }
-  // a row is covered by S warps of NV vectors a lane (NV as small as 16 warps allow, up to 3; past
-  // 12288 inputs up to 32 warps of up to 4); G = 32 / S row groups
-  // (several rows: up to 32 warps of one or two vectors, x's registers times the rows)
-  int NV = ceil_div(vpr, 32 * 16);
-  if (NV > 3 || batch > 1) NV = ceil_div(vpr, 32 * 32);
-  const int S = ceil_div(vpr, 32 * NV);
-  const int G = std::max(1, 32 / S);
-  const int threads = 32 * S * G;
+  const int group_log2 = gemv8::group_log2(group);
+  const gemv8::WarpPlan plan = gemv8::warp_plan(vpr, batch);
+  const int S = plan.warps, G = plan.groups, threads = plan.threads;
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int grid = std::max(1, std::min(sms, ceil_div(out_features, G)));
-  const int rows_per_block = ceil_div(out_features, grid);
+  const int grid = std::max(1, std::min(sms, gemv8::ceil_div(out_features, G)));
+  const int rows_per_block = gemv8::ceil_div(out_features, grid);
   const size_t smem = sizeof(int) * (((n_leaves + 3) & ~3) + 4 * (K + 1) + ((K + 4) & ~3) + n_buckets + n_norms + L) +
                       sizeof(float) * static_cast<size_t>(S) * rows_per_block * rows_b;
   auto stream = at::cuda::getCurrentCUDAStream();
@@ -414,30 +331,12 @@ Status split8_gemv(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, 
         batch);                                                                                                  \
     PVQ_LAUNCH_CHECK();                                                                                          \
   } while (0)
-  // rows decoded per step: four with one vector a lane, fewer as the registers of x grow; several
-  // input rows: 4 or 8 (rows past x's are zeros, not written; 8 rows: one vector a lane), never
-  // instantiated for float32
-#define PVQ_BY_NV(T, TL, LL)                                                                                     \
-  if (batch > 1) {                                                                                               \
-    constexpr int kB4 = std::is_same<T, float>::value ? 1 : 4;                                                   \
-    constexpr int kB8 = std::is_same<T, float>::value ? 1 : 8;                                                   \
-    if (rows_b == 8) PVQ_LAUNCH(T, TL, LL, 1, 1, kB8);                                                           \
-    else if (NV == 1) PVQ_LAUNCH(T, TL, LL, 1, 2, kB4);                                                          \
-    else PVQ_LAUNCH(T, TL, LL, 2, 1, kB4);                                                                       \
-  } else {                                                                                                       \
-    switch (NV) {                                                                                                \
-      case 1: PVQ_LAUNCH(T, TL, LL, 1, 4, 1); break;                                                             \
-      case 2: PVQ_LAUNCH(T, TL, LL, 2, 2, 1); break;                                                             \
-      case 3: PVQ_LAUNCH(T, TL, LL, 3, 1, 1); break;                                                             \
-      default: PVQ_LAUNCH(T, TL, LL, 4, 1, 1); break;                                                            \
-    }                                                                                                            \
-  }
 #define PVQ_BY_LEVELS(T, TL)                                                                                     \
   switch (L) {                                                                                                   \
-    case 2: PVQ_BY_NV(T, TL, 2); break;                                                                          \
-    case 4: PVQ_BY_NV(T, TL, 4); break;                                                                          \
-    case 8: PVQ_BY_NV(T, TL, 8); break;                                                                          \
-    case 16: PVQ_BY_NV(T, TL, 16); break;                                                                        \
+    case 2: PVQ_GEMV8_BY_NV(PVQ_LAUNCH, T, TL, 2, plan.nv, rows_b, batch); break;                                 \
+    case 4: PVQ_GEMV8_BY_NV(PVQ_LAUNCH, T, TL, 4, plan.nv, rows_b, batch); break;                                 \
+    case 8: PVQ_GEMV8_BY_NV(PVQ_LAUNCH, T, TL, 8, plan.nv, rows_b, batch); break;                                 \
+    case 16: PVQ_GEMV8_BY_NV(PVQ_LAUNCH, T, TL, 16, plan.nv, rows_b, batch); break;                               \
     default: PVQ_CHECK(false, "gain levels L must be 2, 4, 8 or 16, got ", L);                                 \
   }
   PVQ_BY_DTYPE(x, PVQ_BY_LEVELS);
