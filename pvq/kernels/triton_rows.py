@@ -1,0 +1,82 @@
+"""The whole-layer decode of the row-interleaved leaf layout (:mod:`pvq.kernels.leaf_rows`) in Triton.
+
+``Q'`` ``[out, in]`` is what the backend multiplies by cuBLAS above 16 input rows (prefill). The CUDA decode
+(``leafrow8_decode_kernel``) gives each thread one vector: its field's word is one of 32 lanes' (each 4-byte
+read its own 32-byte sector), then the leaf words, then the gain level and the inverse norm, each load waiting
+for the one before, and a thread has nothing else to do meanwhile (11008x4096 at 3 bits: about 70 us on an
+H200, where the one-row product decodes the same layer in 13.6). Here a program decodes one step of one row
+group, a ``[32 rows, 128 inputs]`` tile: the step's words are read lane-major as stored (coalesced), the 16
+vectors of each of the 32 rows are decoded together (every load of the tile in flight at once), and the tile
+is written row-major, each row's 256 (fp16) or 512 (float32) bytes contiguous.
+
+The operations are the reference's (:func:`~pvq.kernels.leaf_rows.leaf_rows_decode_reference`):
+``y * ((level * scale) * inverse_norms[|y|^2])`` in float32, so the float32 decode equals it bit for bit and a
+16-bit one is those floats rounded once. Importing this module needs Triton.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .leaf_rows import ROW_GROUP, STEP_VECTORS, LeafRowsRuntime
+
+__all__ = ["leaf_rows_decode_triton"]
+
+_OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@triton.jit
+def _rows_decode_kernel(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, out_ptr, out_features, steps,
+                        in_features, F: tl.constexpr, A: tl.constexpr, LG: tl.constexpr, BF16: tl.constexpr):
+    """Program (rg, s): rows ``32 rg .. 32 rg + 31``, inputs ``128 s .. 128 s + 127``."""
+    rg = tl.program_id(0)
+    s = tl.program_id(1)
+    lane = tl.arange(0, 32)
+    item = rg.to(tl.int64) * steps + s
+    j = tl.arange(0, 16)
+    bit = j * F  # [16]: vector j's field starts at bit j F of the row's W2 = F / 2 words
+    q = item * (F // 2) * 32 + (bit >> 5)[None, :] * 32 + lane[:, None]  # [32, 16]
+    lo = tl.load(words_ptr + q).to(tl.uint32, bitcast=True).to(tl.uint64)
+    spill = ((bit & 31) + F > 32)[None, :] & (lane[:, None] >= 0)
+    hi = tl.load(words_ptr + q + 32, mask=spill, other=0).to(tl.uint32, bitcast=True).to(tl.uint64)
+    f = (((hi << 32) | lo) >> (bit & 31)[None, :].to(tl.uint64)) & ((1 << F) - 1)
+    f = f.to(tl.int32)
+    gain = f & ((1 << LG) - 1)
+    wa = tl.load(leaves_ptr + ((f >> LG) & ((1 << A) - 1)))
+    wb = tl.load(leaves_ptr + ((f >> (LG + A)) & ((1 << A) - 1)))
+    n2 = tl.zeros_like(wa)
+    for k in tl.static_range(4):
+        ca = (((wa >> (8 * k)) & 0xFF) ^ 0x80) - 0x80
+        cb = (((wb >> (8 * k)) & 0xFF) ^ 0x80) - 0x80
+        n2 += ca * ca + cb * cb
+    scale = tl.load(scales_ptr + item * 32 + lane).to(tl.float32)  # [32]
+    mult = (tl.load(levels_ptr + gain) * scale[:, None]) * tl.load(inv_ptr + n2)  # [32, 16]
+    t = tl.arange(0, 8)
+    word = tl.where((t < 4)[None, None, :], wa[:, :, None], wb[:, :, None])  # [32, 16, 8]
+    c = (((word >> (8 * (t % 4))[None, None, :]) & 0xFF) ^ 0x80) - 0x80
+    w = tl.reshape(c.to(tl.float32) * mult[:, :, None], (32, 128))
+    row = rg * 32 + lane
+    col = s * 128 + tl.arange(0, 128)
+    ptrs = out_ptr + row.to(tl.int64)[:, None] * in_features + col[None, :]
+    if BF16:  # round to nearest even by hand: Triton's CPU interpreter truncates (the GPU's cvt rounds)
+        b = w.to(tl.uint32, bitcast=True)
+        b = (b + 0x7FFF + ((b >> 16) & 1)) >> 16
+        tl.store(ptrs, b.to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=(row < out_features)[:, None])
+    else:
+        tl.store(ptrs, w.to(out_ptr.dtype.element_ty), mask=(row < out_features)[:, None])
+
+
+def leaf_rows_decode_triton(rt: LeafRowsRuntime, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``Q'`` ``[out, in]`` in ``dtype`` (float32, fp16 or bf16) on the layer's device (module docstring)."""
+    if dtype not in _OUT_DTYPES:
+        raise ValueError(f"the decode writes float32, float16 or bfloat16, not {dtype}")
+    out = torch.empty(rt.out_features, rt.in_features, dtype=dtype, device=rt.words.device)
+    if out.numel() == 0:
+        return out
+    assert rt.steps * STEP_VECTORS * 8 == rt.in_features and ROW_GROUP == 32
+    _rows_decode_kernel[(rt.row_groups, rt.steps)](
+        rt.words, rt.row_scales, rt.levels, rt.leaves, rt.inverse_norms, out, rt.out_features, rt.steps,
+        rt.in_features, F=rt.field_bits, A=rt.leaf_bits, LG=rt.gain_bits, BF16=dtype == torch.bfloat16, num_warps=4)
+    return out
