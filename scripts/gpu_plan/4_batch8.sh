@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Call 4: the 7B step at batch 8, merged and not (PLAN: the rotation plan call 2 found faster). See README.md here.
+set -u -o pipefail
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
+PLAN=${PLAN:-fused}
+T0=$(date +%s)
+say() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
+timeout 240 python3 benchmarks/generate.py --layers 32 --rotation $PLAN --merge no,yes --new-tokens 32 --methods fp16,int4,pvq3 --batch 8 --json $OUT/generate_batch8.json > $OUT/generate_batch8.txt 2>&1; grep -E "merged products|^\||Error|error" $OUT/generate_batch8.txt
+say batch8
