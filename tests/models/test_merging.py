@@ -174,3 +174,18 @@ def test_cli_generate_merged_gives_the_same_tokens(capsys):
         outs.append(json.loads(capsys.readouterr().out))
     assert outs[0]["completion"] == outs[1]["completion"] == outs[2]["completion"]
     assert "merged" not in outs[0] and outs[1]["merged"].startswith("merged 40 linears into 16 products")
+
+
+def test_merged_layer_transcodes_to_the_rows_layout():
+    """The CUDA kernels' runtime layout of a merged layer (transcoded on the CPU here) holds the members' rows."""
+    from pvq.kernels.leaf_rows import leaf_rows_decode_reference, leaf_rows_runtime
+
+    cd = make_codec("pvq", 3.0, 8, group_size=16)
+    parts = [random_layer(cd, n, 256, seed=n) for n in (40, 24, 32)]  # 40: the first row group half empty
+    holder = nn.Module()
+    for i, p in enumerate(parts):
+        holder.add_module(f"l{i}", p)
+    want = torch.cat([leaf_rows_decode_reference(leaf_rows_runtime(p, "cpu")) for p in parts])
+    assert merge_linears(holder, ["l0", "l1", "l2"]) is None
+    merged = leaf_rows_runtime(holder.l0.group.merged, "cpu")
+    assert merged.out_features == 96 and torch.equal(leaf_rows_decode_reference(merged), want)
