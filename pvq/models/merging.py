@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from pvq.codecs import SCALE_KEY
+from pvq.codecs.coded import EntropyCodedCodec
 from pvq.errors import QuantizeError
 
 from .qlinear import QuantizedLinear, buffer_name
@@ -116,6 +117,8 @@ def _quantized_refusal(members: list[QuantizedLinear]) -> str | None:
     """Why these quantized layers cannot run as one (None: they can)."""
     if any(type(m) is not QuantizedLinear for m in members):
         return "not all plain QuantizedLinear layers"
+    if any(isinstance(m.codec, EntropyCodedCodec) for m in members):
+        return "their codes are entropy-coded streams (loading decodes them; merge a loaded model)"
     checks = (
         (lambda m: m.in_features, "their input sizes differ"),
         (lambda m: m.codec_config, "their codecs differ"),

@@ -99,6 +99,11 @@ def test_refusals_name_the_difference():
     b.set_backend("dense-rotated")
     assert merge_refusal([a, b]) == "they are set to different backends"
     assert merge_refusal([nn.Linear(8, 4), nn.Linear(8, 4, bias=False)]) == "some have a bias and some not"
+    from pvq.models.coding import entropy_code_model
+
+    holder = nn.Sequential(*(random_layer(make_codec("uniform", 3.0), 64, 512, seed=s) for s in (5, 6)))
+    assert entropy_code_model(holder) == 2
+    assert merge_refusal(list(holder)).startswith("their codes are entropy-coded")
     with pytest.raises(QuantizeError, match="model_type"):
         merge_shared_input_linears(nn.Sequential(nn.Linear(2, 2)))
 
