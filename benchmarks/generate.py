@@ -34,7 +34,9 @@ layer,fused,fused:256``: a row per plan for each pvq method (the codes coded onc
 ``--merge no,yes``: each row also with every block's q/k/v and gate/up linears run as one product each
 (:func:`pvq.models.merge_shared_input_linears`, ``pvq generate --merge-projections``; fp16 and int4 stacked
 the same way, so all methods get the same fewer, larger products; pvq layers merge under ``fused`` only,
-where q/k/v and gate/up share their input's rotation). ``--profile``: after each row, one eager decode step's GPU time by kernel, and the online rotations'
+where q/k/v and gate/up share their input's rotation), and each MLP's gated activation handed to pvq's
+down_proj (:func:`pvq.models.route_gated_mlps`; under ``fused:256`` one Triton kernel computes it with
+down_proj's chunked rotation; fp16 and int4 keep their plain MLP). ``--profile``: after each row, one eager decode step's GPU time by kernel, and the online rotations'
 (Hadamard kernels') share of it.
 
 Per row: tokens per second (all sequences; decode steps only, the prefill apart), ratio to fp16,
@@ -110,11 +112,12 @@ def needs_fresh_model(model, method: str) -> bool:
 def merge(model) -> int:
     """Each block's q/k/v and gate/up as one product each, where they can run as one (pvq's own merge);
     returns the number of merged products."""
-    from pvq.models import merge_shared_input_linears
+    from pvq.models import merge_shared_input_linears, route_gated_mlps
 
-    with phase("merging each block's q/k/v and gate/up linears"):
+    with phase("merging each block's q/k/v and gate/up linears; gated MLPs routed to down_proj"):
         report = merge_shared_input_linears(model)
-    say(report.describe())
+        gated = route_gated_mlps(model)
+    say(report.describe() + "; " + gated.describe())
     return report.groups
 
 

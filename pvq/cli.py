@@ -407,7 +407,9 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
                    "model.generate elsewhere), eager (model.generate) or static (static cache; graph on CUDA)")
     p.add_argument("--merge-projections", action="store_true",
                    help="run each block's q/k/v and gate/up linears as one product each where they read one input "
-                        "the same way (the fused plan's layers; plain linears): fewer, larger kernels, same outputs")
+                        "the same way (the fused plan's layers; plain linears), and a quantized down_proj's gated "
+                        "activation in the kernel that rotates its input where there is one: fewer kernels, same "
+                        "outputs up to float rounding")
     p.add_argument("--json", action="store_true")
 
 

@@ -124,18 +124,34 @@ class TritonBackend(Backend):
         return probe is not None and probe.device == device and probe.dtype == dtype
 
     def linear(self, layer, runtime, x):
-        rt, family = runtime["runtime"], runtime["family"]
-        matmul, decode = family.kernels()
         shape = x.shape
         xr = _rotate(layer, x.reshape(-1, shape[-1]), inverse=False)
+        return self._rotated_linear(layer, runtime, xr, x.dtype).reshape(*shape[:-1], layer.out_features)
+
+    def gated_linear(self, layer, runtime, gate, up, activation):
+        """Where the layer rotates its input by power-of-two chunks (and not its output): the gated product and
+        that rotation in one kernel (:func:`pvq.kernels.triton_hadamard.gated_hadamard_rotate`), then the product;
+        otherwise the base class's ``linear(act(gate) * up)``."""
+        rh = _gated_rotation(layer)
+        if rh is None or activation not in _kernel("triton_hadamard.GATED_ACTIVATIONS") or gate.shape != up.shape:
+            return super().gated_linear(layer, runtime, gate, up, activation)
+        shape = gate.shape
+        xr = _kernel("triton_hadamard.gated_hadamard_rotate")(rh, gate.reshape(-1, shape[-1]),
+                                                               up.reshape(-1, shape[-1]), activation)
+        return self._rotated_linear(layer, runtime, xr, gate.dtype).reshape(*shape[:-1], layer.out_features)
+
+    def _rotated_linear(self, layer, runtime, xr, dtype):
+        """``U^T K(Q', xr) + b`` for rotated rows ``xr [rows, in]``, in ``dtype``."""
+        rt, family = runtime["runtime"], runtime["family"]
+        matmul, decode = family.kernels()
         if xr.shape[0] <= family.fused_max_rows:
             y = matmul(rt, xr)
         else:
-            y = xr.to(x.dtype) @ decode(rt, x.dtype).T  # decoded straight to x's dtype
-        y = _rotate(layer, y.to(x.dtype), inverse=True)
+            y = xr.to(dtype) @ decode(rt, dtype).T  # decoded straight to the input's dtype
+        y = _rotate(layer, y.to(dtype), inverse=True)
         if layer.bias is not None:
             y = y + layer.bias.to(y.dtype)
-        return y.reshape(*shape[:-1], layer.out_features)
+        return y
 
 
 @dataclass(frozen=True)
@@ -153,6 +169,16 @@ ROTATION_KERNELS = (
     RotationKernel("triton_hadamard.preferred", "triton_hadamard.hadamard_rotate", cuda_only=False),
 )
 """In order of preference; the layer's PyTorch transform where none is preferred."""
+
+
+def _gated_rotation(layer):
+    """The chunk transform of a layer's input rotation where the gated kernel takes it (input side only, pure
+    power-of-two chunks), else None."""
+    rot = layer.rotation
+    if rot is None or rot.v is None or rot.u is not None:
+        return None
+    rh = rot.v.chunk
+    return rh if _kernel("triton_hadamard.gated_supported")(rh) else None
 
 
 def _rotate(layer, x: torch.Tensor, inverse: bool) -> torch.Tensor:

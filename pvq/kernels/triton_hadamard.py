@@ -38,7 +38,7 @@ import triton.language as tl
 from pvq.transforms import RandomizedHadamard
 from pvq.transforms.hadamard import hadamard_matrix
 
-__all__ = ["hadamard_rotate", "supported"]
+__all__ = ["GATED_ACTIVATIONS", "gated_hadamard_rotate", "gated_supported", "hadamard_rotate", "supported"]
 
 MAX_ELEMENTS = 16384
 
@@ -152,6 +152,66 @@ def _hadamard_tiled_kernel(x_ptr, out_ptr, signs_ptr, hp_ptr, f_ptr, n, h, scale
     if INVERSE:
         y = y * tl.load(signs_ptr + a, mask=ok, other=0.0)
     tl.store(out_ptr + row * n + a, y.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _gated_hadamard_kernel(gate_ptr, up_ptr, out_ptr, signs_ptr, h1_ptr, h2_ptr, in_stride, chunks, scale,
+                           P1: tl.constexpr, P2: tl.constexpr, PREC: tl.constexpr):
+    """Program r: chunk ``r % chunks`` of token ``r // chunks``: ``M (s * (silu(g) * u))`` of its P1 P2 inputs,
+    in float32 (``M = H_p1 (x) H_p2``, orthonormal), written to the token's row of ``out`` (rows of chunks * p)."""
+    r = tl.program_id(0).to(tl.int64)
+    t, c = r // chunks, r % chunks
+    a = tl.arange(0, P1 * P2)
+    src = t * in_stride + c * (P1 * P2) + a
+    g = tl.load(gate_ptr + src).to(tl.float32)
+    u = tl.load(up_ptr + src).to(tl.float32)
+    x = g / (1.0 + tl.exp(-g)) * u * tl.load(signs_ptr + a)
+    i1 = tl.arange(0, P1)
+    i2 = tl.arange(0, P2)
+    h2 = tl.load(h2_ptr + i2[:, None] * P2 + i2[None, :])
+    h1 = tl.load(h1_ptr + i1[:, None] * P1 + i1[None, :])
+    y = tl.dot(tl.reshape(x, (P1, P2)), h2, input_precision=PREC)  # H_p2 on the inner axis
+    y = tl.dot(h1, y, input_precision=PREC)  # H_p1 on the outer axis (symmetric)
+    y = tl.reshape(y, (P1 * P2,)) * scale
+    tl.store(out_ptr + r * (P1 * P2) + a, y.to(out_ptr.dtype.element_ty))
+
+
+GATED_ACTIVATIONS = ("silu",)
+"""Gated activations :func:`gated_hadamard_rotate` computes before the rotation."""
+
+
+def gated_supported(rh: RandomizedHadamard) -> bool:
+    """Whether :func:`gated_hadamard_rotate` takes transforms of this size: a pure power of two from 256 to 4096
+    (no dense factor; e.g. the chunks of ``pvq quantize --rotation-block 256``)."""
+    return rh.dense_order == 1 and _split(rh.pow2_order) is not None
+
+
+def gated_hadamard_rotate(rh: RandomizedHadamard, gate: torch.Tensor, up: torch.Tensor, activation: str = "silu",
+                          precision: str = "ieee", num_warps: int = 4) -> torch.Tensor:
+    """``rh.forward(silu(gate) * up)`` chunk by chunk for ``gate, up: [T, n * k]`` (views with unit inner stride,
+    e.g. the halves of a merged gate/up product; each row ``k`` chunks of ``rh.n``): ``[T, n * k]`` in gate's dtype,
+    one launch, the activation, product and rotation in float32 (the unfused path rounds after each)."""
+    if activation not in GATED_ACTIVATIONS:
+        raise ValueError(f"gated activation must be one of {GATED_ACTIVATIONS}, got {activation!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if not gated_supported(rh):
+        raise ValueError(f"gated_hadamard_rotate takes power-of-two transforms of 256 to 4096, not n = {rh.n}")
+    if gate.dim() != 2 or gate.shape != up.shape or gate.shape[1] % rh.n or gate.stride() != up.stride() \
+            or gate.stride(1) != 1:
+        raise ValueError(f"gate and up must be [T, a multiple of {rh.n}] of one shape and strides, unit inner "
+                         f"stride; got {tuple(gate.shape)} {gate.stride()} and {tuple(up.shape)} {up.stride()}")
+    rows, width = gate.shape
+    out = torch.empty(rows, width, dtype=gate.dtype, device=gate.device)
+    if out.numel() == 0:
+        return out
+    p1, p2 = _split(rh.pow2_order)
+    dev = str(gate.device)
+    _, signs = _dense(rh, gate.device, False, 1)
+    _gated_hadamard_kernel[(rows * (width // rh.n),)](
+        gate, up, out, signs, _sylvester(p1, dev), _sylvester(p2, dev), gate.stride(0), width // rh.n,
+        1.0 / math.sqrt(rh.n), P1=p1, P2=p2, PREC=precision, num_warps=num_warps)
+    return out
 
 
 PRECISIONS = ("ieee", "tf32x3")

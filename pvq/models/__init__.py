@@ -12,7 +12,7 @@ from .driver import LayerStats, QuantizeReport, quantize_model
 from .experts import QuantizedExperts
 from .format import online_rotations_per_block, quantization_config_dict, quantized_modules, read_quantization_config
 from .lora import BlockHook, LoraRecovery
-from .merging import MergeReport, has_merged_linears, merge_shared_input_linears
+from .merging import MergeReport, has_merged_linears, merge_shared_input_linears, route_gated_mlps
 from .methods import METHODS, MethodSpec, QuantizeConfig, decoder_layers, get_method, register_method
 from .plan import LayerPlan, QuantizePlan
 from .rotation_plan import ROTATION_PLANS, fold_rotations
@@ -70,6 +70,7 @@ __all__ = [
     "register_backend",
     "register_method",
     "resolve_device",
+    "route_gated_mlps",
     "runtime_tensor_list",
     "save_quantized",
     "select_backend",

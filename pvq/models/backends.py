@@ -31,7 +31,11 @@ QuantizedLinear = nn.Module
 """What backends receive: a :class:`pvq.models.qlinear.QuantizedLinear` (not imported here:
 ``qlinear`` imports this module)."""
 
-__all__ = ["BACKENDS", "Backend", "DenseBackend", "DenseRotatedBackend", "register_backend", "select_backend"]
+__all__ = ["BACKENDS", "GATED_ACTIVATIONS", "Backend", "DenseBackend", "DenseRotatedBackend", "register_backend",
+           "select_backend"]
+
+GATED_ACTIVATIONS = {"silu": F.silu}
+"""Activations of gated MLPs (``down(act(gate) * up)``) that :meth:`Backend.gated_linear` takes, by name."""
 
 
 class Backend(abc.ABC):
@@ -58,6 +62,14 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def linear(self, layer: QuantizedLinear, runtime: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """``y = W x + b`` for ``x: [..., in]`` -> ``[..., out]`` in ``x``'s dtype."""
+
+    def gated_linear(self, layer: QuantizedLinear, runtime: dict[str, torch.Tensor], gate: torch.Tensor,
+                     up: torch.Tensor, activation: str) -> torch.Tensor:
+        """``linear(act(gate) * up)`` for ``gate, up: [..., in]`` (a gated MLP's down projection); a backend
+        with a kernel that takes the gated product together with the layer's input rotation overrides it."""
+        if activation not in GATED_ACTIVATIONS:
+            raise QuantizeError(f"gated activation must be one of {', '.join(GATED_ACTIVATIONS)}, got {activation!r}")
+        return self.linear(layer, runtime, GATED_ACTIVATIONS[activation](gate) * up)
 
     def is_current(self, runtime: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> bool:
         """Whether ``runtime`` was prepared for this device and input dtype."""

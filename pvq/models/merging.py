@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import types
+
 import torch
 from torch import nn
 
@@ -32,12 +34,13 @@ from pvq.codecs import SCALE_KEY
 from pvq.codecs.coded import EntropyCodedCodec
 from pvq.errors import QuantizeError
 
+from .backends import GATED_ACTIVATIONS
 from .qlinear import QuantizedLinear, buffer_name
 from .rotation_plan import FOLD_RULES
 from .structure import decoder_blocks
 
 __all__ = ["MergeReport", "SharedInputLinears", "SharedInputSlice", "has_merged_linears", "merge_linears",
-           "merge_shared_input_linears"]
+           "merge_shared_input_linears", "route_gated_mlps"]
 
 
 class SharedInputLinears(nn.Module):
@@ -102,8 +105,12 @@ class MergeReport:
     groups: int = 0
     linears: int = 0
     skipped: dict[str, str] = field(default_factory=dict)
+    routed: bool = False  # a report of route_gated_mlps: groups are MLPs
 
     def describe(self) -> str:
+        if self.routed:
+            return f"routed {self.groups} gated MLPs to their down_proj's backend" + "".join(
+                f"; left the others: {why}" for why in self.skipped.values())
         text = f"merged {self.linears} linears into {self.groups} products"
         return text + "".join(f"; kept {names} apart: {why}" for names, why in self.skipped.items())
 
@@ -256,3 +263,50 @@ def merge_shared_input_linears(model: nn.Module) -> MergeReport:
 def has_merged_linears(model: nn.Module) -> bool:
     """Whether ``model`` holds linears merged by :func:`merge_shared_input_linears`."""
     return any(isinstance(m, SharedInputSlice) for m in model.modules())
+
+
+_ACTIVATION_NAMES = {"SiLU": "silu", "SiLUActivation": "silu"}
+"""Class names of a gated MLP's ``act_fn`` -> the name :data:`~pvq.models.backends.GATED_ACTIVATIONS` knows."""
+
+
+def _gated_forward(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A Llama-style MLP's forward, ``down(act(gate(x)) * up(x))``, with the gated product handed to down_proj."""
+    return mlp.down_proj.gated_forward(mlp.gate_proj(x), mlp.up_proj(x), mlp._pvq_gated_activation)
+
+
+def route_gated_mlps(model: nn.Module) -> MergeReport:
+    """Hand each decoder block's gated activation ``act(gate) * up`` to its quantized down_proj
+    (:meth:`~pvq.models.qlinear.QuantizedLinear.gated_forward`), whose backend may compute it in the kernel that
+    rotates down_proj's input (the Triton backend, for power-of-two chunks: ``pvq quantize --rotation-block``);
+    elsewhere the same operations as the model's own forward. The MLP modules keep their parameters and names
+    (only their ``forward`` is replaced), so the model saves as before. Returns how many MLPs (``groups``) and
+    why the others were left (families of :data:`~pvq.models.rotation_plan.FOLD_RULES`)."""
+    mtype = getattr(getattr(model, "config", None), "model_type", None)
+    if mtype not in FOLD_RULES:
+        raise QuantizeError(f"routing gated MLPs needs to know their layout; model_type {mtype!r} is not one of "
+                            f"{', '.join(sorted(FOLD_RULES))}")
+    rule = FOLD_RULES[mtype]
+    report = MergeReport(routed=True)
+    _, blocks = decoder_blocks(model)
+    for block in blocks:
+        names = tuple(n.rpartition(".")[2] for n in rule.mlp_readers)
+        owner = rule.mlp_writer.rpartition(".")[0]
+        why = None
+        mlp = block.get_submodule(owner) if owner else block
+        activation = _ACTIVATION_NAMES.get(type(getattr(mlp, "act_fn", None)).__name__)
+        if names != ("gate_proj", "up_proj") or not all(hasattr(mlp, a) for a in ("gate_proj", "up_proj", "down_proj")):
+            why = f"its MLP is not gate_proj/up_proj/down_proj (readers {list(rule.mlp_readers)})"
+        elif activation not in GATED_ACTIVATIONS:
+            why = f"activation {type(getattr(mlp, 'act_fn', None)).__name__} is not one of {sorted(_ACTIVATION_NAMES)}"
+        elif type(mlp.down_proj) is not QuantizedLinear:
+            why = "down_proj is not a quantized layer"
+        elif getattr(mlp, "_pvq_gated_activation", None) is not None:
+            why = "already routed"
+        if why is not None:
+            report.skipped.setdefault("mlp", why)
+            continue
+        mlp._pvq_gated_activation = activation
+        mlp.forward = types.MethodType(_gated_forward, mlp)
+        report.groups += 1
+        report.linears += 1
+    return report

@@ -402,6 +402,12 @@ class QuantizedLinear(nn.Module):
         backend, runtime = self._prepared(x)
         return backend.linear(self, runtime, x)
 
+    def gated_forward(self, gate: torch.Tensor, up: torch.Tensor, activation: str = "silu") -> torch.Tensor:
+        """``forward(act(gate) * up)`` (a gated MLP's down projection), through the backend's
+        :meth:`~pvq.models.backends.Backend.gated_linear` (one kernel with the input rotation where it has one)."""
+        backend, runtime = self._prepared(gate)
+        return backend.gated_linear(self, runtime, gate, up, activation)
+
     def extra_repr(self) -> str:
         rot = "rotated" if self.rotation is not None else "no rotation"
         return (

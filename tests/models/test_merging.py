@@ -194,3 +194,42 @@ def test_merged_layer_transcodes_to_the_rows_layout():
     assert merge_linears(holder, ["l0", "l1", "l2"]) is None
     merged = leaf_rows_runtime(holder.l0.group.merged, "cpu")
     assert merged.out_features == 96 and torch.equal(leaf_rows_decode_reference(merged), want)
+
+
+def test_gated_mlps_routed_to_the_kernel_backend(monkeypatch):
+    """A tiny Llama whose MLP is 256 wide (down_proj's input rotation a power of two under fused): routed and
+    merged, the Triton backend computes each MLP's gated activation in the kernel that rotates down_proj's input."""
+    triton_hadamard = pytest.importorskip("pvq.kernels.triton_hadamard")
+    from pvq.models import route_gated_mlps
+
+    model = tiny("llama", intermediate_size=256)
+    cfg = QuantizeConfig("pvq", bits=3.0, dim=8, rotation="fused", n_samples=4, seq_len=16)
+    quantize_model(model, calib(4, 16), cfg, device="cpu", progress=False, log=None)
+    x = calib(1, 6, seed=2)
+    want = _logits(model, x)
+    blocks = len(model.model.layers)
+    report = route_gated_mlps(model)
+    assert (report.groups, report.skipped) == (blocks, {}) and report.describe().startswith(f"routed {blocks} gated")
+    torch.testing.assert_close(_logits(model, x), want, rtol=0, atol=1e-6)  # the plain path: same operations
+    assert merge_shared_input_linears(model).groups == 2 * blocks
+    calls = []
+    kernel = triton_hadamard.gated_hadamard_rotate
+    monkeypatch.setattr(triton_hadamard, "gated_hadamard_rotate", lambda *a, **k: calls.append(a[0].n) or kernel(*a, **k))
+    set_backend(model, "triton")
+    try:
+        got = _logits(model, x)
+    finally:
+        set_backend(model, None)
+    assert calls == [256] * blocks
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-4)
+    assert route_gated_mlps(model).skipped == {"mlp": "already routed"}
+
+
+def test_gated_routing_leaves_what_it_cannot_take():
+    from pvq.models import route_gated_mlps
+
+    assert route_gated_mlps(tiny("llama")).skipped == {"mlp": "down_proj is not a quantized layer"}
+    if family_available("gemma"):
+        assert "activation" in route_gated_mlps(tiny("gemma")).skipped["mlp"]
+    with pytest.raises(QuantizeError, match="model_type"):
+        route_gated_mlps(nn.Sequential(nn.Linear(2, 2)))
