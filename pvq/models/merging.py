@@ -270,8 +270,12 @@ _ACTIVATION_NAMES = {"SiLU": "silu", "SiLUActivation": "silu"}
 
 
 def _gated_forward(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A Llama-style MLP's forward, ``down(act(gate(x)) * up(x))``, with the gated product handed to down_proj."""
-    return mlp.down_proj.gated_forward(mlp.gate_proj(x), mlp.up_proj(x), mlp._pvq_gated_activation)
+    """A Llama-style MLP's forward, ``down(act(gate(x)) * up(x))``, with the gated product handed to down_proj
+    (the plain form if down_proj was replaced since, e.g. by activation quantization)."""
+    gate, up = mlp.gate_proj(x), mlp.up_proj(x)
+    if type(mlp.down_proj) is QuantizedLinear:
+        return mlp.down_proj.gated_forward(gate, up, mlp._pvq_gated_activation)
+    return mlp.down_proj(mlp.act_fn(gate) * up)
 
 
 def route_gated_mlps(model: nn.Module) -> MergeReport:

@@ -223,6 +223,12 @@ def test_gated_mlps_routed_to_the_kernel_backend(monkeypatch):
     assert calls == [256] * blocks
     torch.testing.assert_close(got, want, rtol=0, atol=2e-4)
     assert route_gated_mlps(model).skipped == {"mlp": "already routed"}
+    mlp = model.model.layers[0].mlp
+    down = mlp.down_proj
+    mlp.down_proj = _Counting(down.in_features, down.out_features)  # replaced since: the plain form
+    _Counting.calls = 0
+    mlp(torch.randn(1, 2, down.out_features))
+    assert _Counting.calls == 1
 
 
 def test_gated_routing_leaves_what_it_cannot_take():
