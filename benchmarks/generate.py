@@ -112,13 +112,11 @@ def needs_fresh_model(model, method: str) -> bool:
 def merge(model) -> int:
     """Each block's q/k/v and gate/up as one product each, where they can run as one (pvq's own merge);
     returns the number of merged products."""
-    from pvq.models import merge_shared_input_linears, route_gated_mlps
+    from pvq.models.merging import fuse_for_decoding, merged_products
 
     with phase("merging each block's q/k/v and gate/up linears; gated MLPs routed to down_proj"):
-        report = merge_shared_input_linears(model)
-        gated = route_gated_mlps(model)
-    say(report.describe() + "; " + gated.describe())
-    return report.groups
+        say(fuse_for_decoding(model))
+    return merged_products(model)
 
 
 def block_linears(model):

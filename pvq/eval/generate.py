@@ -122,10 +122,9 @@ def _static(model, ids: torch.Tensor, cfg: GenerateConfig, pad: int) -> tuple[li
 def run_generate(model_or_dir: str | None, prompt: str, cfg: GenerateConfig | None = None,
                  device: str | None = None, backend: str | None = None, merge: bool = False) -> dict:
     """Load a model or pvq checkpoint (with its quantized modules) and continue ``prompt``. ``merge``: run
-    each block's q/k/v and gate/up as one product each where they can
-    (:func:`~pvq.models.merging.merge_shared_input_linears`) and hand each gated MLP's activation to its quantized
-    down_proj (:func:`~pvq.models.merging.route_gated_mlps`); what they did is in ``"merged"``."""
-    from ..models.merging import merge_shared_input_linears, route_gated_mlps
+    each block's q/k/v and gate/up as one product each where they can and hand each gated MLP's activation to its
+    quantized down_proj (:func:`~pvq.models.merging.fuse_for_decoding`); what they did is in ``"merged"``."""
+    from ..models.merging import fuse_for_decoding
     from ..models.reference import resolve_model
     from .runs import load_model
 
@@ -134,12 +133,7 @@ def run_generate(model_or_dir: str | None, prompt: str, cfg: GenerateConfig | No
     if not prompt:
         raise GenerateError("--prompt is empty; give the text to continue")
     model, tokenizer = load_model(model_or_dir, backend=backend)
-    merged = None
-    if merge:
-        merged = merge_shared_input_linears(model).describe()
-        gated = route_gated_mlps(model)
-        if gated.groups:
-            merged += "; " + gated.describe()
+    merged = fuse_for_decoding(model) if merge else None
     out = generate(model, tokenizer, prompt, cfg, device=device)
     out["model"] = resolve_model(model_or_dir)
     if merged is not None:

@@ -40,7 +40,7 @@ from .rotation_plan import FOLD_RULES
 from .structure import decoder_blocks
 
 __all__ = ["MergeReport", "SharedInputLinears", "SharedInputSlice", "has_merged_linears", "merge_linears",
-           "merge_shared_input_linears", "route_gated_mlps"]
+           "fuse_for_decoding", "merge_shared_input_linears", "merged_products", "route_gated_mlps"]
 
 
 class SharedInputLinears(nn.Module):
@@ -105,7 +105,7 @@ class MergeReport:
     groups: int = 0
     linears: int = 0
     skipped: dict[str, str] = field(default_factory=dict)
-    routed: bool = False  # a report of route_gated_mlps: groups are MLPs
+    routed: bool = False  # a report of route_gated_mlps: groups are the MLPs routed (linears unused)
 
     def describe(self) -> str:
         if self.routed:
@@ -236,15 +236,28 @@ def merge_linears(parent: nn.Module, names: list[str]) -> str | None:
     return None
 
 
+def _fold_rule(model: nn.Module, why: str):
+    """The :data:`~pvq.models.rotation_plan.FOLD_RULES` entry of ``model``'s family (where its blocks keep their
+    readers and writers), or a QuantizeError that starts with ``why``."""
+    mtype = getattr(getattr(model, "config", None), "model_type", None)
+    if mtype not in FOLD_RULES:
+        raise QuantizeError(f"{why}; model_type {mtype!r} is not one of {', '.join(sorted(FOLD_RULES))}")
+    return FOLD_RULES[mtype]
+
+
+def fuse_for_decoding(model: nn.Module) -> str:
+    """Both run-time rewrites for decoding speed (``pvq generate --merge-projections``):
+    :func:`merge_shared_input_linears`, then :func:`route_gated_mlps`; returns what they did, in words."""
+    text = merge_shared_input_linears(model).describe()
+    gated = route_gated_mlps(model)
+    return text + ("; " + gated.describe() if gated.groups else "")
+
+
 def merge_shared_input_linears(model: nn.Module) -> MergeReport:
     """Merge each decoder block's q/k/v and gate/up linears into one product each where they can run as
     one (module docstring); returns what was merged and why the rest was not. Families: those whose
     blocks the fused rotation plan knows (:data:`~pvq.models.rotation_plan.FOLD_RULES`)."""
-    mtype = getattr(getattr(model, "config", None), "model_type", None)
-    if mtype not in FOLD_RULES:
-        raise QuantizeError(f"merging q/k/v and gate/up needs to know which linears read one input; model_type "
-                            f"{mtype!r} is not one of {', '.join(sorted(FOLD_RULES))}")
-    rule = FOLD_RULES[mtype]
+    rule = _fold_rule(model, "merging q/k/v and gate/up needs to know which linears read one input")
     report = MergeReport()
     _, blocks = decoder_blocks(model)
     for block in blocks:
@@ -260,9 +273,14 @@ def merge_shared_input_linears(model: nn.Module) -> MergeReport:
     return report
 
 
+def merged_products(model: nn.Module) -> int:
+    """How many merged products (:class:`SharedInputLinears`) ``model`` holds."""
+    return sum(isinstance(m, SharedInputLinears) for m in model.modules())
+
+
 def has_merged_linears(model: nn.Module) -> bool:
     """Whether ``model`` holds linears merged by :func:`merge_shared_input_linears`."""
-    return any(isinstance(m, SharedInputSlice) for m in model.modules())
+    return merged_products(model) > 0
 
 
 _ACTIVATION_NAMES = {"SiLU": "silu", "SiLUActivation": "silu"}
@@ -285,11 +303,7 @@ def route_gated_mlps(model: nn.Module) -> MergeReport:
     elsewhere the same operations as the model's own forward. The MLP modules keep their parameters and names
     (only their ``forward`` is replaced), so the model saves as before. Returns how many MLPs (``groups``) and
     why the others were left (families of :data:`~pvq.models.rotation_plan.FOLD_RULES`)."""
-    mtype = getattr(getattr(model, "config", None), "model_type", None)
-    if mtype not in FOLD_RULES:
-        raise QuantizeError(f"routing gated MLPs needs to know their layout; model_type {mtype!r} is not one of "
-                            f"{', '.join(sorted(FOLD_RULES))}")
-    rule = FOLD_RULES[mtype]
+    rule = _fold_rule(model, "routing gated MLPs needs to know their layout")
     report = MergeReport(routed=True)
     _, blocks = decoder_blocks(model)
     for block in blocks:
@@ -312,5 +326,4 @@ def route_gated_mlps(model: nn.Module) -> MergeReport:
         mlp._pvq_gated_activation = activation
         mlp.forward = types.MethodType(_gated_forward, mlp)
         report.groups += 1
-        report.linears += 1
     return report
