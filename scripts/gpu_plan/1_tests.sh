@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Call 1: build, the refusal script (errors as values), every kernel test. See README.md here.
+# Call 1: build, the refusal script (errors as values), every kernel test (FILES=... some of them, TEST_LIMIT=s
+# per process). See README.md here.
 set -u -o pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 T0=$(date +%s)
@@ -20,5 +21,6 @@ print("rc", r.returncode); print("stdout:", r.stdout); print("stderr:", r.stderr
 PY
 head -30 $OUT/refusals.txt
 say refusals
-timeout 250 bash scripts/test_kernels_gpu.sh 230 6 > $OUT/kernel_tests.txt 2>&1; grep -E "^==|wall|FAILED" $OUT/kernel_tests.txt | head -40
+TEST_LIMIT=${TEST_LIMIT:-230}
+timeout $((TEST_LIMIT + 20)) bash scripts/test_kernels_gpu.sh $TEST_LIMIT 6 > $OUT/kernel_tests.txt 2>&1; grep -E "^==|wall|FAILED" $OUT/kernel_tests.txt | head -40
 say tests
