@@ -41,3 +41,16 @@ def test_each_source_has_bindings_that_raise_its_status(source):
 
 def test_bindings_are_named_after_their_source():
     assert bindings_of("/x/y/leafrow8_gemv.cu") == os.path.join(CSRC, "leafrow8_gemv_bind.cpp")
+
+
+CPP = sorted(f for f in os.listdir(CSRC) if f.endswith((".cu", ".cpp", ".h", ".cuh")))
+
+
+@pytest.mark.parametrize("source", CPP)
+def test_no_message_is_formatted_through_an_ostream(source):
+    """On the H200 machine (torch 2.11 + CUDA 13, libstdc++ 6.0.33) writing an integer to a std::ostringstream inside
+    an extension killed the process (docs/bench/bind_diag_s18_h200.txt): messages are built by pvq::message from
+    std::string and std::to_string (host_status.h), never by an ostream or torch's c10::str (which writes to one)."""
+    code = re.sub(r"//[^\n]*", "", open(os.path.join(CSRC, source)).read())
+    for banned in ("ostringstream", "stringstream", "std::ostream", "c10::str", "<sstream>", "std::cout", "std::cerr"):
+        assert banned not in code, f"{source} uses {banned}: build the message with pvq::message (host_status.h)"

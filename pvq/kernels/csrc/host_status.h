@@ -3,30 +3,40 @@
 // (*_bind.cpp, built by the C++ compiler; bind_status.h) return it beside the result, and Python raises a failed
 // one as RuntimeError (pvq/kernels/cuda_build.py, StatusExtension).
 //
-// Why: on the H200 machine (torch 2.11 + CUDA 13, pybind11 3.1, gcc 13) a failed check of an extension killed the
-// process with a segmentation fault: a TORCH_CHECK (c10::Error) thrown in a .cu or a .cpp (session 14, load_inline
-// probes), and a std::runtime_error thrown in a .cu (session 14) or in a .cpp bound by a plain pybind11 m.def
-// (session 15; tests/kernels/test_leaf_rows.py, the refusals). The one form seen to arrive as RuntimeError: a
-// std::runtime_error thrown in a function bound through torch::wrap_pybind_function (session 14, load_inline's
-// bindings), which converts it to a Python error inside the call, so pybind11's dispatcher never walks its list of
-// registered exception translators (shared with torch's own modules; a crash in that walk is the failure of
-// pybind/pybind11#286). Session 15 bound that way (compiled, never run on a GPU). Session 16 went further: no
-// exception leaves a bound function at all (bind_status.h catches anything thrown inside and returns its message),
-// so an error takes the path of a result, the one every passing GPU test takes (tested on the CPU:
-// tests/kernels/test_bind_status.py; not yet run on a GPU).
+// Why values (sessions 14-16): on the H200 machine (torch 2.11 + CUDA 13, pybind11 3.1, gcc 13, libstdc++ 6.0.33) a
+// failed check of an extension killed the process with a segmentation fault, whether it threw (TORCH_CHECK, a
+// std::runtime_error) or, from session 16, returned its message as a value. Session 18 found the common step
+// (docs/bench/bind_diag_s18_h200.txt, a probe extension called in child processes): writing an integer to a
+// std::ostringstream segfaults there, with torch alone imported; a string written to one, std::to_string, a
+// std::string returned to Python and an exception thrown and caught inside the module all work. TORCH_CHECK builds its
+// message the same way (c10::str), so the earlier crashes were most likely that formatting, not the throw (not
+// re-tested). So pvq::message builds messages from std::string and std::to_string alone
+// (tests/kernels/test_cuda_sources.py bans ostreams in csrc), and the bindings still return errors as values
+// (bind_status.h), the path tests/kernels/test_bind_status.py and the refusals of test_leaf_rows.py passed on the H200.
 #pragma once
-#include <sstream>
 #include <string>
+#include <type_traits>
 
 namespace pvq {
 
 using Status = std::string;  // empty: done
 
+// one part of a message as text: numbers through std::to_string, never an ostream (see above)
+inline std::string text(const std::string& s) { return s; }
+inline std::string text(const char* s) { return s; }
+inline std::string text(char c) { return std::string(1, c); }
+template <typename T>
+std::string text(const T& v) {
+  static_assert(std::is_arithmetic_v<T>, "pvq::message takes strings and numbers");
+  if constexpr (std::is_same_v<T, bool>) return v ? "true" : "false";
+  else return std::to_string(v);
+}
+
 template <typename... A>
 std::string message(const A&... parts) {
-  std::ostringstream out;
-  (out << ... << parts);
-  return out.str();
+  std::string out;
+  (out += ... += text(parts));
+  return out;
 }
 
 }  // namespace pvq
