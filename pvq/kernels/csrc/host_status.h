@@ -6,7 +6,7 @@
 // Why values (sessions 14-16): on the H200 machine (torch 2.11 + CUDA 13, pybind11 3.1, gcc 13, libstdc++ 6.0.33) a
 // failed check of an extension killed the process with a segmentation fault, whether it threw (TORCH_CHECK, a
 // std::runtime_error) or, from session 16, returned its message as a value. Session 18 found the common step
-// (docs/bench/bind_diag_s18_h200.txt, a probe extension called in child processes): writing an integer to a
+// (benchmarks/diag/ostream_probe.py, output docs/bench/bind_diag_s18_h200.txt): writing an integer to a
 // std::ostringstream segfaults there, with torch alone imported; a string written to one, std::to_string, a
 // std::string returned to Python and an exception thrown and caught inside the module all work. TORCH_CHECK builds its
 // message the same way (c10::str), so the earlier crashes were most likely that formatting, not the throw (not
