@@ -14,8 +14,8 @@ as benchmarks/kernel_speed.py), the split-order CUDA product (what the backend r
 fused, 16 through its whole-layer decode and cuBLAS), the leaf-pair product (``leaf``; 16 rows: two
 launches of 8; at 8 rows also as two launches of 4) and the row-interleaved leaf-pair product (``rows``: a
 lane an output row). A final table. At the last batch size the whole-layer decodes are timed too (``-decode``:
-the CUDA one to float32; ``-decode16`` / ``-tdecode16``: the CUDA and the Triton one (pvq/kernels/triton_rows.py)
-to fp16), and with ``--prefill`` each decode + cuBLAS (``rows3`` / ``rows3-triton``).
+to float32, ``-decode16``: to fp16; the Triton decode, pvq/kernels/triton_rows.py, which replaced a CUDA one in
+session 18), and with ``--prefill`` the fp16 decode + cuBLAS (``rows3``: what the backend runs above 16 rows).
 
     python benchmarks/speed_layout_device.py --rows-variant head:@old.cu --rows-variant x:SOME_MACRO=1
 
@@ -137,14 +137,11 @@ def check(device) -> int:
         rt = leaf_rows_from_split(srt)
         w = leaf_rows_decode_reference(rt)
         same = torch.equal(w, split_decode_reference(srt))
-        cuda_decode = torch.equal(cuda_leaf.leaf_rows_decode(rt), w)  # the whole-layer decode kernel, bit for bit
-        if not cuda_decode:
-            print(f"  FAIL rows-layout {bits} bits {out_f}x{in_f}: the CUDA whole-layer decode differs", flush=True)
         triton_decode = all(torch.equal(leaf_rows_decode_triton(rt, dt), w.to(dt))  # the Triton decode, likewise
                             for dt in (torch.float32, torch.float16, torch.bfloat16))
         if not triton_decode:
             print(f"  FAIL rows-layout {bits} bits {out_f}x{in_f}: the Triton whole-layer decode differs", flush=True)
-        fails += (not same) + (not cuda_decode) + (not triton_decode)
+        fails += (not same) + (not triton_decode)
         worst = 0.0
         for batch in (1, 2, 3, 4, 5, 8, 11, 16):
             for dtype in (torch.float16, torch.bfloat16):
@@ -236,9 +233,8 @@ def timings(shapes, batches, bit_list, device) -> list[tuple]:
                             row[f"rows{bits:g}-{name}"] = bench(lambda: cuda_leaf.leaf_rows_gemv_cuda(rrt, x))
                     if batch == batches[-1]:  # what the backend runs above 16 rows: decode + cuBLAS
                         row[f"rows{bits:g}-decode"] = bench(lambda: cuda_leaf.leaf_rows_decode(rrt))
-                        # to fp16 (what prefill multiplies): the CUDA decode and the Triton one
+                        # to fp16 (what prefill multiplies)
                         row[f"rows{bits:g}-decode16"] = bench(lambda: cuda_leaf.leaf_rows_decode(rrt, torch.float16))
-                        row[f"rows{bits:g}-tdecode16"] = bench(lambda: leaf_rows_decode_triton(rrt, torch.float16))
                 if batch == 8 and "leaf" in LAYOUTS:
                     ext = cuda_leaf._extension()
                     row[f"leaf{bits:g}-2x4"] = bench(lambda: torch.cat([cuda_leaf._launch(ext, rt, x[:4]),
@@ -251,7 +247,6 @@ def timings(shapes, batches, bit_list, device) -> list[tuple]:
             for bits, (srt, rt, rrt) in rts.items():
                 if ROWS_BUILT:
                     row[f"rows{bits:g}"] = bench(lambda: x @ cuda_leaf.leaf_rows_decode(rrt, torch.float16).T)
-                    row[f"rows{bits:g}-triton"] = bench(lambda: x @ leaf_rows_decode_triton(rrt, torch.float16).T)
             phase(f"{out_f}x{in_f} prefill {rows} rows: " + ", ".join(f"{k} {v:.1f} us" for k, v in row.items()))
             table.append((f"{out_f}x{in_f}", rows, row))
         del rts, w

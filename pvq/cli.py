@@ -405,11 +405,11 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default=None, help="runtime backend of the quantized layers (see pvq eval --help)")
     p.add_argument("--decode", default="auto", help="auto (default: static KV cache and a CUDA-graph step on CUDA, "
                    "model.generate elsewhere), eager (model.generate) or static (static cache; graph on CUDA)")
-    p.add_argument("--merge-projections", action="store_true",
+    p.add_argument("--merge-projections", nargs="?", const="yes", default="auto", choices=("auto", "yes", "no"),
                    help="run each block's q/k/v and gate/up linears as one product each where they read one input "
                         "the same way (the fused plan's layers; plain linears), and a quantized down_proj's gated "
                         "activation in the kernel that rotates its input where there is one: fewer kernels, same "
-                        "outputs up to float rounding")
+                        "outputs up to float rounding. auto (default): on CUDA; yes (the bare flag); no")
     p.add_argument("--json", action="store_true")
 
 
@@ -421,7 +421,7 @@ def _generate(args: argparse.Namespace) -> int:
     cfg = GenerateConfig(max_new_tokens=args.max_new_tokens, sample=args.sample, temperature=args.temperature,
                          top_p=args.top_p, top_k=args.top_k, seed=args.seed, decode=args.decode)
     out = run_generate(args.model, args.prompt, cfg, device=args.device, backend=args.backend,
-                       merge=args.merge_projections)
+                       merge={"auto": None, "yes": True, "no": False}[args.merge_projections])
     if args.json:
         print(json.dumps(out))
         return 0

@@ -120,15 +120,15 @@ def _rows_extension():
 
 
 def leaf_rows_decode(rt: LeafRowsRuntime, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``Q'`` ``[out, in]`` in ``dtype`` on the layer's device: the CUDA decode (a thread a vector, the reference's
-    float32 operations, rounded to ``dtype`` once) where it compiles, else the reference in chunks of row groups.
-    A 16-bit ``dtype`` writes half the bytes that the float32 decode and a conversion would."""
-    ext = _rows_extension() if rt.words.is_cuda else None
+    """``Q'`` ``[out, in]`` in ``dtype`` on the layer's device: on CUDA the Triton decode
+    (:func:`pvq.kernels.triton_rows.leaf_rows_decode_triton`: the reference's float32 operations, rounded to ``dtype``
+    once; it replaced a CUDA decode it beat on the H200 by 25 to 50%, docs/kernels.md session 18), else the reference
+    in chunks of row groups. A 16-bit ``dtype`` writes half the bytes that the float32 decode and a conversion would."""
+    if rt.words.is_cuda:
+        from .triton_rows import leaf_rows_decode_triton
+
+        return leaf_rows_decode_triton(rt, dtype)
     out = torch.empty(rt.out_features, rt.in_features, dtype=dtype, device=rt.words.device)
-    if ext is not None:
-        ext.leafrow8_decode(rt.words, rt.row_scales, rt.levels, rt.leaves, rt.inverse_norms, rt.out_features,
-                            rt.in_features, rt.field_bits, rt.leaf_bits, rt.gain_bits, out)
-        return out
     step = max(32, _DECODE_CHUNK // rt.in_features // 32 * 32)
     for r0 in range(0, rt.out_features, step):
         r1 = min(rt.out_features, r0 + step)

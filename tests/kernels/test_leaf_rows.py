@@ -190,7 +190,8 @@ def test_float32_inputs_run_the_decode():
 
 @needs_cuda
 @pytest.mark.parametrize("bits, out_f, in_f", [(3.0, 37, 4224), (2.0, 67, 256), (1.5, 5, 128), (2.5, 33, 384)])
-def test_cuda_decode_is_bit_exact(bits, out_f, in_f):
+def test_gpu_decode_is_bit_exact(bits, out_f, in_f):
+    """On CUDA the whole-layer decode is the Triton kernel (cuda_leaf.leaf_rows_decode routes there)."""
     rt = leaf_rows_from_split(code_runtime(bits, 16, out_f, in_f, seed=out_f, device="cuda"))
     ref = leaf_rows_decode_reference(rt)
     assert torch.equal(cuda_leaf.leaf_rows_decode(rt), ref)

@@ -174,11 +174,27 @@ def test_cli_generate_merged_gives_the_same_tokens(capsys):
     from pvq.cli import main
 
     outs = []
-    for extra in ([], ["--merge-projections"], ["--merge-projections", "--decode", "static"]):
+    for extra in ([], ["--merge-projections"], ["--merge-projections", "--decode", "static"],
+                  ["--merge-projections", "yes"], ["--merge-projections", "no"]):
         assert main(["generate", "--prompt", "def f(", "--max-new-tokens", "6", "--json", *extra]) == 0
         outs.append(json.loads(capsys.readouterr().out))
-    assert outs[0]["completion"] == outs[1]["completion"] == outs[2]["completion"]
-    assert "merged" not in outs[0] and outs[1]["merged"].startswith("merged 40 linears into 16 products")
+    assert len({o["completion"] for o in outs}) == 1
+    # auto (the default) merges on CUDA only: not here, on the CPU; the bare flag and "yes" merge, "no" does not
+    assert "merged" not in outs[0] and "merged" not in outs[4]
+    assert all(outs[i]["merged"].startswith("merged 40 linears into 16 products") for i in (1, 2, 3))
+
+
+def test_generate_merges_by_default_where_the_model_runs_on_cuda(monkeypatch):
+    """merge=None follows the device the model runs on: a model reporting a CUDA device is merged (the generation
+    itself stubbed: no GPU here)."""
+    from pvq.eval import generate as gen
+
+    seen = {}
+    monkeypatch.setattr(gen, "generate", lambda model, tok, prompt, cfg, device=None: {"completion": ""})
+    monkeypatch.setattr("pvq.models.merging.fuse_for_decoding", lambda model: seen.setdefault("merged", "yes"))
+    assert "merged" not in gen.run_generate(None, "x", device="cpu") and not seen
+    assert gen.run_generate(None, "x", device="cuda")["merged"] == "yes"
+    assert "merged" not in gen.run_generate(None, "x", device="cuda", merge=False)
 
 
 def test_merged_layer_transcodes_to_the_rows_layout():

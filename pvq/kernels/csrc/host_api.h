@@ -26,15 +26,12 @@ Status leaf8_gemv(torch::Tensor& y, torch::Tensor words, int64_t row_words, torc
 
 // leafrow8_gemv.cu: y [B, out] = x [B, in] @ Q'^T of a row-interleaved leaf-pair D = 8 layer, 1 to 8 rows by
 // multiply-adds, 1 to 16 on tensor cores (x read from global memory or staged in shared memory); the whole-layer
-// decode into out [out, in]
+// decode is Triton's (pvq/kernels/triton_rows.py: faster on the H200, session 18)
 Status leafrow8_gemv(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
                      torch::Tensor leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
                      int64_t gain_bits);
 Status leafrow8_gemv_mma(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
                          torch::Tensor leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
                          int64_t gain_bits, bool x_from_global);
-Status leafrow8_decode(torch::Tensor words, torch::Tensor scales, torch::Tensor levels, torch::Tensor leaves,
-                       torch::Tensor inv_norms, int64_t out_features, int64_t in_features, int64_t field_bits,
-                       int64_t leaf_bits, int64_t gain_bits, torch::Tensor out);
 
 }  // namespace pvq

@@ -1,6 +1,7 @@
 // Product y = x @ Q'^T of a D = 8 PVQ layer in the row-interleaved leaf-pair layout (pvq/kernels/leaf_rows.py)
 // for one to eight rows of fp16 / bf16 input by half2 multiply-adds (leafrow8_gemv_kernel), up to sixteen on
-// tensor cores (leafrow8_mma_kernel, below), and the whole-layer decode: lane l of a warp owns output row 32 rg + l.
+// tensor cores (leafrow8_mma_kernel, below): lane l of a warp owns output row 32 rg + l. (The whole-layer decode that
+// prefill multiplies is Triton's, pvq/kernels/triton_rows.py: a CUDA one here measured slower, session 18.)
 //
 // Layout: per row group rg (32 rows) and step s (16 vectors, one scale group) the 16 fields of F bits of a row
 // fill W2 = F / 2 words, stored word-major across the group's 32 rows (a warp's load of one word is 128
@@ -583,50 +584,6 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
   }
 }
 
-// Whole-layer decode Q' [out, in] (what the backend multiplies by cuBLAS above 16 input rows) in float32, fp16 or
-// bf16: a thread a vector, its field read with run-time offsets, the leaves gathered through L1, the reference's
-// float32 operations y * ((level * scale) * inverse_norm[|y|^2]) (bit for bit in float32; 16-bit outputs are those
-// floats rounded to nearest, as the float32 decode converted afterwards).
-template <typename OutT>
-__global__ void leafrow8_decode_kernel(const unsigned* __restrict__ words, const __half* __restrict__ scales,
-                                       const float* __restrict__ levels, const int* __restrict__ leaves,
-                                       const float* __restrict__ inv_norms, OutT* __restrict__ out, int out_features,
-                                       int vpr, int field_bits, int leaf_bits, int gain_bits) {
-  const long long v = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (v >= static_cast<long long>(out_features) * vpr) return;
-  const int row = static_cast<int>(v / vpr), col = static_cast<int>(v % vpr);
-  const int steps = vpr / kStep, w2 = field_bits / 2, lane = row % kRows;
-  const long long item = static_cast<long long>(row / kRows) * steps + col / kStep;
-  const int bit = (col % kStep) * field_bits;
-  const long long q = (item * w2 + (bit >> 5)) * kRows + lane;
-  const unsigned lo = words[q], hi = (bit & 31) + field_bits > 32 ? words[q + kRows] : 0u;
-  const unsigned f = __funnelshift_r(lo, hi, bit & 31);
-  const unsigned mask = (1u << leaf_bits) - 1u;
-  const int wa = __ldg(leaves + ((f >> gain_bits) & mask));
-  const int wb = __ldg(leaves + ((f >> (gain_bits + leaf_bits)) & mask));
-  const int n2 = __dp4a(wb, wb, __dp4a(wa, wa, 0));
-  const float scale = __half2float(scales[item * kRows + lane]);
-  const float mult = (levels[f & ((1u << gain_bits) - 1u)] * scale) * inv_norms[n2];
-  float a[8];
-#pragma unroll
-  for (int t = 0; t < 4; ++t) {
-    a[t] = static_cast<float>(static_cast<signed char>((wa >> (8 * t)) & 0xFF)) * mult;
-    a[4 + t] = static_cast<float>(static_cast<signed char>((wb >> (8 * t)) & 0xFF)) * mult;
-  }
-  if constexpr (std::is_same_v<OutT, float>) {
-    float4* o = reinterpret_cast<float4*>(out + v * 8);
-    o[0] = make_float4(a[0], a[1], a[2], a[3]);
-    o[1] = make_float4(a[4], a[5], a[6], a[7]);
-  } else {
-    OutT h[8];
-#pragma unroll
-    for (int t = 0; t < 8; ++t) h[t] = pvq::from_float<OutT>(a[t]);
-    uint4 packed;
-    memcpy(&packed, h, sizeof(packed));
-    *reinterpret_cast<uint4*>(out + v * 8) = packed;
-  }
-}
-
 [[maybe_unused]] int ceil_div(long long a, long long b) { return static_cast<int>((a + b - 1) / b); }
 
 #ifdef PVQ_KERNEL_ONLY
@@ -804,28 +761,6 @@ Status leafrow8_gemv_mma(torch::Tensor& y, torch::Tensor words, torch::Tensor sc
     if (l.batch <= 8) return go(Int<8>{}, XC{});
     return x_steps < l.steps ? go(Int<16>{}, XC{}) : go(Int<16>{}, XS{});
   });
-}
-
-// Q' [out, in] of the layout into ``out`` (float32, fp16 or bf16; the reference's operations)
-Status leafrow8_decode(torch::Tensor words, torch::Tensor scales, torch::Tensor levels, torch::Tensor leaves,
-                       torch::Tensor inv_norms, int64_t out_features, int64_t in_features, int64_t field_bits,
-                       int64_t leaf_bits, int64_t gain_bits, torch::Tensor out) {
-  PVQ_CHECK(words.is_cuda() && in_features % (8 * kStep) == 0, "words on CUDA; in_features a multiple of 128");
-  PVQ_CHECK(out.is_cuda() && out.is_contiguous() && out.numel() == out_features * in_features &&
-            reinterpret_cast<uintptr_t>(out.data_ptr()) % 16 == 0, "out: [out, in] contiguous, 16-byte aligned");
-  const c10::cuda::CUDAGuard guard(words.device());
-  const long long n = out_features * in_features / 8;
-  if (n == 0) return {};
-#define PVQ_DECODE(OT, TL)                                                                                        \
-  leafrow8_decode_kernel<OT><<<static_cast<unsigned>((n + 255) / 256), 256, 0, at::cuda::getCurrentCUDAStream()>>>( \
-      reinterpret_cast<const unsigned*>(words.data_ptr<int32_t>()),                                              \
-      reinterpret_cast<const __half*>(scales.data_ptr<at::Half>()), levels.data_ptr<float>(),                     \
-      leaves.data_ptr<int32_t>(), inv_norms.data_ptr<float>(), reinterpret_cast<OT*>(out.data_ptr<TL>()),         \
-      static_cast<int>(out_features), static_cast<int>(in_features / 8), static_cast<int>(field_bits),           \
-      static_cast<int>(leaf_bits), static_cast<int>(gain_bits))
-  PVQ_BY_DTYPE(out, PVQ_DECODE);
-  PVQ_LAUNCH_CHECK();
-  return {};
 }
 
 }  // namespace pvq
