@@ -223,7 +223,7 @@ def test_config_rotation_block():
     assert cfg.rotation_plan == "fused" and QuantizeConfig.from_dict(cfg.to_dict()).rotation_block == 16
     old = QuantizeConfig("pvq").to_dict()
     del old["rotation_block"]  # written before chunked rotations
-    assert QuantizeConfig.from_dict(old).rotation_block is None
+    assert QuantizeConfig.from_dict(old).rotation_block == 0  # the whole input, as then
     with pytest.raises(QuantizeError, match="add --rotation fused"):
         QuantizeConfig("pvq", bits=2, rotation_block=16)  # the layer plan at 2 bits
     with pytest.raises(QuantizeError, match="integer >= 2"):
@@ -248,6 +248,28 @@ def test_fused_plan_in_blocks_quantizes_saves_and_loads(tmp_path):
         assert all(quantized(loaded)[n].rotation == q.rotation for n, q in downs.items())
         with torch.no_grad():
             assert torch.equal(loaded(X).logits, want), via
+
+
+@pytest.mark.parametrize("inp, block, want", [
+    (11008, None, 256), (14336, None, 256), (28672, None, 256),  # 7B, Llama-3 8B, 70B: chunks of 256 by default
+    (4096, None, None), (8192, None, None), (1032, None, None), (176, None, None),  # power of two, or 256 no divisor
+    (11008, 0, None), (11008, 43, 43), (176, 16, 16)])  # 0: the whole input; a number: that chunk
+def test_online_rotation_block_default(inp, block, want):
+    from pvq.models.plan import online_rotation_block
+
+    assert online_rotation_block(inp, block) == want
+
+
+def test_fused_plan_chunks_a_wide_down_proj_by_default_and_zero_keeps_it_whole():
+    """A Llama whose MLP is 768 wide (3 x 256, not a power of two): down_proj's online rotation in chunks of 256
+    unless rotation_block=0; the plan alone (no quantization)."""
+    model = tiny("llama", intermediate_size=768)
+    for block, want in ((None, 256), (0, None)):
+        plan = QuantizeConfig("pvq", bits=3.0, dim=8, rotation="fused", rotation_block=block, n_samples=4,
+                              seq_len=16).plan(model)
+        downs = [p.rotation for p in plan.layers if p.name.endswith("down_proj")]
+        assert downs and all(r.in_block == want for r in downs), block
+        assert all(p.rotation is None for p in plan.layers if p.name.endswith("up_proj"))
 
 
 def test_rotation_block_that_does_not_divide_is_refused_before_any_work():
