@@ -9,7 +9,7 @@ has() { [[ " $STAGES " == *" $1 "* ]]; }
 say() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 if has step; then
 timeout 260 python3 benchmarks/generate.py --layers 32 --rotation fused,fused:256 --merge no,yes --new-tokens 32 --methods fp16,int4,pvq3 --profile --json $OUT/generate_step.json > $OUT/generate_step.txt 2>&1; grep -E "merged products|GPU time per|^\||Error|error" $OUT/generate_step.txt | cut -c1-300
-cp $OUT/generate_step.json /tmp/generate_step.json 2>/dev/null  # call 4 picks its plan from it
+cp $OUT/generate_step.json /tmp/generate_step.json 2>/dev/null  # call 3 picks its plan from it
 say step
 fi
 if has rotation; then

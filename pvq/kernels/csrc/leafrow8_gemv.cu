@@ -70,14 +70,6 @@ struct Fields {
     wa = *reinterpret_cast<const unsigned*>(s_leaf + a_byte(f));
     wb = *reinterpret_cast<const unsigned*>(s_leaf + b_byte(f));
   }
-  // ... from the spread table (stage_spread_leaves: leaf i at bytes 128 i + 4 l for lane l), s_lane = s_leaf + 4 lane
-  static constexpr unsigned kMask128 = ((1u << A) - 1u) << 7;
-  static __device__ __forceinline__ void spread_leaf_words(unsigned f, const char* s_lane, unsigned& wa,
-                                                           unsigned& wb) {
-    static_assert(LG <= 7 && LG + A >= 7, "leaf rows shifted to 128-byte strides");
-    wa = *reinterpret_cast<const unsigned*>(s_lane + ((f << (7 - LG)) & kMask128));
-    wb = *reinterpret_cast<const unsigned*>(s_lane + ((f >> (LG + A - 7)) & kMask128));
-  }
 };
 
 // fn(integral_constant<int, J>) for J = 0, 1, ... (compile-time field positions)
@@ -143,7 +135,6 @@ __device__ __forceinline__ int4 biased(int4 w) {
   return w;
 }
 
-#ifdef PVQ_ASYNC_TABLES
 // cp.async copies of 16 and 4 bytes from global to shared memory (arrived after cp.async.wait_all)
 __device__ __forceinline__ void copy_async16(void* dst, const void* src) {
   const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
@@ -153,7 +144,6 @@ __device__ __forceinline__ void copy_async4(void* dst, const void* src) {
   const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(d), "l"(src) : "memory");
 }
-#endif
 
 // The block's shared copies of the leaf table (int8 coordinates biased by 128) and the L gain levels (the table
 // complete once finish_tables has run and the block has passed a barrier)
@@ -161,66 +151,25 @@ template <int L>
 __device__ __forceinline__ void stage_tables(const int* __restrict__ leaves, int n_leaves,
                                              const float* __restrict__ levels, char* s_leaf, float* s_levels) {
   const int n4 = n_leaves >> 2;
-#ifdef PVQ_ASYNC_TABLES
   // every copy in flight while the block stages x (the leaves biased by finish_tables)
   for (int i = threadIdx.x; i < n4; i += blockDim.x) copy_async16(s_leaf + 16 * i, leaves + 4 * i);
   for (int i = (n4 << 2) + threadIdx.x; i < n_leaves; i += blockDim.x) copy_async4(s_leaf + 4 * i, leaves + i);
   for (int i = threadIdx.x; i < L; i += blockDim.x) copy_async4(s_levels + i, levels + i);
-#else
-#pragma unroll 4
-  for (int i = threadIdx.x; i < n4; i += blockDim.x)
-    reinterpret_cast<int4*>(s_leaf)[i] = biased(__ldg(reinterpret_cast<const int4*>(leaves) + i));
-  for (int i = (n4 << 2) + threadIdx.x; i < n_leaves; i += blockDim.x)
-    reinterpret_cast<int*>(s_leaf)[i] = leaves[i] ^ 0x80808080;
-  for (int i = threadIdx.x; i < L; i += blockDim.x) s_levels[i] = levels[i];
-#endif
 }
 
-// Before the barrier that publishes the tables: with -DPVQ_ASYNC_TABLES (an experiment, session 16), this thread's
-// asynchronous copies of stage_tables have arrived and it biases its leaves in place; nothing otherwise. Why: the
-// package's copy runs its loads one L2 round trip after another (each load's store and loop test before the next
+// Before the barrier that publishes the tables: this thread's asynchronous copies of stage_tables have arrived and it
+// biases its leaves in place. Why (an experiment of session 16, made the kernels' copy in session 18: 11008x4096 at
+// 3 bits, one row, 13.6 -> 13.3 us on the H200, 22016x4096 24.9 -> 23.9; no change at 8 and 16 rows; the spread
+// table and x's batched copy, tried beside it, gained nothing and left): the copy before it ran its loads one L2 round trip after another (each load's store and loop test before the next
 // load, in SASS: thread 0 waits three round trips for its words of the 3-bit table of 11969 leaves, one for the
 // table's tail, one for the levels, then x's), where cp.async issues all of a thread's copies at once and they
 // travel while x is staged.
-__device__ __forceinline__ void finish_tables([[maybe_unused]] int n_leaves, [[maybe_unused]] char* s_leaf) {
-#ifdef PVQ_ASYNC_TABLES
+__device__ __forceinline__ void finish_tables(int n_leaves, char* s_leaf) {
   asm volatile("cp.async.wait_all;\n" ::: "memory");
   const int n4 = n_leaves >> 2;
   for (int i = threadIdx.x; i < n4; i += blockDim.x)
     reinterpret_cast<int4*>(s_leaf)[i] = biased(reinterpret_cast<int4*>(s_leaf)[i]);
   for (int i = (n4 << 2) + threadIdx.x; i < n_leaves; i += blockDim.x) reinterpret_cast<int*>(s_leaf)[i] ^= 0x80808080;
-#endif
-}
-
-// dst[i] = item(i) for i < n over the block's threads, K items a thread at a time: a batch's loads all issued
-// before its first store (one L2 round trip a batch, where a loop of load-store pairs waits one a pair). For x
-// with -DPVQ_BATCHED_X (an experiment, session 16: in SASS the package's x loops wait a round trip per 16 bytes,
-// eight of them a thread for 16 rows of 4096 inputs staged by the tensor-core kernel)
-template <int K, typename Item>
-__device__ __forceinline__ void stage_batched(uint4* dst, int n, Item&& item) {
-  for (int base = threadIdx.x; base < n; base += K * blockDim.x) {
-    uint4 v[K];
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      const int i = base + k * blockDim.x;
-      if (i < n) v[k] = item(i);
-    }
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      const int i = base + k * blockDim.x;
-      if (i < n) dst[i] = v[k];
-    }
-  }
-}
-
-// The leaf table spread over the banks (an experiment, built with -DPVQ_SPREAD_LEAVES; session 15): 32 copies
-// interleaved word by word, leaf i's copy for lane l at word 32 i + l, so that a warp's gather of 32 rows' leaves
-// reads each lane's own bank, one shared-memory wavefront instead of the 2.9 (2 bits) to 3.5 (3 bits) that random
-// leaf indices cost (benchmarks/leaf_bank_conflicts.py). 128 bytes a leaf: 2 bits (681 leaves) take 85 KB.
-__device__ __forceinline__ void stage_spread_leaves(const int* __restrict__ leaves, int n_leaves, char* s_leaf) {
-#pragma unroll 4
-  for (int i = threadIdx.x; i < n_leaves * 32; i += blockDim.x)
-    reinterpret_cast<int*>(s_leaf)[i] = __ldg(leaves + (i >> 5)) ^ 0x80808080;
 }
 
 // The gain levels (2 or 4) in registers, chosen by selects on the ALUs instead of a shared-memory read on the L1
@@ -243,7 +192,7 @@ struct LevelRegs {
   }
 };
 
-template <typename T, int LG, int F, int B, bool SPREAD = false>
+template <typename T, int LG, int F, int B>
 __global__ void __launch_bounds__(kWarps * 32, 1)
 leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restrict__ scales,
                      const float* __restrict__ levels, const int* __restrict__ leaves, int n_leaves,
@@ -257,30 +206,18 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
   const int vpr = steps * kStep;
   uint4* s_x = smem4;
   char* s_leaf = reinterpret_cast<char*>(s_x + static_cast<size_t>(vpr) * B);
-  float* s_levels = reinterpret_cast<float*>(s_leaf + (SPREAD ? 128 * n_leaves : 4 * ((n_leaves + 3) & ~3)));
+  float* s_levels = reinterpret_cast<float*>(s_leaf + 4 * ((n_leaves + 3) & ~3));
   // one row: [part_buffers][kWarps][kRows + 1] (padded: the readers' stride is odd); several: [kWarps][kRows][B]
   constexpr int kPart = kRows + 1;
   float* s_part = s_levels + 16;
 
-  if constexpr (SPREAD) {
-    stage_spread_leaves(leaves, n_leaves, s_leaf);
-    stage_tables<L>(leaves, 0, levels, s_leaf, s_levels);
-  } else {
-    stage_tables<L>(leaves, n_leaves, levels, s_leaf, s_levels);
-  }
-#ifdef PVQ_BATCHED_X
-  stage_batched<4>(s_x, vpr * B, [&](int i) {
-    const int v = i / B, r = i % B;
-    return r < batch ? load8_sixteenth<T>(x + static_cast<size_t>(r) * vpr * 8, v) : make_uint4(0u, 0u, 0u, 0u);
-  });
-#else
+  stage_tables<L>(leaves, n_leaves, levels, s_leaf, s_levels);
 #pragma unroll 4
   for (int i = threadIdx.x; i < vpr * B; i += blockDim.x) {
     const int v = i / B, r = i % B;
     s_x[i] = r < batch ? load8_sixteenth<T>(x + static_cast<size_t>(r) * vpr * 8, v) : make_uint4(0u, 0u, 0u, 0u);
   }
-#endif
-  finish_tables(SPREAD ? 0 : n_leaves, s_leaf);
+  finish_tables(n_leaves, s_leaf);
   __syncthreads();
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -318,8 +255,7 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
         constexpr int j = decltype(jc)::value;
         const unsigned f = Fd::template field<j>(w);
         unsigned wa, wb;
-        if constexpr (SPREAD) Fd::spread_leaf_words(f, s_leaf + 4 * lane, wa, wb);
-        else Fd::leaf_words(f, s_leaf, wa, wb);
+        Fd::leaf_words(f, s_leaf, wa, wb);
         const float level = level_of(f);
         __half2 a01, a23, b01, b23;
         const float mult = level * leaf_pair(wa, wb, a01, a23, b01, b23);
@@ -431,16 +367,7 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
       s_x[i] = load8_sixteenth<T>(x + static_cast<size_t>(r) * vpr * 8, v);
     }
   };
-#ifdef PVQ_BATCHED_X
-  // the whole of x, before the row groups' loop (in the chunks' loop the batch's registers spilled)
-  auto stage_x_whole = [&]() {
-    stage_batched<4>(s_x, steps * kStep * batch, [&](int i) {
-      return load8_sixteenth<T>(x + static_cast<size_t>(i % batch) * vpr * 8, i / batch);
-    });
-  };
-#else
   auto stage_x_whole = [&]() { stage_x(0); };
-#endif
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int rg0 = blockIdx.x * groups_per_block;
@@ -594,10 +521,6 @@ PVQ_INSTANTIATE(__half, 1, 22, 1)
 PVQ_INSTANTIATE(__half, 2, 30, 4)
 PVQ_INSTANTIATE(__half, 2, 30, 8)
 PVQ_INSTANTIATE(__nv_bfloat16, 2, 30, 1)
-#ifdef PVQ_SPREAD_LEAVES
-template __global__ void leafrow8_gemv_kernel<__half, 1, 22, 1, true>(const unsigned*, const __half*, const float*,
-    const int*, int, const __half*, __half*, int, int, int, int, int, int);
-#endif
 #define PVQ_INSTANTIATE_MMA(T, LG, F, BM, X) template __global__ void leafrow8_mma_kernel<T, LG, F, BM, XFrom::X>( \
     const unsigned*, const __half*, const float*, const int*, int, const T*, T*, int, int, int, int, int, int);
 PVQ_INSTANTIATE_MMA(__half, 2, 30, 8, kSharedChunks)
@@ -699,29 +622,19 @@ Status leafrow8_gemv(torch::Tensor& y, torch::Tensor words, torch::Tensor scales
   const size_t part_bytes = sizeof(float) * static_cast<size_t>(kWarps) * (rows_b == 1 ? kRows + 1 : kRows * rows_b);
   const size_t x_bytes = sizeof(uint4) * static_cast<size_t>(l.steps) * kStep * rows_b + sizeof(float) * 16;
   const size_t optin = l.props->sharedMemPerBlockOptin;
-#ifdef PVQ_SPREAD_LEAVES
-  // (the experiment: one row through the spread table where it fits beside x and two partial-sum buffers)
-  const bool spread = rows_b == 1 && x_bytes + 128 * static_cast<size_t>(l.n_leaves) + 2 * part_bytes <= optin;
-#else
-  constexpr bool spread = false;
-#endif
-  const size_t base = x_bytes + (spread ? 128 * static_cast<size_t>(l.n_leaves) : 4 * ((l.n_leaves + 3) & ~3));
+  const size_t base = x_bytes + 4 * ((l.n_leaves + 3) & ~3);
   const int part_buffers = rows_b == 1 && l.groups_per_block > 1 && base + 2 * part_bytes <= optin ? 2 : 1;
   const size_t smem = base + part_buffers * part_bytes;
   return by_dtype_and_fields(l.x, field_bits, gain_bits, [&](auto t, auto tl, auto lg, auto ff) -> Status {
     using T = typename decltype(t)::type;
     using TL = typename decltype(tl)::type;
-    auto go = [&](auto bb, auto sp) {
-      return launch_rows<T, TL>(
-          leafrow8_gemv_kernel<T, decltype(lg)::value, decltype(ff)::value, decltype(bb)::value, decltype(sp)::value>,
-          l, smem, words, scales, levels, leaves, y, out_features, part_buffers);
+    auto go = [&](auto bb) {
+      return launch_rows<T, TL>(leafrow8_gemv_kernel<T, decltype(lg)::value, decltype(ff)::value, decltype(bb)::value>,
+                                l, smem, words, scales, levels, leaves, y, out_features, part_buffers);
     };
-#ifdef PVQ_SPREAD_LEAVES
-    if (spread) return go(Int<1>{}, std::true_type{});
-#endif
-    if (rows_b == 1) return go(Int<1>{}, std::false_type{});
-    if (rows_b == 4) return go(Int<4>{}, std::false_type{});
-    return go(Int<8>{}, std::false_type{});
+    if (rows_b == 1) return go(Int<1>{});
+    if (rows_b == 4) return go(Int<4>{});
+    return go(Int<8>{});
   });
 }
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Call 4: the 7B step at batch 8, merged and not (PLAN: the rotation plan call 2 found faster). See README.md here.
+# Call 3: the 7B step at batch 8, merged and not (PLAN: the rotation plan call 2 found faster). See README.md here.
 set -u -o pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 # without PLAN: the faster pvq3 plan of call 2's step (left in /tmp by 2_step.sh), else fused
