@@ -118,8 +118,10 @@ def _rotation_plan(config, model: torch.nn.Module) -> tuple[str, list[str]]:
             return "layer", [f"rotation plan: layer for the whole model (fused cannot fold it: {reason})"]
         rule = FOLD_RULES[model.config.model_type]
         online = (rule.online_input, *(rule.act_online_inputs if config.act_bits is not None else ()))
-        chunks = {None: f", in chunks of {AUTO_ROTATION_BLOCK} inputs where that divides an input that is not a "
-                        f"power of two", 0: ""}.get(config.rotation_block, f", in chunks of {config.rotation_block} inputs")
+        if config.rotation_block is None:
+            chunks = f", in chunks of {AUTO_ROTATION_BLOCK} inputs where that divides a non-power-of-two input"
+        else:
+            chunks = f", in chunks of {config.rotation_block} inputs" if config.rotation_block else ""
         return plan, [f"rotation plan: fused (norms folded, residual stream and heads rotated in the weights; "
                       f"online rotations per block on the inputs of {', '.join(online)}{chunks})"]
     return plan, []

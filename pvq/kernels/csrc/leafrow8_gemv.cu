@@ -160,10 +160,10 @@ __device__ __forceinline__ void stage_tables(const int* __restrict__ leaves, int
 // Before the barrier that publishes the tables: this thread's asynchronous copies of stage_tables have arrived and it
 // biases its leaves in place. Why (an experiment of session 16, made the kernels' copy in session 18: 11008x4096 at
 // 3 bits, one row, 13.6 -> 13.3 us on the H200, 22016x4096 24.9 -> 23.9; no change at 8 and 16 rows; the spread
-// table and x's batched copy, tried beside it, gained nothing and left): the copy before it ran its loads one L2 round trip after another (each load's store and loop test before the next
-// load, in SASS: thread 0 waits three round trips for its words of the 3-bit table of 11969 leaves, one for the
-// table's tail, one for the levels, then x's), where cp.async issues all of a thread's copies at once and they
-// travel while x is staged.
+// table and x's batched copy, tried beside it, gained nothing and left): the copy before it ran its loads one L2
+// round trip after another (each load's store and loop test before the next load, in SASS: thread 0 waited three
+// round trips for its words of the 3-bit table of 11969 leaves, one for the table's tail, one for the levels, then
+// x's), where cp.async issues all of a thread's copies at once and they travel while x is staged.
 __device__ __forceinline__ void finish_tables(int n_leaves, char* s_leaf) {
   asm volatile("cp.async.wait_all;\n" ::: "memory");
   const int n4 = n_leaves >> 2;
@@ -367,7 +367,6 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
       s_x[i] = load8_sixteenth<T>(x + static_cast<size_t>(r) * vpr * 8, v);
     }
   };
-  auto stage_x_whole = [&]() { stage_x(0); };
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int rg0 = blockIdx.x * groups_per_block;
@@ -377,7 +376,7 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
   __half sn = __float2half(0.f);
   auto load = [&](int rg, int s) { load_step<W2>(words, scales, rg, s, steps, lane, wn, sn); };
   stage_tables<L>(leaves, n_leaves, levels, s_leaf, s_levels);
-  if (!kGlobalX && !chunked) stage_x_whole();
+  if (!kGlobalX && !chunked) stage_x(0);
   finish_tables(n_leaves, s_leaf);
   __syncthreads();
   if (works && rg0 < rg1) load(rg0, warp);  // (loaded before the tables' copy instead: slower, session 14)
