@@ -123,7 +123,8 @@ def leaf_rows_decode(rt: LeafRowsRuntime, dtype: torch.dtype = torch.float32) ->
     """``Q'`` ``[out, in]`` in ``dtype`` on the layer's device: on CUDA the Triton decode
     (:func:`pvq.kernels.triton_rows.leaf_rows_decode_triton`: the reference's float32 operations, rounded to ``dtype``
     once; it replaced a CUDA decode on the H200: 11008x4096 to fp16 33.7 us against 76.7, docs/kernels.md session 18),
-    else the reference in chunks of row groups. A 16-bit ``dtype`` writes half the bytes that the float32 decode and a conversion would."""
+    else the reference in chunks of row groups. A 16-bit ``dtype`` writes half the bytes that the float32 decode and a
+    conversion would."""
     if rt.words.is_cuda:
         from .triton_rows import leaf_rows_decode_triton
 
