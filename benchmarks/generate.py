@@ -28,8 +28,10 @@ A random-initialised Llama of LLaMA-2-7B's shapes (hidden 4096, MLP 11008, 32 he
 randomized Hadamards). ``--rotation fused``: the plan that folds rotations into the model
 (QuaRot-style): only down_proj keeps an online rotation of its input; the folding itself is
 exact and costs nothing at run time, so random weights measure its speed (a LayerRotation with
-its output side None). ``--rotation fused:256``: ``fused`` with down_proj's rotation block-diagonal in chunks of 256 inputs
-(``pvq quantize --rotation-block 256``; 11008 = 43 x 256, no dense factor online). ``--rotation
+its output side None), down_proj's rotation over its whole input (``pvq quantize --rotation-block 0``).
+``--rotation fused:256``: ``fused`` with down_proj's rotation block-diagonal in chunks of 256 inputs (11008 = 43 x
+256, no dense factor online): what ``pvq quantize --rotation fused`` writes by default since session 18 where 256
+divides an input that is not a power of two. ``--rotation
 layer,fused,fused:256``: a row per plan for each pvq method (the codes coded once).
 ``--merge no,yes``: each row also with every block's q/k/v and gate/up linears run as one product each
 (:func:`pvq.models.merge_shared_input_linears`, ``pvq generate --merge-projections``; fp16 and int4 stacked
@@ -424,8 +426,8 @@ def main() -> None:
                         f"{', '.join(SETTINGS)}; ratios are against fp16, else the first row")
     p.add_argument("--bits", default=None, help="shorthand: pvq rows at these bits, e.g. 3,2 (fp16 and int4 kept)")
     p.add_argument("--dim", type=int, default=8)
-    p.add_argument("--rotation", default="layer", help="online rotations of the pvq layers: layer, fused, fused:B "
-                   "(down_proj's in chunks of B inputs), or several "
+    p.add_argument("--rotation", default="layer", help="online rotations of the pvq layers: layer, fused (down_proj's "
+                   "over its whole input), fused:B (in chunks of B inputs: pvq quantize's default is 256), or several "
                    "(layer,fused: a row per plan and method)")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--batch", type=int, default=1, help="sequences generated together")
