@@ -20,8 +20,8 @@ from .cuda_build import CSRC, cuda_build_available, load_cuda_extension
 from .leaf_layout import LeafRuntime, leaf_decode_reference, leaf_layout_supports
 from .leaf_rows import LeafRowsRuntime, check_row_range, leaf_rows_decode_reference, leaf_rows_supports
 
-__all__ = ["LEAF_ROWS_SHARED_BYTES", "PREFILL_CHUNK_ROWS", "PREFILL_SIDE_STREAM", "cuda_leaf_rows_supports",
-           "leaf_rows_decode", "leaf_rows_gemv_cuda", "leaf_rows_prefill",
+__all__ = ["LEAF_ROWS_SHARED_BYTES", "PREFILL_CHUNK_BYTES", "PREFILL_SIDE_STREAM", "cuda_leaf_rows_supports",
+           "leaf_rows_decode", "leaf_rows_gemv_cuda", "leaf_rows_prefill", "prefill_chunk_rows",
            "LEAF_EIGHT_ROWS_MAX_IN_FEATURES", "LEAF_KERNEL_ROWS", "LEAF_LAUNCH_ROWS", "LEAF_MAX_IN_FEATURES", "LEAF_MAX_ROWS",
            "LEAF_ROWS_MAX_IN_FEATURES", "MMA_CHUNK_IN_FEATURES", "MMA_GLOBAL_X_MAX_ROW_GROUPS_A_BLOCK", "MMA_MIN_ROWS",
            "mma_reads_x_from_global", "MMA_STAGE_BYTES", "cuda_leaf_supports", "leaf_decode", "leaf_gemv_cuda"]
@@ -144,22 +144,31 @@ def leaf_rows_decode(rt: LeafRowsRuntime, dtype: torch.dtype = torch.float32, ro
     return out
 
 
-PREFILL_CHUNK_ROWS = 0
-"""Output rows the prefill decodes and multiplies at a time (a multiple of 32; 0: the whole layer in one decode and
-one matmul). Chunks reuse one buffer (two with a side stream) small enough to stay in L2 between the decode that
-writes it and the matmul that reads it."""
+PREFILL_CHUNK_BYTES = 0
+"""Bytes of decoded weights the prefill decodes and multiplies at a time (rounded down to whole row groups; 0: the
+whole layer in one decode and one matmul). Chunks reuse one buffer (two with a side stream) small enough to stay
+in L2 between the decode that writes it and the matmul that reads it."""
 PREFILL_SIDE_STREAM = False
 """Whether the prefill decodes the next chunk on a second CUDA stream while the current one multiplies."""
+
+
+def prefill_chunk_rows(in_features: int, element_bytes: int, chunk_bytes: int | None = None) -> int:
+    """Output rows of a prefill chunk: whole row groups of ``in_features`` weights of ``element_bytes`` each in
+    ``chunk_bytes`` (default :data:`PREFILL_CHUNK_BYTES`), at least one group; 0 where ``chunk_bytes`` is 0."""
+    chunk_bytes = PREFILL_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+    if chunk_bytes == 0:
+        return 0
+    return max(32, chunk_bytes // (in_features * element_bytes) // 32 * 32)
 
 
 def leaf_rows_prefill(rt: LeafRowsRuntime, x: torch.Tensor, chunk_rows: int | None = None,
                       side_stream: bool | None = None) -> torch.Tensor:
     """``x @ Q'^T`` ``[B, out]`` in ``x``'s dtype for many rows ``x [B, in]`` (prefill: what the backend runs above
-    16 rows): ``Q'`` decoded to ``x``'s dtype, ``chunk_rows`` output rows at a time (default
-    :data:`PREFILL_CHUNK_ROWS`; 0: whole), each chunk multiplied by ``torch.mm`` into its columns of the output;
+    16 rows): ``Q'`` decoded to ``x``'s dtype, ``chunk_rows`` output rows at a time (default: from
+    :data:`PREFILL_CHUNK_BYTES`; 0: whole), each chunk multiplied by ``torch.mm`` into its columns of the output;
     with ``side_stream`` (default :data:`PREFILL_SIDE_STREAM`; CUDA only) the decode of chunk i + 1 runs on a second
     stream beside the matmul of chunk i (two buffers)."""
-    chunk = PREFILL_CHUNK_ROWS if chunk_rows is None else chunk_rows
+    chunk = prefill_chunk_rows(rt.in_features, x.element_size()) if chunk_rows is None else chunk_rows
     if chunk < 0 or chunk % 32:
         raise ValueError(f"chunk_rows must be 0 (whole) or a positive multiple of 32, got {chunk}")
     if x.dim() != 2 or x.shape[1] != rt.in_features or x.device != rt.words.device:

@@ -214,6 +214,13 @@ def test_prefill_in_chunks_is_the_whole_product(chunk):
         cuda_leaf.leaf_rows_prefill(rt, x[:, :128], 32)
 
 
+def test_prefill_chunk_rows_are_whole_row_groups_of_the_bytes():
+    assert cuda_leaf.prefill_chunk_rows(4096, 2, 16 << 20) == 2048
+    assert cuda_leaf.prefill_chunk_rows(11008, 2, 16 << 20) == 736  # 762 rows fit: 23 row groups
+    assert cuda_leaf.prefill_chunk_rows(32768, 4, 1 << 20) == 32  # at least one row group
+    assert cuda_leaf.prefill_chunk_rows(4096, 2, 0) == 0
+
+
 @needs_cuda
 @pytest.mark.parametrize("side_stream", [False, True])
 @pytest.mark.parametrize("chunk", [64, 2048])
