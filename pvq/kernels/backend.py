@@ -199,7 +199,7 @@ def _rotate(layer, x: torch.Tensor, inverse: bool) -> torch.Tensor:
     rh = transform.chunk  # a block-diagonal transform: its chunks are rows of their own
     rows = x.numel() // rh.n
     for kernel in ROTATION_KERNELS:
-        if (x.is_cuda or not kernel.cuda_only) and _kernel(kernel.preferred)(rh, rows):
+        if (x.is_cuda if kernel.cuda_only else triton_runs_on(x.device)) and _kernel(kernel.preferred)(rh, rows):
             return _kernel(kernel.rotate)(rh, x.reshape(rows, rh.n), inverse=inverse).reshape(x.shape)
     return layer.unrotate_output(x) if inverse else layer.rotate_input(x)
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pvq.kernels import ROTATION_KERNELS, backend, cuda_hadamard
+from pvq.kernels.availability import triton_runs_on
 from pvq.kernels.cuda_build import cuda_build_available
 from pvq.kernels.cuda_hadamard import hadamard_rotate_cuda
 from pvq.transforms import RandomizedHadamard
@@ -75,7 +76,8 @@ def test_the_backend_rotates_a_block_diagonal_input_as_rows_of_its_chunk(monkeyp
     x = torch.randn(2, 3, 1024)
     torch.testing.assert_close(backend._rotate(Layer(), x, inverse=False), Layer.rotation.rotate_input(x),
                                rtol=1e-5, atol=1e-5)
-    assert seen == [(256, (24, 256))]  # 2 x 3 rows of four chunks
+    # 2 x 3 rows of four chunks through the interpreter; a CUDA machine runs no Triton kernel on CPU tensors
+    assert seen == ([(256, (24, 256))] if triton_runs_on(x.device) else [])
 
 
 @needs_cuda

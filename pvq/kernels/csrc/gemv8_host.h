@@ -20,8 +20,8 @@ inline Status check_x(const torch::Tensor& x) {
             "x must be [B <= ", kMaxRows, ", in] contiguous on CUDA");
   const int64_t batch = x.size(0);
   PVQ_CHECK(batch == 1 || (x.scalar_type() != torch::kFloat32 && x.size(1) <= (batch > 4 ? 8192 : 16384)),
-            "several rows: fp16 or bf16 inputs of at most 16384 (8192 for 5 to 8 rows), got ", x.scalar_type(),
-            " [", batch, ", ", x.size(1), "]");
+            "several rows: fp16 or bf16 inputs of at most 16384 (8192 for 5 to 8 rows), got ",
+            c10::toString(x.scalar_type()), " [", batch, ", ", x.size(1), "]");
   PVQ_CHECK(x.size(1) % 8 == 0, "in_features must be a multiple of 8");
   return {};
 }
