@@ -15,10 +15,7 @@ fused, 16 through its whole-layer decode and cuBLAS), the leaf-pair product (``l
 launches of 8; at 8 rows also as two launches of 4) and the row-interleaved leaf-pair product (``rows``: a
 lane an output row). A final table. At the last batch size the whole-layer decodes are timed too (``-decode``:
 to float32, ``-decode16``: to fp16; the Triton decode, pvq/kernels/triton_rows.py, which replaced a CUDA one in
-session 18), and with ``--prefill`` the fp16 decode + cuBLAS (``rows3``: what the backend ran above 16 rows until
-session 19); ``--prefill-chunks 2048,...`` adds ``cuda_leaf.leaf_rows_prefill`` in chunks of that many output rows,
-on one stream (``rows3-c2048``) and with a side stream decoding the next chunk (``rows3-c2048s``), at the prefill
-rows and at every batch above one.
+session 18), and with ``--prefill`` the fp16 decode + cuBLAS (``rows3``: what the backend runs above 16 rows).
 
     python benchmarks/speed_layout_device.py --rows-variant head:@old.cu --rows-variant x:SOME_MACRO=1
 
@@ -234,8 +231,6 @@ def timings(shapes, batches, bit_list, device) -> list[tuple]:
                                       f"by {err:.2e} of its largest output: not timed")
                                 continue
                             row[f"rows{bits:g}-{name}"] = bench(lambda: cuda_leaf.leaf_rows_gemv_cuda(rrt, x))
-                    if batch > 1:  # decode (in chunks) + cuBLAS at several rows, against the fused kernels
-                        row.update(prefill_chunks(rrt, x, f"rows{bits:g}"))
                     if batch == batches[-1]:  # what the backend runs above 16 rows: decode + cuBLAS
                         row[f"rows{bits:g}-decode"] = bench(lambda: cuda_leaf.leaf_rows_decode(rrt))
                         # to fp16 (what prefill multiplies)
@@ -252,33 +247,11 @@ def timings(shapes, batches, bit_list, device) -> list[tuple]:
             for bits, (srt, rt, rrt) in rts.items():
                 if ROWS_BUILT:
                     row[f"rows{bits:g}"] = bench(lambda: x @ cuda_leaf.leaf_rows_decode(rrt, torch.float16).T)
-                    row.update(prefill_chunks(rrt, x, f"rows{bits:g}"))
             phase(f"{out_f}x{in_f} prefill {rows} rows: " + ", ".join(f"{k} {v:.1f} us" for k, v in row.items()))
             table.append((f"{out_f}x{in_f}", rows, row))
         del rts, w
         torch.cuda.empty_cache()
     return table
-
-
-PREFILL_CHUNKS: tuple = ()  # --prefill-chunks: output rows a chunk of the chunked prefill (leaf_rows_prefill)
-
-
-def prefill_chunks(rrt, x: torch.Tensor, prefix: str) -> dict[str, float]:
-    """Microseconds of ``cuda_leaf.leaf_rows_prefill`` in chunks of each of :data:`PREFILL_CHUNKS` rows, on one stream
-    (``-cN``) and with the next chunk's decode on a side stream (``-cNs``), each first checked against the whole
-    decode's product (columns left out, with a line, where it is off by more than VARIANT_TOLERANCE)."""
-    row = {}
-    expected = (x @ cuda_leaf.leaf_rows_decode(rrt, x.dtype).T).float()
-    for chunk in PREFILL_CHUNKS:
-        for side in (False, True):
-            name = f"{prefix}-c{chunk}{'s' if side else ''}"
-            got = cuda_leaf.leaf_rows_prefill(rrt, x, chunk, side).float()
-            err = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-30))
-            if not err <= VARIANT_TOLERANCE:
-                phase(f"{name}: off the whole product by {err:.2e} of its largest output: not timed")
-                continue
-            row[name] = bench(lambda: cuda_leaf.leaf_rows_prefill(rrt, x, chunk, side))
-    return row
 
 
 VARIANTS: dict = {}
@@ -362,8 +335,6 @@ def main() -> None:
     p.add_argument("--skip-check", action="store_true")
     p.add_argument("--layouts", default="split,leaf,rows", help="the layouts timed (rows: the row-interleaved one)")
     p.add_argument("--prefill", default="", help="prefill rows to time as well, e.g. 512,2048")
-    p.add_argument("--prefill-chunks", default="", help="chunk rows of the chunked prefill to time, e.g. 2048,4096 "
-                   "(at the prefill rows and at every batch above 1)")
     p.add_argument("--cpu", action="store_true", help="the layout phases on a tiny layer on the CPU (no kernels)")
     p.add_argument("--rows-variant", action="append", default=[],
                    help="NAME:DEFINE[+DEFINE]: also time the row products built with these defines (an experiment)")
@@ -388,8 +359,7 @@ def main() -> None:
     phase(f"split8_gemv.cu, leaf8_gemv.cu, leafrow8_gemv.cu built: {built}, variants {sorted(VARIANTS)} in "
           f"{time.perf_counter() - t:.1f} s")
     assert built[0] and built[1], "split8_gemv.cu or leaf8_gemv.cu did not compile"
-    global ROWS_BUILT, LAYOUTS, PREFILL, PREFILL_CHUNKS
-    PREFILL_CHUNKS = tuple(int(r) for r in a.prefill_chunks.split(",") if r)
+    global ROWS_BUILT, LAYOUTS, PREFILL
     ROWS_BUILT = built[2]
     LAYOUTS = tuple(a.layouts.split(","))
     PREFILL = tuple(int(r) for r in a.prefill.split(",") if r)

@@ -57,18 +57,10 @@ class KernelFamily:
     matmul: str  # (runtime, x [B <= 16, in]) -> [B, out] float32 or x's dtype
     decode: str  # (runtime, dtype) -> Q' [out, in] in dtype
     fused_max_rows: int = FUSED_MAX_ROWS  # input rows up to which the fused matmul runs; above, decode then one matmul
-    prefill: str | None = None  # (runtime, x [B > fused_max_rows, in]) -> [B, out] in x's dtype; None: decode, matmul
 
     def kernels(self) -> tuple[Callable, Callable]:
         """(fused matmul, whole-layer decode) functions."""
         return _kernel(self.matmul), _kernel(self.decode)
-
-    def many_rows(self, runtime, x: torch.Tensor) -> torch.Tensor:
-        """``x @ Q'^T`` for more rows than the fused matmul takes, in ``x``'s dtype: the family's prefill, else
-        the whole-layer decode to ``x``'s dtype and one matmul."""
-        if self.prefill is not None:
-            return _kernel(self.prefill)(runtime, x)
-        return x @ _kernel(self.decode)(runtime, x.dtype).T
 
 
 def _kernel(qualified: str) -> Callable:
@@ -87,7 +79,7 @@ KERNEL_FAMILIES = (
     # up to 16 rows of fp16/bf16 (launches of up to 8) of D = 8 layers with 16-vector scale groups at 1.5 to 3 bits
     # in the row-interleaved leaf-pair layout: a lane a row, compile-time field shifts (docs/kernels.md, session 8)
     KernelFamily("pvq-leaf-rows-cuda", cuda_leaf_rows_supports, leaf_rows_runtime, "cuda_leaf.leaf_rows_gemv_cuda",
-                 "cuda_leaf.leaf_rows_decode", fused_max_rows=16, prefill="cuda_leaf.leaf_rows_prefill"),
+                 "cuda_leaf.leaf_rows_decode", fused_max_rows=16),
     # up to 16 rows (launches of up to 8) of D = 8 layers at <= 3.3 bits in the leaf-pair layout (transcoded at
     # load: no division, no search; CUDA, compiled on first use): docs/kernels.md, session 8
     KernelFamily("pvq-leaf-cuda", cuda_leaf_supports, leaf_runtime, "cuda_leaf.leaf_gemv_cuda", "cuda_leaf.leaf_decode",
@@ -151,10 +143,11 @@ class TritonBackend(Backend):
     def _rotated_linear(self, layer, runtime, xr, dtype):
         """``U^T K(Q', xr) + b`` for rotated rows ``xr [rows, in]``, in ``dtype``."""
         rt, family = runtime["runtime"], runtime["family"]
+        matmul, decode = family.kernels()
         if xr.shape[0] <= family.fused_max_rows:
-            y = _kernel(family.matmul)(rt, xr)
+            y = matmul(rt, xr)
         else:
-            y = family.many_rows(rt, xr.to(dtype))  # decoded straight to the input's dtype
+            y = xr.to(dtype) @ decode(rt, dtype).T  # decoded straight to the input's dtype
         y = _rotate(layer, y.to(dtype), inverse=True)
         if layer.bias is not None:
             y = y + layer.bias.to(y.dtype)

@@ -18,10 +18,9 @@ import torch
 
 from .cuda_build import CSRC, cuda_build_available, load_cuda_extension
 from .leaf_layout import LeafRuntime, leaf_decode_reference, leaf_layout_supports
-from .leaf_rows import LeafRowsRuntime, check_row_range, leaf_rows_decode_reference, leaf_rows_supports
+from .leaf_rows import LeafRowsRuntime, leaf_rows_decode_reference, leaf_rows_supports
 
-__all__ = ["LEAF_ROWS_SHARED_BYTES", "PREFILL_CHUNK_BYTES", "PREFILL_SIDE_STREAM", "cuda_leaf_rows_supports",
-           "leaf_rows_decode", "leaf_rows_gemv_cuda", "leaf_rows_prefill", "prefill_chunk_rows",
+__all__ = ["LEAF_ROWS_SHARED_BYTES", "cuda_leaf_rows_supports", "leaf_rows_decode", "leaf_rows_gemv_cuda",
            "LEAF_EIGHT_ROWS_MAX_IN_FEATURES", "LEAF_KERNEL_ROWS", "LEAF_LAUNCH_ROWS", "LEAF_MAX_IN_FEATURES", "LEAF_MAX_ROWS",
            "LEAF_ROWS_MAX_IN_FEATURES", "MMA_CHUNK_IN_FEATURES", "MMA_GLOBAL_X_MAX_ROW_GROUPS_A_BLOCK", "MMA_MIN_ROWS",
            "mma_reads_x_from_global", "MMA_STAGE_BYTES", "cuda_leaf_supports", "leaf_decode", "leaf_gemv_cuda"]
@@ -120,10 +119,8 @@ def _rows_extension():
                                "row-interleaved leaf layers multiply through their PyTorch decode instead")
 
 
-def leaf_rows_decode(rt: LeafRowsRuntime, dtype: torch.dtype = torch.float32, rows: tuple[int, int] | None = None,
-                     out: torch.Tensor | None = None) -> torch.Tensor:
-    """``Q'`` ``[out, in]`` in ``dtype`` on the layer's device (with ``rows = (r0, r1)``: those output rows, into
-    ``out`` where given; :func:`~pvq.kernels.leaf_rows.check_row_range`): on CUDA the Triton decode
+def leaf_rows_decode(rt: LeafRowsRuntime, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``Q'`` ``[out, in]`` in ``dtype`` on the layer's device: on CUDA the Triton decode
     (:func:`pvq.kernels.triton_rows.leaf_rows_decode_triton`: the reference's float32 operations, rounded to ``dtype``
     once; it replaced a CUDA decode on the H200: 11008x4096 to fp16 33.7 us against 76.7, docs/kernels.md session 18),
     else the reference in chunks of row groups. A 16-bit ``dtype`` writes half the bytes that the float32 decode and a
@@ -131,75 +128,13 @@ def leaf_rows_decode(rt: LeafRowsRuntime, dtype: torch.dtype = torch.float32, ro
     if rt.words.is_cuda:
         from .triton_rows import leaf_rows_decode_triton
 
-        return leaf_rows_decode_triton(rt, dtype, rows, out)
-    r0, r1 = check_row_range(rt, rows)
-    if out is None:
-        out = torch.empty(r1 - r0, rt.in_features, dtype=dtype, device=rt.words.device)
-    elif out.shape != (r1 - r0, rt.in_features) or out.dtype != dtype:
-        raise ValueError(f"out must be {dtype} [{r1 - r0}, {rt.in_features}], got {out.dtype} {tuple(out.shape)}")
+        return leaf_rows_decode_triton(rt, dtype)
+    out = torch.empty(rt.out_features, rt.in_features, dtype=dtype, device=rt.words.device)
     step = max(32, _DECODE_CHUNK // rt.in_features // 32 * 32)
-    for a in range(r0, r1, step):
-        b = min(r1, a + step)
-        out[a - r0:b - r0] = leaf_rows_decode_reference(rt, (a, b))
+    for r0 in range(0, rt.out_features, step):
+        r1 = min(rt.out_features, r0 + step)
+        out[r0:r1] = leaf_rows_decode_reference(rt, (r0, r1))
     return out
-
-
-PREFILL_CHUNK_BYTES = 0
-"""Bytes of decoded weights the prefill decodes and multiplies at a time (rounded down to whole row groups; 0: the
-whole layer in one decode and one matmul). Chunks reuse one buffer (two with a side stream) small enough to stay
-in L2 between the decode that writes it and the matmul that reads it."""
-PREFILL_SIDE_STREAM = False
-"""Whether the prefill decodes the next chunk on a second CUDA stream while the current one multiplies."""
-
-
-def prefill_chunk_rows(in_features: int, element_bytes: int, chunk_bytes: int | None = None) -> int:
-    """Output rows of a prefill chunk: whole row groups of ``in_features`` weights of ``element_bytes`` each in
-    ``chunk_bytes`` (default :data:`PREFILL_CHUNK_BYTES`), at least one group; 0 where ``chunk_bytes`` is 0."""
-    chunk_bytes = PREFILL_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
-    if chunk_bytes == 0:
-        return 0
-    return max(32, chunk_bytes // (in_features * element_bytes) // 32 * 32)
-
-
-def leaf_rows_prefill(rt: LeafRowsRuntime, x: torch.Tensor, chunk_rows: int | None = None,
-                      side_stream: bool | None = None) -> torch.Tensor:
-    """``x @ Q'^T`` ``[B, out]`` in ``x``'s dtype for many rows ``x [B, in]`` (prefill: what the backend runs above
-    16 rows): ``Q'`` decoded to ``x``'s dtype, ``chunk_rows`` output rows at a time (default: from
-    :data:`PREFILL_CHUNK_BYTES`; 0: whole), each chunk multiplied by ``torch.mm`` into its columns of the output;
-    with ``side_stream`` (default :data:`PREFILL_SIDE_STREAM`; CUDA only) the decode of chunk i + 1 runs on a second
-    stream beside the matmul of chunk i (two buffers)."""
-    chunk = prefill_chunk_rows(rt.in_features, x.element_size()) if chunk_rows is None else chunk_rows
-    if chunk < 0 or chunk % 32:
-        raise ValueError(f"chunk_rows must be 0 (whole) or a positive multiple of 32, got {chunk}")
-    if x.dim() != 2 or x.shape[1] != rt.in_features or x.device != rt.words.device:
-        raise ValueError(f"leaf_rows_prefill takes x [B, {rt.in_features}] on {rt.words.device}, got "
-                         f"{tuple(x.shape)} on {x.device}")
-    if chunk == 0 or chunk >= rt.out_features:
-        return x @ leaf_rows_decode(rt, x.dtype).T
-    overlap = (PREFILL_SIDE_STREAM if side_stream is None else side_stream) and x.is_cuda
-    y = torch.empty(x.shape[0], rt.out_features, dtype=x.dtype, device=x.device)
-    buffers = [torch.empty(chunk, rt.in_features, dtype=x.dtype, device=x.device) for _ in range(1 + overlap)]
-    spans = [(r0, min(rt.out_features, r0 + chunk)) for r0 in range(0, rt.out_features, chunk)]
-    if not overlap:
-        for r0, r1 in spans:
-            w = leaf_rows_decode(rt, x.dtype, (r0, r1), buffers[0][:r1 - r0])
-            torch.mm(x, w.T, out=y[:, r0:r1])
-        return y
-    main, side = torch.cuda.current_stream(x.device), torch.cuda.Stream(x.device)
-    side.wait_stream(main)  # the buffers and x are the main stream's
-    decoded = [torch.cuda.Event() for _ in spans]
-    multiplied = [torch.cuda.Event() for _ in spans]
-    for i, (r0, r1) in enumerate(spans):
-        buffer = buffers[i % 2][:r1 - r0]
-        with torch.cuda.stream(side):
-            if i >= 2:  # the buffer's previous chunk multiplied
-                side.wait_event(multiplied[i - 2])
-            leaf_rows_decode(rt, x.dtype, (r0, r1), buffer)
-            decoded[i].record(side)
-        main.wait_event(decoded[i])
-        torch.mm(x, buffer.T, out=y[:, r0:r1])
-        multiplied[i].record(main)
-    return y  # every use of the buffers on the side stream precedes a main-stream wait: freed safely there
 
 
 def _rows_launch_rows(rt: LeafRowsRuntime) -> int:

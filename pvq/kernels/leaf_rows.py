@@ -27,8 +27,8 @@ from .leaf_layout import _CHUNK, _codes, _fields, _leaf_coords, leaf_field_bits,
 from .runtime import PvqLayerRuntime
 from .split_runtime import SplitRuntime, inverse_norms, shared_leaves, split_runtime
 
-__all__ = ["ROW_GROUP", "STEP_VECTORS", "LeafRowsRuntime", "check_row_range", "leaf_rows_decode_reference",
-           "leaf_rows_from_split", "leaf_rows_runtime", "leaf_rows_supports"]
+__all__ = ["ROW_GROUP", "STEP_VECTORS", "LeafRowsRuntime", "leaf_rows_decode_reference", "leaf_rows_from_split",
+           "leaf_rows_runtime", "leaf_rows_supports"]
 
 ROW_GROUP = 32
 """Output rows a warp owns (one a lane)."""
@@ -118,19 +118,6 @@ def leaf_rows_runtime(layer, device: torch.device | str | None = None) -> LeafRo
         raise QuantizeError(f"{layer.codec.describe()} does not transcode to the row-interleaved leaf layout "
                             f"(split order, D = 8, groups of {STEP_VECTORS} vectors, fields of <= 32 bits)")
     return leaf_rows_from_split(split_runtime(layer, device))
-
-
-def check_row_range(rt: LeafRowsRuntime, rows: tuple[int, int] | None) -> tuple[int, int]:
-    """``(r0, r1)``: all output rows where ``rows`` is None, else ``rows`` checked: inside the layer, ``r0`` a
-    multiple of :data:`ROW_GROUP` and ``r1`` too or the last row (what a decode of some rows takes)."""
-    if rows is None:
-        return 0, rt.out_features
-    r0, r1 = rows
-    if not (0 <= r0 <= r1 <= rt.out_features and r0 % ROW_GROUP == 0
-            and (r1 % ROW_GROUP == 0 or r1 == rt.out_features)):
-        raise ValueError(f"rows must be (r0, r1) with 0 <= r0 <= r1 <= {rt.out_features}, r0 a multiple of "
-                         f"{ROW_GROUP} and r1 too or {rt.out_features}, got {rows}")
-    return r0, r1
 
 
 def leaf_rows_decode_reference(rt: LeafRowsRuntime, rows: tuple[int, int] | None = None) -> torch.Tensor:

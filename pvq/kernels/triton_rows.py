@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .leaf_rows import ROW_GROUP, STEP_VECTORS, LeafRowsRuntime, check_row_range
+from .leaf_rows import ROW_GROUP, STEP_VECTORS, LeafRowsRuntime
 
 __all__ = ["leaf_rows_decode_triton"]
 
@@ -28,11 +28,10 @@ _OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit
-def _rows_decode_kernel(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, out_ptr, group0, row_end, steps,
+def _rows_decode_kernel(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, out_ptr, out_features, steps,
                         in_features, F: tl.constexpr, A: tl.constexpr, LG: tl.constexpr, BF16: tl.constexpr):
-    """Program (g, s): rows ``32 rg .. 32 rg + 31`` (``rg = group0 + g``; rows from ``row_end`` on are not
-    written), inputs ``128 s .. 128 s + 127``, written at row ``32 g + lane`` of ``out``."""
-    rg = group0 + tl.program_id(0)
+    """Program (rg, s): rows ``32 rg .. 32 rg + 31``, inputs ``128 s .. 128 s + 127``."""
+    rg = tl.program_id(0)
     s = tl.program_id(1)
     lane = tl.arange(0, 32)
     item = rg.to(tl.int64) * steps + s
@@ -60,35 +59,24 @@ def _rows_decode_kernel(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, 
     w = tl.reshape(c.to(tl.float32) * mult[:, :, None], (32, 128))
     row = rg * 32 + lane
     col = s * 128 + tl.arange(0, 128)
-    ptrs = out_ptr + (row - group0 * 32).to(tl.int64)[:, None] * in_features + col[None, :]
+    ptrs = out_ptr + row.to(tl.int64)[:, None] * in_features + col[None, :]
     if BF16:  # round to nearest even by hand: Triton's CPU interpreter truncates (the GPU's cvt rounds)
         b = w.to(tl.uint32, bitcast=True)
         b = (b + 0x7FFF + ((b >> 16) & 1)) >> 16
-        tl.store(ptrs, b.to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=(row < row_end)[:, None])
+        tl.store(ptrs, b.to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=(row < out_features)[:, None])
     else:
-        tl.store(ptrs, w.to(out_ptr.dtype.element_ty), mask=(row < row_end)[:, None])
+        tl.store(ptrs, w.to(out_ptr.dtype.element_ty), mask=(row < out_features)[:, None])
 
 
-def leaf_rows_decode_triton(rt: LeafRowsRuntime, dtype: torch.dtype = torch.float32,
-                            rows: tuple[int, int] | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``Q'`` ``[out, in]`` in ``dtype`` (float32, fp16 or bf16) on the layer's device (module docstring); with
-    ``rows = (r0, r1)`` only those output rows, ``[r1 - r0, in]`` (``r0`` a multiple of 32, ``r1`` too or the
-    last row), written into ``out`` where given (contiguous rows of that shape and dtype, e.g. a reused buffer:
-    the prefill's chunks)."""
+def leaf_rows_decode_triton(rt: LeafRowsRuntime, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``Q'`` ``[out, in]`` in ``dtype`` (float32, fp16 or bf16) on the layer's device (module docstring)."""
     if dtype not in _OUT_DTYPES:
         raise ValueError(f"the decode writes float32, float16 or bfloat16, not {dtype}")
-    r0, r1 = check_row_range(rt, rows)
-    if out is None:
-        out = torch.empty(r1 - r0, rt.in_features, dtype=dtype, device=rt.words.device)
-    elif (out.shape != (r1 - r0, rt.in_features) or out.dtype != dtype or out.device != rt.words.device
-          or not out.is_contiguous()):
-        raise ValueError(f"out must be a contiguous {dtype} [{r1 - r0}, {rt.in_features}] on {rt.words.device}, got "
-                         f"{out.dtype} {tuple(out.shape)} on {out.device}")
+    out = torch.empty(rt.out_features, rt.in_features, dtype=dtype, device=rt.words.device)
     if out.numel() == 0:
         return out
     assert rt.steps * STEP_VECTORS * 8 == rt.in_features and ROW_GROUP == 32
-    _rows_decode_kernel[(-(-(r1 - r0) // ROW_GROUP), rt.steps)](
-        rt.words, rt.row_scales, rt.levels, rt.leaves, rt.inverse_norms, out, r0 // ROW_GROUP, r1, rt.steps,
+    _rows_decode_kernel[(rt.row_groups, rt.steps)](
+        rt.words, rt.row_scales, rt.levels, rt.leaves, rt.inverse_norms, out, rt.out_features, rt.steps,
         rt.in_features, F=rt.field_bits, A=rt.leaf_bits, LG=rt.gain_bits, BF16=dtype == torch.bfloat16, num_warps=4)
     return out
-

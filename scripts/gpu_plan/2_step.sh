@@ -17,6 +17,6 @@ timeout 60 python3 benchmarks/hadamard.py --sizes 11008,256 --rows 1,4,16,43,172
 say rotation
 fi
 if has shapes; then
-timeout ${SHAPES_LIMIT:-220} python3 benchmarks/speed_layout_device.py --layouts rows --shapes 4096x4096,12288x4096,11008x4096,22016x4096,4096x11008 --batches ${SHAPES_BATCHES:-1,16} --bits 3 --prefill 512,2048 --prefill-chunks ${PREFILL_CHUNKS:-512,1024,2048,4096} > $OUT/speed_merged_decode.txt 2>&1; grep -E "FAIL|batch [0-9]+:|prefill|Error|error" $OUT/speed_merged_decode.txt | cut -c1-400
+timeout 220 python3 benchmarks/speed_layout_device.py --layouts rows --shapes 4096x4096,12288x4096,11008x4096,22016x4096,4096x11008 --batches 1,8,16 --bits 3 --prefill 512,2048 > $OUT/speed_merged_decode.txt 2>&1; grep -E "FAIL|batch [0-9]+:|prefill|Error|error" $OUT/speed_merged_decode.txt | cut -c1-400
 say shapes
 fi

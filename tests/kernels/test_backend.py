@@ -46,26 +46,3 @@ def test_automatic_choice_takes_triton_only_on_cuda():
     assert layer.codec.code_bits > 62
     assert not pvq.kernels.TritonBackend().supports(layer, torch.device("cuda"))
     assert select_backend(layer, torch.device("cuda" if torch.cuda.is_available() else "cpu")).name == "dense"
-
-
-def test_many_rows_run_the_family_prefill_where_it_has_one(monkeypatch):
-    """Above the fused rows a family runs its prefill (the row-interleaved family: the chunked decode and matmul),
-    else its whole-layer decode and one matmul; both give the decoded layer's product."""
-    from pvq.kernels.backend import KERNEL_FAMILIES, KernelFamily
-    from pvq.kernels.leaf_rows import leaf_rows_decode_reference, leaf_rows_from_split
-    from test_leaf_layout import code_runtime
-
-    rows_family = next(f for f in KERNEL_FAMILIES if f.name == "pvq-leaf-rows-cuda")
-    assert rows_family.prefill == "cuda_leaf.leaf_rows_prefill"
-    rt = leaf_rows_from_split(code_runtime(2.0, 16, 100, 256, seed=3))
-    x = torch.randn(20, 256, generator=torch.Generator().manual_seed(0))
-    ref = x @ leaf_rows_decode_reference(rt).T
-    from pvq.kernels import cuda_leaf
-
-    calls = []
-    prefill = cuda_leaf.leaf_rows_prefill
-    monkeypatch.setattr(cuda_leaf, "leaf_rows_prefill", lambda *a: calls.append(a) or prefill(*a, chunk_rows=64))
-    plain = KernelFamily("plain", rows_family.supports, rows_family.runtime, rows_family.matmul, rows_family.decode)
-    for family, prefills in ((rows_family, 1), (plain, 1)):
-        torch.testing.assert_close(family.many_rows(rt, x), ref, rtol=1e-5, atol=1e-5)
-        assert len(calls) == prefills

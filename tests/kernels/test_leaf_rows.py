@@ -199,42 +199,6 @@ def test_gpu_decode_is_bit_exact(bits, out_f, in_f):
         assert torch.equal(cuda_leaf.leaf_rows_decode(rt, dtype), ref.to(dtype))
 
 
-@pytest.mark.parametrize("chunk", [0, 32, 64, 96, 4096])
-def test_prefill_in_chunks_is_the_whole_product(chunk):
-    """Chunks of output rows (the last one short) decoded into one reused buffer and multiplied into their columns
-    of the output: the whole decode's product (float32 on the CPU: the same sums, to rounding)."""
-    rt = leaf_rows_from_split(code_runtime(3.0, 16, 150, 256, seed=7))
-    x = torch.randn(40, 256, generator=torch.Generator().manual_seed(1))
-    torch.testing.assert_close(cuda_leaf.leaf_rows_prefill(rt, x, chunk), x @ leaf_rows_decode_reference(rt).T,
-                               rtol=1e-5, atol=1e-5)
-    assert torch.equal(cuda_leaf.leaf_rows_decode(rt, rows=(64, 150)), leaf_rows_decode_reference(rt)[64:])
-    with pytest.raises(ValueError, match="multiple of 32"):
-        cuda_leaf.leaf_rows_prefill(rt, x, 48)
-    with pytest.raises(ValueError, match=r"x \[B, 256\]"):
-        cuda_leaf.leaf_rows_prefill(rt, x[:, :128], 32)
-
-
-def test_prefill_chunk_rows_are_whole_row_groups_of_the_bytes():
-    assert cuda_leaf.prefill_chunk_rows(4096, 2, 16 << 20) == 2048
-    assert cuda_leaf.prefill_chunk_rows(11008, 2, 16 << 20) == 736  # 762 rows fit: 23 row groups
-    assert cuda_leaf.prefill_chunk_rows(32768, 4, 1 << 20) == 32  # at least one row group
-    assert cuda_leaf.prefill_chunk_rows(4096, 2, 0) == 0
-
-
-@needs_cuda
-@pytest.mark.parametrize("side_stream", [False, True])
-@pytest.mark.parametrize("chunk", [64, 2048])
-def test_gpu_prefill_in_chunks_is_the_whole_product(chunk, side_stream):
-    """On CUDA, with the next chunk decoded on a side stream too (two buffers, events): cuBLAS's product of the
-    decoded fp16 weights, whole or by columns."""
-    rt = leaf_rows_from_split(code_runtime(3.0, 16, 4250, 512, seed=8, device="cuda"))
-    x = torch.randn(300, 512, generator=torch.Generator().manual_seed(2)).to("cuda", torch.float16)
-    ref = x.float() @ leaf_rows_decode_reference(rt).T
-    for _ in range(2):  # the second call reuses the allocator's blocks the first freed
-        got = cuda_leaf.leaf_rows_prefill(rt, x, chunk, side_stream).float()
-        torch.testing.assert_close(got, ref, rtol=2e-3, atol=2e-3 * float(ref.abs().max()))
-
-
 def test_reference_decode_takes_a_dtype():
     rt = leaf_rows_from_split(code_runtime(2.0, 16, 40, 256, seed=2))
     assert torch.equal(cuda_leaf.leaf_rows_decode(rt, torch.bfloat16), leaf_rows_decode_reference(rt).bfloat16())

@@ -30,29 +30,3 @@ def test_decode_refuses_other_dtypes():
     rt = leaf_rows_from_split(code_runtime(2.0, 16, 4, 128, device=DEVICE))
     with pytest.raises(ValueError, match="float32, float16 or bfloat16"):
         triton_rows.leaf_rows_decode_triton(rt, torch.int8)
-
-
-@settings(max_examples=8, deadline=None)
-@given(bits=st.sampled_from([2.0, 3.0]), out_f=st.integers(33, 130), seed=st.integers(0, 2**16), data=st.data())
-def test_some_rows_decode_as_those_rows_of_the_reference(bits, out_f, seed, data):
-    """A row range (row-group aligned; the last ends at the last row) decodes, into a given buffer too, as those rows
-    of the whole decode: what the prefill's chunks multiply."""
-    rt = leaf_rows_from_split(code_runtime(bits, 16, out_f, 128, seed=seed, device=DEVICE))
-    ref = leaf_rows_decode_reference(rt)
-    groups = -(-out_f // 32)
-    g0 = data.draw(st.integers(0, groups - 1))
-    r1 = data.draw(st.sampled_from([min(32 * g, out_f) for g in range(g0 + 1, groups + 1)]))
-    r0 = 32 * g0
-    assert torch.equal(triton_rows.leaf_rows_decode_triton(rt, rows=(r0, r1)), ref[r0:r1])
-    buffer = torch.full((r1 - r0, 128), float("nan"), dtype=torch.float16, device=DEVICE)
-    got = triton_rows.leaf_rows_decode_triton(rt, torch.float16, (r0, r1), buffer)
-    assert got.data_ptr() == buffer.data_ptr() and torch.equal(buffer, ref[r0:r1].half())
-
-
-def test_some_rows_refuses_unaligned_ranges_and_wrong_buffers():
-    rt = leaf_rows_from_split(code_runtime(2.0, 16, 70, 128, device=DEVICE))
-    for rows in ((1, 32), (0, 33), (32, 71), (64, 32)):
-        with pytest.raises(ValueError, match="multiple of 32"):
-            triton_rows.leaf_rows_decode_triton(rt, rows=rows)
-    with pytest.raises(ValueError, match=r"contiguous torch.float16 \[32, 128\]"):
-        triton_rows.leaf_rows_decode_triton(rt, torch.float16, (0, 32), torch.empty(32, 128, device=DEVICE))
