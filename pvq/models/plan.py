@@ -120,8 +120,10 @@ def _rotation_plan(config, model: torch.nn.Module) -> tuple[str, list[str]]:
         online = (rule.online_input, *(rule.act_online_inputs if config.act_bits is not None else ()))
         if config.rotation_block is None:
             chunks = f", in chunks of {AUTO_ROTATION_BLOCK} inputs where that divides a non-power-of-two input"
+        elif config.rotation_block:
+            chunks = f", in chunks of {config.rotation_block} inputs"
         else:
-            chunks = f", in chunks of {config.rotation_block} inputs" if config.rotation_block else ""
+            chunks = ""
         return plan, [f"rotation plan: fused (norms folded, residual stream and heads rotated in the weights; "
                       f"online rotations per block on the inputs of {', '.join(online)}{chunks})"]
     return plan, []
