@@ -405,6 +405,10 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default=None, help="runtime backend of the quantized layers (see pvq eval --help)")
     p.add_argument("--decode", default="auto", help="auto (default: static KV cache and a CUDA-graph step on CUDA, "
                    "model.generate elsewhere), eager (model.generate) or static (static cache; graph on CUDA)")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the static path's decode step with torch.compile (norms, rotary embeddings, residual "
+                        "adds and cache writes fused; each quantized product one operator); takes the static path; the "
+                        "compilation counts in the set-up time, not in tokens/s")
     p.add_argument("--merge-projections", nargs="?", const="yes", default="auto", choices=("auto", "yes", "no"),
                    help="run each block's q/k/v and gate/up linears as one product each where they read one input "
                         "the same way (the fused plan's layers; plain linears), and a quantized down_proj's gated "
@@ -419,7 +423,8 @@ def _generate(args: argparse.Namespace) -> int:
     from .eval.generate import GenerateConfig, run_generate
 
     cfg = GenerateConfig(max_new_tokens=args.max_new_tokens, sample=args.sample, temperature=args.temperature,
-                         top_p=args.top_p, top_k=args.top_k, seed=args.seed, decode=args.decode)
+                         top_p=args.top_p, top_k=args.top_k, seed=args.seed, decode=args.decode,
+                         compile=args.compile)
     out = run_generate(args.model, args.prompt, cfg, device=args.device, backend=args.backend,
                        merge={"auto": None, "yes": True, "no": False}[args.merge_projections])
     if args.json:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import time
+import types
 from dataclasses import dataclass
 from typing import Callable
 
@@ -68,15 +69,21 @@ def sampler(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
 
 class StaticDecoder:
     """A model with a static KV cache of ``max_len`` positions for ``batch`` rows and, after
-    :meth:`capture`, its decode step (one token per row) in a CUDA graph (``graph``: default on CUDA).
+    :meth:`capture`, its decode step (one token per row) in a CUDA graph (``graph``: default on CUDA)
+    and, with ``compile``, compiled by ``torch.compile`` (``compile_backend``: ``"inductor"`` fuses the
+    norms, rotary embeddings, residual adds and cache writes between the products; every quantized
+    product stays one operator, :mod:`pvq.models.compile_ops`). The prefill (prompts of any length)
+    stays eager.
 
     ``prefill(ids [B, P])`` (the cache restarts at position 0) and ``step(tokens [B])`` return float32
     logits ``[B, V]`` of the last position. :attr:`mode`: ``"cuda-graph"``, ``"static"`` (eager steps
-    over the static cache) or ``"static (graph capture failed: ...)"``; :attr:`setup_seconds`: warm-up
-    (kernel builds, runtime layouts) and capture.
+    over the static cache) or ``"static (graph capture failed: ...)"``, followed with ``compile`` by
+    ``", compiled"`` or ``" (compile failed: ...)"``; :attr:`setup_seconds`: warm-up (kernel builds,
+    runtime layouts, compilation) and capture.
     """
 
-    def __init__(self, model, batch: int, max_len: int, graph: bool | None = None, warmup: int = 2) -> None:
+    def __init__(self, model, batch: int, max_len: int, graph: bool | None = None, warmup: int = 2,
+                 compile: bool = False, compile_backend: str = "inductor") -> None:
         from transformers import StaticCache
 
         self.model, self.batch, self.max_len = model, batch, max_len
@@ -84,11 +91,15 @@ class StaticDecoder:
         self.want_graph = self.device.type == "cuda" if graph is None else graph
         if self.want_graph and self.device.type != "cuda":
             raise DecodeError(f"CUDA graphs need a CUDA device; the model is on {self.device}")
+        self.want_compile, self.compile_backend = compile, compile_backend
         self.warmup = warmup
-        self.mode = "static"
+        self._graph_mode = "static"
+        self._compile_mode = ""
         self.setup_seconds = 0.0
+        self._set_up = False
         self._graph = None
         self._logits = None
+        self._step_forward = self._forward  # the compiled step after a successful set-up with compile
         self.cache = StaticCache(config=model.config, max_cache_len=max_len)
         # transformers renamed ``past_key_values`` to ``cache`` (5.2x); both take the same object
         params = inspect.signature(model.forward).parameters
@@ -98,8 +109,17 @@ class StaticDecoder:
         self._cpos = torch.zeros(1, dtype=torch.long, device=self.device)
 
     @property
+    def mode(self) -> str:
+        return self._graph_mode + self._compile_mode
+
+    @property
     def captured(self) -> bool:
         return self._graph is not None
+
+    @property
+    def needs_setup(self) -> bool:
+        """Whether :meth:`capture` has work to do (a graph or a compiled step wanted, not set up yet)."""
+        return (self.want_graph or self.want_compile) and not self._set_up
 
     def _forward(self, ids: torch.Tensor, cache_position: torch.Tensor) -> torch.Tensor:
         # positions given both ways: older transformers place keys by cache_position, newer by the cache's
@@ -131,40 +151,86 @@ class StaticDecoder:
             self._graph.replay()
             logits = self._logits
         else:
-            logits = self._forward(self._tok, self._cpos)
+            logits = self._step_forward(self._tok, self._cpos)
         self.pos += 1
         return logits.float()
 
+    def _warm_up(self) -> None:
+        """Run the step ``warmup`` times (on a side stream where a graph is wanted, as its capture asks)."""
+        if not self.want_graph:
+            for _ in range(self.warmup):
+                self._step_forward(self._tok, self._cpos)
+            return
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                self._step_forward(self._tok, self._cpos)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+
+    def _compile_step(self) -> None:
+        """Compile the step (quantized layers as one operator each) and warm it up; on failure the eager
+        step stays and :attr:`mode` says why."""
+        from ..models.compile_ops import prepare_for_compile
+
+        try:
+            prepare_for_compile(self.model)
+            self._step_forward = torch.compile(_own_code(self._forward), backend=self.compile_backend,
+                                               fullgraph=True, dynamic=False)
+            self._warm_up()
+            self._compile_mode = ", compiled"
+        except Exception as e:  # noqa: BLE001 - whatever the compiler refuses: the eager step runs
+            self._step_forward = self._forward
+            self._compile_mode = f" (compile failed: {_reason(e)})"
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+
     @torch.no_grad()
     def capture(self, ids: torch.Tensor) -> None:
-        """Warm up and capture the decode step after the prompt ``ids [B, P]`` (where ``graph``), then clear
-        the cache. A failed capture leaves eager steps over the same cache (:attr:`mode` says why)."""
-        if not self.want_graph or self._graph is not None:
+        """Set the decode step up after the prompt ``ids [B, P]``: compile it (where ``compile``), warm it up and
+        capture it (where ``graph``), then clear the cache. A failed compilation leaves the eager step, a failed
+        capture steps without a graph over the same cache (:attr:`mode` says why)."""
+        if not self.needs_setup:
             return
         t0 = time.perf_counter()
         self.prefill(ids)
         self._tok.zero_()
         self._cpos.fill_(self.pos)
-        try:
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                for _ in range(self.warmup):
-                    self._forward(self._tok, self._cpos)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self._logits = self._forward(self._tok, self._cpos)
-            torch.cuda.synchronize(self.device)
-            self._graph, self.mode = graph, "cuda-graph"
-        except Exception as e:  # noqa: BLE001 - any op that cannot be captured: run the same step eagerly
-            self._graph, self._logits = None, None
-            self.mode = f"static (graph capture failed: {type(e).__name__}: {str(e).splitlines()[0][:160]})"
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
+        if self.want_compile:
+            self._compile_step()
+        if self.want_graph:
+            self._capture_graph()
+        self._set_up = True
         self.cache.reset()
         self.pos = 0
         self.setup_seconds += time.perf_counter() - t0
+
+    def _capture_graph(self) -> None:
+        try:
+            self._warm_up()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._logits = self._step_forward(self._tok, self._cpos)
+            torch.cuda.synchronize(self.device)
+            self._graph, self._graph_mode = graph, "cuda-graph"
+        except Exception as e:  # noqa: BLE001 - any op that cannot be captured: run the same step eagerly
+            self._graph, self._logits = None, None
+            self._graph_mode = f"static (graph capture failed: {_reason(e)})"
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+
+
+def _own_code(method):
+    """``method`` bound to a copy of its code object. Dynamo keeps compiled graphs per code object (at most
+    ``recompile_limit`` of them): each decoder's step gets its own, freed with it, so the ninth decoder of a
+    process compiles as the first did."""
+    fn = method.__func__
+    copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    return types.MethodType(copy, method.__self__)
+
+
+def _reason(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
 
 
 @dataclass
@@ -199,13 +265,13 @@ def decode(dec: StaticDecoder, ids: torch.Tensor, new_tokens: int,
            select: Callable[[torch.Tensor], torch.Tensor] = greedy, eos: int | list[int] | None = None,
            pad: int = 0, warm: bool = True) -> DecodeRun:
     """Generate up to ``new_tokens`` tokens per row after ``ids [B, P]`` (see the module docstring).
-    ``warm``: capture the graph (where the decoder wants one) before the clock starts."""
+    ``warm``: compile and capture the step (where the decoder wants them) before the clock starts."""
     if new_tokens < 1:
         raise DecodeError(f"new_tokens must be at least 1, got {new_tokens}")
     if ids.shape[1] + new_tokens > dec.max_len:
         raise DecodeError(f"prompt ({ids.shape[1]}) plus {new_tokens} new tokens exceed the cache's {dec.max_len}")
     device = dec.device
-    if warm and dec.want_graph and not dec.captured and dec.mode == "static":
+    if warm and dec.needs_setup:
         dec.capture(ids)
     eos_ids = torch.tensor([] if eos is None else [eos] if isinstance(eos, int) else list(eos), device=device)
     _sync(device)

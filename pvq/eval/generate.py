@@ -2,8 +2,9 @@
 
 Two paths, one result: ``model.generate`` (``decode="eager"``: a growing cache, one Python-driven
 forward per token) and :mod:`pvq.eval.decoding` (``decode="static"``: a static KV cache, the decode
-step replayed from a CUDA graph on CUDA devices). ``decode="auto"`` takes the static path on CUDA
-and the eager one elsewhere. Greedy tokens are the same either way.
+step replayed from a CUDA graph on CUDA devices; with ``compile`` that step compiled by ``torch.compile``).
+``decode="auto"`` takes the static path on CUDA (or with ``compile``) and the eager one elsewhere. Greedy
+tokens are the same either way.
 """
 
 from __future__ import annotations
@@ -32,10 +33,13 @@ class GenerateConfig:
     top_k: int = 0
     seed: int = 0
     decode: str = "auto"  # "auto" (static on CUDA, eager elsewhere), "eager" (model.generate) or "static"
+    compile: bool = False  # torch.compile the static path's decode step (auto then takes the static path everywhere)
 
     def check(self) -> None:
         if self.decode not in DECODE_PATHS:
             raise GenerateError(f"--decode must be one of {', '.join(DECODE_PATHS)}, got {self.decode!r}")
+        if self.compile and self.decode == "eager":
+            raise GenerateError("--compile compiles the static path's decode step; drop --decode eager")
         if self.max_new_tokens < 1:
             raise GenerateError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
         if not self.sample and (self.temperature != 1.0 or self.top_p != 1.0 or self.top_k != 0):
@@ -72,7 +76,7 @@ def generate(model, tokenizer, prompt: str, cfg: GenerateConfig | None = None, d
     else:  # the model's generation_config may ask for sampling; greedy means greedy
         kwargs.update(temperature=None, top_p=None, top_k=None)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    path = cfg.decode if cfg.decode != "auto" else ("static" if dev.type == "cuda" else "eager")
+    path = cfg.decode if cfg.decode != "auto" else ("static" if dev.type == "cuda" or cfg.compile else "eager")
     torch.manual_seed(cfg.seed)
     extra = {}
     if path == "static":
@@ -108,7 +112,7 @@ def _static(model, ids: torch.Tensor, cfg: GenerateConfig, pad: int) -> tuple[li
     gen = model.generation_config
     eos = gen.eos_token_id if gen is not None else None
     select = sampler(cfg.temperature, cfg.top_k, cfg.top_p) if cfg.sample else greedy
-    dec = StaticDecoder(model, batch=1, max_len=ids.shape[1] + cfg.max_new_tokens)
+    dec = StaticDecoder(model, batch=1, max_len=ids.shape[1] + cfg.max_new_tokens, compile=cfg.compile)
     run = decode(dec, ids, cfg.max_new_tokens, select, eos=eos, pad=pad)
     tokens = run.tokens[0].tolist()
     if eos is not None:  # as generate: stop after the first end-of-sequence token

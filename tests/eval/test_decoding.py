@@ -2,6 +2,8 @@
 reference model (through ``pvq generate --decode static``) and on tiny random models, batch rows included.
 The CUDA-graph capture runs on CUDA machines only; here its refusal off CUDA is checked."""
 
+import shutil
+
 import pytest
 import torch
 
@@ -84,6 +86,8 @@ def test_bad_requests():
         StaticDecoder(model, 1, 8, graph=True)
     with pytest.raises(GenerateError, match="--decode"):
         GenerateConfig(decode="fast").check()
+    with pytest.raises(GenerateError, match="drop --decode eager"):
+        GenerateConfig(decode="eager", compile=True).check()
     assert greedy(torch.tensor([[0.0, 2.0, 1.0]])).tolist() == [1]
     g = torch.Generator().manual_seed(0)
     assert sampler(top_k=1, generator=g)(torch.tensor([[0.0, 2.0, 1.0]])).tolist() == [1]
@@ -94,3 +98,66 @@ def test_decode_refuses_more_tokens_than_the_cache_holds(tiny_model):
     dec = StaticDecoder(model, 1, 10)
     with pytest.raises(DecodeError, match="exceed"):
         decode(dec, torch.zeros(1, 6, dtype=torch.long), 5)
+
+
+@pytest.fixture(scope="module")
+def quantized_tiny():
+    """A tiny Llama quantized at 3 bits under the fused plan, its products merged and its MLPs routed."""
+    from pvq.models import QuantizeConfig, quantize_model
+    from pvq.models.merging import fuse_for_decoding
+    from tiny_models import calib, tiny
+
+    model = tiny("llama", seed=3).eval()
+    quantize_model(model, calib(4, 16), QuantizeConfig("pvq", bits=3, dim=8, rotation="fused", n_samples=4,
+                                                       seq_len=16), device="cpu", progress=False, log=None)
+    fuse_for_decoding(model)
+    return model
+
+
+def test_a_compiled_step_gives_the_eager_tokens(quantized_tiny):
+    ids = torch.randint(0, quantized_tiny.config.vocab_size, (2, 6), generator=torch.Generator().manual_seed(8))
+    want = decode(StaticDecoder(quantized_tiny, 2, 30), ids, 12).tokens
+    torch._dynamo.reset()
+    dec = StaticDecoder(quantized_tiny, 2, 30, compile=True, compile_backend="aot_eager")
+    assert dec.needs_setup
+    run = decode(dec, ids, 12)
+    assert run.mode == "static, compiled" and not dec.needs_setup and run.setup_seconds > 0
+    assert torch.equal(run.tokens, want)
+    assert torch.equal(decode(dec, ids, 12).tokens, want)  # the compiled step again, no new set-up
+
+
+def test_a_failed_compile_keeps_the_eager_step_and_says_why(quantized_tiny, monkeypatch):
+    ids = torch.randint(0, quantized_tiny.config.vocab_size, (1, 5), generator=torch.Generator().manual_seed(9))
+    want = decode(StaticDecoder(quantized_tiny, 1, 20), ids, 6).tokens
+
+    def refuse(*_, **__):
+        raise RuntimeError("backend 'inductor' failed\nmore lines")
+
+    monkeypatch.setattr(torch, "compile", refuse)
+    run = decode(StaticDecoder(quantized_tiny, 1, 20, compile=True), ids, 6)
+    assert run.mode == "static (compile failed: RuntimeError: backend 'inductor' failed)"
+    assert torch.equal(run.tokens, want)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="inductor's CPU code needs a C++ compiler")
+def test_the_default_compiler_gives_the_eager_tokens(reference):
+    model, tokenizer = reference
+    prompt = "def main():\n    "
+    eager = generate(model, tokenizer, prompt, GenerateConfig(max_new_tokens=12, decode="eager"))
+    torch._dynamo.reset()
+    compiled = generate(model, tokenizer, prompt, GenerateConfig(max_new_tokens=12, compile=True))
+    assert compiled["decode"] == "static" and compiled["mode"] == "static, compiled"
+    assert compiled["completion"] == eager["completion"]
+
+
+def test_each_decoder_compiles_its_own_step(tiny_model):
+    # Dynamo keeps at most recompile_limit graphs per code object: the decoders of models of other shapes must not
+    # share one (with a shared code object the second of these fails at limit 1: "FailOnRecompileLimitHit")
+    ids = torch.randint(0, 128, (1, 5), generator=torch.Generator().manual_seed(9))
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for layers in (1, 2, 3):
+            model = tiny_model("llama", seed=3, num_hidden_layers=layers).eval()
+            want = decode(StaticDecoder(model, 1, 20), ids, 6).tokens
+            run = decode(StaticDecoder(model, 1, 20, compile=True, compile_backend="aot_eager"), ids, 6)
+            assert run.mode == "static, compiled" and torch.equal(run.tokens, want)

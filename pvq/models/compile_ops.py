@@ -1,0 +1,102 @@
+"""Quantized layers as single operators for ``torch.compile``.
+
+A compiled decode step should fuse what lies between the products (norms, rotary embeddings,
+residual adds, KV-cache writes: a few hundred small kernels a step at 7B) and leave each quantized
+product to its backend (Triton or CUDA kernels, run-time layouts built on first use, online
+rotations). Tracing into a backend would graph-break at every CUDA-extension call (and then
+recompile per block, past Dynamo's limit), so a layer prepared here is, inside a compiled graph,
+one opaque operator:
+
+* ``pvq::quantized_linear(x [..., in], handle) -> [..., out]``: the layer's ``forward``;
+* ``pvq::quantized_gated_linear(gate, up [..., in], handle, activation) -> [..., out]``: its
+  ``gated_forward`` (a gated MLP's down projection).
+
+``handle`` names the layer in a weak registry (a custom operator takes tensors and plain values, not
+modules): :func:`prepare_for_compile` gives every quantized layer of a model a fresh handle (so copies
+of a model never share one). Outside ``torch.compile`` the layers run as before; a layer without a
+handle is traced as before. The operators return a new tensor in the input's dtype.
+"""
+
+from __future__ import annotations
+
+import itertools
+import weakref
+
+import torch
+from torch import nn
+
+from pvq.errors import PvqError
+
+__all__ = ["HANDLE_ATTR", "compile_handle", "prepare_for_compile", "quantized_gated_linear", "quantized_linear"]
+
+HANDLE_ATTR = "_pvq_compile_handle"
+"""The attribute of a layer that holds its handle (absent: not prepared)."""
+
+_LAYERS: weakref.WeakValueDictionary[int, nn.Module] = weakref.WeakValueDictionary()
+_HANDLES = itertools.count(1)
+
+
+def prepare_for_compile(model: nn.Module) -> int:
+    """Give every :class:`~pvq.models.qlinear.QuantizedLinear` of ``model`` (not the embeddings, which look
+    rows up) a fresh handle; returns how many. Call it before ``torch.compile`` traces the model (again
+    after copying it)."""
+    from .qlinear import QuantizedLinear  # qlinear calls the operators of this module
+
+    count = 0
+    for module in model.modules():
+        if type(module) is QuantizedLinear:
+            handle = next(_HANDLES)
+            _LAYERS[handle] = module
+            setattr(module, HANDLE_ATTR, handle)
+            count += 1
+    return count
+
+
+@torch.compiler.assume_constant_result
+def compile_handle(module: nn.Module) -> int:
+    """``module``'s handle while it is the registered layer of that handle, else 0 (not prepared, or a copy
+    of a prepared layer). Inside a compiled graph: a constant found while tracing."""
+    handle = module.__dict__.get(HANDLE_ATTR, 0)
+    return handle if handle and _LAYERS.get(handle) is module else 0
+
+
+def _layer(handle: int) -> nn.Module:
+    layer = _LAYERS.get(handle)
+    if layer is None:
+        raise PvqError(f"no quantized layer has compile handle {handle} (the model was freed or copied after "
+                       f"prepare_for_compile); call prepare_for_compile on the model that runs, then compile again")
+    return layer
+
+
+def _output(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], layer.out_features))
+
+
+@torch.library.custom_op("pvq::quantized_linear", mutates_args=())
+def quantized_linear(x: torch.Tensor, handle: int) -> torch.Tensor:
+    """The layer ``handle``'s product ``[..., in] -> [..., out]`` in ``x``'s dtype."""
+    layer = _layer(handle)
+    x = x.contiguous()  # what eager calls pass; a compiled graph may hand over another layout
+    backend, runtime = layer._prepared(x)
+    return backend.linear(layer, runtime, x).to(x.dtype)
+
+
+@quantized_linear.register_fake
+def _(x: torch.Tensor, handle: int) -> torch.Tensor:
+    return _output(_layer(handle), x)
+
+
+@torch.library.custom_op("pvq::quantized_gated_linear", mutates_args=())
+def quantized_gated_linear(gate: torch.Tensor, up: torch.Tensor, handle: int, activation: str) -> torch.Tensor:
+    """The layer ``handle``'s product of ``act(gate) * up`` (``[..., in] -> [..., out]``) in ``gate``'s dtype."""
+    layer = _layer(handle)
+    gate, up = gate.contiguous(), up.contiguous()
+    backend, runtime = layer._prepared(gate)
+    return backend.gated_linear(layer, runtime, gate, up, activation).to(gate.dtype)
+
+
+@quantized_gated_linear.register_fake
+def _(gate: torch.Tensor, up: torch.Tensor, handle: int, activation: str) -> torch.Tensor:
+    if gate.shape != up.shape:
+        raise PvqError(f"a gated product takes gate and up of one shape, got {tuple(gate.shape)} and {tuple(up.shape)}")
+    return _output(_layer(handle), gate)
