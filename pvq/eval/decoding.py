@@ -171,7 +171,7 @@ class StaticDecoder:
     def _compile_step(self) -> None:
         """Compile the step (quantized layers as one operator each) and warm it up; on failure the eager
         step stays and :attr:`mode` says why."""
-        from ..models.compile_ops import prepare_for_compile
+        from ..models import prepare_for_compile
 
         try:
             prepare_for_compile(self.model)

@@ -12,8 +12,8 @@ one opaque operator:
   ``gated_forward`` (a gated MLP's down projection).
 
 ``handle`` names the layer in a weak registry (a custom operator takes tensors and plain values, not
-modules): :func:`prepare_for_compile` gives every quantized layer of a model a fresh handle (so copies
-of a model never share one). Outside ``torch.compile`` the layers run as before; a layer without a
+modules): :func:`~pvq.models.qlinear.prepare_for_compile` gives every quantized layer of a model a fresh
+handle (:func:`register_for_compile`; a copy of a layer is not the layer of its handle and is traced as before). Outside ``torch.compile`` the layers run as before; a layer without a
 handle is traced as before. The operators return a new tensor in the input's dtype.
 """
 
@@ -27,7 +27,7 @@ from torch import nn
 
 from pvq.errors import PvqError
 
-__all__ = ["HANDLE_ATTR", "compile_handle", "prepare_for_compile", "quantized_gated_linear", "quantized_linear"]
+__all__ = ["HANDLE_ATTR", "compile_handle", "quantized_gated_linear", "quantized_linear", "register_for_compile"]
 
 HANDLE_ATTR = "_pvq_compile_handle"
 """The attribute of a layer that holds its handle (absent: not prepared)."""
@@ -36,20 +36,13 @@ _LAYERS: weakref.WeakValueDictionary[int, nn.Module] = weakref.WeakValueDictiona
 _HANDLES = itertools.count(1)
 
 
-def prepare_for_compile(model: nn.Module) -> int:
-    """Give every :class:`~pvq.models.qlinear.QuantizedLinear` of ``model`` (not the embeddings, which look
-    rows up) a fresh handle; returns how many. Call it before ``torch.compile`` traces the model (again
-    after copying it)."""
-    from .qlinear import QuantizedLinear  # qlinear calls the operators of this module
-
-    count = 0
-    for module in model.modules():
-        if type(module) is QuantizedLinear:
-            handle = next(_HANDLES)
-            _LAYERS[handle] = module
-            setattr(module, HANDLE_ATTR, handle)
-            count += 1
-    return count
+def register_for_compile(layer: nn.Module) -> int:
+    """Give ``layer`` (a module with ``out_features`` whose ``forward``/``gated_forward`` call the operators
+    below while compiling) a fresh handle and return it."""
+    handle = next(_HANDLES)
+    _LAYERS[handle] = layer
+    setattr(layer, HANDLE_ATTR, handle)
+    return handle
 
 
 @torch.compiler.assume_constant_result
@@ -64,7 +57,7 @@ def _layer(handle: int) -> nn.Module:
     layer = _LAYERS.get(handle)
     if layer is None:
         raise PvqError(f"no quantized layer has compile handle {handle} (the model was freed or copied after "
-                       f"prepare_for_compile); call prepare_for_compile on the model that runs, then compile again")
+                       f"prepare_for_compile); call pvq.models.prepare_for_compile on the model that runs, then compile again")
     return layer
 
 

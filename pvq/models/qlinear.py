@@ -40,7 +40,7 @@ from pvq.transforms import LayerRotation
 
 from .activations import ActivationQuant, ActQuantLinear
 from .backends import BACKENDS, select_backend
-from .compile_ops import compile_handle, quantized_gated_linear, quantized_linear
+from .compile_ops import compile_handle, quantized_gated_linear, quantized_linear, register_for_compile
 from .rotation_plan import FOLD_RULES, model_rotation
 from .structure import linear_sizes
 
@@ -54,6 +54,7 @@ __all__ = [
     "dtype_from_name",
     "dtype_name",
     "keep_stored_on_host",
+    "prepare_for_compile",
     "runtime_tensor_list",
     "set_activation_quant",
     "set_backend",
@@ -671,3 +672,13 @@ def bits_per_activation(model: nn.Module, unquantized_bits: float = 16.0) -> flo
         elif isinstance(m, nn.Linear):
             bits, count = bits + m.in_features * unquantized_bits, count + m.in_features
     return bits / count if count else float("nan")
+
+
+def prepare_for_compile(model: nn.Module) -> int:
+    """Make every :class:`QuantizedLinear` of ``model`` (not the embeddings, which look rows up) one operator
+    inside ``torch.compile``'s graphs (:mod:`~pvq.models.compile_ops`); returns how many. Call it before
+    compiling the model (again after copying it)."""
+    layers = [m for m in model.modules() if type(m) is QuantizedLinear]
+    for layer in layers:
+        register_for_compile(layer)
+    return len(layers)

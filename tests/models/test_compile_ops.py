@@ -11,7 +11,8 @@ import torch
 from pvq.codecs import make_codec
 from pvq.errors import PvqError
 from pvq.models import QuantizeConfig, quantize_model
-from pvq.models.compile_ops import compile_handle, prepare_for_compile, quantized_gated_linear, quantized_linear
+from pvq.models import prepare_for_compile
+from pvq.models.compile_ops import compile_handle, quantized_gated_linear, quantized_linear
 from pvq.models.merging import fuse_for_decoding
 from quantized_layers import random_layer
 from tiny_models import calib, quantized, tiny
