@@ -4,7 +4,7 @@ int4 kernel and pvq, every row through one harness (a static KV cache and a CUDA
 
     python benchmarks/generate.py [--layers 32] [--methods fp16,int4,pvq4,pvq3,pvq2,e8-2] [--batch 1]
                                   [--new-tokens 64] [--rotation layer|fused|fused:B|layer,fused] [--merge no,yes]
-                                  [--eager] [--profile]
+                                  [--compile no,yes] [--eager] [--profile]
                                   [--json FILE] [--dense-rotation-max-order N] [--mma-min-rows N]
     python benchmarks/generate.py --device cpu --layers 2 --hidden 256 --intermediate 768 --vocab 512
     python benchmarks/generate.py --checkpoint DIR [--backends dense,triton]
@@ -38,7 +38,10 @@ layer,fused,fused:256``: a row per plan for each pvq method (the codes coded onc
 the same way, so all methods get the same fewer, larger products; pvq layers merge under ``fused`` only,
 where q/k/v and gate/up share their input's rotation), and each MLP's gated activation handed to pvq's
 down_proj (:func:`pvq.models.route_gated_mlps`; under ``fused:256`` one Triton kernel computes it with
-down_proj's chunked rotation; fp16 and int4 keep their plain MLP). ``--profile``: after each row, one eager decode step's GPU time by kernel, and the online rotations'
+down_proj's chunked rotation; fp16 and int4 keep their plain MLP). ``--compile no,yes``: each row also with the
+decode step compiled by ``torch.compile`` (``pvq generate --compile``: inductor fuses what lies between the
+products, each pvq product one operator; the same model measured again, its compilation in the setup
+seconds). ``--profile``: after each row, one eager decode step's GPU time by kernel, and the online rotations'
 (Hadamard kernels') share of it.
 
 Per row: tokens per second (all sequences; decode steps only, the prefill apart), ratio to fp16,
@@ -307,7 +310,7 @@ def build_cuda_kernels() -> None:
             say(f"pvq.kernels.{name}: build failed (see the warning); its layers run the Triton kernels")
 
 
-def measure(model, a, device) -> dict:
+def measure(model, a, device, compiled: bool = False) -> dict:
     from pvq.eval.decoding import StaticDecoder, decode
     from pvq.eval.runs import model_memory_bytes
     from pvq.models import keep_stored_on_host
@@ -318,11 +321,12 @@ def measure(model, a, device) -> dict:
     prompt = 16
     ids = torch.randint(0, model.config.vocab_size, (a.batch, prompt), device=device,
                         generator=torch.Generator(device=device).manual_seed(0))
-    dec = StaticDecoder(model, a.batch, prompt + a.new_tokens + 8)
+    dec = StaticDecoder(model, a.batch, prompt + a.new_tokens + 8, compile=compiled)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    with phase(f"warm-up and capture (mode wanted: {'cuda-graph' if dec.want_graph else 'static'})"):
+    wanted = ("cuda-graph" if dec.want_graph else "static") + (", compiled" if compiled else "")
+    with phase(f"{'compilation, ' if compiled else ''}warm-up and capture (mode wanted: {wanted})"):
         dec.capture(ids)
     run = decode(dec, ids, a.new_tokens)
     say(f"decoded {a.batch} x {run.tokens.shape[1]} tokens in {run.seconds:.2f} s ({run.mode})")
@@ -331,25 +335,29 @@ def measure(model, a, device) -> dict:
          "peak_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
          "first_tokens": run.tokens[0, :8].tolist()}
     if a.eager:
-        eager = decode(StaticDecoder(model, a.batch, prompt + a.new_tokens + 8, graph=False), ids, a.new_tokens)
+        eager = decode(StaticDecoder(model, a.batch, prompt + a.new_tokens + 8, graph=False, compile=compiled), ids,
+                       a.new_tokens)
         r["eager_tokens_per_s"] = eager.tokens_per_second
         say(f"eager steps over the static cache: {eager.tokens_per_second:.1f} tokens/s")
     if a.profile:
-        r["profile"] = profile_step(model, a.batch, device)
+        r["profile"] = profile_step(model, a.batch, device, compiled=compiled)
     del dec
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return r
 
 
-def profile_step(model, batch: int, device, steps: int = 3, top: int = 10) -> list[dict]:
-    """GPU microseconds per eager decode step by kernel name (largest first), from ``torch.profiler``."""
+def profile_step(model, batch: int, device, steps: int = 3, top: int = 10, compiled: bool = False) -> list[dict]:
+    """GPU microseconds per decode step without a graph (compiled where ``compiled``) by kernel name (largest
+    first), from ``torch.profiler``."""
     from torch.profiler import ProfilerActivity, profile
 
     from pvq.eval.decoding import StaticDecoder
 
-    dec = StaticDecoder(model, batch, 32, graph=False)
-    tok = dec.prefill(torch.zeros(batch, 8, dtype=torch.long, device=device)).argmax(-1)
+    dec = StaticDecoder(model, batch, 32, graph=False, compile=compiled)
+    prompt = torch.zeros(batch, 8, dtype=torch.long, device=device)
+    dec.capture(prompt)  # the compilation, where compiled
+    tok = dec.prefill(prompt).argmax(-1)
     dec.step(tok)
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -364,7 +372,8 @@ def profile_step(model, batch: int, device, steps: int = 3, top: int = 10) -> li
     rows.sort(key=lambda r: -r["us_per_step"])
     total = sum(r["us_per_step"] for r in rows)
     rot = sum(r["us_per_step"] for r in rows if "hadamard" in r["kernel"].lower())
-    say(f"GPU time per eager decode step: {total:.0f} us (kernels: {len(rows)}), of it online rotations "
+    say(f"GPU time per {'compiled' if compiled else 'eager'} decode step ({dec.mode}): {total:.0f} us (kernels: "
+        f"{len(rows)}), of it online rotations "
         f"(Hadamard kernels): {rot:.0f} us")
     for r in rows[:top]:
         print(f"#   {r['us_per_step']:8.1f} us  {100 * r['us_per_step'] / total:5.1f}%  x{r['calls_per_step']:.0f}  "
@@ -434,6 +443,8 @@ def main() -> None:
     p.add_argument("--merge", default="no", help="no, yes or no,yes: run each block's q/k/v and gate/up linears as one "
                    "product each (every method: fp16 and int4 stacked, pvq's merged codes; pvq generate "
                    "--merge-projections), a row per setting")
+    p.add_argument("--compile", default="no", help="no, yes or no,yes: the decode step compiled by torch.compile "
+                   "(pvq generate --compile; every method), a row per setting")
     p.add_argument("--eager", action="store_true", help="also time eager steps over the static cache")
     p.add_argument("--profile", action="store_true", help="GPU time of one eager decode step by kernel, per row")
     p.add_argument("--device", default=None, help="default: cuda where available")
@@ -463,6 +474,9 @@ def main() -> None:
     merges = [{"no": False, "yes": True}.get(g) for g in a.merge.split(",")]
     if None in merges:
         p.error(f"--merge takes no, yes or no,yes; got {a.merge}")
+    compiles = [{"no": False, "yes": True}.get(g) for g in a.compile.split(",")]
+    if None in compiles:
+        p.error(f"--compile takes no, yes or no,yes; got {a.compile}")
     if a.profile and device.type != "cuda":
         p.error("--profile needs CUDA")
     say(f"device {torch.cuda.get_device_name(device) if device.type == 'cuda' else device}, torch {torch.__version__}")
@@ -510,16 +524,24 @@ def main() -> None:
                 bits = to_quantized(model, method, a.dim, plan, device, coded)
                 if merged:
                     products = merge(model)
-            r = measure(model, a, device)
-            r["merged_products"] = products
-            if merged:  # the unmerged row of the same method and plan ran just before, on the same weights
-                same = rows and rows[-1]["first_tokens"] == r["first_tokens"]
-                say(f"{products} merged products; first tokens {'equal to' if same else 'NOT equal to'} the unmerged row's")
-        rows.append({"method": label, "bits": bits, **r})
-        print({k: v for k, v in rows[-1].items() if k != "profile"}, flush=True)
-        if a.json:
-            with open(a.json, "w") as f:
-                json.dump({"device": str(device), "layers": a.layers, "batch": a.batch, "rows": rows}, f, indent=1)
+            base = len(rows)  # this model's first row: compared with the unmerged one, the uncompiled one
+            for compiled in compiles:
+                r = measure(model, a, device, compiled)
+                r["merged_products"] = products
+                if merged and not compiled:  # the unmerged row of the same method and plan ran before, same weights
+                    same = base >= len(compiles) and rows[base - len(compiles)]["first_tokens"] == r["first_tokens"]
+                    say(f"{products} merged products; first tokens {'equal to' if same else 'NOT equal to'} the "
+                        f"unmerged row's")
+                if compiled and len(rows) > base:
+                    same = rows[base]["first_tokens"] == r["first_tokens"]
+                    say(f"first tokens {'equal to' if same else 'NOT equal to (float rounding may differ)'} the "
+                        f"uncompiled row's")
+                rows.append({"method": label + (" compiled" if compiled else ""), "bits": bits, **r})
+                print({k: v for k, v in rows[-1].items() if k != "profile"}, flush=True)
+                if a.json:
+                    with open(a.json, "w") as f:
+                        json.dump({"device": str(device), "layers": a.layers, "batch": a.batch, "rows": rows}, f,
+                                  indent=1)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     table(rows, f"{name}, {a.layers} blocks, {a.new_tokens} new tokens, batch {a.batch}, static cache + "
                 f"{'CUDA graph' if device.type == 'cuda' else 'eager steps'}")
