@@ -7,7 +7,7 @@ import os
 
 import torch
 
-__all__ = ["triton_available", "triton_runs_on"]
+__all__ = ["cuda_runs_on", "triton_available", "triton_runs_on"]
 
 
 def triton_available() -> bool:
@@ -20,3 +20,8 @@ def triton_runs_on(device: torch.device) -> bool:
     if not triton_available():
         return False
     return device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "") == "1")
+
+
+def cuda_runs_on(device: torch.device) -> bool:
+    """Whether a CUDA kernel can run on ``device`` (a CUDA device; whether it compiled is the kernel's own check)."""
+    return device.type == "cuda"

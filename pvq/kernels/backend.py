@@ -161,12 +161,12 @@ class RotationKernel:
 
     preferred: str  # (RandomizedHadamard, rows) -> whether it is the faster way for that many rows
     rotate: str  # (RandomizedHadamard, x, inverse=) -> the transformed rows
-    cuda_only: bool  # runs on CUDA tensors only (Triton also runs on the CPU's interpreter)
+    runs_on: str  # (torch.device) -> whether it runs on tensors of that device
 
 
 ROTATION_KERNELS = (
-    RotationKernel("cuda_hadamard.preferred", "cuda_hadamard.hadamard_rotate_cuda", cuda_only=True),
-    RotationKernel("triton_hadamard.preferred", "triton_hadamard.hadamard_rotate", cuda_only=False),
+    RotationKernel("cuda_hadamard.preferred", "cuda_hadamard.hadamard_rotate_cuda", "availability.cuda_runs_on"),
+    RotationKernel("triton_hadamard.preferred", "triton_hadamard.hadamard_rotate", "availability.triton_runs_on"),
 )
 """In order of preference; the layer's PyTorch transform where none is preferred."""
 
@@ -192,7 +192,7 @@ def _rotate(layer, x: torch.Tensor, inverse: bool) -> torch.Tensor:
     rh = transform.chunk  # a block-diagonal transform: its chunks are rows of their own
     rows = x.numel() // rh.n
     for kernel in ROTATION_KERNELS:
-        if (x.is_cuda if kernel.cuda_only else triton_runs_on(x.device)) and _kernel(kernel.preferred)(rh, rows):
+        if _kernel(kernel.runs_on)(x.device) and _kernel(kernel.preferred)(rh, rows):
             return _kernel(kernel.rotate)(rh, x.reshape(rows, rh.n), inverse=inverse).reshape(x.shape)
     return layer.unrotate_output(x) if inverse else layer.rotate_input(x)
 
