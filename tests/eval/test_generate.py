@@ -36,6 +36,10 @@ def test_cli_generate_json_and_bad_input(reference, capsys, monkeypatch):
     assert main(["generate", "--prompt", "class ", "--max-new-tokens", "5", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["new_tokens"] == 5 and out["prompt"] == "class " and out["tokens_per_second"] > 0
+    assert main(["generate", "--prompt", "class ", "--max-new-tokens", "5", "--json", "--compile"]) == 0
+    compiled = json.loads(capsys.readouterr().out)
+    assert compiled["decode"] == "static" and compiled["mode"] == "static, compiled"
+    assert compiled["completion"] == out["completion"]
 
     def no_model(*_, **__):
         raise AssertionError("model loaded before the options were checked")
@@ -47,6 +51,8 @@ def test_cli_generate_json_and_bad_input(reference, capsys, monkeypatch):
     assert "--sample" in capsys.readouterr().err
     assert main(["generate", "--prompt", ""]) == 2
     assert "--prompt" in capsys.readouterr().err
+    assert main(["generate", "--prompt", "x", "--compile", "--decode", "eager"]) == 2
+    assert "drop --decode eager" in capsys.readouterr().err
     with pytest.raises(GenerateError, match="positions"):
         generate(*reference, "x" * 10, GenerateConfig(max_new_tokens=5000))
 
