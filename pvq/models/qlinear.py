@@ -677,8 +677,9 @@ def bits_per_activation(model: nn.Module, unquantized_bits: float = 16.0) -> flo
 def prepare_for_compile(model: nn.Module) -> int:
     """Make every :class:`QuantizedLinear` of ``model`` (not the embeddings, which look rows up) one operator
     inside ``torch.compile``'s graphs (:mod:`~pvq.models.compile_ops`); returns how many. Call it before
-    compiling the model (again after copying it)."""
+    compiling the model (again after copying it); a layer keeps the handle it has."""
     layers = [m for m in model.modules() if type(m) is QuantizedLinear]
     for layer in layers:
-        register_for_compile(layer)
+        if not compile_handle(layer):
+            register_for_compile(layer)
     return len(layers)

@@ -54,6 +54,9 @@ def test_every_quantized_product_is_one_operator_of_one_graph(fused_model):
     layers = quantized(fused_model)
     products = sum(type(q).__name__ == "QuantizedLinear" for q in layers.values())
     assert prepare_for_compile(fused_model) == products == 3 * 4  # merged q/k/v, o, merged gate/up, down
+    handles = {n: compile_handle(q) for n, q in layers.items()}
+    assert len(set(handles.values())) == products and prepare_for_compile(fused_model) == products
+    assert {n: compile_handle(q) for n, q in layers.items()} == handles  # kept: graphs compiled before still run
     with torch.no_grad():
         eager = _logits(fused_model)()
         out, graphs, kinds = _graphs(_logits(fused_model))
