@@ -12,9 +12,10 @@ one opaque operator:
   ``gated_forward`` (a gated MLP's down projection).
 
 ``handle`` names the layer in a weak registry (a custom operator takes tensors and plain values, not
-modules): :func:`~pvq.models.qlinear.prepare_for_compile` gives every quantized layer of a model a fresh
-handle (:func:`register_for_compile`; a copy of a layer is not the layer of its handle and is traced as before). Outside ``torch.compile`` the layers run as before; a layer without a
-handle is traced as before. The operators return a new tensor in the input's dtype.
+modules): :func:`~pvq.models.qlinear.prepare_for_compile` gives every quantized layer of a model a handle
+(:func:`register_for_compile`). A layer without one, or a copy of a prepared layer (not the registered layer of
+its handle), is traced as before; outside ``torch.compile`` nothing changes. The operators return a new tensor
+in the input's dtype.
 """
 
 from __future__ import annotations
