@@ -58,7 +58,8 @@ def _layer(handle: int) -> nn.Module:
     layer = _LAYERS.get(handle)
     if layer is None:
         raise PvqError(f"no quantized layer has compile handle {handle} (the model was freed or copied after "
-                       f"prepare_for_compile); call pvq.models.prepare_for_compile on the model that runs, then compile again")
+                       f"prepare_for_compile); call pvq.models.prepare_for_compile on the model that runs, then "
+                       f"compile again")
     return layer
 
 
