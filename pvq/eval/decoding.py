@@ -29,7 +29,7 @@ import torch
 
 from ..errors import EvalError
 
-__all__ = ["DecodeRun", "StaticDecoder", "decode", "greedy", "sampler"]
+__all__ = ["DecodeRun", "StaticDecoder", "cache_keyword", "decode", "greedy", "sampler"]
 
 
 class DecodeError(EvalError):
@@ -67,6 +67,12 @@ def sampler(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
     return select
 
 
+def cache_keyword(model) -> str:
+    """The name ``model.forward`` takes its KV cache by, and its outputs carry it by: ``"cache"`` (transformers
+    renamed ``past_key_values``, 5.2x; the old name warns and goes in 5.40) or ``"past_key_values"``."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 class StaticDecoder:
     """A model with a static KV cache of ``max_len`` positions for ``batch`` rows and, after
     :meth:`capture`, its decode step (one token per row) in a CUDA graph (``graph``: default on CUDA)
@@ -101,9 +107,7 @@ class StaticDecoder:
         self._logits = None
         self._step_forward = self._forward  # the compiled step after a successful set-up with compile
         self.cache = StaticCache(config=model.config, max_cache_len=max_len)
-        # transformers renamed ``past_key_values`` to ``cache`` (5.2x); both take the same object
-        params = inspect.signature(model.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._cache_kw = cache_keyword(model)
         self.pos = 0
         self._tok = torch.zeros(batch, 1, dtype=torch.long, device=self.device)
         self._cpos = torch.zeros(1, dtype=torch.long, device=self.device)

@@ -212,10 +212,12 @@ def perplexity_stepwise(model, ids: torch.Tensor, rows: int = 1, device: torch.d
         for t in range(1, n - 1):
             total += score(dec.step(x[:, t]), t)
     else:
-        past = None
+        from .decoding import cache_keyword
+
+        past, kw = None, cache_keyword(model)
         for t in range(n - 1):
-            out = model(input_ids=x[:, t : t + 1], past_key_values=past, use_cache=True)
-            past = out.past_key_values
+            out = model(input_ids=x[:, t : t + 1], use_cache=True, **{kw: past})
+            past = getattr(out, kw)
             total += score(out.logits[:, -1], t)
     count = rows * (n - 1)
     return PerplexityResult(math.exp(total / count), count, time.perf_counter() - t0, total / count, n, 1)
