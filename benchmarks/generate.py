@@ -7,7 +7,7 @@ int4 kernel and pvq, every row through one harness (a static KV cache and a CUDA
                                   [--compile no,yes] [--eager] [--profile]
                                   [--json FILE] [--dense-rotation-max-order N] [--mma-min-rows N]
     python benchmarks/generate.py --device cpu --layers 2 --hidden 256 --intermediate 768 --vocab 512
-    python benchmarks/generate.py --checkpoint DIR [--backends dense,triton]
+    python benchmarks/generate.py --checkpoint DIR [--backends dense,triton] [--compile no,yes]
 
 A random-initialised Llama of LLaMA-2-7B's shapes (hidden 4096, MLP 11008, 32 heads, vocabulary
 32000; ``--layers`` blocks; smaller with ``--hidden/--intermediate/--heads/--vocab``) generates
@@ -400,8 +400,8 @@ def table(rows: list[dict], title: str) -> None:
 # ---------------------------------------------------------------- entry points
 
 
-def main_checkpoint(a, device) -> None:
-    """Tokens/s of a real checkpoint through each backend (``--checkpoint``)."""
+def main_checkpoint(a, device, compiles: list[bool]) -> None:
+    """Tokens/s of a real checkpoint through each backend (``--checkpoint``), uncompiled and/or compiled."""
     from pvq.models import load_quantized
     from pvq.models.qlinear import set_backend
 
@@ -414,9 +414,11 @@ def main_checkpoint(a, device) -> None:
     rows = []
     for name in a.backends.split(","):
         set_backend(model, name)
-        with phase(f"backend {name}"):
-            r = measure(model, a, device)
-        rows.append({"method": name, "bits": bits, **r})
+        for compiled in compiles:
+            label = name + (" compiled" if compiled else "")
+            with phase(f"backend {label}"):
+                r = measure(model, a, device, compiled)
+            rows.append({"method": label, "bits": bits, **r})
     table(rows, f"{a.checkpoint}, {a.new_tokens} new tokens, batch {a.batch}")
     if a.json:
         with open(a.json, "w") as f:
@@ -495,7 +497,7 @@ def main() -> None:
         cuda_leaf.MMA_MIN_ROWS = a.mma_min_rows
         say(f"tensor cores from {a.mma_min_rows} input rows")
     if a.checkpoint:
-        return main_checkpoint(a, device)
+        return main_checkpoint(a, device, compiles)
     rows = []
     model = None
     coded: dict = {}
