@@ -70,10 +70,9 @@ def _output(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 @torch.library.custom_op("pvq::quantized_linear", mutates_args=())
 def quantized_linear(x: torch.Tensor, handle: int) -> torch.Tensor:
     """The layer ``handle``'s product ``[..., in] -> [..., out]`` in ``x``'s dtype."""
-    layer = _layer(handle)
-    x = x.contiguous()  # what eager calls pass; a compiled graph may hand over another layout
-    backend, runtime = layer._prepared(x)
-    return backend.linear(layer, runtime, x).to(x.dtype)
+    # the layer's own forward (not compiling here, so its backend runs); contiguous: what eager calls pass, a
+    # compiled graph may hand over another layout
+    return _layer(handle).forward(x.contiguous()).to(x.dtype)
 
 
 @quantized_linear.register_fake
@@ -84,10 +83,7 @@ def _(x: torch.Tensor, handle: int) -> torch.Tensor:
 @torch.library.custom_op("pvq::quantized_gated_linear", mutates_args=())
 def quantized_gated_linear(gate: torch.Tensor, up: torch.Tensor, handle: int, activation: str) -> torch.Tensor:
     """The layer ``handle``'s product of ``act(gate) * up`` (``[..., in] -> [..., out]``) in ``gate``'s dtype."""
-    layer = _layer(handle)
-    gate, up = gate.contiguous(), up.contiguous()
-    backend, runtime = layer._prepared(gate)
-    return backend.gated_linear(layer, runtime, gate, up, activation).to(gate.dtype)
+    return _layer(handle).gated_forward(gate.contiguous(), up.contiguous(), activation).to(gate.dtype)
 
 
 @quantized_gated_linear.register_fake

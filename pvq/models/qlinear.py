@@ -401,16 +401,16 @@ class QuantizedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not x.is_floating_point():
             x = x.float()
-        if torch.compiler.is_compiling() and compile_handle(self):  # one operator in a compiled graph
-            return quantized_linear(x, compile_handle(self))
+        if torch.compiler.is_compiling() and (handle := compile_handle(self)):  # one operator in a compiled graph
+            return quantized_linear(x, handle)
         backend, runtime = self._prepared(x)
         return backend.linear(self, runtime, x)
 
     def gated_forward(self, gate: torch.Tensor, up: torch.Tensor, activation: str = "silu") -> torch.Tensor:
         """``forward(act(gate) * up)`` (a gated MLP's down projection), through the backend's
         :meth:`~pvq.models.backends.Backend.gated_linear` (one kernel with the input rotation where it has one)."""
-        if torch.compiler.is_compiling() and compile_handle(self):
-            return quantized_gated_linear(gate, up, compile_handle(self), activation)
+        if torch.compiler.is_compiling() and (handle := compile_handle(self)):
+            return quantized_gated_linear(gate, up, handle, activation)
         backend, runtime = self._prepared(gate)
         return backend.gated_linear(self, runtime, gate, up, activation)
 
