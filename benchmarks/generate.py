@@ -530,8 +530,8 @@ def main() -> None:
             for compiled in compiles:
                 r = measure(model, a, device, compiled)
                 r["merged_products"] = products
-                if merged and not compiled:  # the unmerged row of the same method and plan ran before, same weights
-                    same = base >= len(compiles) and rows[base - len(compiles)]["first_tokens"] == r["first_tokens"]
+                if merged and not compiled and merges[0] is False:  # its unmerged row ran just before, same weights
+                    same = rows[base - len(compiles)]["first_tokens"] == r["first_tokens"]
                     say(f"{products} merged products; first tokens {'equal to' if same else 'NOT equal to'} the "
                         f"unmerged row's")
                 if compiled and len(rows) > base:

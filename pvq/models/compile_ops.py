@@ -13,9 +13,9 @@ one opaque operator:
 
 ``handle`` names the layer in a weak registry (a custom operator takes tensors and plain values, not
 modules): :func:`~pvq.models.qlinear.prepare_for_compile` gives every quantized layer of a model a handle
-(:func:`register_for_compile`). A layer without one, or a copy of a prepared layer (not the registered layer of
-its handle), is traced as before; outside ``torch.compile`` nothing changes. The operators return a new tensor
-in the input's dtype.
+(:func:`register_for_compile`). A layer without one, or a deep (or pickled) copy of a prepared layer, is traced as
+before (a shallow copy shares its original's handle until prepared itself); outside ``torch.compile`` nothing
+changes. The operators return a new tensor in the input's dtype.
 """
 
 from __future__ import annotations
@@ -28,13 +28,33 @@ from torch import nn
 
 from pvq.errors import PvqError
 
-__all__ = ["HANDLE_ATTR", "compile_handle", "quantized_gated_linear", "quantized_linear", "register_for_compile"]
+__all__ = ["HANDLE_ATTR", "CompileHandle", "compile_handle", "is_registered", "quantized_gated_linear", "quantized_linear", "register_for_compile"]
 
 HANDLE_ATTR = "_pvq_compile_handle"
-"""The attribute of a layer that holds its handle (absent: not prepared)."""
+"""The attribute of a layer that holds its :class:`CompileHandle` (absent: not prepared)."""
 
 _LAYERS: weakref.WeakValueDictionary[int, nn.Module] = weakref.WeakValueDictionary()
 _HANDLES = itertools.count(1)
+
+
+class CompileHandle:
+    """A layer's handle (``value``, an int; 0: none). A deep copy or an unpickled copy holds 0, so a copied
+    layer is traced as before rather than running the layer it was copied from; ``torch.compile`` reads
+    ``value`` as a constant (guarded) while tracing."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: int = 0) -> None:
+        self.value = int(value)
+
+    def __deepcopy__(self, memo: dict) -> CompileHandle:
+        return CompileHandle(0)
+
+    def __reduce__(self):
+        return CompileHandle, (0,)
+
+    def __repr__(self) -> str:
+        return f"CompileHandle({self.value})"
 
 
 def register_for_compile(layer: nn.Module) -> int:
@@ -42,16 +62,21 @@ def register_for_compile(layer: nn.Module) -> int:
     below while compiling) a fresh handle and return it."""
     handle = next(_HANDLES)
     _LAYERS[handle] = layer
-    setattr(layer, HANDLE_ATTR, handle)
+    setattr(layer, HANDLE_ATTR, CompileHandle(handle))
     return handle
 
 
-@torch.compiler.assume_constant_result
 def compile_handle(module: nn.Module) -> int:
-    """``module``'s handle while it is the registered layer of that handle, else 0 (not prepared, or a copy
-    of a prepared layer). Inside a compiled graph: a constant found while tracing."""
-    handle = module.__dict__.get(HANDLE_ATTR, 0)
-    return handle if handle and _LAYERS.get(handle) is module else 0
+    """``module``'s handle (0: not prepared, or a deep or pickled copy of a prepared layer). Read inside a
+    compiled graph as a plain attribute (a constant while tracing: no call ``torch.compile`` must trust)."""
+    holder = getattr(module, HANDLE_ATTR, None)
+    return holder.value if holder is not None else 0
+
+
+def is_registered(module: nn.Module) -> bool:
+    """Whether ``module`` holds a handle and is that handle's registered layer (not a shallow copy of it)."""
+    handle = compile_handle(module)
+    return bool(handle) and _LAYERS.get(handle) is module
 
 
 def _layer(handle: int) -> nn.Module:

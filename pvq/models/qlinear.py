@@ -40,7 +40,7 @@ from pvq.transforms import LayerRotation
 
 from .activations import ActivationQuant, ActQuantLinear
 from .backends import BACKENDS, select_backend
-from .compile_ops import compile_handle, quantized_gated_linear, quantized_linear, register_for_compile
+from .compile_ops import compile_handle, is_registered, quantized_gated_linear, quantized_linear, register_for_compile
 from .rotation_plan import FOLD_RULES, model_rotation
 from .structure import linear_sizes
 
@@ -680,6 +680,6 @@ def prepare_for_compile(model: nn.Module) -> int:
     compiling the model (again after copying it); a layer keeps the handle it has."""
     layers = [m for m in model.modules() if type(m) is QuantizedLinear]
     for layer in layers:
-        if not compile_handle(layer):
+        if not is_registered(layer):
             register_for_compile(layer)
     return len(layers)

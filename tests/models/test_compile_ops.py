@@ -4,6 +4,7 @@ freed models are refused or traced as before, never run through another layer's 
 
 import copy
 import gc
+import pickle
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from pvq.codecs import make_codec
 from pvq.errors import PvqError
 from pvq.models import QuantizeConfig, quantize_model
 from pvq.models import prepare_for_compile
-from pvq.models.compile_ops import compile_handle, quantized_gated_linear, quantized_linear
+from pvq.models.compile_ops import compile_handle, is_registered, quantized_gated_linear, quantized_linear
 from pvq.models.merging import fuse_for_decoding
 from quantized_layers import random_layer
 from tiny_models import calib, quantized, tiny
@@ -74,6 +75,20 @@ def test_unprepared_and_copied_layers_are_traced_as_before(fused_model):
         out, graphs, kinds = _graphs(_logits(twin))
     assert kinds == [] and len(graphs) == 1
     torch.testing.assert_close(out, eager, rtol=0, atol=1e-5)
+
+
+def test_a_copy_holds_no_handle_of_its_original_until_prepared():
+    layer = random_layer(make_codec("pvq", bits=3, dim=8), 24, 128, seed=3)
+    holder = torch.nn.Sequential(layer)
+    prepare_for_compile(holder)
+    handle = compile_handle(layer)
+    assert handle and is_registered(layer)
+    assert compile_handle(pickle.loads(pickle.dumps(layer))) == 0
+    shallow = copy.copy(layer)  # shares its original's handle (and tensors) until prepared itself
+    assert compile_handle(shallow) == handle and not is_registered(shallow)
+    assert prepare_for_compile(torch.nn.Sequential(shallow)) == 1
+    assert is_registered(shallow) and is_registered(layer) and compile_handle(shallow) not in (0, handle)
+    assert compile_handle(layer) == handle
 
 
 def test_a_freed_layer_is_refused_by_name():
