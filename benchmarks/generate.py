@@ -3,7 +3,8 @@ int4 kernel and pvq, every row through one harness (a static KV cache and a CUDA
 :mod:`pvq.eval.decoding`, what ``pvq generate --device cuda`` runs).
 
     python benchmarks/generate.py [--layers 32] [--methods fp16,int4,pvq4,pvq3,pvq2,e8-2] [--batch 1]
-                                  [--new-tokens 64] [--rotation layer|fused|fused:B|layer,fused] [--merge no,yes]
+                                  [--new-tokens 64] [--rotation auto|layer|fused|fused:B|layer,fused]
+                                  [--merge auto|no|yes|no,yes]
                                   [--compile no,yes] [--eager] [--profile]
                                   [--json FILE] [--dense-rotation-max-order N] [--mma-min-rows N]
     python benchmarks/generate.py --device cpu --layers 2 --hidden 256 --intermediate 768 --vocab 512
@@ -24,8 +25,9 @@ A random-initialised Llama of LLaMA-2-7B's shapes (hidden 4096, MLP 11008, 32 he
   coded by the codec on the device, copied into every block (the kernels' speed does not
   depend on which points are stored; coding 224 layers would take minutes).
 
-``--rotation layer`` (default): every pvq linear rotates its input and output (two online
-randomized Hadamards). ``--rotation fused``: the plan that folds rotations into the model
+``--rotation auto`` (default): each method's plan as ``pvq quantize`` picks it for a Llama of this MLP width
+(``fused:256`` for pvq3 and pvq4, ``layer`` for pvq2 and e8-2), so the rows are what a user's checkpoints run.
+``--rotation layer``: every quantized linear rotates its input and output (two online randomized Hadamards). ``--rotation fused``: the plan that folds rotations into the model
 (QuaRot-style): only down_proj keeps an online rotation of its input; the folding itself is
 exact and costs nothing at run time, so random weights measure its speed (a LayerRotation with
 its output side None), down_proj's rotation over its whole input (``pvq quantize --rotation-block 0``).
@@ -33,6 +35,7 @@ its output side None), down_proj's rotation over its whole input (``pvq quantize
 256, no dense factor online): what ``pvq quantize --rotation fused`` writes by default since session 18 where 256
 divides an input that is not a power of two. ``--rotation
 layer,fused,fused:256``: a row per plan for each pvq method (the codes coded once).
+``--merge auto`` (default): ``yes`` on CUDA, ``no`` elsewhere (``pvq generate --merge-projections``'s default).
 ``--merge no,yes``: each row also with every block's q/k/v and gate/up linears run as one product each
 (:func:`pvq.models.merge_shared_input_linears`, ``pvq generate --merge-projections``; fp16 and int4 stacked
 the same way, so all methods get the same fewer, larger products; pvq layers merge under ``fused`` only,
@@ -63,7 +66,7 @@ import sys
 import time
 
 import torch
-from _plans import online_rotation_seeds, parse_plan
+from _plans import online_rotation_seeds, parse_plan, resolve_plan
 
 T0 = time.perf_counter()
 
@@ -437,14 +440,15 @@ def main() -> None:
                         f"{', '.join(SETTINGS)}; ratios are against fp16, else the first row")
     p.add_argument("--bits", default=None, help="shorthand: pvq rows at these bits, e.g. 3,2 (fp16 and int4 kept)")
     p.add_argument("--dim", type=int, default=8)
-    p.add_argument("--rotation", default="layer", help="online rotations of the pvq layers: layer, fused (down_proj's "
-                   "over its whole input), fused:B (in chunks of B inputs: pvq quantize's default is 256), or several "
-                   "(layer,fused: a row per plan and method)")
+    p.add_argument("--rotation", default="auto", help="online rotations of the quantized layers: auto (each method's "
+                   "plan as pvq quantize picks it: fused:256 for pvq from 3 bits, layer for pvq2 and e8), layer, fused "
+                   "(down_proj's over its whole input), fused:B (in chunks of B inputs), or several (layer,fused: a "
+                   "row per plan and method)")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--batch", type=int, default=1, help="sequences generated together")
-    p.add_argument("--merge", default="no", help="no, yes or no,yes: run each block's q/k/v and gate/up linears as one "
-                   "product each (every method: fp16 and int4 stacked, pvq's merged codes; pvq generate "
-                   "--merge-projections), a row per setting")
+    p.add_argument("--merge", default="auto", help="auto (yes on CUDA, no elsewhere: pvq generate's default), no, yes "
+                   "or no,yes: run each block's q/k/v and gate/up linears as one product each (every method: fp16 and "
+                   "int4 stacked, pvq's merged codes; pvq generate --merge-projections), a row per setting")
     p.add_argument("--compile", default="no", help="no, yes or no,yes: the decode step compiled by torch.compile "
                    "(pvq generate --compile; every method), a row per setting")
     p.add_argument("--eager", action="store_true", help="also time eager steps over the static cache")
@@ -460,22 +464,24 @@ def main() -> None:
                    help="an experiment: input rows from which the row layout multiplies on tensor cores (default: "
                         "the package's MMA_MIN_ROWS)")
     a = p.parse_args()
-    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     methods = a.methods.split(",") if a.bits is None else ["fp16", "int4"] + [f"pvq{b}" for b in a.bits.split(",")]
     bad = [m for m in methods if m not in ("fp16", "int4", *SETTINGS)]
     if bad or not methods or "fp16" in methods[1:]:
         p.error(f"--methods: any of fp16 (first, where named), int4, {', '.join(SETTINGS)}; got {a.methods}")
     plans = a.rotation.split(",")
     def plan_ok(pl: str) -> bool:
+        if pl == "auto":
+            return True
         parsed = parse_plan(pl, ("layer", "fused"))
         return parsed is not None and (parsed[1] is None or a.intermediate % parsed[1] == 0)
 
     if not all(map(plan_ok, plans)):
-        p.error(f"--rotation takes layer, fused or fused:B (B dividing --intermediate {a.intermediate}), comma "
+        p.error(f"--rotation takes auto, layer, fused or fused:B (B dividing --intermediate {a.intermediate}), comma "
                 f"separated; got {a.rotation}")
-    merges = [{"no": False, "yes": True}.get(g) for g in a.merge.split(",")]
+    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    merges = [{"no": False, "yes": True, "auto": device.type == "cuda"}.get(g) for g in a.merge.split(",")]
     if None in merges:
-        p.error(f"--merge takes no, yes or no,yes; got {a.merge}")
+        p.error(f"--merge takes auto, no, yes or no,yes; got {a.merge}")
     compiles = [{"no": False, "yes": True}.get(g) for g in a.compile.split(",")]
     if None in compiles:
         p.error(f"--compile takes no, yes or no,yes; got {a.compile}")
@@ -501,7 +507,10 @@ def main() -> None:
     rows = []
     model = None
     coded: dict = {}
-    for method, plan, merged in [(m, p, g) for m in methods for p in (plans if m in SETTINGS else ("",))
+    for method, plan, merged in [(m, p, g) for m in methods
+                                 for p in (dict.fromkeys(resolve_plan(pl, *SETTINGS[m][:2], a.intermediate)
+                                                         for pl in plans)
+                                           if m in SETTINGS else ("",))
                                  for g in merges]:
         label = (f"{method} ({plan})" if plan else method) + (" merged" if merged else "")
         products = 0

@@ -21,4 +21,4 @@ def test_generate_benchmark_with_merged_rows():
         assert f"\n| {label} | " in out
     bad = subprocess.run([*cmd[:2], "--merge", "maybe"], capture_output=True, text=True, timeout=120, cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": ROOT})
-    assert bad.returncode == 2 and "--merge takes no, yes or no,yes" in bad.stderr
+    assert bad.returncode == 2 and "--merge takes auto, no, yes or no,yes" in bad.stderr

@@ -31,3 +31,12 @@ def test_online_rotation_seeds():
     assert plans.online_rotation_seeds("fused", True, 10) == {"out_seed": None, "in_seed": 11}
     assert plans.online_rotation_seeds("fused:256", True, 10) == {"out_seed": None, "in_seed": 11, "in_block": 256}
     assert plans.online_rotation_seeds("none", True, 10) is None
+
+
+@pytest.mark.parametrize("codec, bits, width, want", [
+    ("pvq", 3.0, 11008, "fused:256"), ("pvq", 4.0, 11008, "fused:256"), ("pvq", 2.0, 11008, "layer"),
+    ("e8", 2.0, 11008, "layer"), ("e8", 3.0, 11008, "layer"), ("pvq", 3.0, 4096, "fused"), ("pvq", 3.0, 1000, "fused"),
+])
+def test_auto_resolves_to_the_plan_pvq_quantize_picks(codec, bits, width, want):
+    assert plans.resolve_plan("auto", codec, bits, width) == want
+    assert plans.resolve_plan("layer", codec, bits, width) == "layer"
