@@ -36,6 +36,7 @@ its output side None), down_proj's rotation over its whole input (``pvq quantize
 divides an input that is not a power of two. ``--rotation
 layer,fused,fused:256``: a row per plan for each pvq method (the codes coded once).
 ``--merge auto`` (default): ``yes`` on CUDA, ``no`` elsewhere (``pvq generate --merge-projections``'s default).
+(Until session 21 the defaults were ``--rotation layer --merge no``: add them to repeat an older command of the docs.)
 ``--merge no,yes``: each row also with every block's q/k/v and gate/up linears run as one product each
 (:func:`pvq.models.merge_shared_input_linears`, ``pvq generate --merge-projections``; fp16 and int4 stacked
 the same way, so all methods get the same fewer, larger products; pvq layers merge under ``fused`` only,
