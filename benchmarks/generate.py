@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import sys
@@ -98,9 +99,10 @@ def llama(a, device):
     return model
 
 
-def fresh_llama(old, a, device):
-    """A new random model of the run's shapes (seeded), the old one freed first."""
-    del old
+def fresh_llama(a, device):
+    """A new random model of the run's shapes (seeded); the caller drops its old model first, so that it is freed
+    before this one is built."""
+    gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     torch.manual_seed(0)
@@ -346,6 +348,9 @@ def measure(model, a, device, compiled: bool = False) -> dict:
     if a.profile:
         r["profile"] = profile_step(model, a.batch, device, compiled=compiled)
     del dec
+    if compiled:  # Dynamo's caches can keep the compiled model alive into the next row (its peak memory)
+        torch._dynamo.reset()
+    gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return r
@@ -517,7 +522,8 @@ def main() -> None:
         products = 0
         with phase(f"row {label}"):
             if needs_fresh_model(model, method):
-                model = fresh_llama(model, a, device)
+                model = None  # freed before the next is built: the rows' peak memory is their own
+                model = fresh_llama(a, device)
             if method == "fp16":  # float32 off CUDA (CPU smoke runs)
                 bits = 16.0 if device.type == "cuda" else 32.0
                 if merged:
