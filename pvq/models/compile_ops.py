@@ -28,7 +28,8 @@ from torch import nn
 
 from pvq.errors import PvqError
 
-__all__ = ["HANDLE_ATTR", "CompileHandle", "compile_handle", "is_registered", "quantized_gated_linear", "quantized_linear", "register_for_compile"]
+__all__ = ["HANDLE_ATTR", "CompileHandle", "compile_handle", "is_registered", "quantized_gated_linear",
+           "quantized_linear", "register_for_compile"]
 
 HANDLE_ATTR = "_pvq_compile_handle"
 """The attribute of a layer that holds its :class:`CompileHandle` (absent: not prepared)."""
