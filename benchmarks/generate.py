@@ -27,7 +27,8 @@ A random-initialised Llama of LLaMA-2-7B's shapes (hidden 4096, MLP 11008, 32 he
 
 ``--rotation auto`` (default): each method's plan as ``pvq quantize`` picks it for a Llama of this MLP width
 (``fused:256`` for pvq3 and pvq4, ``layer`` for pvq2 and e8-2), so the rows are what a user's checkpoints run.
-``--rotation layer``: every quantized linear rotates its input and output (two online randomized Hadamards). ``--rotation fused``: the plan that folds rotations into the model
+``--rotation layer``: every quantized linear rotates its input and output (two online randomized Hadamards).
+``--rotation fused``: the plan that folds rotations into the model
 (QuaRot-style): only down_proj keeps an online rotation of its input; the folding itself is
 exact and costs nothing at run time, so random weights measure its speed (a LayerRotation with
 its output side None), down_proj's rotation over its whole input (``pvq quantize --rotation-block 0``).

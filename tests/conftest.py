@@ -48,7 +48,8 @@ def char_tokenizer():
 def pytest_pyfunc_call(pyfuncitem):
     import threading
 
-    if torch.cuda.is_available() or os.environ.get("PVQ_TESTS_IN_MAIN_THREAD") or not hasattr(pyfuncitem, "_fixtureinfo"):
+    in_main = os.environ.get("PVQ_TESTS_IN_MAIN_THREAD")
+    if torch.cuda.is_available() or in_main or not hasattr(pyfuncitem, "_fixtureinfo"):
         return None  # pytest's own call (CUDA machines: Triton compiled, not interpreted; CUDA streams are per thread)
     func = pyfuncitem.obj
     kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
