@@ -42,8 +42,9 @@ def char_tokenizer():
 # cross a chunk's end in a hot loop allocates and frees a chunk on every call. Under pytest a test body
 # starts about 30 frames deep, where the Triton interpreter's loops often straddle such an end: the tiny
 # compiled-step test took 34.7 s under pytest against 16.5 s standalone, and the same decode took 4.1 s at
-# depth 0 or 100, 8.0-10.2 s at depths 40, 60 or 200. On a fresh thread it takes 4.2 s. Done only where there
-# is no CUDA (CI: the Triton kernels run in the interpreter); PVQ_TESTS_IN_MAIN_THREAD=1 turns it off.
+# depth 0 or 100, 8.0-10.2 s at depths 40, 60 or 200, 4.2 s on a fresh thread (the probe:
+# benchmarks/interpreter_stack_depth.py). Done only where there is no CUDA (CI: the Triton kernels run in the
+# interpreter); PVQ_TESTS_IN_MAIN_THREAD=1 turns it off.
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem):
     import threading
