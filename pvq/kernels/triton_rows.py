@@ -16,30 +16,59 @@ The operations are the reference's (:func:`~pvq.kernels.leaf_rows.leaf_rows_deco
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
 
 from .leaf_rows import ROW_GROUP, STEP_VECTORS, LeafRowsRuntime
 
-__all__ = ["leaf_rows_decode_triton"]
+__all__ = ["DEFAULT_DECODE_TILE", "DecodeTile", "leaf_rows_decode_triton"]
 
 _OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+@dataclass(frozen=True)
+class DecodeTile:
+    """What one program of the whole-layer decode covers: ``row_groups`` row groups (32 rows each) by ``steps``
+    steps (128 inputs each), run by ``num_warps`` warps. Session 18's kernel is ``DecodeTile(1, 1, 4)``."""
+
+    row_groups: int = 1
+    steps: int = 1
+    num_warps: int = 4
+
+    def __post_init__(self):
+        for name in ("row_groups", "steps", "num_warps"):
+            v = getattr(self, name)
+            if v not in (1, 2, 4, 8, 16):
+                raise ValueError(f"DecodeTile.{name} must be a power of two from 1 to 16, not {v!r}")
+        if self.row_groups * self.steps > 16:
+            raise ValueError(f"a decode tile of {self.row_groups} row groups by {self.steps} steps holds "
+                             f"{512 * self.row_groups * self.steps} vectors; take at most 16 row-group steps")
+
+
+DEFAULT_DECODE_TILE = DecodeTile()
+"""The tile :func:`leaf_rows_decode_triton` runs unless told (docs/kernels.md, session 22)."""
+
+
 @triton.jit
 def _rows_decode_kernel(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, out_ptr, out_features, steps,
-                        in_features, F: tl.constexpr, A: tl.constexpr, LG: tl.constexpr, BF16: tl.constexpr):
-    """Program (rg, s): rows ``32 rg .. 32 rg + 31``, inputs ``128 s .. 128 s + 127``."""
-    rg = tl.program_id(0)
-    s = tl.program_id(1)
-    lane = tl.arange(0, 32)
-    item = rg.to(tl.int64) * steps + s
-    j = tl.arange(0, 16)
-    bit = j * F  # [16]: vector j's field starts at bit j F of the row's W2 = F / 2 words
-    q = item * (F // 2) * 32 + (bit >> 5)[None, :] * 32 + lane[:, None]  # [32, 16]
-    lo = tl.load(words_ptr + q).to(tl.uint32, bitcast=True).to(tl.uint64)
-    spill = ((bit & 31) + F > 32)[None, :] & (lane[:, None] >= 0)
+                        row_groups, in_features, F: tl.constexpr, A: tl.constexpr, LG: tl.constexpr,
+                        BF16: tl.constexpr, GROUPS: tl.constexpr, SPP: tl.constexpr):
+    """Program (p, t): row groups ``GROUPS p .. GROUPS p + GROUPS - 1`` by steps ``SPP t .. SPP t + SPP - 1``
+    (those that exist): rows ``32 GROUPS p ..``, inputs ``128 SPP t ..``."""
+    r = tl.arange(0, 32 * GROUPS)  # [R]: the tile's rows
+    rg = tl.program_id(0) * GROUPS + r // 32
+    lane = r % 32
+    j = tl.arange(0, 16 * SPP)  # [V]: the tile's vectors of a row
+    s = tl.program_id(1) * SPP + j // 16
+    valid = (rg < row_groups)[:, None] & (s < steps)[None, :]  # [R, V]
+    item = rg.to(tl.int64)[:, None] * steps + s[None, :]  # [R, V]: the (row group, step) a vector belongs to
+    bit = (j % 16) * F  # [V]: vector j's field starts at bit (j % 16) F of its row's W2 = F / 2 words
+    q = item * (F // 2) * 32 + (bit >> 5)[None, :] * 32 + lane[:, None]  # [R, V]
+    lo = tl.load(words_ptr + q, mask=valid, other=0).to(tl.uint32, bitcast=True).to(tl.uint64)
+    spill = ((bit & 31) + F > 32)[None, :] & valid
     hi = tl.load(words_ptr + q + 32, mask=spill, other=0).to(tl.uint32, bitcast=True).to(tl.uint64)
     f = (((hi << 32) | lo) >> (bit & 31)[None, :].to(tl.uint64)) & ((1 << F) - 1)
     f = f.to(tl.int32)
@@ -51,32 +80,41 @@ def _rows_decode_kernel(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, 
         ca = (((wa >> (8 * k)) & 0xFF) ^ 0x80) - 0x80
         cb = (((wb >> (8 * k)) & 0xFF) ^ 0x80) - 0x80
         n2 += ca * ca + cb * cb
-    scale = tl.load(scales_ptr + item * 32 + lane).to(tl.float32)  # [32]
-    mult = (tl.load(levels_ptr + gain) * scale[:, None]) * tl.load(inv_ptr + n2)  # [32, 16]
+    ss = tl.program_id(1) * SPP + tl.arange(0, SPP)  # [SPP]: the tile's steps; one scale a row and step
+    sq = (rg.to(tl.int64)[:, None] * steps + ss[None, :]) * 32 + lane[:, None]
+    sv = (rg < row_groups)[:, None] & (ss < steps)[None, :]
+    scale = tl.load(scales_ptr + sq, mask=sv, other=0).to(tl.float32)  # [R, SPP]
+    scale = tl.reshape(tl.broadcast_to(scale[:, :, None], (32 * GROUPS, SPP, 16)), (32 * GROUPS, 16 * SPP))
+    mult = (tl.load(levels_ptr + gain) * scale) * tl.load(inv_ptr + n2)  # [R, V]
     t = tl.arange(0, 8)
-    word = tl.where((t < 4)[None, None, :], wa[:, :, None], wb[:, :, None])  # [32, 16, 8]
+    word = tl.where((t < 4)[None, None, :], wa[:, :, None], wb[:, :, None])  # [R, V, 8]
     c = (((word >> (8 * (t % 4))[None, None, :]) & 0xFF) ^ 0x80) - 0x80
-    w = tl.reshape(c.to(tl.float32) * mult[:, :, None], (32, 128))
-    row = rg * 32 + lane
-    col = s * 128 + tl.arange(0, 128)
+    w = tl.reshape(c.to(tl.float32) * mult[:, :, None], (32 * GROUPS, 128 * SPP))
+    row = tl.program_id(0) * (32 * GROUPS) + r
+    col = tl.program_id(1) * (128 * SPP) + tl.arange(0, 128 * SPP)
     ptrs = out_ptr + row.to(tl.int64)[:, None] * in_features + col[None, :]
+    mask = (row < out_features)[:, None] & (col < in_features)[None, :]
     if BF16:  # round to nearest even by hand: Triton's CPU interpreter truncates (the GPU's cvt rounds)
         b = w.to(tl.uint32, bitcast=True)
         b = (b + 0x7FFF + ((b >> 16) & 1)) >> 16
-        tl.store(ptrs, b.to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=(row < out_features)[:, None])
+        tl.store(ptrs, b.to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
     else:
-        tl.store(ptrs, w.to(out_ptr.dtype.element_ty), mask=(row < out_features)[:, None])
+        tl.store(ptrs, w.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def leaf_rows_decode_triton(rt: LeafRowsRuntime, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``Q'`` ``[out, in]`` in ``dtype`` (float32, fp16 or bf16) on the layer's device (module docstring)."""
+def leaf_rows_decode_triton(rt: LeafRowsRuntime, dtype: torch.dtype = torch.float32,
+                            tile: DecodeTile = DEFAULT_DECODE_TILE) -> torch.Tensor:
+    """``Q'`` ``[out, in]`` in ``dtype`` (float32, fp16 or bf16) on the layer's device (module docstring), decoded
+    in tiles of ``tile``."""
     if dtype not in _OUT_DTYPES:
         raise ValueError(f"the decode writes float32, float16 or bfloat16, not {dtype}")
     out = torch.empty(rt.out_features, rt.in_features, dtype=dtype, device=rt.words.device)
     if out.numel() == 0:
         return out
     assert rt.steps * STEP_VECTORS * 8 == rt.in_features and ROW_GROUP == 32
-    _rows_decode_kernel[(rt.row_groups, rt.steps)](
+    grid = (-(-rt.row_groups // tile.row_groups), -(-rt.steps // tile.steps))
+    _rows_decode_kernel[grid](
         rt.words, rt.row_scales, rt.levels, rt.leaves, rt.inverse_norms, out, rt.out_features, rt.steps,
-        rt.in_features, F=rt.field_bits, A=rt.leaf_bits, LG=rt.gain_bits, BF16=dtype == torch.bfloat16, num_warps=4)
+        rt.row_groups, rt.in_features, F=rt.field_bits, A=rt.leaf_bits, LG=rt.gain_bits,
+        BF16=dtype == torch.bfloat16, GROUPS=tile.row_groups, SPP=tile.steps, num_warps=tile.num_warps)
     return out

@@ -26,6 +26,25 @@ def test_decode_equals_the_reference(bits, out_f, steps, seed):
         assert torch.equal(triton_rows.leaf_rows_decode_triton(rt, dtype), ref.to(dtype))
 
 
+@pytest.mark.parametrize("tile", [(2, 1, 4), (1, 4, 8), (4, 2, 8), (2, 8, 2)])
+@pytest.mark.parametrize("bits,out_f,steps", [(3.0, 70, 3), (2.0, 33, 5), (3.125, 97, 1)])
+def test_every_tile_decodes_the_reference(tile, bits, out_f, steps):
+    """Tiles of several row groups and steps, where neither count divides the layer's (the tiles at the edges
+    are part empty): bit for bit the reference, float32 and fp16."""
+    rt = leaf_rows_from_split(code_runtime(bits, 16, out_f, 128 * steps, seed=out_f + steps, device=DEVICE))
+    ref = leaf_rows_decode_reference(rt)
+    tile = triton_rows.DecodeTile(*tile)
+    assert torch.equal(triton_rows.leaf_rows_decode_triton(rt, tile=tile), ref)
+    assert torch.equal(triton_rows.leaf_rows_decode_triton(rt, torch.float16, tile=tile), ref.half())
+
+
+@pytest.mark.parametrize("kwargs,match", [({"steps": 3}, "power of two"), ({"num_warps": 0}, "power of two"),
+                                          ({"row_groups": 8, "steps": 4}, "at most 16")])
+def test_decode_tiles_are_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        triton_rows.DecodeTile(**kwargs)
+
+
 def test_decode_refuses_other_dtypes():
     rt = leaf_rows_from_split(code_runtime(2.0, 16, 4, 128, device=DEVICE))
     with pytest.raises(ValueError, match="float32, float16 or bfloat16"):
