@@ -9,7 +9,10 @@ prefill from 1.3x fp16's time. Phases, each printed with its seconds:
 (1) every tile of the sweep (``DecodeTile(row_groups, steps, num_warps)``) on the first shape at the first rate:
 its decode checked bit for bit against the default tile's, then microseconds to fp16 (CUDA graphs, median) and
 the write bandwidth that makes; (2) the ``--top`` fastest tiles and the default on every shape and rate, with
-prefill (``--prefill`` rows: decode + cuBLAS against fp16's cuBLAS alone, the same x). A final table for each.
+prefill (``--prefill`` rows: decode + cuBLAS against fp16's cuBLAS alone, the same x); (3) the product that decodes
+its tiles inside a tensor-core GEMM (``leaf_rows_dot_triton``: the weights never written out) for ``--dot-rows``
+input rows and each of DOT_TILES, checked against the decode + cuBLAS product, beside fp16 and decode + cuBLAS.
+A final table for each.
 """
 
 from __future__ import annotations
@@ -46,6 +49,53 @@ def name(tile) -> str:
     return f"{tile.row_groups}x{tile.steps}/w{tile.num_warps}"
 
 
+def dot_tiles(triton_rows, rows: int) -> list:
+    """The in-GEMM decode's tiles tried at ``rows`` input rows: (row groups, steps, block_m, warps)."""
+    small = [(1, 1, 16, 4), (2, 1, 16, 4), (1, 2, 16, 4), (1, 1, 32, 4), (2, 1, 64, 4)]
+    large = [(2, 1, 64, 4), (2, 1, 128, 4), (4, 1, 128, 8), (4, 1, 64, 4), (2, 2, 128, 8)]
+    return [triton_rows.DotTile(*t) for t in (small if rows <= 64 else large)]
+
+
+def dot_name(tile) -> str:
+    return f"dot {tile.row_groups}x{tile.steps}x{tile.block_m}/w{tile.num_warps}"
+
+
+def dot_rows(triton_rows, shapes, bit_list, rows_list, decode_tile) -> None:
+    """Phase 3 (module docstring)."""
+    from speed_layout_device import bench, random_split_runtime
+
+    table = []
+    for (out_f, in_f), bits in itertools.product(shapes, bit_list):
+        rt = leaf_rows_from_split(random_split_runtime(bits, 16, out_f, in_f, seed=1, device="cuda"))
+        w = (torch.randn(out_f, in_f, device="cuda") * 0.02).half()
+        for n in rows_list:
+            x = torch.randn(n, in_f, device="cuda").half()
+            expected = (x @ triton_rows.leaf_rows_decode_triton(rt, torch.float16, tile=decode_tile).T).float()
+            row = {"fp16": bench(lambda: x @ w.T),
+                   "decode+cuBLAS": bench(lambda: x @ triton_rows.leaf_rows_decode_triton(
+                       rt, torch.float16, tile=decode_tile).T)}
+            for tile in dot_tiles(triton_rows, n):
+                got = triton_rows.leaf_rows_dot_triton(rt, x, tile).float()
+                err = float((got - expected).abs().max() / expected.abs().max())
+                if not err < 4e-3:
+                    phase(f"{dot_name(tile)}: off decode + cuBLAS by {err:.1e} of its largest output: not timed")
+                    continue
+                row[dot_name(tile)] = bench(lambda: triton_rows.leaf_rows_dot_triton(rt, x, tile))
+            phase(f"{out_f}x{in_f} {bits:g} bits, {n} rows: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items()))
+            table.append((f"{out_f}x{in_f}", bits, n, row))
+        del rt, w
+        torch.cuda.empty_cache()
+    print("\nus, and x fp16's time (the in-GEMM decode's best tile named)")
+    print("| shape | bits | rows | fp16 | decode+cuBLAS | best in-GEMM decode | its tile |\n|---|---|---|---|---|---|---|")
+    for shape, bits, n, row in table:
+        dots = {k: v for k, v in row.items() if k.startswith("dot")}
+        best = min(dots, key=dots.get) if dots else None
+        f = row["fp16"]
+        cell = f"{dots[best]:.1f} ({dots[best] / f:.2f}x)" if best else "-"
+        print(f"| {shape} | {bits:g} | {n} | {f:.1f} | {row['decode+cuBLAS']:.1f} ({row['decode+cuBLAS'] / f:.2f}x) | "
+              f"{cell} | {best[4:] if best else '-'} |")
+
+
 def cpu_checks(triton_rows) -> None:
     """Every tile of the sweep against the reference on a 70x384 layer (interpreter; no timing)."""
     from speed_layout_device import random_split_runtime
@@ -57,6 +107,14 @@ def cpu_checks(triton_rows) -> None:
                if not torch.equal(triton_rows.leaf_rows_decode_triton(rt, tile=t), ref)]
         phase(f"{bits:g} bits 70x384: {len(sweep_tiles(triton_rows))} tiles, unequal to the reference: {bad or 'none'}")
         assert not bad
+        for n in (5, 70):
+            x = torch.randn(n, 384).half()
+            exp = x.float() @ ref.half().float().T
+            off = {dot_name(t): float((triton_rows.leaf_rows_dot_triton(rt, x, t).float() - exp).abs().max()
+                                      / exp.abs().max()) for t in dot_tiles(triton_rows, n)}
+            phase(f"{bits:g} bits 70x384, {n} rows: in-GEMM decode off the reference's product by at most "
+                  f"{max(off.values()):.1e} of its largest output ({len(off)} tiles)")
+            assert max(off.values()) < 4e-3, off
 
 
 def main() -> None:
@@ -64,6 +122,8 @@ def main() -> None:
     p.add_argument("--shapes", default="11008x4096,22016x4096,4096x11008,12288x4096,4096x4096")
     p.add_argument("--bits", default="3,2")
     p.add_argument("--prefill", default="512,2048")
+    p.add_argument("--dot-rows", default="16,64,512,2048", help="input rows of phase 3 (empty: skip it)")
+    p.add_argument("--dot-shapes", type=int, default=3, help="phase 3 takes the first this many shapes")
     p.add_argument("--top", type=int, default=3, help="tiles of the sweep carried to every shape")
     p.add_argument("--cpu", action="store_true", help="check every tile on a small layer on the CPU, no timing")
     a = p.parse_args()
@@ -129,6 +189,9 @@ def main() -> None:
             ratio = f" ({row[c] / row['fp16 ' + n]:.2f}x)" if n.isdigit() and not c.startswith("fp16") else ""
             cells.append(f"{row[c]:.1f}{ratio}")
         print(f"| {shape} | {bits:g} | " + " | ".join(cells) + " |")
+    rows_list = [int(r) for r in a.dot_rows.split(",") if r]
+    if rows_list:
+        dot_rows(triton_rows, shapes[: a.dot_shapes], bit_list, rows_list, best[0])
     phase("done")
 
 
