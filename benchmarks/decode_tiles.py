@@ -52,7 +52,7 @@ def name(tile) -> str:
 def dot_tiles(triton_rows, rows: int) -> list:
     """The in-GEMM decode's tiles tried at ``rows`` input rows: (row groups, steps, block_m, warps)."""
     small = [(1, 1, 16, 4), (2, 1, 16, 4), (1, 2, 16, 4), (1, 1, 32, 4), (2, 1, 64, 4)]
-    large = [(2, 1, 64, 4), (2, 1, 128, 4), (4, 1, 128, 8), (4, 1, 64, 4), (2, 2, 128, 8)]
+    large = [(2, 1, 64, 4), (2, 1, 128, 4), (4, 1, 128, 8), (4, 1, 64, 4), (2, 2, 128, 8), (2, 1, 256, 8)]
     return [triton_rows.DotTile(*t) for t in (small if rows <= 64 else large)]
 
 
