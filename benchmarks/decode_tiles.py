@@ -50,14 +50,16 @@ def name(tile) -> str:
 
 
 def dot_tiles(triton_rows, rows: int) -> list:
-    """The in-GEMM decode's tiles tried at ``rows`` input rows: (row groups, steps, block_m, warps)."""
-    small = [(1, 1, 16, 4), (2, 1, 16, 4), (1, 2, 16, 4), (1, 1, 32, 4), (2, 1, 64, 4)]
+    """The in-GEMM decode's tiles tried at ``rows`` input rows: (row groups, steps, block_m, warps[, split_k])."""
+    small = [(1, 1, 16, 4), (2, 1, 16, 4), (1, 2, 16, 4), (1, 1, 32, 4), (2, 1, 64, 4), (1, 1, 16, 4, 4),
+             (2, 1, 16, 4, 4), (1, 1, 32, 4, 2)]
     large = [(2, 1, 64, 4), (2, 1, 128, 4), (4, 1, 128, 8), (4, 1, 64, 4), (2, 2, 128, 8), (2, 1, 256, 8)]
     return [triton_rows.DotTile(*t) for t in (small if rows <= 64 else large)]
 
 
 def dot_name(tile) -> str:
-    return f"dot {tile.row_groups}x{tile.steps}x{tile.block_m}/w{tile.num_warps}"
+    split = f"/k{tile.split_k}" if tile.split_k > 1 else ""
+    return f"dot {tile.row_groups}x{tile.steps}x{tile.block_m}/w{tile.num_warps}{split}"
 
 
 def dot_rows(triton_rows, shapes, bit_list, rows_list, decode_tile) -> None:

@@ -121,14 +121,15 @@ def _rows_decode_kernel(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, 
 def _rows_dot_kernel(x_ptr, words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, y_ptr, m_rows, out_features,
                      steps, row_groups, in_features, F: tl.constexpr, A: tl.constexpr, LG: tl.constexpr,
                      BF16: tl.constexpr, GROUPS: tl.constexpr, SPP: tl.constexpr, BLOCK_M: tl.constexpr,
-                     F32_DOT: tl.constexpr):
-    """Program (p, i): ``y[BLOCK_M i .., 32 GROUPS p ..]``, the tile of ``Q'`` decoded step block by step block
-    (as the decode kernel's, rounded to x's dtype) and multiplied on tensor cores by x's rows, float32 sums."""
+                     SPLIT: tl.constexpr, F32_DOT: tl.constexpr):
+    """Program (p, i, k): ``y[BLOCK_M i .., 32 GROUPS p ..]``, the tile of ``Q'`` decoded step block by step block
+    (as the decode kernel's, rounded to x's dtype) and multiplied on tensor cores by x's rows, float32 sums; with
+    ``SPLIT`` > 1, the step blocks ``k, k + SPLIT, ..`` only, into float32 partial sums ``y[k]``."""
     R: tl.constexpr = 32 * GROUPS
     C: tl.constexpr = 128 * SPP
     m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     acc = tl.zeros((R, BLOCK_M), dtype=tl.float32)
-    for t in range(0, tl.cdiv(steps, SPP)):
+    for t in range(tl.program_id(2), tl.cdiv(steps, SPP), SPLIT):
         w = _decode_tile(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, tl.program_id(0) * GROUPS,
                          t * SPP, steps, row_groups, F, A, LG, GROUPS, SPP)
         k = t * C + tl.arange(0, C)
@@ -140,7 +141,7 @@ def _rows_dot_kernel(x_ptr, words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_p
         else:
             acc = tl.dot(w16, xt, acc)
     n = tl.program_id(0) * R + tl.arange(0, R)
-    ptrs = y_ptr + m.to(tl.int64)[None, :] * out_features + n[:, None]
+    ptrs = y_ptr + (tl.program_id(2) * m_rows + m.to(tl.int64))[None, :] * out_features + n[:, None]
     tl.store(ptrs, acc.to(y_ptr.dtype.element_ty), mask=(m < m_rows)[None, :] & (n < out_features)[:, None])
 
 
@@ -153,12 +154,15 @@ class DotTile:
     steps: int = 1
     block_m: int = 64
     num_warps: int = 4
+    split_k: int = 1  # programs a tile's steps are dealt over (float32 partial sums, then summed in order)
 
     def __post_init__(self):
         DecodeTile(self.row_groups, self.steps, self.num_warps)  # the same limits
         if self.block_m not in (16, 32, 64, 128, 256):
             raise ValueError(f"DotTile.block_m must be 16, 32, 64, 128 or 256 (tensor-core tiles), not "
                              f"{self.block_m!r}")
+        if self.split_k not in (1, 2, 4, 8, 16):
+            raise ValueError(f"DotTile.split_k must be 1, 2, 4, 8 or 16, not {self.split_k!r}")
 
 
 def leaf_rows_dot_triton(rt: LeafRowsRuntime, x: torch.Tensor, tile: DotTile = DotTile()) -> torch.Tensor:
@@ -167,16 +171,18 @@ def leaf_rows_dot_triton(rt: LeafRowsRuntime, x: torch.Tensor, tile: DotTile = D
     if x.dtype not in (torch.float16, torch.bfloat16) or x.dim() != 2 or x.shape[1] != rt.in_features:
         raise ValueError(f"x must be fp16 or bf16 [m, {rt.in_features}], not {x.dtype} {tuple(x.shape)}")
     x = x.contiguous()
-    y = torch.empty(x.shape[0], rt.out_features, dtype=x.dtype, device=x.device)
+    split = tile.split_k
+    y = torch.empty(split, x.shape[0], rt.out_features, dtype=x.dtype if split == 1 else torch.float32,
+                    device=x.device)
     if y.numel() == 0:
-        return y.zero_()
-    grid = (-(-rt.row_groups // tile.row_groups), -(-x.shape[0] // tile.block_m))
+        return torch.zeros(x.shape[0], rt.out_features, dtype=x.dtype, device=x.device)
+    grid = (-(-rt.row_groups // tile.row_groups), -(-x.shape[0] // tile.block_m), split)
     _rows_dot_kernel[grid](
         x, rt.words, rt.row_scales, rt.levels, rt.leaves, rt.inverse_norms, y, x.shape[0], rt.out_features, rt.steps,
         rt.row_groups, rt.in_features, F=rt.field_bits, A=rt.leaf_bits, LG=rt.gain_bits,
-        BF16=x.dtype == torch.bfloat16, GROUPS=tile.row_groups, SPP=tile.steps, BLOCK_M=tile.block_m,
+        BF16=x.dtype == torch.bfloat16, GROUPS=tile.row_groups, SPP=tile.steps, BLOCK_M=tile.block_m, SPLIT=split,
         F32_DOT=not x.is_cuda, num_warps=tile.num_warps)
-    return y
+    return y[0] if split == 1 else y.sum(0).to(x.dtype)
 
 
 def leaf_rows_decode_triton(rt: LeafRowsRuntime, dtype: torch.dtype = torch.float32,

@@ -52,7 +52,7 @@ def test_decode_refuses_other_dtypes():
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-3), (torch.bfloat16, 8e-3)])
-@pytest.mark.parametrize("tile", [(1, 1, 16, 4), (2, 2, 32, 4), (1, 4, 64, 8)])
+@pytest.mark.parametrize("tile", [(1, 1, 16, 4), (2, 2, 32, 4), (1, 4, 64, 8), (1, 1, 16, 4, 4), (2, 1, 32, 4, 2)])
 @pytest.mark.parametrize("bits,out_f,steps,rows", [(3.0, 70, 3, 5), (2.0, 33, 5, 40), (3.125, 97, 1, 17)])
 def test_the_in_gemm_decode_multiplies_the_decoded_weights(dtype, tol, tile, bits, out_f, steps, rows):
     """``x @ Q'^T`` with Q' decoded tile by tile inside the product: the reference's weights rounded to x's dtype,
@@ -72,4 +72,6 @@ def test_the_in_gemm_decode_checks_its_input():
         triton_rows.leaf_rows_dot_triton(rt, torch.zeros(2, 256, dtype=torch.float16, device=DEVICE))
     with pytest.raises(ValueError, match="block_m"):
         triton_rows.DotTile(block_m=48)
+    with pytest.raises(ValueError, match="split_k"):
+        triton_rows.DotTile(split_k=3)
     assert triton_rows.leaf_rows_dot_triton(rt, torch.zeros(0, 128, dtype=torch.float16, device=DEVICE)).shape == (0, 4)
