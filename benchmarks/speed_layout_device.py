@@ -14,9 +14,9 @@ as benchmarks/kernel_speed.py), the split-order CUDA product (what the backend r
 fused, 16 through its whole-layer decode and cuBLAS), the leaf-pair product (``leaf``; 16 rows: two
 launches of 8; at 8 rows also as two launches of 4) and the row-interleaved leaf-pair product (``rows``: a
 lane an output row). A final table. At the last batch size the whole-layer decodes are timed too (``-decode``:
-to float32, Triton's; ``-decode16``: to fp16, the CUDA decode of session 22, checked equal to Triton's;
-``-decode16-triton``: pvq/kernels/triton_rows.py), and with ``--prefill`` the fp16 decode + cuBLAS (``rows3``: what
-the backend runs above 16 rows; ``rows3-triton``: through the Triton decode).
+to float32, ``-decode16``: to fp16; the Triton decode, pvq/kernels/triton_rows.py, which replaced a CUDA one in
+session 18), beside ``fp16-fill``: filling a tensor of the layer's fp16 size, the floor of any decode that writes
+it (session 22), and with ``--prefill`` the fp16 decode + cuBLAS (``rows3``: what the backend runs above 16 rows).
 
     python benchmarks/speed_layout_device.py --rows-variant head:@old.cu --rows-variant x:SOME_MACRO=1
 
@@ -234,18 +234,16 @@ def timings(shapes, batches, bit_list, device) -> list[tuple]:
                             row[f"rows{bits:g}-{name}"] = bench(lambda: cuda_leaf.leaf_rows_gemv_cuda(rrt, x))
                     if batch == batches[-1]:  # what the backend runs above 16 rows: decode + cuBLAS
                         row[f"rows{bits:g}-decode"] = bench(lambda: cuda_leaf.leaf_rows_decode(rrt))
-                        # to fp16 (what prefill multiplies): the CUDA decode (session 22) and the Triton one
-                        same = torch.equal(cuda_leaf.leaf_rows_decode(rrt, torch.float16, kernel="cuda"),
-                                           cuda_leaf.leaf_rows_decode(rrt, torch.float16, kernel="triton"))
-                        phase(f"{out_f}x{in_f} {bits:g} bits: CUDA decode equal to Triton's: {same}")
-                        row[f"rows{bits:g}-decode16"] = bench(
-                            lambda: cuda_leaf.leaf_rows_decode(rrt, torch.float16, kernel="cuda"))
-                        row[f"rows{bits:g}-decode16-triton"] = bench(
-                            lambda: cuda_leaf.leaf_rows_decode(rrt, torch.float16, kernel="triton"))
+                        # to fp16 (what prefill multiplies)
+                        row[f"rows{bits:g}-decode16"] = bench(lambda: cuda_leaf.leaf_rows_decode(rrt, torch.float16))
                 if batch == 8 and "leaf" in LAYOUTS:
                     ext = cuda_leaf._extension()
                     row[f"leaf{bits:g}-2x4"] = bench(lambda: torch.cat([cuda_leaf._launch(ext, rt, x[:4]),
                                                                         cuda_leaf._launch(ext, rt, x[4:])]))
+            if batch == batches[-1] and ROWS_BUILT:  # the floor of any decode to fp16: writing the layer's bytes
+                filled = torch.empty(out_f, in_f, dtype=torch.float16, device=device)
+                row["fp16-fill"] = bench(lambda: filled.fill_(1.0))
+                del filled
             phase(f"{out_f}x{in_f} batch {batch}: " + ", ".join(f"{k} {v:.1f} us" for k, v in row.items()))
             table.append((f"{out_f}x{in_f}", batch, row))
         for rows in PREFILL:  # prefill: pvq decodes once to fp16 and multiplies by cuBLAS
@@ -254,8 +252,6 @@ def timings(shapes, batches, bit_list, device) -> list[tuple]:
             for bits, (srt, rt, rrt) in rts.items():
                 if ROWS_BUILT:
                     row[f"rows{bits:g}"] = bench(lambda: x @ cuda_leaf.leaf_rows_decode(rrt, torch.float16).T)
-                    row[f"rows{bits:g}-triton"] = bench(
-                        lambda: x @ cuda_leaf.leaf_rows_decode(rrt, torch.float16, kernel="triton").T)
             phase(f"{out_f}x{in_f} prefill {rows} rows: " + ", ".join(f"{k} {v:.1f} us" for k, v in row.items()))
             table.append((f"{out_f}x{in_f}", rows, row))
         del rts, w

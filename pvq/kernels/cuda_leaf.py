@@ -119,47 +119,13 @@ def _rows_extension():
                                "row-interleaved leaf layers multiply through their PyTorch decode instead")
 
 
-DECODE_STAGE_BYTES = 32 * 32 * 80
-"""Shared memory of the CUDA decode's stages (32 warps, 32 rows of 4 vectors padded to 80 bytes a warp)."""
-
-
-def _decode_fits(rt: LeafRowsRuntime) -> bool:
-    """Whether the CUDA decode's stages and tables fit one block's shared memory on the layer's device."""
-    need = DECODE_STAGE_BYTES + 4 * (-(-rt.leaves.numel() // 4) * 4) + 4 * (16 + rt.inverse_norms.numel())
-    return need <= _shared_optin(rt.words.device.index if rt.words.device.index is not None
-                                 else torch.cuda.current_device())
-
-
-@lru_cache(maxsize=None)
-def _shared_optin(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).shared_memory_per_block_optin
-
-
-DECODE_KERNELS = ("auto", "cuda", "triton")
-"""Whole-layer decodes on CUDA: ``cuda`` (leafrow8_gemv.cu, fp16 / bf16, the field formats it is built for),
-``triton`` (pvq/kernels/triton_rows.py, any dtype and format), ``auto`` (CUDA where it takes the call)."""
-
-
-def leaf_rows_decode(rt: LeafRowsRuntime, dtype: torch.dtype = torch.float32, kernel: str = "auto") -> torch.Tensor:
-    """``Q'`` ``[out, in]`` in ``dtype`` on the layer's device: on CUDA the CUDA decode for fp16 / bf16 where it is
-    built for the layer's fields (``leafrow8_decode``, session 22), else the Triton decode
-    (:func:`pvq.kernels.triton_rows.leaf_rows_decode_triton`; it replaced a first CUDA decode on the H200, session
-    18); both are the reference's float32 operations rounded to ``dtype`` once. Elsewhere the reference in chunks of
-    row groups. ``kernel`` (:data:`DECODE_KERNELS`) chooses on CUDA; a 16-bit ``dtype`` writes half the bytes that
-    the float32 decode and a conversion would."""
-    if kernel not in DECODE_KERNELS:
-        raise ValueError(f"kernel must be one of {DECODE_KERNELS}, not {kernel!r}")
+def leaf_rows_decode(rt: LeafRowsRuntime, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``Q'`` ``[out, in]`` in ``dtype`` on the layer's device: on CUDA the Triton decode
+    (:func:`pvq.kernels.triton_rows.leaf_rows_decode_triton`: the reference's float32 operations, rounded to ``dtype``
+    once; it replaced a CUDA decode on the H200: 11008x4096 to fp16 33.7 us against 76.7, docs/kernels.md session 18),
+    else the reference in chunks of row groups. A 16-bit ``dtype`` writes half the bytes that the float32 decode and a
+    conversion would."""
     if rt.words.is_cuda:
-        cuda_takes = (dtype in (torch.float16, torch.bfloat16) and (rt.gain_bits, rt.field_bits) in _ROWS_FIELDS
-                      and (kernel == "cuda" or _decode_fits(rt)))
-        ext = _rows_extension() if cuda_takes and kernel != "triton" else None
-        if ext is not None:
-            return ext.leafrow8_decode(rt.words, rt.row_scales, rt.levels, rt.leaves, rt.inverse_norms,
-                                       rt.out_features, rt.in_features, rt.field_bits, rt.gain_bits,
-                                       dtype == torch.bfloat16)
-        if kernel == "cuda":
-            raise ValueError(f"the CUDA decode takes fp16 / bf16 and fields {sorted(_ROWS_FIELDS)} (gain bits, "
-                             f"width) with its extension built; got {dtype}, ({rt.gain_bits}, {rt.field_bits})")
         from .triton_rows import leaf_rows_decode_triton
 
         return leaf_rows_decode_triton(rt, dtype)

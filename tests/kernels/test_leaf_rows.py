@@ -189,33 +189,19 @@ def test_float32_inputs_run_the_decode():
 
 
 @needs_cuda
-@pytest.mark.parametrize("bits, out_f, in_f", [(3.0, 37, 4224), (2.0, 67, 256), (1.5, 5, 128), (2.5, 33, 384),
-                                               (3.0, 2003, 256), (2.0, 300, 11008)])
-@pytest.mark.parametrize("kernel", ["auto", "cuda", "triton"])
-def test_gpu_decode_is_bit_exact(bits, out_f, in_f, kernel):
-    """On CUDA the whole-layer decode is the CUDA kernel for fp16 / bf16 (``auto``) and Triton's for float32; both
-    are the reference's float32 weights, rounded once. Row counts that leave the last row group part empty, more
-    row groups than SMs (a block takes several), a layer of fewer row groups than SMs."""
+@pytest.mark.parametrize("bits, out_f, in_f", [(3.0, 37, 4224), (2.0, 67, 256), (1.5, 5, 128), (2.5, 33, 384)])
+def test_gpu_decode_is_bit_exact(bits, out_f, in_f):
+    """On CUDA the whole-layer decode is the Triton kernel (cuda_leaf.leaf_rows_decode routes there)."""
     rt = leaf_rows_from_split(code_runtime(bits, 16, out_f, in_f, seed=out_f, device="cuda"))
     ref = leaf_rows_decode_reference(rt)
-    if kernel != "cuda":
-        assert torch.equal(cuda_leaf.leaf_rows_decode(rt, kernel=kernel), ref)
+    assert torch.equal(cuda_leaf.leaf_rows_decode(rt), ref)
     for dtype in (torch.float16, torch.bfloat16):  # the float32 weights rounded once
-        assert torch.equal(cuda_leaf.leaf_rows_decode(rt, dtype, kernel=kernel), ref.to(dtype))
-
-
-@needs_cuda
-def test_the_cuda_decode_refuses_float32():
-    rt = leaf_rows_from_split(code_runtime(2.0, 16, 40, 256, seed=2, device="cuda"))
-    with pytest.raises(ValueError, match="fp16 / bf16"):
-        cuda_leaf.leaf_rows_decode(rt, torch.float32, kernel="cuda")
+        assert torch.equal(cuda_leaf.leaf_rows_decode(rt, dtype), ref.to(dtype))
 
 
 def test_reference_decode_takes_a_dtype():
     rt = leaf_rows_from_split(code_runtime(2.0, 16, 40, 256, seed=2))
     assert torch.equal(cuda_leaf.leaf_rows_decode(rt, torch.bfloat16), leaf_rows_decode_reference(rt).bfloat16())
-    with pytest.raises(ValueError, match="kernel must be one of"):
-        cuda_leaf.leaf_rows_decode(rt, kernel="cublas")
 
 
 @needs_cuda

@@ -26,16 +26,12 @@ Status leaf8_gemv(torch::Tensor& y, torch::Tensor words, int64_t row_words, torc
 
 // leafrow8_gemv.cu: y [B, out] = x [B, in] @ Q'^T of a row-interleaved leaf-pair D = 8 layer, 1 to 8 rows by
 // multiply-adds, 1 to 16 on tensor cores (x read from global memory or staged in shared memory); the whole-layer
-// decode to fp16 / bf16 (session 22; float32: Triton's, pvq/kernels/triton_rows.py)
+// decode is Triton's (pvq/kernels/triton_rows.py: faster on the H200, session 18)
 Status leafrow8_gemv(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
                      torch::Tensor leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
                      int64_t gain_bits);
 Status leafrow8_gemv_mma(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
                          torch::Tensor leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
                          int64_t gain_bits, bool x_from_global);
-// ... out [out, in] fp16 (bf16 where bf16) = Q' decoded whole, for prefill's cuBLAS product
-Status leafrow8_decode(torch::Tensor& out, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
-                       torch::Tensor leaves, torch::Tensor inv_norms, int64_t out_features, int64_t in_features,
-                       int64_t field_bits, int64_t gain_bits, bool bf16);
 
 }  // namespace pvq

@@ -510,95 +510,6 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
   }
 }
 
-// The whole-layer decode to fp16 / bf16 that prefill multiplies by cuBLAS (above 16 input rows; session 22). The
-// Triton decode (pvq/kernels/triton_rows.py) reads the leaf table by global gathers and writes each row's 256 bytes
-// of a step from registers: 44 us for 11008x4096 on an H100, about as long with nothing written at all (an in-GEMM
-// decode of the same tiles, session 22), where the one-row product decodes the layer in 13. Here the decode is the
-// products': the leaf table in shared memory, a lane a row, the fields at compile-time shifts, the next item's words
-// in flight; each lane decodes a quarter step (4 vectors) into its warp's stage (a row of 64 bytes, padded to 80:
-// the lanes' 16-byte writes fall in distinct banks), and the warp then writes the stage out as 8 rows of 64
-// contiguous bytes an instruction (whole 32-byte sectors). The operations are the reference's
-// (pvq/kernels/leaf_rows.py): y * ((level * scale) * inverse_norms[|y|^2]) in float32, rounded once to T.
-constexpr int kDecodeVectors = 4;                               // vectors a lane stages at a time
-constexpr int kDecodeRowBytes = kDecodeVectors * 16 + 16;       // a staged row of 4 vectors, padded
-constexpr int kDecodeStageBytes = kWarps * kRows * kDecodeRowBytes;  // 80 KB
-
-template <typename T, int LG, int F>
-__global__ void __launch_bounds__(kWarps * 32, 1)
-leafrow8_decode_kernel(const unsigned* __restrict__ words, const __half* __restrict__ scales,
-                       const float* __restrict__ levels, const int* __restrict__ leaves, int n_leaves,
-                       const float* __restrict__ inv_norms, int n_inv, T* __restrict__ out, int out_features,
-                       int steps, int row_groups, int groups_per_block) {
-  using Fd = Fields<LG, F>;
-  constexpr int W2 = Fd::W2;
-  constexpr int L = 1 << LG;
-  static_assert(sizeof(T) == 2, "fp16 or bf16 out");
-  extern __shared__ uint4 smem4[];
-  char* s_stages = reinterpret_cast<char*>(smem4);
-  char* s_leaf = s_stages + kDecodeStageBytes;
-  float* s_levels = reinterpret_cast<float*>(s_leaf + 4 * ((n_leaves + 3) & ~3));
-  float* s_inv = s_levels + 16;
-  stage_tables<L>(leaves, n_leaves, levels, s_leaf, s_levels);
-  for (int i = threadIdx.x; i < n_inv; i += blockDim.x) s_inv[i] = inv_norms[i];
-  finish_tables(n_leaves, s_leaf);
-  __syncthreads();
-
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  char* stage = s_stages + warp * kRows * kDecodeRowBytes;
-  const size_t in_features = static_cast<size_t>(steps) * kStep * 8;
-  const int rg0 = blockIdx.x * groups_per_block;
-  const int items = max(0, min(row_groups, rg0 + groups_per_block) - rg0) * steps;  // (row group, step) pairs
-  unsigned wn[W2] = {};
-  __half sn = __float2half(0.f);
-  if (warp < items) load_step<W2>(words, scales, rg0 + warp / steps, warp % steps, steps, lane, wn, sn);
-  for (int it = warp; it < items; it += kWarps) {
-    const int rg = rg0 + it / steps, s = it % steps;
-    unsigned w[W2];
-#pragma unroll
-    for (int k = 0; k < W2; ++k) w[k] = wn[k];
-    const float scale = __half2float(sn);
-    if (it + kWarps < items)  // the next item's words, in flight while this one decodes
-      load_step<W2>(words, scales, rg0 + (it + kWarps) / steps, (it + kWarps) % steps, steps, lane, wn, sn);
-    auto one = [&](auto jc) {
-      constexpr int j = decltype(jc)::value;
-      const unsigned f = Fd::template field<j>(w);
-      unsigned wa, wb;
-      Fd::leaf_words(f, s_leaf, wa, wb);
-      int c[8];
-#pragma unroll
-      for (int t = 0; t < 4; ++t) {
-        c[t] = static_cast<int>((wa >> (8 * t)) & 0xFFu) - 128;  // the table's bytes are biased by 128
-        c[4 + t] = static_cast<int>((wb >> (8 * t)) & 0xFFu) - 128;
-      }
-      int n2 = 0;
-#pragma unroll
-      for (int t = 0; t < 8; ++t) n2 += c[t] * c[t];
-      const float mult = __fmul_rn(__fmul_rn(s_levels[f & (L - 1u)], scale), s_inv[n2]);
-      T v[8];
-#pragma unroll
-      for (int t = 0; t < 8; ++t) v[t] = pvq::from_float<T>(__fmul_rn(static_cast<float>(c[t]), mult));
-      uint4 packed;
-      memcpy(&packed, v, sizeof(packed));
-      *reinterpret_cast<uint4*>(stage + lane * kDecodeRowBytes + (j % kDecodeVectors) * 16) = packed;
-      if constexpr (j % kDecodeVectors == kDecodeVectors - 1) {  // the quarter's 32 rows x 64 bytes out
-        __syncwarp();
-        constexpr int q = j / kDecodeVectors;
-#pragma unroll
-        for (int i = 0; i < kDecodeVectors; ++i) {
-          const int idx = i * 32 + lane, r = idx / kDecodeVectors, part = idx % kDecodeVectors;
-          const uint4 val = *reinterpret_cast<const uint4*>(stage + r * kDecodeRowBytes + part * 16);
-          const int row = rg * kRows + r;
-          if (row < out_features)
-            *reinterpret_cast<uint4*>(out + static_cast<size_t>(row) * in_features + static_cast<size_t>(s) * 128 +
-                                      q * kDecodeVectors * 8 + part * 8) = val;
-        }
-        __syncwarp();
-      }
-    };
-    unrolled(one, std::make_integer_sequence<int, kStep>{});
-  }
-}
-
 [[maybe_unused]] int ceil_div(long long a, long long b) { return static_cast<int>((a + b - 1) / b); }
 
 #ifdef PVQ_KERNEL_ONLY
@@ -617,8 +528,6 @@ PVQ_INSTANTIATE_MMA(__half, 2, 30, 16, kShared)
 PVQ_INSTANTIATE_MMA(__half, 2, 30, 16, kSharedChunks)
 PVQ_INSTANTIATE_MMA(__half, 2, 30, 16, kGlobal)
 PVQ_INSTANTIATE_MMA(__half, 1, 22, 8, kSharedChunks)
-template __global__ void leafrow8_decode_kernel<__half, 2, 30>(const unsigned*, const __half*, const float*, const int*,
-                                                               int, const float*, int, __half*, int, int, int, int);
 #endif
 
 }  // namespace
@@ -763,47 +672,6 @@ Status leafrow8_gemv_mma(torch::Tensor& y, torch::Tensor words, torch::Tensor sc
     if (x_from_global) return l.batch <= 8 ? go(Int<8>{}, XK{}) : go(Int<16>{}, XK{});
     if (l.batch <= 8) return go(Int<8>{}, XC{});
     return x_steps < l.steps ? go(Int<16>{}, XC{}) : go(Int<16>{}, XS{});
-  });
-}
-
-
-// out [out, in] fp16 (bf16 where bf16) = Q' decoded whole (leafrow8_decode_kernel), for prefill's cuBLAS product
-Status leafrow8_decode(torch::Tensor& out, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
-                       torch::Tensor leaves, torch::Tensor inv_norms, int64_t out_features, int64_t in_features,
-                       int64_t field_bits, int64_t gain_bits, bool bf16) {
-  PVQ_CHECK(words.is_cuda() && scales.is_cuda() && levels.is_cuda() && leaves.is_cuda() && inv_norms.is_cuda(),
-            "the runtime's tensors must be on CUDA");
-  const c10::cuda::CUDAGuard guard(words.device());
-  PVQ_CHECK(in_features > 0 && in_features % (8 * kStep) == 0, "in_features must be a positive multiple of 128");
-  PVQ_CHECK(inv_norms.scalar_type() == torch::kFloat32 && levels.scalar_type() == torch::kFloat32,
-            "levels and inverse norms must be float32");
-  const int steps = static_cast<int>(in_features / (8 * kStep));
-  const int row_groups = ceil_div(out_features, kRows);
-  PVQ_CHECK(words.numel() == static_cast<int64_t>(row_groups) * steps * (field_bits / 2) * kRows &&
-            scales.numel() == static_cast<int64_t>(row_groups) * steps * kRows, "words / scales of another shape");
-  PVQ_CHECK(levels.numel() == (1 << gain_bits) && levels.numel() <= 16, "gain levels: 2^gain_bits <= 16");
-  out = torch::empty({out_features, in_features}, words.options().dtype(bf16 ? torch::kBFloat16 : torch::kHalf));
-  if (out_features == 0) return {};
-  const int n_leaves = static_cast<int>(leaves.numel()), n_inv = static_cast<int>(inv_norms.numel());
-  const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
-  const size_t smem = kDecodeStageBytes + 4 * ((n_leaves + 3) & ~3) + sizeof(float) * (16 + n_inv);
-  PVQ_CHECK(smem <= props->sharedMemPerBlockOptin, "the decode's stages and tables (", static_cast<int64_t>(smem),
-            " bytes) do not fit shared memory: decode with Triton");
-  const int grid = std::max(1, std::min(props->multiProcessorCount, row_groups));
-  const int groups_per_block = ceil_div(row_groups, grid);
-  return by_dtype_and_fields(out, field_bits, gain_bits, [&](auto t, auto tl, auto lg, auto ff) -> Status {
-    using T = typename decltype(t)::type;
-    using TL = typename decltype(tl)::type;
-    auto kern = leafrow8_decode_kernel<T, decltype(lg)::value, decltype(ff)::value>;
-    PVQ_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    kern<<<grid, kWarps * 32, smem, at::cuda::getCurrentCUDAStream()>>>(
-        reinterpret_cast<const unsigned*>(words.data_ptr<int32_t>()),
-        reinterpret_cast<const __half*>(scales.data_ptr<at::Half>()), levels.data_ptr<float>(),
-        leaves.data_ptr<int32_t>(), n_leaves, inv_norms.data_ptr<float>(), n_inv,
-        reinterpret_cast<T*>(out.data_ptr<TL>()), static_cast<int>(out_features), steps, row_groups,
-        groups_per_block);
-    PVQ_LAUNCH_CHECK();
-    return {};
   });
 }
 

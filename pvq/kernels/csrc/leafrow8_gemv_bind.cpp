@@ -7,6 +7,4 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "row-interleaved leaf-pair PVQ product of 1 to 8 rows, D = 8");
   m.def("leafrow8_gemv_mma", pvq::returning_tensor(&pvq::leafrow8_gemv_mma),
         "the same product of 1 to 16 rows on tensor cores (mma.sync), x from global or shared memory");
-  m.def("leafrow8_decode", pvq::returning_tensor(&pvq::leafrow8_decode),
-        "the whole layer decoded to fp16 or bf16 (prefill multiplies it by cuBLAS)");
 }
