@@ -80,8 +80,11 @@ def report(source: str, arch: int) -> None:
             continue
         fma = [lp[1].get("HFMA2", 0) + lp[1].get("FFMA", 0) for lp in loops]
         n, ops = min((lp for lp, f in zip(loops, fma) if f >= 0.9 * max(fma)), key=lambda lp: lp[0])  # innermost
-        if "leafrow" in name:
-            lg, width, rows = nums[-3:]
+        if "leafrow" in name and "PointFields" in args:  # whole points: <T, PointFields<LG>, B, ...>
+            lg, rows = nums[:2]
+            tag, per = f"points LG={lg} F=16 B={rows}", 16
+        elif "leafrow" in name:  # leaf pairs: <T, Fields<LG, F>, B, ...>
+            lg, width, rows = nums[:3]
             tag, per = f"LG={lg} F={width} B={rows}", 16
         else:
             lv, nv, ru, rows = nums[-4:]

@@ -12,8 +12,9 @@ transcoded layout and its memory against the stored bytes, then microseconds rep
 (``triton.testing.do_bench_cudagraph``, median) for fp16 cuBLAS, torch's int4 kernel (group 128, bf16,
 as benchmarks/kernel_speed.py), the split-order CUDA product (what the backend ran before: up to 8 rows
 fused, 16 through its whole-layer decode and cuBLAS), the leaf-pair product (``leaf``; 16 rows: two
-launches of 8; at 8 rows also as two launches of 4) and the row-interleaved leaf-pair product (``rows``: a
-lane an output row). A final table. At the last batch size the whole-layer decodes are timed too (``-decode``:
+launches of 8; at 8 rows also as two launches of 4), the row-interleaved leaf-pair product (``rows``: a
+lane an output row) and its whole-point form (``points``, up to 2 bits: one 16-bit field and one table word a vector;
+session 23). A final table. At the last batch size the whole-layer decodes are timed too (``-decode``:
 to float32, ``-decode16``: to fp16; the Triton decode, pvq/kernels/triton_rows.py, which replaced a CUDA one in
 session 18), beside ``fp16-fill``: filling a tensor of the layer's fp16 size, the floor of any decode that writes
 it (session 22), and with ``--prefill`` the fp16 decode + cuBLAS (``rows3``: what the backend runs above 16 rows).
@@ -45,14 +46,14 @@ from pvq.codecs import make_codec, quantize_grouped  # noqa: E402
 from pvq.codecs.pyramid_counts import pyramid_count  # noqa: E402
 from pvq.kernels import cuda_leaf, cuda_split  # noqa: E402
 from pvq.kernels.leaf_layout import _pack_rows, leaf_decode_reference, leaf_runtime_from_split  # noqa: E402
-from pvq.kernels.leaf_rows import leaf_rows_decode_reference, leaf_rows_from_split  # noqa: E402
+from pvq.kernels.leaf_rows import leaf_rows_decode_reference, leaf_rows_from_split, point_rows_supports  # noqa: E402
 from pvq.kernels.triton_rows import leaf_rows_decode_triton  # noqa: E402
 from pvq.kernels.split_runtime import split_decode_reference, split_runtime  # noqa: E402
 from pvq.models import QuantizedLinear  # noqa: E402
 
 T0 = time.perf_counter()
 ROWS_BUILT = True  # leafrow8_gemv.cu compiled (else its checks and columns are left out)
-LAYOUTS = ("split", "leaf", "rows")  # the layouts timed (--layouts)
+LAYOUTS = ("split", "leaf", "rows", "points")  # the layouts timed (--layouts)
 PREFILL: tuple = ()  # prefill rows timed (--prefill): fp16, int4 and the rows layout's decode + cuBLAS
 
 
@@ -133,15 +134,18 @@ def check(device) -> int:
                           f"of the largest output (tolerance {tol})", flush=True)
         print(f"  {bits} bits G={group} {out_f}x{in_f}: decode == split reference: {same}; rows 1..16 x dtypes: "
               f"worst error {worst:.2f} of its tolerance", flush=True)
-    for bits, out_f, in_f in ROW_CHECKS if ROWS_BUILT else []:  # the row-interleaved layout (groups of 16 vectors)
+    row_checks = [(bits, out_f, in_f, points) for bits, out_f, in_f in ROW_CHECKS for points in (False, True)
+                  if not points or point_rows_supports(make_codec("pvq", bits, 8, group_size=16))]
+    for bits, out_f, in_f, points in row_checks if ROWS_BUILT else []:  # the row-interleaved layout (groups of 16)
         srt = random_split_runtime(bits, 16, out_f, in_f, seed=out_f + in_f, device=device)
-        rt = leaf_rows_from_split(srt)
+        rt = leaf_rows_from_split(srt, whole_points=points)
         w = leaf_rows_decode_reference(rt)
         same = torch.equal(w, split_decode_reference(srt))
         triton_decode = all(torch.equal(leaf_rows_decode_triton(rt, dt), w.to(dt))  # the Triton decode, likewise
                             for dt in (torch.float32, torch.float16, torch.bfloat16))
+        name = "points-layout" if points else "rows-layout"
         if not triton_decode:
-            print(f"  FAIL rows-layout {bits} bits {out_f}x{in_f}: the Triton whole-layer decode differs", flush=True)
+            print(f"  FAIL {name} {bits} bits {out_f}x{in_f}: the Triton whole-layer decode differs", flush=True)
         fails += (not same) + (not triton_decode)
         worst = 0.0
         for batch in (1, 2, 3, 4, 5, 8, 11, 16):
@@ -156,9 +160,9 @@ def check(device) -> int:
                     worst = max(worst, err / tol)
                     if not ok:
                         fails += 1
-                        print(f"  FAIL rows-layout {bits} bits {out_f}x{in_f} rows={batch} {dtype} tensor cores "
+                        print(f"  FAIL {name} {bits} bits {out_f}x{in_f} rows={batch} {dtype} tensor cores "
                               f"{tc}, x from global memory {xg}: max err {err:.3g}", flush=True)
-        print(f"  rows-layout {bits} bits {out_f}x{in_f}: decode == split reference: {same}; rows 1..16 x dtypes: "
+        print(f"  {name} {bits} bits {out_f}x{in_f}: decode == split reference: {same}; rows 1..16 x dtypes: "
               f"worst error {worst:.2f} of its tolerance", flush=True)
     return fails
 
@@ -193,17 +197,29 @@ def timings(shapes, batches, bit_list, device) -> list[tuple]:
             srt = random_split_runtime(bits, 16, out_f, in_f, seed=1, device=device)
             rt = leaf_runtime_from_split(srt)
             rrt = leaf_rows_from_split(srt)
+            points = point_rows_supports(make_codec("pvq", bits, 8, group_size=16)) and "points" in LAYOUTS
+            prt = leaf_rows_from_split(srt, whole_points=True) if points else None
             torch.cuda.synchronize()
             sb, lb, rb = stored_bytes(srt), rt.code_bytes(), rrt.code_bytes()
+            pb = prt.code_bytes() if points else 0
             phase(f"{out_f}x{in_f} {bits} bits: random codes + transcode {time.perf_counter() - t:.2f} s; codes "
                   f"stored {sb / 1e6:.2f} MB ({8 * sb / (out_f * in_f):.3f} b/w), leaf layout {lb / 1e6:.2f} MB "
                   f"({8 * lb / (out_f * in_f):.3f} b/w, {lb / sb:.3f}x stored), row-interleaved {rb / 1e6:.2f} MB "
-                  f"({8 * rb / (out_f * in_f):.3f} b/w, {rb / sb:.3f}x stored)")
-            rts[bits] = (srt, rt, rrt)
+                  f"({8 * rb / (out_f * in_f):.3f} b/w, {rb / sb:.3f}x stored)" + (
+                      f", whole points {pb / 1e6:.2f} MB ({8 * pb / (out_f * in_f):.3f} b/w, {pb / sb:.3f}x stored)"
+                      if points else ""))
+            rts[bits] = (srt, rt, rrt, prt)
         for batch in batches:
             x = torch.randn(batch, in_f, device=device).half()
             row = baselines(x, w, int4)
-            for bits, (srt, rt, rrt) in rts.items():
+            for bits, (srt, rt, rrt, prt) in rts.items():
+                if prt is not None:  # whole points: the row kernels with one table word a vector
+                    row[f"points{bits:g}"] = bench(lambda: cuda_leaf.leaf_rows_gemv_cuda(prt, x))
+                    if batch > 1:
+                        row[f"points{bits:g}-fma"] = bench(
+                            lambda: cuda_leaf.leaf_rows_gemv_cuda(prt, x, tensor_cores=False))
+                    if batch == batches[-1]:
+                        row[f"points{bits:g}-decode16"] = bench(lambda: cuda_leaf.leaf_rows_decode(prt, torch.float16))
                 if "split" in LAYOUTS and batch <= cuda_split.CUDA_MAX_ROWS:
                     row[f"split{bits:g}"] = bench(lambda: cuda_split.split_gemv_cuda(srt, x))
                 elif "split" in LAYOUTS:
@@ -249,9 +265,11 @@ def timings(shapes, batches, bit_list, device) -> list[tuple]:
         for rows in PREFILL:  # prefill: pvq decodes once to fp16 and multiplies by cuBLAS
             x = torch.randn(rows, in_f, device=device).half()
             row = baselines(x, w, int4)
-            for bits, (srt, rt, rrt) in rts.items():
+            for bits, (srt, rt, rrt, prt) in rts.items():
                 if ROWS_BUILT:
                     row[f"rows{bits:g}"] = bench(lambda: x @ cuda_leaf.leaf_rows_decode(rrt, torch.float16).T)
+                if prt is not None:
+                    row[f"points{bits:g}"] = bench(lambda: x @ cuda_leaf.leaf_rows_decode(prt, torch.float16).T)
             phase(f"{out_f}x{in_f} prefill {rows} rows: " + ", ".join(f"{k} {v:.1f} us" for k, v in row.items()))
             table.append((f"{out_f}x{in_f}", rows, row))
         del rts, w
@@ -304,14 +322,14 @@ def build_variant(spec: str):
 
 
 def print_table(table, bit_list) -> None:
-    cols = ["fp16", "int4"] + [f"{m}{b:g}" for b in bit_list for m in ("split", "leaf", "rows")]
+    cols = ["fp16", "int4"] + [f"{m}{b:g}" for b in bit_list for m in ("split", "leaf", "rows", "points")]
     print("\n| shape | batch | " + " | ".join(f"{c} us" for c in cols) + " | " +
           " | ".join(f"best{b:g} x fp16 | best{b:g} x int4" for b in bit_list) + " |")
     print("|---|---|" + "---|" * (len(cols) + 2 * len(bit_list)))
     for shape, batch, row in table:
         cells = [f"{row[c]:.1f}" if c in row else "-" for c in cols]
         for b in bit_list:
-            leaf = min(row.get(f"leaf{b:g}", float("inf")), row.get(f"rows{b:g}", float("inf")))
+            leaf = min(row.get(f"{m}{b:g}", float("inf")) for m in ("leaf", "rows", "points"))
             cells += [f"{row['fp16'] / leaf:.2f}", f"{row['int4'] / leaf:.2f}" if "int4" in row else "-"]
         print(f"| {shape} | {batch} | " + " | ".join(cells) + " |")
     extra = [(s, b, r) for s, b, r in table if any("-" in k for k in r)]
@@ -327,6 +345,9 @@ def cpu_dry_run() -> None:
         rt = leaf_runtime_from_split(srt)
         same = torch.equal(leaf_decode_reference(rt), split_decode_reference(srt))
         same = same and torch.equal(leaf_rows_decode_reference(leaf_rows_from_split(srt)), split_decode_reference(srt))
+        if point_rows_supports(make_codec("pvq", bits, 8, group_size=16)):
+            same = same and torch.equal(leaf_rows_decode_reference(leaf_rows_from_split(srt, whole_points=True)),
+                                        split_decode_reference(srt))
         phase(f"cpu {bits} bits 5x256: decode == split reference: {same}; leaf layout {rt.code_bytes()} B against "
               f"{stored_bytes(srt)} B stored")
         assert same
@@ -338,7 +359,8 @@ def main() -> None:
     p.add_argument("--batches", default="1,2,4,8,16")
     p.add_argument("--bits", default="2,3")
     p.add_argument("--skip-check", action="store_true")
-    p.add_argument("--layouts", default="split,leaf,rows", help="the layouts timed (rows: the row-interleaved one)")
+    p.add_argument("--layouts", default="split,leaf,rows,points",
+                   help="the layouts timed (rows: the row-interleaved one; points: its whole-point form, up to 2 bits)")
     p.add_argument("--prefill", default="", help="prefill rows to time as well, e.g. 512,2048")
     p.add_argument("--cpu", action="store_true", help="the layout phases on a tiny layer on the CPU (no kernels)")
     p.add_argument("--rows-variant", action="append", default=[],

@@ -30,10 +30,10 @@ import torch
 from pvq.models.backends import Backend, register_backend
 
 from .availability import triton_runs_on
-from .cuda_leaf import cuda_leaf_rows_supports, cuda_leaf_supports
+from .cuda_leaf import cuda_leaf_rows_supports, cuda_leaf_supports, cuda_point_rows_supports
 from .cuda_split import cuda_split_supports
 from .leaf_layout import leaf_runtime
-from .leaf_rows import leaf_rows_runtime
+from .leaf_rows import leaf_rows_runtime, point_rows_runtime
 from .runtime import pyramid_runtime, pyramid_supports, table_runtime, table_supports
 from .split_runtime import split_runtime, split_runtime_supports
 
@@ -76,6 +76,10 @@ def _module(name: str):
 
 
 KERNEL_FAMILIES = (
+    # the same kernels with whole points (up to 2 bits: K <= 5): one 16-bit field and one table word a vector, 1.06x
+    # the stored bytes at 2 bits where leaf pairs take 1.44x (the cap: 1.3x); docs/kernels.md, session 23
+    KernelFamily("pvq-point-rows-cuda", cuda_point_rows_supports, point_rows_runtime, "cuda_leaf.leaf_rows_gemv_cuda",
+                 "cuda_leaf.leaf_rows_decode", fused_max_rows=16),
     # up to 16 rows of fp16/bf16 (launches of up to 8) of D = 8 layers with 16-vector scale groups at 1.5 to 3 bits
     # in the row-interleaved leaf-pair layout: a lane a row, compile-time field shifts (docs/kernels.md, session 8)
     KernelFamily("pvq-leaf-rows-cuda", cuda_leaf_rows_supports, leaf_rows_runtime, "cuda_leaf.leaf_rows_gemv_cuda",

@@ -18,9 +18,9 @@ import torch
 
 from .cuda_build import CSRC, cuda_build_available, load_cuda_extension
 from .leaf_layout import LeafRuntime, leaf_decode_reference, leaf_layout_supports
-from .leaf_rows import LeafRowsRuntime, leaf_rows_decode_reference, leaf_rows_supports
+from .leaf_rows import LeafRowsRuntime, leaf_rows_decode_reference, leaf_rows_supports, point_rows_supports
 
-__all__ = ["LEAF_ROWS_SHARED_BYTES", "cuda_leaf_rows_supports", "leaf_rows_decode", "leaf_rows_gemv_cuda",
+__all__ = ["LEAF_ROWS_SHARED_BYTES", "cuda_leaf_rows_supports", "cuda_point_rows_supports", "leaf_rows_decode", "leaf_rows_gemv_cuda",
            "LEAF_EIGHT_ROWS_MAX_IN_FEATURES", "LEAF_KERNEL_ROWS", "LEAF_LAUNCH_ROWS", "LEAF_MAX_IN_FEATURES", "LEAF_MAX_ROWS",
            "LEAF_ROWS_MAX_IN_FEATURES", "MMA_CHUNK_IN_FEATURES", "MMA_GLOBAL_X_MAX_ROW_GROUPS_A_BLOCK", "MMA_MIN_ROWS",
            "mma_reads_x_from_global", "MMA_STAGE_BYTES", "cuda_leaf_supports", "leaf_decode", "leaf_gemv_cuda"]
@@ -28,6 +28,7 @@ __all__ = ["LEAF_ROWS_SHARED_BYTES", "cuda_leaf_rows_supports", "leaf_rows_decod
 _SOURCE = os.path.join(CSRC, "leaf8_gemv.cu")
 _ROWS_SOURCE = os.path.join(CSRC, "leafrow8_gemv.cu")
 _ROWS_FIELDS = ((2, 30), (1, 22), (1, 26), (1, 18))  # (gain bits, F) the row-interleaved kernel is built for
+_POINT_LEVELS = (2,)  # gain levels of its whole-point instances
 _LEVELS = (2, 4, 8, 16)
 _DECODE_CHUNK = 1 << 24  # weights decoded at a time (int64 temporaries)
 
@@ -111,6 +112,12 @@ def cuda_leaf_rows_supports(codec) -> bool:
         return False
     width, _, lg = even_field_bits(codec.pulses, codec.gain.num_levels)
     return (lg, width) in _ROWS_FIELDS and cuda_build_available()
+
+
+def cuda_point_rows_supports(codec) -> bool:
+    """Whether this machine compiles the row-interleaved kernel and the codec's layers take its whole-point form
+    (:func:`~pvq.kernels.leaf_rows.point_rows_supports`; the kernel is built for 2 gain levels)."""
+    return point_rows_supports(codec) and codec.gain.num_levels in _POINT_LEVELS and cuda_build_available()
 
 
 @lru_cache(maxsize=None)
@@ -223,5 +230,5 @@ def leaf_rows_gemv_cuda(rt: LeafRowsRuntime, x: torch.Tensor, tensor_cores: bool
     else:
         run = ext.leafrow8_gemv
     parts = [run(rt.words, rt.row_scales, rt.levels, rt.leaves, x[r:r + step], rt.out_features, rt.field_bits,
-                 rt.gain_bits) for r in range(0, rows, step)]
+                 rt.gain_bits, rt.whole_points) for r in range(0, rows, step)]
     return parts[0] if len(parts) == 1 else torch.cat(parts)

@@ -12,23 +12,34 @@ lane decodes its row's 16 vectors with compile-time shifts, multiplies them by x
 (one broadcast), and needs no reduction over the warp. Sizes: F = 30 at 3 bits (31 bits a vector with the
 scale, 1.29x the stored 24), F = 22 at 2 bits (23 against 16: 1.44x).
 
+**Whole points** (``whole_points``, up to 2 bits: K <= 5): a field of F = 16 bits ``gain | index << 2`` names the
+vector's point in a table of every point of P(8, K) in the split order (the stored index itself: no leaves), each
+point's eight coordinates biased by 8 in the nibbles of one int32 (coordinate 2 i at bits 4 i, 2 i + 1 at bits
+16 + 4 i: the kernel makes half2 pairs with one mask each). 2 bits (K = 5): 9424 points, a 37.7 KB table; 17 bits a
+vector with the scale against the stored 16 (1.06x, where the leaf pairs take 1.44x: over the issue's 1.3x cap),
+and one 4-byte table read a vector instead of two.
+
 The decoded weight is bit for bit :func:`~pvq.kernels.split_runtime.split_decode_reference`'s.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
+from pvq.codecs.pyramid_counts import pyramid_count
+from pvq.codecs.pyramid_split import split_unrank
 from pvq.errors import QuantizeError
 
 from .leaf_layout import _CHUNK, _codes, _fields, _leaf_coords, leaf_field_bits, leaf_layout_supports
 from .runtime import PvqLayerRuntime
 from .split_runtime import SplitRuntime, inverse_norms, shared_leaves, split_runtime
 
-__all__ = ["ROW_GROUP", "STEP_VECTORS", "LeafRowsRuntime", "leaf_rows_decode_reference", "leaf_rows_from_split",
-           "leaf_rows_runtime", "leaf_rows_supports"]
+__all__ = ["POINT_FIELD_BITS", "POINT_INDEX_BITS", "ROW_GROUP", "STEP_VECTORS", "LeafRowsRuntime",
+           "leaf_rows_decode_reference", "leaf_rows_from_split", "leaf_rows_runtime", "leaf_rows_supports",
+           "point_coords", "point_rows_runtime", "point_rows_supports", "point_table"]
 
 ROW_GROUP = 32
 """Output rows a warp owns (one a lane)."""
@@ -40,6 +51,46 @@ def even_field_bits(pulses: int, num_levels: int) -> tuple[int, int, int]:
     """(F, A, LG): the leaf-pair field padded to an even width (16 fields fill F / 2 words)."""
     width, a_bits, lg = leaf_field_bits(pulses, num_levels)
     return width + (width & 1), a_bits, lg
+
+
+POINT_FIELD_BITS = 16
+"""Width of a whole-point field: gain in bits 0 .. LG - 1 (LG <= 2), the point's index in bits 2 .. 15."""
+POINT_INDEX_BITS = 14
+"""Largest index of a whole-point field: tables of at most 2^14 points (65.5 KB; D = 8 up to K = 5)."""
+_POINT_MAX_PULSES = 7  # coordinates biased by 8 fit a nibble
+
+
+def point_rows_supports(codec) -> bool:
+    """Whether a codec's layers take the whole-point form of this layout: the leaf-pair layout's codecs with scale
+    groups of 16 vectors, at most 4 gain levels and at most 2^14 points of P(8, K) (K <= 5: up to 2 bits)."""
+    if not leaf_layout_supports(codec) or codec.group_size != STEP_VECTORS or codec.gain.num_levels > 4:
+        return False
+    return codec.pulses <= _POINT_MAX_PULSES and pyramid_count(8, codec.pulses) <= 1 << POINT_INDEX_BITS
+
+
+@lru_cache(maxsize=None)
+def _point_table_cpu(pulses: int) -> torch.Tensor:
+    y = split_unrank(torch.arange(pyramid_count(8, pulses), dtype=torch.int64), 8, pulses) + 8  # [N, 8] in 1..15
+    packed = torch.zeros(y.shape[0], dtype=torch.int64)
+    for t in range(8):  # coordinate 2 i at bits 4 i, 2 i + 1 at bits 16 + 4 i
+        packed |= y[:, t] << (4 * (t // 2) + 16 * (t % 2))
+    return torch.where(packed >= 1 << 31, packed - (1 << 32), packed).to(torch.int32)
+
+
+def point_table(pulses: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Every point of P(8, K) in the split order (row i: index i), its coordinates biased by 8 in the nibbles of one
+    int32 (coordinate 2 i at bits 4 i, 2 i + 1 at bits 16 + 4 i); ``[N(8, K)]``."""
+    if not 0 <= pulses <= _POINT_MAX_PULSES:
+        raise ValueError(f"whole points pack coordinates of |y_i| <= {_POINT_MAX_PULSES} in nibbles, got K = {pulses}")
+    return _point_table_cpu(pulses).to(device)
+
+
+def point_coords(packed: torch.Tensor) -> torch.Tensor:
+    """int32 words of :func:`point_table` -> ``[n, 8]`` int64 coordinates."""
+    w = packed.to(torch.int64) & 0xFFFFFFFF
+    t = torch.arange(8, device=w.device)
+    shift = 4 * (t // 2) + 16 * (t % 2)
+    return ((w.unsqueeze(1) >> shift) & 0xF) - 8
 
 
 def leaf_rows_supports(codec) -> bool:
@@ -60,8 +111,9 @@ class LeafRowsRuntime(PvqLayerRuntime):
     field_bits: int  # F (even)
     leaf_bits: int  # A
     gain_bits: int  # LG
-    leaves: torch.Tensor  # int32 [T]
+    leaves: torch.Tensor  # int32 [T]: leaf pairs' P(4, k <= K) table; whole points: point_table [N(8, K)]
     inverse_norms: torch.Tensor  # float32 [K^2 + 1]
+    whole_points: bool = False  # fields gain | index << 2 into point_table (module docstring)
 
     @property
     def row_groups(self) -> int:
@@ -75,13 +127,20 @@ class LeafRowsRuntime(PvqLayerRuntime):
         return sum(t.numel() * t.element_size() for t in (self.levels, self.counts, self.inverse_norms))
 
 
-def leaf_rows_from_split(srt: SplitRuntime) -> LeafRowsRuntime:
-    """Transcodes a D = 8 :class:`SplitRuntime` with 16-vector scale groups into this layout (its device)."""
+def leaf_rows_from_split(srt: SplitRuntime, whole_points: bool = False) -> LeafRowsRuntime:
+    """Transcodes a D = 8 :class:`SplitRuntime` with 16-vector scale groups into this layout (its device): fields of
+    leaf pairs, or of whole points (``whole_points``: K <= 5, at most 4 gain levels)."""
     width, a_bits, lg = even_field_bits(srt.pulses, srt.num_levels)
     vpr = srt.in_features // 8
     if srt.dim != 8 or srt.group_size != STEP_VECTORS or width > 32 or vpr % STEP_VECTORS:
         raise QuantizeError(f"the row-interleaved leaf layout takes D = 8, groups of {STEP_VECTORS} vectors and "
                             f"fields of at most 32 bits; got D={srt.dim}, G={srt.group_size}, F={width}")
+    if whole_points:
+        if (lg > 2 or srt.pulses > _POINT_MAX_PULSES or srt.num_levels & (srt.num_levels - 1)
+                or pyramid_count(8, srt.pulses) > 1 << POINT_INDEX_BITS):
+            raise QuantizeError(f"whole points take at most 4 gain levels (a power of two) and at most "
+                                f"2^{POINT_INDEX_BITS} points of P(8, K); got L={srt.num_levels}, K={srt.pulses}")
+        width, a_bits = POINT_FIELD_BITS, POINT_INDEX_BITS
     steps, w2 = vpr // STEP_VECTORS, width // 2
     rg = -(-srt.out_features // ROW_GROUP)
     dev = srt.words.device
@@ -89,8 +148,11 @@ def leaf_rows_from_split(srt: SplitRuntime) -> LeafRowsRuntime:
     rows_chunk = max(ROW_GROUP, _CHUNK // max(vpr, 1) // ROW_GROUP * ROW_GROUP)
     for r0 in range(0, srt.out_features, rows_chunk):
         r1 = min(srt.out_features, r0 + rows_chunk)
-        f = _fields(_codes(srt.words, srt.code_bits, r0 * vpr, (r1 - r0) * vpr), srt.pulses, srt.num_levels,
-                    a_bits, lg)
+        code = _codes(srt.words, srt.code_bits, r0 * vpr, (r1 - r0) * vpr)
+        if whole_points:
+            f = (code & (srt.num_levels - 1)) | ((code >> lg) << 2)
+        else:
+            f = _fields(code, srt.pulses, srt.num_levels, a_bits, lg)
         v = torch.arange(f.numel(), dtype=torch.int64, device=dev)
         row, col = v // vpr + r0, v % vpr
         bit = (col % STEP_VECTORS) * width
@@ -104,12 +166,13 @@ def leaf_rows_from_split(srt: SplitRuntime) -> LeafRowsRuntime:
     sc = torch.zeros(rg * ROW_GROUP, steps, dtype=torch.float16, device=dev)
     sc[: srt.out_features] = srt.scales.reshape(srt.out_features, steps)
     row_scales = sc.reshape(rg, ROW_GROUP, steps).transpose(1, 2).contiguous().reshape(-1)
-    leaves, _ = shared_leaves(srt.pulses, str(dev))
+    leaves = point_table(srt.pulses, dev) if whole_points else shared_leaves(srt.pulses, str(dev))[0]
     return LeafRowsRuntime(
         out_features=srt.out_features, in_features=srt.in_features, dim=8, pulses=srt.pulses,
         group_size=srt.group_size, num_levels=srt.num_levels, code_bits=srt.code_bits, scales=srt.scales,
         levels=srt.levels, counts=srt.counts, words=words, row_scales=row_scales, steps=steps, field_bits=width,
-        leaf_bits=a_bits, gain_bits=lg, leaves=leaves, inverse_norms=inverse_norms(srt.pulses).to(dev))
+        leaf_bits=a_bits, gain_bits=lg, leaves=leaves, inverse_norms=inverse_norms(srt.pulses).to(dev),
+        whole_points=whole_points)
 
 
 def leaf_rows_runtime(layer, device: torch.device | str | None = None) -> LeafRowsRuntime:
@@ -118,6 +181,14 @@ def leaf_rows_runtime(layer, device: torch.device | str | None = None) -> LeafRo
         raise QuantizeError(f"{layer.codec.describe()} does not transcode to the row-interleaved leaf layout "
                             f"(split order, D = 8, groups of {STEP_VECTORS} vectors, fields of <= 32 bits)")
     return leaf_rows_from_split(split_runtime(layer, device))
+
+
+def point_rows_runtime(layer, device: torch.device | str | None = None) -> LeafRowsRuntime:
+    """The :class:`LeafRowsRuntime` with whole points of a split-order D = 8 PVQ layer (:func:`point_rows_supports`)."""
+    if not point_rows_supports(layer.codec):
+        raise QuantizeError(f"{layer.codec.describe()} does not transcode to whole points (split order, D = 8, groups "
+                            f"of {STEP_VECTORS} vectors, at most 4 gain levels, at most 2^{POINT_INDEX_BITS} points)")
+    return leaf_rows_from_split(split_runtime(layer, device), whole_points=True)
 
 
 def leaf_rows_decode_reference(rt: LeafRowsRuntime, rows: tuple[int, int] | None = None) -> torch.Tensor:
@@ -136,8 +207,11 @@ def leaf_rows_decode_reference(rt: LeafRowsRuntime, rows: tuple[int, int] | None
     hi = torch.where(bit % 32 + width > 32, words[(q + ROW_GROUP).clamp(max=words.numel() - 1)], 0)
     f = ((words[q] | (hi << 32)) >> (bit & 31)) & ((1 << width) - 1)
     mask = (1 << rt.leaf_bits) - 1
-    ga, gb = (f >> rt.gain_bits) & mask, (f >> (rt.gain_bits + rt.leaf_bits)) & mask
-    y = torch.cat([_leaf_coords(rt.leaves[ga]), _leaf_coords(rt.leaves[gb])], 1)
+    if rt.whole_points:
+        y = point_coords(rt.leaves[(f >> 2) & mask])
+    else:
+        ga, gb = (f >> rt.gain_bits) & mask, (f >> (rt.gain_bits + rt.leaf_bits)) & mask
+        y = torch.cat([_leaf_coords(rt.leaves[ga]), _leaf_coords(rt.leaves[gb])], 1)
     gain = f & ((1 << rt.gain_bits) - 1)
     scale = rt.row_scales.to(torch.float32)[step * ROW_GROUP + row % ROW_GROUP]
     mult = (rt.levels[gain] * scale) * rt.inverse_norms[(y * y).sum(1)]

@@ -7,7 +7,8 @@ for the one before, and a thread has nothing else to do meanwhile (11008x4096 at
 H200, where the one-row product decodes the same layer in 13.6). Here a program decodes one step of one row
 group, a ``[32 rows, 128 inputs]`` tile: the step's words are read lane-major as stored (coalesced), the 16
 vectors of each of the 32 rows are decoded together (every load of the tile in flight at once), and the tile
-is written row-major, each row's 256 (fp16) or 512 (float32) bytes contiguous.
+is written row-major, each row's 256 (fp16) or 512 (float32) bytes contiguous. Layers with whole points
+(:func:`~pvq.kernels.leaf_rows.point_rows_runtime`) read one table word a vector and its eight nibbles.
 
 The operations are the reference's (:func:`~pvq.kernels.leaf_rows.leaf_rows_decode_reference`):
 ``y * ((level * scale) * inverse_norms[|y|^2])`` in float32, so the float32 decode equals it bit for bit and a
@@ -29,8 +30,10 @@ _OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 @triton.jit
 def _rows_decode_kernel(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, out_ptr, out_features, steps,
-                        in_features, F: tl.constexpr, A: tl.constexpr, LG: tl.constexpr, BF16: tl.constexpr):
-    """Program (rg, s): rows ``32 rg .. 32 rg + 31``, inputs ``128 s .. 128 s + 127``."""
+                        in_features, F: tl.constexpr, A: tl.constexpr, LG: tl.constexpr, BF16: tl.constexpr,
+                        POINTS: tl.constexpr):
+    """Program (rg, s): rows ``32 rg .. 32 rg + 31``, inputs ``128 s .. 128 s + 127``. ``POINTS``: whole-point
+    fields (``gain | index << 2``, coordinates in the nibbles of one table word), else leaf pairs."""
     rg = tl.program_id(0)
     s = tl.program_id(1)
     lane = tl.arange(0, 32)
@@ -44,18 +47,24 @@ def _rows_decode_kernel(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, 
     f = (((hi << 32) | lo) >> (bit & 31)[None, :].to(tl.uint64)) & ((1 << F) - 1)
     f = f.to(tl.int32)
     gain = f & ((1 << LG) - 1)
-    wa = tl.load(leaves_ptr + ((f >> LG) & ((1 << A) - 1)))
-    wb = tl.load(leaves_ptr + ((f >> (LG + A)) & ((1 << A) - 1)))
-    n2 = tl.zeros_like(wa)
-    for k in tl.static_range(4):
-        ca = (((wa >> (8 * k)) & 0xFF) ^ 0x80) - 0x80
-        cb = (((wb >> (8 * k)) & 0xFF) ^ 0x80) - 0x80
-        n2 += ca * ca + cb * cb
+    t = tl.arange(0, 8)
+    if POINTS:
+        wp = tl.load(leaves_ptr + ((f >> 2) & ((1 << A) - 1)))
+        shift = 4 * (t // 2) + 16 * (t % 2)  # coordinate t's nibble
+        c = ((wp[:, :, None] >> shift[None, None, :]) & 0xF) - 8  # [32, 16, 8]
+        n2 = tl.sum(c * c, axis=2)
+    else:
+        wa = tl.load(leaves_ptr + ((f >> LG) & ((1 << A) - 1)))
+        wb = tl.load(leaves_ptr + ((f >> (LG + A)) & ((1 << A) - 1)))
+        n2 = tl.zeros_like(wa)
+        for k in tl.static_range(4):
+            ca = (((wa >> (8 * k)) & 0xFF) ^ 0x80) - 0x80
+            cb = (((wb >> (8 * k)) & 0xFF) ^ 0x80) - 0x80
+            n2 += ca * ca + cb * cb
+        word = tl.where((t < 4)[None, None, :], wa[:, :, None], wb[:, :, None])  # [32, 16, 8]
+        c = (((word >> (8 * (t % 4))[None, None, :]) & 0xFF) ^ 0x80) - 0x80
     scale = tl.load(scales_ptr + item * 32 + lane).to(tl.float32)  # [32]
     mult = (tl.load(levels_ptr + gain) * scale[:, None]) * tl.load(inv_ptr + n2)  # [32, 16]
-    t = tl.arange(0, 8)
-    word = tl.where((t < 4)[None, None, :], wa[:, :, None], wb[:, :, None])  # [32, 16, 8]
-    c = (((word >> (8 * (t % 4))[None, None, :]) & 0xFF) ^ 0x80) - 0x80
     w = tl.reshape(c.to(tl.float32) * mult[:, :, None], (32, 128))
     row = rg * 32 + lane
     col = s * 128 + tl.arange(0, 128)
@@ -78,5 +87,6 @@ def leaf_rows_decode_triton(rt: LeafRowsRuntime, dtype: torch.dtype = torch.floa
     assert rt.steps * STEP_VECTORS * 8 == rt.in_features and ROW_GROUP == 32
     _rows_decode_kernel[(rt.row_groups, rt.steps)](
         rt.words, rt.row_scales, rt.levels, rt.leaves, rt.inverse_norms, out, rt.out_features, rt.steps,
-        rt.in_features, F=rt.field_bits, A=rt.leaf_bits, LG=rt.gain_bits, BF16=dtype == torch.bfloat16, num_warps=4)
+        rt.in_features, F=rt.field_bits, A=rt.leaf_bits, LG=rt.gain_bits, BF16=dtype == torch.bfloat16,
+        POINTS=rt.whole_points, num_warps=4)
     return out

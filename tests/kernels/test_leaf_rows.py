@@ -14,12 +14,18 @@ from pvq.codecs import make_codec
 from pvq.codecs.pyramid_counts import pyramid_count
 from pvq.kernels import cuda_leaf
 from pvq.kernels.cuda_build import cuda_build_available
+from pvq.codecs.pyramid_split import split_unrank
+from pvq.errors import QuantizeError
 from pvq.kernels.leaf_rows import (
     even_field_bits,
     leaf_rows_decode_reference,
     leaf_rows_from_split,
     leaf_rows_runtime,
     leaf_rows_supports,
+    point_coords,
+    point_rows_runtime,
+    point_rows_supports,
+    point_table,
 )
 from pvq.kernels.split_runtime import split_decode_reference, split_runtime
 from quantized_layers import random_layer as layer
@@ -37,6 +43,51 @@ def test_every_code_of_small_pulse_counts_decodes_as_the_split_reference(bits):
     assert torch.equal(leaf_rows_decode_reference(rt), split_decode_reference(srt))
 
 
+@pytest.mark.parametrize("bits", [1.5, 2.0])
+def test_every_code_decodes_as_the_split_reference_through_whole_points(bits):
+    codec = make_codec("pvq", bits, 8, group_size=16)
+    total = pyramid_count(8, codec.pulses) * codec.gain.num_levels
+    srt = code_runtime(bits, 16, -(-total // 32), 256, codes=torch.arange(total))
+    rt = leaf_rows_from_split(srt, whole_points=True)
+    assert rt.whole_points and rt.field_bits == 16 and rt.leaves.numel() == pyramid_count(8, codec.pulses)
+    assert torch.equal(leaf_rows_decode_reference(rt), split_decode_reference(srt))
+
+
+@pytest.mark.parametrize("pulses", [0, 1, 3, 5, 7])
+def test_point_table_holds_every_point_in_the_split_order(pulses):
+    """Row i of the table is the point of split index i, its coordinates in nibbles (2 m at bits 4 m, 2 m + 1 at
+    bits 16 + 4 m, biased by 8): read back exactly, and the nibbles where the kernel's masks take them."""
+    n = pyramid_count(8, pulses)
+    y = split_unrank(torch.arange(n), 8, pulses)
+    table = point_table(pulses)
+    assert table.dtype == torch.int32 and table.numel() == n
+    assert torch.equal(point_coords(table), y)
+    w = table.to(torch.int64) & 0xFFFFFFFF
+    assert torch.equal((w & 0xF) - 8, y[:, 0]) and torch.equal(((w >> 16) & 0xF) - 8, y[:, 1])  # a01's mask
+    assert torch.equal(((w >> 12) & 0xF) - 8, y[:, 6]) and torch.equal(((w >> 28) & 0xF) - 8, y[:, 7])  # b23's
+    with pytest.raises(ValueError, match="nibbles"):
+        point_table(8)
+
+
+def test_whole_points_meet_the_memory_cap_at_two_bits_and_refuse_wider_codes():
+    """2 bits: 16-bit fields and the scales take 17 bits a vector against the stored 16 (1.0625x; leaf pairs 1.4375x,
+    over the 1.3x the issue allows); 2.5 and 3 bits have too many points for 14-bit indices."""
+    srt = code_runtime(2.0, 16, 64, 4096, seed=1)
+    stored = srt.words.numel() * 4 + srt.scales.numel() * 2
+    assert leaf_rows_from_split(srt, whole_points=True).code_bytes() / stored == pytest.approx(1.0625, abs=1e-3)
+    assert leaf_rows_from_split(srt).code_bytes() / stored == pytest.approx(1.4375, abs=1e-3)
+    assert [point_rows_supports(make_codec("pvq", b, 8, group_size=16)) for b in (1.5, 2.0, 2.5, 3.0)] == [
+        True, True, False, False]
+    assert not point_rows_supports(make_codec("pvq", 2.0, 8, group_size=8))
+    with pytest.raises(QuantizeError, match="2\\^14 points"):
+        leaf_rows_from_split(code_runtime(3.0, 16, 4, 128), whole_points=True)
+    with pytest.raises(QuantizeError, match="whole points"):
+        point_rows_runtime(layer(make_codec("pvq", 3.0, 8, group_size=16), 5, 256, seed=3), "cpu")
+    q = layer(make_codec("pvq", 2.0, 8, group_size=16), 5, 256, seed=3)
+    assert torch.equal(leaf_rows_decode_reference(point_rows_runtime(q, "cpu")),
+                       split_decode_reference(split_runtime(q, "cpu")))
+
+
 @settings(max_examples=20, deadline=None)
 @given(bits=st.sampled_from([1.5, 2.0, 2.5, 3.0]), out_f=st.integers(1, 70), steps=st.integers(1, 3),
        seed=st.integers(0, 2**16))
@@ -49,6 +100,10 @@ def test_random_codes_decode_bit_for_bit_as_the_split_reference(bits, out_f, ste
     assert rt.words.numel() == groups * steps * (rt.field_bits // 2) * 32 and rt.row_scales.numel() == groups * steps * 32
     if out_f > 32:  # row chunks (whole row groups) read as the whole
         assert torch.equal(leaf_rows_decode_reference(rt, (32, out_f)), ref[32:])
+    if bits <= 2.0:  # and through whole points
+        pt = leaf_rows_from_split(srt, whole_points=True)
+        assert torch.equal(leaf_rows_decode_reference(pt), ref)
+        assert pt.words.numel() == groups * steps * 8 * 32
 
 
 def test_field_widths_and_what_the_layout_takes():
@@ -102,6 +157,40 @@ def test_product_matches_the_reference(bits, out_f, in_f, batch, dtype, tensor_c
     torch.testing.assert_close(got.float(), ref, rtol=tol, atol=product_atol(x, w, ref, tol))
 
 
+POINT_SHAPES = [(2.0, 67, 8832), (1.5, 5, 128), (2.0, 129, 11008), (2.0, 300, 4096), (1.5, 37, 4224)]
+
+
+@needs_cuda
+@pytest.mark.parametrize("bits, out_f, in_f", POINT_SHAPES)
+@pytest.mark.parametrize("batch", [1, 2, 5, 8, 11, 16])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("tensor_cores, x_from_global", [(True, True), (True, False), (False, None)])
+def test_whole_point_product_matches_the_reference(bits, out_f, in_f, batch, dtype, tensor_cores, x_from_global):
+    if batch == 1 and not (tensor_cores and x_from_global):
+        pytest.skip("one row has one kernel")
+    rt = leaf_rows_from_split(code_runtime(bits, 16, out_f, in_f, seed=out_f + in_f, device="cuda"),
+                              whole_points=True)
+    x = torch.randn(batch, in_f, generator=torch.Generator().manual_seed(in_f + batch)).to("cuda", dtype)
+    w = leaf_rows_decode_reference(rt)
+    ref = x.float() @ w.T
+    got = cuda_leaf.leaf_rows_gemv_cuda(rt, x, tensor_cores=tensor_cores, x_from_global=x_from_global)
+    assert got.shape == (batch, out_f) and got.dtype == dtype
+    tol = {torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
+    torch.testing.assert_close(got.float(), ref, rtol=tol, atol=product_atol(x, w, ref, tol))
+    assert torch.equal(cuda_leaf.leaf_rows_decode(rt), w)  # the Triton decode (prefill), bit for bit
+
+
+@needs_cuda
+@pytest.mark.parametrize("batch", [1, 8, 16])
+def test_whole_points_give_the_leaf_pairs_product(batch):
+    """The same codes through both table formats: the same weights, so the same sums to rounding."""
+    srt = code_runtime(2.0, 16, 300, 4096, seed=8, device="cuda")
+    x = torch.randn(batch, 4096, generator=torch.Generator().manual_seed(batch)).to("cuda", torch.float16)
+    pairs = cuda_leaf.leaf_rows_gemv_cuda(leaf_rows_from_split(srt), x).float()
+    points = cuda_leaf.leaf_rows_gemv_cuda(leaf_rows_from_split(srt, whole_points=True), x).float()
+    torch.testing.assert_close(points, pairs, rtol=1e-3, atol=1e-3 * pairs.abs().max().item())
+
+
 @needs_cuda
 @pytest.mark.parametrize("batch", [9, 16])
 @pytest.mark.parametrize("x_from_global", [False, True])
@@ -133,9 +222,9 @@ for x in (torch.zeros(17, 256, device="cuda", dtype=torch.float16), torch.zeros(
     print("calling with x", tuple(x.shape), x.dtype, file=sys.stderr, flush=True)
     try:
         if x.shape[0] > 1:
-            ext.leafrow8_gemv_mma(*args, x, 40, rt.field_bits, rt.gain_bits, True)
+            ext.leafrow8_gemv_mma(*args, x, 40, rt.field_bits, rt.gain_bits, False, True)
         else:
-            ext.leafrow8_gemv(*args, x, 40, rt.field_bits, rt.gain_bits)
+            ext.leafrow8_gemv(*args, x, 40, rt.field_bits, rt.gain_bits, False)
         print("no error")
     except RuntimeError as e:
         print("RuntimeError:", str(e).splitlines()[0], flush=True)

@@ -26,6 +26,17 @@ def test_decode_equals_the_reference(bits, out_f, steps, seed):
         assert torch.equal(triton_rows.leaf_rows_decode_triton(rt, dtype), ref.to(dtype))
 
 
+@settings(max_examples=8, deadline=None)
+@given(bits=st.sampled_from([1.5, 2.0]), out_f=st.integers(1, 70), steps=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_whole_point_decode_equals_the_reference(bits, out_f, steps, seed):
+    """Whole points: 16-bit fields, one table word of nibbles a vector."""
+    rt = leaf_rows_from_split(code_runtime(bits, 16, out_f, 128 * steps, seed=seed, device=DEVICE), whole_points=True)
+    ref = leaf_rows_decode_reference(rt)
+    assert torch.equal(triton_rows.leaf_rows_decode_triton(rt), ref)
+    for dtype in (torch.float16, torch.bfloat16):
+        assert torch.equal(triton_rows.leaf_rows_decode_triton(rt, dtype), ref.to(dtype))
+
+
 def test_decode_refuses_other_dtypes():
     rt = leaf_rows_from_split(code_runtime(2.0, 16, 4, 128, device=DEVICE))
     with pytest.raises(ValueError, match="float32, float16 or bfloat16"):

@@ -24,14 +24,15 @@ Status leaf8_gemv(torch::Tensor& y, torch::Tensor words, int64_t row_words, torc
                   torch::Tensor levels, torch::Tensor leaves, torch::Tensor inv_norms, torch::Tensor x,
                   int64_t out_features, int64_t field_bits, int64_t leaf_bits, int64_t group);
 
-// leafrow8_gemv.cu: y [B, out] = x [B, in] @ Q'^T of a row-interleaved leaf-pair D = 8 layer, 1 to 8 rows by
+// leafrow8_gemv.cu: y [B, out] = x [B, in] @ Q'^T of a row-interleaved D = 8 layer (fields of leaf pairs, or of
+// whole points where whole_points), 1 to 8 rows by
 // multiply-adds, 1 to 16 on tensor cores (x read from global memory or staged in shared memory); the whole-layer
 // decode is Triton's (pvq/kernels/triton_rows.py: faster on the H200, session 18)
 Status leafrow8_gemv(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
                      torch::Tensor leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
-                     int64_t gain_bits);
+                     int64_t gain_bits, bool whole_points);
 Status leafrow8_gemv_mma(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
                          torch::Tensor leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
-                         int64_t gain_bits, bool x_from_global);
+                         int64_t gain_bits, bool whole_points, bool x_from_global);
 
 }  // namespace pvq

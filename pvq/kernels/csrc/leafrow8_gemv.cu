@@ -6,7 +6,10 @@
 // Layout: per row group rg (32 rows) and step s (16 vectors, one scale group) the 16 fields of F bits of a row
 // fill W2 = F / 2 words, stored word-major across the group's 32 rows (a warp's load of one word is 128
 // contiguous bytes), scales likewise. A field is gain | ga << LG | gb << (LG + A), ga and gb the rows of the two
-// halves in the table of the points of P(4, k <= K) (4 x int8 a word, biased by 128 in shared memory).
+// halves in the table of the points of P(4, k <= K) (4 x int8 a word, biased by 128 in shared memory). Whole points
+// (PointFields, up to K = 5): F = 16, a field gain | index << 2 names one word of the table of every point of P(8, K),
+// its eight coordinates biased by 8 in nibbles (one table read a vector instead of two; 1.06x the stored bytes at 2
+// bits, where leaf pairs take 1.44x).
 //
 // Why: the vector-per-lane kernels (leaf8_gemv.cu, split8_gemv.cu) spend about a third of their instructions on
 // run-time word addresses and shifts, per-vector scale loads and the per-row reduction over the warp. Here F is a
@@ -46,8 +49,12 @@ constexpr int kStep = 16;   // vectors a step
 constexpr int kWarps = 32;  // warps a block
 static_assert(kWarps == kRows, "one input row: warp t sums row t of a group");
 
-template <int LG, int F>
-struct Fields {
+// The field formats (a kernel's Fd): the field of vector j of a step, the table's bias (finish_tables), and a field's
+// point as four exact half2 with its inverse norm.
+template <int LG_, int F_>
+struct Fields {  // leaf pairs
+  static constexpr int LG = LG_, F = F_;
+  static constexpr unsigned kBias = 0x80808080u;     // the table's int8 coordinates biased by 128 in shared memory
   static constexpr int A = (F - LG - (LG & 1)) / 2;  // leaf-row bits (F = LG + 2 A, rounded up to even)
   static constexpr int W2 = F / 2;                   // words a step of 16 fields
   static constexpr unsigned kMask4 = ((1u << A) - 1u) << 2;
@@ -69,6 +76,45 @@ struct Fields {
   static __device__ __forceinline__ void leaf_words(unsigned f, const char* s_leaf, unsigned& wa, unsigned& wb) {
     wa = *reinterpret_cast<const unsigned*>(s_leaf + a_byte(f));
     wb = *reinterpret_cast<const unsigned*>(s_leaf + b_byte(f));
+  }
+  // field f's eight coordinates as exact half2 and its inverse norm
+  static __device__ __forceinline__ float decode(unsigned f, const char* s_leaf, __half2& a01, __half2& a23,
+                                                 __half2& b01, __half2& b23) {
+    unsigned wa, wb;
+    leaf_words(f, s_leaf, wa, wb);
+    return leaf_pair(wa, wb, a01, a23, b01, b23);
+  }
+};
+
+// Whole points (pvq/kernels/leaf_rows.py, point_table): a 16-bit field gain | index << 2, two a word; table word i
+// holds point i's coordinates biased by 8, coordinate 2 m at bits 4 m and 2 m + 1 at bits 16 + 4 m, so one mask makes
+// each pair the mantissas of a half2 (1024 + c + 8 or 1024 + 16 (c + 8)).
+template <int LG_>
+struct PointFields {
+  static constexpr int LG = LG_, F = 16, W2 = 8;
+  static constexpr unsigned kBias = 0u;  // stored as the kernel reads it
+  static_assert(LG <= 2, "the gain in bits 0 .. 1, the index from bit 2");
+  template <int J>
+  static __device__ __forceinline__ unsigned field(const unsigned (&w)[W2]) {
+    if constexpr (J & 1) return w[J >> 1] >> 16;
+    else return w[J >> 1];  // the bits above 16 are masked off by the address
+  }
+  static __device__ __forceinline__ float decode(unsigned f, const char* s_leaf, __half2& a01, __half2& a23,
+                                                 __half2& b01, __half2& b23) {
+    const unsigned w = *reinterpret_cast<const unsigned*>(s_leaf + (f & 0xFFFCu));
+    const unsigned w8 = w >> 8;
+    const __half2 low = u32_as_half2(0x64086408u);        // (1032, 1032): 1024 + the bias
+    const __half2 sixteenth = u32_as_half2(0x2C002C00u);  // (1 / 16, 1 / 16)
+    const __half2 high = u32_as_half2(0xD480D480u);       // (-72, -72): -(1024 / 16 + the bias)
+    a01 = __hsub2(u32_as_half2((w & 0x000F000Fu) | 0x64006400u), low);
+    a23 = __hfma2(u32_as_half2((w & 0x00F000F0u) | 0x64006400u), sixteenth, high);
+    b01 = __hsub2(u32_as_half2((w8 & 0x000F000Fu) | 0x64006400u), low);
+    b23 = __hfma2(u32_as_half2((w8 & 0x00F000F0u) | 0x64006400u), sixteenth, high);
+    __half2 n = __hmul2(a01, a01);
+    n = __hfma2(a23, a23, n);
+    n = __hfma2(b01, b01, n);
+    n = __hfma2(b23, b23, n);
+    return rsqrt_approx(__half2float(__hadd(__low2half(n), __high2half(n))));
   }
 };
 
@@ -164,12 +210,14 @@ __device__ __forceinline__ void stage_tables(const int* __restrict__ leaves, int
 // round trip after another (each load's store and loop test before the next load, in SASS: thread 0 waited three
 // round trips for its words of the 3-bit table of 11969 leaves, one for the table's tail, one for the levels, then
 // x's), where cp.async issues all of a thread's copies at once and they travel while x is staged.
+template <unsigned kBias>
 __device__ __forceinline__ void finish_tables(int n_leaves, char* s_leaf) {
   asm volatile("cp.async.wait_all;\n" ::: "memory");
+  if constexpr (kBias == 0u) return;
   const int n4 = n_leaves >> 2;
   for (int i = threadIdx.x; i < n4; i += blockDim.x)
     reinterpret_cast<int4*>(s_leaf)[i] = biased(reinterpret_cast<int4*>(s_leaf)[i]);
-  for (int i = (n4 << 2) + threadIdx.x; i < n_leaves; i += blockDim.x) reinterpret_cast<int*>(s_leaf)[i] ^= 0x80808080;
+  for (int i = (n4 << 2) + threadIdx.x; i < n_leaves; i += blockDim.x) reinterpret_cast<int*>(s_leaf)[i] ^= kBias;
 }
 
 // The gain levels (2 or 4) in registers, chosen by selects on the ALUs instead of a shared-memory read on the L1
@@ -192,15 +240,14 @@ struct LevelRegs {
   }
 };
 
-template <typename T, int LG, int F, int B>
+template <typename T, typename Fd, int B>
 __global__ void __launch_bounds__(kWarps * 32, 1)
 leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restrict__ scales,
                      const float* __restrict__ levels, const int* __restrict__ leaves, int n_leaves,
                      const T* __restrict__ x, T* __restrict__ y, int out_features, int steps, int row_groups,
                      int groups_per_block, int batch, int part_buffers) {
-  using Fd = Fields<LG, F>;
   constexpr int W2 = Fd::W2;
-  constexpr int L = 1 << LG;
+  constexpr int L = 1 << Fd::LG;
   // shared: x / 16 as [vector][row] uint4 (four half2), the leaves (biased), the levels, the partial sums
   extern __shared__ uint4 smem4[];
   const int vpr = steps * kStep;
@@ -217,7 +264,7 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
     const int v = i / B, r = i % B;
     s_x[i] = r < batch ? load8_sixteenth<T>(x + static_cast<size_t>(r) * vpr * 8, v) : make_uint4(0u, 0u, 0u, 0u);
   }
-  finish_tables(n_leaves, s_leaf);
+  finish_tables<Fd::kBias>(n_leaves, s_leaf);
   __syncthreads();
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -254,11 +301,9 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
       auto one = [&](auto jc) {
         constexpr int j = decltype(jc)::value;
         const unsigned f = Fd::template field<j>(w);
-        unsigned wa, wb;
-        Fd::leaf_words(f, s_leaf, wa, wb);
         const float level = level_of(f);
         __half2 a01, a23, b01, b23;
-        const float mult = level * leaf_pair(wa, wb, a01, a23, b01, b23);
+        const float mult = level * Fd::decode(f, s_leaf, a01, a23, b01, b23);
 #pragma unroll
         for (int r = 0; r < B; ++r) {
           const uint4 xv = xs[j * B + r];
@@ -332,16 +377,15 @@ __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* p) {
                : "r"(addr));
 }
 
-template <typename T, int LG, int F, int BM, XFrom XF>
+template <typename T, typename Fd, int BM, XFrom XF>
 __global__ void __launch_bounds__(kWarps * 32, 1)
 leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict__ scales,
                     const float* __restrict__ levels, const int* __restrict__ leaves, int n_leaves,
                     const T* __restrict__ x, T* __restrict__ y, int out_features, int steps, int row_groups,
                     int groups_per_block, int batch, int x_steps) {
   static_assert(BM == 8 || BM == 16, "input rows a launch: up to 8 or up to 16");
-  using Fd = Fields<LG, F>;
   constexpr int W2 = Fd::W2;
-  constexpr int L = 1 << LG;
+  constexpr int L = 1 << Fd::LG;
   constexpr int NT = BM / 8;   // n8 tiles of input rows
   constexpr int NC = 8 * NT;   // accumulator values a lane keeps per row group: 2 m tiles x NT x 4
   constexpr int kFit = kStageBytes / (32 * NC * 4);  // warps whose partials fit the stage at once
@@ -377,7 +421,7 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
   auto load = [&](int rg, int s) { load_step<W2>(words, scales, rg, s, steps, lane, wn, sn); };
   stage_tables<L>(leaves, n_leaves, levels, s_leaf, s_levels);
   if (!kGlobalX && !chunked) stage_x(0);
-  finish_tables(n_leaves, s_leaf);
+  finish_tables<Fd::kBias>(n_leaves, s_leaf);
   __syncthreads();
   if (works && rg0 < rg1) load(rg0, warp);  // (loaded before the tables' copy instead: slower, session 14)
 
@@ -415,11 +459,9 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
         auto weights = [&](auto jc) {
           constexpr int j = decltype(jc)::value;
           const unsigned f = Fd::template field<j>(w);
-          unsigned wa, wb;
-          Fd::leaf_words(f, s_leaf, wa, wb);
           const float level = level_of(f);
           __half2 a01, a23, b01, b23;
-          const float mult = level * scale * leaf_pair(wa, wb, a01, a23, b01, b23);
+          const float mult = level * scale * Fd::decode(f, s_leaf, a01, a23, b01, b23);
           const __half2 m2 = __float2half2_rn(mult);
           uint4 v;
           v.x = half2_as_u32(__hmul2(a01, m2));
@@ -513,21 +555,26 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
 [[maybe_unused]] int ceil_div(long long a, long long b) { return static_cast<int>((a + b - 1) / b); }
 
 #ifdef PVQ_KERNEL_ONLY
-#define PVQ_INSTANTIATE(T, LG, F, B) template __global__ void leafrow8_gemv_kernel<T, LG, F, B>(                 \
+#define COMMA ,
+#define PVQ_INSTANTIATE(T, FD, B) template __global__ void leafrow8_gemv_kernel<T, FD, B>(                 \
     const unsigned*, const __half*, const float*, const int*, int, const T*, T*, int, int, int, int, int, int);
-PVQ_INSTANTIATE(__half, 2, 30, 1)
-PVQ_INSTANTIATE(__half, 1, 22, 1)
-PVQ_INSTANTIATE(__half, 2, 30, 4)
-PVQ_INSTANTIATE(__half, 2, 30, 8)
-PVQ_INSTANTIATE(__nv_bfloat16, 2, 30, 1)
-#define PVQ_INSTANTIATE_MMA(T, LG, F, BM, X) template __global__ void leafrow8_mma_kernel<T, LG, F, BM, XFrom::X>( \
+PVQ_INSTANTIATE(__half, Fields<2 COMMA 30>, 1)
+PVQ_INSTANTIATE(__half, Fields<1 COMMA 22>, 1)
+PVQ_INSTANTIATE(__half, PointFields<1>, 1)
+PVQ_INSTANTIATE(__half, Fields<2 COMMA 30>, 4)
+PVQ_INSTANTIATE(__half, Fields<2 COMMA 30>, 8)
+PVQ_INSTANTIATE(__half, PointFields<1>, 8)
+PVQ_INSTANTIATE(__nv_bfloat16, Fields<2 COMMA 30>, 1)
+#define PVQ_INSTANTIATE_MMA(T, FD, BM, X) template __global__ void leafrow8_mma_kernel<T, FD, BM, XFrom::X>( \
     const unsigned*, const __half*, const float*, const int*, int, const T*, T*, int, int, int, int, int, int);
-PVQ_INSTANTIATE_MMA(__half, 2, 30, 8, kSharedChunks)
-PVQ_INSTANTIATE_MMA(__half, 2, 30, 8, kGlobal)
-PVQ_INSTANTIATE_MMA(__half, 2, 30, 16, kShared)
-PVQ_INSTANTIATE_MMA(__half, 2, 30, 16, kSharedChunks)
-PVQ_INSTANTIATE_MMA(__half, 2, 30, 16, kGlobal)
-PVQ_INSTANTIATE_MMA(__half, 1, 22, 8, kSharedChunks)
+PVQ_INSTANTIATE_MMA(__half, Fields<2 COMMA 30>, 8, kSharedChunks)
+PVQ_INSTANTIATE_MMA(__half, Fields<2 COMMA 30>, 8, kGlobal)
+PVQ_INSTANTIATE_MMA(__half, Fields<2 COMMA 30>, 16, kShared)
+PVQ_INSTANTIATE_MMA(__half, Fields<2 COMMA 30>, 16, kSharedChunks)
+PVQ_INSTANTIATE_MMA(__half, Fields<2 COMMA 30>, 16, kGlobal)
+PVQ_INSTANTIATE_MMA(__half, Fields<1 COMMA 22>, 8, kSharedChunks)
+PVQ_INSTANTIATE_MMA(__half, PointFields<1>, 8, kSharedChunks)
+PVQ_INSTANTIATE_MMA(__half, PointFields<1>, 16, kGlobal)
 #endif
 
 }  // namespace
@@ -572,15 +619,20 @@ struct Tag {
 template <int V>
 using Int = std::integral_constant<int, V>;
 
-// fn(Tag<T>, Tag<TL>, Int<LG>, Int<F>) -> Status for x's dtype (T the device type, TL torch's) and the field format,
-// over the instances the kernels are built for; a failed status where the format has none
+// fn(Tag<T>, Tag<TL>, Tag<Fd>) -> Status for x's dtype (T the device type, TL torch's) and the field format (leaf
+// pairs of F bits, or whole points), over the instances the kernels are built for; a failed status where none is
 template <typename Fn>
-Status by_dtype_and_fields(const torch::Tensor& x, int64_t field_bits, int64_t gain_bits, Fn&& fn) {
+Status by_dtype_and_fields(const torch::Tensor& x, int64_t field_bits, int64_t gain_bits, bool whole_points,
+                           Fn&& fn) {
   auto fields = [&](auto t, auto tl) -> Status {
-    if (gain_bits == 2 && field_bits == 30) return fn(t, tl, Int<2>{}, Int<30>{});
-    if (gain_bits == 1 && field_bits == 22) return fn(t, tl, Int<1>{}, Int<22>{});
-    if (gain_bits == 1 && field_bits == 26) return fn(t, tl, Int<1>{}, Int<26>{});
-    if (gain_bits == 1 && field_bits == 18) return fn(t, tl, Int<1>{}, Int<18>{});
+    if (whole_points) {
+      if (gain_bits == 1 && field_bits == 16) return fn(t, tl, Tag<PointFields<1>>{});
+      return message("no instance for whole points with ", gain_bits, " gain bits in ", field_bits, "-bit fields");
+    }
+    if (gain_bits == 2 && field_bits == 30) return fn(t, tl, Tag<Fields<2, 30>>{});
+    if (gain_bits == 1 && field_bits == 22) return fn(t, tl, Tag<Fields<1, 22>>{});
+    if (gain_bits == 1 && field_bits == 26) return fn(t, tl, Tag<Fields<1, 26>>{});
+    if (gain_bits == 1 && field_bits == 18) return fn(t, tl, Tag<Fields<1, 18>>{});
     return message("no instance for fields of ", field_bits, " bits with ", gain_bits, " gain bits");
   };
   if (x.scalar_type() == torch::kHalf) return fields(Tag<__half>{}, Tag<at::Half>{});
@@ -610,7 +662,7 @@ Status launch_rows(Kernel kern, const RowsLaunch& l, size_t smem, const torch::T
 // rows: pvq/kernels/cuda_leaf.py routes by the shared-memory sizes).
 Status leafrow8_gemv(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
                      torch::Tensor leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
-                     int64_t gain_bits) {
+                     int64_t gain_bits, bool whole_points) {
   PVQ_CHECK(x.is_cuda(), "x must be on CUDA");
   const c10::cuda::CUDAGuard guard(x.device());  // before the device's properties are read
   RowsLaunch l;
@@ -624,11 +676,12 @@ Status leafrow8_gemv(torch::Tensor& y, torch::Tensor words, torch::Tensor scales
   const size_t base = x_bytes + 4 * ((l.n_leaves + 3) & ~3);
   const int part_buffers = rows_b == 1 && l.groups_per_block > 1 && base + 2 * part_bytes <= optin ? 2 : 1;
   const size_t smem = base + part_buffers * part_bytes;
-  return by_dtype_and_fields(l.x, field_bits, gain_bits, [&](auto t, auto tl, auto lg, auto ff) -> Status {
+  return by_dtype_and_fields(l.x, field_bits, gain_bits, whole_points, [&](auto t, auto tl, auto fd) -> Status {
     using T = typename decltype(t)::type;
     using TL = typename decltype(tl)::type;
+    using Fd = typename decltype(fd)::type;
     auto go = [&](auto bb) {
-      return launch_rows<T, TL>(leafrow8_gemv_kernel<T, decltype(lg)::value, decltype(ff)::value, decltype(bb)::value>,
+      return launch_rows<T, TL>(leafrow8_gemv_kernel<T, Fd, decltype(bb)::value>,
                                 l, smem, words, scales, levels, leaves, y, out_features, part_buffers);
     };
     if (rows_b == 1) return go(Int<1>{});
@@ -642,7 +695,7 @@ Status leafrow8_gemv(torch::Tensor& y, torch::Tensor words, torch::Tensor scales
 // splits rows whose 32 steps do not fit: pvq/kernels/cuda_leaf.py, which also chooses x's source)
 Status leafrow8_gemv_mma(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
                          torch::Tensor leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
-                         int64_t gain_bits, bool x_from_global) {
+                         int64_t gain_bits, bool whole_points, bool x_from_global) {
   PVQ_CHECK(x.is_cuda(), "x must be on CUDA");
   const c10::cuda::CUDAGuard guard(x.device());  // before the device's properties are read
   RowsLaunch l;
@@ -658,12 +711,12 @@ Status leafrow8_gemv_mma(torch::Tensor& y, torch::Tensor words, torch::Tensor sc
   PVQ_CHECK(x_steps > 0, "x / 16 of 32 steps of ", l.batch, " rows (", step_bytes * kWarps,
             " bytes) does not fit shared memory beside the leaves: take fewer rows a launch");
   const size_t smem = fixed + (x_from_global ? 0 : step_bytes * x_steps);
-  return by_dtype_and_fields(l.x, field_bits, gain_bits, [&](auto t, auto tl, auto lg, auto ff) -> Status {
+  return by_dtype_and_fields(l.x, field_bits, gain_bits, whole_points, [&](auto t, auto tl, auto fd) -> Status {
     using T = typename decltype(t)::type;
     using TL = typename decltype(tl)::type;
+    using Fd = typename decltype(fd)::type;
     auto go = [&](auto bb, auto xf) {
-      return launch_rows<T, TL>(leafrow8_mma_kernel<T, decltype(lg)::value, decltype(ff)::value,
-                                                    decltype(bb)::value, decltype(xf)::value>,
+      return launch_rows<T, TL>(leafrow8_mma_kernel<T, Fd, decltype(bb)::value, decltype(xf)::value>,
                                 l, smem, words, scales, levels, leaves, y, out_features, x_steps);
     };
     using XK = std::integral_constant<XFrom, XFrom::kGlobal>;
