@@ -50,9 +50,12 @@ def _rows_decode_kernel(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, 
     t = tl.arange(0, 8)
     if POINTS:
         wp = tl.load(leaves_ptr + ((f >> 2) & ((1 << A) - 1)))
+        n2 = tl.zeros_like(wp)
+        for k in tl.static_range(8):  # (a sum over a third axis of c measured 1.4x slower: 45.5 against 31.9 us)
+            ck = ((wp >> (4 * (k // 2) + 16 * (k % 2))) & 0xF) - 8
+            n2 += ck * ck
         shift = 4 * (t // 2) + 16 * (t % 2)  # coordinate t's nibble
         c = ((wp[:, :, None] >> shift[None, None, :]) & 0xF) - 8  # [32, 16, 8]
-        n2 = tl.sum(c * c, axis=2)
     else:
         wa = tl.load(leaves_ptr + ((f >> LG) & ((1 << A) - 1)))
         wb = tl.load(leaves_ptr + ((f >> (LG + A)) & ((1 << A) - 1)))
