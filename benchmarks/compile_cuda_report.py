@@ -2,6 +2,7 @@
 bytes and the SASS instructions of the main loop per decoded vector.
 
     python benchmarks/compile_cuda_report.py [--arch 90] [--sources split8_gemv.cu,leaf8_gemv.cu,leafrow8_gemv.cu]
+        [--define NAME=VALUE ...]
 
 Each source is compiled with ``nvcc -DPVQ_KERNEL_ONLY`` (the kernels and their listed instantiations, without
 torch), disassembled with the ``cuobjdump`` that ships with Triton, and the innermost loop with (nearly) the most half2 /
@@ -47,11 +48,12 @@ def main_loops(body: str) -> list[tuple[int, dict[str, int]]]:
     return out
 
 
-def report(source: str, arch: int) -> None:
+def report(source: str, arch: int, defines: tuple[str, ...] = ()) -> None:
     with tempfile.TemporaryDirectory() as d:
         cubin = os.path.join(d, "k.cubin")
-        r = subprocess.run(["nvcc", "-DPVQ_KERNEL_ONLY", f"-arch=sm_{arch}", "-O3", "-std=c++17", "--resource-usage",
-                            "-cubin", "-o", cubin, source], cwd=CSRC, capture_output=True, text=True)
+        r = subprocess.run(["nvcc", "-DPVQ_KERNEL_ONLY", *(f"-D{d}" for d in defines), f"-arch=sm_{arch}", "-O3",
+                            "-std=c++17", "--resource-usage", "-cubin", "-o", cubin, source], cwd=CSRC,
+                           capture_output=True, text=True)
         if r.returncode:
             print(f"# {source}: nvcc failed\n{r.stderr[-2000:]}")
             return
@@ -98,12 +100,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", type=int, default=90)
     p.add_argument("--sources", default="split8_gemv.cu,leaf8_gemv.cu,leafrow8_gemv.cu")
+    p.add_argument("--define", action="append", default=[], help="NAME=VALUE: an experiment's build (e.g. "
+                   "PVQ_POINT_NORMS=1, as speed_layout_device.py --rows-variant builds it)")
     a = p.parse_args()
     print("| source | x | instance | registers | spilled bytes | loop SASS | per vector | LDS per vector | "
           "LDG per vector |")
     print("|---|---|---|---|---|---|---|---|---|")
     for source in a.sources.split(","):
-        report(source, a.arch)
+        report(source, a.arch, tuple(a.define))
 
 
 if __name__ == "__main__":

@@ -21,10 +21,11 @@ it (session 22), and with ``--prefill`` the fp16 decode + cuBLAS (``rows3``: wha
 
     python benchmarks/speed_layout_device.py --rows-variant head:@old.cu --rows-variant x:SOME_MACRO=1
 
-times the row products a second (third) time through leafrow8_gemv.cu built with those defines, or another
-version of the source, in the same run (columns ``rows3-head`` ...), each first compared with the package's
-product (a variant off it by more than VARIANT_TOLERANCE is reported, not timed): how an experiment is kept or
-reverted.
+times the row products (leaf pairs and whole points) a second (third) time through leafrow8_gemv.cu built with those
+defines, or another version of the source, in the same run (columns ``rows3-head``, ``points2-head`` ...), each first
+compared with the package's product (a variant off it by more than VARIANT_TOLERANCE is reported, not timed): how an
+experiment is kept or reverted. Session 23's two (whole points expanded in shared memory, one row):
+``--rows-variant norms:PVQ_POINT_NORMS=1 --rows-variant halves:PVQ_POINT_HALVES=1``.
 """
 
 from __future__ import annotations
@@ -234,20 +235,26 @@ def timings(shapes, batches, bit_list, device) -> list[tuple]:
                         for xg, src in ((False, "shared"), (True, "global")):
                             row[f"rows{bits:g}-mma-{src}"] = bench(
                                 lambda: cuda_leaf.leaf_rows_gemv_cuda(rrt, x, tensor_cores=True, x_from_global=xg))
-                    expected = cuda_leaf.leaf_rows_gemv_cuda(rrt, x).float() if VARIANTS else None
-                    for name, ext in VARIANTS.items():  # the same calls through an experiment's build
-                        with variant_extension(ext):
-                            try:  # once outside the graph capture: a refusal raised inside it breaks the process
-                                got = cuda_leaf.leaf_rows_gemv_cuda(rrt, x).float()
-                            except RuntimeError as e:  # e.g. an older source refusing what this routing asks
-                                phase(f"variant {name}, {bits:g} bits, batch {batch}: {str(e).splitlines()[0]}")
-                                continue
-                            err = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-30))
-                            if not err <= VARIANT_TOLERANCE:  # a variant that computes something else is not timed
-                                phase(f"variant {name}, {bits:g} bits, batch {batch}: off the package's product "
-                                      f"by {err:.2e} of its largest output: not timed")
-                                continue
-                            row[f"rows{bits:g}-{name}"] = bench(lambda: cuda_leaf.leaf_rows_gemv_cuda(rrt, x))
+                    for layout, lrt in (("rows", rrt), ("points", prt)):  # the same calls through experiments' builds
+                        if lrt is None or not VARIANTS:
+                            continue
+                        expected = cuda_leaf.leaf_rows_gemv_cuda(lrt, x).float()
+                        for name, ext in VARIANTS.items():
+                            with variant_extension(ext):
+                                try:  # once outside the graph capture: a refusal raised inside it breaks the process
+                                    got = cuda_leaf.leaf_rows_gemv_cuda(lrt, x).float()
+                                except RuntimeError as e:  # e.g. an older source refusing what this routing asks
+                                    phase(f"variant {name}, {layout} {bits:g} bits, batch {batch}: "
+                                          f"{str(e).splitlines()[0]}")
+                                    continue
+                                err = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-30))
+                                if not err <= VARIANT_TOLERANCE:  # a variant computing something else is not timed
+                                    phase(f"variant {name}, {layout} {bits:g} bits, batch {batch}: off the package's "
+                                          f"product by {err:.2e} of its largest output: not timed")
+                                    continue
+                                phase(f"variant {name}, {layout} {bits:g} bits, batch {batch}: {err:.2e} of the largest "
+                                      f"output off the package's product")
+                                row[f"{layout}{bits:g}-{name}"] = bench(lambda: cuda_leaf.leaf_rows_gemv_cuda(lrt, x))
                     if batch == batches[-1]:  # what the backend runs above 16 rows: decode + cuBLAS
                         row[f"rows{bits:g}-decode"] = bench(lambda: cuda_leaf.leaf_rows_decode(rrt))
                         # to fp16 (what prefill multiplies)

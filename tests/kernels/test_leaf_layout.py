@@ -120,6 +120,9 @@ def test_family_is_chosen_only_where_the_kernel_compiles(monkeypatch):
     for module in (cuda_leaf, cuda_split):
         monkeypatch.setattr(module, "cuda_build_available", lambda: True)
     assert kernel_family(three).name == "pvq-leaf-rows-cuda"
+    # up to 2 bits the same kernels read whole points (1.06x the stored bytes at 2 bits; faster on the H200, s23)
+    assert [kernel_family(make_codec("pvq", b, 8, group_size=16)).name for b in (1.5, 2.0, 2.5)] == [
+        "pvq-point-rows-cuda", "pvq-point-rows-cuda", "pvq-leaf-rows-cuda"]
     assert kernel_family(make_codec("pvq", 3.0, 8, group_size=8)).name == "pvq-leaf-cuda"  # groups of 16 only
     assert kernel_family(make_codec("pvq", 4.0, 8, group_size=16)).name == "pvq-split"
 

@@ -49,12 +49,19 @@ constexpr int kStep = 16;   // vectors a step
 constexpr int kWarps = 32;  // warps a block
 static_assert(kWarps == kRows, "one input row: warp t sums row t of a group");
 
+__device__ __forceinline__ unsigned half2_as_u32(__half2 h) {
+  unsigned u;
+  memcpy(&u, &h, sizeof(u));
+  return u;
+}
+
 // The field formats (a kernel's Fd): the field of vector j of a step, the table's bias (finish_tables), and a field's
 // point as four exact half2 with its inverse norm.
 template <int LG_, int F_>
 struct Fields {  // leaf pairs
   static constexpr int LG = LG_, F = F_;
   static constexpr unsigned kBias = 0x80808080u;     // the table's int8 coordinates biased by 128 in shared memory
+  static constexpr int kEntryBytes = 4;              // bytes of a table entry in shared memory
   static constexpr int A = (F - LG - (LG & 1)) / 2;  // leaf-row bits (F = LG + 2 A, rounded up to even)
   static constexpr int W2 = F / 2;                   // words a step of 16 fields
   static constexpr unsigned kMask4 = ((1u << A) - 1u) << 2;
@@ -86,6 +93,18 @@ struct Fields {  // leaf pairs
   }
 };
 
+// Experiments, built only by benchmarks/speed_layout_device.py --rows-variant (session 23; the package's build has
+// neither): whole points expanded once a block, while the table is staged, into 8-byte entries (the nibble word and
+// its float 1 / |y|: PVQ_POINT_NORMS=1, the same products bit for bit) or 16-byte entries (the coordinates times
+// 1 / |y| as four half2, rounded once: PVQ_POINT_HALVES=1), so the loop skips the norm (and the unpacking).
+#if defined(PVQ_POINT_HALVES)
+constexpr int kPointEntryBytes = 16;
+#elif defined(PVQ_POINT_NORMS)
+constexpr int kPointEntryBytes = 8;
+#else
+constexpr int kPointEntryBytes = 4;
+#endif
+
 // Whole points (pvq/kernels/leaf_rows.py, point_table): a 16-bit field gain | index << 2, two a word; table word i
 // holds point i's coordinates biased by 8, coordinate 2 m at bits 4 m and 2 m + 1 at bits 16 + 4 m, so one mask makes
 // each pair the mantissas of a half2 (1024 + c + 8 or 1024 + 16 (c + 8)).
@@ -93,15 +112,14 @@ template <int LG_>
 struct PointFields {
   static constexpr int LG = LG_, F = 16, W2 = 8;
   static constexpr unsigned kBias = 0u;  // stored as the kernel reads it
+  static constexpr int kEntryBytes = kPointEntryBytes;
   static_assert(LG <= 2, "the gain in bits 0 .. 1, the index from bit 2");
   template <int J>
   static __device__ __forceinline__ unsigned field(const unsigned (&w)[W2]) {
     if constexpr (J & 1) return w[J >> 1] >> 16;
     else return w[J >> 1];  // the bits above 16 are masked off by the address
   }
-  static __device__ __forceinline__ float decode(unsigned f, const char* s_leaf, __half2& a01, __half2& a23,
-                                                 __half2& b01, __half2& b23) {
-    const unsigned w = *reinterpret_cast<const unsigned*>(s_leaf + (f & 0xFFFCu));
+  static __device__ __forceinline__ void unpack(unsigned w, __half2& a01, __half2& a23, __half2& b01, __half2& b23) {
     const unsigned w8 = w >> 8;
     const __half2 low = u32_as_half2(0x64086408u);        // (1032, 1032): 1024 + the bias
     const __half2 sixteenth = u32_as_half2(0x2C002C00u);  // (1 / 16, 1 / 16)
@@ -110,11 +128,56 @@ struct PointFields {
     a23 = __hfma2(u32_as_half2((w & 0x00F000F0u) | 0x64006400u), sixteenth, high);
     b01 = __hsub2(u32_as_half2((w8 & 0x000F000Fu) | 0x64006400u), low);
     b23 = __hfma2(u32_as_half2((w8 & 0x00F000F0u) | 0x64006400u), sixteenth, high);
+  }
+  static __device__ __forceinline__ float inverse_norm(__half2 a01, __half2 a23, __half2 b01, __half2 b23) {
     __half2 n = __hmul2(a01, a01);
     n = __hfma2(a23, a23, n);
     n = __hfma2(b01, b01, n);
     n = __hfma2(b23, b23, n);
     return rsqrt_approx(__half2float(__hadd(__low2half(n), __high2half(n))));
+  }
+  static __device__ __forceinline__ float decode(unsigned f, const char* s_leaf, __half2& a01, __half2& a23,
+                                                 __half2& b01, __half2& b23) {
+    if constexpr (kEntryBytes == 16) {
+      const uint4 e = *reinterpret_cast<const uint4*>(s_leaf + ((f & 0xFFFCu) << 2));
+      a01 = u32_as_half2(e.x), a23 = u32_as_half2(e.y), b01 = u32_as_half2(e.z), b23 = u32_as_half2(e.w);
+      return 1.f;
+    } else if constexpr (kEntryBytes == 8) {
+      const uint2 e = *reinterpret_cast<const uint2*>(s_leaf + ((f & 0xFFFCu) << 1));
+      unpack(e.x, a01, a23, b01, b23);
+      return __uint_as_float(e.y);
+    } else {
+      unpack(*reinterpret_cast<const unsigned*>(s_leaf + (f & 0xFFFCu)), a01, a23, b01, b23);
+      return inverse_norm(a01, a23, b01, b23);
+    }
+  }
+  // (experiments) the staged words, copied to the top of the table's region, read into registers, then every entry
+  // written expanded from the bottom (a barrier between: the entries overwrite the words)
+  static __device__ __forceinline__ void expand(int n, char* s_leaf) {
+    constexpr int kMax = 16;  // 2^14 points over 1024 threads
+    const unsigned* raw = reinterpret_cast<const unsigned*>(s_leaf + (kEntryBytes - 4) * ((n + 3) & ~3));
+    unsigned r[kMax];
+#pragma unroll
+    for (int k = 0; k < kMax; ++k) {
+      const int i = threadIdx.x + k * blockDim.x;
+      r[k] = i < n ? raw[i] : 0u;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kMax; ++k) {
+      const int i = threadIdx.x + k * blockDim.x;
+      if (i >= n) break;
+      __half2 a01, a23, b01, b23;
+      unpack(r[k], a01, a23, b01, b23);
+      const float inv = inverse_norm(a01, a23, b01, b23);
+      if constexpr (kEntryBytes == 16) {
+        const __half2 m = __float2half2_rn(inv);
+        reinterpret_cast<uint4*>(s_leaf)[i] = make_uint4(half2_as_u32(__hmul2(a01, m)), half2_as_u32(__hmul2(a23, m)),
+                                                         half2_as_u32(__hmul2(b01, m)), half2_as_u32(__hmul2(b23, m)));
+      } else {
+        reinterpret_cast<uint2*>(s_leaf)[i] = make_uint2(r[k], __float_as_uint(inv));
+      }
+    }
   }
 };
 
@@ -122,12 +185,6 @@ struct PointFields {
 template <typename Fn, int... J>
 __device__ __forceinline__ void unrolled(Fn& fn, std::integer_sequence<int, J...>) {
   (fn(std::integral_constant<int, J>{}), ...);
-}
-
-__device__ __forceinline__ unsigned half2_as_u32(__half2 h) {
-  unsigned u;
-  memcpy(&u, &h, sizeof(u));
-  return u;
 }
 
 // x[8 v .. 8 v + 7] / 16 as four half2 from one 16-byte load (rows of x 16-byte aligned: the launcher's check);
@@ -210,9 +267,14 @@ __device__ __forceinline__ void stage_tables(const int* __restrict__ leaves, int
 // round trip after another (each load's store and loop test before the next load, in SASS: thread 0 waited three
 // round trips for its words of the 3-bit table of 11969 leaves, one for the table's tail, one for the levels, then
 // x's), where cp.async issues all of a thread's copies at once and they travel while x is staged.
-template <unsigned kBias>
+template <typename Fd>
 __device__ __forceinline__ void finish_tables(int n_leaves, char* s_leaf) {
   asm volatile("cp.async.wait_all;\n" ::: "memory");
+  if constexpr (Fd::kEntryBytes > 4) {  // (experiments) PointFields::expand
+    Fd::expand(n_leaves, s_leaf);
+    return;
+  }
+  constexpr unsigned kBias = Fd::kBias;
   if constexpr (kBias == 0u) return;
   const int n4 = n_leaves >> 2;
   for (int i = threadIdx.x; i < n4; i += blockDim.x)
@@ -253,18 +315,19 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
   const int vpr = steps * kStep;
   uint4* s_x = smem4;
   char* s_leaf = reinterpret_cast<char*>(s_x + static_cast<size_t>(vpr) * B);
-  float* s_levels = reinterpret_cast<float*>(s_leaf + 4 * ((n_leaves + 3) & ~3));
+  const int table_bytes = Fd::kEntryBytes * ((n_leaves + 3) & ~3);
+  float* s_levels = reinterpret_cast<float*>(s_leaf + table_bytes);
   // one row: [part_buffers][kWarps][kRows + 1] (padded: the readers' stride is odd); several: [kWarps][kRows][B]
   constexpr int kPart = kRows + 1;
   float* s_part = s_levels + 16;
 
-  stage_tables<L>(leaves, n_leaves, levels, s_leaf, s_levels);
+  stage_tables<L>(leaves, n_leaves, levels, s_leaf + table_bytes - 4 * ((n_leaves + 3) & ~3), s_levels);
 #pragma unroll 4
   for (int i = threadIdx.x; i < vpr * B; i += blockDim.x) {
     const int v = i / B, r = i % B;
     s_x[i] = r < batch ? load8_sixteenth<T>(x + static_cast<size_t>(r) * vpr * 8, v) : make_uint4(0u, 0u, 0u, 0u);
   }
-  finish_tables<Fd::kBias>(n_leaves, s_leaf);
+  finish_tables<Fd>(n_leaves, s_leaf);
   __syncthreads();
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -396,7 +459,8 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
   // [warp][2 vectors][32 rows], partial sums
   uint4* s_stage = kGlobalX ? smem4 : s_x + static_cast<size_t>(x_steps) * kStep * batch;
   char* s_leaf = reinterpret_cast<char*>(s_stage + kStageBytes / 16);
-  float* s_levels = reinterpret_cast<float*>(s_leaf + 4 * ((n_leaves + 3) & ~3));
+  const int table_bytes = Fd::kEntryBytes * ((n_leaves + 3) & ~3);
+  float* s_levels = reinterpret_cast<float*>(s_leaf + table_bytes);
   // x / 16 of steps c0 .. c0 + x_steps - 1 into shared memory (all of x where it fits: x_steps == steps, copied
   // once; else chunks of a multiple of 32 steps, copied for each row group: each warp keeps its steps)
   // (kSharedChunks: instances that may stage x in chunks; at 16 rows the chunk loop's registers cost spills, so 16
@@ -419,9 +483,9 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
   unsigned wn[W2] = {};
   __half sn = __float2half(0.f);
   auto load = [&](int rg, int s) { load_step<W2>(words, scales, rg, s, steps, lane, wn, sn); };
-  stage_tables<L>(leaves, n_leaves, levels, s_leaf, s_levels);
+  stage_tables<L>(leaves, n_leaves, levels, s_leaf + table_bytes - 4 * ((n_leaves + 3) & ~3), s_levels);
   if (!kGlobalX && !chunked) stage_x(0);
-  finish_tables<Fd::kBias>(n_leaves, s_leaf);
+  finish_tables<Fd>(n_leaves, s_leaf);
   __syncthreads();
   if (works && rg0 < rg1) load(rg0, warp);  // (loaded before the tables' copy instead: slower, session 14)
 
@@ -612,6 +676,11 @@ Status rows_launch(RowsLaunch& l, const torch::Tensor& words, const torch::Tenso
   return {};
 }
 
+// Shared-memory bytes of a staged table of n entries (whole points: 4, or the experiments' expanded entries)
+size_t table_bytes(int n, bool whole_points) {
+  return static_cast<size_t>(whole_points ? kPointEntryBytes : 4) * ((n + 3) & ~3);
+}
+
 template <typename T>
 struct Tag {
   using type = T;
@@ -673,7 +742,7 @@ Status leafrow8_gemv(torch::Tensor& y, torch::Tensor words, torch::Tensor scales
   const size_t part_bytes = sizeof(float) * static_cast<size_t>(kWarps) * (rows_b == 1 ? kRows + 1 : kRows * rows_b);
   const size_t x_bytes = sizeof(uint4) * static_cast<size_t>(l.steps) * kStep * rows_b + sizeof(float) * 16;
   const size_t optin = l.props->sharedMemPerBlockOptin;
-  const size_t base = x_bytes + 4 * ((l.n_leaves + 3) & ~3);
+  const size_t base = x_bytes + table_bytes(l.n_leaves, whole_points);
   const int part_buffers = rows_b == 1 && l.groups_per_block > 1 && base + 2 * part_bytes <= optin ? 2 : 1;
   const size_t smem = base + part_buffers * part_bytes;
   return by_dtype_and_fields(l.x, field_bits, gain_bits, whole_points, [&](auto t, auto tl, auto fd) -> Status {
@@ -703,7 +772,7 @@ Status leafrow8_gemv_mma(torch::Tensor& y, torch::Tensor words, torch::Tensor sc
   y = torch::empty({l.batch, out_features}, l.x.options());
   // x / 16 in shared memory: all of it where it fits beside the stages and the leaves, else the most steps
   // (a multiple of 32: each warp keeps its steps) that fit, copied a chunk at a time
-  const size_t fixed = kStageBytes + 4 * ((l.n_leaves + 3) & ~3) + sizeof(float) * 16;
+  const size_t fixed = kStageBytes + table_bytes(l.n_leaves, whole_points) + sizeof(float) * 16;
   const size_t step_bytes = sizeof(uint4) * kStep * l.batch;
   const size_t room = l.props->sharedMemPerBlockOptin > fixed ? l.props->sharedMemPerBlockOptin - fixed : 0;
   const int x_steps = x_from_global || room >= step_bytes * l.steps
