@@ -57,14 +57,24 @@ __device__ __forceinline__ unsigned half2_as_u32(__half2 h) {
 
 // The field formats (a kernel's Fd): the field of vector j of a step, the table's bias (finish_tables), and a field's
 // point as four exact half2 with its inverse norm.
+// (An experiment, built only by benchmarks/speed_layout_device.py --rows-variant, session 23: PVQ_LEAF_NORMS=1 expands
+// each leaf once a block, while the table is staged, into an 8-byte entry, the biased word and its squared norm, so a
+// vector's norm is one integer add: the same products bit for bit.)
+#if defined(PVQ_LEAF_NORMS)
+constexpr int kLeafEntryBytes = 8;
+#else
+constexpr int kLeafEntryBytes = 4;
+#endif
+
 template <int LG_, int F_>
 struct Fields {  // leaf pairs
   static constexpr int LG = LG_, F = F_;
   static constexpr unsigned kBias = 0x80808080u;     // the table's int8 coordinates biased by 128 in shared memory
-  static constexpr int kEntryBytes = 4;              // bytes of a table entry in shared memory
+  static constexpr int kEntryBytes = kLeafEntryBytes;  // bytes of a table entry in shared memory
+  static constexpr int kShift = kEntryBytes == 8 ? 3 : 2;  // log2 of it
   static constexpr int A = (F - LG - (LG & 1)) / 2;  // leaf-row bits (F = LG + 2 A, rounded up to even)
   static constexpr int W2 = F / 2;                   // words a step of 16 fields
-  static constexpr unsigned kMask4 = ((1u << A) - 1u) << 2;
+  static constexpr unsigned kMask4 = ((1u << A) - 1u) << kShift;
   static_assert(LG + 2 * A <= F && F <= 32 && F % 2 == 0, "fields of LG + 2 A bits, padded to an even F <= 32");
 
   // field j (0..15) of a step's words, the bits above F left for the masks
@@ -75,10 +85,12 @@ struct Fields {  // leaf pairs
     else return __funnelshift_r(w[q], w[q + 1], s);
   }
   static __device__ __forceinline__ int a_byte(unsigned f) {
-    if constexpr (LG >= 2) return static_cast<int>((f >> (LG - 2)) & kMask4);
-    else return static_cast<int>((f << (2 - LG)) & kMask4);
+    if constexpr (LG >= kShift) return static_cast<int>((f >> (LG - kShift)) & kMask4);
+    else return static_cast<int>((f << (kShift - LG)) & kMask4);
   }
-  static __device__ __forceinline__ int b_byte(unsigned f) { return static_cast<int>((f >> (LG + A - 2)) & kMask4); }
+  static __device__ __forceinline__ int b_byte(unsigned f) {
+    return static_cast<int>((f >> (LG + A - kShift)) & kMask4);
+  }
   // field f's two leaf words from the shared table (int8 coordinates biased by 128)
   static __device__ __forceinline__ void leaf_words(unsigned f, const char* s_leaf, unsigned& wa, unsigned& wb) {
     wa = *reinterpret_cast<const unsigned*>(s_leaf + a_byte(f));
@@ -87,9 +99,42 @@ struct Fields {  // leaf pairs
   // field f's eight coordinates as exact half2 and its inverse norm
   static __device__ __forceinline__ float decode(unsigned f, const char* s_leaf, __half2& a01, __half2& a23,
                                                  __half2& b01, __half2& b23) {
-    unsigned wa, wb;
-    leaf_words(f, s_leaf, wa, wb);
-    return leaf_pair(wa, wb, a01, a23, b01, b23);
+    if constexpr (kEntryBytes == 8) {
+      const uint2 ea = *reinterpret_cast<const uint2*>(s_leaf + a_byte(f));
+      const uint2 eb = *reinterpret_cast<const uint2*>(s_leaf + b_byte(f));
+      leaf_halves(ea.x, a01, a23);
+      leaf_halves(eb.x, b01, b23);
+      return rsqrt_approx(static_cast<float>(ea.y + eb.y));
+    } else {
+      unsigned wa, wb;
+      leaf_words(f, s_leaf, wa, wb);
+      return leaf_pair(wa, wb, a01, a23, b01, b23);
+    }
+  }
+  // (the experiment) the staged words, at the top of the table's region, read into registers, then every entry
+  // written biased with its squared norm from the bottom (a barrier between: the entries overwrite the words)
+  static __device__ __forceinline__ void expand(int n, char* s_leaf) {
+    constexpr int kMax = 16;  // tables of up to 16384 leaves over 1024 threads (3 bits: 11969)
+    const unsigned* raw = reinterpret_cast<const unsigned*>(s_leaf + (kEntryBytes - 4) * ((n + 3) & ~3));
+    unsigned r[kMax];
+#pragma unroll
+    for (int k = 0; k < kMax; ++k) {
+      const int i = threadIdx.x + k * blockDim.x;
+      r[k] = i < n ? raw[i] : 0u;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kMax; ++k) {
+      const int i = threadIdx.x + k * blockDim.x;
+      if (i >= n) break;
+      unsigned n2 = 0;
+#pragma unroll
+      for (int t = 0; t < 4; ++t) {
+        const int c = static_cast<signed char>((r[k] >> (8 * t)) & 0xFFu);
+        n2 += static_cast<unsigned>(c * c);
+      }
+      reinterpret_cast<uint2*>(s_leaf)[i] = make_uint2(r[k] ^ kBias, n2);
+    }
   }
 };
 
@@ -678,7 +723,7 @@ Status rows_launch(RowsLaunch& l, const torch::Tensor& words, const torch::Tenso
 
 // Shared-memory bytes of a staged table of n entries (whole points: 4, or the experiments' expanded entries)
 size_t table_bytes(int n, bool whole_points) {
-  return static_cast<size_t>(whole_points ? kPointEntryBytes : 4) * ((n + 3) & ~3);
+  return static_cast<size_t>(whole_points ? kPointEntryBytes : kLeafEntryBytes) * ((n + 3) & ~3);
 }
 
 template <typename T>
