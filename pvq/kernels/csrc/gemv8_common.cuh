@@ -49,17 +49,22 @@ __device__ __forceinline__ void leaf_halves(unsigned biased, __half2& c01, __hal
   c23 = __hsub2(u32_as_half2(__byte_perm(biased, 0x64646464u, 0x5342)), bias);
 }
 
-// A leaf pair's eight coordinates as exact half2 (a01, a23 of leaf a; b01, b23 of leaf b) and 1 / |y| (the squared
-// norm summed in HFMA2, then the special-function unit)
-__device__ __forceinline__ float leaf_pair(unsigned wa, unsigned wb, __half2& a01, __half2& a23, __half2& b01,
-                                           __half2& b23) {
-  leaf_halves(wa, a01, a23);
-  leaf_halves(wb, b01, b23);
+// 1 / |y| of eight exact half2 coordinates (the squared norm summed in HFMA2: exact integers; then the
+// special-function unit)
+__device__ __forceinline__ float inverse_norm8(__half2 a01, __half2 a23, __half2 b01, __half2 b23) {
   __half2 n = __hmul2(a01, a01);
   n = __hfma2(a23, a23, n);
   n = __hfma2(b01, b01, n);
   n = __hfma2(b23, b23, n);
   return rsqrt_approx(__half2float(__hadd(__low2half(n), __high2half(n))));
+}
+
+// A leaf pair's eight coordinates as exact half2 (a01, a23 of leaf a; b01, b23 of leaf b) and 1 / |y|
+__device__ __forceinline__ float leaf_pair(unsigned wa, unsigned wb, __half2& a01, __half2& a23, __half2& b01,
+                                           __half2& b23) {
+  leaf_halves(wa, a01, a23);
+  leaf_halves(wb, b01, b23);
+  return inverse_norm8(a01, a23, b01, b23);
 }
 
 // Sums of R rows' per-lane values over the warp in 5 + R - 1 shuffles (not 5 R): each step hands

@@ -55,6 +55,27 @@ __device__ __forceinline__ unsigned half2_as_u32(__half2 h) {
   return u;
 }
 
+// (experiments) A staged table's n words, copied to the top of its region (E bytes an entry), read into registers,
+// then every entry written from the bottom as entry(word) (a barrier between: the entries overwrite the words)
+template <int E, typename Entry, typename MakeEntry>
+__device__ __forceinline__ void expand_table(int n, char* s_table, MakeEntry&& entry) {
+  constexpr int kMax = 16;  // tables of up to 16384 entries over 1024 threads
+  const unsigned* raw = reinterpret_cast<const unsigned*>(s_table + (E - 4) * ((n + 3) & ~3));
+  unsigned r[kMax];
+#pragma unroll
+  for (int k = 0; k < kMax; ++k) {
+    const int i = threadIdx.x + k * blockDim.x;
+    r[k] = i < n ? raw[i] : 0u;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int k = 0; k < kMax; ++k) {
+    const int i = threadIdx.x + k * blockDim.x;
+    if (i >= n) break;
+    reinterpret_cast<Entry*>(s_table)[i] = entry(r[k]);
+  }
+}
+
 // The field formats (a kernel's Fd): the field of vector j of a step, the table's bias (finish_tables), and a field's
 // point as four exact half2 with its inverse norm.
 // (An experiment, built only by benchmarks/speed_layout_device.py --rows-variant, session 23: PVQ_LEAF_NORMS=1 expands
@@ -111,30 +132,17 @@ struct Fields {  // leaf pairs
       return leaf_pair(wa, wb, a01, a23, b01, b23);
     }
   }
-  // (the experiment) the staged words, at the top of the table's region, read into registers, then every entry
-  // written biased with its squared norm from the bottom (a barrier between: the entries overwrite the words)
+  // (the experiment) every leaf biased, with its squared norm (3 bits: 11969 leaves)
   static __device__ __forceinline__ void expand(int n, char* s_leaf) {
-    constexpr int kMax = 16;  // tables of up to 16384 leaves over 1024 threads (3 bits: 11969)
-    const unsigned* raw = reinterpret_cast<const unsigned*>(s_leaf + (kEntryBytes - 4) * ((n + 3) & ~3));
-    unsigned r[kMax];
-#pragma unroll
-    for (int k = 0; k < kMax; ++k) {
-      const int i = threadIdx.x + k * blockDim.x;
-      r[k] = i < n ? raw[i] : 0u;
-    }
-    __syncthreads();
-#pragma unroll
-    for (int k = 0; k < kMax; ++k) {
-      const int i = threadIdx.x + k * blockDim.x;
-      if (i >= n) break;
+    expand_table<kEntryBytes, uint2>(n, s_leaf, [](unsigned w) {
       unsigned n2 = 0;
 #pragma unroll
       for (int t = 0; t < 4; ++t) {
-        const int c = static_cast<signed char>((r[k] >> (8 * t)) & 0xFFu);
+        const int c = static_cast<signed char>((w >> (8 * t)) & 0xFFu);
         n2 += static_cast<unsigned>(c * c);
       }
-      reinterpret_cast<uint2*>(s_leaf)[i] = make_uint2(r[k] ^ kBias, n2);
-    }
+      return make_uint2(w ^ kBias, n2);
+    });
   }
 };
 
@@ -174,13 +182,6 @@ struct PointFields {
     b01 = __hsub2(u32_as_half2((w8 & 0x000F000Fu) | 0x64006400u), low);
     b23 = __hfma2(u32_as_half2((w8 & 0x00F000F0u) | 0x64006400u), sixteenth, high);
   }
-  static __device__ __forceinline__ float inverse_norm(__half2 a01, __half2 a23, __half2 b01, __half2 b23) {
-    __half2 n = __hmul2(a01, a01);
-    n = __hfma2(a23, a23, n);
-    n = __hfma2(b01, b01, n);
-    n = __hfma2(b23, b23, n);
-    return rsqrt_approx(__half2float(__hadd(__low2half(n), __high2half(n))));
-  }
   static __device__ __forceinline__ float decode(unsigned f, const char* s_leaf, __half2& a01, __half2& a23,
                                                  __half2& b01, __half2& b23) {
     if constexpr (kEntryBytes == 16) {
@@ -193,36 +194,24 @@ struct PointFields {
       return __uint_as_float(e.y);
     } else {
       unpack(*reinterpret_cast<const unsigned*>(s_leaf + (f & 0xFFFCu)), a01, a23, b01, b23);
-      return inverse_norm(a01, a23, b01, b23);
+      return inverse_norm8(a01, a23, b01, b23);
     }
   }
-  // (experiments) the staged words, copied to the top of the table's region, read into registers, then every entry
-  // written expanded from the bottom (a barrier between: the entries overwrite the words)
+  // (experiments) every point with its inverse norm, or its coordinates times it as half2
   static __device__ __forceinline__ void expand(int n, char* s_leaf) {
-    constexpr int kMax = 16;  // 2^14 points over 1024 threads
-    const unsigned* raw = reinterpret_cast<const unsigned*>(s_leaf + (kEntryBytes - 4) * ((n + 3) & ~3));
-    unsigned r[kMax];
-#pragma unroll
-    for (int k = 0; k < kMax; ++k) {
-      const int i = threadIdx.x + k * blockDim.x;
-      r[k] = i < n ? raw[i] : 0u;
-    }
-    __syncthreads();
-#pragma unroll
-    for (int k = 0; k < kMax; ++k) {
-      const int i = threadIdx.x + k * blockDim.x;
-      if (i >= n) break;
+    using Entry = std::conditional_t<kEntryBytes == 16, uint4, uint2>;
+    expand_table<kEntryBytes, Entry>(n, s_leaf, [](unsigned w) {
       __half2 a01, a23, b01, b23;
-      unpack(r[k], a01, a23, b01, b23);
-      const float inv = inverse_norm(a01, a23, b01, b23);
+      unpack(w, a01, a23, b01, b23);
+      const float inv = inverse_norm8(a01, a23, b01, b23);
       if constexpr (kEntryBytes == 16) {
         const __half2 m = __float2half2_rn(inv);
-        reinterpret_cast<uint4*>(s_leaf)[i] = make_uint4(half2_as_u32(__hmul2(a01, m)), half2_as_u32(__hmul2(a23, m)),
-                                                         half2_as_u32(__hmul2(b01, m)), half2_as_u32(__hmul2(b23, m)));
+        return make_uint4(half2_as_u32(__hmul2(a01, m)), half2_as_u32(__hmul2(a23, m)), half2_as_u32(__hmul2(b01, m)),
+                          half2_as_u32(__hmul2(b23, m)));
       } else {
-        reinterpret_cast<uint2*>(s_leaf)[i] = make_uint2(r[k], __float_as_uint(inv));
+        return make_uint2(w, __float_as_uint(inv));
       }
-    }
+    });
   }
 };
 
