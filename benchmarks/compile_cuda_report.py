@@ -3,6 +3,12 @@ bytes and the SASS instructions of the main loop per decoded vector.
 
     python benchmarks/compile_cuda_report.py [--arch 90] [--sources split8_gemv.cu,leaf8_gemv.cu,leafrow8_gemv.cu]
         [--define NAME=VALUE ...]
+    python benchmarks/compile_cuda_report.py --whole [--sources ...] [--define ...]
+
+``--whole`` compiles each extension as the GPU machine builds it, host code and bindings included, against torch's
+headers (the CPU wheel lacks the CUDA libraries' headers those include: stub declarations of the few types they
+name stand in) and prints whether each compiles: a check, before a GPU call, that a change still builds (a source
+that stops compiling only warns on the GPU and its layers fall back to slower paths; sessions 18-19).
 
 Each source is compiled with ``nvcc -DPVQ_KERNEL_ONLY`` (the kernels and their listed instantiations, without
 torch), disassembled with the ``cuobjdump`` that ships with Triton, and the innermost loop with (nearly) the most half2 /
@@ -96,13 +102,60 @@ def report(source: str, arch: int, defines: tuple[str, ...] = ()) -> None:
               f"{ops.get('LDS', 0) / per:.1f} | {ops.get('LDG', 0) / per:.2f} |")
 
 
+# The CUDA libraries' types that torch's CUDA headers name (the CPU wheel ships those headers, not these)
+_STUBS = {
+    "cusparse.h": "typedef struct cusparseContext* cusparseHandle_t;\ntypedef int cusparseStatus_t;\n",
+    "cublas_v2.h": "typedef struct cublasContext* cublasHandle_t;\ntypedef int cublasStatus_t;\n",
+    "cublasLt.h": "typedef struct cublasLtContext* cublasLtHandle_t;\n",
+    "cusolverDn.h": "typedef struct cusolverDnContext* cusolverDnHandle_t;\n",
+    "cusolver_common.h": "typedef int cusolverStatus_t;\n",
+    "c10/cuda/impl/cuda_cmake_macros.h": "",
+}
+
+
+def compile_whole(source: str, arch: int, defines: tuple[str, ...]) -> bool:
+    """Compiles ``source`` and its bindings (``x_bind.cpp``) with torch's and Python's headers; prints the first
+    errors. Returns whether both compiled."""
+    import sysconfig
+
+    import torch
+
+    include = os.path.join(os.path.dirname(torch.__file__), "include")
+    with tempfile.TemporaryDirectory() as d:
+        for name, text in _STUBS.items():
+            os.makedirs(os.path.dirname(os.path.join(d, name)), exist_ok=True)
+            with open(os.path.join(d, name), "w") as f:
+                f.write("#pragma once\n" + text)
+        flags = ["-std=c++17", f"-I{include}", f"-I{os.path.join(include, 'torch', 'csrc', 'api', 'include')}",
+                 f"-I{sysconfig.get_paths()['include']}", f"-I{d}", f"-I{CSRC}", "-DTORCH_EXTENSION_NAME=check",
+                 *(f"-D{x}" for x in defines)]
+        bind = source[: -len(".cu")] + "_bind.cpp"
+        ok = True
+        for cmd in (["nvcc", f"-arch=sm_{arch}", "-O3", *flags, "-c", source, "-o", os.path.join(d, "k.o")],
+                    [shutil.which("g++") or "c++", "-fsyntax-only", *flags, bind]):
+            r = subprocess.run(cmd, cwd=CSRC, capture_output=True, text=True)
+            errors = [line for line in r.stderr.splitlines() if "error" in line]
+            if r.returncode:
+                ok = False
+                print(f"# {cmd[-3] if cmd[0] == 'nvcc' else bind}: failed\n" + "\n".join(errors[:8]))
+        return ok
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", type=int, default=90)
     p.add_argument("--sources", default="split8_gemv.cu,leaf8_gemv.cu,leafrow8_gemv.cu")
     p.add_argument("--define", action="append", default=[], help="NAME=VALUE: an experiment's build (e.g. "
                    "PVQ_POINT_NORMS=1, as speed_layout_device.py --rows-variant builds it)")
+    p.add_argument("--whole", action="store_true",
+                   help="compile each extension with its host code and bindings (stub CUDA-library headers)")
     a = p.parse_args()
+    if a.whole:
+        sources = a.sources.split(",") if a.sources != p.get_default("sources") else sorted(
+            f for f in os.listdir(CSRC) if f.endswith(".cu"))
+        results = {source: compile_whole(source, a.arch, tuple(a.define)) for source in sources}
+        print(", ".join(f"{s}: {'compiles' if ok else 'FAILED'}" for s, ok in results.items()))
+        raise SystemExit(0 if all(results.values()) else 1)
     print("| source | x | instance | registers | spilled bytes | loop SASS | per vector | LDS per vector | "
           "LDG per vector |")
     print("|---|---|---|---|---|---|---|---|---|")
