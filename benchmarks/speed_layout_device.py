@@ -219,6 +219,8 @@ def timings(shapes, batches, bit_list, device) -> list[tuple]:
                     if batch > 1:
                         row[f"points{bits:g}-fma"] = bench(
                             lambda: cuda_leaf.leaf_rows_gemv_cuda(prt, x, tensor_cores=False))
+                        row[f"points{bits:g}-mma-global"] = bench(
+                            lambda: cuda_leaf.leaf_rows_gemv_cuda(prt, x, tensor_cores=True, x_from_global=True))
                     if batch == batches[-1]:
                         row[f"points{bits:g}-decode16"] = bench(lambda: cuda_leaf.leaf_rows_decode(prt, torch.float16))
                 if "split" in LAYOUTS and batch <= cuda_split.CUDA_MAX_ROWS:
@@ -236,25 +238,8 @@ def timings(shapes, batches, bit_list, device) -> list[tuple]:
                             row[f"rows{bits:g}-mma-{src}"] = bench(
                                 lambda: cuda_leaf.leaf_rows_gemv_cuda(rrt, x, tensor_cores=True, x_from_global=xg))
                     for layout, lrt in (("rows", rrt), ("points", prt)):  # the same calls through experiments' builds
-                        if lrt is None or not VARIANTS:
-                            continue
-                        expected = cuda_leaf.leaf_rows_gemv_cuda(lrt, x).float()
-                        for name, ext in VARIANTS.items():
-                            with variant_extension(ext):
-                                try:  # once outside the graph capture: a refusal raised inside it breaks the process
-                                    got = cuda_leaf.leaf_rows_gemv_cuda(lrt, x).float()
-                                except RuntimeError as e:  # e.g. an older source refusing what this routing asks
-                                    phase(f"variant {name}, {layout} {bits:g} bits, batch {batch}: "
-                                          f"{str(e).splitlines()[0]}")
-                                    continue
-                                err = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-30))
-                                if not err <= VARIANT_TOLERANCE:  # a variant computing something else is not timed
-                                    phase(f"variant {name}, {layout} {bits:g} bits, batch {batch}: off the package's "
-                                          f"product by {err:.2e} of its largest output: not timed")
-                                    continue
-                                phase(f"variant {name}, {layout} {bits:g} bits, batch {batch}: {err:.2e} of the largest "
-                                      f"output off the package's product")
-                                row[f"{layout}{bits:g}-{name}"] = bench(lambda: cuda_leaf.leaf_rows_gemv_cuda(lrt, x))
+                        if lrt is not None and VARIANTS:
+                            time_variants(row, f"{layout}{bits:g}", lrt, x)
                     if batch == batches[-1]:  # what the backend runs above 16 rows: decode + cuBLAS
                         row[f"rows{bits:g}-decode"] = bench(lambda: cuda_leaf.leaf_rows_decode(rrt))
                         # to fp16 (what prefill multiplies)
@@ -286,6 +271,32 @@ def timings(shapes, batches, bit_list, device) -> list[tuple]:
 
 VARIANTS: dict = {}
 """Experiments' builds of leafrow8_gemv.cu by name (``--rows-variant NAME:DEFINE[+DEFINE]``)."""
+
+
+def time_variants(row: dict, column: str, rt, x: torch.Tensor) -> None:
+    """``row[column-NAME]``: the package's routing of ``x @ Q'^T`` through each experiment's build, and for several
+    rows ``row[column-NAME-mma-global]``: its tensor-core kernel with x read from global memory (a variant whose
+    table leaves no room for x in shared memory runs only so); each compared with the package's product first (a
+    refusal or a different product is printed, not timed)."""
+    calls = {"": {}}
+    if x.shape[0] > 1:
+        calls["-mma-global"] = {"tensor_cores": True, "x_from_global": True}
+    for suffix, kw in calls.items():
+        expected = cuda_leaf.leaf_rows_gemv_cuda(rt, x, **kw).float()
+        for name, ext in VARIANTS.items():
+            label = f"variant {name}, {column}{suffix}, batch {x.shape[0]}"
+            with variant_extension(ext):
+                try:  # once outside the graph capture: a refusal raised inside it breaks the process
+                    got = cuda_leaf.leaf_rows_gemv_cuda(rt, x, **kw).float()
+                except RuntimeError as e:  # e.g. a table too large for this routing's shared memory
+                    phase(f"{label}: {str(e).splitlines()[0]}")
+                    continue
+                err = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-30))
+                if not err <= VARIANT_TOLERANCE:  # a variant that computes something else is not timed
+                    phase(f"{label}: off the package's product by {err:.2e} of its largest output: not timed")
+                    continue
+                phase(f"{label}: {err:.2e} of the largest output off the package's product")
+                row[f"{column}-{name}{suffix}"] = bench(lambda: cuda_leaf.leaf_rows_gemv_cuda(rt, x, **kw))
 VARIANT_TOLERANCE = 1e-2
 """Largest difference from the package's product, relative to its largest output, of a variant that is timed
 (fp16 weights and fp32 sums summed in another order differ by about 1e-3)."""
