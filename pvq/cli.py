@@ -435,6 +435,11 @@ def _generate(args: argparse.Namespace) -> int:
     how = "greedy" if out["greedy"] else f"sampled, seed {out['seed']}"
     print(f"[{out['new_tokens']} new tokens in {out['seconds']:.2f} s: {out['tokens_per_second']:.1f} tokens/s, "
           f"{how}, prompt {out['prompt_tokens']} tokens, {out.get('mode', out['decode'])}]", file=sys.stderr)
+    mem = out["memory"]
+    if mem["stored_bytes"]:  # a quantized model: what its layers hold on the device against what they store
+        print(f"[quantized layers: {mem['held_bytes'] / 1e6:.1f} MB held, {mem['held_bytes'] / mem['stored_bytes']:.2f}x "
+              f"their {mem['stored_bytes'] / 1e6:.1f} MB stored; the model {mem['model_bytes'] / 1e6:.1f} MB on "
+              f"{out['device']}]", file=sys.stderr)
     if "merged" in out:
         print(f"[{out['merged']}]", file=sys.stderr)
     return 0

@@ -54,7 +54,8 @@ class GenerateConfig:
 
 
 def generate(model, tokenizer, prompt: str, cfg: GenerateConfig | None = None, device: str | None = None) -> dict:
-    """Continue ``prompt``; returns the text, token counts, seconds and tokens per second."""
+    """Continue ``prompt``; returns the text, token counts, seconds, tokens per second and what the model holds on
+    its device (``memory``: :func:`~pvq.eval.runs.quantized_memory`)."""
     cfg = cfg or GenerateConfig()
     cfg.check()
     if not prompt:
@@ -91,6 +92,8 @@ def generate(model, tokenizer, prompt: str, cfg: GenerateConfig | None = None, d
             torch.cuda.synchronize(dev)
         seconds = time.perf_counter() - t
         new = out[0, ids.shape[1]:].tolist()
+    from .runs import quantized_memory
+
     return {
         "prompt": prompt,
         "completion": tokenizer.decode(new, skip_special_tokens=True),
@@ -101,6 +104,8 @@ def generate(model, tokenizer, prompt: str, cfg: GenerateConfig | None = None, d
         "greedy": not cfg.sample,
         "seed": cfg.seed if cfg.sample else None,
         "decode": path,
+        "device": str(dev),
+        "memory": quantized_memory(model, dev),  # on the device the model ran on
         **extra,
     }
 

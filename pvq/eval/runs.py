@@ -188,6 +188,26 @@ def model_memory_bytes(model, device: torch.device | str | None = None) -> int:
     return total
 
 
+def quantized_memory(model, device: torch.device | str | None = None) -> dict:
+    """What the quantized layers hold against what they store: ``stored_bytes`` (their codes, codebooks and scales as
+    the checkpoint holds them), ``held_bytes`` (every tensor of theirs, stored or built for running them: transcoded
+    layouts, kernel tables, dense caches; each storage once; with ``device``, only those on that device's type) and
+    ``model_bytes`` (:func:`model_memory_bytes`). Issue 22 caps a runtime layout's codes at 1.3x the stored bytes."""
+    kind = None if device is None else torch.device(device).type
+    seen, stored, held = set(), 0, 0
+    for m in model.modules():
+        if not isinstance(m, QuantizedLinear):
+            continue
+        stored += m.stored_bits() // 8
+        for t in list(m.stored_tensors().values()) + runtime_tensor_list(m.runtime_tensors()):
+            if t.numel() and (kind is None or t.device.type == kind):
+                key = (t.untyped_storage().data_ptr(), t.device)
+                if key not in seen:
+                    seen.add(key)
+                    held += t.untyped_storage().nbytes()
+    return {"stored_bytes": stored, "held_bytes": held, "model_bytes": model_memory_bytes(model, device)}
+
+
 def linear_weight_bits(model, stored_bits: int | None = None) -> float:
     """Bits per weight of every weight of the decoder blocks: pvq layers from their stored tensors,
     the others (plain linears, Conv1D, routers, expert stacks) at ``stored_bits`` (the

@@ -38,6 +38,12 @@ def test_quantize_save_eval_round_trip(tiny_model_dir, tmp_path, capsys):
     assert ev["tokens"] == base["tokens"] == 595  # 600 tokens in windows of 128: 4 x 127 + 87 scored
     # a random model at 3 bits scores close to the unquantized one (NaN fails every comparison)
     assert abs(ev["perplexity"] / base["perplexity"] - 1) < 0.05
+    # generate from the checkpoint says what its quantized layers hold against what they store
+    assert main(["generate", str(out), "--prompt", "def ", "--max-new-tokens", "3", "--json"]) == 0
+    mem = json.loads(capsys.readouterr().out)["memory"]
+    assert 0 < mem["stored_bytes"] <= mem["held_bytes"] < mem["model_bytes"]
+    assert main(["generate", str(out), "--prompt", "def ", "--max-new-tokens", "3"]) == 0
+    assert f"x their {mem['stored_bytes'] / 1e6:.1f} MB stored" in capsys.readouterr().err
     # writing over an existing checkpoint needs --overwrite, and fails before any work
     rc = main(["quantize", str(tiny_model_dir), "--bits", "3", "--output", str(out), "--json"])
     assert rc == 2 and "--overwrite" in capsys.readouterr().err

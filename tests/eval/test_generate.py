@@ -56,3 +56,43 @@ def test_cli_generate_json_and_bad_input(reference, capsys, monkeypatch):
     with pytest.raises(GenerateError, match="positions"):
         generate(*reference, "x" * 10, GenerateConfig(max_new_tokens=5000))
 
+
+
+def test_generate_reports_what_the_model_holds(reference):
+    """An unquantized model: no quantized bytes; the model's bytes on its device."""
+    out = generate(*reference, "x", GenerateConfig(max_new_tokens=2))
+    assert out["device"] == "cpu" and out["memory"]["stored_bytes"] == 0 == out["memory"]["held_bytes"]
+    assert out["memory"]["model_bytes"] == runs.model_memory_bytes(reference[0], "cpu") > 0
+
+
+def test_quantized_memory_counts_stored_and_runtime_tensors_once():
+    """Before a forward the layers hold their stored tensors; after one, also what their backend built (here the
+    dense backend's cached weight); tensors off the asked device type are not counted; shared storages once."""
+    import sys
+
+    import torch
+
+    sys.path.insert(0, "tests")
+    from quantized_layers import random_layer
+
+    from pvq.codecs import make_codec
+    from pvq.models import runtime_tensor_list, set_backend
+
+    layers = [random_layer(make_codec("pvq", 3.0, 8, group_size=16), 8, 256, seed=s) for s in (1, 2)]
+    model = torch.nn.ModuleList(layers)
+    stored = sum(q.stored_bits() // 8 for q in layers)
+    before = runs.quantized_memory(model, "cpu")
+    assert before["stored_bytes"] == stored and before["held_bytes"] >= stored
+    assert before["model_bytes"] == runs.model_memory_bytes(model, "cpu")
+    set_backend(model, "dense")
+    for q in layers:
+        q(torch.randn(1, 256))
+    extra = {(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+             for q in layers for t in runtime_tensor_list(q.runtime_tensors())}
+    extra -= {(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+              for q in layers for t in q.stored_tensors().values()}
+    assert extra  # the dense cache
+    after = runs.quantized_memory(model, "cpu")
+    assert after["held_bytes"] == before["held_bytes"] + sum(n for _, n in extra)
+    assert after["stored_bytes"] == stored
+    assert runs.quantized_memory(model, "cuda") == {"stored_bytes": stored, "held_bytes": 0, "model_bytes": 0}
