@@ -324,3 +324,22 @@ def test_bank_conflict_count_of_the_benchmark():
     assert bench.mean_wavefronts(torch.cat([same_word, one_bank])) == 16.5
     assert bench.mean_wavefronts(one_bank, copies=32) == 1.0
     assert bench.mean_wavefronts(one_bank, copies=2) == 16.0  # each half of the lanes in its own 16 banks
+
+
+@pytest.mark.parametrize("bits", [2.0, 3.0])
+def test_runtime_keeps_no_stored_tensor_so_the_stored_ones_can_leave_the_device(bits):
+    """The scales are laid out again (row_scales) and the codes transcoded: the runtime shares no storage with the
+    layer's stored tensors, so QuantizedLinear.move_stored_to_host can free all of them on the GPU (the stored scales
+    held beside row_scales were 0.125 bits a weight: 1.33x the stored bytes at 3 bits, over the 1.3x cap)."""
+    from pvq.models import runtime_tensor_list
+
+    q = layer(make_codec("pvq", bits, 8, group_size=16), 64, 256, seed=5)  # whole row groups: no padded rows
+    build = point_rows_runtime if point_rows_supports(q.codec) else leaf_rows_runtime
+    rt = build(q, "cpu")
+    read = {t.untyped_storage().data_ptr() for t in runtime_tensor_list(rt) if t.numel()}
+    assert not read & {t.untyped_storage().data_ptr() for t in q.stored_tensors().values()}
+    assert rt.scales.numel() == 0 and torch.equal(leaf_rows_decode_reference(rt), split_decode_reference(
+        split_runtime(q, "cpu")))
+    stored = q.stored_bits() / 8
+    held = sum(t.untyped_storage().nbytes() for t in (rt.words, rt.row_scales))
+    assert held / stored <= 1.3
