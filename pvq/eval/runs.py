@@ -169,16 +169,10 @@ def eval_token_ids(text: str, tokenizer, max_tokens: int | None) -> torch.Tensor
     return ids
 
 
-def model_memory_bytes(model, device: torch.device | str | None = None) -> int:
-    """Bytes of every tensor the model holds: parameters, buffers and the runtime tensors of its
-    quantized layers (dense caches, kernel tables), each storage counted once; with ``device``,
-    only those on that device's type (``"cuda"``: what the model holds on the GPU)."""
+def _storage_bytes(tensors, device: torch.device | str | None) -> int:
+    """Bytes of the storages behind ``tensors``, each counted once; with ``device``, only those on its type."""
     kind = None if device is None else torch.device(device).type
     seen, total = set(), 0
-    tensors = list(model.parameters()) + list(model.buffers())
-    for m in model.modules():
-        if isinstance(m, QuantizedLinear):
-            tensors += runtime_tensor_list(m.runtime_tensors())
     for t in tensors:
         if t.numel() and (kind is None or t.device.type == kind):
             key = (t.untyped_storage().data_ptr(), t.device)
@@ -188,24 +182,26 @@ def model_memory_bytes(model, device: torch.device | str | None = None) -> int:
     return total
 
 
+def model_memory_bytes(model, device: torch.device | str | None = None) -> int:
+    """Bytes of every tensor the model holds: parameters, buffers and the runtime tensors of its
+    quantized layers (dense caches, kernel tables), each storage counted once; with ``device``,
+    only those on that device's type (``"cuda"``: what the model holds on the GPU)."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    for m in model.modules():
+        if isinstance(m, QuantizedLinear):
+            tensors += runtime_tensor_list(m.runtime_tensors())
+    return _storage_bytes(tensors, device)
+
+
 def quantized_memory(model, device: torch.device | str | None = None) -> dict:
     """What the quantized layers hold against what they store: ``stored_bytes`` (their codes, codebooks and scales as
     the checkpoint holds them), ``held_bytes`` (every tensor of theirs, stored or built for running them: transcoded
     layouts, kernel tables, dense caches; each storage once; with ``device``, only those on that device's type) and
     ``model_bytes`` (:func:`model_memory_bytes`). Issue 22 caps a runtime layout's codes at 1.3x the stored bytes."""
-    kind = None if device is None else torch.device(device).type
-    seen, stored, held = set(), 0, 0
-    for m in model.modules():
-        if not isinstance(m, QuantizedLinear):
-            continue
-        stored += m.stored_bits() // 8
-        for t in list(m.stored_tensors().values()) + runtime_tensor_list(m.runtime_tensors()):
-            if t.numel() and (kind is None or t.device.type == kind):
-                key = (t.untyped_storage().data_ptr(), t.device)
-                if key not in seen:
-                    seen.add(key)
-                    held += t.untyped_storage().nbytes()
-    return {"stored_bytes": stored, "held_bytes": held, "model_bytes": model_memory_bytes(model, device)}
+    layers = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
+    held = [t for m in layers for t in [*m.stored_tensors().values(), *runtime_tensor_list(m.runtime_tensors())]]
+    return {"stored_bytes": sum(m.stored_bits() // 8 for m in layers), "held_bytes": _storage_bytes(held, device),
+            "model_bytes": model_memory_bytes(model, device)}
 
 
 def linear_weight_bits(model, stored_bits: int | None = None) -> float:

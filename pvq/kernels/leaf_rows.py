@@ -60,12 +60,18 @@ POINT_INDEX_BITS = 14
 _POINT_MAX_PULSES = 7  # coordinates biased by 8 fit a nibble
 
 
+def _whole_points_fit(pulses: int, num_levels: int) -> bool:
+    """At most 4 gain levels (a power of two: the gain's bits below the index) and at most 2^14 points of P(8, K),
+    each coordinate in a nibble."""
+    return (num_levels <= 4 and num_levels & (num_levels - 1) == 0 and pulses <= _POINT_MAX_PULSES
+            and pyramid_count(8, pulses) <= 1 << POINT_INDEX_BITS)
+
+
 def point_rows_supports(codec) -> bool:
     """Whether a codec's layers take the whole-point form of this layout: the leaf-pair layout's codecs with scale
     groups of 16 vectors, at most 4 gain levels and at most 2^14 points of P(8, K) (K <= 5: up to 2 bits)."""
-    if not leaf_layout_supports(codec) or codec.group_size != STEP_VECTORS or codec.gain.num_levels > 4:
-        return False
-    return codec.pulses <= _POINT_MAX_PULSES and pyramid_count(8, codec.pulses) <= 1 << POINT_INDEX_BITS
+    return (leaf_layout_supports(codec) and codec.group_size == STEP_VECTORS
+            and _whole_points_fit(codec.pulses, codec.gain.num_levels))
 
 
 @lru_cache(maxsize=None)
@@ -137,8 +143,7 @@ def leaf_rows_from_split(srt: SplitRuntime, whole_points: bool = False) -> LeafR
         raise QuantizeError(f"the row-interleaved leaf layout takes D = 8, groups of {STEP_VECTORS} vectors and "
                             f"fields of at most 32 bits; got D={srt.dim}, G={srt.group_size}, F={width}")
     if whole_points:
-        if (lg > 2 or srt.pulses > _POINT_MAX_PULSES or srt.num_levels & (srt.num_levels - 1)
-                or pyramid_count(8, srt.pulses) > 1 << POINT_INDEX_BITS):
+        if not _whole_points_fit(srt.pulses, srt.num_levels):
             raise QuantizeError(f"whole points take at most 4 gain levels (a power of two) and at most "
                                 f"2^{POINT_INDEX_BITS} points of P(8, K); got L={srt.num_levels}, K={srt.pulses}")
         width, a_bits = POINT_FIELD_BITS, POINT_INDEX_BITS

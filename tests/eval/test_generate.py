@@ -3,10 +3,14 @@
 import json
 
 import pytest
+import torch
 
 from pvq.cli import main
+from pvq.codecs import make_codec
 from pvq.eval import runs
 from pvq.eval.generate import GenerateConfig, GenerateError, generate
+from pvq.models import runtime_tensor_list, set_backend
+from quantized_layers import random_layer
 
 
 @pytest.fixture(scope="module")
@@ -68,16 +72,6 @@ def test_generate_reports_what_the_model_holds(reference):
 def test_quantized_memory_counts_stored_and_runtime_tensors_once():
     """Before a forward the layers hold their stored tensors; after one, also what their backend built (here the
     dense backend's cached weight); tensors off the asked device type are not counted; shared storages once."""
-    import sys
-
-    import torch
-
-    sys.path.insert(0, "tests")
-    from quantized_layers import random_layer
-
-    from pvq.codecs import make_codec
-    from pvq.models import runtime_tensor_list, set_backend
-
     layers = [random_layer(make_codec("pvq", 3.0, 8, group_size=16), 8, 256, seed=s) for s in (1, 2)]
     model = torch.nn.ModuleList(layers)
     stored = sum(q.stored_bits() // 8 for q in layers)
