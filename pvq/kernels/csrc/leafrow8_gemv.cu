@@ -59,7 +59,7 @@ __device__ __forceinline__ unsigned half2_as_u32(__half2 h) {
 // then every entry written from the bottom as entry(word) (a barrier between: the entries overwrite the words)
 template <int E, typename Entry, typename MakeEntry>
 __device__ __forceinline__ void expand_table(int n, char* s_table, MakeEntry&& entry) {
-  constexpr int kMax = 16;  // tables of up to 16384 entries over 1024 threads
+  constexpr int kMax = 32;  // tables of up to 16384 entries over 512 threads
   const unsigned* raw = reinterpret_cast<const unsigned*>(s_table + (E - 4) * ((n + 3) & ~3));
   unsigned r[kMax];
 #pragma unroll
@@ -458,7 +458,16 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
 // 23.1 us, at 16 39.7 -> 31.9; 4096x4096 11.9 -> 11.2, 17.6 -> 15.3), slower with three (11008x4096 at 8 rows
 // 25.2 -> 28.4, at 16 30.5 -> 39.0). pvq/kernels/cuda_leaf.py chooses by the row groups a block takes.
 enum class XFrom { kShared, kSharedChunks, kGlobal };
-constexpr int kStageBytes = kWarps * 2 * kRows * 16;  // 32 KB: a warp's two vectors x 32 rows of 16 bytes
+// (An experiment, built only by benchmarks/speed_layout_device.py --rows-variant, session 24: PVQ_MMA_WARPS=16 runs
+// the tensor-core kernel with 16 warps a block, so each thread may hold 128 registers instead of 64: the 16-row
+// instances spill 38 to 122 bytes at 64.)
+#if defined(PVQ_MMA_WARPS)
+constexpr int kMmaWarps = PVQ_MMA_WARPS;
+#else
+constexpr int kMmaWarps = kWarps;
+#endif
+static_assert(kMmaWarps == 16 || kMmaWarps == 32, "the tensor-core kernel runs 16 or 32 warps a block");
+constexpr int kStageBytes = kMmaWarps * 2 * kRows * 16;  // 32 KB: a warp's two vectors x 32 rows of 16 bytes
 
 __device__ __forceinline__ void mma_16816(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
   asm volatile(
@@ -475,7 +484,7 @@ __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* p) {
 }
 
 template <typename T, typename Fd, int BM, XFrom XF>
-__global__ void __launch_bounds__(kWarps * 32, 1)
+__global__ void __launch_bounds__(kMmaWarps * 32, 1)
 leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict__ scales,
                     const float* __restrict__ levels, const int* __restrict__ leaves, int n_leaves,
                     const T* __restrict__ x, T* __restrict__ y, int out_features, int steps, int row_groups,
@@ -544,13 +553,13 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
       }
       const int s_end = min(steps, c0 + x_steps);
       const uint4* x_chunk = s_x - static_cast<ptrdiff_t>(c0) * kStep * batch;  // x_chunk[s * 16 B]: step s
-      for (int s = c0 + warp; works && s < s_end; s += kWarps) {
+      for (int s = c0 + warp; works && s < s_end; s += kMmaWarps) {
         unsigned w[W2];
 #pragma unroll
         for (int k = 0; k < W2; ++k) w[k] = wn[k];
         const float scale = __half2float(sn);
-        const int ns = s + kWarps < steps ? s + kWarps : warp;
-        const int nrg = s + kWarps < steps ? rg : rg + 1;
+        const int ns = s + kMmaWarps < steps ? s + kMmaWarps : warp;
+        const int nrg = s + kMmaWarps < steps ? rg : rg + 1;
         if (nrg < rg1) load(nrg, ns);
         const uint4* xs = x_chunk + static_cast<size_t>(s) * kStep * batch;  // (kGlobal: unused)
         // vector j of this lane's row as eight fp16 weights (x 16 of the true ones' scale: x is / 16)
@@ -613,7 +622,7 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
       }
     }
     // fold the upper half of the live warps onto the lower until their partials fit the stage
-    int live = kWarps;
+    int live = kMmaWarps;
     for (; live > kFit; live >>= 1) {
       const int half = live >> 1;
       __syncthreads();
@@ -635,7 +644,7 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
     __syncthreads();
     {
       // output o = (value i, lane l) of the accumulators, summed over the live warps by P threads in fixed order
-      constexpr int P = kWarps * 32 / (32 * NC);
+      constexpr int P = kMmaWarps * 32 / (32 * NC);
       const int o = threadIdx.x / P, part = threadIdx.x % P;
       float sum = 0.f;
       for (int k = part; k < live; k += P) sum += buf[k * NC * 32 + o];
@@ -743,13 +752,13 @@ Status by_dtype_and_fields(const torch::Tensor& x, int64_t field_bits, int64_t g
   return fields(Tag<__nv_bfloat16>{}, Tag<at::BFloat16>{});
 }
 
-// kern<<<grid, 1024, smem>>>(codes, x, y, shapes..., extra...) with the dynamic shared memory it asks for
+// kern<<<grid, threads, smem>>>(codes, x, y, shapes..., extra...) with the dynamic shared memory it asks for
 template <typename T, typename TL, typename Kernel, typename... Extra>
-Status launch_rows(Kernel kern, const RowsLaunch& l, size_t smem, const torch::Tensor& words, const torch::Tensor& scales,
+Status launch_rows(Kernel kern, int threads, const RowsLaunch& l, size_t smem, const torch::Tensor& words, const torch::Tensor& scales,
                  const torch::Tensor& levels, const torch::Tensor& leaves, torch::Tensor& y, int64_t out_features,
                  Extra... extra) {
   PVQ_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  kern<<<l.grid, kWarps * 32, smem, at::cuda::getCurrentCUDAStream()>>>(
+  kern<<<l.grid, threads, smem, at::cuda::getCurrentCUDAStream()>>>(
       reinterpret_cast<const unsigned*>(words.data_ptr<int32_t>()),
       reinterpret_cast<const __half*>(scales.data_ptr<at::Half>()), levels.data_ptr<float>(),
       leaves.data_ptr<int32_t>(), l.n_leaves, reinterpret_cast<const T*>(l.x.data_ptr<TL>()),
@@ -784,7 +793,7 @@ Status leafrow8_gemv(torch::Tensor& y, torch::Tensor words, torch::Tensor scales
     using TL = typename decltype(tl)::type;
     using Fd = typename decltype(fd)::type;
     auto go = [&](auto bb) {
-      return launch_rows<T, TL>(leafrow8_gemv_kernel<T, Fd, decltype(bb)::value>,
+      return launch_rows<T, TL>(leafrow8_gemv_kernel<T, Fd, decltype(bb)::value>, kWarps * 32,
                                 l, smem, words, scales, levels, leaves, y, out_features, part_buffers);
     };
     if (rows_b == 1) return go(Int<1>{});
@@ -810,8 +819,8 @@ Status leafrow8_gemv_mma(torch::Tensor& y, torch::Tensor words, torch::Tensor sc
   const size_t step_bytes = sizeof(uint4) * kStep * l.batch;
   const size_t room = l.props->sharedMemPerBlockOptin > fixed ? l.props->sharedMemPerBlockOptin - fixed : 0;
   const int x_steps = x_from_global || room >= step_bytes * l.steps
-                          ? l.steps : static_cast<int>(room / step_bytes) / kWarps * kWarps;
-  PVQ_CHECK(x_steps > 0, "x / 16 of 32 steps of ", l.batch, " rows (", step_bytes * kWarps,
+                          ? l.steps : static_cast<int>(room / step_bytes) / kMmaWarps * kMmaWarps;
+  PVQ_CHECK(x_steps > 0, "x / 16 of ", kMmaWarps, " steps of ", l.batch, " rows (", step_bytes * kMmaWarps,
             " bytes) does not fit shared memory beside the leaves: take fewer rows a launch");
   const size_t smem = fixed + (x_from_global ? 0 : step_bytes * x_steps);
   return by_dtype_and_fields(l.x, field_bits, gain_bits, whole_points, [&](auto t, auto tl, auto fd) -> Status {
@@ -820,7 +829,7 @@ Status leafrow8_gemv_mma(torch::Tensor& y, torch::Tensor words, torch::Tensor sc
     using Fd = typename decltype(fd)::type;
     auto go = [&](auto bb, auto xf) {
       return launch_rows<T, TL>(leafrow8_mma_kernel<T, Fd, decltype(bb)::value, decltype(xf)::value>,
-                                l, smem, words, scales, levels, leaves, y, out_features, x_steps);
+                                kMmaWarps * 32, l, smem, words, scales, levels, leaves, y, out_features, x_steps);
     };
     using XK = std::integral_constant<XFrom, XFrom::kGlobal>;
     using XC = std::integral_constant<XFrom, XFrom::kSharedChunks>;
