@@ -467,7 +467,16 @@ constexpr int kMmaWarps = PVQ_MMA_WARPS;
 constexpr int kMmaWarps = kWarps;
 #endif
 static_assert(kMmaWarps == 16 || kMmaWarps == 32, "the tensor-core kernel runs 16 or 32 warps a block");
-constexpr int kStageBytes = kMmaWarps * 2 * kRows * 16;  // 32 KB: a warp's two vectors x 32 rows of 16 bytes
+// (An experiment, session 24, built as above: PVQ_MMA_PIPELINE=1 gives each warp two stages, so tile t + 1 is decoded
+// into one while tile t's ldmatrix reads the other: its A operands are in flight during the decode, and one
+// __syncwarp a tile instead of two. With 16 warps only: the stages stay 32 KB, as pvq/kernels/cuda_leaf.py counts.)
+#if defined(PVQ_MMA_PIPELINE)
+constexpr int kStages = 2;
+#else
+constexpr int kStages = 1;
+#endif
+constexpr int kStageBytes = kMmaWarps * kStages * 2 * kRows * 16;  // 32 KB: a warp's two vectors x 32 rows of 16 bytes
+static_assert(kStageBytes <= 32 * 1024, "at most the stages pvq/kernels/cuda_leaf.py counts (MMA_STAGE_BYTES)");
 
 __device__ __forceinline__ void mma_16816(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
   asm volatile(
@@ -533,7 +542,7 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
   if (works && rg0 < rg1) load(rg0, warp);  // (loaded before the tables' copy instead: slower, session 14)
 
   const int g = lane >> 2, c = lane & 3;
-  uint4* stage = s_stage + warp * 2 * kRows;
+  uint4* stage = s_stage + warp * kStages * 2 * kRows;
   // ldmatrix addresses: lanes 8 m .. 8 m + 7 give the rows of matrix m = (rows 8 (m % 2) .., vector m / 2): the
   // fragments a0 .. a3 of an m16 x k16 tile
   const int lm = lane >> 3, lr = lane & 7;
@@ -575,7 +584,7 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
           v.y = half2_as_u32(__hmul2(a23, m2));
           v.z = half2_as_u32(__hmul2(b01, m2));
           v.w = half2_as_u32(__hmul2(b23, m2));
-          stage[(j & 1) * kRows + lane] = v;
+          stage[((j >> 1) % kStages) * 2 * kRows + (j & 1) * kRows + lane] = v;
         };
         auto tile = [&](auto tc) {  // inputs 16 t .. 16 t + 15 of the step: vectors 2 t, 2 t + 1
           constexpr int t = decltype(tc)::value;
@@ -592,14 +601,30 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
               raw1[nt] = r < batch ? __ldg(xr + 4) : 0u;
             }
           };
-          if constexpr (kGlobalX && NT == 1) load_b();
-          weights(std::integral_constant<int, 2 * t>{});
-          weights(std::integral_constant<int, 2 * t + 1>{});
-          if constexpr (kGlobalX && NT == 2) load_b();
-          __syncwarp();
           unsigned a0[4], a1[4];
-          ldmatrix_x4(a0, ld0);
-          ldmatrix_x4(a1, ld1);
+          if constexpr (kStages == 1) {
+            if constexpr (kGlobalX && NT == 1) load_b();
+            weights(std::integral_constant<int, 2 * t>{});
+            weights(std::integral_constant<int, 2 * t + 1>{});
+            if constexpr (kGlobalX && NT == 2) load_b();
+            __syncwarp();
+            ldmatrix_x4(a0, ld0);
+            ldmatrix_x4(a1, ld1);
+          } else {  // tile t was decoded by tile t - 1 (t = 0: here); its reads, then tile t + 1's decode
+            if constexpr (t == 0) {
+              weights(std::integral_constant<int, 0>{});
+              weights(std::integral_constant<int, 1>{});
+            }
+            __syncwarp();  // tile t's stage written; tile t - 1's reads of the other stage done
+            constexpr int off = (t % kStages) * 2 * kRows;
+            ldmatrix_x4(a0, ld0 + off);
+            ldmatrix_x4(a1, ld1 + off);
+            if constexpr (kGlobalX) load_b();
+            if constexpr (t + 1 < kStep / 2) {
+              weights(std::integral_constant<int, 2 * t + 2>{});
+              weights(std::integral_constant<int, 2 * t + 3>{});
+            }
+          }
 #pragma unroll
           for (int nt = 0; nt < NT; ++nt) {
             unsigned b0, b1;
@@ -616,7 +641,7 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
             mma_16816(acc[0][nt], a0, b0, b1);
             mma_16816(acc[1][nt], a1, b0, b1);
           }
-          __syncwarp();  // the stage is rewritten by the next tile
+          if constexpr (kStages == 1) __syncwarp();  // the stage is rewritten by the next tile
         };
         unrolled(tile, std::make_integer_sequence<int, kStep / 2>{});
       }
