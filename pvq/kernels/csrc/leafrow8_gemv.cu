@@ -61,6 +61,7 @@ template <int E, typename Entry, typename MakeEntry>
 __device__ __forceinline__ void expand_table(int n, char* s_table, MakeEntry&& entry) {
   constexpr int kMax = 32;  // tables of up to 16384 entries over 512 threads
   const unsigned* raw = reinterpret_cast<const unsigned*>(s_table + (E - 4) * ((n + 3) & ~3));
+  __syncthreads();  // every thread's copies arrived (cp.async.wait_all waits for this thread's own)
   unsigned r[kMax];
 #pragma unroll
   for (int k = 0; k < kMax; ++k) {
@@ -464,7 +465,7 @@ enum class XFrom { kShared, kSharedChunks, kGlobal };
 #if defined(PVQ_MMA_WARPS)
 constexpr int kMmaWarps = PVQ_MMA_WARPS;
 #else
-constexpr int kMmaWarps = kWarps;
+constexpr int kMmaWarps = 16;
 #endif
 static_assert(kMmaWarps == 16 || kMmaWarps == 32, "the tensor-core kernel runs 16 or 32 warps a block");
 // (An experiment, session 24, built as above: PVQ_MMA_PIPELINE=1 gives each warp two stages, so tile t + 1 is decoded
