@@ -145,8 +145,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", type=int, default=90)
     p.add_argument("--sources", default="split8_gemv.cu,leaf8_gemv.cu,leafrow8_gemv.cu")
-    p.add_argument("--define", action="append", default=[], help="NAME=VALUE: an experiment's build (e.g. "
-                   "PVQ_POINT_NORMS=1, as speed_layout_device.py --rows-variant builds it)")
+    p.add_argument("--define", action="append", default=[], help="NAME=VALUE: an experiment's build (as "
+                   "speed_layout_device.py --rows-variant builds it)")
     p.add_argument("--whole", action="store_true",
                    help="compile each extension with its host code and bindings (stub CUDA-library headers)")
     a = p.parse_args()

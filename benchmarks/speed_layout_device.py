@@ -24,8 +24,8 @@ it (session 22), and with ``--prefill`` the fp16 decode + cuBLAS (``rows3``: wha
 times the row products (leaf pairs and whole points) a second (third) time through leafrow8_gemv.cu built with those
 defines, or another version of the source, in the same run (columns ``rows3-head``, ``points2-head`` ...), each first
 compared with the package's product (a variant off it by more than VARIANT_TOLERANCE is reported, not timed): how an
-experiment is kept or reverted. Session 23's three (tables expanded in shared memory at staging, one row):
-``--rows-variant norms:PVQ_POINT_NORMS=1+PVQ_LEAF_NORMS=1 --rows-variant halves:PVQ_POINT_HALVES=1``.
+experiment is kept or reverted (session 24: session 23's tables expanded at staging, measured slower and left; the
+tensor-core kernel at 16 warps, kept: docs/kernels.md, session 24).
 """
 
 from __future__ import annotations

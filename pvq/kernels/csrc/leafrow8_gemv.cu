@@ -55,48 +55,16 @@ __device__ __forceinline__ unsigned half2_as_u32(__half2 h) {
   return u;
 }
 
-// (experiments) A staged table's n words, copied to the top of its region (E bytes an entry), read into registers,
-// then every entry written from the bottom as entry(word) (a barrier between: the entries overwrite the words)
-template <int E, typename Entry, typename MakeEntry>
-__device__ __forceinline__ void expand_table(int n, char* s_table, MakeEntry&& entry) {
-  constexpr int kMax = 32;  // tables of up to 16384 entries over 512 threads
-  const unsigned* raw = reinterpret_cast<const unsigned*>(s_table + (E - 4) * ((n + 3) & ~3));
-  __syncthreads();  // every thread's copies arrived (cp.async.wait_all waits for this thread's own)
-  unsigned r[kMax];
-#pragma unroll
-  for (int k = 0; k < kMax; ++k) {
-    const int i = threadIdx.x + k * blockDim.x;
-    r[k] = i < n ? raw[i] : 0u;
-  }
-  __syncthreads();
-#pragma unroll
-  for (int k = 0; k < kMax; ++k) {
-    const int i = threadIdx.x + k * blockDim.x;
-    if (i >= n) break;
-    reinterpret_cast<Entry*>(s_table)[i] = entry(r[k]);
-  }
-}
-
 // The field formats (a kernel's Fd): the field of vector j of a step, the table's bias (finish_tables), and a field's
-// point as four exact half2 with its inverse norm.
-// (An experiment, built only by benchmarks/speed_layout_device.py --rows-variant, session 23: PVQ_LEAF_NORMS=1 expands
-// each leaf once a block, while the table is staged, into an 8-byte entry, the biased word and its squared norm, so a
-// vector's norm is one integer add: the same products bit for bit.)
-#if defined(PVQ_LEAF_NORMS)
-constexpr int kLeafEntryBytes = 8;
-#else
-constexpr int kLeafEntryBytes = 4;
-#endif
-
+// point as four exact half2 with its inverse norm. (Session 23's tables expanded at staging, a norm or the scaled
+// halves beside each entry, measured slower on an H100 in session 24 and left: docs/kernels.md, session 24.)
 template <int LG_, int F_>
 struct Fields {  // leaf pairs
   static constexpr int LG = LG_, F = F_;
   static constexpr unsigned kBias = 0x80808080u;     // the table's int8 coordinates biased by 128 in shared memory
-  static constexpr int kEntryBytes = kLeafEntryBytes;  // bytes of a table entry in shared memory
-  static constexpr int kShift = kEntryBytes == 8 ? 3 : 2;  // log2 of it
   static constexpr int A = (F - LG - (LG & 1)) / 2;  // leaf-row bits (F = LG + 2 A, rounded up to even)
   static constexpr int W2 = F / 2;                   // words a step of 16 fields
-  static constexpr unsigned kMask4 = ((1u << A) - 1u) << kShift;
+  static constexpr unsigned kMask4 = ((1u << A) - 1u) << 2;
   static_assert(LG + 2 * A <= F && F <= 32 && F % 2 == 0, "fields of LG + 2 A bits, padded to an even F <= 32");
 
   // field j (0..15) of a step's words, the bits above F left for the masks
@@ -107,12 +75,10 @@ struct Fields {  // leaf pairs
     else return __funnelshift_r(w[q], w[q + 1], s);
   }
   static __device__ __forceinline__ int a_byte(unsigned f) {
-    if constexpr (LG >= kShift) return static_cast<int>((f >> (LG - kShift)) & kMask4);
-    else return static_cast<int>((f << (kShift - LG)) & kMask4);
+    if constexpr (LG >= 2) return static_cast<int>((f >> (LG - 2)) & kMask4);
+    else return static_cast<int>((f << (2 - LG)) & kMask4);
   }
-  static __device__ __forceinline__ int b_byte(unsigned f) {
-    return static_cast<int>((f >> (LG + A - kShift)) & kMask4);
-  }
+  static __device__ __forceinline__ int b_byte(unsigned f) { return static_cast<int>((f >> (LG + A - 2)) & kMask4); }
   // field f's two leaf words from the shared table (int8 coordinates biased by 128)
   static __device__ __forceinline__ void leaf_words(unsigned f, const char* s_leaf, unsigned& wa, unsigned& wb) {
     wa = *reinterpret_cast<const unsigned*>(s_leaf + a_byte(f));
@@ -121,43 +87,11 @@ struct Fields {  // leaf pairs
   // field f's eight coordinates as exact half2 and its inverse norm
   static __device__ __forceinline__ float decode(unsigned f, const char* s_leaf, __half2& a01, __half2& a23,
                                                  __half2& b01, __half2& b23) {
-    if constexpr (kEntryBytes == 8) {
-      const uint2 ea = *reinterpret_cast<const uint2*>(s_leaf + a_byte(f));
-      const uint2 eb = *reinterpret_cast<const uint2*>(s_leaf + b_byte(f));
-      leaf_halves(ea.x, a01, a23);
-      leaf_halves(eb.x, b01, b23);
-      return rsqrt_approx(static_cast<float>(ea.y + eb.y));
-    } else {
-      unsigned wa, wb;
-      leaf_words(f, s_leaf, wa, wb);
-      return leaf_pair(wa, wb, a01, a23, b01, b23);
-    }
-  }
-  // (the experiment) every leaf biased, with its squared norm (3 bits: 11969 leaves)
-  static __device__ __forceinline__ void expand(int n, char* s_leaf) {
-    expand_table<kEntryBytes, uint2>(n, s_leaf, [](unsigned w) {
-      unsigned n2 = 0;
-#pragma unroll
-      for (int t = 0; t < 4; ++t) {
-        const int c = static_cast<signed char>((w >> (8 * t)) & 0xFFu);
-        n2 += static_cast<unsigned>(c * c);
-      }
-      return make_uint2(w ^ kBias, n2);
-    });
+    unsigned wa, wb;
+    leaf_words(f, s_leaf, wa, wb);
+    return leaf_pair(wa, wb, a01, a23, b01, b23);
   }
 };
-
-// Experiments, built only by benchmarks/speed_layout_device.py --rows-variant (session 23; the package's build has
-// neither): whole points expanded once a block, while the table is staged, into 8-byte entries (the nibble word and
-// its float 1 / |y|: PVQ_POINT_NORMS=1, the same products bit for bit) or 16-byte entries (the coordinates times
-// 1 / |y| as four half2, rounded once: PVQ_POINT_HALVES=1), so the loop skips the norm (and the unpacking).
-#if defined(PVQ_POINT_HALVES)
-constexpr int kPointEntryBytes = 16;
-#elif defined(PVQ_POINT_NORMS)
-constexpr int kPointEntryBytes = 8;
-#else
-constexpr int kPointEntryBytes = 4;
-#endif
 
 // Whole points (pvq/kernels/leaf_rows.py, point_table): a 16-bit field gain | index << 2, two a word; table word i
 // holds point i's coordinates biased by 8, coordinate 2 m at bits 4 m and 2 m + 1 at bits 16 + 4 m, so one mask makes
@@ -166,7 +100,6 @@ template <int LG_>
 struct PointFields {
   static constexpr int LG = LG_, F = 16, W2 = 8;
   static constexpr unsigned kBias = 0u;  // stored as the kernel reads it
-  static constexpr int kEntryBytes = kPointEntryBytes;
   static_assert(LG <= 2, "the gain in bits 0 .. 1, the index from bit 2");
   template <int J>
   static __device__ __forceinline__ unsigned field(const unsigned (&w)[W2]) {
@@ -185,34 +118,8 @@ struct PointFields {
   }
   static __device__ __forceinline__ float decode(unsigned f, const char* s_leaf, __half2& a01, __half2& a23,
                                                  __half2& b01, __half2& b23) {
-    if constexpr (kEntryBytes == 16) {
-      const uint4 e = *reinterpret_cast<const uint4*>(s_leaf + ((f & 0xFFFCu) << 2));
-      a01 = u32_as_half2(e.x), a23 = u32_as_half2(e.y), b01 = u32_as_half2(e.z), b23 = u32_as_half2(e.w);
-      return 1.f;
-    } else if constexpr (kEntryBytes == 8) {
-      const uint2 e = *reinterpret_cast<const uint2*>(s_leaf + ((f & 0xFFFCu) << 1));
-      unpack(e.x, a01, a23, b01, b23);
-      return __uint_as_float(e.y);
-    } else {
-      unpack(*reinterpret_cast<const unsigned*>(s_leaf + (f & 0xFFFCu)), a01, a23, b01, b23);
-      return inverse_norm8(a01, a23, b01, b23);
-    }
-  }
-  // (experiments) every point with its inverse norm, or its coordinates times it as half2
-  static __device__ __forceinline__ void expand(int n, char* s_leaf) {
-    using Entry = std::conditional_t<kEntryBytes == 16, uint4, uint2>;
-    expand_table<kEntryBytes, Entry>(n, s_leaf, [](unsigned w) {
-      __half2 a01, a23, b01, b23;
-      unpack(w, a01, a23, b01, b23);
-      const float inv = inverse_norm8(a01, a23, b01, b23);
-      if constexpr (kEntryBytes == 16) {
-        const __half2 m = __float2half2_rn(inv);
-        return make_uint4(half2_as_u32(__hmul2(a01, m)), half2_as_u32(__hmul2(a23, m)), half2_as_u32(__hmul2(b01, m)),
-                          half2_as_u32(__hmul2(b23, m)));
-      } else {
-        return make_uint2(w, __float_as_uint(inv));
-      }
-    });
+    unpack(*reinterpret_cast<const unsigned*>(s_leaf + (f & 0xFFFCu)), a01, a23, b01, b23);
+    return inverse_norm8(a01, a23, b01, b23);
   }
 };
 
@@ -302,14 +209,9 @@ __device__ __forceinline__ void stage_tables(const int* __restrict__ leaves, int
 // round trip after another (each load's store and loop test before the next load, in SASS: thread 0 waited three
 // round trips for its words of the 3-bit table of 11969 leaves, one for the table's tail, one for the levels, then
 // x's), where cp.async issues all of a thread's copies at once and they travel while x is staged.
-template <typename Fd>
+template <unsigned kBias>
 __device__ __forceinline__ void finish_tables(int n_leaves, char* s_leaf) {
   asm volatile("cp.async.wait_all;\n" ::: "memory");
-  if constexpr (Fd::kEntryBytes > 4) {  // (experiments) PointFields::expand
-    Fd::expand(n_leaves, s_leaf);
-    return;
-  }
-  constexpr unsigned kBias = Fd::kBias;
   if constexpr (kBias == 0u) return;
   const int n4 = n_leaves >> 2;
   for (int i = threadIdx.x; i < n4; i += blockDim.x)
@@ -350,19 +252,18 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
   const int vpr = steps * kStep;
   uint4* s_x = smem4;
   char* s_leaf = reinterpret_cast<char*>(s_x + static_cast<size_t>(vpr) * B);
-  const int table_bytes = Fd::kEntryBytes * ((n_leaves + 3) & ~3);
-  float* s_levels = reinterpret_cast<float*>(s_leaf + table_bytes);
+  float* s_levels = reinterpret_cast<float*>(s_leaf + 4 * ((n_leaves + 3) & ~3));
   // one row: [part_buffers][kWarps][kRows + 1] (padded: the readers' stride is odd); several: [kWarps][kRows][B]
   constexpr int kPart = kRows + 1;
   float* s_part = s_levels + 16;
 
-  stage_tables<L>(leaves, n_leaves, levels, s_leaf + table_bytes - 4 * ((n_leaves + 3) & ~3), s_levels);
+  stage_tables<L>(leaves, n_leaves, levels, s_leaf, s_levels);
 #pragma unroll 4
   for (int i = threadIdx.x; i < vpr * B; i += blockDim.x) {
     const int v = i / B, r = i % B;
     s_x[i] = r < batch ? load8_sixteenth<T>(x + static_cast<size_t>(r) * vpr * 8, v) : make_uint4(0u, 0u, 0u, 0u);
   }
-  finish_tables<Fd>(n_leaves, s_leaf);
+  finish_tables<Fd::kBias>(n_leaves, s_leaf);
   __syncthreads();
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -449,9 +350,9 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
 // warp's 32 rows, whatever the rows. A warp's lanes store two vectors each (k 0..15 of 32 rows) to a 1 KB stage,
 // read back by two ldmatrix.x4 as the A operands of the two m16 tiles (rows 0..15, 16..31); the B operand is x / 16
 // (input row 8 nt + l / 4, from the shared [vector][row] copy). Lane l then holds, per m tile and n tile,
-// outputs (row 16 mt + l / 4 (+ 8), input row 8 nt + 2 (l % 4) (+ 1)). A row group's 32 warp partials are folded
-// pairwise in shared memory (fixed order: deterministic) until they fit the stage, then summed by
-// 1024 / (32 NC) threads an output and a shuffle.
+// outputs (row 16 mt + l / 4 (+ 8), input row 8 nt + 2 (l % 4) (+ 1)). A row group's warp partials (kMmaWarps
+// warps a block, below) are folded pairwise in shared memory (fixed order: deterministic) until they fit the stage,
+// then summed by 32 kMmaWarps / (32 NC) threads an output and a shuffle.
 // Where the B operands come from (XFrom): x / 16 staged whole in shared memory, or in chunks of steps, or read
 // straight from x in global memory (through L1) and scaled to x / 16 in registers. Staged x pays its copy once a
 // block and its reads on the L1 pipe the decode is bound by; direct reads pay no copy and no barrier but go to
@@ -459,25 +360,13 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
 // 23.1 us, at 16 39.7 -> 31.9; 4096x4096 11.9 -> 11.2, 17.6 -> 15.3), slower with three (11008x4096 at 8 rows
 // 25.2 -> 28.4, at 16 30.5 -> 39.0). pvq/kernels/cuda_leaf.py chooses by the row groups a block takes.
 enum class XFrom { kShared, kSharedChunks, kGlobal };
-// (An experiment, built only by benchmarks/speed_layout_device.py --rows-variant, session 24: PVQ_MMA_WARPS=16 runs
-// the tensor-core kernel with 16 warps a block, so each thread may hold 128 registers instead of 64: the 16-row
-// instances spill 38 to 122 bytes at 64.)
-#if defined(PVQ_MMA_WARPS)
-constexpr int kMmaWarps = PVQ_MMA_WARPS;
-#else
+// Warps a block of the tensor-core kernel: 16, so a thread may hold 128 registers (at 32 warps, 64: the 16-row
+// instances spilled 38 to 122 bytes). Session 24 (H100, docs/bench/speed_variants_s24_h100.txt): 16 rows at 3 bits
+// 4096x4096 15.7 -> 12.6 us, 11008x4096 29.7 -> 28.0, 4096x11008 32.6 -> 29.9; 8 rows 24.8 -> 22.1 on 11008x4096;
+// whole points at 16 rows on 4096x11008 slower (24.9 -> 27.3), on the other three shapes faster or level. Two stages
+// a warp (tile t + 1 decoded while tile t's ldmatrix reads are in flight) measured no better than one and left.
 constexpr int kMmaWarps = 16;
-#endif
-static_assert(kMmaWarps == 16 || kMmaWarps == 32, "the tensor-core kernel runs 16 or 32 warps a block");
-// (An experiment, session 24, built as above: PVQ_MMA_PIPELINE=1 gives each warp two stages, so tile t + 1 is decoded
-// into one while tile t's ldmatrix reads the other: its A operands are in flight during the decode, and one
-// __syncwarp a tile instead of two. With 16 warps only: the stages stay 32 KB, as pvq/kernels/cuda_leaf.py counts.)
-#if defined(PVQ_MMA_PIPELINE)
-constexpr int kStages = 2;
-#else
-constexpr int kStages = 1;
-#endif
-constexpr int kStageBytes = kMmaWarps * kStages * 2 * kRows * 16;  // 32 KB: a warp's two vectors x 32 rows of 16 bytes
-static_assert(kStageBytes <= 32 * 1024, "at most the stages pvq/kernels/cuda_leaf.py counts (MMA_STAGE_BYTES)");
+constexpr int kStageBytes = kMmaWarps * 2 * kRows * 16;  // 16 KB: a warp's two vectors x 32 rows of 16 bytes
 
 __device__ __forceinline__ void mma_16816(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
   asm volatile(
@@ -512,10 +401,9 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
   // [warp][2 vectors][32 rows], partial sums
   uint4* s_stage = kGlobalX ? smem4 : s_x + static_cast<size_t>(x_steps) * kStep * batch;
   char* s_leaf = reinterpret_cast<char*>(s_stage + kStageBytes / 16);
-  const int table_bytes = Fd::kEntryBytes * ((n_leaves + 3) & ~3);
-  float* s_levels = reinterpret_cast<float*>(s_leaf + table_bytes);
+  float* s_levels = reinterpret_cast<float*>(s_leaf + 4 * ((n_leaves + 3) & ~3));
   // x / 16 of steps c0 .. c0 + x_steps - 1 into shared memory (all of x where it fits: x_steps == steps, copied
-  // once; else chunks of a multiple of 32 steps, copied for each row group: each warp keeps its steps)
+  // once; else chunks of a multiple of kMmaWarps steps, copied for each row group: each warp keeps its steps)
   // (kSharedChunks: instances that may stage x in chunks; at 16 rows the chunk loop's registers cost spills, so 16
   // rows of x that fits whole take an instance without it: 11008x4096 at 3 bits 33.3 against 31.6 us; session 14)
   if constexpr (XF != XFrom::kSharedChunks) x_steps = steps;
@@ -536,14 +424,14 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
   unsigned wn[W2] = {};
   __half sn = __float2half(0.f);
   auto load = [&](int rg, int s) { load_step<W2>(words, scales, rg, s, steps, lane, wn, sn); };
-  stage_tables<L>(leaves, n_leaves, levels, s_leaf + table_bytes - 4 * ((n_leaves + 3) & ~3), s_levels);
+  stage_tables<L>(leaves, n_leaves, levels, s_leaf, s_levels);
   if (!kGlobalX && !chunked) stage_x(0);
-  finish_tables<Fd>(n_leaves, s_leaf);
+  finish_tables<Fd::kBias>(n_leaves, s_leaf);
   __syncthreads();
   if (works && rg0 < rg1) load(rg0, warp);  // (loaded before the tables' copy instead: slower, session 14)
 
   const int g = lane >> 2, c = lane & 3;
-  uint4* stage = s_stage + warp * kStages * 2 * kRows;
+  uint4* stage = s_stage + warp * 2 * kRows;
   // ldmatrix addresses: lanes 8 m .. 8 m + 7 give the rows of matrix m = (rows 8 (m % 2) .., vector m / 2): the
   // fragments a0 .. a3 of an m16 x k16 tile
   const int lm = lane >> 3, lr = lane & 7;
@@ -585,7 +473,7 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
           v.y = half2_as_u32(__hmul2(a23, m2));
           v.z = half2_as_u32(__hmul2(b01, m2));
           v.w = half2_as_u32(__hmul2(b23, m2));
-          stage[((j >> 1) % kStages) * 2 * kRows + (j & 1) * kRows + lane] = v;
+          stage[(j & 1) * kRows + lane] = v;
         };
         auto tile = [&](auto tc) {  // inputs 16 t .. 16 t + 15 of the step: vectors 2 t, 2 t + 1
           constexpr int t = decltype(tc)::value;
@@ -602,30 +490,14 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
               raw1[nt] = r < batch ? __ldg(xr + 4) : 0u;
             }
           };
+          if constexpr (kGlobalX && NT == 1) load_b();
+          weights(std::integral_constant<int, 2 * t>{});
+          weights(std::integral_constant<int, 2 * t + 1>{});
+          if constexpr (kGlobalX && NT == 2) load_b();
+          __syncwarp();
           unsigned a0[4], a1[4];
-          if constexpr (kStages == 1) {
-            if constexpr (kGlobalX && NT == 1) load_b();
-            weights(std::integral_constant<int, 2 * t>{});
-            weights(std::integral_constant<int, 2 * t + 1>{});
-            if constexpr (kGlobalX && NT == 2) load_b();
-            __syncwarp();
-            ldmatrix_x4(a0, ld0);
-            ldmatrix_x4(a1, ld1);
-          } else {  // tile t was decoded by tile t - 1 (t = 0: here); its reads, then tile t + 1's decode
-            if constexpr (t == 0) {
-              weights(std::integral_constant<int, 0>{});
-              weights(std::integral_constant<int, 1>{});
-            }
-            __syncwarp();  // tile t's stage written; tile t - 1's reads of the other stage done
-            constexpr int off = (t % kStages) * 2 * kRows;
-            ldmatrix_x4(a0, ld0 + off);
-            ldmatrix_x4(a1, ld1 + off);
-            if constexpr (kGlobalX) load_b();
-            if constexpr (t + 1 < kStep / 2) {
-              weights(std::integral_constant<int, 2 * t + 2>{});
-              weights(std::integral_constant<int, 2 * t + 3>{});
-            }
-          }
+          ldmatrix_x4(a0, ld0);
+          ldmatrix_x4(a1, ld1);
 #pragma unroll
           for (int nt = 0; nt < NT; ++nt) {
             unsigned b0, b1;
@@ -642,7 +514,7 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
             mma_16816(acc[0][nt], a0, b0, b1);
             mma_16816(acc[1][nt], a1, b0, b1);
           }
-          if constexpr (kStages == 1) __syncwarp();  // the stage is rewritten by the next tile
+          __syncwarp();  // the stage is rewritten by the next tile
         };
         unrolled(tile, std::make_integer_sequence<int, kStep / 2>{});
       }
@@ -745,11 +617,6 @@ Status rows_launch(RowsLaunch& l, const torch::Tensor& words, const torch::Tenso
   return {};
 }
 
-// Shared-memory bytes of a staged table of n entries (whole points: 4, or the experiments' expanded entries)
-size_t table_bytes(int n, bool whole_points) {
-  return static_cast<size_t>(whole_points ? kPointEntryBytes : kLeafEntryBytes) * ((n + 3) & ~3);
-}
-
 template <typename T>
 struct Tag {
   using type = T;
@@ -780,9 +647,9 @@ Status by_dtype_and_fields(const torch::Tensor& x, int64_t field_bits, int64_t g
 
 // kern<<<grid, threads, smem>>>(codes, x, y, shapes..., extra...) with the dynamic shared memory it asks for
 template <typename T, typename TL, typename Kernel, typename... Extra>
-Status launch_rows(Kernel kern, int threads, const RowsLaunch& l, size_t smem, const torch::Tensor& words, const torch::Tensor& scales,
-                 const torch::Tensor& levels, const torch::Tensor& leaves, torch::Tensor& y, int64_t out_features,
-                 Extra... extra) {
+Status launch_rows(Kernel kern, int threads, const RowsLaunch& l, size_t smem, const torch::Tensor& words,
+                   const torch::Tensor& scales, const torch::Tensor& levels, const torch::Tensor& leaves, torch::Tensor& y,
+                   int64_t out_features, Extra... extra) {
   PVQ_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   kern<<<l.grid, threads, smem, at::cuda::getCurrentCUDAStream()>>>(
       reinterpret_cast<const unsigned*>(words.data_ptr<int32_t>()),
@@ -811,7 +678,7 @@ Status leafrow8_gemv(torch::Tensor& y, torch::Tensor words, torch::Tensor scales
   const size_t part_bytes = sizeof(float) * static_cast<size_t>(kWarps) * (rows_b == 1 ? kRows + 1 : kRows * rows_b);
   const size_t x_bytes = sizeof(uint4) * static_cast<size_t>(l.steps) * kStep * rows_b + sizeof(float) * 16;
   const size_t optin = l.props->sharedMemPerBlockOptin;
-  const size_t base = x_bytes + table_bytes(l.n_leaves, whole_points);
+  const size_t base = x_bytes + 4 * ((l.n_leaves + 3) & ~3);
   const int part_buffers = rows_b == 1 && l.groups_per_block > 1 && base + 2 * part_bytes <= optin ? 2 : 1;
   const size_t smem = base + part_buffers * part_bytes;
   return by_dtype_and_fields(l.x, field_bits, gain_bits, whole_points, [&](auto t, auto tl, auto fd) -> Status {
@@ -840,8 +707,8 @@ Status leafrow8_gemv_mma(torch::Tensor& y, torch::Tensor words, torch::Tensor sc
   PVQ_TRY(rows_launch(l, words, scales, levels, leaves, x, out_features, field_bits, gain_bits, 16));
   y = torch::empty({l.batch, out_features}, l.x.options());
   // x / 16 in shared memory: all of it where it fits beside the stages and the leaves, else the most steps
-  // (a multiple of 32: each warp keeps its steps) that fit, copied a chunk at a time
-  const size_t fixed = kStageBytes + table_bytes(l.n_leaves, whole_points) + sizeof(float) * 16;
+  // (a multiple of kMmaWarps: each warp keeps its steps) that fit, copied a chunk at a time
+  const size_t fixed = kStageBytes + 4 * ((l.n_leaves + 3) & ~3) + sizeof(float) * 16;
   const size_t step_bytes = sizeof(uint4) * kStep * l.batch;
   const size_t room = l.props->sharedMemPerBlockOptin > fixed ? l.props->sharedMemPerBlockOptin - fixed : 0;
   const int x_steps = x_from_global || room >= step_bytes * l.steps
