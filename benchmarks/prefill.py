@@ -1,18 +1,20 @@
 """Prefill of a 7B-shaped Llama on one GPU: fp16, torch's int4 kernel and pvq, pvq with and without its
-whole-layer decodes one layer ahead on a side stream (:mod:`pvq.kernels.decode_ahead`; docs/kernels.md, session 25).
+whole-layer decodes ``--depths`` layers ahead on a side stream (:mod:`pvq.kernels.decode_ahead`; docs/kernels.md,
+session 25).
 
-    python benchmarks/prefill.py [--layers 32] [--methods fp16,int4,pvq3,pvq2] [--prompts 512,2048]
-    python benchmarks/prefill.py --device cpu --layers 2 --hidden 256 --intermediate 768 --vocab 512 --prompts 24
+    python benchmarks/prefill.py [--layers 32] [--methods fp16,int4,pvq3,pvq2] [--prompts 512,2048] [--depths 1,2]
+    TRITON_INTERPRET=1 python benchmarks/prefill.py --device cpu --layers 2 --hidden 256 --intermediate 768 \
+        --vocab 512 --prompts 24 --methods fp16,pvq3 --repeats 1 --depths 1
 
 The models are :mod:`benchmarks.generate`'s (same shapes, same random codes, each method's rotation plan as
 ``pvq quantize`` picks it, q/k/v and gate/up merged on CUDA as ``pvq generate`` runs them). A prefill is one
 forward of ``[1, P]`` prompt ids without a cache, the logits of the last position only; per row its milliseconds
 (CUDA events, median of ``--repeats`` after two warm-up passes: the first teaches decode-ahead the layers' order),
-ratio to fp16, peak GPU memory above the model's, and for decode-ahead the early decodes taken / wrong / launched
-and whether its last-position logits equal the plain pvq row's bit for bit (they must: the same kernels). Above 16
-rows pvq decodes every layer to fp16 (Triton) and multiplies by cuBLAS; issue 22 asks for prefill within 1.3x fp16.
-Every phase prints its seconds. Off CUDA, pvq runs the ``triton`` backend only under ``TRITON_INTERPRET=1`` (the
-CPU smoke run above; its times mean nothing).
+ratio to fp16, peak GPU memory above the model's, and for decode-ahead (a row per depth) the early decodes taken /
+wrong / launched and whether its last-position logits equal the plain pvq row's bit for bit (they must: the same
+kernels). Above 16 rows pvq decodes every layer to fp16 (Triton) and multiplies by cuBLAS; issue 22 asks for
+prefill within 1.3x fp16. Every phase prints its seconds. Off CUDA, pvq runs the ``triton`` backend only under
+``TRITON_INTERPRET=1`` (the CPU smoke run above, minutes under the interpreter; its times mean nothing).
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ def main() -> None:
     p.add_argument("--methods", default="fp16,int4,pvq3,pvq2", help=f"fp16 (first), int4, {', '.join(SETTINGS)}")
     p.add_argument("--prompts", default="512,2048", help="prompt lengths (rows of every product)")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--depths", default="1,2", help="layers decoded ahead, a pvq row per depth")
     p.add_argument("--dim", type=int, default=8)
     p.add_argument("--device", default=None, help="default: cuda where available")
     a = p.parse_args()
@@ -86,8 +89,11 @@ def main() -> None:
         p.error(f"--methods: fp16 (first, where named), int4, {', '.join(SETTINGS)}; got {a.methods}")
     try:
         prompts = [int(t) for t in a.prompts.split(",")]
+        depths = [int(t) for t in a.depths.split(",") if t]
     except ValueError:
-        p.error(f"--prompts takes comma-separated lengths, got {a.prompts}")
+        p.error(f"--prompts and --depths take comma-separated numbers, got {a.prompts} and {a.depths}")
+    if any(d < 1 for d in depths):
+        p.error(f"--depths: positive numbers of layers, got {a.depths}")
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type != "cuda" and any(m in SETTINGS for m in methods) and os.environ.get("TRITON_INTERPRET") != "1":
         p.error("pvq rows off CUDA run Triton's interpreter: set TRITON_INTERPRET=1")
@@ -127,17 +133,17 @@ def main() -> None:
                 ms, peak, logits = time_prefill(model, ids[n], a.repeats)
                 rows.append({"method": method, "prompt": n, "ms": ms, "peak": peak})
                 say(f"{method}, {n} tokens: {ms:.2f} ms, peak {peak / 1e9:.2f} GB above the model")
-                if method not in SETTINGS:
-                    continue
-                ahead = enable_decode_ahead(model)
-                ms, peak, got = time_prefill(model, ids[n], a.repeats)
-                same = torch.equal(got, logits)
-                rows.append({"method": f"{method} decode-ahead", "prompt": n, "ms": ms, "peak": peak,
-                             "ahead": f"{ahead.hits}/{ahead.misses}/{ahead.launched}", "same": same})
-                say(f"{method} decode-ahead, {n} tokens: {ms:.2f} ms, peak {peak / 1e9:.2f} GB; early decodes taken/"
-                    f"wrong/launched {ahead.hits}/{ahead.misses}/{ahead.launched}; logits "
-                    f"{'equal to' if same else 'NOT equal to'} the plain row's")
-                ahead.remove()
+                for depth in depths if method in SETTINGS else ():
+                    ahead = enable_decode_ahead(model, depth)
+                    ms, peak, got = time_prefill(model, ids[n], a.repeats)
+                    same = torch.equal(got, logits)
+                    label = f"{method} decode-ahead {depth}"
+                    rows.append({"method": label, "prompt": n, "ms": ms, "peak": peak,
+                                 "ahead": f"{ahead.hits}/{ahead.misses}/{ahead.launched}", "same": same})
+                    say(f"{label}, {n} tokens: {ms:.2f} ms, peak {peak / 1e9:.2f} GB; early decodes taken/wrong/"
+                        f"launched {ahead.hits}/{ahead.misses}/{ahead.launched}; logits "
+                        f"{'equal to' if same else 'NOT equal to'} the plain row's")
+                    ahead.remove()
         del model
         model = None
         gc.collect()

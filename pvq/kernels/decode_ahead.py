@@ -25,6 +25,7 @@ measures it faster: ``python benchmarks/prefill.py`` times a 7B-shaped prefill w
 from __future__ import annotations
 
 import weakref
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
@@ -52,23 +53,28 @@ class _Early:
 
 
 class DecodeAhead:
-    """Decodes the next layer's weight while the current one multiplies (module docstring). One per model.
+    """Decodes the next ``depth`` layers' weights while the current one multiplies (module docstring). One per model.
 
-    :attr:`hits`: weights taken from an early decode; :attr:`misses`: decoded in place though an early decode
-    was pending (a wrong prediction); :attr:`launched`: early decodes started.
+    ``depth``: layers decoded ahead (1: the next; 2 also lets a long decode start two products early, e.g. gate/up's
+    during q/k/v's product and the attention, where o_proj's short product alone would not hide it; each costs one
+    decoded layer of memory). :attr:`hits`: weights taken from an early decode; :attr:`misses`: early decodes
+    dropped by a wrong prediction; :attr:`launched`: early decodes started.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, depth: int = 1) -> None:
+        if not isinstance(depth, int) or depth < 1:
+            raise QuantizeError(f"decode-ahead depth must be a positive number of layers, got {depth!r}")
+        self.depth = depth
         self._successor: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # layer -> weakref to the next
         self._last: weakref.ref | None = None
-        self._early: _Early | None = None
+        self._early: deque[_Early] = deque()  # launched, in the predicted order
         self._streams: dict[torch.device, torch.cuda.Stream] = {}
         self._hooks: list = []
         self._layers: list[weakref.ref] = []
         self.hits = self.misses = self.launched = 0
 
     def __deepcopy__(self, memo) -> "DecodeAhead":
-        return DecodeAhead()  # streams and weak references do not copy: a copied model starts learning anew
+        return DecodeAhead(self.depth)  # streams and weak references do not copy: a copied model starts learning anew
 
     # ------------------------------------------------------------ passes
 
@@ -77,15 +83,16 @@ class DecodeAhead:
         self.end_pass()
 
     def end_pass(self) -> None:
-        """A forward pass ended: an early decode nobody took is dropped (its memory freed)."""
+        """A forward pass ended: early decodes nobody took are dropped (their memory freed)."""
         self._last = None
-        self._early = None
+        self._early.clear()
 
     # ------------------------------------------------------------ the backend's entry
 
     def weight(self, layer: nn.Module, device: torch.device, dtype: torch.dtype, decode: LayerDecoder) -> torch.Tensor:
         """``Q' [out, in]`` of ``layer`` in ``dtype`` on ``device`` for the current stream (from the early decode
-        where it was predicted, else decoded now); then the predicted next layer's decode is launched."""
+        where it was predicted, else decoded now); then the decodes of the predicted next ``depth`` layers that are
+        not under way yet are launched."""
         w = self._take(layer, dtype)
         if w is None:
             w = decode(layer, device, dtype)
@@ -95,19 +102,26 @@ class DecodeAhead:
         if prev is not None and prev is not layer:
             self._successor[prev] = weakref.ref(layer)
         self._last = weakref.ref(layer)
-        nxt = self._successor.get(layer)
-        nxt = nxt() if nxt is not None else None
-        if nxt is not None and nxt is not layer and not _capturing(device):
-            self._launch(nxt, device, dtype, decode)
+        if _capturing(device):
+            return w
+        nxt = layer
+        for ahead in range(self.depth):
+            ref = self._successor.get(nxt)
+            nxt = ref() if ref is not None else None
+            if nxt is None or nxt is layer:
+                break
+            if ahead >= len(self._early):  # the queue holds the next len(queue) layers' decodes already
+                self._launch(nxt, device, dtype, decode)
         return w
 
     def _take(self, layer: nn.Module, dtype: torch.dtype) -> torch.Tensor | None:
-        early, self._early = self._early, None
-        if early is None:
+        if not self._early:
             return None
+        early = self._early.popleft()
         if early.layer() is not layer or early.dtype != dtype:
-            self.misses += 1
-            return None  # dropped: its block is the side stream's, reused only after its decode there
+            self.misses += 1 + len(self._early)
+            self._early.clear()
+            return None  # dropped: their blocks are the side stream's, reused only after their decodes there
         if early.ready is not None:
             main = torch.cuda.current_stream(early.weight.device)
             main.wait_event(early.ready)
@@ -129,7 +143,7 @@ class DecodeAhead:
                 ready = torch.cuda.Event()
                 ready.record(side)
         if w is not None:
-            self._early = _Early(weakref.ref(layer), dtype, w, ready)
+            self._early.append(_Early(weakref.ref(layer), dtype, w, ready))
             self.launched += 1
 
     # ------------------------------------------------------------ attachment
@@ -173,10 +187,10 @@ def _capturing(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
-def enable_decode_ahead(model: nn.Module) -> DecodeAhead:
-    """Decode each quantized layer's weight one layer ahead during prefill (module docstring); returns the
+def enable_decode_ahead(model: nn.Module, depth: int = 1) -> DecodeAhead:
+    """Decode each quantized layer's weight ``depth`` layers ahead during prefill (module docstring); returns the
     scheduler (its :meth:`~DecodeAhead.remove` turns it off). Raises if the model has no quantized layer."""
-    ahead = DecodeAhead()
+    ahead = DecodeAhead(depth)
     if ahead.attach(model) == 0:
         raise QuantizeError("decode-ahead: the model has no quantized linear layer")
     return ahead

@@ -32,39 +32,45 @@ def _stub_decode(calls: list):
     return decode
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.lists(st.integers(0, 5), min_size=0, max_size=12), min_size=1, max_size=6))
-def test_every_weight_is_its_own_layers_whatever_the_order(passes):
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 5), min_size=0, max_size=12), min_size=1, max_size=6), st.integers(1, 3))
+def test_every_weight_is_its_own_layers_whatever_the_order(passes, depth):
     """Passes of layer calls in any order (repeats, skips, orders that change): each call gets its own layer's
     weight; hits + misses never exceed the launches; after a pass ends nothing early is held."""
     layers = [_Stub(i) for i in range(6)]
     calls: list = []
-    ahead = DecodeAhead()
+    ahead = DecodeAhead(depth)
     device = torch.device(DEVICE)
     for order in passes:
         ahead.begin_pass()
         for i in order:
             w = ahead.weight(layers[i], device, torch.float16, _stub_decode(calls))
             assert w.dtype == torch.float16 and bool((w == i).all())
+            assert len(ahead._early) <= depth
         ahead.end_pass()
-        assert ahead._early is None
+        assert not ahead._early
     assert ahead.hits + ahead.misses <= ahead.launched
     assert ahead.hits + len(calls) - ahead.launched == sum(map(len, passes))  # every call decoded once or taken
 
 
-def test_a_repeated_order_is_learnt_in_one_pass():
+@pytest.mark.parametrize("depth", [1, 2])
+def test_a_repeated_order_is_learnt_in_one_pass(depth):
     layers = [_Stub(i) for i in range(4)]
     calls: list = []
-    ahead = DecodeAhead()
+    ahead = DecodeAhead(depth)
     device = torch.device(DEVICE)
     for p in range(3):
         ahead.begin_pass()
-        for m in layers:
+        for i, m in enumerate(layers):
             ahead.weight(m, device, torch.float32, _stub_decode(calls))
+            if p:  # the next `depth` layers under way (fewer near the end)
+                assert [e.layer().i for e in ahead._early] == list(range(i + 1, min(4, i + 1 + depth)))
         ahead.end_pass()
         # the first pass learns (4 in place), each later one decodes its first layer in place, three ahead
         assert (ahead.hits, ahead.misses, ahead.launched) == (3 * p, 0, 3 * p)
     assert calls == [0, 1, 2, 3] * 3  # ahead or not, each layer decoded once a pass, in the order run
+    if depth > 1:
+        return
     ahead.begin_pass()  # layer 1 decoded ahead in layer 0's dtype, then asked for in another: dropped, in place
     ahead.weight(layers[0], device, torch.float32, _stub_decode(calls))
     assert ahead.weight(layers[1], device, torch.float16, _stub_decode(calls)).dtype == torch.float16
@@ -83,18 +89,18 @@ def _model(bits: int = 3):
     return model
 
 
-@pytest.mark.parametrize("bits", [3, pytest.param(2, marks=pytest.mark.skipif(
+@pytest.mark.parametrize("bits, depth", [(3, 2), pytest.param(2, 1, marks=pytest.mark.skipif(
     DEVICE == "cpu", reason="off CUDA both rates run the same Triton decode (on CUDA: leaf pairs, whole points)"))])
-def test_prefill_logits_equal_the_plain_paths_bit_for_bit(bits):
+def test_prefill_logits_equal_the_plain_paths_bit_for_bit(bits, depth):
     model = _model(bits)
     ids = X.to(DEVICE)  # 48 rows: above the fused kernels' 16, the whole-layer decode and one matmul
     with torch.no_grad():
         plain = model(input_ids=ids).logits
-        ahead = enable_decode_ahead(model)
+        ahead = enable_decode_ahead(model, depth)
         n = len(quantized(model))
         got = [model(input_ids=ids).logits for _ in range(2)]
         assert (ahead.hits, ahead.misses) == (n - 1, 0)  # learnt in the first pass
-        assert ahead._early is None  # nothing held after a pass
+        assert not ahead._early  # nothing held after a pass
         step = model(input_ids=ids[:1, :1]).logits  # 1 row: the fused kernels, no whole-layer decode
         assert ahead.launched == n - 1
         ahead.remove()
@@ -116,3 +122,5 @@ def test_one_scheduler_a_model_and_copies_start_afresh():
     enable_decode_ahead(model).remove()  # after remove() another may serve it
     with pytest.raises(QuantizeError, match="no quantized"):
         enable_decode_ahead(nn.Sequential(nn.Linear(4, 4)))
+    with pytest.raises(QuantizeError, match="positive"):
+        DecodeAhead(0)
