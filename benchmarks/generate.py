@@ -435,13 +435,18 @@ def main_checkpoint(a, device, compiles: list[bool]) -> None:
             json.dump({"checkpoint": a.checkpoint, "rows": rows}, f, indent=1)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_shape_arguments(p: argparse.ArgumentParser) -> None:
+    """The random Llama's shapes (LLaMA-2-7B's by default): ``--layers --hidden --intermediate --heads --vocab``."""
     p.add_argument("--layers", type=int, default=32)
     p.add_argument("--hidden", type=int, default=4096)
     p.add_argument("--intermediate", type=int, default=11008)
     p.add_argument("--heads", type=int, default=32)
     p.add_argument("--vocab", type=int, default=32000)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_shape_arguments(p)
     p.add_argument("--methods", default="fp16,int4,pvq4,pvq3,pvq2,e8-2",
                    help=f"any of fp16 (first where named: the rows replace the model's linears in turn), int4, "
                         f"{', '.join(SETTINGS)}; ratios are against fp16, else the first row")

@@ -30,8 +30,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from generate import (SETTINGS, build_cuda_kernels, check_int4, fresh_llama, merge, phase, resolve_plan,  # noqa: E402
-                      say, to_int4, to_quantized)
+from generate import (SETTINGS, add_shape_arguments, build_cuda_kernels, check_int4, fresh_llama,  # noqa: E402
+                      merge, phase, resolve_plan, say, to_int4, to_quantized)
 
 
 def last_logits(model, ids: torch.Tensor) -> torch.Tensor:
@@ -72,11 +72,7 @@ def time_prefill(model, ids: torch.Tensor, repeats: int) -> tuple[float, int, to
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--layers", type=int, default=32)
-    p.add_argument("--hidden", type=int, default=4096)
-    p.add_argument("--intermediate", type=int, default=11008)
-    p.add_argument("--heads", type=int, default=32)
-    p.add_argument("--vocab", type=int, default=32000)
+    add_shape_arguments(p)
     p.add_argument("--methods", default="fp16,int4,pvq3,pvq2", help=f"fp16 (first), int4, {', '.join(SETTINGS)}")
     p.add_argument("--prompts", default="512,2048", help="prompt lengths (rows of every product)")
     p.add_argument("--repeats", type=int, default=5)

@@ -1,0 +1,34 @@
+"""``benchmarks/prefill.py`` on the CPU at toy sizes (fp16 and int4 rows: pvq rows run Triton's interpreter, minutes;
+``tests/kernels/test_decode_ahead.py`` covers decode-ahead itself): the rows run, the table lists them against fp16,
+and bad arguments are refused before any model is built."""
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CMD = [sys.executable, os.path.join(ROOT, "benchmarks", "prefill.py"), "--device", "cpu", "--layers", "1",
+       "--hidden", "128", "--intermediate", "256", "--vocab", "256", "--heads", "2", "--repeats", "1"]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run([*CMD, *args], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={**env, "PYTHONPATH": ROOT})
+
+
+def test_prefill_benchmark_rows_and_table():
+    run = _run("--methods", "fp16,int4", "--prompts", "8,24")
+    assert run.returncode == 0, run.stderr[-3000:]
+    for row in ("| fp16 | 8 | ", "| fp16 | 24 | ", "| int4 | 8 | ", "| int4 | 24 | "):
+        assert row in run.stdout, run.stdout[-2000:]
+    assert "| fp16 | 24 | " in run.stdout and " | 1.00 | " in run.stdout
+
+
+def test_prefill_benchmark_refuses_bad_arguments():
+    for args, message in ((("--methods", "int4,fp16"), "fp16 (first, where named)"),
+                          (("--depths", "0"), "--depths: positive"),
+                          (("--prompts", "a"), "comma-separated numbers"),
+                          (("--methods", "fp16,pvq3"), "TRITON_INTERPRET=1")):
+        bad = _run(*args)
+        assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr[-500:])
