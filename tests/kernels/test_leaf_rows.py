@@ -3,6 +3,7 @@
 kernel against the reference on CUDA machines with nvcc and ninja.
 """
 
+import re
 from importlib.resources import files
 
 import pytest
@@ -232,6 +233,15 @@ def test_the_kernels_refuse_what_they_do_not_take_with_an_error():
     assert run.returncode == 0, f"the refusals killed the process (rc {run.returncode}): {trace}"
     lines = run.stdout.splitlines()
     assert len(lines) == 2 and "B <= 16" in lines[0] and "fp16 or bf16" in lines[1], run.stdout
+
+
+def test_routing_counts_at_least_the_stages_the_tensor_core_kernel_takes():
+    """``MMA_STAGE_BYTES`` (the routing's count) may exceed the kernel's ``kStageBytes`` (it counted 32 warps' stages
+    when the kernel went to 16, session 24) but never fall below it: a launch the routing allows must fit."""
+    src = (files("pvq.kernels") / "csrc" / "leafrow8_gemv.cu").read_text()
+    const = {k: int(v) for k, v in re.findall(r"constexpr int (kMmaWarps|kRows) = (\d+);", src)}
+    assert re.search(r"constexpr int kStageBytes = kMmaWarps \* 2 \* kRows \* 16;", src)
+    assert cuda_leaf.MMA_STAGE_BYTES >= const["kMmaWarps"] * 2 * const["kRows"] * 16
 
 
 def test_tensor_core_launch_rows_count_chunks_of_x():
