@@ -110,8 +110,10 @@ class DecodeAhead:
             nxt = ref() if ref is not None else None
             if nxt is None or nxt is layer:
                 break
-            if ahead >= len(self._early):  # the queue holds the next len(queue) layers' decodes already
-                self._launch(nxt, device, dtype, decode)
+            # the queue holds the next len(queue) layers' decodes already; one that cannot be launched ends the walk
+            # (a queue with a gap would be dropped at that layer)
+            if ahead >= len(self._early) and not self._launch(nxt, device, dtype, decode):
+                break
         return w
 
     def _take(self, layer: nn.Module, dtype: torch.dtype) -> torch.Tensor | None:
@@ -129,7 +131,8 @@ class DecodeAhead:
         self.hits += 1
         return early.weight
 
-    def _launch(self, layer: nn.Module, device: torch.device, dtype: torch.dtype, decode: LayerDecoder) -> None:
+    def _launch(self, layer: nn.Module, device: torch.device, dtype: torch.dtype, decode: LayerDecoder) -> bool:
+        """Start ``layer``'s decode (on the side stream on CUDA); whether it could (a prepared runtime there)."""
         if device.type != "cuda":
             w = decode(layer, device, dtype)
             ready = None
@@ -142,9 +145,11 @@ class DecodeAhead:
                 w = decode(layer, device, dtype)
                 ready = torch.cuda.Event()
                 ready.record(side)
-        if w is not None:
-            self._early.append(_Early(weakref.ref(layer), dtype, w, ready))
-            self.launched += 1
+        if w is None:
+            return False
+        self._early.append(_Early(weakref.ref(layer), dtype, w, ready))
+        self.launched += 1
+        return True
 
     # ------------------------------------------------------------ attachment
 

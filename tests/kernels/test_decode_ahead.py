@@ -81,6 +81,30 @@ def test_a_repeated_order_is_learnt_in_one_pass(depth):
     assert ahead.misses == 2
 
 
+def test_a_layer_that_cannot_be_decoded_ahead_ends_the_walk():
+    """Depth 3 over layers 0 1 2 3 where layer 1 has no prepared runtime now: nothing goes ahead past it (a queue
+    with a gap would be dropped there), and every call still gets its layer's weight."""
+    layers = [_Stub(i) for i in range(4)]
+    calls: list = []
+    stub = _stub_decode(calls)
+    ahead = DecodeAhead(3)
+    device = torch.device(DEVICE)
+    for m in layers:  # learn the order
+        ahead.weight(m, device, torch.float32, stub)
+    ahead.begin_pass()
+    unprepared = {1}
+
+    def decode(layer, dev, dtype):
+        return None if layer.i in unprepared else stub(layer, dev, dtype)
+
+    ahead.weight(layers[0], device, torch.float32, decode)
+    assert not ahead._early and ahead.launched == 0
+    unprepared.clear()
+    for m in layers[1:]:
+        assert bool((ahead.weight(m, device, torch.float32, decode) == m.i).all())
+    assert (ahead.hits, ahead.misses, ahead.launched) == (2, 0, 2)
+
+
 def _model(bits: int = 3):
     model = tiny("llama", num_hidden_layers=2)
     quantize_model(model, calib(4, 16), QuantizeConfig(method="pvq", bits=bits, dim=8), progress=False, log=None)
