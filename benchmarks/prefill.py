@@ -1,18 +1,15 @@
-"""Prefill of a 7B-shaped Llama on one GPU: fp16, torch's int4 kernel and pvq, pvq with and without its
-whole-layer decodes ``--depths`` layers ahead on a side stream (:mod:`pvq.kernels.decode_ahead`; docs/kernels.md,
-session 25).
+"""Prefill of a 7B-shaped Llama on one GPU: fp16, torch's int4 kernel and pvq (docs/kernels.md, sessions 25-26).
 
-    python benchmarks/prefill.py [--layers 32] [--methods fp16,int4,pvq3,pvq2] [--prompts 512,2048] [--depths 1,2]
+    python benchmarks/prefill.py [--layers 32] [--methods fp16,int4,pvq3,pvq2] [--prompts 512,2048] [--profile]
     TRITON_INTERPRET=1 python benchmarks/prefill.py --device cpu --layers 2 --hidden 256 --intermediate 768 \
-        --vocab 512 --prompts 24 --methods fp16,pvq3 --repeats 1 --depths 1
+        --vocab 512 --prompts 24 --methods fp16,pvq3 --repeats 1
 
 The models are :mod:`benchmarks.generate`'s (same shapes, same random codes, each method's rotation plan as
 ``pvq quantize`` picks it, q/k/v and gate/up merged on CUDA as ``pvq generate`` runs them). A prefill is one
 forward of ``[1, P]`` prompt ids without a cache, the logits of the last position only; per row its milliseconds
-(CUDA events, median of ``--repeats`` after two warm-up passes: the first teaches decode-ahead the layers' order),
-ratio to fp16, peak GPU memory above the model's, and for decode-ahead (a row per depth) the early decodes taken /
-wrong / launched and whether its last-position logits equal the plain pvq row's bit for bit (they must: the same
-kernels). Above 16 rows pvq decodes every layer to fp16 (Triton) and multiplies by cuBLAS; issue 22 asks for
+(CUDA events, median of ``--repeats`` after two warm-up passes), ratio to fp16, peak GPU memory above the model's;
+with ``--profile`` also the GPU time of its kernels (``torch.profiler``) and the host's time to launch the forward:
+where the host takes longer than the kernels, Python bounds the row, not the GPU. Above 16 rows pvq decodes every layer to fp16 (Triton) and multiplies by cuBLAS; issue 22 asks for
 prefill within 1.3x fp16. Every phase prints its seconds. Off CUDA, pvq runs the ``triton`` backend only under
 ``TRITON_INTERPRET=1`` (the CPU smoke run above, minutes under the interpreter; its times mean nothing).
 """
@@ -25,6 +22,7 @@ import os
 import statistics
 import sys
 import time
+import warnings
 
 import torch
 
@@ -43,12 +41,12 @@ def last_logits(model, ids: torch.Tensor) -> torch.Tensor:
     return out.logits[:, -1]
 
 
-def time_prefill(model, ids: torch.Tensor, repeats: int) -> tuple[float, int, torch.Tensor]:
-    """(median milliseconds, peak bytes allocated above the start, last logits) of ``repeats`` prefills."""
+def time_prefill(model, ids: torch.Tensor, repeats: int) -> tuple[float, int]:
+    """(median milliseconds, peak bytes allocated above the start) of ``repeats`` prefills."""
     cuda = ids.is_cuda
     with torch.no_grad():
         for _ in range(2):
-            logits = last_logits(model, ids)
+            last_logits(model, ids)
         if cuda:
             torch.cuda.synchronize()
             base = torch.cuda.memory_allocated()
@@ -58,16 +56,56 @@ def time_prefill(model, ids: torch.Tensor, repeats: int) -> tuple[float, int, to
             if cuda:
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
-                logits = last_logits(model, ids)
+                last_logits(model, ids)
                 end.record()
                 end.synchronize()
                 times.append(start.elapsed_time(end))
             else:
                 t = time.perf_counter()
-                logits = last_logits(model, ids)
+                last_logits(model, ids)
                 times.append((time.perf_counter() - t) * 1e3)
     peak = torch.cuda.max_memory_allocated() - base if cuda else 0
-    return statistics.median(times), peak, logits.float()
+    return statistics.median(times), peak
+
+
+def profile_prefill(model, ids: torch.Tensor, top: int = 12) -> dict:
+    """One prefill's GPU microseconds by kernel (largest first) from ``torch.profiler``, beside the host's time to
+    launch it (the forward without a sync): where the kernels' sum is far below the wall time, the host bounds it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad():
+        last_logits(model, ids)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        last_logits(model, ids)
+        host_ms = (time.perf_counter() - t) * 1e3  # launches only, unless something in the forward syncs
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as syncs:  # what in the forward waits for the GPU
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                last_logits(model, ids)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.synchronize()
+        if syncs:
+            say(f"  {len(syncs)} synchronizing calls in one prefill; the first: {str(syncs[0].message)[:200]} "
+                f"({syncs[0].filename}:{syncs[0].lineno})")
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            last_logits(model, ids)
+            torch.cuda.synchronize()
+    rows = []
+    for ev in prof.key_averages():
+        us = getattr(ev, "self_device_time_total", None) or getattr(ev, "self_cuda_time_total", 0)
+        if us > 0:
+            rows.append((us, ev.count, ev.key[:90]))
+    rows.sort(reverse=True)
+    gpu_ms = sum(r[0] for r in rows) / 1e3
+    say(f"  profile, {ids.shape[1]} tokens: kernels {gpu_ms:.2f} ms of GPU time, the host {host_ms:.2f} ms to launch "
+        f"the forward ({len(rows)} kernels)")
+    for us, count, name in rows[:top]:
+        print(f"#   {us / 1e3:8.2f} ms  {100 * us / 1e3 / gpu_ms:5.1f}%  x{count}  {name}", flush=True)
+    return {"gpu_ms": gpu_ms, "host_ms": host_ms}
 
 
 def main() -> None:
@@ -76,27 +114,24 @@ def main() -> None:
     p.add_argument("--methods", default="fp16,int4,pvq3,pvq2", help=f"fp16 (first), int4, {', '.join(SETTINGS)}")
     p.add_argument("--prompts", default="512,2048", help="prompt lengths (rows of every product)")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--depths", default="1,2", help="layers decoded ahead, a pvq row per depth")
     p.add_argument("--dim", type=int, default=8)
     p.add_argument("--device", default=None, help="default: cuda where available")
+    p.add_argument("--profile", action="store_true", help="after each row: one prefill's GPU time by kernel "
+                   "and the host's time to launch it (CUDA)")
     a = p.parse_args()
     methods = a.methods.split(",")
     if any(m not in ("fp16", "int4", *SETTINGS) for m in methods) or "fp16" in methods[1:]:
         p.error(f"--methods: fp16 (first, where named), int4, {', '.join(SETTINGS)}; got {a.methods}")
     try:
         prompts = [int(t) for t in a.prompts.split(",")]
-        depths = [int(t) for t in a.depths.split(",") if t]
     except ValueError:
-        p.error(f"--prompts and --depths take comma-separated numbers, got {a.prompts} and {a.depths}")
-    if any(d < 1 for d in depths):
-        p.error(f"--depths: positive numbers of layers, got {a.depths}")
+        p.error(f"--prompts takes comma-separated numbers, got {a.prompts}")
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type != "cuda" and any(m in SETTINGS for m in methods) and os.environ.get("TRITON_INTERPRET") != "1":
         p.error("pvq rows off CUDA run Triton's interpreter: set TRITON_INTERPRET=1")
     say(f"device {torch.cuda.get_device_name(device) if device.type == 'cuda' else device}, torch {torch.__version__}")
     with phase("importing pvq and its kernels"):
         import pvq.kernels  # noqa: F401  (registers the triton backend)
-        from pvq.kernels.decode_ahead import enable_decode_ahead
         from pvq.models.qlinear import set_backend
     if device.type == "cuda":
         build_cuda_kernels()
@@ -126,20 +161,11 @@ def main() -> None:
             elif merged:
                 merge(model)
             for n in prompts:
-                ms, peak, logits = time_prefill(model, ids[n], a.repeats)
+                ms, peak = time_prefill(model, ids[n], a.repeats)
                 rows.append({"method": method, "prompt": n, "ms": ms, "peak": peak})
                 say(f"{method}, {n} tokens: {ms:.2f} ms, peak {peak / 1e9:.2f} GB above the model")
-                for depth in depths if method in SETTINGS else ():
-                    ahead = enable_decode_ahead(model, depth)
-                    ms, peak, got = time_prefill(model, ids[n], a.repeats)
-                    same = torch.equal(got, logits)
-                    label = f"{method} decode-ahead {depth}"
-                    rows.append({"method": label, "prompt": n, "ms": ms, "peak": peak,
-                                 "ahead": f"{ahead.hits}/{ahead.misses}/{ahead.launched}", "same": same})
-                    say(f"{label}, {n} tokens: {ms:.2f} ms, peak {peak / 1e9:.2f} GB; early decodes taken/wrong/"
-                        f"launched {ahead.hits}/{ahead.misses}/{ahead.launched}; logits "
-                        f"{'equal to' if same else 'NOT equal to'} the plain row's")
-                    ahead.remove()
+                if a.profile and device.type == "cuda":
+                    rows[-1].update(profile_prefill(model, ids[n]))
         del model
         model = None
         gc.collect()
@@ -147,14 +173,16 @@ def main() -> None:
             torch.cuda.empty_cache()
     print(f"\nPrefill, {a.layers} blocks (hidden {a.hidden}, MLP {a.intermediate}), batch 1, "
           f"{'merged q/k/v and gate/up, ' if merged else ''}median of {a.repeats}\n")
-    print("| method | prompt | ms | x fp16 | peak GB above the model | early decodes taken/wrong/launched | "
-          "logits = plain |")
-    print("|---|---|---|---|---|---|---|")
+    print("| method | prompt | ms | x fp16 | peak GB above the model | kernels' GPU ms | GPU x fp16 | host ms to launch |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        base = next((b["ms"] for b in rows if b["method"] == "fp16" and b["prompt"] == r["prompt"]), None)
-        ratio = f"{r['ms'] / base:.2f}" if base else "-"
-        print(f"| {r['method']} | {r['prompt']} | {r['ms']:.2f} | {ratio} | {r['peak'] / 1e9:.2f} | "
-              f"{r.get('ahead', '-')} | {'-' if 'same' not in r else 'yes' if r['same'] else 'NO'} |")
+        base = next((b for b in rows if b["method"] == "fp16" and b["prompt"] == r["prompt"]), None)
+        ratio = f"{r['ms'] / base['ms']:.2f}" if base else "-"
+        gpu = f"{r['gpu_ms']:.2f}" if "gpu_ms" in r else "-"
+        gpu_ratio = f"{r['gpu_ms'] / base['gpu_ms']:.2f}" if base and "gpu_ms" in r and "gpu_ms" in base else "-"
+        host = f"{r['host_ms']:.2f}" if "host_ms" in r else "-"
+        print(f"| {r['method']} | {r['prompt']} | {r['ms']:.2f} | {ratio} | {r['peak'] / 1e9:.2f} | {gpu} | "
+              f"{gpu_ratio} | {host} |")
     sys.stdout.flush()
 
 

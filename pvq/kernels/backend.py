@@ -150,24 +150,13 @@ class TritonBackend(Backend):
         matmul, decode = family.kernels()
         if xr.shape[0] <= family.fused_max_rows:
             y = matmul(rt, xr)
-        elif layer.decode_ahead is None:
+        else:
             y = xr.to(dtype) @ decode(rt, dtype).T  # decoded straight to the input's dtype
-        else:  # decoded while the layer before multiplied (pvq.kernels.decode_ahead)
-            y = xr.to(dtype) @ layer.decode_ahead.weight(layer, xr.device, dtype, self.decode_prepared).T
         y = _rotate(layer, y.to(dtype), inverse=True)
         if layer.bias is not None:
             y = y + layer.bias.to(y.dtype)
         return y
 
-    def decode_prepared(self, layer, device, dtype):
-        """``Q' [out, in]`` in ``dtype`` decoded from the runtime this backend prepared for ``layer`` on ``device``
-        for inputs of ``dtype``, or None where it prepared none (:data:`pvq.kernels.decode_ahead.LayerDecoder`)."""
-        if layer.backend != self.name:
-            return None
-        runtime = layer.runtime_tensors()
-        if not self.is_current(runtime, device, dtype):
-            return None
-        return runtime["family"].kernels()[1](runtime["runtime"], dtype)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import warnings
+from functools import lru_cache
 
 import torch
 
@@ -19,8 +20,12 @@ CSRC = os.path.join(os.path.dirname(__file__), "csrc")
 """Where the CUDA sources (and their shared header ``dtype.cuh``) live."""
 
 
+@lru_cache(maxsize=1)
 def cuda_build_available() -> bool:
-    """A CUDA device, nvcc (``CUDA_HOME``) and ninja: what compiling a kernel needs."""
+    """A CUDA device, nvcc (``CUDA_HOME``) and ninja: what compiling a kernel needs. Asked once a process: the
+    answer looks for ninja on the file system, which took about 100 us a call, and every forward of a quantized
+    layer asks it (a 7B model's 512-token prefill spent more time launching than computing: docs/kernels.md,
+    session 26)."""
     if not torch.cuda.is_available() or importlib.util.find_spec("ninja") is None:
         return False
     from torch.utils.cpp_extension import CUDA_HOME

@@ -146,9 +146,6 @@ class QuantizedLinear(nn.Module):
         # True: once a runtime is prepared on an accelerator, the stored tensors it does not read move to
         # host memory (see :func:`keep_stored_on_host`)
         self.stored_on_host = False
-        # a scheduler that a backend may ask for this layer's decoded weight, decoded ahead while the layer before
-        # it multiplied (prefill; :mod:`pvq.kernels.decode_ahead`); None: decoded in place
-        self.decode_ahead = None
         self.act_quant: ActivationQuant | None = None
         self.act_quantizer = None
         if act_quant is not None:

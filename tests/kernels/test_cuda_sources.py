@@ -67,3 +67,22 @@ def test_every_extension_builds_where_a_compiler_is(build):
 
     module, name = build.split(".")
     assert getattr(importlib.import_module(f"pvq.kernels.{module}"), name)() is not None
+
+
+def test_whether_kernels_can_be_built_is_asked_once_a_process(monkeypatch):
+    """Every forward of a quantized layer asks :func:`cuda_build_available` (through its kernel family); looking for
+    ninja on the file system each time made a 7B prefill host-bound (docs/kernels.md, session 26): one look a process."""
+    import importlib.util
+
+    import torch
+
+    looked = []
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: looked.append(name) or find_spec(name, *a))
+    cuda_build_available.cache_clear()
+    try:
+        answers = {cuda_build_available() for _ in range(5)}
+    finally:
+        cuda_build_available.cache_clear()  # the next caller looks again, with nothing patched
+    assert len(answers) == 1 and looked == ["ninja"]
