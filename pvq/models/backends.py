@@ -75,6 +75,11 @@ class Backend(abc.ABC):
         """Whether ``runtime`` was prepared for this device and input dtype."""
         return all(t.device == device for t in runtime.values())
 
+    def still_runs(self, layer: QuantizedLinear, runtime: dict[str, torch.Tensor], device: torch.device) -> bool:
+        """Whether this backend, which prepared ``runtime`` for ``layer``, still runs it on ``device`` (asked on
+        every forward: a backend whose :meth:`supports` is slow may answer from what it recorded in ``runtime``)."""
+        return self.supports(layer, device)
+
     def automatic_on(self, device: torch.device) -> bool:
         """Whether automatic selection may pick this backend on ``device`` (a backend that runs
         somewhere only for testing, e.g. Triton's CPU interpreter, says no there)."""

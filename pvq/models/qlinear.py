@@ -364,7 +364,7 @@ class QuantizedLinear(nn.Module):
         if self._runtime is not None:
             name, runtime = self._runtime
             backend = BACKENDS[name]
-            if backend.supports(self, x.device) and backend.is_current(runtime, x.device, dtype):
+            if backend.is_current(runtime, x.device, dtype) and backend.still_runs(self, runtime, x.device):
                 return backend, runtime
         backend = select_backend(self, x.device, self.backend_name)
         self._runtime = None  # free the old runtime before building the new one

@@ -46,3 +46,29 @@ def test_automatic_choice_takes_triton_only_on_cuda():
     assert layer.codec.code_bits > 62
     assert not pvq.kernels.TritonBackend().supports(layer, torch.device("cuda"))
     assert select_backend(layer, torch.device("cuda" if torch.cuda.is_available() else "cpu")).name == "dense"
+
+
+def test_a_prepared_layer_is_not_asked_its_kernel_family_on_every_forward(monkeypatch):
+    """The kernel families are asked once, when the runtime is prepared; a forward over a current runtime asks again
+    only where the layer's codec is no longer the one the runtime was laid out for (about 15 us a forward: a 7B
+    prefill's 128 to 224 products, docs/kernels.md, session 26)."""
+    import copy
+
+    from pvq.kernels import backend as backend_module
+
+    model = tiny("llama", num_hidden_layers=1)
+    quantize_model(model, calib(4, 16), QuantizeConfig(method="pvq", bits=3, dim=8), progress=False, log=None)
+    model.to(DEVICE)
+    set_backend(model, "triton")
+    layer = next(iter(quantized(model).values()))
+    x = torch.randn(1, layer.in_features, device=DEVICE)
+    asked = []
+    family_of = backend_module.kernel_family
+    monkeypatch.setattr(backend_module, "kernel_family", lambda codec: asked.append(codec) or family_of(codec))
+    with torch.no_grad():
+        first = layer(x)
+        assert len(asked) >= 1  # preparing the runtime
+        n = len(asked)
+        assert torch.equal(layer(x), first) and len(asked) == n
+        layer.codec = copy.copy(layer.codec)  # an equal codec, another object: asked again
+        assert torch.equal(layer(x), first) and len(asked) > n
