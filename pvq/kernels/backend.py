@@ -3,7 +3,8 @@
 ``y = U^T K(Q', V x) + b``: the input is rotated (``V x``, the layer's
 randomized Hadamard, by the first of :data:`ROTATION_KERNELS` that takes the size: the CUDA
 kernel of :mod:`pvq.kernels.cuda_hadamard` where it compiles, the one-launch Triton kernel of
-:mod:`pvq.kernels.triton_hadamard`), the kernel multiplies by the codes in rotated
+:mod:`pvq.kernels.triton_hadamard`, for a dense factor at prefill's rows two fp16 products
+(:mod:`pvq.kernels.matmul_hadamard`)), the kernel multiplies by the codes in rotated
 coordinates (fused decode for up to 16 rows of input, a whole-layer decode to
 the input dtype then one matmul for more), and the output is rotated back.
 The layer keeps only its stored tensors (read in place) plus small tables.
@@ -181,6 +182,9 @@ class RotationKernel:
 ROTATION_KERNELS = (
     RotationKernel("cuda_hadamard.preferred", "cuda_hadamard.hadamard_rotate_cuda", "availability.cuda_runs_on"),
     RotationKernel("triton_hadamard.preferred", "triton_hadamard.hadamard_rotate", "availability.triton_runs_on"),
+    # a dense factor above 64 rows (prefill): two fp16 products on tensor cores, 3.9x the PyTorch float32 path at
+    # 512 and 2048 rows of 11008 on an H100 (docs/kernels.md, session 26)
+    RotationKernel("matmul_hadamard.preferred", "matmul_hadamard.hadamard_rotate_matmul", "availability.cuda_runs_on"),
 )
 """In order of preference; the layer's PyTorch transform where none is preferred."""
 

@@ -41,7 +41,8 @@ def test_dense_factors_are_preferred_up_to_a_number_of_rows(monkeypatch):
 
 def test_the_backend_asks_the_cuda_kernel_first_and_only_for_cuda_tensors(monkeypatch):
     assert [k.rotate for k in ROTATION_KERNELS][0] == "cuda_hadamard.hadamard_rotate_cuda"
-    assert [k.runs_on for k in ROTATION_KERNELS] == ["availability.cuda_runs_on", "availability.triton_runs_on"]
+    assert [k.runs_on for k in ROTATION_KERNELS] == ["availability.cuda_runs_on", "availability.triton_runs_on",
+                                                     "availability.cuda_runs_on"]
     asked = []
     monkeypatch.setattr(cuda_hadamard, "preferred", lambda rh, rows: asked.append(rows) or False)
 
