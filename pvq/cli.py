@@ -433,8 +433,9 @@ def _generate(args: argparse.Namespace) -> int:
         return 0
     print(out["prompt"] + out["completion"])
     how = "greedy" if out["greedy"] else f"sampled, seed {out['seed']}"
+    prefill = f" (prefill {out['prefill_seconds'] * 1e3:.1f} ms)" if "prefill_seconds" in out else ""
     print(f"[{out['new_tokens']} new tokens in {out['seconds']:.2f} s: {out['tokens_per_second']:.1f} tokens/s, "
-          f"{how}, prompt {out['prompt_tokens']} tokens, {out.get('mode', out['decode'])}]", file=sys.stderr)
+          f"{how}, prompt {out['prompt_tokens']} tokens{prefill}, {out.get('mode', out['decode'])}]", file=sys.stderr)
     mem = out["memory"]
     if mem["stored_bytes"]:  # a quantized model: what its layers hold on the device against what they store
         print(f"[quantized layers: {mem['held_bytes'] / 1e6:.1f} MB held, {mem['held_bytes'] / mem['stored_bytes']:.2f}x "

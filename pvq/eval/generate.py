@@ -125,6 +125,7 @@ def _static(model, ids: torch.Tensor, cfg: GenerateConfig, pad: int) -> tuple[li
         cut = next((i + 1 for i, t in enumerate(tokens) if t in ends), len(tokens))
         tokens = tokens[:cut]
     return tokens, run.seconds, {"mode": run.mode, "setup_seconds": run.setup_seconds,
+                                 "prefill_seconds": run.prefill_seconds,  # the time to the first token
                                  "decode_tokens_per_second": run.tokens_per_second}
 
 

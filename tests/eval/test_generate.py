@@ -1,6 +1,7 @@
 """``pvq generate``: greedy and seeded sampling on the reference model, tokens per second."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -44,6 +45,10 @@ def test_cli_generate_json_and_bad_input(reference, capsys, monkeypatch):
     compiled = json.loads(capsys.readouterr().out)
     assert compiled["decode"] == "static" and compiled["mode"] == "static, compiled"
     assert compiled["completion"] == out["completion"]
+    assert 0 < compiled["prefill_seconds"] < compiled["seconds"]  # the time to the first token, within the run's
+    assert main(["generate", "--prompt", "class ", "--max-new-tokens", "3", "--decode", "static"]) == 0
+    summary = capsys.readouterr().err
+    assert re.search(r"prompt \d+ tokens \(prefill [\d.]+ ms\), static", summary), summary
 
     def no_model(*_, **__):
         raise AssertionError("model loaded before the options were checked")
