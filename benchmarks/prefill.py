@@ -1,11 +1,12 @@
 """Prefill of a 7B-shaped Llama on one GPU: fp16, torch's int4 kernel and pvq (docs/kernels.md, sessions 25-26).
 
-    python benchmarks/prefill.py [--layers 32] [--methods fp16,int4,pvq3,pvq2] [--prompts 512,2048] [--profile]
+    python benchmarks/prefill.py [--layers 32] [--methods fp16,int4,pvq3,pvq2] [--prompts 512,2048] [--profile] \
+        [--rotation auto|layer|fused|fused:B]
     TRITON_INTERPRET=1 python benchmarks/prefill.py --device cpu --layers 2 --hidden 256 --intermediate 768 \
         --vocab 512 --prompts 24 --methods fp16,pvq3 --repeats 1
 
 The models are :mod:`benchmarks.generate`'s (same shapes, same random codes, each method's rotation plan as
-``pvq quantize`` picks it, q/k/v and gate/up merged on CUDA as ``pvq generate`` runs them). A prefill is one
+``pvq quantize`` picks it (``--rotation auto``; or one plan for every pvq row, named in the row), q/k/v and gate/up merged on CUDA as ``pvq generate`` runs them). A prefill is one
 forward of ``[1, P]`` prompt ids without a cache, the logits of the last position only; per row its milliseconds
 (CUDA events, median of ``--repeats`` after two warm-up passes), ratio to fp16, peak GPU memory above the model's;
 with ``--profile`` also the GPU time of its kernels (``torch.profiler``) and the host's time to launch the forward:
@@ -28,6 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from _plans import parse_plan  # noqa: E402
 from generate import (SETTINGS, add_shape_arguments, build_cuda_kernels, check_int4, fresh_llama,  # noqa: E402
                       merge, phase, resolve_plan, say, to_int4, to_quantized)
 
@@ -116,6 +118,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--dim", type=int, default=8)
     p.add_argument("--device", default=None, help="default: cuda where available")
+    p.add_argument("--rotation", default="auto", help="online rotations of the pvq rows: auto (each method's plan as "
+                   "pvq quantize picks it), layer, fused or fused:B (B dividing --intermediate)")
     p.add_argument("--profile", action="store_true", help="after each row: one prefill's GPU time by kernel "
                    "and the host's time to launch it (CUDA)")
     a = p.parse_args()
@@ -126,6 +130,10 @@ def main() -> None:
         prompts = [int(t) for t in a.prompts.split(",")]
     except ValueError:
         p.error(f"--prompts takes comma-separated numbers, got {a.prompts}")
+    parsed = parse_plan(a.rotation, ("layer", "fused")) if a.rotation != "auto" else ("auto", None)
+    if parsed is None or (parsed[1] is not None and a.intermediate % parsed[1]):
+        p.error(f"--rotation takes auto, layer, fused or fused:B (B dividing --intermediate {a.intermediate}); "
+                f"got {a.rotation}")
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type != "cuda" and any(m in SETTINGS for m in methods) and os.environ.get("TRITON_INTERPRET") != "1":
         p.error("pvq rows off CUDA run Triton's interpreter: set TRITON_INTERPRET=1")
@@ -153,17 +161,18 @@ def main() -> None:
                     merge(model)
                 to_int4(model)
             elif method in SETTINGS:
-                plan = resolve_plan("auto", *SETTINGS[method][:2], a.intermediate)
+                plan = resolve_plan(a.rotation, *SETTINGS[method][:2], a.intermediate)
                 to_quantized(model, method, a.dim, plan, device, coded)
                 if merged:
                     merge(model)
                 set_backend(model, "triton")
             elif merged:
                 merge(model)
+            label = f"{method} ({plan})" if method in SETTINGS else method
             for n in prompts:
                 ms, peak = time_prefill(model, ids[n], a.repeats)
-                rows.append({"method": method, "prompt": n, "ms": ms, "peak": peak})
-                say(f"{method}, {n} tokens: {ms:.2f} ms, peak {peak / 1e9:.2f} GB above the model")
+                rows.append({"method": label, "prompt": n, "ms": ms, "peak": peak})
+                say(f"{label}, {n} tokens: {ms:.2f} ms, peak {peak / 1e9:.2f} GB above the model")
                 if a.profile and device.type == "cuda":
                     rows[-1].update(profile_prefill(model, ids[n]))
         del model

@@ -27,6 +27,8 @@ def test_prefill_benchmark_rows_and_table():
 def test_prefill_benchmark_refuses_bad_arguments():
     for args, message in ((("--methods", "int4,fp16"), "fp16 (first, where named)"),
                           (("--prompts", "a"), "--prompts takes comma-separated numbers"),
+                          (("--rotation", "fused:5"), "--rotation takes auto, layer, fused or fused:B"),
+                          (("--rotation", "sideways"), "--rotation takes auto"),
                           (("--methods", "fp16,pvq3"), "TRITON_INTERPRET=1")):
         bad = _run(*args)
         assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr[-500:])
