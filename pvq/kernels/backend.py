@@ -168,7 +168,6 @@ class TritonBackend(Backend):
         return y
 
 
-
 @dataclass(frozen=True)
 class RotationKernel:
     """A kernel for a layer's randomized Hadamard of activation rows (``module.function`` inside
