@@ -357,6 +357,16 @@ def measure(model, a, device, compiled: bool = False) -> dict:
     return r
 
 
+def kernel_times(prof) -> list[tuple[float, int, str]]:
+    """``(GPU microseconds, calls, kernel name)`` of every kernel a ``torch.profiler`` run saw, largest first."""
+    rows = []
+    for ev in prof.key_averages():
+        us = getattr(ev, "self_device_time_total", None) or getattr(ev, "self_cuda_time_total", 0)
+        if us > 0:
+            rows.append((us, ev.count, ev.key[:90]))
+    return sorted(rows, reverse=True)
+
+
 def profile_step(model, batch: int, device, steps: int = 3, top: int = 10, compiled: bool = False) -> list[dict]:
     """GPU microseconds per decode step without a graph (compiled where ``compiled``) by kernel name (largest
     first), from ``torch.profiler``."""
@@ -374,12 +384,8 @@ def profile_step(model, batch: int, device, steps: int = 3, top: int = 10, compi
         for _ in range(steps):
             tok = dec.step(tok).argmax(-1)
         torch.cuda.synchronize()
-    rows = []
-    for ev in prof.key_averages():
-        us = getattr(ev, "self_device_time_total", None) or getattr(ev, "self_cuda_time_total", 0)
-        if us > 0:
-            rows.append({"kernel": ev.key[:90], "us_per_step": us / steps, "calls_per_step": ev.count / steps})
-    rows.sort(key=lambda r: -r["us_per_step"])
+    rows = [{"kernel": name, "us_per_step": us / steps, "calls_per_step": count / steps}
+            for us, count, name in kernel_times(prof)]
     total = sum(r["us_per_step"] for r in rows)
     rot = sum(r["us_per_step"] for r in rows if "hadamard" in r["kernel"].lower())
     say(f"GPU time per {'compiled' if compiled else 'eager'} decode step ({dec.mode}): {total:.0f} us (kernels: "

@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _plans import parse_plan  # noqa: E402
 from generate import (SETTINGS, add_shape_arguments, build_cuda_kernels, check_int4, fresh_llama,  # noqa: E402
-                      merge, phase, resolve_plan, say, to_int4, to_quantized)
+                      kernel_times, merge, phase, resolve_plan, say, to_int4, to_quantized)
 
 
 def last_logits(model, ids: torch.Tensor) -> torch.Tensor:
@@ -90,18 +90,14 @@ def profile_prefill(model, ids: torch.Tensor, top: int = 12) -> dict:
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         torch.cuda.synchronize()
+        syncs = [w for w in syncs if "called a synchronizing" in str(w.message)]  # not the mode's own notice
         if syncs:
             say(f"  {len(syncs)} synchronizing calls in one prefill; the first: {str(syncs[0].message)[:200]} "
                 f"({syncs[0].filename}:{syncs[0].lineno})")
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             last_logits(model, ids)
             torch.cuda.synchronize()
-    rows = []
-    for ev in prof.key_averages():
-        us = getattr(ev, "self_device_time_total", None) or getattr(ev, "self_cuda_time_total", 0)
-        if us > 0:
-            rows.append((us, ev.count, ev.key[:90]))
-    rows.sort(reverse=True)
+    rows = kernel_times(prof)
     gpu_ms = sum(r[0] for r in rows) / 1e3
     say(f"  profile, {ids.shape[1]} tokens: kernels {gpu_ms:.2f} ms of GPU time, the host {host_ms:.2f} ms to launch "
         f"the forward ({len(rows)} kernels)")
