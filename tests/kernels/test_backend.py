@@ -50,7 +50,7 @@ def test_automatic_choice_takes_triton_only_on_cuda():
 
 def test_a_prepared_layer_is_not_asked_its_kernel_family_on_every_forward(monkeypatch):
     """The kernel families are asked once, when the runtime is prepared; a forward over a current runtime asks again
-    only where the layer's codec is no longer the one the runtime was laid out for (about 15 us a forward: a 7B
+    only where the layer's codec is no longer the one the runtime was laid out for (every forward of a 7B
     prefill's 128 to 224 products, docs/kernels.md, session 26)."""
     import copy
 
