@@ -70,9 +70,10 @@ def time_prefill(model, ids: torch.Tensor, repeats: int) -> tuple[float, int]:
     return statistics.median(times), peak
 
 
-def profile_prefill(model, ids: torch.Tensor, top: int = 12) -> dict:
+def profile_prefill(model, ids: torch.Tensor, top: int = 12, python: bool = False) -> dict:
     """One prefill's GPU microseconds by kernel (largest first) from ``torch.profiler``, beside the host's time to
-    launch it (the forward without a sync): where the kernels' sum is far below the wall time, the host bounds it."""
+    launch it (the forward without a sync): where the kernels' sum is far below the wall time, the host bounds it.
+    ``python``: also the host's Python functions in one forward, by cumulative time (``cProfile``)."""
     from torch.profiler import ProfilerActivity, profile
 
     with torch.no_grad():
@@ -97,6 +98,14 @@ def profile_prefill(model, ids: torch.Tensor, top: int = 12) -> dict:
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             last_logits(model, ids)
             torch.cuda.synchronize()
+        if python:
+            import cProfile
+            import pstats
+
+            host = cProfile.Profile()
+            host.runcall(last_logits, model, ids)
+            torch.cuda.synchronize()
+            pstats.Stats(host, stream=sys.stdout).sort_stats("cumulative").print_stats(40)
     rows = kernel_times(prof)
     gpu_ms = sum(r[0] for r in rows) / 1e3
     say(f"  profile, {ids.shape[1]} tokens: kernels {gpu_ms:.2f} ms of GPU time, the host {host_ms:.2f} ms to launch "
@@ -118,6 +127,8 @@ def main() -> None:
                    "pvq quantize picks it), layer, fused or fused:B (B dividing --intermediate)")
     p.add_argument("--profile", action="store_true", help="after each row: one prefill's GPU time by kernel "
                    "and the host's time to launch it (CUDA)")
+    p.add_argument("--profile-python", action="store_true", help="with --profile: also the host's Python functions "
+                   "in one prefill by cumulative time (cProfile)")
     a = p.parse_args()
     methods = a.methods.split(",")
     if any(m not in ("fp16", "int4", *SETTINGS) for m in methods) or "fp16" in methods[1:]:
@@ -126,6 +137,8 @@ def main() -> None:
         prompts = [int(t) for t in a.prompts.split(",")]
     except ValueError:
         p.error(f"--prompts takes comma-separated numbers, got {a.prompts}")
+    if a.profile_python and not a.profile:
+        p.error("--profile-python goes with --profile: add --profile")
     parsed = parse_plan(a.rotation, ("layer", "fused")) if a.rotation != "auto" else ("auto", None)
     if parsed is None or (parsed[1] is not None and a.intermediate % parsed[1]):
         p.error(f"--rotation takes auto, layer, fused or fused:B (B dividing --intermediate {a.intermediate}); "
@@ -170,7 +183,7 @@ def main() -> None:
                 rows.append({"method": label, "prompt": n, "ms": ms, "peak": peak})
                 say(f"{label}, {n} tokens: {ms:.2f} ms, peak {peak / 1e9:.2f} GB above the model")
                 if a.profile and device.type == "cuda":
-                    rows[-1].update(profile_prefill(model, ids[n]))
+                    rows[-1].update(profile_prefill(model, ids[n], python=a.profile_python))
         del model
         model = None
         gc.collect()
