@@ -1,6 +1,7 @@
 """Prefill of a 7B-shaped Llama on one GPU: fp16, torch's int4 kernel and pvq (docs/kernels.md, sessions 25-26).
 
     python benchmarks/prefill.py [--layers 32] [--methods fp16,int4,pvq3,pvq2] [--prompts 512,2048] [--profile] \
+        [--launches straight|jit|straight,jit] \
         [--rotation auto|layer|fused|fused:B]
     TRITON_INTERPRET=1 python benchmarks/prefill.py --device cpu --layers 2 --hidden 256 --intermediate 768 \
         --vocab 512 --prompts 24 --methods fp16,pvq3 --repeats 1
@@ -30,6 +31,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _plans import parse_plan  # noqa: E402
+from host_launch import jit_launches  # noqa: E402
 from generate import (SETTINGS, add_shape_arguments, build_cuda_kernels, check_int4, fresh_llama,  # noqa: E402
                       kernel_times, merge, phase, resolve_plan, say, to_int4, to_quantized)
 
@@ -127,6 +129,9 @@ def main() -> None:
                    "pvq quantize picks it), layer, fused or fused:B (B dividing --intermediate)")
     p.add_argument("--profile", action="store_true", help="after each row: one prefill's GPU time by kernel "
                    "and the host's time to launch it (CUDA)")
+    p.add_argument("--launches", default="straight", help="pvq rows' Triton launches: straight (the package's: "
+                   "through the compiled kernel after a specialization's first), jit (every one through Triton's JIT "
+                   "dispatch, as before session 27) or both, comma-separated")
     p.add_argument("--profile-python", action="store_true", help="with --profile: also the host's Python functions "
                    "in one prefill by cumulative time (cProfile)")
     a = p.parse_args()
@@ -137,6 +142,9 @@ def main() -> None:
         prompts = [int(t) for t in a.prompts.split(",")]
     except ValueError:
         p.error(f"--prompts takes comma-separated numbers, got {a.prompts}")
+    launches = a.launches.split(",")
+    if not launches or any(m not in ("straight", "jit") for m in launches) or len(set(launches)) != len(launches):
+        p.error(f"--launches takes straight, jit or both (comma-separated), got {a.launches}")
     if a.profile_python and not a.profile:
         p.error("--profile-python goes with --profile: add --profile")
     parsed = parse_plan(a.rotation, ("layer", "fused")) if a.rotation != "auto" else ("auto", None)
@@ -177,13 +185,16 @@ def main() -> None:
                 set_backend(model, "triton")
             elif merged:
                 merge(model)
-            label = f"{method} ({plan})" if method in SETTINGS else method
-            for n in prompts:
-                ms, peak = time_prefill(model, ids[n], a.repeats)
-                rows.append({"method": label, "prompt": n, "ms": ms, "peak": peak})
-                say(f"{label}, {n} tokens: {ms:.2f} ms, peak {peak / 1e9:.2f} GB above the model")
-                if a.profile and device.type == "cuda":
-                    rows[-1].update(profile_prefill(model, ids[n], python=a.profile_python))
+            for launch in launches if method in SETTINGS else ("straight",):
+                label = f"{method} ({plan})" if method in SETTINGS else method
+                label += ", launches: jit" if launch == "jit" else ""
+                with jit_launches(launch == "jit"):
+                    for n in prompts:
+                        ms, peak = time_prefill(model, ids[n], a.repeats)
+                        rows.append({"method": label, "prompt": n, "ms": ms, "peak": peak})
+                        say(f"{label}, {n} tokens: {ms:.2f} ms, peak {peak / 1e9:.2f} GB above the model")
+                        if a.profile and device.type == "cuda":
+                            rows[-1].update(profile_prefill(model, ids[n], python=a.profile_python))
         del model
         model = None
         gc.collect()

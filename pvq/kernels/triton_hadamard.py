@@ -38,6 +38,8 @@ import triton.language as tl
 from pvq.transforms import RandomizedHadamard
 from pvq.transforms.hadamard import hadamard_matrix
 
+from .triton_launch import StraightLauncher
+
 __all__ = ["GATED_ACTIVATIONS", "gated_hadamard_rotate", "gated_supported", "hadamard_rotate", "supported"]
 
 MAX_ELEMENTS = 16384
@@ -208,13 +210,17 @@ def gated_hadamard_rotate(rh: RandomizedHadamard, gate: torch.Tensor, up: torch.
     p1, p2 = _split(rh.pow2_order)
     dev = str(gate.device)
     _, signs = _dense(rh, gate.device, False, 1)
-    _gated_hadamard_kernel[(rows * (width // rh.n),)](
-        gate, up, out, signs, _sylvester(p1, dev), _sylvester(p2, dev), gate.stride(0), width // rh.n,
-        1.0 / math.sqrt(rh.n), P1=p1, P2=p2, PREC=precision, num_warps=num_warps)
+    _GATED((rows * (width // rh.n),), gate, up, out, signs, _sylvester(p1, dev), _sylvester(p2, dev), gate.stride(0),
+           width // rh.n, 1.0 / math.sqrt(rh.n), P1=p1, P2=p2, PREC=precision, num_warps=num_warps)
     return out
 
 
 PRECISIONS = ("ieee", "tf32x3")
+
+# launched straight after their first launch of a specialization (triton_launch): a 7B prefill runs 32 gated ones
+_GATED = StraightLauncher(_gated_hadamard_kernel)
+_ROTATE = StraightLauncher(_hadamard_kernel)
+_ROTATE_TILED = StraightLauncher(_hadamard_tiled_kernel)
 
 
 def hadamard_rotate(rh: RandomizedHadamard, x: torch.Tensor, inverse: bool = False, precision: str = "ieee",
@@ -236,15 +242,12 @@ def hadamard_rotate(rh: RandomizedHadamard, x: torch.Tensor, inverse: bool = Fal
         p1, p2 = _split(rh.pow2_order)
         hp = _hp(rh.dense_order)
         f, signs = _dense(rh, x.device, inverse, hp)
-        _hadamard_kernel[(rows.shape[0],)](
-            rows, out, signs, _sylvester(p1, dev), _sylvester(p2, dev), f, rh.n, scale,
-            H=rh.dense_order, HP=hp, P1=p1, P2=p2, INVERSE=inverse, PREC=precision, num_warps=num_warps,
-        )
+        _ROTATE((rows.shape[0],), rows, out, signs, _sylvester(p1, dev), _sylvester(p2, dev), f, rh.n, scale,
+                H=rh.dense_order, HP=hp, P1=p1, P2=p2, INVERSE=inverse, PREC=precision, num_warps=num_warps)
     else:
         hpad = -(-rh.dense_order // TILE) * TILE
         f, signs = _dense(rh, x.device, inverse, hpad)
-        _hadamard_tiled_kernel[(rows.shape[0], hpad // TILE)](
-            rows, out, signs, _sylvester(rh.pow2_order, dev), f, rh.n, rh.dense_order, scale,
-            HPAD=hpad, P=rh.pow2_order, BH=TILE, BK=TILE, INVERSE=inverse, PREC=precision, num_warps=num_warps,
-        )
+        _ROTATE_TILED((rows.shape[0], hpad // TILE), rows, out, signs, _sylvester(rh.pow2_order, dev), f, rh.n,
+                      rh.dense_order, scale, HPAD=hpad, P=rh.pow2_order, BH=TILE, BK=TILE, INVERSE=inverse,
+                      PREC=precision, num_warps=num_warps)
     return out.reshape(x.shape)

@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from .leaf_rows import ROW_GROUP, STEP_VECTORS, LeafRowsRuntime
+from .triton_launch import StraightLauncher
 
 __all__ = ["leaf_rows_decode_triton"]
 
@@ -80,6 +81,9 @@ def _rows_decode_kernel(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, 
         tl.store(ptrs, w.to(out_ptr.dtype.element_ty), mask=(row < out_features)[:, None])
 
 
+_ROWS_DECODE = StraightLauncher(_rows_decode_kernel)  # a 7B prefill launches 128 of these (triton_launch)
+
+
 def leaf_rows_decode_triton(rt: LeafRowsRuntime, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``Q'`` ``[out, in]`` in ``dtype`` (float32, fp16 or bf16) on the layer's device (module docstring)."""
     if dtype not in _OUT_DTYPES:
@@ -88,8 +92,7 @@ def leaf_rows_decode_triton(rt: LeafRowsRuntime, dtype: torch.dtype = torch.floa
     if out.numel() == 0:
         return out
     assert rt.steps * STEP_VECTORS * 8 == rt.in_features and ROW_GROUP == 32
-    _rows_decode_kernel[(rt.row_groups, rt.steps)](
-        rt.words, rt.row_scales, rt.levels, rt.leaves, rt.inverse_norms, out, rt.out_features, rt.steps,
-        rt.in_features, F=rt.field_bits, A=rt.leaf_bits, LG=rt.gain_bits, BF16=dtype == torch.bfloat16,
-        POINTS=rt.whole_points, num_warps=4)
+    _ROWS_DECODE((rt.row_groups, rt.steps), rt.words, rt.row_scales, rt.levels, rt.leaves, rt.inverse_norms, out,
+                 rt.out_features, rt.steps, rt.in_features, F=rt.field_bits, A=rt.leaf_bits, LG=rt.gain_bits,
+                 BF16=dtype == torch.bfloat16, POINTS=rt.whole_points, num_warps=4)
     return out

@@ -30,6 +30,8 @@ def test_prefill_benchmark_refuses_bad_arguments():
                           (("--rotation", "fused:5"), "--rotation takes auto, layer, fused or fused:B"),
                           (("--rotation", "sideways"), "--rotation takes auto"),
                           (("--profile-python",), "--profile-python goes with --profile"),
+                          (("--launches", "sometimes"), "--launches takes straight, jit or both"),
+                          (("--launches", "jit,jit"), "--launches takes straight, jit or both"),
                           (("--methods", "fp16,pvq3"), "TRITON_INTERPRET=1")):
         bad = _run(*args)
         assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr[-500:])
