@@ -10,7 +10,8 @@ The models are :mod:`benchmarks.generate`'s (same shapes, same random codes, eac
 ``pvq quantize`` picks it (``--rotation auto``; or one plan for every pvq row, named in the row), q/k/v and gate/up merged on CUDA as ``pvq generate`` runs them). A prefill is one
 forward of ``[1, P]`` prompt ids without a cache, the logits of the last position only; per row its milliseconds
 (CUDA events, median of ``--repeats`` after two warm-up passes), ratio to fp16, peak GPU memory above the model's;
-with ``--profile`` also the GPU time of its kernels (``torch.profiler``) and the host's time to launch the forward:
+with ``--profile`` also the GPU time of its kernels (``torch.profiler``) and the host's time to launch the forward
+(median of three):
 where the host takes longer than the kernels, Python bounds the row, not the GPU. Above 16 rows pvq decodes every layer to fp16 (Triton) and multiplies by cuBLAS; issue 22 asks for
 prefill within 1.3x fp16. Every phase prints its seconds. Off CUDA, pvq runs the ``triton`` backend only under
 ``TRITON_INTERPRET=1`` (the CPU smoke run above, minutes under the interpreter; its times mean nothing).
@@ -81,10 +82,13 @@ def profile_prefill(model, ids: torch.Tensor, top: int = 12, python: bool = Fals
     with torch.no_grad():
         last_logits(model, ids)
         torch.cuda.synchronize()
-        t = time.perf_counter()
-        last_logits(model, ids)
-        host_ms = (time.perf_counter() - t) * 1e3  # launches only, unless something in the forward syncs
-        torch.cuda.synchronize()
+        hosts = []
+        for _ in range(3):  # one forward's host time varies by a third from run to run (session 27)
+            t = time.perf_counter()
+            last_logits(model, ids)
+            hosts.append((time.perf_counter() - t) * 1e3)  # launches only, unless something in the forward syncs
+            torch.cuda.synchronize()
+        host_ms = statistics.median(hosts)
         with warnings.catch_warnings(record=True) as syncs:  # what in the forward waits for the GPU
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")

@@ -139,6 +139,12 @@ class TritonBackend(Backend):
 
     def linear(self, layer, runtime, x):
         shape = x.shape
+        family = runtime["family"]
+        if layer.rotation is None and x.numel() > family.fused_max_rows * shape[-1]:
+            # prefill of a layer without online rotations: x as it comes (``matmul`` folds its leading dims into
+            # one cuBLAS product); the host's few microseconds a product count there (docs/kernels.md, session 27)
+            y = x @ _kernel(family.decode)(runtime["runtime"], x.dtype).T
+            return y if layer.bias is None else y + layer.bias.to(y.dtype)
         xr = _rotate(layer, x.reshape(-1, shape[-1]), inverse=False)
         return self._rotated_linear(layer, runtime, xr, x.dtype).reshape(*shape[:-1], layer.out_features)
 
@@ -157,12 +163,11 @@ class TritonBackend(Backend):
     def _rotated_linear(self, layer, runtime, xr, dtype):
         """``U^T K(Q', xr) + b`` for rotated rows ``xr [rows, in]``, in ``dtype``."""
         rt, family = runtime["runtime"], runtime["family"]
-        matmul, decode = family.kernels()
         if xr.shape[0] <= family.fused_max_rows:
-            y = matmul(rt, xr)
-        else:
-            y = xr.to(dtype) @ decode(rt, dtype).T  # decoded straight to the input's dtype
-        y = _rotate(layer, y.to(dtype), inverse=True)
+            y = _kernel(family.matmul)(rt, xr)
+        else:  # decoded straight to the input's dtype
+            y = (xr if xr.dtype == dtype else xr.to(dtype)) @ _kernel(family.decode)(rt, dtype).T
+        y = _rotate(layer, y if y.dtype == dtype else y.to(dtype), inverse=True)
         if layer.bias is not None:
             y = y + layer.bias.to(y.dtype)
         return y
