@@ -123,7 +123,7 @@ class TritonBackend(Backend):
     def prepare(self, layer, device, dtype):
         family = kernel_family(layer.codec)
         return {"runtime": family.runtime(layer, device), "family": family, "codec": _reference(layer.codec),
-                "device": torch.empty(0, device=device, dtype=dtype)}
+                "device": torch.empty(0, device=device, dtype=dtype), "rotation_kernels": {}}
 
     def still_runs(self, layer, runtime, device):
         """Without asking every kernel family again (on every forward of a 7B prefill's 128 to 224 products)
@@ -145,7 +145,7 @@ class TritonBackend(Backend):
             # one cuBLAS product); the host's few microseconds a product count there (docs/kernels.md, session 27)
             y = x @ _kernel(family.decode)(runtime["runtime"], x.dtype).T
             return y if layer.bias is None else y + layer.bias.to(y.dtype)
-        xr = _rotate(layer, x.reshape(-1, shape[-1]), inverse=False)
+        xr = _rotate(layer, x.reshape(-1, shape[-1]), inverse=False, chosen=runtime.get("rotation_kernels"))
         return self._rotated_linear(layer, runtime, xr, x.dtype).reshape(*shape[:-1], layer.out_features)
 
     def gated_linear(self, layer, runtime, gate, up, activation):
@@ -167,7 +167,7 @@ class TritonBackend(Backend):
             y = _kernel(family.matmul)(rt, xr)
         else:  # decoded straight to the input's dtype
             y = (xr if xr.dtype == dtype else xr.to(dtype)) @ _kernel(family.decode)(rt, dtype).T
-        y = _rotate(layer, y if y.dtype == dtype else y.to(dtype), inverse=True)
+        y = _rotate(layer, y if y.dtype == dtype else y.to(dtype), inverse=True, chosen=runtime.get("rotation_kernels"))
         if layer.bias is not None:
             y = y + layer.bias.to(y.dtype)
         return y
@@ -212,9 +212,20 @@ def _gated_rotation(layer):
     return rh if _kernel("triton_hadamard.gated_supported")(rh) else None
 
 
-def _rotate(layer, x: torch.Tensor, inverse: bool) -> torch.Tensor:
+_UNCHOSEN = object()
+_CHOICES_KEPT = 256  # row counts whose choice a runtime keeps (prompt lengths vary; each choice is a few bytes)
+
+
+def _rotation_kernel(rh, device: torch.device, rows: int) -> RotationKernel | None:
+    """The first of :data:`ROTATION_KERNELS` that runs on ``device`` and is the faster way for ``rows`` rows of
+    ``rh``'s size, else None (the layer's PyTorch transform)."""
+    return next((k for k in ROTATION_KERNELS if _kernel(k.runs_on)(device) and _kernel(k.preferred)(rh, rows)), None)
+
+
+def _rotate(layer, x: torch.Tensor, inverse: bool, chosen: dict | None = None) -> torch.Tensor:
     """``V x`` (or ``U^T y``) through the first rotation kernel that is the faster way for this size
-    and number of rows, else the layer's PyTorch transform."""
+    and number of rows, else the layer's PyTorch transform. ``chosen``: the runtime's choices by (side, rows, size),
+    asked once each (six lookups and calls a rotation otherwise: the layer plan's prefill makes 14 a block)."""
     if layer.rotation is None:
         return x
     transform = layer.rotation.u if inverse else layer.rotation.v
@@ -222,9 +233,16 @@ def _rotate(layer, x: torch.Tensor, inverse: bool) -> torch.Tensor:
         return x
     rh = transform.chunk  # a block-diagonal transform: its chunks are rows of their own
     rows = x.numel() // rh.n
-    for kernel in ROTATION_KERNELS:
-        if _kernel(kernel.runs_on)(x.device) and _kernel(kernel.preferred)(rh, rows):
-            return _kernel(kernel.rotate)(rh, x.reshape(rows, rh.n), inverse=inverse).reshape(x.shape)
+    key = (inverse, rows, rh.n)  # a RandomizedHadamard's structure is its size's (the constructor takes n, seed)
+    kernel = _UNCHOSEN if chosen is None else chosen.get(key, _UNCHOSEN)
+    if kernel is _UNCHOSEN:
+        kernel = _rotation_kernel(rh, x.device, rows)
+        if chosen is not None:
+            if len(chosen) >= _CHOICES_KEPT:
+                chosen.clear()
+            chosen[key] = kernel
+    if kernel is not None:
+        return _kernel(kernel.rotate)(rh, x.reshape(rows, rh.n), inverse=inverse).reshape(x.shape)
     return layer.unrotate_output(x) if inverse else layer.rotate_input(x)
 
 

@@ -72,3 +72,33 @@ def test_a_prepared_layer_is_not_asked_its_kernel_family_on_every_forward(monkey
         assert torch.equal(layer(x), first) and len(asked) == n
         layer.codec = copy.copy(layer.codec)  # an equal codec, another object: asked again
         assert torch.equal(layer(x), first) and len(asked) > n
+
+
+def test_a_layers_rotation_kernels_are_chosen_once_a_side_and_row_count(monkeypatch):
+    """The rotation kernels are asked once for each side and number of rows (the layer plan's prefill makes 14
+    rotations a block, docs/kernels.md, session 27); the rotated outputs stay the unchosen path's."""
+    from pvq.kernels import backend as backend_module
+
+    model = tiny("llama", num_hidden_layers=1)
+    quantize_model(model, calib(4, 16), QuantizeConfig(method="pvq", bits=2, dim=8, rotation="layer"),
+                   progress=False, log=None)
+    model.to(DEVICE)
+    set_backend(model, "triton")
+    layer = next(iter(quantized(model).values()))
+    assert layer.rotation.u is not None and layer.rotation.v is not None  # both sides online
+    asked = []
+    choose = backend_module._rotation_kernel
+    monkeypatch.setattr(backend_module, "_rotation_kernel", lambda rh, device, rows: asked.append(rows) or
+                        choose(rh, device, rows))
+    with torch.no_grad():
+        x = torch.randn(3, layer.in_features, device=DEVICE)
+        first = layer(x)
+        assert sorted(asked) == [3, 3]  # input and output side
+        assert torch.equal(layer(x), first) and len(asked) == 2
+        layer(torch.randn(5, layer.in_features, device=DEVICE))
+        assert sorted(asked) == [3, 3, 5, 5]
+        chosen = layer.runtime_tensors()["rotation_kernels"]
+        assert len(chosen) == 4
+        chosen.clear()
+        unchosen = backend_module._rotate(layer, x, inverse=False)  # without a runtime's choices: asked each time
+        assert torch.equal(backend_module._rotate(layer, x, inverse=False, chosen=chosen), unchosen)
