@@ -1,6 +1,8 @@
-"""Compile the split-order PVQ kernels for an NVIDIA target without a GPU and print their resource use.
+"""Compile the split-order PVQ kernels (or the rows layout's prefill kernels) for an NVIDIA target without a GPU and
+print their resource use.
 
     python benchmarks/compile_report.py [--arch 90] [--dim 8] [--bits 3]
+    python benchmarks/compile_report.py --kernels rows   # the whole-layer decode and the fused prefill product
 
 Registers per thread, spilled bytes and shared memory per kernel and tile
 configuration, read from Triton's compiled metadata (ptxas); the PTX/SASS are
@@ -29,7 +31,7 @@ from pvq.kernels import triton_split as TS  # noqa: E402
 PTRS = {"words_ptr": "*i32", "scales_ptr": "*fp16", "levels_ptr": "*fp32", "counts_ptr": "*i64",
         "off16_ptr": "*i64", "off8_ptr": "*i64", "leaf_off_ptr": "*i64", "leaves_ptr": "*i32",
         "inv4_ptr": "*fp64", "inv8_ptr": "*fp64", "inv_norm_ptr": "*fp32",
-        "x_ptr": "*fp16", "y_ptr": "*fp32", "out_ptr": "*fp16"}
+        "x_ptr": "*fp16", "y_ptr": "*fp32", "out_ptr": "*fp16", "inv_ptr": "*fp32"}
 
 
 def consts(dim: int, bits: float) -> dict:
@@ -40,10 +42,10 @@ def consts(dim: int, bits: float) -> dict:
                 WIDE_HALF=counts[dim // 2] >= 1 << 30, STEPS=max(1, (codec.pulses + 1).bit_length()))
 
 
-def compile_one(fn, extra: dict, arch: int, num_warps: int, dump: str | None, tag: str):
+def compile_one(fn, extra: dict, arch: int, num_warps: int, dump: str | None, tag: str, ptrs: dict = PTRS):
     names = fn.arg_names
     const = {k: v for k, v in extra.items() if k in names}
-    sig = {n: ("constexpr" if n in const else PTRS.get(n, "i32")) for n in names}
+    sig = {n: ("constexpr" if n in const else ptrs.get(n, "i32")) for n in names}
     src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in const.items()})
     k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
     if dump:
@@ -80,13 +82,39 @@ def _sass_count(ptxas: str, ptx: str, arch: int) -> int:
     return len(re.findall(r"^\s+/\*[0-9a-f]{4}\*/", sass, flags=re.M))
 
 
+ROWS_FORMATS = (("3 b leaf pairs", dict(F=22, A=8, LG=2, POINTS=False)), ("2 b whole points",
+                                                                        dict(F=16, A=14, LG=1, POINTS=True)))
+"""Field widths of the 7B model's rows layouts (docs/kernels.md, sessions 8 and 23)."""
+
+
+def rows_report(arch: int, dump: str | None) -> None:
+    """Resources of :mod:`pvq.kernels.triton_rows`' kernels: the whole-layer decode and the fused prefill product at
+    each block of rows and warp count (fp16; bf16 compiles alike), and whether the product compiled to wgmma."""
+    from pvq.kernels import triton_rows as TR
+
+    print("| kernel | format | rows a program | warps | registers | spilled bytes | SASS instructions | shared bytes |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label, fields in ROWS_FORMATS:
+        r = compile_one(TR._rows_decode_kernel, {**fields, "BF16": False}, arch, 4, dump, f"rows_decode_{label[:1]}")
+        print(f"| decode | {label} | - | 4 | {r[0]} | {r[1]} | {r[2]} | {r[3]} |")
+        for bm in TR.PREFILL_BLOCK_ROWS:
+            for warps in (4, 8):
+                r = compile_one(TR._rows_matmul_kernel, {**fields, "BF16": False, "BM": bm}, arch, warps, dump,
+                                f"rows_matmul_{label[:1]}_{bm}x{warps}", ptrs={**PTRS, "y_ptr": "*fp16"})
+                print(f"| fused product | {label} | {bm} | {warps} | {r[0]} | {r[1]} | {r[2]} | {r[3]} |", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", type=int, default=90)
     p.add_argument("--dims", default="8,16")
     p.add_argument("--bits", default="2,3,4")
     p.add_argument("--dump", default=None)
+    p.add_argument("--kernels", default="split", choices=("split", "rows"))
     a = p.parse_args()
+    if a.kernels == "rows":
+        rows_report(a.arch, a.dump)
+        return
     print("| kernel | D | bits | tile | warps | registers | spilled bytes | SASS instructions | shared bytes |")
     print("|---|---|---|---|---|---|---|---|---|")
     for dim in (int(d) for d in a.dims.split(",")):

@@ -24,21 +24,18 @@ import triton.language as tl
 from .leaf_rows import ROW_GROUP, STEP_VECTORS, LeafRowsRuntime
 from .triton_launch import StraightLauncher
 
-__all__ = ["leaf_rows_decode_triton"]
+__all__ = ["PREFILL_BLOCK_ROWS", "leaf_rows_decode_triton", "leaf_rows_matmul_triton"]
 
 _OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit
-def _rows_decode_kernel(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, out_ptr, out_features, steps,
-                        in_features, F: tl.constexpr, A: tl.constexpr, LG: tl.constexpr, BF16: tl.constexpr,
-                        POINTS: tl.constexpr):
-    """Program (rg, s): rows ``32 rg .. 32 rg + 31``, inputs ``128 s .. 128 s + 127``. ``POINTS``: whole-point
-    fields (``gain | index << 2``, coordinates in the nibbles of one table word), else leaf pairs."""
-    rg = tl.program_id(0)
-    s = tl.program_id(1)
+def _decode_tile(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, item, F: tl.constexpr, A: tl.constexpr,
+                 LG: tl.constexpr, POINTS: tl.constexpr):
+    """Tile ``item`` (row group ``item // steps``, step ``item % steps``): its ``[32 rows, 128 inputs]`` weights in
+    float32, the reference's operations. ``POINTS``: whole-point fields (``gain | index << 2``, coordinates in the
+    nibbles of one table word), else leaf pairs."""
     lane = tl.arange(0, 32)
-    item = rg.to(tl.int64) * steps + s
     j = tl.arange(0, 16)
     bit = j * F  # [16]: vector j's field starts at bit j F of the row's W2 = F / 2 words
     q = item * (F // 2) * 32 + (bit >> 5)[None, :] * 32 + lane[:, None]  # [32, 16]
@@ -69,8 +66,19 @@ def _rows_decode_kernel(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, 
         c = (((word >> (8 * (t % 4))[None, None, :]) & 0xFF) ^ 0x80) - 0x80
     scale = tl.load(scales_ptr + item * 32 + lane).to(tl.float32)  # [32]
     mult = (tl.load(levels_ptr + gain) * scale[:, None]) * tl.load(inv_ptr + n2)  # [32, 16]
-    w = tl.reshape(c.to(tl.float32) * mult[:, :, None], (32, 128))
-    row = rg * 32 + lane
+    return tl.reshape(c.to(tl.float32) * mult[:, :, None], (32, 128))
+
+
+@triton.jit
+def _rows_decode_kernel(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, out_ptr, out_features, steps,
+                        in_features, F: tl.constexpr, A: tl.constexpr, LG: tl.constexpr, BF16: tl.constexpr,
+                        POINTS: tl.constexpr):
+    """Program (rg, s): rows ``32 rg .. 32 rg + 31``, inputs ``128 s .. 128 s + 127`` (:func:`_decode_tile`)."""
+    rg = tl.program_id(0)
+    s = tl.program_id(1)
+    w = _decode_tile(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, rg.to(tl.int64) * steps + s, F, A, LG,
+                     POINTS)
+    row = rg * 32 + tl.arange(0, 32)
     col = s * 128 + tl.arange(0, 128)
     ptrs = out_ptr + row.to(tl.int64)[:, None] * in_features + col[None, :]
     if BF16:  # round to nearest even by hand: Triton's CPU interpreter truncates (the GPU's cvt rounds)
@@ -81,7 +89,36 @@ def _rows_decode_kernel(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, 
         tl.store(ptrs, w.to(out_ptr.dtype.element_ty), mask=(row < out_features)[:, None])
 
 
+@triton.jit
+def _rows_matmul_kernel(x_ptr, words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, y_ptr, rows, out_features,
+                        steps, x_stride, F: tl.constexpr, A: tl.constexpr, LG: tl.constexpr, POINTS: tl.constexpr,
+                        BF16: tl.constexpr, BM: tl.constexpr):
+    """Program (m, rg): ``y[BM rows, 32 outputs of row group rg] = x W^T``, each ``[32, 128]`` tile of W decoded in
+    the K loop (:func:`_decode_tile`), rounded to x's dtype as the whole-layer decode rounds it, and multiplied on
+    tensor cores with float32 accumulation; no decoded layer is written."""
+    pm = tl.program_id(0)
+    rg = tl.program_id(1)
+    r = pm * BM + tl.arange(0, BM)
+    k = tl.arange(0, 128)
+    x_rows = x_ptr + r.to(tl.int64)[:, None] * x_stride + k[None, :]
+    acc = tl.zeros((BM, 32), dtype=tl.float32)
+    for s in range(0, steps):
+        xt = tl.load(x_rows + s * 128, mask=(r < rows)[:, None], other=0.0)
+        w = _decode_tile(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, rg.to(tl.int64) * steps + s, F, A,
+                         LG, POINTS)
+        # rounded to nearest as the decode rounds on the GPU (Triton's CPU interpreter multiplies bf16 dots wrongly,
+        # by their raw bits: bf16 is tested on CUDA only)
+        acc = tl.dot(xt, tl.trans(w.to(tl.bfloat16 if BF16 else tl.float16)), acc)
+    col = rg * 32 + tl.arange(0, 32)
+    tl.store(y_ptr + r.to(tl.int64)[:, None] * out_features + col[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=(r < rows)[:, None] & (col < out_features)[None, :])
+
+
 _ROWS_DECODE = StraightLauncher(_rows_decode_kernel)  # a 7B prefill launches 128 of these (triton_launch)
+_ROWS_MATMUL = StraightLauncher(_rows_matmul_kernel)
+
+PREFILL_BLOCK_ROWS = (16, 32, 64, 128)
+"""Rows of x a program of :func:`leaf_rows_matmul_triton` takes (``block_rows``)."""
 
 
 def leaf_rows_decode_triton(rt: LeafRowsRuntime, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -96,3 +133,30 @@ def leaf_rows_decode_triton(rt: LeafRowsRuntime, dtype: torch.dtype = torch.floa
                  rt.out_features, rt.steps, rt.in_features, F=rt.field_bits, A=rt.leaf_bits, LG=rt.gain_bits,
                  BF16=dtype == torch.bfloat16, POINTS=rt.whole_points, num_warps=4)
     return out
+
+
+def leaf_rows_matmul_triton(rt: LeafRowsRuntime, x: torch.Tensor, block_rows: int = 64, num_warps: int = 8,
+                            num_stages: int = 3) -> torch.Tensor:
+    """``x Q'^T`` ``[rows, out]`` in x's dtype for fp16 / bf16 rows ``x [rows, in]`` (unit inner stride), the layer
+    decoded tile by tile inside the product (no ``[out, in]`` layer written; each tile decoded once for every
+    ``block_rows`` rows). Equal to ``x @ leaf_rows_decode_triton(rt, x.dtype).T`` up to the order of the float32
+    sums. Written for prefill's row counts (session 27) and not yet timed on a GPU: the backend does not choose it
+    (``benchmarks/prefill_product.py`` times it against decode + cuBLAS). 8 warps: at 4 the decoded tile spills
+    (``python benchmarks/compile_report.py --kernels rows``)."""
+    if x.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"the fused product takes fp16 or bf16 rows, not {x.dtype} (float32: decode, then matmul)")
+    if x.dim() != 2 or x.shape[1] != rt.in_features or (x.shape[0] and x.stride(1) != 1):
+        raise ValueError(f"x must be [rows, {rt.in_features}] with unit inner stride, got {tuple(x.shape)} "
+                         f"{x.stride()}")
+    if block_rows not in PREFILL_BLOCK_ROWS:
+        raise ValueError(f"block_rows must be one of {PREFILL_BLOCK_ROWS}, got {block_rows}")
+    rows = x.shape[0]
+    y = torch.empty(rows, rt.out_features, dtype=x.dtype, device=x.device)
+    if y.numel() == 0:
+        return y
+    assert rt.steps * STEP_VECTORS * 8 == rt.in_features and ROW_GROUP == 32
+    _ROWS_MATMUL((triton.cdiv(rows, block_rows), rt.row_groups), x, rt.words, rt.row_scales, rt.levels, rt.leaves,
+                 rt.inverse_norms, y, rows, rt.out_features, rt.steps, x.stride(0), F=rt.field_bits, A=rt.leaf_bits,
+                 LG=rt.gain_bits, POINTS=rt.whole_points, BF16=x.dtype == torch.bfloat16, BM=block_rows,
+                 num_warps=num_warps, num_stages=num_stages)
+    return y

@@ -1,0 +1,37 @@
+"""``benchmarks/prefill_product.py`` on the CPU under Triton's interpreter at a toy shape (a smoke test: the fused
+product is checked against decode + cuBLAS and tabled), and its refusals before any layer is built."""
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CMD = [sys.executable, os.path.join(ROOT, "benchmarks", "prefill_product.py"), "--device", "cpu"]
+
+
+def _run(*args: str, interpret: bool = True) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"
+    return subprocess.run([*CMD, *args], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={**env, "PYTHONPATH": ROOT})
+
+
+def test_prefill_product_smoke_run():
+    run = _run("--shapes", "40x256", "--rows", "20", "--bits", "3,2", "--configs", "16x4")
+    assert run.returncode == 0, run.stderr[-3000:]
+    for bits in (3, 2):
+        line = next((ln for ln in run.stdout.splitlines() if ln.startswith(f"| 40x256 | {bits} | 20 | ")), None)
+        assert line is not None, run.stdout[-2000:]
+        assert "not timed" not in run.stdout and line.count("[") == 1, line  # checked, then timed
+
+
+def test_prefill_product_refuses_bad_arguments():
+    for args, interpret, message in ((("--shapes", "40x200"), True, "a multiple of 128"),
+                                     (("--shapes", "40"), True, "--shapes takes AxB"),
+                                     (("--configs", "48x4"), True, "--configs: BM one of"),
+                                     (("--bits", "4"), True, "--bits: 3 (leaf pairs) or 2"),
+                                     (("--rows", "a"), True, "comma-separated numbers"),
+                                     ((), False, "set TRITON_INTERPRET=1")):
+        bad = _run(*args, interpret=interpret)
+        assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr[-500:])
