@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from _device import benchmark_device, device_name  # noqa: E402
 from generate import SETTINGS, add_shape_arguments, fresh_llama, merge, phase, resolve_plan, say, to_quantized  # noqa: E402
 
 
@@ -167,15 +168,10 @@ def main() -> None:
         p.error(f"--methods: fp16, {', '.join(SETTINGS)}; got {a.methods}")
     if a.rows <= 16:
         p.error(f"--rows: more than 16 (prefill's decode + cuBLAS path), got {a.rows}")
-    device = torch.device(a.device or "cuda")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        p.error("host launch times need a CUDA device (or --device cpu under TRITON_INTERPRET=1, a smoke test)")
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        p.error("off CUDA the pvq rows run Triton's interpreter: set TRITON_INTERPRET=1")
+    device = benchmark_device(p, a.device)
     import triton
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device
-    say(f"device {name}, torch {torch.__version__}, triton {triton.__version__}")
+    say(f"device {device_name(device)}, torch {torch.__version__}, triton {triton.__version__}")
     with phase("importing pvq and its kernels"):
         import pvq.kernels  # noqa: F401
         from pvq.models.qlinear import set_backend

@@ -27,6 +27,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from _device import benchmark_device, device_name  # noqa: E402
+
 T0 = time.perf_counter()
 
 
@@ -82,17 +84,12 @@ def main() -> None:
         p.error(f"--configs: BM one of {PREFILL_BLOCK_ROWS}, got {a.configs}")
     if any(i % 128 for _, i in shapes):
         p.error(f"--shapes: inputs a multiple of 128 (the rows layout's step), got {a.shapes}")
-    device = torch.device(a.device or "cuda")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        p.error("no CUDA device (or --device cpu under TRITON_INTERPRET=1, a smoke test)")
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        p.error("off CUDA the kernels run Triton's interpreter: set TRITON_INTERPRET=1")
+    device = benchmark_device(p, a.device)
     from pvq.kernels.leaf_rows import leaf_rows_from_split
     from pvq.kernels.triton_rows import leaf_rows_decode_triton, leaf_rows_matmul_triton
     from speed_layout_device import random_split_runtime
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device
-    say(f"device {name}, torch {torch.__version__}")
+    say(f"device {device_name(device)}, torch {torch.__version__}")
     bench = timer(device)
     dtype = torch.float16
     table = []

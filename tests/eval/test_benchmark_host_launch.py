@@ -3,20 +3,15 @@ block's calls are timed and tabled, bad arguments are refused before any model i
 puts back the package's launchers."""
 
 import os
-import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CMD = [sys.executable, os.path.join(ROOT, "benchmarks", "host_launch.py"), "--hidden", "128", "--intermediate",
-       "256", "--vocab", "256", "--heads", "2", "--rows", "24", "--calls", "2"]
+from benchmark_runs import ROOT, run_benchmark
+
+SHAPES = ["--hidden", "128", "--intermediate", "256", "--vocab", "256", "--heads", "2", "--rows", "24", "--calls", "2"]
 
 
-def _run(*args: str, interpret: bool = True) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    if interpret:
-        env["TRITON_INTERPRET"] = "1"
-    return subprocess.run([*CMD, *args], capture_output=True, text=True, timeout=300, cwd=ROOT,
-                          env={**env, "PYTHONPATH": ROOT})
+def _run(*args: str, interpret: bool = True):
+    return run_benchmark("host_launch.py", [*SHAPES, *args], interpret=interpret)
 
 
 def test_host_launch_fp16_row_on_the_cpu():

@@ -1,20 +1,11 @@
 """``benchmarks/prefill_product.py`` on the CPU under Triton's interpreter at a toy shape (a smoke test: the fused
 product is checked against decode + cuBLAS and tabled), and its refusals before any layer is built."""
 
-import os
-import subprocess
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CMD = [sys.executable, os.path.join(ROOT, "benchmarks", "prefill_product.py"), "--device", "cpu"]
+from benchmark_runs import run_benchmark
 
 
-def _run(*args: str, interpret: bool = True) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    if interpret:
-        env["TRITON_INTERPRET"] = "1"
-    return subprocess.run([*CMD, *args], capture_output=True, text=True, timeout=300, cwd=ROOT,
-                          env={**env, "PYTHONPATH": ROOT})
+def _run(*args: str, interpret: bool = True):
+    return run_benchmark("prefill_product.py", ["--device", "cpu", *args], interpret=interpret)
 
 
 def test_prefill_product_smoke_run():
