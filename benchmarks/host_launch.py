@@ -26,7 +26,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _device import benchmark_device, device_name  # noqa: E402
-from generate import SETTINGS, add_shape_arguments, fresh_llama, merge, phase, resolve_plan, say, to_quantized  # noqa: E402
+from generate import (SETTINGS, add_shape_arguments, fresh_llama, merge, phase, resolve_plan, say,  # noqa: E402
+                      to_quantized)
 
 
 def sync(device: torch.device) -> None:

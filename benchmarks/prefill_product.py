@@ -108,8 +108,8 @@ def main() -> None:
                     got = leaf_rows_matmul_triton(rt, x, block_rows=bm, num_warps=warps)
                     diff = ((got.float() - ref.float()).abs().max() / ref.float().abs().max().clamp_min(1e-30)).item()
                     if diff > 1e-2:
-                        say(f"  fused {bm}x{warps} at {out_f}x{in_f}, {rows} rows, {bits:g} bits: differs by {diff:.1e} "
-                            "of the output's largest: not timed")
+                        say(f"  fused {bm}x{warps} at {out_f}x{in_f}, {rows} rows, {bits:g} bits: differs by "
+                            f"{diff:.1e} of the output's largest: not timed")
                         continue
                     row[f"fused {bm}x{warps}"] = bench(lambda: leaf_rows_matmul_triton(rt, x, block_rows=bm,
                                                                                           num_warps=warps))

@@ -7,7 +7,8 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_benchmark(script: str, args: list[str], interpret: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_benchmark(script: str, args: list[str], interpret: bool = True,
+                  timeout: int = 300) -> subprocess.CompletedProcess:
     """``python benchmarks/<script> *args`` from the checkout's root, ``TRITON_INTERPRET=1`` where ``interpret``
     (else unset), the checkout first on ``PYTHONPATH``; its output captured as text."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

@@ -139,12 +139,10 @@ class TritonBackend(Backend):
 
     def linear(self, layer, runtime, x):
         shape = x.shape
-        family = runtime["family"]
-        if layer.rotation is None and x.numel() > family.fused_max_rows * shape[-1]:
+        if layer.rotation is None and x.numel() > runtime["family"].fused_max_rows * shape[-1]:
             # prefill of a layer without online rotations: x as it comes (``matmul`` folds its leading dims into
             # one cuBLAS product); the host's few microseconds a product count there (docs/kernels.md, session 27)
-            y = x @ _kernel(family.decode)(runtime["runtime"], x.dtype).T
-            return y if layer.bias is None else y + layer.bias.to(y.dtype)
+            return self._rotated_linear(layer, runtime, x, x.dtype)
         xr = _rotate(layer, x.reshape(-1, shape[-1]), inverse=False, chosen=runtime.get("rotation_kernels"))
         return self._rotated_linear(layer, runtime, xr, x.dtype).reshape(*shape[:-1], layer.out_features)
 
@@ -161,9 +159,10 @@ class TritonBackend(Backend):
         return self._rotated_linear(layer, runtime, xr, gate.dtype).reshape(*shape[:-1], layer.out_features)
 
     def _rotated_linear(self, layer, runtime, xr, dtype):
-        """``U^T K(Q', xr) + b`` for rotated rows ``xr [rows, in]``, in ``dtype``."""
+        """``U^T K(Q', xr) + b`` for rotated rows ``xr [rows, in]``, in ``dtype`` (``xr [..., in]`` above the fused
+        rows where the layer rotates nothing)."""
         rt, family = runtime["runtime"], runtime["family"]
-        if xr.shape[0] <= family.fused_max_rows:
+        if xr.dim() == 2 and xr.shape[0] <= family.fused_max_rows:
             y = _kernel(family.matmul)(rt, xr)
         else:  # decoded straight to the input's dtype
             y = (xr if xr.dtype == dtype else xr.to(dtype)) @ _kernel(family.decode)(rt, dtype).T

@@ -45,9 +45,9 @@ def specialization(args: tuple) -> tuple:
 
 class StraightLauncher:
     """Launches of one ``@triton.jit`` kernel: ``launcher(grid, *args, num_warps=4, num_stages=None, **constexprs)``
-    is ``kernel[grid](*args, **constexprs, num_warps=num_warps[, num_stages=...])``, through the compiled kernel from a
-    specialization's second launch on. ``args`` are the kernel's leading parameters in order, ``constexprs`` all the others by name.
-    ``straight=False``: every launch through the JIT (what the benchmark compares against)."""
+    is ``kernel[grid](*args, **constexprs, num_warps=num_warps[, num_stages=...])``, through the compiled kernel from
+    a specialization's second launch on. ``args`` are the kernel's leading parameters in order, ``constexprs`` all
+    the others by name. ``straight=False``: every launch through the JIT (what the benchmark compares against)."""
 
     def __init__(self, kernel, straight: bool = True):
         self.kernel = kernel

@@ -71,4 +71,5 @@ def test_fused_product_refusals():
                                    (torch.zeros(2, 128, dtype=torch.float16), 48, "block_rows must be one of")):
         with pytest.raises(ValueError, match=re.escape(message)):
             triton_rows.leaf_rows_matmul_triton(rt, x.to(DEVICE), block_rows=block_rows)
-    assert triton_rows.leaf_rows_matmul_triton(rt, torch.zeros(0, 128, dtype=torch.float16, device=DEVICE)).shape == (0, 32)
+    empty = torch.zeros(0, 128, dtype=torch.float16, device=DEVICE)
+    assert triton_rows.leaf_rows_matmul_triton(rt, empty).shape == (0, 32)
