@@ -50,14 +50,18 @@ def timer(device: torch.device):
     return wall
 
 
-def parse_pairs(text: str, what: str, p: argparse.ArgumentParser) -> list[tuple[int, int]]:
+def parse_pairs(text: str, what: str, p: argparse.ArgumentParser, lengths=(2,)) -> list[tuple[int, ...]]:
     try:
         pairs = [tuple(int(v) for v in item.split("x")) for item in text.split(",")]
     except ValueError:
         pairs = []
-    if not pairs or any(len(t) != 2 for t in pairs):
-        p.error(f"{what} takes AxB[,AxB...], got {text}")
+    if not pairs or any(len(t) not in lengths for t in pairs):
+        p.error(f"{what} takes AxB[,AxB...]{'' if lengths == (2,) else ' (or AxBxC[xD])'}, got {text}")
     return pairs
+
+
+def config_name(bm: int, warps: int, stages: int, bn: int) -> str:
+    return f"{bm}x{warps}" + (f"x{stages}" if stages != 3 or bn != 32 else "") + (f"x{bn}" if bn != 32 else "")
 
 
 def main() -> None:
@@ -65,12 +69,15 @@ def main() -> None:
     p.add_argument("--shapes", default="11008x4096,4096x11008,4096x4096,22016x4096")
     p.add_argument("--rows", default="64,128,512,2048")
     p.add_argument("--bits", default="3,2")
-    p.add_argument("--configs", default="32x8,64x8,128x8", help="BMxWARPS of the fused product, BM in 16/32/64/128 "
-                   "(4 warps spill from 32 rows: compile_report.py --kernels rows)")
+    p.add_argument("--configs", default="32x8,64x8,128x8,128x8x3x64,256x8x2,256x8x2x64",
+                   help="BMxWARPS[xSTAGES[xBN]] of the fused product: BM rows of x and BN outputs (32 or 64) a "
+                   "program, BM in 16/32/64/128/256, 3 stages and 32 outputs unless named (4 warps spill from 32 "
+                   "rows: compile_report.py --kernels rows)")
     p.add_argument("--device", default=None, help="default: cuda; cpu only under TRITON_INTERPRET=1 (smoke test)")
     a = p.parse_args()
     shapes = parse_pairs(a.shapes, "--shapes", p)
-    configs = parse_pairs(a.configs, "--configs", p)
+    configs = [(*c, 3, 32)[:4] if len(c) == 2 else (*c, 32)[:4] for c in parse_pairs(a.configs, "--configs", p,
+                                                                                      (2, 3, 4))]
     try:
         rows_list = [int(r) for r in a.rows.split(",")]
         bit_list = [float(b) for b in a.bits.split(",")]
@@ -80,7 +87,7 @@ def main() -> None:
         p.error(f"--bits: 3 (leaf pairs) or 2 (whole points), got {a.bits}")
     from pvq.kernels.triton_rows import PREFILL_BLOCK_ROWS
 
-    if any(bm not in PREFILL_BLOCK_ROWS for bm, _ in configs):
+    if any(bm not in PREFILL_BLOCK_ROWS for bm, *_ in configs):
         p.error(f"--configs: BM one of {PREFILL_BLOCK_ROWS}, got {a.configs}")
     if any(i % 128 for _, i in shapes):
         p.error(f"--shapes: inputs a multiple of 128 (the rows layout's step), got {a.shapes}")
@@ -104,20 +111,26 @@ def main() -> None:
                 row = {"shape": f"{out_f}x{in_f}", "bits": bits, "rows": rows,
                        "fp16": bench(lambda: x @ w.T),
                        "decode + cuBLAS": bench(lambda: x @ leaf_rows_decode_triton(rt, dtype).T)}
-                for bm, warps in configs:
-                    got = leaf_rows_matmul_triton(rt, x, block_rows=bm, num_warps=warps)
+                for bm, warps, stages, bn in configs:
+                    name = config_name(bm, warps, stages, bn)
+                    run = (lambda bm=bm, warps=warps, stages=stages, bn=bn: leaf_rows_matmul_triton(
+                        rt, x, block_rows=bm, num_warps=warps, num_stages=stages, block_outputs=bn))
+                    try:
+                        got = run()
+                    except Exception as e:  # e.g. out of shared memory for that many rows and stages
+                        say(f"  fused {name}: {type(e).__name__}: {str(e)[:160]}")
+                        continue
                     diff = ((got.float() - ref.float()).abs().max() / ref.float().abs().max().clamp_min(1e-30)).item()
                     if diff > 1e-2:
-                        say(f"  fused {bm}x{warps} at {out_f}x{in_f}, {rows} rows, {bits:g} bits: differs by "
+                        say(f"  fused {name} at {out_f}x{in_f}, {rows} rows, {bits:g} bits: differs by "
                             f"{diff:.1e} of the output's largest: not timed")
                         continue
-                    row[f"fused {bm}x{warps}"] = bench(lambda: leaf_rows_matmul_triton(rt, x, block_rows=bm,
-                                                                                          num_warps=warps))
-                    row[f"diff {bm}x{warps}"] = diff
+                    row[f"fused {name}"] = bench(run)
+                    row[f"diff {name}"] = diff
                 table.append(row)
                 say(f"{out_f}x{in_f}, {bits:g} bits, {rows} rows: " + ", ".join(
                     f"{k} {v:.1f}" for k, v in row.items() if k not in ("shape", "bits", "rows") and "diff" not in k))
-    columns = ["fp16", "decode + cuBLAS"] + [f"fused {bm}x{w}" for bm, w in configs]
+    columns = ["fp16", "decode + cuBLAS"] + [f"fused {config_name(*c)}" for c in configs]
     print(f"\nOne layer's product, us ({'CUDA graphs, median' if device.type == 'cuda' else 'CPU wall, one call'}); "
           "fused: BM rows of x a program x warps, [largest difference from decode + cuBLAS, relative]\n")
     print("| shape | bits | rows | " + " | ".join(columns) + " | best fused x decode + cuBLAS |")
