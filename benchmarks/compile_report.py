@@ -42,12 +42,13 @@ def consts(dim: int, bits: float) -> dict:
                 WIDE_HALF=counts[dim // 2] >= 1 << 30, STEPS=max(1, (codec.pulses + 1).bit_length()))
 
 
-def compile_one(fn, extra: dict, arch: int, num_warps: int, dump: str | None, tag: str, ptrs: dict = PTRS):
+def compile_one(fn, extra: dict, arch: int, num_warps: int, dump: str | None, tag: str, ptrs: dict = PTRS,
+                num_stages: int = 3):
     names = fn.arg_names
     const = {k: v for k, v in extra.items() if k in names}
     sig = {n: ("constexpr" if n in const else ptrs.get(n, "i32")) for n in names}
     src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in const.items()})
-    k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
+    k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps, "num_stages": num_stages})
     if dump:
         os.makedirs(dump, exist_ok=True)
         for ext in ("ptx", "ttgir"):
@@ -92,16 +93,20 @@ def rows_report(arch: int, dump: str | None) -> None:
     each block of rows and warp count (fp16; bf16 compiles alike), and whether the product compiled to wgmma."""
     from pvq.kernels import triton_rows as TR
 
-    print("| kernel | format | rows a program | warps | registers | spilled bytes | SASS instructions | shared bytes |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| kernel | format | rows a program | outputs a program | warps | stages | registers | spilled bytes | "
+          "SASS instructions | shared bytes |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for label, fields in ROWS_FORMATS:
         r = compile_one(TR._rows_decode_kernel, {**fields, "BF16": False}, arch, 4, dump, f"rows_decode_{label[:1]}")
-        print(f"| decode | {label} | - | 4 | {r[0]} | {r[1]} | {r[2]} | {r[3]} |")
+        print(f"| decode | {label} | - | 32 | 4 | - | {r[0]} | {r[1]} | {r[2]} | {r[3]} |")
         for bm in TR.PREFILL_BLOCK_ROWS:
-            for warps in (4, 8):
-                r = compile_one(TR._rows_matmul_kernel, {**fields, "BF16": False, "BM": bm}, arch, warps, dump,
-                                f"rows_matmul_{label[:1]}_{bm}x{warps}", ptrs={**PTRS, "y_ptr": "*fp16"})
-                print(f"| fused product | {label} | {bm} | {warps} | {r[0]} | {r[1]} | {r[2]} | {r[3]} |", flush=True)
+            stages = 2 if bm > 128 else 3  # 3 stages of 256 rows of x take 192 KB of shared memory
+            for pair, warps in ((False, 4), (False, 8), (True, 8)):
+                r = compile_one(TR._rows_matmul_kernel, {**fields, "BF16": False, "BM": bm, "PAIR": pair}, arch, warps,
+                                dump, f"rows_matmul_{label[:1]}_{bm}x{warps}{'x64' if pair else ''}",
+                                ptrs={**PTRS, "y_ptr": "*fp16"}, num_stages=stages)
+                print(f"| fused product | {label} | {bm} | {64 if pair else 32} | {warps} | {stages} | {r[0]} | {r[1]} | "
+                      f"{r[2]} | {r[3]} |", flush=True)
 
 
 def main() -> None:
