@@ -101,7 +101,7 @@ def rows_report(arch: int, dump: str | None) -> None:
         print(f"| decode | {label} | - | 32 | 4 | - | {r[0]} | {r[1]} | {r[2]} | {r[3]} |")
         for bm in TR.PREFILL_BLOCK_ROWS:
             stages = 2 if bm > 128 else 3  # 3 stages of 256 rows of x take 192 KB of shared memory
-            for pair, warps in ((False, 4), (False, 8), (True, 8)):
+            for pair, warps in ((False, 4), (False, 8), (True, 8)) + (((False, 16), (True, 16)) if bm >= 128 else ()):
                 r = compile_one(TR._rows_matmul_kernel, {**fields, "BF16": False, "BM": bm, "PAIR": pair}, arch, warps,
                                 dump, f"rows_matmul_{label[:1]}_{bm}x{warps}{'x64' if pair else ''}",
                                 ptrs={**PTRS, "y_ptr": "*fp16"}, num_stages=stages)

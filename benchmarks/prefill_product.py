@@ -69,7 +69,7 @@ def main() -> None:
     p.add_argument("--shapes", default="11008x4096,4096x11008,4096x4096,22016x4096")
     p.add_argument("--rows", default="16,64,128,512,2048")
     p.add_argument("--bits", default="3,2")
-    p.add_argument("--configs", default="16x4,32x8,64x8,128x8,128x8x3x64,256x16x2,256x16x2x64",
+    p.add_argument("--configs", default="16x4,32x8,64x8,64x8x3x64,128x8,128x8x3x64,256x8x2",
                    help="BMxWARPS[xSTAGES[xBN]] of the fused product: BM rows of x and BN outputs (32 or 64) a "
                    "program, BM in 16/32/64/128/256, 3 stages and 32 outputs unless named (4 warps spill from 32 "
                    "rows: compile_report.py --kernels rows)")
