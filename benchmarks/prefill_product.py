@@ -89,6 +89,8 @@ def main() -> None:
 
     if any(bm not in PREFILL_BLOCK_ROWS for bm, *_ in configs):
         p.error(f"--configs: BM one of {PREFILL_BLOCK_ROWS}, got {a.configs}")
+    if any(bn not in (32, 64) or warps < 1 or stages < 1 for _, warps, stages, bn in configs):
+        p.error(f"--configs: BN 32 or 64, warps and stages positive, got {a.configs}")
     if any(i % 128 for _, i in shapes):
         p.error(f"--shapes: inputs a multiple of 128 (the rows layout's step), got {a.shapes}")
     device = benchmark_device(p, a.device)
