@@ -1,8 +1,8 @@
-"""Compile the split-order PVQ kernels (or the rows layout's prefill kernels) for an NVIDIA target without a GPU and
+"""Compile the split-order PVQ kernels (or the rows layout's prefill decode) for an NVIDIA target without a GPU and
 print their resource use.
 
     python benchmarks/compile_report.py [--arch 90] [--dim 8] [--bits 3]
-    python benchmarks/compile_report.py --kernels rows   # the whole-layer decode and the fused prefill product
+    python benchmarks/compile_report.py --kernels rows   # the rows layout's whole-layer decode
 
 Registers per thread, spilled bytes and shared memory per kernel and tile
 configuration, read from Triton's compiled metadata (ptxas); the PTX/SASS are
@@ -42,13 +42,12 @@ def consts(dim: int, bits: float) -> dict:
                 WIDE_HALF=counts[dim // 2] >= 1 << 30, STEPS=max(1, (codec.pulses + 1).bit_length()))
 
 
-def compile_one(fn, extra: dict, arch: int, num_warps: int, dump: str | None, tag: str, ptrs: dict = PTRS,
-                num_stages: int = 3):
+def compile_one(fn, extra: dict, arch: int, num_warps: int, dump: str | None, tag: str, ptrs: dict = PTRS):
     names = fn.arg_names
     const = {k: v for k, v in extra.items() if k in names}
     sig = {n: ("constexpr" if n in const else ptrs.get(n, "i32")) for n in names}
     src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in const.items()})
-    k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps, "num_stages": num_stages})
+    k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
     if dump:
         os.makedirs(dump, exist_ok=True)
         for ext in ("ptx", "ttgir"):
@@ -89,24 +88,15 @@ ROWS_FORMATS = (("3 b leaf pairs", dict(F=22, A=8, LG=2, POINTS=False)), ("2 b w
 
 
 def rows_report(arch: int, dump: str | None) -> None:
-    """Resources of :mod:`pvq.kernels.triton_rows`' kernels: the whole-layer decode and the fused prefill product at
-    each block of rows and warp count (fp16; bf16 compiles alike), and whether the product compiled to wgmma."""
+    """Resources of :mod:`pvq.kernels.triton_rows`' whole-layer decode in each format (fp16; bf16 compiles alike).
+    (Session 28's table, docs/bench/compile_rows_s28_cpu.txt, also held the fused product that left.)"""
     from pvq.kernels import triton_rows as TR
 
-    print("| kernel | format | rows a program | outputs a program | warps | stages | registers | spilled bytes | "
-          "SASS instructions | shared bytes |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| kernel | format | warps | registers | spilled bytes | SASS instructions | shared bytes |")
+    print("|---|---|---|---|---|---|---|")
     for label, fields in ROWS_FORMATS:
         r = compile_one(TR._rows_decode_kernel, {**fields, "BF16": False}, arch, 4, dump, f"rows_decode_{label[:1]}")
-        print(f"| decode | {label} | - | 32 | 4 | - | {r[0]} | {r[1]} | {r[2]} | {r[3]} |")
-        for bm in TR.PREFILL_BLOCK_ROWS:
-            stages = 2 if bm > 128 else 3  # 3 stages of 256 rows of x take 192 KB of shared memory
-            for pair, warps in ((False, 4), (False, 8), (True, 8)) + (((False, 16), (True, 16)) if bm >= 128 else ()):
-                r = compile_one(TR._rows_matmul_kernel, {**fields, "BF16": False, "BM": bm, "PAIR": pair}, arch, warps,
-                                dump, f"rows_matmul_{label[:1]}_{bm}x{warps}{'x64' if pair else ''}",
-                                ptrs={**PTRS, "y_ptr": "*fp16"}, num_stages=stages)
-                print(f"| fused product | {label} | {bm} | {64 if pair else 32} | {warps} | {stages} | {r[0]} | {r[1]} | "
-                      f"{r[2]} | {r[3]} |", flush=True)
+        print(f"| decode | {label} | 4 | {r[0]} | {r[1]} | {r[2]} | {r[3]} |")
 
 
 def main() -> None:

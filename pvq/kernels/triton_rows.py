@@ -13,6 +13,9 @@ is written row-major, each row's 256 (fp16) or 512 (float32) bytes contiguous. L
 The operations are the reference's (:func:`~pvq.kernels.leaf_rows.leaf_rows_decode_reference`):
 ``y * ((level * scale) * inverse_norms[|y|^2])`` in float32, so the float32 decode equals it bit for bit and a
 16-bit one is those floats rounded once. Importing this module needs Triton.
+
+A product that decoded these tiles inside its K loop (no fp16 layer written; sessions 27-28) measured 1.04x to
+6.2x slower than this decode and cuBLAS at 16 to 2048 rows on an H100 and left (docs/kernels.md, session 28).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import triton.language as tl
 from .leaf_rows import ROW_GROUP, STEP_VECTORS, LeafRowsRuntime
 from .triton_launch import StraightLauncher
 
-__all__ = ["PREFILL_BLOCK_ROWS", "leaf_rows_decode_triton", "leaf_rows_matmul_triton"]
+__all__ = ["leaf_rows_decode_triton"]
 
 _OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -89,42 +92,7 @@ def _rows_decode_kernel(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, 
         tl.store(ptrs, w.to(out_ptr.dtype.element_ty), mask=(row < out_features)[:, None])
 
 
-@triton.jit
-def _rows_matmul_kernel(x_ptr, words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, y_ptr, rows, out_features,
-                        steps, x_stride, F: tl.constexpr, A: tl.constexpr, LG: tl.constexpr, POINTS: tl.constexpr,
-                        BF16: tl.constexpr, BM: tl.constexpr, PAIR: tl.constexpr):
-    """Program (m, g): ``y[BM rows, the 32 outputs of row group g (PAIR: 64, groups 2 g and 2 g + 1)] = x W^T``,
-    each ``[32, 128]`` tile of W decoded in the K loop (:func:`_decode_tile`), rounded to x's dtype as the
-    whole-layer decode rounds it, and multiplied on tensor cores with float32 accumulation; no decoded layer is
-    written."""
-    pm = tl.program_id(0)
-    rg = tl.program_id(1) * (2 if PAIR else 1)
-    r = pm * BM + tl.arange(0, BM)
-    k = tl.arange(0, 128)
-    x_rows = x_ptr + r.to(tl.int64)[:, None] * x_stride + k[None, :]
-    BN: tl.constexpr = 64 if PAIR else 32
-    acc = tl.zeros((BM, BN), dtype=tl.float32)
-    for s in range(0, steps):
-        xt = tl.load(x_rows + s * 128, mask=(r < rows)[:, None], other=0.0)
-        w = _decode_tile(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, rg.to(tl.int64) * steps + s, F, A,
-                         LG, POINTS)
-        if PAIR:  # the next row group's tile below it: [64, 128]
-            w2 = _decode_tile(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, (rg + 1).to(tl.int64) * steps + s,
-                              F, A, LG, POINTS)
-            w = tl.reshape(tl.permute(tl.join(w, w2), (2, 0, 1)), (64, 128))
-        # rounded to nearest as the decode rounds on the GPU (Triton's CPU interpreter multiplies bf16 dots wrongly,
-        # by their raw bits: bf16 is tested on CUDA only)
-        acc = tl.dot(xt, tl.trans(w.to(tl.bfloat16 if BF16 else tl.float16)), acc)
-    col = rg * 32 + tl.arange(0, BN)
-    tl.store(y_ptr + r.to(tl.int64)[:, None] * out_features + col[None, :], acc.to(y_ptr.dtype.element_ty),
-             mask=(r < rows)[:, None] & (col < out_features)[None, :])
-
-
 _ROWS_DECODE = StraightLauncher(_rows_decode_kernel)  # a 7B prefill launches 128 of these (triton_launch)
-_ROWS_MATMUL = StraightLauncher(_rows_matmul_kernel)
-
-PREFILL_BLOCK_ROWS = (16, 32, 64, 128, 256)
-"""Rows of x a program of :func:`leaf_rows_matmul_triton` takes (``block_rows``)."""
 
 
 def leaf_rows_decode_triton(rt: LeafRowsRuntime, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -139,34 +107,3 @@ def leaf_rows_decode_triton(rt: LeafRowsRuntime, dtype: torch.dtype = torch.floa
                  rt.out_features, rt.steps, rt.in_features, F=rt.field_bits, A=rt.leaf_bits, LG=rt.gain_bits,
                  BF16=dtype == torch.bfloat16, POINTS=rt.whole_points, num_warps=4)
     return out
-
-
-def leaf_rows_matmul_triton(rt: LeafRowsRuntime, x: torch.Tensor, block_rows: int = 64, num_warps: int = 8,
-                            num_stages: int = 3, block_outputs: int = 32) -> torch.Tensor:
-    """``x Q'^T`` ``[rows, out]`` in x's dtype for fp16 / bf16 rows ``x [rows, in]`` (unit inner stride), the layer
-    decoded tile by tile inside the product (no ``[out, in]`` layer written; each tile decoded once for every
-    ``block_rows`` rows, for ``block_outputs`` outputs: 32, one row group, or 64, two). Equal to ``x @ leaf_rows_decode_triton(rt, x.dtype).T`` up to the order of the float32
-    sums. Written for prefill's row counts (session 27) and not yet timed on a GPU: the backend does not choose it
-    (``benchmarks/prefill_product.py`` times it against decode + cuBLAS). 8 warps: at 4 the decoded tile spills
-    (``python benchmarks/compile_report.py --kernels rows``)."""
-    if x.dtype not in (torch.float16, torch.bfloat16):
-        raise ValueError(f"the fused product takes fp16 or bf16 rows, not {x.dtype} (float32: decode, then matmul)")
-    if x.dim() != 2 or x.shape[1] != rt.in_features or (x.shape[0] and x.stride(1) != 1):
-        raise ValueError(f"x must be [rows, {rt.in_features}] with unit inner stride, got {tuple(x.shape)} "
-                         f"{x.stride()}")
-    if block_rows not in PREFILL_BLOCK_ROWS:
-        raise ValueError(f"block_rows must be one of {PREFILL_BLOCK_ROWS}, got {block_rows}")
-    if block_outputs not in (32, 64) or rt.row_groups % (block_outputs // 32):
-        raise ValueError(f"block_outputs must be 32, or 64 where the row groups ({rt.row_groups}) are even, got "
-                         f"{block_outputs}")
-    rows = x.shape[0]
-    y = torch.empty(rows, rt.out_features, dtype=x.dtype, device=x.device)
-    if y.numel() == 0:
-        return y
-    assert rt.steps * STEP_VECTORS * 8 == rt.in_features and ROW_GROUP == 32
-    pair = block_outputs == 64
-    _ROWS_MATMUL((triton.cdiv(rows, block_rows), rt.row_groups // (2 if pair else 1)), x, rt.words, rt.row_scales, rt.levels, rt.leaves,
-                 rt.inverse_norms, y, rows, rt.out_features, rt.steps, x.stride(0), F=rt.field_bits, A=rt.leaf_bits,
-                 LG=rt.gain_bits, POINTS=rt.whole_points, BF16=x.dtype == torch.bfloat16, BM=block_rows, PAIR=pair,
-                 num_warps=num_warps, num_stages=num_stages)
-    return y

@@ -1,8 +1,6 @@
 """The Triton whole-layer decode of the row-interleaved leaf layout against the reference, bit for bit (CPU:
 Triton's interpreter; CUDA: the compiled kernel), in float32 and rounded once to fp16 and bf16."""
 
-import re
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -43,39 +41,3 @@ def test_decode_refuses_other_dtypes():
     rt = leaf_rows_from_split(code_runtime(2.0, 16, 4, 128, device=DEVICE))
     with pytest.raises(ValueError, match="float32, float16 or bfloat16"):
         triton_rows.leaf_rows_decode_triton(rt, torch.int8)
-
-
-@settings(max_examples=6, deadline=None)
-@given(points=st.booleans(), rows=st.integers(1, 40), out_f=st.integers(1, 70), steps=st.integers(1, 2),
-       block_rows=st.sampled_from(triton_rows.PREFILL_BLOCK_ROWS[:2]), pair=st.booleans(),
-       bf16=st.sampled_from([False, True] if DEVICE == "cuda" else [False]), seed=st.integers(0, 2**16))
-def test_fused_product_equals_decode_then_matmul(points, rows, out_f, steps, block_rows, pair, bf16, seed):
-    """The product that decodes inside its K loop against the whole-layer decode's weight times x: the same
-    rounded weights, float32 sums in another order (row counts and outputs that leave blocks part empty; with
-    64 outputs a program, 2 or 4 row groups). bf16 on CUDA only: Triton's CPU interpreter multiplies bf16 dots by
-    their raw bits."""
-    if pair:
-        out_f = 64 * (1 + out_f % 2) - out_f % 20
-    rt = leaf_rows_from_split(code_runtime(2.0 if points else 3.0, 16, out_f, 128 * steps, seed=seed, device=DEVICE),
-                              whole_points=points)
-    dtype = torch.bfloat16 if bf16 else torch.float16
-    x = torch.randn(rows, 128 * steps, generator=torch.Generator().manual_seed(seed)).to(DEVICE, dtype)
-    ref = x.float() @ triton_rows.leaf_rows_decode_triton(rt, dtype).float().T
-    got = triton_rows.leaf_rows_matmul_triton(rt, x, block_rows=block_rows, block_outputs=64 if pair else 32)
-    assert got.dtype == dtype and got.shape == (rows, out_f)
-    torch.testing.assert_close(got.float(), ref, rtol=2e-2 if bf16 else 2e-3, atol=1e-3 * ref.abs().max().item())
-
-
-def test_fused_product_refusals():
-    rt = leaf_rows_from_split(code_runtime(3.0, 16, 32, 128, device=DEVICE))
-    for x, block_rows, message in ((torch.zeros(2, 128), 64, "fp16 or bf16"),
-                                   (torch.zeros(2, 256, dtype=torch.float16), 64, "x must be [rows, 128]"),
-                                   (torch.zeros(128, 4, dtype=torch.float16).T, 64, "unit inner stride"),
-                                   (torch.zeros(2, 128, dtype=torch.float16), 48, "block_rows must be one of")):
-        with pytest.raises(ValueError, match=re.escape(message)):
-            triton_rows.leaf_rows_matmul_triton(rt, x.to(DEVICE), block_rows=block_rows)
-    with pytest.raises(ValueError, match=re.escape("block_outputs must be 32, or 64 where the row groups (1) are even")):
-        triton_rows.leaf_rows_matmul_triton(rt, torch.zeros(2, 128, dtype=torch.float16, device=DEVICE),
-                                            block_outputs=64)
-    empty = torch.zeros(0, 128, dtype=torch.float16, device=DEVICE)
-    assert triton_rows.leaf_rows_matmul_triton(rt, empty).shape == (0, 32)
