@@ -20,8 +20,8 @@ from .cuda_build import CSRC, cuda_build_available, load_cuda_extension
 from .leaf_layout import LeafRuntime, leaf_decode_reference, leaf_layout_supports
 from .leaf_rows import LeafRowsRuntime, leaf_rows_decode_reference, leaf_rows_supports, point_rows_supports
 
-__all__ = ["LEAF_ROWS_SHARED_BYTES", "PRODUCT_CHUNK_ROWS", "leaf_rows_product", "cuda_leaf_rows_supports", "cuda_point_rows_supports", "leaf_rows_decode",
-           "leaf_rows_gemv_cuda",
+__all__ = ["LEAF_ROWS_SHARED_BYTES", "PRODUCT_CHUNK_ROWS", "leaf_rows_product", "cuda_leaf_rows_supports",
+           "cuda_point_rows_supports", "leaf_rows_decode", "leaf_rows_gemv_cuda",
            "LEAF_EIGHT_ROWS_MAX_IN_FEATURES", "LEAF_KERNEL_ROWS", "LEAF_LAUNCH_ROWS", "LEAF_MAX_IN_FEATURES", "LEAF_MAX_ROWS",
            "LEAF_ROWS_MAX_IN_FEATURES", "MMA_CHUNK_IN_FEATURES", "MMA_GLOBAL_X_MAX_ROW_GROUPS_A_BLOCK", "MMA_MIN_ROWS",
            "mma_reads_x_from_global", "MMA_STAGE_BYTES", "cuda_leaf_supports", "leaf_decode", "leaf_gemv_cuda"]
