@@ -1,7 +1,7 @@
 """Prefill of a 7B-shaped Llama on one GPU: fp16, torch's int4 kernel and pvq (docs/kernels.md, sessions 25-26).
 
     python benchmarks/prefill.py [--layers 32] [--methods fp16,int4,pvq3,pvq2] [--prompts 512,2048] [--profile] \
-        [--launches straight|jit|straight,jit] [--chunks package|whole|N,...] \
+        [--launches straight|jit|straight,jit] \
         [--rotation auto|layer|fused|fused:B]
     TRITON_INTERPRET=1 python benchmarks/prefill.py --device cpu --layers 2 --hidden 256 --intermediate 768 \
         --vocab 512 --prompts 24 --methods fp16,pvq3 --repeats 1
@@ -20,7 +20,6 @@ prefill within 1.3x fp16. Every phase prints its seconds. Off CUDA, pvq runs the
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import os
 import statistics
@@ -122,21 +121,6 @@ def profile_prefill(model, ids: torch.Tensor, top: int = 12, python: bool = Fals
     return {"gpu_ms": gpu_ms, "host_ms": host_ms}
 
 
-@contextlib.contextmanager
-def product_chunks(chunk: str):
-    """Within: the rows layouts' prefill product decodes ``chunk`` outputs a chunk (``whole``: the layer at once;
-    ``package``: as the package does)."""
-    from pvq.kernels import cuda_leaf
-
-    saved = cuda_leaf.PRODUCT_CHUNK_ROWS
-    if chunk != "package":
-        cuda_leaf.PRODUCT_CHUNK_ROWS = None if chunk == "whole" else int(chunk)
-    try:
-        yield
-    finally:
-        cuda_leaf.PRODUCT_CHUNK_ROWS = saved
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_shape_arguments(p)
@@ -152,10 +136,6 @@ def main() -> None:
     p.add_argument("--launches", default="straight", help="pvq rows' Triton launches: straight (the package's: "
                    "through the compiled kernel after a specialization's first), jit (every one through Triton's JIT "
                    "dispatch, as before session 27) or both, comma-separated")
-    p.add_argument("--chunks", default="package", help="outputs a chunk of the rows layouts' prefill product "
-                   "(pvq.kernels.cuda_leaf.PRODUCT_CHUNK_ROWS): package (its default), a multiple of 32, or whole "
-                   "(one chunk: the whole-layer decode, then one product, as before session 28); several "
-                   "comma-separated, a row each")
     p.add_argument("--profile-python", action="store_true", help="with --profile: also the host's Python functions "
                    "in one prefill by cumulative time (cProfile)")
     a = p.parse_args()
@@ -169,10 +149,6 @@ def main() -> None:
     launches = a.launches.split(",")
     if not launches or any(m not in ("straight", "jit") for m in launches) or len(set(launches)) != len(launches):
         p.error(f"--launches takes straight, jit or both (comma-separated), got {a.launches}")
-    chunks = a.chunks.split(",")
-    if any(c not in ("package", "whole") and not (c.isdigit() and int(c) > 0 and int(c) % 32 == 0) for c in chunks) \
-            or len(set(chunks)) != len(chunks):
-        p.error(f"--chunks takes package, whole or multiples of 32 (comma-separated), got {a.chunks}")
     if a.profile_python and not a.profile:
         p.error("--profile-python goes with --profile: add --profile")
     parsed = parse_plan(a.rotation, ("layer", "fused")) if a.rotation != "auto" else ("auto", None)
@@ -213,12 +189,10 @@ def main() -> None:
                 set_backend(model, "triton")
             elif merged:
                 merge(model)
-            for launch, chunk in [(la, c) for la in launches for c in chunks] if method in SETTINGS else \
-                    [("straight", "package")]:
+            for launch in launches if method in SETTINGS else ("straight",):
                 label = f"{method} ({plan})" if method in SETTINGS else method
-                label += (", launches: jit" if launch == "jit" else "") + (f", chunks: {chunk}" if len(chunks) > 1
-                                                                           or chunk != "package" else "")
-                with jit_launches(launch == "jit"), product_chunks(chunk):
+                label += ", launches: jit" if launch == "jit" else ""
+                with jit_launches(launch == "jit"):
                     for n in prompts:
                         ms, peak = time_prefill(model, ids[n], a.repeats)
                         rows.append({"method": label, "prompt": n, "ms": ms, "peak": peak})

@@ -59,7 +59,6 @@ class KernelFamily:
     matmul: str  # (runtime, x [B <= 16, in]) -> [B, out] float32 or x's dtype
     decode: str  # (runtime, dtype) -> Q' [out, in] in dtype
     fused_max_rows: int = FUSED_MAX_ROWS  # input rows up to which the fused matmul runs; above, decode then one matmul
-    product: str | None = None  # (runtime, x [..., in]) -> x Q'^T in x's dtype above fused_max_rows, else decode + matmul
 
     def kernels(self) -> tuple[Callable, Callable]:
         """(fused matmul, whole-layer decode) functions."""
@@ -82,13 +81,11 @@ KERNEL_FAMILIES = (
     # the same kernels with whole points (up to 2 bits: K <= 5): one 16-bit field and one table word a vector, 1.06x
     # the stored bytes at 2 bits where leaf pairs take 1.44x (the issue's cap: 1.3x); docs/kernels.md, session 23
     KernelFamily("pvq-point-rows-cuda", cuda_point_rows_supports, point_rows_runtime, "cuda_leaf.leaf_rows_gemv_cuda",
-                 "cuda_leaf.leaf_rows_decode", fused_max_rows=16,
-                 product="cuda_leaf.leaf_rows_product"),
+                 "cuda_leaf.leaf_rows_decode", fused_max_rows=16),
     # up to 16 rows of fp16/bf16 (launches of up to 8) of D = 8 layers with 16-vector scale groups at 1.5 to 3 bits
     # in the row-interleaved leaf-pair layout: a lane a row, compile-time field shifts (docs/kernels.md, session 8)
     KernelFamily("pvq-leaf-rows-cuda", cuda_leaf_rows_supports, leaf_rows_runtime, "cuda_leaf.leaf_rows_gemv_cuda",
-                 "cuda_leaf.leaf_rows_decode", fused_max_rows=16,
-                 product="cuda_leaf.leaf_rows_product"),
+                 "cuda_leaf.leaf_rows_decode", fused_max_rows=16),
     # up to 16 rows (launches of up to 8) of D = 8 layers at <= 3.3 bits in the leaf-pair layout (transcoded at
     # load: no division, no search; CUDA, compiled on first use): docs/kernels.md, session 8
     KernelFamily("pvq-leaf-cuda", cuda_leaf_supports, leaf_runtime, "cuda_leaf.leaf_gemv_cuda", "cuda_leaf.leaf_decode",
@@ -167,8 +164,6 @@ class TritonBackend(Backend):
         rt, family = runtime["runtime"], runtime["family"]
         if xr.dim() == 2 and xr.shape[0] <= family.fused_max_rows:
             y = _kernel(family.matmul)(rt, xr)
-        elif family.product is not None:
-            y = _kernel(family.product)(rt, xr if xr.dtype == dtype else xr.to(dtype))
         else:  # decoded straight to the input's dtype
             y = (xr if xr.dtype == dtype else xr.to(dtype)) @ _kernel(family.decode)(rt, dtype).T
         y = _rotate(layer, y if y.dtype == dtype else y.to(dtype), inverse=True, chosen=runtime.get("rotation_kernels"))

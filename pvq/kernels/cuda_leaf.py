@@ -20,8 +20,8 @@ from .cuda_build import CSRC, cuda_build_available, load_cuda_extension
 from .leaf_layout import LeafRuntime, leaf_decode_reference, leaf_layout_supports
 from .leaf_rows import LeafRowsRuntime, leaf_rows_decode_reference, leaf_rows_supports, point_rows_supports
 
-__all__ = ["LEAF_ROWS_SHARED_BYTES", "PRODUCT_CHUNK_ROWS", "leaf_rows_product", "cuda_leaf_rows_supports",
-           "cuda_point_rows_supports", "leaf_rows_decode", "leaf_rows_gemv_cuda",
+__all__ = ["LEAF_ROWS_SHARED_BYTES", "cuda_leaf_rows_supports", "cuda_point_rows_supports", "leaf_rows_decode",
+           "leaf_rows_gemv_cuda",
            "LEAF_EIGHT_ROWS_MAX_IN_FEATURES", "LEAF_KERNEL_ROWS", "LEAF_LAUNCH_ROWS", "LEAF_MAX_IN_FEATURES", "LEAF_MAX_ROWS",
            "LEAF_ROWS_MAX_IN_FEATURES", "MMA_CHUNK_IN_FEATURES", "MMA_GLOBAL_X_MAX_ROW_GROUPS_A_BLOCK", "MMA_MIN_ROWS",
            "mma_reads_x_from_global", "MMA_STAGE_BYTES", "cuda_leaf_supports", "leaf_decode", "leaf_gemv_cuda"]
@@ -143,23 +143,6 @@ def leaf_rows_decode(rt: LeafRowsRuntime, dtype: torch.dtype = torch.float32) ->
         r1 = min(rt.out_features, r0 + step)
         out[r0:r1] = leaf_rows_decode_reference(rt, (r0, r1))
     return out
-
-
-PRODUCT_CHUNK_ROWS: int | None = None
-"""Outputs a chunk of :func:`leaf_rows_product` on CUDA; None: the whole layer at once (not yet measured faster on a
-GPU: ``benchmarks/prefill_chunks.py``, docs/kernels.md, session 28)."""
-
-
-def leaf_rows_product(rt: LeafRowsRuntime, x: torch.Tensor) -> torch.Tensor:
-    """``x Q'^T`` ``[..., out]`` in x's dtype above the fused rows (prefill): on CUDA with
-    :data:`PRODUCT_CHUNK_ROWS` set, the layer decoded that many outputs at a time into one buffer that stays in L2,
-    each chunk one cuBLAS product (:func:`pvq.kernels.triton_rows.leaf_rows_chunked_product`); else the whole-layer
-    decode, then one product."""
-    if rt.words.is_cuda and PRODUCT_CHUNK_ROWS is not None:
-        from .triton_rows import leaf_rows_chunked_product
-
-        return leaf_rows_chunked_product(rt, x, PRODUCT_CHUNK_ROWS)
-    return x @ leaf_rows_decode(rt, x.dtype).T
 
 
 def _rows_launch_rows(rt: LeafRowsRuntime) -> int:

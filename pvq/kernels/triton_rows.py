@@ -27,7 +27,7 @@ import triton.language as tl
 from .leaf_rows import ROW_GROUP, STEP_VECTORS, LeafRowsRuntime
 from .triton_launch import StraightLauncher
 
-__all__ = ["leaf_rows_chunked_product", "leaf_rows_decode_triton"]
+__all__ = ["leaf_rows_decode_triton"]
 
 _OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -74,15 +74,13 @@ def _decode_tile(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, item, F
 
 @triton.jit
 def _rows_decode_kernel(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, out_ptr, out_features, steps,
-                        in_features, rg0, F: tl.constexpr, A: tl.constexpr, LG: tl.constexpr, BF16: tl.constexpr,
+                        in_features, F: tl.constexpr, A: tl.constexpr, LG: tl.constexpr, BF16: tl.constexpr,
                         POINTS: tl.constexpr):
-    """Program (g, s): the layer's rows ``32 (rg0 + g) ..`` + 31, inputs ``128 s .. 128 s + 127``
-    (:func:`_decode_tile`), written to rows ``32 g ..`` of ``out`` (``out_features``: the layer's rows from
-    ``32 rg0`` on, the rest masked)."""
+    """Program (rg, s): rows ``32 rg .. 32 rg + 31``, inputs ``128 s .. 128 s + 127`` (:func:`_decode_tile`)."""
     rg = tl.program_id(0)
     s = tl.program_id(1)
-    w = _decode_tile(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, (rg0 + rg).to(tl.int64) * steps + s, F,
-                     A, LG, POINTS)
+    w = _decode_tile(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, rg.to(tl.int64) * steps + s, F, A, LG,
+                     POINTS)
     row = rg * 32 + tl.arange(0, 32)
     col = s * 128 + tl.arange(0, 128)
     ptrs = out_ptr + row.to(tl.int64)[:, None] * in_features + col[None, :]
@@ -97,46 +95,15 @@ def _rows_decode_kernel(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, 
 _ROWS_DECODE = StraightLauncher(_rows_decode_kernel)  # a 7B prefill launches 128 of these (triton_launch)
 
 
-def leaf_rows_decode_triton(rt: LeafRowsRuntime, dtype: torch.dtype = torch.float32,
-                            rows: tuple[int, int] | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``Q'`` ``[out, in]`` in ``dtype`` (float32, fp16 or bf16) on the layer's device (module docstring), or its
-    rows ``r0 .. r1`` (``r0`` a multiple of 32), written into ``out`` where given (``[r1 - r0, in]``, contiguous, of
-    ``dtype``: a buffer reused chunk after chunk stays in L2)."""
+def leaf_rows_decode_triton(rt: LeafRowsRuntime, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``Q'`` ``[out, in]`` in ``dtype`` (float32, fp16 or bf16) on the layer's device (module docstring)."""
     if dtype not in _OUT_DTYPES:
         raise ValueError(f"the decode writes float32, float16 or bfloat16, not {dtype}")
-    r0, r1 = (0, rt.out_features) if rows is None else rows
-    if not (0 <= r0 <= r1 <= rt.out_features and r0 % ROW_GROUP == 0):
-        raise ValueError(f"rows must be r0 .. r1 within 0 .. {rt.out_features} with r0 a multiple of {ROW_GROUP}, "
-                         f"got {rows}")
-    shape = (r1 - r0, rt.in_features)
-    if out is None:
-        out = torch.empty(shape, dtype=dtype, device=rt.words.device)
-    elif out.shape != shape or out.dtype != dtype or not out.is_contiguous() or out.device != rt.words.device:
-        raise ValueError(f"out must be a contiguous {dtype} tensor {shape} on {rt.words.device}, got "
-                         f"{out.dtype} {tuple(out.shape)} on {out.device}")
+    out = torch.empty(rt.out_features, rt.in_features, dtype=dtype, device=rt.words.device)
     if out.numel() == 0:
         return out
     assert rt.steps * STEP_VECTORS * 8 == rt.in_features and ROW_GROUP == 32
-    _ROWS_DECODE((triton.cdiv(r1 - r0, ROW_GROUP), rt.steps), rt.words, rt.row_scales, rt.levels, rt.leaves,
-                 rt.inverse_norms, out, r1 - r0, rt.steps, rt.in_features, r0 // ROW_GROUP, F=rt.field_bits,
-                 A=rt.leaf_bits, LG=rt.gain_bits, BF16=dtype == torch.bfloat16, POINTS=rt.whole_points, num_warps=4)
+    _ROWS_DECODE((rt.row_groups, rt.steps), rt.words, rt.row_scales, rt.levels, rt.leaves, rt.inverse_norms, out,
+                 rt.out_features, rt.steps, rt.in_features, F=rt.field_bits, A=rt.leaf_bits, LG=rt.gain_bits,
+                 BF16=dtype == torch.bfloat16, POINTS=rt.whole_points, num_warps=4)
     return out
-
-
-def leaf_rows_chunked_product(rt: LeafRowsRuntime, x: torch.Tensor, chunk_rows: int = 2048) -> torch.Tensor:
-    """``x Q'^T`` ``[..., out]`` in x's dtype (fp16 / bf16 / float32) for ``x [..., in]``: the layer decoded
-    ``chunk_rows`` outputs at a time into one buffer that every chunk overwrites, each chunk multiplied by cuBLAS
-    into its columns of the output. The decoded chunk is read back from L2 while it is there and the buffer's lines
-    are written over before they leave it, so the fp16 layer need not travel to memory and back as
-    ``x @ leaf_rows_decode_triton(rt, x.dtype).T`` makes it (90 MB each way for 11008x4096). The same products
-    of the same rounded weights: equal to that up to cuBLAS's choice of kernel for the narrower product."""
-    if chunk_rows <= 0 or chunk_rows % ROW_GROUP:
-        raise ValueError(f"chunk_rows must be a positive multiple of {ROW_GROUP}, got {chunk_rows}")
-    x2 = x.reshape(-1, rt.in_features)
-    y = torch.empty(x2.shape[0], rt.out_features, dtype=x.dtype, device=x.device)
-    buffer = torch.empty(min(chunk_rows, rt.out_features), rt.in_features, dtype=x.dtype, device=x.device)
-    for r0 in range(0, rt.out_features, chunk_rows):
-        r1 = min(rt.out_features, r0 + chunk_rows)
-        w = leaf_rows_decode_triton(rt, x.dtype, (r0, r1), buffer[: r1 - r0])
-        torch.mm(x2, w.T, out=y[:, r0:r1])  # cuBLAS writes the column block in place (ld = out_features)
-    return y.reshape(*x.shape[:-1], rt.out_features)

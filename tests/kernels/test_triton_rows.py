@@ -1,8 +1,6 @@
 """The Triton whole-layer decode of the row-interleaved leaf layout against the reference, bit for bit (CPU:
 Triton's interpreter; CUDA: the compiled kernel), in float32 and rounded once to fp16 and bf16."""
 
-import re
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -43,45 +41,3 @@ def test_decode_refuses_other_dtypes():
     rt = leaf_rows_from_split(code_runtime(2.0, 16, 4, 128, device=DEVICE))
     with pytest.raises(ValueError, match="float32, float16 or bfloat16"):
         triton_rows.leaf_rows_decode_triton(rt, torch.int8)
-
-
-@settings(max_examples=8, deadline=None)
-@given(points=st.booleans(), out_f=st.integers(1, 140), steps=st.integers(1, 2), seed=st.integers(0, 2**16),
-       data=st.data())
-def test_decode_of_rows_into_a_buffer(points, out_f, steps, seed, data):
-    """Rows ``r0 .. r1`` decoded into a reused buffer equal the reference's rows bit for bit, and the rest of a
-    larger buffer is left as it was."""
-    rt = leaf_rows_from_split(code_runtime(2.0 if points else 3.0, 16, out_f, 128 * steps, seed=seed, device=DEVICE),
-                              whole_points=points)
-    r0 = 32 * data.draw(st.integers(0, (out_f - 1) // 32))
-    r1 = data.draw(st.integers(r0, out_f))
-    buffer = torch.full((140, 128 * steps), 7.0, dtype=torch.float16, device=DEVICE)
-    got = triton_rows.leaf_rows_decode_triton(rt, torch.float16, (r0, r1), buffer[: r1 - r0])
-    assert got.data_ptr() == buffer.data_ptr() or r1 == r0
-    assert torch.equal(got, leaf_rows_decode_reference(rt, (r0, r1)).to(torch.float16))
-    assert bool((buffer[r1 - r0:] == 7.0).all())
-
-
-def test_decode_of_rows_refusals():
-    rt = leaf_rows_from_split(code_runtime(3.0, 16, 70, 128, device=DEVICE))
-    for rows, out, message in (((16, 40), None, "r0 a multiple of 32"), ((0, 71), None, "within 0 .. 70"),
-                               ((0, 32), torch.empty(33, 128, dtype=torch.float16), "contiguous torch.float16 tensor"),
-                               ((0, 32), torch.empty(32, 128), "contiguous torch.float16 tensor")):
-        with pytest.raises(ValueError, match=re.escape(message)):
-            triton_rows.leaf_rows_decode_triton(rt, torch.float16, rows, None if out is None else out.to(DEVICE))
-
-
-@settings(max_examples=6, deadline=None)
-@given(points=st.booleans(), rows=st.integers(1, 20), out_f=st.integers(1, 140), chunk=st.sampled_from([32, 64, 96]),
-       seed=st.integers(0, 2**16))
-def test_chunked_product_equals_decode_then_matmul(points, rows, out_f, chunk, seed):
-    """Chunks of 32 to 96 outputs (the last one short) against one whole-layer decode and one product."""
-    rt = leaf_rows_from_split(code_runtime(2.0 if points else 3.0, 16, out_f, 256, seed=seed, device=DEVICE),
-                              whole_points=points)
-    x = torch.randn(2, rows, 256, generator=torch.Generator().manual_seed(seed)).to(DEVICE, torch.float16)
-    ref = x.float() @ triton_rows.leaf_rows_decode_triton(rt, torch.float16).float().T
-    got = triton_rows.leaf_rows_chunked_product(rt, x, chunk_rows=chunk)
-    assert got.dtype == torch.float16 and got.shape == (2, rows, out_f)
-    torch.testing.assert_close(got.float(), ref, rtol=2e-3, atol=1e-3 * ref.abs().max().item())
-    with pytest.raises(ValueError, match="chunk_rows must be a positive multiple of 32"):
-        triton_rows.leaf_rows_chunked_product(rt, x, chunk_rows=48)
