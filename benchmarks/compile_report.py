@@ -42,10 +42,10 @@ def consts(dim: int, bits: float) -> dict:
                 WIDE_HALF=counts[dim // 2] >= 1 << 30, STEPS=max(1, (codec.pulses + 1).bit_length()))
 
 
-def compile_one(fn, extra: dict, arch: int, num_warps: int, dump: str | None, tag: str, ptrs: dict = PTRS):
+def compile_one(fn, extra: dict, arch: int, num_warps: int, dump: str | None, tag: str):
     names = fn.arg_names
     const = {k: v for k, v in extra.items() if k in names}
-    sig = {n: ("constexpr" if n in const else ptrs.get(n, "i32")) for n in names}
+    sig = {n: ("constexpr" if n in const else PTRS.get(n, "i32")) for n in names}
     src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in const.items()})
     k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
     if dump:

@@ -33,12 +33,15 @@ _OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit
-def _decode_tile(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, item, F: tl.constexpr, A: tl.constexpr,
-                 LG: tl.constexpr, POINTS: tl.constexpr):
-    """Tile ``item`` (row group ``item // steps``, step ``item % steps``): its ``[32 rows, 128 inputs]`` weights in
-    float32, the reference's operations. ``POINTS``: whole-point fields (``gain | index << 2``, coordinates in the
-    nibbles of one table word), else leaf pairs."""
+def _rows_decode_kernel(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, out_ptr, out_features, steps,
+                        in_features, F: tl.constexpr, A: tl.constexpr, LG: tl.constexpr, BF16: tl.constexpr,
+                        POINTS: tl.constexpr):
+    """Program (rg, s): rows ``32 rg .. 32 rg + 31``, inputs ``128 s .. 128 s + 127``. ``POINTS``: whole-point
+    fields (``gain | index << 2``, coordinates in the nibbles of one table word), else leaf pairs."""
+    rg = tl.program_id(0)
+    s = tl.program_id(1)
     lane = tl.arange(0, 32)
+    item = rg.to(tl.int64) * steps + s
     j = tl.arange(0, 16)
     bit = j * F  # [16]: vector j's field starts at bit j F of the row's W2 = F / 2 words
     q = item * (F // 2) * 32 + (bit >> 5)[None, :] * 32 + lane[:, None]  # [32, 16]
@@ -69,19 +72,8 @@ def _decode_tile(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, item, F
         c = (((word >> (8 * (t % 4))[None, None, :]) & 0xFF) ^ 0x80) - 0x80
     scale = tl.load(scales_ptr + item * 32 + lane).to(tl.float32)  # [32]
     mult = (tl.load(levels_ptr + gain) * scale[:, None]) * tl.load(inv_ptr + n2)  # [32, 16]
-    return tl.reshape(c.to(tl.float32) * mult[:, :, None], (32, 128))
-
-
-@triton.jit
-def _rows_decode_kernel(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, out_ptr, out_features, steps,
-                        in_features, F: tl.constexpr, A: tl.constexpr, LG: tl.constexpr, BF16: tl.constexpr,
-                        POINTS: tl.constexpr):
-    """Program (rg, s): rows ``32 rg .. 32 rg + 31``, inputs ``128 s .. 128 s + 127`` (:func:`_decode_tile`)."""
-    rg = tl.program_id(0)
-    s = tl.program_id(1)
-    w = _decode_tile(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, rg.to(tl.int64) * steps + s, F, A, LG,
-                     POINTS)
-    row = rg * 32 + tl.arange(0, 32)
+    w = tl.reshape(c.to(tl.float32) * mult[:, :, None], (32, 128))
+    row = rg * 32 + lane
     col = s * 128 + tl.arange(0, 128)
     ptrs = out_ptr + row.to(tl.int64)[:, None] * in_features + col[None, :]
     if BF16:  # round to nearest even by hand: Triton's CPU interpreter truncates (the GPU's cvt rounds)

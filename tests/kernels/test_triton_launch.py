@@ -35,8 +35,8 @@ class Kernel:
             self.params = [SimpleNamespace(name=n) for n in ("a", "n", "B", "C")]
 
     def __getitem__(self, grid):
-        def jit(*args, num_warps, num_stages=None, **constexprs):
-            self.log.append(("jit", grid, args, constexprs, num_warps) + (() if num_stages is None else (num_stages,)))
+        def jit(*args, num_warps, **constexprs):
+            self.log.append(("jit", grid, args, constexprs, num_warps))
             return Compiled(self.log, self.refuse) if self.compiled else None
         return jit
 
@@ -65,8 +65,7 @@ def test_a_new_specialization_goes_through_the_jit(changed):
     launch((1,), *changed(x), B=1, C=2)
     launch((1,), x, 32, B=1, C=3)  # another constexpr
     launch((1,), x, 32, B=1, C=2, num_warps=8)  # another option
-    launch((1,), x, 32, B=1, C=2, num_stages=2)
-    assert [e[0] for e in kernel.log] == ["jit"] * 5 and kernel.log[-1][-1] == 2
+    assert [e[0] for e in kernel.log] == ["jit"] * 4
     launch((1,), *changed(x), B=1, C=2)
     assert kernel.log[-1][0] == "straight"
 
