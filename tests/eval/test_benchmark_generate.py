@@ -1,24 +1,17 @@
 """``benchmarks/generate.py`` end to end on the CPU at toy sizes: every row runs, merged rows give the tokens
 of the unmerged ones (same weights, same codes), and the table lists them."""
 
-import os
-import subprocess
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmark_runs import run_benchmark
 
 
 def test_generate_benchmark_with_merged_rows():
-    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "generate.py"), "--device", "cpu", "--layers", "2",
-           "--hidden", "256", "--intermediate", "768", "--vocab", "512", "--heads", "4", "--methods", "fp16,int4,pvq3",
-           "--rotation", "fused", "--merge", "no,yes", "--new-tokens", "4"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
-                         env={**os.environ, "PYTHONPATH": ROOT})
+    args = ["--device", "cpu", "--layers", "2", "--hidden", "256", "--intermediate", "768", "--vocab", "512", "--heads",
+            "4", "--methods", "fp16,int4,pvq3", "--rotation", "fused", "--merge", "no,yes", "--new-tokens", "4"]
+    run = run_benchmark("generate.py", args, interpret=False, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     out = run.stdout
     assert out.count("4 merged products; first tokens equal to the unmerged row's") == 3, out[-3000:]
     for label in ("fp16", "fp16 merged", "int4", "int4 merged", "pvq3 (fused)", "pvq3 (fused) merged"):
         assert f"\n| {label} | " in out
-    bad = subprocess.run([*cmd[:2], "--merge", "maybe"], capture_output=True, text=True, timeout=120, cwd=ROOT,
-                         env={**os.environ, "PYTHONPATH": ROOT})
+    bad = run_benchmark("generate.py", ["--merge", "maybe"], interpret=False, timeout=120)
     assert bad.returncode == 2 and "--merge takes auto, no, yes or no,yes" in bad.stderr

@@ -1,18 +1,13 @@
 """``benchmarks/host_overhead.py`` on the CPU: a row per bit width with the layer's kernel family and rotations, and
 fewer rows than the whole-layer decode's path refused before any model is built."""
 
-import os
 import re
-import subprocess
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CMD = [sys.executable, os.path.join(ROOT, "benchmarks", "host_overhead.py")]
+from benchmark_runs import run_benchmark
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*CMD, *args], capture_output=True, text=True, timeout=300, cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": ROOT})
+def _run(*args: str):
+    return run_benchmark("host_overhead.py", list(args), interpret=False)
 
 
 def test_host_overhead_prints_a_row_per_bit_width():

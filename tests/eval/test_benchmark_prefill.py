@@ -1,19 +1,14 @@
 """``benchmarks/prefill.py`` on the CPU at toy sizes (fp16 and int4 rows: pvq rows run Triton's interpreter, minutes):
 the rows run, the table lists them against fp16, and bad arguments are refused before any model is built."""
 
-import os
-import subprocess
-import sys
+from benchmark_runs import run_benchmark
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CMD = [sys.executable, os.path.join(ROOT, "benchmarks", "prefill.py"), "--device", "cpu", "--layers", "1",
-       "--hidden", "128", "--intermediate", "256", "--vocab", "256", "--heads", "2", "--repeats", "1"]
+SHAPES = ["--device", "cpu", "--layers", "1", "--hidden", "128", "--intermediate", "256", "--vocab", "256", "--heads",
+          "2", "--repeats", "1"]
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    return subprocess.run([*CMD, *args], capture_output=True, text=True, timeout=300, cwd=ROOT,
-                          env={**env, "PYTHONPATH": ROOT})
+def _run(*args: str):
+    return run_benchmark("prefill.py", [*SHAPES, *args], interpret=False)
 
 
 def test_prefill_benchmark_rows_and_table():
