@@ -210,6 +210,9 @@ def timings(shapes, batches, bit_list, device) -> list[tuple]:
                       f", whole points {pb / 1e6:.2f} MB ({8 * pb / (out_f * in_f):.3f} b/w, {pb / sb:.3f}x stored)"
                       if points else ""))
             rts[bits] = (srt, rt, rrt, prt)
+            if "quads" in LAYOUTS:  # the same codes in the quad order (session 29), both field formats
+                QUADS[bits] = (leaf_rows_from_split(srt, quad_swapped=True),
+                               leaf_rows_from_split(srt, whole_points=True, quad_swapped=True) if points else None)
         for batch in batches:
             x = torch.randn(batch, in_f, device=device).half()
             row = baselines(x, w, int4)
@@ -244,6 +247,8 @@ def timings(shapes, batches, bit_list, device) -> list[tuple]:
                         row[f"rows{bits:g}-decode"] = bench(lambda: cuda_leaf.leaf_rows_decode(rrt))
                         # to fp16 (what prefill multiplies)
                         row[f"rows{bits:g}-decode16"] = bench(lambda: cuda_leaf.leaf_rows_decode(rrt, torch.float16))
+                if bits in QUADS:
+                    time_quads(row, bits, (rrt, prt), QUADS[bits], x)
                 if batch == 8 and "leaf" in LAYOUTS:
                     ext = cuda_leaf._extension()
                     row[f"leaf{bits:g}-2x4"] = bench(lambda: torch.cat([cuda_leaf._launch(ext, rt, x[:4]),
@@ -265,8 +270,37 @@ def timings(shapes, batches, bit_list, device) -> list[tuple]:
             phase(f"{out_f}x{in_f} prefill {rows} rows: " + ", ".join(f"{k} {v:.1f} us" for k, v in row.items()))
             table.append((f"{out_f}x{in_f}", rows, row))
         del rts, w
+        QUADS.clear()
         torch.cuda.empty_cache()
     return table
+
+
+QUADS: dict = {}
+"""bits -> (leaf pairs, whole points or None) of the shape being timed, in the quad order (``--layouts ...,quads``)."""
+
+
+def time_quads(row: dict, bits: float, plain: tuple, quads: tuple, x: torch.Tensor) -> None:
+    """``row[rowsq3]``, ``row[pointsq2]``: the quad-order kernel as the package routes it, and for several rows with x
+    from global memory and staged (``-global``, ``-shared``), each first compared with the plain order's product of
+    the same codes (printed; a product off by more than VARIANT_TOLERANCE is not timed)."""
+    for name, prt, qrt in (("rows", plain[0], quads[0]), ("points", plain[1], quads[1])):
+        if qrt is None:
+            continue
+        expected = cuda_leaf.leaf_rows_gemv_cuda(prt, x).float()
+        calls = {"": None} if x.shape[0] == 1 else {"": None, "-global": True, "-shared": False}
+        for suffix, xg in calls.items():
+            label = f"{name}q{bits:g}{suffix}"
+            try:
+                got = cuda_leaf.leaf_rows_gemv_cuda(qrt, x, x_from_global=xg).float()
+            except RuntimeError as e:
+                phase(f"{label} batch {x.shape[0]}: {str(e).splitlines()[0]}")
+                continue
+            err = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-30))
+            if not err <= VARIANT_TOLERANCE:
+                phase(f"{label} batch {x.shape[0]}: off the plain order's product by {err:.2e}: not timed")
+                continue
+            phase(f"{label} batch {x.shape[0]}: {err:.2e} of the largest output off the plain order's product")
+            row[label] = bench(lambda: cuda_leaf.leaf_rows_gemv_cuda(qrt, x, x_from_global=xg))
 
 
 VARIANTS: dict = {}
@@ -378,7 +412,8 @@ def main() -> None:
     p.add_argument("--bits", default="2,3")
     p.add_argument("--skip-check", action="store_true")
     p.add_argument("--layouts", default="split,leaf,rows,points",
-                   help="the layouts timed (rows: the row-interleaved one; points: its whole-point form, up to 2 bits)")
+                   help="the layouts timed (rows: the row-interleaved one; points: its whole-point form, up to 2 bits; "
+                        "quads: both in the quad order, session 29)")
     p.add_argument("--prefill", default="", help="prefill rows to time as well, e.g. 512,2048")
     p.add_argument("--cpu", action="store_true", help="the layout phases on a tiny layer on the CPU (no kernels)")
     p.add_argument("--rows-variant", action="append", default=[],

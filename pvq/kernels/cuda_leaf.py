@@ -24,7 +24,7 @@ __all__ = ["LEAF_ROWS_SHARED_BYTES", "cuda_leaf_rows_supports", "cuda_point_rows
            "leaf_rows_gemv_cuda",
            "LEAF_EIGHT_ROWS_MAX_IN_FEATURES", "LEAF_KERNEL_ROWS", "LEAF_LAUNCH_ROWS", "LEAF_MAX_IN_FEATURES", "LEAF_MAX_ROWS",
            "LEAF_ROWS_MAX_IN_FEATURES", "MMA_CHUNK_IN_FEATURES", "MMA_GLOBAL_X_MAX_ROW_GROUPS_A_BLOCK", "MMA_MIN_ROWS",
-           "mma_reads_x_from_global", "MMA_STAGE_BYTES", "cuda_leaf_supports", "leaf_decode", "leaf_gemv_cuda"]
+           "mma_reads_x_from_global", "MMA_STAGE_BYTES", "quad_reads_x_from_global", "cuda_leaf_supports", "leaf_decode", "leaf_gemv_cuda"]
 
 _SOURCE = os.path.join(CSRC, "leaf8_gemv.cu")
 _ROWS_SOURCE = os.path.join(CSRC, "leafrow8_gemv.cu")
@@ -209,11 +209,14 @@ def leaf_rows_gemv_cuda(rt: LeafRowsRuntime, x: torch.Tensor, tensor_cores: bool
     ``x_from_global`` (default: :func:`mma_reads_x_from_global`), else staged whole or in chunks of steps, as many
     rows a launch as shared memory holds, split evenly), else launches of up to eight rows of the multiply-add
     kernel. float32 inputs, inputs too wide for shared memory or no compiler: the whole-layer decode and one
-    matmul."""
+    matmul. A layer in the quad order (``rt.quad_swapped``) runs its own tensor-core kernel for 1 to 16 rows
+    (:func:`_quad_product`; ``tensor_cores`` is ignored)."""
     if x.dim() != 2 or not 1 <= x.shape[0] <= LEAF_MAX_ROWS or x.shape[1] != rt.in_features or not x.is_cuda:
         raise ValueError(f"leaf_rows_gemv_cuda takes x [B <= {LEAF_MAX_ROWS}, {rt.in_features}] on CUDA, got "
                          f"{tuple(x.shape)} on {x.device}")
     rows = x.shape[0]
+    if rt.quad_swapped:
+        return _quad_product(rt, x, x_from_global)
     if tensor_cores is None:
         tensor_cores = rows >= MMA_MIN_ROWS
     if x_from_global is None:
@@ -235,3 +238,26 @@ def leaf_rows_gemv_cuda(rt: LeafRowsRuntime, x: torch.Tensor, tensor_cores: bool
     parts = [run(rt.words, rt.row_scales, rt.levels, rt.leaves, x[r:r + step], rt.out_features, rt.field_bits,
                  rt.gain_bits, rt.whole_points) for r in range(0, rows, step)]
     return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def quad_reads_x_from_global(rt: LeafRowsRuntime, rows: int, multiprocessors: int) -> bool:
+    """Whether the quad-order kernel reads x from global memory: where the plain tensor-core kernel would
+    (:func:`mma_reads_x_from_global`) or where x / 16 of ``rows`` rows (8 or 16 a launch) does not fit shared memory
+    beside the leaves and the partial sums."""
+    padded = 8 if rows <= 8 else 16
+    fits = 2 * rt.in_features * padded + 4 * rt.leaves.numel() + 4 * 16 + MMA_STAGE_BYTES // 2 <= LEAF_ROWS_SHARED_BYTES
+    return not fits or mma_reads_x_from_global(-(-rt.out_features // 32), multiprocessors)
+
+
+def _quad_product(rt: LeafRowsRuntime, x: torch.Tensor, x_from_global: bool | None) -> torch.Tensor:
+    """``x @ Q'^T`` of a layer in the quad order (:func:`leaf_rows_gemv_cuda`): one launch of
+    ``leafrow8_quad_mma_kernel`` (1 to 16 rows of fp16 / bf16), x read from global memory where ``x_from_global``
+    (default: :func:`quad_reads_x_from_global`); float32 inputs or no compiler: the whole-layer decode and a matmul."""
+    ext = _rows_extension() if x.dtype != torch.float32 else None
+    if ext is None or 4 * rt.leaves.numel() + 4 * 16 + MMA_STAGE_BYTES // 2 > LEAF_ROWS_SHARED_BYTES:
+        return (x.float() @ leaf_rows_decode(rt).T).to(x.dtype)
+    if x_from_global is None:
+        device = x.device.index if x.device.index is not None else torch.cuda.current_device()
+        x_from_global = quad_reads_x_from_global(rt, x.shape[0], _multiprocessors(device))
+    return ext.leafrow8_gemv_quad_mma(rt.words, rt.row_scales, rt.levels, rt.leaves, x.contiguous(), rt.out_features,
+                                      rt.field_bits, rt.gain_bits, rt.whole_points, x_from_global)

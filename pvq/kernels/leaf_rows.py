@@ -19,6 +19,13 @@ point's eight coordinates biased by 8 in the nibbles of one int32 (coordinate 2 
 vector with the scale against the stored 16 (1.06x, where the leaf pairs take 1.44x: over the issue's 1.3x cap),
 and one 4-byte table read a vector instead of two.
 
+**Quads** (``quad_swapped``, session 29): the same words with the low two bits of a field's row and of its vector
+swapped within a step: lane ``4 g + t`` holds, in its slots ``j = 4 u + a``, the fields of rows ``4 g + a`` and vectors
+``4 u + t`` (an involution: :func:`quad_slot`). The four lanes of a quad then hold the same four rows at four
+neighbouring vectors, the shape of an ``mma.m16n8k16`` operand fragment: a lane's decoded halves are its A registers
+as they stand and its B registers one 16-byte read of x, where the plain order goes through a shared-memory stage and
+``ldmatrix`` (pvq/kernels/csrc/leafrow8_gemv.cu, ``leafrow8_quad_mma_kernel``).
+
 The decoded weight is bit for bit :func:`~pvq.kernels.split_runtime.split_decode_reference`'s.
 """
 
@@ -39,12 +46,20 @@ from .split_runtime import SplitRuntime, inverse_norms, shared_leaves, split_run
 
 __all__ = ["POINT_FIELD_BITS", "POINT_INDEX_BITS", "ROW_GROUP", "STEP_VECTORS", "LeafRowsRuntime",
            "leaf_rows_decode_reference", "leaf_rows_from_split", "leaf_rows_runtime", "leaf_rows_supports",
-           "point_coords", "point_rows_runtime", "point_rows_supports", "point_table"]
+           "point_coords", "point_rows_runtime", "point_rows_supports", "point_table", "quad_slot"]
 
 ROW_GROUP = 32
 """Output rows a warp owns (one a lane)."""
 STEP_VECTORS = 16
 """Vectors a lane decodes per step (one scale group)."""
+
+
+def quad_slot(row: torch.Tensor, vector: torch.Tensor, quad_swapped: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lane, slot) of the field of output ``row`` (within its group, 0..31) and ``vector`` (within its step, 0..15):
+    ``(row, vector)`` itself, or with their low two bits swapped (``quad_swapped``: module docstring)."""
+    if not quad_swapped:
+        return row, vector
+    return (row & ~3) | (vector & 3), (vector & ~3) | (row & 3)
 
 
 def even_field_bits(pulses: int, num_levels: int) -> tuple[int, int, int]:
@@ -121,6 +136,7 @@ class LeafRowsRuntime(PvqLayerRuntime):
     leaves: torch.Tensor  # int32 [T]: leaf pairs' P(4, k <= K) table; whole points: point_table [N(8, K)]
     inverse_norms: torch.Tensor  # float32 [K^2 + 1]
     whole_points: bool = False  # fields gain | index << 2 into point_table (module docstring)
+    quad_swapped: bool = False  # lane 4 g + t, slot 4 u + a: row 4 g + a, vector 4 u + t (module docstring)
 
     @property
     def row_groups(self) -> int:
@@ -134,9 +150,10 @@ class LeafRowsRuntime(PvqLayerRuntime):
         return sum(t.numel() * t.element_size() for t in (self.levels, self.counts, self.inverse_norms))
 
 
-def leaf_rows_from_split(srt: SplitRuntime, whole_points: bool = False) -> LeafRowsRuntime:
+def leaf_rows_from_split(srt: SplitRuntime, whole_points: bool = False, quad_swapped: bool = False) -> LeafRowsRuntime:
     """Transcodes a D = 8 :class:`SplitRuntime` with 16-vector scale groups into this layout (its device): fields of
-    leaf pairs, or of whole points (``whole_points``: K <= 5, at most 4 gain levels)."""
+    leaf pairs, or of whole points (``whole_points``: K <= 5, at most 4 gain levels), in the plain order or in quads
+    (``quad_swapped``)."""
     width, a_bits, lg = even_field_bits(srt.pulses, srt.num_levels)
     vpr = srt.in_features // 8
     if srt.dim != 8 or srt.group_size != STEP_VECTORS or width > 32 or vpr % STEP_VECTORS:
@@ -161,9 +178,10 @@ def leaf_rows_from_split(srt: SplitRuntime, whole_points: bool = False) -> LeafR
             f = _fields(code, srt.pulses, srt.num_levels, a_bits, lg)
         v = torch.arange(f.numel(), dtype=torch.int64, device=dev)
         row, col = v // vpr + r0, v % vpr
-        bit = (col % STEP_VECTORS) * width
+        lane, slot = quad_slot(row % ROW_GROUP, col % STEP_VECTORS, quad_swapped)
+        bit = slot * width
         base = ((row // ROW_GROUP) * steps + col // STEP_VECTORS) * w2
-        q = (base + (bit >> 5)) * ROW_GROUP + row % ROW_GROUP
+        q = (base + (bit >> 5)) * ROW_GROUP + lane
         s = bit & 31
         out.index_add_(0, q, (f << s) & 0xFFFFFFFF)
         spill = s + width > 32
@@ -181,7 +199,7 @@ def leaf_rows_from_split(srt: SplitRuntime, whole_points: bool = False) -> LeafR
         group_size=srt.group_size, num_levels=srt.num_levels, code_bits=srt.code_bits, scales=srt.scales.new_empty(0),
         levels=srt.levels, counts=srt.counts, words=words, row_scales=row_scales, steps=steps, field_bits=width,
         leaf_bits=a_bits, gain_bits=lg, leaves=leaves, inverse_norms=inverse_norms(srt.pulses).to(dev),
-        whole_points=whole_points)
+        whole_points=whole_points, quad_swapped=quad_swapped)
 
 
 def leaf_rows_runtime(layer, device: torch.device | str | None = None) -> LeafRowsRuntime:
@@ -209,9 +227,10 @@ def leaf_rows_decode_reference(rt: LeafRowsRuntime, rows: tuple[int, int] | None
     r0, r1 = rows if rows is not None else (0, rt.out_features)
     v = torch.arange(r0 * vpr, r1 * vpr, dtype=torch.int64, device=dev)
     row, col = v // vpr, v % vpr
-    bit = (col % STEP_VECTORS) * width
+    lane, slot = quad_slot(row % ROW_GROUP, col % STEP_VECTORS, rt.quad_swapped)
+    bit = slot * width
     step = (row // ROW_GROUP) * rt.steps + col // STEP_VECTORS
-    q = (step * w2 + (bit >> 5)) * ROW_GROUP + row % ROW_GROUP
+    q = (step * w2 + (bit >> 5)) * ROW_GROUP + lane
     words = rt.words.to(torch.int64) & 0xFFFFFFFF
     hi = torch.where(bit % 32 + width > 32, words[(q + ROW_GROUP).clamp(max=words.numel() - 1)], 0)
     f = ((words[q] | (hi << 32)) >> (bit & 31)) & ((1 << width) - 1)

@@ -35,9 +35,10 @@ _OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 @triton.jit
 def _rows_decode_kernel(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, out_ptr, out_features, steps,
                         in_features, F: tl.constexpr, A: tl.constexpr, LG: tl.constexpr, BF16: tl.constexpr,
-                        POINTS: tl.constexpr):
+                        POINTS: tl.constexpr, QUADS: tl.constexpr = False):
     """Program (rg, s): rows ``32 rg .. 32 rg + 31``, inputs ``128 s .. 128 s + 127``. ``POINTS``: whole-point
-    fields (``gain | index << 2``, coordinates in the nibbles of one table word), else leaf pairs."""
+    fields (``gain | index << 2``, coordinates in the nibbles of one table word), else leaf pairs. ``QUADS``: the
+    quad order (lane 4 g + t, slot 4 u + a: row 4 g + a, vector 4 u + t), each vector stored where it belongs."""
     rg = tl.program_id(0)
     s = tl.program_id(1)
     lane = tl.arange(0, 32)
@@ -70,6 +71,21 @@ def _rows_decode_kernel(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, 
             n2 += ca * ca + cb * cb
         word = tl.where((t < 4)[None, None, :], wa[:, :, None], wb[:, :, None])  # [32, 16, 8]
         c = (((word >> (8 * (t % 4))[None, None, :]) & 0xFF) ^ 0x80) - 0x80
+    if QUADS:
+        r32 = (lane[:, None] & ~3) | (j[None, :] & 3)  # [32, 16]: the field's row in the group
+        vec = (j[None, :] & ~3) | (lane[:, None] & 3)  # and its vector in the step
+        scale2 = tl.load(scales_ptr + item * 32 + r32).to(tl.float32)
+        mult = (tl.load(levels_ptr + gain) * scale2) * tl.load(inv_ptr + n2)  # [32, 16]
+        w = c.to(tl.float32) * mult[:, :, None]  # [32, 16, 8]
+        row3 = rg * 32 + r32[:, :, None]
+        ptrs = out_ptr + row3.to(tl.int64) * in_features + s * 128 + vec[:, :, None] * 8 + t[None, None, :]
+        if BF16:
+            b = w.to(tl.uint32, bitcast=True)
+            b = (b + 0x7FFF + ((b >> 16) & 1)) >> 16
+            tl.store(ptrs, b.to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=row3 < out_features)
+        else:
+            tl.store(ptrs, w.to(out_ptr.dtype.element_ty), mask=row3 < out_features)
+        return
     scale = tl.load(scales_ptr + item * 32 + lane).to(tl.float32)  # [32]
     mult = (tl.load(levels_ptr + gain) * scale[:, None]) * tl.load(inv_ptr + n2)  # [32, 16]
     w = tl.reshape(c.to(tl.float32) * mult[:, :, None], (32, 128))
@@ -97,5 +113,5 @@ def leaf_rows_decode_triton(rt: LeafRowsRuntime, dtype: torch.dtype = torch.floa
     assert rt.steps * STEP_VECTORS * 8 == rt.in_features and ROW_GROUP == 32
     _ROWS_DECODE((rt.row_groups, rt.steps), rt.words, rt.row_scales, rt.levels, rt.leaves, rt.inverse_norms, out,
                  rt.out_features, rt.steps, rt.in_features, F=rt.field_bits, A=rt.leaf_bits, LG=rt.gain_bits,
-                 BF16=dtype == torch.bfloat16, POINTS=rt.whole_points, num_warps=4)
+                 BF16=dtype == torch.bfloat16, POINTS=rt.whole_points, QUADS=rt.quad_swapped, num_warps=4)
     return out

@@ -27,6 +27,7 @@ from pvq.kernels.leaf_rows import (
     point_rows_runtime,
     point_rows_supports,
     point_table,
+    quad_slot,
 )
 from pvq.kernels.split_runtime import split_decode_reference, split_runtime
 from quantized_layers import random_layer as layer
@@ -107,6 +108,50 @@ def test_random_codes_decode_bit_for_bit_as_the_split_reference(bits, out_f, ste
         assert pt.words.numel() == groups * steps * 8 * 32
 
 
+@settings(max_examples=15, deadline=None)
+@given(bits=st.sampled_from([1.5, 2.0, 2.5, 3.0]), out_f=st.integers(1, 70), steps=st.integers(1, 3),
+       seed=st.integers(0, 2**16))
+def test_quads_decode_bit_for_bit_as_the_split_reference_and_permute_the_plain_words(bits, out_f, steps, seed):
+    """The quad order holds the plain order's fields at other positions: the same weights, the same scales, and
+    slot j of lane l in quads is slot quad_slot(l, j) of the plain order's lane (read back field by field)."""
+    srt = code_runtime(bits, 16, out_f, 128 * steps, seed=seed)
+    ref = split_decode_reference(srt)
+    for points in (False, True) if bits <= 2.0 else (False,):
+        plain = leaf_rows_from_split(srt, whole_points=points)
+        quads = leaf_rows_from_split(srt, whole_points=points, quad_swapped=True)
+        assert quads.quad_swapped and not plain.quad_swapped
+        assert torch.equal(leaf_rows_decode_reference(quads), ref)
+        assert torch.equal(quads.row_scales, plain.row_scales) and quads.words.shape == plain.words.shape
+        fields_plain, fields_quads = _fields_of(plain), _fields_of(quads)  # [item, lane, slot]
+        lane, slot = torch.meshgrid(torch.arange(32), torch.arange(16), indexing="ij")
+        row, vector = quad_slot(lane, slot, True)  # the involution: the plain position of quads' (lane, slot)
+        assert torch.equal(fields_quads, fields_plain[:, row, vector])
+        if not torch.equal(fields_quads, fields_plain):
+            assert not torch.equal(quads.words, plain.words)
+
+
+def _fields_of(rt) -> torch.Tensor:
+    """``[row groups x steps, 32 lanes, 16 slots]`` fields of a runtime's words, read as a lane reads them."""
+    w2, width = rt.field_bits // 2, rt.field_bits
+    words = (rt.words.to(torch.int64) & 0xFFFFFFFF).reshape(-1, w2, 32)
+    bits = torch.cat([words, torch.zeros_like(words[:, :1])], 1)  # a spill past the last word reads zeros
+    out = torch.empty(words.shape[0], 32, 16, dtype=torch.int64)
+    for j in range(16):
+        q, s = divmod(j * width, 32)
+        out[:, :, j] = ((bits[:, q] | (bits[:, q + 1] << 32)) >> s) & ((1 << width) - 1)
+    return out
+
+
+def test_quad_slot_swaps_the_low_two_bits_and_is_its_own_inverse():
+    row, vector = torch.meshgrid(torch.arange(32), torch.arange(16), indexing="ij")
+    lane, slot = quad_slot(row, vector, True)
+    assert torch.equal(quad_slot(lane, slot, True)[0], row) and torch.equal(quad_slot(lane, slot, True)[1], vector)
+    assert torch.equal(lane // 4, row // 4) and torch.equal(lane % 4, vector % 4) and torch.equal(slot % 4, row % 4)
+    pairs = set(zip(lane.flatten().tolist(), slot.flatten().tolist()))
+    assert len(pairs) == 32 * 16  # a bijection of the step's 512 positions
+    assert quad_slot(row, vector, False) == (row, vector)
+
+
 def test_field_widths_and_what_the_layout_takes():
     assert [even_field_bits(*k) for k in ((11, 4), (5, 2), (8, 2), (3, 2))] == [(30, 14, 2), (22, 10, 1), (26, 12, 1),
                                                                                  (18, 8, 1)]
@@ -163,6 +208,28 @@ def test_product_matches_the_reference(bits, out_f, in_f, whole_points, batch, d
     torch.testing.assert_close(got.float(), ref, rtol=tol, atol=product_atol(x, w, ref, tol))
     if whole_points:
         assert torch.equal(cuda_leaf.leaf_rows_decode(rt), w)  # the Triton decode (prefill), bit for bit
+
+
+@needs_cuda
+@pytest.mark.parametrize("bits, out_f, in_f, whole_points",
+                         [(3.0, 300, 4096, False), (3.0, 37, 4224, False), (2.0, 67, 8832, False),
+                          (2.5, 1, 13056, False), (1.5, 5, 128, False), (3.0, 2003, 256, False), (2.0, 67, 8832, True),
+                          (1.5, 5, 128, True), (2.0, 129, 11008, True)])
+@pytest.mark.parametrize("batch", [1, 2, 5, 8, 9, 16])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("x_from_global", [True, None])
+def test_quad_order_product_matches_the_reference(bits, out_f, in_f, whole_points, batch, dtype, x_from_global):
+    """The quad-order tensor-core kernel (no stage): rows that leave the last quad and group part empty, 1 to 16
+    input rows (8 or 16 a launch), x from global memory or as routed (staged where it fits)."""
+    rt = leaf_rows_from_split(code_runtime(bits, 16, out_f, in_f, seed=out_f + in_f, device="cuda"),
+                              whole_points=whole_points, quad_swapped=True)
+    x = torch.randn(batch, in_f, generator=torch.Generator().manual_seed(in_f + batch)).to("cuda", dtype)
+    w = leaf_rows_decode_reference(rt)
+    ref = x.float() @ w.T
+    got = cuda_leaf.leaf_rows_gemv_cuda(rt, x, x_from_global=x_from_global)
+    assert got.shape == (batch, out_f) and got.dtype == dtype
+    tol = {torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
+    torch.testing.assert_close(got.float(), ref, rtol=tol, atol=product_atol(x, w, ref, tol))
 
 
 @needs_cuda

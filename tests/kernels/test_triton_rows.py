@@ -37,6 +37,18 @@ def test_whole_point_decode_equals_the_reference(bits, out_f, steps, seed):
         assert torch.equal(triton_rows.leaf_rows_decode_triton(rt, dtype), ref.to(dtype))
 
 
+@settings(max_examples=8, deadline=None)
+@given(bits=st.sampled_from([1.5, 2.0, 3.0]), out_f=st.integers(1, 70), steps=st.integers(1, 2), seed=st.integers(0, 2**16),
+       points=st.booleans())
+def test_quad_order_decode_equals_the_reference(bits, out_f, steps, seed, points):
+    """The quad order (each field's row and vector from its lane and slot): the same weights, stored in place."""
+    rt = leaf_rows_from_split(code_runtime(bits, 16, out_f, 128 * steps, seed=seed, device=DEVICE),
+                              whole_points=points and bits <= 2.0, quad_swapped=True)
+    ref = leaf_rows_decode_reference(rt)
+    assert torch.equal(triton_rows.leaf_rows_decode_triton(rt), ref)
+    assert torch.equal(triton_rows.leaf_rows_decode_triton(rt, torch.bfloat16), ref.to(torch.bfloat16))
+
+
 def test_decode_refuses_other_dtypes():
     rt = leaf_rows_from_split(code_runtime(2.0, 16, 4, 128, device=DEVICE))
     with pytest.raises(ValueError, match="float32, float16 or bfloat16"):
