@@ -280,18 +280,18 @@ QUADS: dict = {}
 
 
 def time_quads(row: dict, bits: float, plain: tuple, quads: tuple, x: torch.Tensor) -> None:
-    """``row[rowsq3]``, ``row[pointsq2]``: the quad-order kernel as the package routes it, and for several rows with x
-    from global memory and staged (``-global``, ``-shared``), each first compared with the plain order's product of
+    """``row[rowsq3]``, ``row[pointsq2]``: the quad-order kernels as the package routes them (one row: multiply-adds),
+    and the tensor-core kernel with x from global memory and staged (``-global``, ``-shared``), each first compared with the plain order's product of
     the same codes (printed; a product off by more than VARIANT_TOLERANCE is not timed)."""
     for name, prt, qrt in (("rows", plain[0], quads[0]), ("points", plain[1], quads[1])):
         if qrt is None:
             continue
         expected = cuda_leaf.leaf_rows_gemv_cuda(prt, x).float()
-        calls = {"": None} if x.shape[0] == 1 else {"": None, "-global": True, "-shared": False}
-        for suffix, xg in calls.items():
+        calls = {"": (None, None), "-global": (True, True), "-shared": (True, False)}  # (tensor cores, x global)
+        for suffix, (tc, xg) in calls.items():
             label = f"{name}q{bits:g}{suffix}"
             try:
-                got = cuda_leaf.leaf_rows_gemv_cuda(qrt, x, x_from_global=xg).float()
+                got = cuda_leaf.leaf_rows_gemv_cuda(qrt, x, tensor_cores=tc, x_from_global=xg).float()
             except RuntimeError as e:
                 phase(f"{label} batch {x.shape[0]}: {str(e).splitlines()[0]}")
                 continue
@@ -300,7 +300,7 @@ def time_quads(row: dict, bits: float, plain: tuple, quads: tuple, x: torch.Tens
                 phase(f"{label} batch {x.shape[0]}: off the plain order's product by {err:.2e}: not timed")
                 continue
             phase(f"{label} batch {x.shape[0]}: {err:.2e} of the largest output off the plain order's product")
-            row[label] = bench(lambda: cuda_leaf.leaf_rows_gemv_cuda(qrt, x, x_from_global=xg))
+            row[label] = bench(lambda: cuda_leaf.leaf_rows_gemv_cuda(qrt, x, tensor_cores=tc, x_from_global=xg))
 
 
 VARIANTS: dict = {}

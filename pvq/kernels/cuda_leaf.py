@@ -216,7 +216,7 @@ def leaf_rows_gemv_cuda(rt: LeafRowsRuntime, x: torch.Tensor, tensor_cores: bool
                          f"{tuple(x.shape)} on {x.device}")
     rows = x.shape[0]
     if rt.quad_swapped:
-        return _quad_product(rt, x, x_from_global)
+        return _quad_product(rt, x, x_from_global, tensor_cores)
     if tensor_cores is None:
         tensor_cores = rows >= MMA_MIN_ROWS
     if x_from_global is None:
@@ -249,13 +249,18 @@ def quad_reads_x_from_global(rt: LeafRowsRuntime, rows: int, multiprocessors: in
     return not fits or mma_reads_x_from_global(-(-rt.out_features // 32), multiprocessors)
 
 
-def _quad_product(rt: LeafRowsRuntime, x: torch.Tensor, x_from_global: bool | None) -> torch.Tensor:
-    """``x @ Q'^T`` of a layer in the quad order (:func:`leaf_rows_gemv_cuda`): one launch of
-    ``leafrow8_quad_mma_kernel`` (1 to 16 rows of fp16 / bf16), x read from global memory where ``x_from_global``
-    (default: :func:`quad_reads_x_from_global`); float32 inputs or no compiler: the whole-layer decode and a matmul."""
+def _quad_product(rt: LeafRowsRuntime, x: torch.Tensor, x_from_global: bool | None,
+                  tensor_cores: bool | None = None) -> torch.Tensor:
+    """``x @ Q'^T`` of a layer in the quad order (:func:`leaf_rows_gemv_cuda`): one row by the multiply-add kernel
+    (unless ``tensor_cores``), else one launch of ``leafrow8_quad_mma_kernel`` (1 to 16 rows of fp16 / bf16), x read
+    from global memory where ``x_from_global`` (default: :func:`quad_reads_x_from_global`); float32 inputs or no
+    compiler: the whole-layer decode and a matmul."""
     ext = _rows_extension() if x.dtype != torch.float32 else None
     if ext is None or 4 * rt.leaves.numel() + 4 * 16 + MMA_STAGE_BYTES // 2 > LEAF_ROWS_SHARED_BYTES:
         return (x.float() @ leaf_rows_decode(rt).T).to(x.dtype)
+    if x.shape[0] == 1 and not tensor_cores and _rows_launch_rows(rt) >= 1:
+        return ext.leafrow8_gemv_quad_one(rt.words, rt.row_scales, rt.levels, rt.leaves, x.contiguous(),
+                                          rt.out_features, rt.field_bits, rt.gain_bits, rt.whole_points)
     if x_from_global is None:
         device = x.device.index if x.device.index is not None else torch.cuda.current_device()
         x_from_global = quad_reads_x_from_global(rt, x.shape[0], _multiprocessors(device))

@@ -217,16 +217,17 @@ def test_product_matches_the_reference(bits, out_f, in_f, whole_points, batch, d
                           (1.5, 5, 128, True), (2.0, 129, 11008, True)])
 @pytest.mark.parametrize("batch", [1, 2, 5, 8, 9, 16])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("x_from_global", [True, None])
-def test_quad_order_product_matches_the_reference(bits, out_f, in_f, whole_points, batch, dtype, x_from_global):
-    """The quad-order tensor-core kernel (no stage): rows that leave the last quad and group part empty, 1 to 16
-    input rows (8 or 16 a launch), x from global memory or as routed (staged where it fits)."""
+@pytest.mark.parametrize("tensor_cores, x_from_global", [(True, True), (True, None), (None, None)])
+def test_quad_order_product_matches_the_reference(bits, out_f, in_f, whole_points, batch, dtype, tensor_cores,
+                                                  x_from_global):
+    """The quad-order kernels: one row by multiply-adds, 1 to 16 rows on tensor cores (no stage; 8 or 16 a launch, x
+    from global memory or as routed: staged where it fits); rows that leave the last quad and group part empty."""
     rt = leaf_rows_from_split(code_runtime(bits, 16, out_f, in_f, seed=out_f + in_f, device="cuda"),
                               whole_points=whole_points, quad_swapped=True)
     x = torch.randn(batch, in_f, generator=torch.Generator().manual_seed(in_f + batch)).to("cuda", dtype)
     w = leaf_rows_decode_reference(rt)
     ref = x.float() @ w.T
-    got = cuda_leaf.leaf_rows_gemv_cuda(rt, x, x_from_global=x_from_global)
+    got = cuda_leaf.leaf_rows_gemv_cuda(rt, x, tensor_cores=tensor_cores, x_from_global=x_from_global)
     assert got.shape == (batch, out_f) and got.dtype == dtype
     tol = {torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
     torch.testing.assert_close(got.float(), ref, rtol=tol, atol=product_atol(x, w, ref, tol))

@@ -34,7 +34,10 @@ Status leafrow8_gemv(torch::Tensor& y, torch::Tensor words, torch::Tensor scales
 Status leafrow8_gemv_mma(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
                          torch::Tensor leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
                          int64_t gain_bits, bool whole_points, bool x_from_global);
-// ... of a layer in the quad order (LeafRowsRuntime.quad_swapped), 1 to 16 rows on tensor cores
+// ... of a layer in the quad order (LeafRowsRuntime.quad_swapped): one row by multiply-adds, 1 to 16 on tensor cores
+Status leafrow8_gemv_quad_one(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
+                              torch::Tensor leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
+                              int64_t gain_bits, bool whole_points);
 Status leafrow8_gemv_quad_mma(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
                               torch::Tensor leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
                               int64_t gain_bits, bool whole_points, bool x_from_global);

@@ -174,6 +174,17 @@ __device__ __forceinline__ void load_step(const unsigned* __restrict__ words, co
   sn = scales[item * kRows + lane];
 }
 
+// Lane 4 g + t's W2 words of step s of row group rg in the quad order, and the scales of rows 4 g .. 4 g + 3
+template <int W2>
+__device__ __forceinline__ void load_quad_step(const unsigned* __restrict__ words, const __half* __restrict__ scales,
+                                               int rg, int s, int steps, int lane, unsigned (&wn)[W2], uint2& sn) {
+  const size_t item = static_cast<size_t>(rg) * steps + s;
+  const unsigned* p = words + item * W2 * kRows + lane;
+#pragma unroll
+  for (int w = 0; w < W2; ++w) wn[w] = __ldg(p + w * kRows);
+  sn = __ldg(reinterpret_cast<const uint2*>(scales + item * kRows + (lane & ~3)));  // rows 4 g .. 4 g + 3
+}
+
 // Four table words' int8 coordinates biased by 128 (the form the shared table holds)
 __device__ __forceinline__ int4 biased(int4 w) {
   w.x ^= 0x80808080, w.y ^= 0x80808080, w.z ^= 0x80808080, w.w ^= 0x80808080;
@@ -239,7 +250,10 @@ struct LevelRegs {
   }
 };
 
-template <typename T, typename Fd, int B>
+// kQuads (one row only): the quad order (leaf_rows.py, quad_swapped): lane 4 g + t sums, in four accumulators, rows
+// 4 g .. 4 g + 3 at the vectors 4 u + t of a step (x read at the lane's own vector: four 16-byte words a warp);
+// before the warps' sums meet, each quad hands its partial sums round (three shuffles) so that lane l holds row l's.
+template <typename T, typename Fd, int B, bool kQuads = false>
 __global__ void __launch_bounds__(kWarps * 32, 1)
 leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restrict__ scales,
                      const float* __restrict__ levels, const int* __restrict__ leaves, int n_leaves,
@@ -277,26 +291,40 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
   const int rg0 = blockIdx.x * groups_per_block;
   const int rg1 = min(row_groups, rg0 + groups_per_block);
   const bool works = warp < steps;
+  static_assert(!kQuads || B == 1, "the quad order's multiply-add kernel takes one row");
+  constexpr int NA = kQuads ? 4 : B;  // accumulators a lane: its rows (quads) or its row's input rows
   unsigned wn[W2] = {};
   __half sn = __float2half(0.f);
-  auto load = [&](int rg, int s) { load_step<W2>(words, scales, rg, s, steps, lane, wn, sn); };
+  uint2 sq = make_uint2(0u, 0u);  // quads: the scales of rows 4 g .. 4 g + 3
+  auto load = [&](int rg, int s) {
+    if constexpr (kQuads) load_quad_step<W2>(words, scales, rg, s, steps, lane, wn, sq);
+    else load_step<W2>(words, scales, rg, s, steps, lane, wn, sn);
+  };
   if (works && rg0 < rg1) load(rg0, warp);  // (loaded before the tables' copy instead: slower, session 14)
   for (int rg = rg0; rg < rg1; ++rg) {
-    float acc[B];
+    float acc[NA];
 #pragma unroll
-    for (int r = 0; r < B; ++r) acc[r] = 0.f;
+    for (int r = 0; r < NA; ++r) acc[r] = 0.f;
     for (int s = warp; works && s < steps; s += kWarps) {
       unsigned w[W2];
 #pragma unroll
       for (int k = 0; k < W2; ++k) w[k] = wn[k];
-      const float scale = __half2float(sn);
+      float scale[NA];
+      if constexpr (kQuads) {
+        const float2 s01 = __half22float2(u32_as_half2(sq.x)), s23 = __half22float2(u32_as_half2(sq.y));
+        scale[0] = s01.x, scale[1] = s01.y, scale[2] = s23.x, scale[3] = s23.y;
+      } else {
+#pragma unroll
+        for (int r = 0; r < NA; ++r) scale[r] = __half2float(sn);
+      }
       const int ns = s + kWarps < steps ? s + kWarps : warp;
       const int nrg = s + kWarps < steps ? rg : rg + 1;
       if (nrg < rg1) load(nrg, ns);  // the next step's words, in flight while this one decodes
-      const uint4* xs = s_x + static_cast<size_t>(s) * kStep * B;
-      float part[B];
+      // quads: lane 4 g + t reads vector 4 u + t where the plain order reads vector j = 4 u + a
+      const uint4* xs = s_x + static_cast<size_t>(s) * kStep * B + (kQuads ? (lane & 3) : 0);
+      float part[NA];
 #pragma unroll
-      for (int r = 0; r < B; ++r) part[r] = 0.f;
+      for (int r = 0; r < NA; ++r) part[r] = 0.f;
       auto one = [&](auto jc) {
         constexpr int j = decltype(jc)::value;
         const unsigned f = Fd::template field<j>(w);
@@ -305,17 +333,24 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
         const float mult = level * Fd::decode(f, s_leaf, a01, a23, b01, b23);
 #pragma unroll
         for (int r = 0; r < B; ++r) {
-          const uint4 xv = xs[j * B + r];
+          const uint4 xv = xs[(kQuads ? (j & ~3) : j) * B + r];
           __half2 d = __hmul2(a01, u32_as_half2(xv.x));
           d = __hfma2(a23, u32_as_half2(xv.y), d);
           d = __hfma2(b01, u32_as_half2(xv.z), d);
           d = __hfma2(b23, u32_as_half2(xv.w), d);
-          part[r] = fmaf(__half2float(__hadd(__low2half(d), __high2half(d))), mult, part[r]);
+          constexpr int k = kQuads ? (j & 3) : 0;  // quads: the accumulator of row 4 g + (j & 3)
+          part[k + r] = fmaf(__half2float(__hadd(__low2half(d), __high2half(d))), mult, part[k + r]);
         }
       };
       unrolled(one, std::make_integer_sequence<int, kStep>{});
 #pragma unroll
-      for (int r = 0; r < B; ++r) acc[r] = fmaf(part[r], scale, acc[r]);
+      for (int r = 0; r < NA; ++r) acc[r] = fmaf(part[r], scale[r], acc[r]);
+    }
+    if constexpr (kQuads) {  // the quad's sums of its four rows: lane 4 g + t keeps row 4 g + t's
+      const bool up2 = lane & 2, up1 = lane & 1;
+      const float k0 = (up2 ? acc[2] : acc[0]) + __shfl_xor_sync(0xFFFFFFFFu, up2 ? acc[0] : acc[2], 2);
+      const float k1 = (up2 ? acc[3] : acc[1]) + __shfl_xor_sync(0xFFFFFFFFu, up2 ? acc[1] : acc[3], 2);
+      acc[0] = (up1 ? k1 : k0) + __shfl_xor_sync(0xFFFFFFFFu, up1 ? k0 : k1, 1);
     }
     if constexpr (B == 1) {
       float* part = s_part + (part_buffers == 2 ? ((rg - rg0) & 1) * kWarps * kPart : 0);
@@ -568,16 +603,6 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
 // memory a vector, beside the table gathers the decode is bound by). x / 16 is staged whole as [vector][BM rows],
 // row r of vector v at r ^ 2 (v & 3) (the lanes of a quarter warp read eight different banks' 16 bytes), or read
 // from global memory (kGlobalX). The warps' partial sums are folded as leafrow8_mma_kernel folds them.
-template <int W2>
-__device__ __forceinline__ void load_quad_step(const unsigned* __restrict__ words, const __half* __restrict__ scales,
-                                               int rg, int s, int steps, int lane, unsigned (&wn)[W2], uint2& sn) {
-  const size_t item = static_cast<size_t>(rg) * steps + s;
-  const unsigned* p = words + item * W2 * kRows + lane;
-#pragma unroll
-  for (int w = 0; w < W2; ++w) wn[w] = __ldg(p + w * kRows);
-  sn = __ldg(reinterpret_cast<const uint2*>(scales + item * kRows + (lane & ~3)));  // rows 4 g .. 4 g + 3
-}
-
 template <typename T, typename Fd, int BM, bool kGlobalX>
 __global__ void __launch_bounds__(kMmaWarps * 32, 1)
 leafrow8_quad_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict__ scales,
@@ -718,6 +743,10 @@ PVQ_INSTANTIATE(__half, Fields<2 COMMA 30>, 4)
 PVQ_INSTANTIATE(__half, Fields<2 COMMA 30>, 8)
 PVQ_INSTANTIATE(__half, PointFields<1>, 8)
 PVQ_INSTANTIATE(__nv_bfloat16, Fields<2 COMMA 30>, 1)
+#define PVQ_INSTANTIATE_Q(T, FD) template __global__ void leafrow8_gemv_kernel<T, FD, 1, true>(                 \
+    const unsigned*, const __half*, const float*, const int*, int, const T*, T*, int, int, int, int, int, int);
+PVQ_INSTANTIATE_Q(__half, Fields<2 COMMA 30>)
+PVQ_INSTANTIATE_Q(__half, PointFields<1>)
 #define PVQ_INSTANTIATE_MMA(T, FD, BM, X) template __global__ void leafrow8_mma_kernel<T, FD, BM, XFrom::X>( \
     const unsigned*, const __half*, const float*, const int*, int, const T*, T*, int, int, int, int, int, int);
 PVQ_INSTANTIATE_MMA(__half, Fields<2 COMMA 30>, 8, kSharedChunks)
@@ -885,6 +914,31 @@ Status leafrow8_gemv_mma(torch::Tensor& y, torch::Tensor words, torch::Tensor sc
     if (x_from_global) return l.batch <= 8 ? go(Int<8>{}, XK{}) : go(Int<16>{}, XK{});
     if (l.batch <= 8) return go(Int<8>{}, XC{});
     return x_steps < l.steps ? go(Int<16>{}, XC{}) : go(Int<16>{}, XS{});
+  });
+}
+
+// y [1, out] = x [1, in] @ Q'^T of a layer in the quad order by multiply-adds (leafrow8_gemv_kernel<..., 1, true>)
+Status leafrow8_gemv_quad_one(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
+                              torch::Tensor leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
+                              int64_t gain_bits, bool whole_points) {
+  PVQ_CHECK(x.is_cuda(), "x must be on CUDA");
+  const c10::cuda::CUDAGuard guard(x.device());  // before the device's properties are read
+  RowsLaunch l;
+  PVQ_TRY(rows_launch(l, words, scales, levels, leaves, x, out_features, field_bits, gain_bits, 1));
+  y = torch::empty({1, out_features}, l.x.options());
+  const size_t part_bytes = sizeof(float) * static_cast<size_t>(kWarps) * (kRows + 1);
+  const size_t base = sizeof(uint4) * static_cast<size_t>(l.steps) * kStep + sizeof(float) * 16 +
+                      4 * ((l.n_leaves + 3) & ~3);
+  const size_t optin = l.props->sharedMemPerBlockOptin;
+  const int part_buffers = l.groups_per_block > 1 && base + 2 * part_bytes <= optin ? 2 : 1;
+  const size_t smem = base + part_buffers * part_bytes;
+  PVQ_CHECK(smem <= optin, "x / 16 and the leaves (", smem, " bytes) do not fit shared memory");
+  return by_dtype_and_fields(l.x, field_bits, gain_bits, whole_points, [&](auto t, auto tl, auto fd) -> Status {
+    using T = typename decltype(t)::type;
+    using TL = typename decltype(tl)::type;
+    using Fd = typename decltype(fd)::type;
+    return launch_rows<T, TL>(leafrow8_gemv_kernel<T, Fd, 1, true>, kWarps * 32, l, smem, words, scales, levels,
+                              leaves, y, out_features, part_buffers);
   });
 }
 

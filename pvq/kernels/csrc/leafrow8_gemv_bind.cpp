@@ -7,6 +7,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "row-interleaved leaf-pair PVQ product of 1 to 8 rows, D = 8");
   m.def("leafrow8_gemv_mma", pvq::returning_tensor(&pvq::leafrow8_gemv_mma),
         "the same product of 1 to 16 rows on tensor cores (mma.sync), x from global or shared memory");
+  m.def("leafrow8_gemv_quad_one", pvq::returning_tensor(&pvq::leafrow8_gemv_quad_one),
+        "the product of one row by multiply-adds from the quad order");
   m.def("leafrow8_gemv_quad_mma", pvq::returning_tensor(&pvq::leafrow8_gemv_quad_mma),
         "the same product of 1 to 16 rows on tensor cores from the quad order (no stage, no ldmatrix)");
 }
