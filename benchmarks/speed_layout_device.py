@@ -301,6 +301,10 @@ def time_quads(row: dict, bits: float, plain: tuple, quads: tuple, x: torch.Tens
                 continue
             phase(f"{label} batch {x.shape[0]}: {err:.2e} of the largest output off the plain order's product")
             row[label] = bench(lambda: cuda_leaf.leaf_rows_gemv_cuda(qrt, x, tensor_cores=tc, x_from_global=xg))
+        if x.shape[0] == 16:  # the whole-layer decode to fp16 (prefill), each vector stored where it belongs
+            same = torch.equal(cuda_leaf.leaf_rows_decode(qrt, torch.float16), cuda_leaf.leaf_rows_decode(prt, torch.float16))
+            phase(f"{name}q{bits:g} decode to fp16 equal to the plain order's: {same}")
+            row[f"{name}q{bits:g}-decode16"] = bench(lambda: cuda_leaf.leaf_rows_decode(qrt, torch.float16))
 
 
 VARIANTS: dict = {}
