@@ -301,6 +301,14 @@ def time_quads(row: dict, bits: float, plain: tuple, quads: tuple, x: torch.Tens
                 continue
             phase(f"{label} batch {x.shape[0]}: {err:.2e} of the largest output off the plain order's product")
             row[label] = bench(lambda: cuda_leaf.leaf_rows_gemv_cuda(qrt, x, tensor_cores=tc, x_from_global=xg))
+        for vname, ext in VARIANTS.items():  # the routed product through experiments' builds
+            with variant_extension(ext):
+                got = cuda_leaf.leaf_rows_gemv_cuda(qrt, x).float()
+                err = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-30))
+                phase(f"{name}q{bits:g}-{vname} batch {x.shape[0]}: {err:.2e} of the largest output off the plain "
+                      f"order's product")
+                if err <= VARIANT_TOLERANCE:
+                    row[f"{name}q{bits:g}-{vname}"] = bench(lambda: cuda_leaf.leaf_rows_gemv_cuda(qrt, x))
         if x.shape[0] == 16:  # the whole-layer decode to fp16 (prefill), each vector stored where it belongs
             same = torch.equal(cuda_leaf.leaf_rows_decode(qrt, torch.float16), cuda_leaf.leaf_rows_decode(prt, torch.float16))
             phase(f"{name}q{bits:g} decode to fp16 equal to the plain order's: {same}")

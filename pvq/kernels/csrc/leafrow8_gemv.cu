@@ -339,10 +339,19 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
           d = __hfma2(b01, u32_as_half2(xv.z), d);
           d = __hfma2(b23, u32_as_half2(xv.w), d);
           constexpr int k = kQuads ? (j & 3) : 0;  // quads: the accumulator of row 4 g + (j & 3)
+#ifdef PVQ_QUAD_FOLD
+          if constexpr (kQuads) {  // experiment: the scale in the vector's multiplier, no per-step partial sums
+            acc[k] = fmaf(__half2float(__hadd(__low2half(d), __high2half(d))), mult * scale[k], acc[k]);
+            continue;
+          }
+#endif
           part[k + r] = fmaf(__half2float(__hadd(__low2half(d), __high2half(d))), mult, part[k + r]);
         }
       };
       unrolled(one, std::make_integer_sequence<int, kStep>{});
+#ifdef PVQ_QUAD_FOLD
+      if constexpr (kQuads) continue;
+#endif
 #pragma unroll
       for (int r = 0; r < NA; ++r) acc[r] = fmaf(part[r], scale[r], acc[r]);
     }
