@@ -475,6 +475,9 @@ def main() -> None:
     p.add_argument("--json", default=None)
     p.add_argument("--checkpoint", default=None, help="a pvq checkpoint to measure instead of the 7B shapes")
     p.add_argument("--backends", default="dense,triton", help="with --checkpoint: backends to compare")
+    p.add_argument("--pvq-backends", default="auto",
+                   help="backends of the pvq rows, a row per backend: auto (the device's choice), or names such as "
+                        "triton,triton-rows (the quad order for several rows: docs/kernels.md, session 29)")
     p.add_argument("--dense-rotation-max-order", type=int, default=None,
                    help="an experiment: the CUDA rotation kernel preferred for dense factors up to this order "
                         "(default: the package's DENSE_PREFERRED_MAX_ORDER; 344 puts 11008 on it)")
@@ -508,6 +511,7 @@ def main() -> None:
     say(f"device {torch.cuda.get_device_name(device) if device.type == 'cuda' else device}, torch {torch.__version__}")
     with phase("importing pvq and its kernels"):
         import pvq.kernels  # noqa: F401  (registers the triton backend)
+    from pvq.models.qlinear import set_backend
     if device.type == "cuda":
         build_cuda_kernels()
     if a.dense_rotation_max_order is not None:  # this process only: the threshold the backend's choice reads
@@ -555,18 +559,25 @@ def main() -> None:
                 if merged:
                     products = merge(model)
             base = len(rows)  # this model's first row: compared with the unmerged one, the uncompiled one
-            for compiled in compiles:
+            for backend, compiled in [(b, c) for b in (a.pvq_backends.split(",") if method in SETTINGS else ["auto"])
+                                      for c in compiles]:
+                if method in SETTINGS:
+                    set_backend(model, None if backend == "auto" else backend)
                 r = measure(model, a, device, compiled)
                 r["merged_products"] = products
                 if merged and not compiled and merges[0] is False:  # its unmerged row ran just before, same weights
                     same = rows[base - len(compiles)]["first_tokens"] == r["first_tokens"]
                     say(f"{products} merged products; first tokens {'equal to' if same else 'NOT equal to'} the "
                         f"unmerged row's")
+                if not compiled and len(rows) > base and rows[base]["method"].startswith(label):  # another backend
+                    same = rows[base]["first_tokens"] == r["first_tokens"]
+                    say(f"[{backend}] first tokens {'equal to' if same else 'NOT equal to'} the first backend's row's")
                 if compiled and len(rows) > base:
                     same = rows[base]["first_tokens"] == r["first_tokens"]
                     say(f"first tokens {'equal to' if same else 'NOT equal to (float rounding may differ)'} the "
                         f"uncompiled row's")
-                rows.append({"method": label + (" compiled" if compiled else ""), "bits": bits, **r})
+                rows.append({"method": label + ("" if backend == "auto" else f" [{backend}]") +
+                             (" compiled" if compiled else ""), "bits": bits, **r})
                 print({k: v for k, v in rows[-1].items() if k != "profile"}, flush=True)
                 if a.json:
                     with open(a.json, "w") as f:

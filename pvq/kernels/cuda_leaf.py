@@ -241,12 +241,14 @@ def leaf_rows_gemv_cuda(rt: LeafRowsRuntime, x: torch.Tensor, tensor_cores: bool
 
 
 def quad_reads_x_from_global(rt: LeafRowsRuntime, rows: int, multiprocessors: int) -> bool:
-    """Whether the quad-order kernel reads x from global memory: where the plain tensor-core kernel would
-    (:func:`mma_reads_x_from_global`) or where x / 16 of ``rows`` rows (8 or 16 a launch) does not fit shared memory
-    beside the leaves and the partial sums."""
-    padded = 8 if rows <= 8 else 16
-    fits = 2 * rt.in_features * padded + 4 * rt.leaves.numel() + 4 * 16 + MMA_STAGE_BYTES // 2 <= LEAF_ROWS_SHARED_BYTES
-    return not fits or mma_reads_x_from_global(-(-rt.out_features // 32), multiprocessors)
+    """Whether the quad-order tensor-core kernel reads x from global memory: everywhere but leaf pairs at up to 8 rows
+    over several row groups a block whose x / 16 fits shared memory beside the leaves and the partial sums. H100,
+    session 29 (docs/bench/quads_s29_h100.txt): 11008x4096 at 3 bits, 2 to 8 rows, staged 17.3-18.0 us against
+    18.2-18.4 from global memory; elsewhere global memory as fast or faster (16 rows 21.2 against 23.3; whole points
+    at 2 rows 14.3 against 15.3; 4096x4096, one row group a block, at 16 rows 8.9 against 13.3)."""
+    if rows > 8 or rt.whole_points or mma_reads_x_from_global(-(-rt.out_features // 32), multiprocessors):
+        return True
+    return 2 * rt.in_features * 8 + 4 * rt.leaves.numel() + 4 * 16 + MMA_STAGE_BYTES // 2 > LEAF_ROWS_SHARED_BYTES
 
 
 def _quad_product(rt: LeafRowsRuntime, x: torch.Tensor, x_from_global: bool | None,

@@ -202,20 +202,22 @@ def leaf_rows_from_split(srt: SplitRuntime, whole_points: bool = False, quad_swa
         whole_points=whole_points, quad_swapped=quad_swapped)
 
 
-def leaf_rows_runtime(layer, device: torch.device | str | None = None) -> LeafRowsRuntime:
-    """The :class:`LeafRowsRuntime` of a split-order D = 8 PVQ layer with 16-vector scale groups."""
+def leaf_rows_runtime(layer, device: torch.device | str | None = None, quad_swapped: bool = False) -> LeafRowsRuntime:
+    """The :class:`LeafRowsRuntime` of a split-order D = 8 PVQ layer with 16-vector scale groups (in the quad order
+    where ``quad_swapped``)."""
     if not leaf_rows_supports(layer.codec):
         raise QuantizeError(f"{layer.codec.describe()} does not transcode to the row-interleaved leaf layout "
                             f"(split order, D = 8, groups of {STEP_VECTORS} vectors, fields of <= 32 bits)")
-    return leaf_rows_from_split(split_runtime(layer, device))
+    return leaf_rows_from_split(split_runtime(layer, device), quad_swapped=quad_swapped)
 
 
-def point_rows_runtime(layer, device: torch.device | str | None = None) -> LeafRowsRuntime:
-    """The :class:`LeafRowsRuntime` with whole points of a split-order D = 8 PVQ layer (:func:`point_rows_supports`)."""
+def point_rows_runtime(layer, device: torch.device | str | None = None, quad_swapped: bool = False) -> LeafRowsRuntime:
+    """The :class:`LeafRowsRuntime` with whole points of a split-order D = 8 PVQ layer (:func:`point_rows_supports`),
+    in the quad order where ``quad_swapped``."""
     if not point_rows_supports(layer.codec):
         raise QuantizeError(f"{layer.codec.describe()} does not transcode to whole points (split order, D = 8, groups "
                             f"of {STEP_VECTORS} vectors, at most 4 gain levels, at most 2^{POINT_INDEX_BITS} points)")
-    return leaf_rows_from_split(split_runtime(layer, device), whole_points=True)
+    return leaf_rows_from_split(split_runtime(layer, device), whole_points=True, quad_swapped=quad_swapped)
 
 
 def leaf_rows_decode_reference(rt: LeafRowsRuntime, rows: tuple[int, int] | None = None) -> torch.Tensor:

@@ -15,3 +15,16 @@ def test_generate_benchmark_with_merged_rows():
         assert f"\n| {label} | " in out
     bad = run_benchmark("generate.py", ["--merge", "maybe"], interpret=False, timeout=120)
     assert bad.returncode == 2 and "--merge takes auto, no, yes or no,yes" in bad.stderr
+
+
+def test_generate_benchmark_runs_pvq_rows_through_each_named_backend():
+    """``--pvq-backends``: a pvq row per backend (here the dense path and ``triton-rows`` under Triton's interpreter),
+    the same first tokens."""
+    args = ["--device", "cpu", "--layers", "1", "--hidden", "128", "--intermediate", "256", "--vocab", "256", "--heads",
+            "4", "--methods", "fp16,pvq3", "--rotation", "fused", "--merge", "no", "--new-tokens", "2",
+            "--pvq-backends", "dense,triton-rows"]
+    run = run_benchmark("generate.py", args, interpret=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "[triton-rows] first tokens equal to the first backend's row's" in run.stdout, run.stdout[-3000:]
+    for label in ("pvq3 (fused) [dense]", "pvq3 (fused) [triton-rows]"):
+        assert f"\n| {label} | " in run.stdout

@@ -33,6 +33,50 @@ def test_triton_backend_gives_the_dense_logits(method, bits, dim, options):
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
 
 
+ROWS_SHAPE = dict(hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2)
+"""Inputs of 128 and 256: scale groups of 16 vectors of 8 (the row-interleaved families')."""
+
+
+@pytest.mark.parametrize("bits", [2, 3])
+def test_triton_rows_backend_gives_the_dense_logits(bits):
+    """The quad order (CUDA: the row-interleaved families' codes in quads, 1, 3, 8 and 12 rows through their kernels,
+    24 through the decode; CPU: the same Triton families as ``triton``)."""
+    model = tiny("llama", num_hidden_layers=1, **ROWS_SHAPE)
+    config = QuantizeConfig(method="pvq", bits=bits, dim=8, group_size=16)  # the row-interleaved families' groups
+    quantize_model(model, calib(4, 16), config, progress=False, log=None)
+    model.to(DEVICE)
+    for batch_ids in (X[:1, :1], X[:1, :3], X[:1, :8], X[:, :12]):
+        batch_ids = batch_ids.to(DEVICE)
+        with torch.no_grad():
+            set_backend(model, "dense")
+            ref = model(input_ids=batch_ids).logits
+            set_backend(model, "triton-rows")
+            got = model(input_ids=batch_ids).logits
+        assert {m.backend for m in quantized(model).values()} == {"triton-rows"}
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_triton_rows_backend_lays_the_row_families_out_in_quads(monkeypatch):
+    """Where the family takes the quad order (the row-interleaved ones), ``triton-rows`` asks for it and ``triton``
+    does not; the quads decode to the same weights; the backend is never chosen automatically."""
+    from pvq.kernels import backend as backend_module
+    from pvq.kernels.leaf_rows import leaf_rows_decode_reference
+
+    model = tiny("llama", num_hidden_layers=1, **ROWS_SHAPE)
+    config = QuantizeConfig(method="pvq", bits=3, dim=8, group_size=16)
+    quantize_model(model, calib(4, 16), config, progress=False, log=None)
+    layer = next(iter(quantized(model).values()))
+    rows_family = next(f for f in backend_module.KERNEL_FAMILIES if f.name == "pvq-leaf-rows-cuda")
+    assert rows_family.quad_order
+    monkeypatch.setattr(backend_module, "kernel_family", lambda codec: rows_family)
+    cpu = torch.device("cpu")
+    quads = backend_module.TritonRowsBackend().prepare(layer, cpu, torch.float32)["runtime"]
+    plain = backend_module.TritonBackend().prepare(layer, cpu, torch.float32)["runtime"]
+    assert quads.quad_swapped and not plain.quad_swapped
+    assert torch.equal(leaf_rows_decode_reference(quads), leaf_rows_decode_reference(plain))
+    assert not backend_module.TritonRowsBackend().automatic_on(torch.device("cuda"))
+
+
 def test_automatic_choice_takes_triton_only_on_cuda():
     model = tiny("llama", num_hidden_layers=1)
     quantize_model(model, calib(4, 16), QuantizeConfig(method="pvq", bits=3, dim=16), progress=False, log=None)

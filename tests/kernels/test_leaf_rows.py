@@ -152,6 +152,19 @@ def test_quad_slot_swaps_the_low_two_bits_and_is_its_own_inverse():
     assert quad_slot(row, vector, False) == (row, vector)
 
 
+def test_quad_kernel_reads_x_from_global_memory_except_leaf_pairs_of_few_rows_over_several_row_groups():
+    """The routing measured in session 29: staged x only for leaf pairs at up to 8 rows, several row groups a block
+    and x / 16 beside the leaves in shared memory."""
+    pairs = leaf_rows_from_split(code_runtime(3.0, 16, 11008, 128, seed=1), quad_swapped=True)  # 344 row groups
+    points = leaf_rows_from_split(code_runtime(2.0, 16, 11008, 128, seed=1), whole_points=True, quad_swapped=True)
+    assert not cuda_leaf.quad_reads_x_from_global(pairs, 8, 132)
+    assert cuda_leaf.quad_reads_x_from_global(pairs, 9, 132)  # 16 a launch
+    assert cuda_leaf.quad_reads_x_from_global(points, 2, 132)
+    assert cuda_leaf.quad_reads_x_from_global(pairs, 2, 344)  # one row group a block
+    wide = leaf_rows_from_split(code_runtime(3.0, 16, 64, 128 * 86, seed=1), quad_swapped=True)  # 11008 inputs
+    assert cuda_leaf.quad_reads_x_from_global(wide, 2, 1)  # 176 KB of x beside a 48 KB table: too much
+
+
 def test_field_widths_and_what_the_layout_takes():
     assert [even_field_bits(*k) for k in ((11, 4), (5, 2), (8, 2), (3, 2))] == [(30, 14, 2), (22, 10, 1), (26, 12, 1),
                                                                                  (18, 8, 1)]
