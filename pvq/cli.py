@@ -302,7 +302,8 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="extra directory of harness task YAML files (repeatable)")
     p.add_argument("--backend", default=None,
                    help="runtime backend of the quantized layers: dense (decode once, cache W), "
-                        "dense-rotated, triton (kernels on the codes); default: the best for the device")
+                        "dense-rotated, triton (kernels on the codes), triton-rows (the same, laid out for 2 to 16 rows "
+                        "a call: batched decoding); default: the best for the device")
     p.add_argument("--json", action="store_true")
 
 
