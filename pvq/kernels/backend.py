@@ -253,7 +253,7 @@ def _rotate(layer, x: torch.Tensor, inverse: bool, chosen: dict | None = None) -
 class TritonRowsBackend(TritonBackend):
     """The ``triton`` backend for 2 to 16 rows a call (batched or speculative decoding): the row-interleaved families'
     codes in the quad order (:mod:`pvq.kernels.leaf_rows`), whose tensor-core kernel needs no shared-memory stage:
-    on an H100, 2 to 16 rows 1.2x to 1.6x faster than the plain order's, one row 3% to 10% slower
+    on an H100, 2 to 16 rows 1.07x to 1.51x faster than the plain order's, one row 3% to 12% slower
     (docs/kernels.md, session 29). Named only (``--backend triton-rows``); other layers as ``triton`` runs them."""
 
     name = "triton-rows"

@@ -253,6 +253,9 @@ struct LevelRegs {
 // kQuads (one row only): the quad order (leaf_rows.py, quad_swapped): lane 4 g + t sums, in four accumulators, rows
 // 4 g .. 4 g + 3 at the vectors 4 u + t of a step (x read at the lane's own vector: four 16-byte words a warp);
 // before the warps' sums meet, each quad hands its partial sums round (three shuffles) so that lane l holds row l's.
+// It takes 64 registers (the cap at 32 warps) against the plain order's 48 to 58 and runs 3% to 12% slower on an
+// H100; folding the scale into each vector's multiplier (57 registers for whole points) measured no faster, so the
+// registers are not the cause (session 29: docs/bench/quads_fold_s29_h100.txt; history keeps that variant).
 template <typename T, typename Fd, int B, bool kQuads = false>
 __global__ void __launch_bounds__(kWarps * 32, 1)
 leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restrict__ scales,
@@ -339,19 +342,10 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
           d = __hfma2(b01, u32_as_half2(xv.z), d);
           d = __hfma2(b23, u32_as_half2(xv.w), d);
           constexpr int k = kQuads ? (j & 3) : 0;  // quads: the accumulator of row 4 g + (j & 3)
-#ifdef PVQ_QUAD_FOLD
-          if constexpr (kQuads) {  // experiment: the scale in the vector's multiplier, no per-step partial sums
-            acc[k] = fmaf(__half2float(__hadd(__low2half(d), __high2half(d))), mult * scale[k], acc[k]);
-            continue;
-          }
-#endif
           part[k + r] = fmaf(__half2float(__hadd(__low2half(d), __high2half(d))), mult, part[k + r]);
         }
       };
       unrolled(one, std::make_integer_sequence<int, kStep>{});
-#ifdef PVQ_QUAD_FOLD
-      if constexpr (kQuads) continue;
-#endif
 #pragma unroll
       for (int r = 0; r < NA; ++r) acc[r] = fmaf(part[r], scale[r], acc[r]);
     }
