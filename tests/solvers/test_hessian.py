@@ -120,7 +120,9 @@ def _live_square_float64(n: int) -> int:
     seen = set()
     with warnings.catch_warnings():  # some objects gc finds warn when their type is asked for
         warnings.simplefilter("ignore")
-        objs = [o for o in gc.get_objects() if isinstance(o, torch.Tensor)]
+        # type(o), not isinstance: isinstance asks a weakref.proxy's referent for its class, and raises ReferenceError
+        # where it has died (a proxy left by an earlier test of the same worker: CI, session 29)
+        objs = [o for o in gc.get_objects() if issubclass(type(o), torch.Tensor)]
     for o in objs:
         if o.dtype == torch.float64 and tuple(o.shape) == (n, n):
             seen.add(o.untyped_storage().data_ptr())
