@@ -312,13 +312,12 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
       unsigned w[W2];
 #pragma unroll
       for (int k = 0; k < W2; ++k) w[k] = wn[k];
-      float scale[NA];
+      float scale[kQuads ? 4 : 1];  // quads: rows 4 g + a; else the lane's row
       if constexpr (kQuads) {
         const float2 s01 = __half22float2(u32_as_half2(sq.x)), s23 = __half22float2(u32_as_half2(sq.y));
         scale[0] = s01.x, scale[1] = s01.y, scale[2] = s23.x, scale[3] = s23.y;
       } else {
-#pragma unroll
-        for (int r = 0; r < NA; ++r) scale[r] = __half2float(sn);
+        scale[0] = __half2float(sn);
       }
       const int ns = s + kWarps < steps ? s + kWarps : warp;
       const int nrg = s + kWarps < steps ? rg : rg + 1;
@@ -347,7 +346,7 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
       };
       unrolled(one, std::make_integer_sequence<int, kStep>{});
 #pragma unroll
-      for (int r = 0; r < NA; ++r) acc[r] = fmaf(part[r], scale[r], acc[r]);
+      for (int r = 0; r < NA; ++r) acc[r] = fmaf(part[r], scale[kQuads ? r : 0], acc[r]);
     }
     if constexpr (kQuads) {  // the quad's sums of its four rows: lane 4 g + t keeps row 4 g + t's
       const bool up2 = lane & 2, up1 = lane & 1;
@@ -420,6 +419,47 @@ __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* p) {
                : "r"(addr));
 }
 
+// The end of a row group in the tensor-core kernels: the upper half of the live warps' accumulators folded onto the
+// lower until their partials fit buf (kStageBytes), then each output summed over the live warps by P threads in a
+// fixed order (deterministic) and written. Value e of m tile mt, n tile nt in lane l is output row
+// 32 rg + row_of(l, mt, e) for input row 8 nt + 2 (l % 4) + e % 2 (the mma.m16n8k16 accumulator layout).
+template <typename T, int NT, typename RowOf>
+__device__ __forceinline__ void fold_and_store(float (&acc)[2][NT][4], float* buf, int warp, int lane, int rg,
+                                               T* __restrict__ y, int out_features, int batch, RowOf row_of) {
+  constexpr int NC = 8 * NT;
+  constexpr int kFit = kStageBytes / (32 * NC * 4);  // warps whose partials fit buf at once
+  int live = kMmaWarps;
+  for (; live > kFit; live >>= 1) {
+    const int half = live >> 1;
+    __syncthreads();
+    if (warp >= half && warp < live) {
+#pragma unroll
+      for (int i = 0; i < NC; ++i) buf[((warp - half) * NC + i) * 32 + lane] = acc[i / (4 * NT)][(i / 4) % NT][i % 4];
+    }
+    __syncthreads();
+    if (warp < half) {
+#pragma unroll
+      for (int i = 0; i < NC; ++i) acc[i / (4 * NT)][(i / 4) % NT][i % 4] += buf[(warp * NC + i) * 32 + lane];
+    }
+  }
+  __syncthreads();
+  if (warp < live) {
+#pragma unroll
+    for (int i = 0; i < NC; ++i) buf[(warp * NC + i) * 32 + lane] = acc[i / (4 * NT)][(i / 4) % NT][i % 4];
+  }
+  __syncthreads();
+  constexpr int P = kMmaWarps * 32 / (32 * NC);
+  const int o = threadIdx.x / P, part = threadIdx.x % P;
+  float sum = 0.f;
+  for (int k = part; k < live; k += P) sum += buf[k * NC * 32 + o];
+#pragma unroll
+  for (int d = 1; d < P; d <<= 1) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, d);
+  const int i = o / 32, l = o % 32, mt = i / (4 * NT), nt = (i / 4) % NT, e = i % 4;
+  const int row = rg * kRows + row_of(l, mt, e), r = 8 * nt + 2 * (l & 3) + (e & 1);
+  if (part == 0 && row < out_features && r < batch)
+    y[static_cast<size_t>(r) * out_features + row] = pvq::from_float<T>(sum * 16.f);
+}
+
 template <typename T, typename Fd, int BM, XFrom XF>
 __global__ void __launch_bounds__(kMmaWarps * 32, 1)
 leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict__ scales,
@@ -431,7 +471,6 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
   constexpr int L = 1 << Fd::LG;
   constexpr int NT = BM / 8;   // n8 tiles of input rows
   constexpr int NC = 8 * NT;   // accumulator values a lane keeps per row group: 2 m tiles x NT x 4
-  constexpr int kFit = kStageBytes / (32 * NC * 4);  // warps whose partials fit the stage at once
   extern __shared__ uint4 smem4[];
   const int vpr = steps * kStep;
   constexpr bool kGlobalX = XF == XFrom::kGlobal;
@@ -557,40 +596,8 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
         unrolled(tile, std::make_integer_sequence<int, kStep / 2>{});
       }
     }
-    // fold the upper half of the live warps onto the lower until their partials fit the stage
-    int live = kMmaWarps;
-    for (; live > kFit; live >>= 1) {
-      const int half = live >> 1;
-      __syncthreads();
-      if (warp >= half && warp < live) {
-#pragma unroll
-        for (int i = 0; i < NC; ++i) buf[((warp - half) * NC + i) * 32 + lane] = acc[i / (4 * NT)][(i / 4) % NT][i % 4];
-      }
-      __syncthreads();
-      if (warp < half) {
-#pragma unroll
-        for (int i = 0; i < NC; ++i) acc[i / (4 * NT)][(i / 4) % NT][i % 4] += buf[(warp * NC + i) * 32 + lane];
-      }
-    }
-    __syncthreads();
-    if (warp < live) {
-#pragma unroll
-      for (int i = 0; i < NC; ++i) buf[(warp * NC + i) * 32 + lane] = acc[i / (4 * NT)][(i / 4) % NT][i % 4];
-    }
-    __syncthreads();
-    {
-      // output o = (value i, lane l) of the accumulators, summed over the live warps by P threads in fixed order
-      constexpr int P = kMmaWarps * 32 / (32 * NC);
-      const int o = threadIdx.x / P, part = threadIdx.x % P;
-      float sum = 0.f;
-      for (int k = part; k < live; k += P) sum += buf[k * NC * 32 + o];
-#pragma unroll
-      for (int d = 1; d < P; d <<= 1) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, d);
-      const int i = o / 32, l = o % 32, mt = i / (4 * NT), nt = (i / 4) % NT, e = i % 4;
-      const int row = rg * kRows + 16 * mt + (l >> 2) + 8 * (e >> 1), r = 8 * nt + 2 * (l & 3) + (e & 1);
-      if (part == 0 && row < out_features && r < batch)
-        y[static_cast<size_t>(r) * out_features + row] = pvq::from_float<T>(sum * 16.f);
-    }
+    fold_and_store<T, NT>(acc, buf, warp, lane, rg, y, out_features, batch,
+                          [](int l, int mt, int e) { return 16 * mt + (l >> 2) + 8 * (e >> 1); });
     __syncthreads();  // the stage is the next row group's again
   }
 }
@@ -617,7 +624,6 @@ leafrow8_quad_mma_kernel(const unsigned* __restrict__ words, const __half* __res
   constexpr int L = 1 << Fd::LG;
   constexpr int NT = BM / 8;
   constexpr int NC = 8 * NT;
-  constexpr int kFit = kStageBytes / (32 * NC * 4);
   extern __shared__ uint4 smem4[];
   const int vpr = steps * kStep;
   uint4* s_x = smem4;  // [vector][BM] x / 16 (none: kGlobalX)
@@ -697,38 +703,8 @@ leafrow8_quad_mma_kernel(const unsigned* __restrict__ words, const __half* __res
       };
       unrolled(chunk, std::make_integer_sequence<int, kStep / 4>{});
     }
-    int live = kMmaWarps;  // fold the upper half of the live warps onto the lower until their partials fit buf
-    for (; live > kFit; live >>= 1) {
-      const int half = live >> 1;
-      __syncthreads();
-      if (warp >= half && warp < live) {
-#pragma unroll
-        for (int i = 0; i < NC; ++i) buf[((warp - half) * NC + i) * 32 + lane] = acc[i / (4 * NT)][(i / 4) % NT][i % 4];
-      }
-      __syncthreads();
-      if (warp < half) {
-#pragma unroll
-        for (int i = 0; i < NC; ++i) acc[i / (4 * NT)][(i / 4) % NT][i % 4] += buf[(warp * NC + i) * 32 + lane];
-      }
-    }
-    __syncthreads();
-    if (warp < live) {
-#pragma unroll
-      for (int i = 0; i < NC; ++i) buf[(warp * NC + i) * 32 + lane] = acc[i / (4 * NT)][(i / 4) % NT][i % 4];
-    }
-    __syncthreads();
-    {
-      constexpr int P = kMmaWarps * 32 / (32 * NC);
-      const int o = threadIdx.x / P, part = threadIdx.x % P;
-      float sum = 0.f;
-      for (int k = part; k < live; k += P) sum += buf[k * NC * 32 + o];
-#pragma unroll
-      for (int d = 1; d < P; d <<= 1) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, d);
-      const int i = o / 32, l = o % 32, mt = i / (4 * NT), nt = (i / 4) % NT, e = i % 4;
-      const int row = rg * kRows + 4 * (l >> 2) + 2 * mt + (e >> 1), r = 8 * nt + 2 * (l & 3) + (e & 1);
-      if (part == 0 && row < out_features && r < batch)
-        y[static_cast<size_t>(r) * out_features + row] = pvq::from_float<T>(sum * 16.f);
-    }
+    fold_and_store<T, NT>(acc, buf, warp, lane, rg, y, out_features, batch,  // m row g: row 4 g + 2 mt
+                          [](int l, int mt, int e) { return 4 * (l >> 2) + 2 * mt + (e >> 1); });
     __syncthreads();  // buf is the next row group's again
   }
 }
