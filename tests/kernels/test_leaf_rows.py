@@ -211,16 +211,24 @@ def test_product_matches_the_reference(bits, out_f, in_f, whole_points, batch, d
         pytest.skip("one row has one kernel")
     rt = leaf_rows_from_split(code_runtime(bits, 16, out_f, in_f, seed=out_f + in_f, device="cuda"),
                               whole_points=whole_points)
+    w = _check_product(rt, batch, dtype, tensor_cores=tensor_cores, x_from_global=x_from_global)
+    if whole_points:
+        assert torch.equal(cuda_leaf.leaf_rows_decode(rt), w)  # the Triton decode (prefill), bit for bit
+
+
+def _check_product(rt, batch: int, dtype: torch.dtype, **route) -> torch.Tensor:
+    """The routed product of ``batch`` seeded rows against the float32 reference (fp16 1e-3, bf16 8e-3 of the
+    largest output, or the terms' scale: ``product_atol``); returns the reference weights."""
+    in_f = rt.in_features
     x = torch.randn(batch, in_f, generator=torch.Generator().manual_seed(in_f + batch)).to("cuda", dtype)
     w = leaf_rows_decode_reference(rt)
     ref = x.float() @ w.T
-    got = cuda_leaf.leaf_rows_gemv_cuda(rt, x, tensor_cores=tensor_cores, x_from_global=x_from_global)
-    assert got.shape == (batch, out_f) and got.dtype == dtype
+    got = cuda_leaf.leaf_rows_gemv_cuda(rt, x, **route)
+    assert got.shape == (batch, rt.out_features) and got.dtype == dtype
     tol = {torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
     # (2.5 bits, 1 x 13056, one fp16 row: the output is -2.0, its terms' scale 10.2; the H200 was 0.0072 off)
     torch.testing.assert_close(got.float(), ref, rtol=tol, atol=product_atol(x, w, ref, tol))
-    if whole_points:
-        assert torch.equal(cuda_leaf.leaf_rows_decode(rt), w)  # the Triton decode (prefill), bit for bit
+    return w
 
 
 @needs_cuda
@@ -237,13 +245,7 @@ def test_quad_order_product_matches_the_reference(bits, out_f, in_f, whole_point
     from global memory or as routed: staged where it fits); rows that leave the last quad and group part empty."""
     rt = leaf_rows_from_split(code_runtime(bits, 16, out_f, in_f, seed=out_f + in_f, device="cuda"),
                               whole_points=whole_points, quad_swapped=True)
-    x = torch.randn(batch, in_f, generator=torch.Generator().manual_seed(in_f + batch)).to("cuda", dtype)
-    w = leaf_rows_decode_reference(rt)
-    ref = x.float() @ w.T
-    got = cuda_leaf.leaf_rows_gemv_cuda(rt, x, tensor_cores=tensor_cores, x_from_global=x_from_global)
-    assert got.shape == (batch, out_f) and got.dtype == dtype
-    tol = {torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
-    torch.testing.assert_close(got.float(), ref, rtol=tol, atol=product_atol(x, w, ref, tol))
+    _check_product(rt, batch, dtype, tensor_cores=tensor_cores, x_from_global=x_from_global)
 
 
 @needs_cuda
