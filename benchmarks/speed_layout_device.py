@@ -281,38 +281,42 @@ QUADS: dict = {}
 
 def time_quads(row: dict, bits: float, plain: tuple, quads: tuple, x: torch.Tensor) -> None:
     """``row[rowsq3]``, ``row[pointsq2]``: the quad-order kernels as the package routes them (one row: multiply-adds),
-    and the tensor-core kernel with x from global memory and staged (``-global``, ``-shared``), each first compared with the plain order's product of
-    the same codes (printed; a product off by more than VARIANT_TOLERANCE is not timed)."""
+    the tensor-core kernel with x from global memory and staged (``-global``, ``-shared``) and the routed product
+    through each experiment's build (``-NAME``), each first compared with the plain order's product of the same codes
+    (:func:`checked_bench`)."""
     for name, prt, qrt in (("rows", plain[0], quads[0]), ("points", plain[1], quads[1])):
         if qrt is None:
             continue
         expected = cuda_leaf.leaf_rows_gemv_cuda(prt, x).float()
         calls = {"": (None, None), "-global": (True, True), "-shared": (True, False)}  # (tensor cores, x global)
         for suffix, (tc, xg) in calls.items():
-            label = f"{name}q{bits:g}{suffix}"
-            try:
-                got = cuda_leaf.leaf_rows_gemv_cuda(qrt, x, tensor_cores=tc, x_from_global=xg).float()
-            except RuntimeError as e:
-                phase(f"{label} batch {x.shape[0]}: {str(e).splitlines()[0]}")
-                continue
-            err = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-30))
-            if not err <= VARIANT_TOLERANCE:
-                phase(f"{label} batch {x.shape[0]}: off the plain order's product by {err:.2e}: not timed")
-                continue
-            phase(f"{label} batch {x.shape[0]}: {err:.2e} of the largest output off the plain order's product")
-            row[label] = bench(lambda: cuda_leaf.leaf_rows_gemv_cuda(qrt, x, tensor_cores=tc, x_from_global=xg))
-        for vname, ext in VARIANTS.items():  # the routed product through experiments' builds
+            checked_bench(row, f"{name}q{bits:g}{suffix}", f"batch {x.shape[0]}", expected, "the plain order's",
+                          lambda: cuda_leaf.leaf_rows_gemv_cuda(qrt, x, tensor_cores=tc, x_from_global=xg))
+        for vname, ext in VARIANTS.items():
             with variant_extension(ext):
-                got = cuda_leaf.leaf_rows_gemv_cuda(qrt, x).float()
-                err = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-30))
-                phase(f"{name}q{bits:g}-{vname} batch {x.shape[0]}: {err:.2e} of the largest output off the plain "
-                      f"order's product")
-                if err <= VARIANT_TOLERANCE:
-                    row[f"{name}q{bits:g}-{vname}"] = bench(lambda: cuda_leaf.leaf_rows_gemv_cuda(qrt, x))
+                checked_bench(row, f"{name}q{bits:g}-{vname}", f"batch {x.shape[0]}", expected, "the plain order's",
+                              lambda: cuda_leaf.leaf_rows_gemv_cuda(qrt, x))
         if x.shape[0] == 16:  # the whole-layer decode to fp16 (prefill), each vector stored where it belongs
             same = torch.equal(cuda_leaf.leaf_rows_decode(qrt, torch.float16), cuda_leaf.leaf_rows_decode(prt, torch.float16))
             phase(f"{name}q{bits:g} decode to fp16 equal to the plain order's: {same}")
             row[f"{name}q{bits:g}-decode16"] = bench(lambda: cuda_leaf.leaf_rows_decode(qrt, torch.float16))
+
+
+def checked_bench(row: dict, column: str, where: str, expected: torch.Tensor, reference: str, fn) -> None:
+    """``row[column] = bench(fn)`` where ``fn()`` runs (once outside the graph capture: a refusal raised inside it breaks
+    the process) and is within VARIANT_TOLERANCE of ``expected`` (``reference``'s product); else what happened is
+    printed and nothing timed."""
+    try:
+        got = fn().float()
+    except RuntimeError as e:  # e.g. a table too large for this routing's shared memory
+        phase(f"{column}, {where}: {str(e).splitlines()[0]}")
+        return
+    err = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-30))
+    if not err <= VARIANT_TOLERANCE:  # a product that computes something else is not timed
+        phase(f"{column}, {where}: off {reference} product by {err:.2e} of its largest output: not timed")
+        return
+    phase(f"{column}, {where}: {err:.2e} of the largest output off {reference} product")
+    row[column] = bench(fn)
 
 
 VARIANTS: dict = {}
@@ -330,19 +334,11 @@ def time_variants(row: dict, column: str, rt, x: torch.Tensor) -> None:
     for suffix, kw in calls.items():
         expected = cuda_leaf.leaf_rows_gemv_cuda(rt, x, **kw).float()
         for name, ext in VARIANTS.items():
-            label = f"variant {name}, {column}{suffix}, batch {x.shape[0]}"
             with variant_extension(ext):
-                try:  # once outside the graph capture: a refusal raised inside it breaks the process
-                    got = cuda_leaf.leaf_rows_gemv_cuda(rt, x, **kw).float()
-                except RuntimeError as e:  # e.g. a table too large for this routing's shared memory
-                    phase(f"{label}: {str(e).splitlines()[0]}")
-                    continue
-                err = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-30))
-                if not err <= VARIANT_TOLERANCE:  # a variant that computes something else is not timed
-                    phase(f"{label}: off the package's product by {err:.2e} of its largest output: not timed")
-                    continue
-                phase(f"{label}: {err:.2e} of the largest output off the package's product")
-                row[f"{column}-{name}{suffix}"] = bench(lambda: cuda_leaf.leaf_rows_gemv_cuda(rt, x, **kw))
+                checked_bench(row, f"{column}-{name}{suffix}", f"variant {name}, batch {x.shape[0]}", expected,
+                              "the package's", lambda: cuda_leaf.leaf_rows_gemv_cuda(rt, x, **kw))
+
+
 VARIANT_TOLERANCE = 1e-2
 """Largest difference from the package's product, relative to its largest output, of a variant that is timed
 (fp16 weights and fp32 sums summed in another order differ by about 1e-3)."""

@@ -248,7 +248,13 @@ def quad_reads_x_from_global(rt: LeafRowsRuntime, rows: int, multiprocessors: in
     at 2 rows 14.3 against 15.3; 4096x4096, one row group a block, at 16 rows 8.9 against 13.3)."""
     if rows > 8 or rt.whole_points or mma_reads_x_from_global(-(-rt.out_features // 32), multiprocessors):
         return True
-    return 2 * rt.in_features * 8 + 4 * rt.leaves.numel() + 4 * 16 + MMA_STAGE_BYTES // 2 > LEAF_ROWS_SHARED_BYTES
+    return 2 * rt.in_features * 8 + _quad_fixed_bytes(rt) > LEAF_ROWS_SHARED_BYTES
+
+
+def _quad_fixed_bytes(rt: LeafRowsRuntime) -> int:
+    """Shared memory the quad-order tensor-core kernel takes beside x / 16: the leaves, the levels and its warps'
+    partial sums (kStageBytes: 16 KB, half of :data:`MMA_STAGE_BYTES`)."""
+    return 4 * rt.leaves.numel() + 4 * 16 + MMA_STAGE_BYTES // 2
 
 
 def _quad_product(rt: LeafRowsRuntime, x: torch.Tensor, x_from_global: bool | None,
@@ -258,7 +264,7 @@ def _quad_product(rt: LeafRowsRuntime, x: torch.Tensor, x_from_global: bool | No
     from global memory where ``x_from_global`` (default: :func:`quad_reads_x_from_global`); float32 inputs or no
     compiler: the whole-layer decode and a matmul."""
     ext = _rows_extension() if x.dtype != torch.float32 else None
-    if ext is None or 4 * rt.leaves.numel() + 4 * 16 + MMA_STAGE_BYTES // 2 > LEAF_ROWS_SHARED_BYTES:
+    if ext is None or _quad_fixed_bytes(rt) > LEAF_ROWS_SHARED_BYTES:
         return (x.float() @ leaf_rows_decode(rt).T).to(x.dtype)
     if x.shape[0] == 1 and not tensor_cores and _rows_launch_rows(rt) >= 1:
         return ext.leafrow8_gemv_quad_one(rt.words, rt.row_scales, rt.levels, rt.leaves, x.contiguous(),

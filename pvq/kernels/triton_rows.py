@@ -79,12 +79,7 @@ def _rows_decode_kernel(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, 
         w = c.to(tl.float32) * mult[:, :, None]  # [32, 16, 8]
         row3 = rg * 32 + r32[:, :, None]
         ptrs = out_ptr + row3.to(tl.int64) * in_features + s * 128 + vec[:, :, None] * 8 + t[None, None, :]
-        if BF16:
-            b = w.to(tl.uint32, bitcast=True)
-            b = (b + 0x7FFF + ((b >> 16) & 1)) >> 16
-            tl.store(ptrs, b.to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=row3 < out_features)
-        else:
-            tl.store(ptrs, w.to(out_ptr.dtype.element_ty), mask=row3 < out_features)
+        _store_rounded(ptrs, w, row3 < out_features, BF16)
         return
     scale = tl.load(scales_ptr + item * 32 + lane).to(tl.float32)  # [32]
     mult = (tl.load(levels_ptr + gain) * scale[:, None]) * tl.load(inv_ptr + n2)  # [32, 16]
@@ -92,12 +87,19 @@ def _rows_decode_kernel(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, 
     row = rg * 32 + lane
     col = s * 128 + tl.arange(0, 128)
     ptrs = out_ptr + row.to(tl.int64)[:, None] * in_features + col[None, :]
-    if BF16:  # round to nearest even by hand: Triton's CPU interpreter truncates (the GPU's cvt rounds)
+    _store_rounded(ptrs, w, (row < out_features)[:, None], BF16)
+
+
+@triton.jit
+def _store_rounded(ptrs, w, mask, BF16: tl.constexpr):
+    """float32 ``w`` stored at ``ptrs`` in their element type; bf16 rounded to nearest even by hand (Triton's CPU
+    interpreter truncates; the GPU's cvt rounds)."""
+    if BF16:
         b = w.to(tl.uint32, bitcast=True)
         b = (b + 0x7FFF + ((b >> 16) & 1)) >> 16
-        tl.store(ptrs, b.to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=(row < out_features)[:, None])
+        tl.store(ptrs, b.to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
     else:
-        tl.store(ptrs, w.to(out_ptr.dtype.element_ty), mask=(row < out_features)[:, None])
+        tl.store(ptrs, w.to(ptrs.dtype.element_ty), mask=mask)
 
 
 _ROWS_DECODE = StraightLauncher(_rows_decode_kernel)  # a 7B prefill launches 128 of these (triton_launch)
