@@ -511,7 +511,12 @@ def main() -> None:
     say(f"device {torch.cuda.get_device_name(device) if device.type == 'cuda' else device}, torch {torch.__version__}")
     with phase("importing pvq and its kernels"):
         import pvq.kernels  # noqa: F401  (registers the triton backend)
+    from pvq.models.backends import BACKENDS
     from pvq.models.qlinear import set_backend
+
+    unknown = [b for b in a.pvq_backends.split(",") if b != "auto" and b not in BACKENDS]
+    if unknown:
+        p.error(f"--pvq-backends takes auto or registered backends ({', '.join(sorted(BACKENDS))}); got {unknown}")
     if device.type == "cuda":
         build_cuda_kernels()
     if a.dense_rotation_max_order is not None:  # this process only: the threshold the backend's choice reads

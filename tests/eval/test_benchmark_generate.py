@@ -28,3 +28,6 @@ def test_generate_benchmark_runs_pvq_rows_through_each_named_backend():
     assert "[triton-rows] first tokens equal to the first backend's row's" in run.stdout, run.stdout[-3000:]
     for label in ("pvq3 (fused) [dense]", "pvq3 (fused) [triton-rows]"):
         assert f"\n| {label} | " in run.stdout
+    bad = run_benchmark("generate.py", ["--device", "cpu", "--pvq-backends", "triton,fast"], interpret=False, timeout=120)
+    assert bad.returncode == 2 and "--pvq-backends takes auto or registered backends" in bad.stderr
+    assert "['fast']" in bad.stderr and "row fp16" not in bad.stdout  # refused before any model is built
