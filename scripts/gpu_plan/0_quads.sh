@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Call 0 (session 30): the quad order (session 29) where it was not yet measured. STAGES (comma list; default
-# table,rows_tests on an H200, else rows_tests,generate,ncu): table = the per-layer goal table with the quad layouts and prefill (an H200 is what the goals
+# table,rows_tests on an H200, else generate,rows_tests,ncu): table = the per-layer goal table with the quad layouts and prefill (an H200 is what the goals
 # name); rows_tests = the GPU run of the triton-rows backend's tests; generate = the 7B step at batch 8 under triton
 # and triton-rows; ncu = Nsight Compute on the one-row plain and quad kernels. Outputs under $OUT.
 set -u -o pipefail
@@ -9,7 +9,7 @@ T0=$(date +%s)
 say() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1); echo "$GPU"
 # the goal table where the goals are set (an H200); elsewhere what any card can tell
-if [[ $GPU == *H200* ]]; then DEFAULT=table,rows_tests; else DEFAULT=rows_tests,generate,ncu; fi
+if [[ $GPU == *H200* ]]; then DEFAULT=table,rows_tests; else DEFAULT=generate,rows_tests,ncu; fi
 STAGES=",${STAGES:-$DEFAULT},"
 if [[ $STAGES == *,table,* ]]; then
   timeout ${TABLE_LIMIT:-400} python3 benchmarks/speed_layout_device.py --skip-check --layouts rows,points,quads \
@@ -18,20 +18,20 @@ if [[ $STAGES == *,table,* ]]; then
   echo "exit $?"; grep -E "batch [0-9]+:|prefill|Error|error" $OUT/goal_table.txt | grep -v "off the plain" | cut -c1-400
   say table
 fi
-if [[ $STAGES == *,rows_tests,* ]]; then
-  timeout ${TEST_LIMIT:-150} python3 -m pytest -q -p no:cacheprovider tests/kernels/test_backend.py -k rows \
-    > $OUT/rows_tests.txt 2>&1
-  echo "exit $?"; tail -3 $OUT/rows_tests.txt
-  say rows_tests
-fi
 if [[ $STAGES == *,generate,* ]]; then
-  timeout ${GEN_LIMIT:-300} python3 benchmarks/generate.py --layers 32 --rotation fused:256 --merge yes --compile yes \
+  timeout ${GEN_LIMIT:-260} python3 benchmarks/generate.py --layers 32 --rotation fused:256 --merge yes --compile yes \
     --batch 8 --new-tokens 32 --methods fp16,pvq3,pvq2 --pvq-backends triton,triton-rows > $OUT/generate_b8.txt 2>&1
   echo "exit $?"; grep -E "^\||Error|error" $OUT/generate_b8.txt | cut -c1-300
   say generate
 fi
+if [[ $STAGES == *,rows_tests,* ]]; then
+  timeout ${TEST_LIMIT:-120} python3 -m pytest -q -p no:cacheprovider tests/kernels/test_backend.py -k rows \
+    > $OUT/rows_tests.txt 2>&1
+  echo "exit $?"; tail -3 $OUT/rows_tests.txt
+  say rows_tests
+fi
 if [[ $STAGES == *,ncu,* ]]; then
-  timeout ${NCU_LIMIT:-240} ncu --set full -k regex:leafrow8_gemv -c 4 python3 benchmarks/speed_layout_device.py \
+  timeout ${NCU_LIMIT:-170} ncu --set full -k regex:leafrow8_gemv -c 4 python3 benchmarks/speed_layout_device.py \
     --skip-check --layouts rows,quads --shapes 11008x4096 --batches 1 --bits 3 > $OUT/ncu_one_row.txt 2>&1
   echo "exit $?"; grep -E "leafrow8_gemv|Duration|Registers|Warp Cycles|Shared|Issued Ipc" $OUT/ncu_one_row.txt | head -60
   say ncu
