@@ -20,7 +20,7 @@ if [[ $STAGES == *,table,* ]]; then
 fi
 if [[ $STAGES == *,generate,* ]]; then
   timeout ${GEN_LIMIT:-260} python3 benchmarks/generate.py --layers 32 --rotation fused:256 --merge yes --compile yes \
-    --batch 8 --new-tokens 32 --methods fp16,pvq3,pvq2 --pvq-backends triton,triton-rows > $OUT/generate_b8.txt 2>&1
+    --batch 8 --new-tokens 32 --methods ${GEN_METHODS:-fp16,pvq3} --pvq-backends triton,triton-rows > $OUT/generate_b8.txt 2>&1
   echo "exit $?"; grep -E "^\||Error|error" $OUT/generate_b8.txt | cut -c1-300
   say generate
 fi
