@@ -51,11 +51,13 @@ from pvq.kernels.leaf_rows import leaf_rows_decode_reference, leaf_rows_from_spl
 from pvq.kernels.triton_rows import leaf_rows_decode_triton  # noqa: E402
 from pvq.kernels.split_runtime import split_decode_reference, split_runtime  # noqa: E402
 from pvq.models import QuantizedLinear  # noqa: E402
+from _cold import cold_bench, l2_cache_bytes, weight_bytes, weight_copy  # noqa: E402
 
 T0 = time.perf_counter()
 ROWS_BUILT = True  # leafrow8_gemv.cu compiled (else its checks and columns are left out)
 LAYOUTS = ("split", "leaf", "rows", "points")  # the layouts timed (--layouts)
 PREFILL: tuple = ()  # prefill rows timed (--prefill): fp16, int4 and the rows layout's decode + cuBLAS
+COLD = 0.0  # --cold F: also each goal column with its weights out of L2 (a ring of copies over F x L2; _cold.py)
 
 
 def phase(msg: str) -> None:
@@ -253,6 +255,11 @@ def timings(shapes, batches, bit_list, device) -> list[tuple]:
                     ext = cuda_leaf._extension()
                     row[f"leaf{bits:g}-2x4"] = bench(lambda: torch.cat([cuda_leaf._launch(ext, rt, x[:4]),
                                                                         cuda_leaf._launch(ext, rt, x[4:])]))
+            if COLD:
+                time_cold(row, x, w, int4, {f"{m}{b:g}": rt_ for b, (_, _, rrt, prt) in rts.items()
+                                            for m, rt_ in (("rows", rrt), ("points", prt)) if rt_ is not None}
+                          | {f"{m}q{b:g}": rt_ for b, q in QUADS.items() for m, rt_ in zip(("rows", "points"), q)
+                             if rt_ is not None})
             if batch == batches[-1] and ROWS_BUILT:  # the floor of any decode to fp16: writing the layer's bytes
                 filled = torch.empty(out_f, in_f, dtype=torch.float16, device=device)
                 row["fp16-fill"] = bench(lambda: filled.fill_(1.0))
@@ -273,6 +280,22 @@ def timings(shapes, batches, bit_list, device) -> list[tuple]:
         QUADS.clear()
         torch.cuda.empty_cache()
     return table
+
+
+def time_cold(row: dict, x: torch.Tensor, w: torch.Tensor, int4, layouts: dict) -> None:
+    """``row[NAME-cold]``: fp16, int4 and each routed pvq product (``layouts``: column name -> runtime) with its
+    weights read from device memory on every call (benchmarks/_cold.py: a ring of copies over COLD x L2)."""
+    from kernel_speed import int4_setup
+
+    l2 = l2_cache_bytes(x.device)
+    row["fp16-cold"] = cold_bench(bench, w.clone, lambda wc: x @ wc.T, weight_bytes(w), l2, COLD)
+    if int4 is not None:
+        xb = x.bfloat16()
+        row["int4-cold"] = cold_bench(bench, lambda: int4_setup(w)[0], lambda f: f(xb), int4[1], l2, COLD)
+    for name, rt in layouts.items():
+        if ROWS_BUILT:
+            row[f"{name}-cold"] = cold_bench(bench, lambda: weight_copy(rt),
+                                             lambda c: cuda_leaf.leaf_rows_gemv_cuda(c, x), weight_bytes(rt), l2, COLD)
 
 
 QUADS: dict = {}
@@ -397,6 +420,27 @@ def print_table(table, bit_list) -> None:
         print(f"# {shape} batch {batch}: " + ", ".join(f"{k} {v:.1f} us" for k, v in row.items() if "-" in k))
 
 
+def print_cold_table(table, bit_list) -> None:
+    """The ``-cold`` columns (--cold) as a table: microseconds with the weights read from device memory, and the
+    best pvq product of each order (plain: the ``triton`` backend's; quads: ``triton-rows``) against fp16."""
+    cold = [(s, b, r) for s, b, r in table if "fp16-cold" in r]
+    if not cold:
+        return
+    names = [f"{m}{b:g}" for b in bit_list for m in ("rows", "points", "rowsq", "pointsq")]
+    cols = ["fp16", "int4"] + [n for n in names if any(f"{n}-cold" in r for _, _, r in cold)]
+    print(f"\n# weights out of L2 (a ring of copies, {COLD:g} x L2 read between two calls of one: benchmarks/_cold.py)")
+    print("| shape | batch | " + " | ".join(f"{c} us" for c in cols) + " | " +
+          " | ".join(f"{b:g} b plain x fp16 | {b:g} b quads x fp16" for b in bit_list) + " |")
+    print("|---|---|" + "---|" * (len(cols) + 2 * len(bit_list)))
+    for shape, batch, row in cold:
+        cells = [f"{row[c + '-cold']:.1f}" if c + "-cold" in row else "-" for c in cols]
+        for b in bit_list:
+            for order in ("", "q"):
+                best = min(row.get(f"{m}{order}{b:g}-cold", float("inf")) for m in ("rows", "points"))
+                cells.append(f"{row['fp16-cold'] / best:.2f}" if best < float("inf") else "-")
+        print(f"| {shape} | {batch} | " + " | ".join(cells) + " |")
+
+
 def cpu_dry_run() -> None:
     """The layout phases on a tiny layer on the CPU (no kernels): random codes, transcoding, references."""
     dev = torch.device("cpu")
@@ -423,11 +467,16 @@ def main() -> None:
                    help="the layouts timed (rows: the row-interleaved one; points: its whole-point form, up to 2 bits; "
                         "quads: both in the quad order, session 29)")
     p.add_argument("--prefill", default="", help="prefill rows to time as well, e.g. 512,2048")
+    p.add_argument("--cold", type=float, default=0.0, metavar="F",
+                   help="also time fp16, int4 and the routed pvq products with their weights out of L2 (columns "
+                        "NAME-cold: a ring of copies, F x L2 read between two calls of one; as in a model), e.g. 3")
     p.add_argument("--cpu", action="store_true", help="the layout phases on a tiny layer on the CPU (no kernels)")
     p.add_argument("--rows-variant", action="append", default=[],
                    help="NAME:DEFINE[+DEFINE]: also time the row products built with these defines (an experiment)")
     a = p.parse_args()
     faulthandler.enable()  # a crash in a launch prints where it happened
+    if a.cold < 0:
+        p.error(f"--cold takes the L2 multiple read between two calls of one copy (e.g. 3) or 0 for none; got {a.cold}")
     for spec in a.rows_variant:  # before any build: a malformed spec exits 2 with what to write
         try:
             parse_variant(spec)
@@ -447,7 +496,8 @@ def main() -> None:
     phase(f"split8_gemv.cu, leaf8_gemv.cu, leafrow8_gemv.cu built: {built}, variants {sorted(VARIANTS)} in "
           f"{time.perf_counter() - t:.1f} s")
     assert built[0] and built[1], "split8_gemv.cu or leaf8_gemv.cu did not compile"
-    global ROWS_BUILT, LAYOUTS, PREFILL
+    global ROWS_BUILT, LAYOUTS, PREFILL, COLD
+    COLD = a.cold
     ROWS_BUILT = built[2]
     LAYOUTS = tuple(a.layouts.split(","))
     PREFILL = tuple(int(r) for r in a.prefill.split(",") if r)
@@ -458,6 +508,7 @@ def main() -> None:
     bit_list = [float(b) for b in a.bits.split(",")]
     table = timings(shapes, [int(b) for b in a.batches.split(",")], bit_list, dev)
     print_table(table, bit_list)
+    print_cold_table(table, bit_list)
     phase("done")
 
 
