@@ -28,27 +28,29 @@ def ring_length(nbytes: int, l2_bytes: int, factor: float, cap: int = 256) -> in
     return n
 
 
-def weight_bytes(weights) -> int:
-    """Bytes of the tensors :func:`weight_copy` copies: a tensor's, or a dataclass's tensors."""
+def weight_bytes(weights, shared: tuple[str, ...] = ()) -> int:
+    """Bytes of the tensors :func:`weight_copy` copies: a tensor's, or a dataclass's tensors but the ``shared``."""
     if isinstance(weights, torch.Tensor):
         return weights.numel() * weights.element_size()
-    return sum(t.numel() * t.element_size() for t in _tensors(weights).values())
+    return sum(t.numel() * t.element_size() for t in _tensors(weights, shared).values())
 
 
-def weight_copy(weights):
-    """A new copy of a tensor, or of a dataclass with every tensor cloned (new storage, the same values; its small
-    tables too, which a model's layers of one rate may share: a few kilobytes more from memory a call); its other
-    fields shared."""
+def weight_copy(weights, shared: tuple[str, ...] = ()):
+    """A new copy of a tensor, or of a dataclass with every tensor cloned (new storage, the same values) but the
+    fields named in ``shared`` (what a model's layers share, e.g. the table of points of one rate); its other fields
+    shared too."""
     if isinstance(weights, torch.Tensor):
         return weights.clone()
-    return dataclasses.replace(weights, **{k: t.clone() for k, t in _tensors(weights).items()})
+    return dataclasses.replace(weights, **{k: t.clone() for k, t in _tensors(weights, shared).items()})
 
 
-def _tensors(obj) -> dict[str, torch.Tensor]:
+def _tensors(obj, shared: tuple[str, ...]) -> dict[str, torch.Tensor]:
     if not dataclasses.is_dataclass(obj):
         raise TypeError(f"weights are a tensor or a dataclass of tensors; got {type(obj).__name__}")
-    return {f.name: v for f in dataclasses.fields(obj) if f.init
-            for v in [getattr(obj, f.name)] if isinstance(v, torch.Tensor)}
+    names = {f.name for f in dataclasses.fields(obj) if f.init}
+    if set(shared) - names:
+        raise ValueError(f"no fields {sorted(set(shared) - names)} in {type(obj).__name__} to share")
+    return {k: v for k in names - set(shared) for v in [getattr(obj, k)] if isinstance(v, torch.Tensor)}
 
 
 def cold_bench(bench: Callable[[Callable], float], make: Callable[[], object], call: Callable[[object], object],

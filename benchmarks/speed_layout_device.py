@@ -292,10 +292,14 @@ def time_cold(row: dict, x: torch.Tensor, w: torch.Tensor, int4, layouts: dict) 
     if int4 is not None:
         xb = x.bfloat16()
         row["int4-cold"] = cold_bench(bench, lambda: int4_setup(w)[0], lambda f: f(xb), int4[1], l2, COLD)
-    for name, rt in layouts.items():
+    for name, rt in layouts.items():  # the table of points shared, as a model's layers of one rate share it
         if ROWS_BUILT:
-            row[f"{name}-cold"] = cold_bench(bench, lambda: weight_copy(rt),
-                                             lambda c: cuda_leaf.leaf_rows_gemv_cuda(c, x), weight_bytes(rt), l2, COLD)
+            row[f"{name}-cold"] = cold_bench(bench, lambda: weight_copy(rt, SHARED_TABLES),
+                                             lambda c: cuda_leaf.leaf_rows_gemv_cuda(c, x),
+                                             weight_bytes(rt, SHARED_TABLES), l2, COLD)
+
+
+SHARED_TABLES = ("leaves",)  # leaf_rows.py: shared_leaves / shared_point_table, one a device and rate
 
 
 QUADS: dict = {}

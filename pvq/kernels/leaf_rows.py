@@ -106,6 +106,13 @@ def point_table(pulses: int, device: torch.device | str = "cpu") -> torch.Tensor
     return _point_table_cpu(pulses).to(device)
 
 
+@lru_cache(maxsize=None)
+def shared_point_table(pulses: int, device: str) -> torch.Tensor:
+    """:func:`point_table` on a device, built once and shared by every layer of that rate (as
+    :func:`~pvq.kernels.split_runtime.shared_leaves` is: one table in GPU memory, and in L2 from layer to layer)."""
+    return point_table(pulses, device)
+
+
 def point_coords(packed: torch.Tensor) -> torch.Tensor:
     """int32 words of :func:`point_table` -> ``[n, 8]`` int64 coordinates."""
     w = packed.to(torch.int64) & 0xFFFFFFFF
@@ -190,7 +197,7 @@ def leaf_rows_from_split(srt: SplitRuntime, whole_points: bool = False, quad_swa
     sc = torch.zeros(rg * ROW_GROUP, steps, dtype=torch.float16, device=dev)
     sc[: srt.out_features] = srt.scales.reshape(srt.out_features, steps)
     row_scales = sc.reshape(rg, ROW_GROUP, steps).transpose(1, 2).contiguous().reshape(-1)
-    leaves = point_table(srt.pulses, dev) if whole_points else shared_leaves(srt.pulses, str(dev))[0]
+    leaves = shared_point_table(srt.pulses, str(dev)) if whole_points else shared_leaves(srt.pulses, str(dev))[0]
     # the stored scales are laid out again in row_scales; the runtime keeps none in the stored order, so a loaded
     # model's stored scales can leave the GPU with its codes (QuantizedLinear.move_stored_to_host): at 3 bits they
     # were 0.125 bits a weight held twice (31 + 1 bits a vector against the stored 24: 1.33x; now 1.29x)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Call 0 (session 30): the quad order (session 29) where it was not yet measured. STAGES (comma list; default
-# table on an H200, else generate,rows_tests,ncu): table = the per-layer goal table with the quad layouts and prefill (an H200 is what the goals
+# table; session 30 ran generate,rows_tests,ncu on an H100): table = the per-layer goal table with the quad layouts and prefill (an H200 is what the goals
 # name); rows_tests = the GPU run of the triton-rows backend's tests; generate = the 7B step at batch 8 under triton
 # and triton-rows; ncu = Nsight Compute on the one-row plain and quad kernels. Outputs under $OUT.
 set -u -o pipefail
@@ -8,9 +8,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 T0=$(date +%s)
 say() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1); echo "$GPU"
-# the goal table where the goals are set (an H200); elsewhere what any card can tell
-if [[ $GPU == *H200* ]]; then DEFAULT=table; else DEFAULT=generate,rows_tests,ncu; fi
-STAGES=",${STAGES:-$DEFAULT},"
+STAGES=",${STAGES:-table},"
 if [[ $STAGES == *,table,* ]]; then
   timeout ${TABLE_LIMIT:-540} python3 benchmarks/speed_layout_device.py --skip-check --layouts rows,points,quads \
     --shapes ${SHAPES:-11008x4096,4096x4096,4096x11008} --batches 1,2,4,8,16 --bits 2,3 --prefill 512,2048 --cold 3 \

@@ -32,17 +32,23 @@ def test_ring_length_refuses(args):
         cold.ring_length(*args)
 
 
-def test_weight_copy_of_a_runtime_clones_every_tensor():
+@pytest.mark.parametrize("whole_points", [False, True])
+def test_weight_copy_of_a_runtime_clones_its_tensors_but_the_shared(whole_points):
     speed = _speed_module()
-    srt = speed.random_split_runtime(3.0, 16, 160, 2048, seed=3, device=torch.device("cpu"))
-    rt = leaf_rows_from_split(srt)
-    copy = cold.weight_copy(rt)
-    assert copy.words.data_ptr() != rt.words.data_ptr() and torch.equal(copy.words, rt.words)
-    assert copy.row_scales.data_ptr() != rt.row_scales.data_ptr() and torch.equal(copy.row_scales, rt.row_scales)
-    assert copy.leaves.data_ptr() != rt.leaves.data_ptr() and copy.steps == rt.steps
-    assert torch.equal(leaf_rows_decode_reference(copy), leaf_rows_decode_reference(rt))
-    tensors = [rt.words, rt.row_scales, rt.leaves, rt.inverse_norms, rt.scales, rt.levels, rt.counts]
-    assert cold.weight_bytes(rt) == sum(t.numel() * t.element_size() for t in tensors)
+    srt = speed.random_split_runtime(2.0 if whole_points else 3.0, 16, 160, 2048, seed=3, device=torch.device("cpu"))
+    rt = leaf_rows_from_split(srt, whole_points=whole_points)
+    for shared in ((), ("leaves",)):
+        copy = cold.weight_copy(rt, shared)
+        assert copy.words.data_ptr() != rt.words.data_ptr() and torch.equal(copy.words, rt.words)
+        assert copy.row_scales.data_ptr() != rt.row_scales.data_ptr() and torch.equal(copy.row_scales, rt.row_scales)
+        assert (copy.leaves is rt.leaves) == bool(shared) and torch.equal(copy.leaves, rt.leaves)
+        assert copy.steps == rt.steps and copy.whole_points == whole_points
+        assert torch.equal(leaf_rows_decode_reference(copy), leaf_rows_decode_reference(rt))
+        tensors = [rt.words, rt.row_scales, rt.inverse_norms, rt.scales, rt.levels, rt.counts]
+        tensors += [] if shared else [rt.leaves]
+        assert cold.weight_bytes(rt, shared) == sum(t.numel() * t.element_size() for t in tensors)
+    with pytest.raises(ValueError, match="no fields"):
+        cold.weight_copy(rt, ("table",))
 
 
 def test_weight_copy_of_a_tensor_and_refusal_of_other_things():

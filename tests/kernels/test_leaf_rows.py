@@ -71,6 +71,18 @@ def test_point_table_holds_every_point_in_the_split_order(pulses):
         point_table(8)
 
 
+def test_layers_of_one_rate_share_one_table_a_device():
+    """Whole points: the table of P(8, K) is one tensor a device and rate, as the leaf pairs' table is (GPU memory
+    once, not a copy a layer)."""
+    from pvq.kernels.leaf_rows import shared_point_table
+
+    a, b = (leaf_rows_from_split(code_runtime(2.0, 16, 32, 128, seed=s), whole_points=True) for s in (1, 2))
+    assert a.leaves is b.leaves and torch.equal(a.leaves, point_table(a.pulses))
+    assert shared_point_table(a.pulses, "cpu") is a.leaves
+    c, d = (leaf_rows_from_split(code_runtime(3.0, 16, 32, 128, seed=s)) for s in (1, 2))
+    assert c.leaves is d.leaves
+
+
 def test_whole_points_meet_the_memory_cap_at_two_bits_and_refuse_wider_codes():
     """2 bits: 16-bit fields and the scales take 17 bits a vector against the stored 16 (1.0625x; leaf pairs 1.4375x,
     over the 1.3x the issue allows); 2.5 and 3 bits have too many points for 14-bit indices."""
