@@ -37,7 +37,7 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -284,7 +284,8 @@ def timings(shapes, batches, bit_list, device) -> list[tuple]:
 
 def time_cold(row: dict, x: torch.Tensor, w: torch.Tensor, int4, layouts: dict) -> None:
     """``row[NAME-cold]``: fp16, int4 and each routed pvq product (``layouts``: column name -> runtime) with its
-    weights read from device memory on every call (benchmarks/_cold.py: a ring of copies over COLD x L2)."""
+    weights read from device memory on every call (benchmarks/_cold.py: a ring of copies over COLD x L2); the pvq
+    products also through each experiment's build (``NAME-VARIANT-cold``; compared warm by time_variants)."""
     from kernel_speed import int4_setup
 
     l2 = l2_cache_bytes(x.device)
@@ -293,10 +294,13 @@ def time_cold(row: dict, x: torch.Tensor, w: torch.Tensor, int4, layouts: dict) 
         xb = x.bfloat16()
         row["int4-cold"] = cold_bench(bench, lambda: int4_setup(w)[0], lambda f: f(xb), int4[1], l2, COLD)
     for name, rt in layouts.items():  # the table of points shared, as a model's layers of one rate share it
-        if ROWS_BUILT:
-            row[f"{name}-cold"] = cold_bench(bench, lambda: weight_copy(rt, SHARED_TABLES),
-                                             lambda c: cuda_leaf.leaf_rows_gemv_cuda(c, x),
-                                             weight_bytes(rt, SHARED_TABLES), l2, COLD)
+        if not ROWS_BUILT:
+            continue
+        for suffix, ext in [("", None), *((f"-{v}", e) for v, e in VARIANTS.items())]:  # and each experiment's build
+            with variant_extension(ext) if ext is not None else nullcontext():
+                row[f"{name}{suffix}-cold"] = cold_bench(bench, lambda: weight_copy(rt, SHARED_TABLES),
+                                                         lambda c: cuda_leaf.leaf_rows_gemv_cuda(c, x),
+                                                         weight_bytes(rt, SHARED_TABLES), l2, COLD)
 
 
 SHARED_TABLES = ("leaves",)  # leaf_rows.py: shared_leaves / shared_point_table, one a device and rate

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Call 0 (session 30): the quad order (session 29) where it was not yet measured. STAGES (comma list; default
-# table; session 30 ran generate,rows_tests,ncu on an H100): table = the per-layer goal table with the quad layouts and prefill (an H200 is what the goals
+# table,early; session 30 ran generate,rows_tests,ncu on an H100): early = one row with the weights out of L2 through a
+# build that loads the first step's words before the tables are staged (PVQ_EARLY_WORDS); table = the per-layer goal table with the quad layouts and prefill (an H200 is what the goals
 # name); rows_tests = the GPU run of the triton-rows backend's tests; generate = the 7B step at batch 8 under triton
 # and triton-rows; ncu = Nsight Compute on the one-row plain and quad kernels. Outputs under $OUT.
 set -u -o pipefail
@@ -8,14 +9,21 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 T0=$(date +%s)
 say() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1); echo "$GPU"
-STAGES=",${STAGES:-table},"
+STAGES=",${STAGES:-table,early},"
 if [[ $STAGES == *,table,* ]]; then
-  timeout ${TABLE_LIMIT:-540} python3 benchmarks/speed_layout_device.py --skip-check --layouts rows,points,quads \
+  timeout ${TABLE_LIMIT:-380} python3 benchmarks/speed_layout_device.py --skip-check --layouts rows,points,quads \
     --shapes ${SHAPES:-11008x4096,4096x4096,4096x11008} --batches 1,2,4,8,16 --bits 2,3 --prefill 512,2048 --cold 3 \
     > $OUT/goal_table.txt 2>&1
   echo "exit $?"; grep -E "batch [0-9]+:|prefill|Error|error" $OUT/goal_table.txt | grep -v "off the plain" | cut -c1-400
   sed -n "/weights out of L2/,\$p" $OUT/goal_table.txt
   say table
+fi
+if [[ $STAGES == *,early,* ]]; then
+  timeout ${EARLY_LIMIT:-200} python3 benchmarks/speed_layout_device.py --skip-check --layouts rows,points \
+    --shapes 11008x4096,4096x4096 --batches 1 --bits 2,3 --cold 3 --rows-variant early:PVQ_EARLY_WORDS=1 \
+    > $OUT/early_words.txt 2>&1
+  echo "exit $?"; grep -E "batch 1:|Error|error" $OUT/early_words.txt | grep -v "off the" | cut -c1-700
+  say early
 fi
 if [[ $STAGES == *,generate,* ]]; then
   timeout ${GEN_LIMIT:-260} python3 benchmarks/generate.py --layers 32 --rotation fused:256 --merge yes --compile yes \

@@ -274,23 +274,7 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
   constexpr int kPart = kRows + 1;
   float* s_part = s_levels + 16;
 
-  stage_tables<L>(leaves, n_leaves, levels, s_leaf, s_levels);
-#pragma unroll 4
-  for (int i = threadIdx.x; i < vpr * B; i += blockDim.x) {
-    const int v = i / B, r = i % B;
-    s_x[i] = r < batch ? load8_sixteenth<T>(x + static_cast<size_t>(r) * vpr * 8, v) : make_uint4(0u, 0u, 0u, 0u);
-  }
-  finish_tables<Fd::kBias>(n_leaves, s_leaf);
-  __syncthreads();
-
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  // 2 levels in registers (one select: 2 bits 13.1 -> 12.4 us on 11008x4096); 4 from shared memory (three selects
-  // measured slower there: 13.6 -> 14.0 us; session 13)
-  const LevelRegs<L == 2 ? 2 : 4> level_regs(levels);
-  auto level_of = [&](unsigned f) {
-    if constexpr (L == 2) return level_regs(f);
-    else return s_levels[f & (L - 1u)];
-  };
   const int rg0 = blockIdx.x * groups_per_block;
   const int rg1 = min(row_groups, rg0 + groups_per_block);
   const bool works = warp < steps;
@@ -303,7 +287,28 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
     if constexpr (kQuads) load_quad_step<W2>(words, scales, rg, s, steps, lane, wn, sq);
     else load_step<W2>(words, scales, rg, s, steps, lane, wn, sn);
   };
+#ifdef PVQ_EARLY_WORDS  // an experiment (session 30): the first step's words in flight while the tables are staged
+  if (works && rg0 < rg1) load(rg0, warp);
+#endif
+  stage_tables<L>(leaves, n_leaves, levels, s_leaf, s_levels);
+#pragma unroll 4
+  for (int i = threadIdx.x; i < vpr * B; i += blockDim.x) {
+    const int v = i / B, r = i % B;
+    s_x[i] = r < batch ? load8_sixteenth<T>(x + static_cast<size_t>(r) * vpr * 8, v) : make_uint4(0u, 0u, 0u, 0u);
+  }
+  finish_tables<Fd::kBias>(n_leaves, s_leaf);
+  __syncthreads();
+
+  // 2 levels in registers (one select: 2 bits 13.1 -> 12.4 us on 11008x4096); 4 from shared memory (three selects
+  // measured slower there: 13.6 -> 14.0 us; session 13)
+  const LevelRegs<L == 2 ? 2 : 4> level_regs(levels);
+  auto level_of = [&](unsigned f) {
+    if constexpr (L == 2) return level_regs(f);
+    else return s_levels[f & (L - 1u)];
+  };
+#ifndef PVQ_EARLY_WORDS
   if (works && rg0 < rg1) load(rg0, warp);  // (loaded before the tables' copy instead: slower, session 14)
+#endif
   for (int rg = rg0; rg < rg1; ++rg) {
     float acc[NA];
 #pragma unroll
