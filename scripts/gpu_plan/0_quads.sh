@@ -12,7 +12,7 @@ GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1); echo "$GPU"
 STAGES=",${STAGES:-table,early},"
 if [[ $STAGES == *,table,* ]]; then
   timeout ${TABLE_LIMIT:-380} python3 benchmarks/speed_layout_device.py --skip-check --layouts rows,points,quads \
-    --shapes ${SHAPES:-11008x4096,4096x4096,4096x11008} --batches ${BATCHES:-1,2,4,8,16} --bits 2,3 --prefill ${PREFILL-512,2048} --cold 3 \
+    --shapes ${SHAPES:-11008x4096,4096x4096,4096x11008} --batches ${BATCHES:-1,2,4,8,16} --bits 2,3 --prefill=${PREFILL-512,2048} --cold 3 \
     > $OUT/goal_table.txt 2>&1
   echo "exit $?"; grep -E "batch [0-9]+:|prefill|Error|error" $OUT/goal_table.txt | grep -v "off the plain" | cut -c1-400
   sed -n "/weights out of L2/,\$p" $OUT/goal_table.txt
