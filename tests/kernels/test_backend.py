@@ -23,13 +23,20 @@ def test_triton_backend_gives_the_dense_logits(method, bits, dim, options):
     ids = X[:1, :8].to(DEVICE)
     # 1 row: every family's fused decode-matmul (D = 8 split at 2 and 3 bits: the CUDA kernel where
     # it compiles); 8 rows: fused for E8 and Fischer-order PVQ; 24: decode + matmul
-    for batch_ids in (ids[:, :1], ids, X[:, :12].to(DEVICE)):
+    assert_backend_gives_the_dense_logits(model, "triton", (ids[:, :1], ids, X[:, :12]))
+
+
+def assert_backend_gives_the_dense_logits(model, backend: str, batches) -> None:
+    """Each batch of token ids through ``backend`` gives the ``dense`` backend's logits (1e-4), every quantized layer
+    run by ``backend``."""
+    for batch_ids in batches:
+        batch_ids = batch_ids.to(DEVICE)
         with torch.no_grad():
             set_backend(model, "dense")
             ref = model(input_ids=batch_ids).logits
-            set_backend(model, "triton")
+            set_backend(model, backend)
             got = model(input_ids=batch_ids).logits
-        assert {m.backend for m in quantized(model).values()} == {"triton"}
+        assert {m.backend for m in quantized(model).values()} == {backend}
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
 
 
@@ -45,15 +52,7 @@ def test_triton_rows_backend_gives_the_dense_logits(bits):
     config = QuantizeConfig(method="pvq", bits=bits, dim=8, group_size=16)  # the row-interleaved families' groups
     quantize_model(model, calib(4, 16), config, progress=False, log=None)
     model.to(DEVICE)
-    for batch_ids in (X[:1, :1], X[:1, :3], X[:1, :8], X[:, :12]):
-        batch_ids = batch_ids.to(DEVICE)
-        with torch.no_grad():
-            set_backend(model, "dense")
-            ref = model(input_ids=batch_ids).logits
-            set_backend(model, "triton-rows")
-            got = model(input_ids=batch_ids).logits
-        assert {m.backend for m in quantized(model).values()} == {"triton-rows"}
-        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+    assert_backend_gives_the_dense_logits(model, "triton-rows", (X[:1, :1], X[:1, :3], X[:1, :8], X[:, :12]))
 
 
 def test_triton_rows_backend_lays_the_row_families_out_in_quads(monkeypatch):
