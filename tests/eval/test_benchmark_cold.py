@@ -86,3 +86,13 @@ def _speed_module():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def test_speed_benchmark_refuses_a_negative_cold_factor_before_building():
+    """benchmarks/speed_layout_device.py --cold -1: exit 2, one line naming what to pass, no build or GPU asked for."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "benchmarks/speed_layout_device.py", "--cold", "-1"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and "--cold takes" in run.stderr.strip().splitlines()[-1], run.stderr[-500:]
