@@ -49,6 +49,24 @@ constexpr int kStep = 16;   // vectors a step
 constexpr int kWarps = 32;  // warps a block
 static_assert(kWarps == kRows, "one input row: warp t sums row t of a group");
 
+// Programmatic dependent launch (Hopper; an experiment, session 31: built with PVQ_PDL, launched with
+// cudaLaunchAttributeProgrammaticStreamSerialization). A block lets the next kernel's launch start at once
+// (let_next_launch: its blocks take SMs as ours leave, or the SMs a small grid leaves idle) and reads nothing that
+// the previous kernel writes before wait_for_inputs, which returns once that kernel has finished and its writes are
+// visible: the tables (and, with PVQ_EARLY_WORDS, the first step's words: constant) are loaded before it, x after it,
+// y written after it. Both are no-ops in a build without PVQ_PDL and in a launch without the attribute.
+__device__ __forceinline__ void let_next_launch() {
+#if defined(PVQ_PDL) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void wait_for_inputs() {
+#if defined(PVQ_PDL) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ unsigned half2_as_u32(__half2 h) {
   unsigned u;
   memcpy(&u, &h, sizeof(u));
@@ -287,10 +305,12 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
     if constexpr (kQuads) load_quad_step<W2>(words, scales, rg, s, steps, lane, wn, sq);
     else load_step<W2>(words, scales, rg, s, steps, lane, wn, sn);
   };
+  let_next_launch();
 #ifdef PVQ_EARLY_WORDS  // an experiment (session 30): the first step's words in flight while the tables are staged
   if (works && rg0 < rg1) load(rg0, warp);
 #endif
   stage_tables<L>(leaves, n_leaves, levels, s_leaf, s_levels);
+  wait_for_inputs();
 #pragma unroll 4
   for (int i = threadIdx.x; i < vpr * B; i += blockDim.x) {
     const int v = i / B, r = i % B;
@@ -506,11 +526,18 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
   unsigned wn[W2] = {};
   __half sn = __float2half(0.f);
   auto load = [&](int rg, int s) { load_step<W2>(words, scales, rg, s, steps, lane, wn, sn); };
+  let_next_launch();
+#ifdef PVQ_EARLY_WORDS
+  if (works && rg0 < rg1) load(rg0, warp);
+#endif
   stage_tables<L>(leaves, n_leaves, levels, s_leaf, s_levels);
+  wait_for_inputs();
   if (!kGlobalX && !chunked) stage_x(0);
   finish_tables<Fd::kBias>(n_leaves, s_leaf);
   __syncthreads();
+#ifndef PVQ_EARLY_WORDS
   if (works && rg0 < rg1) load(rg0, warp);  // (loaded before the tables' copy instead: slower, session 14)
+#endif
 
   const int g = lane >> 2, c = lane & 3;
   uint4* stage = s_stage + warp * 2 * kRows;
@@ -636,7 +663,9 @@ leafrow8_quad_mma_kernel(const unsigned* __restrict__ words, const __half* __res
   char* s_leaf = reinterpret_cast<char*>(buf) + kStageBytes;
   float* s_levels = reinterpret_cast<float*>(s_leaf + 4 * ((n_leaves + 3) & ~3));
 
+  let_next_launch();
   stage_tables<L>(leaves, n_leaves, levels, s_leaf, s_levels);
+  wait_for_inputs();
   if constexpr (!kGlobalX) {
 #pragma unroll 4
     for (int i = threadIdx.x; i < vpr * BM; i += blockDim.x) {
@@ -819,12 +848,33 @@ Status launch_rows(Kernel kern, int threads, const RowsLaunch& l, size_t smem, c
                    const torch::Tensor& scales, const torch::Tensor& levels, const torch::Tensor& leaves, torch::Tensor& y,
                    int64_t out_features, Extra... extra) {
   PVQ_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  kern<<<l.grid, threads, smem, at::cuda::getCurrentCUDAStream()>>>(
-      reinterpret_cast<const unsigned*>(words.data_ptr<int32_t>()),
-      reinterpret_cast<const __half*>(scales.data_ptr<at::Half>()), levels.data_ptr<float>(),
-      leaves.data_ptr<int32_t>(), l.n_leaves, reinterpret_cast<const T*>(l.x.data_ptr<TL>()),
-      reinterpret_cast<T*>(y.data_ptr<TL>()), static_cast<int>(out_features), l.steps, l.row_groups,
-      l.groups_per_block, l.batch, extra...);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto* words_p = reinterpret_cast<const unsigned*>(words.data_ptr<int32_t>());
+  const auto* scales_p = reinterpret_cast<const __half*>(scales.data_ptr<at::Half>());
+  const float* levels_p = levels.data_ptr<float>();
+  const int* leaves_p = leaves.data_ptr<int32_t>();
+  const auto* x_p = reinterpret_cast<const T*>(l.x.data_ptr<TL>());
+  auto* y_p = reinterpret_cast<T*>(y.data_ptr<TL>());
+#ifdef PVQ_PDL  // programmatic dependent launch (the experiment above let_next_launch): the launch may begin before
+                // the previous kernel on the stream has finished (captured into a CUDA graph as such an edge)
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(l.grid);
+  config.blockDim = dim3(threads);
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  config.attrs = attribute;
+  config.numAttrs = 1;
+  PVQ_CUDA_CHECK(cudaLaunchKernelEx(&config, kern, words_p, scales_p, levels_p, leaves_p, l.n_leaves, x_p, y_p,
+                                    static_cast<int>(out_features), l.steps, l.row_groups, l.groups_per_block,
+                                    l.batch, extra...));
+#else
+  kern<<<l.grid, threads, smem, stream>>>(words_p, scales_p, levels_p, leaves_p, l.n_leaves, x_p, y_p,
+                                          static_cast<int>(out_features), l.steps, l.row_groups,
+                                          l.groups_per_block, l.batch, extra...);
+#endif
   PVQ_LAUNCH_CHECK();
   return {};
 }
