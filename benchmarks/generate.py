@@ -55,7 +55,11 @@ block linears, the decoder's mode (``cuda-graph``, or why it fell back to eager 
 seconds (warm-up: kernel builds and compilation, graph capture). Every phase prints its time as it
 ends (flushed). On CUDA the kernels' CUDA sources are compiled first, side by side in a phase of their own
 (nvcc, about 100 s on a fresh H200 machine; cached after). ``--dense-rotation-max-order`` and
-``--mma-min-rows`` are experiments: they move the package's thresholds for this process only.
+``--mma-min-rows`` are experiments: they move the package's thresholds for this process only;
+``--rows-variant NAME:DEFINES`` (another experiment, benchmarks/_variants.py) measures each pvq row again with its
+row products through leafrow8_gemv.cu built with those defines (rows labelled ``{NAME}``), and ``--inductor-option
+KEY=VALUE`` passes an option to inductor for every compiled row (e.g. ``triton.enable_pdl=True``: its kernels launched
+as programmatic dependent launches; session 31).
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ import time
 
 import torch
 from _plans import online_rotation_seeds, parse_plan, resolve_plan
+from _variants import build_variant, parse_variant, variant_extension
 
 T0 = time.perf_counter()
 
@@ -317,6 +322,23 @@ def build_cuda_kernels() -> None:
             say(f"pvq.kernels.{name}: build failed (see the warning); its layers run the Triton kernels")
 
 
+def parse_inductor_options(specs: list[str]) -> dict:
+    """``["KEY=VALUE", ...]`` -> ``{KEY: VALUE}`` (VALUE a Python literal, else the string) for torch.compile's
+    ``options``. Raises ValueError saying what to write."""
+    import ast
+
+    options = {}
+    for spec in specs:
+        key, eq, value = spec.partition("=")
+        if not eq or not key.strip() or not value.strip():
+            raise ValueError(f"--inductor-option takes KEY=VALUE (e.g. triton.enable_pdl=True); got {spec!r}")
+        try:
+            options[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            options[key.strip()] = value.strip()
+    return options
+
+
 def measure(model, a, device, compiled: bool = False) -> dict:
     from pvq.eval.decoding import StaticDecoder, decode
     from pvq.eval.runs import model_memory_bytes
@@ -328,7 +350,8 @@ def measure(model, a, device, compiled: bool = False) -> dict:
     prompt = 16
     ids = torch.randint(0, model.config.vocab_size, (a.batch, prompt), device=device,
                         generator=torch.Generator(device=device).manual_seed(0))
-    dec = StaticDecoder(model, a.batch, prompt + a.new_tokens + 8, compile=compiled)
+    dec = StaticDecoder(model, a.batch, prompt + a.new_tokens + 8, compile=compiled,
+                        compile_options=a.compile_options)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -342,8 +365,8 @@ def measure(model, a, device, compiled: bool = False) -> dict:
          "peak_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
          "first_tokens": run.tokens[0, :8].tolist()}
     if a.eager:
-        eager = decode(StaticDecoder(model, a.batch, prompt + a.new_tokens + 8, graph=False, compile=compiled), ids,
-                       a.new_tokens)
+        eager = decode(StaticDecoder(model, a.batch, prompt + a.new_tokens + 8, graph=False, compile=compiled,
+                                     compile_options=a.compile_options), ids, a.new_tokens)
         r["eager_tokens_per_s"] = eager.tokens_per_second
         say(f"eager steps over the static cache: {eager.tokens_per_second:.1f} tokens/s")
     if a.profile:
@@ -478,6 +501,12 @@ def main() -> None:
     p.add_argument("--pvq-backends", default="auto",
                    help="backends of the pvq rows, a row per backend: auto (the device's choice), or names such as "
                         "triton,triton-rows (the quad order for several rows: docs/kernels.md, session 29)")
+    p.add_argument("--rows-variant", action="append", default=[], metavar="NAME:DEFINE[+DEFINE]",
+                   help="an experiment: each pvq row again with its row products through leafrow8_gemv.cu built with "
+                        "these defines (benchmarks/_variants.py; rows labelled {NAME}), e.g. pdl:PVQ_PDL=1")
+    p.add_argument("--inductor-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of torch.compile's inductor for every compiled row (VALUE a Python literal), e.g. "
+                        "triton.enable_pdl=True")
     p.add_argument("--dense-rotation-max-order", type=int, default=None,
                    help="an experiment: the CUDA rotation kernel preferred for dense factors up to this order "
                         "(default: the package's DENSE_PREFERRED_MAX_ORDER; 344 puts 11008 on it)")
@@ -508,6 +537,12 @@ def main() -> None:
         p.error(f"--compile takes no, yes or no,yes; got {a.compile}")
     if a.profile and device.type != "cuda":
         p.error("--profile needs CUDA")
+    try:  # before any model is built: a malformed experiment exits 2 with what to write
+        a.compile_options = parse_inductor_options(a.inductor_option)
+        for spec in a.rows_variant:
+            parse_variant(spec)
+    except ValueError as e:
+        p.error(str(e))
     say(f"device {torch.cuda.get_device_name(device) if device.type == 'cuda' else device}, torch {torch.__version__}")
     with phase("importing pvq and its kernels"):
         import pvq.kernels  # noqa: F401  (registers the triton backend)
@@ -529,6 +564,12 @@ def main() -> None:
 
         cuda_leaf.MMA_MIN_ROWS = a.mma_min_rows
         say(f"tensor cores from {a.mma_min_rows} input rows")
+    variants = {"": None}  # the package's build, then each experiment's (a failed build warns and is left out)
+    for spec in a.rows_variant:
+        with phase(f"building the experiment {spec}"):
+            name, ext = build_variant(spec)
+        if ext is not None:
+            variants[name] = ext
     if a.checkpoint:
         return main_checkpoint(a, device, compiles)
     rows = []
@@ -564,11 +605,13 @@ def main() -> None:
                 if merged:
                     products = merge(model)
             base = len(rows)  # this model's first row: compared with the unmerged one, the uncompiled one
-            for backend, compiled in [(b, c) for b in (a.pvq_backends.split(",") if method in SETTINGS else ["auto"])
-                                      for c in compiles]:
+            for backend, variant, compiled in [
+                    (b, v, c) for b in (a.pvq_backends.split(",") if method in SETTINGS else ["auto"])
+                    for v in (variants if method in SETTINGS else [""]) for c in compiles]:
                 if method in SETTINGS:
                     set_backend(model, None if backend == "auto" else backend)
-                r = measure(model, a, device, compiled)
+                with variant_extension(variants[variant]) if variant else contextlib.nullcontext():
+                    r = measure(model, a, device, compiled)
                 r["merged_products"] = products
                 if merged and not compiled and merges[0] is False:  # its unmerged row ran just before, same weights
                     same = rows[base - len(compiles)]["first_tokens"] == r["first_tokens"]
@@ -576,13 +619,15 @@ def main() -> None:
                         f"unmerged row's")
                 if not compiled and len(rows) > base and rows[base]["method"].startswith(label):  # another backend
                     same = rows[base]["first_tokens"] == r["first_tokens"]
-                    say(f"[{backend}] first tokens {'equal to' if same else 'NOT equal to'} the first backend's row's")
+                    say(f"[{backend}]{'{' + variant + '}' if variant else ''} first tokens "
+                        f"{'equal to' if same else 'NOT equal to'} the first backend's row's")
                 if compiled and len(rows) > base:
                     same = rows[base]["first_tokens"] == r["first_tokens"]
                     say(f"first tokens {'equal to' if same else 'NOT equal to (float rounding may differ)'} the "
                         f"uncompiled row's")
                 rows.append({"method": label + ("" if backend == "auto" else f" [{backend}]") +
-                             (" compiled" if compiled else ""), "bits": bits, **r})
+                             (f" {{{variant}}}" if variant else "") + (" compiled" if compiled else ""), "bits": bits,
+                             **r})
                 print({k: v for k, v in rows[-1].items() if k != "profile"}, flush=True)
                 if a.json:
                     with open(a.json, "w") as f:

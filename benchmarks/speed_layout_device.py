@@ -37,7 +37,7 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 
 import torch
 
@@ -52,6 +52,7 @@ from pvq.kernels.triton_rows import leaf_rows_decode_triton  # noqa: E402
 from pvq.kernels.split_runtime import split_decode_reference, split_runtime  # noqa: E402
 from pvq.models import QuantizedLinear  # noqa: E402
 from _cold import cold_bench, l2_cache_bytes, weight_bytes, weight_copy  # noqa: E402
+from _variants import build_variant, parse_variant, variant_extension  # noqa: E402
 
 T0 = time.perf_counter()
 ROWS_BUILT = True  # leafrow8_gemv.cu compiled (else its checks and columns are left out)
@@ -373,43 +374,6 @@ def time_variants(row: dict, column: str, rt, x: torch.Tensor) -> None:
 VARIANT_TOLERANCE = 1e-2
 """Largest difference from the package's product, relative to its largest output, of a variant that is timed
 (fp16 weights and fp32 sums summed in another order differ by about 1e-3)."""
-
-
-@contextmanager
-def variant_extension(ext):
-    """The package's row products run through ``ext`` (an experiment's build) inside the block."""
-    saved = cuda_leaf._rows_extension
-    cuda_leaf._rows_extension = lambda: ext
-    try:
-        yield
-    finally:
-        cuda_leaf._rows_extension = saved
-
-
-def parse_variant(spec: str) -> tuple[str, str, tuple[str, ...]]:
-    """``NAME:DEFINE[+DEFINE]`` -> (name, leafrow8_gemv.cu, defines); ``NAME:@FILE`` -> (name, FILE, ()): another
-    version of that source (e.g. ``git show HEAD~1:pvq/kernels/csrc/leafrow8_gemv.cu``; same functions).
-    Raises ValueError saying what to write instead."""
-    name, _, what = spec.partition(":")
-    if not name.isidentifier() or not what or what == "@":
-        raise ValueError(f"--rows-variant takes NAME:DEFINE[+DEFINE] (e.g. x:SOME_MACRO=1) or NAME:@FILE, got {spec!r}")
-    if what.startswith("@"):
-        source = os.path.abspath(what[1:])
-        if not os.path.isfile(source):
-            raise ValueError(f"--rows-variant {spec!r}: no file {source}")
-        return name, source, ()
-    return name, cuda_leaf._ROWS_SOURCE, tuple(what.split("+"))
-
-
-def build_variant(spec: str):
-    """(name, the extension built from :func:`parse_variant`'s source and defines, or None where it fails). A
-    variant file is a version of ``leafrow8_gemv.cu`` (its host entry points those of ``csrc/host_api.h``), bound by
-    the package's ``leafrow8_gemv_bind.cpp``."""
-    from pvq.kernels.cuda_build import bindings_of, load_cuda_extension
-
-    name, source, defines = parse_variant(spec)
-    return name, load_cuda_extension(f"pvq_leafrow8_gemv_{name}", source, "the variant is not timed", defines,
-                                     bindings=bindings_of(cuda_leaf._ROWS_SOURCE))
 
 
 def print_table(table, bit_list) -> None:

@@ -78,8 +78,8 @@ class StaticDecoder:
     :meth:`capture`, its decode step (one token per row) in a CUDA graph (``graph``: default on CUDA)
     and, with ``compile``, compiled by ``torch.compile`` (``compile_backend``: ``"inductor"`` fuses the
     norms, rotary embeddings, residual adds and cache writes between the products; every quantized
-    product stays one operator, :mod:`pvq.models.compile_ops`). The prefill (prompts of any length)
-    stays eager.
+    product stays one operator, :mod:`pvq.models.compile_ops`; ``compile_options``: the backend's
+    options, e.g. ``{"triton.enable_pdl": True}``). The prefill (prompts of any length) stays eager.
 
     ``prefill(ids [B, P])`` (the cache restarts at position 0) and ``step(tokens [B])`` return float32
     logits ``[B, V]`` of the last position. :attr:`mode`: ``"cuda-graph"``, ``"static"`` (eager steps
@@ -89,7 +89,8 @@ class StaticDecoder:
     """
 
     def __init__(self, model, batch: int, max_len: int, graph: bool | None = None, warmup: int = 2,
-                 compile: bool = False, compile_backend: str = "inductor") -> None:
+                 compile: bool = False, compile_backend: str = "inductor",
+                 compile_options: dict | None = None) -> None:
         from transformers import StaticCache
 
         self.model, self.batch, self.max_len = model, batch, max_len
@@ -98,6 +99,7 @@ class StaticDecoder:
         if self.want_graph and self.device.type != "cuda":
             raise DecodeError(f"CUDA graphs need a CUDA device; the model is on {self.device}")
         self.want_compile, self.compile_backend = compile, compile_backend
+        self.compile_options = dict(compile_options or {})
         self.warmup = warmup
         self._graph_mode = "static"
         self._compile_mode = ""
@@ -180,7 +182,7 @@ class StaticDecoder:
         try:
             prepare_for_compile(self.model)
             self._step_forward = torch.compile(_own_code(self._forward), backend=self.compile_backend,
-                                               fullgraph=True, dynamic=False)
+                                               fullgraph=True, dynamic=False, options=self.compile_options or None)
             self._warm_up()
             self._compile_mode = ", compiled"
         except Exception as e:  # noqa: BLE001 - whatever the compiler refuses: the eager step runs

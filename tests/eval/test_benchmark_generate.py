@@ -31,3 +31,32 @@ def test_generate_benchmark_runs_pvq_rows_through_each_named_backend():
     bad = run_benchmark("generate.py", ["--device", "cpu", "--pvq-backends", "triton,fast"], interpret=False, timeout=120)
     assert bad.returncode == 2 and "--pvq-backends takes auto or registered backends" in bad.stderr
     assert "['fast']" in bad.stderr and "row fp16" not in bad.stdout  # refused before any model is built
+
+
+def test_generate_benchmark_refuses_malformed_experiments_before_any_model():
+    """``--rows-variant`` (benchmarks/_variants.py) and ``--inductor-option``: exit 2 naming what to write."""
+    for args, says in ((["--rows-variant", "pdl"], "--rows-variant takes NAME:DEFINE[+DEFINE]"),
+                       (["--inductor-option", "triton.enable_pdl"], "--inductor-option takes KEY=VALUE")):
+        bad = run_benchmark("generate.py", ["--device", "cpu", *args], interpret=False, timeout=120)
+        assert bad.returncode == 2 and says in bad.stderr, bad.stderr[-1000:]
+        assert "row fp16" not in bad.stdout
+
+
+def test_inductor_options_are_python_literals():
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks",
+                        "generate.py")
+    import sys
+
+    sys.path.insert(0, os.path.dirname(path))
+    try:
+        spec = importlib.util.spec_from_file_location("generate_bench", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(os.path.dirname(path))
+    assert mod.parse_inductor_options(["triton.enable_pdl=True", "max_autotune = 0", "mode=fast"]) == {
+        "triton.enable_pdl": True, "max_autotune": 0, "mode": "fast"}
+    assert mod.parse_inductor_options([]) == {}

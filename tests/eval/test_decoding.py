@@ -139,6 +139,27 @@ def test_a_failed_compile_keeps_the_eager_step_and_says_why(quantized_tiny, monk
     assert torch.equal(run.tokens, want)
 
 
+def test_compile_options_reach_the_compiler(quantized_tiny, monkeypatch):
+    """``compile_options`` go to ``torch.compile`` as its ``options`` (e.g. inductor's ``triton.enable_pdl``); none
+    given, none passed; an option inductor does not know fails the compilation, which says so and steps eagerly."""
+    ids = torch.randint(0, quantized_tiny.config.vocab_size, (1, 5), generator=torch.Generator().manual_seed(9))
+    seen = []
+    compile_ = torch.compile
+
+    def spy(fn, **kw):
+        seen.append(kw.get("options"))
+        return compile_(fn, **{**kw, "backend": "aot_eager", "options": None})
+
+    monkeypatch.setattr(torch, "compile", spy)
+    decode(StaticDecoder(quantized_tiny, 1, 20, compile=True, compile_options={"triton.enable_pdl": True}), ids, 2)
+    decode(StaticDecoder(quantized_tiny, 1, 20, compile=True), ids, 2)
+    assert seen == [{"triton.enable_pdl": True}, None]
+    monkeypatch.setattr(torch, "compile", compile_)
+    run = decode(StaticDecoder(quantized_tiny, 1, 20, compile=True, compile_options={"triton.no_such_option": 1}),
+                 ids, 2)
+    assert run.mode.startswith("static (compile failed: RuntimeError: Unexpected optimization option triton.no_such")
+
+
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                     reason="inductor's CPU code needs a C++ compiler")
 def test_the_default_compiler_gives_the_eager_tokens(reference):

@@ -1,0 +1,51 @@
+"""Experiments' builds of ``pvq/kernels/csrc/leafrow8_gemv.cu`` for the benchmarks (``--rows-variant``).
+
+``NAME:DEFINE[+DEFINE]`` builds the package's source with those defines (e.g. ``pdl:PVQ_PDL=1``), ``NAME:@FILE``
+another version of it (the same host entry points, ``csrc/host_api.h``); :func:`variant_extension` routes the
+package's row products through such a build inside a ``with`` block (this process only), so a benchmark can time the
+package's product and an experiment's side by side in one run: how an experiment is kept or reverted.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+from pvq.kernels import cuda_leaf
+
+
+def parse_variant(spec: str) -> tuple[str, str, tuple[str, ...]]:
+    """``NAME:DEFINE[+DEFINE]`` -> (name, leafrow8_gemv.cu, defines); ``NAME:@FILE`` -> (name, FILE, ()): another
+    version of that source (e.g. ``git show HEAD~1:pvq/kernels/csrc/leafrow8_gemv.cu``; same functions).
+    Raises ValueError saying what to write instead."""
+    name, _, what = spec.partition(":")
+    if not name.isidentifier() or not what or what == "@":
+        raise ValueError(f"--rows-variant takes NAME:DEFINE[+DEFINE] (e.g. x:SOME_MACRO=1) or NAME:@FILE, got {spec!r}")
+    if what.startswith("@"):
+        source = os.path.abspath(what[1:])
+        if not os.path.isfile(source):
+            raise ValueError(f"--rows-variant {spec!r}: no file {source}")
+        return name, source, ()
+    return name, cuda_leaf._ROWS_SOURCE, tuple(what.split("+"))
+
+
+def build_variant(spec: str):
+    """(name, the extension built from :func:`parse_variant`'s source and defines, or None where it fails). A
+    variant file is a version of ``leafrow8_gemv.cu`` (its host entry points those of ``csrc/host_api.h``), bound by
+    the package's ``leafrow8_gemv_bind.cpp``."""
+    from pvq.kernels.cuda_build import bindings_of, load_cuda_extension
+
+    name, source, defines = parse_variant(spec)
+    return name, load_cuda_extension(f"pvq_leafrow8_gemv_{name}", source, "the variant is not timed", defines,
+                                     bindings=bindings_of(cuda_leaf._ROWS_SOURCE))
+
+
+@contextmanager
+def variant_extension(ext):
+    """The package's row products run through ``ext`` (an experiment's build) inside the block."""
+    saved = cuda_leaf._rows_extension
+    cuda_leaf._rows_extension = lambda: ext
+    try:
+        yield
+    finally:
+        cuda_leaf._rows_extension = saved
