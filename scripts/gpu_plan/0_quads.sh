@@ -6,6 +6,7 @@
 #              PVQ_EARLY_WORDS (the first step's words loaded before the tables are staged), pdl = PVQ_PDL
 #              (programmatic dependent launch: a product's tables staged while the previous kernel finishes), pdlearly
 #              = both
+#   pdl_step   the compiled 7B step at batch 1, pvq3 also through the PVQ_PDL build (INDUCTOR_PDL=1: inductor's kernels too)
 #   generate   the 7B step at batch 8 under triton and triton-rows (session 30, H100)
 #   rows_tests the GPU run of the triton-rows backend's tests (session 30, H100)
 #   ncu        Nsight Compute on the one-row plain and quad kernels (session 30, H100)
@@ -35,6 +36,13 @@ stage_generate() {
     --batch 8 --new-tokens 32 --methods ${GEN_METHODS:-fp16,pvq3} --pvq-backends triton,triton-rows > $OUT/generate_b8.txt 2>&1
   echo "exit $?"; grep -E "^\||Error|error" $OUT/generate_b8.txt | cut -c1-300
 }
+stage_pdl_step() {  # the 7B step compiled, batch 1: fp16, pvq3 and pvq3 through the PVQ_PDL build; INDUCTOR_PDL=1: inductor's
+                   # kernels launched as programmatic dependent launches too (every compiled row)
+  timeout ${PDL_LIMIT:-300} python3 benchmarks/generate.py --layers 32 --rotation fused:256 --merge yes --compile yes \
+    --new-tokens 64 --methods ${PDL_METHODS:-fp16,pvq3} --rows-variant pdl:PVQ_PDL=1 \
+    ${INDUCTOR_PDL:+--inductor-option triton.enable_pdl=True} > $OUT/pdl_step${INDUCTOR_PDL:+_inductor}.txt 2>&1
+  echo "exit $?"; grep -E "^\||Error|error|first tokens" $OUT/pdl_step${INDUCTOR_PDL:+_inductor}.txt | cut -c1-300
+}
 stage_rows_tests() {
   timeout ${TEST_LIMIT:-120} python3 -m pytest -q -p no:cacheprovider tests/kernels/test_backend.py -k rows \
     > $OUT/rows_tests.txt 2>&1
@@ -47,6 +55,6 @@ stage_ncu() {
 }
 IFS=, read -r -a ORDER <<< "${STAGES:-table,early}"
 for s in "${ORDER[@]}"; do
-  if ! declare -F "stage_$s" > /dev/null; then echo "no stage $s (table, early, generate, rows_tests, ncu)"; exit 2; fi
+  if ! declare -F "stage_$s" > /dev/null; then echo "no stage $s (table, early, pdl_step, generate, rows_tests, ncu)"; exit 2; fi
 done
 for s in "${ORDER[@]}"; do "stage_$s"; say "$s"; done
