@@ -53,6 +53,7 @@ from pvq.kernels.split_runtime import split_decode_reference, split_runtime  # n
 from pvq.models import QuantizedLinear  # noqa: E402
 from _cold import cold_bench, l2_cache_bytes, weight_bytes, weight_copy  # noqa: E402
 from _variants import build_variant, parse_variant, variant_extension  # noqa: E402
+from pvq.models.backends import programmatic_launches  # noqa: E402
 
 T0 = time.perf_counter()
 ROWS_BUILT = True  # leafrow8_gemv.cu compiled (else its checks and columns are left out)
@@ -297,8 +298,8 @@ def time_cold(row: dict, x: torch.Tensor, w: torch.Tensor, int4, layouts: dict) 
     for name, rt in layouts.items():  # the table of points shared, as a model's layers of one rate share it
         if not ROWS_BUILT:
             continue
-        for suffix, ext in [("", None), *((f"-{v}", e) for v, e in VARIANTS.items())]:  # and each experiment's build
-            with variant_extension(ext) if ext is not None else nullcontext():
+        for suffix, within in [("", nullcontext), *((f"-{v}", w) for v, w in VARIANTS.items())]:  # and each experiment
+            with within():
                 row[f"{name}{suffix}-cold"] = cold_bench(bench, lambda: weight_copy(rt, SHARED_TABLES),
                                                          lambda c: cuda_leaf.leaf_rows_gemv_cuda(c, x),
                                                          weight_bytes(rt, SHARED_TABLES), l2, COLD)
@@ -324,8 +325,8 @@ def time_quads(row: dict, bits: float, plain: tuple, quads: tuple, x: torch.Tens
         for suffix, (tc, xg) in calls.items():
             checked_bench(row, f"{name}q{bits:g}{suffix}", f"batch {x.shape[0]}", expected, "the plain order's",
                           lambda: cuda_leaf.leaf_rows_gemv_cuda(qrt, x, tensor_cores=tc, x_from_global=xg))
-        for vname, ext in VARIANTS.items():
-            with variant_extension(ext):
+        for vname, within in VARIANTS.items():
+            with within():
                 checked_bench(row, f"{name}q{bits:g}-{vname}", f"batch {x.shape[0]}", expected, "the plain order's",
                               lambda: cuda_leaf.leaf_rows_gemv_cuda(qrt, x))
         if x.shape[0] == 16:  # the whole-layer decode to fp16 (prefill), each vector stored where it belongs
@@ -352,7 +353,9 @@ def checked_bench(row: dict, column: str, where: str, expected: torch.Tensor, re
 
 
 VARIANTS: dict = {}
-"""Experiments' builds of leafrow8_gemv.cu by name (``--rows-variant NAME:DEFINE[+DEFINE]``)."""
+"""Experiments by name: a context factory inside which the package's row products run as the experiment asks (an
+experiment's build of leafrow8_gemv.cu, ``--rows-variant NAME:DEFINE[+DEFINE]``; ``pdl``: programmatic dependent
+launches, ``--programmatic``)."""
 
 
 def time_variants(row: dict, column: str, rt, x: torch.Tensor) -> None:
@@ -365,8 +368,8 @@ def time_variants(row: dict, column: str, rt, x: torch.Tensor) -> None:
         calls["-mma-global"] = {"tensor_cores": True, "x_from_global": True}
     for suffix, kw in calls.items():
         expected = cuda_leaf.leaf_rows_gemv_cuda(rt, x, **kw).float()
-        for name, ext in VARIANTS.items():
-            with variant_extension(ext):
+        for name, within in VARIANTS.items():
+            with within():
                 checked_bench(row, f"{column}-{name}{suffix}", f"variant {name}, batch {x.shape[0]}", expected,
                               "the package's", lambda: cuda_leaf.leaf_rows_gemv_cuda(rt, x, **kw))
 
@@ -443,6 +446,9 @@ def main() -> None:
                    help="also time fp16, int4 and the routed pvq products with their weights out of L2 (columns "
                         "NAME-cold: a ring of copies, F x L2 read between two calls of one; as in a model), e.g. 3")
     p.add_argument("--cpu", action="store_true", help="the layout phases on a tiny layer on the CPU (no kernels)")
+    p.add_argument("--programmatic", action="store_true",
+                   help="also time the row products as programmatic dependent launches (columns NAME-pdl; session 31: "
+                        "what a step compiled with inductor's PDL runs; here each follows another product)")
     p.add_argument("--rows-variant", action="append", default=[],
                    help="NAME:DEFINE[+DEFINE]: also time the row products built with these defines (an experiment)")
     a = p.parse_args()
@@ -464,7 +470,9 @@ def main() -> None:
         variants = pool.map(build_variant, a.rows_variant)
         built = list(pool.map(lambda f: f() is not None,
                               (cuda_split._extension, cuda_leaf._extension, cuda_leaf._rows_extension)))
-        VARIANTS.update((name, ext) for name, ext in variants if ext is not None)
+        VARIANTS.update((name, lambda ext=ext: variant_extension(ext)) for name, ext in variants if ext is not None)
+    if a.programmatic:
+        VARIANTS["pdl"] = programmatic_launches
     phase(f"split8_gemv.cu, leaf8_gemv.cu, leafrow8_gemv.cu built: {built}, variants {sorted(VARIANTS)} in "
           f"{time.perf_counter() - t:.1f} s")
     assert built[0] and built[1], "split8_gemv.cu or leaf8_gemv.cu did not compile"

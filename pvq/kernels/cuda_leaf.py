@@ -16,6 +16,8 @@ from functools import lru_cache
 
 import torch
 
+from pvq.models.backends import programmatic_launch_wanted
+
 from .cuda_build import CSRC, cuda_build_available, load_cuda_extension
 from .leaf_layout import LeafRuntime, leaf_decode_reference, leaf_layout_supports
 from .leaf_rows import LeafRowsRuntime, leaf_rows_decode_reference, leaf_rows_supports, point_rows_supports
@@ -202,7 +204,7 @@ H200 (session 13, docs/bench/speed_layout_s13_h200.txt)."""
 
 
 def leaf_rows_gemv_cuda(rt: LeafRowsRuntime, x: torch.Tensor, tensor_cores: bool | None = None,
-                        x_from_global: bool | None = None) -> torch.Tensor:
+                        x_from_global: bool | None = None, programmatic: bool | None = None) -> torch.Tensor:
     """``x @ Q'^T`` ``[B, out]`` in ``x``'s dtype for ``x: [B <= 16, in]`` (fp16 / bf16; on the layer's CUDA
     device). One row: the multiply-add kernel. Two to sixteen: on tensor cores where ``tensor_cores`` (default:
     from :data:`MMA_MIN_ROWS` rows; each vector decoded once a launch; x read from global memory where
@@ -210,13 +212,17 @@ def leaf_rows_gemv_cuda(rt: LeafRowsRuntime, x: torch.Tensor, tensor_cores: bool
     rows a launch as shared memory holds, split evenly), else launches of up to eight rows of the multiply-add
     kernel. float32 inputs, inputs too wide for shared memory or no compiler: the whole-layer decode and one
     matmul. A layer in the quad order (``rt.quad_swapped``) runs its own tensor-core kernel for 1 to 16 rows
-    (:func:`_quad_product`; ``tensor_cores`` is ignored)."""
+    (:func:`_quad_product`; ``tensor_cores`` is ignored). ``programmatic``: each launch a programmatic dependent
+    launch on sm_90 and later (default: inside :func:`~pvq.models.backends.programmatic_launches`; the products
+    are the same either way)."""
     if x.dim() != 2 or not 1 <= x.shape[0] <= LEAF_MAX_ROWS or x.shape[1] != rt.in_features or not x.is_cuda:
         raise ValueError(f"leaf_rows_gemv_cuda takes x [B <= {LEAF_MAX_ROWS}, {rt.in_features}] on CUDA, got "
                          f"{tuple(x.shape)} on {x.device}")
     rows = x.shape[0]
+    if programmatic is None:
+        programmatic = programmatic_launch_wanted()
     if rt.quad_swapped:
-        return _quad_product(rt, x, x_from_global, tensor_cores)
+        return _quad_product(rt, x, x_from_global, tensor_cores, programmatic)
     if tensor_cores is None:
         tensor_cores = rows >= MMA_MIN_ROWS
     if x_from_global is None:
@@ -232,9 +238,10 @@ def leaf_rows_gemv_cuda(rt: LeafRowsRuntime, x: torch.Tensor, tensor_cores: bool
         launches = -(-rows // step)
         step = -(-rows // launches)  # even launches: 11 rows of at most 8 a launch go as 6 + 5
         def run(*args):
-            return ext.leafrow8_gemv_mma(*args, x_from_global)
+            return ext.leafrow8_gemv_mma(*args, x_from_global, programmatic)
     else:
-        run = ext.leafrow8_gemv
+        def run(*args):
+            return ext.leafrow8_gemv(*args, programmatic)
     parts = [run(rt.words, rt.row_scales, rt.levels, rt.leaves, x[r:r + step], rt.out_features, rt.field_bits,
                  rt.gain_bits, rt.whole_points) for r in range(0, rows, step)]
     return parts[0] if len(parts) == 1 else torch.cat(parts)
@@ -258,7 +265,7 @@ def _quad_fixed_bytes(rt: LeafRowsRuntime) -> int:
 
 
 def _quad_product(rt: LeafRowsRuntime, x: torch.Tensor, x_from_global: bool | None,
-                  tensor_cores: bool | None = None) -> torch.Tensor:
+                  tensor_cores: bool | None = None, programmatic: bool = False) -> torch.Tensor:
     """``x @ Q'^T`` of a layer in the quad order (:func:`leaf_rows_gemv_cuda`): one row by the multiply-add kernel
     (unless ``tensor_cores``), else one launch of ``leafrow8_quad_mma_kernel`` (1 to 16 rows of fp16 / bf16), x read
     from global memory where ``x_from_global`` (default: :func:`quad_reads_x_from_global`); float32 inputs or no
@@ -268,9 +275,9 @@ def _quad_product(rt: LeafRowsRuntime, x: torch.Tensor, x_from_global: bool | No
         return (x.float() @ leaf_rows_decode(rt).T).to(x.dtype)
     if x.shape[0] == 1 and not tensor_cores and _rows_launch_rows(rt) >= 1:
         return ext.leafrow8_gemv_quad_one(rt.words, rt.row_scales, rt.levels, rt.leaves, x.contiguous(),
-                                          rt.out_features, rt.field_bits, rt.gain_bits, rt.whole_points)
+                                          rt.out_features, rt.field_bits, rt.gain_bits, rt.whole_points, programmatic)
     if x_from_global is None:
         device = x.device.index if x.device.index is not None else torch.cuda.current_device()
         x_from_global = quad_reads_x_from_global(rt, x.shape[0], _multiprocessors(device))
     return ext.leafrow8_gemv_quad_mma(rt.words, rt.row_scales, rt.levels, rt.leaves, x.contiguous(), rt.out_features,
-                                      rt.field_bits, rt.gain_bits, rt.whole_points, x_from_global)
+                                      rt.field_bits, rt.gain_bits, rt.whole_points, x_from_global, programmatic)

@@ -19,6 +19,8 @@ Two reference backends live here and run anywhere:
 from __future__ import annotations
 
 import abc
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import ClassVar
 
 import torch
@@ -31,8 +33,30 @@ QuantizedLinear = nn.Module
 """What backends receive: a :class:`pvq.models.qlinear.QuantizedLinear` (not imported here:
 ``qlinear`` imports this module)."""
 
-__all__ = ["BACKENDS", "GATED_ACTIVATIONS", "Backend", "DenseBackend", "DenseRotatedBackend", "register_backend",
-           "select_backend"]
+__all__ = ["BACKENDS", "GATED_ACTIVATIONS", "Backend", "DenseBackend", "DenseRotatedBackend",
+           "programmatic_launch_wanted", "programmatic_launches", "register_backend", "select_backend"]
+
+_PROGRAMMATIC_LAUNCH: ContextVar[bool] = ContextVar("pvq_programmatic_launch", default=False)
+
+
+@contextmanager
+def programmatic_launches(enabled: bool = True):
+    """Inside the block (this thread or task only), kernels that can launch as programmatic dependent launches
+    (Hopper and later: a kernel's prologue overlaps the previous kernel's end) do so where ``enabled``. Worth it only
+    where the kernels before them let them start early: a decode step compiled with inductor's ``triton.enable_pdl``
+    (:mod:`pvq.models.compile_ops` sets it for the layers :func:`~pvq.models.qlinear.prepare_for_compile` was told
+    of; docs/kernels.md, session 31); elsewhere it measured 1-2% slower."""
+    token = _PROGRAMMATIC_LAUNCH.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _PROGRAMMATIC_LAUNCH.reset(token)
+
+
+def programmatic_launch_wanted() -> bool:
+    """Whether the calling code runs inside :func:`programmatic_launches` (enabled)."""
+    return _PROGRAMMATIC_LAUNCH.get()
+
 
 GATED_ACTIVATIONS = {"silu": F.silu}
 """Activations of gated MLPs (``down(act(gate) * up)``) that :meth:`Backend.gated_linear` takes, by name."""

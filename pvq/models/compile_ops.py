@@ -28,6 +28,8 @@ from torch import nn
 
 from pvq.errors import PvqError
 
+from .backends import programmatic_launches
+
 __all__ = ["HANDLE_ATTR", "CompileHandle", "compile_handle", "is_registered", "quantized_gated_linear",
            "quantized_linear", "register_for_compile"]
 
@@ -41,12 +43,15 @@ _HANDLES = itertools.count(1)
 class CompileHandle:
     """A layer's handle (``value``, an int; 0: none). A deep copy or an unpickled copy holds 0, so a copied
     layer is traced as before rather than running the layer it was copied from; ``torch.compile`` reads
-    ``value`` as a constant (guarded) while tracing."""
+    ``value`` as a constant (guarded) while tracing. ``programmatic``: the operators run the layer inside
+    :func:`~pvq.models.backends.programmatic_launches` (its kernels launched as programmatic dependent launches:
+    for a step compiled with inductor's ``triton.enable_pdl``; read when the operator runs, not traced)."""
 
-    __slots__ = ("value",)
+    __slots__ = ("programmatic", "value")
 
-    def __init__(self, value: int = 0) -> None:
+    def __init__(self, value: int = 0, programmatic: bool = False) -> None:
         self.value = int(value)
+        self.programmatic = bool(programmatic)
 
     def __deepcopy__(self, memo: dict) -> CompileHandle:
         return CompileHandle(0)
@@ -55,15 +60,15 @@ class CompileHandle:
         return CompileHandle, (0,)
 
     def __repr__(self) -> str:
-        return f"CompileHandle({self.value})"
+        return f"CompileHandle({self.value}{', programmatic' if self.programmatic else ''})"
 
 
-def register_for_compile(layer: nn.Module) -> int:
+def register_for_compile(layer: nn.Module, programmatic: bool = False) -> int:
     """Give ``layer`` (a module with ``out_features`` whose ``forward``/``gated_forward`` call the operators
-    below while compiling) a fresh handle and return it."""
+    below while compiling) a fresh handle (``programmatic``: see :class:`CompileHandle`) and return it."""
     handle = next(_HANDLES)
     _LAYERS[handle] = layer
-    setattr(layer, HANDLE_ATTR, CompileHandle(handle))
+    setattr(layer, HANDLE_ATTR, CompileHandle(handle, programmatic))
     return handle
 
 
@@ -98,7 +103,9 @@ def quantized_linear(x: torch.Tensor, handle: int) -> torch.Tensor:
     """The layer ``handle``'s product ``[..., in] -> [..., out]`` in ``x``'s dtype."""
     # the layer's own forward (not compiling here, so its backend runs); contiguous: what eager calls pass, a
     # compiled graph may hand over another layout
-    return _layer(handle).forward(x.contiguous()).to(x.dtype)
+    layer = _layer(handle)
+    with programmatic_launches(getattr(layer, HANDLE_ATTR).programmatic):
+        return layer.forward(x.contiguous()).to(x.dtype)
 
 
 @quantized_linear.register_fake
@@ -109,7 +116,9 @@ def _(x: torch.Tensor, handle: int) -> torch.Tensor:
 @torch.library.custom_op("pvq::quantized_gated_linear", mutates_args=())
 def quantized_gated_linear(gate: torch.Tensor, up: torch.Tensor, handle: int, activation: str) -> torch.Tensor:
     """The layer ``handle``'s product of ``act(gate) * up`` (``[..., in] -> [..., out]``) in ``gate``'s dtype."""
-    return _layer(handle).gated_forward(gate.contiguous(), up.contiguous(), activation).to(gate.dtype)
+    layer = _layer(handle)
+    with programmatic_launches(getattr(layer, HANDLE_ATTR).programmatic):
+        return layer.gated_forward(gate.contiguous(), up.contiguous(), activation).to(gate.dtype)
 
 
 @quantized_gated_linear.register_fake

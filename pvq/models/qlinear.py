@@ -40,7 +40,8 @@ from pvq.transforms import LayerRotation
 
 from .activations import ActivationQuant, ActQuantLinear
 from .backends import BACKENDS, select_backend
-from .compile_ops import compile_handle, is_registered, quantized_gated_linear, quantized_linear, register_for_compile
+from .compile_ops import (HANDLE_ATTR, compile_handle, is_registered, quantized_gated_linear, quantized_linear,
+                          register_for_compile)
 from .rotation_plan import FOLD_RULES, model_rotation
 from .structure import linear_sizes
 
@@ -674,12 +675,15 @@ def bits_per_activation(model: nn.Module, unquantized_bits: float = 16.0) -> flo
     return bits / count if count else float("nan")
 
 
-def prepare_for_compile(model: nn.Module) -> int:
+def prepare_for_compile(model: nn.Module, programmatic_launch: bool = False) -> int:
     """Make every :class:`QuantizedLinear` of ``model`` (not the embeddings, which look rows up) one operator
     inside ``torch.compile``'s graphs (:mod:`~pvq.models.compile_ops`); returns how many. Call it before
-    compiling the model (again after copying it); a layer keeps the handle it has."""
+    compiling the model (again after copying it); a layer keeps the handle it has. ``programmatic_launch``: the
+    operators launch their kernels as programmatic dependent launches (for a step compiled with inductor's
+    ``triton.enable_pdl``; :func:`~pvq.models.backends.programmatic_launches`), set on every layer's handle."""
     layers = [m for m in model.modules() if type(m) is QuantizedLinear]
     for layer in layers:
         if not is_registered(layer):
-            register_for_compile(layer)
+            register_for_compile(layer, programmatic_launch)
+        getattr(layer, HANDLE_ATTR).programmatic = bool(programmatic_launch)
     return len(layers)

@@ -160,6 +160,18 @@ def test_compile_options_reach_the_compiler(quantized_tiny, monkeypatch):
     assert run.mode.startswith("static (compile failed: RuntimeError: Unexpected optimization option triton.no_such")
 
 
+def test_the_default_compile_options_ask_for_programmatic_launches_on_hopper_only(monkeypatch):
+    """Inductor's ``triton.enable_pdl`` (and with it pvq's programmatic launches: compile_ops) by default on CUDA
+    devices of compute capability 9 and more, for inductor only; nothing on the CPU or older GPUs."""
+    from pvq.eval.decoding import default_compile_options
+
+    assert default_compile_options(torch.device("cpu")) == {}
+    for major, want in ((8, {}), (9, {"triton.enable_pdl": True}), (10, {"triton.enable_pdl": True})):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, m=major: (m, 0))
+        assert default_compile_options(torch.device("cuda", 0)) == want
+        assert default_compile_options(torch.device("cuda", 0), "aot_eager") == {}
+
+
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                     reason="inductor's CPU code needs a C++ compiler")
 def test_the_default_compiler_gives_the_eager_tokens(reference):

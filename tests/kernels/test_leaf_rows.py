@@ -287,6 +287,40 @@ def test_tensor_cores_stage_wide_inputs_in_chunks_over_several_row_groups(batch,
     torch.testing.assert_close(got.float(), ref, rtol=1e-3, atol=product_atol(x, w, ref, 1e-3))
 
 
+@needs_cuda
+@pytest.mark.parametrize("quad_swapped", [False, True])
+@pytest.mark.parametrize("batch, tensor_cores", [(1, None), (5, False), (5, True), (16, None)])
+def test_programmatic_launches_give_the_same_product_on_the_stream_and_in_a_graph(quad_swapped, batch, tensor_cores):
+    """A programmatic dependent launch (session 31: what a step compiled with inductor's PDL runs) waits for the
+    kernel before it before reading x: right after the kernel that writes x, alone and chained in a CUDA graph, the
+    products equal bit for bit those of plain launches (the same kernels, sums in the same order)."""
+    from pvq.models.backends import programmatic_launches
+
+    rt = leaf_rows_from_split(code_runtime(3.0, 16, 4104, 4096, seed=batch, device="cuda"), quad_swapped=quad_swapped)
+    x = torch.randn(batch, 4096, generator=torch.Generator().manual_seed(batch)).to("cuda", torch.float16)
+    plain = cuda_leaf.leaf_rows_gemv_cuda(rt, x, tensor_cores=tensor_cores, programmatic=False)
+    src = x.float()
+
+    def chain():
+        x2 = (src * 1.0).half()  # written by the kernel just before
+        y1 = cuda_leaf.leaf_rows_gemv_cuda(rt, x2, tensor_cores=tensor_cores)
+        return y1, cuda_leaf.leaf_rows_gemv_cuda(rt, x2 + 0, tensor_cores=tensor_cores)
+
+    with programmatic_launches():
+        assert torch.equal(cuda_leaf.leaf_rows_gemv_cuda(rt, x, tensor_cores=tensor_cores), plain)
+        for y in chain():
+            assert torch.equal(y, plain)
+        chain()  # warm
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            ys = chain()
+    for _ in range(3):
+        graph.replay()
+        torch.cuda.synchronize()
+        for y in ys:
+            assert torch.equal(y, plain)
+
+
 REFUSALS = """
 import sys, torch
 sys.path[:0] = ["tests", "tests/kernels"]
@@ -302,9 +336,9 @@ for x in (torch.zeros(17, 256, device="cuda", dtype=torch.float16), torch.zeros(
     print("calling with x", tuple(x.shape), x.dtype, file=sys.stderr, flush=True)
     try:
         if x.shape[0] > 1:
-            ext.leafrow8_gemv_mma(*args, x, 40, rt.field_bits, rt.gain_bits, False, True)
+            ext.leafrow8_gemv_mma(*args, x, 40, rt.field_bits, rt.gain_bits, False, True, False)
         else:
-            ext.leafrow8_gemv(*args, x, 40, rt.field_bits, rt.gain_bits, False)
+            ext.leafrow8_gemv(*args, x, 40, rt.field_bits, rt.gain_bits, False, False)
         print("no error")
     except RuntimeError as e:
         print("RuntimeError:", str(e).splitlines()[0], flush=True)

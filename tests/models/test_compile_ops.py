@@ -115,3 +115,36 @@ def test_the_operators_pass_torch_s_operator_checks():
     torch.library.opcheck(quantized_gated_linear, (gate, up, handle, "silu"), test_utils=checks)
     torch.testing.assert_close(quantized_gated_linear(gate, up, handle, "silu"),
                                layer(torch.nn.functional.silu(gate) * up), rtol=0, atol=1e-6)
+
+
+def test_the_operators_run_a_layer_with_the_launches_its_handle_asks_for(monkeypatch):
+    """prepare_for_compile(..., programmatic_launch=True): the operators run the layer's backend inside
+    programmatic_launches (its CUDA kernels then launch as programmatic dependent launches); False (the default, and
+    set again by a later call): outside; calls outside the operators never."""
+    from pvq.models.backends import programmatic_launch_wanted
+
+    layer = random_layer(make_codec("pvq", bits=3, dim=8), 24, 128, seed=4)
+    holder = torch.nn.Sequential(layer)
+    seen = []
+    forward, gated = type(layer).forward, type(layer).gated_forward
+
+    def spy(self, *args):
+        seen.append(programmatic_launch_wanted())
+        return forward(self, *args)
+
+    def spy_gated(self, *args):
+        seen.append(programmatic_launch_wanted())
+        return gated(self, *args)
+
+    monkeypatch.setattr(type(layer), "forward", spy)
+    monkeypatch.setattr(type(layer), "gated_forward", spy_gated)
+    x = torch.randn(2, 128)
+    for flag in (True, False, True):
+        prepare_for_compile(holder, programmatic_launch=flag)
+        handle = compile_handle(layer)
+        quantized_linear(x, handle)
+        quantized_gated_linear(x, x, handle, "silu")
+    layer(x)
+    assert seen[:6] == [True, True, False, False, True, True] and seen[6:] and not any(seen[6:])
+    assert not programmatic_launch_wanted()
+    assert repr(getattr(layer, "_pvq_compile_handle")) == f"CompileHandle({handle}, programmatic)"

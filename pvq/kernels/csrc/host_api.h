@@ -27,19 +27,20 @@ Status leaf8_gemv(torch::Tensor& y, torch::Tensor words, int64_t row_words, torc
 // leafrow8_gemv.cu: y [B, out] = x [B, in] @ Q'^T of a row-interleaved D = 8 layer (fields of leaf pairs, or of
 // whole points where whole_points), 1 to 8 rows by
 // multiply-adds, 1 to 16 on tensor cores (x read from global memory or staged in shared memory); the whole-layer
-// decode is Triton's (pvq/kernels/triton_rows.py: faster on the H200, session 18)
+// decode is Triton's (pvq/kernels/triton_rows.py: faster on the H200, session 18). Each launches programmatically
+// (programmatic dependent launch, sm_90 and later) where `programmatic` (session 31)
 Status leafrow8_gemv(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
                      torch::Tensor leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
-                     int64_t gain_bits, bool whole_points);
+                     int64_t gain_bits, bool whole_points, bool programmatic);
 Status leafrow8_gemv_mma(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
                          torch::Tensor leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
-                         int64_t gain_bits, bool whole_points, bool x_from_global);
+                         int64_t gain_bits, bool whole_points, bool x_from_global, bool programmatic);
 // ... of a layer in the quad order (LeafRowsRuntime.quad_swapped): one row by multiply-adds, 1 to 16 on tensor cores
 Status leafrow8_gemv_quad_one(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
                               torch::Tensor leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
-                              int64_t gain_bits, bool whole_points);
+                              int64_t gain_bits, bool whole_points, bool programmatic);
 Status leafrow8_gemv_quad_mma(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
                               torch::Tensor leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
-                              int64_t gain_bits, bool whole_points, bool x_from_global);
+                              int64_t gain_bits, bool whole_points, bool x_from_global, bool programmatic);
 
 }  // namespace pvq

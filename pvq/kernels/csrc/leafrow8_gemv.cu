@@ -49,20 +49,21 @@ constexpr int kStep = 16;   // vectors a step
 constexpr int kWarps = 32;  // warps a block
 static_assert(kWarps == kRows, "one input row: warp t sums row t of a group");
 
-// Programmatic dependent launch (Hopper; an experiment, session 31: built with PVQ_PDL, launched with
-// cudaLaunchAttributeProgrammaticStreamSerialization). A block lets the next kernel's launch start at once
-// (let_next_launch: its blocks take SMs as ours leave, or the SMs a small grid leaves idle) and reads nothing that
-// the previous kernel writes before wait_for_inputs, which returns once that kernel has finished and its writes are
-// visible: the tables (and, with PVQ_EARLY_WORDS, the first step's words: constant) are loaded before it, x after it,
-// y written after it. Both are no-ops in a build without PVQ_PDL and in a launch without the attribute.
+// Programmatic dependent launch (Hopper; session 31). Launched with cudaLaunchAttributeProgrammaticStreamSerialization
+// (the host's `programmatic`: pvq/kernels/cuda_leaf.py, inside a step compiled with inductor's PDL), a kernel may start
+// while the previous one on the stream finishes. A block lets the next kernel's launch begin at once (let_next_launch)
+// and reads nothing the previous kernel writes before wait_for_inputs, which returns once that kernel has finished and
+// its writes are visible: the tables (constant) are staged before it, x read and y written after it. Both are no-ops
+// in a launch without the attribute and below sm_90. (Loading the first step's words before the wait as well, an
+// experiment of sessions 30 and 31, measured slower and was removed: docs/kernels.md, session 31.)
 __device__ __forceinline__ void let_next_launch() {
-#if defined(PVQ_PDL) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
 
 __device__ __forceinline__ void wait_for_inputs() {
-#if defined(PVQ_PDL) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
 }
@@ -306,9 +307,6 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
     else load_step<W2>(words, scales, rg, s, steps, lane, wn, sn);
   };
   let_next_launch();
-#ifdef PVQ_EARLY_WORDS  // an experiment (session 30): the first step's words in flight while the tables are staged
-  if (works && rg0 < rg1) load(rg0, warp);
-#endif
   stage_tables<L>(leaves, n_leaves, levels, s_leaf, s_levels);
   wait_for_inputs();
 #pragma unroll 4
@@ -326,9 +324,7 @@ leafrow8_gemv_kernel(const unsigned* __restrict__ words, const __half* __restric
     if constexpr (L == 2) return level_regs(f);
     else return s_levels[f & (L - 1u)];
   };
-#ifndef PVQ_EARLY_WORDS
-  if (works && rg0 < rg1) load(rg0, warp);  // (loaded before the tables' copy instead: slower, session 14)
-#endif
+  if (works && rg0 < rg1) load(rg0, warp);  // (loaded before the tables' copy instead: slower, sessions 14 and 31)
   for (int rg = rg0; rg < rg1; ++rg) {
     float acc[NA];
 #pragma unroll
@@ -527,17 +523,12 @@ leafrow8_mma_kernel(const unsigned* __restrict__ words, const __half* __restrict
   __half sn = __float2half(0.f);
   auto load = [&](int rg, int s) { load_step<W2>(words, scales, rg, s, steps, lane, wn, sn); };
   let_next_launch();
-#ifdef PVQ_EARLY_WORDS
-  if (works && rg0 < rg1) load(rg0, warp);
-#endif
   stage_tables<L>(leaves, n_leaves, levels, s_leaf, s_levels);
   wait_for_inputs();
   if (!kGlobalX && !chunked) stage_x(0);
   finish_tables<Fd::kBias>(n_leaves, s_leaf);
   __syncthreads();
-#ifndef PVQ_EARLY_WORDS
-  if (works && rg0 < rg1) load(rg0, warp);  // (loaded before the tables' copy instead: slower, session 14)
-#endif
+  if (works && rg0 < rg1) load(rg0, warp);  // (loaded before the tables' copy instead: slower, sessions 14 and 31)
 
   const int g = lane >> 2, c = lane & 3;
   uint4* stage = s_stage + warp * 2 * kRows;
@@ -842,11 +833,12 @@ Status by_dtype_and_fields(const torch::Tensor& x, int64_t field_bits, int64_t g
   return fields(Tag<__nv_bfloat16>{}, Tag<at::BFloat16>{});
 }
 
-// kern<<<grid, threads, smem>>>(codes, x, y, shapes..., extra...) with the dynamic shared memory it asks for
+// kern<<<grid, threads, smem>>>(codes, x, y, shapes..., extra...) with the dynamic shared memory it asks for; a
+// programmatic dependent launch where `programmatic` and the device is sm_90 or later (let_next_launch, above)
 template <typename T, typename TL, typename Kernel, typename... Extra>
-Status launch_rows(Kernel kern, int threads, const RowsLaunch& l, size_t smem, const torch::Tensor& words,
-                   const torch::Tensor& scales, const torch::Tensor& levels, const torch::Tensor& leaves, torch::Tensor& y,
-                   int64_t out_features, Extra... extra) {
+Status launch_rows(Kernel kern, int threads, const RowsLaunch& l, size_t smem, bool programmatic,
+                   const torch::Tensor& words, const torch::Tensor& scales, const torch::Tensor& levels,
+                   const torch::Tensor& leaves, torch::Tensor& y, int64_t out_features, Extra... extra) {
   PVQ_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   const auto stream = at::cuda::getCurrentCUDAStream();
   const auto* words_p = reinterpret_cast<const unsigned*>(words.data_ptr<int32_t>());
@@ -855,26 +847,26 @@ Status launch_rows(Kernel kern, int threads, const RowsLaunch& l, size_t smem, c
   const int* leaves_p = leaves.data_ptr<int32_t>();
   const auto* x_p = reinterpret_cast<const T*>(l.x.data_ptr<TL>());
   auto* y_p = reinterpret_cast<T*>(y.data_ptr<TL>());
-#ifdef PVQ_PDL  // programmatic dependent launch (the experiment above let_next_launch): the launch may begin before
-                // the previous kernel on the stream has finished (captured into a CUDA graph as such an edge)
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute[0].val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(l.grid);
-  config.blockDim = dim3(threads);
-  config.dynamicSmemBytes = smem;
-  config.stream = stream;
-  config.attrs = attribute;
-  config.numAttrs = 1;
-  PVQ_CUDA_CHECK(cudaLaunchKernelEx(&config, kern, words_p, scales_p, levels_p, leaves_p, l.n_leaves, x_p, y_p,
-                                    static_cast<int>(out_features), l.steps, l.row_groups, l.groups_per_block,
-                                    l.batch, extra...));
-#else
-  kern<<<l.grid, threads, smem, stream>>>(words_p, scales_p, levels_p, leaves_p, l.n_leaves, x_p, y_p,
-                                          static_cast<int>(out_features), l.steps, l.row_groups,
-                                          l.groups_per_block, l.batch, extra...);
-#endif
+  if (programmatic && l.props->major >= 9) {  // the launch may begin before the previous kernel on the stream has
+                                              // finished (captured into a CUDA graph as a programmatic edge)
+    cudaLaunchAttribute attribute[1];
+    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(l.grid);
+    config.blockDim = dim3(threads);
+    config.dynamicSmemBytes = smem;
+    config.stream = stream;
+    config.attrs = attribute;
+    config.numAttrs = 1;
+    PVQ_CUDA_CHECK(cudaLaunchKernelEx(&config, kern, words_p, scales_p, levels_p, leaves_p, l.n_leaves, x_p, y_p,
+                                      static_cast<int>(out_features), l.steps, l.row_groups, l.groups_per_block,
+                                      l.batch, extra...));
+  } else {
+    kern<<<l.grid, threads, smem, stream>>>(words_p, scales_p, levels_p, leaves_p, l.n_leaves, x_p, y_p,
+                                            static_cast<int>(out_features), l.steps, l.row_groups,
+                                            l.groups_per_block, l.batch, extra...);
+  }
   PVQ_LAUNCH_CHECK();
   return {};
 }
@@ -885,7 +877,7 @@ Status launch_rows(Kernel kern, int threads, const RowsLaunch& l, size_t smem, c
 // rows: pvq/kernels/cuda_leaf.py routes by the shared-memory sizes).
 Status leafrow8_gemv(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
                      torch::Tensor leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
-                     int64_t gain_bits, bool whole_points) {
+                     int64_t gain_bits, bool whole_points, bool programmatic) {
   PVQ_CHECK(x.is_cuda(), "x must be on CUDA");
   const c10::cuda::CUDAGuard guard(x.device());  // before the device's properties are read
   RowsLaunch l;
@@ -905,7 +897,7 @@ Status leafrow8_gemv(torch::Tensor& y, torch::Tensor words, torch::Tensor scales
     using Fd = typename decltype(fd)::type;
     auto go = [&](auto bb) {
       return launch_rows<T, TL>(leafrow8_gemv_kernel<T, Fd, decltype(bb)::value>, kWarps * 32,
-                                l, smem, words, scales, levels, leaves, y, out_features, part_buffers);
+                                l, smem, programmatic, words, scales, levels, leaves, y, out_features, part_buffers);
     };
     if (rows_b == 1) return go(Int<1>{});
     if (rows_b == 4) return go(Int<4>{});
@@ -918,7 +910,7 @@ Status leafrow8_gemv(torch::Tensor& y, torch::Tensor words, torch::Tensor scales
 // splits rows whose 32 steps do not fit: pvq/kernels/cuda_leaf.py, which also chooses x's source)
 Status leafrow8_gemv_mma(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
                          torch::Tensor leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
-                         int64_t gain_bits, bool whole_points, bool x_from_global) {
+                         int64_t gain_bits, bool whole_points, bool x_from_global, bool programmatic) {
   PVQ_CHECK(x.is_cuda(), "x must be on CUDA");
   const c10::cuda::CUDAGuard guard(x.device());  // before the device's properties are read
   RowsLaunch l;
@@ -940,7 +932,8 @@ Status leafrow8_gemv_mma(torch::Tensor& y, torch::Tensor words, torch::Tensor sc
     using Fd = typename decltype(fd)::type;
     auto go = [&](auto bb, auto xf) {
       return launch_rows<T, TL>(leafrow8_mma_kernel<T, Fd, decltype(bb)::value, decltype(xf)::value>,
-                                kMmaWarps * 32, l, smem, words, scales, levels, leaves, y, out_features, x_steps);
+                                kMmaWarps * 32, l, smem, programmatic, words, scales, levels, leaves, y, out_features,
+                                x_steps);
     };
     using XK = std::integral_constant<XFrom, XFrom::kGlobal>;
     using XC = std::integral_constant<XFrom, XFrom::kSharedChunks>;
@@ -954,7 +947,7 @@ Status leafrow8_gemv_mma(torch::Tensor& y, torch::Tensor words, torch::Tensor sc
 // y [1, out] = x [1, in] @ Q'^T of a layer in the quad order by multiply-adds (leafrow8_gemv_kernel<..., 1, true>)
 Status leafrow8_gemv_quad_one(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
                               torch::Tensor leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
-                              int64_t gain_bits, bool whole_points) {
+                              int64_t gain_bits, bool whole_points, bool programmatic) {
   PVQ_CHECK(x.is_cuda(), "x must be on CUDA");
   const c10::cuda::CUDAGuard guard(x.device());  // before the device's properties are read
   RowsLaunch l;
@@ -971,8 +964,8 @@ Status leafrow8_gemv_quad_one(torch::Tensor& y, torch::Tensor words, torch::Tens
     using T = typename decltype(t)::type;
     using TL = typename decltype(tl)::type;
     using Fd = typename decltype(fd)::type;
-    return launch_rows<T, TL>(leafrow8_gemv_kernel<T, Fd, 1, true>, kWarps * 32, l, smem, words, scales, levels,
-                              leaves, y, out_features, part_buffers);
+    return launch_rows<T, TL>(leafrow8_gemv_kernel<T, Fd, 1, true>, kWarps * 32, l, smem, programmatic, words, scales,
+                              levels, leaves, y, out_features, part_buffers);
   });
 }
 
@@ -981,7 +974,7 @@ Status leafrow8_gemv_quad_one(torch::Tensor& y, torch::Tensor words, torch::Tens
 // the caller reads it from global memory then; pvq/kernels/cuda_leaf.py)
 Status leafrow8_gemv_quad_mma(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
                               torch::Tensor leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
-                              int64_t gain_bits, bool whole_points, bool x_from_global) {
+                              int64_t gain_bits, bool whole_points, bool x_from_global, bool programmatic) {
   PVQ_CHECK(x.is_cuda(), "x must be on CUDA");
   const c10::cuda::CUDAGuard guard(x.device());  // before the device's properties are read
   RowsLaunch l;
@@ -999,7 +992,7 @@ Status leafrow8_gemv_quad_mma(torch::Tensor& y, torch::Tensor words, torch::Tens
     using Fd = typename decltype(fd)::type;
     auto go = [&](auto bb, auto xg) {
       return launch_rows<T, TL>(leafrow8_quad_mma_kernel<T, Fd, decltype(bb)::value, decltype(xg)::value>,
-                                kMmaWarps * 32, l, smem, words, scales, levels, leaves, y, out_features);
+                                kMmaWarps * 32, l, smem, programmatic, words, scales, levels, leaves, y, out_features);
     };
     using G = std::true_type;
     using S = std::false_type;
