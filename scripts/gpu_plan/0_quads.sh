@@ -3,8 +3,8 @@
 #   table      the per-layer goal table with the quad layouts, prefill and the weights out of L2 (--cold 3): an H200 is
 #              what the goals name
 #   pdl        one and eight rows cold and warm, each product also as a programmatic dependent launch (session 31)
-#   pdl_step   the compiled 7B step at batch 1 with the decoder's default options (programmatic launches on sm_90+)
-#              and without them (session 31; measured then through an experiment's build)
+#   pdl_step   the compiled 7B step at batch 1 with the decoder's default options (programmatic launches on sm_90+),
+#              without them, and with down_proj's gated rotation launched so too (an experiment; session 31)
 #   pdl_tests  the GPU tests of programmatic launches (test_leaf_rows.py -k programmatic, test_compiled_step.py)
 #   generate   the 7B step at batch 8 under triton and triton-rows (session 30, H100)
 #   rows_tests the GPU run of the triton-rows backend's tests (session 30, H100)
@@ -36,10 +36,11 @@ stage_generate() {
 }
 stage_pdl_step() {  # the 7B step compiled, batch 1, fp16 and pvq3: as the decoder compiles it (inductor's and pvq's
                    # kernels as programmatic dependent launches on sm_90+, session 31), then with triton.enable_pdl=False
-  for opt in "" "triton.enable_pdl=False"; do
+  for opt in "" "--inductor-option triton.enable_pdl=False" "--programmatic-gated-rotation"; do
+    name=pdl_step${opt:+_$(echo $opt | tr -dc 'a-z' | cut -c1-24)}
     timeout ${PDL_LIMIT:-150} python3 benchmarks/generate.py --layers 32 --rotation fused:256 --merge yes --compile yes \
-      --new-tokens 64 --methods ${PDL_METHODS:-fp16,pvq3} ${opt:+--inductor-option $opt} > $OUT/pdl_step${opt:+_off}.txt 2>&1
-    echo "exit $? ${opt:-default options}"; grep -E "^\||Error|error|first tokens" $OUT/pdl_step${opt:+_off}.txt | cut -c1-300
+      --new-tokens 64 --methods ${PDL_METHODS:-fp16,pvq3} $opt > $OUT/$name.txt 2>&1
+    echo "exit $? ${opt:-default options}"; grep -E "^\||Error|error|first tokens" $OUT/$name.txt | cut -c1-300
   done
 }
 stage_pdl_tests() {  # the GPU tests of programmatic launches: products, and the compiled step against the eager one
