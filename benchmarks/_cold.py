@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 
+
 def ring_length(nbytes: int, l2_bytes: int, factor: float, cap: int = 256) -> int:
     """Copies of ``nbytes`` of weights that a ring needs so that the other copies, called between two calls of one,
     read at least ``factor`` x ``l2_bytes``: 1 + ceil(factor * l2 / nbytes). Raises ValueError past ``cap``."""

@@ -58,8 +58,8 @@ ends (flushed). On CUDA the kernels' CUDA sources are compiled first, side by si
 ``--mma-min-rows`` are experiments: they move the package's thresholds for this process only;
 ``--rows-variant NAME:DEFINES`` (another experiment, benchmarks/_variants.py) measures each pvq row again with its
 row products through leafrow8_gemv.cu built with those defines (rows labelled ``{NAME}``), and ``--inductor-option
-KEY=VALUE`` passes an option to inductor for every compiled row (e.g. ``triton.enable_pdl=False``: the decoder's
-default on Hopper is True, its kernels and pvq's launched as programmatic dependent launches; session 31);
+KEY=VALUE`` passes options to inductor for every compiled row in place of the decoder's defaults (e.g.
+``triton.enable_pdl=False``: the default on Hopper is True, its kernels and pvq's launched as programmatic dependent launches; session 31);
 ``--programmatic-gated-rotation`` launches down_proj's gated rotation so too (an experiment).
 """
 
@@ -323,21 +323,22 @@ def build_cuda_kernels() -> None:
             say(f"pvq.kernels.{name}: build failed (see the warning); its layers run the Triton kernels")
 
 
-def parse_inductor_options(specs: list[str]) -> dict:
+def parse_inductor_options(specs: list[str]) -> dict | None:
     """``["KEY=VALUE", ...]`` -> ``{KEY: VALUE}`` (VALUE a Python literal, else the string) for torch.compile's
-    ``options``. Raises ValueError saying what to write."""
+    ``options``, in place of the decoder's defaults; none named: None (the defaults,
+    :func:`pvq.eval.decoding.default_compile_options`). Raises ValueError saying what to write."""
     import ast
 
     options = {}
     for spec in specs:
         key, eq, value = spec.partition("=")
         if not eq or not key.strip() or not value.strip():
-            raise ValueError(f"--inductor-option takes KEY=VALUE (e.g. triton.enable_pdl=True); got {spec!r}")
+            raise ValueError(f"--inductor-option takes KEY=VALUE (e.g. triton.enable_pdl=False); got {spec!r}")
         try:
             options[key.strip()] = ast.literal_eval(value.strip())
         except (ValueError, SyntaxError):
             options[key.strip()] = value.strip()
-    return options
+    return options or None
 
 
 def measure(model, a, device, compiled: bool = False) -> dict:
@@ -504,10 +505,11 @@ def main() -> None:
                         "triton,triton-rows (the quad order for several rows: docs/kernels.md, session 29)")
     p.add_argument("--rows-variant", action="append", default=[], metavar="NAME:DEFINE[+DEFINE]",
                    help="an experiment: each pvq row again with its row products through leafrow8_gemv.cu built with "
-                        "these defines (benchmarks/_variants.py; rows labelled {NAME}), e.g. pdl:PVQ_PDL=1")
+                        "these defines (benchmarks/_variants.py; rows labelled {NAME}), e.g. x:SOME_MACRO=1")
     p.add_argument("--inductor-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="an option of torch.compile's inductor for every compiled row (VALUE a Python literal), e.g. "
-                        "triton.enable_pdl=True")
+                   help="an option of torch.compile's inductor for every compiled row (VALUE a Python literal); "
+                        "named options replace the decoder's defaults (on Hopper triton.enable_pdl=True), e.g. "
+                        "triton.enable_pdl=False")
     p.add_argument("--programmatic-gated-rotation", action="store_true",
                    help="an experiment: down_proj's gated rotation (Triton) launched as a programmatic dependent launch "
                         "too inside compiled steps that ask for such launches (Hopper; "

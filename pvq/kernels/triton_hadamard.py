@@ -46,7 +46,8 @@ try:  # grid dependency control (programmatic dependent launches), Triton 3.3 an
 except ImportError:  # an older Triton: gated_hadamard_rotate launches plainly
     _gdc = None
 
-__all__ = ["GATED_ACTIVATIONS", "PROGRAMMATIC_GATED_ROTATION", "gated_hadamard_rotate", "gated_supported", "hadamard_rotate", "supported"]
+__all__ = ["GATED_ACTIVATIONS", "PROGRAMMATIC_GATED_ROTATION", "gated_hadamard_rotate", "gated_supported",
+           "hadamard_rotate", "supported"]
 
 MAX_ELEMENTS = 16384
 
@@ -207,7 +208,8 @@ sets it for its process; the package keeps it off until a GPU run says it pays."
 
 
 def gated_hadamard_rotate(rh: RandomizedHadamard, gate: torch.Tensor, up: torch.Tensor, activation: str = "silu",
-                          precision: str = "ieee", num_warps: int = 4, programmatic: bool | None = None) -> torch.Tensor:
+                          precision: str = "ieee", num_warps: int = 4,
+                          programmatic: bool | None = None) -> torch.Tensor:
     """``rh.forward(silu(gate) * up)`` chunk by chunk for ``gate, up: [T, n * k]`` (views with unit inner stride,
     e.g. the halves of a merged gate/up product; each row ``k`` chunks of ``rh.n``): ``[T, n * k]`` in gate's dtype,
     one launch, the activation, product and rotation in float32 (the unfused path rounds after each).
@@ -233,7 +235,8 @@ def gated_hadamard_rotate(rh: RandomizedHadamard, gate: torch.Tensor, up: torch.
     _, signs = _dense(rh, gate.device, False, 1)
     if programmatic is None:
         programmatic = PROGRAMMATIC_GATED_ROTATION and programmatic_launch_wanted()
-    pdl = bool(programmatic) and _gdc is not None and gate.is_cuda and torch.cuda.get_device_capability(gate.device)[0] >= 9
+    pdl = (bool(programmatic) and _gdc is not None and gate.is_cuda
+           and torch.cuda.get_device_capability(gate.device)[0] >= 9)
     _GATED((rows * (width // rh.n),), gate, up, out, signs, _sylvester(p1, dev), _sylvester(p2, dev), gate.stride(0),
            width // rh.n, 1.0 / math.sqrt(rh.n), P1=p1, P2=p2, PREC=precision, PDL=pdl, num_warps=num_warps,
            launch_pdl=pdl)

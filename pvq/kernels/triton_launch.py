@@ -46,7 +46,8 @@ def specialization(args: tuple) -> tuple:
 class StraightLauncher:
     """Launches of one ``@triton.jit`` kernel: ``launcher(grid, *args, num_warps=4, **constexprs)`` is
     ``kernel[grid](*args, **constexprs, num_warps=num_warps)``, through the compiled kernel from a specialization's
-    second launch on (``launch_pdl=True``: a programmatic dependent launch, which the compiled kernel keeps). ``args`` are the kernel's leading parameters in order, ``constexprs`` all the others by name.
+    second launch on (``launch_pdl=True``: a programmatic dependent launch, which the compiled kernel keeps).
+    ``args`` are the kernel's leading parameters in order, ``constexprs`` all the others by name.
     ``straight=False``: every launch through the JIT (what the benchmark compares against)."""
 
     def __init__(self, kernel, straight: bool = True):

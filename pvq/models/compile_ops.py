@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import weakref
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -94,6 +95,15 @@ def _layer(handle: int) -> nn.Module:
     return layer
 
 
+@contextmanager
+def _running(handle: int):
+    """The layer ``handle`` (:func:`_layer`), run inside :func:`~pvq.models.backends.programmatic_launches` as its
+    handle asks (:class:`CompileHandle`)."""
+    layer = _layer(handle)
+    with programmatic_launches(getattr(layer, HANDLE_ATTR).programmatic):
+        yield layer
+
+
 def _output(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], layer.out_features))
 
@@ -103,8 +113,7 @@ def quantized_linear(x: torch.Tensor, handle: int) -> torch.Tensor:
     """The layer ``handle``'s product ``[..., in] -> [..., out]`` in ``x``'s dtype."""
     # the layer's own forward (not compiling here, so its backend runs); contiguous: what eager calls pass, a
     # compiled graph may hand over another layout
-    layer = _layer(handle)
-    with programmatic_launches(getattr(layer, HANDLE_ATTR).programmatic):
+    with _running(handle) as layer:
         return layer.forward(x.contiguous()).to(x.dtype)
 
 
@@ -116,8 +125,7 @@ def _(x: torch.Tensor, handle: int) -> torch.Tensor:
 @torch.library.custom_op("pvq::quantized_gated_linear", mutates_args=())
 def quantized_gated_linear(gate: torch.Tensor, up: torch.Tensor, handle: int, activation: str) -> torch.Tensor:
     """The layer ``handle``'s product of ``act(gate) * up`` (``[..., in] -> [..., out]``) in ``gate``'s dtype."""
-    layer = _layer(handle)
-    with programmatic_launches(getattr(layer, HANDLE_ATTR).programmatic):
+    with _running(handle) as layer:
         return layer.gated_forward(gate.contiguous(), up.contiguous(), activation).to(gate.dtype)
 
 
