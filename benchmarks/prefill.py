@@ -2,7 +2,7 @@
 
     python benchmarks/prefill.py [--layers 32] [--methods fp16,int4,pvq3,pvq2] [--prompts 512,2048] [--profile] \
         [--launches straight|jit|straight,jit] \
-        [--rotation auto|layer|fused|fused:B]
+        [--rotation auto|layer|fused|fused:B] [--graph]
     TRITON_INTERPRET=1 python benchmarks/prefill.py --device cpu --layers 2 --hidden 256 --intermediate 768 \
         --vocab 512 --prompts 24 --methods fp16,pvq3 --repeats 1
 
@@ -12,7 +12,9 @@ forward of ``[1, P]`` prompt ids without a cache, the logits of the last positio
 (CUDA events, median of ``--repeats`` after two warm-up passes), ratio to fp16, peak GPU memory above the model's;
 with ``--profile`` also the GPU time of its kernels (``torch.profiler``) and the host's time to launch the forward
 (median of three):
-where the host takes longer than the kernels, Python bounds the row, not the GPU. Above 16 rows pvq decodes every layer to fp16 (Triton) and multiplies by cuBLAS; issue 22 asks for
+where the host takes longer than the kernels, Python bounds the row, not the GPU. With ``--graph`` each row is also
+replayed from a CUDA graph (no host: ``x fp16`` there against fp16 replayed so; peak memory not measured). Above 16
+rows pvq decodes every layer to fp16 (Triton) and multiplies by cuBLAS; issue 22 asks for
 prefill within 1.3x fp16. Every phase prints its seconds. Off CUDA, pvq runs the ``triton`` backend only under
 ``TRITON_INTERPRET=1`` (the CPU smoke run above, minutes under the interpreter; its times mean nothing).
 """
@@ -71,6 +73,36 @@ def time_prefill(model, ids: torch.Tensor, repeats: int) -> tuple[float, int]:
                 times.append((time.perf_counter() - t) * 1e3)
     peak = torch.cuda.max_memory_allocated() - base if cuda else 0
     return statistics.median(times), peak
+
+
+def time_graph_prefill(model, ids: torch.Tensor, repeats: int) -> float:
+    """Median milliseconds of ``repeats`` prefills replayed from one CUDA graph (captured after two warm-up passes on
+    a side stream): the kernels without the host's launches. Raises what the capture raises."""
+    cur = torch.cuda.current_stream(ids.device)
+    with torch.no_grad():
+        side = torch.cuda.Stream(ids.device)
+        side.wait_stream(cur)
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                last_logits(model, ids)
+        cur.wait_stream(side)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            last_logits(model, ids)
+        graph.replay()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    del graph
+    torch.cuda.empty_cache()
+    return statistics.median(times)
 
 
 def profile_prefill(model, ids: torch.Tensor, top: int = 12, python: bool = False) -> dict:
@@ -136,6 +168,8 @@ def main() -> None:
     p.add_argument("--launches", default="straight", help="pvq rows' Triton launches: straight (the package's: "
                    "through the compiled kernel after a specialization's first), jit (every one through Triton's JIT "
                    "dispatch, as before session 27) or both, comma-separated")
+    p.add_argument("--graph", action="store_true", help="each row also replayed from a CUDA graph (its kernels "
+                   "without the host's launches), against fp16 replayed so (CUDA)")
     p.add_argument("--profile-python", action="store_true", help="with --profile: also the host's Python functions "
                    "in one prefill by cumulative time (cProfile)")
     a = p.parse_args()
@@ -151,6 +185,8 @@ def main() -> None:
         p.error(f"--launches takes straight, jit or both (comma-separated), got {a.launches}")
     if a.profile_python and not a.profile:
         p.error("--profile-python goes with --profile: add --profile")
+    if a.graph and (a.device or ("cuda" if torch.cuda.is_available() else "cpu")).split(":")[0] != "cuda":
+        p.error("--graph replays CUDA graphs: run on a CUDA device, or leave --graph out")
     parsed = parse_plan(a.rotation, ("layer", "fused")) if a.rotation != "auto" else ("auto", None)
     if parsed is None or (parsed[1] is not None and a.intermediate % parsed[1]):
         p.error(f"--rotation takes auto, layer, fused or fused:B (B dividing --intermediate {a.intermediate}); "
@@ -199,6 +235,15 @@ def main() -> None:
                         say(f"{label}, {n} tokens: {ms:.2f} ms, peak {peak / 1e9:.2f} GB above the model")
                         if a.profile and device.type == "cuda":
                             rows[-1].update(profile_prefill(model, ids[n], python=a.profile_python))
+                        if a.graph and device.type == "cuda":
+                            try:
+                                ms = time_graph_prefill(model, ids[n], a.repeats)
+                            except Exception as e:  # noqa: BLE001 - whatever the capture refuses: said, not timed
+                                say(f"{label}, {n} tokens: no CUDA graph ({type(e).__name__}: {str(e)[:200]})")
+                                continue
+                            rows.append({"method": f"{label}, CUDA graph", "prompt": n, "ms": ms, "peak": 0,
+                                         "base": "fp16, CUDA graph"})
+                            say(f"{label}, {n} tokens, replayed from a CUDA graph: {ms:.2f} ms")
         del model
         model = None
         gc.collect()
@@ -209,7 +254,7 @@ def main() -> None:
     print("| method | prompt | ms | x fp16 | peak GB above the model | kernels' GPU ms | GPU x fp16 | host ms to launch |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        base = next((b for b in rows if b["method"] == "fp16" and b["prompt"] == r["prompt"]), None)
+        base = next((b for b in rows if b["method"] == r.get("base", "fp16") and b["prompt"] == r["prompt"]), None)
         ratio = f"{r['ms'] / base['ms']:.2f}" if base else "-"
         gpu = f"{r['gpu_ms']:.2f}" if "gpu_ms" in r else "-"
         gpu_ratio = f"{r['gpu_ms'] / base['gpu_ms']:.2f}" if base and "gpu_ms" in r and "gpu_ms" in base else "-"

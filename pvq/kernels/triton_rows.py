@@ -35,12 +35,22 @@ _OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 @triton.jit
 def _rows_decode_kernel(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, out_ptr, out_features, steps,
                         in_features, F: tl.constexpr, A: tl.constexpr, LG: tl.constexpr, BF16: tl.constexpr,
-                        POINTS: tl.constexpr, QUADS: tl.constexpr = False):
-    """Program (rg, s): rows ``32 rg .. 32 rg + 31``, inputs ``128 s .. 128 s + 127``. ``POINTS``: whole-point
-    fields (``gain | index << 2``, coordinates in the nibbles of one table word), else leaf pairs. ``QUADS``: the
-    quad order (lane 4 g + t, slot 4 u + a: row 4 g + a, vector 4 u + t), each vector stored where it belongs."""
+                        POINTS: tl.constexpr, QUADS: tl.constexpr = False, SPP: tl.constexpr = 1):
+    """Program (rg, p): rows ``32 rg .. 32 rg + 31``, the ``SPP`` steps ``SPP p ..`` (inputs ``128 s .. 128 s + 127``
+    each; ``SPP`` divides ``steps``). ``POINTS``: whole-point fields (``gain | index << 2``, coordinates in the nibbles
+    of one table word), else leaf pairs. ``QUADS``: the quad order (lane 4 g + t, slot 4 u + a: row 4 g + a, vector
+    4 u + t), each vector stored where it belongs."""
     rg = tl.program_id(0)
-    s = tl.program_id(1)
+    for u in tl.static_range(SPP):
+        _decode_tile(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, out_ptr, out_features, steps,
+                     in_features, rg, tl.program_id(1) * SPP + u, F, A, LG, BF16, POINTS, QUADS)
+
+
+@triton.jit
+def _decode_tile(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, out_ptr, out_features, steps, in_features,
+                 rg, s, F: tl.constexpr, A: tl.constexpr, LG: tl.constexpr, BF16: tl.constexpr, POINTS: tl.constexpr,
+                 QUADS: tl.constexpr):
+    """Rows ``32 rg .. 32 rg + 31``, inputs ``128 s .. 128 s + 127`` (the kernel's docstring)."""
     lane = tl.arange(0, 32)
     item = rg.to(tl.int64) * steps + s
     j = tl.arange(0, 16)
@@ -80,7 +90,15 @@ def _rows_decode_kernel(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, 
         row3 = rg * 32 + r32[:, :, None]
         ptrs = out_ptr + row3.to(tl.int64) * in_features + s * 128 + vec[:, :, None] * 8 + t[None, None, :]
         _store_rounded(ptrs, w, row3 < out_features, BF16)
-        return
+    else:
+        _store_plain(scales_ptr, levels_ptr, inv_ptr, out_ptr, out_features, in_features, rg, s, item, lane, gain, n2,
+                     c, BF16)
+
+
+@triton.jit
+def _store_plain(scales_ptr, levels_ptr, inv_ptr, out_ptr, out_features, in_features, rg, s, item, lane, gain, n2, c,
+                 BF16: tl.constexpr):
+    """The plain order's tile: row ``32 rg + lane``, its 16 vectors in order."""
     scale = tl.load(scales_ptr + item * 32 + lane).to(tl.float32)  # [32]
     mult = (tl.load(levels_ptr + gain) * scale[:, None]) * tl.load(inv_ptr + n2)  # [32, 16]
     w = tl.reshape(c.to(tl.float32) * mult[:, :, None], (32, 128))
@@ -105,15 +123,35 @@ def _store_rounded(ptrs, w, mask, BF16: tl.constexpr):
 _ROWS_DECODE = StraightLauncher(_rows_decode_kernel)  # a 7B prefill launches 128 of these (triton_launch)
 
 
-def leaf_rows_decode_triton(rt: LeafRowsRuntime, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``Q'`` ``[out, in]`` in ``dtype`` (float32, fp16 or bf16) on the layer's device (module docstring)."""
+DECODE_STEPS_PER_PROGRAM = 1
+"""Steps (``[32, 128]`` tiles) a decode program writes by default (``benchmarks/prefill_decode.py`` times others)."""
+
+DECODE_WARPS = 4
+"""Warps a decode program runs by default."""
+
+
+def leaf_rows_decode_triton(rt: LeafRowsRuntime, dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None,
+                            *, steps_per_program: int | None = None, num_warps: int | None = None) -> torch.Tensor:
+    """``Q'`` ``[out, in]`` in ``dtype`` (float32, fp16 or bf16) on the layer's device (module docstring), written
+    into ``out`` where given (contiguous, that shape and dtype, on that device: a buffer the caller reuses).
+    ``steps_per_program``: ``[32, 128]`` tiles a program writes (the largest divisor of the layer's steps up to it;
+    default :data:`DECODE_STEPS_PER_PROGRAM`); ``num_warps``: default :data:`DECODE_WARPS`."""
     if dtype not in _OUT_DTYPES:
         raise ValueError(f"the decode writes float32, float16 or bfloat16, not {dtype}")
-    out = torch.empty(rt.out_features, rt.in_features, dtype=dtype, device=rt.words.device)
+    shape = (rt.out_features, rt.in_features)
+    if out is None:
+        out = torch.empty(shape, dtype=dtype, device=rt.words.device)
+    elif tuple(out.shape) != shape or out.dtype != dtype or out.device != rt.words.device or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {dtype} tensor of {shape} on {rt.words.device}; got "
+                         f"{out.dtype} {tuple(out.shape)} on {out.device}")
     if out.numel() == 0:
         return out
     assert rt.steps * STEP_VECTORS * 8 == rt.in_features and ROW_GROUP == 32
-    _ROWS_DECODE((rt.row_groups, rt.steps), rt.words, rt.row_scales, rt.levels, rt.leaves, rt.inverse_norms, out,
-                 rt.out_features, rt.steps, rt.in_features, F=rt.field_bits, A=rt.leaf_bits, LG=rt.gain_bits,
-                 BF16=dtype == torch.bfloat16, POINTS=rt.whole_points, QUADS=rt.quad_swapped, num_warps=4)
+    spp = max(1, min(steps_per_program or DECODE_STEPS_PER_PROGRAM, rt.steps))
+    while rt.steps % spp:
+        spp -= 1
+    _ROWS_DECODE((rt.row_groups, rt.steps // spp), rt.words, rt.row_scales, rt.levels, rt.leaves, rt.inverse_norms,
+                 out, rt.out_features, rt.steps, rt.in_features, F=rt.field_bits, A=rt.leaf_bits, LG=rt.gain_bits,
+                 BF16=dtype == torch.bfloat16, POINTS=rt.whole_points, QUADS=rt.quad_swapped, SPP=spp,
+                 num_warps=num_warps or DECODE_WARPS)
     return out

@@ -27,6 +27,7 @@ def test_prefill_benchmark_refuses_bad_arguments():
                           (("--profile-python",), "--profile-python goes with --profile"),
                           (("--launches", "sometimes"), "--launches takes straight, jit or both"),
                           (("--launches", "jit,jit"), "--launches takes straight, jit or both"),
-                          (("--methods", "fp16,pvq3"), "TRITON_INTERPRET=1")):
+                          (("--methods", "fp16,pvq3"), "TRITON_INTERPRET=1"),
+                          (("--graph",), "--graph replays CUDA graphs")):
         bad = _run(*args)
         assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr[-500:])

@@ -53,3 +53,26 @@ def test_decode_refuses_other_dtypes():
     rt = leaf_rows_from_split(code_runtime(2.0, 16, 4, 128, device=DEVICE))
     with pytest.raises(ValueError, match="float32, float16 or bfloat16"):
         triton_rows.leaf_rows_decode_triton(rt, torch.int8)
+
+
+@settings(max_examples=6, deadline=None)
+@given(bits=st.sampled_from([2.0, 3.0]), out_f=st.integers(1, 40), steps=st.integers(1, 6), spp=st.integers(2, 4),
+       warps=st.sampled_from([4, 8]), points=st.booleans(), quads=st.booleans(), seed=st.integers(0, 2**16))
+def test_several_steps_a_program_give_the_same_layer(bits, out_f, steps, spp, warps, points, quads, seed):
+    """Programs of several tiles (the largest divisor of the steps up to the one asked: 5 steps at 2 and 4 run one a
+    program) and more warps write the layer the one-tile programs do, into a caller's buffer too."""
+    rt = leaf_rows_from_split(code_runtime(bits, 16, out_f, 128 * steps, seed=seed, device=DEVICE),
+                              whole_points=points and bits <= 2.0, quad_swapped=quads)
+    ref = leaf_rows_decode_reference(rt).to(torch.float16)
+    buffer = torch.full((out_f, 128 * steps), float("nan"), dtype=torch.float16, device=DEVICE)
+    got = triton_rows.leaf_rows_decode_triton(rt, torch.float16, buffer, steps_per_program=spp, num_warps=warps)
+    assert got.data_ptr() == buffer.data_ptr()
+    assert torch.equal(buffer, ref)
+
+
+def test_decode_refuses_a_buffer_of_another_shape_or_dtype():
+    rt = leaf_rows_from_split(code_runtime(2.0, 16, 4, 128, device=DEVICE))
+    for wrong in (torch.empty(4, 256, dtype=torch.float16), torch.empty(4, 128, dtype=torch.float32),
+                  torch.empty(128, 4, dtype=torch.float16).T):
+        with pytest.raises(ValueError, match="out must be a contiguous"):
+            triton_rows.leaf_rows_decode_triton(rt, torch.float16, wrong.to(DEVICE))

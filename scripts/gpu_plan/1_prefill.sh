@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Call 1 (session 32): what the 512-token prefill pays beyond fp16 without the host, and two ways to pay less. Stages
+# run in the order STAGES names them (comma list; default tiles,overlap,graph: about 5 min on a fresh machine):
+#   tiles    the whole-layer decode of each 7B product shape with 1, 2 or 4 tiles a program and 4 or 8 warps
+#            (benchmarks/prefill_decode.py --tables tiles), beside filling the fp16 layer
+#   overlap  two 7B blocks' products at 512 and 2048 rows in one CUDA graph: fp16, pvq as it runs, pvq with the next
+#            product's decode on a second stream (--tables overlap)
+#   graph    the 7B prefill eager and replayed from a CUDA graph (benchmarks/prefill.py --graph): fp16, pvq3, pvq2
+# Outputs under $OUT.
+set -u -o pipefail
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
+T0=$(date +%s)
+say() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
+GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1); echo "$GPU"
+stage_tiles() {
+  timeout ${TILES_LIMIT:-150} python3 benchmarks/prefill_decode.py --tables tiles --bits ${BITS:-3,2} \
+    --tiles ${TILES:-1x4,1x8,2x4,2x8,4x4,4x8} > $OUT/decode_tiles.txt 2>&1
+  echo "exit $?"; grep -E "^\||Error|error" $OUT/decode_tiles.txt | cut -c1-300
+}
+stage_overlap() {
+  timeout ${OVERLAP_LIMIT:-120} python3 benchmarks/prefill_decode.py --tables overlap --bits ${BITS:-3,2} \
+    --rows ${ROWS:-512,2048} > $OUT/decode_overlap.txt 2>&1
+  echo "exit $?"; grep -E "^\||Error|error|differ" $OUT/decode_overlap.txt | cut -c1-300
+}
+stage_graph() {
+  timeout ${GRAPH_LIMIT:-260} python3 benchmarks/prefill.py --methods ${METHODS:-fp16,pvq3,pvq2} --prompts 512,2048 \
+    --rotation fused:256 --graph > $OUT/prefill_graph.txt 2>&1
+  echo "exit $?"; grep -E "^\||Error|error|no CUDA graph" $OUT/prefill_graph.txt | cut -c1-300
+}
+IFS=, read -r -a ORDER <<< "${STAGES:-tiles,overlap,graph}"
+for s in "${ORDER[@]}"; do
+  if ! declare -F "stage_$s" > /dev/null; then echo "no stage $s (tiles, overlap, graph)"; exit 2; fi
+done
+for s in "${ORDER[@]}"; do "stage_$s"; say "$s"; done
