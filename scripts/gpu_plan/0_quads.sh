@@ -5,7 +5,8 @@
 #   pdl        one and eight rows cold and warm, each product also as a programmatic dependent launch (session 31)
 #   pdl_step   the compiled 7B step at batch 1 with the decoder's default options (programmatic launches on sm_90+),
 #              without them, and with down_proj's gated rotation launched so too (an experiment; session 31)
-#   pdl_tests  the GPU tests of programmatic launches (test_leaf_rows.py -k programmatic, test_compiled_step.py)
+#   pdl_tests  the GPU tests of programmatic launches (test_leaf_rows.py's, test_compiled_step.py; session 32 ran only
+#              the first: its -k deselected the second)
 #   generate   the 7B step at batch 8 under triton and triton-rows (session 30, H100)
 #   rows_tests the GPU run of the triton-rows backend's tests (session 30, H100)
 #   ncu        Nsight Compute on the one-row plain and quad kernels (session 30, H100)
@@ -44,8 +45,8 @@ stage_pdl_step() {  # the 7B step compiled, batch 1, fp16 and pvq3: as the decod
   done
 }
 stage_pdl_tests() {  # the GPU tests of programmatic launches: products, and the compiled step against the eager one
-  timeout ${PDL_TEST_LIMIT:-200} python3 -m pytest -q -p no:cacheprovider tests/kernels/test_leaf_rows.py -k programmatic \
-    tests/kernels/test_compiled_step.py > $OUT/pdl_tests.txt 2>&1
+  timeout ${PDL_TEST_LIMIT:-200} python3 -m pytest -q -p no:cacheprovider tests/kernels/test_compiled_step.py \
+    "tests/kernels/test_leaf_rows.py::test_programmatic_launches_give_the_same_product_on_the_stream_and_in_a_graph" > $OUT/pdl_tests.txt 2>&1
   echo "exit $?"; tail -3 $OUT/pdl_tests.txt
 }
 stage_rows_tests() {

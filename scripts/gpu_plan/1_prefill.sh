@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Call 1 (session 32): what the 512-token prefill pays beyond fp16 without the host, and two ways to pay less. Stages
-# run in the order STAGES names them (comma list; default tiles,overlap,graph: about 5 min on a fresh machine):
+# run in the order STAGES names them (comma list; default tiles,graph,tests,overlap: about 7 min on a fresh machine):
 #   tiles    the whole-layer decode of each 7B product shape with 1, 2 or 4 tiles a program and 4 or 8 warps
 #            (benchmarks/prefill_decode.py --tables tiles), beside filling the fp16 layer
 #   overlap  two 7B blocks' products at 512 and 2048 rows in one CUDA graph: fp16, pvq as it runs, pvq with the next
 #            product's decode on a second stream (--tables overlap)
 #   graph    the 7B prefill eager and replayed from a CUDA graph (benchmarks/prefill.py --graph): fp16, pvq3, pvq2
+#   tests    the decode's tests (test_triton_rows.py: tiles a program, warps, buffers) and the compiled step's
 # Outputs under $OUT.
 set -u -o pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
@@ -27,8 +28,13 @@ stage_graph() {
     --rotation fused:256 --graph > $OUT/prefill_graph.txt 2>&1
   echo "exit $?"; grep -E "^\||Error|error|no CUDA graph" $OUT/prefill_graph.txt | cut -c1-300
 }
-IFS=, read -r -a ORDER <<< "${STAGES:-tiles,overlap,graph}"
+stage_tests() {
+  timeout ${TEST_LIMIT:-150} python3 -m pytest -q -p no:cacheprovider tests/kernels/test_triton_rows.py \
+    tests/kernels/test_compiled_step.py > $OUT/prefill_tests.txt 2>&1
+  echo "exit $?"; tail -3 $OUT/prefill_tests.txt
+}
+IFS=, read -r -a ORDER <<< "${STAGES:-tiles,graph,tests,overlap}"
 for s in "${ORDER[@]}"; do
-  if ! declare -F "stage_$s" > /dev/null; then echo "no stage $s (tiles, overlap, graph)"; exit 2; fi
+  if ! declare -F "stage_$s" > /dev/null; then echo "no stage $s (tiles, graph, tests, overlap)"; exit 2; fi
 done
 for s in "${ORDER[@]}"; do "stage_$s"; say "$s"; done
