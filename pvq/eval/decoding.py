@@ -92,7 +92,12 @@ class StaticDecoder:
     norms, rotary embeddings, residual adds and cache writes between the products; every quantized
     product stays one operator, :mod:`pvq.models.compile_ops`; ``compile_options``: the backend's
     options, default :func:`default_compile_options`: inductor's kernels and pvq's as programmatic
-    dependent launches on Hopper and later). The prefill (prompts of any length) stays eager.
+    dependent launches on Hopper and later). The prefill (prompts of any length) is eager unless
+    ``prefill_bucket``: then each prompt is padded to a multiple of that many positions (at most ``max_len``; the
+    padding after the prompt, which causal attention keeps from the prompt's logits and the steps overwrite in the
+    cache) and, where a graph is wanted, each padded length's prefill is captured once in a CUDA graph and replayed
+    (no host launches: a 7B prefill of 512 tokens at 3 bits is bound by the host otherwise, docs/kernels.md session 32;
+    the capture's warm-up and the memory pool, one for all lengths, are the price; :attr:`prefill_mode` says which ran).
 
     ``prefill(ids [B, P])`` (the cache restarts at position 0) and ``step(tokens [B])`` return float32
     logits ``[B, V]`` of the last position. :attr:`mode`: ``"cuda-graph"``, ``"static"`` (eager steps
@@ -103,7 +108,7 @@ class StaticDecoder:
 
     def __init__(self, model, batch: int, max_len: int, graph: bool | None = None, warmup: int = 2,
                  compile: bool = False, compile_backend: str = "inductor",
-                 compile_options: dict | None = None) -> None:
+                 compile_options: dict | None = None, prefill_bucket: int | None = None) -> None:
         from transformers import StaticCache
 
         self.model, self.batch, self.max_len = model, batch, max_len
@@ -114,6 +119,14 @@ class StaticDecoder:
         self.want_compile, self.compile_backend = compile, compile_backend
         self.compile_options = (default_compile_options(self.device, compile_backend) if compile_options is None
                                 else dict(compile_options))
+        if prefill_bucket is not None and prefill_bucket < 1:
+            raise DecodeError(f"prefill_bucket pads prompts to a multiple of that many positions: give 1 or more "
+                              f"(or None: no padding), not {prefill_bucket}")
+        self.prefill_bucket = prefill_bucket
+        self._prefill_graphs: dict[int, _PrefillGraph | None] = {}  # padded length -> its graph, None: eager
+        self._prefill_pool = None  # one memory pool for all padded lengths (one replays at a time)
+        self.prefill_mode = "eager" if prefill_bucket is None else f"eager (padded to multiples of {prefill_bucket})"
+        self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self.warmup = warmup
         self._graph_mode = "static"
         self._compile_mode = ""
@@ -124,6 +137,9 @@ class StaticDecoder:
         self._step_forward = self._forward  # the compiled step after a successful set-up with compile
         self.cache = StaticCache(config=model.config, max_cache_len=max_len)
         self._cache_kw = cache_keyword(model)
+        if prefill_bucket is not None and any(getattr(l, "is_sliding", False) for l in getattr(self.cache, "layers", ())):
+            raise DecodeError("prefill_bucket pads the prompt, which a sliding-window cache would keep instead of the "
+                              "prompt's first tokens: leave prefill_bucket out for this model")
         self.pos = 0
         self._tok = torch.zeros(batch, 1, dtype=torch.long, device=self.device)
         self._cpos = torch.zeros(1, dtype=torch.long, device=self.device)
@@ -156,9 +172,80 @@ class StaticDecoder:
                               f"{self.max_len} positions")
         self.cache.reset()  # in place: a captured graph keeps reading the same tensors
         p = ids.shape[1]
-        logits = self._forward(ids.to(self.device), torch.arange(p, device=self.device))
+        if self.prefill_bucket is None:
+            logits = self._forward(ids.to(self.device), torch.arange(p, device=self.device))
+        else:
+            logits = self._padded_prefill(ids.to(self.device))
         self.pos = p
-        return logits.float()
+        return logits.to(torch.float32, copy=True)  # a graph's output is overwritten by its next replay
+
+    def padded_length(self, prompt: int) -> int:
+        """Positions a prompt of ``prompt`` tokens is padded to (``prefill_bucket``'s next multiple, at most
+        ``max_len``)."""
+        b = self.prefill_bucket or 1
+        return min(-(-prompt // b) * b, self.max_len)
+
+    def _padded_prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        """The last prompt position's logits ``[B, V]`` from a forward of the prompt padded to
+        :meth:`padded_length`: replayed from that length's CUDA graph where one is wanted and captured, else eager."""
+        p = ids.shape[1]
+        n = self.padded_length(p)
+        graph = self._prefill_graph(n) if self.want_graph else None
+        buffers = graph if graph is not None else _PrefillGraph.buffers(self.batch, n, self.device)
+        buffers.ids[:, :p].copy_(ids)
+        buffers.ids[:, p:].zero_()
+        buffers.last.fill_(p - 1)
+        buffers.padding.fill_(n - p)
+        if graph is None:
+            return self._prefill_forward(buffers)
+        self.cache.reset()  # the capture's warm-up wrote it
+        graph.graph.replay()
+        return graph.logits
+
+    def _prefill_forward(self, b: "_PrefillGraph") -> torch.Tensor:
+        """Logits ``[B, V]`` at position ``b.last`` of a forward of ``b.ids`` from position 0 (only that position
+        through the head where the model keeps chosen logits); then the cache's lengths, where it counts them
+        (newer transformers place keys by them), less the padding, so that the first step writes after the prompt."""
+        kw = {self._cache_kw: self.cache, "position_ids": b.positions.unsqueeze(0).expand(self.batch, -1),
+              "cache_position": b.positions, "use_cache": True}
+        if self._keeps_logits:
+            logits = self.model(input_ids=b.ids, logits_to_keep=b.last, **kw).logits[:, -1]
+        else:
+            logits = self.model(input_ids=b.ids, **kw).logits.index_select(1, b.last)[:, 0]
+        for layer in getattr(self.cache, "layers", ()):
+            length = getattr(layer, "cumulative_length", None)
+            if isinstance(length, torch.Tensor):
+                length.sub_(b.padding)
+        return logits
+
+    def _prefill_graph(self, n: int) -> "_PrefillGraph | None":
+        """The CUDA graph of the prefill padded to ``n`` positions, captured on first use (after a warm-up on a side
+        stream); None (and :attr:`prefill_mode` says why) where the capture failed: that length runs eagerly."""
+        if n in self._prefill_graphs:
+            return self._prefill_graphs[n]
+        b = _PrefillGraph.buffers(self.batch, n, self.device)
+        try:
+            side = torch.cuda.Stream(self.device)
+            cur = torch.cuda.current_stream(self.device)
+            side.wait_stream(cur)
+            with torch.cuda.stream(side):
+                for _ in range(max(self.warmup, 1)):
+                    self._prefill_forward(b)
+            cur.wait_stream(side)
+            if self._prefill_pool is None:
+                self._prefill_pool = torch.cuda.graph_pool_handle()
+            b.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(b.graph, pool=self._prefill_pool):
+                b.logits = self._prefill_forward(b)
+            torch.cuda.synchronize(self.device)
+            self.prefill_mode = f"cuda-graph (padded to multiples of {self.prefill_bucket})"
+        except Exception as e:  # noqa: BLE001 - any op that cannot be captured: this length's prefill runs eagerly
+            b = None
+            self.prefill_mode = f"eager (prefill graph capture failed: {_reason(e)})"
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        self._prefill_graphs[n] = b
+        return b
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -242,6 +329,25 @@ class StaticDecoder:
                 torch.cuda.synchronize(self.device)
 
 
+@dataclass
+class _PrefillGraph:
+    """A padded prefill's fixed tensors: prompt ids ``[B, n]`` (zeros after the prompt), positions ``0 .. n - 1``,
+    the last prompt position ``[1]``, the padding's length ``[]``; once captured its graph and output logits
+    ``[B, V]``."""
+
+    ids: torch.Tensor
+    positions: torch.Tensor
+    last: torch.Tensor
+    padding: torch.Tensor
+    graph: object = None
+    logits: torch.Tensor | None = None
+
+    @classmethod
+    def buffers(cls, batch: int, n: int, device: torch.device) -> "_PrefillGraph":
+        return cls(torch.zeros(batch, n, dtype=torch.long, device=device), torch.arange(n, device=device),
+                   torch.zeros(1, dtype=torch.long, device=device), torch.zeros((), dtype=torch.long, device=device))
+
+
 def _own_code(method):
     """``method`` bound to a copy of its code object. Dynamo keeps compiled graphs per code object (at most
     ``recompile_limit`` of them): each decoder's step gets its own, freed with it, so the ninth decoder of a
@@ -258,13 +364,14 @@ def _reason(e: Exception) -> str:
 @dataclass
 class DecodeRun:
     """Tokens ``[B, n]`` (n <= new_tokens: all rows ended), prefill and decode seconds (after setup),
-    the decoder's mode and setup seconds (warm-up, kernel builds, capture)."""
+    the decoder's mode, setup seconds (warm-up, kernel builds, capture) and how its prefill ran."""
 
     tokens: torch.Tensor
     prefill_seconds: float
     decode_seconds: float
     mode: str
     setup_seconds: float
+    prefill_mode: str = "eager"
 
     @property
     def seconds(self) -> float:
@@ -312,4 +419,4 @@ def decode(dec: StaticDecoder, ids: torch.Tensor, new_tokens: int,
         out.append(tok)
     _sync(device)
     t2 = time.perf_counter()
-    return DecodeRun(torch.stack(out, 1), t1 - t0, t2 - t1, dec.mode, dec.setup_seconds)
+    return DecodeRun(torch.stack(out, 1), t1 - t0, t2 - t1, dec.mode, dec.setup_seconds, dec.prefill_mode)

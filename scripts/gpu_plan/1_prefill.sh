@@ -5,8 +5,10 @@
 #            (benchmarks/prefill_decode.py --tables tiles), beside filling the fp16 layer
 #   overlap  two 7B blocks' products at 512 and 2048 rows in one CUDA graph: fp16, pvq as it runs, pvq with the next
 #            product's decode on a second stream (--tables overlap)
-#   graph    the 7B prefill eager and replayed from a CUDA graph (benchmarks/prefill.py --graph): fp16, pvq3, pvq2
-#   tests    the decode's tests (test_triton_rows.py: tiles a program, warps, buffers) and the compiled step's
+#   graph    the 7B prefill eager, replayed from a CUDA graph and through StaticDecoder's padded prefill graphs
+#            (benchmarks/prefill.py --graph): fp16, pvq3, pvq2
+#   tests    the decode's tests (test_triton_rows.py: tiles a program, warps, buffers), the compiled step's and the
+#            decoder's prefill graphs (test_decoding.py)
 # Outputs under $OUT.
 set -u -o pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
@@ -30,7 +32,8 @@ stage_graph() {
 }
 stage_tests() {
   timeout ${TEST_LIMIT:-150} python3 -m pytest -q -p no:cacheprovider tests/kernels/test_triton_rows.py \
-    tests/kernels/test_compiled_step.py > $OUT/prefill_tests.txt 2>&1
+    tests/kernels/test_compiled_step.py "tests/eval/test_decoding.py::test_prefill_replayed_from_graphs_equals_the_padded_eager_prefill" \
+    > $OUT/prefill_tests.txt 2>&1
   echo "exit $?"; tail -3 $OUT/prefill_tests.txt
 }
 IFS=, read -r -a ORDER <<< "${STAGES:-tiles,graph,tests,overlap}"

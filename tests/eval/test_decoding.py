@@ -194,3 +194,65 @@ def test_each_decoder_compiles_its_own_step(tiny_model):
             want = decode(StaticDecoder(model, 1, 20), ids, 6).tokens
             run = decode(StaticDecoder(model, 1, 20, compile=True, compile_backend="aot_eager"), ids, 6)
             assert run.mode == "static, compiled" and torch.equal(run.tokens, want)
+
+
+@pytest.mark.parametrize("bucket, prompt", [(4, 7), (16, 5), (64, 9), (1, 6)])
+def test_padded_prefill_gives_the_eager_tokens(tiny_model, bucket, prompt):
+    """Prompts padded after their end (to a multiple of the bucket, at most the cache's length) continue as the
+    unpadded ones: causal attention keeps the padding from the prompt, and the steps overwrite its cache entries."""
+    model = tiny_model("llama", seed=3).eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, prompt), generator=torch.Generator().manual_seed(bucket))
+    dec = StaticDecoder(model, batch=2, max_len=prompt + 12, prefill_bucket=bucket)
+    assert dec.padded_length(prompt) == min(-(-prompt // bucket) * bucket, prompt + 12) >= prompt
+    run = decode(dec, ids, 12)
+    assert run.prefill_mode == f"eager (padded to multiples of {bucket})"
+    assert torch.equal(run.tokens, _eager(model, ids, 12))
+    unpadded = StaticDecoder(model, batch=2, max_len=prompt + 12)
+    assert torch.allclose(dec.prefill(ids), unpadded.prefill(ids), atol=1e-4, rtol=1e-4)
+
+
+def test_padded_prefill_without_logits_to_keep_takes_the_position_from_all_logits(tiny_model):
+    model = tiny_model("llama", seed=3).eval()
+    ids = torch.randint(0, model.config.vocab_size, (1, 6), generator=torch.Generator().manual_seed(8))
+    keeps = StaticDecoder(model, batch=1, max_len=20, prefill_bucket=8)
+    every = StaticDecoder(model, batch=1, max_len=20, prefill_bucket=8)
+    every._keeps_logits = False  # a model whose forward has no logits_to_keep
+    assert keeps._keeps_logits
+    assert torch.allclose(keeps.prefill(ids), every.prefill(ids), atol=1e-5, rtol=1e-5)
+
+
+def test_a_failed_prefill_capture_runs_that_length_eagerly_and_says_why(tiny_model, monkeypatch):
+    model = tiny_model("llama", seed=3).eval()
+    ids = torch.randint(0, model.config.vocab_size, (1, 6), generator=torch.Generator().manual_seed(4))
+    dec = StaticDecoder(model, batch=1, max_len=20, prefill_bucket=8)
+    dec.want_graph = True  # as on a CUDA device; the capture's first CUDA call fails here
+
+    def refuse(*_, **__):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(torch.cuda, "Stream", refuse)
+    run = decode(dec, ids, 6)
+    assert run.prefill_mode == ("eager (prefill graph capture failed: RuntimeError: operation not permitted when "
+                                "stream is capturing)")
+    assert dec._prefill_graphs == {8: None} and torch.equal(run.tokens, _eager(model, ids, 6))
+
+
+def test_prefill_bucket_must_be_positive(tiny_model):
+    with pytest.raises(DecodeError, match="give 1 or more"):
+        StaticDecoder(tiny_model("llama", seed=3).eval(), 1, 8, prefill_bucket=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_prefill_replayed_from_graphs_equals_the_padded_eager_prefill(tiny_model):
+    """On CUDA: each padded length captured once (two lengths here, the second prompt of the first length replayed),
+    its logits bit for bit the eager padded forward's, its tokens the eager path's."""
+    model = tiny_model("llama", seed=3).eval().cuda()
+    gen = torch.Generator().manual_seed(6)
+    graphed = StaticDecoder(model, batch=1, max_len=40, prefill_bucket=8)
+    eager = StaticDecoder(model, batch=1, max_len=40, prefill_bucket=8, graph=False)
+    for prompt in (5, 7, 13):
+        ids = torch.randint(0, model.config.vocab_size, (1, prompt), generator=gen).cuda()
+        assert torch.equal(graphed.prefill(ids), eager.prefill(ids))
+        assert graphed.prefill_mode == "cuda-graph (padded to multiples of 8)"
+        assert torch.equal(decode(graphed, ids, 10).tokens.cpu(), _eager(model, ids, 10).cpu())
+    assert sorted(graphed._prefill_graphs) == [8, 16] and all(graphed._prefill_graphs.values())
