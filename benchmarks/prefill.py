@@ -195,6 +195,8 @@ def main() -> None:
                    "dispatch, as before session 27) or both, comma-separated")
     p.add_argument("--graph", action="store_true", help="each row also replayed from a CUDA graph (its kernels "
                    "without the host's launches), against fp16 replayed so (CUDA)")
+    p.add_argument("--skip-cuda-build", action="store_true", help="do not build the CUDA extensions first (above 16 "
+                   "rows the products decode through Triton; whatever else needs one builds it on first use)")
     p.add_argument("--profile-python", action="store_true", help="with --profile: also the host's Python functions "
                    "in one prefill by cumulative time (cProfile)")
     a = p.parse_args()
@@ -223,7 +225,7 @@ def main() -> None:
     with phase("importing pvq and its kernels"):
         import pvq.kernels  # noqa: F401  (registers the triton backend)
         from pvq.models.qlinear import set_backend
-    if device.type == "cuda":
+    if device.type == "cuda" and not a.skip_cuda_build:
         build_cuda_kernels()
     merged = device.type == "cuda"
     gen = torch.Generator(device=device).manual_seed(0)

@@ -27,12 +27,12 @@ stage_overlap() {
 }
 stage_graph() {
   timeout ${GRAPH_LIMIT:-260} python3 benchmarks/prefill.py --methods ${METHODS:-fp16,pvq3,pvq2} --prompts 512,2048 \
-    --rotation fused:256 --graph > $OUT/prefill_graph.txt 2>&1
+    --rotation fused:256 --graph ${GRAPH_ARGS:-} > $OUT/prefill_graph.txt 2>&1
   echo "exit $?"; grep -E "^\||Error|error|no CUDA graph" $OUT/prefill_graph.txt | cut -c1-300
 }
 stage_tests() {
   timeout ${TEST_LIMIT:-150} python3 -m pytest -q -p no:cacheprovider tests/kernels/test_triton_rows.py \
-    tests/kernels/test_compiled_step.py "tests/eval/test_decoding.py::test_prefill_replayed_from_graphs_equals_the_padded_eager_prefill" \
+    "tests/eval/test_decoding.py::test_prefill_replayed_from_graphs_equals_the_padded_eager_prefill" ${TESTS_MORE-tests/kernels/test_compiled_step.py} \
     > $OUT/prefill_tests.txt 2>&1
   echo "exit $?"; tail -3 $OUT/prefill_tests.txt
 }
