@@ -87,16 +87,24 @@ ROWS_FORMATS = (("3 b leaf pairs", dict(F=22, A=8, LG=2, POINTS=False)), ("2 b w
 """Field widths of the 7B model's rows layouts (docs/kernels.md, sessions 8 and 23)."""
 
 
+ROWS_TILES = ((1, 4), (1, 8), (2, 4), (2, 8), (4, 4), (4, 8))
+"""(tiles a program, warps) of the decode compiled (the package's: 1 tile, 4 warps; session 32)."""
+
+
 def rows_report(arch: int, dump: str | None) -> None:
     """Resources of :mod:`pvq.kernels.triton_rows`' whole-layer decode in each format (fp16; bf16 compiles alike).
     (Session 28's table, docs/bench/compile_rows_s28_cpu.txt, also held the fused product that left.)"""
     from pvq.kernels import triton_rows as TR
 
-    print("| kernel | format | warps | registers | spilled bytes | SASS instructions | shared bytes |")
-    print("|---|---|---|---|---|---|---|")
+    print("| kernel | format | tiles a program | warps | registers | spilled bytes | SASS instructions | a tile | "
+          "shared bytes |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for label, fields in ROWS_FORMATS:
-        r = compile_one(TR._rows_decode_kernel, {**fields, "BF16": False}, arch, 4, dump, f"rows_decode_{label[:1]}")
-        print(f"| decode | {label} | 4 | {r[0]} | {r[1]} | {r[2]} | {r[3]} |")
+        for spp, warps in ROWS_TILES:
+            r = compile_one(TR._rows_decode_kernel, {**fields, "BF16": False, "QUADS": False, "SPP": spp}, arch, warps,
+                            dump, f"rows_decode_{label[:1]}_{spp}x{warps}")
+            print(f"| decode | {label} | {spp} | {warps} | {r[0]} | {r[1]} | {r[2]} | {r[2] / spp:.0f} | {r[3]} |",
+                  flush=True)
 
 
 def main() -> None:
