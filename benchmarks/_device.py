@@ -21,3 +21,37 @@ def benchmark_device(p: argparse.ArgumentParser, requested: str | None) -> torch
 
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+
+
+def captured_graph(fn, device: torch.device, warmup: int = 2) -> "torch.cuda.CUDAGraph":
+    """``fn`` captured in a CUDA graph after ``warmup`` calls on a side stream (Triton's first launches compile, the
+    allocator settles), replayed once."""
+    cur = torch.cuda.current_stream(device)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(cur)
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    cur.wait_stream(side)
+    torch.cuda.synchronize(device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    torch.cuda.synchronize(device)
+    return graph
+
+
+def median_event_ms(fn, repeats: int) -> float:
+    """Median milliseconds of ``repeats`` calls of ``fn`` between two CUDA events on the current stream."""
+    import statistics
+
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)

@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from _device import captured_graph, median_event_ms  # noqa: E402
 from _plans import parse_plan  # noqa: E402
 from host_launch import jit_launches  # noqa: E402
 from generate import (SETTINGS, add_shape_arguments, build_cuda_kernels, check_int4, fresh_llama,  # noqa: E402
@@ -80,31 +81,12 @@ def time_prefill(model, ids: torch.Tensor, repeats: int) -> tuple[float, int]:
 def time_graph_prefill(model, ids: torch.Tensor, repeats: int) -> float:
     """Median milliseconds of ``repeats`` prefills replayed from one CUDA graph (captured after two warm-up passes on
     a side stream): the kernels without the host's launches. Raises what the capture raises."""
-    cur = torch.cuda.current_stream(ids.device)
     with torch.no_grad():
-        side = torch.cuda.Stream(ids.device)
-        side.wait_stream(cur)
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                last_logits(model, ids)
-        cur.wait_stream(side)
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            last_logits(model, ids)
-        graph.replay()
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            graph.replay()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
+        graph = captured_graph(lambda: last_logits(model, ids), ids.device)
+        ms = median_event_ms(graph.replay, repeats)
     del graph
     torch.cuda.empty_cache()
-    return statistics.median(times)
+    return ms
 
 
 def time_decoder_prefill(model, ids: torch.Tensor, repeats: int, bucket: int = 64) -> float:
@@ -117,17 +99,10 @@ def time_decoder_prefill(model, ids: torch.Tensor, repeats: int, bucket: int = 6
     dec.prefill(ids)
     if not dec.prefill_mode.startswith("cuda-graph"):
         raise RuntimeError(dec.prefill_mode)
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        dec.prefill(ids)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
+    ms = median_event_ms(lambda: dec.prefill(ids), repeats)
     del dec
     torch.cuda.empty_cache()
-    return statistics.median(times)
+    return ms
 
 
 def profile_prefill(model, ids: torch.Tensor, top: int = 12, python: bool = False) -> dict:

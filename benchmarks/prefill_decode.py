@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 
@@ -30,7 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _device import benchmark_device, device_name  # noqa: E402
+from _device import benchmark_device, captured_graph, device_name, median_event_ms  # noqa: E402
 from pvq.kernels.leaf_rows import leaf_rows_from_split  # noqa: E402
 
 T0 = time.perf_counter()
@@ -77,29 +76,10 @@ def timer(device):
         return wall
 
     def replayed(fn, reps: int = 10) -> float:
-        cur = torch.cuda.current_stream(device)
-        side = torch.cuda.Stream(device)
-        side.wait_stream(cur)
-        with torch.cuda.stream(side):  # warm-up (Triton's first launches compile) off the capture
-            fn()
-            fn()
-        cur.wait_stream(side)
-        torch.cuda.synchronize(device)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
-        graph.replay()
-        torch.cuda.synchronize(device)
-        times = []
-        for _ in range(reps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            graph.replay()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) * 1e3)
+        graph = captured_graph(fn, device)
+        us = median_event_ms(graph.replay, reps) * 1e3
         del graph
-        return statistics.median(times)
+        return us
     return replayed
 
 

@@ -11,11 +11,7 @@
 #   rows_tests the GPU run of the triton-rows backend's tests (session 30, H100)
 #   ncu        Nsight Compute on the one-row plain and quad kernels (session 30, H100)
 # Outputs under $OUT.
-set -u -o pipefail
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
-T0=$(date +%s)
-say() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
-GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1); echo "$GPU"
+source "$(dirname "$0")/_stages.sh"
 stage_table() {
   timeout ${TABLE_LIMIT:-380} python3 benchmarks/speed_layout_device.py --skip-check --layouts rows,points,quads \
     --shapes ${SHAPES:-11008x4096,4096x4096,4096x11008} --batches ${BATCHES:-1,2,4,8,16} --bits 2,3 --prefill=${PREFILL-512,2048} --cold 3 \
@@ -59,8 +55,4 @@ stage_ncu() {
     --skip-check --layouts rows,quads --shapes 11008x4096 --batches 1 --bits 3 > $OUT/ncu_one_row.txt 2>&1
   echo "exit $?"; grep -E "leafrow8_gemv|Duration|Registers|Warp Cycles|Shared|Issued Ipc" $OUT/ncu_one_row.txt | head -60
 }
-IFS=, read -r -a ORDER <<< "${STAGES:-pdl_tests,pdl_step}"
-for s in "${ORDER[@]}"; do
-  if ! declare -F "stage_$s" > /dev/null; then echo "no stage $s (table, pdl, pdl_step, pdl_tests, generate, rows_tests, ncu)"; exit 2; fi
-done
-for s in "${ORDER[@]}"; do "stage_$s"; say "$s"; done
+run_stages "${STAGES:-pdl_tests,pdl_step}"

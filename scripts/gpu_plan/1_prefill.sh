@@ -10,11 +10,7 @@
 #   tests    the decode's tests (test_triton_rows.py: tiles a program, warps, buffers), the compiled step's and the
 #            decoder's prefill graphs (test_decoding.py)
 # Outputs under $OUT.
-set -u -o pipefail
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
-T0=$(date +%s)
-say() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
-GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1); echo "$GPU"
+source "$(dirname "$0")/_stages.sh"
 stage_tiles() {
   timeout ${TILES_LIMIT:-150} python3 benchmarks/prefill_decode.py --tables tiles --bits ${BITS:-3,2} \
     --tiles ${TILES:-1x4,1x8,2x4,2x8,4x4,4x8} > $OUT/decode_tiles.txt 2>&1
@@ -36,8 +32,4 @@ stage_tests() {
     > $OUT/prefill_tests.txt 2>&1
   echo "exit $?"; tail -3 $OUT/prefill_tests.txt
 }
-IFS=, read -r -a ORDER <<< "${STAGES:-tiles,graph,tests,overlap}"
-for s in "${ORDER[@]}"; do
-  if ! declare -F "stage_$s" > /dev/null; then echo "no stage $s (tiles, graph, tests, overlap)"; exit 2; fi
-done
-for s in "${ORDER[@]}"; do "stage_$s"; say "$s"; done
+run_stages "${STAGES:-tiles,graph,tests,overlap}"
