@@ -230,6 +230,7 @@ class StaticDecoder:
             side.wait_stream(cur)
             with torch.cuda.stream(side):
                 for _ in range(max(self.warmup, 1)):
+                    self.cache.reset()  # each from position 0: a second forward after the first would write past n
                     self._prefill_forward(b)
             cur.wait_stream(side)
             if self._prefill_pool is None:
