@@ -1,9 +1,10 @@
 """Experiments' builds of ``pvq/kernels/csrc/leafrow8_gemv.cu`` for the benchmarks (``--rows-variant``).
 
 ``NAME:DEFINE[+DEFINE]`` builds the package's source with those defines (e.g. ``x:SOME_MACRO=1``; session 31 timed
-``pdl:PVQ_PDL=1``, a define since made a run-time argument), ``NAME:@FILE`` another version of it (the same host entry points, ``csrc/host_api.h``); :func:`variant_extension` routes the
-package's row products through such a build inside a ``with`` block (this process only), so a benchmark can time the
-package's product and an experiment's side by side in one run: how an experiment is kept or reverted.
+``pdl:PVQ_PDL=1``, a define since made a run-time argument), ``NAME:@FILE`` another version of it (the same host
+entry points, ``csrc/host_api.h``); :func:`variant_extension` routes the package's row products through such a build
+inside a ``with`` block (this process only), so a benchmark can time the package's product and an experiment's side
+by side in one run: how an experiment is kept or reverted.
 """
 
 from __future__ import annotations

@@ -224,15 +224,13 @@ class StaticDecoder:
         if n in self._prefill_graphs:
             return self._prefill_graphs[n]
         b = _PrefillGraph.buffers(self.batch, n, self.device)
+
+        def from_position_0():  # each from position 0: a second forward after the first would write past n
+            self.cache.reset()
+            self._prefill_forward(b)
+
         try:
-            side = torch.cuda.Stream(self.device)
-            cur = torch.cuda.current_stream(self.device)
-            side.wait_stream(cur)
-            with torch.cuda.stream(side):
-                for _ in range(max(self.warmup, 1)):
-                    self.cache.reset()  # each from position 0: a second forward after the first would write past n
-                    self._prefill_forward(b)
-            cur.wait_stream(side)
+            self._warm_up(from_position_0, max(self.warmup, 1))
             if self._prefill_pool is None:
                 self._prefill_pool = torch.cuda.graph_pool_handle()
             b.graph = torch.cuda.CUDAGraph()
@@ -263,17 +261,20 @@ class StaticDecoder:
         self.pos += 1
         return logits.float()
 
-    def _warm_up(self) -> None:
-        """Run the step ``warmup`` times (on a side stream where a graph is wanted, as its capture asks)."""
+    def _warm_up(self, call=None, times: int | None = None) -> None:
+        """Run ``call`` (default: the step) ``times`` times (default ``warmup``), on a side stream where a graph is
+        wanted, as its capture asks."""
+        call = call or (lambda: self._step_forward(self._tok, self._cpos))
+        times = self.warmup if times is None else times
         if not self.want_graph:
-            for _ in range(self.warmup):
-                self._step_forward(self._tok, self._cpos)
+            for _ in range(times):
+                call()
             return
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
-            for _ in range(self.warmup):
-                self._step_forward(self._tok, self._cpos)
+            for _ in range(times):
+                call()
         torch.cuda.current_stream(self.device).wait_stream(side)
 
     def _compile_step(self) -> None:

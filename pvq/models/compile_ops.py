@@ -64,12 +64,12 @@ class CompileHandle:
         return f"CompileHandle({self.value}{', programmatic' if self.programmatic else ''})"
 
 
-def register_for_compile(layer: nn.Module, programmatic: bool = False) -> int:
+def register_for_compile(layer: nn.Module) -> int:
     """Give ``layer`` (a module with ``out_features`` whose ``forward``/``gated_forward`` call the operators
-    below while compiling) a fresh handle (``programmatic``: see :class:`CompileHandle`) and return it."""
+    below while compiling) a fresh handle and return it."""
     handle = next(_HANDLES)
     _LAYERS[handle] = layer
-    setattr(layer, HANDLE_ATTR, CompileHandle(handle, programmatic))
+    setattr(layer, HANDLE_ATTR, CompileHandle(handle))
     return handle
 
 

@@ -684,6 +684,6 @@ def prepare_for_compile(model: nn.Module, programmatic_launch: bool = False) -> 
     layers = [m for m in model.modules() if type(m) is QuantizedLinear]
     for layer in layers:
         if not is_registered(layer):
-            register_for_compile(layer, programmatic_launch)
+            register_for_compile(layer)
         getattr(layer, HANDLE_ATTR).programmatic = bool(programmatic_launch)
     return len(layers)
