@@ -5,6 +5,8 @@
 #   pdl        one and eight rows cold and warm, each product also as a programmatic dependent launch (session 31)
 #   pdl_step   the compiled 7B step at batch 1 with the decoder's default options (programmatic launches on sm_90+),
 #              without them, and with down_proj's gated rotation launched so too (an experiment; session 31)
+#   goal_step  the compiled 7B step at batch 1 as the decoder compiles it, fp16, int4, pvq3 and pvq2 (the goal's row;
+#              session 33: on an H200, the first call there)
 #   pdl_tests  the GPU tests of programmatic launches (test_leaf_rows.py's, test_compiled_step.py; session 32 ran only
 #              the first: its -k deselected the second)
 #   generate   the 7B step at batch 8 under triton and triton-rows (session 30, H100)
@@ -39,6 +41,11 @@ stage_pdl_step() {  # the 7B step compiled, batch 1, fp16 and pvq3: as the decod
       --new-tokens 64 --methods ${PDL_METHODS:-fp16,pvq3} $opt > $OUT/$name.txt 2>&1
     echo "exit $? ${opt:-default options}"; grep -E "^\||Error|error|first tokens" $OUT/$name.txt | cut -c1-300
   done
+}
+stage_goal_step() {  # the goal's end-to-end row: the decoder's default options, every method the goal names
+  timeout ${GOAL_LIMIT:-330} python3 benchmarks/generate.py --layers 32 --rotation fused:256 --merge yes --compile yes \
+    --new-tokens 64 --methods ${GOAL_METHODS:-fp16,int4,pvq3,pvq2} > $OUT/goal_step.txt 2>&1
+  echo "exit $?"; grep -E "^\||Error|error|first tokens" $OUT/goal_step.txt | cut -c1-300
 }
 stage_pdl_tests() {  # the GPU tests of programmatic launches: products, and the compiled step against the eager one
   timeout ${PDL_TEST_LIMIT:-200} python3 -m pytest -q -p no:cacheprovider tests/kernels/test_compiled_step.py \
