@@ -59,8 +59,7 @@ ends (flushed). On CUDA the kernels' CUDA sources are compiled first, side by si
 ``--rows-variant NAME:DEFINES`` (another experiment, benchmarks/_variants.py) measures each pvq row again with its
 row products through leafrow8_gemv.cu built with those defines (rows labelled ``{NAME}``), and ``--inductor-option
 KEY=VALUE`` passes options to inductor for every compiled row in place of the decoder's defaults (e.g.
-``triton.enable_pdl=False``: the default on Hopper is True, its kernels and pvq's launched as programmatic dependent launches; session 31);
-``--programmatic-gated-rotation`` launches down_proj's gated rotation so too (an experiment).
+``triton.enable_pdl=False``: the default on Hopper is True, its kernels and pvq's launched as programmatic dependent launches; session 31).
 """
 
 from __future__ import annotations
@@ -510,10 +509,6 @@ def main() -> None:
                    help="an option of torch.compile's inductor for every compiled row (VALUE a Python literal); "
                         "named options replace the decoder's defaults (on Hopper triton.enable_pdl=True), e.g. "
                         "triton.enable_pdl=False")
-    p.add_argument("--programmatic-gated-rotation", action="store_true",
-                   help="an experiment: down_proj's gated rotation (Triton) launched as a programmatic dependent launch "
-                        "too inside compiled steps that ask for such launches (Hopper; "
-                        "pvq.kernels.triton_hadamard.PROGRAMMATIC_GATED_ROTATION for this process)")
     p.add_argument("--dense-rotation-max-order", type=int, default=None,
                    help="an experiment: the CUDA rotation kernel preferred for dense factors up to this order "
                         "(default: the package's DENSE_PREFERRED_MAX_ORDER; 344 puts 11008 on it)")
@@ -566,11 +561,6 @@ def main() -> None:
 
         cuda_hadamard.DENSE_PREFERRED_MAX_ORDER = a.dense_rotation_max_order
         say(f"the CUDA rotation kernel preferred for dense factors up to order {a.dense_rotation_max_order}")
-    if a.programmatic_gated_rotation:  # this process only
-        from pvq.kernels import triton_hadamard
-
-        triton_hadamard.PROGRAMMATIC_GATED_ROTATION = True
-        say("down_proj's gated rotation launched programmatically where the step asks for such launches")
     if a.mma_min_rows is not None:  # this process only
         from pvq.kernels import cuda_leaf
 

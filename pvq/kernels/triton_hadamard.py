@@ -35,19 +35,12 @@ import torch
 import triton
 import triton.language as tl
 
-from pvq.models.backends import programmatic_launch_wanted
 from pvq.transforms import RandomizedHadamard
 from pvq.transforms.hadamard import hadamard_matrix
 
 from .triton_launch import StraightLauncher
 
-try:  # grid dependency control (programmatic dependent launches), Triton 3.3 and later
-    from triton.language.extra.cuda import gdc as _gdc
-except ImportError:  # an older Triton: gated_hadamard_rotate launches plainly
-    _gdc = None
-
-__all__ = ["GATED_ACTIVATIONS", "PROGRAMMATIC_GATED_ROTATION", "gated_hadamard_rotate", "gated_supported",
-           "hadamard_rotate", "supported"]
+__all__ = ["GATED_ACTIVATIONS", "gated_hadamard_rotate", "gated_supported", "hadamard_rotate", "supported"]
 
 MAX_ELEMENTS = 16384
 
@@ -165,14 +158,11 @@ def _hadamard_tiled_kernel(x_ptr, out_ptr, signs_ptr, hp_ptr, f_ptr, n, h, scale
 
 @triton.jit
 def _gated_hadamard_kernel(gate_ptr, up_ptr, out_ptr, signs_ptr, h1_ptr, h2_ptr, in_stride, chunks, scale,
-                           P1: tl.constexpr, P2: tl.constexpr, PREC: tl.constexpr, PDL: tl.constexpr):
+                           P1: tl.constexpr, P2: tl.constexpr, PREC: tl.constexpr):
     """Program r: chunk ``r % chunks`` of token ``r // chunks``: ``M (s * (silu(g) * u))`` of its P1 P2 inputs,
     in float32 (``M = H_p1 (x) H_p2``, orthonormal), written to the token's row of ``out`` (rows of chunks * p).
-    ``PDL`` (launched as a programmatic dependent launch): the next kernel may launch at once, and nothing is read
-    before the previous kernel has finished (``gdc_wait``)."""
-    if PDL:
-        _gdc.gdc_launch_dependents()
-        _gdc.gdc_wait()
+    (A programmatic dependent launch of it, session 31's experiment, measured no faster end to end in session 32 and
+    left: docs/kernels.md.)"""
     r = tl.program_id(0).to(tl.int64)
     t, c = r // chunks, r % chunks
     a = tl.arange(0, P1 * P2)
@@ -200,22 +190,11 @@ def gated_supported(rh: RandomizedHadamard) -> bool:
     return rh.dense_order == 1 and _split(rh.pow2_order) is not None
 
 
-PROGRAMMATIC_GATED_ROTATION = False
-"""An experiment (session 31, not yet measured): inside :func:`~pvq.models.backends.programmatic_launches` (a step
-compiled with inductor's PDL on Hopper), :func:`gated_hadamard_rotate` launches as a programmatic dependent launch
-too, so that down_proj's product may start while it ends. ``benchmarks/generate.py --programmatic-gated-rotation``
-sets it for its process; the package keeps it off until a GPU run says it pays."""
-
-
 def gated_hadamard_rotate(rh: RandomizedHadamard, gate: torch.Tensor, up: torch.Tensor, activation: str = "silu",
-                          precision: str = "ieee", num_warps: int = 4,
-                          programmatic: bool | None = None) -> torch.Tensor:
+                          precision: str = "ieee", num_warps: int = 4) -> torch.Tensor:
     """``rh.forward(silu(gate) * up)`` chunk by chunk for ``gate, up: [T, n * k]`` (views with unit inner stride,
     e.g. the halves of a merged gate/up product; each row ``k`` chunks of ``rh.n``): ``[T, n * k]`` in gate's dtype,
-    one launch, the activation, product and rotation in float32 (the unfused path rounds after each).
-    ``programmatic``: a programmatic dependent launch on CUDA devices of compute capability 9 and more whose Triton
-    has it (default: :data:`PROGRAMMATIC_GATED_ROTATION` inside
-    :func:`~pvq.models.backends.programmatic_launches`); the same output either way."""
+    one launch, the activation, product and rotation in float32 (the unfused path rounds after each)."""
     if activation not in GATED_ACTIVATIONS:
         raise ValueError(f"gated activation must be one of {GATED_ACTIVATIONS}, got {activation!r}")
     if precision not in PRECISIONS:
@@ -233,13 +212,8 @@ def gated_hadamard_rotate(rh: RandomizedHadamard, gate: torch.Tensor, up: torch.
     p1, p2 = _split(rh.pow2_order)
     dev = str(gate.device)
     _, signs = _dense(rh, gate.device, False, 1)
-    if programmatic is None:
-        programmatic = PROGRAMMATIC_GATED_ROTATION and programmatic_launch_wanted()
-    pdl = (bool(programmatic) and _gdc is not None and gate.is_cuda
-           and torch.cuda.get_device_capability(gate.device)[0] >= 9)
     _GATED((rows * (width // rh.n),), gate, up, out, signs, _sylvester(p1, dev), _sylvester(p2, dev), gate.stride(0),
-           width // rh.n, 1.0 / math.sqrt(rh.n), P1=p1, P2=p2, PREC=precision, PDL=pdl, num_warps=num_warps,
-           launch_pdl=pdl)
+           width // rh.n, 1.0 / math.sqrt(rh.n), P1=p1, P2=p2, PREC=precision, num_warps=num_warps)
     return out
 
 

@@ -4,7 +4,7 @@
 #              what the goals name
 #   pdl        one and eight rows cold and warm, each product also as a programmatic dependent launch (session 31)
 #   pdl_step   the compiled 7B step at batch 1 with the decoder's default options (programmatic launches on sm_90+),
-#              without them, and with down_proj's gated rotation launched so too (an experiment; session 31)
+#              and without them (session 31; down_proj's gated rotation launched so too measured no faster in session 32 and left)
 #   goal_step  the compiled 7B step at batch 1 as the decoder compiles it, fp16, int4, pvq3 and pvq2 (the goal's row;
 #              session 33: on an H200, the first call there)
 #   pdl_tests  the GPU tests of programmatic launches (test_leaf_rows.py's, test_compiled_step.py; session 32 ran only
@@ -35,7 +35,7 @@ stage_generate() {
 }
 stage_pdl_step() {  # the 7B step compiled, batch 1, fp16 and pvq3: as the decoder compiles it (inductor's and pvq's
                    # kernels as programmatic dependent launches on sm_90+, session 31), then with triton.enable_pdl=False
-  for opt in "" "--inductor-option triton.enable_pdl=False" "--programmatic-gated-rotation"; do
+  for opt in "" "--inductor-option triton.enable_pdl=False"; do
     name=pdl_step${opt:+_$(echo $opt | tr -dc 'a-z' | cut -c1-24)}
     timeout ${PDL_LIMIT:-150} python3 benchmarks/generate.py --layers 32 --rotation fused:256 --merge yes --compile yes \
       --new-tokens 64 --methods ${PDL_METHODS:-fp16,pvq3} $opt > $OUT/$name.txt 2>&1

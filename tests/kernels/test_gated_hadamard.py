@@ -30,25 +30,6 @@ def test_kernel_equals_the_reference_on_halves_of_a_merged_product(n, chunks, to
         torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol * want.abs().max().item())
 
 
-def test_programmatic_launch_gives_the_same_rotation(monkeypatch):
-    """``programmatic=True`` (a programmatic dependent launch on Hopper GPUs; elsewhere a plain one) and the package's
-    experiment switch inside ``programmatic_launches``: the same output, bit for bit, right after the kernel that
-    writes gate and up (on the CPU, through the interpreter: the plain launch)."""
-    from pvq.models.backends import programmatic_launches
-
-    bh = BlockHadamard(256 * 43, 256, seed=5)
-    src = torch.randn(1, 2 * 256 * 43, generator=torch.Generator().manual_seed(5)).to(DEVICE)
-    gu = (src * 1.0).half()  # written just before
-    plain = triton_hadamard.gated_hadamard_rotate(bh.chunk, gu[:, :256 * 43], gu[:, 256 * 43:], programmatic=False)
-    gu = (src * 1.0).half()
-    assert torch.equal(triton_hadamard.gated_hadamard_rotate(bh.chunk, gu[:, :256 * 43], gu[:, 256 * 43:],
-                                                             programmatic=True), plain)
-    monkeypatch.setattr(triton_hadamard, "PROGRAMMATIC_GATED_ROTATION", True)
-    with programmatic_launches():
-        gu = (src * 1.0).half()
-        assert torch.equal(triton_hadamard.gated_hadamard_rotate(bh.chunk, gu[:, :256 * 43], gu[:, 256 * 43:]), plain)
-
-
 def test_kernel_refusals():
     gate = torch.randn(2, 512, device=DEVICE)
     with pytest.raises(ValueError, match="power-of-two transforms"):
