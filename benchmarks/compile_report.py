@@ -87,8 +87,9 @@ ROWS_FORMATS = (("3 b leaf pairs", dict(F=22, A=8, LG=2, POINTS=False)), ("2 b w
 """Field widths of the 7B model's rows layouts (docs/kernels.md, sessions 8 and 23)."""
 
 
-ROWS_TILES = ((1, 4), (1, 8), (2, 4), (2, 8), (4, 4), (4, 8))
-"""(tiles a program, warps) of the decode compiled (the package's: 1 tile, 4 warps; session 32)."""
+ROWS_WARPS = (4, 8)
+"""Warps of the decode compiled (the package's: 4; 8, and 2 or 4 tiles a program, measured no faster on an H100 in
+session 33: docs/kernels.md)."""
 
 
 def rows_report(arch: int, dump: str | None) -> None:
@@ -96,15 +97,13 @@ def rows_report(arch: int, dump: str | None) -> None:
     (Session 28's table, docs/bench/compile_rows_s28_cpu.txt, also held the fused product that left.)"""
     from pvq.kernels import triton_rows as TR
 
-    print("| kernel | format | tiles a program | warps | registers | spilled bytes | SASS instructions | a tile | "
-          "shared bytes |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| kernel | format | warps | registers | spilled bytes | SASS instructions | shared bytes |")
+    print("|---|---|---|---|---|---|---|")
     for label, fields in ROWS_FORMATS:
-        for spp, warps in ROWS_TILES:
-            r = compile_one(TR._rows_decode_kernel, {**fields, "BF16": False, "QUADS": False, "SPP": spp}, arch, warps,
-                            dump, f"rows_decode_{label[:1]}_{spp}x{warps}")
-            print(f"| decode | {label} | {spp} | {warps} | {r[0]} | {r[1]} | {r[2]} | {r[2] / spp:.0f} | {r[3]} |",
-                  flush=True)
+        for warps in ROWS_WARPS:
+            r = compile_one(TR._rows_decode_kernel, {**fields, "BF16": False, "QUADS": False}, arch, warps,
+                            dump, f"rows_decode_{label[:1]}_{warps}")
+            print(f"| decode | {label} | {warps} | {r[0]} | {r[1]} | {r[2]} | {r[3]} |", flush=True)
 
 
 def main() -> None:

@@ -35,15 +35,13 @@ _OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 @triton.jit
 def _rows_decode_kernel(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, out_ptr, out_features, steps,
                         in_features, F: tl.constexpr, A: tl.constexpr, LG: tl.constexpr, BF16: tl.constexpr,
-                        POINTS: tl.constexpr, QUADS: tl.constexpr = False, SPP: tl.constexpr = 1):
-    """Program (rg, p): rows ``32 rg .. 32 rg + 31``, the ``SPP`` steps ``SPP p ..`` (inputs ``128 s .. 128 s + 127``
-    each; ``SPP`` divides ``steps``). ``POINTS``: whole-point fields (``gain | index << 2``, coordinates in the nibbles
-    of one table word), else leaf pairs. ``QUADS``: the quad order (lane 4 g + t, slot 4 u + a: row 4 g + a, vector
-    4 u + t), each vector stored where it belongs."""
-    rg = tl.program_id(0)
-    for u in tl.static_range(SPP):
-        _decode_tile(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, out_ptr, out_features, steps,
-                     in_features, rg, tl.program_id(1) * SPP + u, F, A, LG, BF16, POINTS, QUADS)
+                        POINTS: tl.constexpr, QUADS: tl.constexpr = False):
+    """Program (rg, s): rows ``32 rg .. 32 rg + 31``, inputs ``128 s .. 128 s + 127``. ``POINTS``: whole-point fields
+    (``gain | index << 2``, coordinates in the nibbles of one table word), else leaf pairs. ``QUADS``: the quad order
+    (lane 4 g + t, slot 4 u + a: row 4 g + a, vector 4 u + t), each vector stored where it belongs. (Programs of 2 or
+    4 tiles and 8 warps measured no faster on an H100 in session 33 and left: docs/kernels.md.)"""
+    _decode_tile(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, out_ptr, out_features, steps, in_features,
+                 tl.program_id(0), tl.program_id(1), F, A, LG, BF16, POINTS, QUADS)
 
 
 @triton.jit
@@ -123,19 +121,10 @@ def _store_rounded(ptrs, w, mask, BF16: tl.constexpr):
 _ROWS_DECODE = StraightLauncher(_rows_decode_kernel)  # a 7B prefill launches 128 of these (triton_launch)
 
 
-DECODE_STEPS_PER_PROGRAM = 1
-"""Steps (``[32, 128]`` tiles) a decode program writes by default (``benchmarks/prefill_decode.py`` times others)."""
-
-DECODE_WARPS = 4
-"""Warps a decode program runs by default."""
-
-
-def leaf_rows_decode_triton(rt: LeafRowsRuntime, dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None,
-                            *, steps_per_program: int | None = None, num_warps: int | None = None) -> torch.Tensor:
+def leaf_rows_decode_triton(rt: LeafRowsRuntime, dtype: torch.dtype = torch.float32,
+                            out: torch.Tensor | None = None) -> torch.Tensor:
     """``Q'`` ``[out, in]`` in ``dtype`` (float32, fp16 or bf16) on the layer's device (module docstring), written
-    into ``out`` where given (contiguous, that shape and dtype, on that device: a buffer the caller reuses).
-    ``steps_per_program``: ``[32, 128]`` tiles a program writes (the largest divisor of the layer's steps up to it;
-    default :data:`DECODE_STEPS_PER_PROGRAM`); ``num_warps``: default :data:`DECODE_WARPS`."""
+    into ``out`` where given (contiguous, that shape and dtype, on that device: a buffer the caller reuses)."""
     if dtype not in _OUT_DTYPES:
         raise ValueError(f"the decode writes float32, float16 or bfloat16, not {dtype}")
     shape = (rt.out_features, rt.in_features)
@@ -147,11 +136,7 @@ def leaf_rows_decode_triton(rt: LeafRowsRuntime, dtype: torch.dtype = torch.floa
     if out.numel() == 0:
         return out
     assert rt.steps * STEP_VECTORS * 8 == rt.in_features and ROW_GROUP == 32
-    spp = max(1, min(steps_per_program or DECODE_STEPS_PER_PROGRAM, rt.steps))
-    while rt.steps % spp:
-        spp -= 1
-    _ROWS_DECODE((rt.row_groups, rt.steps // spp), rt.words, rt.row_scales, rt.levels, rt.leaves, rt.inverse_norms,
+    _ROWS_DECODE((rt.row_groups, rt.steps), rt.words, rt.row_scales, rt.levels, rt.leaves, rt.inverse_norms,
                  out, rt.out_features, rt.steps, rt.in_features, F=rt.field_bits, A=rt.leaf_bits, LG=rt.gain_bits,
-                 BF16=dtype == torch.bfloat16, POINTS=rt.whole_points, QUADS=rt.quad_swapped, SPP=spp,
-                 num_warps=num_warps or DECODE_WARPS)
+                 BF16=dtype == torch.bfloat16, POINTS=rt.whole_points, QUADS=rt.quad_swapped)
     return out

@@ -245,14 +245,18 @@ def test_prefill_bucket_must_be_positive(tiny_model):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_prefill_replayed_from_graphs_equals_the_padded_eager_prefill(tiny_model):
     """On CUDA: each padded length captured once (two lengths here, the second prompt of the first length replayed),
-    its logits bit for bit the eager padded forward's, its tokens the eager path's."""
+    each replay bit for bit the one before, its logits the eager padded forward's to float32 rounding (session 33, an
+    H100: they differed by at most 1.04e-7 of logits about 0.3, the eager forward from the unpadded one by 8.9e-8),
+    its tokens the eager path's."""
     model = tiny_model("llama", seed=3).eval().cuda()
     gen = torch.Generator().manual_seed(6)
     graphed = StaticDecoder(model, batch=1, max_len=40, prefill_bucket=8)
     eager = StaticDecoder(model, batch=1, max_len=40, prefill_bucket=8, graph=False)
     for prompt in (5, 7, 13):
         ids = torch.randint(0, model.config.vocab_size, (1, prompt), generator=gen).cuda()
-        assert torch.equal(graphed.prefill(ids), eager.prefill(ids))
+        replayed = graphed.prefill(ids)
+        assert torch.equal(graphed.prefill(ids), replayed)
+        torch.testing.assert_close(replayed, eager.prefill(ids), rtol=0, atol=1e-6)
         assert graphed.prefill_mode == "cuda-graph (padded to multiples of 8)"
         assert torch.equal(decode(graphed, ids, 10).tokens.cpu(), _eager(model, ids, 10).cpu())
     assert sorted(graphed._prefill_graphs) == [8, 16] and all(graphed._prefill_graphs.values())
