@@ -46,8 +46,7 @@ def specialization(args: tuple) -> tuple:
 class StraightLauncher:
     """Launches of one ``@triton.jit`` kernel: ``launcher(grid, *args, num_warps=4, **constexprs)`` is
     ``kernel[grid](*args, **constexprs, num_warps=num_warps)``, through the compiled kernel from a specialization's
-    second launch on (``launch_pdl=True``: a programmatic dependent launch, which the compiled kernel keeps).
-    ``args`` are the kernel's leading parameters in order, ``constexprs`` all the others by name.
+    second launch on. ``args`` are the kernel's leading parameters in order, ``constexprs`` all the others by name.
     ``straight=False``: every launch through the JIT (what the benchmark compares against)."""
 
     def __init__(self, kernel, straight: bool = True):
@@ -56,12 +55,11 @@ class StraightLauncher:
         self._names = None if params is None or not straight else tuple(p.name for p in params)
         self._compiled: dict[tuple, Any] = {}  # specialization -> (compiled kernel, constexpr values) or None
 
-    def __call__(self, grid: tuple, *args, num_warps: int = 4, launch_pdl: bool = False, **constexprs):
-        options = {"num_warps": num_warps, **({"launch_pdl": True} if launch_pdl else {})}  # named only where asked:
-        if self._names is None:  # a Triton without programmatic launches refuses the word, not a plain launch
-            return self.kernel[grid](*args, **constexprs, **options)
+    def __call__(self, grid: tuple, *args, num_warps: int = 4, **constexprs):
+        if self._names is None:
+            return self.kernel[grid](*args, **constexprs, num_warps=num_warps)
         device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
-        key = (device, specialization(args), tuple(constexprs.items()), num_warps, bool(launch_pdl))
+        key = (device, specialization(args), tuple(constexprs.items()), num_warps)
         entry = self._compiled.get(key, False)
         if entry:
             compiled, tail = entry
@@ -69,7 +67,7 @@ class StraightLauncher:
                 return compiled[_three(grid)](*args, *tail)
             except (TypeError, IndexError, ValueError):  # another Triton's launcher convention: the JIT from now on
                 self._compiled[key] = None
-        compiled = self.kernel[grid](*args, **constexprs, **options)
+        compiled = self.kernel[grid](*args, **constexprs, num_warps=num_warps)
         if entry is False:
             self._compiled[key] = self._entry(compiled, len(args), constexprs)
         return compiled

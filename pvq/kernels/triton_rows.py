@@ -40,15 +40,7 @@ def _rows_decode_kernel(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, 
     (``gain | index << 2``, coordinates in the nibbles of one table word), else leaf pairs. ``QUADS``: the quad order
     (lane 4 g + t, slot 4 u + a: row 4 g + a, vector 4 u + t), each vector stored where it belongs. (Programs of 2 or
     4 tiles and 8 warps measured no faster on an H100 in session 33 and left: docs/kernels.md.)"""
-    _decode_tile(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, out_ptr, out_features, steps, in_features,
-                 tl.program_id(0), tl.program_id(1), F, A, LG, BF16, POINTS, QUADS)
-
-
-@triton.jit
-def _decode_tile(words_ptr, scales_ptr, levels_ptr, leaves_ptr, inv_ptr, out_ptr, out_features, steps, in_features,
-                 rg, s, F: tl.constexpr, A: tl.constexpr, LG: tl.constexpr, BF16: tl.constexpr, POINTS: tl.constexpr,
-                 QUADS: tl.constexpr):
-    """Rows ``32 rg .. 32 rg + 31``, inputs ``128 s .. 128 s + 127`` (the kernel's docstring)."""
+    rg, s = tl.program_id(0), tl.program_id(1)
     lane = tl.arange(0, 32)
     item = rg.to(tl.int64) * steps + s
     j = tl.arange(0, 16)

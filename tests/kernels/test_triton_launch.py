@@ -123,20 +123,3 @@ def test_package_kernels_launched_straight_equal_their_jit_launches():
     first = triton_hadamard.gated_hadamard_rotate(rh, gate, up)
     assert torch.equal(first, triton_hadamard.gated_hadamard_rotate(rh, gate, up))
     assert any(triton_hadamard._GATED._compiled.values()), "no gated rotation was launched straight"
-
-
-def test_programmatic_launches_are_a_specialization_of_their_own_and_named_only_when_asked():
-    """``launch_pdl=True`` goes to Triton's JIT (which compiles it into the kernel it returns: its straight launches
-    stay programmatic) and keys a specialization of its own; a plain launch never names it (a Triton without
-    programmatic launches would refuse the word)."""
-    kernel, x = Kernel(), torch.zeros(64)
-    launch = StraightLauncher(kernel)
-    launch((4,), x, 32, C=7, B=3)
-    launch((4,), x, 32, C=7, B=3, launch_pdl=True)
-    launch((4,), x, 32, C=7, B=3, launch_pdl=True)
-    launch((4,), x, 32, C=7, B=3)
-    assert [e[0] for e in kernel.log] == ["jit", "jit", "straight", "straight"]
-    assert kernel.log[0][3] == {"C": 7, "B": 3} and kernel.log[1][3] == {"C": 7, "B": 3, "launch_pdl": True}
-    unparamed = Kernel(params=False)
-    StraightLauncher(unparamed)((2,), x, 32, C=1, B=2, launch_pdl=False)
-    assert unparamed.log[0][3] == {"C": 1, "B": 2}
