@@ -61,21 +61,14 @@ def time_prefill(model, ids: torch.Tensor, repeats: int) -> tuple[float, int]:
             torch.cuda.synchronize()
             base = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
+            ms = median_event_ms(lambda: last_logits(model, ids), repeats)
+            return ms, torch.cuda.max_memory_allocated() - base
         times = []
         for _ in range(repeats):
-            if cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                last_logits(model, ids)
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-            else:
-                t = time.perf_counter()
-                last_logits(model, ids)
-                times.append((time.perf_counter() - t) * 1e3)
-    peak = torch.cuda.max_memory_allocated() - base if cuda else 0
-    return statistics.median(times), peak
+            t = time.perf_counter()
+            last_logits(model, ids)
+            times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times), 0
 
 
 def time_graph_prefill(model, ids: torch.Tensor, repeats: int) -> float:
