@@ -39,6 +39,24 @@ def test_each_source_has_bindings_that_raise_its_status(source):
             f"{name} is bound as {target!r}: bind it through pvq::returning_tensor / returning_none")
 
 
+HEAVY_TORCH_HEADERS = ("<torch/extension.h>", "<torch/types.h>", "<torch/torch.h>", "<ATen/ATen.h>",
+                       "<ATen/cuda/CUDAContext.h>")
+
+
+@pytest.mark.parametrize("source", sorted(f for f in os.listdir(CSRC) if f.endswith((".cu", ".cuh", ".h"))
+                                          and f != "bind_status.h"))
+def test_nvcc_code_takes_only_the_light_torch_headers(source):
+    """What nvcc compiles includes torch through ``aten_light.h`` (the tensor, two factories, the guard, the stream, the
+    device's properties), never ``<torch/extension.h>`` and the like: parsed by nvcc's device and host passes alike,
+    they were most of every extension's first-use build (session 34, on a 2-core CPU: leafrow8_gemv.cu 172 s -> 100 s).
+    Only the bindings (``*_bind.cpp`` through ``bind_status.h``, built by the C++ compiler) take the full header."""
+    code = re.sub(r"//[^\n]*", "", open(os.path.join(CSRC, source)).read())
+    for heavy in HEAVY_TORCH_HEADERS:
+        assert heavy not in code, f"{source} includes {heavy}: include \"aten_light.h\" (add what it lacks there)"
+    if source.endswith(".cu"):
+        assert '#include "aten_light.h"' in code
+
+
 def test_bindings_are_named_after_their_source():
     assert bindings_of("/x/y/leafrow8_gemv.cu") == os.path.join(CSRC, "leafrow8_gemv_bind.cpp")
 

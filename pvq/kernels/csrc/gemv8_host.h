@@ -2,7 +2,7 @@
 // cover a row, and the choice of kernel instance (vectors a lane NV, rows decoded a step RU, input rows B).
 #pragma once
 #include <algorithm>
-#include <torch/extension.h>
+#include <ATen/core/Tensor.h>
 #include <type_traits>
 #include "host_status.h"
 
@@ -15,11 +15,11 @@ inline int ceil_div(long long a, long long b) { return static_cast<int>((a + b -
 
 // x [B, in]: 1 to kMaxRows rows, contiguous on CUDA; several rows only of fp16 or bf16 inputs of at most 16384
 // (8192 for 5 to 8 rows); in a multiple of 8
-inline Status check_x(const torch::Tensor& x) {
+inline Status check_x(const at::Tensor& x) {
   PVQ_CHECK(x.is_cuda() && x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= kMaxRows && x.is_contiguous(),
             "x must be [B <= ", kMaxRows, ", in] contiguous on CUDA");
   const int64_t batch = x.size(0);
-  PVQ_CHECK(batch == 1 || (x.scalar_type() != torch::kFloat32 && x.size(1) <= (batch > 4 ? 8192 : 16384)),
+  PVQ_CHECK(batch == 1 || (x.scalar_type() != at::kFloat && x.size(1) <= (batch > 4 ? 8192 : 16384)),
             "several rows: fp16 or bf16 inputs of at most 16384 (8192 for 5 to 8 rows), got ",
             c10::toString(x.scalar_type()), " [", batch, ", ", x.size(1), "]");
   PVQ_CHECK(x.size(1) % 8 == 0, "in_features must be a multiple of 8");

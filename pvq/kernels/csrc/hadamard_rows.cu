@@ -15,9 +15,7 @@
 #include "dtype.cuh"
 #include <algorithm>
 #ifndef PVQ_KERNEL_ONLY
-#include <torch/extension.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
+#include "aten_light.h"
 #include "host_api.h"
 #endif
 
@@ -166,18 +164,18 @@ __global__ void hadamard_dense_kernel(const T* __restrict__ x, T* __restrict__ o
 namespace pvq {
 
 // out [B, p] (x's dtype) = the transform of each row of x [B, p]; signs float32 [p].
-Status hadamard_rows(torch::Tensor& out, torch::Tensor x, torch::Tensor signs, int64_t log2p, double scale,
+Status hadamard_rows(at::Tensor& out, at::Tensor x, at::Tensor signs, int64_t log2p, double scale,
                      bool inverse) {
   PVQ_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous(), "x must be [B, p] contiguous on CUDA");
   PVQ_CHECK(log2p >= 4 && log2p <= 14 && x.size(1) == (1LL << log2p), "rows of p = 2^log2p, 16 <= p <= 16384");
-  PVQ_CHECK(signs.scalar_type() == torch::kFloat32 && signs.numel() == x.size(1), "signs float32 [p]");
+  PVQ_CHECK(signs.scalar_type() == at::kFloat && signs.numel() == x.size(1), "signs float32 [p]");
   const c10::cuda::CUDAGuard guard(x.device());
-  out = torch::empty_like(x);
+  out = at::empty_like(x);
   if (x.size(0) == 0) return {};
   const int p = static_cast<int>(x.size(1));
   const int threads = p / 16;
   const size_t smem = sizeof(float) * (p + p / 32);
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
 #define PVQ_HADAMARD(T, TL)                                                                                       \
   do {                                                                                                            \
     auto kern = hadamard_rows_kernel<T>;                                                                          \
@@ -194,17 +192,17 @@ Status hadamard_rows(torch::Tensor& out, torch::Tensor x, torch::Tensor signs, i
 
 // out [B, h p] (x's dtype) = the transform of each row of x with the dense factor G float32 [h, h] (F for the
 // forward, F^T for the inverse); signs float32 [h p]; scale = 1 / sqrt(p).
-Status hadamard_dense_rows(torch::Tensor& out, torch::Tensor x, torch::Tensor signs, torch::Tensor factor,
+Status hadamard_dense_rows(at::Tensor& out, at::Tensor x, at::Tensor signs, at::Tensor factor,
                            int64_t log2p, double scale, bool inverse) {
   PVQ_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous(), "x must be [B, n] contiguous on CUDA");
-  PVQ_CHECK(factor.scalar_type() == torch::kFloat32 && factor.dim() == 2 && factor.size(0) == factor.size(1) &&
+  PVQ_CHECK(factor.scalar_type() == at::kFloat && factor.dim() == 2 && factor.size(0) == factor.size(1) &&
             factor.is_contiguous(), "factor float32 [h, h]");
   const int h = static_cast<int>(factor.size(0));
   PVQ_CHECK(log2p >= 0 && log2p <= 14 && x.size(1) == (static_cast<int64_t>(h) << log2p),
             "rows of n = h 2^log2p, 2^log2p <= 16384");
-  PVQ_CHECK(signs.scalar_type() == torch::kFloat32 && signs.numel() == x.size(1), "signs float32 [n]");
+  PVQ_CHECK(signs.scalar_type() == at::kFloat && signs.numel() == x.size(1), "signs float32 [n]");
   const c10::cuda::CUDAGuard guard(x.device());
-  out = torch::empty_like(x);
+  out = at::empty_like(x);
   if (x.size(0) == 0) return {};
   const int p = 1 << log2p;
   // a warp's worth of outputs a block (p < 32: several outer rows), each sum cut into up to 8 runs of at least
@@ -216,7 +214,7 @@ Status hadamard_dense_rows(torch::Tensor& out, torch::Tensor x, torch::Tensor si
   PVQ_CHECK(x.size(0) * blocks_per_row < (1LL << 31), "too many rows for one launch");
   const int threads = std::min(1024, std::max(32, stride * parts));
   const size_t smem = sizeof(float) * static_cast<size_t>(stride) * (parts > 1 ? parts + 1 : 1);
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
 #define PVQ_HADAMARD_DENSE(T, TL)                                                                                 \
   do {                                                                                                            \
     auto kern = hadamard_dense_kernel<T>;                                                                         \

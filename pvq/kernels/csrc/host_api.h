@@ -2,26 +2,26 @@
 // writes its result into an argument (the first; the decode: out) and returns a pvq::Status (host_status.h), never
 // throwing.
 #pragma once
-#include <torch/types.h>
+#include <ATen/core/Tensor.h>
 #include "host_status.h"
 
 namespace pvq {
 
 // hadamard_rows.cu: out [B, p] (x's dtype) = the transform of each row of x [B, p]; signs float32 [p]
-Status hadamard_rows(torch::Tensor& out, torch::Tensor x, torch::Tensor signs, int64_t log2p, double scale,
+Status hadamard_rows(at::Tensor& out, at::Tensor x, at::Tensor signs, int64_t log2p, double scale,
                      bool inverse);
 // ... out [B, h p] with the dense factor float32 [h, h]; signs float32 [h p]; scale = 1 / sqrt(p)
-Status hadamard_dense_rows(torch::Tensor& out, torch::Tensor x, torch::Tensor signs, torch::Tensor factor,
+Status hadamard_dense_rows(at::Tensor& out, at::Tensor x, at::Tensor signs, at::Tensor factor,
                            int64_t log2p, double scale, bool inverse);
 
 // split8_gemv.cu: y [B, out] = x [B <= 8, in] @ Q'^T of a split-order D = 8 layer
-Status split8_gemv(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
-                   torch::Tensor buckets, torch::Tensor pair, torch::Tensor leaves, torch::Tensor inv_norms,
-                   torch::Tensor x, int64_t out_features, int64_t code_bits, int64_t K, int64_t group, int64_t shift);
+Status split8_gemv(at::Tensor& y, at::Tensor words, at::Tensor scales, at::Tensor levels,
+                   at::Tensor buckets, at::Tensor pair, at::Tensor leaves, at::Tensor inv_norms,
+                   at::Tensor x, int64_t out_features, int64_t code_bits, int64_t K, int64_t group, int64_t shift);
 
 // leaf8_gemv.cu: y [B, out] = x [B <= 8, in] @ Q'^T of a leaf-pair D = 8 layer
-Status leaf8_gemv(torch::Tensor& y, torch::Tensor words, int64_t row_words, torch::Tensor scales,
-                  torch::Tensor levels, torch::Tensor leaves, torch::Tensor inv_norms, torch::Tensor x,
+Status leaf8_gemv(at::Tensor& y, at::Tensor words, int64_t row_words, at::Tensor scales,
+                  at::Tensor levels, at::Tensor leaves, at::Tensor inv_norms, at::Tensor x,
                   int64_t out_features, int64_t field_bits, int64_t leaf_bits, int64_t group);
 
 // leafrow8_gemv.cu: y [B, out] = x [B, in] @ Q'^T of a row-interleaved D = 8 layer (fields of leaf pairs, or of
@@ -29,18 +29,18 @@ Status leaf8_gemv(torch::Tensor& y, torch::Tensor words, int64_t row_words, torc
 // multiply-adds, 1 to 16 on tensor cores (x read from global memory or staged in shared memory); the whole-layer
 // decode is Triton's (pvq/kernels/triton_rows.py: faster on the H200, session 18). Each launches programmatically
 // (programmatic dependent launch, sm_90 and later) where `programmatic` (session 31)
-Status leafrow8_gemv(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
-                     torch::Tensor leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
+Status leafrow8_gemv(at::Tensor& y, at::Tensor words, at::Tensor scales, at::Tensor levels,
+                     at::Tensor leaves, at::Tensor x, int64_t out_features, int64_t field_bits,
                      int64_t gain_bits, bool whole_points, bool programmatic);
-Status leafrow8_gemv_mma(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
-                         torch::Tensor leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
+Status leafrow8_gemv_mma(at::Tensor& y, at::Tensor words, at::Tensor scales, at::Tensor levels,
+                         at::Tensor leaves, at::Tensor x, int64_t out_features, int64_t field_bits,
                          int64_t gain_bits, bool whole_points, bool x_from_global, bool programmatic);
 // ... of a layer in the quad order (LeafRowsRuntime.quad_swapped): one row by multiply-adds, 1 to 16 on tensor cores
-Status leafrow8_gemv_quad_one(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
-                              torch::Tensor leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
+Status leafrow8_gemv_quad_one(at::Tensor& y, at::Tensor words, at::Tensor scales, at::Tensor levels,
+                              at::Tensor leaves, at::Tensor x, int64_t out_features, int64_t field_bits,
                               int64_t gain_bits, bool whole_points, bool programmatic);
-Status leafrow8_gemv_quad_mma(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
-                              torch::Tensor leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
+Status leafrow8_gemv_quad_mma(at::Tensor& y, at::Tensor words, at::Tensor scales, at::Tensor levels,
+                              at::Tensor leaves, at::Tensor x, int64_t out_features, int64_t field_bits,
                               int64_t gain_bits, bool whole_points, bool x_from_global, bool programmatic);
 
 }  // namespace pvq

@@ -21,9 +21,7 @@
 #include <algorithm>
 #include <type_traits>
 #ifndef PVQ_KERNEL_ONLY  // nvcc -DPVQ_KERNEL_ONLY -arch=sm_90 --resource-usage: the kernels alone, without torch
-#include <torch/extension.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
+#include "aten_light.h"
 #include "gemv8_host.h"
 #include "host_api.h"
 #endif
@@ -245,8 +243,8 @@ PVQ_INSTANTIATE(float, 2, 3, 1, 1)
 // 16384, 5 to 8 of at most 8192 (the limits pvq/kernels/cuda_leaf.py routes by).
 namespace pvq {
 
-Status leaf8_gemv(torch::Tensor& y, torch::Tensor words, int64_t row_words, torch::Tensor scales,
-                  torch::Tensor levels, torch::Tensor leaves, torch::Tensor inv_norms, torch::Tensor x,
+Status leaf8_gemv(at::Tensor& y, at::Tensor words, int64_t row_words, at::Tensor scales,
+                  at::Tensor levels, at::Tensor leaves, at::Tensor inv_norms, at::Tensor x,
                   int64_t out_features, int64_t field_bits, int64_t leaf_bits, int64_t group) {
   PVQ_TRY(gemv8::check_x(x));
   const int batch = static_cast<int>(x.size(0));
@@ -258,7 +256,7 @@ Status leaf8_gemv(torch::Tensor& y, torch::Tensor words, int64_t row_words, torc
   PVQ_CHECK(row_words * 32 >= static_cast<int64_t>(vpr) * field_bits &&
             words.numel() == out_features * row_words + 1, "words: [out * row_words + 1]");
   const c10::cuda::CUDAGuard guard(x.device());
-  y = torch::empty({batch, out_features}, x.options());
+  y = at::empty({batch, out_features}, x.options());
   const int n_leaves = static_cast<int>(leaves.numel());
   const int n_norms = static_cast<int>(inv_norms.numel());
   const int L = static_cast<int>(levels.numel());
@@ -276,7 +274,7 @@ Status leaf8_gemv(torch::Tensor& y, torch::Tensor words, int64_t row_words, torc
   const int grid = std::max({1, std::min(sms, gemv8::ceil_div(out_features, G)), gemv8::ceil_div(out_features, rows_cap)});
   const int rows_per_block = gemv8::ceil_div(out_features, grid);
   const size_t smem = table_bytes + row_bytes * rows_per_block;
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
 #define PVQ_LAUNCH(T, TL, LGG, NVV, RUU, BB)                                                                     \
   do {                                                                                                           \
     auto kern = leaf8_gemv_kernel<T, LGG, NVV, RUU, BB>;                                                         \

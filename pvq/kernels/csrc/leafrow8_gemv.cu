@@ -34,9 +34,7 @@
 
 #include <utility>
 #ifndef PVQ_KERNEL_ONLY
-#include <torch/extension.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
+#include "aten_light.h"
 #include "host_api.h"
 #endif
 
@@ -779,16 +777,16 @@ namespace {  // the products' shared host steps (entry points below, declared in
 // What both products check and derive from their arguments (x made 16-byte aligned: the kernels read it in 16-byte
 // words; the grid: one block an SM, each over a contiguous range of row groups).
 struct RowsLaunch {
-  torch::Tensor x;
+  at::Tensor x;
   int batch, steps, row_groups, n_leaves, grid, groups_per_block;
   const cudaDeviceProp* props;
 };
 
-Status rows_launch(RowsLaunch& l, const torch::Tensor& words, const torch::Tensor& scales, const torch::Tensor& levels,
-                   const torch::Tensor& leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
+Status rows_launch(RowsLaunch& l, const at::Tensor& words, const at::Tensor& scales, const at::Tensor& levels,
+                   const at::Tensor& leaves, at::Tensor x, int64_t out_features, int64_t field_bits,
                    int64_t gain_bits, int max_rows) {
   PVQ_CHECK(x.is_cuda() && x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= max_rows && x.is_contiguous() &&
-            x.scalar_type() != torch::kFloat32, "x must be [B <= ", max_rows, ", in] fp16 or bf16, contiguous on CUDA");
+            x.scalar_type() != at::kFloat, "x must be [B <= ", max_rows, ", in] fp16 or bf16, contiguous on CUDA");
   if (reinterpret_cast<uintptr_t>(x.data_ptr()) % 16) x = x.clone();
   PVQ_CHECK(x.size(1) % (8 * kStep) == 0, "in_features must be a multiple of 128");
   l.x = x;
@@ -815,7 +813,7 @@ using Int = std::integral_constant<int, V>;
 // fn(Tag<T>, Tag<TL>, Tag<Fd>) -> Status for x's dtype (T the device type, TL torch's) and the field format (leaf
 // pairs of F bits, or whole points), over the instances the kernels are built for; a failed status where none is
 template <typename Fn>
-Status by_dtype_and_fields(const torch::Tensor& x, int64_t field_bits, int64_t gain_bits, bool whole_points,
+Status by_dtype_and_fields(const at::Tensor& x, int64_t field_bits, int64_t gain_bits, bool whole_points,
                            Fn&& fn) {
   auto fields = [&](auto t, auto tl) -> Status {
     if (whole_points) {
@@ -828,8 +826,8 @@ Status by_dtype_and_fields(const torch::Tensor& x, int64_t field_bits, int64_t g
     if (gain_bits == 1 && field_bits == 18) return fn(t, tl, Tag<Fields<1, 18>>{});
     return message("no instance for fields of ", field_bits, " bits with ", gain_bits, " gain bits");
   };
-  if (x.scalar_type() == torch::kHalf) return fields(Tag<__half>{}, Tag<at::Half>{});
-  PVQ_CHECK(x.scalar_type() == torch::kBFloat16, "x must be float16 or bfloat16");
+  if (x.scalar_type() == at::kHalf) return fields(Tag<__half>{}, Tag<at::Half>{});
+  PVQ_CHECK(x.scalar_type() == at::kBFloat16, "x must be float16 or bfloat16");
   return fields(Tag<__nv_bfloat16>{}, Tag<at::BFloat16>{});
 }
 
@@ -837,10 +835,10 @@ Status by_dtype_and_fields(const torch::Tensor& x, int64_t field_bits, int64_t g
 // programmatic dependent launch where `programmatic` and the device is sm_90 or later (let_next_launch, above)
 template <typename T, typename TL, typename Kernel, typename... Extra>
 Status launch_rows(Kernel kern, int threads, const RowsLaunch& l, size_t smem, bool programmatic,
-                   const torch::Tensor& words, const torch::Tensor& scales, const torch::Tensor& levels,
-                   const torch::Tensor& leaves, torch::Tensor& y, int64_t out_features, Extra... extra) {
+                   const at::Tensor& words, const at::Tensor& scales, const at::Tensor& levels,
+                   const at::Tensor& leaves, at::Tensor& y, int64_t out_features, Extra... extra) {
   PVQ_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto stream = c10::cuda::getCurrentCUDAStream();
   const auto* words_p = reinterpret_cast<const unsigned*>(words.data_ptr<int32_t>());
   const auto* scales_p = reinterpret_cast<const __half*>(scales.data_ptr<at::Half>());
   const float* levels_p = levels.data_ptr<float>();
@@ -875,15 +873,15 @@ Status launch_rows(Kernel kern, int threads, const RowsLaunch& l, size_t smem, b
 
 // y [B, out] (x's dtype) = x [B, in] @ Q'^T for 1, 2 to 4 or 5 to 8 rows of fp16 / bf16 (in launches of 1, 4 or 8
 // rows: pvq/kernels/cuda_leaf.py routes by the shared-memory sizes).
-Status leafrow8_gemv(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
-                     torch::Tensor leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
+Status leafrow8_gemv(at::Tensor& y, at::Tensor words, at::Tensor scales, at::Tensor levels,
+                     at::Tensor leaves, at::Tensor x, int64_t out_features, int64_t field_bits,
                      int64_t gain_bits, bool whole_points, bool programmatic) {
   PVQ_CHECK(x.is_cuda(), "x must be on CUDA");
   const c10::cuda::CUDAGuard guard(x.device());  // before the device's properties are read
   RowsLaunch l;
   PVQ_TRY(rows_launch(l, words, scales, levels, leaves, x, out_features, field_bits, gain_bits, 8));
   const int rows_b = l.batch == 1 ? 1 : (l.batch > 4 ? 8 : 4);
-  y = torch::empty({l.batch, out_features}, l.x.options());
+  y = at::empty({l.batch, out_features}, l.x.options());
   // partial sums: one row, (kRows + 1) a warp, two buffers where they fit; several rows, kRows B a warp, one
   const size_t part_bytes = sizeof(float) * static_cast<size_t>(kWarps) * (rows_b == 1 ? kRows + 1 : kRows * rows_b);
   const size_t x_bytes = sizeof(uint4) * static_cast<size_t>(l.steps) * kStep * rows_b + sizeof(float) * 16;
@@ -908,14 +906,14 @@ Status leafrow8_gemv(torch::Tensor& y, torch::Tensor words, torch::Tensor scales
 // y [B, out] = x [B <= 16, in] @ Q'^T on tensor cores (leafrow8_mma_kernel), one launch: x read from global memory
 // where x_from_global, else staged in shared memory (in chunks of steps where all of it does not fit; the caller
 // splits rows whose 32 steps do not fit: pvq/kernels/cuda_leaf.py, which also chooses x's source)
-Status leafrow8_gemv_mma(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
-                         torch::Tensor leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
+Status leafrow8_gemv_mma(at::Tensor& y, at::Tensor words, at::Tensor scales, at::Tensor levels,
+                         at::Tensor leaves, at::Tensor x, int64_t out_features, int64_t field_bits,
                          int64_t gain_bits, bool whole_points, bool x_from_global, bool programmatic) {
   PVQ_CHECK(x.is_cuda(), "x must be on CUDA");
   const c10::cuda::CUDAGuard guard(x.device());  // before the device's properties are read
   RowsLaunch l;
   PVQ_TRY(rows_launch(l, words, scales, levels, leaves, x, out_features, field_bits, gain_bits, 16));
-  y = torch::empty({l.batch, out_features}, l.x.options());
+  y = at::empty({l.batch, out_features}, l.x.options());
   // x / 16 in shared memory: all of it where it fits beside the stages and the leaves, else the most steps
   // (a multiple of kMmaWarps: each warp keeps its steps) that fit, copied a chunk at a time
   const size_t fixed = kStageBytes + 4 * ((l.n_leaves + 3) & ~3) + sizeof(float) * 16;
@@ -945,14 +943,14 @@ Status leafrow8_gemv_mma(torch::Tensor& y, torch::Tensor words, torch::Tensor sc
 }
 
 // y [1, out] = x [1, in] @ Q'^T of a layer in the quad order by multiply-adds (leafrow8_gemv_kernel<..., 1, true>)
-Status leafrow8_gemv_quad_one(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
-                              torch::Tensor leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
+Status leafrow8_gemv_quad_one(at::Tensor& y, at::Tensor words, at::Tensor scales, at::Tensor levels,
+                              at::Tensor leaves, at::Tensor x, int64_t out_features, int64_t field_bits,
                               int64_t gain_bits, bool whole_points, bool programmatic) {
   PVQ_CHECK(x.is_cuda(), "x must be on CUDA");
   const c10::cuda::CUDAGuard guard(x.device());  // before the device's properties are read
   RowsLaunch l;
   PVQ_TRY(rows_launch(l, words, scales, levels, leaves, x, out_features, field_bits, gain_bits, 1));
-  y = torch::empty({1, out_features}, l.x.options());
+  y = at::empty({1, out_features}, l.x.options());
   const size_t part_bytes = sizeof(float) * static_cast<size_t>(kWarps) * (kRows + 1);
   const size_t base = sizeof(uint4) * static_cast<size_t>(l.steps) * kStep + sizeof(float) * 16 +
                       4 * ((l.n_leaves + 3) & ~3);
@@ -972,14 +970,14 @@ Status leafrow8_gemv_quad_one(torch::Tensor& y, torch::Tensor words, torch::Tens
 // y [B, out] = x [B <= 16, in] @ Q'^T on tensor cores from the quad order (leafrow8_quad_mma_kernel), one launch: x
 // read from global memory where x_from_global, else staged whole in shared memory (refused where it does not fit:
 // the caller reads it from global memory then; pvq/kernels/cuda_leaf.py)
-Status leafrow8_gemv_quad_mma(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
-                              torch::Tensor leaves, torch::Tensor x, int64_t out_features, int64_t field_bits,
+Status leafrow8_gemv_quad_mma(at::Tensor& y, at::Tensor words, at::Tensor scales, at::Tensor levels,
+                              at::Tensor leaves, at::Tensor x, int64_t out_features, int64_t field_bits,
                               int64_t gain_bits, bool whole_points, bool x_from_global, bool programmatic) {
   PVQ_CHECK(x.is_cuda(), "x must be on CUDA");
   const c10::cuda::CUDAGuard guard(x.device());  // before the device's properties are read
   RowsLaunch l;
   PVQ_TRY(rows_launch(l, words, scales, levels, leaves, x, out_features, field_bits, gain_bits, 16));
-  y = torch::empty({l.batch, out_features}, l.x.options());
+  y = at::empty({l.batch, out_features}, l.x.options());
   const int bm = l.batch <= 8 ? 8 : 16;
   const size_t fixed = kStageBytes + 4 * ((l.n_leaves + 3) & ~3) + sizeof(float) * 16;
   const size_t x_bytes = x_from_global ? 0 : sizeof(uint4) * static_cast<size_t>(l.steps) * kStep * bm;

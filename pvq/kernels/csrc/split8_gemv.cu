@@ -31,9 +31,7 @@
 #include "gemv8_common.cuh"
 #include <type_traits>
 #ifndef PVQ_KERNEL_ONLY  // nvcc -DPVQ_KERNEL_ONLY -arch=sm_90 --resource-usage: the kernels alone, without torch
-#include <torch/extension.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
+#include "aten_light.h"
 #include "gemv8_host.h"
 #include "host_api.h"
 #endif
@@ -289,20 +287,20 @@ PVQ_INSTANTIATE(float, 16, 3, 1, 1)
 // limits pvq/kernels/cuda_split.py routes by). Tables as in the header comment; all tensors on one device.
 namespace pvq {
 
-Status split8_gemv(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, torch::Tensor levels,
-                   torch::Tensor buckets, torch::Tensor pair, torch::Tensor leaves, torch::Tensor inv_norms,
-                   torch::Tensor x, int64_t out_features, int64_t code_bits, int64_t K, int64_t group, int64_t shift) {
+Status split8_gemv(at::Tensor& y, at::Tensor words, at::Tensor scales, at::Tensor levels,
+                   at::Tensor buckets, at::Tensor pair, at::Tensor leaves, at::Tensor inv_norms,
+                   at::Tensor x, int64_t out_features, int64_t code_bits, int64_t K, int64_t group, int64_t shift) {
   PVQ_TRY(gemv8::check_x(x));
   const int batch = static_cast<int>(x.size(0));
   const int rows_b = gemv8::kernel_rows(batch);  // the kernel's B
   PVQ_CHECK(words.numel() < (1LL << 27), "codes of at most 2^32 bits (bit addresses are 32-bit)");
-  PVQ_CHECK(buckets.scalar_type() == torch::kInt32 && pair.scalar_type() == torch::kInt32 && pair.size(-1) == 4,
+  PVQ_CHECK(buckets.scalar_type() == at::kInt && pair.scalar_type() == at::kInt && pair.size(-1) == 4,
             "buckets int32 (S << 5 | j0) and pair int32 [K + 1, 4] (pvq/kernels/cuda_split.py)");
   const int vpr = static_cast<int>(x.size(1) / 8);
   PVQ_CHECK(vpr % group == 0, "vectors per row must be a multiple of the group size");
   PVQ_CHECK(vpr <= 32 * 32 * 4, "in_features above 32768 are not taken by this kernel, got ", x.size(1));
   const c10::cuda::CUDAGuard guard(x.device());
-  y = torch::empty({batch, out_features}, x.options());
+  y = at::empty({batch, out_features}, x.options());
   const int n_leaves = static_cast<int>(leaves.numel());
   const int n_buckets = static_cast<int>(buckets.numel());
   const int n_norms = static_cast<int>(inv_norms.numel());
@@ -315,7 +313,7 @@ Status split8_gemv(torch::Tensor& y, torch::Tensor words, torch::Tensor scales, 
   const int rows_per_block = gemv8::ceil_div(out_features, grid);
   const size_t smem = sizeof(int) * (((n_leaves + 3) & ~3) + 4 * (K + 1) + ((K + 4) & ~3) + n_buckets + n_norms + L) +
                       sizeof(float) * static_cast<size_t>(S) * rows_per_block * rows_b;
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
 #define PVQ_LAUNCH(T, TL, LL, NVV, RUU, BB)                                                                      \
   do {                                                                                                           \
     auto kern = split8_gemv_kernel<T, LL, NVV, RUU, BB>;                                                         \
