@@ -13,14 +13,18 @@ from pvq.kernels.cuda_build import CSRC, bindings_of, cuda_build_available
 SOURCES = sorted(f for f in os.listdir(CSRC) if f.endswith(".cu"))
 
 
+def code_of(name: str) -> str:
+    """The text of ``CSRC/name`` without its ``//`` comments (which may say what is not done)."""
+    return re.sub(r"//[^\n]*", "", open(os.path.join(CSRC, name)).read())
+
+
 def test_the_four_extensions_are_there():
     assert SOURCES == ["hadamard_rows.cu", "leaf8_gemv.cu", "leafrow8_gemv.cu", "split8_gemv.cu"]
 
 
 @pytest.mark.parametrize("source", SOURCES)
 def test_nvcc_code_neither_throws_nor_binds(source):
-    text = open(os.path.join(CSRC, source)).read()
-    code = re.sub(r"//[^\n]*", "", text)  # comments may say what is not done
+    code = code_of(source)
     for banned in ("throw", "TORCH_CHECK", "c10::Error", "PYBIND11_MODULE", "AT_ERROR", "catch"):
         assert banned not in code, f"{source} uses {banned}: report a pvq::Status instead (host_status.h)"
     assert '#include "host_api.h"' in code
@@ -50,7 +54,7 @@ def test_nvcc_code_takes_only_the_light_torch_headers(source):
     device's properties), never ``<torch/extension.h>`` and the like: parsed by nvcc's device and host passes alike,
     they were most of every extension's first-use build (session 34, on a 2-core CPU: leafrow8_gemv.cu 172 s -> 100 s).
     Only the bindings (``*_bind.cpp`` through ``bind_status.h``, built by the C++ compiler) take the full header."""
-    code = re.sub(r"//[^\n]*", "", open(os.path.join(CSRC, source)).read())
+    code = code_of(source)
     for heavy in HEAVY_TORCH_HEADERS:
         assert heavy not in code, f"{source} includes {heavy}: include \"aten_light.h\" (add what it lacks there)"
     if source.endswith(".cu"):
@@ -69,7 +73,7 @@ def test_no_message_is_formatted_through_an_ostream(source):
     """On the H200 machine (torch 2.11 + CUDA 13, libstdc++ 6.0.33) writing an integer to a std::ostringstream inside
     an extension killed the process (docs/bench/bind_diag_s18_h200.txt): messages are built by pvq::message from
     std::string and std::to_string (host_status.h), never by an ostream or torch's c10::str (which writes to one)."""
-    code = re.sub(r"//[^\n]*", "", open(os.path.join(CSRC, source)).read())
+    code = code_of(source)
     for banned in ("ostringstream", "stringstream", "std::ostream", "c10::str", "<sstream>", "std::cout", "std::cerr"):
         assert banned not in code, f"{source} uses {banned}: build the message with pvq::message (host_status.h)"
 
