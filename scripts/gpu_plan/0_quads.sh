@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Call 0 (sessions 30 and 31): stages run in the order STAGES names them (comma list; default pdl_tests,pdl_step: about 6 min on a fresh machine; table alone about 6 min):
+#   build      the four CUDA extensions built side by side: "built [True, True, True, True] N s" (_stages.sh)
 #   table      the per-layer goal table with the quad layouts, prefill and the weights out of L2 (--cold 3): an H200 is
 #              what the goals name
 #   pdl        one and eight rows cold and warm, each product also as a programmatic dependent launch (session 31)

@@ -4,6 +4,16 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 T0=$(date +%s)
 say() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 nvidia-smi --query-gpu=name --format=csv,noheader | head -1
+# stage_build: the four CUDA extensions built side by side, whether each built and how long (a failed build only warns
+# and the products fall back to Triton, so every GPU call's first line should say [True, True, True, True])
+stage_build() {
+  python3 -c "
+import time; t=time.perf_counter()
+from concurrent.futures import ThreadPoolExecutor
+from pvq.kernels import cuda_leaf, cuda_hadamard, cuda_split
+jobs = [cuda_leaf._rows_extension, cuda_hadamard._extension, cuda_leaf._extension, cuda_split._extension]
+with ThreadPoolExecutor(4) as p: print('built', list(p.map(lambda f: f() is not None, jobs)), f'{time.perf_counter()-t:.1f} s')" 2>&1 | tail -3
+}
 # run_stages LIST: the functions stage_NAME of the comma-separated LIST in its order, once all are known
 run_stages() {
   local order s
