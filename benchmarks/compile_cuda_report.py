@@ -1,7 +1,7 @@
 """Compile the D = 8 CUDA products for sm_90 without a GPU and print, per instantiation, registers, spilled
 bytes and the SASS instructions of the main loop per decoded vector.
 
-    python benchmarks/compile_cuda_report.py [--arch 90] [--sources split8_gemv.cu,leaf8_gemv.cu,leafrow8_gemv.cu]
+    python benchmarks/compile_cuda_report.py [--arch 90] [--sources split8_gemv.cu,leaf8_gemv.cu,leafrow8_gemv.cu,...]
         [--define NAME=VALUE ...]
     python benchmarks/compile_cuda_report.py --whole [--sources ...] [--define ...]
 
@@ -114,8 +114,8 @@ _STUBS = {
 
 
 def compile_whole(source: str, arch: int, defines: tuple[str, ...]) -> bool:
-    """Compiles ``source`` and its bindings (``x_bind.cpp``) with torch's and Python's headers; prints the first
-    errors. Returns whether both compiled."""
+    """Compiles ``source`` and its bindings (``x_bind.cpp``; none for another source of an extension, ``x.part.cu``)
+    with torch's and Python's headers; prints the first errors. Returns whether both compiled."""
     import sysconfig
 
     import torch
@@ -131,8 +131,10 @@ def compile_whole(source: str, arch: int, defines: tuple[str, ...]) -> bool:
                  *(f"-D{x}" for x in defines)]
         bind = source[: -len(".cu")] + "_bind.cpp"
         ok = True
-        for cmd in (["nvcc", f"-arch=sm_{arch}", "-O3", *flags, "-c", source, "-o", os.path.join(d, "k.o")],
-                    [shutil.which("g++") or "c++", "-fsyntax-only", *flags, bind]):
+        cmds = [["nvcc", f"-arch=sm_{arch}", "-O3", *flags, "-c", source, "-o", os.path.join(d, "k.o")]]
+        if "." not in source[: -len(".cu")]:  # x.cu, not one of its parts x.part.cu
+            cmds.append([shutil.which("g++") or "c++", "-fsyntax-only", *flags, bind])
+        for cmd in cmds:
             r = subprocess.run(cmd, cwd=CSRC, capture_output=True, text=True)
             errors = [line for line in r.stderr.splitlines() if "error" in line]
             if r.returncode:
@@ -144,7 +146,8 @@ def compile_whole(source: str, arch: int, defines: tuple[str, ...]) -> bool:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", type=int, default=90)
-    p.add_argument("--sources", default="split8_gemv.cu,leaf8_gemv.cu,leafrow8_gemv.cu")
+    p.add_argument("--sources", default="split8_gemv.cu,leaf8_gemv.cu,leafrow8_gemv.cu,leafrow8_gemv.mma.cu,"
+                   "leafrow8_gemv.quad_mma.cu")
     p.add_argument("--define", action="append", default=[], help="NAME=VALUE: an experiment's build (as "
                    "speed_layout_device.py --rows-variant builds it)")
     p.add_argument("--whole", action="store_true",

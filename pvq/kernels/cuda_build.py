@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import torch
 
-__all__ = ["CSRC", "StatusExtension", "bindings_of", "cuda_build_available", "load_cuda_extension"]
+__all__ = ["CSRC", "StatusExtension", "bindings_of", "cuda_build_available", "load_cuda_extension", "parts_of"]
 
 CSRC = os.path.join(os.path.dirname(__file__), "csrc")
 """Where the CUDA sources (and their shared header ``dtype.cuh``) live."""
@@ -36,6 +36,15 @@ def cuda_build_available() -> bool:
 def bindings_of(path: str) -> str:
     """The C++ file that binds the CUDA source ``path`` (``x.cu``: ``x_bind.cpp`` in :data:`CSRC`)."""
     return os.path.join(CSRC, os.path.basename(path)[: -len(".cu")] + "_bind.cpp")
+
+
+def parts_of(path: str) -> list[str]:
+    """The other CUDA sources of ``x.cu``'s extension, ``x.*.cu`` in :data:`CSRC` (sorted): one extension's kernels
+    split into several sources so that ninja compiles them side by side (leafrow8_gemv.cu's three: nvcc had spent
+    69 of its 97 s in cicc on 130 kernel instances, session 35). Only ``x.cu`` has bindings."""
+    stem = os.path.basename(path)[: -len(".cu")]
+    return sorted(os.path.join(CSRC, f) for f in os.listdir(CSRC)
+                  if f.startswith(stem + ".") and f.endswith(".cu") and f != stem + ".cu")
 
 
 class StatusExtension:
@@ -62,16 +71,16 @@ class StatusExtension:
 
 
 def load_cuda_extension(name: str, path: str, instead: str, defines: tuple[str, ...] = (),
-                        bindings: str | None = None) -> StatusExtension | None:
-    """The module compiled from the CUDA source ``path`` and its Python bindings (``bindings``, default
-    :func:`bindings_of`; C++ built by the C++ compiler, returning the host code's failed checks as values:
-    ``csrc/bind_status.h``) as a :class:`StatusExtension`, or None (with a warning naming what runs ``instead``)
-    where the build fails. Callers cache it (one build per process). ``defines`` (``"NAME=VALUE"``) build an
-    experiment's variant; give it its own ``name``."""
+                        bindings: str | None = None, parts: list[str] | None = None) -> StatusExtension | None:
+    """The module compiled from the CUDA source ``path``, its other sources (``parts``, default :func:`parts_of`)
+    and its Python bindings (``bindings``, default :func:`bindings_of`; C++ built by the C++ compiler, returning the
+    host code's failed checks as values: ``csrc/bind_status.h``) as a :class:`StatusExtension`, or None (with a
+    warning naming what runs ``instead``) where the build fails. Callers cache it (one build per process).
+    ``defines`` (``"NAME=VALUE"``, every source) build an experiment's variant; give it its own ``name``."""
     from torch.utils.cpp_extension import load
 
     flags = ["-O3"] + [f"-D{d}" for d in defines]
-    sources = [path, bindings or bindings_of(path)]
+    sources = [path, *(parts_of(path) if parts is None else parts), bindings or bindings_of(path)]
     try:
         return StatusExtension(load(name=name, sources=sources, extra_cflags=["-O3"], extra_cuda_cflags=flags,
                                     extra_include_paths=[CSRC], verbose=False))

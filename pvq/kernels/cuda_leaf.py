@@ -100,7 +100,7 @@ def _launch(ext, rt: LeafRuntime, x: torch.Tensor) -> torch.Tensor:
                           x.contiguous(), rt.out_features, rt.field_bits, rt.leaf_bits, rt.group_size)
 
 
-# ---------------------------------------------------------------- the row-interleaved layout (leafrow8_gemv.cu)
+# ------------------------------------------------ the row-interleaved layout (leafrow8_gemv.cu and its parts)
 
 LEAF_ROWS_SHARED_BYTES = 220 * 1024
 """Shared memory a launch of the row-interleaved kernel may take (x / 16 of its rows, the leaves, the partial

@@ -24,7 +24,7 @@ swapped within a step: lane ``4 g + t`` holds, in its slots ``j = 4 u + a``, the
 ``4 u + t`` (an involution: :func:`quad_slot`). The four lanes of a quad then hold the same four rows at four
 neighbouring vectors, the shape of an ``mma.m16n8k16`` operand fragment: a lane's decoded halves are its A registers
 as they stand and its B registers one 16-byte read of x, where the plain order goes through a shared-memory stage and
-``ldmatrix`` (pvq/kernels/csrc/leafrow8_gemv.cu, ``leafrow8_quad_mma_kernel``).
+``ldmatrix`` (pvq/kernels/csrc/leafrow8_gemv.quad_mma.cu, ``leafrow8_quad_mma_kernel``).
 
 The decoded weight is bit for bit :func:`~pvq.kernels.split_runtime.split_decode_reference`'s.
 """

@@ -8,9 +8,10 @@ import re
 
 import pytest
 
-from pvq.kernels.cuda_build import CSRC, bindings_of, cuda_build_available
+from pvq.kernels.cuda_build import CSRC, bindings_of, cuda_build_available, parts_of
 
-SOURCES = sorted(f for f in os.listdir(CSRC) if f.endswith(".cu"))
+CUDA = sorted(f for f in os.listdir(CSRC) if f.endswith(".cu"))
+SOURCES = [f for f in CUDA if "." not in f[: -len(".cu")]]  # an extension's first source, x.cu (its parts: x.*.cu)
 
 
 def code_of(name: str) -> str:
@@ -22,7 +23,24 @@ def test_the_four_extensions_are_there():
     assert SOURCES == ["hadamard_rows.cu", "leaf8_gemv.cu", "leafrow8_gemv.cu", "split8_gemv.cu"]
 
 
-@pytest.mark.parametrize("source", SOURCES)
+def test_every_part_belongs_to_an_extension():
+    """leafrow8_gemv.cu's kernels are split over three sources that ninja compiles side by side (session 35); every
+    other ``.cu`` is the first source of an extension."""
+    parts = {os.path.basename(p) for s in SOURCES for p in parts_of(os.path.join(CSRC, s))}
+    assert parts == {"leafrow8_gemv.mma.cu", "leafrow8_gemv.quad_mma.cu"}
+    assert sorted(parts | set(SOURCES)) == CUDA
+    assert parts_of(os.path.join(CSRC, "leaf8_gemv.cu")) == []  # leaf8_ is not leafrow8_'s prefix
+
+
+def test_each_entry_point_is_defined_in_one_source_of_its_extension():
+    """host_api.h's entry points are defined once across an extension's sources (a part that lost one would build
+    and fail at import with an undefined symbol, seen only on a GPU machine)."""
+    declared = re.findall(r"^Status (\w+)\(", open(os.path.join(CSRC, "host_api.h")).read(), re.M)
+    defined = [name for f in CUDA for name in re.findall(r"^Status (\w+)\(", code_of(f), re.M)]
+    assert sorted(defined) == sorted(declared) and len(declared) >= 8
+
+
+@pytest.mark.parametrize("source", CUDA)
 def test_nvcc_code_neither_throws_nor_binds(source):
     code = code_of(source)
     for banned in ("throw", "TORCH_CHECK", "c10::Error", "PYBIND11_MODULE", "AT_ERROR", "catch"):

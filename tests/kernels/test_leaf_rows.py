@@ -195,7 +195,8 @@ def test_quantized_layer_transcodes_from_its_stored_codes():
 
 def test_source_ships_with_the_package():
     assert (files("pvq.kernels") / "csrc" / "leafrow8_gemv.cu").is_file()
-    for name in ("host_status.h", "host_api.h", "leafrow8_gemv_bind.cpp"):
+    for name in ("host_status.h", "host_api.h", "leafrow8_gemv_bind.cpp", "leafrow8_common.cuh", "leafrow8_gemv.mma.cu",
+                 "leafrow8_gemv.quad_mma.cu"):
         assert (files("pvq.kernels") / "csrc" / name).is_file()
 
 
@@ -367,7 +368,7 @@ def test_the_kernels_refuse_what_they_do_not_take_with_an_error():
 def test_routing_counts_at_least_the_stages_the_tensor_core_kernel_takes():
     """``MMA_STAGE_BYTES`` (the routing's count) may exceed the kernel's ``kStageBytes`` (it counted 32 warps' stages
     when the kernel went to 16, session 24) but never fall below it: a launch the routing allows must fit."""
-    src = (files("pvq.kernels") / "csrc" / "leafrow8_gemv.cu").read_text()
+    src = (files("pvq.kernels") / "csrc" / "leafrow8_common.cuh").read_text()
     const = {k: int(v) for k, v in re.findall(r"constexpr int (kMmaWarps|kRows) = (\d+);", src)}
     assert re.search(r"constexpr int kStageBytes = kMmaWarps \* 2 \* kRows \* 16;", src)
     assert cuda_leaf.MMA_STAGE_BYTES >= const["kMmaWarps"] * 2 * const["kRows"] * 16

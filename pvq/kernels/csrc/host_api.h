@@ -24,11 +24,11 @@ Status leaf8_gemv(at::Tensor& y, at::Tensor words, int64_t row_words, at::Tensor
                   at::Tensor levels, at::Tensor leaves, at::Tensor inv_norms, at::Tensor x,
                   int64_t out_features, int64_t field_bits, int64_t leaf_bits, int64_t group);
 
-// leafrow8_gemv.cu: y [B, out] = x [B, in] @ Q'^T of a row-interleaved D = 8 layer (fields of leaf pairs, or of
-// whole points where whole_points), 1 to 8 rows by
-// multiply-adds, 1 to 16 on tensor cores (x read from global memory or staged in shared memory); the whole-layer
-// decode is Triton's (pvq/kernels/triton_rows.py: faster on the H200, session 18). Each launches programmatically
-// (programmatic dependent launch, sm_90 and later) where `programmatic` (session 31)
+// leafrow8_gemv.cu (with its parts leafrow8_gemv.mma.cu and leafrow8_gemv.quad_mma.cu, one extension): y [B, out] =
+// x [B, in] @ Q'^T of a row-interleaved D = 8 layer (fields of leaf pairs, or of whole points where whole_points),
+// 1 to 8 rows by multiply-adds, 1 to 16 on tensor cores (x read from global memory or staged in shared memory); the
+// whole-layer decode is Triton's (pvq/kernels/triton_rows.py: faster on the H200, session 18). Each launches
+// programmatically (programmatic dependent launch, sm_90 and later) where `programmatic` (session 31)
 Status leafrow8_gemv(at::Tensor& y, at::Tensor words, at::Tensor scales, at::Tensor levels,
                      at::Tensor leaves, at::Tensor x, int64_t out_features, int64_t field_bits,
                      int64_t gain_bits, bool whole_points, bool programmatic);

@@ -1,5 +1,6 @@
-// Python bindings of leafrow8_gemv.cu (and of its experiments' versions, benchmarks/speed_layout_device.py), built
-// by the C++ compiler: a failed check comes back as a value (bind_status.h; Python raises it), never an exception
+// Python bindings of leafrow8_gemv.cu and its parts leafrow8_gemv.*.cu (and of its experiments' versions,
+// benchmarks/_variants.py), built by the C++ compiler: a failed check comes back as a value (bind_status.h; Python
+// raises it), never an exception
 #include "bind_status.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
