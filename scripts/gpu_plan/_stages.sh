@@ -12,7 +12,11 @@ import time; t=time.perf_counter()
 from concurrent.futures import ThreadPoolExecutor
 from pvq.kernels import cuda_leaf, cuda_hadamard, cuda_split
 jobs = [cuda_leaf._rows_extension, cuda_hadamard._extension, cuda_leaf._extension, cuda_split._extension]
-with ThreadPoolExecutor(4) as p: print('built', list(p.map(lambda f: f() is not None, jobs)), f'{time.perf_counter()-t:.1f} s')" 2>&1 | tail -3
+def build(f):
+    t0 = time.perf_counter(); ok = f() is not None; return ok, round(time.perf_counter() - t0, 1)
+with ThreadPoolExecutor(4) as p: done = list(p.map(build, jobs))
+print('built', [ok for ok, _ in done], f'{time.perf_counter()-t:.1f} s; each (rows, hadamard, leaf, split):', [s for _, s in done])
+import os; print('cores', os.cpu_count(), 'MAX_JOBS', os.environ.get('MAX_JOBS'))" 2>&1 | tail -4
 }
 # run_stages LIST: the functions stage_NAME of the comma-separated LIST in its order, once all are known
 run_stages() {
