@@ -1,7 +1,8 @@
 // The device and host pieces shared by the three sources of the row-interleaved products' extension: leafrow8_gemv.cu
 // (1 to 8 rows by multiply-adds; its head comment describes the layout and the arithmetic), leafrow8_gemv.mma.cu and
 // leafrow8_gemv.quad_mma.cu (up to 16 rows on tensor cores, plain and quad order). One source until session 35: its
-// 130 kernel instances took nvcc 97 s on a 2-core CPU, 69 s of it in cicc; split, ninja compiles the three side by side.
+// 130 kernel instances took nvcc 97 s on a 2-core CPU, 69 s of it in cicc; split, ninja compiles the three side by
+// side.
 #pragma once
 #include "gemv8_common.cuh"
 #include <type_traits>
@@ -329,17 +330,17 @@ namespace {  // the products' shared host steps (entry points in the three sourc
 
 [[maybe_unused]] int ceil_div(long long a, long long b) { return static_cast<int>((a + b - 1) / b); }
 
-// What both products check and derive from their arguments (x made 16-byte aligned: the kernels read it in 16-byte
-// words; the grid: one block an SM, each over a contiguous range of row groups).
+// What the products check and derive from their arguments (x made 16-byte aligned: the kernels read it in 16-byte
+// words; the grid: one block an SM, each over a contiguous range of row groups); rows_launch also allocates y [B, out].
 struct RowsLaunch {
   at::Tensor x;
   int batch, steps, row_groups, n_leaves, grid, groups_per_block;
   const cudaDeviceProp* props;
 };
 
-Status rows_launch(RowsLaunch& l, const at::Tensor& words, const at::Tensor& scales, const at::Tensor& levels,
-                   const at::Tensor& leaves, at::Tensor x, int64_t out_features, int64_t field_bits,
-                   int64_t gain_bits, int max_rows) {
+Status rows_launch(RowsLaunch& l, at::Tensor& y, const at::Tensor& words, const at::Tensor& scales,
+                   const at::Tensor& levels, const at::Tensor& leaves, at::Tensor x, int64_t out_features,
+                   int64_t field_bits, int64_t gain_bits, int max_rows) {
   PVQ_CHECK(x.is_cuda() && x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= max_rows && x.is_contiguous() &&
             x.scalar_type() != at::kFloat, "x must be [B <= ", max_rows, ", in] fp16 or bf16, contiguous on CUDA");
   if (reinterpret_cast<uintptr_t>(x.data_ptr()) % 16) x = x.clone();
@@ -355,6 +356,7 @@ Status rows_launch(RowsLaunch& l, const at::Tensor& words, const at::Tensor& sca
   l.props = at::cuda::getCurrentDeviceProperties();
   l.grid = std::max(1, std::min(l.props->multiProcessorCount, l.row_groups));
   l.groups_per_block = ceil_div(l.row_groups, l.grid);
+  y = at::empty({l.batch, out_features}, l.x.options());
   return {};
 }
 

@@ -201,9 +201,9 @@ Status leafrow8_gemv(at::Tensor& y, at::Tensor words, at::Tensor scales, at::Ten
   PVQ_CHECK(x.is_cuda(), "x must be on CUDA");
   const c10::cuda::CUDAGuard guard(x.device());  // before the device's properties are read
   RowsLaunch l;
-  PVQ_TRY(rows_launch(l, words, scales, levels, leaves, x, out_features, field_bits, gain_bits, 8));
+  PVQ_TRY(rows_launch(l, y, words, scales, levels, leaves, x, out_features, field_bits, gain_bits,
+                      8));
   const int rows_b = l.batch == 1 ? 1 : (l.batch > 4 ? 8 : 4);
-  y = at::empty({l.batch, out_features}, l.x.options());
   // partial sums: one row, (kRows + 1) a warp, two buffers where they fit; several rows, kRows B a warp, one
   const size_t part_bytes = sizeof(float) * static_cast<size_t>(kWarps) * (rows_b == 1 ? kRows + 1 : kRows * rows_b);
   const size_t x_bytes = sizeof(uint4) * static_cast<size_t>(l.steps) * kStep * rows_b + sizeof(float) * 16;
@@ -232,8 +232,8 @@ Status leafrow8_gemv_quad_one(at::Tensor& y, at::Tensor words, at::Tensor scales
   PVQ_CHECK(x.is_cuda(), "x must be on CUDA");
   const c10::cuda::CUDAGuard guard(x.device());  // before the device's properties are read
   RowsLaunch l;
-  PVQ_TRY(rows_launch(l, words, scales, levels, leaves, x, out_features, field_bits, gain_bits, 1));
-  y = at::empty({1, out_features}, l.x.options());
+  PVQ_TRY(rows_launch(l, y, words, scales, levels, leaves, x, out_features, field_bits, gain_bits,
+                      1));
   const size_t part_bytes = sizeof(float) * static_cast<size_t>(kWarps) * (kRows + 1);
   const size_t base = sizeof(uint4) * static_cast<size_t>(l.steps) * kStep + sizeof(float) * 16 +
                       4 * ((l.n_leaves + 3) & ~3);

@@ -181,8 +181,8 @@ Status leafrow8_gemv_mma(at::Tensor& y, at::Tensor words, at::Tensor scales, at:
   PVQ_CHECK(x.is_cuda(), "x must be on CUDA");
   const c10::cuda::CUDAGuard guard(x.device());  // before the device's properties are read
   RowsLaunch l;
-  PVQ_TRY(rows_launch(l, words, scales, levels, leaves, x, out_features, field_bits, gain_bits, 16));
-  y = at::empty({l.batch, out_features}, l.x.options());
+  PVQ_TRY(rows_launch(l, y, words, scales, levels, leaves, x, out_features, field_bits, gain_bits,
+                      16));
   // x / 16 in shared memory: all of it where it fits beside the stages and the leaves, else the most steps
   // (a multiple of kMmaWarps: each warp keeps its steps) that fit, copied a chunk at a time
   const size_t fixed = kStageBytes + 4 * ((l.n_leaves + 3) & ~3) + sizeof(float) * 16;

@@ -143,8 +143,8 @@ Status leafrow8_gemv_quad_mma(at::Tensor& y, at::Tensor words, at::Tensor scales
   PVQ_CHECK(x.is_cuda(), "x must be on CUDA");
   const c10::cuda::CUDAGuard guard(x.device());  // before the device's properties are read
   RowsLaunch l;
-  PVQ_TRY(rows_launch(l, words, scales, levels, leaves, x, out_features, field_bits, gain_bits, 16));
-  y = at::empty({l.batch, out_features}, l.x.options());
+  PVQ_TRY(rows_launch(l, y, words, scales, levels, leaves, x, out_features, field_bits, gain_bits,
+                      16));
   const int bm = l.batch <= 8 ? 8 : 16;
   const size_t fixed = kStageBytes + 4 * ((l.n_leaves + 3) & ~3) + sizeof(float) * 16;
   const size_t x_bytes = x_from_global ? 0 : sizeof(uint4) * static_cast<size_t>(l.steps) * kStep * bm;
