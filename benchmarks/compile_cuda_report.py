@@ -120,6 +120,8 @@ def compile_whole(source: str, arch: int, defines: tuple[str, ...]) -> bool:
 
     import torch
 
+    from pvq.kernels.cuda_build import is_part
+
     include = os.path.join(os.path.dirname(torch.__file__), "include")
     with tempfile.TemporaryDirectory() as d:
         for name, text in _STUBS.items():
@@ -132,7 +134,7 @@ def compile_whole(source: str, arch: int, defines: tuple[str, ...]) -> bool:
         bind = source[: -len(".cu")] + "_bind.cpp"
         ok = True
         cmds = [["nvcc", f"-arch=sm_{arch}", "-O3", *flags, "-c", source, "-o", os.path.join(d, "k.o")]]
-        if "." not in source[: -len(".cu")]:  # x.cu, not one of its parts x.part.cu
+        if not is_part(source):  # x.cu has bindings, its parts x.part.cu none
             cmds.append([shutil.which("g++") or "c++", "-fsyntax-only", *flags, bind])
         for cmd in cmds:
             r = subprocess.run(cmd, cwd=CSRC, capture_output=True, text=True)

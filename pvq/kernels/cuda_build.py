@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import torch
 
-__all__ = ["CSRC", "StatusExtension", "bindings_of", "cuda_build_available", "load_cuda_extension", "parts_of"]
+__all__ = ["CSRC", "StatusExtension", "bindings_of", "cuda_build_available", "is_part", "load_cuda_extension", "parts_of"]
 
 CSRC = os.path.join(os.path.dirname(__file__), "csrc")
 """Where the CUDA sources (and their shared header ``dtype.cuh``) live."""
@@ -38,13 +38,19 @@ def bindings_of(path: str) -> str:
     return os.path.join(CSRC, os.path.basename(path)[: -len(".cu")] + "_bind.cpp")
 
 
+def is_part(path: str) -> bool:
+    """Whether the CUDA source ``path`` is a part of another's extension (``x.part.cu``, no bindings of its own) rather
+    than an extension's first source (``x.cu``)."""
+    return "." in os.path.basename(path)[: -len(".cu")]
+
+
 def parts_of(path: str) -> list[str]:
     """The other CUDA sources of ``x.cu``'s extension, ``x.*.cu`` in :data:`CSRC` (sorted): one extension's kernels
     split into several sources so that ninja compiles them side by side (leafrow8_gemv.cu's three: nvcc had spent
     69 of its 97 s in cicc on 130 kernel instances, session 35). Only ``x.cu`` has bindings."""
     stem = os.path.basename(path)[: -len(".cu")]
     return sorted(os.path.join(CSRC, f) for f in os.listdir(CSRC)
-                  if f.startswith(stem + ".") and f.endswith(".cu") and f != stem + ".cu")
+                  if f.startswith(stem + ".") and f.endswith(".cu") and is_part(f))
 
 
 class StatusExtension:

@@ -8,10 +8,10 @@ import re
 
 import pytest
 
-from pvq.kernels.cuda_build import CSRC, bindings_of, cuda_build_available, parts_of
+from pvq.kernels.cuda_build import CSRC, bindings_of, cuda_build_available, is_part, parts_of
 
 CUDA = sorted(f for f in os.listdir(CSRC) if f.endswith(".cu"))
-SOURCES = [f for f in CUDA if "." not in f[: -len(".cu")]]  # an extension's first source, x.cu (its parts: x.*.cu)
+SOURCES = [f for f in CUDA if not is_part(f)]  # an extension's first source, x.cu (its parts: x.*.cu)
 
 
 def code_of(name: str) -> str:

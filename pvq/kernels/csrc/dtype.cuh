@@ -18,12 +18,12 @@ template <> __device__ __forceinline__ float from_float<float>(float v) { return
 // Host side: CASE(T, TL) for the dtype of x (T the device type, TL torch's), float16, bfloat16 or float32.
 #define PVQ_BY_DTYPE(x, CASE)                                                                               \
   do {                                                                                                      \
-    if ((x).scalar_type() == at::kHalf) {                                                                \
+    if ((x).scalar_type() == at::kHalf) {                                                                   \
       CASE(__half, at::Half);                                                                               \
-    } else if ((x).scalar_type() == at::kBFloat16) {                                                     \
+    } else if ((x).scalar_type() == at::kBFloat16) {                                                        \
       CASE(__nv_bfloat16, at::BFloat16);                                                                    \
     } else {                                                                                                \
-      PVQ_CHECK((x).scalar_type() == at::kFloat, "x must be float16, bfloat16 or float32");         \
+      PVQ_CHECK((x).scalar_type() == at::kFloat, "x must be float16, bfloat16 or float32");                 \
       CASE(float, float);                                                                                   \
     }                                                                                                       \
   } while (0)
