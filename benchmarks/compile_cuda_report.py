@@ -3,12 +3,16 @@ bytes and the SASS instructions of the main loop per decoded vector.
 
     python benchmarks/compile_cuda_report.py [--arch 90] [--sources split8_gemv.cu,leaf8_gemv.cu,leafrow8_gemv.cu,...]
         [--define NAME=VALUE ...]
-    python benchmarks/compile_cuda_report.py --whole [--sources ...] [--define ...]
+    python benchmarks/compile_cuda_report.py --whole [--phases] [--sources ...] [--define ...]
 
 ``--whole`` compiles each extension as the GPU machine builds it, host code and bindings included, against torch's
 headers (the CPU wheel lacks the CUDA libraries' headers those include: stub declarations of the few types they
 name stand in) and prints whether each compiles: a check, before a GPU call, that a change still builds (a source
-that stops compiling only warns on the GPU and its layers fall back to slower paths; sessions 18-19).
+that stops compiling only warns on the GPU and its layers fall back to slower paths; sessions 18-19). ``--phases``
+also prints the seconds of each nvcc phase (``nvcc --time``: cicc optimizes the device code, ptxas assembles it, gcc
+the host code) and the source's wall time: what sets an extension's first-use build (session 35). A source may be a
+path outside ``pvq/kernels/csrc`` (an older version, e.g. from ``git show``), bound by the package's bindings of its
+name.
 
 Each source is compiled with ``nvcc -DPVQ_KERNEL_ONLY`` (the kernels and their listed instantiations, without
 torch), disassembled with the ``cuobjdump`` that ships with Triton, and the innermost loop with (nearly) the most half2 /
@@ -113,14 +117,16 @@ _STUBS = {
 }
 
 
-def compile_whole(source: str, arch: int, defines: tuple[str, ...]) -> bool:
+def compile_whole(source: str, arch: int, defines: tuple[str, ...], phases: bool = False) -> bool:
     """Compiles ``source`` and its bindings (``x_bind.cpp``; none for another source of an extension, ``x.part.cu``)
-    with torch's and Python's headers; prints the first errors. Returns whether both compiled."""
+    with torch's and Python's headers; prints the first errors, and where ``phases`` each nvcc phase's seconds.
+    Returns whether both compiled."""
     import sysconfig
+    import time
 
     import torch
 
-    from pvq.kernels.cuda_build import is_part
+    from pvq.kernels.cuda_build import bindings_of, is_part
 
     include = os.path.join(os.path.dirname(torch.__file__), "include")
     with tempfile.TemporaryDirectory() as d:
@@ -131,18 +137,33 @@ def compile_whole(source: str, arch: int, defines: tuple[str, ...]) -> bool:
         flags = ["-std=c++17", f"-I{include}", f"-I{os.path.join(include, 'torch', 'csrc', 'api', 'include')}",
                  f"-I{sysconfig.get_paths()['include']}", f"-I{d}", f"-I{CSRC}", "-DTORCH_EXTENSION_NAME=check",
                  *(f"-D{x}" for x in defines)]
-        bind = source[: -len(".cu")] + "_bind.cpp"
+        bind = bindings_of(source)
+        timing = os.path.join(d, "phases.csv")
         ok = True
-        cmds = [["nvcc", f"-arch=sm_{arch}", "-O3", *flags, "-c", source, "-o", os.path.join(d, "k.o")]]
+        cmds = [["nvcc", f"-arch=sm_{arch}", "-O3", *flags, *(["--time", timing] if phases else []), "-c", source,
+                 "-o", os.path.join(d, "k.o")]]
         if not is_part(source):  # x.cu has bindings, its parts x.part.cu none
             cmds.append([shutil.which("g++") or "c++", "-fsyntax-only", *flags, bind])
         for cmd in cmds:
+            t = time.perf_counter()
             r = subprocess.run(cmd, cwd=CSRC, capture_output=True, text=True)
             errors = [line for line in r.stderr.splitlines() if "error" in line]
             if r.returncode:
                 ok = False
-                print(f"# {cmd[-3] if cmd[0] == 'nvcc' else bind}: failed\n" + "\n".join(errors[:8]))
+                print(f"# {source if cmd[0] == 'nvcc' else bind}: failed\n" + "\n".join(errors[:8]))
+            elif phases and cmd[0] == "nvcc":
+                print(f"# {source}: nvcc {time.perf_counter() - t:.1f} s wall; " + nvcc_phases(timing))
         return ok
+
+
+def nvcc_phases(csv_path: str) -> str:
+    """``nvcc --time``'s file as "phase seconds, ..." (the phases of one compile, in their order)."""
+    out = []
+    for line in open(csv_path).read().splitlines()[1:]:
+        cells = [c.strip() for c in line.split(",")]
+        if len(cells) >= 8 and cells[-1] == "ms" and cells[1] != "nvcc (driver)":
+            out.append(f"{cells[1]} {float(cells[-2]) / 1000:.1f} s")
+    return ", ".join(out)
 
 
 def main() -> None:
@@ -154,11 +175,14 @@ def main() -> None:
                    "speed_layout_device.py --rows-variant builds it)")
     p.add_argument("--whole", action="store_true",
                    help="compile each extension with its host code and bindings (stub CUDA-library headers)")
+    p.add_argument("--phases", action="store_true", help="with --whole: the seconds of each nvcc phase")
     a = p.parse_args()
+    if a.phases and not a.whole:
+        p.error("--phases times the whole build: add --whole")
     if a.whole:
         sources = a.sources.split(",") if a.sources != p.get_default("sources") else sorted(
             f for f in os.listdir(CSRC) if f.endswith(".cu"))
-        results = {source: compile_whole(source, a.arch, tuple(a.define)) for source in sources}
+        results = {source: compile_whole(source, a.arch, tuple(a.define), a.phases) for source in sources}
         print(", ".join(f"{s}: {'compiles' if ok else 'FAILED'}" for s, ok in results.items()))
         raise SystemExit(0 if all(results.values()) else 1)
     print("| source | x | instance | registers | spilled bytes | loop SASS | per vector | LDS per vector | "

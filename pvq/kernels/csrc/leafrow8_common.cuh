@@ -1,7 +1,7 @@
 // The device and host pieces shared by the three sources of the row-interleaved products' extension: leafrow8_gemv.cu
 // (1 to 8 rows by multiply-adds; its head comment describes the layout and the arithmetic), leafrow8_gemv.mma.cu and
 // leafrow8_gemv.quad_mma.cu (up to 16 rows on tensor cores, plain and quad order). One source until session 35: its
-// 130 kernel instances took nvcc 97 s on a 2-core CPU, 69 s of it in cicc; split, ninja compiles the three side by
+// 130 kernel instances took nvcc 123 s on a 2-core CPU, 93 s of it in cicc; split, ninja compiles the three side by
 // side.
 #pragma once
 #include "gemv8_common.cuh"
